@@ -1,0 +1,36 @@
+# Everything runs in .venv, created on first use. torch is pinned to the CPU build first:
+# an unpinned torch can pull a multi-GB CUDA wheel.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=69" wheel
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[server,dev]"
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# pytest exits 5 when it collects nothing: that fails the target, as it should.
+test: lint
+	$(BIN)/python -m pytest
+
+bench: install
+	cd tests/bench && for script in bench_*.py; do ../../$(BIN)/python "$$script" || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

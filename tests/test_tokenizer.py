@@ -1,0 +1,137 @@
+"""Tokenization: parity with transformers' fast BERT tokenizer, the length contract, the
+text prefixes, and offsets that always point into the caller's text."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import BertTokenizerFast
+
+from embedsense.model.spans import SpanError, find_word
+from embedsense.model.tokenizer import TextRole, TextTooLongError, Tokenizer, wordpiece_backend
+
+VOCAB = (
+    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    + list("我喜欢吃苹果手机买了最新的杜鹃花开山坡，。！？、a")
+    + [
+        "hello",
+        "world",
+        "iphone",
+        "##s",
+        "##phone",
+        "i",
+        "apple",
+        "un",
+        "##believ",
+        "##able",
+        "!",
+        ",",
+        ".",
+    ]
+    + ["1", "##2", "##3", "caf", "##e", "é"]
+)
+SAMPLES = [
+    "我喜欢吃苹果",
+    "我买了最新的苹果手机！",
+    "Hello, World! 我喜欢 iPhones。",
+    "unbelievable apple 🍎🍏 emoji 😀 here",
+    "  runs   of\t\twhitespace\n\n\nand\u3000ideographic space  ",
+    "Café CAFE cafe 123",
+    "杜鹃花开满了山坡？",
+    "",
+    "zzz 未知字 ✓",
+]
+
+
+@pytest.fixture(scope="module")
+def vocab_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    path.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_wordpiece_matches_transformers_fast_tokenizer(vocab_file, lowercase):
+    reference = BertTokenizerFast.from_pretrained(vocab_file.parent, do_lower_case=lowercase)
+    ours = Tokenizer(wordpiece_backend(VOCAB, lowercase=lowercase), max_tokens=512, pad_id=0)
+    for text in SAMPLES:
+        expected = reference(text, return_offsets_mapping=True)
+        got = ours.encode(text)
+        assert got.ids == expected["input_ids"], text
+        assert got.tokens == reference.convert_ids_to_tokens(expected["input_ids"]), text
+        assert got.offsets == [tuple(o) for o in expected["offset_mapping"]], text
+
+
+def test_chinese_splits_per_character_and_offsets_index_the_text(vocab_file):
+    ours = Tokenizer(wordpiece_backend(VOCAB), max_tokens=512, pad_id=0)
+    text = "我买了最新的苹果手机"
+    enc = ours.encode(text)
+    assert enc.tokens[1:-1] == list(text)
+    assert [
+        text[s:e] for (s, e), real in zip(enc.offsets, enc.from_text, strict=True) if real
+    ] == list(text)
+    start, end = find_word(text, "苹果")
+    assert [enc.tokens[i] for i in enc.token_indices(start, end)] == ["苹", "果"]
+
+
+def test_too_long_is_an_error_with_length_and_limit():
+    tok = Tokenizer(wordpiece_backend(VOCAB), max_tokens=8, pad_id=0)
+    with pytest.raises(TextTooLongError) as err:
+        tok.encode_batch(["我喜欢", "我喜欢吃苹果手机"])  # 8 characters + 2 specials = 10
+    assert (err.value.index, err.value.n_tokens, err.value.limit) == (1, 10, 8)
+    assert "text 1 is 10 tokens; the model takes 8 (pass truncate=True" in str(err.value)
+
+
+def test_truncation_keeps_specials_and_reports_what_was_dropped():
+    tok = Tokenizer(wordpiece_backend(VOCAB), max_tokens=8, pad_id=0)
+    short, cut = tok.encode_batch(["我喜欢", "我喜欢吃苹果手机"], truncate=True)
+    assert short.truncated_tokens == 0 and len(short) == 5
+    assert cut.tokens == ["[CLS]", "我", "喜", "欢", "吃", "苹", "果", "[SEP]"]
+    assert cut.truncated_tokens == 2
+    exact = tok.encode("我喜欢吃苹果")  # exactly at the limit is fine
+    assert len(exact) == 8
+
+
+def test_e5_prefix_is_added_but_offsets_refer_to_the_callers_text(e5):
+    text = "我喜欢吃苹果"
+    query = e5.tokenizer.encode(text, TextRole.QUERY)
+    passage = e5.tokenizer.encode(text, TextRole.PASSAGE)
+    assert query.tokens[:4] == ["<s>", "▁que", "ry", ":"] and query.tokens[-1] == "</s>"
+    assert passage.tokens[1:4] != query.tokens[1:4]
+    for enc, prefix in ((query, "query:"), (passage, "passage:")):
+        pieces = [
+            text[s:e] for (s, e), real in zip(enc.offsets, enc.from_text, strict=True) if real
+        ]
+        assert "".join(pieces) == text
+        first_real = enc.from_text.index(True)
+        assert "".join(enc.tokens[1:first_real]).replace("▁", "") == prefix
+
+
+def test_e5_length_limit_counts_the_prefix(e5):
+    limit = e5.tokenizer.max_tokens
+    assert limit == 512
+    with pytest.raises(TextTooLongError, match="the model takes 512"):
+        e5.tokenizer.encode("苹果 " * 600, TextRole.QUERY)
+    enc = e5.tokenizer.encode("苹果 " * 600, TextRole.QUERY, truncate=True)
+    assert len(enc) == 512 and enc.tokens[-1] == "</s>" and enc.truncated_tokens > 0
+
+
+def test_span_helper_one_token_and_several(e5):
+    enc = e5.tokenizer.encode("我喜欢吃苹果", TextRole.QUERY)
+    assert [enc.tokens[i] for i in enc.token_indices(4, 6)] == ["苹果"]
+    text = "山上的杜鹃花开了，杜鹃鸟在叫"
+    enc = e5.tokenizer.encode(text, TextRole.PASSAGE)
+    first = enc.token_indices(*find_word(text, "杜鹃", 0))
+    second = enc.token_indices(*find_word(text, "杜鹃", 1))
+    assert len(first) >= 2 and len(second) >= 2 and max(first) < min(second)
+    assert "".join(enc.tokens[i] for i in first).replace("▁", "").startswith("杜鹃")
+
+
+def test_span_errors_name_the_problem():
+    with pytest.raises(SpanError, match="does not occur"):
+        find_word("我喜欢吃香蕉", "苹果")
+    with pytest.raises(
+        SpanError, match="occurrence 2 of '苹果' asked for, but the text has only 1"
+    ):
+        find_word("我喜欢吃苹果", "苹果", occurrence=2)
+    with pytest.raises(SpanError, match="empty"):
+        find_word("我喜欢吃苹果", "")
