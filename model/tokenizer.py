@@ -98,15 +98,19 @@ class Tokenizer:
         texts: Sequence[str],
         role: TextRole = TextRole.PASSAGE,
         truncate: bool = False,
+        allow_long: bool = False,
     ) -> list[TokenizedText]:
         """Tokenize texts. Raises TextTooLongError for the first text over the limit
-        unless truncate=True (then each result's `truncated_tokens` says what was cut)."""
+        unless truncate=True (then each result's `truncated_tokens` says what was cut) or
+        allow_long=True (the caller splits long texts itself, e.g. into windows)."""
         prefix = self.prefixes.get(TextRole(role), "")
         raw = self.backend.encode_batch([prefix + t for t in texts], add_special_tokens=False)
         content_limit = self.max_tokens - self._n_special
         out = []
         for index, enc in enumerate(raw):
             dropped = max(0, len(enc.ids) - content_limit)
+            if allow_long:
+                dropped = 0
             if dropped and not truncate:
                 raise TextTooLongError(index, len(enc.ids) + self._n_special, self.max_tokens)
             if dropped:

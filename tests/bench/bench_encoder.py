@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertModel
-from workload import chinese_texts
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import bert_reference_for  # noqa: E402  (tests/helpers.py)
+from workload import chinese_texts  # noqa: E402  (tests/workload.py)
 
 from embedsense.model import TextRole, load_model
 from embedsense.model.checkpoint import (

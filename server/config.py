@@ -1,0 +1,34 @@
+"""Engine configuration: one dataclass, the one home of every limit and knob."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str = "multilingual-e5-small"
+    # Padded tokens in one forward (rows × longest row): the budget that bounds memory and
+    # latency per batch, whatever the mix of lengths.
+    max_batch_tokens: int = 8192
+    max_batch_requests: int | None = None  # texts per batch; None = only the token budget
+    max_wait_ms: float = 2.0  # how long a lone text waits for company before running
+    max_queued_tokens: int = 262_144  # admission: beyond this, refuse at once
+    max_concurrent_requests: int = 512  # admission: embed() calls in flight
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (fp16 on GPU, fp32 on CPU) | float32 | float16 | bfloat16
+    threads: int | None = None  # CPU threads for torch; None = torch's default
+    int8: bool = False  # dynamic int8 quantization of the linear layers (CPU only)
+    window_stride: int = 256  # tokens between window starts for long texts (windowed mode)
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_tokens", "max_queued_tokens", "max_concurrent_requests"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_batch_requests is not None and self.max_batch_requests <= 0:
+            raise ValueError(f"max_batch_requests must be > 0, got {self.max_batch_requests}")
+        if self.window_stride <= 0:
+            raise ValueError(f"window_stride must be > 0, got {self.window_stride}")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype {self.dtype!r}: expected auto, float32, float16 or bfloat16")

@@ -1,0 +1,425 @@
+"""The inference engine: many concurrent asyncio callers, one model, batches by token budget.
+
+    embed() ─ tokenize, admit or refuse ─► pending rows ─► worker thread: plan_batch ─►
+    ModelRunner.run ─► each row's vectors back to its caller's future ─► pool, stitch windows
+
+The worker thread owns the model, so the event loop never blocks on compute. Each row of
+work carries its own future; rows whose caller has gone (cancelled, or past its deadline)
+are dropped before they cost compute. Admission is bounded: beyond `max_concurrent_requests`
+or `max_queued_tokens` a request is refused at once with `Overloaded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embedsense.model import LoadedModel, TextRole, TextTooLongError, TokenizedText, load_model
+from embedsense.model.pooling import Pooling
+from embedsense.server.batching import plan_batch
+from embedsense.server.config import EngineConfig
+from embedsense.server.runner import Layers, ModelRunner
+from embedsense.server.windows import Window, plan_windows, stitch_tokens, weighted_sentence
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(Exception):
+    """Base of the engine's errors; each maps to one gRPC status in the API layer."""
+
+
+class Overloaded(EngineError):
+    """Refused at admission (RESOURCE_EXHAUSTED): the queue or concurrency limit is full."""
+
+
+class DeadlineExceeded(EngineError):
+    """The caller's deadline passed before its work ran (DEADLINE_EXCEEDED)."""
+
+
+class InvalidRequest(EngineError, ValueError):
+    """The request itself is wrong (INVALID_ARGUMENT): a too-long text, a missing layer."""
+
+
+class EngineClosed(EngineError):
+    """The engine is shutting down (UNAVAILABLE)."""
+
+
+@dataclass
+class Embedding:
+    """One text's result. Vectors are float32 numpy."""
+
+    sentence: np.ndarray  # (dim,) pooled; L2-normalized when asked
+    tokenized: TokenizedText  # tokens, ids, offsets into the caller's text
+    token_vectors: np.ndarray | None = None  # (len(tokenized), dim) when asked
+    windows: int = 1  # > 1 when a long text was embedded in overlapping windows
+
+
+@dataclass
+class BatchReport:
+    """What one forward did: for metrics (queue depth, sizes, padding, time)."""
+
+    rows: int
+    real_tokens: int
+    padded_tokens: int
+    queue_depth: int  # rows still waiting after this batch was cut
+    queue_seconds: list[float]  # per row, arrival to start of the forward
+    model_seconds: float
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1 - self.real_tokens / self.padded_tokens
+
+
+@dataclass
+class EngineStats:
+    batches: int = 0
+    rows: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    refused: int = 0  # requests refused at admission
+    skipped_cancelled: int = 0  # rows dropped because their caller had gone
+    skipped_expired: int = 0  # rows dropped because their deadline had passed
+    model_seconds: float = 0.0
+
+
+@dataclass
+class EngineInfo:
+    model: str
+    dim: int
+    device: str
+    dtype: str
+    int8: bool
+    max_tokens: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_queued_tokens: int
+    max_concurrent_requests: int
+
+
+@dataclass
+class _Row:
+    """One forward row: a whole text or one window of a long one."""
+
+    ids: list[int]
+    layers: Layers
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    arrival: float
+    deadline: float | None
+    n_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_tokens = len(self.ids)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig | None = None, model: LoadedModel | None = None):
+        self.config = config or EngineConfig()
+        self.model = model or load_model(self.config.model)
+        if self.config.max_batch_tokens < self.model.tokenizer.max_tokens:
+            raise ValueError(
+                f"max_batch_tokens {self.config.max_batch_tokens} is below the model's "
+                f"{self.model.tokenizer.max_tokens}-token inputs: a full-length text never fits"
+            )
+        self.runner = ModelRunner(self.model, self.config)
+        self.stats = EngineStats()
+        self._observers: list[Callable[[BatchReport], None]] = []
+        self._pending: list[_Row] = []
+        self._queued_tokens = 0
+        self._requests_in_flight = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._worker: threading.Thread | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> Engine:
+        """Warm the model up (so the first request is not slow) and start the worker."""
+        if self._worker is not None:
+            return self
+        if self.config.warmup:
+            started = time.perf_counter()
+            sample = self.model.tokenizer.encode("预热 warm-up", TextRole.QUERY)
+            self.runner.run([sample.ids] * 4, [None] * 4)
+            log.info("warm-up took %.2f s", time.perf_counter() - started)
+        self._worker = threading.Thread(target=self._work, name="embedsense-engine", daemon=True)
+        self._worker.start()
+        return self
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish the rows already queued, then stop the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    async def __aenter__(self) -> Engine:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
+
+    def add_observer(self, observer: Callable[[BatchReport], None]) -> None:
+        """Called from the worker thread after every batch (keep it cheap)."""
+        self._observers.append(observer)
+
+    def info(self) -> EngineInfo:
+        c = self.config
+        return EngineInfo(
+            model=self.model.spec.name,
+            dim=self.model.dim,
+            device=str(self.runner.device),
+            dtype="int8" if self.runner.int8 else str(self.runner.dtype).removeprefix("torch."),
+            int8=self.runner.int8,
+            max_tokens=self.model.tokenizer.max_tokens,
+            max_batch_tokens=c.max_batch_tokens,
+            max_batch_requests=c.max_batch_requests,
+            max_queued_tokens=c.max_queued_tokens,
+            max_concurrent_requests=c.max_concurrent_requests,
+        )
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------ the API
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        role: TextRole = TextRole.PASSAGE,
+        layers: Sequence[int] | None = None,
+        token_vectors: bool = False,
+        normalize: bool = True,
+        pooling: Pooling | None = None,
+        truncate: bool = False,
+        windowed: bool = False,
+        timeout: float | None = None,
+    ) -> list[Embedding]:
+        """Embed texts: a pooled sentence vector each, and token vectors when asked.
+
+        layers: hidden states to average (0 = embeddings ... num_layers = last; default last).
+        truncate / windowed: what to do with a text over the model's limit (default: refuse
+        with InvalidRequest naming its length and the limit).
+        Raises Overloaded, InvalidRequest, DeadlineExceeded (after `timeout` seconds).
+        """
+        if self._worker is None or self._closing:
+            raise EngineClosed("the engine is not running")
+        choice: Layers = tuple(layers) if layers else None
+        try:
+            self.runner.check_layers(choice)
+            tokenized = self.model.tokenizer.encode_batch(
+                texts, role, truncate=truncate, allow_long=windowed and not truncate
+            )
+        except (TextTooLongError, ValueError) as err:
+            raise InvalidRequest(str(err)) from err
+        plans = [self._windows_for(t) for t in tokenized]
+        window_ids = [
+            [self._window_ids(t, w) for w in plan] for t, plan in zip(tokenized, plans, strict=True)
+        ]
+        n_tokens = sum(len(ids) for per_text in window_ids for ids in per_text)
+
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        deadline = now + timeout if timeout is not None else None
+        rows = [
+            _Row(ids, choice, loop.create_future(), loop, now, deadline)
+            for per_text in window_ids
+            for ids in per_text
+        ]
+        self._admit(rows, n_tokens)
+        try:
+            wait = asyncio.gather(*(row.future for row in rows))
+            outputs = await (asyncio.wait_for(wait, timeout) if timeout is not None else wait)
+        except TimeoutError as err:
+            raise DeadlineExceeded(f"not done within the {timeout:.3f} s deadline") from err
+        finally:
+            with self._cond:
+                self._requests_in_flight -= 1
+
+        results, cursor = [], 0
+        for tok, plan in zip(tokenized, plans, strict=True):
+            per_window = outputs[cursor : cursor + len(plan)]
+            cursor += len(plan)
+            results.append(self._assemble(tok, plan, per_window, token_vectors, normalize, pooling))
+        return results
+
+    # ------------------------------------------------------------ admission and windows
+
+    def _admit(self, rows: list[_Row], n_tokens: int) -> None:
+        c = self.config
+        with self._cond:
+            if self._requests_in_flight >= c.max_concurrent_requests:
+                self.stats.refused += 1
+                raise Overloaded(
+                    f"{self._requests_in_flight} requests in flight; the limit is "
+                    f"{c.max_concurrent_requests} (max_concurrent_requests): retry later"
+                )
+            if self._queued_tokens + n_tokens > c.max_queued_tokens:
+                self.stats.refused += 1
+                raise Overloaded(
+                    f"{self._queued_tokens} tokens queued and this request adds {n_tokens}; "
+                    f"the limit is {c.max_queued_tokens} (max_queued_tokens): retry later"
+                )
+            self._requests_in_flight += 1
+            self._queued_tokens += n_tokens
+            self._pending.extend(rows)
+            self._cond.notify()
+
+    def _windows_for(self, tok: TokenizedText) -> list[Window]:
+        head, tail = _frame(tok)
+        max_content = self.model.tokenizer.max_tokens - head - tail
+        return plan_windows(len(tok) - head - tail, max_content, self.config.window_stride)
+
+    @staticmethod
+    def _window_ids(tok: TokenizedText, window: Window) -> list[int]:
+        # Every window gets the text's frame (special tokens, and the model's prefix).
+        head, tail = _frame(tok)
+        content = tok.ids[head : len(tok) - tail]
+        return tok.ids[:head] + content[window.start : window.end] + tok.ids[len(tok) - tail :]
+
+    def _assemble(
+        self,
+        tok: TokenizedText,
+        plan: list[Window],
+        per_window: list[np.ndarray],
+        want_tokens: bool,
+        normalize: bool,
+        pooling: Pooling | None,
+    ) -> Embedding:
+        how = Pooling(pooling or self.model.spec.pooling)
+        pooled = [w[0] if how is Pooling.CLS else w.mean(axis=0) for w in per_window]
+        if len(plan) == 1:
+            sentence, tokens = pooled[0], per_window[0]
+        else:
+            head, tail = _frame(tok)
+            n_content = len(tok) - head - tail
+            content = [w[head : len(w) - tail] for w in per_window]
+            sentence = pooled[0] if how is Pooling.CLS else weighted_sentence(plan, pooled)
+            middle = stitch_tokens(plan, content, n_content)
+            tokens = np.concatenate(
+                [per_window[0][:head], middle, per_window[-1][len(per_window[-1]) - tail :]]
+            )
+        sentence = np.asarray(sentence, dtype=np.float32)
+        if normalize:
+            sentence = sentence / max(float(np.linalg.norm(sentence)), 1e-12)
+        return Embedding(
+            sentence=sentence,
+            tokenized=tok,
+            token_vectors=np.ascontiguousarray(tokens, dtype=np.float32) if want_tokens else None,
+            windows=len(plan),
+        )
+
+    # ------------------------------------------------------------ the worker thread
+
+    def _work(self) -> None:
+        while True:
+            batch, depth = self._next_batch()
+            if batch is None:
+                return
+            if batch:
+                self._run(batch, depth)
+
+    def _next_batch(self) -> tuple[list[_Row] | None, int]:
+        """Block until a batch is due; None when closing with nothing left."""
+        c = self.config
+        with self._cond:
+            while not self._pending:
+                if self._closing:
+                    return None, 0
+                self._cond.wait()
+            # Wait a little for company, unless the budget is already full or we are closing.
+            due = min(r.arrival for r in self._pending) + c.max_wait_ms / 1000
+            while not self._closing and sum(r.n_tokens for r in self._pending) < c.max_batch_tokens:
+                remaining = due - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            self._drop_abandoned()
+            plan = plan_batch(self._pending, c.max_batch_tokens, c.max_batch_requests)
+            chosen = set(plan.indices)
+            batch = [self._pending[i] for i in plan.indices]
+            self._pending = [r for i, r in enumerate(self._pending) if i not in chosen]
+            self._queued_tokens -= sum(r.n_tokens for r in batch)
+            return batch, len(self._pending)
+
+    def _drop_abandoned(self) -> None:
+        """Remove rows nobody waits for any more: they must cost no compute."""
+        now = time.monotonic()
+        keep = []
+        for row in self._pending:
+            if row.future.cancelled():
+                self.stats.skipped_cancelled += 1
+            elif row.deadline is not None and now > row.deadline:
+                self.stats.skipped_expired += 1
+                _settle(row, error=DeadlineExceeded("the deadline passed while queued"))
+            else:
+                keep.append(row)
+                continue
+            self._queued_tokens -= row.n_tokens
+        self._pending = keep
+
+    def _run(self, batch: list[_Row], depth: int) -> None:
+        started = time.monotonic()
+        try:
+            outputs = self.runner.run([r.ids for r in batch], [r.layers for r in batch])
+        except Exception as err:  # noqa: BLE001 - the callers get it, the worker survives
+            log.exception("batch of %d rows failed", len(batch))
+            for row in batch:
+                _settle(row, error=EngineError(f"model failure: {type(err).__name__}: {err}"))
+            return
+        seconds = time.monotonic() - started
+        for row, out in zip(batch, outputs, strict=True):
+            _settle(row, result=out)
+        real = sum(r.n_tokens for r in batch)
+        padded = len(batch) * max(r.n_tokens for r in batch)
+        s = self.stats
+        s.batches += 1
+        s.rows += len(batch)
+        s.real_tokens += real
+        s.padded_tokens += padded
+        s.model_seconds += seconds
+        report = BatchReport(
+            rows=len(batch),
+            real_tokens=real,
+            padded_tokens=padded,
+            queue_depth=depth,
+            queue_seconds=[started - r.arrival for r in batch],
+            model_seconds=seconds,
+        )
+        for observer in self._observers:
+            observer(report)
+
+
+def _frame(tok: TokenizedText) -> tuple[int, int]:
+    """How many tokens before and after the text's own tokens (specials, prefix)."""
+    if True not in tok.from_text:
+        return len(tok), 0
+    head = tok.from_text.index(True)
+    tail = tok.from_text[::-1].index(True)
+    return head, tail
+
+
+def _settle(row: _Row, result: object = None, error: Exception | None = None) -> None:
+    """Hand a row's outcome to its caller's event loop (futures are not thread-safe)."""
+
+    def apply() -> None:
+        if row.future.done():  # cancelled meanwhile
+            return
+        if error is not None:
+            row.future.set_exception(error)
+        else:
+            row.future.set_result(result)
+
+    try:
+        row.loop.call_soon_threadsafe(apply)
+    except RuntimeError:  # the caller's loop is closed: nobody is left to tell
+        pass

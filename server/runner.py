@@ -1,0 +1,101 @@
+"""The backend: the encoder on one device, run on batches of token ids.
+
+Knows nothing of requests or queues. Places the model (CUDA when there is one, else CPU),
+casts it (fp16/bf16 on GPU, fp32 on CPU), optionally quantizes its linear layers to int8
+on CPU, and turns a batch of id sequences into each row's token vectors, unpadded.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedsense.model import LoadedModel
+from embedsense.server.config import EngineConfig
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# A layer choice: None = the last layer; else indices into the hidden states (0 = the
+# embedding output, num_layers = the last; negatives count from the end), averaged.
+Layers = tuple[int, ...] | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: expected auto, cpu or cuda[:N]")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    dtype = DTYPES[name]
+    if device.type == "cpu" and dtype is not torch.float32:
+        raise ValueError(f"dtype {name} is for GPUs; on CPU the engine computes in float32")
+    return dtype
+
+
+class ModelRunner:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.num_layers = loaded.encoder.cfg.num_layers
+        self.pad_id = loaded.tokenizer.pad_id
+        self.int8 = config.int8
+        if config.int8:
+            if self.device.type != "cpu":
+                raise ValueError("int8 dynamic quantization runs on CPU only")
+            # A quantized copy: the loaded fp32 model stays usable (e.g. for comparisons).
+            # torch.ao warns that it is moving to torchao; it still ships and works in the
+            # pinned torch, and torchao would be one more heavy dependency for one option.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+                self.encoder = torch.ao.quantization.quantize_dynamic(
+                    copy.deepcopy(loaded.encoder), {nn.Linear}, dtype=torch.qint8
+                )
+        else:
+            self.encoder = loaded.encoder.to(device=self.device, dtype=self.dtype)
+
+    def check_layers(self, layers: Layers) -> None:
+        for layer in layers or ():
+            if not -(self.num_layers + 1) <= layer <= self.num_layers:
+                raise ValueError(
+                    f"layer {layer} does not exist: the model has hidden states 0 (embeddings) "
+                    f"to {self.num_layers} (last), or -1 to -{self.num_layers + 1}"
+                )
+
+    @torch.inference_mode()
+    def run(self, sequences: Sequence[Sequence[int]], layers: Sequence[Layers]) -> list[np.ndarray]:
+        """Token vectors (len_i, C) float32 for each id sequence, in the chosen layer mix."""
+        T = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), T), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, : len(seq)] = torch.as_tensor(seq)
+            mask[row, : len(seq)] = 1
+        need_all = any(choice is not None for choice in layers)
+        out = self.encoder(ids.to(self.device), mask.to(self.device), output_hidden_states=need_all)
+        # One device-to-host copy per distinct layer choice (usually one), then slicing.
+        mixes: dict[Layers, np.ndarray] = {}
+        for choice in set(layers):
+            if choice is None:
+                mix = out.last_hidden_state
+            else:
+                mix = torch.stack([out.hidden_states[layer] for layer in choice]).float().mean(0)
+            mixes[choice] = mix.float().cpu().numpy()
+        return [
+            mixes[choice][row, : len(seq)]
+            for row, (seq, choice) in enumerate(zip(sequences, layers, strict=True))
+        ]

@@ -1,0 +1,180 @@
+"""The engine vs the naive ways of serving the same model, in one process, same weights.
+
+32 concurrent callers each send one text at a time (mixed-length Chinese, 5-120 tokens):
+  (a) our engine: token-budget dynamic batching with length grouping
+  (b) a forward per request, one at a time (what a naive server does)
+  (c) sentence-transformers-style fixed batches of 32 in arrival order, no length grouping
+      (offline: the whole list at once; latency = when the text's batch finished)
+Then int8 vs float32 (engine, CPU): throughput ratio and mean cosine to fp32 vectors.
+Last line: one JSON object.
+
+    python tests/bench/bench_engine.py [--texts 384] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from workload import chinese_texts  # noqa: E402  (tests/workload.py)
+
+from embedsense.model import TextRole, load_model  # noqa: E402
+from embedsense.server.config import EngineConfig  # noqa: E402
+from embedsense.server.engine import Engine  # noqa: E402
+
+CALLERS = 32
+
+
+def summary(name: str, seconds: float, latencies: list[float], tokens: int, padding: float):
+    lat = np.array(latencies) * 1000
+    row = {
+        "texts_per_s": round(len(latencies) / seconds, 1),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "padding_fraction": round(padding, 3),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+    }
+    print(
+        f"{name:<34} {row['texts_per_s']:>7.1f} texts/s {row['tokens_per_s']:>8.1f} tok/s  "
+        f"padding {row['padding_fraction']:>5.1%}  p50 {row['p50_ms']:>7.1f} ms  "
+        f"p99 {row['p99_ms']:>7.1f} ms"
+    )
+    return row
+
+
+async def concurrent_callers(texts: list[str], call) -> tuple[float, list[float]]:
+    """CALLERS tasks pull texts from one queue and call `call(text)` one at a time."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for t in texts:
+        queue.put_nowait(t)
+    latencies: list[float] = []
+
+    async def caller():
+        while not queue.empty():
+            text = queue.get_nowait()
+            start = time.perf_counter()
+            await call(text)
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(CALLERS)))
+    return time.perf_counter() - start, latencies
+
+
+def run_engine(model, texts, tokens, config: EngineConfig, name: str):
+    engine = Engine(config, model).start()
+    try:
+        seconds, latencies = asyncio.run(
+            concurrent_callers(texts, lambda t: engine.embed([t], role=TextRole.PASSAGE))
+        )
+        s = engine.stats
+        return summary(name, seconds, latencies, tokens, 1 - s.real_tokens / s.padded_tokens)
+    finally:
+        engine.close()
+
+
+def run_naive(model, texts, tokens):
+    lock = asyncio.Lock()
+
+    async def one(text):
+        async with lock:  # one model, one forward at a time, batch of 1
+            await asyncio.to_thread(model.encode_sentences, [text])
+
+    seconds, latencies = asyncio.run(concurrent_callers(texts, one))
+    return summary("(b) forward per request", seconds, latencies, tokens, 0.0)
+
+
+def run_fixed_batches(model, texts, lengths, batch_size: int = 32):
+    start = time.perf_counter()
+    latencies, padded = [], 0
+    for i in range(0, len(texts), batch_size):
+        chunk = texts[i : i + batch_size]
+        model.encode_sentences(chunk)
+        latencies += [time.perf_counter() - start] * len(chunk)
+        padded += len(chunk) * max(lengths[i : i + batch_size])
+    seconds = time.perf_counter() - start
+    tokens = sum(lengths)
+    return summary(
+        "(c) fixed batches of 32, no grouping", seconds, latencies, tokens, 1 - tokens / padded
+    )
+
+
+def int8_comparison(model, texts, tokens):
+    async def all_at_once(engine):
+        start = time.perf_counter()
+        out = await engine.embed(texts)
+        return time.perf_counter() - start, np.stack([r.sentence for r in out])
+
+    results = {}
+    for name, int8 in (("float32", False), ("int8", True)):
+        engine = Engine(EngineConfig(int8=int8), model).start()
+        try:
+            asyncio.run(all_at_once(engine))  # warm
+            results[name] = asyncio.run(all_at_once(engine))
+        finally:
+            engine.close()
+    (t32, v32), (t8, v8) = results["float32"], results["int8"]
+    cosine = float((v32 * v8).sum(axis=1).mean())
+    row = {
+        "fp32_tokens_per_s": round(tokens / t32, 1),
+        "int8_tokens_per_s": round(tokens / t8, 1),
+        "int8_speedup": round(t32 / t8, 3),
+        "int8_mean_cosine_to_fp32": round(cosine, 4),
+        "int8_min_cosine_to_fp32": round(float((v32 * v8).sum(axis=1).min()), 4),
+    }
+    print(
+        f"int8 vs fp32 (engine, all texts at once): {row['int8_tokens_per_s']:.1f} vs "
+        f"{row['fp32_tokens_per_s']:.1f} tok/s = {row['int8_speedup']:.2f}x, "
+        f"cosine to fp32 mean {row['int8_mean_cosine_to_fp32']:.4f} "
+        f"min {row['int8_min_cosine_to_fp32']:.4f}"
+    )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=384)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model()
+    texts = chinese_texts(args.texts)
+    lengths = [len(t) for t in model.tokenizer.encode_batch(texts, TextRole.PASSAGE)]
+    tokens = sum(lengths)
+    print(
+        f"{len(texts)} Chinese texts, {min(lengths)}-{max(lengths)} tokens ({tokens} in all), "
+        f"{CALLERS} concurrent callers, {args.threads} CPU threads, fp32, multilingual-e5-small"
+    )
+    model.encode_sentences(texts[:8])  # warm-up for the non-engine paths
+    engine = run_engine(model, texts, tokens, EngineConfig(), "(a) embedsense engine")
+    naive = run_naive(model, texts, tokens)
+    fixed = run_fixed_batches(model, texts, lengths)
+    ratio_naive = engine["texts_per_s"] / naive["texts_per_s"]
+    ratio_fixed = engine["texts_per_s"] / fixed["texts_per_s"]
+    print(f"engine / per-request: {ratio_naive:.2f}x   engine / fixed batches: {ratio_fixed:.2f}x")
+    int8 = int8_comparison(model, texts, tokens)
+    print(
+        json.dumps(
+            {
+                "engine": engine,
+                "per_request": naive,
+                "fixed_batches": fixed,
+                "engine_vs_per_request": round(ratio_naive, 2),
+                "engine_vs_fixed_batches": round(ratio_fixed, 2),
+                **int8,
+                "threads": args.threads,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""The batching engine under concurrency: right vectors to the right caller, budgets kept,
+overload refused fast, abandoned work skipped, long texts windowed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import numpy as np
+import pytest
+import torch
+from workload import chinese_texts
+
+from embedsense.model import TextRole
+from embedsense.server.batching import plan_batch
+from embedsense.server.config import EngineConfig
+from embedsense.server.engine import (
+    DeadlineExceeded,
+    Engine,
+    InvalidRequest,
+    Overloaded,
+)
+from embedsense.server.windows import plan_windows
+
+
+@pytest.fixture(scope="module")
+def engine(e5):
+    eng = Engine(EngineConfig(max_batch_tokens=2048, max_wait_ms=5), model=e5).start()
+    reports = []
+    eng.add_observer(reports.append)
+    eng.reports = reports
+    yield eng
+    eng.close()
+
+
+def one_at_a_time(e5, text, role=TextRole.PASSAGE):
+    tok = e5.tokenizer.encode(text, role)
+    with torch.inference_mode():
+        hidden = e5.encoder(torch.tensor([tok.ids])).last_hidden_state[0].numpy()
+    sentence = hidden.mean(axis=0)
+    return sentence / np.linalg.norm(sentence), hidden
+
+
+def test_200_concurrent_callers_get_their_own_exact_vectors(engine, e5):
+    texts = chinese_texts(200, min_chars=2, max_chars=150, seed=7)
+    engine.reports.clear()
+
+    async def main():
+        async def call(text):
+            await asyncio.sleep(random.random() * 0.05)
+            return (await engine.embed([text], token_vectors=True))[0]
+
+        return await asyncio.gather(*(call(t) for t in texts))
+
+    results = asyncio.run(main())
+    for text, got in zip(texts, results, strict=True):
+        sentence, hidden = one_at_a_time(e5, text)
+        assert got.token_vectors.shape == hidden.shape
+        assert np.abs(got.token_vectors - hidden).max() <= 1e-5, text
+        assert np.abs(got.sentence - sentence).max() <= 1e-5, text
+    assert max(r.rows for r in engine.reports) > 1, "concurrent callers should share batches"
+    assert all(r.padded_tokens <= 2048 for r in engine.reports), "token budget exceeded"
+
+
+def test_plan_batch_keeps_budget_serves_oldest_and_groups_lengths():
+    class Row:
+        def __init__(self, n, arrival):
+            self.n_tokens, self.arrival = n, arrival
+
+    rng = random.Random(3)
+    pending = [Row(rng.randint(5, 120), rng.random()) for _ in range(300)]
+    oldest = min(range(300), key=lambda i: pending[i].arrival)
+    plan = plan_batch(pending, max_batch_tokens=1024)
+    assert oldest in plan.indices
+    lengths = [pending[i].n_tokens for i in plan.indices]
+    assert len(lengths) * max(lengths) == plan.padded_tokens <= 1024
+    assert plan.real_tokens / plan.padded_tokens > 0.9  # similar lengths: little padding
+    capped = plan_batch(pending, max_batch_tokens=10_000, max_batch_requests=7)
+    assert len(capped.indices) == 7
+
+
+def test_overload_is_refused_at_once(e5):
+    eng = Engine(EngineConfig(max_concurrent_requests=2, max_wait_ms=200, warmup=False), e5)
+    eng.start()
+
+    async def main():
+        first = [asyncio.create_task(eng.embed(["苹果"])) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(Overloaded, match="max_concurrent_requests"):
+            await eng.embed(["香蕉"])
+        refused_in = time.monotonic() - started
+        await asyncio.gather(*first)
+        return refused_in
+
+    try:
+        assert asyncio.run(main()) < 0.05
+        assert eng.stats.refused == 1
+    finally:
+        eng.close()
+
+
+def test_queued_token_limit_refuses_big_requests(e5):
+    eng = Engine(EngineConfig(max_queued_tokens=600, warmup=False), e5).start()
+    try:
+        with pytest.raises(Overloaded, match="max_queued_tokens"):
+            asyncio.run(eng.embed(chinese_texts(8, min_chars=140, max_chars=150)))
+        assert eng.stats.refused == 1 and eng.stats.rows == 0
+    finally:
+        eng.close()
+
+
+def test_cancelled_and_expired_requests_cost_no_compute(e5):
+    eng = Engine(EngineConfig(max_wait_ms=300, warmup=False), e5).start()
+
+    async def main():
+        task = asyncio.create_task(eng.embed(["这个请求会被取消"]))
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(DeadlineExceeded):
+            await eng.embed(["这个请求会超时"], timeout=0.05)
+        await asyncio.sleep(0.5)  # the worker wakes, finds both abandoned
+
+    try:
+        asyncio.run(main())
+        assert eng.stats.skipped_cancelled == 2  # the cancelled one and the timed-out one
+        assert eng.stats.rows == 0, "abandoned rows must not reach the model"
+    finally:
+        eng.close()
+
+
+def test_layers_choice_and_cls_pooling(engine, e5):
+    text = "我喜欢吃苹果"
+    tok = e5.tokenizer.encode(text)
+    with torch.inference_mode():
+        states = e5.encoder(torch.tensor([tok.ids]), output_hidden_states=True).hidden_states
+    mix = ((states[6] + states[12]) / 2)[0].numpy()
+
+    async def main():
+        a = await engine.embed([text], layers=[6, -1], token_vectors=True, normalize=False)
+        b = await engine.embed([text], pooling="cls", normalize=False)
+        return a[0], b[0]
+
+    mixed, cls = asyncio.run(main())
+    assert np.abs(mixed.token_vectors - mix).max() <= 1e-5
+    assert np.abs(mixed.sentence - mix.mean(axis=0)).max() <= 1e-5
+    assert np.abs(cls.sentence - states[-1][0, 0].numpy()).max() <= 1e-5
+    with pytest.raises(InvalidRequest, match="layer 13 does not exist"):
+        asyncio.run(engine.embed([text], layers=[13]))
+
+
+def test_too_long_is_invalid_unless_truncated_or_windowed(engine):
+    long_text = "苹果手机和苹果派。" * 200
+
+    async def main():
+        with pytest.raises(InvalidRequest, match="the model takes 512"):
+            await engine.embed([long_text])
+        cut = (await engine.embed([long_text], truncate=True))[0]
+        windowed = (await engine.embed([long_text], windowed=True, token_vectors=True))[0]
+        return cut, windowed
+
+    cut, windowed = asyncio.run(main())
+    assert len(cut.tokenized) == 512 and cut.tokenized.truncated_tokens > 0
+    assert windowed.windows > 1
+    assert windowed.token_vectors.shape == (len(windowed.tokenized), 384)
+    assert np.isfinite(windowed.token_vectors).all()
+    assert abs(float(np.linalg.norm(windowed.sentence)) - 1) < 1e-5
+
+
+def test_windowing_a_text_that_fits_equals_one_pass(engine):
+    text = "这是一句普通长度的句子，用来检查窗口化不改变结果。"
+
+    async def main():
+        plain = await engine.embed([text], token_vectors=True)
+        windowed = await engine.embed([text], token_vectors=True, windowed=True)
+        return plain[0], windowed[0]
+
+    plain, windowed = asyncio.run(main())
+    assert windowed.windows == 1
+    np.testing.assert_array_equal(plain.token_vectors, windowed.token_vectors)
+
+
+def test_windows_respect_the_limit_and_cover_every_token():
+    for n, limit, stride in [(1000, 510, 256), (511, 510, 256), (2000, 100, 100), (300, 100, 500)]:
+        windows = plan_windows(n, limit, stride)
+        assert all(w.end - w.start <= limit for w in windows)
+        covered = set()
+        for w in windows:
+            covered.update(range(w.start, w.end))
+        assert covered == set(range(n))
+
+
+def test_windowed_tokens_have_context_from_a_central_window(engine, e5):
+    """A token in the middle of a long text is embedded from a window where it has context
+    on both sides: its vector equals a direct pass over that window."""
+    text = "".join(chinese_texts(12, min_chars=100, max_chars=100, seed=1))
+    res = asyncio.run(engine.embed([text], windowed=True, token_vectors=True))[0]
+    tok = res.tokenized
+    head, tail = 4, 1  # <s> ▁passage : ... </s>  (prefix repeated in every window)
+    windows = plan_windows(len(tok) - head - tail, 512 - head - tail, engine.config.window_stride)
+    assert len(windows) >= 3
+    w = windows[1]
+    ids = tok.ids[:head] + tok.ids[head + w.start : head + w.end] + tok.ids[-tail:]
+    with torch.inference_mode():
+        direct = e5.encoder(torch.tensor([ids])).last_hidden_state[0].numpy()
+    middle = (w.start + w.end) // 2
+    np.testing.assert_allclose(
+        res.token_vectors[head + middle], direct[head + middle - w.start], atol=1e-5
+    )
+
+
+def test_info_reports_model_device_and_limits(engine):
+    info = engine.info()
+    assert (info.model, info.dim, info.device, info.dtype) == (
+        "multilingual-e5-small", 384, "cpu", "float32",
+    )  # fmt: skip
+    assert info.max_tokens == 512 and info.max_batch_tokens == 2048
+
+
+def test_int8_is_close_to_float32(e5):
+    eng = Engine(EngineConfig(int8=True, warmup=False), e5).start()
+    try:
+        texts = chinese_texts(16, seed=5)
+        q = asyncio.run(eng.embed(texts))
+        full = e5.encode_sentences(texts)
+        cosine = np.array([float(r.sentence @ f) for r, f in zip(q, full, strict=True)])
+        assert cosine.mean() > 0.97, cosine
+        assert eng.info().dtype == "int8"
+    finally:
+        eng.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_gpu_half_precision_matches_cpu(dtype):
+    from embedsense.model import load_model
+
+    gpu_model = load_model()
+    eng = Engine(EngineConfig(device="cuda", dtype=dtype), gpu_model).start()
+    try:
+        texts = chinese_texts(32, seed=9)
+        got = asyncio.run(eng.embed(texts))
+        ref = load_model().encode_sentences(texts)
+        cosine = np.array([float(r.sentence @ f) for r, f in zip(got, ref, strict=True)])
+        assert cosine.min() > 0.99
+    finally:
+        eng.close()
