@@ -31,6 +31,7 @@ from embedsense.model.tokenizer import (
     TokenizedText,
     Tokenizer,
     e5s1_backend,
+    pad_sequences,
     wordpiece_backend_from_dir,
 )
 
@@ -93,13 +94,7 @@ class LoadedModel:
 
     def pad(self, batch: Sequence[TokenizedText]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad tokenized texts into (B, T) input ids and attention mask."""
-        T = max(len(t) for t in batch)
-        ids = torch.full((len(batch), T), self.tokenizer.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), T), dtype=torch.long)
-        for row, t in enumerate(batch):
-            ids[row, : len(t)] = torch.tensor(t.ids)
-            mask[row, : len(t)] = 1
-        return ids, mask
+        return pad_sequences([t.ids for t in batch], self.tokenizer.pad_id)
 
     @torch.inference_mode()
     def encode_sentences(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+import torch
 from tokenizers import Regex, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import Unigram, WordPiece
@@ -118,6 +119,19 @@ class Tokenizer:
             enc = self.backend.post_process(enc)
             out.append(_to_caller_text(enc, len(prefix), dropped))
         return out
+
+
+def pad_sequences(
+    sequences: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id sequences into (B, T) input ids and attention mask (1 = real token)."""
+    T = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), T), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
 
 
 def _to_caller_text(enc: object, prefix_len: int, dropped: int) -> TokenizedText:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from embedsense.model import LoadedModel
+from embedsense.model.tokenizer import pad_sequences
 from embedsense.server.config import EngineConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -79,12 +80,7 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, sequences: Sequence[Sequence[int]], layers: Sequence[Layers]) -> list[np.ndarray]:
         """Token vectors (len_i, C) float32 for each id sequence, in the chosen layer mix."""
-        T = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), T), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            ids[row, : len(seq)] = torch.as_tensor(seq)
-            mask[row, : len(seq)] = 1
+        ids, mask = pad_sequences(sequences, self.pad_id)
         need_all = any(choice is not None for choice in layers)
         out = self.encoder(ids.to(self.device), mask.to(self.device), output_hidden_states=need_all)
         # One device-to-host copy per distinct layer choice (usually one), then slicing.

@@ -13,9 +13,14 @@ from embedsense.model.checkpoint import encoder_config_from_hf, encoder_from_hf_
 TOL = 1e-4
 
 
-def run_both(reference, ids: torch.Tensor, mask: torch.Tensor):
+def ours_for(reference):
+    """Our encoder carrying the reference model's exact weights."""
     cfg = encoder_config_from_hf(reference.config.to_dict())
-    ours = encoder_from_hf_state_dict(cfg, reference.state_dict())
+    return encoder_from_hf_state_dict(cfg, reference.state_dict())
+
+
+def run_both(reference, ids: torch.Tensor, mask: torch.Tensor):
+    ours = ours_for(reference)
     with torch.inference_mode():
         theirs = reference(
             input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True
@@ -62,9 +67,7 @@ def test_full_bert_base_chinese_shape_matches_transformers():
 
 def test_fast_path_equals_explicit_path():
     ref = tiny_bert()
-    ours = encoder_from_hf_state_dict(
-        encoder_config_from_hf(ref.config.to_dict()), ref.state_dict()
-    )
+    ours = ours_for(ref)
     ids, mask = padded_batch([11, 5], ref.config.vocab_size, pad_id=0)
     with torch.inference_mode():
         fast = ours(ids, mask, output_hidden_states=True)
@@ -76,9 +79,7 @@ def test_fast_path_equals_explicit_path():
 
 def test_attention_rows_are_distributions_and_ignore_padding():
     ref = tiny_bert()
-    ours = encoder_from_hf_state_dict(
-        encoder_config_from_hf(ref.config.to_dict()), ref.state_dict()
-    )
+    ours = ours_for(ref)
     ids, mask = padded_batch([9, 4], ref.config.vocab_size, pad_id=0)
     with torch.inference_mode():
         out = ours(ids, mask, output_attentions=True)

@@ -31,6 +31,7 @@ from embedsense.model.checkpoint import (
     encoder_from_hf_state_dict,
     to_hf_state_dict,
 )
+from embedsense.model.tokenizer import pad_sequences
 
 
 def matmul_peak_flops(threads: int, n: int = 2048, repeats: int = 8) -> float:
@@ -95,17 +96,10 @@ def compare(name: str, ours, reference, batches, lengths, peak: float, repeats: 
 
 
 def padded_batches(ids_per_text: list[list[int]], batch_size: int, pad_id: int):
-    batches = []
-    for start in range(0, len(ids_per_text), batch_size):
-        chunk = ids_per_text[start : start + batch_size]
-        T = max(map(len, chunk))
-        ids = torch.full((len(chunk), T), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), T), dtype=torch.long)
-        for row, seq in enumerate(chunk):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        batches.append((ids, mask))
-    return batches
+    return [
+        pad_sequences(ids_per_text[start : start + batch_size], pad_id)
+        for start in range(0, len(ids_per_text), batch_size)
+    ]
 
 
 def main() -> None:
