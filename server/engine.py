@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,11 @@ from embedsense.server.runner import Layers, ModelRunner
 from embedsense.server.windows import Window, plan_windows, stitch_tokens, weighted_sentence
 
 log = logging.getLogger(__name__)
+
+# The model's threads own the CPU cores. Left on, `tokenizers` runs its own thread pool on
+# every request and competes with them (measured: ~11 % of engine throughput on 2 cores);
+# tokenizing is cheap next to a forward, so it stays on the calling thread.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 class EngineError(Exception):
