@@ -109,9 +109,7 @@ class Tokenizer:
         content_limit = self.max_tokens - self._n_special
         out = []
         for index, enc in enumerate(raw):
-            dropped = max(0, len(enc.ids) - content_limit)
-            if allow_long:
-                dropped = 0
+            dropped = 0 if allow_long else max(0, len(enc.ids) - content_limit)
             if dropped and not truncate:
                 raise TextTooLongError(index, len(enc.ids) + self._n_special, self.max_tokens)
             if dropped:

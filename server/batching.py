@@ -17,11 +17,6 @@ class Waiting(Protocol):
     arrival: float
 
 
-def padded_cost(lengths: Sequence[int]) -> int:
-    """Tokens a padded batch computes: rows × longest row."""
-    return len(lengths) * max(lengths) if lengths else 0
-
-
 @dataclass
 class BatchPlan:
     indices: list[int] = field(default_factory=list)  # into the pending list

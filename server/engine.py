@@ -23,7 +23,7 @@ import numpy as np
 
 from embedsense.model import LoadedModel, TextRole, TextTooLongError, TokenizedText, load_model
 from embedsense.model.pooling import Pooling
-from embedsense.server.batching import plan_batch
+from embedsense.server.batching import BatchPlan, plan_batch
 from embedsense.server.config import EngineConfig
 from embedsense.server.runner import Layers, ModelRunner
 from embedsense.server.windows import Window, plan_windows, stitch_tokens, weighted_sentence
@@ -227,9 +227,11 @@ class Engine:
             )
         except (TextTooLongError, ValueError) as err:
             raise InvalidRequest(str(err)) from err
-        plans = [self._windows_for(t) for t in tokenized]
+        frames = [_frame(t) for t in tokenized]
+        plans = [self._windows_for(t, f) for t, f in zip(tokenized, frames, strict=True)]
         window_ids = [
-            [self._window_ids(t, w) for w in plan] for t, plan in zip(tokenized, plans, strict=True)
+            [_window_ids(t, f, w) for w in plan]
+            for t, f, plan in zip(tokenized, frames, plans, strict=True)
         ]
         n_tokens = sum(len(ids) for per_text in window_ids for ids in per_text)
 
@@ -252,10 +254,12 @@ class Engine:
                 self._requests_in_flight -= 1
 
         results, cursor = [], 0
-        for tok, plan in zip(tokenized, plans, strict=True):
+        for tok, frame, plan in zip(tokenized, frames, plans, strict=True):
             per_window = outputs[cursor : cursor + len(plan)]
             cursor += len(plan)
-            results.append(self._assemble(tok, plan, per_window, token_vectors, normalize, pooling))
+            results.append(
+                self._assemble(tok, frame, plan, per_window, token_vectors, normalize, pooling)
+            )
         return results
 
     # ------------------------------------------------------------ admission and windows
@@ -280,21 +284,15 @@ class Engine:
             self._pending.extend(rows)
             self._cond.notify()
 
-    def _windows_for(self, tok: TokenizedText) -> list[Window]:
-        head, tail = _frame(tok)
+    def _windows_for(self, tok: TokenizedText, frame: tuple[int, int]) -> list[Window]:
+        head, tail = frame
         max_content = self.model.tokenizer.max_tokens - head - tail
         return plan_windows(len(tok) - head - tail, max_content, self.config.window_stride)
-
-    @staticmethod
-    def _window_ids(tok: TokenizedText, window: Window) -> list[int]:
-        # Every window gets the text's frame (special tokens, and the model's prefix).
-        head, tail = _frame(tok)
-        content = tok.ids[head : len(tok) - tail]
-        return tok.ids[:head] + content[window.start : window.end] + tok.ids[len(tok) - tail :]
 
     def _assemble(
         self,
         tok: TokenizedText,
+        frame: tuple[int, int],
         plan: list[Window],
         per_window: list[np.ndarray],
         want_tokens: bool,
@@ -306,7 +304,7 @@ class Engine:
         if len(plan) == 1:
             sentence, tokens = pooled[0], per_window[0]
         else:
-            head, tail = _frame(tok)
+            head, tail = frame
             n_content = len(tok) - head - tail
             content = [w[head : len(w) - tail] for w in per_window]
             sentence = pooled[0] if how is Pooling.CLS else weighted_sentence(plan, pooled)
@@ -328,19 +326,19 @@ class Engine:
 
     def _work(self) -> None:
         while True:
-            batch, depth = self._next_batch()
+            batch, plan, depth = self._next_batch()
             if batch is None:
                 return
             if batch:
-                self._run(batch, depth)
+                self._run(batch, plan, depth)
 
-    def _next_batch(self) -> tuple[list[_Row] | None, int]:
+    def _next_batch(self) -> tuple[list[_Row] | None, BatchPlan, int]:
         """Block until a batch is due; None when closing with nothing left."""
         c = self.config
         with self._cond:
             while not self._pending:
                 if self._closing:
-                    return None, 0
+                    return None, BatchPlan(), 0
                 self._cond.wait()
             # Wait a little for company, unless the budget is already full or we are closing.
             due = min(r.arrival for r in self._pending) + c.max_wait_ms / 1000
@@ -355,7 +353,7 @@ class Engine:
             batch = [self._pending[i] for i in plan.indices]
             self._pending = [r for i, r in enumerate(self._pending) if i not in chosen]
             self._queued_tokens -= sum(r.n_tokens for r in batch)
-            return batch, len(self._pending)
+            return batch, plan, len(self._pending)
 
     def _drop_abandoned(self) -> None:
         """Remove rows nobody waits for any more: they must cost no compute."""
@@ -373,7 +371,7 @@ class Engine:
             self._queued_tokens -= row.n_tokens
         self._pending = keep
 
-    def _run(self, batch: list[_Row], depth: int) -> None:
+    def _run(self, batch: list[_Row], plan: BatchPlan, depth: int) -> None:
         started = time.monotonic()
         try:
             outputs = self.runner.run([r.ids for r in batch], [r.layers for r in batch])
@@ -385,18 +383,16 @@ class Engine:
         seconds = time.monotonic() - started
         for row, out in zip(batch, outputs, strict=True):
             _settle(row, result=out)
-        real = sum(r.n_tokens for r in batch)
-        padded = len(batch) * max(r.n_tokens for r in batch)
         s = self.stats
         s.batches += 1
         s.rows += len(batch)
-        s.real_tokens += real
-        s.padded_tokens += padded
+        s.real_tokens += plan.real_tokens
+        s.padded_tokens += plan.padded_tokens
         s.model_seconds += seconds
         report = BatchReport(
             rows=len(batch),
-            real_tokens=real,
-            padded_tokens=padded,
+            real_tokens=plan.real_tokens,
+            padded_tokens=plan.padded_tokens,
             queue_depth=depth,
             queue_seconds=[started - r.arrival for r in batch],
             model_seconds=seconds,
@@ -412,6 +408,13 @@ def _frame(tok: TokenizedText) -> tuple[int, int]:
     head = tok.from_text.index(True)
     tail = tok.from_text[::-1].index(True)
     return head, tail
+
+
+def _window_ids(tok: TokenizedText, frame: tuple[int, int], window: Window) -> list[int]:
+    """A window's input: the text's frame (specials, the model's prefix) around its slice."""
+    head, tail = frame
+    content = tok.ids[head : len(tok) - tail]
+    return tok.ids[:head] + content[window.start : window.end] + tok.ids[len(tok) - tail :]
 
 
 def _settle(row: _Row, result: object = None, error: Exception | None = None) -> None:
