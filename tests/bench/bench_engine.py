@@ -5,7 +5,10 @@
   (b) a forward per request, one at a time (what a naive server does)
   (c) sentence-transformers-style fixed batches of 32 in arrival order, no length grouping
       (offline: the whole list at once; latency = when the text's batch finished)
-Then int8 vs float32 (engine, CPU): throughput ratio and mean cosine to fp32 vectors.
+(b) and (c) run twice: on our encoder (isolates what the scheduling adds) and on
+`transformers`' BertModel with the same weights and tokens (what a user calling the model
+themselves runs). Then int8 vs float32 (engine, CPU): throughput ratio and mean cosine to
+fp32 vectors.
 Last line: one JSON object.
 
     python tests/bench/bench_engine.py [--texts 384] [--threads 2]
@@ -24,9 +27,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import bert_reference_for  # noqa: E402  (tests/helpers.py)
 from workload import chinese_texts  # noqa: E402  (tests/workload.py)
 
 from embedsense.model import TextRole, load_model  # noqa: E402
+from embedsense.model.checkpoint import to_hf_state_dict  # noqa: E402
+from embedsense.model.pooling import Pooling, l2_normalize, pool  # noqa: E402
 from embedsense.server.config import EngineConfig  # noqa: E402
 from embedsense.server.engine import Engine  # noqa: E402
 
@@ -81,29 +87,44 @@ def run_engine(model, texts, tokens, config: EngineConfig, name: str):
         engine.close()
 
 
-def run_naive(model, texts, tokens):
+def transformers_encode(model):
+    """`encode_sentences` as a user would write it with transformers: our tokens, the
+    same weights in a BertModel, a padded batch, masked mean pooling, L2 normalization."""
+    reference = bert_reference_for(model.encoder.cfg)
+    reference.load_state_dict(to_hf_state_dict(model.encoder))
+
+    @torch.inference_mode()
+    def encode(texts: list[str]) -> np.ndarray:
+        ids, mask = model.pad(model.tokenizer.encode_batch(texts, TextRole.PASSAGE))
+        hidden = reference(input_ids=ids, attention_mask=mask).last_hidden_state
+        return l2_normalize(pool(hidden, mask, Pooling.MEAN)).numpy()
+
+    return encode
+
+
+def run_naive(encode, texts, tokens, label: str):
     lock = asyncio.Lock()
 
     async def one(text):
         async with lock:  # one model, one forward at a time, batch of 1
-            await asyncio.to_thread(model.encode_sentences, [text])
+            await asyncio.to_thread(encode, [text])
 
     seconds, latencies = asyncio.run(concurrent_callers(texts, one))
-    return summary("(b) forward per request", seconds, latencies, tokens, 0.0)
+    return summary(f"(b) forward per request, {label}", seconds, latencies, tokens, 0.0)
 
 
-def run_fixed_batches(model, texts, lengths, batch_size: int = 32):
+def run_fixed_batches(encode, texts, lengths, label: str, batch_size: int = 32):
     start = time.perf_counter()
     latencies, padded = [], 0
     for i in range(0, len(texts), batch_size):
         chunk = texts[i : i + batch_size]
-        model.encode_sentences(chunk)
+        encode(chunk)
         latencies += [time.perf_counter() - start] * len(chunk)
         padded += len(chunk) * max(lengths[i : i + batch_size])
     seconds = time.perf_counter() - start
     tokens = sum(lengths)
     return summary(
-        "(c) fixed batches of 32, no grouping", seconds, latencies, tokens, 1 - tokens / padded
+        f"(c) fixed batches of 32, {label}", seconds, latencies, tokens, 1 - tokens / padded
     )
 
 
@@ -153,27 +174,29 @@ def main() -> None:
         f"{len(texts)} Chinese texts, {min(lengths)}-{max(lengths)} tokens ({tokens} in all), "
         f"{CALLERS} concurrent callers, {args.threads} CPU threads, fp32, multilingual-e5-small"
     )
-    model.encode_sentences(texts[:8])  # warm-up for the non-engine paths
+    encoders = {"our encoder": model.encode_sentences, "transformers": transformers_encode(model)}
+    for encode in encoders.values():
+        encode(texts[:8])  # warm-up for the non-engine paths
     engine = run_engine(model, texts, tokens, EngineConfig(), "(a) embedsense engine")
-    naive = run_naive(model, texts, tokens)
-    fixed = run_fixed_batches(model, texts, lengths)
-    ratio_naive = engine["texts_per_s"] / naive["texts_per_s"]
-    ratio_fixed = engine["texts_per_s"] / fixed["texts_per_s"]
-    print(f"engine / per-request: {ratio_naive:.2f}x   engine / fixed batches: {ratio_fixed:.2f}x")
-    int8 = int8_comparison(model, texts, tokens)
-    print(
-        json.dumps(
-            {
-                "engine": engine,
-                "per_request": naive,
-                "fixed_batches": fixed,
-                "engine_vs_per_request": round(ratio_naive, 2),
-                "engine_vs_fixed_batches": round(ratio_fixed, 2),
-                **int8,
-                "threads": args.threads,
-            }
+    rows: dict = {"engine": engine}
+    for label, encode in encoders.items():
+        key = label.replace(" ", "_")
+        naive = run_naive(encode, texts, tokens, label)
+        fixed = run_fixed_batches(encode, texts, lengths, label)
+        rows[f"per_request_{key}"] = naive
+        rows[f"fixed_batches_{key}"] = fixed
+        rows[f"engine_vs_per_request_{key}"] = round(
+            engine["texts_per_s"] / naive["texts_per_s"], 2
         )
-    )
+        rows[f"engine_vs_fixed_batches_{key}"] = round(
+            engine["texts_per_s"] / fixed["texts_per_s"], 2
+        )
+        print(
+            f"engine / per-request ({label}): {rows[f'engine_vs_per_request_{key}']:.2f}x   "
+            f"engine / fixed batches ({label}): {rows[f'engine_vs_fixed_batches_{key}']:.2f}x"
+        )
+    int8 = int8_comparison(model, texts, tokens)
+    print(json.dumps({**rows, **int8, "threads": args.threads}))
 
 
 if __name__ == "__main__":
