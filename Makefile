@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench clean
+.PHONY: install test lint format bench demo serve proto clean
 
 install: $(STAMP)
 
@@ -31,6 +31,18 @@ test: lint
 
 bench: install
 	cd tests/bench && for script in bench_*.py; do ../../$(BIN)/python "$$script" || exit 1; done
+
+# Starts a server on the offline default model, indexes the bundled corpus, searches it,
+# tells the senses of 苹果 apart, stops the server.
+demo: install
+	$(BIN)/python -m embedsense.client.demo
+
+serve: install
+	$(BIN)/embedsense serve --data-dir data
+
+# The Python gRPC code in client/v1 from proto/ (a test fails when it is stale).
+proto: install
+	$(BIN)/python proto/generate.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

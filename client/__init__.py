@@ -1,1 +1,54 @@
-"""embedsense client SDK: talks to the server over gRPC; needs neither torch nor faiss."""
+"""The embedsense client SDK: needs grpcio, protobuf and numpy only (no torch, no faiss).
+
+from embedsense.client import Client
+with Client("127.0.0.1:50051") as c:
+    c.create_collection("notes")
+    c.upsert("notes", ["我喜欢吃苹果", "我买了最新的苹果手机"])
+    c.search("notes", "水果", k=1)
+"""
+
+from embedsense.client._api import Retry
+from embedsense.client.aio import AsyncClient
+from embedsense.client.client import Client
+from embedsense.client.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    EmbedSenseError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from embedsense.client.types import (
+    CollectionInfo,
+    Hit,
+    Info,
+    StoredDocument,
+    TokenEmbeddings,
+    Tokens,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "AsyncClient",
+    "Client",
+    "CollectionInfo",
+    "DeadlineExceeded",
+    "EmbedSenseError",
+    "FailedPrecondition",
+    "Hit",
+    "Info",
+    "InvalidArgument",
+    "NotFound",
+    "ResourceExhausted",
+    "Retry",
+    "StoredDocument",
+    "TokenEmbeddings",
+    "Tokens",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+]

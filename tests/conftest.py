@@ -24,3 +24,50 @@ def e5():
     from embedsense.model import load_model
 
     return load_model()
+
+
+class ServerThread:
+    """A real EmbedSenseServer on 127.0.0.1 (an ephemeral port), run by its own event loop
+    in a background thread, so tests can call it with blocking clients."""
+
+    def __init__(self, model, data_dir, **settings) -> None:
+        import asyncio
+        import threading
+
+        from embedsense.server.api.app import EmbedSenseServer
+        from embedsense.server.api.settings import ServerSettings
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        base = ServerSettings(host="127.0.0.1", port=0, data_dir=data_dir)
+        self.settings = ServerSettings(**{**base.__dict__, **settings})
+        self.server = EmbedSenseServer(self.settings, model)
+        self.port = self.run(self.server.start())
+        self.target = f"127.0.0.1:{self.port}"
+
+    def run(self, coroutine, timeout: float = 120):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.run(self.server.stop(grace=5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def server(e5, tmp_path_factory):
+    """One server for the whole session, on the real default model."""
+    running = ServerThread(e5, tmp_path_factory.mktemp("server-data"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def client(server):
+    from embedsense.client import Client
+
+    with Client(server.target, timeout=60) as c:
+        yield c

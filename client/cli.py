@@ -1,0 +1,217 @@
+"""`embedsense`: serve, and talk to a server from the shell.
+
+    embedsense serve --data-dir ./data
+    embedsense info
+    embedsense index corpus.txt --collection notes
+    embedsense search notes "苹果手机" -k 5
+    embedsense embed "我喜欢吃苹果" --tokens
+
+Output is a readable table, or JSON with --json. The target and the API key come from
+--target / --api-key or EMBEDSENSE_TARGET / EMBEDSENSE_API_KEY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedsense.client import Client, EmbedSenseError, NotFound
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """Columns padded to their widest cell (CJK characters count double)."""
+
+    def width(text: str) -> int:
+        return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)
+
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(width(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c + " " * (w - width(c)) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]  # fmt: skip
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def emit(args: argparse.Namespace, payload: Any, readable: str) -> None:
+    print(json.dumps(payload, ensure_ascii=False, default=_jsonable) if args.json else readable)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def read_documents(path: Path) -> Iterator[dict[str, Any]]:
+    """A .jsonl file: one object per line ({"text": ..., "id"?, "metadata"?}); any other
+    file: one document per non-empty line."""
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise SystemExit(f"{path}:{number}: not JSON: {err.msg}") from None
+            else:
+                yield {"text": line.rstrip("\n")}
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        import asyncio
+
+        from embedsense.server.api.app import serve
+        from embedsense.server.api.settings import ServerSettings
+    except ImportError as err:
+        raise SystemExit(
+            f"the server needs its extras ({err.name} is missing): pip install 'embedsense[server]'"
+        ) from None
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = ServerSettings.from_env(
+        host=args.host, port=args.port, data_dir=args.data_dir, model=args.model,
+        api_key=args.api_key, device=args.device, dtype=args.dtype, threads=args.threads,
+    )  # fmt: skip
+    asyncio.run(serve(settings))
+
+
+def cmd_info(args: argparse.Namespace, client: Client) -> None:
+    info = client.info()
+    emit(args, asdict(info), table(list(asdict(info).items()), ["field", "value"]))
+
+
+def cmd_embed(args: argparse.Namespace, client: Client) -> None:
+    if args.tokens:
+        results = client.embed_tokens(args.texts, layers=args.layers)
+        payload = [{"tokens": r.tokens.tokens, "offsets": r.tokens.offsets,
+                    "vectors": r.vectors} for r in results]  # fmt: skip
+        readable = "\n\n".join(
+            f"{text}\n" + table(
+                [(i, tok, f"{s}-{e}", f"{np.linalg.norm(v):.3f}", _preview(v))
+                 for i, (tok, (s, e), v) in enumerate(
+                     zip(r.tokens.tokens, r.tokens.offsets, r.vectors, strict=True))],
+                ["#", "token", "chars", "norm", "vector"],
+            )
+            for text, r in zip(args.texts, results, strict=True)
+        )  # fmt: skip
+    else:
+        vectors = client.encode(args.texts)
+        payload = [{"text": t, "vector": v} for t, v in zip(args.texts, vectors, strict=True)]
+        readable = table([(t, vectors.shape[1], _preview(v)) for t, v in zip(args.texts, vectors,
+                                                                             strict=True)],
+                         ["text", "dim", "vector"])  # fmt: skip
+    emit(args, payload, readable)
+
+
+def _preview(vector: np.ndarray) -> str:
+    return "[" + ", ".join(f"{x:+.3f}" for x in vector[:4]) + ", ...]"
+
+
+def cmd_index(args: argparse.Namespace, client: Client) -> None:
+    try:
+        client.describe_collection(args.collection)
+    except NotFound:
+        client.create_collection(args.collection, index=args.index, store_tokens=args.store_tokens)
+    ids = client.upsert(args.collection, read_documents(args.file), batch_size=args.batch_size,
+                        show_progress_bar=not args.json)  # fmt: skip
+    info = client.describe_collection(args.collection)
+    readable = f"{len(ids)} documents stored in {info.name!r} ({info.count} in all, {info.index})"
+    emit(args, {"upserted": len(ids), "collection": asdict(info)}, readable)
+
+
+def cmd_search(args: argparse.Namespace, client: Client) -> None:
+    where = json.loads(args.filter) if args.filter else None
+    hits = client.search(args.collection, args.query, k=args.k, filter=where)
+    emit(args, [asdict(h) for h in hits],
+         table([(i + 1, f"{h.score:.4f}", h.id, h.text[:60]) for i, h in enumerate(hits)],
+               ["rank", "score", "id", "text"]))  # fmt: skip
+
+
+def cmd_disambiguate(args: argparse.Namespace, client: Client) -> None:
+    answer = client.disambiguate(args.text, args.word, occurrence=args.occurrence)
+    emit(args, str(answer), str(answer))
+
+
+# ------------------------------------------------------------------ the parser
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="embedsense", description=__doc__.splitlines()[0])
+    p.add_argument("--target", default=os.environ.get("EMBEDSENSE_TARGET", "127.0.0.1:50051"))
+    p.add_argument("--api-key", default=os.environ.get("EMBEDSENSE_API_KEY"))
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    p.add_argument("--json", action="store_true", help="JSON output instead of a table")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server (needs embedsense[server])")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--data-dir")
+    serve.add_argument("--model")
+    serve.add_argument("--api-key", dest="api_key")
+    serve.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    serve.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    serve.add_argument("--threads", type=int)
+
+    sub.add_parser("info", help="the server's model, device and limits")
+
+    embed = sub.add_parser("embed", help="embed texts")
+    embed.add_argument("texts", nargs="+")
+    embed.add_argument("--tokens", action="store_true", help="per-token vectors")
+    embed.add_argument("--layers", type=int, nargs="*", help="hidden states to average")
+
+    index = sub.add_parser("index", help="store a .txt (a document per line) or .jsonl file")
+    index.add_argument("file", type=Path)
+    index.add_argument("--collection", required=True)
+    index.add_argument("--index", default="Flat", help="FAISS spec, for a new collection")
+    index.add_argument("--store-tokens", action="store_true")
+    index.add_argument("--batch-size", type=int, default=256)
+
+    search = sub.add_parser("search", help="nearest documents to a text")
+    search.add_argument("collection")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--filter", help='JSON, e.g. \'{"lang": "zh"}\'')
+
+    dis = sub.add_parser("disambiguate", help="which sense a word has in a text")
+    dis.add_argument("text")
+    dis.add_argument("word")
+    dis.add_argument("--occurrence", type=int, default=0)
+    return p
+
+
+COMMANDS = {"info": cmd_info, "embed": cmd_embed, "index": cmd_index, "search": cmd_search,
+            "disambiguate": cmd_disambiguate}  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "serve":
+        cmd_serve(args)
+        return 0
+    try:
+        with Client(args.target, api_key=args.api_key, timeout=args.timeout) as client:
+            COMMANDS[args.command](args, client)
+    except EmbedSenseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

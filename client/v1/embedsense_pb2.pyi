@@ -1,0 +1,363 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ROLE_QUERY: _ClassVar[Role]
+    ROLE_PASSAGE: _ClassVar[Role]
+
+class Pooling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POOLING_DEFAULT: _ClassVar[Pooling]
+    POOLING_MEAN: _ClassVar[Pooling]
+    POOLING_CLS: _ClassVar[Pooling]
+
+class LongText(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LONG_TEXT_ERROR: _ClassVar[LongText]
+    LONG_TEXT_TRUNCATE: _ClassVar[LongText]
+    LONG_TEXT_WINDOWS: _ClassVar[LongText]
+ROLE_UNSPECIFIED: Role
+ROLE_QUERY: Role
+ROLE_PASSAGE: Role
+POOLING_DEFAULT: Pooling
+POOLING_MEAN: Pooling
+POOLING_CLS: Pooling
+LONG_TEXT_ERROR: LongText
+LONG_TEXT_TRUNCATE: LongText
+LONG_TEXT_WINDOWS: LongText
+
+class Tensor(_message.Message):
+    __slots__ = ("shape", "data")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InfoResponse(_message.Message):
+    __slots__ = ("version", "model", "dim", "device", "dtype", "max_tokens", "num_layers", "max_batch_tokens", "max_queued_tokens", "max_concurrent_requests", "max_texts_per_request", "max_message_bytes", "auth_required")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TEXTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    model: str
+    dim: int
+    device: str
+    dtype: str
+    max_tokens: int
+    num_layers: int
+    max_batch_tokens: int
+    max_queued_tokens: int
+    max_concurrent_requests: int
+    max_texts_per_request: int
+    max_message_bytes: int
+    auth_required: bool
+    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_queued_tokens: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_texts_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ...) -> None: ...
+
+class TokenizeRequest(_message.Message):
+    __slots__ = ("text", "role")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    role: Role
+    def __init__(self, text: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ...) -> None: ...
+
+class TokenizeResponse(_message.Message):
+    __slots__ = ("tokens", "ids", "starts", "ends", "from_text")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    STARTS_FIELD_NUMBER: _ClassVar[int]
+    ENDS_FIELD_NUMBER: _ClassVar[int]
+    FROM_TEXT_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedScalarFieldContainer[str]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    starts: _containers.RepeatedScalarFieldContainer[int]
+    ends: _containers.RepeatedScalarFieldContainer[int]
+    from_text: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, tokens: _Optional[_Iterable[str]] = ..., ids: _Optional[_Iterable[int]] = ..., starts: _Optional[_Iterable[int]] = ..., ends: _Optional[_Iterable[int]] = ..., from_text: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("texts", "role", "sentence_vectors", "token_vectors", "layers", "no_normalize", "pooling", "long_text")
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SENTENCE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    NO_NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    LONG_TEXT_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    role: Role
+    sentence_vectors: bool
+    token_vectors: bool
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    no_normalize: bool
+    pooling: Pooling
+    long_text: LongText
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., role: _Optional[_Union[Role, str]] = ..., sentence_vectors: _Optional[bool] = ..., token_vectors: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., no_normalize: _Optional[bool] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., long_text: _Optional[_Union[LongText, str]] = ...) -> None: ...
+
+class TokenVectors(_message.Message):
+    __slots__ = ("tokens", "vectors", "windows", "truncated_tokens")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: TokenizeResponse
+    vectors: Tensor
+    windows: int
+    truncated_tokens: int
+    def __init__(self, tokens: _Optional[_Union[TokenizeResponse, _Mapping]] = ..., vectors: _Optional[_Union[Tensor, _Mapping]] = ..., windows: _Optional[int] = ..., truncated_tokens: _Optional[int] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("sentence_vectors", "token_vectors")
+    SENTENCE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    sentence_vectors: Tensor
+    token_vectors: _containers.RepeatedCompositeFieldContainer[TokenVectors]
+    def __init__(self, sentence_vectors: _Optional[_Union[Tensor, _Mapping]] = ..., token_vectors: _Optional[_Iterable[_Union[TokenVectors, _Mapping]]] = ...) -> None: ...
+
+class CreateCollectionRequest(_message.Message):
+    __slots__ = ("name", "index", "metric", "store_tokens", "ef_search", "nprobe")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    STORE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    index: str
+    metric: str
+    store_tokens: bool
+    ef_search: int
+    nprobe: int
+    def __init__(self, name: _Optional[str] = ..., index: _Optional[str] = ..., metric: _Optional[str] = ..., store_tokens: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ...) -> None: ...
+
+class CollectionRef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CollectionInfo(_message.Message):
+    __slots__ = ("name", "model", "dim", "metric", "index", "store_tokens", "count", "created_at", "trained", "training_size", "ef_search", "nprobe", "tokens", "bytes_per_token")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    STORE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: str
+    dim: int
+    metric: str
+    index: str
+    store_tokens: bool
+    count: int
+    created_at: float
+    trained: bool
+    training_size: int
+    ef_search: int
+    nprobe: int
+    tokens: int
+    bytes_per_token: float
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index: _Optional[str] = ..., store_tokens: _Optional[bool] = ..., count: _Optional[int] = ..., created_at: _Optional[float] = ..., trained: _Optional[bool] = ..., training_size: _Optional[int] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., tokens: _Optional[int] = ..., bytes_per_token: _Optional[float] = ...) -> None: ...
+
+class ListCollectionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListCollectionsResponse(_message.Message):
+    __slots__ = ("collections",)
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionInfo]
+    def __init__(self, collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ...) -> None: ...
+
+class DropCollectionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Document(_message.Message):
+    __slots__ = ("id", "text", "metadata_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    text: str
+    metadata_json: str
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ...) -> None: ...
+
+class UpsertRequest(_message.Message):
+    __slots__ = ("collection", "documents")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    documents: _containers.RepeatedCompositeFieldContainer[Document]
+    def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+
+class UpsertResponse(_message.Message):
+    __slots__ = ("upserted", "ids")
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    upserted: int
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, upserted: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("collection", "ids", "with_vectors")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    with_vectors: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class StoredDocument(_message.Message):
+    __slots__ = ("id", "text", "metadata_json", "vector")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    text: str
+    metadata_json: str
+    vector: Tensor
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ..., vector: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("documents", "missing")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[StoredDocument]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, documents: _Optional[_Iterable[_Union[StoredDocument, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("collection", "ids")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("collection", "text", "vector", "k", "filter_json", "ef_search", "nprobe")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    text: str
+    vector: Tensor
+    k: int
+    filter_json: str
+    ef_search: int
+    nprobe: int
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[Tensor, _Mapping]] = ..., k: _Optional[int] = ..., filter_json: _Optional[str] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ...) -> None: ...
+
+class Hit(_message.Message):
+    __slots__ = ("id", "score", "text", "metadata_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    score: float
+    text: str
+    metadata_json: str
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+
+class DisambiguateRequest(_message.Message):
+    __slots__ = ("text", "word", "occurrence")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    OCCURRENCE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    word: str
+    occurrence: int
+    def __init__(self, text: _Optional[str] = ..., word: _Optional[str] = ..., occurrence: _Optional[int] = ...) -> None: ...
+
+class DisambiguateResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SearchOccurrencesRequest(_message.Message):
+    __slots__ = ("collection", "text", "word")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    text: str
+    word: str
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., word: _Optional[str] = ...) -> None: ...
+
+class SearchOccurrencesResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InduceSensesRequest(_message.Message):
+    __slots__ = ("collection", "word")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    word: str
+    def __init__(self, collection: _Optional[str] = ..., word: _Optional[str] = ...) -> None: ...
+
+class InduceSensesResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The gRPC API: the service (RPCs), the running server, its settings."""

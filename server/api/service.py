@@ -1,0 +1,364 @@
+"""The RPCs: each turns a request into engine and index calls, and their answer into a reply.
+
+Text is embedded by the engine (asyncio, batched with every other caller's); index work
+(SQLite, FAISS) runs in worker threads so the event loop keeps serving. Errors become gRPC
+statuses in one place (`STATUSES`), with the domain error's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import grpc
+import numpy as np
+
+from embedsense.client.tensors import from_tensor, to_tensor
+from embedsense.client.v1 import embedsense_pb2 as pb
+from embedsense.client.v1 import embedsense_pb2_grpc
+from embedsense.model import TextRole, TokenizedText
+from embedsense.model.pooling import Pooling
+from embedsense.server import engine as eng
+from embedsense.server import index as idx
+from embedsense.server.api.settings import ServerSettings
+from embedsense.server.engine import Embedding, Engine
+from embedsense.server.index import Catalog, Document, Token
+
+log = logging.getLogger(__name__)
+
+
+class BadRequest(ValueError):
+    """A request field that is wrong before any work starts (INVALID_ARGUMENT)."""
+
+
+# Most specific first: ModelMismatch is an InvalidArgument, but the request is not at fault.
+STATUSES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (eng.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (eng.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (eng.EngineClosed, grpc.StatusCode.UNAVAILABLE),
+    (eng.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (idx.CollectionNotFound, grpc.StatusCode.NOT_FOUND),
+    (idx.CollectionExists, grpc.StatusCode.ALREADY_EXISTS),
+    (idx.ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (idx.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
+]
+
+ROLES = {pb.ROLE_QUERY: TextRole.QUERY, pb.ROLE_PASSAGE: TextRole.PASSAGE}
+POOLINGS = {pb.POOLING_DEFAULT: None, pb.POOLING_MEAN: Pooling.MEAN, pb.POOLING_CLS: Pooling.CLS}
+
+
+def status_for(error: BaseException) -> grpc.StatusCode | None:
+    return next((code for kind, code in STATUSES if isinstance(error, kind)), None)
+
+
+def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Map domain errors to statuses; anything else is INTERNAL, logged with its trace."""
+
+    @functools.wraps(method)
+    async def handle(self: Service, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except Exception as err:  # noqa: BLE001 - every error gets a status, never a crash
+            if isinstance(err, asyncio.CancelledError | grpc.aio.AbortError):
+                raise
+            code = status_for(err)
+            if code is None:
+                log.exception("%s failed", method.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+            await context.abort(code, str(err))
+
+    return handle
+
+
+def server_version() -> str:
+    try:
+        return version("embedsense")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _metadata(text: str, field: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BadRequest(f"{field}: not JSON ({err.msg} at character {err.pos})") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"{field}: must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _tokens_reply(t: TokenizedText) -> pb.TokenizeResponse:
+    return pb.TokenizeResponse(
+        tokens=t.tokens, ids=t.ids, starts=[s for s, _ in t.offsets],
+        ends=[e for _, e in t.offsets], from_text=t.from_text,
+    )  # fmt: skip
+
+
+class Service(embedsense_pb2_grpc.EmbedSenseServicer):
+    def __init__(self, engine: Engine, catalog: Catalog, settings: ServerSettings) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.settings = settings
+        self.model_name = engine.model.spec.name
+
+    # ------------------------------------------------------------ helpers
+
+    def _texts(self, texts: Any, field: str = "texts") -> list[str]:
+        texts = list(texts)
+        limit = self.settings.max_texts_per_request
+        if not texts:
+            raise BadRequest(f"{field}: at least one text is needed")
+        if len(texts) > limit:
+            raise BadRequest(f"{field}: {len(texts)} texts; the limit is {limit} per request")
+        return texts
+
+    async def _embed(
+        self, texts: list[str], context: grpc.aio.ServicerContext, **options: Any
+    ) -> list[Embedding]:
+        remaining = context.time_remaining()
+        return await self.engine.embed(texts, timeout=remaining, **options)
+
+    async def _collection(self, name: str) -> idx.Collection:
+        if not name:
+            raise BadRequest("collection: a collection name is needed")
+        return self.catalog.get(name)
+
+    # ------------------------------------------------------------ model
+
+    @rpc
+    async def Info(self, request: pb.InfoRequest, context: Any) -> pb.InfoResponse:
+        info, s = self.engine.info(), self.settings
+        return pb.InfoResponse(
+            version=server_version(), model=info.model, dim=info.dim, device=info.device,
+            dtype=info.dtype, max_tokens=info.max_tokens,
+            num_layers=self.engine.model.encoder.cfg.num_layers,
+            max_batch_tokens=info.max_batch_tokens, max_queued_tokens=info.max_queued_tokens,
+            max_concurrent_requests=info.max_concurrent_requests,
+            max_texts_per_request=s.max_texts_per_request,
+            max_message_bytes=s.max_message_bytes, auth_required=bool(s.api_key),
+        )  # fmt: skip
+
+    @rpc
+    async def Tokenize(self, request: pb.TokenizeRequest, context: Any) -> pb.TokenizeResponse:
+        role = ROLES.get(request.role, TextRole.QUERY)
+        # Any length: telling a caller how long a text is must not fail for a long one.
+        (t,) = self.engine.model.tokenizer.encode_batch([request.text], role, allow_long=True)
+        return _tokens_reply(t)
+
+    @rpc
+    async def Embed(self, request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:
+        texts = self._texts(request.texts)
+        want_sentences = request.sentence_vectors or not request.token_vectors
+        results = await self._embed(
+            texts, context,
+            role=ROLES.get(request.role, TextRole.QUERY),
+            layers=list(request.layers) or None,
+            token_vectors=request.token_vectors,
+            normalize=not request.no_normalize,
+            pooling=POOLINGS[request.pooling],
+            truncate=request.long_text == pb.LONG_TEXT_TRUNCATE,
+            windowed=request.long_text == pb.LONG_TEXT_WINDOWS,
+        )  # fmt: skip
+        reply = pb.EmbedResponse()
+        if want_sentences:
+            reply.sentence_vectors.CopyFrom(to_tensor(np.stack([r.sentence for r in results])))
+        if request.token_vectors:
+            reply.token_vectors.extend(
+                pb.TokenVectors(
+                    tokens=_tokens_reply(r.tokenized),
+                    vectors=to_tensor(r.token_vectors),
+                    windows=r.windows,
+                    truncated_tokens=r.tokenized.truncated_tokens,
+                )  # fmt: skip
+                for r in results
+            )
+        return reply
+
+    # ------------------------------------------------------------ collections
+
+    @staticmethod
+    def _collection_reply(info: idx.CollectionInfo) -> pb.CollectionInfo:
+        return pb.CollectionInfo(
+            name=info.name, model=info.model, dim=info.dim, metric=info.metric,
+            index=info.index_spec, store_tokens=info.store_tokens, count=info.count,
+            created_at=info.created_at, trained=info.trained,
+            training_size=info.training_size, ef_search=info.ef_search, nprobe=info.nprobe,
+            tokens=info.tokens, bytes_per_token=info.bytes_per_token,
+        )  # fmt: skip
+
+    @rpc
+    async def CreateCollection(
+        self, request: pb.CreateCollectionRequest, context: Any
+    ) -> pb.CollectionInfo:
+        options = {
+            key: value
+            for key, value in (("ef_search", request.ef_search), ("nprobe", request.nprobe))
+            if value
+        }
+        info = await asyncio.to_thread(
+            self.catalog.create, request.name, model=self.model_name,
+            dim=self.engine.model.dim, metric=request.metric or "cosine",
+            index_spec=request.index or "Flat", store_tokens=request.store_tokens,
+            options=options,
+        )  # fmt: skip
+        return self._collection_reply(info)
+
+    @rpc
+    async def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: Any
+    ) -> pb.ListCollectionsResponse:
+        infos = await asyncio.to_thread(self.catalog.list)
+        return pb.ListCollectionsResponse(collections=[self._collection_reply(i) for i in infos])
+
+    @rpc
+    async def DescribeCollection(
+        self, request: pb.CollectionRef, context: Any
+    ) -> pb.CollectionInfo:
+        collection = await self._collection(request.name)
+        return self._collection_reply(await asyncio.to_thread(collection.info))
+
+    @rpc
+    async def DropCollection(
+        self, request: pb.CollectionRef, context: Any
+    ) -> pb.DropCollectionResponse:
+        await self._collection(request.name)
+        await asyncio.to_thread(self.catalog.drop, request.name)
+        return pb.DropCollectionResponse()
+
+    # ------------------------------------------------------------ documents
+
+    async def _documents(
+        self, collection: idx.Collection, batch: list[pb.Document], context: Any
+    ) -> list[Document]:
+        texts = [d.text for d in batch]
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise BadRequest(f"documents[{i}].text: empty; a document needs text")
+        metadata = [_metadata(d.metadata_json, f"documents[{i}].metadata_json")
+                    for i, d in enumerate(batch)]  # fmt: skip
+        # Long documents are embedded in windows: every token of a stored text gets a vector.
+        results = await self._embed(
+            texts, context, role=TextRole.PASSAGE, windowed=True,
+            token_vectors=collection.row.store_tokens,
+        )  # fmt: skip
+        docs = []
+        for d, meta, r in zip(batch, metadata, results, strict=True):
+            tokens = token_vectors = None
+            if collection.row.store_tokens:
+                t = r.tokenized
+                tokens = [Token(tok, s, e) for tok, (s, e) in zip(t.tokens, t.offsets, strict=True)]
+                token_vectors = r.token_vectors
+            docs.append(Document(text=d.text, vector=r.sentence, id=d.id or None, metadata=meta,
+                                 tokens=tokens, token_vectors=token_vectors))  # fmt: skip
+        return docs
+
+    @rpc
+    async def Upsert(
+        self, requests: AsyncIterator[pb.UpsertRequest], context: Any
+    ) -> pb.UpsertResponse:
+        ids: list[str] = []
+        name = ""
+        async for request in requests:
+            if request.collection and name and request.collection != name:
+                raise BadRequest(
+                    f"collection: one upsert stream writes one collection ({name!r}), "
+                    f"got {request.collection!r}"
+                )
+            name = name or request.collection
+            collection = await self._collection(name)
+            if not request.documents:
+                continue
+            if len(request.documents) > self.settings.max_texts_per_request:
+                raise BadRequest(
+                    f"documents: {len(request.documents)} in one message; the limit is "
+                    f"{self.settings.max_texts_per_request}: send smaller batches"
+                )
+            try:
+                docs = await self._documents(collection, list(request.documents), context)
+                ids += await asyncio.to_thread(collection.upsert, docs, self.model_name)
+            except Exception as err:
+                if ids:  # say what is already stored: the caller must not guess
+                    err.args = (f"{err} ({len(ids)} documents sent before it were stored)",)
+                raise
+        return pb.UpsertResponse(upserted=len(ids), ids=ids)
+
+    @rpc
+    async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
+        collection = await self._collection(request.collection)
+        docs = await asyncio.to_thread(collection.get, list(request.ids))
+        reply = pb.GetResponse()
+        for doc_id, doc in zip(request.ids, docs, strict=True):
+            if doc is None:
+                reply.missing.append(doc_id)
+                continue
+            stored = reply.documents.add(
+                id=doc.id, text=doc.text,
+                metadata_json=json.dumps(doc.metadata, ensure_ascii=False),
+            )  # fmt: skip
+            if request.with_vectors:
+                stored.vector.CopyFrom(to_tensor(doc.vector))
+        return reply
+
+    @rpc
+    async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+        collection = await self._collection(request.collection)
+        return pb.DeleteResponse(
+            deleted=await asyncio.to_thread(collection.delete, list(request.ids))
+        )
+
+    @rpc
+    async def Search(self, request: pb.SearchRequest, context: Any) -> pb.SearchResponse:
+        collection = await self._collection(request.collection)
+        which = request.WhichOneof("query")
+        if which == "text":
+            if not request.text.strip():
+                raise BadRequest("text: an empty query")
+            (result,) = await self._embed([request.text], context, role=TextRole.QUERY)
+            vector = result.sentence
+        elif which == "vector":
+            try:
+                vector = from_tensor(request.vector)
+            except ValueError as err:
+                raise BadRequest(f"vector: {err}") from None
+        else:
+            raise BadRequest("query: give a text or a vector")
+        where = _metadata(request.filter_json, "filter_json")
+        hits = await asyncio.to_thread(
+            collection.search, vector, request.k or 10, where,
+            ef_search=request.ef_search or None, nprobe=request.nprobe or None,
+            model=self.model_name,
+        )  # fmt: skip
+        return pb.SearchResponse(
+            hits=[
+                pb.Hit(id=h.id, score=h.score, text=h.text or "",
+                       metadata_json=json.dumps(h.metadata, ensure_ascii=False))
+                for h in hits[0]
+            ]
+        )  # fmt: skip
+
+    # ------------------------------------------------------------ senses (reserved)
+
+    async def _reserved(self, context: Any, name: str) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{name} is reserved: it arrives with word senses"
+        )
+
+    async def Disambiguate(self, request: Any, context: Any) -> Any:
+        await self._reserved(context, "Disambiguate")
+
+    async def SearchOccurrences(self, request: Any, context: Any) -> Any:
+        await self._reserved(context, "SearchOccurrences")
+
+    async def InduceSenses(self, request: Any, context: Any) -> Any:
+        await self._reserved(context, "InduceSenses")
+
+    async def Explain(self, request: Any, context: Any) -> Any:
+        await self._reserved(context, "Explain")

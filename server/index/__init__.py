@@ -1,0 +1,30 @@
+"""The vector index: collections of documents, durable in SQLite, searched with FAISS."""
+
+from embedsense.server.index.catalog import Catalog
+from embedsense.server.index.collection import Collection, CollectionInfo, Hit
+from embedsense.server.index.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    DimensionMismatch,
+    FilterError,
+    IndexStoreError,
+    InvalidArgument,
+    ModelMismatch,
+)
+from embedsense.server.index.store import Document, Token
+
+__all__ = [
+    "Catalog",
+    "Collection",
+    "CollectionExists",
+    "CollectionInfo",
+    "CollectionNotFound",
+    "DimensionMismatch",
+    "Document",
+    "FilterError",
+    "Hit",
+    "IndexStoreError",
+    "InvalidArgument",
+    "ModelMismatch",
+    "Token",
+]

@@ -1,0 +1,34 @@
+"""The index's errors; each maps to one gRPC status in the API layer."""
+
+from __future__ import annotations
+
+
+class IndexStoreError(Exception):
+    """Base of the index's errors."""
+
+
+class CollectionNotFound(IndexStoreError, KeyError):
+    """NOT_FOUND: no collection by that name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CollectionExists(IndexStoreError):
+    """ALREADY_EXISTS: a collection by that name exists."""
+
+
+class InvalidArgument(IndexStoreError, ValueError):
+    """INVALID_ARGUMENT: a bad name, spec, document or query."""
+
+
+class DimensionMismatch(InvalidArgument):
+    """A vector whose dimension is not the collection's."""
+
+
+class ModelMismatch(InvalidArgument):
+    """Vectors from a model other than the one the collection was built with."""
+
+
+class FilterError(InvalidArgument):
+    """A metadata filter that does not parse."""

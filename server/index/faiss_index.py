@@ -1,0 +1,157 @@
+"""The FAISS side of a collection: building an index from a spec, snapshots, the live set.
+
+A vector's FAISS id is its label: the index is append-only, so the i-th vector added has id
+i, and no ID map is needed. Which labels are live is a bitmap, handed to FAISS as an
+IDSelector, so dead (deleted or replaced) vectors are skipped inside the search.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from embedsense.server.index.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+METRICS = {
+    "cosine": faiss.METRIC_INNER_PRODUCT,  # inputs are L2-normalized first
+    "ip": faiss.METRIC_INNER_PRODUCT,
+    "l2": faiss.METRIC_L2,
+}
+
+
+def new_index(spec: str, dim: int, metric: str) -> faiss.Index:
+    """An empty index from a FAISS factory string ("Flat", "HNSW32", "IVF1024,PQ48"...)."""
+    if metric not in METRICS:
+        raise InvalidArgument(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
+    if "IDMap" in spec:
+        raise InvalidArgument(f"index spec {spec!r}: ids are managed by the collection")
+    try:
+        return faiss.index_factory(dim, spec, METRICS[metric])
+    except RuntimeError as err:
+        detail = str(err).strip().splitlines()[-1] if str(err).strip() else "rejected"
+        raise InvalidArgument(
+            f"index spec {spec!r} is not a FAISS factory string: {detail}"
+        ) from None
+
+
+def training_size(index: faiss.Index, spec: str) -> int:
+    """How many vectors an index of this spec wants before it is trained (0: no training).
+
+    FAISS's k-means wants about 39 points per centroid: per IVF list, and per PQ/SQ code.
+    """
+    if index.is_trained:
+        return 0
+    size = 1000
+    if lists := nlist(index):
+        size = max(size, 39 * lists)
+    if "PQ" in spec:
+        size = max(size, 39 * 256)
+    return size
+
+
+def search_parameters(
+    index: faiss.Index, selector: faiss.IDSelector | None, ef_search: int, nprobe: int
+) -> faiss.SearchParameters:
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=ef_search)
+    ivf = faiss.try_extract_index_ivf(inner)
+    if ivf is not None:
+        return faiss.SearchParametersIVF(sel=selector, nprobe=min(nprobe, ivf.nlist))
+    return faiss.SearchParameters(sel=selector)
+
+
+def exact_view(index: faiss.Index) -> faiss.Index | None:
+    """An exhaustive index over the same vectors, when there is one at no cost (HNSW's flat
+    storage): used for very selective filters, where a graph walk would find too few."""
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        storage = faiss.downcast_index(inner.storage)
+        if isinstance(storage, faiss.IndexFlat):
+            return storage
+    return None
+
+
+def nlist(index: faiss.Index) -> int | None:
+    ivf = faiss.try_extract_index_ivf(faiss.downcast_index(index))
+    return None if ivf is None else ivf.nlist
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def popcount(bits: np.ndarray) -> int:
+    """How many labels a bitmap holds."""
+    return int(_POPCOUNT[bits].sum())
+
+
+class LiveSet:
+    """A growable bitmap of live labels, in the bit order FAISS's IDSelectorBitmap reads."""
+
+    def __init__(self) -> None:
+        self.bits = np.zeros(1024, dtype=np.uint8)
+        self.count = 0
+
+    def add(self, labels: np.ndarray | list[int]) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if not len(labels):
+            return
+        needed = int(labels.max() >> 3) + 1
+        if needed > len(self.bits):
+            grown = np.zeros(max(len(self.bits) * 2, needed), dtype=np.uint8)
+            grown[: len(self.bits)] = self.bits
+            self.bits = grown
+        np.bitwise_or.at(self.bits, labels >> 3, (1 << (labels & 7)).astype(np.uint8))
+        self.count = popcount(self.bits)
+
+    def discard(self, labels: np.ndarray | list[int]) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        labels = labels[(labels >> 3) < len(self.bits)]
+        np.bitwise_and.at(self.bits, labels >> 3, ~(1 << (labels & 7)).astype(np.uint8))
+        self.count = popcount(self.bits)
+
+    def selector(self, among: np.ndarray | None = None) -> tuple[faiss.IDSelector, np.ndarray]:
+        """An IDSelector of the live labels (only those also in the bitmap `among`, when
+        given). The bitmap it reads is returned too: keep it alive while the selector is."""
+        bits = self.bits if among is None else self.bits & among
+        return faiss.IDSelectorBitmap(len(bits) * 8, faiss.swig_ptr(bits)), bits
+
+    def bitmap_of(self, labels: np.ndarray) -> np.ndarray:
+        """A bitmap of `labels`, the size of this one (for `selector(among=...)`)."""
+        bits = np.zeros(len(self.bits), dtype=np.uint8)
+        labels = labels[(labels >> 3) < len(bits)]
+        np.bitwise_or.at(bits, labels >> 3, (1 << (labels & 7)).astype(np.uint8))
+        return bits
+
+
+def write_snapshot(index: faiss.Index, path: Path) -> None:
+    """Write to a temporary file, fsync it, rename it over the old one, fsync the folder:
+    a crash at any instant leaves either the old snapshot or the new one, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    faiss.write_index(index, str(tmp))
+    with open(tmp, "rb") as written:
+        os.fsync(written.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def read_snapshot(path: Path) -> faiss.Index | None:
+    """The snapshot, or None when it is missing or unreadable (then the store rebuilds it)."""
+    if not path.exists():
+        return None
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as err:
+        log.warning("snapshot %s is unreadable (%s); rebuilding from the store", path, err)
+        return None

@@ -1,0 +1,355 @@
+"""The source of truth: collections and documents in SQLite (WAL mode, full fsync).
+
+Every acknowledged write is a committed transaction here before the call returns; the FAISS
+indexes are derived from this store and can always be rebuilt from it.
+
+Each document holds a `label`: its vector's position in the collection's FAISS index.
+Labels only grow (an upsert that replaces a document gives it a new label), so the index is
+append-only and a label is never reused within a generation; a label that no document holds
+any more is dead, and the search skips it. Compaction renumbers the live labels 0..n-1 and
+bumps the collection's generation, which makes every older snapshot stale.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS collections (
+    name TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    metric TEXT NOT NULL,
+    index_spec TEXT NOT NULL,
+    store_tokens INTEGER NOT NULL,
+    options TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
+    next_label INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS documents (
+    collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
+    id TEXT NOT NULL,
+    label INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    tokens TEXT,
+    token_vectors BLOB,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (collection, id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS documents_by_label ON documents (collection, label);
+"""
+
+
+@dataclass(frozen=True)
+class Token:
+    """A token of a stored document and where it sits in the document's text."""
+
+    text: str
+    start: int
+    end: int
+
+
+@dataclass
+class Document:
+    text: str
+    vector: np.ndarray  # (dim,) float32
+    id: str | None = None  # None: the store makes one
+    metadata: dict[str, Any] | None = None
+    tokens: list[Token] | None = None  # with token_vectors, when the collection stores them
+    token_vectors: np.ndarray | None = None  # (len(tokens), dim) float32
+
+
+@dataclass
+class CollectionRow:
+    name: str
+    model: str
+    dim: int
+    metric: str
+    index_spec: str
+    store_tokens: bool
+    options: dict[str, Any]
+    created_at: float
+    generation: int
+    next_label: int
+
+
+class Store:
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self._local = threading.local()
+        self._write_lock = threading.Lock()  # one writer in this process; SQLite: one overall
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn().executescript(SCHEMA)
+
+    # ------------------------------------------------------------ connections
+
+    def _conn(self) -> sqlite3.Connection:
+        """One connection per thread: WAL lets readers run while a writer commits."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is fsynced before it returns, so an acknowledged write survives
+            # a power cut too, not only a killed process.
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # ------------------------------------------------------------ collections
+
+    def add_collection(self, row: CollectionRow) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO collections (name, model, dim, metric, index_spec, store_tokens, "
+                "options, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (row.name, row.model, row.dim, row.metric, row.index_spec,
+                 int(row.store_tokens), json.dumps(row.options), row.created_at),
+            )  # fmt: skip
+
+    def drop_collection(self, name: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM documents WHERE collection = ?", (name,))
+            conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+
+    def set_index_spec(self, name: str, index_spec: str, options: dict[str, Any]) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE collections SET index_spec = ?, options = ? WHERE name = ?",
+                (index_spec, json.dumps(options), name),
+            )
+
+    def collections(self) -> list[CollectionRow]:
+        rows = self._conn().execute(
+            "SELECT name, model, dim, metric, index_spec, store_tokens, options, created_at, "
+            "generation, next_label FROM collections ORDER BY name"
+        )
+        return [
+            CollectionRow(n, m, d, met, spec, bool(tok), json.loads(opt), c, g, nl)
+            for n, m, d, met, spec, tok, opt, c, g, nl in rows
+        ]
+
+    def collection(self, name: str) -> CollectionRow | None:
+        return next((row for row in self.collections() if row.name == name), None)
+
+    # ------------------------------------------------------------ documents
+
+    def upsert(
+        self, collection: str, docs: Sequence[Document]
+    ) -> tuple[list[int], list[int | None]]:
+        """Insert or replace documents in one transaction (ids must be set and unique).
+
+        Returns each document's new label and the label it replaced (None for a new id).
+        """
+        now = time.time()
+        with self.transaction() as conn:
+            (next_label,) = conn.execute(
+                "SELECT next_label FROM collections WHERE name = ?", (collection,)
+            ).fetchone()
+            old_labels: list[int | None] = []
+            labels = list(range(next_label, next_label + len(docs)))
+            for doc, label in zip(docs, labels, strict=True):
+                old = conn.execute(
+                    "SELECT label FROM documents WHERE collection = ? AND id = ?",
+                    (collection, doc.id),
+                ).fetchone()
+                old_labels.append(old[0] if old else None)
+                tokens = (
+                    json.dumps([[t.text, t.start, t.end] for t in doc.tokens], ensure_ascii=False)
+                    if doc.tokens is not None
+                    else None
+                )
+                token_vectors = (
+                    doc.token_vectors.astype(np.float32).tobytes()
+                    if doc.token_vectors is not None
+                    else None
+                )
+                conn.execute(
+                    "INSERT OR REPLACE INTO documents (collection, id, label, text, metadata, "
+                    "vector, tokens, token_vectors, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (collection, doc.id, label, doc.text,
+                     json.dumps(doc.metadata or {}, ensure_ascii=False),
+                     doc.vector.astype(np.float32).tobytes(), tokens, token_vectors, now),
+                )  # fmt: skip
+            conn.execute(
+                "UPDATE collections SET next_label = ? WHERE name = ?",
+                (next_label + len(docs), collection),
+            )
+        return labels, old_labels
+
+    def delete(self, collection: str, ids: Sequence[str]) -> list[int]:
+        """Delete by id in one transaction; the labels that died (unknown ids are skipped)."""
+        with self.transaction() as conn:
+            dead = []
+            for doc_id in ids:
+                row = conn.execute(
+                    "DELETE FROM documents WHERE collection = ? AND id = ? RETURNING label",
+                    (collection, doc_id),
+                ).fetchone()
+                if row:
+                    dead.append(row[0])
+        return dead
+
+    def get(self, collection: str, ids: Sequence[str], dim: int) -> dict[str, Document]:
+        found: dict[str, Document] = {}
+        conn = self._conn()
+        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            chunk = list(ids[start : start + 500])
+            rows = conn.execute(
+                "SELECT id, text, metadata, vector, tokens, token_vectors FROM documents "
+                f"WHERE collection = ? AND id IN ({','.join('?' * len(chunk))})",
+                [collection, *chunk],
+            )
+            for doc_id, text, metadata, vector, tokens, token_vectors in rows:
+                found[doc_id] = _document(
+                    doc_id, text, metadata, vector, tokens, token_vectors, dim
+                )
+        return found
+
+    def count(self, collection: str) -> int:
+        (n,) = (
+            self._conn()
+            .execute("SELECT COUNT(*) FROM documents WHERE collection = ?", (collection,))
+            .fetchone()
+        )
+        return n
+
+    def token_stats(self, collection: str) -> tuple[int, int]:
+        """(tokens stored, bytes they take: vectors plus token texts and offsets)."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT COALESCE(SUM(json_array_length(tokens)), 0), "
+                "COALESCE(SUM(length(token_vectors) + length(tokens)), 0) "
+                "FROM documents WHERE collection = ? AND tokens IS NOT NULL",
+                (collection,),
+            )
+            .fetchone()
+        )
+        return int(row[0]), int(row[1])
+
+    def labels_where(self, collection: str, condition: str, params: Sequence[Any]) -> np.ndarray:
+        rows = self._conn().execute(
+            f"SELECT label FROM documents WHERE collection = ? AND {condition}",
+            [collection, *params],
+        )
+        return np.fromiter((label for (label,) in rows), dtype=np.int64)
+
+    def live(self, collection: str) -> Iterator[tuple[int, str]]:
+        """(label, id) of every document, in label order."""
+        yield from self._conn().execute(
+            "SELECT label, id FROM documents WHERE collection = ? ORDER BY label", (collection,)
+        )
+
+    def vectors_from(
+        self, collection: str, first_label: int, dim: int, batch: int = 10_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(labels, vectors) of the documents with label >= first_label, in label order."""
+        rows = self._conn().execute(
+            "SELECT label, vector FROM documents WHERE collection = ? AND label >= ? "
+            "ORDER BY label",
+            (collection, first_label),
+        )
+        while chunk := rows.fetchmany(batch):
+            labels = np.fromiter((label for label, _ in chunk), dtype=np.int64, count=len(chunk))
+            vectors = np.frombuffer(b"".join(v for _, v in chunk), dtype=np.float32)
+            yield labels, vectors.reshape(len(chunk), dim)
+
+    def sample_vectors(self, collection: str, n: int, dim: int) -> np.ndarray:
+        """n stored vectors drawn at random (for training an index)."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT vector FROM documents WHERE collection = ? ORDER BY random() LIMIT ?",
+                (collection, n),
+            )
+            .fetchall()
+        )
+        return np.frombuffer(b"".join(v for (v,) in rows), dtype=np.float32).reshape(-1, dim)
+
+    def compact_labels(self, collection: str) -> int:
+        """Renumber the live labels 0..n-1 (keeping their order); the new generation."""
+        with self.transaction() as conn:
+            # Move every label out of the way first: the (collection, label) index is unique.
+            conn.execute(
+                "UPDATE documents SET label = -1 - label WHERE collection = ?", (collection,)
+            )
+            conn.execute(
+                "WITH ranked AS (SELECT id, ROW_NUMBER() OVER (ORDER BY label DESC) - 1 AS new "
+                "FROM documents WHERE collection = ?) "
+                "UPDATE documents SET label = ranked.new FROM ranked "
+                "WHERE documents.collection = ? AND documents.id = ranked.id",
+                (collection, collection),
+            )
+            (n,) = conn.execute(
+                "SELECT COUNT(*) FROM documents WHERE collection = ?", (collection,)
+            ).fetchone()
+            conn.execute(
+                "UPDATE collections SET generation = generation + 1, next_label = ? WHERE name = ?",
+                (n, collection),
+            )
+            (generation,) = conn.execute(
+                "SELECT generation FROM collections WHERE name = ?", (collection,)
+            ).fetchone()
+        return generation
+
+
+def _document(
+    doc_id: str,
+    text: str,
+    metadata: str,
+    vector: bytes,
+    tokens: str | None,
+    token_vectors: bytes | None,
+    dim: int,
+) -> Document:
+    return Document(
+        id=doc_id,
+        text=text,
+        metadata=json.loads(metadata),
+        vector=np.frombuffer(vector, dtype=np.float32).copy(),
+        tokens=[Token(t, s, e) for t, s, e in json.loads(tokens)] if tokens else None,
+        token_vectors=(
+            np.frombuffer(token_vectors, dtype=np.float32).reshape(-1, dim).copy()
+            if token_vectors is not None
+            else None
+        ),
+    )

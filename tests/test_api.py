@@ -1,0 +1,324 @@
+"""The service end to end: a real server on 127.0.0.1, the real default model, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import ServerThread
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from embedsense.client import (
+    AlreadyExists,
+    AsyncClient,
+    Client,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Retry,
+    Unauthenticated,
+    Unimplemented,
+)
+from embedsense.model import TextRole
+from embedsense.server.config import EngineConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+FRUIT = ["我喜欢吃苹果", "香蕉和苹果都是水果", "这个苹果又红又甜"]
+PHONE = ["我买了最新的苹果手机", "苹果公司发布了新款电脑", "这款苹果手机的电池很耐用"]
+
+
+@pytest.fixture
+def collection(client, request):
+    name = request.node.name.replace("[", "-").replace("]", "")[:60]
+    client.create_collection(name, store_tokens=True)
+    yield name
+    client.drop_collection(name)
+
+
+def test_info_reports_the_model_and_limits(client):
+    info = client.info()
+    assert (info.model, info.dim, info.device, info.dtype) == (
+        "multilingual-e5-small", 384, "cpu", "float32"
+    )  # fmt: skip
+    assert info.max_tokens == 512 and info.num_layers == 12 and not info.auth_required
+    assert info.max_message_bytes == 64 * 1024 * 1024 and info.version
+
+
+def test_tokenize_gives_offsets_into_the_callers_text(client):
+    tokens = client.tokenize("我喜欢吃苹果")
+    apple = tokens.tokens.index("苹果")
+    assert tokens.offsets[apple] == (4, 6) and tokens.from_text[apple]
+    assert not tokens.from_text[0]  # <s>, and the query prefix, are not the caller's text
+
+
+def test_encode_matches_the_model_in_process(client, e5):
+    texts = FRUIT + PHONE
+    vectors = client.encode(texts, batch_size=4)
+    assert vectors.shape == (6, 384) and vectors.dtype == np.float32
+    expected = e5.encode_sentences(texts, TextRole.QUERY)
+    np.testing.assert_allclose(vectors, expected, atol=1e-4)
+    raw = client.encode(texts[:2], normalize_embeddings=False, role="passage")
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+
+
+def test_embed_tokens_and_layers(client):
+    (last,) = client.embed_tokens(["我喜欢吃苹果"])
+    assert last.vectors.shape == (len(last.tokens.tokens), 384)
+    (mixed,) = client.embed_tokens(["我喜欢吃苹果"], layers=[-1, -2])
+    (second_last,) = client.embed_tokens(["我喜欢吃苹果"], layers=[-2])
+    np.testing.assert_allclose(mixed.vectors, (last.vectors + second_last.vectors) / 2,
+                               atol=1e-5)  # fmt: skip
+
+
+def test_collections_documents_and_search(client, collection):
+    ids = client.upsert(
+        collection,
+        [{"id": f"fruit-{i}", "text": t, "metadata": {"sense": "fruit", "i": i}}
+         for i, t in enumerate(FRUIT)]
+        + [{"id": f"phone-{i}", "text": t, "metadata": {"sense": "company", "i": i}}
+           for i, t in enumerate(PHONE)]
+        + ["一段没有编号的文本"],
+        batch_size=2, show_progress_bar=False,
+    )  # fmt: skip
+    assert ids[:2] == ["fruit-0", "fruit-1"] and len(ids) == 7 and ids[-1]
+    assert client.count(collection) == 7
+    info = client.describe_collection(collection)
+    assert info.store_tokens and info.tokens > 7 and info.bytes_per_token > 384 * 4
+    assert collection in [c.name for c in client.list_collections()]
+
+    hits = client.search(collection, "苹果手机的屏幕", k=3, filter={"sense": "company"})
+    assert len(hits) == 3 and all(h.metadata["sense"] == "company" for h in hits)
+    assert hits[0].score >= hits[1].score >= hits[2].score
+    by_text = client.search(collection, "香蕉和苹果都是水果", k=1)
+    assert by_text[0].id == "fruit-1"
+
+    (stored, missing) = client.get(collection, ["phone-1", "nope"], with_vectors=True)
+    assert missing is None and stored.text == PHONE[1] and stored.metadata["i"] == 1
+    by_vector = client.search(collection, stored.vector, k=1)
+    assert by_vector[0].id == "phone-1" and by_vector[0].score == pytest.approx(1, abs=1e-5)
+
+    assert client.delete(collection, ["phone-1", "nope"]) == 1
+    assert client.count(collection) == 6
+    assert "phone-1" not in {h.id for h in client.search(collection, stored.vector, k=10)}
+
+
+def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(client, collection):
+    with pytest.raises(NotFound, match="no-such"):
+        client.search("no-such", "x")
+    with pytest.raises(AlreadyExists):
+        client.create_collection(collection)
+    with pytest.raises(InvalidArgument, match="collection name"):
+        client.create_collection("bad name!")
+    with pytest.raises(InvalidArgument, match="factory string"):
+        client.create_collection("bad-spec", index="NoSuchIndex")
+    with pytest.raises(InvalidArgument, match="512"):
+        client.encode(["苹果" * 2000])  # names the length and the limit
+    with pytest.raises(InvalidArgument, match="at least one text"):
+        client.embed_tokens([])
+    with pytest.raises(InvalidArgument, match="filter_json"):
+        client.search(collection, "x", filter=["not", "an", "object"])
+    with pytest.raises(InvalidArgument, match="unknown operator"):
+        client.search(collection, "x", filter={"a": {"$regex": "."}})
+    with pytest.raises(InvalidArgument, match="384-dim"):
+        client.search(collection, np.ones(10))
+    with pytest.raises(InvalidArgument, match="empty"):
+        client.upsert(collection, ["  "], show_progress_bar=False)
+    with pytest.raises(InvalidArgument, match="layer 40"):
+        client.embed_tokens(["x"], layers=[40])
+    with pytest.raises(Unimplemented, match="reserved"):
+        client.disambiguate("我喜欢吃苹果", "苹果")
+    long = client.encode(["苹果" * 2000], long_text="truncate")
+    assert long.shape == (1, 384)
+    (windowed,) = client.embed_tokens(["苹果" * 700], long_text="windows")
+    assert windowed.windows > 1 and len(windowed.tokens.tokens) > 512
+    assert client.info().model == "multilingual-e5-small"  # still serving
+
+
+def test_a_failed_stream_says_what_was_stored(client, collection):
+    docs = ["第一篇", "第二篇", "第三篇", " "]
+    with pytest.raises(InvalidArgument, match="3 documents sent before it were stored"):
+        client.upsert(collection, docs, batch_size=3, show_progress_bar=False)
+    assert client.count(collection) == 3
+
+
+def test_streaming_upsert_of_10000_documents_with_progress(client, capsys):
+    client.create_collection("bulk")
+    try:
+        docs = ({"id": str(i), "text": f"第{i}条短消息", "metadata": {"n": i}}
+                for i in range(10_000))  # fmt: skip
+        ids = client.upsert("bulk", docs, batch_size=500, show_progress_bar=True)
+        assert ids == [str(i) for i in range(10_000)]
+        assert client.count("bulk") == 10_000
+        assert "10000" in capsys.readouterr().err  # tqdm's count, on stderr
+        assert client.get("bulk", ["9999"])[0].metadata == {"n": 9999}
+    finally:
+        client.drop_collection("bulk")
+
+
+def test_async_client_has_the_same_methods(server):
+    async def scenario() -> None:
+        async with AsyncClient(server.target, timeout=60) as c:
+            assert (await c.info()).dim == 384
+            assert "苹果" in (await c.tokenize("苹果")).tokens
+            vectors = await c.encode(FRUIT + PHONE, batch_size=2)
+            assert vectors.shape == (6, 384)
+            await c.create_collection("async-one")
+            try:
+                await c.upsert("async-one", [{"id": "a", "text": FRUIT[0]}, PHONE[0]],
+                               show_progress_bar=False)  # fmt: skip
+                assert await c.count("async-one") == 2
+                hits = await c.search("async-one", FRUIT[0], k=1)
+                assert hits[0].id == "a"
+                assert (await c.get("async-one", ["a"]))[0].text == FRUIT[0]
+                assert await c.delete("async-one", ["a"]) == 1
+                assert [t.windows for t in await c.embed_tokens(["苹果"])] == [1]
+                with pytest.raises(NotFound):
+                    await c.describe_collection("nope")
+            finally:
+                await c.drop_collection("async-one")
+
+    asyncio.run(scenario())
+
+
+def test_health_and_reflection_work_unmodified(server):
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "embedsense.v1.EmbedSense"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+        assert "embedsense.v1.EmbedSense" in services
+        assert "grpc.health.v1.Health" in services
+
+
+def test_api_key_is_enforced_when_configured(e5, tmp_path):
+    running = ServerThread(e5, tmp_path, api_key="s3cret")
+    try:
+        with Client(running.target) as anonymous:
+            with pytest.raises(Unauthenticated, match="needs an API key"):
+                anonymous.info()
+        with Client(running.target, api_key="wrong") as wrong:
+            with pytest.raises(Unauthenticated, match="wrong"):
+                wrong.list_collections()
+            with pytest.raises(Unauthenticated):
+                wrong.upsert("x", ["a"], show_progress_bar=False)  # the streaming RPC too
+        with Client(running.target, api_key="s3cret") as right:
+            assert right.info().auth_required
+        with grpc.insecure_channel(running.target) as channel:  # health needs no key
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        running.stop()
+
+
+def test_overload_and_deadlines_map_to_their_statuses(e5, tmp_path):
+    running = ServerThread(e5, tmp_path, engine=EngineConfig(max_queued_tokens=600))
+    try:
+        with Client(running.target, retry=Retry(attempts=2, initial_backoff=0.01)) as c:
+            with pytest.raises(ResourceExhausted, match="max_queued_tokens"):
+                c.encode(["苹果" * 300, "香蕉" * 300], batch_size=2)
+            assert c.encode(["苹果"]).shape == (1, 384)  # and it still serves
+        with Client(running.target, timeout=0.0005) as hurried:
+            with pytest.raises(DeadlineExceeded):
+                hurried.encode(["这是一个需要一点时间的句子"] * 64)
+    finally:
+        running.stop()
+
+
+def test_a_restarted_server_keeps_every_document(e5, tmp_path):
+    first = ServerThread(e5, tmp_path)
+    with Client(first.target) as c:
+        c.create_collection("kept", index="HNSW32")
+        c.upsert("kept", [{"id": str(i), "text": t} for i, t in enumerate(FRUIT + PHONE)],
+                 show_progress_bar=False)  # fmt: skip
+        c.delete("kept", ["0"])
+    first.stop()
+    second = ServerThread(e5, tmp_path)
+    try:
+        with Client(second.target) as c:
+            assert c.count("kept") == 5 and c.describe_collection("kept").index == "HNSW32"
+            assert c.search("kept", PHONE[2], k=1)[0].id == "5"
+            assert c.get("kept", ["0"]) == [None]
+    finally:
+        second.stop()
+
+
+def run_cli(server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "embedsense.client.cli", "--target", server.target, *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_cli_info_index_search_embed(server, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(FRUIT + PHONE) + "\n\n", encoding="utf-8")
+    jsonl = tmp_path / "more.jsonl"
+    jsonl.write_text(json.dumps({"id": "j1", "text": "橙子也是水果", "metadata": {"k": 1}},
+                                ensure_ascii=False) + "\n", encoding="utf-8")  # fmt: skip
+
+    info = run_cli(server, "--json", "info")
+    assert info.returncode == 0 and json.loads(info.stdout)["dim"] == 384
+    assert "multilingual-e5-small" in run_cli(server, "info").stdout
+
+    indexed = run_cli(server, "index", str(corpus), "--collection", "cli-notes")
+    assert indexed.returncode == 0 and "6 documents stored" in indexed.stdout
+    assert run_cli(server, "index", str(jsonl), "--collection", "cli-notes").returncode == 0
+
+    found = run_cli(server, "--json", "search", "cli-notes", "苹果手机", "-k", "2")
+    hits = json.loads(found.stdout)
+    assert len(hits) == 2 and all("手机" in h["text"] or "公司" in h["text"] for h in hits)
+    table = run_cli(server, "search", "cli-notes", "水果", "--filter", '{"k": 1}').stdout
+    assert "j1" in table and "rank" in table
+
+    embedded = run_cli(server, "embed", "我喜欢吃苹果", "--tokens")
+    assert embedded.returncode == 0 and "苹果" in embedded.stdout and "4-6" in embedded.stdout
+
+    missing = run_cli(server, "search", "no-such-collection", "x")
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    with Client(server.target) as c:
+        c.drop_collection("cli-notes")
+
+
+def test_generated_grpc_code_is_up_to_date(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), str(tmp_path)],
+                   check=True, capture_output=True)  # fmt: skip
+    for fresh in tmp_path.iterdir():
+        committed = ROOT / "client" / "v1" / fresh.name
+        assert committed.exists(), f"client/v1/{fresh.name} is missing: run `make proto`"
+        assert committed.read_text() == fresh.read_text(), (
+            f"client/v1/{fresh.name} is stale: run `make proto`"
+        )
+
+
+BLOCK_HEAVY = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "faiss", "tokenizers", "transformers", "safetensors"}:
+            raise ImportError(f"{name} is not installed (blocked for this test)")
+sys.meta_path.insert(0, Block())
+from embedsense.client import Client
+from embedsense.client.cli import main
+with Client(sys.argv[1]) as c:
+    assert c.info().dim == 384
+    assert c.encode(["苹果"]).shape == (1, 384)
+sys.exit(main(["--target", sys.argv[1], "info"]))
+"""
+
+
+def test_the_client_and_cli_need_neither_torch_nor_faiss(server):
+    done = subprocess.run([sys.executable, "-c", BLOCK_HEAVY, server.target],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "multilingual-e5-small" in done.stdout

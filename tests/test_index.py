@@ -1,0 +1,393 @@
+"""The vector index: collections, documents, filtered search, persistence, concurrency."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from embedsense.server.index import (
+    Catalog,
+    CollectionExists,
+    CollectionNotFound,
+    DimensionMismatch,
+    Document,
+    FilterError,
+    InvalidArgument,
+    ModelMismatch,
+    Token,
+)
+from embedsense.server.index import collection as collection_module
+
+DIM = 16
+
+
+def unit(rng: np.random.Generator, n: int = 1) -> np.ndarray:
+    v = rng.normal(size=(n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def corpus(n: int, seed: int = 0) -> list[Document]:
+    rng = random.Random(seed)
+    vectors = unit(np.random.default_rng(seed), n)
+    return [
+        Document(
+            id=f"doc-{i}",
+            text=f"text {i}",
+            vector=vectors[i],
+            metadata={
+                "lang": rng.choice(["zh", "en", "ja"]),
+                "year": rng.randint(2000, 2025),
+                "score": rng.random(),
+                "public": rng.random() < 0.5,
+                "source": {"site": rng.choice(["wiki", "news", "forum"])},
+                **({"tag": "rare"} if i % 97 == 0 else {}),
+            },
+        )
+        for i in range(n)
+    ]
+
+
+def matches(metadata: dict, where: dict) -> bool:
+    """The filter language's meaning, written plainly in Python (the oracle)."""
+
+    def value_of(field: str):
+        node = metadata
+        for part in field.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return KeyError
+            node = node[part]
+        return node
+
+    def same(a, b) -> bool:  # JSON equality: true is not 1
+        return type(a) is type(b) or (
+            isinstance(a, int | float) and isinstance(b, int | float)
+            and not isinstance(a, bool) and not isinstance(b, bool)
+        )  # fmt: skip
+
+    for field, condition in where.items():
+        value = value_of(field)
+        ops = condition if isinstance(condition, dict) else {"$eq": condition}
+        for op, operand in ops.items():
+            if op == "$eq":
+                ok = value is not KeyError and same(value, operand) and value == operand
+            elif op == "$ne":
+                ok = not (value is not KeyError and same(value, operand) and value == operand)
+            elif op == "$in":
+                ok = any(value is not KeyError and same(value, o) and value == o for o in operand)
+            else:
+                if value is KeyError or not same(value, operand) or isinstance(value, bool):
+                    return False
+                ok = {"$gt": value > operand, "$gte": value >= operand,
+                      "$lt": value < operand, "$lte": value <= operand}[op]  # fmt: skip
+            if not ok:
+                return False
+    return True
+
+
+FILTERS = [
+    {"lang": "zh"},
+    {"lang": {"$in": ["zh", "ja"]}},
+    {"year": {"$gte": 2010, "$lt": 2015}},
+    {"public": True},
+    {"public": False, "lang": "en"},
+    {"source.site": "news"},
+    {"lang": {"$ne": "zh"}},
+    {"tag": "rare"},  # ~1 %: the selective path
+    {"tag": {"$ne": "rare"}, "score": {"$gt": 0.5}},
+    {"year": 2003},
+    {"year": "2003"},  # a string never equals a number
+    {"missing": {"$in": [1, 2]}},
+]
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    cat = Catalog(tmp_path / "data")
+    yield cat
+    cat.close()
+
+
+def brute_force(docs: list[Document], query: np.ndarray, where: dict, k: int) -> list[str]:
+    chosen = [d for d in docs if matches(d.metadata, where)]
+    scores = np.array([float(d.vector @ query) for d in chosen])
+    return [chosen[i].id for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def test_collections_are_created_listed_described_and_dropped(catalog):
+    info = catalog.create("news", model="m", dim=DIM, index_spec="HNSW32",
+                          options={"ef_search": 40})  # fmt: skip
+    assert (info.name, info.dim, info.metric, info.index_spec, info.count) == (
+        "news", DIM, "cosine", "HNSW32", 0
+    )  # fmt: skip
+    assert info.ef_search == 40
+    catalog.create("blogs", model="m", dim=DIM)
+    assert [c.name for c in catalog.list()] == ["blogs", "news"]
+    catalog.drop("news")
+    assert [c.name for c in catalog.list()] == ["blogs"]
+    with pytest.raises(CollectionNotFound, match="news"):
+        catalog.describe("news")
+    catalog.create("news", model="m", dim=DIM)  # the name is free again, and empty
+    assert catalog.describe("news").count == 0
+
+
+def test_upsert_get_replace_delete_round_trip(catalog):
+    catalog.create("c", model="m", dim=DIM)
+    col = catalog.get("c")
+    docs = corpus(50)
+    assert col.upsert(docs) == [d.id for d in docs]
+    assert col.count() == 50
+    got = col.get(["doc-3", "nope"])
+    assert got[1] is None
+    assert got[0].text == "text 3" and got[0].metadata == docs[3].metadata
+    np.testing.assert_array_equal(got[0].vector, docs[3].vector)
+
+    # Replacing keeps the count, and the old vector no longer finds the document.
+    new_vector = unit(np.random.default_rng(99))[0]
+    col.upsert([Document(id="doc-3", text="new", vector=new_vector, metadata={"v": 2})])
+    assert col.count() == 50
+    assert col.get(["doc-3"])[0].metadata == {"v": 2}
+    top = col.search(docs[3].vector, k=50)[0]
+    assert [h.id for h in top].count("doc-3") == 1
+    assert next(h for h in top if h.id == "doc-3").score == pytest.approx(
+        float(new_vector @ docs[3].vector), abs=1e-5
+    )
+    assert col.search(new_vector, k=1)[0][0].id == "doc-3"
+
+    assert col.delete(["doc-0", "doc-1", "unknown"]) == 2
+    assert col.count() == 48 and col.get(["doc-0"]) == [None]
+    found = {h.id for h in col.search(docs[0].vector, k=50)[0]}
+    assert "doc-0" not in found and "doc-1" not in found and len(found) == 48
+
+    # No id given: the store makes one, unique.
+    made = col.upsert([Document(text="a", vector=docs[5].vector),
+                       Document(text="b", vector=docs[6].vector)])  # fmt: skip
+    assert len(set(made)) == 2 and all(col.get(made))
+
+
+def test_cosine_collections_normalize_and_search_is_exact_on_flat(catalog):
+    catalog.create("c", model="m", dim=DIM)
+    col = catalog.get("c")
+    docs = corpus(200)
+    col.upsert([Document(id=d.id, text=d.text, vector=d.vector * 7.5) for d in docs])
+    np.testing.assert_allclose(np.linalg.norm(col.get(["doc-9"])[0].vector), 1.0, atol=1e-6)
+    query = unit(np.random.default_rng(5))[0]
+    hits = col.search(query * 3, k=10)[0]
+    assert [h.id for h in hits] == brute_force(docs, query, {}, 10)
+    np.testing.assert_allclose(
+        [h.score for h in hits], sorted((d.vector @ query for d in docs), reverse=True)[:10],
+        atol=1e-5,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "spec, options",
+    [("Flat", {}), ("HNSW32", {"ef_search": 10}), ("IVF16,Flat", {"nprobe": 1})],
+)
+def test_filters_apply_inside_the_search(catalog, spec, options):
+    # Small ef_search / nprobe: an approximate walk alone would miss rare matches.
+    catalog.create("c", model="m", dim=DIM, index_spec=spec, options=options)
+    col = catalog.get("c")
+    docs = corpus(1500)
+    col.upsert(docs)
+    assert col.info().trained
+    col.delete([f"doc-{i}" for i in range(0, 1500, 5)])  # dead vectors must be skipped too
+    live = [d for i, d in enumerate(docs) if i % 5]
+    queries = unit(np.random.default_rng(7), 4)
+    for where in FILTERS:
+        expected_count = sum(matches(d.metadata, where) for d in live)
+        for query in queries:
+            hits = col.search(query, k=10, where=where)[0]
+            assert all(matches(col.get([h.id])[0].metadata, where) for h in hits), where
+            assert len(hits) == min(10, expected_count), where  # no over-fetch shortfall
+            if spec == "Flat" or expected_count <= 0.02 * len(live):
+                assert [h.id for h in hits] == brute_force(live, query, where, 10), where
+
+
+def test_bad_filters_are_clear_errors(catalog):
+    catalog.create("c", model="m", dim=DIM)
+    col = catalog.get("c")
+    col.upsert(corpus(5))
+    query = unit(np.random.default_rng(1))[0]
+    for bad, message in [
+        ({"lang": {"$regex": "z.*"}}, "unknown operator"),
+        ({"lang": {"$in": []}}, "non-empty list"),
+        ({"lang": {"$in": "zh"}}, "non-empty list"),
+        ({"lang": ["zh"]}, "compare with a string"),
+        ({"year": {"$gt": True}}, "number or a string"),
+        ({"a'b": 1}, "bad field name"),
+        ({"lang": {}}, "empty condition"),
+    ]:
+        with pytest.raises(FilterError, match=message):
+            col.search(query, where=bad)
+
+
+def test_mismatches_and_bad_arguments_are_clear_errors(catalog):
+    catalog.create("c", model="e5-small", dim=DIM)
+    col = catalog.get("c")
+    with pytest.raises(CollectionExists):
+        catalog.create("c", model="e5-small", dim=DIM)
+    with pytest.raises(CollectionNotFound, match="'nope'"):
+        catalog.get("nope")
+    with pytest.raises(DimensionMismatch, match="16-dim"):
+        col.upsert([Document(text="x", vector=np.ones(8))])
+    with pytest.raises(DimensionMismatch):
+        col.search(np.ones(17))
+    with pytest.raises(ModelMismatch, match="e5-small"):
+        col.upsert([Document(text="x", vector=np.ones(DIM))], model="bert-base-chinese")
+    with pytest.raises(ModelMismatch):
+        col.search(np.ones(DIM), model="bert-base-chinese")
+    with pytest.raises(InvalidArgument, match="NaN"):
+        col.upsert([Document(text="x", vector=np.full(DIM, np.nan))])
+    with pytest.raises(InvalidArgument, match="zero vector"):
+        col.upsert([Document(text="x", vector=np.zeros(DIM))])
+    with pytest.raises(InvalidArgument, match="twice"):
+        col.upsert([Document(id="a", text="x", vector=np.ones(DIM))] * 2)
+    with pytest.raises(InvalidArgument, match="k must"):
+        col.search(np.ones(DIM), k=0)
+    with pytest.raises(InvalidArgument, match="factory string"):
+        catalog.create("d", model="m", dim=DIM, index_spec="NoSuchIndex")
+    with pytest.raises(InvalidArgument, match="collection name"):
+        catalog.create("../escape", model="m", dim=DIM)
+    with pytest.raises(InvalidArgument, match="metric"):
+        catalog.create("d", model="m", dim=DIM, metric="hamming")
+    with pytest.raises(InvalidArgument, match="does not store token vectors"):
+        col.upsert([Document(text="x", vector=np.ones(DIM), tokens=[Token("x", 0, 1)],
+                             token_vectors=np.ones((1, DIM)))])  # fmt: skip
+    assert col.count() == 0  # nothing half-written by the refused calls
+
+
+def test_token_vectors_round_trip_and_report_their_cost(catalog):
+    catalog.create("t", model="m", dim=DIM, store_tokens=True)
+    col = catalog.get("t")
+    rng = np.random.default_rng(3)
+    tokens = [Token("我", 0, 1), Token("喜欢", 1, 3), Token("苹果", 3, 5)]
+    token_vectors = rng.normal(size=(3, DIM)).astype(np.float32)
+    col.upsert([Document(id="s", text="我喜欢苹果", vector=unit(rng)[0], tokens=tokens,
+                         token_vectors=token_vectors)])  # fmt: skip
+    doc = col.get(["s"])[0]
+    assert doc.tokens == tokens
+    np.testing.assert_array_equal(doc.token_vectors, token_vectors)
+    info = col.info()
+    assert info.tokens == 3
+    assert DIM * 4 < info.bytes_per_token < DIM * 4 + 40  # the vector, plus text and offsets
+    with pytest.raises(DimensionMismatch, match="token vectors"):
+        col.upsert([Document(text="x", vector=unit(rng)[0], tokens=tokens,
+                             token_vectors=token_vectors[:2])])  # fmt: skip
+
+
+def test_reopening_loads_snapshots_catches_up_and_rebuilds(tmp_path):
+    docs = corpus(300)
+    first = Catalog(tmp_path)
+    first.create("c", model="m", dim=DIM, index_spec="HNSW32")
+    first.get("c").upsert(docs[:200])
+    first.close()  # snapshot of 200
+    snapshots = list((tmp_path / "snapshots" / "c").glob("*.faiss"))
+    assert len(snapshots) == 1
+
+    # Writes after the snapshot, then a "crash": no close, no new snapshot.
+    second = Catalog(tmp_path)
+    assert second.get("c").info().index_vectors == 200  # loaded, not rebuilt
+    second.get("c").upsert(docs[200:])
+    second.get("c").delete(["doc-0"])
+    second.store.close()
+
+    third = Catalog(tmp_path)  # caught up from the store
+    col = third.get("c")
+    assert col.count() == 299
+    assert col.search(docs[250].vector, k=1)[0][0].id == "doc-250"
+    assert "doc-0" not in {h.id for h in col.search(docs[0].vector, k=20)[0]}
+    third.close()
+
+    for snapshot in (tmp_path / "snapshots" / "c").glob("*.faiss"):
+        snapshot.write_bytes(b"garbage")  # unreadable: rebuilt from the store
+    fourth = Catalog(tmp_path)
+    assert fourth.get("c").count() == 299
+    assert fourth.get("c").search(docs[7].vector, k=1)[0][0].id == "doc-7"
+    fourth.close()
+
+
+def test_a_spec_that_needs_training_is_exact_until_trained(catalog):
+    catalog.create("ivf", model="m", dim=DIM, index_spec="IVF8,Flat", options={"nprobe": 8})
+    col = catalog.get("ivf")
+    docs = corpus(1100)
+    col.upsert(docs[:500])
+    info = col.info()
+    assert not info.trained and info.training_size == 1000
+    query = unit(np.random.default_rng(2))[0]
+    assert [h.id for h in col.search(query, k=5)[0]] == brute_force(docs[:500], query, {}, 5)
+    col.upsert(docs[500:])
+    assert col.info().trained
+    # nprobe = nlist: an IVF that scans every list is exact.
+    assert [h.id for h in col.search(query, k=5)[0]] == brute_force(docs, query, {}, 5)
+
+
+def test_replacements_are_compacted_away(catalog, monkeypatch):
+    monkeypatch.setattr(collection_module, "COMPACT_MIN_DEAD", 50)
+    catalog.create("c", model="m", dim=DIM)
+    col = catalog.get("c")
+    docs = corpus(40)
+    rng = np.random.default_rng(4)
+    for _ in range(3):  # 120 vectors written, 40 live
+        col.upsert([Document(id=d.id, text=d.text, vector=unit(rng)[0]) for d in docs])
+    info = col.info()
+    assert info.count == 40 and info.index_vectors < 120
+    latest = col.get(["doc-5"])[0].vector
+    assert col.search(latest, k=1)[0][0].id == "doc-5"
+
+
+def test_reindex_switches_the_spec_and_keeps_every_document(catalog):
+    catalog.create("c", model="m", dim=DIM)
+    col = catalog.get("c")
+    docs = corpus(300)
+    col.upsert(docs)
+    col.delete(["doc-1"])
+    info = catalog.reindex("c", "HNSW32", {"ef_search": 128})
+    assert (info.index_spec, info.ef_search, info.count, info.index_vectors) == (
+        "HNSW32", 128, 299, 299
+    )  # fmt: skip
+    assert col.search(docs[42].vector, k=1)[0][0].id == "doc-42"
+
+
+def test_searches_during_writes_never_return_deleted_ids(catalog):
+    catalog.create("c", model="m", dim=DIM, index_spec="HNSW32")
+    col = catalog.get("c")
+    docs = corpus(2000)
+    col.upsert(docs[:200])
+    deleted: set[str] = set()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            for start in range(200, 2000, 50):
+                col.upsert(docs[start : start + 50])
+                doomed = [f"doc-{i}" for i in range(start - 200, start - 150)]
+                col.delete(doomed)
+                deleted.update(doomed)
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+        finally:
+            done.set()
+
+    def reader(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            while not done.is_set():
+                gone = set(deleted)  # deleted before this search started
+                for hits in col.search(unit(rng, 4), k=20):
+                    assert not gone & {h.id for h in hits}
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=reader, args=(s,)) for s in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert col.count() == 2000 - len(deleted)
