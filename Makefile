@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench demo serve proto clean
+.PHONY: install test lint format bench eval demo serve proto clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ test: lint
 
 bench: install
 	cd tests/bench && for script in bench_*.py; do ../../$(BIN)/python "$$script" || exit 1; done
+
+# Word-sense accuracy per word and layer choice, with and without centring; induction purity.
+eval: install
+	$(BIN)/python tests/eval_senses.py
 
 # Starts a server on the offline default model, indexes the bundled corpus, searches it,
 # tells the senses of 苹果 apart, stops the server.

@@ -17,8 +17,14 @@ import numpy as np
 from embedsense.client.tensors import from_tensor, to_tensor
 from embedsense.client.types import (
     CollectionInfo,
+    Disambiguation,
     Hit,
+    InducedSense,
+    Induction,
     Info,
+    Inventory,
+    Occurrence,
+    SenseScore,
     StoredDocument,
     TokenEmbeddings,
     Tokens,
@@ -122,6 +128,37 @@ def parse_documents(ids: Sequence[str]) -> Callable[[pb.GetResponse], list[Store
         return [found.get(i) for i in ids]
 
     return parse
+
+
+def parse_disambiguation(r: pb.DisambiguateResponse) -> Disambiguation:
+    return Disambiguation(
+        label=r.label,
+        scores=[SenseScore(s.label, s.probability, s.similarity) for s in r.scores],
+        nearest=[(e.label, e.text, e.similarity) for e in r.nearest],
+        span=(r.span.start, r.span.end), layers=list(r.layers), centred=r.centred,
+        temperature=r.temperature, with_sentence=r.with_sentence,
+    )  # fmt: skip
+
+
+def parse_occurrence(o: pb.Occurrence) -> Occurrence:
+    return Occurrence(o.id, o.text, (o.span.start, o.span.end), o.score,
+                      json.loads(o.metadata_json or "{}"))  # fmt: skip
+
+
+def parse_induction(r: pb.InduceSensesResponse) -> Induction:
+    return Induction(
+        [InducedSense(s.size, [parse_occurrence(o) for o in s.central]) for s in r.senses],
+        r.occurrences, r.silhouette,
+    )  # fmt: skip
+
+
+def parse_inventory(r: pb.InventoryInfo) -> Inventory:
+    return Inventory(r.name, {word: {label: list(s.examples) for label, s in ws.senses.items()}
+                              for word, ws in r.words.items()}, r.builtin)  # fmt: skip
+
+
+def senses_message(senses: Mapping[str, Sequence[str]]) -> dict[str, pb.SenseExamples]:
+    return {label: pb.SenseExamples(examples=list(examples)) for label, examples in senses.items()}
 
 
 # ------------------------------------------------------------------ documents
@@ -258,11 +295,81 @@ class Methods:
             request.vector.CopyFrom(to_tensor(np.asarray(query, dtype=np.float32)))
         return self._call(Call("Search", request, parse_hits))
 
-    def disambiguate(self, text: str, word: str, senses: Any = None, occurrence: int = 0) -> Any:
-        """Which sense `word` has in `text` (the senses issue fills this in; the server
-        answers UNIMPLEMENTED until then)."""
-        request = pb.DisambiguateRequest(text=text, word=word, occurrence=occurrence)
-        return self._call(Call("Disambiguate", request, lambda r: r))
+    def disambiguate(
+        self,
+        text: str,
+        word: str = "",
+        senses: Mapping[str, Sequence[str]] | None = None,
+        occurrence: int = 0,
+        *,
+        span: tuple[int, int] | None = None,
+        inventory: str | None = None,
+        layers: Sequence[int] | None = None,
+        centre: bool = True,
+        with_sentence: bool = True,
+    ) -> Disambiguation:
+        """Which sense `word` (its `occurrence`-th appearance, or the characters `span`) has
+        in `text`: against `senses` (label -> example sentences with the word), or a stored
+        inventory ("default", which ships with the server, when neither is given).
+        with_sentence=False compares the word's own vectors only, without its sentence's
+        (for a sentence that uses the word in two senses)."""
+        request = pb.DisambiguateRequest(
+            text=text, word=word, occurrence=occurrence, senses=senses_message(senses or {}),
+            inventory=inventory or "", layers=list(layers or ()), no_centring=not centre,
+            word_only=not with_sentence,
+        )  # fmt: skip
+        if span is not None:
+            request.span.CopyFrom(pb.Span(start=span[0], end=span[1]))
+        return self._call(Call("Disambiguate", request, parse_disambiguation))
+
+    def create_inventory(
+        self, name: str, words: Mapping[str, Mapping[str, Sequence[str]]], replace: bool = False
+    ) -> Inventory:
+        """Store a sense inventory: word -> sense label -> example sentences."""
+        request = pb.CreateInventoryRequest(
+            name=name, replace=replace,
+            words={w: pb.WordSenses(senses=senses_message(s)) for w, s in words.items()},
+        )  # fmt: skip
+        return self._call(Call("CreateInventory", request, parse_inventory))
+
+    def list_inventories(self) -> list[Inventory]:
+        return self._call(
+            Call("ListInventories", pb.ListInventoriesRequest(),
+                 lambda r: [parse_inventory(i) for i in r.inventories])
+        )  # fmt: skip
+
+    def delete_inventory(self, name: str) -> None:
+        return self._call(Call("DeleteInventory", pb.InventoryRef(name=name), lambda r: None))
+
+    def search_occurrences(
+        self,
+        collection: str,
+        text: str,
+        word: str = "",
+        k: int = 10,
+        *,
+        occurrence: int = 0,
+        span: tuple[int, int] | None = None,
+    ) -> list[Occurrence]:
+        """Occurrences of `word` in a collection (stored with token vectors) used in the
+        sense it has in `text`, best first."""
+        request = pb.SearchOccurrencesRequest(
+            collection=collection, text=text, word=word, occurrence=occurrence, k=k
+        )
+        if span is not None:
+            request.span.CopyFrom(pb.Span(start=span[0], end=span[1]))
+        return self._call(Call("SearchOccurrences", request,
+                               lambda r: [parse_occurrence(o) for o in r.occurrences]))  # fmt: skip
+
+    def induce_senses(
+        self, collection: str, word: str, k: int | None = None, *, max_k: int = 6,
+        central: int = 3,
+    ) -> Induction:  # fmt: skip
+        """The senses of `word` in a collection, found by clustering its occurrences (k
+        chosen by silhouette unless given)."""
+        request = pb.InduceSensesRequest(collection=collection, word=word, k=k or 0,
+                                         max_k=max_k, central=central)  # fmt: skip
+        return self._call(Call("InduceSenses", request, parse_induction))
 
 
 def embed_request(

@@ -5,6 +5,9 @@
     embedsense index corpus.txt --collection notes
     embedsense search notes "苹果手机" -k 5
     embedsense embed "我喜欢吃苹果" --tokens
+    embedsense disambiguate "我买了最新的苹果手机" 苹果
+    embedsense occurrences notes "我喜欢吃苹果" 苹果
+    embedsense induce notes 苹果
 
 Output is a readable table, or JSON with --json. The target and the API key come from
 --target / --api-key or EMBEDSENSE_TARGET / EMBEDSENSE_API_KEY.
@@ -143,8 +146,62 @@ def cmd_search(args: argparse.Namespace, client: Client) -> None:
 
 
 def cmd_disambiguate(args: argparse.Namespace, client: Client) -> None:
-    answer = client.disambiguate(args.text, args.word, occurrence=args.occurrence)
-    emit(args, str(answer), str(answer))
+    senses: dict[str, list[str]] = {}
+    for item in args.sense or ():
+        label, _, example = item.partition("=")
+        if not example:
+            raise SystemExit(f"--sense {item!r}: expected LABEL=EXAMPLE")
+        senses.setdefault(label, []).append(example)
+    result = client.disambiguate(args.text, args.word, senses or None, args.occurrence,
+                                 inventory=args.inventory, layers=args.layers)  # fmt: skip
+    readable = (
+        f"{args.text}\n{args.word} -> {result.label}\n\n"
+        + table([(s.label, f"{s.probability:.1%}", f"{s.similarity:+.3f}") for s in result.scores],
+                ["sense", "probability", "similarity"])
+        + "\n\nnearest examples:\n"
+        + table([(label, f"{cos:+.3f}", text) for label, text, cos in result.nearest],
+                ["sense", "similarity", "example"])
+    )  # fmt: skip
+    emit(args, asdict(result), readable)
+
+
+def cmd_inventory(args: argparse.Namespace, client: Client) -> None:
+    if args.action == "list":
+        inventories = client.list_inventories()
+        rows = [(i.name, "yes" if i.builtin else "", ", ".join(sorted(i.words)))
+                for i in inventories]  # fmt: skip
+        emit(args, [asdict(i) for i in inventories], table(rows, ["name", "built in", "words"]))
+    elif args.action == "create":
+        if not args.file:
+            raise SystemExit("inventory create NAME FILE: FILE is a JSON word -> sense -> examples")
+        words = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        made = client.create_inventory(args.name, words, replace=args.replace)
+        emit(args, asdict(made), f"inventory {made.name!r}: {', '.join(sorted(made.words))}")
+    else:
+        client.delete_inventory(args.name)
+        emit(args, {"deleted": args.name}, f"inventory {args.name!r} deleted")
+
+
+def cmd_occurrences(args: argparse.Namespace, client: Client) -> None:
+    found = client.search_occurrences(args.collection, args.text, args.word, k=args.k)
+    rows = [(i + 1, f"{o.score:+.3f}", o.id, _mark(o.text, o.span)) for i, o in enumerate(found)]
+    emit(args, [asdict(o) for o in found], table(rows, ["rank", "score", "id", "sentence"]))
+
+
+def cmd_induce(args: argparse.Namespace, client: Client) -> None:
+    induced = client.induce_senses(args.collection, args.word, k=args.k)
+    blocks = [f"{induced.occurrences} occurrences of {args.word!r}, {len(induced.senses)} senses "
+              f"(silhouette {induced.silhouette:.3f})"]  # fmt: skip
+    for n, sense in enumerate(induced.senses, 1):
+        blocks.append(f"\nsense {n}: {sense.size} occurrences\n" + table(
+            [(f"{o.score:+.3f}", _mark(o.text, o.span)) for o in sense.central],
+            ["centrality", "sentence"]))  # fmt: skip
+    emit(args, asdict(induced), "\n".join(blocks))
+
+
+def _mark(text: str, span: tuple[int, int]) -> str:
+    start, end = span
+    return f"{text[:start]}[{text[start:end]}]{text[end:]}"
 
 
 # ------------------------------------------------------------------ the parser
@@ -192,11 +249,33 @@ def parser() -> argparse.ArgumentParser:
     dis.add_argument("text")
     dis.add_argument("word")
     dis.add_argument("--occurrence", type=int, default=0)
+    dis.add_argument("--sense", action="append", metavar="LABEL=EXAMPLE",
+                     help="an example per flag; without any, the inventory is used")  # fmt: skip
+    dis.add_argument("--inventory", help="a stored inventory (default: 'default')")
+    dis.add_argument("--layers", type=int, nargs="*")
+
+    inv = sub.add_parser("inventory", help="sense inventories: list, create, delete")
+    inv.add_argument("action", choices=["list", "create", "delete"])
+    inv.add_argument("name", nargs="?")
+    inv.add_argument("file", nargs="?", help="for create: JSON word -> sense -> [examples]")
+    inv.add_argument("--replace", action="store_true")
+
+    occ = sub.add_parser("occurrences", help="occurrences of a word used in the same sense")
+    occ.add_argument("collection")
+    occ.add_argument("text")
+    occ.add_argument("word")
+    occ.add_argument("-k", type=int, default=10)
+
+    ind = sub.add_parser("induce", help="the senses of a word in a collection, by clustering")
+    ind.add_argument("collection")
+    ind.add_argument("word")
+    ind.add_argument("-k", type=int, help="how many senses (default: chosen by silhouette)")
     return p
 
 
 COMMANDS = {"info": cmd_info, "embed": cmd_embed, "index": cmd_index, "search": cmd_search,
-            "disambiguate": cmd_disambiguate}  # fmt: skip
+            "disambiguate": cmd_disambiguate, "inventory": cmd_inventory,
+            "occurrences": cmd_occurrences, "induce": cmd_induce}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

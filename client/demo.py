@@ -2,10 +2,10 @@
 it, tell the two 苹果 apart, stop the server. Everything it does goes through the client.
 
 The corpus (client/data/corpus.jsonl, written for this project) has ~200 Chinese sentences;
-苹果, 小米, 杜鹃 and 东西 appear in two senses each, labelled in their metadata. The sense
-of a word in a new sentence is read off its contextual token vector: the nearest of the
-per-sense centroids of its labelled occurrences (the server-side Disambiguate RPC, with
-more methods, arrives with the senses issue).
+苹果, 小米, 杜鹃 and 东西 appear in two senses each (labelled in their metadata, unused by
+the server). The demo asks the server which sense 苹果 and 小米 have in new sentences (its
+default inventory), finds the corpus's 苹果 used as the company, and lets it find the
+senses of 苹果 in the corpus by clustering, without labels.
 """
 
 from __future__ import annotations
@@ -19,10 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from importlib.resources import files
-
-import numpy as np
 
 from embedsense.client import Client, Retry, Unavailable
 from embedsense.client.cli import table
@@ -52,31 +49,6 @@ def wait_until_serving(target: str, server: subprocess.Popen, limit_s: float = 3
     raise SystemExit(f"the server did not come up within {limit_s:.0f} s")
 
 
-def word_vector(client: Client, text: str, word: str) -> np.ndarray:
-    """The contextual vector of `word`'s first occurrence: the mean of its tokens."""
-    (emb,) = client.embed_tokens([text])
-    start = text.index(word)
-    end = start + len(word)
-    rows = [i for i, (s, e) in enumerate(emb.tokens.offsets)
-            if emb.tokens.from_text[i] and s < end and e > start]  # fmt: skip
-    vector = emb.vectors[rows].mean(axis=0)
-    return vector / np.linalg.norm(vector)
-
-
-def sense_centroids(client: Client, docs: list[dict]) -> dict[str, dict[str, np.ndarray]]:
-    vectors: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
-    for doc in docs:
-        meta = doc["metadata"]
-        if "sense" in meta:
-            vectors[meta["word"]][meta["sense"]].append(word_vector(client, doc["text"],
-                                                                    meta["word"]))  # fmt: skip
-    return {
-        word: {sense: np.mean(vs, axis=0) / np.linalg.norm(np.mean(vs, axis=0))
-               for sense, vs in senses.items()}
-        for word, senses in vectors.items()
-    }  # fmt: skip
-
-
 def run(client: Client) -> None:
     docs = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
     info = client.info()
@@ -92,15 +64,23 @@ def run(client: Client) -> None:
         print(f"nearest to {query!r}:")
         print(table([(f"{h.score:.3f}", h.text) for h in hits], ["score", "sentence"]) + "\n")
 
-    centroids = sense_centroids(client, docs)
     rows = []
     for text, word in QUESTIONS:
-        vector = word_vector(client, text, word)
-        scores = {sense: float(vector @ c) for sense, c in centroids[word].items()}
-        best = max(scores, key=scores.get)
-        rows.append((text, word, best, "  ".join(f"{s} {v:.3f}" for s, v in scores.items())))
-    print("which sense? (cosine of the word's contextual vector to each sense's centroid)")
-    print(table(rows, ["sentence", "word", "sense", "scores"]))
+        result = client.disambiguate(text, word)  # the server's "default" inventory
+        rows.append((text, word, result.label, "  ".join(
+            f"{s.label} {s.probability:.0%}" for s in result.scores)))  # fmt: skip
+    print("which sense? (the word's contextual vector against the default inventory)")
+    print(table(rows, ["sentence", "word", "sense", "probabilities"]) + "\n")
+
+    found = client.search_occurrences("demo", "我买了最新的苹果手机", "苹果", k=3)
+    print("苹果 in the corpus, used as in 我买了最新的苹果手机:")
+    print(table([(f"{o.score:+.3f}", o.text) for o in found], ["score", "sentence"]) + "\n")
+
+    induced = client.induce_senses("demo", "苹果")
+    print(f"the senses of 苹果 in the corpus, found without labels ({induced.occurrences} "
+          f"occurrences, {len(induced.senses)} clusters):")  # fmt: skip
+    for n, sense in enumerate(induced.senses, 1):
+        print(f"  sense {n} ({sense.size}): " + " / ".join(o.text for o in sense.central[:2]))
 
 
 def main() -> int:

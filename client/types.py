@@ -73,3 +73,51 @@ class StoredDocument:
     text: str
     metadata: dict[str, Any]
     vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SenseScore:
+    label: str
+    probability: float  # softmax over the senses at a fixed temperature: comparable
+    similarity: float  # cosine to the sense's prototype
+
+
+@dataclass(frozen=True)
+class Disambiguation:
+    label: str
+    scores: list[SenseScore]  # best first
+    nearest: list[tuple[str, str, float]]  # (label, example, cosine), best first
+    span: tuple[int, int]  # the occurrence judged, in characters of your text
+    layers: list[int]
+    centred: bool
+    temperature: float
+    with_sentence: bool
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    id: str
+    text: str
+    span: tuple[int, int]
+    score: float
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class InducedSense:
+    size: int
+    central: list[Occurrence]
+
+
+@dataclass(frozen=True)
+class Induction:
+    senses: list[InducedSense]  # largest first
+    occurrences: int
+    silhouette: float
+
+
+@dataclass(frozen=True)
+class Inventory:
+    name: str
+    words: dict[str, dict[str, list[str]]]  # word -> sense label -> examples
+    builtin: bool

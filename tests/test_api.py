@@ -6,6 +6,8 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -27,8 +29,9 @@ from embedsense.client import (
     ResourceExhausted,
     Retry,
     Unauthenticated,
-    Unimplemented,
 )
+from embedsense.client.v1 import embedsense_pb2 as pb
+from embedsense.client.v1 import embedsense_pb2_grpc
 from embedsense.model import TextRole
 from embedsense.server.config import EngineConfig
 
@@ -135,8 +138,6 @@ def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(client, 
         client.upsert(collection, ["  "], show_progress_bar=False)
     with pytest.raises(InvalidArgument, match="layer 40"):
         client.embed_tokens(["x"], layers=[40])
-    with pytest.raises(Unimplemented, match="reserved"):
-        client.disambiguate("我喜欢吃苹果", "苹果")
     long = client.encode(["苹果" * 2000], long_text="truncate")
     assert long.shape == (1, 384)
     (windowed,) = client.embed_tokens(["苹果" * 700], long_text="windows")
@@ -174,6 +175,7 @@ def test_async_client_has_the_same_methods(server):
             assert vectors.shape == (6, 384)
             await c.create_collection("async-one")
             try:
+                assert "async-one" in [i.name for i in await c.list_collections()]
                 await c.upsert("async-one", [{"id": "a", "text": FRUIT[0]}, PHONE[0]],
                                show_progress_bar=False)  # fmt: skip
                 assert await c.count("async-one") == 2
@@ -188,6 +190,27 @@ def test_async_client_has_the_same_methods(server):
                 await c.drop_collection("async-one")
 
     asyncio.run(scenario())
+
+
+def test_the_reserved_explain_rpc_answers_unimplemented(server):
+    with grpc.insecure_channel(server.target) as channel:
+        stub = embedsense_pb2_grpc.EmbedSenseStub(channel)
+        with pytest.raises(grpc.RpcError) as failure:
+            stub.Explain(pb.ExplainRequest(text="苹果"), timeout=10)
+        assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "reserved" in failure.value.details()
+
+
+def test_shutdown_finishes_in_flight_calls(e5, tmp_path):
+    running = ServerThread(e5, tmp_path)
+    results: list = []
+    with Client(running.target, timeout=60) as c:
+        call = threading.Thread(target=lambda: results.append(c.encode(FRUIT * 40, batch_size=120)))
+        call.start()
+        time.sleep(0.3)  # the call is in the engine now
+        running.stop()
+        call.join(60)
+    assert len(results) == 1 and results[0].shape == (120, 384)
 
 
 def test_health_and_reflection_work_unmodified(server):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 
+import faiss
 import numpy as np
 import pytest
 
@@ -391,3 +392,20 @@ def test_searches_during_writes_never_return_deleted_ids(catalog):
         t.join(timeout=120)
     assert not errors, errors
     assert col.count() == 2000 - len(deleted)
+
+
+def test_snapshots_follow_the_writes_and_bound_the_catch_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(collection_module, "SNAPSHOT_EVERY_CHANGES", 50)
+    catalog = Catalog(tmp_path)
+    catalog.create("c", model="m", dim=DIM)
+    docs = corpus(130)
+    for start in range(0, 130, 10):
+        catalog.get("c").upsert(docs[start : start + 10])
+    (snapshot,) = (tmp_path / "snapshots" / "c").glob("*.faiss")
+    assert 50 <= faiss.read_index(str(snapshot)).ntotal < 130  # taken without a close
+    catalog.store.close()  # a crash: no final snapshot
+
+    reopened = Catalog(tmp_path)
+    assert reopened.get("c").count() == 130
+    assert reopened.get("c").search(docs[129].vector, k=1)[0][0].id == "doc-129"
+    reopened.close()

@@ -312,45 +312,225 @@ class SearchResponse(_message.Message):
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
 
+class Span(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class SenseExamples(_message.Message):
+    __slots__ = ("examples",)
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    examples: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, examples: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class DisambiguateRequest(_message.Message):
-    __slots__ = ("text", "word", "occurrence")
+    __slots__ = ("text", "word", "span", "occurrence", "senses", "inventory", "layers", "no_centring", "word_only")
+    class SensesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SenseExamples
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SenseExamples, _Mapping]] = ...) -> None: ...
     TEXT_FIELD_NUMBER: _ClassVar[int]
     WORD_FIELD_NUMBER: _ClassVar[int]
+    SPAN_FIELD_NUMBER: _ClassVar[int]
     OCCURRENCE_FIELD_NUMBER: _ClassVar[int]
+    SENSES_FIELD_NUMBER: _ClassVar[int]
+    INVENTORY_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    NO_CENTRING_FIELD_NUMBER: _ClassVar[int]
+    WORD_ONLY_FIELD_NUMBER: _ClassVar[int]
     text: str
     word: str
+    span: Span
     occurrence: int
-    def __init__(self, text: _Optional[str] = ..., word: _Optional[str] = ..., occurrence: _Optional[int] = ...) -> None: ...
+    senses: _containers.MessageMap[str, SenseExamples]
+    inventory: str
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    no_centring: bool
+    word_only: bool
+    def __init__(self, text: _Optional[str] = ..., word: _Optional[str] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., occurrence: _Optional[int] = ..., senses: _Optional[_Mapping[str, SenseExamples]] = ..., inventory: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., no_centring: _Optional[bool] = ..., word_only: _Optional[bool] = ...) -> None: ...
+
+class SenseScore(_message.Message):
+    __slots__ = ("label", "probability", "similarity")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    probability: float
+    similarity: float
+    def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class SenseExample(_message.Message):
+    __slots__ = ("label", "text", "similarity")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    text: str
+    similarity: float
+    def __init__(self, label: _Optional[str] = ..., text: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
 
 class DisambiguateResponse(_message.Message):
+    __slots__ = ("label", "scores", "nearest", "span", "layers", "centred", "temperature", "with_sentence")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    NEAREST_FIELD_NUMBER: _ClassVar[int]
+    SPAN_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    CENTRED_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    WITH_SENTENCE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    scores: _containers.RepeatedCompositeFieldContainer[SenseScore]
+    nearest: _containers.RepeatedCompositeFieldContainer[SenseExample]
+    span: Span
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    centred: bool
+    temperature: float
+    with_sentence: bool
+    def __init__(self, label: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[SenseScore, _Mapping]]] = ..., nearest: _Optional[_Iterable[_Union[SenseExample, _Mapping]]] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., layers: _Optional[_Iterable[int]] = ..., centred: _Optional[bool] = ..., temperature: _Optional[float] = ..., with_sentence: _Optional[bool] = ...) -> None: ...
+
+class WordSenses(_message.Message):
+    __slots__ = ("senses",)
+    class SensesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SenseExamples
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SenseExamples, _Mapping]] = ...) -> None: ...
+    SENSES_FIELD_NUMBER: _ClassVar[int]
+    senses: _containers.MessageMap[str, SenseExamples]
+    def __init__(self, senses: _Optional[_Mapping[str, SenseExamples]] = ...) -> None: ...
+
+class CreateInventoryRequest(_message.Message):
+    __slots__ = ("name", "words", "replace")
+    class WordsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: WordSenses
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[WordSenses, _Mapping]] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    words: _containers.MessageMap[str, WordSenses]
+    replace: bool
+    def __init__(self, name: _Optional[str] = ..., words: _Optional[_Mapping[str, WordSenses]] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class InventoryRef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class InventoryInfo(_message.Message):
+    __slots__ = ("name", "words", "builtin")
+    class WordsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: WordSenses
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[WordSenses, _Mapping]] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    BUILTIN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    words: _containers.MessageMap[str, WordSenses]
+    builtin: bool
+    def __init__(self, name: _Optional[str] = ..., words: _Optional[_Mapping[str, WordSenses]] = ..., builtin: _Optional[bool] = ...) -> None: ...
+
+class ListInventoriesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ListInventoriesResponse(_message.Message):
+    __slots__ = ("inventories",)
+    INVENTORIES_FIELD_NUMBER: _ClassVar[int]
+    inventories: _containers.RepeatedCompositeFieldContainer[InventoryInfo]
+    def __init__(self, inventories: _Optional[_Iterable[_Union[InventoryInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteInventoryResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Occurrence(_message.Message):
+    __slots__ = ("id", "text", "span", "score", "metadata_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SPAN_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    text: str
+    span: Span
+    score: float
+    metadata_json: str
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., score: _Optional[float] = ..., metadata_json: _Optional[str] = ...) -> None: ...
+
 class SearchOccurrencesRequest(_message.Message):
-    __slots__ = ("collection", "text", "word")
+    __slots__ = ("collection", "text", "word", "span", "occurrence", "k")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     WORD_FIELD_NUMBER: _ClassVar[int]
+    SPAN_FIELD_NUMBER: _ClassVar[int]
+    OCCURRENCE_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     word: str
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., word: _Optional[str] = ...) -> None: ...
+    span: Span
+    occurrence: int
+    k: int
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., word: _Optional[str] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., occurrence: _Optional[int] = ..., k: _Optional[int] = ...) -> None: ...
 
 class SearchOccurrencesResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("occurrences", "compared")
+    OCCURRENCES_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_FIELD_NUMBER: _ClassVar[int]
+    occurrences: _containers.RepeatedCompositeFieldContainer[Occurrence]
+    compared: int
+    def __init__(self, occurrences: _Optional[_Iterable[_Union[Occurrence, _Mapping]]] = ..., compared: _Optional[int] = ...) -> None: ...
 
 class InduceSensesRequest(_message.Message):
-    __slots__ = ("collection", "word")
+    __slots__ = ("collection", "word", "k", "max_k", "central")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     WORD_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    MAX_K_FIELD_NUMBER: _ClassVar[int]
+    CENTRAL_FIELD_NUMBER: _ClassVar[int]
     collection: str
     word: str
-    def __init__(self, collection: _Optional[str] = ..., word: _Optional[str] = ...) -> None: ...
+    k: int
+    max_k: int
+    central: int
+    def __init__(self, collection: _Optional[str] = ..., word: _Optional[str] = ..., k: _Optional[int] = ..., max_k: _Optional[int] = ..., central: _Optional[int] = ...) -> None: ...
+
+class InducedSense(_message.Message):
+    __slots__ = ("size", "central")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CENTRAL_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    central: _containers.RepeatedCompositeFieldContainer[Occurrence]
+    def __init__(self, size: _Optional[int] = ..., central: _Optional[_Iterable[_Union[Occurrence, _Mapping]]] = ...) -> None: ...
 
 class InduceSensesResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("senses", "occurrences", "silhouette")
+    SENSES_FIELD_NUMBER: _ClassVar[int]
+    OCCURRENCES_FIELD_NUMBER: _ClassVar[int]
+    SILHOUETTE_FIELD_NUMBER: _ClassVar[int]
+    senses: _containers.RepeatedCompositeFieldContainer[InducedSense]
+    occurrences: int
+    silhouette: float
+    def __init__(self, senses: _Optional[_Iterable[_Union[InducedSense, _Mapping]]] = ..., occurrences: _Optional[int] = ..., silhouette: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("text",)

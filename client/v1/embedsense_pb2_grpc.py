@@ -95,6 +95,21 @@ class EmbedSenseStub:
                 request_serializer=embedsense_dot_v1_dot_embedsense__pb2.DisambiguateRequest.SerializeToString,
                 response_deserializer=embedsense_dot_v1_dot_embedsense__pb2.DisambiguateResponse.FromString,
                 _registered_method=True)
+        self.CreateInventory = channel.unary_unary(
+                '/embedsense.v1.EmbedSense/CreateInventory',
+                request_serializer=embedsense_dot_v1_dot_embedsense__pb2.CreateInventoryRequest.SerializeToString,
+                response_deserializer=embedsense_dot_v1_dot_embedsense__pb2.InventoryInfo.FromString,
+                _registered_method=True)
+        self.ListInventories = channel.unary_unary(
+                '/embedsense.v1.EmbedSense/ListInventories',
+                request_serializer=embedsense_dot_v1_dot_embedsense__pb2.ListInventoriesRequest.SerializeToString,
+                response_deserializer=embedsense_dot_v1_dot_embedsense__pb2.ListInventoriesResponse.FromString,
+                _registered_method=True)
+        self.DeleteInventory = channel.unary_unary(
+                '/embedsense.v1.EmbedSense/DeleteInventory',
+                request_serializer=embedsense_dot_v1_dot_embedsense__pb2.InventoryRef.SerializeToString,
+                response_deserializer=embedsense_dot_v1_dot_embedsense__pb2.DeleteInventoryResponse.FromString,
+                _registered_method=True)
         self.SearchOccurrences = channel.unary_unary(
                 '/embedsense.v1.EmbedSense/SearchOccurrences',
                 request_serializer=embedsense_dot_v1_dot_embedsense__pb2.SearchOccurrencesRequest.SerializeToString,
@@ -188,14 +203,35 @@ class EmbedSenseServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Disambiguate(self, request, context):
-        """Word senses (reserved: answered UNIMPLEMENTED until the senses issue lands).
+        """Word senses. Which sense a word has in a text, against labelled examples or a stored
+        inventory ("default" ships with the server).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SearchOccurrences(self, request, context):
+    def CreateInventory(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInventories(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteInventory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchOccurrences(self, request, context):
+        """In a collection stored with token vectors: the occurrences of a word used in the same
+        sense as in a given text; and the word's senses found by clustering its occurrences.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -207,7 +243,8 @@ class EmbedSenseServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Explain(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Attention maps and per-layer views (reserved: answered UNIMPLEMENTED until it lands).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -274,6 +311,21 @@ def add_EmbedSenseServicer_to_server(servicer, server):
                     servicer.Disambiguate,
                     request_deserializer=embedsense_dot_v1_dot_embedsense__pb2.DisambiguateRequest.FromString,
                     response_serializer=embedsense_dot_v1_dot_embedsense__pb2.DisambiguateResponse.SerializeToString,
+            ),
+            'CreateInventory': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateInventory,
+                    request_deserializer=embedsense_dot_v1_dot_embedsense__pb2.CreateInventoryRequest.FromString,
+                    response_serializer=embedsense_dot_v1_dot_embedsense__pb2.InventoryInfo.SerializeToString,
+            ),
+            'ListInventories': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInventories,
+                    request_deserializer=embedsense_dot_v1_dot_embedsense__pb2.ListInventoriesRequest.FromString,
+                    response_serializer=embedsense_dot_v1_dot_embedsense__pb2.ListInventoriesResponse.SerializeToString,
+            ),
+            'DeleteInventory': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteInventory,
+                    request_deserializer=embedsense_dot_v1_dot_embedsense__pb2.InventoryRef.FromString,
+                    response_serializer=embedsense_dot_v1_dot_embedsense__pb2.DeleteInventoryResponse.SerializeToString,
             ),
             'SearchOccurrences': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchOccurrences,
@@ -615,6 +667,87 @@ class EmbedSense:
             '/embedsense.v1.EmbedSense/Disambiguate',
             embedsense_dot_v1_dot_embedsense__pb2.DisambiguateRequest.SerializeToString,
             embedsense_dot_v1_dot_embedsense__pb2.DisambiguateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateInventory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsense.v1.EmbedSense/CreateInventory',
+            embedsense_dot_v1_dot_embedsense__pb2.CreateInventoryRequest.SerializeToString,
+            embedsense_dot_v1_dot_embedsense__pb2.InventoryInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInventories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsense.v1.EmbedSense/ListInventories',
+            embedsense_dot_v1_dot_embedsense__pb2.ListInventoriesRequest.SerializeToString,
+            embedsense_dot_v1_dot_embedsense__pb2.ListInventoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteInventory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsense.v1.EmbedSense/DeleteInventory',
+            embedsense_dot_v1_dot_embedsense__pb2.InventoryRef.SerializeToString,
+            embedsense_dot_v1_dot_embedsense__pb2.DeleteInventoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,6 +28,8 @@ from embedsense.server import index as idx
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.engine import Embedding, Engine
 from embedsense.server.index import Catalog, Document, Token
+from embedsense.server.senses import errors as sense_errors
+from embedsense.server.senses.senses import FoundOccurrence, Senses
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,10 @@ STATUSES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (idx.ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (idx.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (sense_errors.SenseInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (sense_errors.NoTokenVectors, grpc.StatusCode.FAILED_PRECONDITION),
+    (sense_errors.InventoryNotFound, grpc.StatusCode.NOT_FOUND),
+    (sense_errors.InventoryExists, grpc.StatusCode.ALREADY_EXISTS),
 ]
 
 ROLES = {pb.ROLE_QUERY: TextRole.QUERY, pb.ROLE_PASSAGE: TextRole.PASSAGE}
@@ -106,6 +112,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     def __init__(self, engine: Engine, catalog: Catalog, settings: ServerSettings) -> None:
         self.engine = engine
         self.catalog = catalog
+        self.senses = Senses(engine, catalog)
         self.settings = settings
         self.model_name = engine.model.spec.name
 
@@ -344,21 +351,108 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             ]
         )  # fmt: skip
 
-    # ------------------------------------------------------------ senses (reserved)
+    # ------------------------------------------------------------ senses
 
-    async def _reserved(self, context: Any, name: str) -> None:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f"{name} is reserved: it arrives with word senses"
+    @rpc
+    async def Disambiguate(
+        self, request: pb.DisambiguateRequest, context: Any
+    ) -> pb.DisambiguateResponse:
+        result = await self.senses.disambiguate(
+            request.text, request.word, span=_span(request), occurrence=request.occurrence,
+            senses={label: list(s.examples) for label, s in request.senses.items()},
+            inventory=request.inventory or None, layers=list(request.layers) or None,
+            centre=not request.no_centring, with_sentence=not request.word_only,
+        )  # fmt: skip
+        order = sorted(result.probabilities, key=lambda label: -result.probabilities[label])
+        return pb.DisambiguateResponse(
+            label=result.label,
+            scores=[pb.SenseScore(label=label, probability=result.probabilities[label],
+                                  similarity=result.similarities[label]) for label in order],
+            nearest=[pb.SenseExample(label=label, text=text, similarity=cos)
+                     for label, text, cos in result.nearest],
+            span=pb.Span(start=result.occurrence.start, end=result.occurrence.end),
+            layers=result.layers, centred=result.centred, temperature=result.temperature,
+            with_sentence=result.with_sentence,
+        )  # fmt: skip
+
+    @staticmethod
+    def _inventory_reply(name: str, words: dict, builtin: bool) -> pb.InventoryInfo:
+        return pb.InventoryInfo(
+            name=name, builtin=builtin,
+            words={word: pb.WordSenses(senses={label: pb.SenseExamples(examples=examples)
+                                               for label, examples in senses.items()})
+                   for word, senses in words.items()},
+        )  # fmt: skip
+
+    @rpc
+    async def CreateInventory(
+        self, request: pb.CreateInventoryRequest, context: Any
+    ) -> pb.InventoryInfo:
+        words = {word: {label: list(s.examples) for label, s in entry.senses.items()}
+                 for word, entry in request.words.items()}  # fmt: skip
+        await asyncio.to_thread(self.senses.inventories.create, request.name, words,
+                                request.replace)  # fmt: skip
+        return self._inventory_reply(request.name, self.senses.inventories.get(request.name),
+                                     False)  # fmt: skip
+
+    @rpc
+    async def ListInventories(
+        self, request: pb.ListInventoriesRequest, context: Any
+    ) -> pb.ListInventoriesResponse:
+        listed = await asyncio.to_thread(self.senses.inventories.list)
+        return pb.ListInventoriesResponse(
+            inventories=[self._inventory_reply(*entry) for entry in listed]
         )
 
-    async def Disambiguate(self, request: Any, context: Any) -> Any:
-        await self._reserved(context, "Disambiguate")
+    @rpc
+    async def DeleteInventory(
+        self, request: pb.InventoryRef, context: Any
+    ) -> pb.DeleteInventoryResponse:
+        await asyncio.to_thread(self.senses.inventories.delete, request.name)
+        return pb.DeleteInventoryResponse()
 
-    async def SearchOccurrences(self, request: Any, context: Any) -> Any:
-        await self._reserved(context, "SearchOccurrences")
+    @rpc
+    async def SearchOccurrences(
+        self, request: pb.SearchOccurrencesRequest, context: Any
+    ) -> pb.SearchOccurrencesResponse:
+        await self._collection(request.collection)
+        found, compared = await self.senses.search_occurrences(
+            request.collection, request.text, request.word, span=_span(request),
+            occurrence=request.occurrence, k=request.k or 10,
+        )  # fmt: skip
+        return pb.SearchOccurrencesResponse(
+            occurrences=[_occurrence_reply(o) for o in found], compared=compared
+        )
 
-    async def InduceSenses(self, request: Any, context: Any) -> Any:
-        await self._reserved(context, "InduceSenses")
+    @rpc
+    async def InduceSenses(
+        self, request: pb.InduceSensesRequest, context: Any
+    ) -> pb.InduceSensesResponse:
+        await self._collection(request.collection)
+        induced = await self.senses.induce_senses(
+            request.collection, request.word, k=request.k or None, max_k=request.max_k or 6,
+            central=request.central or 3,
+        )  # fmt: skip
+        return pb.InduceSensesResponse(
+            senses=[pb.InducedSense(size=s.size, central=[_occurrence_reply(o) for o in s.central])
+                    for s in induced.senses],
+            occurrences=induced.occurrences, silhouette=induced.silhouette,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------ explain (reserved)
 
     async def Explain(self, request: Any, context: Any) -> Any:
-        await self._reserved(context, "Explain")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "Explain is reserved: it arrives with the explain issue"
+        )
+
+
+def _span(request: Any) -> tuple[int, int] | None:
+    return (request.span.start, request.span.end) if request.HasField("span") else None
+
+
+def _occurrence_reply(o: FoundOccurrence) -> pb.Occurrence:
+    return pb.Occurrence(
+        id=o.id, text=o.text, span=pb.Span(start=o.start, end=o.end), score=o.score,
+        metadata_json=json.dumps(o.metadata, ensure_ascii=False),
+    )  # fmt: skip

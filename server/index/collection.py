@@ -46,6 +46,10 @@ SELECTIVE_FILTER_SHARE = 0.02
 # Dead vectors (deleted or replaced) beyond this share of the index trigger a compaction.
 COMPACT_DEAD_SHARE = 0.5
 COMPACT_MIN_DEAD = 10_000
+# A snapshot after this many changes, or as many as the index holds if more, bounds how much
+# a start after a crash must catch up, at an amortized cost of at most one more write of
+# each vector.
+SNAPSHOT_EVERY_CHANGES = 100_000
 
 
 @dataclass
@@ -294,6 +298,8 @@ class Collection:
         elif dead >= COMPACT_MIN_DEAD and dead > COMPACT_DEAD_SHARE * self._index.ntotal:
             log.info("%s: compacting %d dead vectors", self.name, dead)
             self._rebuild(compact=True)
+        elif self._changes_since_snapshot >= max(SNAPSHOT_EVERY_CHANGES, self._index.ntotal):
+            self.snapshot()
 
     def _validated(self, doc: Document) -> Document:
         doc_id = doc.id if doc.id is not None else uuid.uuid4().hex

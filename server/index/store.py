@@ -50,6 +50,11 @@ CREATE TABLE IF NOT EXISTS documents (
     PRIMARY KEY (collection, id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS documents_by_label ON documents (collection, label);
+CREATE TABLE IF NOT EXISTS inventories (
+    name TEXT PRIMARY KEY,
+    words TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 
 
@@ -330,6 +335,39 @@ class Store:
                 "SELECT generation FROM collections WHERE name = ?", (collection,)
             ).fetchone()
         return generation
+
+    # ------------------------------------------------------------ sense inventories
+
+    def put_inventory(self, name: str, words_json: str, replace: bool) -> bool:
+        """Store an inventory; False when it exists and replace is not asked."""
+        with self.transaction() as conn:
+            verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+            cursor = conn.execute(
+                f"{verb} INTO inventories (name, words, updated_at) VALUES (?, ?, ?)",
+                (name, words_json, time.time()),
+            )
+            return cursor.rowcount == 1
+
+    def get_inventory(self, name: str) -> str | None:
+        row = (
+            self._conn().execute("SELECT words FROM inventories WHERE name = ?", (name,)).fetchone()
+        )
+        return row[0] if row else None
+
+    def inventories(self) -> list[tuple[str, str]]:
+        return list(self._conn().execute("SELECT name, words FROM inventories ORDER BY name"))
+
+    def delete_inventory(self, name: str) -> bool:
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM inventories WHERE name = ?", (name,)).rowcount == 1
+
+    def texts_containing(self, collection: str, word: str, limit: int) -> list[tuple[str, str]]:
+        """(id, text) of up to `limit` documents whose text contains `word`, in label order."""
+        return list(self._conn().execute(
+            "SELECT id, text FROM documents WHERE collection = ? AND instr(text, ?) > 0 "
+            "ORDER BY label LIMIT ?",
+            (collection, word, limit),
+        ))  # fmt: skip
 
 
 def _document(

@@ -1,0 +1,1 @@
+"""Word senses: disambiguation, same-sense occurrence search, sense induction."""

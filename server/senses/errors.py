@@ -1,0 +1,22 @@
+"""The senses' errors; each maps to one gRPC status in the API layer."""
+
+from __future__ import annotations
+
+
+class SenseInputError(ValueError):
+    """INVALID_ARGUMENT: the word is not in the text, a sense has no examples..."""
+
+
+class NoTokenVectors(Exception):
+    """FAILED_PRECONDITION: the collection was not created with store_tokens=True."""
+
+
+class InventoryNotFound(KeyError):
+    """NOT_FOUND: no inventory by that name, or the word is not in it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InventoryExists(Exception):
+    """ALREADY_EXISTS: an inventory by that name exists (and replace was not asked)."""

@@ -1,0 +1,104 @@
+"""Sense inventories: word -> {sense label: [example sentences]}, named and stored.
+
+"default" ships with the server (inventory_default.json, written for embedsense) and cannot
+be changed; others live in the data directory's store, as durable as the documents.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from importlib.resources import files
+
+from embedsense.server.index.store import Store
+from embedsense.server.senses.errors import InventoryExists, InventoryNotFound, SenseInputError
+
+DEFAULT = "default"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+MAX_EXAMPLES_PER_SENSE = 64
+
+Senses = dict[str, list[str]]  # sense label -> example sentences containing the word
+
+
+def check_senses(word: str, senses: Mapping[str, Sequence[str]]) -> Senses:
+    """Examples per sense, validated: at least two senses, each with examples that contain
+    the word. Errors name the offending label or example."""
+    if not word:
+        raise SenseInputError("word: empty")
+    if len(senses) < 2:
+        raise SenseInputError(f"{word!r}: at least two senses are needed, got {len(senses)}")
+    checked: Senses = {}
+    for label, examples in senses.items():
+        examples = [e for e in examples if e.strip()]
+        if not label:
+            raise SenseInputError(f"{word!r}: a sense needs a label")
+        if not examples:
+            raise SenseInputError(f"{word!r}: sense {label!r} has no examples")
+        if len(examples) > MAX_EXAMPLES_PER_SENSE:
+            raise SenseInputError(
+                f"{word!r}: sense {label!r} has {len(examples)} examples; the limit is "
+                f"{MAX_EXAMPLES_PER_SENSE}"
+            )
+        for example in examples:
+            if word not in example:
+                raise SenseInputError(
+                    f"{word!r}: an example of sense {label!r} does not contain the word: "
+                    f"{example[:60]!r}"
+                )
+        checked[label] = list(examples)
+    return checked
+
+
+def _builtin() -> dict[str, Senses]:
+    path = files("embedsense.server.senses") / "inventory_default.json"
+    return json.loads(path.read_text(encoding="utf-8"))["words"]
+
+
+class Inventories:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.default = _builtin()
+
+    def create(
+        self, name: str, words: Mapping[str, Mapping[str, Sequence[str]]], replace: bool = False
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise SenseInputError(f"inventory name {name!r}: 1-64 letters, digits, '_', '-' or '.'")
+        if name == DEFAULT:
+            raise InventoryExists(
+                "the 'default' inventory ships with the server: pick another name"
+            )
+        if not words:
+            raise SenseInputError(f"inventory {name!r}: no words")
+        checked = {word: check_senses(word, senses) for word, senses in words.items()}
+        if not self.store.put_inventory(name, json.dumps(checked, ensure_ascii=False), replace):
+            raise InventoryExists(f"inventory {name!r} already exists (replace it explicitly)")
+
+    def get(self, name: str) -> dict[str, Senses]:
+        if name == DEFAULT:
+            return self.default
+        words = self.store.get_inventory(name)
+        if words is None:
+            raise InventoryNotFound(f"no inventory named {name!r}")
+        return json.loads(words)
+
+    def senses(self, name: str, word: str) -> Senses:
+        inventory = self.get(name)
+        if word not in inventory:
+            raise InventoryNotFound(
+                f"inventory {name!r} has no entry for {word!r}; it covers "
+                f"{', '.join(sorted(inventory))}"
+            )
+        return inventory[word]
+
+    def list(self) -> list[tuple[str, dict[str, Senses], bool]]:
+        """(name, words, built in) for every inventory, "default" first."""
+        stored = [(n, json.loads(w), False) for n, w in self.store.inventories()]
+        return [(DEFAULT, self.default, True), *stored]
+
+    def delete(self, name: str) -> None:
+        if name == DEFAULT:
+            raise SenseInputError("the 'default' inventory ships with the server: it stays")
+        if not self.store.delete_inventory(name):
+            raise InventoryNotFound(f"no inventory named {name!r}")

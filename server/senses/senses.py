@@ -1,0 +1,196 @@
+"""Word senses over the engine and the index: disambiguate a word in context, find the
+occurrences used in the same sense, and induce the senses of a word in a collection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embedsense.server.engine import Engine
+from embedsense.server.index import Catalog, Collection
+from embedsense.server.senses import method
+from embedsense.server.senses.errors import NoTokenVectors, SenseInputError
+from embedsense.server.senses.inventories import DEFAULT, Inventories, check_senses
+from embedsense.server.senses.words import (
+    Occurrence,
+    locate,
+    occurrences_of,
+    stored_word_vectors,
+    word_vectors,
+)
+
+# Occurrence search and induction read at most this many documents containing the word.
+MAX_CANDIDATE_DOCUMENTS = 20_000
+
+
+@dataclass
+class Disambiguation:
+    label: str
+    probabilities: dict[str, float]
+    similarities: dict[str, float]
+    nearest: list[tuple[str, str, float]]  # (label, example sentence, cosine)
+    occurrence: Occurrence
+    layers: list[int]  # hidden states averaged (-1: the last)
+    centred: bool
+    with_sentence: bool
+    temperature: float = method.TEMPERATURE
+
+
+@dataclass
+class FoundOccurrence:
+    id: str
+    text: str
+    start: int
+    end: int
+    score: float
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class InducedSense:
+    size: int
+    central: list[FoundOccurrence]  # the most central occurrences, best first
+
+
+@dataclass
+class Induction:
+    senses: list[InducedSense]  # largest first
+    occurrences: int
+    silhouette: float
+
+
+class Senses:
+    def __init__(self, engine: Engine, catalog: Catalog) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.inventories = Inventories(catalog.store)
+
+    async def disambiguate(
+        self,
+        text: str,
+        word: str = "",
+        *,
+        span: tuple[int, int] | None = None,
+        occurrence: int = 0,
+        senses: Mapping[str, Sequence[str]] | None = None,
+        inventory: str | None = None,
+        layers: Sequence[int] | None = None,
+        centre: bool = True,
+        with_sentence: bool = True,
+    ) -> Disambiguation:
+        """The sense of the word at `span` (or the `occurrence`-th `word`) in `text`, against
+        `senses` (label -> examples) or a stored inventory ("default" when neither)."""
+        target = locate(text, word, span, occurrence)
+        word = target.word
+        if senses:
+            if inventory:
+                raise SenseInputError("give senses or an inventory, not both")
+            examples = check_senses(word, senses)
+        else:
+            examples = self.inventories.senses(inventory or DEFAULT, word)
+        labelled = [(label, e) for label, sentences in examples.items() for e in sentences]
+        occurrences = [target] + [locate(e, word) for _, e in labelled]
+        found = await word_vectors(self.engine, occurrences, layers)
+        weight = method.CONTEXT_WEIGHT if with_sentence else 0.0
+        vectors = method.features(found.words, found.contexts, weight)
+        by_label: dict[str, list[np.ndarray]] = {label: [] for label in examples}
+        for (label, _), vector in zip(labelled, vectors[1:], strict=True):
+            by_label[label].append(vector)
+        decision = method.disambiguate(
+            vectors[0], {label: np.stack(v) for label, v in by_label.items()}, centre=centre
+        )
+        return Disambiguation(
+            label=decision.label,
+            probabilities=decision.probabilities,
+            similarities=decision.similarities,
+            nearest=[(label, examples[label][i], cos) for label, i, cos in decision.nearest],
+            occurrence=target,
+            layers=list(layers) if layers else [-1],
+            centred=centre,
+            with_sentence=with_sentence,
+        )
+
+    # ------------------------------------------------------------ over a collection
+
+    async def _stored_occurrences(
+        self, collection: Collection, word: str
+    ) -> tuple[list[tuple[str, Occurrence, dict]], np.ndarray, np.ndarray]:
+        """Every occurrence of `word` in the collection, with its stored word and sentence
+        vectors."""
+        if not collection.row.store_tokens:
+            raise NoTokenVectors(
+                f"collection {collection.name!r} keeps no token vectors: create it with "
+                "store_tokens=True to search or induce word senses in it"
+            )
+        found = await asyncio.to_thread(
+            collection.store.texts_containing, collection.name, word, MAX_CANDIDATE_DOCUMENTS
+        )
+        docs = await asyncio.to_thread(collection.get, [doc_id for doc_id, _ in found])
+        items, words, contexts = [], [], []
+        for doc in docs:
+            if doc is None:  # deleted in between
+                continue
+            for occ in occurrences_of(word, doc.text):
+                items.append((doc.id, occ, doc.metadata))
+                word_vector, context = stored_word_vectors(doc, occ)
+                words.append(word_vector)
+                contexts.append(context)
+        if not items:
+            raise SenseInputError(f"{word!r} does not occur in collection {collection.name!r}")
+        return items, np.stack(words), np.stack(contexts)
+
+    async def search_occurrences(
+        self,
+        collection_name: str,
+        text: str,
+        word: str = "",
+        *,
+        span: tuple[int, int] | None = None,
+        occurrence: int = 0,
+        k: int = 10,
+    ) -> tuple[list[FoundOccurrence], int]:
+        """The occurrences of the word in the collection whose sense is closest to its sense
+        in `text`, best first; and how many occurrences were compared."""
+        collection = self.catalog.get(collection_name)
+        target = locate(text, word, span, occurrence)
+        items, words, contexts = await self._stored_occurrences(collection, target.word)
+        query = await word_vectors(self.engine, [target])
+        scores = method.rank_by_sense(
+            method.features(query.words, query.contexts)[0], method.features(words, contexts)
+        )
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [
+            FoundOccurrence(items[i][0], items[i][1].text, items[i][1].start, items[i][1].end,
+                            float(scores[i]), items[i][2])
+            for i in order
+        ], len(items)  # fmt: skip
+
+    async def induce_senses(
+        self, collection_name: str, word: str, k: int | None = None, max_k: int = 6,
+        central: int = 3,
+    ) -> Induction:  # fmt: skip
+        """Cluster the word's occurrences in the collection into senses, without labels."""
+        collection = self.catalog.get(collection_name)
+        if not word:
+            raise SenseInputError("word: empty")
+        items, words, _ = await self._stored_occurrences(collection, word)
+        if len(items) < 2:
+            raise SenseInputError(f"{word!r} occurs once in {collection_name!r}: nothing to split")
+        # The word's vectors alone: adding the sentence's did not help clustering (README).
+        clustering = await asyncio.to_thread(method.induce, words, k, max_k)
+        senses = []
+        for cluster in range(clustering.k):
+            members = np.flatnonzero(clustering.labels == cluster)
+            if not len(members):
+                continue
+            best = members[np.argsort(-clustering.centrality[members], kind="stable")][:central]
+            senses.append(InducedSense(len(members), [
+                FoundOccurrence(items[i][0], items[i][1].text, items[i][1].start,
+                                items[i][1].end, float(clustering.centrality[i]), items[i][2])
+                for i in best
+            ]))  # fmt: skip
+        senses.sort(key=lambda s: -s.size)
+        return Induction(senses, len(items), clustering.silhouette)

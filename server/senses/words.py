@@ -1,0 +1,96 @@
+"""A word's contextual vector: the mean of the token vectors that cover its characters.
+
+In e5's vocabulary 苹果 is one token; in BERT it is two characters; a word may also sit
+inside a longer token (花 in 花钱). Either way the tokens overlapping the word's span carry it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedsense.model import TextRole
+from embedsense.model.spans import SpanError, find_word, token_indices_for_span
+from embedsense.server.engine import Engine
+from embedsense.server.index import Document
+from embedsense.server.senses.errors import SenseInputError
+
+# Stored documents are embedded as passages; word vectors are too, so that a sentence given
+# in a call and one stored in a collection are comparable.
+ROLE = TextRole.PASSAGE
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    text: str
+    start: int
+    end: int
+
+    @property
+    def word(self) -> str:
+        return self.text[self.start : self.end]
+
+
+def locate(
+    text: str, word: str = "", span: tuple[int, int] | None = None, occurrence: int = 0
+) -> Occurrence:
+    """The occurrence a caller means: a character span, or the n-th appearance of a word."""
+    if span is not None:
+        start, end = span
+        if not 0 <= start < end <= len(text):
+            raise SenseInputError(
+                f"span [{start}, {end}) is not within the text's {len(text)} characters"
+            )
+        if word and text[start:end] != word:
+            raise SenseInputError(f"span [{start}, {end}) is {text[start:end]!r}, not {word!r}")
+        return Occurrence(text, start, end)
+    try:
+        start, end = find_word(text, word, occurrence)
+    except SpanError as err:
+        raise SenseInputError(f"{err} (text: {text[:40]!r})") from None
+    return Occurrence(text, start, end)
+
+
+def occurrences_of(word: str, text: str) -> list[Occurrence]:
+    """Every appearance of `word` in `text` (not overlapping)."""
+    found, start = [], text.find(word)
+    while start >= 0:
+        found.append(Occurrence(text, start, start + len(word)))
+        start = text.find(word, start + len(word))
+    return found
+
+
+@dataclass(frozen=True)
+class WordVectors:
+    words: np.ndarray  # (n, dim): the tokens covering each occurrence, averaged
+    contexts: np.ndarray  # (n, dim): every token of each occurrence's text, averaged
+
+
+async def word_vectors(
+    engine: Engine, occurrences: Sequence[Occurrence], layers: Sequence[int] | None = None
+) -> WordVectors:
+    """Each occurrence's contextual vector and its sentence's, in one batched engine call."""
+    results = await engine.embed(
+        [o.text for o in occurrences], role=ROLE, layers=layers, token_vectors=True,
+        normalize=False, windowed=True,
+    )  # fmt: skip
+    words, contexts = [], []
+    for o, r in zip(occurrences, results, strict=True):
+        try:
+            rows = r.tokenized.token_indices(o.start, o.end)
+        except SpanError as err:
+            raise SenseInputError(f"{err} in {o.text[:40]!r}") from None
+        words.append(r.token_vectors[rows].mean(axis=0))
+        contexts.append(r.token_vectors[np.flatnonzero(r.tokenized.from_text)].mean(axis=0))
+    return WordVectors(np.stack(words), np.stack(contexts))
+
+
+def stored_word_vectors(doc: Document, occurrence: Occurrence) -> tuple[np.ndarray, np.ndarray]:
+    """An occurrence's word and sentence vectors from a stored document's token vectors (no
+    model call)."""
+    offsets = [(t.start, t.end) for t in doc.tokens]
+    from_text = [t.end > t.start for t in doc.tokens]  # specials are stored as (0, 0)
+    rows = token_indices_for_span(offsets, from_text, occurrence.start, occurrence.end)
+    return doc.token_vectors[rows].mean(axis=0), doc.token_vectors[from_text].mean(axis=0)

@@ -1,0 +1,203 @@
+"""Word senses: the method on vectors, and every senses RPC end to end on the real model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from eval_senses import evaluate, load
+
+from embedsense.client import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from embedsense.server.senses import method
+
+FRUIT = ["我喜欢吃苹果", "这个苹果又红又甜", "果园里的苹果熟了", "她削了一个苹果给孩子",
+         "苹果和香蕉都是水果", "冰箱里还有两个苹果"]  # fmt: skip
+COMPANY = ["苹果发布了新款手机", "我的苹果电脑坏了", "苹果公司的股价上涨", "他在苹果做软件工程师",
+           "苹果的新系统很流畅", "这款苹果平板很轻"]  # fmt: skip
+
+
+# ------------------------------------------------------------------ the method, on vectors
+
+
+def synthetic(seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Occurrences that share a big common component (like one word's vectors do) plus a
+    small sense direction: raw cosines are all high, the sense hides in the remainder."""
+    rng = np.random.default_rng(seed)
+    common, a, b = rng.normal(size=(3, 32))
+    make = lambda d, n: 10 * common + d + 0.3 * rng.normal(size=(n, 32))  # noqa: E731
+    return make(a, 1)[0], {"a": make(a, 5), "b": make(b, 5)}
+
+
+def test_centring_separates_senses_that_raw_cosine_barely_does():
+    target, examples = synthetic()
+    centred = method.disambiguate(target, examples, centre=True)
+    raw = method.disambiguate(target, examples, centre=False)
+    assert centred.label == "a" and centred.probabilities["a"] > 0.95
+    margin = lambda d: d.similarities["a"] - d.similarities["b"]  # noqa: E731
+    assert margin(centred) > 10 * margin(raw) > 0
+    assert sum(centred.probabilities.values()) == pytest.approx(1.0)
+    assert centred.nearest[0][0] == "a"
+
+
+def test_induction_recovers_planted_senses_and_chooses_k():
+    rng = np.random.default_rng(1)
+    common = rng.normal(size=32) * 10
+    directions = rng.normal(size=(3, 32))
+    vectors = np.concatenate([common + d + 0.2 * rng.normal(size=(20, 32)) for d in directions])
+    truth = np.repeat(np.arange(3), 20)
+    result = method.induce(vectors)
+    assert result.k == 3
+    for cluster in range(3):  # every cluster is one planted sense
+        assert len(set(truth[result.labels == cluster])) == 1
+    assert method.induce(vectors, k=2).k == 2
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_default_inventory_tells_the_two_apples_apart(client):
+    fruit = client.disambiguate("我喜欢吃苹果", "苹果")
+    company = client.disambiguate("苹果发布了新款手机", "苹果")
+    assert fruit.label != company.label
+    assert (fruit.label, company.label) == ("fruit", "company")
+    assert fruit.span == (4, 6) and fruit.layers == [-1] and fruit.centred
+    assert fruit.scores[0].label == "fruit" and fruit.scores[0].probability > 0.5
+    assert sum(s.probability for s in fruit.scores) == pytest.approx(1.0, abs=1e-5)
+    assert fruit.nearest and all("苹果" in text for _, text, _ in fruit.nearest)
+    again = client.disambiguate("我喜欢吃苹果", "苹果")  # deterministic
+    assert again.scores == fruit.scores and again.label == fruit.label
+
+
+def test_disambiguate_with_given_senses_spans_and_occurrences(client):
+    senses = {"grain": ["早上喝一碗小米粥", "地里的小米熟了"],
+              "company": ["小米发布了新手机", "我买了小米的电视"]}  # fmt: skip
+    assert client.disambiguate("奶奶熬了一锅小米粥", "小米", senses).label == "grain"
+    text = "他用小米手机拍了一碗小米粥"
+    second = client.disambiguate(text, "小米", senses, occurrence=1)
+    assert second.span == (10, 12) and second.label == "grain"
+    # Two senses in one sentence share its sentence vector: the word's own vectors decide.
+    by_span = client.disambiguate(text, senses=senses, span=(2, 4), with_sentence=False)
+    assert by_span.label == "company" and not by_span.with_sentence
+    layered = client.disambiguate(text, "小米", senses, layers=[-1, -2], centre=False)
+    assert layered.layers == [-1, -2] and not layered.centred
+
+
+def test_sense_errors_name_the_offending_input(client):
+    two = {"a": ["苹果很甜"], "b": ["苹果手机"]}
+    with pytest.raises(InvalidArgument, match="does not occur"):
+        client.disambiguate("我喜欢吃香蕉", "苹果", two)
+    with pytest.raises(InvalidArgument, match="occurrence 2"):
+        client.disambiguate("苹果和苹果", "苹果", two, occurrence=2)
+    with pytest.raises(InvalidArgument, match="'b' has no examples"):
+        client.disambiguate("苹果很好", "苹果", {"a": ["苹果很甜"], "b": []})
+    with pytest.raises(InvalidArgument, match="does not contain the word: '香蕉很甜'"):
+        client.disambiguate("苹果很好", "苹果", {"a": ["香蕉很甜"], "b": ["苹果手机"]})
+    with pytest.raises(InvalidArgument, match="at least two senses"):
+        client.disambiguate("苹果很好", "苹果", {"a": ["苹果很甜"]})
+    with pytest.raises(InvalidArgument, match="span"):
+        client.disambiguate("苹果很好", senses=two, span=(3, 10))
+    with pytest.raises(NotFound, match="no entry for '西瓜'"):
+        client.disambiguate("西瓜很甜", "西瓜")
+    with pytest.raises(NotFound, match="no inventory named 'nope'"):
+        client.disambiguate("苹果很甜", "苹果", inventory="nope")
+    with pytest.raises(InvalidArgument, match="layer"):
+        client.disambiguate("苹果很甜", "苹果", layers=[99])
+
+
+def test_inventories_are_created_used_listed_and_deleted(client):
+    words = {"小米": {"grain": ["小米粥很香", "种小米"], "company": ["小米手机", "小米公司"]}}
+    made = client.create_inventory("mine", words)
+    assert made.words == words and not made.builtin
+    with pytest.raises(AlreadyExists):
+        client.create_inventory("mine", words)
+    words["小米"]["grain"].append("一袋小米")
+    assert client.create_inventory("mine", words, replace=True).words == words
+    assert client.disambiguate("喝小米粥", "小米", inventory="mine").label == "grain"
+    listed = {i.name: i for i in client.list_inventories()}
+    assert listed["default"].builtin and "苹果" in listed["default"].words
+    assert listed["mine"].words == words
+    with pytest.raises(InvalidArgument, match="stays"):
+        client.delete_inventory("default")
+    with pytest.raises(AlreadyExists, match="ships with the server"):
+        client.create_inventory("default", words)
+    with pytest.raises(InvalidArgument, match="does not contain"):
+        client.create_inventory("bad", {"小米": {"a": ["大米"], "b": ["小米"]}})
+    client.delete_inventory("mine")
+    with pytest.raises(NotFound):
+        client.delete_inventory("mine")
+
+
+@pytest.fixture(scope="module")
+def apples(server):
+    from embedsense.client import Client
+
+    with Client(server.target, timeout=120) as c:
+        c.create_collection("apples", store_tokens=True)
+        c.create_collection("no-tokens")
+        docs = [{"id": f"fruit-{i}", "text": t, "metadata": {"sense": "fruit"}}
+                for i, t in enumerate(FRUIT)]  # fmt: skip
+        docs += [{"id": f"company-{i}", "text": t, "metadata": {"sense": "company"}}
+                 for i, t in enumerate(COMPANY)]  # fmt: skip
+        docs.append({"id": "both", "text": "他一边吃苹果一边用苹果手机看新闻"})
+        c.upsert("apples", docs, show_progress_bar=False)
+        c.upsert("no-tokens", FRUIT[:2], show_progress_bar=False)
+        yield "apples"
+        c.drop_collection("apples")
+        c.drop_collection("no-tokens")
+
+
+def test_search_occurrences_finds_the_same_sense(client, apples):
+    found = client.search_occurrences(apples, "我买了最新的苹果手机", "苹果", k=5)
+    assert all(o.text[o.span[0] : o.span[1]] == "苹果" for o in found)
+    assert [o.score for o in found] == sorted((o.score for o in found), reverse=True)
+    company = [o for o in found if o.metadata.get("sense") == "company" or o.span[0] > 5]
+    assert len(company) >= 4  # of the 5 best, at least 4 are the company
+    fruit = client.search_occurrences(apples, "超市里的苹果很新鲜", "苹果", k=3)
+    assert all(o.metadata.get("sense") == "fruit" or o.span[0] < 5 for o in fruit)
+    with pytest.raises(FailedPrecondition, match="store_tokens"):
+        client.search_occurrences("no-tokens", "我喜欢吃苹果", "苹果")
+    with pytest.raises(InvalidArgument, match="does not occur in collection"):
+        client.search_occurrences(apples, "我喜欢吃西瓜", "西瓜")
+    with pytest.raises(NotFound):
+        client.search_occurrences("nope", "苹果", "苹果")
+
+
+def test_induce_senses_splits_fruit_from_company(client, apples):
+    induced = client.induce_senses(apples, "苹果", k=2)
+    assert induced.occurrences == 14 and len(induced.senses) == 2
+    assert sum(s.size for s in induced.senses) == 14
+    for sense in induced.senses:
+        labels = [o.metadata.get("sense") for o in sense.central if "sense" in o.metadata]
+        assert len(set(labels)) <= 1, labels  # the central members agree on one sense
+    auto = client.induce_senses(apples, "苹果")
+    assert len(auto.senses) >= 2 and -1 <= auto.silhouette <= 1
+    with pytest.raises(FailedPrecondition):
+        client.induce_senses("no-tokens", "苹果")
+
+
+def test_cli_senses_commands(server, apples):
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "embedsense.client.cli", "--target",
+                               server.target, *args], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    shown = cli("disambiguate", "我买了最新的苹果手机", "苹果")
+    assert shown.returncode == 0 and "-> company" in shown.stdout
+    given = cli("--json", "disambiguate", "喝小米粥", "小米", "--sense", "grain=小米粥",
+                "--sense", "company=小米手机")  # fmt: skip
+    assert json.loads(given.stdout)["label"] == "grain"
+    assert "default" in cli("inventory", "list").stdout
+    occurrences = cli("occurrences", apples, "我喜欢吃苹果", "苹果", "-k", "2")
+    assert occurrences.returncode == 0 and "[苹果]" in occurrences.stdout
+    assert "sense 1" in cli("induce", apples, "苹果", "-k", "2").stdout
+
+
+def test_evaluation_on_a_slice_is_well_above_chance(e5):
+    data = load(["苹果", "打", "花"], per_sense=4)
+    results = asyncio.run(evaluate(e5, data, layer_choices={"last": [-1]}))
+    accuracy = results["accuracy"]["word + sentence, last, centred"]["overall"]
+    assert accuracy >= 0.85  # chance: 1/2 for 苹果 and 花, 1/3 for 打
