@@ -69,7 +69,7 @@ def run(client: Client) -> None:
         result = client.disambiguate(text, word)  # the server's "default" inventory
         rows.append((text, word, result.label, "  ".join(
             f"{s.label} {s.probability:.0%}" for s in result.scores)))  # fmt: skip
-    print("which sense? (the word's contextual vector against the default inventory)")
+    print("which sense? (the word in its sentence, against the server's default inventory)")
     print(table(rows, ["sentence", "word", "sense", "probabilities"]) + "\n")
 
     found = client.search_occurrences("demo", "我买了最新的苹果手机", "苹果", k=3)
