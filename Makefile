@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench eval demo serve proto clean
+.PHONY: install test lint format bench eval demo pictures serve proto clean
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=69" wheel
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[server,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[server,plot,dev]"
 	touch $(STAMP)
 
 lint: install
@@ -40,6 +40,10 @@ eval: install
 # tells the senses of 苹果 apart, stops the server.
 demo: install
 	$(BIN)/python -m embedsense.client.demo
+
+# The demo, then the README's attention pictures from two of its corpus sentences.
+pictures: install
+	$(BIN)/python -m embedsense.client.demo --pictures client/data
 
 serve: install
 	$(BIN)/embedsense serve --data-dir data

@@ -18,11 +18,14 @@ from embedsense.client.tensors import from_tensor, to_tensor
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
+    Explanation,
+    Focus,
     Hit,
     InducedSense,
     Induction,
     Info,
     Inventory,
+    LayerComparison,
     Occurrence,
     SenseScore,
     StoredDocument,
@@ -155,6 +158,23 @@ def parse_induction(r: pb.InduceSensesResponse) -> Induction:
 def parse_inventory(r: pb.InventoryInfo) -> Inventory:
     return Inventory(r.name, {word: {label: list(s.examples) for label, s in ws.senses.items()}
                               for word, ws in r.words.items()}, r.builtin)  # fmt: skip
+
+
+def parse_explanation(r: pb.ExplainResponse) -> Explanation:
+    return Explanation(
+        tokens=parse_tokens(r.tokens), layers=list(r.layers), heads=list(r.heads),
+        attentions=from_tensor(r.attentions),
+        span=(r.span.start, r.span.end) if r.HasField("span") else None,
+        target_tokens=list(r.target_tokens),
+        focus=[Focus(f.layer, None if f.head < 0 else f.head,
+                     [(t.token, t.weight) for t in f.tokens]) for f in r.focus],
+        max_attention_values=r.max_attention_values,
+    )  # fmt: skip
+
+
+def parse_comparison(r: pb.CompareLayersResponse) -> LayerComparison:
+    return LayerComparison(list(r.cosines), (r.span_a.start, r.span_a.end),
+                           (r.span_b.start, r.span_b.end))  # fmt: skip
 
 
 def senses_message(senses: Mapping[str, Sequence[str]]) -> dict[str, pb.SenseExamples]:
@@ -370,6 +390,35 @@ class Methods:
         request = pb.InduceSensesRequest(collection=collection, word=word, k=k or 0,
                                          max_k=max_k, central=central)  # fmt: skip
         return self._call(Call("InduceSenses", request, parse_induction))
+
+    def explain(
+        self,
+        text: str,
+        word: str | None = None,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        *,
+        occurrence: int = 0,
+        span: tuple[int, int] | None = None,
+    ) -> Explanation:
+        """Attention maps of `layers` (1-based) x `heads` (0-based), all by default (the
+        response is bounded: a long text must ask for fewer); for `word`, what it attends to
+        most in each layer and head."""
+        request = pb.ExplainRequest(text=text, word=word or "", occurrence=occurrence,
+                                    layers=list(layers or ()), heads=list(heads or ()))  # fmt: skip
+        if span is not None:
+            request.span.CopyFrom(pb.Span(start=span[0], end=span[1]))
+        return self._call(Call("Explain", request, parse_explanation))
+
+    def compare_layers(
+        self, text_a: str, text_b: str, word: str, occurrence_a: int = 0, occurrence_b: int = 0
+    ) -> LayerComparison:
+        """The cosine of `word`'s vectors in the two texts at every layer (0 = embeddings)."""
+        request = pb.CompareLayersRequest(
+            text_a=text_a, text_b=text_b, word=word, occurrence_a=occurrence_a,
+            occurrence_b=occurrence_b,
+        )  # fmt: skip
+        return self._call(Call("CompareLayers", request, parse_comparison))
 
 
 def embed_request(

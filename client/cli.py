@@ -8,6 +8,7 @@
     embedsense disambiguate "我买了最新的苹果手机" 苹果
     embedsense occurrences notes "我喜欢吃苹果" 苹果
     embedsense induce notes 苹果
+    embedsense explain "我喜欢吃苹果" --word 苹果 --compare "我买了最新的苹果手机" --out a.png
 
 Output is a readable table, or JSON with --json. The target and the API key come from
 --target / --api-key or EMBEDSENSE_TARGET / EMBEDSENSE_API_KEY.
@@ -199,6 +200,41 @@ def cmd_induce(args: argparse.Namespace, client: Client) -> None:
     emit(args, asdict(induced), "\n".join(blocks))
 
 
+def cmd_explain(args: argparse.Namespace, client: Client) -> None:
+    explanation = client.explain(args.text, args.word, layers=args.layers, heads=args.heads)
+    comparison = None
+    if args.compare:
+        if not args.word:
+            raise SystemExit("--compare needs --word: the word to follow across the two texts")
+        comparison = client.compare_layers(args.text, args.compare, args.word)
+    written = []
+    if args.out:
+        try:
+            from embedsense.client.render import render_png
+        except ImportError:  # pragma: no cover - depends on the install
+            raise SystemExit(
+                "PNG output needs matplotlib: pip install 'embedsense[plot]'"
+            ) from None
+        written.append(str(render_png(explanation, args.out, comparison, args.layer, args.head,
+                                      title=args.text)))  # fmt: skip
+    if args.html:
+        from embedsense.client.render import render_html
+
+        written.append(str(render_html(explanation, args.html, comparison, title=args.text)))
+    tokens = explanation.tokens.tokens
+    rows = [(f.layer, "  ".join(f"{tokens[i]} {w:.2f}" for i, w in f.tokens[:4]))
+            for f in explanation.focus if f.head is None]  # fmt: skip
+    readable = table(rows, ["layer", f"{args.word} attends to (mean over heads)"]) if rows else ""
+    if comparison:
+        readable += "\n\n" + table([(i, f"{c:.3f}") for i, c in enumerate(comparison.cosines)],
+                                    ["hidden state", "cosine across the two texts"])  # fmt: skip
+    if written:
+        readable += "\n\nwrote " + ", ".join(written)
+    payload = {"explanation": asdict(explanation), "comparison": asdict(comparison)
+               if comparison else None, "written": written}  # fmt: skip
+    emit(args, payload, readable.strip())
+
+
 def _mark(text: str, span: tuple[int, int]) -> str:
     start, end = span
     return f"{text[:start]}[{text[start:end]}]{text[end:]}"
@@ -270,12 +306,24 @@ def parser() -> argparse.ArgumentParser:
     ind.add_argument("collection")
     ind.add_argument("word")
     ind.add_argument("-k", type=int, help="how many senses (default: chosen by silhouette)")
+
+    exp = sub.add_parser("explain", help="attention maps, as a table, a PNG and/or HTML")
+    exp.add_argument("text")
+    exp.add_argument("--word", default="", help="the word whose attention to follow")
+    exp.add_argument("--layers", type=int, nargs="*", help="1-based (default: all)")
+    exp.add_argument("--heads", type=int, nargs="*", help="0-based (default: all)")
+    exp.add_argument("--layer", type=int, help="draw this layer's token-by-token map")
+    exp.add_argument("--head", type=int, help="with --layer: one head instead of the mean")
+    exp.add_argument("--compare", metavar="TEXT", help="add the word's layer trajectory")
+    exp.add_argument("--out", help="write a PNG (needs matplotlib)")
+    exp.add_argument("--html", help="write a self-contained HTML page")
     return p
 
 
 COMMANDS = {"info": cmd_info, "embed": cmd_embed, "index": cmd_index, "search": cmd_search,
             "disambiguate": cmd_disambiguate, "inventory": cmd_inventory,
-            "occurrences": cmd_occurrences, "induce": cmd_induce}  # fmt: skip
+            "occurrences": cmd_occurrences, "induce": cmd_induce,
+            "explain": cmd_explain}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

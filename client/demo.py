@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from importlib.resources import files
+from pathlib import Path
 
 from embedsense.client import Client, Retry, Unavailable
 from embedsense.client.cli import table
@@ -83,13 +84,36 @@ def run(client: Client) -> None:
         print(f"  sense {n} ({sense.size}): " + " / ".join(o.text for o in sense.central[:2]))
 
 
+FRUIT_SENTENCE = "我喜欢吃苹果，尤其是刚摘下来的红富士。"  # both from the corpus
+PHONE_SENTENCE = "我买了最新的苹果手机，拍照效果特别好。"
+
+
+def pictures(client: Client, folder: Path) -> None:
+    """The README's two pictures, from two corpus sentences."""
+    from embedsense.client.render import render_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    explanation = client.explain(FRUIT_SENTENCE, "苹果")
+    comparison = client.compare_layers(FRUIT_SENTENCE, PHONE_SENTENCE, "苹果")
+    written = [
+        render_png(explanation, folder / "explain_apple_fruit.png", comparison,
+                   title=f"{FRUIT_SENTENCE}   vs   {PHONE_SENTENCE}"),
+        render_png(client.explain(PHONE_SENTENCE, layers=[12]),
+                   folder / "explain_phone_layer12.png", layer=12, title=PHONE_SENTENCE),
+    ]  # fmt: skip
+    print("\nwrote " + ", ".join(str(p) for p in written))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", help="use a running server instead of starting one")
+    parser.add_argument("--pictures", type=Path, help="also draw the README's pictures here")
     args = parser.parse_args()
     if args.target:
         with Client(args.target, timeout=120) as client:
             run(client)
+            if args.pictures:
+                pictures(client, args.pictures)
         return 0
 
     port = free_port()
@@ -102,6 +126,8 @@ def main() -> int:
             wait_until_serving(f"127.0.0.1:{port}", server)
             with Client(f"127.0.0.1:{port}", timeout=120) as client:
                 run(client)
+                if args.pictures:
+                    pictures(client, args.pictures)
         finally:
             server.send_signal(signal.SIGTERM)  # graceful: in-flight work, then a snapshot
             server.wait(60)

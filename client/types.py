@@ -121,3 +121,29 @@ class Inventory:
     name: str
     words: dict[str, dict[str, list[str]]]  # word -> sense label -> examples
     builtin: bool
+
+
+@dataclass(frozen=True)
+class Focus:
+    layer: int  # 1-based
+    head: int | None  # None: the mean over heads
+    tokens: list[tuple[int, float]]  # (token index, attention weight), heaviest first
+
+
+@dataclass(frozen=True)
+class Explanation:
+    tokens: Tokens
+    layers: list[int]  # 1-based
+    heads: list[int]  # 0-based
+    attentions: np.ndarray  # (len(layers), len(heads), T, T); rows sum to 1
+    span: tuple[int, int] | None  # the target word, when one was given
+    target_tokens: list[int]
+    focus: list[Focus]
+    max_attention_values: int
+
+
+@dataclass(frozen=True)
+class LayerComparison:
+    cosines: list[float]  # hidden state 0 (embeddings) .. last layer
+    span_a: tuple[int, int]
+    span_b: tuple[int, int]

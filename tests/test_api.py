@@ -30,8 +30,6 @@ from embedsense.client import (
     Retry,
     Unauthenticated,
 )
-from embedsense.client.v1 import embedsense_pb2 as pb
-from embedsense.client.v1 import embedsense_pb2_grpc
 from embedsense.model import TextRole
 from embedsense.server.config import EngineConfig
 
@@ -173,6 +171,10 @@ def test_async_client_has_the_same_methods(server):
             assert "苹果" in (await c.tokenize("苹果")).tokens
             vectors = await c.encode(FRUIT + PHONE, batch_size=2)
             assert vectors.shape == (6, 384)
+            assert (await c.disambiguate("我喜欢吃苹果", "苹果")).label == "fruit"
+            assert "default" in [i.name for i in await c.list_inventories()]
+            assert (await c.explain("苹果", layers=[1])).attentions.shape[:2] == (1, 12)
+            assert len((await c.compare_layers(FRUIT[0], PHONE[0], "苹果")).cosines) == 13
             await c.create_collection("async-one")
             try:
                 assert "async-one" in [i.name for i in await c.list_collections()]
@@ -190,15 +192,6 @@ def test_async_client_has_the_same_methods(server):
                 await c.drop_collection("async-one")
 
     asyncio.run(scenario())
-
-
-def test_the_reserved_explain_rpc_answers_unimplemented(server):
-    with grpc.insecure_channel(server.target) as channel:
-        stub = embedsense_pb2_grpc.EmbedSenseStub(channel)
-        with pytest.raises(grpc.RpcError) as failure:
-            stub.Explain(pb.ExplainRequest(text="苹果"), timeout=10)
-        assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "reserved" in failure.value.details()
 
 
 def test_shutdown_finishes_in_flight_calls(e5, tmp_path):

@@ -533,11 +533,81 @@ class InduceSensesResponse(_message.Message):
     def __init__(self, senses: _Optional[_Iterable[_Union[InducedSense, _Mapping]]] = ..., occurrences: _Optional[int] = ..., silhouette: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("text",)
+    __slots__ = ("text", "word", "span", "occurrence", "layers", "heads", "role")
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    SPAN_FIELD_NUMBER: _ClassVar[int]
+    OCCURRENCE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     text: str
-    def __init__(self, text: _Optional[str] = ...) -> None: ...
+    word: str
+    span: Span
+    occurrence: int
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    role: Role
+    def __init__(self, text: _Optional[str] = ..., word: _Optional[str] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., occurrence: _Optional[int] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., role: _Optional[_Union[Role, str]] = ...) -> None: ...
+
+class TokenWeight(_message.Message):
+    __slots__ = ("token", "weight")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    token: int
+    weight: float
+    def __init__(self, token: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class Focus(_message.Message):
+    __slots__ = ("layer", "head", "tokens")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    head: int
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenWeight]
+    def __init__(self, layer: _Optional[int] = ..., head: _Optional[int] = ..., tokens: _Optional[_Iterable[_Union[TokenWeight, _Mapping]]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("tokens", "layers", "heads", "attentions", "span", "target_tokens", "focus", "max_attention_values")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTIONS_FIELD_NUMBER: _ClassVar[int]
+    SPAN_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FOCUS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTENTION_VALUES_FIELD_NUMBER: _ClassVar[int]
+    tokens: TokenizeResponse
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    attentions: Tensor
+    span: Span
+    target_tokens: _containers.RepeatedScalarFieldContainer[int]
+    focus: _containers.RepeatedCompositeFieldContainer[Focus]
+    max_attention_values: int
+    def __init__(self, tokens: _Optional[_Union[TokenizeResponse, _Mapping]] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., attentions: _Optional[_Union[Tensor, _Mapping]] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., target_tokens: _Optional[_Iterable[int]] = ..., focus: _Optional[_Iterable[_Union[Focus, _Mapping]]] = ..., max_attention_values: _Optional[int] = ...) -> None: ...
+
+class CompareLayersRequest(_message.Message):
+    __slots__ = ("text_a", "text_b", "word", "occurrence_a", "occurrence_b")
+    TEXT_A_FIELD_NUMBER: _ClassVar[int]
+    TEXT_B_FIELD_NUMBER: _ClassVar[int]
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    OCCURRENCE_A_FIELD_NUMBER: _ClassVar[int]
+    OCCURRENCE_B_FIELD_NUMBER: _ClassVar[int]
+    text_a: str
+    text_b: str
+    word: str
+    occurrence_a: int
+    occurrence_b: int
+    def __init__(self, text_a: _Optional[str] = ..., text_b: _Optional[str] = ..., word: _Optional[str] = ..., occurrence_a: _Optional[int] = ..., occurrence_b: _Optional[int] = ...) -> None: ...
+
+class CompareLayersResponse(_message.Message):
+    __slots__ = ("cosines", "span_a", "span_b")
+    COSINES_FIELD_NUMBER: _ClassVar[int]
+    SPAN_A_FIELD_NUMBER: _ClassVar[int]
+    SPAN_B_FIELD_NUMBER: _ClassVar[int]
+    cosines: _containers.RepeatedScalarFieldContainer[float]
+    span_a: Span
+    span_b: Span
+    def __init__(self, cosines: _Optional[_Iterable[float]] = ..., span_a: _Optional[_Union[Span, _Mapping]] = ..., span_b: _Optional[_Union[Span, _Mapping]] = ...) -> None: ...

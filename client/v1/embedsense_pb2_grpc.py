@@ -125,6 +125,11 @@ class EmbedSenseStub:
                 request_serializer=embedsense_dot_v1_dot_embedsense__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=embedsense_dot_v1_dot_embedsense__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.CompareLayers = channel.unary_unary(
+                '/embedsense.v1.EmbedSense/CompareLayers',
+                request_serializer=embedsense_dot_v1_dot_embedsense__pb2.CompareLayersRequest.SerializeToString,
+                response_deserializer=embedsense_dot_v1_dot_embedsense__pb2.CompareLayersResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedSenseServicer:
@@ -243,7 +248,15 @@ class EmbedSenseServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Explain(self, request, context):
-        """Attention maps and per-layer views (reserved: answered UNIMPLEMENTED until it lands).
+        """Why: the attention maps of a text (explicit attention path), and for a word the tokens
+        it attends to most in each layer and head.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareLayers(self, request, context):
+        """Where in the stack two uses of a word separate: its cosine across two texts per layer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -341,6 +354,11 @@ def add_EmbedSenseServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=embedsense_dot_v1_dot_embedsense__pb2.ExplainRequest.FromString,
                     response_serializer=embedsense_dot_v1_dot_embedsense__pb2.ExplainResponse.SerializeToString,
+            ),
+            'CompareLayers': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareLayers,
+                    request_deserializer=embedsense_dot_v1_dot_embedsense__pb2.CompareLayersRequest.FromString,
+                    response_serializer=embedsense_dot_v1_dot_embedsense__pb2.CompareLayersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -829,6 +847,33 @@ class EmbedSense:
             '/embedsense.v1.EmbedSense/Explain',
             embedsense_dot_v1_dot_embedsense__pb2.ExplainRequest.SerializeToString,
             embedsense_dot_v1_dot_embedsense__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareLayers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsense.v1.EmbedSense/CompareLayers',
+            embedsense_dot_v1_dot_embedsense__pb2.CompareLayersRequest.SerializeToString,
+            embedsense_dot_v1_dot_embedsense__pb2.CompareLayersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,6 +27,7 @@ from embedsense.server import engine as eng
 from embedsense.server import index as idx
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.engine import Embedding, Engine
+from embedsense.server.explain import MAX_ATTENTION_VALUES, Explainer
 from embedsense.server.index import Catalog, Document, Token
 from embedsense.server.senses import errors as sense_errors
 from embedsense.server.senses.senses import FoundOccurrence, Senses
@@ -113,6 +114,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         self.engine = engine
         self.catalog = catalog
         self.senses = Senses(engine, catalog)
+        self.explainer = Explainer(engine.model, engine.runner)
         self.settings = settings
         self.model_name = engine.model.spec.name
 
@@ -439,12 +441,39 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             occurrences=induced.occurrences, silhouette=induced.silhouette,
         )  # fmt: skip
 
-    # ------------------------------------------------------------ explain (reserved)
+    # ------------------------------------------------------------ explain
 
-    async def Explain(self, request: Any, context: Any) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "Explain is reserved: it arrives with the explain issue"
-        )
+    @rpc
+    async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.ExplainResponse:
+        result = await asyncio.to_thread(
+            self.explainer.explain, request.text, request.word, span=_span(request),
+            occurrence=request.occurrence, layers=list(request.layers) or None,
+            heads=list(request.heads) or None, role=ROLES.get(request.role, TextRole.QUERY),
+        )  # fmt: skip
+        reply = pb.ExplainResponse(
+            tokens=_tokens_reply(result.tokenized), layers=result.layers, heads=result.heads,
+            attentions=to_tensor(result.attentions), target_tokens=result.target_tokens,
+            focus=[pb.Focus(layer=f.layer, head=-1 if f.head is None else f.head,
+                            tokens=[pb.TokenWeight(token=i, weight=w) for i, w in f.tokens])
+                   for f in result.focus],
+            max_attention_values=MAX_ATTENTION_VALUES,
+        )  # fmt: skip
+        if result.target is not None:
+            reply.span.CopyFrom(pb.Span(start=result.target.start, end=result.target.end))
+        return reply
+
+    @rpc
+    async def CompareLayers(
+        self, request: pb.CompareLayersRequest, context: Any
+    ) -> pb.CompareLayersResponse:
+        cosines, a, b = await asyncio.to_thread(
+            self.explainer.compare_layers, request.text_a, request.text_b, request.word,
+            request.occurrence_a, request.occurrence_b,
+        )  # fmt: skip
+        return pb.CompareLayersResponse(
+            cosines=cosines, span_a=pb.Span(start=a.start, end=a.end),
+            span_b=pb.Span(start=b.start, end=b.end),
+        )  # fmt: skip
 
 
 def _span(request: Any) -> tuple[int, int] | None:

@@ -1,0 +1,152 @@
+"""Why a word means what it means: attention maps, what a word attends to, and where in the
+stack two uses of a word pull apart.
+
+Attention needs the encoder's explicit path (the fast path never materializes the
+probabilities), so these run their own forward, one text at a time, beside the engine's
+batches; a lock keeps at most one running so their memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from embedsense.model import LoadedModel, TextRole, TokenizedText
+from embedsense.model.tokenizer import pad_sequences
+from embedsense.server.runner import ModelRunner
+from embedsense.server.senses.errors import SenseInputError
+from embedsense.server.senses.words import Occurrence, locate
+
+# The attention tensor in one response: layers x heads x tokens x tokens floats at most
+# (4 MB as float32). All 12 layers x 12 heads of e5-small fit up to 83 tokens; longer texts
+# ask for fewer layers or heads, and the error says so.
+MAX_ATTENTION_VALUES = 1_000_000
+TOP_TOKENS = 5
+
+
+@dataclass
+class Focus:
+    """What one query token attends to: (token index, weight), heaviest first."""
+
+    layer: int  # 1-based: the layer whose attention this is
+    head: int | None  # None: the mean over the heads
+    tokens: list[tuple[int, float]]
+
+
+@dataclass
+class Explanation:
+    tokenized: TokenizedText
+    layers: list[int]  # 1-based layer numbers, in the order of `attentions`
+    heads: list[int]  # 0-based head numbers
+    attentions: np.ndarray  # (len(layers), len(heads), T, T) float32; rows sum to 1
+    target: Occurrence | None
+    target_tokens: list[int]  # the tokens covering the target word
+    focus: list[Focus]  # per layer: mean over heads, then each head
+
+
+class Explainer:
+    def __init__(self, model: LoadedModel, runner: ModelRunner) -> None:
+        self.model = model
+        self.runner = runner
+        self.num_layers = model.encoder.cfg.num_layers
+        self.num_heads = model.encoder.cfg.num_heads
+        self._lock = threading.Lock()
+
+    def _forward(self, tokenized: Sequence[TokenizedText], attentions: bool):
+        ids, mask = pad_sequences([t.ids for t in tokenized], self.model.tokenizer.pad_id)
+        encoder = self.runner.encoder
+        with self._lock, torch.inference_mode():
+            return encoder(ids.to(self.runner.device), mask.to(self.runner.device),
+                           output_hidden_states=True, output_attentions=attentions)  # fmt: skip
+
+    def _tokenize(self, text: str, role: TextRole) -> TokenizedText:
+        if not text.strip():
+            raise SenseInputError("text: empty")
+        (tokenized,) = self.model.tokenizer.encode_batch([text], role)  # too long: an error
+        return tokenized
+
+    def _select(self, chosen: Sequence[int] | None, count: int, what: str, base: int) -> list[int]:
+        if not chosen:
+            return list(range(base, count + base))
+        last = count + base - 1
+        for value in chosen:
+            if not base <= value <= last:
+                raise SenseInputError(
+                    f"{what} {value} does not exist: the model has {what}s {base}-{last}"
+                )
+        return sorted(set(chosen))
+
+    def explain(
+        self,
+        text: str,
+        word: str = "",
+        *,
+        span: tuple[int, int] | None = None,
+        occurrence: int = 0,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        role: TextRole = TextRole.QUERY,
+    ) -> Explanation:
+        """Attention of `layers` (1-based) x `heads` (0-based), all by default; and, for a
+        target word, the tokens it attends to most in each layer and head."""
+        tokenized = self._tokenize(text, role)
+        layer_list = self._select(layers, self.num_layers, "layer", 1)
+        head_list = self._select(heads, self.num_heads, "head", 0)
+        T = len(tokenized)
+        size = len(layer_list) * len(head_list) * T * T
+        if size > MAX_ATTENTION_VALUES:
+            raise SenseInputError(
+                f"{len(layer_list)} layers x {len(head_list)} heads x {T}x{T} tokens is {size} "
+                f"attention values; a response holds at most {MAX_ATTENTION_VALUES}: ask for "
+                "fewer layers or heads"
+            )
+        target = None
+        target_tokens: list[int] = []
+        if word or span:
+            target = locate(text, word, span, occurrence)
+            target_tokens = tokenized.token_indices(target.start, target.end)
+        out = self._forward([tokenized], attentions=True)
+        maps = np.stack([
+            out.attentions[layer - 1][0, head_list].float().cpu().numpy() for layer in layer_list
+        ])  # (L, H, T, T)  # fmt: skip
+        focus: list[Focus] = []
+        if target_tokens:
+            from_word = maps[:, :, target_tokens, :].mean(axis=2)  # (L, H, T)
+            for li, layer in enumerate(layer_list):
+                focus.append(Focus(layer, None, _top(from_word[li].mean(axis=0))))
+                focus += [Focus(layer, head, _top(from_word[li, hi]))
+                          for hi, head in enumerate(head_list)]  # fmt: skip
+        return Explanation(tokenized, layer_list, head_list, maps.astype(np.float32), target,
+                           target_tokens, focus)  # fmt: skip
+
+    def compare_layers(
+        self,
+        text_a: str,
+        text_b: str,
+        word: str,
+        occurrence_a: int = 0,
+        occurrence_b: int = 0,
+        role: TextRole = TextRole.QUERY,
+    ) -> tuple[list[float], Occurrence, Occurrence]:
+        """Cosine of the word's vector in the two texts at every hidden state, from the
+        embedding output (0) to the last layer: where in the stack the contexts separate."""
+        a, b = locate(text_a, word, None, occurrence_a), locate(text_b, word, None, occurrence_b)
+        tok_a, tok_b = self._tokenize(text_a, role), self._tokenize(text_b, role)
+        rows_a = tok_a.token_indices(a.start, a.end)
+        rows_b = tok_b.token_indices(b.start, b.end)
+        out = self._forward([tok_a, tok_b], attentions=False)
+        cosines = []
+        for hidden in out.hidden_states:
+            va = hidden[0, rows_a].float().mean(0)
+            vb = hidden[1, rows_b].float().mean(0)
+            cosines.append(float(torch.nn.functional.cosine_similarity(va, vb, dim=0)))
+        return cosines, a, b
+
+
+def _top(weights: np.ndarray, n: int = TOP_TOKENS) -> list[tuple[int, float]]:
+    order = np.argsort(-weights, kind="stable")[:n]
+    return [(int(i), float(weights[i])) for i in order]
