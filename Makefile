@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench eval demo pictures serve proto clean
+.PHONY: install test lint format bench eval demo pictures serve proto docker-test clean
 
 install: $(STAMP)
 
@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cuda
 
 format: install
 	$(BIN)/ruff format .
@@ -51,6 +52,10 @@ serve: install
 # The Python gRPC code in client/v1 from proto/ (a test fails when it is stale).
 proto: install
 	$(BIN)/python proto/generate.py
+
+# Builds the CPU image here and runs it as a user would (needs a Docker engine; see README).
+docker-test:
+	bash docker/test.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -94,9 +94,39 @@ def cmd_serve(args: argparse.Namespace) -> None:
     asyncio.run(serve(settings))
 
 
+HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """The standard gRPC health check (for Docker's HEALTHCHECK): 0 when SERVING.
+
+    Sent as raw bytes, so the light client needs no health-checking package: an empty
+    HealthCheckRequest encodes as b"", the reply's status is field 1, a varint.
+    """
+    import grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        try:
+            reply = check(b"", timeout=min(args.timeout, 5.0))
+        except grpc.RpcError as err:
+            print(f"{args.target}: {err.code().name}", file=sys.stderr)
+            return 1
+    status = reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0
+    print(f"{args.target}: {HEALTH_STATUS.get(status, status)}")
+    return 0 if status == 1 else 1
+
+
 def cmd_info(args: argparse.Namespace, client: Client) -> None:
     info = client.info()
     emit(args, asdict(info), table(list(asdict(info).items()), ["field", "value"]))
+
+
+def cmd_collections(args: argparse.Namespace, client: Client) -> None:
+    infos = client.list_collections()
+    rows = [(c.name, c.count, c.index, c.metric, "yes" if c.store_tokens else "") for c in infos]
+    emit(args, [asdict(c) for c in infos],
+         table(rows, ["collection", "documents", "index", "metric", "tokens"]))  # fmt: skip
 
 
 def cmd_embed(args: argparse.Namespace, client: Client) -> None:
@@ -245,7 +275,8 @@ def _mark(text: str, span: tuple[int, int]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embedsense", description=__doc__.splitlines()[0])
-    p.add_argument("--target", default=os.environ.get("EMBEDSENSE_TARGET", "127.0.0.1:50051"))
+    default_target = f"127.0.0.1:{os.environ.get('EMBEDSENSE_PORT') or 50051}"
+    p.add_argument("--target", default=os.environ.get("EMBEDSENSE_TARGET") or default_target)
     p.add_argument("--api-key", default=os.environ.get("EMBEDSENSE_API_KEY"))
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     p.add_argument("--json", action="store_true", help="JSON output instead of a table")
@@ -262,6 +293,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int)
 
     sub.add_parser("info", help="the server's model, device and limits")
+    sub.add_parser("health", help="the gRPC health check: exit 0 when serving")
+    sub.add_parser("collections", help="the collections and their sizes")
 
     embed = sub.add_parser("embed", help="embed texts")
     embed.add_argument("texts", nargs="+")
@@ -320,10 +353,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"info": cmd_info, "embed": cmd_embed, "index": cmd_index, "search": cmd_search,
-            "disambiguate": cmd_disambiguate, "inventory": cmd_inventory,
-            "occurrences": cmd_occurrences, "induce": cmd_induce,
-            "explain": cmd_explain}  # fmt: skip
+COMMANDS = {
+    "info": cmd_info, "collections": cmd_collections, "embed": cmd_embed, "index": cmd_index,
+    "search": cmd_search, "disambiguate": cmd_disambiguate, "inventory": cmd_inventory,
+    "occurrences": cmd_occurrences, "induce": cmd_induce, "explain": cmd_explain,
+}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         cmd_serve(args)
         return 0
+    if args.command == "health":
+        return cmd_health(args)
     try:
         with Client(args.target, api_key=args.api_key, timeout=args.timeout) as client:
             COMMANDS[args.command](args, client)

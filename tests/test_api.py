@@ -283,6 +283,8 @@ def test_cli_info_index_search_embed(server, tmp_path):
     jsonl.write_text(json.dumps({"id": "j1", "text": "橙子也是水果", "metadata": {"k": 1}},
                                 ensure_ascii=False) + "\n", encoding="utf-8")  # fmt: skip
 
+    health = run_cli(server, "health")
+    assert health.returncode == 0 and "SERVING" in health.stdout
     info = run_cli(server, "--json", "info")
     assert info.returncode == 0 and json.loads(info.stdout)["dim"] == 384
     assert "multilingual-e5-small" in run_cli(server, "info").stdout
