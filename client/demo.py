@@ -109,8 +109,9 @@ def main() -> int:
     parser.add_argument("--target", help="use a running server instead of starting one")
     parser.add_argument("--pictures", type=Path, help="also draw the README's pictures here")
     args = parser.parse_args()
-    if args.target:
-        with Client(args.target, timeout=120) as client:
+    if args.target:  # a running server; its API key, if it has one, from the environment
+        api_key = os.environ.get("EMBEDSENSE_API_KEY") or None
+        with Client(args.target, api_key=api_key, timeout=120) as client:
             run(client)
             if args.pictures:
                 pictures(client, args.pictures)

@@ -340,3 +340,15 @@ def test_the_client_and_cli_need_neither_torch_nor_faiss(server):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "multilingual-e5-small" in done.stdout
+
+
+def test_settings_come_from_flags_then_environment_then_defaults():
+    from embedsense.server.api.settings import ServerSettings
+
+    env = {"EMBEDSENSE_PORT": "6000", "EMBEDSENSE_API_KEY": "k", "EMBEDSENSE_INT8": "yes",
+           "EMBEDSENSE_MAX_BATCH_TOKENS": "4096", "EMBEDSENSE_DATA_DIR": "/srv/data"}  # fmt: skip
+    s = ServerSettings.from_env(env, port=7000, host=None)
+    assert (s.port, s.host, s.api_key, str(s.data_dir)) == (7000, "127.0.0.1", "k", "/srv/data")
+    assert s.engine.max_batch_tokens == 4096 and s.engine.int8 and s.engine.model == s.model
+    with pytest.raises(ValueError, match="EMBEDSENSE_MAX_QUEUED_TOKENS='lots'"):
+        ServerSettings.from_env({"EMBEDSENSE_MAX_QUEUED_TOKENS": "lots"})

@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from embedsense.server.config import EngineConfig
+
+# The engine's knobs that a deployment sets from the environment too: EMBEDSENSE_<NAME>.
+ENGINE_KNOBS = ("max_batch_tokens", "max_batch_requests", "max_wait_ms", "max_queued_tokens",
+                "max_concurrent_requests", "int8", "window_stride")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -29,36 +34,39 @@ class ServerSettings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> ServerSettings:
-        """EMBEDSENSE_<FIELD> variables (EMBEDSENSE_PORT, EMBEDSENSE_API_KEY...), then the
-        overrides that are not None (the command line's flags)."""
+        """EMBEDSENSE_<FIELD> variables (EMBEDSENSE_PORT, EMBEDSENSE_API_KEY, and the engine's
+        EMBEDSENSE_MAX_BATCH_TOKENS...), then the overrides that are not None (the command
+        line's flags). A malformed value is a ValueError naming the variable."""
         environ = dict(os.environ if environ is None else environ)
+        own = {f.name: f.type for f in fields(cls) if f.name != "engine"}
+        engine_types = {f.name: f.type for f in fields(EngineConfig) if f.name in ENGINE_KNOBS}
         values: dict[str, object] = {}
-        for f in fields(cls):
-            if f.name == "engine":
-                continue
-            raw = environ.get(f"EMBEDSENSE_{f.name.upper()}")
+        knobs: dict[str, object] = {}
+        for name, kind in [*own.items(), *engine_types.items()]:
+            raw = environ.get(f"EMBEDSENSE_{name.upper()}")
             if raw not in (None, ""):
-                values[f.name] = _parse(f.name, raw)
+                (knobs if name in engine_types else values)[name] = _parse(name, str(kind), raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
             values["data_dir"] = Path(str(values["data_dir"]))
         settings = cls(**values)  # type: ignore[arg-type]
-        engine = EngineConfig(
-            model=settings.model, device=settings.device, dtype=settings.dtype,
-            threads=settings.threads,
+        engine = dataclasses.replace(
+            EngineConfig(), model=settings.model, device=settings.device, dtype=settings.dtype,
+            threads=settings.threads, **knobs,
         )  # fmt: skip
-        return cls(**{**values, "engine": engine})  # type: ignore[arg-type]
+        return dataclasses.replace(settings, engine=engine)
 
 
-_INTS = {"port", "threads", "max_message_bytes", "max_texts_per_request"}
-
-
-def _parse(name: str, raw: str) -> object:
-    if name in _INTS:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"EMBEDSENSE_{name.upper()}={raw!r}: expected an integer") from None
-    if name == "shutdown_grace_s":
-        return float(raw)
+def _parse(name: str, kind: str, raw: str) -> object:
+    variable = f"EMBEDSENSE_{name.upper()}={raw!r}"
+    if "bool" in kind:
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(f"{variable}: expected 1/0, true/false or yes/no")
+        return raw.lower() in ("1", "true", "yes")
+    for number in (int, float):
+        if number.__name__ in kind and "str" not in kind:
+            try:
+                return number(raw)
+            except ValueError:
+                raise ValueError(f"{variable}: expected a number ({number.__name__})") from None
     return raw
