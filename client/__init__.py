@@ -7,7 +7,7 @@ with Client("127.0.0.1:50051") as c:
     c.search("notes", "水果", k=1)
 """
 
-from embedsense.client._api import Retry
+from embedsense.client._api import TLS, Retry
 from embedsense.client.aio import AsyncClient
 from embedsense.client.client import Client
 from embedsense.client.errors import (
@@ -64,6 +64,7 @@ __all__ = [
     "Retry",
     "SenseScore",
     "StoredDocument",
+    "TLS",
     "TokenEmbeddings",
     "Tokens",
     "Unauthenticated",

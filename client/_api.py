@@ -10,8 +10,10 @@ import json
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from embedsense.client.tensors import from_tensor, to_tensor
@@ -68,6 +70,39 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
+
+
+PemSource = bytes | str | Path | None
+
+
+@dataclass(frozen=True)
+class TLS:
+    """TLS for the channel. root_certificates: the CA that signed the server's certificate
+    (None: the system's roots); client certificate and key: for mutual TLS. PEM bytes, or
+    paths to PEM files."""
+
+    root_certificates: PemSource = None
+    client_certificate: PemSource = None
+    client_key: PemSource = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            _pem(self.root_certificates), _pem(self.client_key), _pem(self.client_certificate)
+        )
+
+
+def _pem(source: PemSource) -> bytes | None:
+    if source is None or isinstance(source, bytes):
+        return source
+    return Path(source).read_bytes()
+
+
+def open_channel(target: str, tls: TLS | bool | None, aio: bool) -> grpc.Channel:
+    module = grpc.aio if aio else grpc
+    if not tls:
+        return module.insecure_channel(target, options=channel_options())
+    settings = tls if isinstance(tls, TLS) else TLS()
+    return module.secure_channel(target, settings.credentials(), options=channel_options())
 
 
 def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:

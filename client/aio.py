@@ -15,12 +15,13 @@ import numpy as np
 from tqdm import tqdm
 
 from embedsense.client._api import (
+    TLS,
     Call,
     Methods,
     Retry,
     auth_metadata,
-    channel_options,
     embed_request,
+    open_channel,
     parse_sentences,
     upsert_requests,
 )
@@ -36,8 +37,9 @@ class AsyncClient(Methods):
         timeout: float | None = 30.0,
         retry: Retry | None = None,
         max_concurrent_batches: int = 4,
+        tls: TLS | bool | None = None,
     ) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options())
+        self._channel = open_channel(target, tls, aio=True)
         self._stub = embedsense_pb2_grpc.EmbedSenseStub(self._channel)
         self._metadata = auth_metadata(api_key)
         self.timeout = timeout

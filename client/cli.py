@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from embedsense.client import Client, EmbedSenseError, NotFound
+from embedsense.client import TLS, Client, EmbedSenseError, NotFound
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -74,24 +73,31 @@ def read_documents(path: Path) -> Iterator[dict[str, Any]]:
 # ------------------------------------------------------------------ commands
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
+def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import asyncio
 
-        from embedsense.server.api.app import serve
+        from embedsense.server.api.app import StartupError, serve
+        from embedsense.server.api.observability import configure_logging
         from embedsense.server.api.settings import ServerSettings
     except ImportError as err:
         raise SystemExit(
             f"the server needs its extras ({err.name} is missing): pip install 'embedsense[server]'"
         ) from None
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    settings = ServerSettings.from_env(
-        host=args.host, port=args.port, data_dir=args.data_dir, model=args.model,
-        api_key=args.api_key, device=args.device, dtype=args.dtype, threads=args.threads,
-    )  # fmt: skip
-    asyncio.run(serve(settings))
+    log_format = args.log_format or os.environ.get("EMBEDSENSE_LOG_FORMAT", "json")
+    configure_logging(json_lines=log_format == "json")
+    try:
+        settings = ServerSettings.from_env(
+            host=args.host, port=args.port, data_dir=args.data_dir, model=args.model,
+            api_key=args.serve_api_key, device=args.device, dtype=args.dtype,
+            threads=args.threads, tls_cert=args.server_tls_cert, tls_key=args.server_tls_key,
+            tls_client_ca=args.tls_client_ca, metrics_port=args.metrics_port,
+        )  # fmt: skip
+        asyncio.run(serve(settings))
+    except (StartupError, ValueError) as err:
+        print(f"embedsense serve: cannot start: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
@@ -105,7 +111,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     """
     import grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    from embedsense.client._api import open_channel
+
+    tls = TLS(args.tls_ca, args.tls_cert, args.tls_key) if (args.tls or args.tls_ca) else None
+    with open_channel(args.target, tls, aio=False) as channel:
         check = channel.unary_unary("/grpc.health.v1.Health/Check")
         try:
             reply = check(b"", timeout=min(args.timeout, 5.0))
@@ -280,6 +289,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("EMBEDSENSE_API_KEY"))
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     p.add_argument("--json", action="store_true", help="JSON output instead of a table")
+    p.add_argument("--tls", action="store_true", help="connect over TLS (system CA roots)")
+    p.add_argument("--tls-ca", default=os.environ.get("EMBEDSENSE_TLS_CA"), help="PEM CA")
+    p.add_argument("--tls-cert", default=os.environ.get("EMBEDSENSE_TLS_CLIENT_CERT"),
+                   help="PEM client certificate (mutual TLS)")  # fmt: skip
+    p.add_argument("--tls-key", default=os.environ.get("EMBEDSENSE_TLS_CLIENT_KEY"),
+                   help="PEM client key (mutual TLS)")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server (needs embedsense[server])")
@@ -287,10 +302,15 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--data-dir")
     serve.add_argument("--model")
-    serve.add_argument("--api-key", dest="api_key")
+    serve.add_argument("--api-key", dest="serve_api_key", help="comma-separated for several")
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"])
     serve.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
     serve.add_argument("--threads", type=int)
+    serve.add_argument("--tls-cert", dest="server_tls_cert", help="PEM certificate: use TLS")
+    serve.add_argument("--tls-key", dest="server_tls_key", help="PEM key of --tls-cert")
+    serve.add_argument("--tls-client-ca", help="PEM CA: require client certificates (mTLS)")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus /metrics on this port")
+    serve.add_argument("--log-format", choices=["json", "text"], help="default: json")
 
     sub.add_parser("info", help="the server's model, device and limits")
     sub.add_parser("health", help="the gRPC health check: exit 0 when serving")
@@ -363,12 +383,12 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "serve":
-        cmd_serve(args)
-        return 0
+        return cmd_serve(args)
     if args.command == "health":
         return cmd_health(args)
     try:
-        with Client(args.target, api_key=args.api_key, timeout=args.timeout) as client:
+        tls = TLS(args.tls_ca, args.tls_cert, args.tls_key) if (args.tls or args.tls_ca) else None
+        with Client(args.target, api_key=args.api_key, timeout=args.timeout, tls=tls) as client:
             COMMANDS[args.command](args, client)
     except EmbedSenseError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -16,12 +16,13 @@ import numpy as np
 from tqdm import tqdm
 
 from embedsense.client._api import (
+    TLS,
     Call,
     Methods,
     Retry,
     auth_metadata,
-    channel_options,
     embed_request,
+    open_channel,
     parse_sentences,
     upsert_requests,
 )
@@ -37,9 +38,12 @@ class Client(Methods):
         timeout: float | None = 30.0,
         retry: Retry | None = None,
         channel: grpc.Channel | None = None,
+        tls: TLS | bool | None = None,
     ) -> None:
-        """timeout: the deadline of every call, in seconds (None: no deadline)."""
-        self._channel = channel or grpc.insecure_channel(target, options=channel_options())
+        """timeout: the deadline of every call, in seconds (None: no deadline).
+        tls: True (the system's CA roots) or a TLS(...) with your CA and, for mutual TLS,
+        a client certificate and key."""
+        self._channel = channel or open_channel(target, tls, aio=False)
         self._stub = embedsense_pb2_grpc.EmbedSenseStub(self._channel)
         self._metadata = auth_metadata(api_key)
         self.timeout = timeout

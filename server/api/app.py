@@ -5,10 +5,11 @@ shutdown (stop accepting, finish what is in flight, flush and snapshot the store
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+import os
 import signal
-from typing import Any
+import socket
+import sqlite3
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,10 @@ from grpc_reflection.v1alpha import reflection
 from embedsense.client.v1 import embedsense_pb2 as pb
 from embedsense.client.v1 import embedsense_pb2_grpc
 from embedsense.model import LoadedModel, load_model
+from embedsense.model.checkpoint import CheckpointError
+from embedsense.model.hub import ModelNotAvailableError
+from embedsense.server.api.interceptors import ApiKeyInterceptor, DecodeGuard
+from embedsense.server.api.observability import Metrics
 from embedsense.server.api.service import Service
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.engine import Engine
@@ -25,43 +30,10 @@ from embedsense.server.index import Catalog
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbedSense"].full_name
-# Load balancers and tools must work without the key.
-OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Every call but health and reflection needs `authorization: Bearer <key>`."""
-
-    def __init__(self, api_key: str) -> None:
-        self._expected = f"Bearer {api_key}".encode()
-
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_METHODS):
-            return handler
-        given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(given.encode(), self._expected):
-            return handler
-        missing = not given
-
-        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this server needs an API key: metadata 'authorization: Bearer <key>'"
-                if missing
-                else "the API key is wrong",
-            )
-
-        factory = (
-            grpc.stream_unary_rpc_method_handler
-            if handler.request_streaming
-            else grpc.unary_unary_rpc_method_handler
-        )
-        return factory(
-            deny,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+class StartupError(Exception):
+    """The server cannot start: a bad data directory, an unknown model, a port in use."""
 
 
 class EmbedSenseServer:
@@ -73,14 +45,28 @@ class EmbedSenseServer:
         self._health = health.aio.HealthServicer()
         self.engine: Engine | None = None
         self.catalog: Catalog | None = None
+        self.metrics = Metrics()
+        self.metrics_port: int | None = None
 
     async def start(self) -> int:
-        """Load, warm up, open the data directory, listen; the port it listens on."""
+        """Check the data directory and the port, load and warm the model, open the store,
+        listen; the port it listens on. Raises StartupError, fast, naming what is wrong."""
         s = self.settings
-        model = self._model or await asyncio.to_thread(load_model, s.model)
+        self._check_data_dir()
+        self._check_port_free()
+        try:
+            model = self._model or await asyncio.to_thread(load_model, s.model)
+        except (ModelNotAvailableError, CheckpointError, OSError, ValueError) as err:
+            raise StartupError(f"model {s.model!r}: {err}") from err
         self.engine = await asyncio.to_thread(Engine(s.engine, model).start)
-        self.catalog = await asyncio.to_thread(Catalog, s.data_dir)
-        interceptors = [ApiKeyInterceptor(s.api_key)] if s.api_key else []
+        try:
+            self.catalog = await asyncio.to_thread(Catalog, s.data_dir)
+        except (sqlite3.Error, OSError) as err:
+            self.engine.close()
+            raise StartupError(f"data directory {s.data_dir}: {err}") from err
+        self.metrics.watch(self.engine, self.catalog)
+        keys = [k.strip() for k in (s.api_key or "").split(",") if k.strip()]
+        interceptors = [DecodeGuard()] + ([ApiKeyInterceptor(keys, self.metrics)] if keys else [])
         self._server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -89,7 +75,7 @@ class EmbedSenseServer:
             ],
         )
         embedsense_pb2_grpc.add_EmbedSenseServicer_to_server(
-            Service(self.engine, self.catalog, s), self._server
+            Service(self.engine, self.catalog, s, self.metrics), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -97,19 +83,76 @@ class EmbedSenseServer:
              reflection.SERVICE_NAME),
             self._server,
         )  # fmt: skip
-        self.port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+        address = f"{s.host}:{s.port}"
+        try:
+            credentials = self._tls_credentials()
+            self.port = (
+                self._server.add_secure_port(address, credentials)
+                if credentials
+                else self._server.add_insecure_port(address)
+            )
+        except RuntimeError as err:
+            self.port = 0
+            reason = str(err)
+        else:
+            reason = "the port is taken, or the address is not this machine's"
         if not self.port:
-            raise OSError(f"cannot listen on {s.host}:{s.port}")
+            await asyncio.to_thread(self.engine.close)
+            raise StartupError(f"cannot listen on {address}: {reason}")
         await self._server.start()
+        if s.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         info = self.engine.info()
         log.info(
-            "serving %s (%d-dim, %s, %s) on %s:%d, data in %s%s", info.model, info.dim,
-            info.device, info.dtype, s.host, self.port, s.data_dir,
-            ", API key required" if s.api_key else "",
+            "serving %s (%d-dim, %s, %s) on %s:%d%s, data in %s%s%s", info.model, info.dim,
+            info.device, info.dtype, s.host, self.port, " with TLS" if s.tls_cert else "",
+            s.data_dir, f", API keys: {len(keys)}" if keys else "",
+            f", metrics on :{self.metrics_port}" if self.metrics_port else "",
         )  # fmt: skip
         return self.port
+
+    def _check_data_dir(self) -> None:
+        directory = self.settings.data_dir
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / ".embedsense-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise StartupError(
+                f"data directory {directory} is not a writable directory: {err.strerror or err}"
+            ) from err
+
+    def _check_port_free(self) -> None:
+        """Before minutes of model loading, learn whether the port can be had at all."""
+        s = self.settings
+        if not s.port:
+            return
+        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((s.host, s.port))
+            except OSError as err:
+                raise StartupError(f"cannot listen on {s.host}:{s.port}: {err.strerror}") from err
+
+    def _tls_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS when a certificate is configured; mutual TLS when a client CA is too."""
+        s = self.settings
+        if not s.tls_cert and not s.tls_key:
+            return None
+        if not (s.tls_cert and s.tls_key):
+            raise StartupError("TLS needs both tls_cert and tls_key")
+        try:
+            pair = (s.tls_key.read_bytes(), s.tls_cert.read_bytes())
+            client_ca = s.tls_client_ca.read_bytes() if s.tls_client_ca else None
+        except OSError as err:
+            raise StartupError(f"TLS files: {err}") from err
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish (up to `grace` s), then close the
@@ -123,6 +166,7 @@ class EmbedSenseServer:
             await asyncio.to_thread(self.engine.close)
         if self.catalog is not None:
             await asyncio.to_thread(self.catalog.close)
+        self.metrics.close()
         log.info("stopped; the store is flushed and snapshotted")
 
     async def wait(self) -> None:
@@ -131,13 +175,23 @@ class EmbedSenseServer:
 
 
 async def serve(settings: ServerSettings) -> None:
-    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    """Run until SIGINT or SIGTERM, then drain and stop; a second signal exits at once."""
     server = EmbedSenseServer(settings)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def second_signal() -> None:
+        log.warning("second signal: exiting now, without draining")
+        os._exit(1)
+
+    def first_signal() -> None:
+        stop.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, second_signal)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, first_signal)
     await stop.wait()
-    log.info("shutting down: finishing in-flight calls")
+    log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_s)
     await server.stop()

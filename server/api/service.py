@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -25,6 +26,7 @@ from embedsense.model import TextRole, TokenizedText
 from embedsense.model.pooling import Pooling
 from embedsense.server import engine as eng
 from embedsense.server import index as idx
+from embedsense.server.api.observability import Metrics, new_request_id, request_id
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.engine import Embedding, Engine
 from embedsense.server.explain import MAX_ATTENTION_VALUES, Explainer
@@ -57,6 +59,7 @@ STATUSES: list[tuple[type[BaseException], grpc.StatusCode]] = [
 ]
 
 ROLES = {pb.ROLE_QUERY: TextRole.QUERY, pb.ROLE_PASSAGE: TextRole.PASSAGE}
+MAX_OCCURRENCES = 1000  # SearchOccurrences answers at most this many
 POOLINGS = {pb.POOLING_DEFAULT: None, pb.POOLING_MEAN: Pooling.MEAN, pb.POOLING_CLS: Pooling.CLS}
 
 
@@ -65,20 +68,35 @@ def status_for(error: BaseException) -> grpc.StatusCode | None:
 
 
 def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Map domain errors to statuses; anything else is INTERNAL, logged with its trace."""
+    """Around every RPC: a request id (the caller's x-request-id, or a new one; sent back in
+    the trailers and put on every log line), metrics and an access log line, and domain
+    errors mapped to statuses. Anything unexpected is INTERNAL, logged with its trace."""
 
     @functools.wraps(method)
     async def handle(self: Service, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        rid = new_request_id(context.invocation_metadata())
+        token = request_id.set(rid)
+        trailers = (("x-request-id", rid),)
+        context.set_trailing_metadata(trailers)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             return await method(self, request, context)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
         except Exception as err:  # noqa: BLE001 - every error gets a status, never a crash
-            if isinstance(err, asyncio.CancelledError | grpc.aio.AbortError):
-                raise
-            code = status_for(err)
-            if code is None:
+            code = status_for(err) or grpc.StatusCode.INTERNAL
+            if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", method.__name__)
-                await context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
-            await context.abort(code, str(err))
+                await context.abort(code, f"{type(err).__name__}: {err}", trailers)
+            await context.abort(code, str(err), trailers)
+        finally:
+            self.metrics.observe_request(method.__name__, code.name, time.perf_counter() - started)
+            request_id.reset(token)
 
     return handle
 
@@ -88,6 +106,57 @@ def server_version() -> str:
         return version("embedsense")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _control_character(text: str) -> tuple[int, str] | None:
+    """The first control character other than tab, newline and carriage return."""
+    for position, ch in enumerate(text):
+        code = ord(ch)
+        if (code < 32 and ch not in "\t\n\r") or 0x7F <= code <= 0x9F:
+            return position, ch
+    return None
+
+
+def check_text(text: str, field: str, max_chars: int) -> str:
+    """A text the model can take: not empty, not over `max_chars`, no control characters."""
+    if not text.strip():
+        raise BadRequest(f"{field}: empty (or only whitespace); a text is needed")
+    if len(text) > max_chars:
+        raise BadRequest(
+            f"{field}: {len(text)} characters; the limit is {max_chars} (max_text_chars)"
+        )
+    if (found := _control_character(text)) is not None:
+        position, ch = found
+        raise BadRequest(
+            f"{field}: control character U+{ord(ch):04X} at position {position}; only tab, "
+            "newline and carriage return are accepted"
+        )
+    return text
+
+
+LONG_TEXT = {pb.LONG_TEXT_ERROR: "error", pb.LONG_TEXT_TRUNCATE: "truncate",
+             pb.LONG_TEXT_WINDOWS: "windows"}  # fmt: skip
+
+
+def _choice(table: dict[int, Any], value: int, field: str) -> Any:
+    """An enum field's meaning; a number the contract does not define is the caller's error
+    (proto3 lets any integer through)."""
+    if value not in table:
+        raise BadRequest(f"{field}: {value} is not one of {sorted(table)}")
+    return table[value]
+
+
+def _role(value: int) -> TextRole:
+    return TextRole.QUERY if value == pb.ROLE_UNSPECIFIED else _choice(ROLES, value, "role")
+
+
+def _k(request: Any, default: int = 10) -> int:
+    """k as sent; unset means the default, an explicit 0 is an error."""
+    if not request.HasField("k"):
+        return default
+    if request.k == 0:
+        raise BadRequest("k: must be at least 1")
+    return request.k
 
 
 def _metadata(text: str, field: str) -> dict[str, Any]:
@@ -110,11 +179,15 @@ def _tokens_reply(t: TokenizedText) -> pb.TokenizeResponse:
 
 
 class Service(embedsense_pb2_grpc.EmbedSenseServicer):
-    def __init__(self, engine: Engine, catalog: Catalog, settings: ServerSettings) -> None:
+    def __init__(
+        self, engine: Engine, catalog: Catalog, settings: ServerSettings, metrics: Metrics
+    ) -> None:
         self.engine = engine
+        self.metrics = metrics
         self.catalog = catalog
         self.senses = Senses(engine, catalog)
         self.explainer = Explainer(engine.model, engine.runner)
+        self._streams = 0  # Upsert streams open now (one event loop: no lock needed)
         self.settings = settings
         self.model_name = engine.model.spec.name
 
@@ -126,8 +199,14 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         if not texts:
             raise BadRequest(f"{field}: at least one text is needed")
         if len(texts) > limit:
-            raise BadRequest(f"{field}: {len(texts)} texts; the limit is {limit} per request")
-        return texts
+            raise BadRequest(
+                f"{field}: {len(texts)} texts; the limit is {limit} per request "
+                "(max_texts_per_request)"
+            )
+        return [self._text(t, f"{field}[{i}]") for i, t in enumerate(texts)]
+
+    def _text(self, text: str, field: str = "text") -> str:
+        return check_text(text, field, self.settings.max_text_chars)
 
     async def _embed(
         self, texts: list[str], context: grpc.aio.ServicerContext, **options: Any
@@ -157,9 +236,10 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
 
     @rpc
     async def Tokenize(self, request: pb.TokenizeRequest, context: Any) -> pb.TokenizeResponse:
-        role = ROLES.get(request.role, TextRole.QUERY)
+        role = _role(request.role)
         # Any length: telling a caller how long a text is must not fail for a long one.
-        (t,) = self.engine.model.tokenizer.encode_batch([request.text], role, allow_long=True)
+        text = self._text(request.text)
+        (t,) = self.engine.model.tokenizer.encode_batch([text], role, allow_long=True)
         return _tokens_reply(t)
 
     @rpc
@@ -168,13 +248,13 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         want_sentences = request.sentence_vectors or not request.token_vectors
         results = await self._embed(
             texts, context,
-            role=ROLES.get(request.role, TextRole.QUERY),
+            role=_role(request.role),
             layers=list(request.layers) or None,
             token_vectors=request.token_vectors,
             normalize=not request.no_normalize,
-            pooling=POOLINGS[request.pooling],
-            truncate=request.long_text == pb.LONG_TEXT_TRUNCATE,
-            windowed=request.long_text == pb.LONG_TEXT_WINDOWS,
+            pooling=_choice(POOLINGS, request.pooling, "pooling"),
+            truncate=_choice(LONG_TEXT, request.long_text, "long_text") == "truncate",
+            windowed=_choice(LONG_TEXT, request.long_text, "long_text") == "windows",
         )  # fmt: skip
         reply = pb.EmbedResponse()
         if want_sentences:
@@ -247,10 +327,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     async def _documents(
         self, collection: idx.Collection, batch: list[pb.Document], context: Any
     ) -> list[Document]:
-        texts = [d.text for d in batch]
-        for i, text in enumerate(texts):
-            if not text.strip():
-                raise BadRequest(f"documents[{i}].text: empty; a document needs text")
+        texts = [self._text(d.text, f"documents[{i}].text") for i, d in enumerate(batch)]
         metadata = [_metadata(d.metadata_json, f"documents[{i}].metadata_json")
                     for i, d in enumerate(batch)]  # fmt: skip
         # Long documents are embedded in windows: every token of a stored text gets a vector.
@@ -271,6 +348,20 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
 
     @rpc
     async def Upsert(
+        self, requests: AsyncIterator[pb.UpsertRequest], context: Any
+    ) -> pb.UpsertResponse:
+        if self._streams >= self.settings.max_concurrent_streams:
+            raise eng.Overloaded(
+                f"{self._streams} upsert streams are open; the limit is "
+                f"{self.settings.max_concurrent_streams} (max_concurrent_streams): retry later"
+            )
+        self._streams += 1
+        try:
+            return await self._upsert(requests, context)
+        finally:
+            self._streams -= 1
+
+    async def _upsert(
         self, requests: AsyncIterator[pb.UpsertRequest], context: Any
     ) -> pb.UpsertResponse:
         ids: list[str] = []
@@ -328,9 +419,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         collection = await self._collection(request.collection)
         which = request.WhichOneof("query")
         if which == "text":
-            if not request.text.strip():
-                raise BadRequest("text: an empty query")
-            (result,) = await self._embed([request.text], context, role=TextRole.QUERY)
+            text = self._text(request.text)
+            (result,) = await self._embed([text], context, role=TextRole.QUERY)
             vector = result.sentence
         elif which == "vector":
             try:
@@ -341,7 +431,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             raise BadRequest("query: give a text or a vector")
         where = _metadata(request.filter_json, "filter_json")
         hits = await asyncio.to_thread(
-            collection.search, vector, request.k or 10, where,
+            collection.search, vector, _k(request), where,
             ef_search=request.ef_search or None, nprobe=request.nprobe or None,
             model=self.model_name,
         )  # fmt: skip
@@ -359,8 +449,12 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     async def Disambiguate(
         self, request: pb.DisambiguateRequest, context: Any
     ) -> pb.DisambiguateResponse:
+        for label, examples in request.senses.items():
+            for i, example in enumerate(examples.examples):
+                self._text(example, f"senses[{label!r}].examples[{i}]")
         result = await self.senses.disambiguate(
-            request.text, request.word, span=_span(request), occurrence=request.occurrence,
+            self._text(request.text), request.word, span=_span(request),
+            occurrence=request.occurrence,
             senses={label: list(s.examples) for label, s in request.senses.items()},
             inventory=request.inventory or None, layers=list(request.layers) or None,
             centre=not request.no_centring, with_sentence=not request.word_only,
@@ -419,8 +513,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     ) -> pb.SearchOccurrencesResponse:
         await self._collection(request.collection)
         found, compared = await self.senses.search_occurrences(
-            request.collection, request.text, request.word, span=_span(request),
-            occurrence=request.occurrence, k=request.k or 10,
+            request.collection, self._text(request.text), request.word, span=_span(request),
+            occurrence=request.occurrence, k=min(_k(request), MAX_OCCURRENCES),
         )  # fmt: skip
         return pb.SearchOccurrencesResponse(
             occurrences=[_occurrence_reply(o) for o in found], compared=compared
@@ -446,9 +540,9 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     @rpc
     async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.ExplainResponse:
         result = await asyncio.to_thread(
-            self.explainer.explain, request.text, request.word, span=_span(request),
+            self.explainer.explain, self._text(request.text), request.word, span=_span(request),
             occurrence=request.occurrence, layers=list(request.layers) or None,
-            heads=list(request.heads) or None, role=ROLES.get(request.role, TextRole.QUERY),
+            heads=list(request.heads) or None, role=_role(request.role),
         )  # fmt: skip
         reply = pb.ExplainResponse(
             tokens=_tokens_reply(result.tokenized), layers=result.layers, heads=result.heads,
@@ -467,7 +561,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         self, request: pb.CompareLayersRequest, context: Any
     ) -> pb.CompareLayersResponse:
         cosines, a, b = await asyncio.to_thread(
-            self.explainer.compare_layers, request.text_a, request.text_b, request.word,
+            self.explainer.compare_layers, self._text(request.text_a, "text_a"),
+            self._text(request.text_b, "text_b"), request.word,
             request.occurrence_a, request.occurrence_b,
         )  # fmt: skip
         return pb.CompareLayersResponse(

@@ -21,7 +21,8 @@ class ServerSettings:
     port: int = 50051
     data_dir: Path = Path("data")
     model: str = "multilingual-e5-small"
-    api_key: str | None = None  # when set, every call but health and reflection needs it
+    # When set (comma-separated for several), every call but health and reflection needs one.
+    api_key: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None
@@ -29,7 +30,15 @@ class ServerSettings:
     # token vectors; larger requests are refused with RESOURCE_EXHAUSTED by gRPC itself.
     max_message_bytes: int = 64 * 1024 * 1024
     max_texts_per_request: int = 2048
+    max_text_chars: int = 100_000  # per text; longer texts are refused before tokenizing
+    max_concurrent_streams: int = 16  # Upsert streams at once (and per connection)
     shutdown_grace_s: float = 10.0
+    # TLS: a certificate and its key (PEM files); with a client CA too, mutual TLS.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    metrics_port: int | None = None  # Prometheus /metrics on this port (0: any free one)
+    metrics_host: str | None = None  # default: the server's host
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     @classmethod
@@ -47,8 +56,9 @@ class ServerSettings:
             if raw not in (None, ""):
                 (knobs if name in engine_types else values)[name] = _parse(name, str(kind), raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "data_dir" in values:
-            values["data_dir"] = Path(str(values["data_dir"]))
+        for name in ("data_dir", "tls_cert", "tls_key", "tls_client_ca"):
+            if values.get(name) is not None:
+                values[name] = Path(str(values[name]))
         settings = cls(**values)  # type: ignore[arg-type]
         engine = dataclasses.replace(
             EngineConfig(), model=settings.model, device=settings.device, dtype=settings.dtype,

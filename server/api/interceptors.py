@@ -1,0 +1,114 @@
+"""What every call passes through before its RPC: the API key check, and a guard that turns
+a request that does not decode (e.g. invalid UTF-8 sent by a non-Python client) into
+INVALID_ARGUMENT instead of gRPC's generic INTERNAL."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from embedsense.server.api.observability import Metrics
+
+# Load balancers and tools must work without the key.
+OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def _replace(handler: Any, behavior: Any, deserializer: Any = None) -> Any:
+    """A handler of the same kind (unary or client-streaming) running `behavior`."""
+    factory = (
+        grpc.stream_unary_rpc_method_handler
+        if handler.request_streaming
+        else grpc.unary_unary_rpc_method_handler
+    )
+    return factory(
+        behavior,
+        request_deserializer=deserializer or handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Every call but health and reflection needs `authorization: Bearer <key>`, one of the
+    configured keys (compared in constant time; keys are never logged)."""
+
+    def __init__(self, api_keys: Sequence[str], metrics: Metrics) -> None:
+        self._expected = [f"Bearer {key}".encode() for key in api_keys]
+        self._metrics = metrics
+
+    def _allowed(self, given: str) -> bool:
+        # Compare against every key, always: the time taken says nothing about which matched.
+        results = [hmac.compare_digest(given.encode(), key) for key in self._expected]
+        return any(results)
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_METHODS):
+            return handler
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        if self._allowed(given):
+            return handler
+        message = (
+            "this server needs an API key: metadata 'authorization: Bearer <key>'"
+            if not given
+            else "the API key is wrong"
+        )
+        rpc = details.method.rsplit("/", 1)[-1]
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self._metrics.observe_request(rpc, "UNAUTHENTICATED", 0.0)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        return _replace(handler, deny)
+
+
+@dataclass
+class _Undecodable:
+    reason: str
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.response_streaming or handler.request_deserializer is None:
+            return handler  # reflection (bidi streaming) keeps its own handling
+        decode = handler.request_deserializer
+
+        def safe_decode(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except Exception as err:  # noqa: BLE001 - any decoding failure is the caller's
+                return _Undecodable(str(err) or type(err).__name__)
+
+        async def reject(context: grpc.aio.ServicerContext, bad: _Undecodable) -> None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request does not decode as {details.method}'s message ({bad.reason}); "
+                "string fields must be valid UTF-8",
+            )
+
+        if handler.request_streaming:
+            inner = handler.stream_unary
+
+            async def streaming(requests: AsyncIterator[Any], context: Any) -> Any:
+                async def checked() -> AsyncIterator[Any]:
+                    async for request in requests:
+                        if isinstance(request, _Undecodable):
+                            await reject(context, request)
+                        yield request
+
+                return await inner(checked(), context)
+
+            return _replace(handler, streaming, safe_decode)
+
+        inner_unary = handler.unary_unary
+
+        async def unary(request: Any, context: Any) -> Any:
+            if isinstance(request, _Undecodable):
+                await reject(context, request)
+            return await inner_unary(request, context)
+
+        return _replace(handler, unary, safe_decode)

@@ -1,0 +1,170 @@
+"""What the server tells its operators: Prometheus metrics on their own port, one JSON log
+line per request with a request id, and never the text of a request at the default level."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+from embedsense.server.engine import BatchReport, Engine
+from embedsense.server.index import Catalog
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+access_log = logging.getLogger("embedsense.access")
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """One registry per server, so that several servers in one process stay apart."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "embedsense_requests", "RPCs by method and status code", ["rpc", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "embedsense_request_seconds",
+            "RPC latency",
+            ["rpc"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "embedsense_batch_rows",
+            "texts or windows per forward",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "embedsense_batch_tokens",
+            "padded tokens per forward",
+            buckets=(64, 256, 1024, 2048, 4096, 8192, 16384),
+            registry=r,
+        )
+        self.padding = Histogram(
+            "embedsense_batch_padding_fraction",
+            "padding per forward",
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9),
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "embedsense_queue_seconds", "arrival to forward", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.model_seconds = Histogram(
+            "embedsense_model_seconds", "time in one forward", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.model_load = Gauge(
+            "embedsense_model_load_seconds", "time to load the model", registry=r
+        )
+        self._http = None
+
+    def watch(self, engine: Engine, catalog: Catalog) -> None:
+        """Follow the engine's batches, and read queue and index sizes on every scrape."""
+        engine.add_observer(self.on_batch)
+        self.model_load.set(engine.model.load_seconds)
+        depth = Gauge("embedsense_engine_queue_depth", "rows waiting for the model",
+                      registry=self.registry)  # fmt: skip
+        depth.set_function(lambda: engine.queue_depth)
+        self.registry.register(_EngineAndIndex(engine, catalog))
+
+    def on_batch(self, report: BatchReport) -> None:
+        self.batch_rows.observe(report.rows)
+        self.batch_tokens.observe(report.padded_tokens)
+        self.padding.observe(report.padding_fraction)
+        self.model_seconds.observe(report.model_seconds)
+        for seconds in report.queue_seconds:
+            self.queue_seconds.observe(seconds)
+
+    def observe_request(self, rpc: str, code: str, seconds: float) -> None:
+        self.requests.labels(rpc, code).inc()
+        self.latency.labels(rpc).observe(seconds)
+        access_log.info("request", extra={"rpc": rpc, "code": code, "ms": round(seconds * 1000, 2)})
+
+    def serve(self, host: str, port: int) -> int:
+        """Expose /metrics on its own port; the port it listens on."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        return self._http.server_address[1]
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+class _EngineAndIndex:
+    """Counters the engine keeps, and each collection's size, read when scraped."""
+
+    def __init__(self, engine: Engine, catalog: Catalog) -> None:
+        self.engine = engine
+        self.catalog = catalog
+
+    def collect(self) -> Iterator[Any]:
+        s = self.engine.stats
+        for name, value, text in (
+            ("embedsense_engine_refused", s.refused, "requests refused at admission"),
+            ("embedsense_engine_skipped_cancelled", s.skipped_cancelled, "rows dropped: cancelled"),
+            ("embedsense_engine_skipped_expired", s.skipped_expired, "rows dropped: deadline"),
+            ("embedsense_engine_real_tokens", s.real_tokens, "tokens computed (no padding)"),
+        ):
+            yield GaugeMetricFamily(name, text, value=value)
+        documents = GaugeMetricFamily("embedsense_collection_documents", "documents stored",
+                                      labels=["collection"])  # fmt: skip
+        vectors = GaugeMetricFamily("embedsense_collection_index_vectors",
+                                    "vectors in the FAISS index, dead ones included",
+                                    labels=["collection"])  # fmt: skip
+        for name in list(self.catalog._collections):
+            try:
+                collection = self.catalog.get(name)
+            except KeyError:  # dropped meanwhile
+                continue
+            documents.add_metric([name], collection.count())
+            vectors.add_metric([name], collection.faiss_index.ntotal)
+        yield documents
+        yield vectors
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the request id, and the
+    structured fields a log call passes in `extra`."""
+
+    STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": request_id.get(),
+        }
+        line.update({k: v for k, v in vars(record).items() if k not in self.STANDARD})
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure_logging(json_lines: bool = True, level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter() if json_lines
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )  # fmt: skip
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def new_request_id(metadata: Any) -> str:
+    """The caller's x-request-id when it sent one (for tracing across services), else new."""
+    given = dict(metadata or ()).get("x-request-id", "")
+    return given[:64] if given else uuid.uuid4().hex[:16]

@@ -1,0 +1,397 @@
+"""Hardening, through the real server: bad input, auth on every RPC, TLS and mutual TLS,
+metrics and request ids, failing fast at start, a second signal, and fuzzing every RPC."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from conftest import ServerThread
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from embedsense.client import TLS, Client, InvalidArgument, NotFound, Unavailable
+from embedsense.client.v1 import embedsense_pb2 as pb
+
+SERVICE = pb.DESCRIPTOR.services_by_name["EmbedSense"]
+
+
+def raw_call(channel: grpc.Channel, rpc: str, payload: bytes, metadata=()):  # noqa: ANN001
+    """Call an RPC with raw request bytes, as a non-Python client might send them."""
+    method = SERVICE.methods_by_name[rpc]
+    response = method.output_type._concrete_class.FromString  # noqa: SLF001
+    path = f"/{SERVICE.full_name}/{rpc}"
+    if method.client_streaming:
+        return channel.stream_unary(path, response_deserializer=response)(
+            iter([payload]), timeout=30, metadata=metadata
+        )
+    return channel.unary_unary(path, response_deserializer=response)(
+        payload, timeout=30, metadata=metadata
+    )
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.fixture
+def collection(client):
+    client.create_collection("hardening", store_tokens=True)
+    client.upsert("hardening", ["我喜欢吃苹果", "我买了最新的苹果手机"], show_progress_bar=False)
+    yield "hardening"
+    client.drop_collection("hardening")
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda c, _: c.embed_tokens([]), "at least one text"),
+        (lambda c, _: c.encode([""]), r"texts\[0\]: empty"),
+        (lambda c, _: c.encode(["ok", " \n\t "]), r"texts\[1\]: empty"),
+        (lambda c, _: c.encode(["苹果\x00手机"]), r"U\+0000 at position 2"),
+        (lambda c, _: c.encode(["bell\x07"]), r"U\+0007"),
+        (lambda c, _: c.encode(["苹" * 1_000_000]), "1000000 characters; the limit is 100000"),
+        (lambda c, _: c.encode(["字"] * 10_000, batch_size=10_000), "10000 texts; the limit"),
+        (lambda c, col: c.search(col, "苹果", k=0), "k: must be at least 1"),
+        (lambda c, col: c.search(col, "苹果", k=10**9), "k must be within 1-10000"),
+        (lambda c, col: c.search(col, "苹果", filter={"a": {"$bad": 1}}), "unknown operator"),
+        (lambda c, col: c.search(col, np.ones(7)), "384-dim"),
+        (lambda c, _: c.disambiguate("我喜欢吃香蕉", "苹果"), "does not occur"),
+        (lambda c, col: c.upsert(col, [{"text": "x", "metadata": [1]}]), "metadata"),
+    ],
+)
+def test_bad_input_gets_a_precise_error_and_the_server_goes_on(client, collection, call, message):
+    with pytest.raises(InvalidArgument, match=message):
+        call(client, collection)
+    assert client.search(collection, "苹果", k=1)[0].id  # a good request still works
+
+
+def test_unknown_collection_and_undecodable_bytes(client, server):
+    with pytest.raises(NotFound, match="no-such-collection"):
+        client.search("no-such-collection", "苹果")
+    # Field 1 (texts) holding a UTF-8-encoded lone surrogate: not valid UTF-8 on the wire.
+    lone_surrogate = b"\x0a\x03\xed\xa0\x80"
+    with grpc.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.RpcError) as failure:
+            raw_call(channel, "Embed", lone_surrogate)
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "UTF-8" in failure.value.details()
+        with pytest.raises(grpc.RpcError) as failure:
+            raw_call(channel, "Upsert", b"\x12\x04\x12\x02\xed\xa0")  # in a streamed document
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.info().dim == 384
+
+
+# ------------------------------------------------------------------ auth and TLS
+
+
+def test_every_rpc_but_health_needs_the_key(e5, tmp_path):
+    running = ServerThread(e5, tmp_path, api_key="first-key, second-key")
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            for rpc in SERVICE.methods_by_name:
+                for metadata in ((), (("authorization", "Bearer nope"),)):
+                    with pytest.raises(grpc.RpcError) as failure:
+                        raw_call(channel, rpc, b"", metadata)
+                    assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED, rpc
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+        for key in ("first-key", "second-key"):
+            with Client(running.target, api_key=key) as c:
+                assert c.info().auth_required
+    finally:
+        running.stop()
+
+
+def _certificate(subject: str, key, issuer=None, issuer_key=None, ca=False, sans=()):  # noqa: ANN001
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+def _pem(obj) -> bytes:  # noqa: ANN001
+    if isinstance(obj, x509.Certificate):
+        return obj.public_bytes(serialization.Encoding.PEM)
+    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA made here, a server certificate for 127.0.0.1, and a client certificate."""
+    import ipaddress
+
+    folder = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("embedsense test CA", ca_key, ca=True)
+    files = {"ca.pem": _pem(ca)}
+    for name, sans in (("server", [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                   x509.DNSName("localhost")]), ("client", [])):  # fmt: skip
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _certificate(name, key, issuer=ca, issuer_key=ca_key, sans=sans)
+        files[f"{name}.pem"], files[f"{name}.key"] = _pem(cert), _pem(key)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def test_tls_and_mutual_tls_round_trips(e5, tmp_path, pki):
+    tls_server = ServerThread(e5, tmp_path / "tls", tls_cert=pki / "server.pem",
+                              tls_key=pki / "server.key")  # fmt: skip
+    try:
+        with Client(tls_server.target, tls=TLS(root_certificates=pki / "ca.pem")) as c:
+            assert c.encode(["苹果"]).shape == (1, 384)
+        with Client(tls_server.target, timeout=5) as plain:  # no TLS: no connection
+            with pytest.raises(Unavailable):
+                plain.info()
+    finally:
+        tls_server.stop()
+    mtls_server = ServerThread(
+        e5, tmp_path / "mtls", tls_cert=pki / "server.pem", tls_key=pki / "server.key",
+        tls_client_ca=pki / "ca.pem",
+    )  # fmt: skip
+    try:
+        mutual = TLS(pki / "ca.pem", pki / "client.pem", pki / "client.key")
+        with Client(mtls_server.target, tls=mutual) as c:
+            assert c.info().dim == 384
+        with Client(mtls_server.target, tls=TLS(pki / "ca.pem"), timeout=5) as anonymous:
+            with pytest.raises(Unavailable):  # the handshake fails without a certificate
+                anonymous.info()
+    finally:
+        mtls_server.stop()
+
+
+# ------------------------------------------------------------------ operations
+
+
+def test_metrics_and_request_ids(e5, tmp_path):
+    running = ServerThread(e5, tmp_path, metrics_port=0)
+    try:
+        with Client(running.target) as c:
+            c.create_collection("m")
+            c.upsert("m", ["苹果", "香蕉"], show_progress_bar=False)
+            c.search("m", "水果", k=1)
+            with pytest.raises(NotFound):
+                c.search("nope", "x")
+        with grpc.insecure_channel(running.target) as channel:
+            stub = channel.unary_unary(
+                f"/{SERVICE.full_name}/Info", response_deserializer=pb.InfoResponse.FromString
+            )
+            _, call = stub.with_call(b"", metadata=(("x-request-id", "trace-42"),))
+            assert ("x-request-id", "trace-42") in call.trailing_metadata()
+            _, call = stub.with_call(b"")
+            assert dict(call.trailing_metadata())["x-request-id"]  # made up when not sent
+        url = f"http://127.0.0.1:{running.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert 'embedsense_requests_total{code="OK",rpc="Search"} 1.0' in text
+        assert 'embedsense_requests_total{code="NOT_FOUND",rpc="Search"} 1.0' in text
+        assert 'embedsense_collection_documents{collection="m"} 2.0' in text
+        assert "embedsense_request_seconds_bucket" in text and "embedsense_batch_tokens" in text
+        assert "embedsense_engine_queue_depth" in text and "embedsense_model_load_seconds" in text
+    finally:
+        running.stop()
+
+
+def serve_process(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "embedsense.client.cli", "serve", "--host", "127.0.0.1", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "EMBEDSENSE_API_KEY": "", **(env or {})},
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_startup_fails_fast_and_clearly(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        cases = [
+            ((f"--port={free_port()}", f"--data-dir={not_a_dir}"), "not a writable directory"),
+            ((f"--port={taken.getsockname()[1]}", f"--data-dir={tmp_path / 'd'}"),
+             "cannot listen"),
+            ((f"--port={free_port()}", f"--data-dir={tmp_path / 'd'}", "--model",
+              "nobody/no-such-model"), "nobody/no-such-model"),
+        ]  # fmt: skip
+        for args, message in cases:
+            started = time.monotonic()
+            process = serve_process(*args, env={"HF_HUB_OFFLINE": "1"})
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 2, err
+            assert message in err and "cannot start" in err
+            assert time.monotonic() - started < 60
+    finally:
+        taken.close()
+
+
+def test_sigterm_drains_a_second_exits_at_once_and_logs_are_json(tmp_path):
+    port = free_port()
+    server = serve_process(f"--port={port}", f"--data-dir={tmp_path}")
+    target = f"127.0.0.1:{port}"
+    try:
+        with Client(target, timeout=2, retry=None) as probe:
+            for _ in range(240):
+                try:
+                    probe.info()
+                    break
+                except Unavailable:
+                    time.sleep(0.5)
+        results: list = []
+        secret = "这是一段机密内容"
+
+        def long_call() -> None:
+            with Client(target, timeout=120) as c:
+                try:
+                    results.append(c.encode([f"{secret}{i}" for i in range(600)], batch_size=600))
+                except Exception as err:  # noqa: BLE001
+                    results.append(err)
+
+        caller = threading.Thread(target=long_call)
+        caller.start()
+        time.sleep(1.0)
+        server.send_signal(signal.SIGTERM)  # drains: the call is in flight
+        time.sleep(0.5)
+        assert server.poll() is None
+        server.send_signal(signal.SIGTERM)  # and this one does not wait
+        started = time.monotonic()
+        server.wait(timeout=10)
+        assert time.monotonic() - started < 5 and server.returncode == 1
+        caller.join(30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    _, err = server.communicate()
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(line["msg"].startswith("serving") for line in lines)
+    access = [line for line in lines if line["logger"] == "embedsense.access"]
+    assert access and all(line["request_id"] != "-" and "rpc" in line for line in access)
+    assert secret not in err  # no request text in the logs
+
+
+# ------------------------------------------------------------------ fuzzing
+
+TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=30) | st.sampled_from(
+    ["苹果", "我喜欢吃苹果", "", " ", "Flat", "HNSW32", "default", '{"a": 1}', "{"]
+)
+SCALARS = {
+    1: st.floats(allow_nan=True, width=64), 2: st.floats(allow_nan=True, width=32),
+    3: st.integers(-(2**63), 2**63 - 1), 4: st.integers(0, 2**64 - 1),
+    5: st.integers(-(2**31), 2**31 - 1), 8: st.booleans(), 9: TEXT,
+    12: st.binary(max_size=64), 13: st.integers(0, 2**32 - 1),
+}  # fmt: skip
+
+
+def message_strategy(descriptor, depth: int = 0):  # noqa: ANN001, ANN201
+    """Random messages of a type: every field may be set, with any value of its type."""
+    fields = {}
+    for field in descriptor.fields:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            key, value = field.message_type.fields
+            fields[field.name] = st.dictionaries(SCALARS[key.type], _value(value, depth),
+                                                 max_size=3)  # fmt: skip
+            continue
+        one = _value(field, depth)
+        fields[field.name] = st.lists(one, max_size=3) if field.is_repeated else one
+    optional = {name: strategy for name, strategy in fields.items()}
+    return st.fixed_dictionaries({}, optional=optional).map(
+        lambda values: _build(descriptor, values)
+    )
+
+
+def _value(field, depth: int):  # noqa: ANN001, ANN202
+    if field.message_type is not None:
+        if depth >= 3:
+            return st.just(field.message_type._concrete_class())  # noqa: SLF001
+        return message_strategy(field.message_type, depth + 1)
+    if field.enum_type is not None:
+        return st.sampled_from([v.number for v in field.enum_type.values]) | st.integers(0, 99)
+    return SCALARS[field.type]
+
+
+def _build(descriptor, values: dict):  # noqa: ANN001, ANN202
+    message = descriptor._concrete_class()  # noqa: SLF001
+    for name, value in values.items():
+        field = descriptor.fields_by_name[name]
+        target = getattr(message, name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for k, v in value.items():
+                if field.message_type.fields_by_name["value"].message_type is not None:
+                    target[k].CopyFrom(v)
+                else:
+                    target[k] = v
+        elif field.is_repeated:
+            target.extend(value)
+        elif field.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(message, name, value)
+    return message
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(e5, tmp_path_factory):
+    running = ServerThread(e5, tmp_path_factory.mktemp("fuzz"))
+    with Client(running.target) as c:
+        c.create_collection("fuzz", store_tokens=True)
+        c.upsert("fuzz", ["我喜欢吃苹果", "我买了最新的苹果手机"], show_progress_bar=False)
+    yield running
+    running.stop()
+
+
+BAD = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+@pytest.mark.parametrize("rpc", list(SERVICE.methods_by_name))
+def test_fuzzed_requests_never_crash_hang_or_fail_internally(fuzz_server, rpc):
+    method = SERVICE.methods_by_name[rpc]
+    channel = grpc.insecure_channel(fuzz_server.target)
+
+    @settings(max_examples=20, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(message_strategy(method.input_type))
+    def call(message) -> None:  # noqa: ANN001
+        try:
+            raw_call(channel, rpc, message.SerializeToString())
+        except grpc.RpcError as err:
+            assert err.code() not in BAD, f"{rpc}: {err.code().name}: {err.details()}"
+
+    try:
+        call()
+    finally:
+        channel.close()
+    with Client(fuzz_server.target) as c:
+        assert c.info().dim == 384  # still serving
