@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench eval demo pictures serve proto docker-test clean
+.PHONY: install test lint format bench eval load faults demo pictures serve proto docker-test clean
 
 install: $(STAMP)
 
@@ -36,6 +36,14 @@ bench: install
 # Word-sense accuracy per word and layer choice, with and without centring; induction purity.
 eval: install
 	$(BIN)/python tests/eval_senses.py
+
+# 64 clients mixing Embed, Search and Upsert for 5 minutes, on 127.0.0.1 (bounded).
+load: install
+	$(BIN)/python tests/ops/load.py
+
+# SIGKILL mid-stream, 20 rounds: nothing acknowledged may be lost; retries across a restart.
+faults: install
+	$(BIN)/python tests/ops/faults.py
 
 # Starts a server on the offline default model, indexes the bundled corpus, searches it,
 # tells the senses of 苹果 apart, stops the server.

@@ -372,6 +372,8 @@ def fuzz_server(e5, tmp_path_factory):
     running.stop()
 
 
+# 20 per RPC in CI (~420 requests); more with EMBEDSENSE_FUZZ_EXAMPLES=500 pytest -k fuzzed.
+FUZZ_EXAMPLES = int(os.environ.get("EMBEDSENSE_FUZZ_EXAMPLES", "20"))
 BAD = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -380,7 +382,7 @@ def test_fuzzed_requests_never_crash_hang_or_fail_internally(fuzz_server, rpc):
     method = SERVICE.methods_by_name[rpc]
     channel = grpc.insecure_channel(fuzz_server.target)
 
-    @settings(max_examples=20, deadline=None, derandomize=True,
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck))  # fmt: skip
     @given(message_strategy(method.input_type))
     def call(message) -> None:  # noqa: ANN001

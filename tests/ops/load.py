@@ -1,0 +1,131 @@
+"""`make load`: 64 concurrent clients mixing Embed, Search and Upsert against a real server on
+127.0.0.1 for a bounded time. Throughput, p50/p95/p99 per operation, errors by status, and
+the server's RSS after warm-up and at the end. Last line: one JSON object.
+
+    python tests/ops/load.py [--clients 64] [--seconds 300] [--warmup 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from workload import chinese_texts  # noqa: E402
+
+from embedsense.client import AsyncClient, Client, EmbedSenseError, Retry  # noqa: E402
+from ops.serverproc import ServerProcess  # noqa: E402
+
+TEXTS = chinese_texts(2000)
+QUERIES = ["苹果手机的价格", "水果的营养", "地铁故障", "春天的花", "银行利率", "足球比赛"]
+
+
+async def worker(client: AsyncClient, deadline: float, seed: int, results: dict) -> None:
+    rng = random.Random(seed)
+    n = 0
+    while time.monotonic() < deadline:
+        roll = rng.random()
+        started = time.perf_counter()
+        try:
+            if roll < 0.6:
+                op = "embed"
+                await client.encode(rng.sample(TEXTS, rng.randint(1, 4)))
+            elif roll < 0.9:
+                op = "search"
+                await client.search("load", rng.choice(QUERIES), k=10)
+            else:
+                op = "upsert"
+                docs = [{"id": f"w{seed}-{n}-{i}", "text": rng.choice(TEXTS)} for i in range(4)]
+                await client.upsert("load", docs, show_progress_bar=False, timeout=60)
+                n += 1
+            status = "OK"
+        except EmbedSenseError as err:
+            status = err.code.name
+        results[op].append((time.perf_counter() - started, status))
+
+
+async def run_load(target: str, clients: int, seconds: float) -> dict:
+    channels = [AsyncClient(target, timeout=60, retry=Retry(attempts=1)) for _ in range(8)]
+    results: dict = defaultdict(list)
+    deadline = time.monotonic() + seconds
+    await asyncio.gather(*(worker(channels[i % 8], deadline, i, results) for i in range(clients)))
+    for c in channels:
+        await c.close()
+    return results
+
+
+def sample_rss(server: ServerProcess, seconds: float, samples: list[float]) -> None:
+    """The server's RSS every 30 s of the run: does it level off?"""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end - 1:
+        time.sleep(min(30.0, max(0.0, end - time.monotonic() - 1)))
+        samples.append(round(server.rss_mib(), 1))
+
+
+def summarize(results: dict, seconds: float) -> dict:
+    out = {}
+    for op, rows in sorted(results.items()):
+        lat = np.array([r[0] for r in rows if r[1] == "OK"]) * 1000
+        out[op] = {
+            "calls": len(rows),
+            "per_s": round(len(rows) / seconds, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+            "p95_ms": round(float(np.percentile(lat, 95)), 1) if len(lat) else None,
+            "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+            "statuses": dict(Counter(r[1] for r in rows)),
+        }
+        o = out[op]
+        print(f"  {op:<7} {o['calls']:>7} calls {o['per_s']:>7.1f}/s  p50 {o['p50_ms']} ms  "
+              f"p95 {o['p95_ms']} ms  p99 {o['p99_ms']} ms  {o['statuses']}")  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument("--warmup", type=float, default=30)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as data_dir:
+        server = ServerProcess(Path(data_dir))
+        boot = server.start()
+        try:
+            with Client(server.target, timeout=120) as c:
+                c.create_collection("load")
+                c.upsert("load", [{"id": str(i), "text": t} for i, t in enumerate(TEXTS)],
+                         show_progress_bar=False)  # fmt: skip
+            print(f"server up in {boot:.1f} s; {len(TEXTS)} documents indexed; warm-up "
+                  f"{args.warmup:.0f} s with {args.clients} clients")  # fmt: skip
+            asyncio.run(run_load(server.target, args.clients, args.warmup))
+            rss_start = server.rss_mib()
+            mix = "60 % Embed of 1-4 texts, 30 % Search, 10 % Upsert of 4 documents"
+            print(f"load: {args.clients} clients for {args.seconds:.0f} s ({mix})")
+            samples: list[float] = []
+            sampler = threading.Thread(target=sample_rss, args=(server, args.seconds, samples))
+            sampler.start()
+            results = asyncio.run(run_load(server.target, args.clients, args.seconds))
+            sampler.join()
+            rss_end = server.rss_mib()
+        finally:
+            server.stop()
+    summary = summarize(results, args.seconds)
+    growth = (rss_end - rss_start) / rss_start
+    print(f"server RSS after warm-up {rss_start:.0f} MiB, at the end {rss_end:.0f} MiB "
+          f"({growth:+.1%}); every 30 s: {samples}")  # fmt: skip
+    print(json.dumps({"clients": args.clients, "seconds": args.seconds, "ops": summary,
+                      "rss_start_mib": round(rss_start, 1), "rss_end_mib": round(rss_end, 1),
+                      "rss_growth": round(growth, 4), "rss_every_30s_mib": samples}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
