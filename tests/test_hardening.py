@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ops.serverproc import free_port
 
 from embedsense.client import TLS, Client, InvalidArgument, NotFound, Unavailable
 from embedsense.client.v1 import embedsense_pb2 as pb
@@ -225,12 +226,6 @@ def serve_process(*args: str, env: dict | None = None) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "EMBEDSENSE_API_KEY": "", **(env or {})},
     )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_startup_fails_fast_and_clearly(tmp_path):

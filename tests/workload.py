@@ -1,8 +1,12 @@
-"""A realistic mixed-length Chinese workload shared by the benchmarks (deterministic)."""
+"""A realistic mixed-length Chinese workload shared by the benchmarks (deterministic), and
+the way they drive it: concurrent callers, each one request at a time."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
+from collections.abc import Awaitable, Callable
 
 SENTENCES = [
     "我喜欢吃苹果。",
@@ -50,3 +54,25 @@ def chinese_texts(n: int, min_chars: int = 4, max_chars: int = 150, seed: int = 
             text += rng.choice(SENTENCES)
         texts.append(text[:target])
     return texts
+
+
+async def concurrent_callers(
+    items: list, concurrency: int, call: Callable[[object], Awaitable[object]]
+) -> tuple[float, list[float]]:
+    """`concurrency` tasks take items from one queue and `await call(item)` one at a time;
+    the wall time of it all and each call's latency."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+    latencies: list[float] = []
+
+    async def caller() -> None:
+        while not queue.empty():
+            item = queue.get_nowait()
+            start = time.perf_counter()
+            await call(item)
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return time.perf_counter() - start, latencies

@@ -17,9 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,9 +26,10 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workload import chinese_texts  # noqa: E402  (tests/workload.py)
+from ops.serverproc import ServerProcess  # noqa: E402  (tests/ops/serverproc.py)
+from workload import chinese_texts, concurrent_callers  # noqa: E402  (tests/workload.py)
 
-from embedsense.client import AsyncClient, Client, Retry  # noqa: E402
+from embedsense.client import AsyncClient  # noqa: E402
 from embedsense.client.tensors import from_tensor, to_tensor  # noqa: E402
 from embedsense.client.v1 import embedsense_pb2 as pb  # noqa: E402
 from embedsense.model import TextRole, load_model  # noqa: E402
@@ -40,25 +38,6 @@ from embedsense.server.engine import Engine  # noqa: E402
 from embedsense.server.index import Catalog, Document  # noqa: E402
 
 MODEL = "multilingual-e5-small"
-
-
-async def callers(items: list, concurrency: int, call) -> tuple[float, list[float]]:
-    """`concurrency` tasks take items from one queue and `await call(item)` one at a time."""
-    queue: asyncio.Queue = asyncio.Queue()
-    for item in items:
-        queue.put_nowait(item)
-    latencies: list[float] = []
-
-    async def worker() -> None:
-        while not queue.empty():
-            item = queue.get_nowait()
-            start = time.perf_counter()
-            await call(item)
-            latencies.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - start, latencies
 
 
 def row(name: str, items: int, seconds: float, latencies: list[float], unit: str) -> dict:
@@ -73,30 +52,6 @@ def row(name: str, items: int, seconds: float, latencies: list[float], unit: str
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "embedsense.client.cli", "serve", "--host", "127.0.0.1",
-         "--port", str(port), "--data-dir", str(data_dir), "--threads", "2"],
-        stderr=subprocess.DEVNULL, env={**os.environ, "EMBEDSENSE_API_KEY": ""},
-    )  # fmt: skip
-    target = f"127.0.0.1:{port}"
-    with Client(target, timeout=2, retry=Retry(attempts=1)) as probe:
-        for _ in range(600):
-            try:
-                probe.info()
-                return server, target
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.25)
-    raise SystemExit("the server did not start")
-
-
 def bench_embed(texts: list[str], target: str) -> dict:
     model = load_model(MODEL)
     engine = Engine(EngineConfig(threads=2), model).start()
@@ -106,12 +61,14 @@ def bench_embed(texts: list[str], target: str) -> dict:
             print(f"Embed, {concurrency} concurrent callers, one text per request:")
 
             async def in_process(n: int = concurrency) -> tuple[float, list[float]]:
-                return await callers(texts, n, lambda t: engine.embed([t], role=TextRole.QUERY))
+                return await concurrent_callers(
+                    texts, n, lambda t: engine.embed([t], role=TextRole.QUERY)
+                )
 
             async def through_grpc(n: int = concurrency) -> tuple[float, list[float]]:
                 async with AsyncClient(target, timeout=120) as client:
                     await client.encode(texts[:4])  # connect and warm
-                    return await callers(texts, n, lambda t: client.encode([t]))
+                    return await concurrent_callers(texts, n, lambda t: client.encode([t]))
 
             local = row("engine in-process", len(texts), *asyncio.run(in_process()), "texts")
             remote = row("through gRPC", len(texts), *asyncio.run(through_grpc()), "texts")
@@ -151,12 +108,16 @@ def bench_search(data_dir: Path, queries: np.ndarray, target: str) -> dict:
             print(f"Search, {name}, {collection.count()} documents, k=10, 8 concurrent callers:")
 
             async def in_process(c=collection) -> tuple[float, list[float]]:
-                return await callers(list(queries), 8, lambda q: asyncio.to_thread(c.search, q, 10))
+                return await concurrent_callers(
+                    list(queries), 8, lambda q: asyncio.to_thread(c.search, q, 10)
+                )
 
             async def through_grpc(n: str = name) -> tuple[float, list[float]]:
                 async with AsyncClient(target, timeout=120) as client:
                     await client.search(n, queries[0], k=10)
-                    return await callers(list(queries), 8, lambda q: client.search(n, q, k=10))
+                    return await concurrent_callers(
+                        list(queries), 8, lambda q: client.search(n, q, k=10)
+                    )
 
             local = row("in-process", len(queries), *asyncio.run(in_process()), "queries")
             remote = row("through gRPC", len(queries), *asyncio.run(through_grpc()), "queries")
@@ -216,13 +177,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         queries = fill_collections(data_dir, args.docs)
-        server, target = start_server(data_dir)
+        server = ServerProcess(data_dir, None, "--threads", "2")
+        server.start()
         try:
-            embed = bench_embed(chinese_texts(args.texts), target)
-            search = bench_search(data_dir, queries, target)
+            embed = bench_embed(chinese_texts(args.texts), server.target)
+            search = bench_search(data_dir, queries, server.target)
         finally:
-            server.terminate()
-            server.wait(60)
+            server.stop()
     print(json.dumps({"embed": embed, "search": search, "wire": wire}))
 
 

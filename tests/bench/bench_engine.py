@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import bert_reference_for  # noqa: E402  (tests/helpers.py)
-from workload import chinese_texts  # noqa: E402  (tests/workload.py)
+from workload import chinese_texts, concurrent_callers  # noqa: E402  (tests/workload.py)
 
 from embedsense.model import TextRole, load_model  # noqa: E402
 from embedsense.model.checkpoint import to_hf_state_dict  # noqa: E402
@@ -56,30 +56,11 @@ def summary(name: str, seconds: float, latencies: list[float], tokens: int, padd
     return row
 
 
-async def concurrent_callers(texts: list[str], call) -> tuple[float, list[float]]:
-    """CALLERS tasks pull texts from one queue and call `call(text)` one at a time."""
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for t in texts:
-        queue.put_nowait(t)
-    latencies: list[float] = []
-
-    async def caller():
-        while not queue.empty():
-            text = queue.get_nowait()
-            start = time.perf_counter()
-            await call(text)
-            latencies.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(CALLERS)))
-    return time.perf_counter() - start, latencies
-
-
 def run_engine(model, texts, tokens, config: EngineConfig, name: str):
     engine = Engine(config, model).start()
     try:
         seconds, latencies = asyncio.run(
-            concurrent_callers(texts, lambda t: engine.embed([t], role=TextRole.PASSAGE))
+            concurrent_callers(texts, CALLERS, lambda t: engine.embed([t], role=TextRole.PASSAGE))
         )
         s = engine.stats
         return summary(name, seconds, latencies, tokens, 1 - s.real_tokens / s.padded_tokens)
@@ -109,7 +90,7 @@ def run_naive(encode, texts, tokens, label: str):
         async with lock:  # one model, one forward at a time, batch of 1
             await asyncio.to_thread(encode, [text])
 
-    seconds, latencies = asyncio.run(concurrent_callers(texts, one))
+    seconds, latencies = asyncio.run(concurrent_callers(texts, CALLERS, one))
     return summary(f"(b) forward per request, {label}", seconds, latencies, tokens, 0.0)
 
 
