@@ -23,9 +23,20 @@ from embedsense.client.tensors import from_tensor, to_tensor
 from embedsense.client.v1 import embedsense_pb2 as pb
 from embedsense.client.v1 import embedsense_pb2_grpc
 from embedsense.model import TextRole, TokenizedText
-from embedsense.model.pooling import Pooling
 from embedsense.server import engine as eng
 from embedsense.server import index as idx
+from embedsense.server.api.checks import (
+    LONG_TEXT,
+    MAX_OCCURRENCES,
+    POOLINGS,
+    BadRequest,
+    check_text,
+    choice,
+    k_of,
+    metadata_of,
+    role_of,
+    span_of,
+)
 from embedsense.server.api.observability import Metrics, new_request_id, request_id
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.engine import Embedding, Engine
@@ -35,10 +46,6 @@ from embedsense.server.senses import errors as sense_errors
 from embedsense.server.senses.senses import FoundOccurrence, Senses
 
 log = logging.getLogger(__name__)
-
-
-class BadRequest(ValueError):
-    """A request field that is wrong before any work starts (INVALID_ARGUMENT)."""
 
 
 # Most specific first: ModelMismatch is an InvalidArgument, but the request is not at fault.
@@ -57,10 +64,6 @@ STATUSES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (sense_errors.InventoryNotFound, grpc.StatusCode.NOT_FOUND),
     (sense_errors.InventoryExists, grpc.StatusCode.ALREADY_EXISTS),
 ]
-
-ROLES = {pb.ROLE_QUERY: TextRole.QUERY, pb.ROLE_PASSAGE: TextRole.PASSAGE}
-MAX_OCCURRENCES = 1000  # SearchOccurrences answers at most this many
-POOLINGS = {pb.POOLING_DEFAULT: None, pb.POOLING_MEAN: Pooling.MEAN, pb.POOLING_CLS: Pooling.CLS}
 
 
 def status_for(error: BaseException) -> grpc.StatusCode | None:
@@ -106,69 +109,6 @@ def server_version() -> str:
         return version("embedsense")
     except PackageNotFoundError:
         return "unknown"
-
-
-def _control_character(text: str) -> tuple[int, str] | None:
-    """The first control character other than tab, newline and carriage return."""
-    for position, ch in enumerate(text):
-        code = ord(ch)
-        if (code < 32 and ch not in "\t\n\r") or 0x7F <= code <= 0x9F:
-            return position, ch
-    return None
-
-
-def check_text(text: str, field: str, max_chars: int) -> str:
-    """A text the model can take: not empty, not over `max_chars`, no control characters."""
-    if not text.strip():
-        raise BadRequest(f"{field}: empty (or only whitespace); a text is needed")
-    if len(text) > max_chars:
-        raise BadRequest(
-            f"{field}: {len(text)} characters; the limit is {max_chars} (max_text_chars)"
-        )
-    if (found := _control_character(text)) is not None:
-        position, ch = found
-        raise BadRequest(
-            f"{field}: control character U+{ord(ch):04X} at position {position}; only tab, "
-            "newline and carriage return are accepted"
-        )
-    return text
-
-
-LONG_TEXT = {pb.LONG_TEXT_ERROR: "error", pb.LONG_TEXT_TRUNCATE: "truncate",
-             pb.LONG_TEXT_WINDOWS: "windows"}  # fmt: skip
-
-
-def _choice(table: dict[int, Any], value: int, field: str) -> Any:
-    """An enum field's meaning; a number the contract does not define is the caller's error
-    (proto3 lets any integer through)."""
-    if value not in table:
-        raise BadRequest(f"{field}: {value} is not one of {sorted(table)}")
-    return table[value]
-
-
-def _role(value: int) -> TextRole:
-    return TextRole.QUERY if value == pb.ROLE_UNSPECIFIED else _choice(ROLES, value, "role")
-
-
-def _k(request: Any, default: int = 10) -> int:
-    """k as sent; unset means the default, an explicit 0 is an error."""
-    if not request.HasField("k"):
-        return default
-    if request.k == 0:
-        raise BadRequest("k: must be at least 1")
-    return request.k
-
-
-def _metadata(text: str, field: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise BadRequest(f"{field}: not JSON ({err.msg} at character {err.pos})") from None
-    if not isinstance(value, dict):
-        raise BadRequest(f"{field}: must be a JSON object, got {type(value).__name__}")
-    return value
 
 
 def _tokens_reply(t: TokenizedText) -> pb.TokenizeResponse:
@@ -236,7 +176,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
 
     @rpc
     async def Tokenize(self, request: pb.TokenizeRequest, context: Any) -> pb.TokenizeResponse:
-        role = _role(request.role)
+        role = role_of(request.role)
         # Any length: telling a caller how long a text is must not fail for a long one.
         text = self._text(request.text)
         (t,) = self.engine.model.tokenizer.encode_batch([text], role, allow_long=True)
@@ -248,13 +188,13 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         want_sentences = request.sentence_vectors or not request.token_vectors
         results = await self._embed(
             texts, context,
-            role=_role(request.role),
+            role=role_of(request.role),
             layers=list(request.layers) or None,
             token_vectors=request.token_vectors,
             normalize=not request.no_normalize,
-            pooling=_choice(POOLINGS, request.pooling, "pooling"),
-            truncate=_choice(LONG_TEXT, request.long_text, "long_text") == "truncate",
-            windowed=_choice(LONG_TEXT, request.long_text, "long_text") == "windows",
+            pooling=choice(POOLINGS, request.pooling, "pooling"),
+            truncate=choice(LONG_TEXT, request.long_text, "long_text") == "truncate",
+            windowed=choice(LONG_TEXT, request.long_text, "long_text") == "windows",
         )  # fmt: skip
         reply = pb.EmbedResponse()
         if want_sentences:
@@ -328,7 +268,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         self, collection: idx.Collection, batch: list[pb.Document], context: Any
     ) -> list[Document]:
         texts = [self._text(d.text, f"documents[{i}].text") for i, d in enumerate(batch)]
-        metadata = [_metadata(d.metadata_json, f"documents[{i}].metadata_json")
+        metadata = [metadata_of(d.metadata_json, f"documents[{i}].metadata_json")
                     for i, d in enumerate(batch)]  # fmt: skip
         # Long documents are embedded in windows: every token of a stored text gets a vector.
         results = await self._embed(
@@ -429,9 +369,9 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
                 raise BadRequest(f"vector: {err}") from None
         else:
             raise BadRequest("query: give a text or a vector")
-        where = _metadata(request.filter_json, "filter_json")
+        where = metadata_of(request.filter_json, "filter_json")
         hits = await asyncio.to_thread(
-            collection.search, vector, _k(request), where,
+            collection.search, vector, k_of(request), where,
             ef_search=request.ef_search or None, nprobe=request.nprobe or None,
             model=self.model_name,
         )  # fmt: skip
@@ -453,7 +393,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             for i, example in enumerate(examples.examples):
                 self._text(example, f"senses[{label!r}].examples[{i}]")
         result = await self.senses.disambiguate(
-            self._text(request.text), request.word, span=_span(request),
+            self._text(request.text), request.word, span=span_of(request),
             occurrence=request.occurrence,
             senses={label: list(s.examples) for label, s in request.senses.items()},
             inventory=request.inventory or None, layers=list(request.layers) or None,
@@ -513,8 +453,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     ) -> pb.SearchOccurrencesResponse:
         await self._collection(request.collection)
         found, compared = await self.senses.search_occurrences(
-            request.collection, self._text(request.text), request.word, span=_span(request),
-            occurrence=request.occurrence, k=min(_k(request), MAX_OCCURRENCES),
+            request.collection, self._text(request.text), request.word, span=span_of(request),
+            occurrence=request.occurrence, k=min(k_of(request), MAX_OCCURRENCES),
         )  # fmt: skip
         return pb.SearchOccurrencesResponse(
             occurrences=[_occurrence_reply(o) for o in found], compared=compared
@@ -540,9 +480,9 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     @rpc
     async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.ExplainResponse:
         result = await asyncio.to_thread(
-            self.explainer.explain, self._text(request.text), request.word, span=_span(request),
+            self.explainer.explain, self._text(request.text), request.word, span=span_of(request),
             occurrence=request.occurrence, layers=list(request.layers) or None,
-            heads=list(request.heads) or None, role=_role(request.role),
+            heads=list(request.heads) or None, role=role_of(request.role),
         )  # fmt: skip
         reply = pb.ExplainResponse(
             tokens=_tokens_reply(result.tokenized), layers=result.layers, heads=result.heads,
@@ -569,10 +509,6 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             cosines=cosines, span_a=pb.Span(start=a.start, end=a.end),
             span_b=pb.Span(start=b.start, end=b.end),
         )  # fmt: skip
-
-
-def _span(request: Any) -> tuple[int, int] | None:
-    return (request.span.start, request.span.end) if request.HasField("span") else None
 
 
 def _occurrence_reply(o: FoundOccurrence) -> pb.Occurrence:
