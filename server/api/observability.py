@@ -122,7 +122,7 @@ class _EngineAndIndex:
         vectors = GaugeMetricFamily("embedsense_collection_index_vectors",
                                     "vectors in the FAISS index, dead ones included",
                                     labels=["collection"])  # fmt: skip
-        for name in list(self.catalog._collections):
+        for name in self.catalog.names():
             try:
                 collection = self.catalog.get(name)
             except KeyError:  # dropped meanwhile

@@ -82,6 +82,9 @@ class Catalog:
         except KeyError:
             raise CollectionNotFound(f"no collection named {name!r}") from None
 
+    def names(self) -> list[str]:
+        return sorted(self._collections)
+
     def list(self) -> list[CollectionInfo]:
         return [c.info() for c in sorted(self._collections.values(), key=lambda c: c.name)]
 
