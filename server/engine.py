@@ -25,6 +25,7 @@ from embedsense.model import LoadedModel, TextRole, TextTooLongError, TokenizedT
 from embedsense.model.pooling import Pooling
 from embedsense.server.batching import BatchPlan, plan_batch
 from embedsense.server.config import EngineConfig
+from embedsense.server.memory import HeapTrimmer
 from embedsense.server.runner import Layers, ModelRunner
 from embedsense.server.windows import Window, plan_windows, stitch_tokens, weighted_sentence
 
@@ -142,6 +143,7 @@ class Engine:
         self._cond = threading.Condition()
         self._closing = False
         self._worker: threading.Thread | None = None
+        self._trimmer = HeapTrimmer()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -383,6 +385,7 @@ class Engine:
         seconds = time.monotonic() - started
         for row, out in zip(batch, outputs, strict=True):
             _settle(row, result=out)
+        self._trimmer.maybe_trim()
         s = self.stats
         s.batches += 1
         s.rows += len(batch)
