@@ -44,6 +44,11 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def tls_of(args: argparse.Namespace) -> TLS | None:
+    """The channel's TLS from --tls / --tls-ca / --tls-cert / --tls-key (None: plaintext)."""
+    return TLS(args.tls_ca, args.tls_cert, args.tls_key) if (args.tls or args.tls_ca) else None
+
+
 def emit(args: argparse.Namespace, payload: Any, readable: str) -> None:
     print(json.dumps(payload, ensure_ascii=False, default=_jsonable) if args.json else readable)
 
@@ -113,7 +118,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     from embedsense.client._api import open_channel
 
-    tls = TLS(args.tls_ca, args.tls_cert, args.tls_key) if (args.tls or args.tls_ca) else None
+    tls = tls_of(args)
     with open_channel(args.target, tls, aio=False) as channel:
         check = channel.unary_unary("/grpc.health.v1.Health/Check")
         try:
@@ -387,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "health":
         return cmd_health(args)
     try:
-        tls = TLS(args.tls_ca, args.tls_cert, args.tls_key) if (args.tls or args.tls_ca) else None
+        tls = tls_of(args)
         with Client(args.target, api_key=args.api_key, timeout=args.timeout, tls=tls) as client:
             COMMANDS[args.command](args, client)
     except EmbedSenseError as err:

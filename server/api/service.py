@@ -186,6 +186,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     async def Embed(self, request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:
         texts = self._texts(request.texts)
         want_sentences = request.sentence_vectors or not request.token_vectors
+        long_text = choice(LONG_TEXT, request.long_text, "long_text")
         results = await self._embed(
             texts, context,
             role=role_of(request.role),
@@ -193,8 +194,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             token_vectors=request.token_vectors,
             normalize=not request.no_normalize,
             pooling=choice(POOLINGS, request.pooling, "pooling"),
-            truncate=choice(LONG_TEXT, request.long_text, "long_text") == "truncate",
-            windowed=choice(LONG_TEXT, request.long_text, "long_text") == "windows",
+            truncate=long_text == "truncate",
+            windowed=long_text == "windows",
         )  # fmt: skip
         reply = pb.EmbedResponse()
         if want_sentences:

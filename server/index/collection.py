@@ -8,6 +8,7 @@ of a write takes the write lock, so a search never sees an index in the middle o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -154,8 +155,7 @@ class Collection:
         return self._index
 
     def _training_size(self) -> int:
-        spec = self.row.index_spec
-        return training_size(new_index(spec, self.dim, self.row.metric), spec)
+        return _training_size(self.row.index_spec, self.dim, self.row.metric)
 
     # ------------------------------------------------------------ opening
 
@@ -488,6 +488,12 @@ class Collection:
             self.store.set_index_spec(self.name, index_spec, merged)
             self.row.index_spec, self.row.options = index_spec, merged
             self._rebuild(compact=self._index.ntotal > self._live.count)
+
+
+@functools.lru_cache(maxsize=64)
+def _training_size(spec: str, dim: int, metric: str) -> int:
+    """Cached: it builds an empty index to ask, and writes ask on every call while untrained."""
+    return training_size(new_index(spec, dim, metric), spec)
 
 
 def _add_zeros(index: faiss.Index, n: int, dim: int, chunk: int = 65_536) -> None:

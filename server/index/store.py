@@ -172,9 +172,6 @@ class Store:
             for n, m, d, met, spec, tok, opt, c, g, nl in rows
         ]
 
-    def collection(self, name: str) -> CollectionRow | None:
-        return next((row for row in self.collections() if row.name == name), None)
-
     # ------------------------------------------------------------ documents
 
     def upsert(
@@ -361,13 +358,14 @@ class Store:
         with self.transaction() as conn:
             return conn.execute("DELETE FROM inventories WHERE name = ?", (name,)).rowcount == 1
 
-    def texts_containing(self, collection: str, word: str, limit: int) -> list[tuple[str, str]]:
-        """(id, text) of up to `limit` documents whose text contains `word`, in label order."""
-        return list(self._conn().execute(
-            "SELECT id, text FROM documents WHERE collection = ? AND instr(text, ?) > 0 "
+    def ids_containing(self, collection: str, word: str, limit: int) -> list[str]:
+        """Ids of up to `limit` documents whose text contains `word`, in label order."""
+        rows = self._conn().execute(
+            "SELECT id FROM documents WHERE collection = ? AND instr(text, ?) > 0 "
             "ORDER BY label LIMIT ?",
             (collection, word, limit),
-        ))  # fmt: skip
+        )
+        return [doc_id for (doc_id,) in rows]
 
 
 def _document(

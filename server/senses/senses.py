@@ -125,10 +125,10 @@ class Senses:
                 f"collection {collection.name!r} keeps no token vectors: create it with "
                 "store_tokens=True to search or induce word senses in it"
             )
-        found = await asyncio.to_thread(
-            collection.store.texts_containing, collection.name, word, MAX_CANDIDATE_DOCUMENTS
+        ids = await asyncio.to_thread(
+            collection.store.ids_containing, collection.name, word, MAX_CANDIDATE_DOCUMENTS
         )
-        docs = await asyncio.to_thread(collection.get, [doc_id for doc_id, _ in found])
+        docs = await asyncio.to_thread(collection.get, ids)
         items, words, contexts = [], [], []
         for doc in docs:
             if doc is None:  # deleted in between
