@@ -57,7 +57,7 @@ pictures: install
 serve: install
 	$(BIN)/embedsense serve --data-dir data
 
-# The Python gRPC code in client/v1 from proto/ (a test fails when it is stale).
+# The Python gRPC code in proto/v1 from proto/embedsense/v1 (a test fails when it is stale).
 proto: install
 	$(BIN)/python proto/generate.py
 

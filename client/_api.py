@@ -1,7 +1,7 @@
-"""What the sync and async clients share: requests, parsing, retries' timing, documents.
+"""What the sync and async clients share: requests, parsing, retries, documents.
 
-Each API method is written once here, as "which RPC, which request, how to read the
-answer"; `Client` and `AsyncClient` differ only in how they make the call.
+Each API call is built once here, as "which RPC, which request, how to read the answer";
+`Client` and `AsyncClient` differ only in how they make the call.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 import numpy as np
 
-from embedsense.client.tensors import from_tensor, to_tensor
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
@@ -34,8 +33,10 @@ from embedsense.client.types import (
     TokenEmbeddings,
     Tokens,
 )
-from embedsense.client.v1 import embedsense_pb2 as pb
+from embedsense.proto.tensors import from_tensor, to_tensor
+from embedsense.proto.v1 import embedsense_pb2 as pb
 
+T = TypeVar("T")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 ROLES = {None: pb.ROLE_UNSPECIFIED, "query": pb.ROLE_QUERY, "passage": pb.ROLE_PASSAGE}
 LONG_TEXT = {"error": pb.LONG_TEXT_ERROR, "truncate": pb.LONG_TEXT_TRUNCATE,
@@ -45,8 +46,8 @@ POOLING = {None: pb.POOLING_DEFAULT, "mean": pb.POOLING_MEAN, "cls": pb.POOLING_
 
 @dataclass(frozen=True)
 class Retry:
-    """Bounded retries with exponential backoff and jitter, on UNAVAILABLE and
-    RESOURCE_EXHAUSTED only (the two that mean "not now", never "not this")."""
+    """Bounded retries with exponential backoff and jitter, on UNAVAILABLE and the server's
+    "overloaded" RESOURCE_EXHAUSTED only (see errors.retryable)."""
 
     attempts: int = 4  # in all, the first included
     initial_backoff: float = 0.1
@@ -57,12 +58,12 @@ class Retry:
 
 
 @dataclass(frozen=True)
-class Call:
+class Call(Generic[T]):
     """One unary RPC: its name, its request, and how to read its answer."""
 
     rpc: str
     request: Any
-    parse: Callable[[Any], Any]
+    parse: Callable[[Any], T]
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -253,207 +254,170 @@ def upsert_requests(
             on_batch(len(batch))
 
 
-# ------------------------------------------------------------------ the methods
+# ------------------------------------------------------------------ the calls
+# Each API method once, as "which RPC, which request, how to read the answer"; `Client` and
+# `AsyncClient` make the call, with the same signatures (their docstrings are there).
 
 
-class Methods:
-    """The single-call API methods. `_call` makes the call: it returns the parsed answer
-    in `Client`, and a coroutine of it in `AsyncClient`."""
+def info_call() -> Call[Info]:
+    return Call("Info", pb.InfoRequest(), parse_info)
 
-    def _call(self, call: Call) -> Any:
-        raise NotImplementedError
 
-    def info(self) -> Info:
-        return self._call(Call("Info", pb.InfoRequest(), parse_info))
+def tokenize_call(text: str, role_name: str | None) -> Call[Tokens]:
+    return Call("Tokenize", pb.TokenizeRequest(text=text, role=role(role_name)), parse_tokens)
 
-    def tokenize(self, text: str, role_name: str | None = None) -> Tokens:
-        return self._call(
-            Call("Tokenize", pb.TokenizeRequest(text=text, role=role(role_name)), parse_tokens)
-        )
 
-    def embed_tokens(
-        self,
-        texts: Sequence[str],
-        layers: Sequence[int] | None = None,
-        *,
-        role_name: str | None = None,
-        long_text: str = "error",
-    ) -> list[TokenEmbeddings]:
-        """Per-token vectors for each text: the last layer, or the mean of `layers`."""
-        request = pb.EmbedRequest(
-            texts=list(texts), role=role(role_name), token_vectors=True,
-            layers=list(layers or ()), long_text=LONG_TEXT[long_text],
-        )  # fmt: skip
-        return self._call(Call("Embed", request, parse_token_vectors))
+def embed_tokens_call(
+    texts: Sequence[str], layers: Sequence[int] | None, role_name: str | None, long_text: str
+) -> Call[list[TokenEmbeddings]]:
+    request = pb.EmbedRequest(
+        texts=list(texts), role=role(role_name), token_vectors=True,
+        layers=list(layers or ()), long_text=LONG_TEXT[long_text],
+    )  # fmt: skip
+    return Call("Embed", request, parse_token_vectors)
 
-    def create_collection(
-        self,
-        name: str,
-        index: str = "Flat",
-        store_tokens: bool = False,
-        *,
-        metric: str = "cosine",
-        ef_search: int = 0,
-        nprobe: int = 0,
-    ) -> CollectionInfo:
-        request = pb.CreateCollectionRequest(
-            name=name, index=index, metric=metric, store_tokens=store_tokens,
-            ef_search=ef_search, nprobe=nprobe,
-        )  # fmt: skip
-        return self._call(Call("CreateCollection", request, parse_collection))
 
-    def list_collections(self) -> list[CollectionInfo]:
-        return self._call(
-            Call("ListCollections", pb.ListCollectionsRequest(),
-                 lambda r: [parse_collection(c) for c in r.collections])
-        )  # fmt: skip
+def create_collection_call(
+    name: str, index: str, store_tokens: bool, metric: str, ef_search: int, nprobe: int
+) -> Call[CollectionInfo]:
+    request = pb.CreateCollectionRequest(
+        name=name, index=index, metric=metric, store_tokens=store_tokens,
+        ef_search=ef_search, nprobe=nprobe,
+    )  # fmt: skip
+    return Call("CreateCollection", request, parse_collection)
 
-    def describe_collection(self, name: str) -> CollectionInfo:
-        return self._call(Call("DescribeCollection", pb.CollectionRef(name=name), parse_collection))
 
-    def drop_collection(self, name: str) -> None:
-        return self._call(Call("DropCollection", pb.CollectionRef(name=name), lambda r: None))
+def list_collections_call() -> Call[list[CollectionInfo]]:
+    return Call("ListCollections", pb.ListCollectionsRequest(),
+                lambda r: [parse_collection(c) for c in r.collections])  # fmt: skip
 
-    def count(self, name: str) -> int:
-        return self._call(
-            Call("DescribeCollection", pb.CollectionRef(name=name), lambda r: r.count)
-        )
 
-    def get(self, name: str, ids: Sequence[str], with_vectors: bool = False):  # noqa: ANN201
-        """The stored documents for `ids`, in order; None where an id is not stored."""
-        ids = list(ids)
-        request = pb.GetRequest(collection=name, ids=ids, with_vectors=with_vectors)
-        return self._call(Call("Get", request, parse_documents(ids)))
+def describe_collection_call(name: str) -> Call[CollectionInfo]:
+    return Call("DescribeCollection", pb.CollectionRef(name=name), parse_collection)
 
-    def delete(self, name: str, ids: Sequence[str]) -> int:
-        request = pb.DeleteRequest(collection=name, ids=list(ids))
-        return self._call(Call("Delete", request, lambda r: r.deleted))
 
-    def search(
-        self,
-        name: str,
-        query: str | np.ndarray,
-        k: int = 10,
-        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the SDK's documented name
-        *,
-        ef_search: int = 0,
-        nprobe: int = 0,
-    ) -> list[Hit]:
-        """Nearest documents to a text (embedded as a query) or a vector."""
-        request = pb.SearchRequest(
-            collection=name, k=k, filter_json=json.dumps(filter) if filter else "",
-            ef_search=ef_search, nprobe=nprobe,
-        )  # fmt: skip
-        if isinstance(query, str):
-            request.text = query
-        else:
-            request.vector.CopyFrom(to_tensor(np.asarray(query, dtype=np.float32)))
-        return self._call(Call("Search", request, parse_hits))
+def drop_collection_call(name: str) -> Call[None]:
+    return Call("DropCollection", pb.CollectionRef(name=name), lambda r: None)
 
-    def disambiguate(
-        self,
-        text: str,
-        word: str = "",
-        senses: Mapping[str, Sequence[str]] | None = None,
-        occurrence: int = 0,
-        *,
-        span: tuple[int, int] | None = None,
-        inventory: str | None = None,
-        layers: Sequence[int] | None = None,
-        centre: bool = True,
-        with_sentence: bool = True,
-    ) -> Disambiguation:
-        """Which sense `word` (its `occurrence`-th appearance, or the characters `span`) has
-        in `text`: against `senses` (label -> example sentences with the word), or a stored
-        inventory ("default", which ships with the server, when neither is given).
-        with_sentence=False compares the word's own vectors only, without its sentence's
-        (for a sentence that uses the word in two senses)."""
-        request = pb.DisambiguateRequest(
-            text=text, word=word, occurrence=occurrence, senses=senses_message(senses or {}),
-            inventory=inventory or "", layers=list(layers or ()), no_centring=not centre,
-            word_only=not with_sentence,
-        )  # fmt: skip
-        if span is not None:
-            request.span.CopyFrom(pb.Span(start=span[0], end=span[1]))
-        return self._call(Call("Disambiguate", request, parse_disambiguation))
 
-    def create_inventory(
-        self, name: str, words: Mapping[str, Mapping[str, Sequence[str]]], replace: bool = False
-    ) -> Inventory:
-        """Store a sense inventory: word -> sense label -> example sentences."""
-        request = pb.CreateInventoryRequest(
-            name=name, replace=replace,
-            words={w: pb.WordSenses(senses=senses_message(s)) for w, s in words.items()},
-        )  # fmt: skip
-        return self._call(Call("CreateInventory", request, parse_inventory))
+def count_call(name: str) -> Call[int]:
+    return Call("DescribeCollection", pb.CollectionRef(name=name), lambda r: r.count)
 
-    def list_inventories(self) -> list[Inventory]:
-        return self._call(
-            Call("ListInventories", pb.ListInventoriesRequest(),
-                 lambda r: [parse_inventory(i) for i in r.inventories])
-        )  # fmt: skip
 
-    def delete_inventory(self, name: str) -> None:
-        return self._call(Call("DeleteInventory", pb.InventoryRef(name=name), lambda r: None))
+def get_call(
+    name: str, ids: Sequence[str], with_vectors: bool
+) -> Call[list[StoredDocument | None]]:
+    ids = list(ids)
+    request = pb.GetRequest(collection=name, ids=ids, with_vectors=with_vectors)
+    return Call("Get", request, parse_documents(ids))
 
-    def search_occurrences(
-        self,
-        collection: str,
-        text: str,
-        word: str = "",
-        k: int = 10,
-        *,
-        occurrence: int = 0,
-        span: tuple[int, int] | None = None,
-    ) -> list[Occurrence]:
-        """Occurrences of `word` in a collection (stored with token vectors) used in the
-        sense it has in `text`, best first."""
-        request = pb.SearchOccurrencesRequest(
-            collection=collection, text=text, word=word, occurrence=occurrence, k=k
-        )
-        if span is not None:
-            request.span.CopyFrom(pb.Span(start=span[0], end=span[1]))
-        return self._call(Call("SearchOccurrences", request,
-                               lambda r: [parse_occurrence(o) for o in r.occurrences]))  # fmt: skip
 
-    def induce_senses(
-        self, collection: str, word: str, k: int | None = None, *, max_k: int = 6,
-        central: int = 3,
-    ) -> Induction:  # fmt: skip
-        """The senses of `word` in a collection, found by clustering its occurrences (k
-        chosen by silhouette unless given)."""
-        request = pb.InduceSensesRequest(collection=collection, word=word, k=k or 0,
-                                         max_k=max_k, central=central)  # fmt: skip
-        return self._call(Call("InduceSenses", request, parse_induction))
+def delete_call(name: str, ids: Sequence[str]) -> Call[int]:
+    return Call("Delete", pb.DeleteRequest(collection=name, ids=list(ids)), lambda r: r.deleted)
 
-    def explain(
-        self,
-        text: str,
-        word: str | None = None,
-        layers: Sequence[int] | None = None,
-        heads: Sequence[int] | None = None,
-        *,
-        occurrence: int = 0,
-        span: tuple[int, int] | None = None,
-    ) -> Explanation:
-        """Attention maps of `layers` (1-based) x `heads` (0-based), all by default (the
-        response is bounded: a long text must ask for fewer); for `word`, what it attends to
-        most in each layer and head."""
-        request = pb.ExplainRequest(text=text, word=word or "", occurrence=occurrence,
-                                    layers=list(layers or ()), heads=list(heads or ()))  # fmt: skip
-        if span is not None:
-            request.span.CopyFrom(pb.Span(start=span[0], end=span[1]))
-        return self._call(Call("Explain", request, parse_explanation))
 
-    def compare_layers(
-        self, text_a: str, text_b: str, word: str, occurrence_a: int = 0, occurrence_b: int = 0
-    ) -> LayerComparison:
-        """The cosine of `word`'s vectors in the two texts at every layer (0 = embeddings)."""
-        request = pb.CompareLayersRequest(
-            text_a=text_a, text_b=text_b, word=word, occurrence_a=occurrence_a,
-            occurrence_b=occurrence_b,
-        )  # fmt: skip
-        return self._call(Call("CompareLayers", request, parse_comparison))
+def search_call(
+    name: str, query: str | np.ndarray, k: int, where: Mapping[str, Any] | None,
+    ef_search: int, nprobe: int,
+) -> Call[list[Hit]]:  # fmt: skip
+    request = pb.SearchRequest(
+        collection=name, k=k, filter_json=json.dumps(where) if where else "",
+        ef_search=ef_search, nprobe=nprobe,
+    )  # fmt: skip
+    if isinstance(query, str):
+        request.text = query
+    else:
+        request.vector.CopyFrom(to_tensor(np.asarray(query, dtype=np.float32)))
+    return Call("Search", request, parse_hits)
+
+
+def _with_span(request: Any, span: tuple[int, int] | None) -> Any:
+    if span is not None:
+        request.span.CopyFrom(pb.Span(start=span[0], end=span[1]))
+    return request
+
+
+def disambiguate_call(
+    text: str, word: str, senses: Mapping[str, Sequence[str]] | None, occurrence: int,
+    span: tuple[int, int] | None, inventory: str | None, layers: Sequence[int] | None,
+    centre: bool, with_sentence: bool,
+) -> Call[Disambiguation]:  # fmt: skip
+    request = pb.DisambiguateRequest(
+        text=text, word=word, occurrence=occurrence, senses=senses_message(senses or {}),
+        inventory=inventory or "", layers=list(layers or ()), no_centring=not centre,
+        word_only=not with_sentence,
+    )  # fmt: skip
+    return Call("Disambiguate", _with_span(request, span), parse_disambiguation)
+
+
+def create_inventory_call(
+    name: str, words: Mapping[str, Mapping[str, Sequence[str]]], replace: bool
+) -> Call[Inventory]:
+    request = pb.CreateInventoryRequest(
+        name=name, replace=replace,
+        words={w: pb.WordSenses(senses=senses_message(s)) for w, s in words.items()},
+    )  # fmt: skip
+    return Call("CreateInventory", request, parse_inventory)
+
+
+def list_inventories_call() -> Call[list[Inventory]]:
+    return Call("ListInventories", pb.ListInventoriesRequest(),
+                lambda r: [parse_inventory(i) for i in r.inventories])  # fmt: skip
+
+
+def delete_inventory_call(name: str) -> Call[None]:
+    return Call("DeleteInventory", pb.InventoryRef(name=name), lambda r: None)
+
+
+def search_occurrences_call(
+    collection: str, text: str, word: str, k: int, occurrence: int,
+    span: tuple[int, int] | None,
+) -> Call[list[Occurrence]]:  # fmt: skip
+    request = pb.SearchOccurrencesRequest(
+        collection=collection, text=text, word=word, occurrence=occurrence, k=k
+    )
+    return Call("SearchOccurrences", _with_span(request, span),
+                lambda r: [parse_occurrence(o) for o in r.occurrences])  # fmt: skip
+
+
+def induce_senses_call(
+    collection: str, word: str, k: int | None, max_k: int, central: int
+) -> Call[Induction]:
+    request = pb.InduceSensesRequest(collection=collection, word=word, k=k or 0,
+                                     max_k=max_k, central=central)  # fmt: skip
+    return Call("InduceSenses", request, parse_induction)
+
+
+def explain_call(
+    text: str, word: str | None, layers: Sequence[int] | None, heads: Sequence[int] | None,
+    occurrence: int, span: tuple[int, int] | None, truncate: bool,
+) -> Call[Explanation]:  # fmt: skip
+    request = pb.ExplainRequest(text=text, word=word or "", occurrence=occurrence,
+                                layers=list(layers or ()), heads=list(heads or ()),
+                                truncate=truncate)  # fmt: skip
+    return Call("Explain", _with_span(request, span), parse_explanation)
+
+
+def compare_layers_call(
+    text_a: str, text_b: str, word: str, occurrence_a: int, occurrence_b: int, truncate: bool
+) -> Call[LayerComparison]:
+    request = pb.CompareLayersRequest(
+        text_a=text_a, text_b=text_b, word=word, occurrence_a=occurrence_a,
+        occurrence_b=occurrence_b, truncate=truncate,
+    )  # fmt: skip
+    return Call("CompareLayers", request, parse_comparison)
+
+
+def as_texts(texts: str | Sequence[str]) -> tuple[list[str], bool]:
+    """sentence-transformers' contract: a str is one text (the answer is not a list), any
+    other sequence is a list of texts."""
+    if isinstance(texts, str):
+        return [texts], True
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is a {type(text).__name__}; texts are str")
+    return texts, False
 
 
 def embed_request(

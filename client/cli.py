@@ -17,6 +17,7 @@ Output is a readable table, or JSON with --json. The target and the API key come
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -45,8 +46,15 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 
 def tls_of(args: argparse.Namespace) -> TLS | None:
-    """The channel's TLS from --tls / --tls-ca / --tls-cert / --tls-key (None: plaintext)."""
-    return TLS(args.tls_ca, args.tls_cert, args.tls_key) if (args.tls or args.tls_ca) else None
+    """The channel's TLS from --tls / --tls-ca / --tls-cert / --tls-key (None: plaintext).
+    Any one of them turns TLS on: a client certificate is never dropped in silence."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit(
+            "--tls-cert and --tls-key go together (the client certificate and its key)"
+        )
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    return TLS(args.tls_ca, args.tls_cert, args.tls_key)
 
 
 def emit(args: argparse.Namespace, payload: Any, readable: str) -> None:
@@ -79,30 +87,11 @@ def read_documents(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        import asyncio
-
-        from embedsense.server.api.app import StartupError, serve
-        from embedsense.server.api.observability import configure_logging
-        from embedsense.server.api.settings import ServerSettings
-    except ImportError as err:
-        raise SystemExit(
-            f"the server needs its extras ({err.name} is missing): pip install 'embedsense[server]'"
-        ) from None
-    log_format = args.log_format or os.environ.get("EMBEDSENSE_LOG_FORMAT", "json")
-    configure_logging(json_lines=log_format == "json")
-    try:
-        settings = ServerSettings.from_env(
-            host=args.host, port=args.port, data_dir=args.data_dir, model=args.model,
-            api_key=args.serve_api_key, device=args.device, dtype=args.dtype,
-            threads=args.threads, tls_cert=args.server_tls_cert, tls_key=args.server_tls_key,
-            tls_client_ca=args.tls_client_ca, metrics_port=args.metrics_port,
-        )  # fmt: skip
-        asyncio.run(serve(settings))
-    except (StartupError, ValueError) as err:
-        print(f"embedsense serve: cannot start: {err}", file=sys.stderr)
-        return 2
-    return 0
+    """Run the server's own program (`python -m embedsense.server`) in this process's place:
+    the client imports nothing of the server, which needs the `server` extra."""
+    if importlib.util.find_spec("embedsense.server") is None:
+        raise SystemExit("the server is not installed: pip install 'embedsense[server]'")
+    os.execv(sys.executable, [sys.executable, "-m", "embedsense.server", *args.server_args])
 
 
 HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
@@ -302,20 +291,10 @@ def parser() -> argparse.ArgumentParser:
                    help="PEM client key (mutual TLS)")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the server (needs embedsense[server])")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--data-dir")
-    serve.add_argument("--model")
-    serve.add_argument("--api-key", dest="serve_api_key", help="comma-separated for several")
-    serve.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    serve.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
-    serve.add_argument("--threads", type=int)
-    serve.add_argument("--tls-cert", dest="server_tls_cert", help="PEM certificate: use TLS")
-    serve.add_argument("--tls-key", dest="server_tls_key", help="PEM key of --tls-cert")
-    serve.add_argument("--tls-client-ca", help="PEM CA: require client certificates (mTLS)")
-    serve.add_argument("--metrics-port", type=int, help="Prometheus /metrics on this port")
-    serve.add_argument("--log-format", choices=["json", "text"], help="default: json")
+    serve = sub.add_parser("serve", add_help=False,
+                           help="run embedsense-server (needs embedsense[server])")  # fmt: skip
+    serve.add_argument("server_args", nargs=argparse.REMAINDER,
+                       help="embedsense-server's flags (serve --help lists them)")  # fmt: skip
 
     sub.add_parser("info", help="the server's model, device and limits")
     sub.add_parser("health", help="the gRPC health check: exit 0 when serving")

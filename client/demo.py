@@ -36,12 +36,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_serving(target: str, server: subprocess.Popen, limit_s: float = 300) -> None:
+def wait_until_serving(
+    target: str, server: subprocess.Popen, log_path: Path, limit_s: float = 300
+) -> None:
     deadline = time.monotonic() + limit_s
     with Client(target, timeout=2, retry=Retry(attempts=1)) as probe:
         while time.monotonic() < deadline:
             if server.poll() is not None:
-                raise SystemExit(f"the server exited with status {server.returncode}")
+                tail = log_path.read_text(encoding="utf-8").splitlines()[-5:]
+                raise SystemExit(
+                    f"the server exited with status {server.returncode}; the end of its log "
+                    f"({log_path}):\n" + "\n".join(tail)
+                )
             try:
                 probe.info()
                 return
@@ -108,6 +114,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", help="use a running server instead of starting one")
     parser.add_argument("--pictures", type=Path, help="also draw the README's pictures here")
+    parser.add_argument("--server-log", type=Path, help="where the started server logs")
     args = parser.parse_args()
     if args.target:  # a running server; its API key, if it has one, from the environment
         api_key = os.environ.get("EMBEDSENSE_API_KEY") or None
@@ -118,13 +125,18 @@ def main() -> int:
         return 0
 
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="embedsense-demo-") as data_dir:
-        command = [sys.executable, "-m", "embedsense.client.cli", "serve", "--host", "127.0.0.1",
+    # The server's JSON log goes to a file, named here: the demo's output is a report.
+    log_path = args.server_log or Path(tempfile.gettempdir()) / "embedsense-demo-server.log"
+    with tempfile.TemporaryDirectory(prefix="embedsense-demo-") as data_dir, \
+            open(log_path, "w", encoding="utf-8") as log:  # fmt: skip
+        command = [sys.executable, "-m", "embedsense.server", "--host", "127.0.0.1",
                    "--port", str(port), "--data-dir", data_dir]  # fmt: skip
-        print(f"starting: embedsense serve --port {port} (offline default model)")
-        server = subprocess.Popen(command, env={**os.environ, "EMBEDSENSE_API_KEY": ""})
+        print(f"starting: embedsense-server --port {port} (offline default model)")
+        print(f"server log: {log_path}\n")
+        server = subprocess.Popen(command, env={**os.environ, "EMBEDSENSE_API_KEY": ""},
+                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         try:
-            wait_until_serving(f"127.0.0.1:{port}", server)
+            wait_until_serving(f"127.0.0.1:{port}", server, log_path)
             with Client(f"127.0.0.1:{port}", timeout=120) as client:
                 run(client)
                 if args.pictures:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+from embedsense.proto.metadata import OVERLOADED_TRAILER
+
 
 class EmbedSenseError(Exception):
     """A failed call: `code` is the gRPC status, `message` the server's explanation."""
@@ -31,7 +33,8 @@ class FailedPrecondition(EmbedSenseError):
 
 
 class ResourceExhausted(EmbedSenseError):
-    """The server is overloaded: retried with backoff, then raised."""
+    """The server is overloaded (retried with backoff, then raised), or a message is over
+    the size limit (never retried: send less per call)."""
 
 
 class DeadlineExceeded(EmbedSenseError):
@@ -62,7 +65,16 @@ _BY_CODE = {
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
 }
 
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+def retryable(error: grpc.RpcError) -> bool:
+    """UNAVAILABLE, and RESOURCE_EXHAUSTED when the server says it is overloaded: the two
+    that mean "not now", never "not this"."""
+    code = error.code() if hasattr(error, "code") else None
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return True
+    if code is not grpc.StatusCode.RESOURCE_EXHAUSTED or not hasattr(error, "trailing_metadata"):
+        return False
+    return any(key == OVERLOADED_TRAILER for key, _ in error.trailing_metadata() or ())
 
 
 def from_rpc_error(error: grpc.RpcError) -> EmbedSenseError:

@@ -29,6 +29,12 @@ trap cleanup EXIT
 
 command -v docker >/dev/null || { echo "docker is missing: apt-get install docker.io debootstrap"; exit 1; }
 if ! docker info >/dev/null 2>&1; then
+    command -v dockerd >/dev/null || {
+        echo "the docker CLI is here, but no Docker engine answers and dockerd is not installed:"
+        echo "apt-get install docker.io debootstrap (docker.io brings dockerd), or set DOCKER_HOST"
+        echo "to a running engine"
+        exit 1
+    }
     say "starting dockerd"
     (dockerd >"$work/dockerd.log" 2>&1 &)
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done

@@ -15,22 +15,30 @@ class SpanError(ValueError):
     """The word or span does not exist in the text as asked."""
 
 
-def find_word(text: str, word: str, occurrence: int = 0) -> tuple[int, int]:
-    """Character span [start, end) of the `occurrence`-th (0-based) appearance of `word`."""
+def word_spans(text: str, word: str) -> list[tuple[int, int]]:
+    """Character spans [start, end) of every appearance of `word`, left to right, not
+    overlapping (as str.count counts): the one rule by which occurrences are numbered."""
     if not word:
         raise SpanError("word is empty")
+    spans, start = [], text.find(word)
+    while start >= 0:
+        spans.append((start, start + len(word)))
+        start = text.find(word, start + len(word))
+    return spans
+
+
+def find_word(text: str, word: str, occurrence: int = 0) -> tuple[int, int]:
+    """Character span [start, end) of the `occurrence`-th (0-based) appearance of `word`."""
     if occurrence < 0:
         raise SpanError(f"occurrence must be >= 0, got {occurrence}")
-    start = -1
-    for seen in range(occurrence + 1):
-        start = text.find(word, start + 1)
-        if start < 0:
-            if seen == 0:
-                raise SpanError(f"word {word!r} does not occur in the text")
-            raise SpanError(
-                f"occurrence {occurrence} of {word!r} asked for, but the text has only {seen}"
-            )
-    return start, start + len(word)
+    spans = word_spans(text, word)
+    if not spans:
+        raise SpanError(f"word {word!r} does not occur in the text")
+    if occurrence >= len(spans):
+        raise SpanError(
+            f"occurrence {occurrence} of {word!r} asked for, but the text has only {len(spans)}"
+        )
+    return spans[occurrence]
 
 
 def token_indices_for_span(

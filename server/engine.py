@@ -362,9 +362,15 @@ class Engine:
         now = time.monotonic()
         keep = []
         for row in self._pending:
+            expired = row.deadline is not None and now > row.deadline
             if row.future.cancelled():
-                self.stats.skipped_cancelled += 1
-            elif row.deadline is not None and now > row.deadline:
+                # The caller's own timeout cancels its rows at their deadline: that is an
+                # expiry, not a caller who went away.
+                if expired:
+                    self.stats.skipped_expired += 1
+                else:
+                    self.stats.skipped_cancelled += 1
+            elif expired:
                 self.stats.skipped_expired += 1
                 _settle(row, error=DeadlineExceeded("the deadline passed while queued"))
             else:

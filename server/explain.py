@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from embedsense.model import LoadedModel, TextRole, TokenizedText
-from embedsense.model.tokenizer import pad_sequences
+from embedsense.model.spans import SpanError
+from embedsense.model.tokenizer import TextTooLongError, pad_sequences
 from embedsense.server.runner import ModelRunner
 from embedsense.server.senses.errors import SenseInputError
 from embedsense.server.senses.words import Occurrence, locate
@@ -63,11 +64,29 @@ class Explainer:
             return encoder(ids.to(self.runner.device), mask.to(self.runner.device),
                            output_hidden_states=True, output_attentions=attentions)  # fmt: skip
 
-    def _tokenize(self, text: str, role: TextRole) -> TokenizedText:
+    def _tokenize(self, text: str, role: TextRole, truncate: bool, field: str) -> TokenizedText:
         if not text.strip():
-            raise SenseInputError("text: empty")
-        (tokenized,) = self.model.tokenizer.encode_batch([text], role)  # too long: an error
+            raise SenseInputError(f"{field}: empty")
+        try:
+            (tokenized,) = self.model.tokenizer.encode_batch([text], role, truncate=truncate)
+        except TextTooLongError as err:
+            raise SenseInputError(
+                f"{field} is {err.n_tokens} tokens; the model takes {err.limit}: pass "
+                "truncate=True to explain its first window, or send a shorter part of the text"
+            ) from None
         return tokenized
+
+    @staticmethod
+    def _target_tokens(tokenized: TokenizedText, target: Occurrence, field: str) -> list[int]:
+        try:
+            return tokenized.token_indices(target.start, target.end)
+        except SpanError:
+            if tokenized.truncated_tokens:
+                raise SenseInputError(
+                    f"{field}: {target.word!r} at characters {target.start}-{target.end} lies "
+                    "past the truncated window: send the part of the text around it"
+                ) from None
+            raise
 
     def _select(self, chosen: Sequence[int] | None, count: int, what: str, base: int) -> list[int]:
         if not chosen:
@@ -90,10 +109,12 @@ class Explainer:
         layers: Sequence[int] | None = None,
         heads: Sequence[int] | None = None,
         role: TextRole = TextRole.QUERY,
+        truncate: bool = False,
     ) -> Explanation:
         """Attention of `layers` (1-based) x `heads` (0-based), all by default; and, for a
-        target word, the tokens it attends to most in each layer and head."""
-        tokenized = self._tokenize(text, role)
+        target word, the tokens it attends to most in each layer and head. A text over the
+        model's positions is refused unless `truncate` (then its first window is explained)."""
+        tokenized = self._tokenize(text, role, truncate, "text")
         layer_list = self._select(layers, self.num_layers, "layer", 1)
         head_list = self._select(heads, self.num_heads, "head", 0)
         T = len(tokenized)
@@ -108,7 +129,7 @@ class Explainer:
         target_tokens: list[int] = []
         if word or span:
             target = locate(text, word, span, occurrence)
-            target_tokens = tokenized.token_indices(target.start, target.end)
+            target_tokens = self._target_tokens(tokenized, target, "word")
         out = self._forward([tokenized], attentions=True)
         maps = np.stack([
             out.attentions[layer - 1][0, head_list].float().cpu().numpy() for layer in layer_list
@@ -131,13 +152,15 @@ class Explainer:
         occurrence_a: int = 0,
         occurrence_b: int = 0,
         role: TextRole = TextRole.QUERY,
+        truncate: bool = False,
     ) -> tuple[list[float], Occurrence, Occurrence]:
         """Cosine of the word's vector in the two texts at every hidden state, from the
         embedding output (0) to the last layer: where in the stack the contexts separate."""
         a, b = locate(text_a, word, None, occurrence_a), locate(text_b, word, None, occurrence_b)
-        tok_a, tok_b = self._tokenize(text_a, role), self._tokenize(text_b, role)
-        rows_a = tok_a.token_indices(a.start, a.end)
-        rows_b = tok_b.token_indices(b.start, b.end)
+        tok_a = self._tokenize(text_a, role, truncate, "text_a")
+        tok_b = self._tokenize(text_b, role, truncate, "text_b")
+        rows_a = self._target_tokens(tok_a, a, "text_a")
+        rows_b = self._target_tokens(tok_b, b, "text_b")
         out = self._forward([tok_a, tok_b], attentions=False)
         cosines = []
         for hidden in out.hidden_states:

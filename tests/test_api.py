@@ -312,10 +312,10 @@ def test_generated_grpc_code_is_up_to_date(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), str(tmp_path)],
                    check=True, capture_output=True)  # fmt: skip
     for fresh in tmp_path.iterdir():
-        committed = ROOT / "client" / "v1" / fresh.name
-        assert committed.exists(), f"client/v1/{fresh.name} is missing: run `make proto`"
+        committed = ROOT / "proto" / "v1" / fresh.name
+        assert committed.exists(), f"proto/v1/{fresh.name} is missing: run `make proto`"
         assert committed.read_text() == fresh.read_text(), (
-            f"client/v1/{fresh.name} is stale: run `make proto`"
+            f"proto/v1/{fresh.name} is stale: run `make proto`"
         )
 
 

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from ops.serverproc import free_port
 
 from embedsense.client import TLS, Client, InvalidArgument, NotFound, Unavailable
-from embedsense.client.v1 import embedsense_pb2 as pb
+from embedsense.proto.v1 import embedsense_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EmbedSense"]
 

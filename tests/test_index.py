@@ -20,7 +20,7 @@ from embedsense.server.index import (
     ModelMismatch,
     Token,
 )
-from embedsense.server.index import collection as collection_module
+from embedsense.server.index import optimizer as optimizer_module
 
 DIM = 16
 
@@ -193,7 +193,7 @@ def test_filters_apply_inside_the_search(catalog, spec, options):
     col = catalog.get("c")
     docs = corpus(1500)
     col.upsert(docs)
-    assert col.info().trained
+    assert col.wait_until_optimized(60) and col.info().trained
     col.delete([f"doc-{i}" for i in range(0, 1500, 5)])  # dead vectors must be skipped too
     live = [d for i, d in enumerate(docs) if i % 5]
     queries = unit(np.random.default_rng(7), 4)
@@ -320,19 +320,20 @@ def test_a_spec_that_needs_training_is_exact_until_trained(catalog):
     query = unit(np.random.default_rng(2))[0]
     assert [h.id for h in col.search(query, k=5)[0]] == brute_force(docs[:500], query, {}, 5)
     col.upsert(docs[500:])
-    assert col.info().trained
+    assert col.wait_until_optimized(60) and col.info().trained
     # nprobe = nlist: an IVF that scans every list is exact.
     assert [h.id for h in col.search(query, k=5)[0]] == brute_force(docs, query, {}, 5)
 
 
 def test_replacements_are_compacted_away(catalog, monkeypatch):
-    monkeypatch.setattr(collection_module, "COMPACT_MIN_DEAD", 50)
+    monkeypatch.setattr(optimizer_module, "COMPACT_MIN_DEAD", 50)
     catalog.create("c", model="m", dim=DIM)
     col = catalog.get("c")
     docs = corpus(40)
     rng = np.random.default_rng(4)
     for _ in range(3):  # 120 vectors written, 40 live
         col.upsert([Document(id=d.id, text=d.text, vector=unit(rng)[0]) for d in docs])
+    assert col.wait_until_optimized(60)
     info = col.info()
     assert info.count == 40 and info.index_vectors < 120
     latest = col.get(["doc-5"])[0].vector
@@ -378,7 +379,8 @@ def test_searches_during_writes_never_return_deleted_ids(catalog):
         try:
             while not done.is_set():
                 gone = set(deleted)  # deleted before this search started
-                for hits in col.search(unit(rng, 4), k=20):
+                # Raw hits: with documents, hit assembly would hide ids the store lacks.
+                for hits in col.search(unit(rng, 4), k=20, with_documents=False):
                     assert not gone & {h.id for h in hits}
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
@@ -395,12 +397,13 @@ def test_searches_during_writes_never_return_deleted_ids(catalog):
 
 
 def test_snapshots_follow_the_writes_and_bound_the_catch_up(tmp_path, monkeypatch):
-    monkeypatch.setattr(collection_module, "SNAPSHOT_EVERY_CHANGES", 50)
+    monkeypatch.setattr(optimizer_module, "SNAPSHOT_EVERY_CHANGES", 50)
     catalog = Catalog(tmp_path)
     catalog.create("c", model="m", dim=DIM)
     docs = corpus(130)
     for start in range(0, 130, 10):
         catalog.get("c").upsert(docs[start : start + 10])
+    assert catalog.get("c").wait_until_optimized(60)
     (snapshot,) = (tmp_path / "snapshots" / "c").glob("*.faiss")
     assert 50 <= faiss.read_index(str(snapshot)).ntotal < 130  # taken without a close
     catalog.store.close()  # a crash: no final snapshot
@@ -409,3 +412,60 @@ def test_snapshots_follow_the_writes_and_bound_the_catch_up(tmp_path, monkeypatc
     assert reopened.get("c").count() == 130
     assert reopened.get("c").search(docs[129].vector, k=1)[0][0].id == "doc-129"
     reopened.close()
+
+
+def test_filtered_searches_stay_exact_while_training_and_compaction_rebuild(catalog, monkeypatch):
+    """A rebuild renumbers the store's labels; a filtered search must never combine the new
+    numbering with the old index. Every raw hit must be live and match the filter."""
+    monkeypatch.setattr(optimizer_module, "COMPACT_MIN_DEAD", 100)
+    catalog.create("c", model="m", dim=DIM, index_spec="IVF4,Flat", options={"nprobe": 4})
+    col = catalog.get("c")
+    rng = np.random.default_rng(11)
+
+    def doc(i: int) -> Document:  # the filtered field depends on the id alone
+        return Document(id=f"d{i}", text="", vector=unit(rng)[0], metadata={"g": i % 3})
+
+    col.upsert([doc(i) for i in range(900)])
+    deleted: set[str] = set()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            for round_ in range(12):  # replacements make dead vectors: compactions
+                col.upsert([doc((round_ * 50 + j) % 900) for j in range(300)])
+                first = 900 + round_ * 60  # new documents, up to the spec's training size
+                col.upsert([doc(i) for i in range(first, first + 60)])
+                doomed = [f"d{i}" for i in range(first, first + 20)]
+                col.delete(doomed)
+                deleted.update(doomed)
+            col.wait_until_optimized(60)
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+        finally:
+            done.set()
+
+    def reader(seed: int) -> None:
+        local = np.random.default_rng(seed)
+        try:
+            while not done.is_set():
+                gone = set(deleted)
+                for hits in col.search(unit(local, 2), k=30, where={"g": 0},
+                                       with_documents=False):  # fmt: skip
+                    for hit in hits:
+                        assert int(hit.id[1:]) % 3 == 0, f"{hit.id} does not match the filter"
+                        assert hit.id not in gone, f"{hit.id} was deleted"
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=reader, args=(s,)) for s in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[:3]
+    info = col.info()
+    assert info.trained and info.count == 900 + 12 * 60 - len(deleted)
+    assert info.index_vectors < 900 + 12 * 360  # compacted along the way

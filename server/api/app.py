@@ -15,11 +15,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from embedsense.client.v1 import embedsense_pb2 as pb
-from embedsense.client.v1 import embedsense_pb2_grpc
 from embedsense.model import LoadedModel, load_model
 from embedsense.model.checkpoint import CheckpointError
 from embedsense.model.hub import ModelNotAvailableError
+from embedsense.proto.v1 import embedsense_pb2 as pb
+from embedsense.proto.v1 import embedsense_pb2_grpc
 from embedsense.server.api.interceptors import ApiKeyInterceptor, DecodeGuard
 from embedsense.server.api.observability import Metrics
 from embedsense.server.api.service import Service

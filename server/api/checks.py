@@ -7,9 +7,9 @@ import json
 import re
 from typing import Any
 
-from embedsense.client.v1 import embedsense_pb2 as pb
 from embedsense.model import TextRole
 from embedsense.model.pooling import Pooling
+from embedsense.proto.v1 import embedsense_pb2 as pb
 
 
 class BadRequest(ValueError):

@@ -19,10 +19,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from embedsense.client.tensors import from_tensor, to_tensor
-from embedsense.client.v1 import embedsense_pb2 as pb
-from embedsense.client.v1 import embedsense_pb2_grpc
 from embedsense.model import TextRole, TokenizedText
+from embedsense.model.spans import SpanError
+from embedsense.model.tokenizer import TextTooLongError
+from embedsense.proto.metadata import OVERLOADED_TRAILER
+from embedsense.proto.tensors import from_tensor, to_tensor
+from embedsense.proto.v1 import embedsense_pb2 as pb
+from embedsense.proto.v1 import embedsense_pb2_grpc
 from embedsense.server import engine as eng
 from embedsense.server import index as idx
 from embedsense.server.api.checks import (
@@ -63,6 +66,9 @@ STATUSES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (sense_errors.NoTokenVectors, grpc.StatusCode.FAILED_PRECONDITION),
     (sense_errors.InventoryNotFound, grpc.StatusCode.NOT_FOUND),
     (sense_errors.InventoryExists, grpc.StatusCode.ALREADY_EXISTS),
+    # The model's own input errors, wherever a handler lets one through.
+    (TextTooLongError, grpc.StatusCode.INVALID_ARGUMENT),
+    (SpanError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
 
 
@@ -96,6 +102,8 @@ def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", method.__name__)
                 await context.abort(code, f"{type(err).__name__}: {err}", trailers)
+            if isinstance(err, eng.Overloaded):  # "not now": the client may retry
+                trailers += ((OVERLOADED_TRAILER, "1"),)
             await context.abort(code, str(err), trailers)
         finally:
             self.metrics.observe_request(method.__name__, code.name, time.perf_counter() - started)
@@ -484,6 +492,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             self.explainer.explain, self._text(request.text), request.word, span=span_of(request),
             occurrence=request.occurrence, layers=list(request.layers) or None,
             heads=list(request.heads) or None, role=role_of(request.role),
+            truncate=request.truncate,
         )  # fmt: skip
         reply = pb.ExplainResponse(
             tokens=_tokens_reply(result.tokenized), layers=result.layers, heads=result.heads,
@@ -504,7 +513,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         cosines, a, b = await asyncio.to_thread(
             self.explainer.compare_layers, self._text(request.text_a, "text_a"),
             self._text(request.text_b, "text_b"), request.word,
-            request.occurrence_a, request.occurrence_b,
+            request.occurrence_a, request.occurrence_b, truncate=request.truncate,
         )  # fmt: skip
         return pb.CompareLayersResponse(
             cosines=cosines, span_a=pb.Span(start=a.start, end=a.end),

@@ -1,18 +1,22 @@
 """Server settings: command-line flags, falling back to EMBEDSENSE_* environment variables
-(for containers), falling back to the defaults here."""
+(for containers), falling back to the defaults here.
+
+Each knob has one home: what the engine computes with (model, device, dtype, threads, batch
+limits) lives in EngineConfig, the rest (network, storage, limits per request) here.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from embedsense.server.config import EngineConfig
 
-# The engine's knobs that a deployment sets from the environment too: EMBEDSENSE_<NAME>.
-ENGINE_KNOBS = ("max_batch_tokens", "max_batch_requests", "max_wait_ms", "max_queued_tokens",
-                "max_concurrent_requests", "int8", "window_stride")  # fmt: skip
+# The engine's knobs that a deployment sets from the environment and flags too.
+ENGINE_KNOBS = ("model", "device", "dtype", "threads", "max_batch_tokens", "max_batch_requests",
+                "max_wait_ms", "max_queued_tokens", "max_concurrent_requests", "int8",
+                "window_stride")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -20,12 +24,8 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 50051
     data_dir: Path = Path("data")
-    model: str = "multilingual-e5-small"
     # When set (comma-separated for several), every call but health and reflection needs one.
     api_key: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    threads: int | None = None
     # Deliberate: 64 MiB carries 32k 512-dim float32 vectors or a 2048-text Embed with
     # token vectors; larger requests are refused with RESOURCE_EXHAUSTED by gRPC itself.
     max_message_bytes: int = 64 * 1024 * 1024
@@ -41,11 +41,16 @@ class ServerSettings:
     metrics_host: str | None = None  # default: the server's host
     engine: EngineConfig = field(default_factory=EngineConfig)
 
+    @property
+    def model(self) -> str:
+        return self.engine.model
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> ServerSettings:
         """EMBEDSENSE_<FIELD> variables (EMBEDSENSE_PORT, EMBEDSENSE_API_KEY, and the engine's
         EMBEDSENSE_MAX_BATCH_TOKENS...), then the overrides that are not None (the command
-        line's flags). A malformed value is a ValueError naming the variable."""
+        line's flags), engine knobs (model, device, dtype...) going to `engine`. A malformed
+        value is a ValueError naming the variable."""
         environ = dict(os.environ if environ is None else environ)
         own = {f.name: f.type for f in fields(cls) if f.name != "engine"}
         engine_types = {f.name: f.type for f in fields(EngineConfig) if f.name in ENGINE_KNOBS}
@@ -55,16 +60,13 @@ class ServerSettings:
             raw = environ.get(f"EMBEDSENSE_{name.upper()}")
             if raw not in (None, ""):
                 (knobs if name in engine_types else values)[name] = _parse(name, str(kind), raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        for name, value in overrides.items():
+            if value is not None:
+                (knobs if name in engine_types else values)[name] = value
         for name in ("data_dir", "tls_cert", "tls_key", "tls_client_ca"):
             if values.get(name) is not None:
                 values[name] = Path(str(values[name]))
-        settings = cls(**values)  # type: ignore[arg-type]
-        engine = dataclasses.replace(
-            EngineConfig(), model=settings.model, device=settings.device, dtype=settings.dtype,
-            threads=settings.threads, **knobs,
-        )  # fmt: skip
-        return dataclasses.replace(settings, engine=engine)
+        return cls(**values, engine=EngineConfig(**knobs))  # type: ignore[arg-type]
 
 
 def _parse(name: str, kind: str, raw: str) -> object:

@@ -1,7 +1,7 @@
 """The vector index: collections of documents, durable in SQLite, searched with FAISS."""
 
 from embedsense.server.index.catalog import Catalog
-from embedsense.server.index.collection import Collection, CollectionInfo, Hit
+from embedsense.server.index.collection import Collection, CollectionInfo
 from embedsense.server.index.errors import (
     CollectionExists,
     CollectionNotFound,
@@ -11,6 +11,7 @@ from embedsense.server.index.errors import (
     InvalidArgument,
     ModelMismatch,
 )
+from embedsense.server.index.hits import Hit
 from embedsense.server.index.store import Document, Token
 
 __all__ = [

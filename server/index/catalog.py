@@ -94,6 +94,7 @@ class Catalog:
     def drop(self, name: str) -> None:
         with self._lock:
             collection = self.get(name)
+            collection.optimizer.close()  # let its maintenance finish, start no more
             with collection._writer:  # let a write in progress finish first
                 self.store.drop_collection(name)
                 del self._collections[name]
@@ -109,7 +110,7 @@ class Catalog:
     def close(self) -> None:
         """Snapshot every collection (so the next start loads instead of rebuilding)."""
         for collection in self._collections.values():
-            collection.snapshot()
+            collection.close()
         self.store.close()
 
 

@@ -6,7 +6,7 @@ indexes are derived from this store and can always be rebuilt from it.
 Each document holds a `label`: its vector's position in the collection's FAISS index.
 Labels only grow (an upsert that replaces a document gives it a new label), so the index is
 append-only and a label is never reused within a generation; a label that no document holds
-any more is dead, and the search skips it. Compaction renumbers the live labels 0..n-1 and
+any more is dead, and the search skips it. A rebuild renumbers the labels (`relabel`) and
 bumps the collection's generation, which makes every older snapshot stale.
 """
 
@@ -268,12 +268,25 @@ class Store:
         )
         return int(row[0]), int(row[1])
 
-    def labels_where(self, collection: str, condition: str, params: Sequence[Any]) -> np.ndarray:
-        rows = self._conn().execute(
-            f"SELECT label FROM documents WHERE collection = ? AND {condition}",
-            [collection, *params],
-        )
-        return np.fromiter((label for (label,) in rows), dtype=np.int64)
+    def labels_where(
+        self, collection: str, condition: str, params: Sequence[Any]
+    ) -> tuple[int, np.ndarray]:
+        """The labels of the documents that match, and the generation (label numbering)
+        they are in: read together, so a relabelling cannot come between them."""
+        conn = self._conn()
+        conn.execute("BEGIN")  # deferred: one read snapshot for both statements
+        try:
+            (generation,) = conn.execute(
+                "SELECT generation FROM collections WHERE name = ?", (collection,)
+            ).fetchone()
+            rows = conn.execute(
+                f"SELECT label FROM documents WHERE collection = ? AND {condition}",
+                [collection, *params],
+            )
+            labels = np.fromiter((label for (label,) in rows), dtype=np.int64)
+        finally:
+            conn.execute("COMMIT")
+        return generation, labels
 
     def live(self, collection: str) -> Iterator[tuple[int, str]]:
         """(label, id) of every document, in label order."""
@@ -282,18 +295,20 @@ class Store:
         )
 
     def vectors_from(
-        self, collection: str, first_label: int, dim: int, batch: int = 10_000
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(labels, vectors) of the documents with label >= first_label, in label order."""
+        self, collection: str, first_label: int, dim: int, batch: int = 10_000,
+        below: int | None = None,
+    ) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:  # fmt: skip
+        """(labels, ids, vectors) of the documents with first_label <= label < below, in
+        label order, from one read snapshot."""
         rows = self._conn().execute(
-            "SELECT label, vector FROM documents WHERE collection = ? AND label >= ? "
-            "ORDER BY label",
-            (collection, first_label),
+            "SELECT label, id, vector FROM documents WHERE collection = ? AND label >= ? "
+            "AND label < ? ORDER BY label",
+            (collection, first_label, 2**62 if below is None else below),
         )
         while chunk := rows.fetchmany(batch):
-            labels = np.fromiter((label for label, _ in chunk), dtype=np.int64, count=len(chunk))
-            vectors = np.frombuffer(b"".join(v for _, v in chunk), dtype=np.float32)
-            yield labels, vectors.reshape(len(chunk), dim)
+            labels = np.fromiter((row[0] for row in chunk), dtype=np.int64, count=len(chunk))
+            vectors = np.frombuffer(b"".join(row[2] for row in chunk), dtype=np.float32)
+            yield labels, [row[1] for row in chunk], vectors.reshape(len(chunk), dim)
 
     def sample_vectors(self, collection: str, n: int, dim: int) -> np.ndarray:
         """n stored vectors drawn at random (for training an index)."""
@@ -307,26 +322,26 @@ class Store:
         )
         return np.frombuffer(b"".join(v for (v,) in rows), dtype=np.float32).reshape(-1, dim)
 
-    def compact_labels(self, collection: str) -> int:
-        """Renumber the live labels 0..n-1 (keeping their order); the new generation."""
+    def relabel(self, collection: str, old: np.ndarray, new: np.ndarray, next_label: int) -> int:
+        """Give every document a new label (old[i] -> new[i]; every live label must be in
+        `old`) in one transaction, bumping the generation; the new generation."""
         with self.transaction() as conn:
             # Move every label out of the way first: the (collection, label) index is unique.
             conn.execute(
                 "UPDATE documents SET label = -1 - label WHERE collection = ?", (collection,)
             )
-            conn.execute(
-                "WITH ranked AS (SELECT id, ROW_NUMBER() OVER (ORDER BY label DESC) - 1 AS new "
-                "FROM documents WHERE collection = ?) "
-                "UPDATE documents SET label = ranked.new FROM ranked "
-                "WHERE documents.collection = ? AND documents.id = ranked.id",
-                (collection, collection),
+            conn.executemany(
+                "UPDATE documents SET label = ? WHERE collection = ? AND label = ?",
+                ((int(n), collection, -1 - int(o)) for o, n in zip(old, new, strict=True)),
             )
-            (n,) = conn.execute(
-                "SELECT COUNT(*) FROM documents WHERE collection = ?", (collection,)
+            (left,) = conn.execute(
+                "SELECT COUNT(*) FROM documents WHERE collection = ? AND label < 0", (collection,)
             ).fetchone()
+            if left:
+                raise RuntimeError(f"relabel of {collection!r} left {left} documents unlabelled")
             conn.execute(
                 "UPDATE collections SET generation = generation + 1, next_label = ? WHERE name = ?",
-                (n, collection),
+                (next_label, collection),
             )
             (generation,) = conn.execute(
                 "SELECT generation FROM collections WHERE name = ?", (collection,)

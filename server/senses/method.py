@@ -26,6 +26,10 @@ CONTEXT_WEIGHT = 2.0
 # makes scores comparable across calls.
 TEMPERATURE = 0.1
 
+# Sense induction's bound: more senses than this is not a word's senses but noise, and each
+# candidate k costs a clustering.
+MAX_SENSES = 20
+
 
 def unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
@@ -35,10 +39,11 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 def features(
     words: np.ndarray, contexts: np.ndarray, context_weight: float = CONTEXT_WEIGHT
 ) -> np.ndarray:
-    """(n, 2 * dim): each word vector and its sentence's vector, unit length, side by side."""
+    """(n, 2 * dim) unit rows: each word's unit vector and, weighted by `context_weight`, its
+    sentence's unit vector, side by side; (n, dim) unit word vectors when the weight is 0."""
     if context_weight == 0:
-        return np.asarray(words, dtype=np.float32)
-    return np.concatenate([unit(words), context_weight * unit(contexts)], axis=-1)
+        return unit(np.asarray(words, dtype=np.float32))
+    return unit(np.concatenate([unit(words), context_weight * unit(contexts)], axis=-1))
 
 
 @dataclass
@@ -102,7 +107,11 @@ class Clustering:
 
 def induce(vectors: np.ndarray, k: int | None = None, max_k: int = 6, seed: int = 0) -> Clustering:
     """Cluster occurrence vectors (n, dim) into senses: spherical k-means on centred unit
-    vectors; without k, the k in 2..max_k with the best mean silhouette."""
+    vectors; without k, the k in 2..max_k with the best mean silhouette. k and max_k are at
+    most MAX_SENSES (ValueError beyond)."""
+    for name, value in (("k", k), ("max_k", max_k)):
+        if value is not None and not 1 <= value <= MAX_SENSES:
+            raise ValueError(f"{name} is {value}; it must be within 1-{MAX_SENSES}")
     x = unit(vectors - vectors.mean(axis=0))
     n = len(x)
     if k is not None:
@@ -138,16 +147,22 @@ def _cluster(x: np.ndarray, k: int, seed: int, iterations: int = 50) -> Clusteri
 
 
 def _silhouette(x: np.ndarray, labels: np.ndarray) -> float:
-    distance = 1 - x @ x.T
-    clusters = np.unique(labels)
+    """Mean silhouette on cosine distance of unit rows: (b - a) / max(a, b) per point, where a
+    is its mean distance to its own cluster and b to the nearest other one; 0 for singletons.
+    Exact, in O(n * k) memory: the n x n distance matrix (1.6 GB for 20,000 occurrences) is
+    never formed, because a sum of cosine distances to a cluster is its size minus one dot
+    product with the cluster's summed vector."""
+    clusters, members = np.unique(labels, return_inverse=True)
     if len(clusters) < 2:
         return 0.0
-    scores = np.zeros(len(x))
-    for i in range(len(x)):
-        own = labels == labels[i]
-        if own.sum() <= 1:
-            continue  # a singleton's silhouette is 0 by convention
-        a = distance[i, own].sum() / (own.sum() - 1)
-        b = min(distance[i, labels == c].mean() for c in clusters if c != labels[i])
-        scores[i] = (b - a) / max(a, b, 1e-12)
+    one_hot = np.eye(len(clusters), dtype=x.dtype)[members]  # (n, k)
+    sizes = one_hot.sum(axis=0)  # (k,)
+    # Summed distance from each point to each cluster: sum_j (1 - x_i . x_j), without n x n.
+    sums = sizes[None, :] - x @ (x.T @ one_hot)  # (n, k)
+    own = sizes[members]
+    a = sums[np.arange(len(x)), members] / np.maximum(own - 1, 1)
+    others = sums / sizes[None, :]
+    others[np.arange(len(x)), members] = np.inf
+    b = others.min(axis=1)
+    scores = np.where(own > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
     return float(scores.mean())

@@ -176,6 +176,9 @@ class Senses:
         collection = self.catalog.get(collection_name)
         if not word:
             raise SenseInputError("word: empty")
+        for name, value in (("k", k), ("max_k", max_k)):
+            if value is not None and not 1 <= value <= method.MAX_SENSES:
+                raise SenseInputError(f"{name}: {value}; a word has 1-{method.MAX_SENSES} senses")
         items, words, _ = await self._stored_occurrences(collection, word)
         if len(items) < 2:
             raise SenseInputError(f"{word!r} occurs once in {collection_name!r}: nothing to split")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedsense.model import TextRole
-from embedsense.model.spans import SpanError, find_word, token_indices_for_span
+from embedsense.model.spans import SpanError, find_word, token_indices_for_span, word_spans
 from embedsense.server.engine import Engine
 from embedsense.server.index import Document
 from embedsense.server.senses.errors import SenseInputError
@@ -54,12 +54,8 @@ def locate(
 
 
 def occurrences_of(word: str, text: str) -> list[Occurrence]:
-    """Every appearance of `word` in `text` (not overlapping)."""
-    found, start = [], text.find(word)
-    while start >= 0:
-        found.append(Occurrence(text, start, start + len(word)))
-        start = text.find(word, start + len(word))
-    return found
+    """Every appearance of `word` in `text`, numbered as `locate` numbers them."""
+    return [Occurrence(text, start, end) for start, end in word_spans(text, word)]
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from ops.serverproc import ServerProcess  # noqa: E402  (tests/ops/serverproc.py
 from workload import chinese_texts, concurrent_callers  # noqa: E402  (tests/workload.py)
 
 from embedsense.client import AsyncClient  # noqa: E402
-from embedsense.client.tensors import from_tensor, to_tensor  # noqa: E402
-from embedsense.client.v1 import embedsense_pb2 as pb  # noqa: E402
 from embedsense.model import TextRole, load_model  # noqa: E402
+from embedsense.proto.tensors import from_tensor, to_tensor  # noqa: E402
+from embedsense.proto.v1 import embedsense_pb2 as pb  # noqa: E402
 from embedsense.server.config import EngineConfig  # noqa: E402
 from embedsense.server.engine import Engine  # noqa: E402
 from embedsense.server.index import Catalog, Document  # noqa: E402

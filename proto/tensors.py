@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedsense.client.v1 import embedsense_pb2 as pb
+from embedsense.proto.v1 import embedsense_pb2 as pb
 
 _WIRE = np.dtype("<f4")
 

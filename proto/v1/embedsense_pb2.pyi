@@ -533,7 +533,7 @@ class InduceSensesResponse(_message.Message):
     def __init__(self, senses: _Optional[_Iterable[_Union[InducedSense, _Mapping]]] = ..., occurrences: _Optional[int] = ..., silhouette: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("text", "word", "span", "occurrence", "layers", "heads", "role")
+    __slots__ = ("text", "word", "span", "occurrence", "layers", "heads", "role", "truncate")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     WORD_FIELD_NUMBER: _ClassVar[int]
     SPAN_FIELD_NUMBER: _ClassVar[int]
@@ -541,6 +541,7 @@ class ExplainRequest(_message.Message):
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     text: str
     word: str
     span: Span
@@ -548,7 +549,8 @@ class ExplainRequest(_message.Message):
     layers: _containers.RepeatedScalarFieldContainer[int]
     heads: _containers.RepeatedScalarFieldContainer[int]
     role: Role
-    def __init__(self, text: _Optional[str] = ..., word: _Optional[str] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., occurrence: _Optional[int] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., role: _Optional[_Union[Role, str]] = ...) -> None: ...
+    truncate: bool
+    def __init__(self, text: _Optional[str] = ..., word: _Optional[str] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., occurrence: _Optional[int] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., role: _Optional[_Union[Role, str]] = ..., truncate: _Optional[bool] = ...) -> None: ...
 
 class TokenWeight(_message.Message):
     __slots__ = ("token", "weight")
@@ -589,18 +591,20 @@ class ExplainResponse(_message.Message):
     def __init__(self, tokens: _Optional[_Union[TokenizeResponse, _Mapping]] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., attentions: _Optional[_Union[Tensor, _Mapping]] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., target_tokens: _Optional[_Iterable[int]] = ..., focus: _Optional[_Iterable[_Union[Focus, _Mapping]]] = ..., max_attention_values: _Optional[int] = ...) -> None: ...
 
 class CompareLayersRequest(_message.Message):
-    __slots__ = ("text_a", "text_b", "word", "occurrence_a", "occurrence_b")
+    __slots__ = ("text_a", "text_b", "word", "occurrence_a", "occurrence_b", "truncate")
     TEXT_A_FIELD_NUMBER: _ClassVar[int]
     TEXT_B_FIELD_NUMBER: _ClassVar[int]
     WORD_FIELD_NUMBER: _ClassVar[int]
     OCCURRENCE_A_FIELD_NUMBER: _ClassVar[int]
     OCCURRENCE_B_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     text_a: str
     text_b: str
     word: str
     occurrence_a: int
     occurrence_b: int
-    def __init__(self, text_a: _Optional[str] = ..., text_b: _Optional[str] = ..., word: _Optional[str] = ..., occurrence_a: _Optional[int] = ..., occurrence_b: _Optional[int] = ...) -> None: ...
+    truncate: bool
+    def __init__(self, text_a: _Optional[str] = ..., text_b: _Optional[str] = ..., word: _Optional[str] = ..., occurrence_a: _Optional[int] = ..., occurrence_b: _Optional[int] = ..., truncate: _Optional[bool] = ...) -> None: ...
 
 class CompareLayersResponse(_message.Message):
     __slots__ = ("cosines", "span_a", "span_b")

@@ -1,0 +1,5 @@
+import sys
+
+from embedsense.server.cli import main
+
+sys.exit(main())
