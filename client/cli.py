@@ -86,12 +86,12 @@ def read_documents(path: Path) -> Iterator[dict[str, Any]]:
 # ------------------------------------------------------------------ commands
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(server_args: list[str]) -> int:
     """Run the server's own program (`python -m embedsense.server`) in this process's place:
     the client imports nothing of the server, which needs the `server` extra."""
     if importlib.util.find_spec("embedsense.server") is None:
         raise SystemExit("the server is not installed: pip install 'embedsense[server]'")
-    os.execv(sys.executable, [sys.executable, "-m", "embedsense.server", *args.server_args])
+    os.execv(sys.executable, [sys.executable, "-m", "embedsense.server", *server_args])
 
 
 HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
@@ -291,10 +291,9 @@ def parser() -> argparse.ArgumentParser:
                    help="PEM client key (mutual TLS)")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", add_help=False,
-                           help="run embedsense-server (needs embedsense[server])")  # fmt: skip
-    serve.add_argument("server_args", nargs=argparse.REMAINDER,
-                       help="embedsense-server's flags (serve --help lists them)")  # fmt: skip
+    # Listed for --help only: main() hands `serve ...` to embedsense-server before parsing.
+    sub.add_parser("serve", help="run embedsense-server (needs embedsense[server]); "
+                   "`embedsense serve --help` lists its flags")  # fmt: skip
 
     sub.add_parser("info", help="the server's model, device and limits")
     sub.add_parser("health", help="the gRPC health check: exit 0 when serving")
@@ -365,9 +364,10 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # every flag after it is embedsense-server's, unread here
+        return cmd_serve(argv[1:])
     args = parser().parse_args(argv)
-    if args.command == "serve":
-        return cmd_serve(args)
     if args.command == "health":
         return cmd_health(args)
     try:

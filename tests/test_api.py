@@ -30,7 +30,9 @@ from embedsense.client import (
     Retry,
     Unauthenticated,
 )
+from embedsense.client._api import Call
 from embedsense.model import TextRole
+from embedsense.proto.v1 import embedsense_pb2 as pb
 from embedsense.server.config import EngineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +127,7 @@ def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(client, 
     with pytest.raises(InvalidArgument, match="512"):
         client.encode(["苹果" * 2000])  # names the length and the limit
     with pytest.raises(InvalidArgument, match="at least one text"):
-        client.embed_tokens([])
+        client._call(Call("Embed", pb.EmbedRequest(texts=[]), lambda r: r))  # the SDK sends none
     with pytest.raises(InvalidArgument, match="filter_json"):
         client.search(collection, "x", filter=["not", "an", "object"])
     with pytest.raises(InvalidArgument, match="unknown operator"):

@@ -247,3 +247,21 @@ def test_gpu_half_precision_matches_cpu(dtype):
         assert cosine.min() > 0.99
     finally:
         eng.close()
+
+
+def test_the_benchmarks_sorted_baseline_batches_by_length_as_sentence_transformers_does():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "bench"))
+    from bench_engine import run_fixed_batches
+
+    texts = [f"t{i}" for i in range(6)]
+    lengths = [9, 2, 7, 1, 8, 3]
+    seen: list[list[str]] = []
+    sorted_row = run_fixed_batches(seen.append, texts, lengths, "probe", batch_size=2, sort=True)
+    assert seen == [["t3", "t1"], ["t5", "t2"], ["t4", "t0"]]  # shortest first, as ST does
+    seen.clear()
+    arrival_row = run_fixed_batches(seen.append, texts, lengths, "probe", batch_size=2)
+    assert seen == [["t0", "t1"], ["t2", "t3"], ["t4", "t5"]]
+    assert sorted_row["padding_fraction"] < arrival_row["padding_fraction"]

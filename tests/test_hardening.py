@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from ops.serverproc import free_port
 
 from embedsense.client import TLS, Client, InvalidArgument, NotFound, Unavailable
+from embedsense.client._api import Call
 from embedsense.proto.v1 import embedsense_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EmbedSense"]
@@ -61,7 +62,7 @@ def collection(client):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda c, _: c.embed_tokens([]), "at least one text"),
+        (lambda c, _: c._call(Call("Embed", pb.EmbedRequest(texts=[]), id)), "at least one text"),
         (lambda c, _: c.encode([""]), r"texts\[0\]: empty"),
         (lambda c, _: c.encode(["ok", " \n\t "]), r"texts\[1\]: empty"),
         (lambda c, _: c.encode(["苹果\x00手机"]), r"U\+0000 at position 2"),
@@ -189,6 +190,33 @@ def test_tls_and_mutual_tls_round_trips(e5, tmp_path, pki):
         mtls_server.stop()
 
 
+def test_cli_client_certificate_alone_turns_on_mutual_tls(e5, tmp_path, pki):
+    """--tls-cert/--tls-key without --tls or --tls-ca once fell back to plaintext, silently."""
+    running = ServerThread(
+        e5, tmp_path, tls_cert=pki / "server.pem", tls_key=pki / "server.key",
+        tls_client_ca=pki / "ca.pem",
+    )  # fmt: skip
+    # The test CA stands in for the system's roots: no --tls-ca is given.
+    env = {**os.environ, "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(pki / "ca.pem")}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "embedsense.client.cli", "--target", running.target,
+             "--tls-cert", str(pki / "client.pem"), "--tls-key", str(pki / "client.key"),
+             "--json", "info"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-500:]
+        assert json.loads(done.stdout)["dim"] == 384
+        half = subprocess.run(
+            [sys.executable, "-m", "embedsense.client.cli", "--target", running.target,
+             "--tls-cert", str(pki / "client.pem"), "info"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        assert half.returncode != 0 and "--tls-key" in half.stderr
+    finally:
+        running.stop()
+
+
 # ------------------------------------------------------------------ operations
 
 
@@ -299,14 +327,22 @@ def test_sigterm_drains_a_second_exits_at_once_and_logs_are_json(tmp_path):
 
 # ------------------------------------------------------------------ fuzzing
 
-TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=30) | st.sampled_from(
-    ["苹果", "我喜欢吃苹果", "", " ", "Flat", "HNSW32", "default", '{"a": 1}', "{"]
+# Texts over the model's 512 positions get a third of the draws: handlers must map what a
+# long text raises (they once let TextTooLongError through as INTERNAL).
+TEXT = st.one_of(
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=30),
+    st.sampled_from(
+        ["苹果", "我喜欢吃苹果", "", " ", "Flat", "HNSW32", "default", '{"a": 1}', "{"]
+    ),
+    st.sampled_from(["苹果" * 600, "我喜欢吃苹果。" * 100, "x" * 3000]),
 )
 SCALARS = {
     1: st.floats(allow_nan=True, width=64), 2: st.floats(allow_nan=True, width=32),
     3: st.integers(-(2**63), 2**63 - 1), 4: st.integers(0, 2**64 - 1),
     5: st.integers(-(2**31), 2**31 - 1), 8: st.booleans(), 9: TEXT,
-    12: st.binary(max_size=64), 13: st.integers(0, 2**32 - 1),
+    12: st.binary(max_size=64),
+    # Large counts (k, max_k, central...) as often as small ones: bounds must hold.
+    13: st.integers(0, 2**32 - 1) | st.sampled_from([21, 10_001, 2**31, 2**32 - 1]),
 }  # fmt: skip
 
 

@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import importlib.util, json, sys
 found = {name: (spec.origin if (spec := importlib.util.find_spec(name)) else None)
-         for name in ("embedsense.model", "embedsense.server", "embedsense.client")}
-bare = [name for name in ("model", "server", "client") if importlib.util.find_spec(name)]
+         for name in ("embedsense.model", "embedsense.server", "embedsense.client",
+                      "embedsense.proto", "embedsense.proto.v1.embedsense_pb2")}
+bare = [name for name in ("model", "server", "client", "proto")
+        if importlib.util.find_spec(name)]
 print(json.dumps({"found": found, "bare": bare, "prefix": sys.prefix}))
 """
 
@@ -44,3 +46,4 @@ def test_non_editable_install_into_a_fresh_venv(tmp_path):
         assert origin.startswith(str(site)), f"{name} came from {origin}, not the fresh venv"
     assert not (site / "model").exists() and not (site / "server").exists()
     assert (site / "embedsense" / "model" / "encoder.py").exists()
+    assert not (site / "embedsense" / "client" / "v1").exists()  # the contract is shared

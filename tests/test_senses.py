@@ -56,6 +56,48 @@ def test_induction_recovers_planted_senses_and_chooses_k():
     assert method.induce(vectors, k=2).k == 2
 
 
+def test_features_are_unit_rows_as_documented():
+    rng = np.random.default_rng(3)
+    words, contexts = 5 * rng.normal(size=(4, 16)), 3 * rng.normal(size=(4, 16))
+    for weight in (0.0, 1.0, method.CONTEXT_WEIGHT):
+        rows = method.features(words, contexts, weight)
+        np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-6)
+
+
+def test_the_silhouette_is_the_textbook_one_without_an_n_by_n_matrix():
+    rng = np.random.default_rng(5)
+    x = method.unit(rng.normal(size=(120, 8)))
+    labels = rng.integers(0, 3, 120)
+    distance = 1 - x @ x.T  # the definition, pairwise (fine at this size)
+    expected = []
+    for i in range(len(x)):
+        own = labels == labels[i]
+        a = distance[i, own].sum() / (own.sum() - 1)
+        b = min(distance[i, labels == c].mean() for c in set(labels) if c != labels[i])
+        expected.append((b - a) / max(a, b))
+    assert method._silhouette(x, labels) == pytest.approx(np.mean(expected), abs=1e-6)
+
+
+def test_induction_of_20000_occurrences_stays_under_a_memory_ceiling():
+    import tracemalloc
+
+    rng = np.random.default_rng(6)
+    directions = rng.normal(size=(4, 384))
+    vectors = np.concatenate([d + 0.2 * rng.normal(size=(5000, 384)) for d in directions])
+    vectors = vectors.astype(np.float32)  # 20,000 x 384: 30 MB
+    tracemalloc.start()
+    try:
+        result = method.induce(vectors, max_k=method.MAX_SENSES)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The n x n distance matrix alone would be 1.6 GB (float32) or 3.2 GB (float64).
+    assert peak < 200 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    assert result.k == 4
+    with pytest.raises(ValueError, match="max_k is 21"):
+        method.induce(vectors[:10], max_k=method.MAX_SENSES + 1)
+
+
 # ------------------------------------------------------------------ end to end
 
 
@@ -177,6 +219,9 @@ def test_induce_senses_splits_fruit_from_company(client, apples):
     assert len(auto.senses) >= 2 and -1 <= auto.silhouette <= 1
     with pytest.raises(FailedPrecondition):
         client.induce_senses("no-tokens", "苹果")
+    for bound in ({"k": 10**6}, {"max_k": 2**31}, {"k": 21}):
+        with pytest.raises(InvalidArgument, match="senses"):
+            client.induce_senses(apples, "苹果", **bound)
 
 
 def test_cli_senses_commands(server, apples):

@@ -126,6 +126,17 @@ def test_span_helper_one_token_and_several(e5):
     assert "".join(enc.tokens[i] for i in first).replace("▁", "").startswith("杜鹃")
 
 
+def test_occurrences_are_numbered_by_one_rule_everywhere():
+    from embedsense.server.senses.words import locate, occurrences_of
+
+    text = "哈哈哈哈，哈哈"
+    listed = occurrences_of("哈哈", text)
+    assert [(o.start, o.end) for o in listed] == [(0, 2), (2, 4), (5, 7)]  # not overlapping
+    for n, occurrence in enumerate(listed):
+        assert find_word(text, "哈哈", n) == (occurrence.start, occurrence.end)
+        assert locate(text, "哈哈", occurrence=n) == occurrence
+
+
 def test_span_errors_name_the_problem():
     with pytest.raises(SpanError, match="does not occur"):
         find_word("我喜欢吃香蕉", "苹果")

@@ -1,0 +1,129 @@
+"""The SDK's contract with its callers and the two sides' contract with each other: shapes
+as sentence-transformers has them, typed coroutines, what is retried, settings that reach
+the engine, and a server and a client that import only the shared contract."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import subprocess
+import sys
+import typing
+
+import grpc
+import numpy as np
+import pytest
+from conftest import ServerThread
+
+from embedsense.client import (
+    AsyncClient,
+    Client,
+    Info,
+    ResourceExhausted,
+    Retry,
+    TokenEmbeddings,
+)
+from embedsense.server.config import EngineConfig
+
+TEXT = "我喜欢吃苹果"
+
+
+def test_encode_takes_a_str_as_one_text_as_sentence_transformers_does(client):
+    one = client.encode(TEXT)
+    assert one.shape == (384,) and one.dtype == np.float32
+    np.testing.assert_allclose(one, client.encode([TEXT])[0], atol=1e-6)
+    assert client.encode([TEXT, "香蕉"]).shape == (2, 384)
+    assert client.encode([]).shape == (0, 384)
+    tokens = client.embed_tokens(TEXT)
+    assert isinstance(tokens, TokenEmbeddings) and "苹果" in tokens.tokens.tokens
+    assert client.embed_tokens([]) == []
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        client.encode([TEXT, 3])
+
+
+def test_the_async_client_keeps_the_same_shapes(server):
+    async def scenario() -> None:
+        async with AsyncClient(server.target) as c:
+            assert (await c.encode(TEXT)).shape == (384,)
+            assert (await c.encode([])).shape == (0, 384)
+            assert isinstance(await c.embed_tokens(TEXT), TokenEmbeddings)
+            assert await c.embed_tokens([]) == []
+
+    asyncio.run(scenario())
+
+
+def test_async_client_methods_are_typed_coroutines_with_the_sync_signatures():
+    public = [n for n, f in vars(Client).items() if callable(f) and not n.startswith("_")]
+    assert {"info", "encode", "search", "upsert", "explain"} <= set(public)
+    for name in public:
+        sync, coro = getattr(Client, name), getattr(AsyncClient, name)
+        assert inspect.iscoroutinefunction(coro), f"AsyncClient.{name} is not an async def"
+        assert inspect.signature(sync) == inspect.signature(coro), name
+    assert typing.get_type_hints(AsyncClient.info)["return"] is Info
+    assert typing.get_type_hints(Client.info)["return"] is Info
+
+
+class _CountCalls(grpc.UnaryUnaryClientInterceptor):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        self.calls += 1
+        return continuation(client_call_details, request)
+
+
+def test_a_message_too_large_is_not_retried_but_overload_is(e5, tmp_path):
+    running = ServerThread(e5, tmp_path, max_message_bytes=200_000,
+                           engine=EngineConfig(max_queued_tokens=600))  # fmt: skip
+    counter = _CountCalls()
+    channel = grpc.intercept_channel(grpc.insecure_channel(running.target), counter)
+    retry = Retry(attempts=3, initial_backoff=0.01)
+    try:
+        with Client(channel=channel, retry=retry) as c:
+            with pytest.raises(ResourceExhausted, match="larger than max"):
+                c.encode(["苹果" * 50_000])  # 300 kB of UTF-8: over the server's limit
+            assert counter.calls == 1, "a message too large fails again however often it is sent"
+            counter.calls = 0
+            with pytest.raises(ResourceExhausted, match="max_queued_tokens"):
+                c.encode(["苹果" * 300, "香蕉" * 300], batch_size=2)  # over the engine's queue
+            assert counter.calls == 3, "an overloaded server is asked again"
+    finally:
+        channel.close()
+        running.stop()
+
+
+def test_engine_knobs_have_one_home_in_the_engine_config():
+    from embedsense.server.api.settings import ServerSettings
+
+    server_fields = {f.name for f in dataclasses.fields(ServerSettings)}
+    assert not server_fields & {f.name for f in dataclasses.fields(EngineConfig)}
+    with pytest.raises(TypeError):
+        ServerSettings(device="cpu")  # once silently ignored: the engine never saw it
+    s = ServerSettings.from_env({"EMBEDSENSE_THREADS": "1"}, dtype="float32", model="m")
+    assert (s.engine.threads, s.engine.dtype, s.engine.model, s.model) == (1, "float32", "m", "m")
+
+
+BLOCK = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == {blocked!r} or name.startswith({blocked!r} + "."):
+            raise ImportError(f"{{name}} is the other side")
+sys.meta_path.insert(0, Block())
+import {module}
+print("ok")
+"""
+
+
+@pytest.mark.parametrize(
+    "module, blocked",
+    [("embedsense.server.api.app", "embedsense.client"),
+     ("embedsense.server.cli", "embedsense.client"),
+     ("embedsense.client.cli", "embedsense.server"),
+     ("embedsense.client", "embedsense.server")],
+)  # fmt: skip
+def test_server_and_client_share_only_the_contract(module, blocked):
+    done = subprocess.run([sys.executable, "-c", BLOCK.format(module=module, blocked=blocked)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-600:]
