@@ -6,8 +6,11 @@ Each API call is built once here, as "which RPC, which request, how to read the 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
+import socket
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,12 +101,58 @@ def _pem(source: PemSource) -> bytes | None:
     return Path(source).read_bytes()
 
 
-def open_channel(target: str, tls: TLS | bool | None, aio: bool) -> grpc.Channel:
+Targets = str | Sequence[str]
+
+# gRPC's own client-side balancing: every call picks the next ready server (round_robin),
+# and a call that finds one unreachable is retried by gRPC on another. A server that dies
+# drops out of the rotation until it answers again.
+SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": "embedsense.v1.EmbedSense"}],
+        "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "1s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+})  # fmt: skip
+
+
+def grpc_target(targets: Targets) -> str:
+    """One gRPC target for one or several servers: a single "host:port" or "dns:///name:port"
+    as it is (DNS may give several addresses: all are balanced); several "host:port" as one
+    `ipv4:`/`ipv6:` address list, names resolved now."""
+    if isinstance(targets, str):
+        return targets
+    targets = list(targets)
+    if len(targets) == 1:
+        return targets[0]
+    addresses = [_address(t) for t in targets]
+    families = {family for family, _ in addresses}
+    if len(families) != 1:
+        raise ValueError(f"targets {targets}: mix of IPv4 and IPv6 addresses; use one family")
+    return f"{families.pop()}:" + ",".join(address for _, address in addresses)
+
+
+def _address(target: str) -> tuple[str, str]:
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or "/" in target:
+        raise ValueError(f"target {target!r}: expected host:port")
+    host = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        ip = ipaddress.ip_address(info[0][4][0])
+    return ("ipv6", f"[{ip}]:{port}") if ip.version == 6 else ("ipv4", f"{ip}:{port}")
+
+
+def open_channel(targets: Targets, tls: TLS | bool | None, aio: bool) -> grpc.Channel:
     module = grpc.aio if aio else grpc
+    target = grpc_target(targets)
+    options = [*channel_options(), ("grpc.service_config", SERVICE_CONFIG)]
     if not tls:
-        return module.insecure_channel(target, options=channel_options())
+        return module.insecure_channel(target, options=options)
     settings = tls if isinstance(tls, TLS) else TLS()
-    return module.secure_channel(target, settings.credentials(), options=channel_options())
+    return module.secure_channel(target, settings.credentials(), options=options)
 
 
 def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
@@ -124,7 +173,8 @@ def parse_info(r: pb.InfoResponse) -> Info:
     return Info(
         r.version, r.model, r.dim, r.device, r.dtype, r.max_tokens, r.num_layers,
         r.max_batch_tokens, r.max_queued_tokens, r.max_concurrent_requests,
-        r.max_texts_per_request, r.max_message_bytes, r.auth_required,
+        r.max_texts_per_request, r.max_message_bytes, r.auth_required, r.index_backend,
+        r.replica,
     )  # fmt: skip
 
 
@@ -221,28 +271,41 @@ def senses_message(senses: Mapping[str, Sequence[str]]) -> dict[str, pb.SenseExa
 
 
 def to_document(doc: str | Mapping[str, Any]) -> pb.Document:
-    """A str is a text; a mapping has "text" and optionally "id" and "metadata"."""
+    """A str is a text; a mapping has "text" and optionally "id" and "metadata". A document
+    without an id gets one here, so that sending it again (a retry) replaces, never doubles."""
     if isinstance(doc, str):
-        return pb.Document(text=doc)
+        return pb.Document(id=uuid.uuid4().hex, text=doc)
     if not isinstance(doc, Mapping) or "text" not in doc:
         raise ValueError(f"a document is a str or a dict with 'text', got {doc!r:.80}")
     unknown = set(doc) - {"id", "text", "metadata"}
     if unknown:
         raise ValueError(f"unknown document fields {sorted(unknown)}: expected id, text, metadata")
     return pb.Document(
-        id=str(doc.get("id") or ""),
+        id=str(doc.get("id") or uuid.uuid4().hex),
         text=doc["text"],
         metadata_json=json.dumps(doc.get("metadata") or {}, ensure_ascii=False),
     )
 
 
+def resendable(
+    documents: Iterable[str | Mapping[str, Any]],
+) -> tuple[Iterable[str | Mapping[str, Any] | pb.Document], int | None]:
+    """A sequence as messages with their ids fixed (so it can be sent again), and its
+    length; any other iterable as it is, with no length (it is read once)."""
+    if isinstance(documents, str):
+        raise TypeError("documents: a list of texts or dicts, not one str")
+    if isinstance(documents, Sequence):
+        return [to_document(doc) for doc in documents], len(documents)
+    return documents, None
+
+
 def upsert_requests(
-    collection: str, documents: Iterable[str | Mapping[str, Any]], batch_size: int,
-    on_batch: Callable[[int], None] | None = None,
+    collection: str, documents: Iterable[str | Mapping[str, Any] | pb.Document],
+    batch_size: int, on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[pb.UpsertRequest]:  # fmt: skip
     batch: list[pb.Document] = []
     for doc in documents:
-        batch.append(to_document(doc))
+        batch.append(doc if isinstance(doc, pb.Document) else to_document(doc))
         if len(batch) == batch_size:
             yield pb.UpsertRequest(collection=collection, documents=batch)
             if on_batch:

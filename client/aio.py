@@ -39,7 +39,7 @@ T = TypeVar("T")
 class AsyncClient:
     def __init__(
         self,
-        target: str = "127.0.0.1:50051",
+        target: str | Sequence[str] = "127.0.0.1:50051",
         api_key: str | None = None,
         timeout: float | None = 30.0,
         retry: Retry | None = None,
@@ -115,21 +115,28 @@ class AsyncClient:
         *,
         timeout: float | None = None,
     ) -> list[str]:
-        """Stream documents into a collection; their ids once all are durably stored."""
-        total = len(documents) if isinstance(documents, Sequence) else None
+        """Stream documents into a collection; their ids once all are durably stored (a list
+        is sent again when the server becomes unavailable, as `Client.upsert` does)."""
+        documents, total = api.resendable(documents)
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:
 
             async def requests() -> AsyncIterator[embedsense_pb2.UpsertRequest]:
                 for request in api.upsert_requests(name, documents, batch_size, bar.update):
                     yield request
 
-            try:
-                response = await self._stub.Upsert(
-                    requests(), timeout=timeout, metadata=self._metadata
-                )
-            except grpc.aio.AioRpcError as err:
-                raise from_rpc_error(err) from None
-        return list(response.ids)
+            for attempt in range(self.retry.attempts):
+                bar.reset(total)
+                try:
+                    response = await self._stub.Upsert(
+                        requests(), timeout=timeout, metadata=self._metadata
+                    )
+                    return list(response.ids)
+                except grpc.aio.AioRpcError as err:
+                    last = attempt == self.retry.attempts - 1
+                    if total is None or not retryable(err) or last:
+                        raise from_rpc_error(err) from None
+                await asyncio.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable")
 
     async def info(self) -> Info:
         """The server's model, device, dtype and limits."""

@@ -11,7 +11,8 @@
     embedsense explain "我喜欢吃苹果" --word 苹果 --compare "我买了最新的苹果手机" --out a.png
 
 Output is a readable table, or JSON with --json. The target and the API key come from
---target / --api-key or EMBEDSENSE_TARGET / EMBEDSENSE_API_KEY.
+--target / --api-key or EMBEDSENSE_TARGET / EMBEDSENSE_API_KEY; several servers as
+--target a:50051 --target b:50051, or a comma-separated list.
 """
 
 from __future__ import annotations
@@ -113,10 +114,10 @@ def cmd_health(args: argparse.Namespace) -> int:
         try:
             reply = check(b"", timeout=min(args.timeout, 5.0))
         except grpc.RpcError as err:
-            print(f"{args.target}: {err.code().name}", file=sys.stderr)
+            print(f"{','.join(args.target)}: {err.code().name}", file=sys.stderr)
             return 1
     status = reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0
-    print(f"{args.target}: {HEALTH_STATUS.get(status, status)}")
+    print(f"{','.join(args.target)}: {HEALTH_STATUS.get(status, status)}")
     return 0 if status == 1 else 1
 
 
@@ -279,7 +280,13 @@ def _mark(text: str, span: tuple[int, int]) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embedsense", description=__doc__.splitlines()[0])
     default_target = f"127.0.0.1:{os.environ.get('EMBEDSENSE_PORT') or 50051}"
-    p.add_argument("--target", default=os.environ.get("EMBEDSENSE_TARGET") or default_target)
+    p.add_argument(
+        "--target",
+        action="append",
+        help="host:port of a server; repeat it or separate with commas for several "
+        "(balanced round-robin); default $EMBEDSENSE_TARGET or " + default_target,
+    )
+    p.set_defaults(default_target=os.environ.get("EMBEDSENSE_TARGET") or default_target)
     p.add_argument("--api-key", default=os.environ.get("EMBEDSENSE_API_KEY"))
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     p.add_argument("--json", action="store_true", help="JSON output instead of a table")
@@ -368,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["serve"]:  # every flag after it is embedsense-server's, unread here
         return cmd_serve(argv[1:])
     args = parser().parse_args(argv)
+    given = args.target or [args.default_target]
+    args.target = [t.strip() for item in given for t in item.split(",") if t.strip()]
     if args.command == "health":
         return cmd_health(args)
     try:

@@ -40,16 +40,18 @@ T = TypeVar("T")
 class Client:
     def __init__(
         self,
-        target: str = "127.0.0.1:50051",
+        target: str | Sequence[str] = "127.0.0.1:50051",
         api_key: str | None = None,
         timeout: float | None = 30.0,
         retry: Retry | None = None,
         channel: grpc.Channel | None = None,
         tls: TLS | bool | None = None,
     ) -> None:
-        """timeout: the deadline of every call, in seconds (None: no deadline).
-        tls: True (the system's CA roots) or a TLS(...) with your CA and, for mutual TLS,
-        a client certificate and key."""
+        """target: one server ("host:port", or "dns:///name:port" for every address a name
+        has) or a list of them: calls are balanced round-robin (gRPC's own), and a call
+        that finds a server gone is sent to another. timeout: the deadline of every call,
+        in seconds (None: no deadline). tls: True (the system's CA roots) or a TLS(...) with
+        your CA and, for mutual TLS, a client certificate and key."""
         self._channel = channel or api.open_channel(target, tls, aio=False)
         self._stub = embedsense_pb2_grpc.EmbedSenseStub(self._channel)
         self._metadata = api.auth_metadata(api_key)
@@ -112,16 +114,25 @@ class Client:
     ) -> list[str]:
         """Stream documents into a collection; their ids once all are durably stored.
 
-        Bulk loads take long, so there is no deadline unless `timeout` is given.
+        Bulk loads take long, so there is no deadline unless `timeout` is given. A list is
+        sent again (to another server, if there are several) when the server becomes
+        unavailable: every document has its id before the first try, so a retry replaces
+        what an interrupted one stored. An iterator is read once and not retried.
         """
-        total = len(documents) if isinstance(documents, Sequence) else None
+        documents, total = api.resendable(documents)
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:
-            requests = api.upsert_requests(name, documents, batch_size, bar.update)
-            try:
-                response = self._stub.Upsert(requests, timeout=timeout, metadata=self._metadata)
-            except grpc.RpcError as err:
-                raise from_rpc_error(err) from None
-        return list(response.ids)
+            for attempt in range(self.retry.attempts):
+                bar.reset(total)
+                requests = api.upsert_requests(name, documents, batch_size, bar.update)
+                try:
+                    response = self._stub.Upsert(requests, timeout=timeout, metadata=self._metadata)
+                    return list(response.ids)
+                except grpc.RpcError as err:
+                    last = attempt == self.retry.attempts - 1
+                    if total is None or not retryable(err) or last:
+                        raise from_rpc_error(err) from None
+                time.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable")
 
     def info(self) -> Info:
         """The server's model, device, dtype and limits."""

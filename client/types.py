@@ -23,6 +23,8 @@ class Info:
     max_texts_per_request: int
     max_message_bytes: int
     auth_required: bool
+    index_backend: str = ""  # "faiss" or "milvus"
+    replica: str = ""  # which server answered
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embedsense-server", description=__doc__.split("\n")[0])
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help="the faiss backend's store and snapshots")
+    p.add_argument("--index-backend", choices=["faiss", "milvus"], help="default: faiss")
+    p.add_argument("--milvus-uri", help="milvus: ./index.db (milvus-lite) or http://host:19530"
+                   " (the token, if any, from EMBEDSENSE_MILVUS_TOKEN)")  # fmt: skip
+    p.add_argument("--replica", help="this server's name in Info and logs (default host:port)")
     p.add_argument("--model")
     p.add_argument("--api-key", help="comma-separated for several")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -45,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = ServerSettings.from_env(
             host=args.host, port=args.port, data_dir=args.data_dir, model=args.model,
+            index_backend=args.index_backend, milvus_uri=args.milvus_uri, replica=args.replica,
             api_key=args.api_key, device=args.device, dtype=args.dtype, threads=args.threads,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
             metrics_port=args.metrics_port,

@@ -47,7 +47,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("version", "model", "dim", "device", "dtype", "max_tokens", "num_layers", "max_batch_tokens", "max_queued_tokens", "max_concurrent_requests", "max_texts_per_request", "max_message_bytes", "auth_required")
+    __slots__ = ("version", "model", "dim", "device", "dtype", "max_tokens", "num_layers", "max_batch_tokens", "max_queued_tokens", "max_concurrent_requests", "max_texts_per_request", "max_message_bytes", "auth_required", "index_backend", "replica")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,8 @@ class InfoResponse(_message.Message):
     MAX_TEXTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     version: str
     model: str
     dim: int
@@ -74,7 +76,9 @@ class InfoResponse(_message.Message):
     max_texts_per_request: int
     max_message_bytes: int
     auth_required: bool
-    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_queued_tokens: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_texts_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ...) -> None: ...
+    index_backend: str
+    replica: str
+    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_queued_tokens: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_texts_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica: _Optional[str] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("text", "role")

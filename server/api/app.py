@@ -25,7 +25,8 @@ from embedsense.server.api.observability import Metrics
 from embedsense.server.api.service import Service
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.engine import Engine
-from embedsense.server.index import Catalog
+from embedsense.server.index import IndexBackend, open_backend
+from embedsense.server.index.errors import IndexStoreError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class EmbedSenseServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self.engine: Engine | None = None
-        self.catalog: Catalog | None = None
+        self.catalog: IndexBackend | None = None
         self.metrics = Metrics()
         self.metrics_port: int | None = None
 
@@ -52,7 +53,8 @@ class EmbedSenseServer:
         """Check the data directory and the port, load and warm the model, open the store,
         listen; the port it listens on. Raises StartupError, fast, naming what is wrong."""
         s = self.settings
-        self._check_data_dir()
+        if s.index_backend == "faiss":
+            self._check_data_dir()
         self._check_port_free()
         try:
             model = self._model or await asyncio.to_thread(load_model, s.model)
@@ -60,10 +62,11 @@ class EmbedSenseServer:
             raise StartupError(f"model {s.model!r}: {err}") from err
         self.engine = await asyncio.to_thread(Engine(s.engine, model).start)
         try:
-            self.catalog = await asyncio.to_thread(Catalog, s.data_dir)
-        except (sqlite3.Error, OSError) as err:
+            self.catalog = await asyncio.to_thread(open_backend, s.backend())
+        except (sqlite3.Error, OSError, IndexStoreError, ValueError) as err:
             self.engine.close()
-            raise StartupError(f"data directory {s.data_dir}: {err}") from err
+            where = s.data_dir if s.index_backend == "faiss" else s.milvus_uri
+            raise StartupError(f"index ({s.index_backend}, {where}): {err}") from err
         self.metrics.watch(self.engine, self.catalog)
         keys = [k.strip() for k in (s.api_key or "").split(",") if k.strip()]
         interceptors = [DecodeGuard()] + ([ApiKeyInterceptor(keys, self.metrics)] if keys else [])
@@ -74,9 +77,8 @@ class EmbedSenseServer:
                 ("grpc.max_receive_message_length", s.max_message_bytes),
             ],
         )
-        embedsense_pb2_grpc.add_EmbedSenseServicer_to_server(
-            Service(self.engine, self.catalog, s, self.metrics), self._server
-        )
+        service = Service(self.engine, self.catalog, s, self.metrics)
+        embedsense_pb2_grpc.add_EmbedSenseServicer_to_server(service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -99,6 +101,7 @@ class EmbedSenseServer:
         if not self.port:
             await asyncio.to_thread(self.engine.close)
             raise StartupError(f"cannot listen on {address}: {reason}")
+        service.replica = s.replica or f"{socket.gethostname()}:{self.port}"
         await self._server.start()
         if s.metrics_port is not None:
             self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
@@ -106,9 +109,11 @@ class EmbedSenseServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         info = self.engine.info()
         log.info(
-            "serving %s (%d-dim, %s, %s) on %s:%d%s, data in %s%s%s", info.model, info.dim,
+            "serving %s (%d-dim, %s, %s) on %s:%d%s as %s, index %s%s%s", info.model, info.dim,
             info.device, info.dtype, s.host, self.port, " with TLS" if s.tls_cert else "",
-            s.data_dir, f", API keys: {len(keys)}" if keys else "",
+            service.replica,
+            f"faiss in {s.data_dir}" if s.index_backend == "faiss" else f"milvus at {s.milvus_uri}",
+            f", API keys: {len(keys)}" if keys else "",
             f", metrics on :{self.metrics_port}" if self.metrics_port else "",
         )  # fmt: skip
         return self.port

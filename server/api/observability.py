@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 
 from embedsense.server.engine import BatchReport, Engine
-from embedsense.server.index import Catalog
+from embedsense.server.index import IndexBackend
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("embedsense.access")
@@ -67,7 +67,7 @@ class Metrics:
         )
         self._http = None
 
-    def watch(self, engine: Engine, catalog: Catalog) -> None:
+    def watch(self, engine: Engine, catalog: IndexBackend) -> None:
         """Follow the engine's batches, and read queue and index sizes on every scrape."""
         engine.add_observer(self.on_batch)
         self.model_load.set(engine.model.load_seconds)
@@ -104,7 +104,7 @@ class Metrics:
 class _EngineAndIndex:
     """Counters the engine keeps, and each collection's size, read when scraped."""
 
-    def __init__(self, engine: Engine, catalog: Catalog) -> None:
+    def __init__(self, engine: Engine, catalog: IndexBackend) -> None:
         self.engine = engine
         self.catalog = catalog
 
@@ -128,7 +128,7 @@ class _EngineAndIndex:
             except KeyError:  # dropped meanwhile
                 continue
             documents.add_metric([name], collection.count())
-            vectors.add_metric([name], collection.faiss_index.ntotal)
+            vectors.add_metric([name], collection.index_vectors())
         yield documents
         yield vectors
 

@@ -44,7 +44,7 @@ from embedsense.server.api.observability import Metrics, new_request_id, request
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.engine import Embedding, Engine
 from embedsense.server.explain import MAX_ATTENTION_VALUES, Explainer
-from embedsense.server.index import Catalog, Document, Token
+from embedsense.server.index import Document, IndexBackend, Token
 from embedsense.server.senses import errors as sense_errors
 from embedsense.server.senses.senses import FoundOccurrence, Senses
 
@@ -61,6 +61,7 @@ STATUSES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (idx.CollectionExists, grpc.StatusCode.ALREADY_EXISTS),
     (idx.ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (idx.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (idx.IndexUnavailable, grpc.StatusCode.UNAVAILABLE),
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (sense_errors.SenseInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (sense_errors.NoTokenVectors, grpc.StatusCode.FAILED_PRECONDITION),
@@ -128,7 +129,7 @@ def _tokens_reply(t: TokenizedText) -> pb.TokenizeResponse:
 
 class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     def __init__(
-        self, engine: Engine, catalog: Catalog, settings: ServerSettings, metrics: Metrics
+        self, engine: Engine, catalog: IndexBackend, settings: ServerSettings, metrics: Metrics
     ) -> None:
         self.engine = engine
         self.metrics = metrics
@@ -138,6 +139,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         self._streams = 0  # Upsert streams open now (one event loop: no lock needed)
         self.settings = settings
         self.model_name = engine.model.spec.name
+        self.replica = settings.replica or ""  # the app names it once it has a port
 
     # ------------------------------------------------------------ helpers
 
@@ -162,10 +164,10 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         remaining = context.time_remaining()
         return await self.engine.embed(texts, timeout=remaining, **options)
 
-    async def _collection(self, name: str) -> idx.Collection:
+    async def _collection(self, name: str) -> idx.CollectionBackend:
         if not name:
             raise BadRequest("collection: a collection name is needed")
-        return self.catalog.get(name)
+        return await asyncio.to_thread(self.catalog.get, name)  # milvus: maybe a round trip
 
     # ------------------------------------------------------------ model
 
@@ -180,6 +182,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             max_concurrent_requests=info.max_concurrent_requests,
             max_texts_per_request=s.max_texts_per_request,
             max_message_bytes=s.max_message_bytes, auth_required=bool(s.api_key),
+            index_backend=self.catalog.kind, replica=self.replica,
         )  # fmt: skip
 
     @rpc
@@ -274,7 +277,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     # ------------------------------------------------------------ documents
 
     async def _documents(
-        self, collection: idx.Collection, batch: list[pb.Document], context: Any
+        self, collection: idx.CollectionBackend, batch: list[pb.Document], context: Any
     ) -> list[Document]:
         texts = [self._text(d.text, f"documents[{i}].text") for i, d in enumerate(batch)]
         metadata = [metadata_of(d.metadata_json, f"documents[{i}].metadata_json")
@@ -282,12 +285,12 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         # Long documents are embedded in windows: every token of a stored text gets a vector.
         results = await self._embed(
             texts, context, role=TextRole.PASSAGE, windowed=True,
-            token_vectors=collection.row.store_tokens,
+            token_vectors=collection.store_tokens,
         )  # fmt: skip
         docs = []
         for d, meta, r in zip(batch, metadata, results, strict=True):
             tokens = token_vectors = None
-            if collection.row.store_tokens:
+            if collection.store_tokens:
                 t = r.tokenized
                 tokens = [Token(tok, s, e) for tok, (s, e) in zip(t.tokens, t.offsets, strict=True)]
                 token_vectors = r.token_vectors

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from embedsense.server.config import EngineConfig
+from embedsense.server.index.backend import BACKENDS, BackendSettings
 
 # The engine's knobs that a deployment sets from the environment and flags too.
 ENGINE_KNOBS = ("model", "device", "dtype", "threads", "max_batch_tokens", "max_batch_requests",
@@ -24,6 +25,12 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 50051
     data_dir: Path = Path("data")
+    # Where collections live: "faiss" (FAISS + SQLite in data_dir, the default) or "milvus"
+    # (a milvus-lite file ending in .db, or a Milvus URL; the server then keeps no state).
+    index_backend: str = "faiss"
+    milvus_uri: str | None = None
+    milvus_token: str | None = None
+    replica: str | None = None  # this server's name in Info and logs (default: host:port)
     # When set (comma-separated for several), every call but health and reflection needs one.
     api_key: str | None = None
     # Deliberate: 64 MiB carries 32k 512-dim float32 vectors or a 2048-text Embed with
@@ -41,9 +48,19 @@ class ServerSettings:
     metrics_host: str | None = None  # default: the server's host
     engine: EngineConfig = field(default_factory=EngineConfig)
 
+    def __post_init__(self) -> None:
+        if self.index_backend not in BACKENDS:
+            raise ValueError(
+                f"index backend {self.index_backend!r}: expected one of {', '.join(BACKENDS)}"
+            )
+
     @property
     def model(self) -> str:
         return self.engine.model
+
+    def backend(self) -> BackendSettings:
+        return BackendSettings(self.index_backend, self.data_dir, self.milvus_uri,
+                               self.milvus_token)  # fmt: skip
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> ServerSettings:

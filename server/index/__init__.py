@@ -1,5 +1,11 @@
 """The vector index: collections of documents, durable in SQLite, searched with FAISS."""
 
+from embedsense.server.index.backend import (
+    BackendSettings,
+    CollectionBackend,
+    IndexBackend,
+    open_backend,
+)
 from embedsense.server.index.catalog import Catalog
 from embedsense.server.index.collection import Collection, CollectionInfo
 from embedsense.server.index.errors import (
@@ -8,6 +14,7 @@ from embedsense.server.index.errors import (
     DimensionMismatch,
     FilterError,
     IndexStoreError,
+    IndexUnavailable,
     InvalidArgument,
     ModelMismatch,
 )
@@ -15,6 +22,10 @@ from embedsense.server.index.hits import Hit
 from embedsense.server.index.store import Document, Token
 
 __all__ = [
+    "BackendSettings",
+    "CollectionBackend",
+    "IndexBackend",
+    "open_backend",
     "Catalog",
     "Collection",
     "CollectionExists",
@@ -25,6 +36,7 @@ __all__ = [
     "FilterError",
     "Hit",
     "IndexStoreError",
+    "IndexUnavailable",
     "InvalidArgument",
     "ModelMismatch",
     "Token",

@@ -7,7 +7,6 @@ data_dir/snapshots/<name>/*.faiss  one FAISS snapshot per collection (rebuildabl
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import threading
 import time
@@ -16,17 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from embedsense.server.index.collection import Collection, CollectionInfo
-from embedsense.server.index.errors import CollectionExists, CollectionNotFound, InvalidArgument
-from embedsense.server.index.faiss_index import METRICS, new_index
+from embedsense.server.index.errors import CollectionExists, CollectionNotFound
+from embedsense.server.index.faiss_index import new_index
 from embedsense.server.index.store import CollectionRow, Store
+from embedsense.server.index.validation import check_new_collection, search_options
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-SEARCH_OPTIONS = ("ef_search", "nprobe")
-
 
 class Catalog:
+    """The `faiss` index backend (see backend.py): FAISS indexes over one SQLite store."""
+
+    kind = "faiss"
+
     def __init__(self, data_dir: Path | str, synchronous: str = "FULL") -> None:
         self.data_dir = Path(data_dir)
         self.store = Store(self.data_dir / "embedsense.sqlite3", synchronous)
@@ -51,19 +52,9 @@ class Catalog:
         store_tokens: bool = False,
         options: Mapping[str, Any] | None = None,
     ) -> CollectionInfo:
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise InvalidArgument(
-                f"collection name {name!r}: 1-64 letters, digits, '_', '-' or '.', "
-                "starting with a letter or digit"
-            )
-        if not model:
-            raise InvalidArgument("a collection needs the name of the model of its vectors")
-        if not isinstance(dim, int) or not 1 <= dim <= 65_536:
-            raise InvalidArgument(f"dimension {dim!r}: expected an integer in 1-65536")
-        if metric not in METRICS:
-            raise InvalidArgument(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
+        check_new_collection(name, model, dim, metric)
         new_index(index_spec, dim, metric)  # a bad spec fails here, before anything is stored
-        options = _search_options(options)
+        options = search_options(options)
         with self._lock:
             if name in self._collections:
                 raise CollectionExists(f"collection {name!r} already exists")
@@ -104,22 +95,23 @@ class Catalog:
         self, name: str, index_spec: str, options: Mapping[str, Any] | None = None
     ) -> CollectionInfo:
         collection = self.get(name)
-        collection.reindex(index_spec, _search_options(options))
+        collection.reindex(index_spec, search_options(options))
         return collection.info()
+
+    def put_inventory(self, name: str, words_json: str, replace: bool) -> bool:
+        return self.store.put_inventory(name, words_json, replace)
+
+    def get_inventory(self, name: str) -> str | None:
+        return self.store.get_inventory(name)
+
+    def inventories(self) -> list[tuple[str, str]]:
+        return self.store.inventories()
+
+    def delete_inventory(self, name: str) -> bool:
+        return self.store.delete_inventory(name)
 
     def close(self) -> None:
         """Snapshot every collection (so the next start loads instead of rebuilding)."""
         for collection in self._collections.values():
             collection.close()
         self.store.close()
-
-
-def _search_options(options: Mapping[str, Any] | None) -> dict[str, int]:
-    checked = {}
-    for key, value in (options or {}).items():
-        if key not in SEARCH_OPTIONS:
-            raise InvalidArgument(f"unknown option {key!r}; known: {', '.join(SEARCH_OPTIONS)}")
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65_536:
-            raise InvalidArgument(f"{key} must be an integer in 1-65536, got {value!r}")
-        checked[key] = value
-    return checked

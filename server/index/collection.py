@@ -128,6 +128,10 @@ class Collection:
         return self.row.dim
 
     @property
+    def store_tokens(self) -> bool:
+        return self.row.store_tokens
+
+    @property
     def ef_search(self) -> int:
         return int(self.row.options.get("ef_search", 64))
 
@@ -305,6 +309,12 @@ class Collection:
 
     def count(self) -> int:
         return self._gen.live.count
+
+    def index_vectors(self) -> int:
+        return self._gen.index.ntotal
+
+    def ids_containing(self, word: str, limit: int) -> list[str]:
+        return self.store.ids_containing(self.name, word, limit)
 
     def search(
         self,

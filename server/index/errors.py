@@ -18,6 +18,10 @@ class CollectionExists(IndexStoreError):
     """ALREADY_EXISTS: a collection by that name exists."""
 
 
+class IndexUnavailable(IndexStoreError):
+    """UNAVAILABLE: the index backend (a Milvus server) cannot be reached right now."""
+
+
 class InvalidArgument(IndexStoreError, ValueError):
     """INVALID_ARGUMENT: a bad name, spec, document or query."""
 

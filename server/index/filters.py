@@ -14,74 +14,110 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from embedsense.server.index.errors import FilterError
 
 _FIELD = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
-_COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _MAX_IN = 10_000
 
 
-def compile_filter(where: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
-    """The filter as an SQL condition on the `metadata` column, and its parameters."""
+@dataclass(frozen=True)
+class Condition:
+    """One checked condition of a filter: a field path, an operator, its operand.
+
+    op is "$eq" (operand: str, int, float, bool or None), "$ne" (the same; a document
+    without the field matches), "$in" (a list of such values) or a comparison "$gt", "$gte",
+    "$lt", "$lte" (a number or a string: it matches only values of the same kind)."""
+
+    path: tuple[str, ...]
+    op: str
+    operand: Any
+
+
+def parse_filter(where: Mapping[str, Any] | None) -> list[Condition]:
+    """The filter's conditions (all must hold), checked; FilterError names what is wrong."""
     if not where:
-        return "1", []
+        return []
     if not isinstance(where, Mapping):
         raise FilterError(
             f"a filter is a JSON object of field conditions, got {type(where).__name__}"
         )
-    clauses: list[str] = []
-    params: list[Any] = []
+    conditions = []
     for field, condition in where.items():
         if not isinstance(field, str) or not _FIELD.match(field):
             raise FilterError(
                 f"bad field name {field!r}: letters, digits, _ and -, with dots for nesting"
             )
-        path = "$." + ".".join(f'"{part}"' for part in field.split("."))
-        if isinstance(condition, Mapping):
-            if not condition:
-                raise FilterError(f"{field}: an empty condition object")
-            for op, operand in condition.items():
-                clause, clause_params = _operator(field, path, op, operand)
-                clauses.append(clause)
-                params += clause_params
-        else:
-            clause, clause_params = _equals(field, path, condition)
-            clauses.append(clause)
-            params += clause_params
-    return " AND ".join(clauses), params
+        path = tuple(field.split("."))
+        if not isinstance(condition, Mapping):
+            conditions.append(Condition(path, "$eq", _scalar(field, condition)))
+            continue
+        if not condition:
+            raise FilterError(f"{field}: an empty condition object")
+        for op, operand in condition.items():
+            conditions.append(Condition(path, op, _operand(field, op, operand)))
+    return conditions
 
 
-def _operator(field: str, path: str, op: str, operand: Any) -> tuple[str, list[Any]]:
+def _operand(field: str, op: str, operand: Any) -> Any:
     if op == "$in":
         if not isinstance(operand, list) or not operand:
             raise FilterError(f"{field}: $in takes a non-empty list of values")
         if len(operand) > _MAX_IN:
             raise FilterError(f"{field}: $in takes at most {_MAX_IN} values, got {len(operand)}")
-        alternatives = [_equals(field, path, value) for value in operand]
-        return "(" + " OR ".join(c for c, _ in alternatives) + ")", [
-            p for _, ps in alternatives for p in ps
-        ]
-    if op == "$eq":
-        return _equals(field, path, operand)
-    if op == "$ne":
-        clause, params = _equals(field, path, operand)
-        # A document without the field is "not equal" too (SQL would say NULL: unknown).
-        return f"NOT COALESCE({clause}, 0)", params
-    if op in _COMPARISONS:
+        return [_scalar(field, value) for value in operand]
+    if op in ("$eq", "$ne"):
+        return _scalar(field, operand)
+    if op in COMPARISONS:
         if isinstance(operand, bool) or not isinstance(operand, int | float | str):
             raise FilterError(f"{field}: {op} compares with a number or a string, got {operand!r}")
-        kinds = "('integer', 'real')" if not isinstance(operand, str) else "('text')"
-        return (
-            f"(json_type(metadata, ?) IN {kinds} AND json_extract(metadata, ?) "
-            f"{_COMPARISONS[op]} ?)",
-            [path, path, operand],
-        )
-    raise FilterError(f"{field}: unknown operator {op!r}; known: $in, {', '.join(_COMPARISONS)}")
+        return operand
+    raise FilterError(f"{field}: unknown operator {op!r}; known: $in, {', '.join(COMPARISONS)}")
 
 
-def _equals(field: str, path: str, value: Any) -> tuple[str, list[Any]]:
+def _scalar(field: str, value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise FilterError(
+        f"{field}: compare with a string, number, boolean or null, not {type(value).__name__}"
+    )
+
+
+def compile_filter(where: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
+    """The filter as an SQL condition on the `metadata` column, and its parameters."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for condition in parse_filter(where):
+        clause, clause_params = _sql(condition)
+        clauses.append(clause)
+        params += clause_params
+    return (" AND ".join(clauses) or "1"), params
+
+
+def _sql(c: Condition) -> tuple[str, list[Any]]:
+    path = "$." + ".".join(f'"{part}"' for part in c.path)
+    if c.op == "$in":
+        alternatives = [_equals(path, value) for value in c.operand]
+        return "(" + " OR ".join(clause for clause, _ in alternatives) + ")", [
+            p for _, ps in alternatives for p in ps
+        ]
+    if c.op == "$eq":
+        return _equals(path, c.operand)
+    if c.op == "$ne":
+        clause, params = _equals(path, c.operand)
+        # A document without the field is "not equal" too (SQL would say NULL: unknown).
+        return f"NOT COALESCE({clause}, 0)", params
+    kinds = "('text')" if isinstance(c.operand, str) else "('integer', 'real')"
+    return (
+        f"(json_type(metadata, ?) IN {kinds} AND json_extract(metadata, ?) {COMPARISONS[c.op]} ?)",
+        [path, path, c.operand],
+    )
+
+
+def _equals(path: str, value: Any) -> tuple[str, list[Any]]:
     if value is None:
         return "json_type(metadata, ?) = 'null'", [path]
     if isinstance(value, bool):
@@ -91,12 +127,8 @@ def _equals(field: str, path: str, value: Any) -> tuple[str, list[Any]]:
             "(json_type(metadata, ?) IN ('integer', 'real') AND json_extract(metadata, ?) = ?)",
             [path, path, value],
         )
-    if isinstance(value, str):
-        return "(json_type(metadata, ?) = 'text' AND json_extract(metadata, ?) = ?)", [
-            path,
-            path,
-            value,
-        ]
-    raise FilterError(
-        f"{field}: compare with a string, number, boolean or null, not {type(value).__name__}"
-    )
+    return "(json_type(metadata, ?) = 'text' AND json_extract(metadata, ?) = ?)", [
+        path,
+        path,
+        value,
+    ]

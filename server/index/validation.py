@@ -3,8 +3,10 @@ naming the document and what would be valid. Pure functions of the collection's 
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -12,6 +14,35 @@ from embedsense.server.index.errors import DimensionMismatch, InvalidArgument, M
 from embedsense.server.index.store import CollectionRow, Document
 
 MAX_ID_LENGTH = 256
+METRICS = ("cosine", "ip", "l2")
+SEARCH_OPTIONS = ("ef_search", "nprobe")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def check_new_collection(name: str, model: str, dim: int, metric: str) -> None:
+    """What any backend asks of a new collection (each checks its index spec itself)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidArgument(
+            f"collection name {name!r}: 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    if not model:
+        raise InvalidArgument("a collection needs the name of the model of its vectors")
+    if not isinstance(dim, int) or not 1 <= dim <= 65_536:
+        raise InvalidArgument(f"dimension {dim!r}: expected an integer in 1-65536")
+    if metric not in METRICS:
+        raise InvalidArgument(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
+
+
+def search_options(options: Mapping[str, Any] | None) -> dict[str, int]:
+    checked = {}
+    for key, value in (options or {}).items():
+        if key not in SEARCH_OPTIONS:
+            raise InvalidArgument(f"unknown option {key!r}; known: {', '.join(SEARCH_OPTIONS)}")
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65_536:
+            raise InvalidArgument(f"{key} must be an integer in 1-65536, got {value!r}")
+        checked[key] = value
+    return checked
 
 
 def check_model(row: CollectionRow, model: str | None) -> None:

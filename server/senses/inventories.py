@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from importlib.resources import files
 
-from embedsense.server.index.store import Store
+from embedsense.server.index.backend import IndexBackend
 from embedsense.server.senses.errors import InventoryExists, InventoryNotFound, SenseInputError
 
 DEFAULT = "default"
@@ -56,7 +56,9 @@ def _builtin() -> dict[str, Senses]:
 
 
 class Inventories:
-    def __init__(self, store: Store) -> None:
+    """Named inventories, stored through the index backend: every replica sees the same."""
+
+    def __init__(self, store: IndexBackend) -> None:
         self.store = store
         self.default = _builtin()
 

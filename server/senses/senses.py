@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embedsense.server.engine import Engine
-from embedsense.server.index import Catalog, Collection
+from embedsense.server.index import CollectionBackend, IndexBackend
 from embedsense.server.senses import method
 from embedsense.server.senses.errors import NoTokenVectors, SenseInputError
 from embedsense.server.senses.inventories import DEFAULT, Inventories, check_senses
@@ -63,10 +63,10 @@ class Induction:
 
 
 class Senses:
-    def __init__(self, engine: Engine, catalog: Catalog) -> None:
+    def __init__(self, engine: Engine, catalog: IndexBackend) -> None:
         self.engine = engine
         self.catalog = catalog
-        self.inventories = Inventories(catalog.store)
+        self.inventories = Inventories(catalog)
 
     async def disambiguate(
         self,
@@ -116,18 +116,16 @@ class Senses:
     # ------------------------------------------------------------ over a collection
 
     async def _stored_occurrences(
-        self, collection: Collection, word: str
+        self, collection: CollectionBackend, word: str
     ) -> tuple[list[tuple[str, Occurrence, dict]], np.ndarray, np.ndarray]:
         """Every occurrence of `word` in the collection, with its stored word and sentence
         vectors."""
-        if not collection.row.store_tokens:
+        if not collection.store_tokens:
             raise NoTokenVectors(
                 f"collection {collection.name!r} keeps no token vectors: create it with "
                 "store_tokens=True to search or induce word senses in it"
             )
-        ids = await asyncio.to_thread(
-            collection.store.ids_containing, collection.name, word, MAX_CANDIDATE_DOCUMENTS
-        )
+        ids = await asyncio.to_thread(collection.ids_containing, word, MAX_CANDIDATE_DOCUMENTS)
         docs = await asyncio.to_thread(collection.get, ids)
         items, words, contexts = [], [], []
         for doc in docs:

@@ -1,4 +1,5 @@
-"""A real `embedsense serve` in its own process on 127.0.0.1, for the load and fault scripts."""
+"""Real servers in their own processes on 127.0.0.1: `embedsense-server` (for the load and
+fault scripts and the replica tests) and a milvus-lite server."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class ServerProcess:
         """Start and wait until it answers; the seconds that took."""
         started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "embedsense.client.cli", "serve", "--host", "127.0.0.1",
+            [sys.executable, "-m", "embedsense.server", "--host", "127.0.0.1",
              "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "EMBEDSENSE_API_KEY": ""},
@@ -61,3 +62,29 @@ class ServerProcess:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(60)
+
+
+class MilvusLiteServer:
+    """`milvus-lite server` on 127.0.0.1 (never its default 0.0.0.0), data in `data_dir`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "milvus_lite.cmdline", "server", "--data-dir", str(data_dir),
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the milvus-lite server did not come up") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)

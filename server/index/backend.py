@@ -1,0 +1,133 @@
+"""What the service needs from an index backend: the smallest set of operations, as two
+protocols. `faiss` (FAISS + SQLite in a data directory, the zero-setup default) and
+`milvus` (pymilvus' MilvusClient: an embedded milvus-lite file or a Milvus server) both
+implement them, and tests/test_backends.py runs one test module against each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from embedsense.server.index.collection import CollectionInfo
+from embedsense.server.index.hits import Hit
+from embedsense.server.index.store import Document
+
+BACKENDS = ("faiss", "milvus")
+
+
+class CollectionBackend(Protocol):
+    """One collection of documents: vectors, texts, metadata, and token vectors when it
+    keeps them."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def store_tokens(self) -> bool: ...
+
+    def info(self) -> CollectionInfo: ...
+
+    def count(self) -> int: ...
+
+    def index_vectors(self) -> int:
+        """Vectors the index holds, dead ones included where it keeps them (a metric)."""
+        ...
+
+    def upsert(self, docs: Sequence[Document], model: str | None = None) -> list[str]:
+        """Insert or replace; the ids. When it returns, every read sees the documents."""
+        ...
+
+    def get(self, ids: Sequence[str]) -> list[Document | None]: ...
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete by id; how many existed."""
+        ...
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        where: Mapping[str, Any] | None = None,
+        *,
+        with_documents: bool = True,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        model: str | None = None,
+    ) -> list[list[Hit]]: ...
+
+    def ids_containing(self, word: str, limit: int) -> list[str]:
+        """Ids of documents whose text contains `word` (at most `limit`): where a word's
+        occurrences are looked for."""
+        ...
+
+
+class IndexBackend(Protocol):
+    """Every collection, and the named sense inventories, of one deployment."""
+
+    kind: str  # one of BACKENDS
+
+    def create(
+        self,
+        name: str,
+        *,
+        model: str,
+        dim: int,
+        metric: str = "cosine",
+        index_spec: str = "Flat",
+        store_tokens: bool = False,
+        options: Mapping[str, Any] | None = None,
+    ) -> CollectionInfo: ...
+
+    def get(self, name: str) -> CollectionBackend:
+        """The collection; CollectionNotFound if there is none by that name."""
+        ...
+
+    def names(self) -> list[str]: ...
+
+    def list(self) -> list[CollectionInfo]: ...
+
+    def drop(self, name: str) -> None: ...
+
+    def close(self) -> None: ...
+
+    # Sense inventories, stored as JSON text (the senses layer validates them).
+    def put_inventory(self, name: str, words_json: str, replace: bool) -> bool:
+        """Store it; False when it exists and replace is not asked."""
+        ...
+
+    def get_inventory(self, name: str) -> str | None: ...
+
+    def inventories(self) -> list[tuple[str, str]]: ...
+
+    def delete_inventory(self, name: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    kind: str = "faiss"
+    data_dir: Path = Path("data")  # faiss: where the store and the snapshots live
+    milvus_uri: str | None = None  # milvus: a path ending in .db (milvus-lite) or a URL
+    milvus_token: str | None = None
+
+
+def open_backend(settings: BackendSettings) -> IndexBackend:
+    """The configured backend, open; ValueError for a configuration that cannot work."""
+    if settings.kind == "faiss":
+        from embedsense.server.index.catalog import Catalog
+
+        return Catalog(settings.data_dir)
+    if settings.kind == "milvus":
+        if not settings.milvus_uri:
+            raise ValueError(
+                "index backend milvus needs a URI (--milvus-uri / EMBEDSENSE_MILVUS_URI): "
+                "a milvus-lite file such as ./index.db, or http://host:19530"
+            )
+        from embedsense.server.index.milvus import MilvusBackend
+
+        return MilvusBackend(settings.milvus_uri, settings.milvus_token)
+    raise ValueError(f"index backend {settings.kind!r}: expected one of {', '.join(BACKENDS)}")

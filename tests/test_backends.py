@@ -1,0 +1,194 @@
+"""One test module for every index backend: `faiss` (FAISS + SQLite), `milvus` on an
+embedded milvus-lite file, and `milvus` on a milvus-lite server on 127.0.0.1, through the
+same interface the service uses (server/index/backend.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ops.serverproc import MilvusLiteServer
+from test_index import DIM, FILTERS, brute_force, corpus, unit
+
+from embedsense.server.index import (
+    BackendSettings,
+    CollectionExists,
+    CollectionNotFound,
+    DimensionMismatch,
+    Document,
+    FilterError,
+    InvalidArgument,
+    ModelMismatch,
+    Token,
+    open_backend,
+)
+
+# The filter cases every backend must answer with the same ids: the faiss backend's cases,
+# and the ones where a loose comparison would differ (true vs 1, null vs missing, $ne on a
+# missing field, a string vs a number, non-ASCII).
+SHARED_FILTERS = [
+    *FILTERS,
+    {"flag": True},
+    {"flag": 1},
+    {"flag": {"$ne": True}},
+    {"note": None},
+    {"note": {"$ne": None}},
+    {"year": {"$in": [2003, "2004"]}},
+    {"lang": {"$gte": "ja"}},
+    {"source.site": {"$in": ["wiki", "论坛"]}},
+    {"title": "苹果"},
+    {"score": {"$lte": 0.25}, "public": False},
+]
+
+
+def _extra(i: int) -> dict:
+    extra: dict = {}
+    if i % 4 == 0:
+        extra["flag"] = True
+    elif i % 4 == 1:
+        extra["flag"] = 1
+    if i % 5 == 0:
+        extra["note"] = None
+    elif i % 5 == 1:
+        extra["note"] = "x"
+    if i % 7 == 0:
+        extra["title"] = "苹果"
+        extra["source"] = {"site": "论坛"}
+    return extra
+
+
+def documents(n: int) -> list[Document]:
+    docs = corpus(n)
+    for i, doc in enumerate(docs):
+        doc.metadata = {**doc.metadata, **_extra(i)}
+    return docs
+
+
+@pytest.fixture(scope="module")
+def milvus_server(tmp_path_factory):
+    """A milvus-lite server of its own on 127.0.0.1, for the module."""
+    server = MilvusLiteServer(tmp_path_factory.mktemp("milvus-server"))
+    yield server.uri
+    server.stop()
+
+
+@pytest.fixture(params=["faiss", "milvus-lite-file", "milvus-lite-server"])
+def backend(request, tmp_path):
+    if request.param == "faiss":
+        settings = BackendSettings("faiss", data_dir=tmp_path / "data")
+    elif request.param == "milvus-lite-file":
+        settings = BackendSettings("milvus", milvus_uri=str(tmp_path / "index.db"))
+    else:
+        settings = BackendSettings("milvus", milvus_uri=request.getfixturevalue("milvus_server"))
+    opened = open_backend(settings)
+    yield opened
+    for name in opened.names():  # the server outlives the test
+        opened.drop(name)
+    opened.close()
+
+
+def test_collections_are_created_listed_described_and_dropped(backend):
+    info = backend.create("news", model="m", dim=DIM, index_spec="HNSW32",
+                          options={"ef_search": 40})  # fmt: skip
+    assert (info.name, info.dim, info.metric, info.index_spec, info.count, info.ef_search) == (
+        "news", DIM, "cosine", "HNSW32", 0, 40
+    )  # fmt: skip
+    backend.create("blogs.v2", model="m", dim=DIM, store_tokens=True)
+    assert [c.name for c in backend.list()] == ["blogs.v2", "news"]
+    assert backend.get("blogs.v2").store_tokens and not backend.get("news").store_tokens
+    with pytest.raises(CollectionExists):
+        backend.create("news", model="m", dim=DIM)
+    with pytest.raises(InvalidArgument, match="collection name"):
+        backend.create("bad name!", model="m", dim=DIM)
+    with pytest.raises(InvalidArgument, match="index spec"):
+        backend.create("x", model="m", dim=DIM, index_spec="NoSuchIndex")
+    backend.drop("news")
+    assert backend.names() == ["blogs.v2"]
+    with pytest.raises(CollectionNotFound, match="news"):
+        backend.get("news")
+
+
+def test_documents_are_upserted_read_replaced_and_deleted(backend):
+    backend.create("c", model="m", dim=DIM)
+    col = backend.get("c")
+    docs = documents(50)
+    assert col.upsert(docs) == [d.id for d in docs]
+    assert col.count() == 50
+    got = col.get(["doc-3", "nope", "doc-7"])
+    assert got[1] is None and got[0].text == "text 3" and got[2].metadata == docs[7].metadata
+    np.testing.assert_allclose(got[0].vector, docs[3].vector, atol=1e-6)
+    replaced = Document(id="doc-3", text="new", vector=docs[9].vector, metadata={"v": 2})
+    col.upsert([replaced])
+    assert col.count() == 50 and col.get(["doc-3"])[0].text == "new"
+    hits = col.search(docs[9].vector, k=2)[0]
+    assert {h.id for h in hits} == {"doc-3", "doc-9"}
+    assert col.delete(["doc-3", "doc-4", "nope", "doc-4"]) == 2
+    assert col.count() == 48 and col.get(["doc-3", "doc-4"]) == [None, None]
+    raw = col.search(docs[4].vector, k=48, with_documents=False)[0]
+    assert len(raw) == 48 and not {"doc-3", "doc-4"} & {h.id for h in raw}
+    assert raw[0].text is None
+    generated = col.upsert([Document(text="no id", vector=docs[0].vector)])
+    assert len(generated[0]) == 32 and col.get(generated)[0].text == "no id"
+
+
+def test_bad_documents_and_queries_are_refused(backend):
+    backend.create("c", model="m", dim=DIM)
+    col = backend.get("c")
+    with pytest.raises(DimensionMismatch):
+        col.upsert([Document(text="x", vector=np.ones(DIM + 1))])
+    with pytest.raises(ModelMismatch):
+        col.upsert(documents(1), model="another")
+    with pytest.raises(InvalidArgument, match="the same id twice"):
+        col.upsert(documents(1) * 2)
+    with pytest.raises(InvalidArgument, match="k must be"):
+        col.search(np.ones(DIM), k=0)
+    with pytest.raises(FilterError):
+        col.search(np.ones(DIM), where={"a": {"$regex": "."}})
+
+
+@pytest.mark.parametrize("where", SHARED_FILTERS, ids=[str(f) for f in SHARED_FILTERS])
+def test_filters_mean_the_same_on_every_backend(backend, where):
+    backend.create("c", model="m", dim=DIM)
+    col = backend.get("c")
+    docs = documents(300)
+    col.upsert(docs)
+    query = unit(np.random.default_rng(8))[0]
+    expected = brute_force(docs, query, where, 10)
+    assert [h.id for h in col.search(query, k=10, where=where)[0]] == expected
+
+
+def test_token_vectors_and_word_occurrences(backend):
+    backend.create("t", model="m", dim=DIM, store_tokens=True)
+    col = backend.get("t")
+    rng = np.random.default_rng(3)
+    texts = {"a": "我喜欢吃苹果", "b": "苹果手机_100%", "c": "香蕉"}
+    docs = []
+    for doc_id, text in texts.items():
+        tokens = [Token(ch, i, i + 1) for i, ch in enumerate(text)]
+        vectors = rng.normal(size=(len(text), DIM))
+        docs.append(Document(text=text, vector=unit(rng)[0], id=doc_id, tokens=tokens,
+                             token_vectors=vectors))  # fmt: skip
+    col.upsert(docs)
+    (a,) = col.get(["a"])
+    assert [t.text for t in a.tokens] == list(texts["a"]) and a.tokens[4] == Token("苹", 4, 5)
+    np.testing.assert_allclose(a.token_vectors, docs[0].token_vectors, atol=1e-6)
+    assert sorted(col.ids_containing("苹果", 100)) == ["a", "b"]
+    assert col.ids_containing("_100%", 100) == ["b"]  # LIKE's wildcards are escaped
+    assert col.ids_containing("100%x", 100) == []
+    shorter = Document(text="苹果", vector=unit(rng)[0], id="a", tokens=[Token("苹果", 0, 2)],
+                       token_vectors=rng.normal(size=(1, DIM)))  # fmt: skip
+    col.upsert([shorter])  # a replaced document's old tokens are gone
+    assert [t.text for t in col.get(["a"])[0].tokens] == ["苹果"]
+    assert col.info().tokens == len(texts["b"]) + len(texts["c"]) + 1
+    col.delete(["b"])
+    assert col.info().tokens == len(texts["c"]) + 1
+
+
+def test_inventories_are_stored_listed_and_deleted(backend):
+    assert backend.put_inventory("mine", '{"打": {}}', replace=False)
+    assert not backend.put_inventory("mine", '{"x": {}}', replace=False)
+    assert backend.put_inventory("mine", '{"花": {}}', replace=True)
+    assert backend.get_inventory("mine") == '{"花": {}}' and backend.get_inventory("no") is None
+    backend.put_inventory("another", "{}", replace=False)
+    assert [name for name, _ in backend.inventories()] == ["another", "mine"]
+    assert backend.delete_inventory("mine") and not backend.delete_inventory("mine")
+    backend.delete_inventory("another")
