@@ -21,6 +21,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cuda
+	$(BIN)/kubernetes-validate --strict --quiet docker/k8s/*.yaml
 
 format: install
 	$(BIN)/ruff format .

@@ -21,7 +21,7 @@ PHONE = ["苹果发布了新款手机", "我的苹果电脑坏了", "苹果公�
 
 def requests_served(metrics_port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read()
-    counts = re.findall(r'^embedsense_requests_total\{[^}]*\} ([0-9.e+]+)$', text.decode(), re.M)
+    counts = re.findall(r"^embedsense_requests_total\{[^}]*\} ([0-9.e+]+)$", text.decode(), re.M)
     return sum(float(c) for c in counts)
 
 
@@ -39,8 +39,10 @@ def cluster(e5, tmp_path_factory):
     try:
         for process in processes:
             process.start()
-        local = ServerThread(e5, tmp_path_factory.mktemp("replica0"), index_backend="milvus",
-                             milvus_uri=milvus.uri, replica="replica-0", metrics_port=0)  # fmt: skip
+        local = ServerThread(
+            e5, tmp_path_factory.mktemp("replica0"), index_backend="milvus",
+            milvus_uri=milvus.uri, replica="replica-0", metrics_port=0,
+        )  # fmt: skip
         yield {
             "targets": [local.target] + [p.target for p in processes],
             "metrics": [local.server.metrics_port, *ports],

@@ -1,0 +1,182 @@
+"""The index tier: the milvus backend vs the faiss backend, and 1 vs 2 encoder replicas.
+
+Part 1, the backends through the same interface the service uses (server/index/backend.py),
+on N clustered unit vectors (bench_index.py's data set) with a `bucket` field that a 10 %
+filter selects: upsert throughput, then for HNSW32 at several ef_search values, recall@10
+against exact search and queries/s with p50/p99 latency (one query per call, as the service
+makes them), unfiltered and filtered. The milvus backend talks to a milvus-lite server on
+127.0.0.1 (the shared deployment: a separate process, over gRPC). milvus-lite is the only
+Milvus that runs here, and it is Milvus rewritten in Python: its numbers are milvus-lite's,
+not a Milvus cluster's.
+
+Part 2, the service: 32 concurrent callers embedding Chinese texts through one client that
+knows every replica, with 1 and then 2 encoder servers over one milvus-lite server.
+
+Last line: one JSON object.
+
+    python tests/bench/bench_backends.py [--n 100000] [--dim 384] [--queries 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_index import dataset  # noqa: E402
+from ops.serverproc import MilvusLiteServer, ServerProcess  # noqa: E402
+from workload import chinese_texts, concurrent_callers  # noqa: E402
+
+from embedsense.client import AsyncClient  # noqa: E402
+from embedsense.server.index import BackendSettings, Document, open_backend  # noqa: E402
+
+EF_VALUES = [64, 256]
+WHERE = {"bucket": 3}  # 10 % of the documents
+
+
+def recall_at_10(found: list[list[str]], truth: list[list[str]]) -> float:
+    return float(
+        np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])
+    )
+
+
+def exact(vectors: np.ndarray, queries: np.ndarray, mask: np.ndarray | None) -> list[list[str]]:
+    scores = queries @ vectors.T
+    if mask is not None:
+        scores[:, ~mask] = -np.inf
+    return [[f"d{i}" for i in np.argsort(-row, kind="stable")[:10]] for row in scores]
+
+
+def measure(collection, queries, truth, where, ef) -> dict:
+    latencies, found = [], []
+    for query in queries:
+        started = time.perf_counter()
+        hits = collection.search(query, k=10, where=where, ef_search=ef, with_documents=False)
+        latencies.append(time.perf_counter() - started)
+        found.append([h.id for h in hits[0]])
+    ms = np.array(latencies) * 1000
+    return {
+        "ef_search": ef, "recall_at_10": round(recall_at_10(found, truth), 4),
+        "qps": round(len(queries) / sum(latencies), 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }  # fmt: skip
+
+
+def bench_backend(name: str, settings: BackendSettings, vectors, queries, truths) -> dict:
+    backend = open_backend(settings)
+    try:
+        backend.create("bench", model="bench", dim=vectors.shape[1], index_spec="HNSW32")
+        collection = backend.get("bench")
+        started = time.perf_counter()
+        for start in range(0, len(vectors), 1000):
+            collection.upsert([
+                Document(text="", vector=vectors[i], id=f"d{i}", metadata={"bucket": i % 10})
+                for i in range(start, min(start + 1000, len(vectors)))
+            ])  # fmt: skip
+        upsert_s = time.perf_counter() - started
+        if hasattr(collection, "wait_until_optimized"):  # faiss: background work done
+            collection.wait_until_optimized()
+        else:  # milvus: seal the loaded segments, as Milvus does on its own after a bulk load
+            backend.client.flush(collection.settings.docs)
+        row: dict = {"upsert_docs_per_s": round(len(vectors) / upsert_s, 1)}
+        for label, where in (("unfiltered", None), ("filtered_10pct", WHERE)):
+            row[label] = [measure(collection, queries, truths[label], where, ef)
+                          for ef in EF_VALUES]  # fmt: skip
+            for r in row[label]:
+                print(f"{name:<7} {label:<15} ef {r['ef_search']:>4}  recall@10 "
+                      f"{r['recall_at_10']:.3f}  {r['qps']:>7.1f} q/s  p50 {r['p50_ms']:>6.2f} "
+                      f"ms  p99 {r['p99_ms']:>6.2f} ms")  # fmt: skip
+        print(f"{name:<7} upsert {row['upsert_docs_per_s']:.0f} documents/s")
+        backend.drop("bench")
+        return row
+    finally:
+        backend.close()
+
+
+def at_equal_recall(rows: list[dict], target: float = 0.95) -> dict | None:
+    """The fastest setting that reaches the recall target."""
+    reached = [r for r in rows if r["recall_at_10"] >= target]
+    return max(reached, key=lambda r: r["qps"]) if reached else None
+
+
+async def service_throughput(targets: list[str], texts: list[str]) -> float:
+    async with AsyncClient(targets, timeout=300) as client:
+        await client.encode(texts[:8])  # warm every connection
+        seconds, _ = await concurrent_callers(texts, 32, lambda t: client.encode([t]))
+    return len(texts) / seconds
+
+
+def bench_replicas(root: Path, texts: list[str]) -> dict:
+    milvus = MilvusLiteServer(root / "milvus")
+    replicas: list[ServerProcess] = []
+    row = {}
+    try:
+        for count in (1, 2):
+            while len(replicas) < count:
+                replica = ServerProcess(
+                    root / f"replica{len(replicas)}", None, "--index-backend", "milvus",
+                    "--milvus-uri", milvus.uri, "--threads", "2",
+                )  # fmt: skip
+                replica.start()
+                replicas.append(replica)
+            rate = asyncio.run(service_throughput([r.target for r in replicas], texts))
+            row[f"texts_per_s_{count}_replicas"] = round(rate, 1)
+            print(f"service, {count} encoder replica(s), 32 callers: {rate:.1f} texts/s")
+    finally:
+        for replica in replicas:
+            replica.stop()
+        milvus.stop()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--texts", type=int, default=256)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    vectors, queries = dataset("clustered", args.n, args.queries, args.dim)
+    mask = np.arange(args.n) % 10 == 3
+    truths = {"unfiltered": exact(vectors, queries, None),
+              "filtered_10pct": exact(vectors, queries, mask)}  # fmt: skip
+    print(f"{args.n} clustered unit vectors x {args.dim}, {args.queries} queries, HNSW32, "
+          "k = 10, one query per call")  # fmt: skip
+    result: dict = {"n": args.n, "dim": args.dim}
+    with tempfile.TemporaryDirectory(prefix="embedsense-bench-") as tmp:
+        root = Path(tmp)
+        result["faiss"] = bench_backend("faiss", BackendSettings("faiss", root / "faiss"),
+                                        vectors, queries, truths)  # fmt: skip
+        milvus = MilvusLiteServer(root / "milvus-index")
+        try:
+            result["milvus"] = bench_backend(
+                "milvus", BackendSettings("milvus", milvus_uri=milvus.uri), vectors, queries,
+                truths,
+            )  # fmt: skip
+        finally:
+            milvus.stop()
+        for label in ("unfiltered", "filtered_10pct"):
+            ours = at_equal_recall(result["faiss"][label])
+            theirs = at_equal_recall(result["milvus"][label])
+            if ours and theirs:
+                ratio = round(ours["qps"] / theirs["qps"], 2)
+                result[f"faiss_over_milvus_qps_{label}_at_recall_0.95"] = ratio
+                print(f"{label}: at recall@10 >= 0.95, faiss {ours['qps']} q/s (ef "
+                      f"{ours['ef_search']}) vs milvus {theirs['qps']} q/s (ef "
+                      f"{theirs['ef_search']}): {ratio}x")  # fmt: skip
+        result["service"] = bench_replicas(root, chinese_texts(args.texts))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
