@@ -118,6 +118,49 @@ class Tokenizer:
             out.append(_to_caller_text(enc, len(prefix), dropped))
         return out
 
+    def encode_ids(
+        self,
+        batch: Sequence[Sequence[int]],
+        role: TextRole = TextRole.PASSAGE,
+        truncate: bool = False,
+        allow_long: bool = False,
+    ) -> list[TokenizedText]:
+        """Texts given as this tokenizer's token ids (no specials, no prefix), made what the
+        model sees, as `encode_batch` makes text: the role's prefix and the special tokens
+        around them, the same length contract. There is no text, so no offsets. Raises
+        ValueError for an id outside the vocabulary."""
+        # The prefix's trailing space belongs to the text's first piece ("▁我"), not to a
+        # piece of its own.
+        prefix = self.prefixes.get(TextRole(role), "").rstrip()
+        prefix_ids = self.backend.encode(prefix, add_special_tokens=False).ids if prefix else []
+        head, tail = self._special_frame()
+        content_limit = self.max_tokens - self._n_special - len(prefix_ids)
+        out = []
+        for index, given in enumerate(batch):
+            ids = [int(i) for i in given]
+            if bad := [i for i in ids if not 0 <= i < self.vocab_size]:
+                raise ValueError(f"input {index}: token id {bad[0]} is not in the vocabulary "
+                                 f"(0-{self.vocab_size - 1})")  # fmt: skip
+            dropped = 0 if allow_long else max(0, len(ids) - content_limit)
+            if dropped and not truncate:
+                raise TextTooLongError(index, len(ids) + len(prefix_ids) + self._n_special,
+                                       self.max_tokens)  # fmt: skip
+            ids = ids[: len(ids) - dropped]
+            frame = [*head, *prefix_ids, *ids, *tail]
+            real = len(head) + len(prefix_ids)
+            out.append(TokenizedText(
+                frame, [self.backend.id_to_token(i) or "" for i in frame],
+                [NO_OFFSET] * len(frame),
+                [real <= n < real + len(ids) for n in range(len(frame))], dropped,
+            ))  # fmt: skip
+        return out
+
+    def _special_frame(self) -> tuple[list[int], list[int]]:
+        """The special tokens the template puts before and after a text's tokens."""
+        probe = self.backend.post_process(self.backend.encode("a", add_special_tokens=False))
+        content = [n for n, special in enumerate(probe.special_tokens_mask) if not special]
+        return probe.ids[: content[0]], probe.ids[content[-1] + 1 :]
+
 
 def pad_sequences(
     sequences: Sequence[Sequence[int]], pad_id: int

@@ -38,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", help="PEM key of --tls-cert")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates (mTLS)")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics on this port")
+    p.add_argument("--http-port", type=int,
+                   help="the OpenAI- and TEI-compatible HTTP API's port (default: off)")  # fmt: skip
     p.add_argument("--log-format", choices=["json", "text"], help="default: json")
     return p
 
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             index_backend=args.index_backend, milvus_uri=args.milvus_uri, replica=args.replica,
             api_key=args.api_key, device=args.device, dtype=args.dtype, threads=args.threads,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-            metrics_port=args.metrics_port,
+            metrics_port=args.metrics_port, http_port=args.http_port,
         )  # fmt: skip
         asyncio.run(serve(settings))
     except (StartupError, ValueError) as err:

@@ -211,12 +211,15 @@ class Engine:
         truncate: bool = False,
         windowed: bool = False,
         timeout: float | None = None,
+        token_ids: Sequence[Sequence[int]] | None = None,
     ) -> list[Embedding]:
         """Embed texts: a pooled sentence vector each, and token vectors when asked.
 
         layers: hidden states to average (0 = embeddings ... num_layers = last; default last).
         truncate / windowed: what to do with a text over the model's limit (default: refuse
         with InvalidRequest naming its length and the limit).
+        token_ids: instead of texts, each text as the tokenizer's ids (no specials, no
+        prefix: they are added as for text).
         Raises Overloaded, InvalidRequest, DeadlineExceeded (after `timeout` seconds).
         """
         if self._worker is None or self._closing:
@@ -224,9 +227,15 @@ class Engine:
         choice: Layers = tuple(layers) if layers else None
         try:
             self.runner.check_layers(choice)
-            tokenized = self.model.tokenizer.encode_batch(
-                texts, role, truncate=truncate, allow_long=windowed and not truncate
+            encode = (
+                self.model.tokenizer.encode_batch
+                if token_ids is None
+                else self.model.tokenizer.encode_ids
             )
+            tokenized = encode(
+                texts if token_ids is None else token_ids, role, truncate=truncate,
+                allow_long=windowed and not truncate,
+            )  # fmt: skip
         except (TextTooLongError, ValueError) as err:
             raise InvalidRequest(str(err)) from err
         frames = [_frame(t) for t in tokenized]

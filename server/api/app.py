@@ -20,10 +20,13 @@ from embedsense.model.checkpoint import CheckpointError
 from embedsense.model.hub import ModelNotAvailableError
 from embedsense.proto.v1 import embedsense_pb2 as pb
 from embedsense.proto.v1 import embedsense_pb2_grpc
-from embedsense.server.api.interceptors import ApiKeyInterceptor, DecodeGuard
+from embedsense.server.api.http import HttpContext, HttpServer
+from embedsense.server.api.interceptors import ApiKeyInterceptor, ApiKeys, DecodeGuard
 from embedsense.server.api.observability import Metrics
-from embedsense.server.api.service import Service
+from embedsense.server.api.openai_routes import OpenAIRoutes
+from embedsense.server.api.service import Service, status_for
 from embedsense.server.api.settings import ServerSettings
+from embedsense.server.api.tei_routes import TEIRoutes
 from embedsense.server.engine import Engine
 from embedsense.server.index import IndexBackend, open_backend
 from embedsense.server.index.errors import IndexStoreError
@@ -48,6 +51,8 @@ class EmbedSenseServer:
         self.catalog: IndexBackend | None = None
         self.metrics = Metrics()
         self.metrics_port: int | None = None
+        self.http: HttpServer | None = None
+        self.http_port: int | None = None
 
     async def start(self) -> int:
         """Check the data directory and the port, load and warm the model, open the store,
@@ -69,7 +74,10 @@ class EmbedSenseServer:
             raise StartupError(f"index ({s.index_backend}, {where}): {err}") from err
         self.metrics.watch(self.engine, self.catalog)
         keys = [k.strip() for k in (s.api_key or "").split(",") if k.strip()]
-        interceptors = [DecodeGuard()] + ([ApiKeyInterceptor(keys, self.metrics)] if keys else [])
+        api_keys = ApiKeys(keys) if keys else None
+        interceptors = [DecodeGuard()] + (
+            [ApiKeyInterceptor(api_keys, self.metrics)] if api_keys else []
+        )
         self._server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -105,16 +113,24 @@ class EmbedSenseServer:
         await self._server.start()
         if s.metrics_port is not None:
             self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
+        if s.http_port is not None:
+            self.http = http_server(self.engine, s, self.metrics, api_keys)
+            try:
+                self.http_port = await self.http.start(s.host, s.http_port)
+            except OSError as err:
+                await self.stop(0)
+                raise StartupError(f"cannot serve HTTP on {s.host}:{s.http_port}: {err}") from err
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         info = self.engine.info()
         log.info(
-            "serving %s (%d-dim, %s, %s) on %s:%d%s as %s, index %s%s%s", info.model, info.dim,
+            "serving %s (%d-dim, %s, %s) on %s:%d%s as %s, index %s%s%s%s", info.model, info.dim,
             info.device, info.dtype, s.host, self.port, " with TLS" if s.tls_cert else "",
             service.replica,
             f"faiss in {s.data_dir}" if s.index_backend == "faiss" else f"milvus at {s.milvus_uri}",
             f", API keys: {len(keys)}" if keys else "",
             f", metrics on :{self.metrics_port}" if self.metrics_port else "",
+            f", HTTP on :{self.http_port}" if self.http_port else "",
         )  # fmt: skip
         return self.port
 
@@ -165,8 +181,12 @@ class EmbedSenseServer:
         if self._server is None:
             return
         await self._health.enter_graceful_shutdown()
+        if self.http is not None:
+            self.http.draining = True  # 503 from now on, while in-flight calls finish
         await self._server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         self._server = None
+        if self.http is not None:
+            await self.http.stop()
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)
         if self.catalog is not None:
@@ -177,6 +197,23 @@ class EmbedSenseServer:
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def http_server(
+    engine: Engine, settings: ServerSettings, metrics: Metrics, keys: ApiKeys | None
+) -> HttpServer:
+    """The OpenAI and TEI routes over the same engine, limits, keys and metrics."""
+    context = HttpContext(engine, settings, _status_name)
+    server = HttpServer(settings, metrics, keys, context.to_status)
+    timeout = settings.http_body_timeout_s
+    server.add_routes(OpenAIRoutes(context, timeout).routes())
+    server.add_routes(TEIRoutes(context, server, timeout).routes())
+    return server
+
+
+def _status_name(error: BaseException) -> str | None:
+    code = status_for(error)
+    return code.name if code is not None else None
 
 
 async def serve(settings: ServerSettings) -> None:

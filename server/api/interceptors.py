@@ -31,31 +31,38 @@ def _replace(handler: Any, behavior: Any, deserializer: Any = None) -> Any:
     )
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Every call but health and reflection needs `authorization: Bearer <key>`, one of the
-    configured keys (compared in constant time; keys are never logged)."""
+class ApiKeys:
+    """The configured keys, as `authorization: Bearer <key>` (gRPC metadata or an HTTP
+    header) must carry one; compared in constant time, never logged."""
 
-    def __init__(self, api_keys: Sequence[str], metrics: Metrics) -> None:
+    def __init__(self, api_keys: Sequence[str]) -> None:
         self._expected = [f"Bearer {key}".encode() for key in api_keys]
-        self._metrics = metrics
 
-    def _allowed(self, given: str) -> bool:
+    def refusal(self, given: str) -> str | None:
+        """None when `given` carries a configured key; else why not, for the caller."""
         # Compare against every key, always: the time taken says nothing about which matched.
-        results = [hmac.compare_digest(given.encode(), key) for key in self._expected]
-        return any(results)
+        if any([hmac.compare_digest(given.encode(), key) for key in self._expected]):
+            return None
+        if not given:
+            return "this server needs an API key: 'authorization: Bearer <key>'"
+        return "the API key is wrong"
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Every call but health and reflection needs one of the keys."""
+
+    def __init__(self, keys: ApiKeys, metrics: Metrics) -> None:
+        self._keys = keys
+        self._metrics = metrics
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_METHODS):
             return handler
         given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if self._allowed(given):
+        message = self._keys.refusal(given)
+        if message is None:
             return handler
-        message = (
-            "this server needs an API key: metadata 'authorization: Bearer <key>'"
-            if not given
-            else "the API key is wrong"
-        )
         rpc = details.method.rsplit("/", 1)[-1]
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:

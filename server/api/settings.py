@@ -45,6 +45,9 @@ class ServerSettings:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     metrics_port: int | None = None  # Prometheus /metrics on this port (0: any free one)
+    # The OpenAI- and TEI-compatible HTTP API on this port (0: any free one; None: off).
+    http_port: int | None = None
+    http_body_timeout_s: float = 30.0  # a request body that takes longer is refused (408)
     metrics_host: str | None = None  # default: the server's host
     engine: EngineConfig = field(default_factory=EngineConfig)
 
