@@ -12,6 +12,7 @@ IMAGE=embedsense:docker-test
 NAME=embedsense-docker-test
 VOLUME=embedsense-docker-test-data
 PORT=${EMBEDSENSE_TEST_PORT:-50151}
+HTTP_PORT=${EMBEDSENSE_TEST_HTTP_PORT:-50152}
 TARGET=127.0.0.1:$PORT
 work=$(mktemp -d)
 made_base=0
@@ -95,7 +96,8 @@ say "docker run (network host, listening on $TARGET only)"
 docker volume create "$VOLUME" >/dev/null
 start=$(python3 -c "import time; print(time.time())")
 docker run -d --name "$NAME" --network host -e EMBEDSENSE_HOST=127.0.0.1 \
-    -e EMBEDSENSE_PORT="$PORT" -v "$VOLUME:/data" "$IMAGE" >/dev/null
+    -e EMBEDSENSE_PORT="$PORT" -e EMBEDSENSE_HTTP_PORT="$HTTP_PORT" -v "$VOLUME:/data" \
+    "$IMAGE" >/dev/null
 cold=$(wait_serving "$start")
 echo "cold start to SERVING: $cold s"
 for _ in $(seq 60); do
@@ -115,6 +117,18 @@ docker run --rm --network host --entrypoint python "$IMAGE" -m embedsense.client
     --target "$TARGET" | tee "$work/demo.log" | grep -v '%|' || true
 grep -q "我喜欢吃苹果 .* fruit" "$work/demo.log"
 grep -q "我买了最新的苹果手机 .* company" "$work/demo.log"
+
+say "HTTP: OpenAI's /v1/embeddings on the running image"
+python3 - "$HTTP_PORT" <<'PY'
+import json, sys, urllib.request
+body = json.dumps({"input": ["我喜欢吃苹果"], "model": "multilingual-e5-small"}).encode()
+request = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/v1/embeddings", data=body,
+                                 headers={"Content-Type": "application/json"})
+answer = json.load(urllib.request.urlopen(request, timeout=60))
+print(f"/v1/embeddings: {len(answer['data'][0]['embedding'])}-dim vector, "
+      f"{answer['usage']['prompt_tokens']} tokens")
+assert len(answer["data"][0]["embedding"]) == 384
+PY
 
 say "restart: the data must still be there"
 docker restart "$NAME" >/dev/null

@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates (mTLS)")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics on this port")
     p.add_argument("--http-port", type=int,
-                   help="the OpenAI- and TEI-compatible HTTP API's port (default: off)")  # fmt: skip
+                   help="the OpenAI- and TEI-style HTTP API's port (default: off)")  # fmt: skip
     p.add_argument("--log-format", choices=["json", "text"], help="default: json")
     return p
 
