@@ -21,6 +21,9 @@ from embedsense.server.index.generation import Generation
 # Filters that leave at most this share of the collection are searched exhaustively over
 # the matching vectors: a graph walk (HNSW) or a few IVF lists would find too few of them.
 SELECTIVE_FILTER_SHARE = 0.02
+# Under a filter that keeps a share s of the vectors, a graph walk meets a match only every
+# 1/s steps: its candidate list (efSearch) grows by 1/s, up to this, to keep its recall.
+MAX_FILTERED_EF = 4096
 
 
 def search_generation(
@@ -41,6 +44,9 @@ def search_generation(
         candidates = int(popcount(bits))
         if candidates <= SELECTIVE_FILTER_SHARE * live.count:
             index, probes = exhaustive(index, probes)
+        else:
+            share = candidates / max(live.count, 1)
+            ef_search = min(MAX_FILTERED_EF, max(ef_search, int(max(ef_search, k) / share)))
     elif live.count < index.ntotal:
         selector, bits = live.selector()
         candidates = live.count
