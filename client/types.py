@@ -25,6 +25,7 @@ class Info:
     auth_required: bool
     index_backend: str = ""  # "faiss" or "milvus"
     replica: str = ""  # which server answered
+    dtype_reason: str = ""  # why the server computes in this dtype
 
 
 @dataclass(frozen=True)

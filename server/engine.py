@@ -107,6 +107,7 @@ class EngineInfo:
     max_batch_requests: int | None
     max_queued_tokens: int
     max_concurrent_requests: int
+    dtype_reason: str = ""  # why this precision (auto's choice, or asked for)
 
 
 @dataclass
@@ -191,6 +192,7 @@ class Engine:
             max_batch_requests=c.max_batch_requests,
             max_queued_tokens=c.max_queued_tokens,
             max_concurrent_requests=c.max_concurrent_requests,
+            dtype_reason="int8 asked for" if self.runner.int8 else self.runner.precision.reason,
         )
 
     @property

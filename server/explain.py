@@ -60,7 +60,7 @@ class Explainer:
     def _forward(self, tokenized: Sequence[TokenizedText], attentions: bool):
         ids, mask = pad_sequences([t.ids for t in tokenized], self.model.tokenizer.pad_id)
         encoder = self.runner.encoder
-        with self._lock, torch.inference_mode():
+        with self._lock, self.runner.computing():
             return encoder(ids.to(self.runner.device), mask.to(self.runner.device),
                            output_hidden_states=True, output_attentions=attentions)  # fmt: skip
 

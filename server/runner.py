@@ -1,15 +1,17 @@
 """The backend: the encoder on one device, run on batches of token ids.
 
 Knows nothing of requests or queues. Places the model (CUDA when there is one, else CPU),
-casts it (fp16/bf16 on GPU, fp32 on CPU), optionally quantizes its linear layers to int8
-on CPU, and turns a batch of id sequences into each row's token vectors, unpadded.
+picks its precision (precision.py: fp16/bf16 on GPU; fp32, or bf16 under autocast on a CPU
+that computes it natively), optionally quantizes its linear layers to int8 on CPU, and turns
+a batch of id sequences into each row's token vectors, unpadded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -18,8 +20,7 @@ from torch import nn
 from embedsense.model import LoadedModel
 from embedsense.model.tokenizer import pad_sequences
 from embedsense.server.config import EngineConfig
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from embedsense.server.precision import Precision, choose
 
 # A layer choice: None = the last layer; else indices into the hidden states (0 = the
 # embedding output, num_layers = the last; negatives count from the end), averaged.
@@ -37,21 +38,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    dtype = DTYPES[name]
-    if device.type == "cpu" and dtype is not torch.float32:
-        raise ValueError(f"dtype {name} is for GPUs; on CPU the engine computes in float32")
-    return dtype
-
-
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
         self.device = resolve_device(config.device)
-        self.dtype = resolve_dtype(config.dtype, self.device)
         if config.threads:
             torch.set_num_threads(config.threads)
+        cfg = loaded.encoder.cfg
+        if config.int8 and config.dtype not in ("auto", "float32"):
+            raise ValueError(f"int8 computes in float32: drop dtype {config.dtype} or int8")
+        self.precision: Precision = choose(
+            "float32" if config.int8 else config.dtype, self.device, cfg.hidden_size,
+            cfg.intermediate_size,
+        )  # fmt: skip
+        self.dtype = self.precision.dtype
+        # On a CPU, bf16 runs under autocast over fp32 weights (precision.py says why).
+        self.autocast = self.device.type == "cpu" and self.dtype is torch.bfloat16
         self.num_layers = loaded.encoder.cfg.num_layers
         self.pad_id = loaded.tokenizer.pad_id
         self.int8 = config.int8
@@ -67,7 +68,15 @@ class ModelRunner:
                     copy.deepcopy(loaded.encoder), {nn.Linear}, dtype=torch.qint8
                 )
         else:
-            self.encoder = loaded.encoder.to(device=self.device, dtype=self.dtype)
+            weights = torch.float32 if self.autocast else self.dtype
+            self.encoder = loaded.encoder.to(device=self.device, dtype=weights)
+
+    @contextlib.contextmanager
+    def computing(self) -> Iterator[None]:
+        """Where the encoder runs: no autograd, and bf16 autocast when that is the choice.
+        Every forward (the engine's batches, Explain's explicit path) runs inside it."""
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.autocast):
+            yield
 
     def check_layers(self, layers: Layers) -> None:
         for layer in layers or ():
@@ -77,12 +86,14 @@ class ModelRunner:
                     f"to {self.num_layers} (last), or -1 to -{self.num_layers + 1}"
                 )
 
-    @torch.inference_mode()
     def run(self, sequences: Sequence[Sequence[int]], layers: Sequence[Layers]) -> list[np.ndarray]:
         """Token vectors (len_i, C) float32 for each id sequence, in the chosen layer mix."""
         ids, mask = pad_sequences(sequences, self.pad_id)
         need_all = any(choice is not None for choice in layers)
-        out = self.encoder(ids.to(self.device), mask.to(self.device), output_hidden_states=need_all)
+        with self.computing():
+            out = self.encoder(
+                ids.to(self.device), mask.to(self.device), output_hidden_states=need_all
+            )
         # One device-to-host copy per distinct layer choice (usually one), then slicing.
         mixes: dict[Layers, np.ndarray] = {}
         for choice in set(layers):

@@ -45,9 +45,12 @@ async def vectors_for(engine: Engine, word: str, sentences: list[str], layers) -
 REPRESENTATIONS = {"word + sentence": method.CONTEXT_WEIGHT, "word only": 0.0}
 
 
-async def evaluate(model: LoadedModel, data: dict, layer_choices: dict | None = None) -> dict:
+async def evaluate(
+    model: LoadedModel, data: dict, layer_choices: dict | None = None,
+    config: EngineConfig | None = None,
+) -> dict:  # fmt: skip
     """Accuracy for every representation x layer choice x centring; induction purity."""
-    engine = Engine(EngineConfig(), model).start()
+    engine = Engine(config or EngineConfig(), model).start()
     try:
         results: dict = {"accuracy": {}, "induction": {}}
         for layer_name, layers in (layer_choices or LAYER_CHOICES).items():

@@ -47,7 +47,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("version", "model", "dim", "device", "dtype", "max_tokens", "num_layers", "max_batch_tokens", "max_queued_tokens", "max_concurrent_requests", "max_texts_per_request", "max_message_bytes", "auth_required", "index_backend", "replica")
+    __slots__ = ("version", "model", "dim", "device", "dtype", "max_tokens", "num_layers", "max_batch_tokens", "max_queued_tokens", "max_concurrent_requests", "max_texts_per_request", "max_message_bytes", "auth_required", "index_backend", "replica", "dtype_reason")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class InfoResponse(_message.Message):
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     INDEX_BACKEND_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
     version: str
     model: str
     dim: int
@@ -78,7 +79,8 @@ class InfoResponse(_message.Message):
     auth_required: bool
     index_backend: str
     replica: str
-    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_queued_tokens: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_texts_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica: _Optional[str] = ...) -> None: ...
+    dtype_reason: str
+    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_queued_tokens: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_texts_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica: _Optional[str] = ..., dtype_reason: _Optional[str] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("text", "role")

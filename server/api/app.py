@@ -124,8 +124,9 @@ class EmbedSenseServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         info = self.engine.info()
         log.info(
-            "serving %s (%d-dim, %s, %s) on %s:%d%s as %s, index %s%s%s%s", info.model, info.dim,
-            info.device, info.dtype, s.host, self.port, " with TLS" if s.tls_cert else "",
+            "serving %s (%d-dim, %s, %s: %s) on %s:%d%s as %s, index %s%s%s%s", info.model,
+            info.dim, info.device, info.dtype, info.dtype_reason, s.host, self.port,
+            " with TLS" if s.tls_cert else "",
             service.replica,
             f"faiss in {s.data_dir}" if s.index_backend == "faiss" else f"milvus at {s.milvus_uri}",
             f", API keys: {len(keys)}" if keys else "",

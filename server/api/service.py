@@ -183,6 +183,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             max_texts_per_request=s.max_texts_per_request,
             max_message_bytes=s.max_message_bytes, auth_required=bool(s.api_key),
             index_backend=self.catalog.kind, replica=self.replica,
+            dtype_reason=info.dtype_reason,
         )  # fmt: skip
 
     @rpc

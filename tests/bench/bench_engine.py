@@ -11,7 +11,9 @@
 (b), (c) and (d) run twice: on our encoder (isolates what the scheduling adds) and on
 `transformers`' BertModel with the same weights and tokens (what a user calling the model
 themselves runs). Then int8 vs float32 (engine, CPU): throughput ratio and mean cosine to
-fp32 vectors.
+fp32 vectors. Then bfloat16 beside float32, each against transformers at the same precision
+(its length-sorted batches, bf16 under autocast): on a CPU without native bf16 the output
+says so, and the speed there is the emulation's.
 Last line: one JSON object.
 
     python tests/bench/bench_engine.py [--texts 384] [--threads 2]
@@ -36,6 +38,7 @@ from workload import chinese_texts, concurrent_callers  # noqa: E402  (tests/wor
 from embedsense.model import TextRole, load_model  # noqa: E402
 from embedsense.model.checkpoint import to_hf_state_dict  # noqa: E402
 from embedsense.model.pooling import Pooling, l2_normalize, pool  # noqa: E402
+from embedsense.server import precision  # noqa: E402
 from embedsense.server.config import EngineConfig  # noqa: E402
 from embedsense.server.engine import Engine  # noqa: E402
 
@@ -71,17 +74,19 @@ def run_engine(model, texts, tokens, config: EngineConfig, name: str):
         engine.close()
 
 
-def transformers_encode(model):
+def transformers_encode(model, bf16: bool = False):
     """`encode_sentences` as a user would write it with transformers: our tokens, the
-    same weights in a BertModel, a padded batch, masked mean pooling, L2 normalization."""
+    same weights in a BertModel, a padded batch, masked mean pooling, L2 normalization
+    (with bf16: under bf16 autocast, as the engine runs it)."""
     reference = bert_reference_for(model.encoder.cfg)
     reference.load_state_dict(to_hf_state_dict(model.encoder))
 
     @torch.inference_mode()
     def encode(texts: list[str]) -> np.ndarray:
         ids, mask = model.pad(model.tokenizer.encode_batch(texts, TextRole.PASSAGE))
-        hidden = reference(input_ids=ids, attention_mask=mask).last_hidden_state
-        return l2_normalize(pool(hidden, mask, Pooling.MEAN)).numpy()
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            hidden = reference(input_ids=ids, attention_mask=mask).last_hidden_state
+        return l2_normalize(pool(hidden.float(), mask, Pooling.MEAN)).numpy()
 
     return encode
 
@@ -148,6 +153,31 @@ def int8_comparison(model, texts, tokens):
     return row
 
 
+def bf16_comparison(model, texts, lengths, tokens) -> dict:
+    """fp32 and bf16 side by side: the engine (32 callers) and transformers' sorted batches
+    at the same precision."""
+    flags = precision.cpu_bf16_flags()
+    print("bf16: this CPU computes it natively (" + ", ".join(flags) + ")" if flags else
+          "bf16: this CPU has no native bf16 (no avx512_bf16 or amx_bf16): bf16 is emulated "
+          "here, so the speed goal cannot be measured; the quality gates still are "
+          "(tests/test_bf16.py)")  # fmt: skip
+    row: dict = {"native_bf16": flags}
+    for dtype, bf16 in (("float32", False), ("bfloat16", True)):
+        engine = run_engine(model, texts, tokens, EngineConfig(dtype=dtype),
+                            f"(a) engine, {dtype}")  # fmt: skip
+        encode = transformers_encode(model, bf16=bf16)
+        encode(texts[:8])
+        sorted_ref = run_fixed_batches(encode, texts, lengths, f"transformers {dtype}", sort=True)
+        row[dtype] = {"engine": engine, "transformers_sorted_batches": sorted_ref,
+                      "engine_vs_transformers": round(engine["texts_per_s"]
+                                                      / sorted_ref["texts_per_s"], 2)}  # fmt: skip
+    row["bf16_over_fp32_engine"] = round(
+        row["bfloat16"]["engine"]["texts_per_s"] / row["float32"]["engine"]["texts_per_s"], 2
+    )
+    print(f"engine bf16 / fp32: {row['bf16_over_fp32_engine']:.2f}x")
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=384)
@@ -184,7 +214,8 @@ def main() -> None:
             )
         )
     int8 = int8_comparison(model, texts, tokens)
-    print(json.dumps({**rows, **int8, "threads": args.threads}))
+    bf16 = bf16_comparison(model, texts, lengths, tokens)
+    print(json.dumps({**rows, **int8, "bf16": bf16, "threads": args.threads}))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,117 @@
+"""bfloat16 on CPUs: chosen by what the processor can do, and held to quality gates that do
+not depend on the processor (they run on every machine, native bf16 or emulated)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+from eval_senses import evaluate, load
+from helpers import padded_batch, tiny_bert
+from test_encoder_parity import ours_for
+
+from embedsense.client import Client
+from embedsense.model import TextRole
+from embedsense.server import precision
+from embedsense.server.config import EngineConfig
+from embedsense.server.engine import Engine
+
+NATIVE = "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16\n"
+EMULATED = "flags\t\t: fpu sse2 avx2 avx512f\n"
+CPU = torch.device("cpu")
+
+
+def test_auto_picks_bf16_only_where_the_cpu_computes_it_and_the_probe_says_faster(monkeypatch):
+    chosen = precision.choose("auto", CPU, 384, 1536, cpuinfo=EMULATED)
+    assert chosen.dtype is torch.float32 and "no native bf16" in chosen.reason
+    monkeypatch.setattr(precision, "bf16_speedup", lambda hidden, ffn: 1.8)
+    chosen = precision.choose("auto", CPU, 384, 1536, cpuinfo=NATIVE)
+    assert chosen.dtype is torch.bfloat16 and "1.80x" in chosen.reason
+    assert "amx_bf16" in chosen.reason and "avx512_bf16" in chosen.reason
+    monkeypatch.setattr(precision, "bf16_speedup", lambda hidden, ffn: 0.9)
+    chosen = precision.choose("auto", CPU, 384, 1536, cpuinfo=NATIVE)
+    assert chosen.dtype is torch.float32 and "0.90x" in chosen.reason
+    assert precision.choose("bfloat16", CPU, 384, 1536).dtype is torch.bfloat16
+    with pytest.raises(ValueError, match="float16 is for GPUs"):
+        precision.choose("float16", CPU, 384, 1536)
+
+
+def test_this_machines_auto_choice_matches_its_processor():
+    chosen = precision.choose("auto", CPU, 384, 1536)
+    native = precision.cpu_bf16_flags()
+    assert (chosen.dtype is torch.bfloat16) <= bool(native), chosen.reason
+    assert 0 < precision.bf16_speedup(64, 128, rows=64, repeats=1)
+
+
+@pytest.fixture(scope="module")
+def both(e5):
+    """The eval sentences through the engine in fp32 and in bf16: sentence and token vectors."""
+    data = load()
+    sentences = sorted({x for word in data.values() for sense in word.values()
+                        for x in sense["support"] + sense["test"]})  # fmt: skip
+
+    async def run(dtype: str):
+        engine = Engine(EngineConfig(dtype=dtype, warmup=False), e5).start()
+        try:
+            assert engine.info().dtype == dtype
+            return await engine.embed(sentences, role=TextRole.PASSAGE, token_vectors=True)
+        finally:
+            engine.close()
+
+    return asyncio.run(run("float32")), asyncio.run(run("bfloat16"))
+
+
+def test_bf16_pooled_and_token_vectors_pass_the_quality_gates(both):
+    fp32, bf16 = both
+    pooled = np.array([a.sentence @ b.sentence for a, b in zip(fp32, bf16, strict=True)])
+    assert pooled.min() >= 0.999, pooled.min()
+    tokens = np.concatenate([
+        (a.token_vectors * b.token_vectors).sum(1)
+        / np.linalg.norm(a.token_vectors, axis=1) / np.linalg.norm(b.token_vectors, axis=1)
+        for a, b in zip(fp32, bf16, strict=True)
+    ])  # fmt: skip
+    assert tokens.min() >= 0.995, tokens.min()
+
+
+def test_bf16_keeps_the_word_sense_evaluation_within_half_a_point(e5):
+    data = load()
+    last = {"last": [-1]}
+    key = "word + sentence, last, centred"
+    fp32 = asyncio.run(evaluate(e5, data, last, EngineConfig(warmup=False)))
+    bf16 = asyncio.run(evaluate(e5, data, last, EngineConfig(dtype="bfloat16", warmup=False)))
+    difference = abs(fp32["accuracy"][key]["overall"] - bf16["accuracy"][key]["overall"])
+    assert difference <= 0.005, (fp32["accuracy"][key], bf16["accuracy"][key])
+
+
+# bf16 keeps 8 bits of mantissa: two implementations agree to about 1e-2 per value, and
+# per token their vectors point the same way (cosine) to this.
+BF16_TOKEN_COSINE = 0.999
+
+
+def test_bf16_parity_with_transformers_at_a_stated_tolerance():
+    reference = tiny_bert()
+    ours = ours_for(reference)
+    ids, mask = padded_batch([9, 30, 17], reference.config.vocab_size, 0)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        theirs = reference(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        mine = ours(ids, mask).last_hidden_state.float()
+    real = mask.bool()
+    cos = torch.nn.functional.cosine_similarity(theirs[real], mine[real], dim=-1)
+    assert cos.min().item() >= BF16_TOKEN_COSINE, cos.min().item()
+
+
+def test_a_bf16_server_explains_and_says_why(e5, tmp_path):
+    from conftest import ServerThread
+
+    running = ServerThread(e5, tmp_path, engine=EngineConfig(dtype="bfloat16", warmup=False))
+    try:
+        with Client(running.target) as c:
+            info = c.info()
+            assert info.dtype == "bfloat16" and info.dtype_reason == "asked for"
+            e = c.explain("我喜欢吃苹果", "苹果", layers=[12])
+            np.testing.assert_allclose(e.attentions.sum(axis=-1), 1.0, atol=1e-2)
+            assert len(c.compare_layers("我喜欢吃苹果", "我买了苹果手机", "苹果").cosines) == 13
+    finally:
+        running.stop()
