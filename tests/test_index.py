@@ -491,3 +491,23 @@ def test_a_filtered_graph_walk_keeps_its_recall(catalog):
         hits = col.search(query, k=10, where={"bucket": 3}, with_documents=False)[0]
         recall.append(len(truth & {h.id for h in hits}) / 10)
     assert np.mean(recall) >= 0.95, np.mean(recall)
+
+
+def test_a_repeated_filter_sees_every_write_since(catalog):
+    catalog.create("c", model="m", dim=DIM)
+    col = catalog.get("c")
+    docs = corpus(200)
+    col.upsert(docs[:100])
+    query = unit(np.random.default_rng(5))[0]
+    where = {"lang": "zh"}
+    for batch in (docs[100:150], docs[150:]):  # the same filter, before and after writes
+        assert [h.id for h in col.search(query, k=10, where=where)[0]] == brute_force(
+            [d for d in docs if d.id in {x.id for x in col.get([d.id for d in docs]) if x}],
+            query, where, 10,
+        )  # fmt: skip
+        col.upsert(batch)
+    col.delete([h.id for h in col.search(query, k=3, where=where)[0]])
+    live = [d for d, got in zip(docs, col.get([d.id for d in docs]), strict=True) if got]
+    assert [h.id for h in col.search(query, k=10, where=where)[0]] == brute_force(
+        live, query, where, 10
+    )

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from embedsense.server.index.validation import check_model, checked_vectors, val
 log = logging.getLogger(__name__)
 
 MAX_K = 10_000
+FILTER_CACHE_ENTRIES = 64
 
 
 @dataclass
@@ -115,6 +117,11 @@ class Collection:
         self._lock = _ReadWriteLock()
         self._gen = Generation.empty(row)
         self._changes_since_snapshot = 0
+        self._writes = 0  # writes applied: what a cached filter result was read at
+        # Recent filters' matching labels, valid while no write lands (filters repeat: a
+        # tenant, a language); the SQL scan over every document's metadata is the cost.
+        self._filters: OrderedDict[tuple, tuple[int, int, np.ndarray]] = OrderedDict()
+        self._filters_lock = threading.Lock()
         self.optimizer = optimizer.Optimizer(row.name, self._maintain)
 
     # ------------------------------------------------------------ properties
@@ -284,6 +291,7 @@ class Collection:
         return len(dead)
 
     def _after_write(self, changes: int) -> None:
+        self._writes += 1
         self._changes_since_snapshot += changes
         gen = self._gen
         if optimizer.next_job(
@@ -344,7 +352,7 @@ class Collection:
             gen = self._gen
             matching = None
             if condition is not None:
-                number, matching = self.store.labels_where(self.name, *condition)
+                number, matching = self._matching(condition)
                 if number != gen.number:  # renumbered, and the new generation not yet in
                     with self._swap:
                         continue
@@ -362,6 +370,23 @@ class Collection:
             wanted = sorted({doc_id for row in ids for doc_id in row})
             docs = self.store.get(self.name, wanted, self.dim)
         return assemble_hits(ids, scores, docs)
+
+    def _matching(self, condition: tuple[str, list[Any]]) -> tuple[int, np.ndarray]:
+        """The labels a filter matches and their numbering, from the cache while no write
+        or renumbering came since, else from the store."""
+        key = (condition[0], tuple(map(repr, condition[1])))
+        writes = self._writes
+        with self._filters_lock:
+            cached = self._filters.get(key)
+        if cached is not None and cached[0] == writes and cached[1] == self._gen.number:
+            return cached[1], cached[2]
+        number, labels = self.store.labels_where(self.name, *condition)
+        with self._filters_lock:
+            self._filters[key] = (writes, number, labels)
+            self._filters.move_to_end(key)
+            while len(self._filters) > FILTER_CACHE_ENTRIES:
+                self._filters.popitem(last=False)
+        return number, labels
 
     def info(self) -> CollectionInfo:
         tokens, token_bytes = self.store.token_stats(self.name) if self.row.store_tokens else (0, 0)
