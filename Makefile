@@ -51,9 +51,11 @@ faults: install
 demo: install
 	$(BIN)/python -m embedsense.client.demo
 
-# The demo, then the README's attention pictures from two of its corpus sentences.
+# The demo, then the README's attention pictures from two of its corpus sentences, and the
+# explanation page's pictures taken by headless Chromium (apt-get install chromium).
 pictures: install
 	$(BIN)/python -m embedsense.client.demo --pictures client/data
+	$(BIN)/python tests/ops/screenshots.py client/data
 
 serve: install
 	$(BIN)/embedsense serve --data-dir data

@@ -180,13 +180,19 @@ def cmd_search(args: argparse.Namespace, client: Client) -> None:
                ["rank", "score", "id", "text"]))  # fmt: skip
 
 
-def cmd_disambiguate(args: argparse.Namespace, client: Client) -> None:
+def _senses(items: Sequence[str] | None) -> dict[str, list[str]]:
+    """--sense LABEL=EXAMPLE flags as label -> examples."""
     senses: dict[str, list[str]] = {}
-    for item in args.sense or ():
+    for item in items or ():
         label, _, example = item.partition("=")
         if not example:
             raise SystemExit(f"--sense {item!r}: expected LABEL=EXAMPLE")
         senses.setdefault(label, []).append(example)
+    return senses
+
+
+def cmd_disambiguate(args: argparse.Namespace, client: Client) -> None:
+    senses = _senses(args.sense)
     result = client.disambiguate(args.text, args.word, senses or None, args.occurrence,
                                  inventory=args.inventory, layers=args.layers)  # fmt: skip
     readable = (
@@ -236,11 +242,13 @@ def cmd_induce(args: argparse.Namespace, client: Client) -> None:
 
 def cmd_explain(args: argparse.Namespace, client: Client) -> None:
     explanation = client.explain(args.text, args.word, layers=args.layers, heads=args.heads)
-    comparison = None
-    if args.compare:
-        if not args.word:
-            raise SystemExit("--compare needs --word: the word to follow across the two texts")
-        comparison = client.compare_layers(args.text, args.compare, args.word)
+    if (args.compare or args.sense) and not args.word:
+        raise SystemExit("--compare and --sense need --word: the word to follow across texts")
+    contexts = {text: client.compare_layers(args.text, text, args.word)
+                for text in args.compare or ()}  # fmt: skip
+    comparison = next(iter(contexts.values()), None)
+    senses = {label: [client.compare_layers(args.text, example, args.word) for example in examples]
+              for label, examples in _senses(args.sense).items()}  # fmt: skip
     written = []
     if args.out:
         try:
@@ -252,9 +260,11 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
         written.append(str(render_png(explanation, args.out, comparison, args.layer, args.head,
                                       title=args.text)))  # fmt: skip
     if args.html:
-        from embedsense.client.render import render_html
+        from embedsense.client.attention_page import sense_profile
 
-        written.append(str(render_html(explanation, args.html, comparison, title=args.text)))
+        explanation.to_html(args.html, contexts, sense_profile(senses), title=args.text,
+                            num_layers=client.info().num_layers)  # fmt: skip
+        written.append(args.html)
     tokens = explanation.tokens.tokens
     rows = [(f.layer, "  ".join(f"{tokens[i]} {w:.2f}" for i, w in f.tokens[:4]))
             for f in explanation.focus if f.head is None]  # fmt: skip
@@ -357,7 +367,10 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--heads", type=int, nargs="*", help="0-based (default: all)")
     exp.add_argument("--layer", type=int, help="draw this layer's token-by-token map")
     exp.add_argument("--head", type=int, help="with --layer: one head instead of the mean")
-    exp.add_argument("--compare", metavar="TEXT", help="add the word's layer trajectory")
+    exp.add_argument("--compare", metavar="TEXT", action="append",
+                     help="another context: the word's cosine per layer (repeatable)")  # fmt: skip
+    exp.add_argument("--sense", action="append", metavar="LABEL=EXAMPLE",
+                     help="an example of a sense: the sense view in --html")  # fmt: skip
     exp.add_argument("--out", help="write a PNG (needs matplotlib)")
     exp.add_argument("--html", help="write a self-contained HTML page")
     return p

@@ -1,5 +1,5 @@
-"""Pictures of an explanation: a PNG (matplotlib, `pip install 'embedsense[plot]'`) and a
-self-contained HTML page (no CDN, no dependency).
+"""Pictures of an explanation as a PNG (matplotlib, `pip install 'embedsense[plot]'`); the
+interactive HTML page is attention_page.py.
 
 Chinese tokens need a CJK font. The PNG uses the first one fontconfig/matplotlib knows
 (on Debian: `apt-get install fonts-noto-cjk`); without one it warns and writes tokens as
@@ -8,8 +8,6 @@ code points (U+82F9) rather than drawing empty boxes.
 
 from __future__ import annotations
 
-import html
-import json
 import warnings
 from pathlib import Path
 
@@ -138,86 +136,3 @@ def _trajectory(ax, c: LayerComparison) -> None:  # noqa: ANN001
     ax.set_ylim(min(0.0, min(c.cosines) - 0.05), 1.02)
     ax.grid(alpha=0.3)
     ax.set_title("where the two contexts separate")
-
-
-def render_html(
-    explanation: Explanation,
-    path: Path | str,
-    comparison: LayerComparison | None = None,
-    title: str = "embedsense: attention",
-) -> Path:
-    """One HTML file with the data inline and a small script: pick a layer and a head (or
-    their mean), see the token-by-token map; hover a cell for its weight."""
-    data = {
-        "tokens": explanation.tokens.tokens,
-        "layers": explanation.layers,
-        "heads": explanation.heads,
-        "attentions": np.round(explanation.attentions, 4).tolist(),
-        "target": explanation.target_tokens,
-        "cosines": comparison.cosines if comparison else None,
-    }
-    page = _HTML.replace("__TITLE__", html.escape(title)).replace(
-        "__DATA__", json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
-    )
-    path = Path(path)
-    path.write_text(page, encoding="utf-8")
-    return path
-
-
-_HTML = """<!doctype html>
-<html lang="zh"><head><meta charset="utf-8"><title>__TITLE__</title>
-<style>
-body{font-family:system-ui,"Noto Sans CJK SC",sans-serif;margin:1.5em}
-table{border-collapse:collapse}td,th{width:2.4em;height:2.4em;text-align:center;font-size:12px}
-th{font-weight:normal}th.target{color:#c00;font-weight:bold}
-#hover{min-height:1.4em;margin:.6em 0}svg{border:1px solid #ddd}
-</style></head><body>
-<h2>__TITLE__</h2>
-<label>layer <select id="layer"></select></label>
-<label>head <select id="head"></select></label>
-<div id="hover">hover a cell: row token attends to column token</div>
-<table id="map"></table>
-<div id="trajectory"></div>
-<script>
-const D = __DATA__;
-const ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"};
-const esc = s => s.replace(/[&<>"]/g, c => ENTITIES[c]);
-const layer = document.getElementById("layer"), head = document.getElementById("head");
-D.layers.forEach((l, i) => layer.add(new Option(l, i)));
-head.add(new Option("mean", -1));
-D.heads.forEach((h, i) => head.add(new Option(h, i)));
-layer.value = D.layers.length - 1;
-function grid() {
-  const L = D.attentions[layer.value], h = +head.value;
-  return L[0].map((row, i) => row.map((_, j) =>
-    h < 0 ? L.reduce((s, m) => s + m[i][j], 0) / L.length : L[h][i][j]));
-}
-function draw() {
-  const g = grid(), t = D.tokens, table = document.getElementById("map");
-  const cls = i => D.target.includes(i) ? ' class="target"' : "";
-  let s = "<tr><th></th>" + t.map((x, j) => `<th${cls(j)}>${esc(x)}</th>`).join("") + "</tr>";
-  g.forEach((row, i) => {
-    s += `<tr><th${cls(i)}>${esc(t[i])}</th>` + row.map((w, j) =>
-      `<td style="background:rgba(40,90,200,${w.toFixed(3)})" data-i="${i}" data-j="${j}"
-       data-w="${w.toFixed(3)}"></td>`).join("") + "</tr>";
-  });
-  table.innerHTML = s;
-}
-document.getElementById("map").addEventListener("mouseover", e => {
-  const c = e.target.dataset; if (!c.w) return;
-  document.getElementById("hover").textContent =
-    `${D.tokens[c.i]} → ${D.tokens[c.j]}: ${c.w}`;
-});
-layer.onchange = head.onchange = draw;
-draw();
-if (D.cosines) {
-  const w = 420, h = 160, n = D.cosines.length, lo = Math.min(0, ...D.cosines);
-  const pts = D.cosines.map((c, i) =>
-    `${20 + i * (w - 40) / (n - 1)},${h - 20 - (c - lo) / (1 - lo) * (h - 40)}`).join(" ");
-  document.getElementById("trajectory").innerHTML =
-    `<h3>cosine of the word across the two texts, per layer (0 = embeddings)</h3>
-     <svg width="${w}" height="${h}"><polyline fill="none" stroke="#285ac8" stroke-width="2"
-     points="${pts}"/></svg><div>${D.cosines.map(c => c.toFixed(3)).join("  ")}</div>`;
-}
-</script></body></html>
-"""

@@ -144,6 +144,21 @@ class Explanation:
     focus: list[Focus]
     max_attention_values: int
 
+    def to_html(
+        self,
+        path: str | None = None,
+        contexts: dict[str, LayerComparison] | None = None,
+        senses: dict[str, list[float]] | None = None,
+        title: str = "embedsense: attention",
+        num_layers: int | None = None,
+    ) -> str:
+        """One self-contained page: head view, model view, and the sense view of `contexts`
+        (other text -> `compare_layers` answer) and `senses` (label -> similarity per layer,
+        attention_page.sense_profile). Written to `path` when given; returned either way."""
+        from embedsense.client.attention_page import render
+
+        return render(self, path, contexts, senses, title, num_layers)
+
 
 @dataclass(frozen=True)
 class LayerComparison:
