@@ -7,7 +7,7 @@ async with AsyncClient("127.0.0.1:50051") as c:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -115,27 +115,47 @@ class AsyncClient:
         *,
         timeout: float | None = None,
     ) -> list[str]:
-        """Stream documents into a collection; their ids once all are durably stored (a list
-        is sent again when the server becomes unavailable, as `Client.upsert` does)."""
+        """Store documents in a collection; their ids, in order, once all are durably stored
+        (a list as batches, up to `max_concurrent_batches` in flight, each sent again when
+        the server becomes unavailable; an iterator streamed once: as `Client.upsert`)."""
         documents, total = api.resendable(documents)
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:
+            if total is None:
+                return await self._upsert(name, documents, batch_size, timeout, bar.update, False)
+            parts = [documents[s : s + batch_size] for s in range(0, total, batch_size)] or [[]]
+            gate = asyncio.Semaphore(self.max_concurrent_batches)
 
-            async def requests() -> AsyncIterator[embedsense_pb2.UpsertRequest]:
-                for request in api.upsert_requests(name, documents, batch_size, bar.update):
-                    yield request
+            async def one(part: list[Any]) -> list[str]:
+                async with gate:
+                    return await self._upsert(name, part, batch_size, timeout, bar.update, True)
 
-            for attempt in range(self.retry.attempts):
-                bar.reset(total)
-                try:
-                    response = await self._stub.Upsert(
-                        requests(), timeout=timeout, metadata=self._metadata
-                    )
-                    return list(response.ids)
-                except grpc.aio.AioRpcError as err:
-                    last = attempt == self.retry.attempts - 1
-                    if total is None or not retryable(err) or last:
-                        raise from_rpc_error(err) from None
-                await asyncio.sleep(self.retry.delay(attempt))
+            ids = await asyncio.gather(*(one(part) for part in parts))
+        return [i for part in ids for i in part]
+
+    async def _upsert(
+        self,
+        name: str,
+        documents: Iterable[Any],
+        batch_size: int,
+        timeout: float | None,
+        progress: Callable[[int], object],
+        resend: bool,
+    ) -> list[str]:
+        """One Upsert stream; sent again on UNAVAILABLE when `resend`."""
+        for attempt in range(self.retry.attempts):
+            sent: list[int] = []  # a resent stream counts once, when it is done
+            on_batch = sent.append if resend else progress
+            try:
+                response = await self._stub.Upsert(
+                    _aiter(api.upsert_requests(name, documents, batch_size, on_batch)),
+                    timeout=timeout, metadata=self._metadata,
+                )  # fmt: skip
+                progress(sum(sent))
+                return list(response.ids)
+            except grpc.aio.AioRpcError as err:
+                if not resend or not retryable(err) or attempt == self.retry.attempts - 1:
+                    raise from_rpc_error(err) from None
+            await asyncio.sleep(self.retry.delay(attempt))
         raise AssertionError("unreachable")
 
     async def info(self) -> Info:
@@ -304,3 +324,8 @@ class AsyncClient:
         return await self._call(
             api.compare_layers_call(text_a, text_b, word, occurrence_a, occurrence_b, truncate)
         )
+
+
+async def _aiter(requests: Iterable[embedsense_pb2.UpsertRequest]) -> AsyncIterator[Any]:
+    for request in requests:
+        yield request

@@ -8,7 +8,8 @@ with Client("127.0.0.1:50051") as c:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -35,6 +36,7 @@ from embedsense.client.types import (
 from embedsense.proto.v1 import embedsense_pb2_grpc
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Client:
@@ -46,17 +48,22 @@ class Client:
         retry: Retry | None = None,
         channel: grpc.Channel | None = None,
         tls: TLS | bool | None = None,
+        max_concurrent_batches: int = 4,
     ) -> None:
         """target: one server ("host:port", or "dns:///name:port" for every address a name
         has) or a list of them: calls are balanced round-robin (gRPC's own), and a call
         that finds a server gone is sent to another. timeout: the deadline of every call,
         in seconds (None: no deadline). tls: True (the system's CA roots) or a TLS(...) with
-        your CA and, for mutual TLS, a client certificate and key."""
+        your CA and, for mutual TLS, a client certificate and key. max_concurrent_batches:
+        how many requests of one `encode` or `upsert` of a list are in flight at once (the
+        bulk path: one client keeps the server as busy as several callers)."""
         self._channel = channel or api.open_channel(target, tls, aio=False)
         self._stub = embedsense_pb2_grpc.EmbedSenseStub(self._channel)
         self._metadata = api.auth_metadata(api_key)
         self.timeout = timeout
         self.retry = retry or Retry()
+        self.max_concurrent_batches = max_concurrent_batches
+        self._texts_per_request: int | None = None  # the server's limit, asked once
 
     def __enter__(self) -> Client:
         return self
@@ -79,6 +86,19 @@ class Client:
                 time.sleep(self.retry.delay(attempt))
         raise AssertionError("unreachable")
 
+    def _in_flight(self, work: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """work(item) for every item, up to max_concurrent_batches at once, in order."""
+        if len(items) <= 1 or self.max_concurrent_batches <= 1:
+            return [work(item) for item in items]
+        with ThreadPoolExecutor(min(self.max_concurrent_batches, len(items))) as pool:
+            return list(pool.map(work, items))
+
+    def _batch_size(self, asked: int) -> int:
+        """`asked`, within the server's texts-per-request limit."""
+        if self._texts_per_request is None:
+            self._texts_per_request = self.info().max_texts_per_request
+        return max(1, min(asked, self._texts_per_request))
+
     def encode(
         self,
         texts: str | Sequence[str],
@@ -89,18 +109,23 @@ class Client:
         role: str | None = None,
         long_text: str = "error",
     ) -> np.ndarray:
-        """Sentence vectors, float32, in requests of `batch_size` texts: a str gives one
-        vector (dim,), a list a matrix (len(texts), dim), [] an empty (0, dim)."""
+        """Sentence vectors, float32, in requests of `batch_size` texts (at most the server's
+        limit), up to `max_concurrent_batches` in flight: a str gives one vector (dim,), a
+        list a matrix (len(texts), dim) in the list's order, [] an empty (0, dim)."""
         batch, single = api.as_texts(texts)
         if not batch:
             return np.zeros((0, self.info().dim), np.float32)
-        parts = []
-        for start in tqdm(range(0, len(batch), batch_size), disable=not show_progress_bar,
-                          unit="batch"):  # fmt: skip
-            chunk = batch[start : start + batch_size]
-            request = api.embed_request(chunk, normalize_embeddings, role, long_text)
-            parts.append(self._call(Call("Embed", request, api.parse_sentences)))
-        vectors = np.concatenate(parts)
+        size = self._batch_size(batch_size) if len(batch) > batch_size else batch_size
+        requests = [api.embed_request(batch[s : s + size], normalize_embeddings, role, long_text)
+                    for s in range(0, len(batch), size)]  # fmt: skip
+        with tqdm(total=len(batch), disable=not show_progress_bar, unit="text") as bar:
+
+            def one(request: Any) -> np.ndarray:
+                vectors = self._call(Call("Embed", request, api.parse_sentences))
+                bar.update(len(vectors))
+                return vectors
+
+            vectors = np.concatenate(self._in_flight(one, requests))
         return vectors[0] if single else vectors
 
     def upsert(
@@ -112,26 +137,47 @@ class Client:
         *,
         timeout: float | None = None,
     ) -> list[str]:
-        """Stream documents into a collection; their ids once all are durably stored.
+        """Store documents in a collection; their ids, in order, once all are durably stored.
 
-        Bulk loads take long, so there is no deadline unless `timeout` is given. A list is
-        sent again (to another server, if there are several) when the server becomes
-        unavailable: every document has its id before the first try, so a retry replaces
-        what an interrupted one stored. An iterator is read once and not retried.
+        A list goes as batches of `batch_size`, up to `max_concurrent_batches` in flight (the
+        bulk path), each sent again (to another server, if there are several) when the
+        server becomes unavailable: every document has its id before the first try, so a
+        retry replaces what an interrupted one stored. An iterator is streamed, read once,
+        and not retried. Bulk loads take long: no deadline unless `timeout` is given.
         """
         documents, total = api.resendable(documents)
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:
-            for attempt in range(self.retry.attempts):
-                bar.reset(total)
-                requests = api.upsert_requests(name, documents, batch_size, bar.update)
-                try:
-                    response = self._stub.Upsert(requests, timeout=timeout, metadata=self._metadata)
-                    return list(response.ids)
-                except grpc.RpcError as err:
-                    last = attempt == self.retry.attempts - 1
-                    if total is None or not retryable(err) or last:
-                        raise from_rpc_error(err) from None
-                time.sleep(self.retry.delay(attempt))
+            if total is None:
+                return self._upsert(name, documents, batch_size, timeout, bar.update, False)
+            size = self._batch_size(batch_size) if total > batch_size else batch_size
+            parts = [documents[s : s + size] for s in range(0, total, size)] or [[]]
+            ids = self._in_flight(
+                lambda part: self._upsert(name, part, size, timeout, bar.update, True), parts
+            )
+        return [i for part in ids for i in part]
+
+    def _upsert(
+        self,
+        name: str,
+        documents: Iterable[Any],
+        batch_size: int,
+        timeout: float | None,
+        progress: Callable[[int], object],
+        resend: bool,
+    ) -> list[str]:
+        """One Upsert stream; sent again on UNAVAILABLE when `resend`."""
+        for attempt in range(self.retry.attempts):
+            sent: list[int] = []  # a resent stream counts once, when it is done
+            on_batch = sent.append if resend else progress
+            requests = api.upsert_requests(name, documents, batch_size, on_batch)
+            try:
+                response = self._stub.Upsert(requests, timeout=timeout, metadata=self._metadata)
+                progress(sum(sent))
+                return list(response.ids)
+            except grpc.RpcError as err:
+                if not resend or not retryable(err) or attempt == self.retry.attempts - 1:
+                    raise from_rpc_error(err) from None
+            time.sleep(self.retry.delay(attempt))
         raise AssertionError("unreachable")
 
     def info(self) -> Info:

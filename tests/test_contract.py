@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import subprocess
 import sys
+import threading
 import typing
 
 import grpc
@@ -127,3 +128,54 @@ def test_server_and_client_share_only_the_contract(module, blocked):
     done = subprocess.run([sys.executable, "-c", BLOCK.format(module=module, blocked=blocked)],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-600:]
+
+
+class _InFlight(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
+    """How many calls of each method are in flight at once, at most."""
+
+    def __init__(self) -> None:
+        self.now: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def _count(self, method: str, call):  # noqa: ANN001, ANN202
+        name = method.rsplit("/", 1)[-1]
+        with self.lock:
+            self.now[name] = self.now.get(name, 0) + 1
+            self.most[name] = max(self.most.get(name, 0), self.now[name])
+        try:
+            response = call()
+            response.result()  # wait for the answer while counted
+            return response
+        finally:
+            with self.lock:
+                self.now[name] -= 1
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return self._count(details.method, lambda: continuation(details, request))
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return self._count(details.method, lambda: continuation(details, request_iterator))
+
+
+def test_one_client_keeps_several_requests_in_flight_in_order(server):
+    texts = [f"第{i}句：{'我喜欢吃苹果' if i % 2 else '我买了最新的苹果手机'}" for i in range(96)]
+    with Client(server.target) as plain:
+        expected = plain.encode(texts, batch_size=96)  # one request
+    counter = _InFlight()
+    channel = grpc.intercept_channel(grpc.insecure_channel(server.target), counter)
+    try:
+        with Client(channel=channel, max_concurrent_batches=4) as bulk:
+            got = bulk.encode(texts, batch_size=8)  # twelve requests
+            np.testing.assert_allclose(got, expected, atol=1e-5)  # in the list's order
+            assert 2 <= counter.most["Embed"] <= 4
+            bulk.create_collection("bulk-path")
+            docs = [{"id": f"b{i}", "text": t} for i, t in enumerate(texts)]
+            assert bulk.upsert("bulk-path", docs, batch_size=8, show_progress_bar=False) == [
+                d["id"] for d in docs
+            ]
+            assert 2 <= counter.most["Upsert"] <= 4
+            assert bulk.count("bulk-path") == 96
+            bulk.drop_collection("bulk-path")
+    finally:
+        channel.close()
