@@ -38,6 +38,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def int8_layers(encoder: nn.Module) -> dict[str, object]:
+    """The linear layers to run in int8: all but the feed-forward's down projections. Their
+    input is GELU's output, whose few large values make one 8-bit scale per row too coarse
+    for the many small ones. Measured on the 375 eval sentences (e5-small, 2 threads): all
+    in int8, cosine to fp32 0.982 mean / 0.968 min at 1.62x fp32's speed; down kept fp32,
+    0.996 / 0.993 at 1.63x (tests/test_engine.py holds the gates). Word vectors suffer
+    more: the word-sense evaluation drops 1.6 points with any attention layer in int8."""
+    return {
+        name: torch.ao.quantization.default_dynamic_qconfig
+        for name, module in encoder.named_modules()
+        if isinstance(module, nn.Linear) and not name.endswith("feed_forward.down")
+    }
+
+
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
         self.device = resolve_device(config.device)
@@ -65,7 +79,7 @@ class ModelRunner:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
                 self.encoder = torch.ao.quantization.quantize_dynamic(
-                    copy.deepcopy(loaded.encoder), {nn.Linear}, dtype=torch.qint8
+                    copy.deepcopy(loaded.encoder), int8_layers(loaded.encoder), dtype=torch.qint8
                 )
         else:
             weights = torch.float32 if self.autocast else self.dtype

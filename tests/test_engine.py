@@ -219,17 +219,30 @@ def test_info_reports_model_device_and_limits(engine):
     assert info.max_tokens == 512 and info.max_batch_tokens == 2048
 
 
-def test_int8_is_close_to_float32(e5):
+def test_int8_keeps_quality_on_the_eval_sentences(e5):
+    """Sentence vectors within the gates int8 is offered under: cosine to fp32 >= 0.99 mean
+    and >= 0.98 min on the eval sentences (all layers in int8 gave 0.982 / 0.968). The
+    word-sense evaluation is held where it was measured, 1.6 points under fp32's (94.4 ->
+    92.8): int8 of any attention layer costs word vectors that much, so int8 is offered for
+    sentence embedding and search, not for word senses (README)."""
+    from eval_senses import evaluate, load
+
+    data = load()
+    texts = sorted({x for word in data.values() for sense in word.values()
+                    for x in sense["support"] + sense["test"]})  # fmt: skip
     eng = Engine(EngineConfig(int8=True, warmup=False), e5).start()
     try:
-        texts = chinese_texts(16, seed=5)
-        q = asyncio.run(eng.embed(texts))
-        full = e5.encode_sentences(texts)
-        cosine = np.array([float(r.sentence @ f) for r, f in zip(q, full, strict=True)])
-        assert cosine.mean() > 0.97, cosine
+        q = asyncio.run(eng.embed(texts, role=TextRole.PASSAGE))
         assert eng.info().dtype == "int8"
     finally:
         eng.close()
+    full = e5.encode_sentences(texts, TextRole.PASSAGE)
+    cosine = np.array([float(r.sentence @ f) for r, f in zip(q, full, strict=True)])
+    assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, (cosine.mean(), cosine.min())
+    last, key = {"last": [-1]}, "word + sentence, last, centred"
+    fp32 = asyncio.run(evaluate(e5, data, last, EngineConfig(warmup=False)))
+    int8 = asyncio.run(evaluate(e5, data, last, EngineConfig(int8=True, warmup=False)))
+    assert fp32["accuracy"][key]["overall"] - int8["accuracy"][key]["overall"] <= 0.02
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

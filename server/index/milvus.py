@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import numpy as np
@@ -149,30 +149,12 @@ def _like_pattern(word: str) -> str:
 # ------------------------------------------------------------------ one collection
 
 
-@dataclass
-class Settings:
-    """A collection's settings, as its meta row holds them."""
+def documents_collection(name: str) -> str:
+    return f"{PREFIX}c_{hashlib.sha1(name.encode()).hexdigest()[:24]}"
 
-    name: str
-    model: str
-    dim: int
-    metric: str
-    index_spec: str
-    store_tokens: bool
-    options: dict[str, int] = field(default_factory=dict)
-    created_at: float = 0.0
 
-    @property
-    def docs(self) -> str:
-        return f"{PREFIX}c_{hashlib.sha1(self.name.encode()).hexdigest()[:24]}"
-
-    @property
-    def tokens(self) -> str:
-        return f"{PREFIX}t_{hashlib.sha1(self.name.encode()).hexdigest()[:24]}"
-
-    def row(self) -> CollectionRow:  # what validation.py reads
-        return CollectionRow(self.name, self.model, self.dim, self.metric, self.index_spec,
-                             self.store_tokens, self.options, self.created_at, 0, 0)  # fmt: skip
+def tokens_collection(name: str) -> str:
+    return f"{PREFIX}t_{hashlib.sha1(name.encode()).hexdigest()[:24]}"
 
 
 @contextmanager
@@ -187,18 +169,19 @@ def _translated(name: str) -> Iterator[None]:
 
 
 class MilvusCollection:
-    def __init__(self, client: MilvusClient, settings: Settings) -> None:
+    def __init__(self, client: MilvusClient, row: CollectionRow) -> None:
         self.client = client
-        self.settings = settings
-        self._row = settings.row()
+        self.row = row  # the settings; generation and next_label mean nothing here
+        self.docs = documents_collection(row.name)
+        self.tokens = tokens_collection(row.name)
 
     @property
     def name(self) -> str:
-        return self.settings.name
+        return self.row.name
 
     @property
     def store_tokens(self) -> bool:
-        return self.settings.store_tokens
+        return self.row.store_tokens
 
     def _count(self, collection: str) -> int:
         with _translated(self.name):
@@ -206,15 +189,15 @@ class MilvusCollection:
         return int(rows[0]["count(*)"])
 
     def count(self) -> int:
-        return self._count(self.settings.docs)
+        return self._count(self.docs)
 
     def index_vectors(self) -> int:
         return self.count()
 
     def info(self) -> CollectionInfo:
-        s = self.settings
+        s = self.row
         count = self.count()
-        tokens = self._count(s.tokens) if s.store_tokens else 0
+        tokens = self._count(self.tokens) if s.store_tokens else 0
         return CollectionInfo(
             name=s.name, model=s.model, dim=s.dim, metric=s.metric, index_spec=s.index_spec,
             store_tokens=s.store_tokens, count=count, created_at=s.created_at, trained=True,
@@ -227,8 +210,8 @@ class MilvusCollection:
     # ------------------------------------------------------------ writes
 
     def upsert(self, docs: Sequence[Document], model: str | None = None) -> list[str]:
-        check_model(self._row, model)
-        docs = [self._checked(validated(self._row, doc)) for doc in docs]
+        check_model(self.row, model)
+        docs = [self._checked(validated(self.row, doc)) for doc in docs]
         ids = [doc.id for doc in docs]
         if len(set(ids)) != len(ids):
             raise InvalidArgument("the same id twice in one upsert")
@@ -245,15 +228,15 @@ class MilvusCollection:
                     for i, t in enumerate(d.tokens)
                 ]  # fmt: skip
                 for start in range(0, len(token_rows), 4096):
-                    self.client.insert(self.settings.tokens, token_rows[start : start + 4096])
-            self.client.upsert(self.settings.docs, [
+                    self.client.insert(self.tokens, token_rows[start : start + 4096])
+            self.client.upsert(self.docs, [
                 {"id": d.id, "vector": d.vector.tolist(), "text": d.text,
                  "metadata": d.metadata, "filterable": typed(d.metadata), "tokens_version": v}
                 for d, v in zip(docs, versions, strict=True)
             ])  # fmt: skip
             if self.store_tokens:  # the replaced versions, now that nothing names them
                 self.client.delete(
-                    self.settings.tokens,
+                    self.tokens,
                     filter=f"doc_id in {_literal_list(ids)} and "
                     f"not (version in {_literal_list(versions)})",
                 )
@@ -275,14 +258,12 @@ class MilvusCollection:
             return 0
         with _translated(self.name):
             existing = [row["id"] for chunk in _chunks(ids, 1000) for row in self.client.query(
-                self.settings.docs, filter=f"id in {_literal_list(chunk)}", output_fields=["id"]
+                self.docs, filter=f"id in {_literal_list(chunk)}", output_fields=["id"]
             )]  # fmt: skip
             if existing:
-                self.client.delete(self.settings.docs, ids=existing)
+                self.client.delete(self.docs, ids=existing)
                 if self.store_tokens:
-                    self.client.delete(
-                        self.settings.tokens, filter=f"doc_id in {_literal_list(existing)}"
-                    )
+                    self.client.delete(self.tokens, filter=f"doc_id in {_literal_list(existing)}")
         return len(existing)
 
     # ------------------------------------------------------------ reads
@@ -294,7 +275,7 @@ class MilvusCollection:
         with _translated(self.name):
             for chunk in _chunks(list(dict.fromkeys(ids)), 1000):
                 rows = self.client.query(
-                    self.settings.docs, filter=f"id in {_literal_list(chunk)}",
+                    self.docs, filter=f"id in {_literal_list(chunk)}",
                     output_fields=["id", "vector", "text", "metadata", "tokens_version"],
                 )  # fmt: skip
                 for row in rows:
@@ -326,7 +307,7 @@ class MilvusCollection:
 
     def _token_rows(self, doc_ids: list[str], versions: list[str], more: str) -> list[dict]:
         return self.client.query(
-            self.settings.tokens,
+            self.tokens,
             filter=f"doc_id in {_literal_list(doc_ids)} and version in "
             f"{_literal_list(versions)}{more}",
             output_fields=["doc_id", "position", "token", "start", "end", "vector"],
@@ -352,24 +333,24 @@ class MilvusCollection:
         nprobe: int | None = None,
         model: str | None = None,
     ) -> list[list[Hit]]:
-        check_model(self._row, model)
+        check_model(self.row, model)
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be within 1-{MAX_K}, got {k}")
         queries = np.asarray(queries, dtype=np.float32)
-        queries = checked_vectors(self._row, queries[None] if queries.ndim == 1 else queries,
+        queries = checked_vectors(self.row, queries[None] if queries.ndim == 1 else queries,
                                   "query")  # fmt: skip
         expression = milvus_expression(where)
-        index_type, _ = milvus_index(self.settings.index_spec)
+        index_type, _ = milvus_index(self.row.index_spec)
         params: dict[str, int] = {}
         if index_type == "HNSW":
-            params["ef"] = max(k, ef_search or self.settings.options.get("ef_search", 64))
+            params["ef"] = max(k, ef_search or self.row.options.get("ef_search", 64))
         elif index_type.startswith("IVF"):
-            params["nprobe"] = nprobe or self.settings.options.get("nprobe", 16)
+            params["nprobe"] = nprobe or self.row.options.get("nprobe", 16)
         fields = ["text", "metadata"] if with_documents else ["id"]
         with _translated(self.name):
             results = self.client.search(
-                self.settings.docs, data=queries.tolist(), limit=k, filter=expression,
-                search_params={"metric_type": METRICS[self.settings.metric], "params": params},
+                self.docs, data=queries.tolist(), limit=k, filter=expression,
+                search_params={"metric_type": METRICS[self.row.metric], "params": params},
                 output_fields=fields,
             )  # fmt: skip
         return [
@@ -383,7 +364,7 @@ class MilvusCollection:
     def ids_containing(self, word: str, limit: int) -> list[str]:
         with _translated(self.name):
             rows = self.client.query(
-                self.settings.docs, filter=f"text like {_like_pattern(word)}",
+                self.docs, filter=f"text like {_like_pattern(word)}",
                 output_fields=["id"], limit=min(limit, MAX_ROWS_PER_QUERY),
             )  # fmt: skip
         return [row["id"] for row in rows]
@@ -475,20 +456,20 @@ class MilvusBackend:
     ) -> CollectionInfo:
         check_new_collection(name, model, dim, metric)
         index_type, index_params = milvus_index(index_spec)
-        settings = Settings(name, model, dim, metric, index_spec, store_tokens,
-                            search_options(options), time.time())  # fmt: skip
+        row = CollectionRow(name, model, dim, metric, index_spec, store_tokens,
+                            search_options(options), time.time(), 0, 0)  # fmt: skip
         with self._lock:
             if self._meta_get(f"collection:{name}") is not None:
                 raise CollectionExists(f"collection {name!r} already exists")
             with _translated(name):
-                self._create_documents(settings, index_type, index_params)
+                self._create_documents(row, index_type, index_params)
                 if store_tokens:
-                    self._create_tokens(settings)
-            self._meta_put(f"collection:{name}", json.dumps(asdict(settings)))
-            self._open[name] = MilvusCollection(self.client, settings)
+                    self._create_tokens(row)
+            self._meta_put(f"collection:{name}", json.dumps(asdict(row)))
+            self._open[name] = MilvusCollection(self.client, row)
         return self._open[name].info()
 
-    def _create_documents(self, s: Settings, index_type: str, params: dict[str, int]) -> None:
+    def _create_documents(self, s: CollectionRow, index_type: str, params: dict[str, int]) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=256)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=s.dim)
@@ -499,11 +480,12 @@ class MilvusBackend:
         index = self.client.prepare_index_params()
         index.add_index("vector", index_type=index_type, metric_type=METRICS[s.metric],
                         params=params)  # fmt: skip
-        self.client.drop_collection(s.docs)  # left by a create that crashed half-way
-        self.client.create_collection(s.docs, schema=schema, index_params=index,
+        docs = documents_collection(s.name)
+        self.client.drop_collection(docs)  # left by a create that crashed half-way
+        self.client.create_collection(docs, schema=schema, index_params=index,
                                       consistency_level="Strong")  # fmt: skip
 
-    def _create_tokens(self, s: Settings) -> None:
+    def _create_tokens(self, s: CollectionRow) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=512)
         schema.add_field("doc_id", DataType.VARCHAR, max_length=256)
@@ -515,8 +497,9 @@ class MilvusBackend:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=s.dim)
         index = self.client.prepare_index_params()
         index.add_index("vector", index_type="FLAT", metric_type="IP")
-        self.client.drop_collection(s.tokens)
-        self.client.create_collection(s.tokens, schema=schema, index_params=index,
+        tokens = tokens_collection(s.name)
+        self.client.drop_collection(tokens)
+        self.client.create_collection(tokens, schema=schema, index_params=index,
                                       consistency_level="Strong")  # fmt: skip
 
     def get(self, name: str) -> MilvusCollection:
@@ -526,7 +509,7 @@ class MilvusBackend:
         stored = self._meta_get(f"collection:{name}")  # another replica may have made it
         if stored is None:
             raise CollectionNotFound(f"no collection named {name!r}")
-        collection = MilvusCollection(self.client, Settings(**json.loads(stored)))
+        collection = MilvusCollection(self.client, CollectionRow(**json.loads(stored)))
         with self._lock:
             return self._open.setdefault(name, collection)
 
@@ -546,8 +529,8 @@ class MilvusBackend:
         collection = self.get(name)
         with self._lock, _translated(name):
             self._meta(lambda: self.client.delete(META, ids=[f"collection:{name}"]))
-            self.client.drop_collection(collection.settings.docs)
-            self.client.drop_collection(collection.settings.tokens)
+            self.client.drop_collection(collection.docs)
+            self.client.drop_collection(collection.tokens)
             self._open.pop(name, None)
 
     def close(self) -> None:

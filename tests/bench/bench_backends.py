@@ -86,7 +86,7 @@ def bench_backend(name: str, settings: BackendSettings, vectors, queries, truths
         if hasattr(collection, "wait_until_optimized"):  # faiss: background work done
             collection.wait_until_optimized()
         else:  # milvus: seal the loaded segments, as Milvus does on its own after a bulk load
-            backend.client.flush(collection.settings.docs)
+            backend.client.flush(collection.docs)
         row: dict = {"upsert_docs_per_s": round(len(vectors) / upsert_s, 1)}
         for label, where in (("unfiltered", None), ("filtered_10pct", WHERE)):
             row[label] = [measure(collection, queries, truths[label], where, ef)
