@@ -299,6 +299,27 @@ def resendable(
     return documents, None
 
 
+def joined_ids(
+    results: Sequence[list[str] | Exception], parts: Sequence[Sequence[Any]]
+) -> list[str]:
+    """The ids of every batch, in order; or, when a batch failed, its error (the first in
+    order) saying how many documents the other batches stored: the caller must not guess."""
+    failed = [r for r in results if isinstance(r, Exception)]
+    if not failed:
+        return [i for ids in results for i in ids]  # type: ignore[union-attr]
+    stored = sum(
+        len(p) for p, r in zip(parts, results, strict=True) if not isinstance(r, Exception)
+    )
+    total = sum(len(p) for p in parts)
+    err = failed[0]
+    note = f" ({stored} of {total} documents were stored: every batch but the {len(failed)} "
+    note += "that failed)"
+    err.args = (err.args[0] + note,)
+    if hasattr(err, "message"):
+        err.message += note
+    raise err
+
+
 def upsert_requests(
     collection: str, documents: Iterable[str | Mapping[str, Any] | pb.Document],
     batch_size: int, on_batch: Callable[[int], None] | None = None,

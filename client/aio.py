@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from embedsense.client import _api as api
 from embedsense.client._api import TLS, Call, Retry
-from embedsense.client.errors import from_rpc_error, retryable
+from embedsense.client.errors import EmbedSenseError, from_rpc_error, retryable
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
@@ -125,12 +125,14 @@ class AsyncClient:
             parts = [documents[s : s + batch_size] for s in range(0, total, batch_size)] or [[]]
             gate = asyncio.Semaphore(self.max_concurrent_batches)
 
-            async def one(part: list[Any]) -> list[str]:
+            async def one(part: list[Any]) -> list[str] | EmbedSenseError:
                 async with gate:
-                    return await self._upsert(name, part, batch_size, timeout, bar.update, True)
+                    try:
+                        return await self._upsert(name, part, batch_size, timeout, bar.update, True)
+                    except EmbedSenseError as err:
+                        return err
 
-            ids = await asyncio.gather(*(one(part) for part in parts))
-        return [i for part in ids for i in part]
+            return api.joined_ids(await asyncio.gather(*(one(part) for part in parts)), parts)
 
     async def _upsert(
         self,

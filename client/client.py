@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from embedsense.client import _api as api
 from embedsense.client._api import TLS, Call, Retry
-from embedsense.client.errors import from_rpc_error, retryable
+from embedsense.client.errors import EmbedSenseError, from_rpc_error, retryable
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
@@ -151,10 +151,14 @@ class Client:
                 return self._upsert(name, documents, batch_size, timeout, bar.update, False)
             size = self._batch_size(batch_size) if total > batch_size else batch_size
             parts = [documents[s : s + size] for s in range(0, total, size)] or [[]]
-            ids = self._in_flight(
-                lambda part: self._upsert(name, part, size, timeout, bar.update, True), parts
-            )
-        return [i for part in ids for i in part]
+
+            def one(part: list[Any]) -> list[str] | EmbedSenseError:
+                try:
+                    return self._upsert(name, part, size, timeout, bar.update, True)
+                except EmbedSenseError as err:
+                    return err
+
+            return api.joined_ids(self._in_flight(one, parts), parts)
 
     def _upsert(
         self,

@@ -147,9 +147,13 @@ def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(client, 
 
 def test_a_failed_stream_says_what_was_stored(client, collection):
     docs = ["第一篇", "第二篇", "第三篇", " "]
-    with pytest.raises(InvalidArgument, match="3 documents sent before it were stored"):
+    with pytest.raises(InvalidArgument, match="3 of 4 documents were stored"):
         client.upsert(collection, docs, batch_size=3, show_progress_bar=False)
     assert client.count(collection) == 3
+    streamed = iter(["第四篇", "第五篇", " "])  # one stream: the server says what it stored
+    with pytest.raises(InvalidArgument, match="2 documents sent before it were stored"):
+        client.upsert(collection, streamed, batch_size=2, show_progress_bar=False)
+    assert client.count(collection) == 5
 
 
 def test_streaming_upsert_of_10000_documents_with_progress(client, capsys):
