@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -57,7 +57,7 @@ class Built:
 
     generation: Generation
     upto: int
-    old_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    old_labels: np.ndarray
 
 
 def build(store: Store, row: CollectionRow, training_size: int, upto: int) -> Built:
@@ -96,6 +96,8 @@ def catch_up(store: Store, row: CollectionRow, built: Built) -> Generation:
     # A label never comes back once dead, so each document still below `upto` is where the
     # build put it; the built rows whose document died since are dead in the new numbering.
     kept = np.searchsorted(built.old_labels, before)
+    if len(before) and not np.array_equal(built.old_labels[np.minimum(kept, n_built - 1)], before):
+        raise RuntimeError(f"{row.name}: a document below label {built.upto} is not in the build")
     dead = np.setdiff1d(np.arange(n_built), kept, assume_unique=True)
     gen.live.discard(dead)
     for label in dead:
