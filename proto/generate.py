@@ -1,10 +1,11 @@
 """Regenerate the Python gRPC code from proto/: `make proto` (tests fail when it is stale).
 
 protoc writes modules named after the proto's path (embedsense/v1/...), importing each other
-absolutely (`from embedsense.v1 import ...`); they are installed as `embedsense.proto.v1`,
-so the one cross-import is made relative.
+absolutely (`from embedsense.v1 import ...`); they are installed as `embedsense.proto.v1`
+(the contract that the server and the client both import), so the one cross-import is made
+relative.
 
-    python proto/generate.py [OUT_DIR]   (default: client/v1)
+    python proto/generate.py [OUT_DIR]   (default: proto/v1)
 """
 
 from __future__ import annotations
