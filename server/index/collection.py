@@ -41,11 +41,10 @@ from embedsense.server.index.generation import Generation, build, catch_up
 from embedsense.server.index.hits import Hit, assemble_hits
 from embedsense.server.index.search_plan import search_generation
 from embedsense.server.index.store import CollectionRow, Document, Store
-from embedsense.server.index.validation import check_model, checked_vectors, validated
+from embedsense.server.index.validation import check_model, checked_query, validated
 
 log = logging.getLogger(__name__)
 
-MAX_K = 10_000
 FILTER_CACHE_ENTRIES = 64
 
 
@@ -341,12 +340,7 @@ class Collection:
         nprobe (IVF) override the collection's defaults for this call. with_documents=False:
         ids and scores only, as the index found them.
         """
-        self.check_model(model)
-        queries = np.asarray(queries, dtype=np.float32)
-        if not 1 <= k <= MAX_K:
-            raise InvalidArgument(f"k must be within 1-{MAX_K}, got {k}")
-        queries = checked_vectors(self.row, queries[None] if queries.ndim == 1 else queries,
-                                  "query")  # fmt: skip
+        queries = checked_query(self.row, queries, k, model)
         condition = compile_filter(where) if where else None
         while True:
             gen = self._gen

@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from embedsense.server.index.collection import MAX_K, CollectionInfo
+from embedsense.server.index.collection import CollectionInfo
 from embedsense.server.index.errors import (
     CollectionExists,
     CollectionNotFound,
@@ -60,7 +60,7 @@ from embedsense.server.index.store import CollectionRow, Document, Token
 from embedsense.server.index.validation import (
     check_model,
     check_new_collection,
-    checked_vectors,
+    checked_query,
     search_options,
     validated,
 )
@@ -333,12 +333,7 @@ class MilvusCollection:
         nprobe: int | None = None,
         model: str | None = None,
     ) -> list[list[Hit]]:
-        check_model(self.row, model)
-        if not 1 <= k <= MAX_K:
-            raise InvalidArgument(f"k must be within 1-{MAX_K}, got {k}")
-        queries = np.asarray(queries, dtype=np.float32)
-        queries = checked_vectors(self.row, queries[None] if queries.ndim == 1 else queries,
-                                  "query")  # fmt: skip
+        queries = checked_query(self.row, queries, k, model)
         expression = milvus_expression(where)
         index_type, _ = milvus_index(self.row.index_spec)
         params: dict[str, int] = {}

@@ -14,6 +14,7 @@ from embedsense.server.index.errors import DimensionMismatch, InvalidArgument, M
 from embedsense.server.index.store import CollectionRow, Document
 
 MAX_ID_LENGTH = 256
+MAX_K = 10_000
 METRICS = ("cosine", "ip", "l2")
 SEARCH_OPTIONS = ("ef_search", "nprobe")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -80,6 +81,16 @@ def validated(row: CollectionRow, doc: Document) -> Document:
             )
     return Document(text=doc.text, vector=vector, id=doc_id, metadata=dict(doc.metadata or {}),
                     tokens=tokens, token_vectors=token_vectors)  # fmt: skip
+
+
+def checked_query(row: CollectionRow, queries: np.ndarray, k: int, model: str | None) -> np.ndarray:
+    """A search's query vectors (one, or a row each) checked against the collection, with
+    its k and the model it was embedded by."""
+    check_model(row, model)
+    if not 1 <= k <= MAX_K:
+        raise InvalidArgument(f"k must be within 1-{MAX_K}, got {k}")
+    queries = np.asarray(queries, dtype=np.float32)
+    return checked_vectors(row, queries[None] if queries.ndim == 1 else queries, "query")
 
 
 def checked_vectors(row: CollectionRow, vectors: np.ndarray, what: str) -> np.ndarray:
