@@ -226,10 +226,7 @@ class Collection:
         rounds at most: writes during a rebuild can make another one due)."""
         for _ in range(4):
             gen = self._gen
-            job = optimizer.next_job(
-                gen.live.count, gen.index.ntotal, gen.trained,
-                0 if gen.trained else self._training_size(), self._changes_since_snapshot,
-            )  # fmt: skip
+            job = self._due(gen)
             if job is None:
                 return
             log.info("%s: %s (%d of %d vectors live)", self.name, job.value, gen.live.count,
@@ -292,12 +289,15 @@ class Collection:
     def _after_write(self, changes: int) -> None:
         self._writes += 1
         self._changes_since_snapshot += changes
-        gen = self._gen
-        if optimizer.next_job(
+        if self._due(self._gen) is not None:
+            self.optimizer.poke()
+
+    def _due(self, gen: Generation) -> optimizer.Job | None:
+        """The maintenance the index wants now (optimizer.next_job)."""
+        return optimizer.next_job(
             gen.live.count, gen.index.ntotal, gen.trained,
             0 if gen.trained else self._training_size(), self._changes_since_snapshot,
-        ):  # fmt: skip
-            self.optimizer.poke()
+        )  # fmt: skip
 
     def reindex(self, index_spec: str, options: Mapping[str, Any] | None = None) -> None:
         """Switch to another index spec (or search options), rebuilt from the store."""
