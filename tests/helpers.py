@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import BertConfig, BertModel, XLMRobertaConfig, XLMRobertaModel
 
@@ -51,3 +53,20 @@ def bert_reference_for(cfg) -> BertModel:
         pad_token_id=cfg.pad_token_id,
     )
     return BertModel(config, add_pooling_layer=False).eval()
+
+
+BERT_CHINESE_VOCAB = 21128  # [PAD], [unused1-99], [UNK], [CLS], [SEP], [MASK], then pieces
+
+
+def bert_chinese_shaped_dir(root: Path) -> BertModel:
+    """Saves a loadable HF directory with bert-base-chinese's shape (random weights: speed
+    does not depend on their values) and a per-character vocabulary, so Chinese splits as
+    the real one does; returns the transformers model it saved, as the reference."""
+    torch.manual_seed(0)
+    reference = BertModel(BertConfig(vocab_size=BERT_CHINESE_VOCAB), add_pooling_layer=False)
+    reference.save_pretrained(root)
+    specials = ["[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]"]
+    specials.append("[MASK]")
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + BERT_CHINESE_VOCAB - len(specials))]
+    (root / "vocab.txt").write_text("\n".join(specials + chars) + "\n", encoding="utf-8")
+    return reference.eval()

@@ -2,12 +2,17 @@
 
 A bert-base-chinese-shaped model (random weights: speed does not depend on their values;
 a per-character vocabulary so Chinese splits as the real one does) is saved as a Hugging
-Face directory and loaded through the normal path. All texts of a mixed-length Chinese
-workload are sent at once, one text per request, and the engine batches them by its token
-budget. Reports tokens/s (real tokens), time in the model, padding, and model FLOP
-utilisation against this GPU's measured matmul peak in the same dtype. Without CUDA it says
-so and stops (run with --device cpu to check the script itself on a CPU).
-Last line: one JSON object.
+Face directory and loaded through the normal path; the transformers model that saved it is
+the reference, on the same weights. Per dtype:
+- the engine: all texts of a mixed-length Chinese workload sent at once, one text per
+  request, batched by its token budget: tokens/s, time in the model, padding;
+- offline sorted batches (the same texts sorted by length and cut by the same budget) run
+  by our backend alone and by transformers, so the engine's overhead and our encoder's lead
+  are both visible;
+- the encoder alone at large full batches (64 × 256 tokens), ours and transformers.
+MFU is against this GPU's measured matmul peak in the same dtype and in bf16. Without CUDA
+it says so and stops (--device cpu checks the script itself on a CPU). Last line: one JSON
+object.
 
     python tests/bench/bench_gpu.py [--texts 8192] [--max-batch-tokens 16384]
 """
@@ -24,29 +29,17 @@ from pathlib import Path
 
 import torch
 from bench_encoder import model_flops
-from transformers import BertConfig, BertModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import bert_chinese_shaped_dir  # noqa: E402  (tests/helpers.py)
 from workload import chinese_texts  # noqa: E402  (tests/workload.py)
 
 from embedsense.model import TextRole, load_model  # noqa: E402
+from embedsense.model.tokenizer import pad_sequences  # noqa: E402
 from embedsense.server.config import EngineConfig  # noqa: E402
 from embedsense.server.engine import Engine, EngineStats  # noqa: E402
 
-BERT_CHINESE_VOCAB = 21128  # [PAD], [unused1-99], [UNK], [CLS], [SEP], [MASK], then pieces
-
-
-def bert_chinese_shaped_dir(root: Path) -> Path:
-    """A loadable HF directory with bert-base-chinese's shape and a per-character vocab."""
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=BERT_CHINESE_VOCAB), add_pooling_layer=False).save_pretrained(
-        root
-    )
-    specials = ["[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]"]
-    specials.append("[MASK]")
-    chars = [chr(c) for c in range(0x4E00, 0x4E00 + BERT_CHINESE_VOCAB - len(specials))]
-    (root / "vocab.txt").write_text("\n".join(specials + chars) + "\n", encoding="utf-8")
-    return root
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 8192) -> float:
@@ -65,6 +58,26 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 8192) -> floa
     return 2 * n**3 / best
 
 
+def host_copy_rates(device: torch.device, tokens: int = 16384, width: int = 768) -> dict:
+    """GB/s of one batch's token vectors copied to the host: pageable vs page-locked memory,
+    float32 vs float16 (what bounds the end-to-end rate once the model is fast)."""
+    rates = {}
+    for name, dtype, pinned in [("pageable_fp32", torch.float32, False),
+                                ("pinned_fp32", torch.float32, True),
+                                ("pinned_fp16", torch.float16, True)]:  # fmt: skip
+        x = torch.randn(tokens, width, device=device).to(dtype)
+        host = torch.empty(x.shape, dtype=dtype, pin_memory=pinned)
+        best = float("inf")
+        for _ in range(5):
+            sync(device)
+            start = time.perf_counter()
+            host.copy_(x) if pinned else x.cpu()
+            sync(device)
+            best = min(best, time.perf_counter() - start)
+        rates[name] = round(x.numel() * x.element_size() / best / 1e9, 2)
+    return rates
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -76,26 +89,36 @@ async def embed_all(engine: Engine, texts: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def measure(model, texts, lengths, device, dtype: str, max_batch_tokens: int) -> dict:
+def measure(model, reference, texts, lengths, device, dtype: str, args, bf16_peak: float) -> dict:
     config = EngineConfig(
         device=str(device),
         dtype=dtype,
-        max_batch_tokens=max_batch_tokens,
+        max_batch_tokens=args.max_batch_tokens,
         max_queued_tokens=sum(lengths) + 1,
         max_concurrent_requests=len(texts) + 1,
     )
     engine = Engine(config, model).start()
+    reference.to(device=device, dtype=DTYPES[dtype])
+    batches = sorted_batches(model, texts, args.max_batch_tokens)
     try:
         asyncio.run(embed_all(engine, texts[: len(texts) // 4]))  # warm: kernels, allocator
         engine.stats = EngineStats()  # count the measured run only
         seconds = asyncio.run(embed_all(engine, texts))
         stats = engine.stats
-        offline = offline_seconds(engine, model, texts, device, max_batch_tokens)
+        offline = offline_seconds(lambda batch: engine.runner.run(batch, [None] * len(batch)),
+                                  batches, device)  # fmt: skip
+        pad_id = model.tokenizer.pad_id
+        transformers = offline_seconds(lambda b: run_reference(reference, b, pad_id, device),
+                                       batches, device)  # fmt: skip
+        stages = stage_seconds(engine.runner, batches, device)
+        large = large_batches(engine.runner.encoder, reference, device, args.large_rows,
+                              args.large_length)  # fmt: skip
     finally:
         engine.close()
     peak = matmul_peak(device, engine.runner.dtype)
     tokens = sum(lengths)
     flops = model_flops(model.encoder.cfg, lengths)
+    large_flops = model_flops(model.encoder.cfg, [args.large_length] * args.large_rows)
     row = {
         "dtype": dtype,
         "tokens_per_s": round(tokens / seconds, 1),
@@ -106,22 +129,62 @@ def measure(model, texts, lengths, device, dtype: str, max_batch_tokens: int) ->
         "padding_fraction": round(1 - stats.real_tokens / stats.padded_tokens, 3),
         "matmul_peak_tflops": round(peak / 1e12, 1),
         "mfu": round(flops / seconds / peak, 3),
+        "mfu_of_bf16_peak": round(flops / seconds / bf16_peak, 3),
         "offline_tokens_per_s": round(tokens / offline, 1),
         "engine_vs_offline": round(offline / seconds, 3),
+        "transformers_offline_tokens_per_s": round(tokens / transformers, 1),
+        "engine_vs_transformers_offline": round(transformers / seconds, 3),
+        "offline_stage_seconds": stages,
+        "large_batch_tokens_per_s": round(args.large_rows * args.large_length / large["ours"], 1),
+        "large_batch_mfu": round(large_flops / large["ours"] / peak, 3),
+        "large_batch_mfu_of_bf16_peak": round(large_flops / large["ours"] / bf16_peak, 3),
+        "large_batch_transformers_mfu": round(large_flops / large["transformers"] / peak, 3),
     }
     print(
-        f"{dtype:<9} {row['tokens_per_s']:>10.0f} tok/s  {row['texts_per_s']:>8.0f} texts/s  "
-        f"MFU {row['mfu']:.1%} of {row['matmul_peak_tflops']} TFLOP/s  "
-        f"in model {row['model_seconds_share']:.0%}  padding {row['padding_fraction']:.1%}  "
-        f"{row['mean_rows_per_batch']} rows/batch; offline sorted batches "
-        f"{row['offline_tokens_per_s']:.0f} tok/s (engine {row['engine_vs_offline']:.2f}x)"
+        f"{dtype:<9} engine {row['tokens_per_s']:>9.0f} tok/s  {row['texts_per_s']:>7.0f} texts/s"
+        f"  MFU {row['mfu']:.1%} of {row['matmul_peak_tflops']} TFLOP/s "
+        f"({row['mfu_of_bf16_peak']:.1%} of bf16's)  in model {row['model_seconds_share']:.0%}  "
+        f"padding {row['padding_fraction']:.1%}  {row['mean_rows_per_batch']} rows/batch\n"
+        f"{'':<9} offline sorted batches: ours {row['offline_tokens_per_s']:.0f} tok/s "
+        f"(engine {row['engine_vs_offline']:.2f}x), transformers "
+        f"{row['transformers_offline_tokens_per_s']:.0f} tok/s "
+        f"(engine {row['engine_vs_transformers_offline']:.2f}x); ours by stage (s) {stages}\n"
+        f"{'':<9} encoder at {args.large_rows}x{args.large_length}: ours "
+        f"{row['large_batch_tokens_per_s']:.0f} tok/s, MFU {row['large_batch_mfu']:.1%} "
+        f"(transformers {row['large_batch_transformers_mfu']:.1%})"
     )
     return row
 
 
-def offline_seconds(engine: Engine, model, texts, device, max_batch_tokens: int) -> float:
-    """The same texts run by the same backend with no server around it: sorted by length,
-    cut into batches by the same token budget — what the engine's batching is measured by."""
+def stage_seconds(runner, batches, device) -> dict[str, float]:
+    """Where a batch's time goes in the backend (each stage synchronised, so the sum is a
+    little above the unsynchronised whole): padding ids on the host, the forward, picking the
+    real tokens, the copy to the host."""
+    from embedsense.server.runner import to_host
+
+    totals = dict.fromkeys(["pad", "forward", "pack", "to_host"], 0.0)
+    for batch in batches:
+        marks = [time.perf_counter()]
+        ids, mask = pad_sequences(batch, runner.pad_id)
+        marks.append(time.perf_counter())
+        with runner.computing():
+            mask = mask.to(device)
+            out = runner.encoder(ids.to(device), mask)
+            sync(device)
+            marks.append(time.perf_counter())
+            packed = out.last_hidden_state[mask.bool()]
+            sync(device)
+            marks.append(time.perf_counter())
+            to_host(packed)
+            marks.append(time.perf_counter())
+        for name, begin, end in zip(totals, marks, marks[1:], strict=False):
+            totals[name] += end - begin
+    return {name: round(seconds, 3) for name, seconds in totals.items()}
+
+
+def sorted_batches(model, texts: list[str], max_batch_tokens: int) -> list[list[list[int]]]:
+    """The texts' ids sorted by length and cut by the engine's token budget (rows × longest):
+    the offline batches the engine's own batching is measured against."""
     ids = sorted((t.ids for t in model.tokenizer.encode_batch(texts, TextRole.PASSAGE)), key=len)
     batches, batch = [], []
     for seq in ids:
@@ -130,12 +193,48 @@ def offline_seconds(engine: Engine, model, texts, device, max_batch_tokens: int)
             batch = []
         batch.append(seq)
     batches.append(batch)
+    return batches
+
+
+def run_reference(reference, batch: list[list[int]], pad_id: int, device) -> None:
+    ids, mask = pad_sequences(batch, pad_id)
+    with torch.inference_mode():
+        out = reference(input_ids=ids.to(device), attention_mask=mask.to(device))
+    out.last_hidden_state.float().cpu()  # the host copy our backend makes too
+
+
+def offline_seconds(run, batches, device) -> float:
+    for batch in batches[:2]:
+        run(batch)  # warm this path's kernels
     sync(device)
     start = time.perf_counter()
     for batch in batches:
-        engine.runner.run(batch, [None] * len(batch))
+        run(batch)
     sync(device)
     return time.perf_counter() - start
+
+
+def large_batches(encoder, reference, device, rows: int, length: int) -> dict[str, float]:
+    """Best-of-5 seconds for one full (rows × length) batch, no padding, through each model."""
+    ids = torch.randint(106, 20000, (rows, length), device=device)
+    mask = torch.ones_like(ids)
+    runs = {
+        "ours": lambda: encoder(ids, mask).last_hidden_state,
+        "transformers": lambda: reference(input_ids=ids, attention_mask=mask).last_hidden_state,
+    }
+    best = {}
+    with torch.inference_mode():
+        for name, run in runs.items():
+            run()
+            times = []
+            for _ in range(5):
+                sync(device)
+                start = time.perf_counter()
+                run()
+                sync(device)
+                times.append(time.perf_counter() - start)
+            best[name] = min(times)
+    return best
 
 
 def main() -> None:
@@ -143,6 +242,8 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=8192)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--large-rows", type=int, default=64)
+    parser.add_argument("--large-length", type=int, default=256)
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -153,7 +254,8 @@ def main() -> None:
     dtypes = ["float32", "float16", "bfloat16"] if device.type == "cuda" else ["float32"]
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_model(str(bert_chinese_shaped_dir(Path(tmp))))
+        reference = bert_chinese_shaped_dir(Path(tmp))
+        model = load_model(tmp)
     texts = chinese_texts(args.texts)
     lengths = [len(t) for t in model.tokenizer.encode_batch(texts, TextRole.PASSAGE)]
     print(
@@ -161,11 +263,20 @@ def main() -> None:
         f"{min(lengths)}-{max(lengths)} tokens ({sum(lengths)} in all), one per request, "
         f"max_batch_tokens {args.max_batch_tokens}; fp32 matmuls without TF32 (torch default)"
     )
+    bf16_peak = matmul_peak(device, torch.bfloat16)
+    copies = host_copy_rates(device) if device.type == "cuda" else {}
+    print(f"bf16 matmul peak {bf16_peak / 1e12:.1f} TFLOP/s; device-to-host GB/s {copies}")
     # fp32 first: the runner casts the model in place, and a cast down is not undone.
     rows = [
-        measure(model, texts, lengths, device, dtype, args.max_batch_tokens) for dtype in dtypes
+        measure(model, reference, texts, lengths, device, dtype, args, bf16_peak)
+        for dtype in dtypes
     ]
-    print(json.dumps({"device": name, "max_batch_tokens": args.max_batch_tokens, "runs": rows}))
+    print(json.dumps({
+        "device": name, "torch": torch.__version__, "max_batch_tokens": args.max_batch_tokens,
+        "texts": len(texts), "tokens": sum(lengths),
+        "bf16_matmul_peak_tflops": round(bf16_peak / 1e12, 1), "host_copy_gb_per_s": copies,
+        "runs": rows,
+    }))  # fmt: skip
 
 
 if __name__ == "__main__":
