@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench eval load faults demo pictures serve proto docker-test gpu-check clean
+.PHONY: install test lint format bench eval load faults demo pictures serve proto docker-test docker-test-cuda gpu-check clean
 
 install: $(STAMP)
 
@@ -67,6 +67,11 @@ proto: install
 # Builds the CPU image here and runs it as a user would (needs a Docker engine; see README).
 docker-test:
 	bash docker/test.sh
+
+# Builds the CUDA image here (torch's CUDA wheel from PyPI, several GB) and checks that it
+# starts without a GPU and reports its CUDA build. Not in CI.
+docker-test-cuda:
+	bash docker/test.sh cuda
 
 # On a CUDA machine whose Python has torch (no install: the project runs from the tree):
 # the CUDA tests and the bert-base-shaped engine benchmark in fp32/fp16/bf16, one JSON line.

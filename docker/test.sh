@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # `make docker-test`: build the CPU image on this machine and use it the way a user would.
+# `make docker-test-cuda` (docker/test.sh cuda): build the CUDA image here and check that it
+# starts (on the CPU, where there is no GPU) and reports its CUDA build. Not in CI: its torch
+# alone is several GB from PyPI.
 #
 # No image registry may be reachable, so the debian:bookworm-slim base is made locally with
 # debootstrap when it cannot be pulled. The build runs with --network host; the CA bundle
@@ -8,9 +11,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGE=embedsense:docker-test
-NAME=embedsense-docker-test
-VOLUME=embedsense-docker-test-data
+VARIANT=${1:-cpu}
+case "$VARIANT" in
+    cpu) DOCKERFILE=docker/Dockerfile ;;
+    cuda) DOCKERFILE=docker/Dockerfile.cuda ;;
+    *) echo "usage: docker/test.sh [cpu|cuda]"; exit 2 ;;
+esac
+IMAGE=embedsense:docker-test-$VARIANT
+NAME=embedsense-docker-test-$VARIANT
+VOLUME=embedsense-docker-test-$VARIANT-data
 PORT=${EMBEDSENSE_TEST_PORT:-50151}
 HTTP_PORT=${EMBEDSENSE_TEST_HTTP_PORT:-50152}
 TARGET=127.0.0.1:$PORT
@@ -55,7 +64,7 @@ if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
     fi
 fi
 
-say "build context: the working tree's files, plus this machine's CA and torch wheel"
+say "build context: the working tree's files, plus this machine's CA (and its torch wheel, for the CPU image)"
 context="$work/context"
 mkdir -p "$context"
 git ls-files -z --cached --others --exclude-standard \
@@ -65,7 +74,7 @@ if [ -n "${SSL_CERT_FILE:-}" ] && [ -f "$SSL_CERT_FILE" ]; then
     cp "$SSL_CERT_FILE" "$context/docker/extra/ca/build-host.crt"
     echo "extra CA: \$SSL_CERT_FILE"
 fi
-for dir in ${PIP_FIND_LINKS:-}; do
+for dir in $([ "$VARIANT" = cpu ] && echo "${PIP_FIND_LINKS:-}"); do
     if compgen -G "$dir/torch-*.whl" >/dev/null; then
         cp "$dir"/torch-*.whl "$context/docker/extra/wheels/"
         build_args+=(--build-arg TORCH_INDEX=)
@@ -75,7 +84,7 @@ done
 
 say "docker build"
 started=$(date +%s)
-docker build --network host "${build_args[@]}" -f docker/Dockerfile -t "$IMAGE" "$context" \
+docker build --network host "${build_args[@]}" -f "$DOCKERFILE" -t "$IMAGE" "$context" \
     >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; exit 1; }
 echo "built in $(($(date +%s) - started)) s"
 
@@ -111,6 +120,23 @@ echo "docker HEALTHCHECK: $health"
 uid=$(docker exec "$NAME" id -u)
 echo "server process user id: $uid"
 [ "$uid" != 0 ]
+
+if [ "$VARIANT" = cuda ]; then
+    say "the CUDA build, serving without a GPU"
+    cuda=$(docker exec "$NAME" python -c "import torch; print(torch.version.cuda or '')")
+    echo "torch $(docker exec "$NAME" python -c "import torch; print(torch.__version__)"), CUDA $cuda"
+    [ -n "$cuda" ]
+    served=$(docker exec "$NAME" embedsense --target "$TARGET" --json info | python3 -c \
+        "import json, sys; info = json.load(sys.stdin); print(info['device'], info['dtype'])")
+    echo "Info: device and dtype $served (auto, with no GPU in reach)"
+    [ "${served%% *}" = cpu ]
+    size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
+    say "summary"
+    echo "image $IMAGE: $((size / 1024 / 1024)) MiB; torch built for CUDA $cuda; cold start to"
+    echo "SERVING ${cold} s on the CPU (no GPU here); HEALTHCHECK $health; user id $uid"
+    echo "docker-test-cuda passed"
+    exit 0
+fi
 
 say "the client demo, from the image, against the container"
 docker run --rm --network host --entrypoint python "$IMAGE" -m embedsense.client.demo \

@@ -6,9 +6,10 @@
               ─► hidden states (B, T, C)
 
 Shapes use B = batch, T = tokens, C = hidden size, nh = heads, hs = C / nh, and N = the
-number of real (unpadded) tokens in the batch. Only attention needs the padded (B, T) grid;
-every per-token step (projections, feed-forward, LayerNorm) runs on the N real tokens
-packed together, so padding costs no compute there (see `Packing`).
+number of real (unpadded) tokens in the batch. Only attention needs a padded grid; every
+per-token step (projections, feed-forward, LayerNorm) runs on the N real tokens packed
+together, so padding costs no compute there (see `Packing`). Attention can also run on
+rows grouped by length, each group on a grid of its own: less padding where it does cost.
 There is no dropout and no training path: the encoder only serves inference, and every
 checkpoint we load (BERT, XLM-R, multilingual-e5) fits this one post-LayerNorm design.
 """
@@ -117,15 +118,19 @@ class Embeddings(nn.Module):
         return self.norm(x)
 
 
+GROUPING_MIN_SAVING = 0.75  # group rows for attention only below this share of the cost
+
+
 class Packing:
     """Where the real tokens of a padded (B, T) batch sit, to move between the padded grid
-    (B, T, ·) that attention needs and the packed rows (N, ·) everything else works on."""
+    (B, T, ·) and the packed rows (N, ·) everything but attention works on."""
 
-    def __init__(self, attention_mask: torch.Tensor) -> None:
+    def __init__(self, attention_mask: torch.Tensor, attention_groups: int = 1) -> None:
         self.batch, self.length = attention_mask.shape
         real = attention_mask.reshape(-1).bool()
         # Without padding, packing is a free reshape; otherwise remember the real rows.
         self.index = None if bool(real.all()) else real.nonzero().squeeze(1)  # (N,)
+        self.groups = self._attention_grids(attention_mask, attention_groups)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(self.batch * self.length, -1)  # (B*T, ·)
@@ -135,6 +140,71 @@ class Packing:
         if self.index is not None:  # padded positions come back as zeros
             x = x.new_zeros(self.batch * self.length, x.shape[-1]).index_copy_(0, self.index, x)
         return x.view(self.batch, self.length, -1)  # (B, T, ·)
+
+    def _attention_grids(self, mask: torch.Tensor, groups: int) -> list[AttentionGrid]:
+        """The grids attention runs on. One: the batch's own (B, T) grid, rows in order
+        (what attention maps are reported on). More: rows sorted by length and cut into that
+        many groups, each padded only to its own longest row. Attention's cost grows with
+        rows × padded length², so on mixed lengths grouping saves much of it (measured on 2
+        CPU cores, e5-small, batches of 32 in arrival order: the whole forward 19 % faster);
+        on lengths already alike it saves nothing and costs gathers, so it is used only when
+        that estimate falls by a quarter or more."""
+        whole = AttentionGrid(None, self.index, self.batch, self.length, mask)
+        if groups <= 1 or self.index is None:
+            return [whole]
+        lengths = mask.sum(1)  # (B,)
+        chunks = torch.argsort(lengths, descending=True).chunk(min(groups, self.batch))
+        longest = [int(lengths[rows[0]]) for rows in chunks]
+        grouped_cost = sum(len(rows) * T * T for rows, T in zip(chunks, longest, strict=True))
+        if grouped_cost > GROUPING_MIN_SAVING * self.batch * self.length**2:
+            return [whole]
+        starts = torch.cumsum(lengths, 0) - lengths  # each row's first packed position
+        grids = []
+        for rows, T in zip(chunks, longest, strict=True):
+            grid_mask = torch.arange(T, device=mask.device) < lengths[rows, None]  # (b, T)
+            cells = grid_mask.reshape(-1).nonzero().squeeze(1)  # real cells, row by row
+            column = torch.arange(T, device=mask.device).expand(len(rows), T)[grid_mask]
+            packed = starts[rows, None].expand(len(rows), T)[grid_mask] + column
+            grids.append(AttentionGrid(packed, cells, len(rows), T, grid_mask))
+        return grids
+
+
+class AttentionGrid:
+    """Some rows of a batch on a padded grid of their own, for attention.
+
+    `packed`: which packed rows fill the grid (None: all N, in order); `cells`: where they
+    sit in the flattened (rows × T) grid (None: every cell, no padding)."""
+
+    def __init__(
+        self,
+        packed: torch.Tensor | None,
+        cells: torch.Tensor | None,
+        rows: int,
+        length: int,
+        mask: torch.Tensor,
+    ) -> None:
+        self.packed, self.cells, self.rows, self.length = packed, cells, rows, length
+        self.mask = mask  # (rows, T), 1/True for real tokens
+
+    def bias(self, dtype: torch.dtype) -> torch.Tensor:
+        # Padding keys get a large negative score so softmax gives them zero weight. The
+        # dtype's minimum rather than -inf keeps a fully padded row finite instead of NaN.
+        bias = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
+        bias.masked_fill_(self.mask == 0, torch.finfo(dtype).min)
+        return bias[:, None, None, :]  # (rows, 1, 1, T): broadcast over heads and queries
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Packed rows (N, ·) -> this grid (rows, T, ·), zeros at padding."""
+        mine = x if self.packed is None else x.index_select(0, self.packed)
+        if self.cells is not None:
+            grid = mine.new_zeros(self.rows * self.length, x.shape[-1])
+            mine = grid.index_copy_(0, self.cells, mine)
+        return mine.view(self.rows, self.length, -1)
+
+    def real_cells(self, grid: torch.Tensor) -> torch.Tensor:
+        """This grid's real cells (rows, T, ·) -> (n, ·), in the order `packed` names."""
+        flat = grid.reshape(self.rows * self.length, -1)
+        return flat if self.cells is None else flat.index_select(0, self.cells)
 
 
 class SelfAttention(nn.Module):
@@ -153,13 +223,28 @@ class SelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         packing: Packing,
-        mask_bias: torch.Tensor,
+        biases: list[torch.Tensor],
         return_attention: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (N, C) packed real tokens -> (N, C), and (B, nh, T, T) probs if asked."""
-        C = x.shape[-1]
-        qkv = packing.unpack(self.qkv(x))  # (B, T, 3C): attention works on the padded grid
-        B, T, _ = qkv.shape
+        """x: (N, C) packed real tokens -> (N, C), and (B, nh, T, T) probs if asked (then
+        `packing` has one grid, the batch's own)."""
+        qkv = self.qkv(x)  # (N, 3C)
+        if len(packing.groups) == 1:  # the batch's own grid: its real cells are x's rows
+            grid = packing.groups[0]
+            y, probs = self._attend(grid.gather(qkv), biases[0], return_attention)
+            return self.output(grid.real_cells(y)), probs  # (N, C)
+        mixed = torch.empty_like(x)  # (N, C): each grid's result lands in its packed rows
+        for grid, bias in zip(packing.groups, biases, strict=True):
+            y, _ = self._attend(grid.gather(qkv), bias, return_attention=False)
+            mixed.index_copy_(0, grid.packed, grid.real_cells(y))
+        return self.output(mixed), None  # (N, C)
+
+    def _attend(
+        self, qkv: torch.Tensor, bias: torch.Tensor, return_attention: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """qkv: (B, T, 3C) on a padded grid -> (B, T, C), and probs if asked."""
+        B, T, C3 = qkv.shape
+        C = C3 // 3
         q, k, v = qkv.split(C, dim=2)  # 3 × (B, T, C)
         # Split the channels into heads: each head attends in its own hs-dim subspace.
         q = q.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
@@ -170,15 +255,14 @@ class SelfAttention(nn.Module):
         if return_attention:
             # The plain path: how strongly each query token matches each key token ...
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_size)  # (B, nh, T, T)
-            probs = torch.softmax(scores + mask_bias, dim=-1)  # rows sum to 1
+            probs = torch.softmax(scores + bias, dim=-1)  # rows sum to 1
             # ... then a weighted average of the value vectors.
             y = probs @ v  # (B, nh, T, hs)
         else:
             # The fast path computes the same thing in a fused kernel without keeping probs.
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias)  # (B, nh, T, hs)
-        # Re-assemble the heads side by side and mix them with the output projection.
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.output(packing.pack(y)), probs  # (N, C)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, nh, T, hs)
+        # Re-assemble the heads side by side; the caller mixes them (output projection).
+        return y.transpose(1, 2).reshape(B, T, C), probs  # (B, T, C)
 
 
 class FeedForward(nn.Module):
@@ -207,11 +291,11 @@ class Layer(nn.Module):
         self,
         x: torch.Tensor,
         packing: Packing,
-        mask_bias: torch.Tensor,
+        biases: list[torch.Tensor],
         return_attention: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (N, C) packed real tokens -> (N, C)."""
-        attended, probs = self.attention(x, packing, mask_bias, return_attention)
+        attended, probs = self.attention(x, packing, biases, return_attention)
         x = self.attention_norm(x + attended)
         x = self.output_norm(x + self.feed_forward(x))
         return x, probs
@@ -225,6 +309,9 @@ class Encoder(nn.Module):
         self.cfg = cfg
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
+        # Grids attention runs on for a batch of mixed lengths (see Packing): the runner
+        # sets it for its device; attention maps are always reported on the batch's grid.
+        self.attention_groups = 1
 
     @property
     def device(self) -> torch.device:
@@ -245,19 +332,16 @@ class Encoder(nn.Module):
         """input_ids and attention_mask are (B, T); mask is 1 for real tokens, 0 for padding."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        packing = Packing(attention_mask)
+        groups = 1 if output_attentions else self.attention_groups
+        packing = Packing(attention_mask, groups)
         embedded = self.embeddings(input_ids, attention_mask, token_type_ids)  # (B, T, C)
         x = packing.pack(embedded)  # (N, C)
-        # Padding keys get a large negative score so softmax gives them zero weight. The
-        # dtype's minimum rather than -inf keeps a fully padded row finite instead of NaN.
-        mask_bias = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)  # (B, T)
-        mask_bias.masked_fill_(attention_mask == 0, torch.finfo(x.dtype).min)
-        mask_bias = mask_bias[:, None, None, :]  # (B, 1, 1, T): broadcast over heads, queries
+        biases = [grid.bias(x.dtype) for grid in packing.groups]  # made once, used per layer
 
         hidden_states = [packing.unpack(x)] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for layer in self.layers:
-            x, probs = layer(x, packing, mask_bias, return_attention=output_attentions)
+            x, probs = layer(x, packing, biases, return_attention=output_attentions)
             if hidden_states is not None:
                 hidden_states.append(packing.unpack(x))
             if attentions is not None:

@@ -10,6 +10,7 @@ for, in which case the number of dropped tokens is reported.
 
 from __future__ import annotations
 
+import itertools
 import json
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Regex, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
@@ -166,26 +168,24 @@ def pad_sequences(
     sequences: Sequence[Sequence[int]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad id sequences into (B, T) input ids and attention mask (1 = real token)."""
-    T = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), T), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    mask = np.arange(int(lengths.max())) < lengths[:, None]  # (B, T)
+    ids = np.full(mask.shape, pad_id, dtype=np.int64)
+    # Row-major order of the True cells is each sequence's ids, one row after the other.
+    ids[mask] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64,
+                            count=int(lengths.sum()))  # fmt: skip
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
 def _to_caller_text(enc: object, prefix_len: int, dropped: int) -> TokenizedText:
-    offsets, from_text = [], []
-    for (start, end), special in zip(enc.offsets, enc.special_tokens_mask, strict=True):
-        # A piece such as "▁苹果" may start on the space that ends the prefix: clamp it.
-        start, end = max(start - prefix_len, 0), end - prefix_len
-        if special or end <= 0:
-            offsets.append(NO_OFFSET)
-            from_text.append(False)
-        else:
-            offsets.append((start, end))
-            from_text.append(True)
+    spans, special = enc.offsets, enc.special_tokens_mask
+    # A token is the text's unless special or inside the prefix; a piece such as "▁苹果" may
+    # start on the space that ends the prefix, so starts are clamped to the text's.
+    from_text = [not s and end > prefix_len for (_, end), s in zip(spans, special, strict=True)]
+    offsets = [
+        (max(start - prefix_len, 0), end - prefix_len) if mine else NO_OFFSET
+        for (start, end), mine in zip(spans, from_text, strict=True)
+    ]
     return TokenizedText(list(enc.ids), list(enc.tokens), offsets, from_text, dropped)
 
 

@@ -1,9 +1,11 @@
 """The inference engine: many concurrent asyncio callers, one model, batches by token budget.
 
-    embed() ─ tokenize, admit or refuse ─► pending rows ─► worker thread: plan_batch ─►
-    ModelRunner.run ─► each row's vectors back to its caller's future ─► pool, stitch windows
+    embed() ─ tokenize (a thread pool), admit or refuse ─► pending rows ─► worker thread:
+    plan_batch ─► ModelRunner.run ─► the batch's vectors back to their callers' futures ─►
+    pool, stitch windows (the thread pool)
 
-The worker thread owns the model, so the event loop never blocks on compute. Each row of
+The worker thread owns the model, so the event loop never blocks on compute; tokenizing and
+assembling results run in a small thread pool, so it does not block on those either. Each row of
 work carries its own future; rows whose caller has gone (cancelled, or past its deadline)
 are dropped before they cost compute. Admission is bounded: beyond `max_concurrent_requests`
 or `max_queued_tokens` a request is refused at once with `Overloaded`.
@@ -12,11 +14,13 @@ or `max_queued_tokens` a request is refused at once with `Overloaded`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,8 +37,13 @@ log = logging.getLogger(__name__)
 
 # The model's threads own the CPU cores. Left on, `tokenizers` runs its own thread pool on
 # every request and competes with them (measured: ~11 % of engine throughput on 2 cores);
-# tokenizing is cheap next to a forward, so it stays on the calling thread.
+# the engine's own tokenizer threads (EngineConfig.tokenizer_threads) are the parallelism.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+MAX_TOKENIZER_THREADS_BESIDE_A_GPU = 8
+# While requests are being tokenized, a batch that is not full waits for them up to this
+# share of the last forward's time (or max_wait_ms, if longer): the model idles at most
+# about a tenth of the time it computes, and the batch gets the company already on its way.
+COMPANY_WAIT_SHARE = 0.1
 
 
 class EngineError(Exception):
@@ -111,6 +120,20 @@ class EngineInfo:
 
 
 @dataclass
+class _Prepared:
+    """A request after tokenizing: per text, its tokens, frame, windows and their ids."""
+
+    tokenized: list[TokenizedText]
+    frames: list[tuple[int, int]]
+    plans: list[list[Window]]
+    window_ids: list[list[list[int]]]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(ids) for per_text in self.window_ids for ids in per_text)
+
+
+@dataclass
 class _Row:
     """One forward row: a whole text or one window of a long one."""
 
@@ -144,7 +167,20 @@ class Engine:
         self._cond = threading.Condition()
         self._closing = False
         self._worker: threading.Thread | None = None
+        self._model_free_since = 0.0  # monotonic time the last batch ended
+        self._last_model_seconds = 0.0
+        self._preparing = 0  # requests being tokenized: rows on their way to the queue
         self._trimmer = HeapTrimmer()
+        self._host_work = ThreadPoolExecutor(
+            self._tokenizer_threads(), thread_name_prefix="embedsense-tokenize"
+        )
+
+    def _tokenizer_threads(self) -> int:
+        if self.config.tokenizer_threads is not None:
+            return self.config.tokenizer_threads
+        if self.runner.device.type == "cpu":
+            return 1
+        return max(1, min(MAX_TOKENIZER_THREADS_BESIDE_A_GPU, (os.cpu_count() or 2) - 1))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -168,6 +204,7 @@ class Engine:
             self._cond.notify_all()
         if self._worker is not None:
             self._worker.join(timeout)
+        self._host_work.shutdown(wait=False)
 
     async def __aenter__(self) -> Engine:
         return self.start()
@@ -227,6 +264,52 @@ class Engine:
         if self._worker is None or self._closing:
             raise EngineClosed("the engine is not running")
         choice: Layers = tuple(layers) if layers else None
+        loop = asyncio.get_running_loop()
+        prepare = functools.partial(
+            self._prepare, texts, role, choice, truncate, windowed, token_ids
+        )
+        self._count_preparing(+1)
+        try:
+            try:
+                pending_prepare = loop.run_in_executor(self._host_work, prepare)
+            except RuntimeError as err:  # closed between the check above and here
+                raise EngineClosed("the engine is not running") from err
+            prepared = await pending_prepare
+            now = time.monotonic()
+            deadline = now + timeout if timeout is not None else None
+            rows = [
+                _Row(ids, choice, loop.create_future(), loop, now, deadline)
+                for per_text in prepared.window_ids
+                for ids in per_text
+            ]
+            self._admit(rows, prepared.n_tokens)
+        finally:
+            self._count_preparing(-1)
+        try:
+            wait = asyncio.gather(*(row.future for row in rows))
+            outputs = await (asyncio.wait_for(wait, timeout) if timeout is not None else wait)
+        except TimeoutError as err:
+            raise DeadlineExceeded(f"not done within the {timeout:.3f} s deadline") from err
+        finally:
+            with self._cond:
+                self._requests_in_flight -= 1
+        assemble = functools.partial(
+            self._assemble_all, prepared, outputs, token_vectors, normalize, pooling
+        )
+        if len(rows) == 1:  # a hop to the pool costs more than one text's pooling
+            return assemble()
+        return await loop.run_in_executor(self._host_work, assemble)
+
+    def _prepare(
+        self,
+        texts: Sequence[str],
+        role: TextRole,
+        choice: Layers,
+        truncate: bool,
+        windowed: bool,
+        token_ids: Sequence[Sequence[int]] | None,
+    ) -> _Prepared:
+        """Tokenized texts and the rows (windows) each becomes; runs in the host-work pool."""
         try:
             self.runner.check_layers(choice)
             encode = (
@@ -246,32 +329,23 @@ class Engine:
             [_window_ids(t, f, w) for w in plan]
             for t, f, plan in zip(tokenized, frames, plans, strict=True)
         ]
-        n_tokens = sum(len(ids) for per_text in window_ids for ids in per_text)
+        return _Prepared(tokenized, frames, plans, window_ids)
 
-        loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        deadline = now + timeout if timeout is not None else None
-        rows = [
-            _Row(ids, choice, loop.create_future(), loop, now, deadline)
-            for per_text in window_ids
-            for ids in per_text
-        ]
-        self._admit(rows, n_tokens)
-        try:
-            wait = asyncio.gather(*(row.future for row in rows))
-            outputs = await (asyncio.wait_for(wait, timeout) if timeout is not None else wait)
-        except TimeoutError as err:
-            raise DeadlineExceeded(f"not done within the {timeout:.3f} s deadline") from err
-        finally:
-            with self._cond:
-                self._requests_in_flight -= 1
-
+    def _assemble_all(
+        self,
+        prepared: _Prepared,
+        outputs: list[np.ndarray],
+        want_tokens: bool,
+        normalize: bool,
+        pooling: Pooling | None,
+    ) -> list[Embedding]:
         results, cursor = [], 0
-        for tok, frame, plan in zip(tokenized, frames, plans, strict=True):
+        for tok, frame, plan in zip(prepared.tokenized, prepared.frames, prepared.plans,
+                                    strict=True):  # fmt: skip
             per_window = outputs[cursor : cursor + len(plan)]
             cursor += len(plan)
             results.append(
-                self._assemble(tok, frame, plan, per_window, token_vectors, normalize, pooling)
+                self._assemble(tok, frame, plan, per_window, want_tokens, normalize, pooling)
             )
         return results
 
@@ -296,6 +370,11 @@ class Engine:
             self._queued_tokens += n_tokens
             self._pending.extend(rows)
             self._cond.notify()
+
+    def _count_preparing(self, change: int) -> None:
+        with self._cond:
+            self._preparing += change
+            self._cond.notify()  # a batch waiting for this request may be due now
 
     def _windows_for(self, tok: TokenizedText, frame: tuple[int, int]) -> list[Window]:
         head, tail = frame
@@ -344,6 +423,7 @@ class Engine:
                 return
             if batch:
                 self._run(batch, plan, depth)
+                self._model_free_since = time.monotonic()
 
     def _next_batch(self) -> tuple[list[_Row] | None, BatchPlan, int]:
         """Block until a batch is due; None when closing with nothing left."""
@@ -353,10 +433,17 @@ class Engine:
                 if self._closing:
                     return None, BatchPlan(), 0
                 self._cond.wait()
-            # Wait a little for company, unless the budget is already full or we are closing.
-            due = min(r.arrival for r in self._pending) + c.max_wait_ms / 1000
+            # Wait a little for company, unless the budget is already full or we are closing:
+            # counted from the later of the oldest row's arrival and the end of the last
+            # batch, so that callers who just got their results can join the next batch.
+            # Without that, closed-loop callers split into two groups that take turns, each
+            # batch half as large as it could be.
+            waited_from = max(min(r.arrival for r in self._pending), self._model_free_since)
             while not self._closing and sum(r.n_tokens for r in self._pending) < c.max_batch_tokens:
-                remaining = due - time.monotonic()
+                patience = c.max_wait_ms / 1000
+                if self._preparing:
+                    patience = max(patience, COMPANY_WAIT_SHARE * self._last_model_seconds)
+                remaining = waited_from + patience - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
@@ -383,7 +470,7 @@ class Engine:
                     self.stats.skipped_cancelled += 1
             elif expired:
                 self.stats.skipped_expired += 1
-                _settle(row, error=DeadlineExceeded("the deadline passed while queued"))
+                _settle_batch([(row, None, DeadlineExceeded("the deadline passed while queued"))])
             else:
                 keep.append(row)
                 continue
@@ -396,12 +483,12 @@ class Engine:
             outputs = self.runner.run([r.ids for r in batch], [r.layers for r in batch])
         except Exception as err:  # noqa: BLE001 - the callers get it, the worker survives
             log.exception("batch of %d rows failed", len(batch))
-            for row in batch:
-                _settle(row, error=EngineError(f"model failure: {type(err).__name__}: {err}"))
+            failure = EngineError(f"model failure: {type(err).__name__}: {err}")
+            _settle_batch([(row, None, failure) for row in batch])
             return
         seconds = time.monotonic() - started
-        for row, out in zip(batch, outputs, strict=True):
-            _settle(row, result=out)
+        self._last_model_seconds = seconds
+        _settle_batch([(row, out, None) for row, out in zip(batch, outputs, strict=True)])
         self._trimmer.maybe_trim()
         s = self.stats
         s.batches += 1
@@ -437,18 +524,24 @@ def _window_ids(tok: TokenizedText, frame: tuple[int, int], window: Window) -> l
     return tok.ids[:head] + content[window.start : window.end] + tok.ids[len(tok) - tail :]
 
 
-def _settle(row: _Row, result: object = None, error: Exception | None = None) -> None:
-    """Hand a row's outcome to its caller's event loop (futures are not thread-safe)."""
+def _settle_batch(outcomes: list[tuple[_Row, object, Exception | None]]) -> None:
+    """Hand rows' outcomes (row, result, error) to their callers' event loops: one wake-up
+    per loop for the whole batch, not one per row (futures are not thread-safe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Row, object, Exception | None]]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
 
-    def apply() -> None:
-        if row.future.done():  # cancelled meanwhile
-            return
-        if error is not None:
-            row.future.set_exception(error)
-        else:
-            row.future.set_result(result)
+    def apply(some: list[tuple[_Row, object, Exception | None]]) -> None:
+        for row, result, error in some:
+            if row.future.done():  # cancelled meanwhile
+                continue
+            if error is not None:
+                row.future.set_exception(error)
+            else:
+                row.future.set_result(result)
 
-    try:
-        row.loop.call_soon_threadsafe(apply)
-    except RuntimeError:  # the caller's loop is closed: nobody is left to tell
-        pass
+    for loop, some in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(apply, some)
+        except RuntimeError:  # the caller's loop is closed: nobody is left to tell
+            pass

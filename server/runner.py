@@ -30,6 +30,11 @@ ATTENTION_BACKENDS = [
     SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH,
 ]  # fmt: skip
 
+# Grids attention runs on per batch (encoder.Packing). On a CPU, rows grouped by length:
+# measured there. On a GPU attention is a small share of a forward and each group costs
+# kernel launches of its own: one grid, unmeasured either way.
+ATTENTION_GROUPS = {"cpu": 4, "cuda": 1}
+
 # A layer choice: None = the last layer; else indices into the hidden states (0 = the
 # embedding output, num_layers = the last; negatives count from the end), averaged.
 Layers = tuple[int, ...] | None
@@ -92,6 +97,7 @@ class ModelRunner:
         else:
             weights = torch.float32 if self.autocast else self.dtype
             self.encoder = loaded.encoder.to(device=self.device, dtype=weights)
+        self.encoder.attention_groups = ATTENTION_GROUPS[self.device.type]
 
     @contextlib.contextmanager
     def computing(self) -> Iterator[None]:

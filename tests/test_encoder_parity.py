@@ -9,6 +9,7 @@ from helpers import padded_batch, tiny_bert, tiny_xlmr
 from transformers import BertConfig, BertModel
 
 from embedsense.model.checkpoint import encoder_config_from_hf, encoder_from_hf_state_dict
+from embedsense.model.encoder import Packing
 
 TOL = 1e-4
 
@@ -48,6 +49,27 @@ def test_tiny_bert_matches_transformers():
     ref = tiny_bert()
     ids, mask = padded_batch([7, 19, 3, 12], ref.config.vocab_size, pad_id=0)
     assert_same(*run_both(ref, ids, mask), mask)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "grids"),
+    [([2, 38, 5, 30, 9, 24, 1, 36], 4), ([20, 19, 18, 20], 1), ([3, 30, 6], 3)],
+    ids=["mixed", "alike: one grid", "fewer rows than groups"],
+)
+def test_attention_on_grids_grouped_by_length_matches_transformers(lengths, grids):
+    """Grouping rows by length for attention changes only how much padding attention pays
+    for: on lengths alike it is not worth its gathers and the batch keeps one grid."""
+    ref = tiny_bert()
+    ids, mask = padded_batch(lengths, ref.config.vocab_size, pad_id=0)
+    ours = ours_for(ref)
+    ours.attention_groups = 4
+    assert len(Packing(mask, ours.attention_groups).groups) == grids
+    with torch.inference_mode():
+        theirs = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+        mine = ours(ids, mask, output_hidden_states=True)
+    real = mask.bool()
+    assert (theirs[real] - mine.last_hidden_state[real]).abs().max().item() <= TOL
+    assert not mine.last_hidden_state[~real].any()  # padding stays zero, as documented
 
 
 def test_tiny_xlmr_matches_transformers_with_offset_positions():

@@ -15,9 +15,9 @@ from embedsense.server.config import EngineConfig
 from embedsense.server.index.backend import BACKENDS, BackendSettings
 
 # The engine's knobs that a deployment sets from the environment and flags too.
-ENGINE_KNOBS = ("model", "device", "dtype", "threads", "max_batch_tokens", "max_batch_requests",
-                "max_wait_ms", "max_queued_tokens", "max_concurrent_requests", "int8",
-                "window_stride")  # fmt: skip
+ENGINE_KNOBS = ("model", "device", "dtype", "threads", "tokenizer_threads", "max_batch_tokens",
+                "max_batch_requests", "max_wait_ms", "max_queued_tokens",
+                "max_concurrent_requests", "int8", "window_stride")  # fmt: skip
 
 
 @dataclass(frozen=True)
