@@ -18,21 +18,19 @@ class EngineConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (fp16 on GPU, fp32 on CPU) | float32 | float16 | bfloat16
     threads: int | None = None  # CPU threads for torch; None = torch's default
-    # Threads that tokenize requests and assemble results, off the event loop (the Rust
-    # tokenizer runs without the GIL, so they do run in parallel). None: 1 on a CPU, where
-    # the model's threads own the cores; up to 8 beside a GPU, where tokenizing is what
-    # bounds the engine (the GPU check measured it).
-    tokenizer_threads: int | None = None
+    # Threads that tokenize large requests and assemble their results off the event loop
+    # (the Rust tokenizer runs without the GIL, so several do run in parallel). One by
+    # default: on a CPU the model's threads own the cores.
+    tokenizer_threads: int = 1
     int8: bool = False  # dynamic int8 quantization of the linear layers (CPU only)
     window_stride: int = 256  # tokens between window starts for long texts (windowed mode)
     warmup: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_tokens", "max_queued_tokens", "max_concurrent_requests"):
+        for name in ("max_batch_tokens", "max_queued_tokens", "max_concurrent_requests",
+                     "tokenizer_threads"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.tokenizer_threads is not None and self.tokenizer_threads <= 0:
-            raise ValueError(f"tokenizer_threads must be > 0, got {self.tokenizer_threads}")
         if self.max_batch_requests is not None and self.max_batch_requests <= 0:
             raise ValueError(f"max_batch_requests must be > 0, got {self.max_batch_requests}")
         if self.window_stride <= 0:

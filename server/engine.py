@@ -1,11 +1,12 @@
 """The inference engine: many concurrent asyncio callers, one model, batches by token budget.
 
-    embed() ─ tokenize (a thread pool), admit or refuse ─► pending rows ─► worker thread:
-    plan_batch ─► ModelRunner.run ─► the batch's vectors back to their callers' futures ─►
-    pool, stitch windows (the thread pool)
+    embed() ─ tokenize, admit or refuse ─► pending rows ─► worker thread: plan_batch ─►
+    ModelRunner.run ─► the batch's vectors back to their callers' futures ─► pool, stitch
+    windows
 
-The worker thread owns the model, so the event loop never blocks on compute; tokenizing and
-assembling results run in a small thread pool, so it does not block on those either. Each row of
+The worker thread owns the model, so the event loop never blocks on compute. A large
+request is tokenized and assembled in a small thread pool, so it does not block the loop
+either; a small one is done on the loop, where that costs less than the hop. Each row of
 work carries its own future; rows whose caller has gone (cancelled, or past its deadline)
 are dropped before they cost compute. Admission is bounded: beyond `max_concurrent_requests`
 or `max_queued_tokens` a request is refused at once with `Overloaded`.
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,15 +36,23 @@ from embedsense.server.runner import Layers, ModelRunner
 from embedsense.server.windows import Window, plan_windows, stitch_tokens, weighted_sentence
 
 log = logging.getLogger(__name__)
+_Result = TypeVar("_Result")
 
 # The model's threads own the CPU cores. Left on, `tokenizers` runs its own thread pool on
 # every request and competes with them (measured: ~11 % of engine throughput on 2 cores);
 # the engine's own tokenizer threads (EngineConfig.tokenizer_threads) are the parallelism.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-MAX_TOKENIZER_THREADS_BESIDE_A_GPU = 8
-# While requests are being tokenized, a batch that is not full waits for them up to this
-# share of the last forward's time (or max_wait_ms, if longer): the model idles at most
-# about a tenth of the time it computes, and the batch gets the company already on its way.
+# Requests up to this many characters are tokenized on the event loop (about a millisecond
+# at most). Sending every request through the pool cost the H200 engine 10-40 % of its
+# single-text throughput: a hop per request, and the tokenizer threads' Python holding the
+# GIL the worker needs to launch kernels.
+INLINE_CHARS = 4096
+# A batch that is not full, while company is likely on its way (requests being tokenized in
+# the pool, or fewer rows queued than the last batch served, whose callers tend to come
+# back), waits for it up to this share of the last forward's time (or max_wait_ms, if
+# longer): the model idles at most about a tenth of the time it computes. Without it, 32
+# closed-loop callers split into a full batch and a batch of stragglers, or into two halves
+# taking turns (measured: through gRPC, every other batch 1-4 rows).
 COMPANY_WAIT_SHARE = 0.1
 
 
@@ -169,18 +179,12 @@ class Engine:
         self._worker: threading.Thread | None = None
         self._model_free_since = 0.0  # monotonic time the last batch ended
         self._last_model_seconds = 0.0
+        self._last_batch_rows = 0
         self._preparing = 0  # requests being tokenized: rows on their way to the queue
         self._trimmer = HeapTrimmer()
         self._host_work = ThreadPoolExecutor(
-            self._tokenizer_threads(), thread_name_prefix="embedsense-tokenize"
+            self.config.tokenizer_threads, thread_name_prefix="embedsense-tokenize"
         )
-
-    def _tokenizer_threads(self) -> int:
-        if self.config.tokenizer_threads is not None:
-            return self.config.tokenizer_threads
-        if self.runner.device.type == "cpu":
-            return 1
-        return max(1, min(MAX_TOKENIZER_THREADS_BESIDE_A_GPU, (os.cpu_count() or 2) - 1))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -268,13 +272,10 @@ class Engine:
         prepare = functools.partial(
             self._prepare, texts, role, choice, truncate, windowed, token_ids
         )
+        large = sum(map(len, texts if token_ids is None else token_ids)) > INLINE_CHARS
         self._count_preparing(+1)
         try:
-            try:
-                pending_prepare = loop.run_in_executor(self._host_work, prepare)
-            except RuntimeError as err:  # closed between the check above and here
-                raise EngineClosed("the engine is not running") from err
-            prepared = await pending_prepare
+            prepared = await self._on_host(prepare) if large else prepare()
             now = time.monotonic()
             deadline = now + timeout if timeout is not None else None
             rows = [
@@ -296,9 +297,15 @@ class Engine:
         assemble = functools.partial(
             self._assemble_all, prepared, outputs, token_vectors, normalize, pooling
         )
-        if len(rows) == 1:  # a hop to the pool costs more than one text's pooling
-            return assemble()
-        return await loop.run_in_executor(self._host_work, assemble)
+        return await self._on_host(assemble) if large else assemble()
+
+    async def _on_host(self, work: Callable[[], _Result]) -> _Result:
+        """work() in the host-work pool, off the event loop."""
+        try:
+            pending = asyncio.get_running_loop().run_in_executor(self._host_work, work)
+        except RuntimeError as err:  # closed since embed() checked
+            raise EngineClosed("the engine is not running") from err
+        return await pending
 
     def _prepare(
         self,
@@ -436,12 +443,10 @@ class Engine:
             # Wait a little for company, unless the budget is already full or we are closing:
             # counted from the later of the oldest row's arrival and the end of the last
             # batch, so that callers who just got their results can join the next batch.
-            # Without that, closed-loop callers split into two groups that take turns, each
-            # batch half as large as it could be.
             waited_from = max(min(r.arrival for r in self._pending), self._model_free_since)
             while not self._closing and sum(r.n_tokens for r in self._pending) < c.max_batch_tokens:
                 patience = c.max_wait_ms / 1000
-                if self._preparing:
+                if self._preparing or len(self._pending) < self._last_batch_rows:
                     patience = max(patience, COMPANY_WAIT_SHARE * self._last_model_seconds)
                 remaining = waited_from + patience - time.monotonic()
                 if remaining <= 0:
@@ -488,6 +493,7 @@ class Engine:
             return
         seconds = time.monotonic() - started
         self._last_model_seconds = seconds
+        self._last_batch_rows = len(batch)
         _settle_batch([(row, out, None) for row, out in zip(batch, outputs, strict=True)])
         self._trimmer.maybe_trim()
         s = self.stats

@@ -9,17 +9,15 @@ a batch of id sequences into each row's token vectors, unpadded.
 from __future__ import annotations
 
 import contextlib
-import copy
-import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from embedsense.model import LoadedModel
 from embedsense.model.tokenizer import pad_sequences
+from embedsense.server import int8
 from embedsense.server.config import EngineConfig
 from embedsense.server.precision import Precision, choose
 
@@ -51,20 +49,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def int8_layers(encoder: nn.Module) -> dict[str, object]:
-    """The linear layers to run in int8: all but the feed-forward's down projections. Their
-    input is GELU's output, whose few large values make one 8-bit scale per row too coarse
-    for the many small ones. Measured on the 375 eval sentences (e5-small, 2 threads): all
-    in int8, cosine to fp32 0.982 mean / 0.968 min at 1.62x fp32's speed; down kept fp32,
-    0.996 / 0.993 at 1.63x (tests/test_engine.py holds the gates). Word vectors suffer
-    more: the word-sense evaluation drops 1.6 points with any attention layer in int8."""
-    return {
-        name: torch.ao.quantization.default_dynamic_qconfig
-        for name, module in encoder.named_modules()
-        if isinstance(module, nn.Linear) and not name.endswith("feed_forward.down")
-    }
-
-
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
         self.device = resolve_device(config.device)
@@ -87,13 +71,7 @@ class ModelRunner:
             if self.device.type != "cpu":
                 raise ValueError("int8 dynamic quantization runs on CPU only")
             # A quantized copy: the loaded fp32 model stays usable (e.g. for comparisons).
-            # torch.ao warns that it is moving to torchao; it still ships and works in the
-            # pinned torch, and torchao would be one more heavy dependency for one option.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
-                self.encoder = torch.ao.quantization.quantize_dynamic(
-                    copy.deepcopy(loaded.encoder), int8_layers(loaded.encoder), dtype=torch.qint8
-                )
+            self.encoder = int8.quantize(loaded)
         else:
             weights = torch.float32 if self.autocast else self.dtype
             self.encoder = loaded.encoder.to(device=self.device, dtype=weights)

