@@ -233,7 +233,9 @@ class SelfAttention(nn.Module):
             grid = packing.groups[0]
             y, probs = self._attend(grid.gather(qkv), biases[0], return_attention)
             return self.output(grid.real_cells(y)), probs  # (N, C)
-        mixed = torch.empty_like(x)  # (N, C): each grid's result lands in its packed rows
+        # (N, C): each grid's result lands in its packed rows, in attention's dtype (bf16
+        # under a CPU's autocast, where x stays fp32)
+        mixed = qkv.new_empty(x.shape)
         for grid, bias in zip(packing.groups, biases, strict=True):
             y, _ = self._attend(grid.gather(qkv), bias, return_attention=False)
             mixed.index_copy_(0, grid.packed, grid.real_cells(y))

@@ -12,7 +12,9 @@ class EngineConfig:
     # latency per batch, whatever the mix of lengths.
     max_batch_tokens: int = 8192
     max_batch_requests: int | None = None  # texts per batch; None = only the token budget
-    max_wait_ms: float = 2.0  # how long a lone text waits for company before running
+    # How long a lone text waits for company before running; up to a tenth of the last
+    # forward instead while the last batch's callers may still be coming back (engine.py).
+    max_wait_ms: float = 2.0
     max_queued_tokens: int = 262_144  # admission: beyond this, refuse at once
     max_concurrent_requests: int = 512  # admission: embed() calls in flight
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -316,7 +316,8 @@ class Engine:
         windowed: bool,
         token_ids: Sequence[Sequence[int]] | None,
     ) -> _Prepared:
-        """Tokenized texts and the rows (windows) each becomes; runs in the host-work pool."""
+        """Tokenized texts and the rows (windows) each becomes (on the loop for a small
+        request, in the host-work pool for a large one)."""
         try:
             self.runner.check_layers(choice)
             encode = (

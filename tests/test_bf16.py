@@ -85,6 +85,21 @@ def test_bf16_keeps_the_word_sense_evaluation_within_half_a_point(e5):
     assert difference <= 0.005, (fp32["accuracy"][key], bf16["accuracy"][key])
 
 
+def test_bf16_autocast_runs_attention_grouped_by_length():
+    """Under a CPU's bf16 autocast the grouped attention path gives what one grid gives."""
+    reference = tiny_bert()
+    ours = ours_for(reference)
+    ids, mask = padded_batch([2, 38, 5, 30, 9, 24, 1, 36], reference.config.vocab_size, 0)
+    out = {}
+    for groups in (1, 4):
+        ours.attention_groups = groups
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+            out[groups] = ours(ids, mask).last_hidden_state.float()
+    real = mask.bool()
+    cosine = torch.nn.functional.cosine_similarity(out[1][real], out[4][real], dim=-1)
+    assert cosine.min() >= BF16_TOKEN_COSINE, cosine.min()
+
+
 # bf16 keeps 8 bits of mantissa: two implementations agree to about 1e-2 per value, and
 # per token their vectors point the same way (cosine) to this.
 BF16_TOKEN_COSINE = 0.999
