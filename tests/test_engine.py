@@ -220,12 +220,12 @@ def test_info_reports_model_device_and_limits(engine):
 
 
 def test_int8_keeps_quality_on_the_eval_sentences(e5):
-    """Sentence vectors within the gates int8 is offered under: cosine to fp32 >= 0.99 mean
-    and >= 0.98 min on the eval sentences (smoothed int8 measured 0.9995 / 0.9992; all
-    layers in int8 without smoothing gave 0.982 / 0.968). The word-sense evaluation is held
-    where it was measured, 1.6 points under fp32's (94.4 -> 92.8): every int8 variant tried
-    costs word vectors that much, so int8 is offered for sentence embedding and search, not
-    for word senses (README)."""
+    """Sentence vectors within the gates int8 is offered under, cosine to fp32 >= 0.99 mean
+    and >= 0.98 min on the eval sentences, held tighter here (0.995 / 0.99) since smoothed
+    int8 measured 0.9995 / 0.9992 (all layers in int8 without smoothing gave 0.982 / 0.968).
+    The word-sense evaluation is held where it was measured, 1.6 points under fp32's (94.4
+    -> 92.8): every int8 variant tried cost word vectors 0.8 points or more, so int8 is
+    offered for sentence embedding and search, not for word senses (README)."""
     from eval_senses import evaluate, load
 
     data = load()
