@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import tempfile
@@ -66,12 +67,16 @@ def host_copy_rates(device: torch.device, tokens: int = 16384, width: int = 768)
                                 ("pinned_fp32", torch.float32, True),
                                 ("pinned_fp16", torch.float16, True)]:  # fmt: skip
         x = torch.randn(tokens, width, device=device).to(dtype)
-        host = torch.empty(x.shape, dtype=dtype, pin_memory=pinned)
+        # Pinned: into one page-locked buffer, as the runner does; pageable: `.cpu()`, as
+        # a plain host copy does.
+        copy = x.cpu
+        if pinned:
+            copy = functools.partial(torch.empty(x.shape, dtype=dtype, pin_memory=True).copy_, x)
         best = float("inf")
         for _ in range(5):
             sync(device)
             start = time.perf_counter()
-            host.copy_(x) if pinned else x.cpu()
+            copy()
             sync(device)
             best = min(best, time.perf_counter() - start)
         rates[name] = round(x.numel() * x.element_size() / best / 1e9, 2)
