@@ -15,12 +15,13 @@ or `max_queued_tokens` a request is refused at once with `Overloaded`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -181,7 +182,7 @@ class Engine:
         self._model_free_since = 0.0  # monotonic time the last batch ended
         self._last_model_seconds = 0.0
         self._last_batch_rows = 0
-        self._preparing = 0  # requests being tokenized: rows on their way to the queue
+        self._preparing = 0  # requests being tokenized in the pool: rows on their way
         self._trimmer = HeapTrimmer()
         self._host_work = ThreadPoolExecutor(
             self.config.tokenizer_threads, thread_name_prefix="embedsense-tokenize"
@@ -274,8 +275,7 @@ class Engine:
             self._prepare, texts, role, choice, truncate, windowed, token_ids
         )
         large = sum(map(len, texts if token_ids is None else token_ids)) > INLINE_CHARS
-        self._count_preparing(+1)
-        try:
+        with self._on_its_way() if large else contextlib.nullcontext():
             prepared = await self._on_host(prepare) if large else prepare()
             now = time.monotonic()
             deadline = now + timeout if timeout is not None else None
@@ -285,8 +285,6 @@ class Engine:
                 for ids in per_text
             ]
             self._admit(rows, prepared.n_tokens)
-        finally:
-            self._count_preparing(-1)
         try:
             wait = asyncio.gather(*(row.future for row in rows))
             outputs = await (asyncio.wait_for(wait, timeout) if timeout is not None else wait)
@@ -380,10 +378,20 @@ class Engine:
             self._pending.extend(rows)
             self._cond.notify()
 
-    def _count_preparing(self, change: int) -> None:
+    @contextlib.contextmanager
+    def _on_its_way(self) -> Iterator[None]:
+        """Counts a request tokenized in the pool until its rows are queued (or it fails):
+        a batch that is not full waits for it. A small request, tokenized on the loop in
+        about a millisecond at most, is not counted: it costs the hot path no lock and no
+        wake-up of the worker."""
         with self._cond:
-            self._preparing += change
-            self._cond.notify()  # a batch waiting for this request may be due now
+            self._preparing += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._preparing -= 1
+                self._cond.notify()  # a batch waiting for this request may be due now
 
     def _windows_for(self, tok: TokenizedText, frame: tuple[int, int]) -> list[Window]:
         head, tail = frame
