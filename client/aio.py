@@ -52,6 +52,7 @@ class AsyncClient:
         self.timeout = timeout
         self.retry = retry or Retry()
         self.max_concurrent_batches = max_concurrent_batches
+        self._texts_per_request: int | None = None  # the server's limit, asked once
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -74,6 +75,15 @@ class AsyncClient:
                 await asyncio.sleep(self.retry.delay(attempt))
         raise AssertionError("unreachable")
 
+    async def _batch_size(self, asked: int, total: int) -> int:
+        """`asked`, within the server's texts-per-request limit when `total` items must be
+        split anyway (as `Client`)."""
+        if total <= asked:
+            return asked
+        if self._texts_per_request is None:
+            self._texts_per_request = (await self.info()).max_texts_per_request
+        return max(1, min(asked, self._texts_per_request))
+
     async def encode(
         self,
         texts: str | Sequence[str],
@@ -89,6 +99,7 @@ class AsyncClient:
         batch, single = api.as_texts(texts)
         if not batch:
             return np.zeros((0, (await self.info()).dim), np.float32)
+        size = await self._batch_size(batch_size, len(batch))
         gate = asyncio.Semaphore(self.max_concurrent_batches)
         bar = tqdm(total=len(batch), disable=not show_progress_bar, unit="text")
 
@@ -101,7 +112,7 @@ class AsyncClient:
 
         with bar:
             parts = await asyncio.gather(
-                *(one(batch[s : s + batch_size]) for s in range(0, len(batch), batch_size))
+                *(one(batch[s : s + size]) for s in range(0, len(batch), size))
             )
         vectors = np.concatenate(parts)
         return vectors[0] if single else vectors
@@ -122,13 +133,14 @@ class AsyncClient:
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:
             if total is None:
                 return await self._upsert(name, documents, batch_size, timeout, bar.update, False)
-            parts = [documents[s : s + batch_size] for s in range(0, total, batch_size)] or [[]]
+            size = await self._batch_size(batch_size, total)
+            parts = [documents[s : s + size] for s in range(0, total, size)] or [[]]
             gate = asyncio.Semaphore(self.max_concurrent_batches)
 
             async def one(part: list[Any]) -> list[str] | EmbedSenseError:
                 async with gate:
                     try:
-                        return await self._upsert(name, part, batch_size, timeout, bar.update, True)
+                        return await self._upsert(name, part, size, timeout, bar.update, True)
                     except EmbedSenseError as err:
                         return err
 

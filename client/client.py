@@ -93,8 +93,11 @@ class Client:
         with ThreadPoolExecutor(min(self.max_concurrent_batches, len(items))) as pool:
             return list(pool.map(work, items))
 
-    def _batch_size(self, asked: int) -> int:
-        """`asked`, within the server's texts-per-request limit."""
+    def _batch_size(self, asked: int, total: int) -> int:
+        """`asked`, within the server's texts-per-request limit when `total` items must be
+        split anyway (one request asked for whole still meets the limit's clear error)."""
+        if total <= asked:
+            return asked
         if self._texts_per_request is None:
             self._texts_per_request = self.info().max_texts_per_request
         return max(1, min(asked, self._texts_per_request))
@@ -115,7 +118,7 @@ class Client:
         batch, single = api.as_texts(texts)
         if not batch:
             return np.zeros((0, self.info().dim), np.float32)
-        size = self._batch_size(batch_size) if len(batch) > batch_size else batch_size
+        size = self._batch_size(batch_size, len(batch))
         requests = [api.embed_request(batch[s : s + size], normalize_embeddings, role, long_text)
                     for s in range(0, len(batch), size)]  # fmt: skip
         with tqdm(total=len(batch), disable=not show_progress_bar, unit="text") as bar:
@@ -149,7 +152,7 @@ class Client:
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:
             if total is None:
                 return self._upsert(name, documents, batch_size, timeout, bar.update, False)
-            size = self._batch_size(batch_size) if total > batch_size else batch_size
+            size = self._batch_size(batch_size, total)
             parts = [documents[s : s + size] for s in range(0, total, size)] or [[]]
 
             def one(part: list[Any]) -> list[str] | EmbedSenseError:
