@@ -3,7 +3,11 @@
 Models: the bundled e5-small default (real weights) and the bert-base-chinese shape
 (random weights: speed does not depend on their values). Reports tokens/s (real, unpadded
 tokens), the ratio ours/reference, and model FLOP utilisation (MFU) against this machine's
-measured float32 matmul peak. The last line is one JSON object.
+measured float32 matmul peak. Then `torch.compile` (inductor, dynamic shapes) of our
+layers against the same layers eager, on e5-small's batches sorted and in arrival order
+(attention on length groups, as the engine runs on a CPU): the first pass's seconds with an
+empty compile cache (what a server start would pay) and the speed ratio, or why it cannot
+run. The last line is one JSON object.
 
     python tests/bench/bench_encoder.py [--threads 2] [--texts 256] [--batch 32]
 """
@@ -11,10 +15,13 @@ measured float32 matmul peak. The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,6 +102,45 @@ def compare(name: str, ours, reference, batches, lengths, peak: float, repeats: 
     return result
 
 
+def compiled_copy(encoder: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `encoder` whose layers run under torch.compile (inductor, dynamic shapes:
+    one compilation for every batch shape); the embeddings and packing stay eager."""
+    twin = copy.deepcopy(encoder)
+    twin.layers = torch.nn.ModuleList(torch.compile(layer, dynamic=True) for layer in twin.layers)
+    return twin
+
+
+def compile_section(encoder, workloads: dict, repeats: int) -> dict:
+    """torch.compile vs eager per workload: first-pass seconds (compiling, cold cache) and
+    eager seconds / compiled seconds; {"error": ...} where no compiler works here."""
+    result: dict = {}
+    for name, (batches, groups) in workloads.items():
+        encoder.attention_groups = groups
+        twin = compiled_copy(encoder)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            try:
+                for ids, mask in batches:
+                    twin(ids, mask)
+            except Exception as err:  # noqa: BLE001 - no C++ compiler, unsupported op...
+                print(f"torch.compile: cannot run here: {type(err).__name__}: {err}")
+                return {"error": f"{type(err).__name__}: {err}"[:300]}
+            warmup = time.perf_counter() - start
+            drift = max(
+                float((twin(ids, mask).last_hidden_state
+                       - encoder(ids, mask).last_hidden_state).abs().max())
+                for ids, mask in batches[:2]
+            )  # fmt: skip
+            seconds = time_passes({"eager": encoder, "compiled": twin}, batches, repeats)
+        ratio = seconds["eager"] / seconds["compiled"]
+        result[name] = {"first_pass_s": round(warmup, 1), "speedup": round(ratio, 3),
+                        "max_abs_diff": drift}  # fmt: skip
+        print(f"torch.compile, {name:<42} first pass {warmup:5.1f} s (compiling), "
+              f"{ratio:.3f}x eager, max |diff| {drift:.1e}")  # fmt: skip
+    encoder.attention_groups = 1
+    return result
+
+
 def padded_batches(ids_per_text: list[list[int]], batch_size: int, pad_id: int):
     return [
         pad_sequences(ids_per_text[start : start + batch_size], pad_id)
@@ -161,8 +207,21 @@ def main() -> None:
         )
     )
 
+    # A cold cache, so the first pass shows what a fresh server start would pay.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="embedsense-inductor-")
+    by_length = sorted((t.ids for t in tokenized), key=len)
+    compiled = compile_section(
+        e5.encoder,
+        {
+            "e5-small, sorted batches": (
+                padded_batches(by_length, args.batch, e5.tokenizer.pad_id), 1),
+            "e5-small, arrival order, 4 length groups": (batches, 4),
+        },
+        max(args.repeats, 5),
+    )  # fmt: skip
+
     summary = {**results[0], "models": results, "threads": args.threads,
-               "matmul_peak_gflops": round(peak / 1e9, 1)}  # fmt: skip
+               "matmul_peak_gflops": round(peak / 1e9, 1), "torch_compile": compiled}  # fmt: skip
     print(json.dumps(summary))
 
 
