@@ -154,11 +154,13 @@ def load_model(
 def _load_bundled_e5(spec: ModelSpec) -> tuple[Encoder, Tokenizer]:
     e5 = read_e5s1(bundled_e5_small_path())
     encoder = load_e5s1_encoder(e5)
+    backend, shortcut = e5s1_backend(e5)
     tokenizer = Tokenizer(
-        e5s1_backend(e5),
+        backend,
         max_tokens=encoder.cfg.max_tokens,
         pad_id=e5.header.pad_id,
         prefixes=spec.prefixes,
+        shortcut=shortcut,
     )
     return encoder, tokenizer
 

@@ -4,6 +4,8 @@ text prefixes, and offsets that always point into the caller's text."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from transformers import BertTokenizerFast
 
 from embedsense.model.spans import SpanError, find_word
@@ -104,6 +106,31 @@ def test_e5_prefix_is_added_but_offsets_refer_to_the_callers_text(e5):
         assert "".join(pieces) == text
         first_real = enc.from_text.index(True)
         assert "".join(enc.tokens[1:first_real]).replace("▁", "") == prefix
+
+
+# Parked characters (kept though NFKC changes them), a parking place, combining marks,
+# controls, odd spaces, full-width forms, CJK, Latin and emoji: what tells the pipelines apart.
+E5_ALPHABET = "～㋿\U0001fbf1\U00100000\u0301\u0308e\x07\x1f\u3000\u200b ＦＵ１苹果手机a.😀\n"
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(texts=st.lists(st.text(E5_ALPHABET, min_size=1, max_size=12), min_size=1, max_size=3))
+def test_e5_shortcut_tokenizes_exactly_as_the_full_pipeline(e5, texts):
+    full = Tokenizer(
+        e5.tokenizer.backend, e5.tokenizer.max_tokens, e5.tokenizer.pad_id, e5.tokenizer.prefixes
+    )
+    for role in TextRole:
+        assert e5.tokenizer.encode_batch(texts, role) == full.encode_batch(texts, role)
+
+
+def test_e5_common_text_takes_the_shortcut_and_parked_characters_do_not(e5):
+    tokenizer = e5.tokenizer
+    assert tokenizer._pipeline_for(["passage: 我喜欢吃苹果，Apple 也是。"]) is not tokenizer.backend
+    for text in ("容量：256GB～512GB", "令和㋿", "\U00100000"):
+        assert tokenizer._pipeline_for(["passage: 我喜欢吃苹果", text]) is tokenizer.backend
+    assert [t for t in tokenizer.encode("256GB～512GB").tokens if "～" in t], "～ kept, not ~"
 
 
 def test_e5_length_limit_counts_the_prefix(e5):

@@ -13,7 +13,9 @@
 themselves runs). Then int8 vs float32 (engine, CPU): throughput ratio and mean cosine to
 fp32 vectors. Then bfloat16 beside float32, each against transformers at the same precision
 (its length-sorted batches, bf16 under autocast): on a CPU without native bf16 the output
-says so, and the speed there is the emulation's.
+says so, and the speed there is the emulation's. Then the host work every request costs:
+tokenizing one text per call with e5's full normalizer pipeline and with the shortcut the
+tokenizer takes for texts without a parked character (the same tokens).
 Last line: one JSON object.
 
     python tests/bench/bench_engine.py [--texts 384] [--threads 2]
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,6 +41,7 @@ from workload import chinese_texts, concurrent_callers  # noqa: E402  (tests/wor
 from embedsense.model import TextRole, load_model  # noqa: E402
 from embedsense.model.checkpoint import to_hf_state_dict  # noqa: E402
 from embedsense.model.pooling import Pooling, l2_normalize, pool  # noqa: E402
+from embedsense.model.tokenizer import Tokenizer  # noqa: E402
 from embedsense.server import precision  # noqa: E402
 from embedsense.server.config import EngineConfig  # noqa: E402
 from embedsense.server.engine import Engine  # noqa: E402
@@ -178,6 +182,24 @@ def bf16_comparison(model, texts, lengths, tokens) -> dict:
     return row
 
 
+def tokenizing_cost(model, texts: list[str], passes: int = 5) -> dict:
+    """Microseconds to tokenize one text per call (as requests arrive), with e5's full
+    normalizer pipeline and with the tokenizer as served (its shortcut), passes interleaved."""
+    served = model.tokenizer
+    full = Tokenizer(served.backend, served.max_tokens, served.pad_id, served.prefixes)
+    seconds: dict[str, list[float]] = {"full_pipeline": [], "as_served": []}
+    for _ in range(passes):
+        for name, tokenizer in (("full_pipeline", full), ("as_served", served)):
+            start = time.perf_counter()
+            for text in texts:
+                tokenizer.encode_batch([text], TextRole.PASSAGE)
+            seconds[name].append(time.perf_counter() - start)
+    us = {name: round(statistics.median(s) / len(texts) * 1e6, 1) for name, s in seconds.items()}
+    print(f"tokenizing one text per call: full pipeline {us['full_pipeline']} us, "
+          f"as served (shortcut) {us['as_served']} us")  # fmt: skip
+    return {f"tokenize_us_{name}": value for name, value in us.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=384)
@@ -215,7 +237,8 @@ def main() -> None:
         )
     int8 = int8_comparison(model, texts, tokens)
     bf16 = bf16_comparison(model, texts, lengths, tokens)
-    print(json.dumps({**rows, **int8, "bf16": bf16, "threads": args.threads}))
+    host = tokenizing_cost(model, texts)
+    print(json.dumps({**rows, **int8, "bf16": bf16, **host, "threads": args.threads}))
 
 
 if __name__ == "__main__":
