@@ -44,7 +44,7 @@ from embedsense.model.pooling import Pooling, l2_normalize, pool  # noqa: E402
 from embedsense.model.tokenizer import Tokenizer  # noqa: E402
 from embedsense.server import precision  # noqa: E402
 from embedsense.server.config import EngineConfig  # noqa: E402
-from embedsense.server.engine import Engine  # noqa: E402
+from embedsense.server.engine import Engine, EngineStats  # noqa: E402
 
 CALLERS = 32
 
@@ -68,10 +68,13 @@ def summary(name: str, seconds: float, latencies: list[float], tokens: int, padd
 
 def run_engine(model, texts, tokens, config: EngineConfig, name: str):
     engine = Engine(config, model).start()
+    call = lambda t: engine.embed([t], role=TextRole.PASSAGE)  # noqa: E731
     try:
-        seconds, latencies = asyncio.run(
-            concurrent_callers(texts, CALLERS, lambda t: engine.embed([t], role=TextRole.PASSAGE))
-        )
+        # Warm, as the other ways are: a fresh process's first batches of each shape are
+        # slow (allocator, kernels), and a server meets them once, not per benchmark.
+        asyncio.run(concurrent_callers(texts[: 2 * CALLERS], CALLERS, call))
+        engine.stats = EngineStats()
+        seconds, latencies = asyncio.run(concurrent_callers(texts, CALLERS, call))
         s = engine.stats
         return summary(name, seconds, latencies, tokens, 1 - s.real_tokens / s.padded_tokens)
     finally:
