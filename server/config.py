@@ -18,7 +18,11 @@ class EngineConfig:
     max_queued_tokens: int = 262_144  # admission: beyond this, refuse at once
     max_concurrent_requests: int = 512  # admission: embed() calls in flight
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (fp16 on GPU, fp32 on CPU) | float32 | float16 | bfloat16
+    dtype: str = "auto"  # auto (fp16 on GPU; bf16 or fp32 on CPU) | float32 | float16 | bfloat16
+    # The processor flags `auto` decides from on a CPU (as /proc/cpuinfo spells them, e.g.
+    # "avx512f avx512_bf16"); None: this machine's. Setting it pins the choice across a
+    # fleet of mixed machines, and lets tests take either outcome on any machine.
+    cpu_flags: str | None = None
     threads: int | None = None  # CPU threads for torch; None = torch's default
     # Threads that tokenize large requests and assemble their results off the event loop
     # (the Rust tokenizer runs without the GIL, so several do run in parallel). One by

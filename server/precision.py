@@ -31,16 +31,19 @@ class Precision:
         return str(self.dtype).removeprefix("torch.")
 
 
-def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
-    """The processor's native bf16 features (avx512_bf16, amx_bf16), from /proc/cpuinfo."""
-    if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text() if path.exists() else ""
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags |= set(line.split(":", 1)[1].split())
-    return sorted(flags & {"avx512_bf16", "amx_bf16"})
+def host_cpu_flags() -> str:
+    """This machine's processor flags, as /proc/cpuinfo lists them ("" where it has none)."""
+    path = Path("/proc/cpuinfo")
+    cpuinfo = path.read_text() if path.exists() else ""
+    lines = (line.split(":", 1)[1] for line in cpuinfo.splitlines() if line.startswith("flags"))
+    return " ".join(dict.fromkeys(flag for line in lines for flag in line.split()))
+
+
+def cpu_bf16_flags(cpu_flags: str | None = None) -> list[str]:
+    """The native bf16 features (avx512_bf16, amx_bf16) among `cpu_flags` (separated by
+    spaces or commas; None: this machine's)."""
+    flags = (host_cpu_flags() if cpu_flags is None else cpu_flags).replace(",", " ").split()
+    return sorted(set(flags) & {"avx512_bf16", "amx_bf16"})
 
 
 def bf16_speedup(hidden: int, ffn: int, rows: int = 1024, repeats: int = 3) -> float:
@@ -63,9 +66,11 @@ def bf16_speedup(hidden: int, ffn: int, rows: int = 1024, repeats: int = 3) -> f
 
 
 def choose(
-    name: str, device: torch.device, hidden: int, ffn: int, cpuinfo: str | None = None
+    name: str, device: torch.device, hidden: int, ffn: int, cpu_flags: str | None = None
 ) -> Precision:
     """The precision for `name` ("auto", "float32", "float16", "bfloat16") on `device`.
+    `auto` on a CPU decides from `cpu_flags` (None: this machine's flags): an input, so
+    that a fleet can pin the choice and tests can take both outcomes on any machine.
     Raises ValueError for one the device cannot use."""
     if name not in ("auto", *DTYPES):
         raise ValueError(f"dtype {name!r}: expected auto, float32, float16 or bfloat16")
@@ -77,13 +82,19 @@ def choose(
         raise ValueError("dtype float16 is for GPUs; on a CPU use bfloat16 or float32")
     if name != "auto":
         return Precision(DTYPES[name], "asked for")
-    flags = cpu_bf16_flags(cpuinfo)
+    flags = cpu_bf16_flags(cpu_flags)
+    source = "" if cpu_flags is None else " (flags as configured)"
     if not flags:
-        return Precision(torch.float32, "auto: this CPU has no native bf16 (avx512_bf16 or "
-                         "amx_bf16), where bf16 is emulated and slower")  # fmt: skip
+        return Precision(
+            torch.float32,
+            f"auto: this CPU has no native bf16 (avx512_bf16 or amx_bf16){source}, "
+            "where bf16 is emulated and slower",
+        )
     speedup = bf16_speedup(hidden, ffn)
-    native = f"auto: native bf16 ({', '.join(flags)})"
+    native = f"auto: native bf16 ({', '.join(flags)}){source}"
     if speedup < MIN_BF16_SPEEDUP:
-        return Precision(torch.float32, f"{native} but the probe measured {speedup:.2f}x fp32, "
-                         f"under {MIN_BF16_SPEEDUP}x")  # fmt: skip
+        return Precision(
+            torch.float32,
+            f"{native} but the probe measured {speedup:.2f}x fp32, under {MIN_BF16_SPEEDUP}x",
+        )
     return Precision(torch.bfloat16, f"{native}, the probe measured {speedup:.2f}x fp32")

@@ -59,7 +59,7 @@ class ModelRunner:
             raise ValueError(f"int8 computes in float32: drop dtype {config.dtype} or int8")
         self.precision: Precision = choose(
             "float32" if config.int8 else config.dtype, self.device, cfg.hidden_size,
-            cfg.intermediate_size,
+            cfg.intermediate_size, config.cpu_flags,
         )  # fmt: skip
         self.dtype = self.precision.dtype
         # On a CPU, bf16 runs under autocast over fp32 weights (precision.py says why).

@@ -10,6 +10,10 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="embedsense-hf-home-")
 os.environ.pop("EMBEDSENSE_ALLOW_DOWNLOAD", None)
+# Servers the tests start as programs, with dtype auto, decide as on a processor without
+# native bf16, whatever this one has: a test's result must not depend on the machine.
+# Tests that check bf16 ask for it; tests of `auto` itself set the flags they need.
+os.environ["EMBEDSENSE_CPU_FLAGS"] = HOST_WITHOUT_NATIVE_BF16 = "sse4_2 avx2 avx512f"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -28,7 +32,8 @@ def e5():
 
 class ServerThread:
     """A real EmbedSenseServer on 127.0.0.1 (an ephemeral port), run by its own event loop
-    in a background thread, so tests can call it with blocking clients."""
+    in a background thread, so tests can call it with blocking clients. It computes in
+    float32 unless the test passes an `engine` that says otherwise."""
 
     def __init__(self, model, data_dir, **settings) -> None:
         import asyncio
@@ -36,6 +41,9 @@ class ServerThread:
 
         from embedsense.server.api.app import EmbedSenseServer
         from embedsense.server.api.settings import ServerSettings
+        from embedsense.server.config import EngineConfig
+
+        settings.setdefault("engine", EngineConfig(dtype="float32"))
 
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -244,7 +244,8 @@ def test_api_key_is_enforced_when_configured(e5, tmp_path):
 
 
 def test_overload_and_deadlines_map_to_their_statuses(e5, tmp_path):
-    running = ServerThread(e5, tmp_path, engine=EngineConfig(max_queued_tokens=600))
+    config = EngineConfig(dtype="float32", max_queued_tokens=600)
+    running = ServerThread(e5, tmp_path, engine=config)
     try:
         with Client(running.target, retry=Retry(attempts=2, initial_backoff=0.01)) as c:
             with pytest.raises(ResourceExhausted, match="max_queued_tokens"):

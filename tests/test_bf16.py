@@ -18,20 +18,20 @@ from embedsense.server import precision
 from embedsense.server.config import EngineConfig
 from embedsense.server.engine import Engine
 
-NATIVE = "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16\n"
-EMULATED = "flags\t\t: fpu sse2 avx2 avx512f\n"
+NATIVE = "fpu sse2 avx2 avx512f avx512_bf16 amx_bf16"
+EMULATED = "fpu,sse2,avx2,avx512f"
 CPU = torch.device("cpu")
 
 
 def test_auto_picks_bf16_only_where_the_cpu_computes_it_and_the_probe_says_faster(monkeypatch):
-    chosen = precision.choose("auto", CPU, 384, 1536, cpuinfo=EMULATED)
+    chosen = precision.choose("auto", CPU, 384, 1536, cpu_flags=EMULATED)
     assert chosen.dtype is torch.float32 and "no native bf16" in chosen.reason
     monkeypatch.setattr(precision, "bf16_speedup", lambda hidden, ffn: 1.8)
-    chosen = precision.choose("auto", CPU, 384, 1536, cpuinfo=NATIVE)
+    chosen = precision.choose("auto", CPU, 384, 1536, cpu_flags=NATIVE)
     assert chosen.dtype is torch.bfloat16 and "1.80x" in chosen.reason
     assert "amx_bf16" in chosen.reason and "avx512_bf16" in chosen.reason
     monkeypatch.setattr(precision, "bf16_speedup", lambda hidden, ffn: 0.9)
-    chosen = precision.choose("auto", CPU, 384, 1536, cpuinfo=NATIVE)
+    chosen = precision.choose("auto", CPU, 384, 1536, cpu_flags=NATIVE)
     assert chosen.dtype is torch.float32 and "0.90x" in chosen.reason
     assert precision.choose("bfloat16", CPU, 384, 1536).dtype is torch.bfloat16
     with pytest.raises(ValueError, match="float16 is for GPUs"):
@@ -79,7 +79,7 @@ def test_bf16_keeps_the_word_sense_evaluation_within_half_a_point(e5):
     data = load()
     last = {"last": [-1]}
     key = "word + sentence, last, centred"
-    fp32 = asyncio.run(evaluate(e5, data, last, EngineConfig(warmup=False)))
+    fp32 = asyncio.run(evaluate(e5, data, last, EngineConfig(dtype="float32", warmup=False)))
     bf16 = asyncio.run(evaluate(e5, data, last, EngineConfig(dtype="bfloat16", warmup=False)))
     difference = abs(fp32["accuracy"][key]["overall"] - bf16["accuracy"][key]["overall"])
     assert difference <= 0.005, (fp32["accuracy"][key], bf16["accuracy"][key])
@@ -117,16 +117,45 @@ def test_bf16_parity_with_transformers_at_a_stated_tolerance():
     assert cos.min().item() >= BF16_TOKEN_COSINE, cos.min().item()
 
 
-def test_a_bf16_server_explains_and_says_why(e5, tmp_path):
+def test_a_bf16_server_embeds_explains_and_says_why(e5, tmp_path):
+    """What the API tests check of the float32 server, under bf16 at bf16's tolerances."""
     from conftest import ServerThread
+    from precisions import assert_matches
 
     running = ServerThread(e5, tmp_path, engine=EngineConfig(dtype="bfloat16", warmup=False))
     try:
         with Client(running.target) as c:
             info = c.info()
             assert info.dtype == "bfloat16" and info.dtype_reason == "asked for"
+            assert (info.model, info.dim, info.device) == ("multilingual-e5-small", 384, "cpu")
+            assert info.max_tokens == 512 and info.num_layers == 12
+            texts = ["我喜欢吃苹果", "苹果公司发布了新手机", "The apple fell from the tree."]
+            want = e5.encode_sentences(texts, TextRole.QUERY)
+            assert_matches(c.encode(texts, batch_size=2), want, "bfloat16", pooled=True)
             e = c.explain("我喜欢吃苹果", "苹果", layers=[12])
             np.testing.assert_allclose(e.attentions.sum(axis=-1), 1.0, atol=1e-2)
             assert len(c.compare_layers("我喜欢吃苹果", "我买了苹果手机", "苹果").cosines) == 13
     finally:
         running.stop()
+
+
+def test_the_servers_auto_decides_from_the_flags_it_is_given(e5, tmp_path, monkeypatch):
+    """`auto` takes the processor's flags as an input (EMBEDSENSE_CPU_FLAGS, --cpu-flags):
+    both outcomes, through a real server, on any machine."""
+    from conftest import ServerThread
+
+    from embedsense.server.api.settings import ServerSettings
+
+    assert ServerSettings.from_env({"EMBEDSENSE_CPU_FLAGS": NATIVE}).engine.cpu_flags == NATIVE
+    monkeypatch.setattr(precision, "bf16_speedup", lambda hidden, ffn: 1.8)
+    for flags, dtype in ((EMULATED, "float32"), (NATIVE, "bfloat16")):
+        config = EngineConfig(dtype="auto", cpu_flags=flags, warmup=False)
+        running = ServerThread(e5, tmp_path / dtype, engine=config)
+        try:
+            with Client(running.target) as c:
+                info = c.info()
+                assert info.dtype == dtype, info.dtype_reason
+                assert "flags as configured" in info.dtype_reason
+                assert c.encode("苹果").shape == (384,)
+        finally:
+            running.stop()

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from precisions import PRECISIONS, assert_matches
 from workload import chinese_texts
 
 from embedsense.model import TextRole
@@ -25,13 +26,27 @@ from embedsense.server.windows import plan_windows
 
 
 @pytest.fixture(scope="module")
-def engine(e5):
-    eng = Engine(EngineConfig(max_batch_tokens=2048, max_wait_ms=5), model=e5).start()
-    reports = []
-    eng.add_observer(reports.append)
-    eng.reports = reports
-    yield eng
-    eng.close()
+def engines(e5):
+    """One engine per precision, made when a test first asks for it; `engines(dtype)`."""
+    made: dict[str, Engine] = {}
+
+    def get(dtype: str) -> Engine:
+        if dtype not in made:
+            config = EngineConfig(dtype=dtype, max_batch_tokens=2048, max_wait_ms=5)
+            eng = made[dtype] = Engine(config, model=e5).start()
+            eng.reports = []
+            eng.add_observer(eng.reports.append)
+        return made[dtype]
+
+    yield get
+    for eng in made.values():
+        eng.close()
+
+
+@pytest.fixture
+def engine(engines):
+    """The float32 engine: the exact-parity tests' reference."""
+    return engines("float32")
 
 
 def one_at_a_time(e5, text, role=TextRole.PASSAGE):
@@ -42,8 +57,10 @@ def one_at_a_time(e5, text, role=TextRole.PASSAGE):
     return sentence / np.linalg.norm(sentence), hidden
 
 
-def test_200_concurrent_callers_get_their_own_exact_vectors(engine, e5):
+@pytest.mark.parametrize("dtype", PRECISIONS)
+def test_200_concurrent_callers_get_their_own_exact_vectors(engines, e5, dtype):
     texts = chinese_texts(200, min_chars=2, max_chars=150, seed=7)
+    engine = engines(dtype)
     engine.reports.clear()
 
     async def main():
@@ -56,9 +73,8 @@ def test_200_concurrent_callers_get_their_own_exact_vectors(engine, e5):
     results = asyncio.run(main())
     for text, got in zip(texts, results, strict=True):
         sentence, hidden = one_at_a_time(e5, text)
-        assert got.token_vectors.shape == hidden.shape
-        assert np.abs(got.token_vectors - hidden).max() <= 1e-5, text
-        assert np.abs(got.sentence - sentence).max() <= 1e-5, text
+        assert_matches(got.token_vectors, hidden, dtype, pooled=False)
+        assert_matches(got.sentence, sentence, dtype, pooled=True)
     assert max(r.rows for r in engine.reports) > 1, "concurrent callers should share batches"
     assert all(r.padded_tokens <= 2048 for r in engine.reports), "token budget exceeded"
 
@@ -81,7 +97,8 @@ def test_plan_batch_keeps_budget_serves_oldest_and_groups_lengths():
 
 
 def test_overload_is_refused_at_once(e5):
-    eng = Engine(EngineConfig(max_concurrent_requests=2, max_wait_ms=200, warmup=False), e5)
+    config = EngineConfig(dtype="float32", max_concurrent_requests=2, max_wait_ms=200, warmup=False)
+    eng = Engine(config, e5)
     eng.start()
 
     async def main():
@@ -102,7 +119,7 @@ def test_overload_is_refused_at_once(e5):
 
 
 def test_queued_token_limit_refuses_big_requests(e5):
-    eng = Engine(EngineConfig(max_queued_tokens=600, warmup=False), e5).start()
+    eng = Engine(EngineConfig(dtype="float32", max_queued_tokens=600, warmup=False), e5).start()
     try:
         with pytest.raises(Overloaded, match="max_queued_tokens"):
             asyncio.run(eng.embed(chinese_texts(8, min_chars=140, max_chars=150)))
@@ -112,7 +129,7 @@ def test_queued_token_limit_refuses_big_requests(e5):
 
 
 def test_cancelled_and_expired_requests_cost_no_compute(e5):
-    eng = Engine(EngineConfig(max_wait_ms=300, warmup=False), e5).start()
+    eng = Engine(EngineConfig(dtype="float32", max_wait_ms=300, warmup=False), e5).start()
 
     async def main():
         task = asyncio.create_task(eng.embed(["这个请求会被取消"]))
@@ -131,8 +148,10 @@ def test_cancelled_and_expired_requests_cost_no_compute(e5):
         eng.close()
 
 
-def test_layers_choice_and_cls_pooling(engine, e5):
+@pytest.mark.parametrize("dtype", PRECISIONS)
+def test_layers_choice_and_cls_pooling(engines, e5, dtype):
     text = "我喜欢吃苹果"
+    engine = engines(dtype)
     tok = e5.tokenizer.encode(text)
     with torch.inference_mode():
         states = e5.encoder(torch.tensor([tok.ids]), output_hidden_states=True).hidden_states
@@ -144,9 +163,9 @@ def test_layers_choice_and_cls_pooling(engine, e5):
         return a[0], b[0]
 
     mixed, cls = asyncio.run(main())
-    assert np.abs(mixed.token_vectors - mix).max() <= 1e-5
-    assert np.abs(mixed.sentence - mix.mean(axis=0)).max() <= 1e-5
-    assert np.abs(cls.sentence - states[-1][0, 0].numpy()).max() <= 1e-5
+    assert_matches(mixed.token_vectors, mix, dtype, pooled=False)
+    assert_matches(mixed.sentence, mix.mean(axis=0), dtype, pooled=True)
+    assert_matches(cls.sentence, states[-1][0, 0].numpy(), dtype, pooled=True)
     with pytest.raises(InvalidRequest, match="layer 13 does not exist"):
         asyncio.run(engine.embed([text], layers=[13]))
 
@@ -192,10 +211,12 @@ def test_windows_respect_the_limit_and_cover_every_token():
         assert covered == set(range(n))
 
 
-def test_windowed_tokens_have_context_from_a_central_window(engine, e5):
+@pytest.mark.parametrize("dtype", PRECISIONS)
+def test_windowed_tokens_have_context_from_a_central_window(engines, e5, dtype):
     """A token in the middle of a long text is embedded from a window where it has context
     on both sides: its vector equals a direct pass over that window."""
     text = "".join(chinese_texts(12, min_chars=100, max_chars=100, seed=1))
+    engine = engines(dtype)
     res = asyncio.run(engine.embed([text], windowed=True, token_vectors=True))[0]
     tok = res.tokenized
     head, tail = 4, 1  # <s> ▁passage : ... </s>  (prefix repeated in every window)
@@ -206,17 +227,18 @@ def test_windowed_tokens_have_context_from_a_central_window(engine, e5):
     with torch.inference_mode():
         direct = e5.encoder(torch.tensor([ids])).last_hidden_state[0].numpy()
     middle = (w.start + w.end) // 2
-    np.testing.assert_allclose(
-        res.token_vectors[head + middle], direct[head + middle - w.start], atol=1e-5
-    )
+    want = direct[head + middle - w.start]
+    assert_matches(res.token_vectors[head + middle], want, dtype, pooled=False)
 
 
-def test_info_reports_model_device_and_limits(engine):
-    info = engine.info()
+@pytest.mark.parametrize("dtype", PRECISIONS)
+def test_info_reports_model_device_and_limits(engines, dtype):
+    info = engines(dtype).info()
     assert (info.model, info.dim, info.device, info.dtype) == (
-        "multilingual-e5-small", 384, "cpu", "float32",
+        "multilingual-e5-small", 384, "cpu", dtype,
     )  # fmt: skip
     assert info.max_tokens == 512 and info.max_batch_tokens == 2048
+    assert info.dtype_reason == "asked for"
 
 
 def test_int8_keeps_quality_on_the_eval_sentences(e5):
@@ -241,7 +263,7 @@ def test_int8_keeps_quality_on_the_eval_sentences(e5):
     cosine = np.array([float(r.sentence @ f) for r, f in zip(q, full, strict=True)])
     assert cosine.mean() >= 0.995 and cosine.min() >= 0.99, (cosine.mean(), cosine.min())
     last, key = {"last": [-1]}, "word + sentence, last, centred"
-    fp32 = asyncio.run(evaluate(e5, data, last, EngineConfig(warmup=False)))
+    fp32 = asyncio.run(evaluate(e5, data, last, EngineConfig(dtype="float32", warmup=False)))
     int8 = asyncio.run(evaluate(e5, data, last, EngineConfig(int8=True, warmup=False)))
     assert fp32["accuracy"][key]["overall"] - int8["accuracy"][key]["overall"] <= 0.02
 
@@ -253,7 +275,7 @@ def test_closed_loop_callers_fill_whole_batches_instead_of_taking_turns(e5):
     17 and 15), each forward half as full as it could be."""
     from workload import concurrent_callers
 
-    eng = Engine(EngineConfig(warmup=False), e5).start()
+    eng = Engine(EngineConfig(dtype="float32", warmup=False), e5).start()
     sizes: list[int] = []
     eng.add_observer(lambda report: sizes.append(report.rows))
     try:

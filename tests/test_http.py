@@ -98,7 +98,8 @@ def test_token_ids_are_the_served_tokenizers(base, running, e5, grpc_vectors):
 
 
 def test_an_overloaded_engine_is_openais_rate_limit_with_retry_after(e5, tmp_path):
-    busy = ServerThread(e5, tmp_path, http_port=0, engine=EngineConfig(max_queued_tokens=600))
+    config = EngineConfig(dtype="float32", max_queued_tokens=600)
+    busy = ServerThread(e5, tmp_path, http_port=0, engine=config)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{busy.server.http_port}/v1",
                                api_key="none", max_retries=0)  # fmt: skip

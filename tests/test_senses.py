@@ -12,6 +12,7 @@ import pytest
 from eval_senses import evaluate, load
 
 from embedsense.client import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from embedsense.server.config import EngineConfig
 from embedsense.server.senses import method
 
 FRUIT = ["我喜欢吃苹果", "这个苹果又红又甜", "果园里的苹果熟了", "她削了一个苹果给孩子",
@@ -243,6 +244,7 @@ def test_cli_senses_commands(server, apples):
 
 def test_evaluation_on_a_slice_is_well_above_chance(e5):
     data = load(["苹果", "打", "花"], per_sense=4)
-    results = asyncio.run(evaluate(e5, data, layer_choices={"last": [-1]}))
+    fp32 = EngineConfig(dtype="float32", warmup=False)
+    results = asyncio.run(evaluate(e5, data, layer_choices={"last": [-1]}, config=fp32))
     accuracy = results["accuracy"]["word + sentence, last, centred"]["overall"]
     assert accuracy >= 0.85  # chance: 1/2 for 苹果 and 花, 1/3 for 打

@@ -15,8 +15,8 @@ from embedsense.server.config import EngineConfig
 from embedsense.server.index.backend import BACKENDS, BackendSettings
 
 # The engine's knobs that a deployment sets from the environment and flags too.
-ENGINE_KNOBS = ("model", "device", "dtype", "threads", "tokenizer_threads", "max_batch_tokens",
-                "max_batch_requests", "max_wait_ms", "max_queued_tokens",
+ENGINE_KNOBS = ("model", "device", "dtype", "cpu_flags", "threads", "tokenizer_threads",
+                "max_batch_tokens", "max_batch_requests", "max_wait_ms", "max_queued_tokens",
                 "max_concurrent_requests", "int8", "window_stride")  # fmt: skip
 
 
