@@ -10,9 +10,10 @@
     embedsense induce notes 苹果
     embedsense explain "我喜欢吃苹果" --word 苹果 --compare "我买了最新的苹果手机" --out a.png
 
-Output is a readable table, or JSON with --json. The target and the API key come from
---target / --api-key or EMBEDSENSE_TARGET / EMBEDSENSE_API_KEY; several servers as
---target a:50051 --target b:50051, or a comma-separated list.
+Output is a readable table, or JSON with --json. The target comes from --target or
+EMBEDSENSE_TARGET; several servers as --target a:50051 --target b:50051, or a comma-separated
+list. The API key from --api-key or --api-key-file (kept out of `ps`), else
+EMBEDSENSE_API_KEY or EMBEDSENSE_API_KEY_FILE.
 """
 
 from __future__ import annotations
@@ -22,14 +23,51 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
+from tqdm import tqdm
 
-from embedsense.client import TLS, Client, EmbedSenseError, NotFound
+from embedsense.client import TLS, AlreadyExists, Client, EmbedSenseError, NotFound
+from embedsense.client.document_files import file_problem, read_documents
+
+# Exit statuses: 1 when the server refused or failed a call, 2 when the command line or a
+# file it names is wrong (found here, before anything is sent).
+SERVER_ERROR = 1
+USAGE_ERROR = 2
+DEFAULT_TIMEOUT = 60.0  # seconds per call
+EXIT_STATUSES = """exit status: 0 done; 1 the server refused or failed the call (its status and
+message follow "embedsense: error:"); 2 the command line or a file it names is wrong
+(found before anything is sent); 130 interrupted."""
+
+
+class UsageError(ValueError):
+    """The command line, or a file it names, is wrong: one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"embedsense: error: {message} (see `{self.prog} --help`)\n")
+
+
+def at_least(minimum: int, meaning: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum; else an error that says what is valid."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: {meaning or f'expected {minimum} or more'}")
+        return value
+
+    return parse
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -50,7 +88,7 @@ def tls_of(args: argparse.Namespace) -> TLS | None:
     """The channel's TLS from --tls / --tls-ca / --tls-cert / --tls-key (None: plaintext).
     Any one of them turns TLS on: a client certificate is never dropped in silence."""
     if bool(args.tls_cert) != bool(args.tls_key):
-        raise SystemExit(
+        raise UsageError(
             "--tls-cert and --tls-key go together (the client certificate and its key)"
         )
     if not (args.tls or args.tls_ca or args.tls_cert):
@@ -68,20 +106,34 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def read_documents(path: Path) -> Iterator[dict[str, Any]]:
-    """A .jsonl file: one object per line ({"text": ..., "id"?, "metadata"?}); any other
-    file: one document per non-empty line."""
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            if path.suffix == ".jsonl":
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise SystemExit(f"{path}:{number}: not JSON: {err.msg}") from None
-            else:
-                yield {"text": line.rstrip("\n")}
+def api_key_of(args: argparse.Namespace) -> str | None:
+    """The key to send: --api-key, else the first key in --api-key-file, else the same from
+    EMBEDSENSE_API_KEY, EMBEDSENSE_API_KEY_FILE; None when there is none."""
+    if args.api_key and args.api_key_file:
+        raise UsageError("--api-key and --api-key-file: give one of them")
+    if args.api_key:
+        return args.api_key
+    if args.api_key_file:
+        return read_key(args.api_key_file, "--api-key-file")
+    if os.environ.get("EMBEDSENSE_API_KEY"):
+        return os.environ["EMBEDSENSE_API_KEY"]
+    if os.environ.get("EMBEDSENSE_API_KEY_FILE"):
+        return read_key(os.environ["EMBEDSENSE_API_KEY_FILE"], "EMBEDSENSE_API_KEY_FILE")
+    return None
+
+
+def read_key(path: str, source: str) -> str:
+    """The first non-empty line of a key file (the server's file may hold several keys, one
+    a line: any one of them will do)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        why = file_problem(err) if isinstance(err, OSError) else "not UTF-8 text"
+        raise UsageError(f"{source} {path}: {why}") from None
+    key = next((line.strip() for line in lines if line.strip()), "")
+    if not key:
+        raise UsageError(f"{source} {path}: the file holds no key (expected one key a line)")
+    return key
 
 
 # ------------------------------------------------------------------ commands
@@ -91,7 +143,7 @@ def cmd_serve(server_args: list[str]) -> int:
     """Run the server's own program (`python -m embedsense.server`) in this process's place:
     the client imports nothing of the server, which needs the `server` extra."""
     if importlib.util.find_spec("embedsense.server") is None:
-        raise SystemExit("the server is not installed: pip install 'embedsense[server]'")
+        raise UsageError("the server is not installed: pip install 'embedsense[server]'")
     os.execv(sys.executable, [sys.executable, "-m", "embedsense.server", *server_args])
 
 
@@ -109,13 +161,13 @@ def cmd_health(args: argparse.Namespace) -> int:
     from embedsense.client._api import open_channel
 
     tls = tls_of(args)
+    timeout = min(DEFAULT_TIMEOUT if args.timeout is None else args.timeout, 5.0)
     with open_channel(args.target, tls, aio=False) as channel:
         check = channel.unary_unary("/grpc.health.v1.Health/Check")
         try:
-            reply = check(b"", timeout=min(args.timeout, 5.0))
+            reply = check(b"", timeout=timeout)
         except grpc.RpcError as err:
-            print(f"{','.join(args.target)}: {err.code().name}", file=sys.stderr)
-            return 1
+            return fail(f"{','.join(args.target)}: {err.code().name}", SERVER_ERROR)
     status = reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0
     print(f"{','.join(args.target)}: {HEALTH_STATUS.get(status, status)}")
     return 0 if status == 1 else 1
@@ -134,6 +186,11 @@ def cmd_collections(args: argparse.Namespace, client: Client) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, client: Client) -> None:
+    if args.layers is not None and not args.tokens:
+        raise UsageError(
+            "--layers applies to token vectors: add --tokens (sentence vectors are the mean of "
+            "the last layer)"
+        )
     if args.tokens:
         results = client.embed_tokens(args.texts, layers=args.layers)
         payload = [{"tokens": r.tokens.tokens, "offsets": r.tokens.offsets,
@@ -161,19 +218,93 @@ def _preview(vector: np.ndarray) -> str:
 
 
 def cmd_index(args: argparse.Namespace, client: Client) -> None:
-    try:
-        client.describe_collection(args.collection)
-    except NotFound:
-        client.create_collection(args.collection, index=args.index, store_tokens=args.store_tokens)
-    ids = client.upsert(args.collection, read_documents(args.file), batch_size=args.batch_size,
-                        show_progress_bar=not args.json)  # fmt: skip
+    # The whole file is checked before anything is sent: a bad line stops the command with
+    # its file:line, and nothing of the file is half-stored.
+    lines = distinct = 0
+    ids: set[str] = set()
+    for doc in read_documents(args.file):
+        lines += 1
+        ids.add(doc["id"])
+    distinct = len(ids)
+    del ids
+    _collection_for(args, client)
+    # In parts of a few batches each, read again from the file: memory stays bounded, and
+    # ids repeated within a part are sent once (the last line wins, as it does across parts).
+    part_size = args.batch_size * max(1, client.max_concurrent_batches)
+    with tqdm(total=lines, disable=args.json, unit="doc") as bar:
+        for part in _parts(read_documents(args.file), part_size):
+            latest = {doc["id"]: doc for doc in part}
+            client.upsert(
+                args.collection,
+                list(latest.values()),
+                batch_size=args.batch_size,
+                show_progress_bar=False,
+                timeout=args.timeout,
+            )
+            bar.update(len(part))
     info = client.describe_collection(args.collection)
-    readable = f"{len(ids)} documents stored in {info.name!r} ({info.count} in all, {info.index})"
-    emit(args, {"upserted": len(ids), "collection": asdict(info)}, readable)
+    readable = f"{distinct} documents stored in {info.name!r} ({info.count} in all, {info.index})"
+    if lines > distinct:
+        readable += f"; {lines - distinct} lines repeated an earlier line's id (the last one kept)"
+    emit(args, {"upserted": distinct, "lines": lines, "collection": asdict(info)}, readable)
+
+
+def _collection_for(args: argparse.Namespace, client: Client) -> None:
+    """Create the collection, or check that the existing one is what the flags ask for: an
+    index or token vectors it does not have are never ignored in silence."""
+    try:
+        info = client.describe_collection(args.collection)
+    except NotFound:
+        try:
+            client.create_collection(
+                args.collection, index=args.index or "Flat", store_tokens=args.store_tokens
+            )
+            return
+        except AlreadyExists:  # made meanwhile by someone else: check it as any other
+            info = client.describe_collection(args.collection)
+    if args.index is not None and args.index != info.index:
+        raise UsageError(
+            f"collection {info.name!r} exists with index {info.index}, not {args.index}: omit "
+            f"--index to add to it, or `embedsense drop {info.name}` first to rebuild it"
+        )
+    if args.store_tokens and not info.store_tokens:
+        raise UsageError(
+            f"collection {info.name!r} exists without token vectors: omit --store-tokens to "
+            f"add to it, or `embedsense drop {info.name}` first to rebuild it"
+        )
+
+
+def _parts(documents: Iterable[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+    part: list[dict[str, Any]] = []
+    for doc in documents:
+        part.append(doc)
+        if len(part) == size:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
+def cmd_drop(args: argparse.Namespace, client: Client) -> None:
+    client.drop_collection(args.collection)
+    emit(args, {"dropped": args.collection}, f"collection {args.collection!r} dropped")
 
 
 def cmd_search(args: argparse.Namespace, client: Client) -> None:
-    where = json.loads(args.filter) if args.filter else None
+    where = None
+    if args.filter:
+        try:
+            where = json.loads(args.filter)
+        except json.JSONDecodeError as err:
+            raise UsageError(
+                f"--filter {args.filter!r}: not JSON ({err.msg}); expected an "
+                """object, e.g. '{"lang": "zh"}'"""
+            ) from None
+        if not isinstance(where, dict):
+            raise UsageError(
+                f"--filter {args.filter!r}: expected a JSON object, e.g. "
+                """'{"lang": "zh"}'"""
+            )
     hits = client.search(args.collection, args.query, k=args.k, filter=where)
     emit(args, [asdict(h) for h in hits],
          table([(i + 1, f"{h.score:.4f}", h.id, h.text[:60]) for i, h in enumerate(hits)],
@@ -186,7 +317,7 @@ def _senses(items: Sequence[str] | None) -> dict[str, list[str]]:
     for item in items or ():
         label, _, example = item.partition("=")
         if not example:
-            raise SystemExit(f"--sense {item!r}: expected LABEL=EXAMPLE")
+            raise UsageError(f"--sense {item!r}: expected LABEL=EXAMPLE")
         senses.setdefault(label, []).append(example)
     return senses
 
@@ -197,12 +328,16 @@ def cmd_disambiguate(args: argparse.Namespace, client: Client) -> None:
                                  inventory=args.inventory, layers=args.layers)  # fmt: skip
     readable = (
         f"{args.text}\n{args.word} -> {result.label}\n\n"
-        + table([(s.label, f"{s.probability:.1%}", f"{s.similarity:+.3f}") for s in result.scores],
-                ["sense", "probability", "similarity"])
+        + table(
+            [(s.label, f"{s.probability:.1%}", f"{s.similarity:+.3f}") for s in result.scores],
+            ["sense", "probability", "similarity"],
+        )
         + "\n\nnearest examples:\n"
-        + table([(label, f"{cos:+.3f}", text) for label, text, cos in result.nearest],
-                ["sense", "similarity", "example"])
-    )  # fmt: skip
+        + table(
+            [(label, f"{cos:+.3f}", text) for label, text, cos in result.nearest],
+            ["sense", "similarity", "example"],
+        )
+    )
     emit(args, asdict(result), readable)
 
 
@@ -212,15 +347,28 @@ def cmd_inventory(args: argparse.Namespace, client: Client) -> None:
         rows = [(i.name, "yes" if i.builtin else "", ", ".join(sorted(i.words)))
                 for i in inventories]  # fmt: skip
         emit(args, [asdict(i) for i in inventories], table(rows, ["name", "built in", "words"]))
+    elif not args.name:
+        raise UsageError(f"inventory {args.action} needs the inventory's NAME")
     elif args.action == "create":
         if not args.file:
-            raise SystemExit("inventory create NAME FILE: FILE is a JSON word -> sense -> examples")
-        words = json.loads(Path(args.file).read_text(encoding="utf-8"))
+            raise UsageError("inventory create NAME FILE: FILE is a JSON word -> sense -> examples")
+        words = _read_json(args.file)
         made = client.create_inventory(args.name, words, replace=args.replace)
         emit(args, asdict(made), f"inventory {made.name!r}: {', '.join(sorted(made.words))}")
     else:
         client.delete_inventory(args.name)
         emit(args, {"deleted": args.name}, f"inventory {args.name!r} deleted")
+
+
+def _read_json(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UsageError(f"{path}: {file_problem(err)}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path}:{err.lineno}: not JSON ({err.msg})") from None
 
 
 def cmd_occurrences(args: argparse.Namespace, client: Client) -> None:
@@ -241,20 +389,21 @@ def cmd_induce(args: argparse.Namespace, client: Client) -> None:
 
 
 def cmd_explain(args: argparse.Namespace, client: Client) -> None:
-    explanation = client.explain(args.text, args.word, layers=args.layers, heads=args.heads)
     if (args.compare or args.sense) and not args.word:
-        raise SystemExit("--compare and --sense need --word: the word to follow across texts")
+        raise UsageError("--compare and --sense need --word: the word to follow across texts")
+    senses_given = _senses(args.sense)
+    explanation = client.explain(args.text, args.word, layers=args.layers, heads=args.heads)
     contexts = {text: client.compare_layers(args.text, text, args.word)
                 for text in args.compare or ()}  # fmt: skip
     comparison = next(iter(contexts.values()), None)
     senses = {label: [client.compare_layers(args.text, example, args.word) for example in examples]
-              for label, examples in _senses(args.sense).items()}  # fmt: skip
+              for label, examples in senses_given.items()}  # fmt: skip
     written = []
     if args.out:
         try:
             from embedsense.client.render import render_png
         except ImportError:  # pragma: no cover - depends on the install
-            raise SystemExit(
+            raise UsageError(
                 "PNG output needs matplotlib: pip install 'embedsense[plot]'"
             ) from None
         written.append(str(render_png(explanation, args.out, comparison, args.layer, args.head,
@@ -288,7 +437,7 @@ def _mark(text: str, span: tuple[int, int]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="embedsense", description=__doc__.splitlines()[0])
+    p = Parser(prog="embedsense", description=__doc__.splitlines()[0], epilog=EXIT_STATUSES)
     default_target = f"127.0.0.1:{os.environ.get('EMBEDSENSE_PORT') or 50051}"
     p.add_argument(
         "--target",
@@ -297,8 +446,22 @@ def parser() -> argparse.ArgumentParser:
         "(balanced round-robin); default $EMBEDSENSE_TARGET or " + default_target,
     )
     p.set_defaults(default_target=os.environ.get("EMBEDSENSE_TARGET") or default_target)
-    p.add_argument("--api-key", default=os.environ.get("EMBEDSENSE_API_KEY"))
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    p.add_argument(
+        "--api-key",
+        help="the server's API key (shows in `ps`: prefer "
+        "--api-key-file); default $EMBEDSENSE_API_KEY",
+    )
+    p.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="a file whose first non-empty line is the API key; default $EMBEDSENSE_API_KEY_FILE",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help=f"seconds per call (default {DEFAULT_TIMEOUT:g});"
+        " for index, per batch (default: no limit)",
+    )
     p.add_argument("--json", action="store_true", help="JSON output instead of a table")
     p.add_argument("--tls", action="store_true", help="connect over TLS (system CA roots)")
     p.add_argument("--tls-ca", default=os.environ.get("EMBEDSENSE_TLS_CA"), help="PEM CA")
@@ -319,25 +482,57 @@ def parser() -> argparse.ArgumentParser:
     embed = sub.add_parser("embed", help="embed texts")
     embed.add_argument("texts", nargs="+")
     embed.add_argument("--tokens", action="store_true", help="per-token vectors")
-    embed.add_argument("--layers", type=int, nargs="*", help="hidden states to average")
+    embed.add_argument(
+        "--layers",
+        type=int,
+        nargs="*",
+        help="with --tokens: hidden states to average (0 = embeddings, -1 = last;"
+        " default: the last); sentence vectors are always the last layer's",
+    )
 
-    index = sub.add_parser("index", help="store a .txt (a document per line) or .jsonl file")
-    index.add_argument("file", type=Path)
+    index = sub.add_parser(
+        "index",
+        help="store a .txt (a document per line) or .jsonl file",
+        description="Store a file's documents in a collection, made if it does not exist. A "
+        '.jsonl file holds one JSON object a line: {"text": ..., "id": ..., "metadata": '
+        "{...}}, id and metadata optional; any other file holds one document a line (blank "
+        "lines skipped). A document without an id gets the first 32 hex digits of its text's "
+        "SHA-256: indexing the same file again replaces its documents instead of storing them "
+        "twice, and a text repeated in a file is stored once (the last line's metadata kept). "
+        "The whole file is checked before anything is sent.",
+    )
+    index.add_argument("file", help="the .txt or .jsonl file")
     index.add_argument("--collection", required=True)
-    index.add_argument("--index", default="Flat", help="FAISS spec, for a new collection")
-    index.add_argument("--store-tokens", action="store_true")
-    index.add_argument("--batch-size", type=int, default=256)
+    index.add_argument(
+        "--index",
+        help="FAISS spec of a new collection (default: Flat); for an "
+        "existing one, it must be the collection's",
+    )
+    index.add_argument(
+        "--store-tokens",
+        action="store_true",
+        help="keep token vectors too (for occurrences and induce)",
+    )
+    index.add_argument("--batch-size", type=at_least(1), default=256)
+
+    drop = sub.add_parser("drop", help="delete a collection and everything stored in it")
+    drop.add_argument("collection")
 
     search = sub.add_parser("search", help="nearest documents to a text")
     search.add_argument("collection")
     search.add_argument("query")
-    search.add_argument("-k", type=int, default=10)
+    search.add_argument("-k", type=at_least(0), default=10)
     search.add_argument("--filter", help='JSON, e.g. \'{"lang": "zh"}\'')
 
     dis = sub.add_parser("disambiguate", help="which sense a word has in a text")
     dis.add_argument("text")
     dis.add_argument("word")
-    dis.add_argument("--occurrence", type=int, default=0)
+    dis.add_argument(
+        "--occurrence",
+        type=at_least(0),
+        default=0,
+        help="which appearance of the word (0 = the first)",
+    )
     dis.add_argument("--sense", action="append", metavar="LABEL=EXAMPLE",
                      help="an example per flag; without any, the inventory is used")  # fmt: skip
     dis.add_argument("--inventory", help="a stored inventory (default: 'default')")
@@ -353,18 +548,28 @@ def parser() -> argparse.ArgumentParser:
     occ.add_argument("collection")
     occ.add_argument("text")
     occ.add_argument("word")
-    occ.add_argument("-k", type=int, default=10)
+    occ.add_argument("-k", type=at_least(0), default=10)
 
     ind = sub.add_parser("induce", help="the senses of a word in a collection, by clustering")
     ind.add_argument("collection")
     ind.add_argument("word")
-    ind.add_argument("-k", type=int, help="how many senses (default: chosen by silhouette)")
+    ind.add_argument("-k", type=at_least(0), help="how many senses (default: chosen by silhouette)")
 
     exp = sub.add_parser("explain", help="attention maps, as a table, a PNG and/or HTML")
     exp.add_argument("text")
     exp.add_argument("--word", default="", help="the word whose attention to follow")
-    exp.add_argument("--layers", type=int, nargs="*", help="1-based (default: all)")
-    exp.add_argument("--heads", type=int, nargs="*", help="0-based (default: all)")
+    exp.add_argument(
+        "--layers",
+        type=at_least(1, "explain's layers are 1-based (1 = the first)"),
+        nargs="*",
+        help="1-based (default: all)",
+    )
+    exp.add_argument(
+        "--heads",
+        type=at_least(0, "heads are 0-based (0 = the first)"),
+        nargs="*",
+        help="0-based (default: all)",
+    )
     exp.add_argument("--layer", type=int, help="draw this layer's token-by-token map")
     exp.add_argument("--head", type=int, help="with --layer: one head instead of the mean")
     exp.add_argument("--compare", metavar="TEXT", action="append",
@@ -378,28 +583,44 @@ def parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "info": cmd_info, "collections": cmd_collections, "embed": cmd_embed, "index": cmd_index,
-    "search": cmd_search, "disambiguate": cmd_disambiguate, "inventory": cmd_inventory,
-    "occurrences": cmd_occurrences, "induce": cmd_induce, "explain": cmd_explain,
+    "drop": cmd_drop, "search": cmd_search, "disambiguate": cmd_disambiguate,
+    "inventory": cmd_inventory, "occurrences": cmd_occurrences, "induce": cmd_induce,
+    "explain": cmd_explain,
 }  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status (EXIT_STATUSES). Errors are one line on stderr,
+    `embedsense: error: ...`, never a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:  # every flag after it is embedsense-server's, unread here
-        return cmd_serve(argv[1:])
-    args = parser().parse_args(argv)
-    given = args.target or [args.default_target]
-    args.target = [t.strip() for item in given for t in item.split(",") if t.strip()]
-    if args.command == "health":
-        return cmd_health(args)
     try:
+        if argv[:1] == ["serve"]:  # every flag after it is embedsense-server's, unread here
+            return cmd_serve(argv[1:])
+        args = parser().parse_args(argv)
+        given = args.target or [args.default_target]
+        args.target = [t.strip() for item in given for t in item.split(",") if t.strip()]
+        if args.command == "health":
+            return cmd_health(args)
         tls = tls_of(args)
-        with Client(args.target, api_key=args.api_key, timeout=args.timeout, tls=tls) as client:
+        timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+        with Client(args.target, api_key=api_key_of(args), timeout=timeout, tls=tls) as client:
             COMMANDS[args.command](args, client)
     except EmbedSenseError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return fail(str(err), SERVER_ERROR)
+    except OSError as err:  # a file named on the command line (an --html to write, a PEM)
+        return fail(
+            f"{err.filename}: {file_problem(err)}" if err.filename else str(err), USAGE_ERROR
+        )
+    except ValueError as err:  # UsageError, InputError, and the SDK's checks of arguments
+        return fail(str(err), USAGE_ERROR)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
     return 0
+
+
+def fail(message: str, status: int) -> int:
+    print(f"embedsense: error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -36,6 +36,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def private_log_path() -> Path:
+    """server.log in a new directory only this user can enter (mkdtemp: mode 0700). Kept
+    after the demo, for reading."""
+    return Path(tempfile.mkdtemp(prefix="embedsense-demo-")) / "server.log"
+
+
 def wait_until_serving(
     target: str, server: subprocess.Popen, log_path: Path, limit_s: float = 300
 ) -> None:
@@ -114,7 +120,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", help="use a running server instead of starting one")
     parser.add_argument("--pictures", type=Path, help="also draw the README's pictures here")
-    parser.add_argument("--server-log", type=Path, help="where the started server logs")
+    parser.add_argument(
+        "--server-log",
+        type=Path,
+        help="where the started server logs (default: server.log in a new "
+        "private temporary directory, named when the demo starts)",
+    )
     args = parser.parse_args()
     if args.target:  # a running server; its API key, if it has one, from the environment
         api_key = os.environ.get("EMBEDSENSE_API_KEY") or None
@@ -125,16 +136,18 @@ def main() -> int:
         return 0
 
     port = free_port()
-    # The server's JSON log goes to a file, named here: the demo's output is a report.
-    log_path = args.server_log or Path(tempfile.gettempdir()) / "embedsense-demo-server.log"
+    # The server's JSON log goes to a file, named here: the demo's output is a report. Never
+    # a fixed name in the shared /tmp, where anyone may have planted a link to another file.
+    log_path = args.server_log or private_log_path()
     with tempfile.TemporaryDirectory(prefix="embedsense-demo-") as data_dir, \
             open(log_path, "w", encoding="utf-8") as log:  # fmt: skip
         command = [sys.executable, "-m", "embedsense.server", "--host", "127.0.0.1",
                    "--port", str(port), "--data-dir", data_dir]  # fmt: skip
         print(f"starting: embedsense-server --port {port} (offline default model)")
         print(f"server log: {log_path}\n")
-        server = subprocess.Popen(command, env={**os.environ, "EMBEDSENSE_API_KEY": ""},
-                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        # No API key from the environment: the demo's own client sends none.
+        keyless = {**os.environ, "EMBEDSENSE_API_KEY": "", "EMBEDSENSE_API_KEY_FILE": ""}
+        server = subprocess.Popen(command, env=keyless, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_until_serving(f"127.0.0.1:{port}", server, log_path)
             with Client(f"127.0.0.1:{port}", timeout=120) as client:

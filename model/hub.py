@@ -1,8 +1,8 @@
 """Fetching Hugging Face models: only from the local cache unless downloading is opted into.
 
 The service must never reach for the network behind a user's back (containers are often
-offline, and a 400 MB surprise download is not a default). `allow_download=True`, the
-`--allow-download` flag or EMBEDSENSE_ALLOW_DOWNLOAD=1 opt in.
+offline, and a 400 MB surprise download is not a default). `allow_download=True`,
+embedsense-server's `--allow-download` flag or EMBEDSENSE_ALLOW_DOWNLOAD=1 opt in.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def fetch_hf_model(repo_id: str, allow_download: bool = False) -> Path:
         if not allow_download:
             raise ModelNotAvailableError(
                 f"model {repo_id!r} is not in the local Hugging Face cache and downloading is "
-                "off; pass allow_download=True (CLI: --allow-download, env: "
-                "EMBEDSENSE_ALLOW_DOWNLOAD=1), or give the path of a local model directory"
+                "off: allow it with embedsense-server --allow-download or "
+                "EMBEDSENSE_ALLOW_DOWNLOAD=1 (Python: allow_download=True), or give the path "
+                "of a local model directory"
             ) from cached_err
     try:
         for weights in _WEIGHT_FILES:

@@ -3,8 +3,9 @@
     embedsense-server --data-dir ./data --port 50051
 
 Every flag falls back to its EMBEDSENSE_* variable (EMBEDSENSE_PORT, EMBEDSENSE_DTYPE...),
-then to the defaults in ServerSettings and EngineConfig. The client's `embedsense serve`
-runs this program: the client package imports nothing of the server's.
+then to the defaults in ServerSettings and EngineConfig; --help shows both, read from those
+classes. The client's `embedsense serve` runs this program: the client package imports
+nothing of the server's.
 """
 
 from __future__ import annotations
@@ -14,48 +15,130 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
 
 from embedsense.server.api.app import StartupError, serve
 from embedsense.server.api.observability import configure_logging
-from embedsense.server.api.settings import ServerSettings
+from embedsense.server.api.settings import ENGINE_KNOBS, ServerSettings
+from embedsense.server.index.backend import BACKENDS
+
+LOG_FORMATS = ("json", "text")
+# The model loader reads this variable (model/hub.py); --allow-download sets it for this
+# process, so that the flag and the variable are one switch.
+ALLOW_DOWNLOAD = "EMBEDSENSE_ALLOW_DOWNLOAD"
+
+# Flags that set a ServerSettings field or an engine knob of the same name, with their help.
+SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--host", "the address to listen on", {}),
+    ("--port", "the gRPC port (0: any free one)", {"type": int}),
+    ("--data-dir", "the faiss backend's store and snapshots", {}),
+    ("--index-backend", "where collections live", {"choices": list(BACKENDS)}),
+    (
+        "--milvus-uri",
+        "milvus: ./index.db (milvus-lite) or http://host:19530 (the token, if "
+        "any, from EMBEDSENSE_MILVUS_TOKEN)",
+        {},
+    ),
+    ("--replica", "this server's name in Info and logs (unset: host:port)", {}),
+    ("--model", "a registry name, a Hugging Face repository id or a local model directory", {}),
+    (
+        "--api-key",
+        "every call but health and reflection needs it; comma-separated for several "
+        "(shows in `ps`: prefer --api-key-file)",
+        {},
+    ),
+    (
+        "--api-key-file",
+        "a file of API keys, one a line (blank lines skipped); with --api-key, "
+        "either file's or flag's keys are accepted",
+        {},
+    ),
+    ("--device", "where the model runs", {"choices": ["auto", "cpu", "cuda"]}),
+    (
+        "--dtype",
+        "the compute precision (auto: chosen for the device)",
+        {"choices": ["auto", "float32", "float16", "bfloat16"]},
+    ),
+    (
+        "--cpu-flags",
+        "the processor flags --dtype auto decides from on a CPU, e.g. 'avx512f avx512_bf16' "
+        "(unset: this machine's): pins the choice across a fleet of mixed machines",
+        {},
+    ),
+    ("--threads", "CPU threads for torch (unset: torch's default)", {"type": int}),
+    ("--tls-cert", "PEM certificate: serve TLS", {}),
+    ("--tls-key", "PEM key of --tls-cert", {}),
+    ("--tls-client-ca", "PEM CA: require client certificates (mutual TLS)", {}),
+    ("--metrics-port", "Prometheus /metrics on this port (unset: off)", {"type": int}),
+    ("--http-port", "the OpenAI- and TEI-style HTTP API's port (unset: off)", {"type": int}),
+]
+
+
+def field_of(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def variable(name: str) -> str:
+    return f"EMBEDSENSE_{name.upper()}"
+
+
+def default_of(name: str, defaults: ServerSettings) -> str:
+    """A setting's default as --help shows it, read from ServerSettings / EngineConfig."""
+    value = getattr(defaults.engine if name in ENGINE_KNOBS else defaults, name)
+    return "unset" if value is None else str(value)
+
+
+def environment_only(defaults: ServerSettings) -> str:
+    """The settings no flag sets: their variables and defaults, for --help's epilog."""
+    flagged = {field_of(flag) for flag, _, _ in SETTINGS_FLAGS}
+    names = [f.name for f in fields(ServerSettings) if f.name != "engine"] + list(ENGINE_KNOBS)
+    rest = [f"{variable(n)} ({default_of(n, defaults)})" for n in names if n not in flagged]
+    return "Set by the environment only (default in brackets): " + ", ".join(rest) + "."
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="embedsense-server", description=__doc__.split("\n")[0])
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--data-dir", help="the faiss backend's store and snapshots")
-    p.add_argument("--index-backend", choices=["faiss", "milvus"], help="default: faiss")
-    p.add_argument("--milvus-uri", help="milvus: ./index.db (milvus-lite) or http://host:19530"
-                   " (the token, if any, from EMBEDSENSE_MILVUS_TOKEN)")  # fmt: skip
-    p.add_argument("--replica", help="this server's name in Info and logs (default host:port)")
-    p.add_argument("--model")
-    p.add_argument("--api-key", help="comma-separated for several")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--threads", type=int)
-    p.add_argument("--tls-cert", help="PEM certificate: serve TLS")
-    p.add_argument("--tls-key", help="PEM key of --tls-cert")
-    p.add_argument("--tls-client-ca", help="PEM CA: require client certificates (mTLS)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics on this port")
-    p.add_argument("--http-port", type=int,
-                   help="the OpenAI- and TEI-style HTTP API's port (default: off)")  # fmt: skip
-    p.add_argument("--log-format", choices=["json", "text"], help="default: json")
+    defaults = ServerSettings()
+    p = argparse.ArgumentParser(
+        prog="embedsense-server",
+        description=__doc__.split("\n")[0],
+        epilog=environment_only(defaults),
+    )
+    for flag, text, options in SETTINGS_FLAGS:
+        name = field_of(flag)
+        shown = f"default: {default_of(name, defaults)}; env {variable(name)}"
+        p.add_argument(flag, help=f"{text} [{shown}]", **options)
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="log lines as JSON objects or as text for people [default: json; env "
+        "EMBEDSENSE_LOG_FORMAT]",
+    )
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="fetch a --model that is not in the local Hugging Face cache from the hub "
+        f"[default: off; env {ALLOW_DOWNLOAD}=1]",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    log_format = args.log_format or os.environ.get("EMBEDSENSE_LOG_FORMAT", "json")
+    log_format = args.log_format or os.environ.get("EMBEDSENSE_LOG_FORMAT") or "json"
+    if log_format not in LOG_FORMATS:
+        print(
+            f"embedsense-server: cannot start: EMBEDSENSE_LOG_FORMAT={log_format!r}: expected "
+            f"{' or '.join(LOG_FORMATS)}",
+            file=sys.stderr,
+        )
+        return 2
     configure_logging(json_lines=log_format == "json")
+    if args.allow_download:
+        os.environ[ALLOW_DOWNLOAD] = "1"
+    overrides = {field_of(flag): getattr(args, field_of(flag)) for flag, _, _ in SETTINGS_FLAGS}
     try:
-        settings = ServerSettings.from_env(
-            host=args.host, port=args.port, data_dir=args.data_dir, model=args.model,
-            index_backend=args.index_backend, milvus_uri=args.milvus_uri, replica=args.replica,
-            api_key=args.api_key, device=args.device, dtype=args.dtype, threads=args.threads,
-            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-            metrics_port=args.metrics_port, http_port=args.http_port,
-        )  # fmt: skip
+        settings = ServerSettings.from_env(**overrides)
         asyncio.run(serve(settings))
     except (StartupError, ValueError) as err:
         print(f"embedsense-server: cannot start: {err}", file=sys.stderr)

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sqlite3
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -55,11 +56,23 @@ class EmbedSenseServer:
         self.http_port: int | None = None
 
     async def start(self) -> int:
-        """Check the data directory and the port, load and warm the model, open the store,
-        listen; the port it listens on. Raises StartupError, fast, naming what is wrong."""
+        """Check the API keys, the data directory and the port, load and warm the model, open
+        the store, listen; the port it listens on. Raises StartupError, fast, naming what is
+        wrong; a data directory it made for nothing is removed again."""
         s = self.settings
-        if s.index_backend == "faiss":
-            self._check_data_dir()
+        try:
+            keys = s.api_keys()
+        except ValueError as err:
+            raise StartupError(str(err)) from err
+        made = self._check_data_dir() if s.index_backend == "faiss" else []
+        try:
+            return await self._start(keys)
+        except BaseException:
+            remove_if_empty(made)
+            raise
+
+    async def _start(self, keys: list[str]) -> int:
+        s = self.settings
         self._check_port_free()
         try:
             model = self._model or await asyncio.to_thread(load_model, s.model)
@@ -73,7 +86,6 @@ class EmbedSenseServer:
             where = s.data_dir if s.index_backend == "faiss" else s.milvus_uri
             raise StartupError(f"index ({s.index_backend}, {where}): {err}") from err
         self.metrics.watch(self.engine, self.catalog)
-        keys = [k.strip() for k in (s.api_key or "").split(",") if k.strip()]
         api_keys = ApiKeys(keys) if keys else None
         interceptors = [DecodeGuard()] + (
             [ApiKeyInterceptor(api_keys, self.metrics)] if api_keys else []
@@ -135,17 +147,22 @@ class EmbedSenseServer:
         )  # fmt: skip
         return self.port
 
-    def _check_data_dir(self) -> None:
+    def _check_data_dir(self) -> list[Path]:
+        """Make the data directory if needed and check that it is writable; the directories
+        made here, deepest first (a failed start removes those still empty)."""
         directory = self.settings.data_dir
+        made = [d for d in (directory, *directory.parents) if not d.exists()]
         try:
             directory.mkdir(parents=True, exist_ok=True)
             probe = directory / ".embedsense-write-test"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
+            remove_if_empty(made)
             raise StartupError(
                 f"data directory {directory} is not a writable directory: {err.strerror or err}"
             ) from err
+        return made
 
     def _check_port_free(self) -> None:
         """Before minutes of model loading, learn whether the port can be had at all."""
@@ -198,6 +215,18 @@ class EmbedSenseServer:
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def remove_if_empty(directories: list[Path]) -> None:
+    """Remove directories a failed start made, deepest first, while they are empty: one that
+    something was written into since (rmdir refuses it) stays, and so do its parents."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except FileNotFoundError:  # never made: the mkdir failed below a parent it made
+            continue
+        except OSError:
+            return
 
 
 def http_server(

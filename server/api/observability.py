@@ -133,11 +133,22 @@ class _EngineAndIndex:
         yield vectors
 
 
+# What every LogRecord carries; anything else on a record came from a log call's `extra`.
+# asctime: set on the record by a text formatter, never a field of its own.
+STANDARD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields a log call passed in `extra` (rpc, code, ms for an access line)."""
+    return {k: v for k, v in vars(record).items() if k not in STANDARD_ATTRIBUTES}
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, the request id, and the
     structured fields a log call passes in `extra`."""
-
-    STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
 
     def format(self, record: logging.LogRecord) -> str:
         line = {
@@ -147,18 +158,40 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "request_id": request_id.get(),
         }
-        line.update({k: v for k, v in vars(record).items() if k not in self.STANDARD})
+        line.update(extra_fields(record))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """A line for people, with what JsonFormatter's line holds: time, level, logger, message,
+    then the structured fields and the request id as key=value (the id only within a
+    request: "-" says nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        # Here, not in format(): the fields stay on the first line, before any traceback.
+        fields = extra_fields(record)
+        if (rid := request_id.get()) != "-":
+            fields["request_id"] = rid
+        pairs = "".join(f" {key}={_text_value(value)}" for key, value in fields.items())
+        return super().formatMessage(record) + pairs
+
+
+def _text_value(value: Any) -> str:
+    """As it is, or quoted as JSON when it has spaces, quotes or '=' that would blur the line."""
+    text = str(value)
+    if not text or any(ch.isspace() or ch in '"=' for ch in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
 def configure_logging(json_lines: bool = True, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonFormatter() if json_lines
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )  # fmt: skip
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

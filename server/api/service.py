@@ -181,7 +181,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             max_batch_tokens=info.max_batch_tokens, max_queued_tokens=info.max_queued_tokens,
             max_concurrent_requests=info.max_concurrent_requests,
             max_texts_per_request=s.max_texts_per_request,
-            max_message_bytes=s.max_message_bytes, auth_required=bool(s.api_key),
+            max_message_bytes=s.max_message_bytes, auth_required=s.auth_required,
             index_backend=self.catalog.kind, replica=self.replica,
             dtype_reason=info.dtype_reason,
         )  # fmt: skip

@@ -33,6 +33,9 @@ class ServerSettings:
     replica: str | None = None  # this server's name in Info and logs (default: host:port)
     # When set (comma-separated for several), every call but health and reflection needs one.
     api_key: str | None = None
+    # Keys in a file, one a line (blank lines skipped), kept out of `ps` and of the
+    # environment; used together with api_key when both are set. Read at start-up.
+    api_key_file: Path | None = None
     # Deliberate: 64 MiB carries 32k 512-dim float32 vectors or a 2048-text Embed with
     # token vectors; larger requests are refused with RESOURCE_EXHAUSTED by gRPC itself.
     max_message_bytes: int = 64 * 1024 * 1024
@@ -61,6 +64,33 @@ class ServerSettings:
     def model(self) -> str:
         return self.engine.model
 
+    @property
+    def auth_required(self) -> bool:
+        """Whether calls need a key (without reading the key file: start-up checks it)."""
+        return self.api_key_file is not None or any(
+            k.strip() for k in (self.api_key or "").split(",")
+        )
+
+    def api_keys(self) -> list[str]:
+        """Every key a call may carry: api_key's (comma-separated), then api_key_file's (one a
+        line). Raises ValueError naming a key file that cannot be read or holds no key."""
+        keys = [key.strip() for key in (self.api_key or "").split(",") if key.strip()]
+        if self.api_key_file is None:
+            return keys
+        where = f"API key file {self.api_key_file} (--api-key-file, EMBEDSENSE_API_KEY_FILE)"
+        try:
+            text = Path(self.api_key_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ValueError(f"{where}: no such file") from None
+        except OSError as err:
+            raise ValueError(f"{where}: {(err.strerror or str(err)).lower()}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{where}: not UTF-8 text") from None
+        from_file = [line.strip() for line in text.splitlines() if line.strip()]
+        if not from_file:
+            raise ValueError(f"{where}: no key in it (expected one key a line)")
+        return keys + from_file
+
     def backend(self) -> BackendSettings:
         return BackendSettings(self.index_backend, self.data_dir, self.milvus_uri,
                                self.milvus_token)  # fmt: skip
@@ -83,7 +113,7 @@ class ServerSettings:
         for name, value in overrides.items():
             if value is not None:
                 (knobs if name in engine_types else values)[name] = value
-        for name in ("data_dir", "tls_cert", "tls_key", "tls_client_ca"):
+        for name in ("data_dir", "api_key_file", "tls_cert", "tls_key", "tls_client_ca"):
             if values.get(name) is not None:
                 values[name] = Path(str(values[name]))
         return cls(**values, engine=EngineConfig(**knobs))  # type: ignore[arg-type]

@@ -1,0 +1,105 @@
+"""Documents from the files `embedsense index` reads, checked line by line.
+
+A `.jsonl` file holds one JSON object per line: {"text": ..., "id"?: ..., "metadata"?: {...}};
+any other file holds one document per non-empty line. A document without an id gets one
+derived from its text (content_id), so that indexing the same file again replaces what it
+stored instead of storing it twice.
+
+Every error is an InputError naming the file as it was given and the line: the CLI checks
+a whole file before it sends any of it, so that a bad line never reaches gRPC's request
+stream (where an exception only reads "Exception iterating requests!").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+FIELDS = ("text", "id", "metadata")
+
+
+class InputError(ValueError):
+    """A file that cannot be read as documents: `where` (file:line) and why."""
+
+
+def content_id(text: str) -> str:
+    """The id of a document that has none: the first 32 hex digits of its text's SHA-256."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def read_documents(name: str) -> Iterator[dict[str, Any]]:
+    """The documents of file `name`, each a dict with "text", "id" and, from a .jsonl line
+    that has it, "metadata". Raises InputError for a missing or unreadable file, a line that
+    is not UTF-8, and (in .jsonl) a line that is not a JSON object with the fields above."""
+    jsonl = name.endswith(".jsonl")
+    try:
+        lines = open(name, "rb")  # closed by the with below: only opening is checked here
+    except OSError as err:
+        raise InputError(f"{name}: {file_problem(err)}") from None
+    with lines:
+        try:
+            for number, raw in enumerate(lines, 1):
+                try:
+                    # utf-8-sig: a byte-order mark on the first line is not part of the text.
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as err:
+                    raise InputError(
+                        f"{name}:{number}: not UTF-8 (byte {raw[err.start]:#04x} at column "
+                        f"{err.start + 1})"
+                    ) from None
+                if not line.strip():
+                    continue
+                if jsonl:
+                    yield parse_jsonl_line(line, name, number)
+                else:
+                    text = line.rstrip("\r\n")
+                    yield {"text": text, "id": content_id(text)}
+        except OSError as err:  # e.g. a directory, which opens but cannot be read
+            raise InputError(f"{name}: {file_problem(err)}") from None
+
+
+def parse_jsonl_line(line: str, name: str, number: int) -> dict[str, Any]:
+    """One .jsonl line as a document (its id a string, made from the text when absent)."""
+    where = f"{name}:{number}"
+    try:
+        doc = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{where}: not JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(doc, dict):
+        raise InputError(f'{where}: expected a JSON object with "text", got {type(doc).__name__}')
+    unknown = [key for key in doc if key not in FIELDS]
+    if unknown:
+        raise InputError(
+            f"{where}: unknown field {unknown[0]!r}: a line has {', '.join(FIELDS)} (text needed)"
+        )
+    if "text" not in doc:
+        raise InputError(f'{where}: no "text": a line has {", ".join(FIELDS)} (text needed)')
+    text = doc["text"]
+    if not isinstance(text, str) or not text:
+        raise InputError(f'{where}: "text" must be a non-empty string, got {text!r:.40}')
+    given = doc.get("id")
+    if given is None:
+        doc_id = content_id(text)
+    elif isinstance(given, str | int) and not isinstance(given, bool) and str(given):
+        doc_id = str(given)
+    else:
+        raise InputError(f'{where}: "id" must be a string or an integer, got {given!r:.40}')
+    document: dict[str, Any] = {"text": text, "id": doc_id}
+    metadata = doc.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise InputError(f'{where}: "metadata" must be a JSON object, got {metadata!r:.40}')
+        document["metadata"] = metadata
+    return document
+
+
+def file_problem(err: OSError) -> str:
+    """Why a file could not be read, in a few words."""
+    reasons = {
+        FileNotFoundError: "no such file",
+        IsADirectoryError: "is a directory",
+        PermissionError: "permission denied",
+    }
+    return reasons.get(type(err), err.strerror or str(err))

@@ -1,0 +1,455 @@
+"""The command lines at their edges (issue 23): bad input files, user errors, options that
+must not be ignored, content-derived ids, text access logs, API key files, the server's
+--help, a failed start's data dir, and the demo's log file.
+
+Most commands run in this process through `main(argv)`, against the session's server;
+the one that used to hang runs as a subprocess, with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import ServerThread
+
+from embedsense.client import Client, NotFound
+
+CLI = [sys.executable, "-m", "embedsense.client.cli"]
+
+
+@pytest.fixture(autouse=True)
+def no_key_from_the_environment(monkeypatch):
+    for name in ("EMBEDSENSE_API_KEY", "EMBEDSENSE_API_KEY_FILE", "EMBEDSENSE_TARGET"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`embedsense ARGV` in this process: (exit status, stdout, stderr)."""
+    from embedsense.client.cli import main
+
+    try:
+        status = main(list(argv))
+    except SystemExit as exit_:  # argparse, and anything else that exits
+        status = exit_.code if isinstance(exit_.code, int) else 1
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def one_error_line(err: str) -> str:
+    """The only line of stderr that is not a progress bar; it must be the CLI's error."""
+    lines = [line for line in err.splitlines() if line.strip() and "doc/s" not in line]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("embedsense: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def drop(server, name: str) -> None:
+    with Client(server.target) as c:
+        try:
+            c.drop_collection(name)
+        except NotFound:
+            pass
+
+
+# ------------------------------------------------------------------ 1, 2: input files
+
+
+def test_index_of_a_jsonl_with_a_malformed_line_names_file_and_line(server, tmp_path):
+    """It used to hang forever: SystemExit raised in gRPC's request-iterating thread."""
+    (tmp_path / "bad.jsonl").write_text('{"text":"a"}\nnot json\n', encoding="utf-8")
+    try:
+        done = subprocess.run(
+            [*CLI, "--target", server.target, "index", "bad.jsonl", "--collection", "bad-json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 2, done.stderr
+        assert one_error_line(done.stderr).startswith("embedsense: error: bad.jsonl:2: not JSON")
+        with Client(server.target) as c:  # checked before anything is sent
+            assert "bad-json" not in [info.name for info in c.list_collections()]
+    finally:
+        drop(server, "bad-json")
+
+
+def test_index_of_a_missing_file_or_an_unknown_field_says_why(
+    server, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    base = ["--target", server.target, "index"]
+    status, _, err = cli(capsys, *base, "missing.txt", "--collection", "unknown-field")
+    assert status == 2
+    assert "missing.txt" in one_error_line(err) and "no such file" in err
+
+    Path("unk.jsonl").write_text('{"text": "a"}\n\n{"text": "b", "foo": 1}\n', encoding="utf-8")
+    status, _, err = cli(capsys, *base, "unk.jsonl", "--collection", "unknown-field")
+    assert status == 2
+    line = one_error_line(err)
+    assert "unk.jsonl:3: unknown field 'foo'" in line and "text, id, metadata" in line
+
+    Path("latin1.txt").write_bytes("ok\ncaf\xe9\n".encode("latin-1"))
+    status, _, err = cli(capsys, *base, "latin1.txt", "--collection", "unknown-field")
+    assert status == 2 and "latin1.txt:2: not UTF-8" in one_error_line(err)
+    assert "Exception iterating" not in err
+    drop(server, "unknown-field")
+
+
+def test_read_documents_checks_every_field():
+    from embedsense.client.document_files import InputError, parse_jsonl_line
+
+    assert parse_jsonl_line('{"text": "a", "id": 7, "metadata": {"k": 1}}', "f", 1) == {
+        "text": "a",
+        "id": "7",
+        "metadata": {"k": 1},
+    }
+    for line, message in [
+        ("[1]", "f:4: expected a JSON object"),
+        ('{"id": "x"}', 'f:4: no "text"'),
+        ('{"text": 3}', 'f:4: "text" must be a non-empty string'),
+        ('{"text": "a", "metadata": []}', 'f:4: "metadata" must be a JSON object'),
+        ('{"text": "a", "id": true}', 'f:4: "id" must be a string or an integer'),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            parse_jsonl_line(line, "f", 4)
+
+
+# ------------------------------------------------------------------ 3, 4: one-line errors
+
+
+def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_path, capsys):
+    target = ["--target", server.target]
+    status, _, err = cli(capsys, *target, "search", "c", "水果", "--filter", "notjson")
+    assert status == 2 and "--filter" in one_error_line(err) and "not JSON" in err
+    status, _, err = cli(capsys, *target, "search", "c", "水果", "--filter", "[1]")
+    assert status == 2 and "JSON object" in one_error_line(err)
+
+    status, _, err = cli(
+        capsys, *target, "explain", "我喜欢吃苹果", "--word", "苹果", "--layers", "-1"
+    )
+    assert status == 2 and "1-based" in one_error_line(err)
+    status, _, err = cli(capsys, *target, "explain", "我喜欢吃苹果", "--heads", "-1")
+    assert status == 2 and "0-based" in one_error_line(err)
+    # In range for the wire, out of range for the model: the server's own words.
+    status, _, err = cli(capsys, *target, "explain", "我喜欢吃苹果", "--layers", "99")
+    assert status == 1 and "layer 99 does not exist" in one_error_line(err)
+
+    status, _, err = cli(
+        capsys, *target, "inventory", "create", "mine", str(tmp_path / "none.json")
+    )
+    assert status == 2 and "none.json" in one_error_line(err)
+    (tmp_path / "bad.json").write_text("{", encoding="utf-8")
+    status, _, err = cli(capsys, *target, "inventory", "create", "mine", str(tmp_path / "bad.json"))
+    assert status == 2 and "bad.json" in one_error_line(err) and "not JSON" in err
+
+    status, _, err = cli(capsys, *target, "search", "no-such-collection", "x")
+    assert status == 1 and "NOT_FOUND" in one_error_line(err)
+    status, _, err = cli(capsys, "--target", "nohost,alsono", "info")
+    assert status == 2 and "nohost" in one_error_line(err)
+
+    status, out, _ = cli(capsys, "--help")
+    assert status == 0 and "exit status" in out.lower()
+
+
+def test_embed_layers_need_tokens_and_bad_layers_get_the_servers_error(server, capsys):
+    target = ["--target", server.target]
+    status, out, err = cli(capsys, *target, "embed", "苹果", "--layers", "99")
+    assert status == 2 and "add --tokens" in one_error_line(err) and not out
+    status, _, err = cli(capsys, *target, "embed", "苹果", "--tokens", "--layers", "99")
+    assert status == 1 and "layer 99 does not exist" in one_error_line(err)
+    status, out, _ = cli(capsys, *target, "embed", "苹果", "--tokens", "--layers", "-1", "6")
+    assert status == 0 and "苹果" in out
+    status, out, _ = cli(capsys, *target, "embed", "--help")
+    layers_help = out.split("\n  --layers", 1)[1].split("\n  --", 1)[0]
+    assert "--tokens" in layers_help
+
+
+# ------------------------------------------------------------------ 5: the download hint
+
+
+def test_the_unknown_model_hint_names_options_the_server_accepts(tmp_path):
+    from embedsense.model.hub import ModelNotAvailableError, fetch_hf_model
+    from embedsense.server.cli import parser
+
+    with pytest.raises(ModelNotAvailableError) as caught:
+        fetch_hf_model("nobody/no-such-model", allow_download=False)
+    message = str(caught.value)
+    options = re.findall(r"(?<![\w-])--[a-z][a-z-]*", message)
+    assert options, message
+    for option in options:
+        parser().parse_args([option])  # argparse exits (status 2) on an unknown option
+    assert "EMBEDSENSE_ALLOW_DOWNLOAD" in message
+
+    # ... and the flag does what it says: a download is tried (and fails: tests are offline).
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedsense.server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--model",
+            "nobody/no-such-model",
+            "--dtype",
+            "float32",
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "EMBEDSENSE_ALLOW_DOWNLOAD": ""},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "could not download" in done.stderr and "downloading is off" not in done.stderr
+
+
+# ------------------------------------------------------------------ 6, 7: index
+
+
+def test_index_with_another_index_on_an_existing_collection_fails(server, tmp_path, capsys):
+    corpus = tmp_path / "a.txt"
+    corpus.write_text("苹果\n香蕉\n", encoding="utf-8")
+    base = ["--target", server.target, "index", str(corpus), "--collection", "flat-one"]
+    try:
+        assert cli(capsys, *base)[0] == 0
+        status, _, err = cli(capsys, *base, "--index", "HNSW32")
+        assert status == 2
+        line = one_error_line(err)
+        assert "Flat" in line and "HNSW32" in line and "embedsense drop" in line
+        status, _, err = cli(capsys, *base, "--store-tokens")
+        assert status == 2 and "tokens" in one_error_line(err)
+        corpus.write_text("苹果\n香蕉\n橙子\n", encoding="utf-8")
+        assert cli(capsys, *base, "--index", "Flat")[0] == 0
+        with Client(server.target) as c:
+            info = c.describe_collection("flat-one")
+            assert (info.index, info.count) == ("Flat", 3)
+        status, out, _ = cli(capsys, "--target", server.target, "drop", "flat-one")
+        assert status == 0 and "flat-one" in out
+        with Client(server.target) as c, pytest.raises(NotFound):
+            c.describe_collection("flat-one")
+    finally:
+        drop(server, "flat-one")
+
+
+def test_indexing_the_same_file_twice_replaces_instead_of_doubling(server, tmp_path, capsys):
+    txt = tmp_path / "notes.txt"
+    txt.write_text("我喜欢吃苹果\n我买了最新的苹果手机\n我喜欢吃苹果\n", encoding="utf-8")
+    jsonl = tmp_path / "more.jsonl"
+    jsonl.write_text(
+        json.dumps({"text": "我喜欢吃苹果", "metadata": {"source": "jsonl"}}, ensure_ascii=False)
+        + "\n"
+        + json.dumps({"id": "mine", "text": "香蕉"}, ensure_ascii=False)
+        + "\n",
+        encoding="utf-8",
+    )
+    base = ["--target", server.target, "--json", "index"]
+    try:
+        status, out, _ = cli(capsys, *base, str(txt), "--collection", "twice")
+        assert status == 0 and json.loads(out)["upserted"] == 2  # the repeated line: once
+        assert cli(capsys, *base, str(txt), "--collection", "twice")[0] == 0
+        assert cli(capsys, *base, str(jsonl), "--collection", "twice")[0] == 0
+        with Client(server.target) as c:
+            assert c.count("twice") == 3
+            from embedsense.client.document_files import content_id
+
+            apple, banana = c.get("twice", [content_id("我喜欢吃苹果"), "mine"])
+            assert apple.metadata == {"source": "jsonl"} and banana.text == "香蕉"
+    finally:
+        drop(server, "twice")
+    status, out, _ = cli(capsys, "index", "--help")
+    assert "SHA-256" in " ".join(out.split())
+
+
+# ------------------------------------------------------------------ 8: text access logs
+
+
+def test_text_access_lines_carry_the_fields_of_json_ones():
+    from embedsense.server.api.observability import (
+        JsonFormatter,
+        Metrics,
+        configure_logging,
+        request_id,
+    )
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    try:
+        configure_logging(json_lines=False)
+        text_format = root.handlers[0].formatter
+        root.addHandler(Keep())
+        token = request_id.set("rid-42")
+        try:
+            Metrics().observe_request("Embed", "OK", 0.01234)
+            json_line = json.loads(JsonFormatter().format(records[-1]))
+            text_line = text_format.format(records[-1])
+        finally:
+            request_id.reset(token)
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert text_line.split(" ", 2)[2].startswith("INFO embedsense.access: request")
+    for key in ("rpc", "code", "ms", "request_id"):
+        assert f"{key}={json_line[key]}" in text_line, (key, text_line)
+
+
+# ------------------------------------------------------------------ 9: API key files
+
+
+def test_api_key_files_for_the_server_and_the_cli(e5, tmp_path, capsys, monkeypatch):
+    from embedsense.server.api.settings import ServerSettings
+    from embedsense.server.cli import parser
+    from embedsense.server.config import EngineConfig
+
+    keys = tmp_path / "keys"
+    keys.write_text("first-key\n\n  second-key  \n", encoding="utf-8")
+    settings = ServerSettings.from_env({"EMBEDSENSE_API_KEY_FILE": str(keys)})
+    assert settings.api_keys() == ["first-key", "second-key"]
+    both = ServerSettings.from_env({"EMBEDSENSE_API_KEY": "third"}, api_key_file=str(keys))
+    assert sorted(both.api_keys()) == ["first-key", "second-key", "third"]
+    assert parser().parse_args(["--api-key-file", str(keys)]).api_key_file == str(keys)
+    (tmp_path / "empty").write_text("\n", encoding="utf-8")
+    for bad, why in ((tmp_path / "none", "no such file"), (tmp_path / "empty", "no key")):
+        with pytest.raises(ValueError, match=re.escape(str(bad)) + ".*" + why):
+            ServerSettings(api_key_file=bad).api_keys()
+
+    running = ServerThread(
+        e5, tmp_path / "data", api_key_file=keys, engine=EngineConfig(dtype="float32")
+    )
+    try:
+        target = ["--target", running.target]
+        status, _, err = cli(capsys, *target, "info")
+        assert status == 1 and "UNAUTHENTICATED" in one_error_line(err)
+        client_key = tmp_path / "client-key"
+        client_key.write_text("second-key\n", encoding="utf-8")
+        status, out, _ = cli(capsys, *target, "--json", "--api-key-file", str(client_key), "info")
+        assert status == 0 and json.loads(out)["auth_required"]
+        monkeypatch.setenv("EMBEDSENSE_API_KEY_FILE", str(client_key))
+        assert cli(capsys, *target, "info")[0] == 0
+        monkeypatch.delenv("EMBEDSENSE_API_KEY_FILE")
+        monkeypatch.setenv("EMBEDSENSE_API_KEY", "first-key")
+        assert cli(capsys, *target, "info")[0] == 0
+        status, _, err = cli(capsys, *target, "--api-key-file", str(tmp_path / "none"), "info")
+        assert status == 2 and "none" in one_error_line(err) and "no such file" in err
+        status, _, err = cli(capsys, *target, "--api-key-file", str(tmp_path / "empty"), "info")
+        assert status == 2 and "no key" in one_error_line(err)
+    finally:
+        running.stop()
+
+
+# ------------------------------------------------------------------ 10: server --help
+
+
+def test_server_help_shows_each_flags_default_and_variable(monkeypatch):
+    from embedsense.server.api.settings import ServerSettings
+    from embedsense.server.cli import parser
+
+    monkeypatch.setenv("COLUMNS", "100")
+    shown = " ".join(parser().format_help().split())
+    settings = ServerSettings()
+    for action in parser()._actions:
+        if action.dest in ("help", "allow_download", "log_format"):
+            continue
+        value = getattr(settings, action.dest, None)
+        if value is None:
+            value = getattr(settings.engine, action.dest, None)
+        assert f"EMBEDSENSE_{action.dest.upper()}" in shown, action.dest
+        default = "unset" if value is None else str(value)
+        assert f"default: {default}" in shown, (action.dest, default)
+    assert "EMBEDSENSE_LOG_FORMAT" in shown and "EMBEDSENSE_ALLOW_DOWNLOAD" in shown
+    assert "EMBEDSENSE_MAX_BATCH_TOKENS" in shown  # an engine knob without a flag
+
+
+# ------------------------------------------------------------------ 11: a failed start
+
+
+def test_a_failed_start_removes_the_data_dir_it_made_and_only_that(tmp_path):
+    from embedsense.server.api.app import EmbedSenseServer, StartupError
+    from embedsense.server.api.settings import ServerSettings
+    from embedsense.server.config import EngineConfig
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    engine = EngineConfig(dtype="float32")
+    try:
+        cases = [
+            dict(port=taken.getsockname()[1]),
+            dict(port=0, engine=EngineConfig(model="nobody/no-such-model", dtype="float32")),
+        ]
+        for case in cases:
+            made = tmp_path / "new" / "data"
+            settings = ServerSettings(host="127.0.0.1", data_dir=made, **{"engine": engine, **case})
+            with pytest.raises(StartupError):
+                asyncio.run(EmbedSenseServer(settings).start())
+            assert not (tmp_path / "new").exists(), case
+
+        kept = tmp_path / "kept"  # there before: not the server's to remove
+        kept.mkdir()
+        settings = ServerSettings(host="127.0.0.1", port=taken.getsockname()[1], data_dir=kept)
+        with pytest.raises(StartupError):
+            asyncio.run(EmbedSenseServer(settings).start())
+        assert kept.is_dir()
+    finally:
+        taken.close()
+
+
+# ------------------------------------------------------------------ 12: the demo's log
+
+
+def test_the_demo_logs_to_a_private_directory_and_follows_no_planted_link(
+    tmp_path, monkeypatch, capsys
+):
+    from embedsense.client import demo
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    victim = tmp_path / "victim"
+    victim.write_text("precious", encoding="utf-8")
+    (tmp_path / "embedsense-demo-server.log").symlink_to(victim)  # the old fixed name
+
+    class ServerThatExits:  # a server that dies at once: the demo stops at the first check
+        returncode = 1
+
+        def __init__(self, command, **kwargs) -> None:
+            kwargs["stdout"].write("the server's last words\n")
+            kwargs["stdout"].flush()
+
+        def poll(self) -> int:
+            return 1
+
+        def send_signal(self, sig) -> None:
+            pass
+
+        def wait(self, timeout=None) -> int:
+            return 1
+
+    monkeypatch.setattr(demo.subprocess, "Popen", ServerThatExits)
+    monkeypatch.setattr(sys, "argv", ["demo"])
+    with pytest.raises(SystemExit, match="the server's last words"):
+        demo.main()
+    assert victim.read_text(encoding="utf-8") == "precious"
+    shown = re.search(r"server log: (\S+)", capsys.readouterr().out)
+    log = Path(shown.group(1))
+    assert log.read_text(encoding="utf-8") == "the server's last words\n"
+    assert log.parent.parent == tmp_path and log.parent.stat().st_mode & 0o777 == 0o700
