@@ -71,7 +71,17 @@ SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--tls-key", "PEM key of --tls-cert", {}),
     ("--tls-client-ca", "PEM CA: require client certificates (mutual TLS)", {}),
     ("--metrics-port", "Prometheus /metrics on this port (unset: off)", {"type": int}),
-    ("--http-port", "the OpenAI- and TEI-style HTTP API's port (unset: off)", {"type": int}),
+    (
+        "--http-port",
+        "the OpenAI- and TEI-style HTTP API's port (unset: off); under --tls-cert's TLS too",
+        {"type": int},
+    ),
+    (
+        "--http-insecure",
+        "with TLS on, serve the HTTP port in plain text anyway (behind a proxy that "
+        "terminates TLS), with a warning",
+        {"action": "store_true", "default": None},
+    ),
 ]
 
 

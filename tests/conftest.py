@@ -73,6 +73,14 @@ def server(e5, tmp_path_factory):
     running.stop()
 
 
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate (tests/pki.py)."""
+    from pki import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
 @pytest.fixture
 def client(server):
     from embedsense.client import Client

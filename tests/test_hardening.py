@@ -3,7 +3,6 @@ metrics and request ids, failing fast at start, a second signal, and fuzzing eve
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import signal
@@ -18,10 +17,6 @@ import grpc
 import numpy as np
 import pytest
 from conftest import ServerThread
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,6 +24,7 @@ from ops.serverproc import free_port
 
 from embedsense.client import TLS, Client, InvalidArgument, NotFound, Unavailable
 from embedsense.client._api import Call
+from embedsense.proto.tensors import to_tensor
 from embedsense.proto.v1 import embedsense_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EmbedSense"]
@@ -118,50 +114,6 @@ def test_every_rpc_but_health_needs_the_key(e5, tmp_path):
                 assert c.info().auth_required
     finally:
         running.stop()
-
-
-def _certificate(subject: str, key, issuer=None, issuer_key=None, ca=False, sans=()):  # noqa: ANN001
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    return builder.sign(issuer_key or key, hashes.SHA256())
-
-
-def _pem(obj) -> bytes:  # noqa: ANN001
-    if isinstance(obj, x509.Certificate):
-        return obj.public_bytes(serialization.Encoding.PEM)
-    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """A CA made here, a server certificate for 127.0.0.1, and a client certificate."""
-    import ipaddress
-
-    folder = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("embedsense test CA", ca_key, ca=True)
-    files = {"ca.pem": _pem(ca)}
-    for name, sans in (("server", [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                   x509.DNSName("localhost")]), ("client", [])):  # fmt: skip
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _certificate(name, key, issuer=ca, issuer_key=ca_key, sans=sans)
-        files[f"{name}.pem"], files[f"{name}.key"] = _pem(cert), _pem(key)
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
-    return folder
 
 
 def test_tls_and_mutual_tls_round_trips(e5, tmp_path, pki):
@@ -428,3 +380,87 @@ def test_fuzzed_requests_never_crash_hang_or_fail_internally(fuzz_server, rpc):
         channel.close()
     with Client(fuzz_server.target) as c:
         assert c.info().dim == 384  # still serving
+
+
+# ------------------------------------------------------------------ fuzzing filters
+
+# Filters drawn from the query language's own shape, so most get past JSON parsing and
+# reach the compiler and the store: odd field names, every operator and some unknown ones,
+# operands of every JSON type (integers past 64 bits, NaN and infinities, which Python's
+# json writes and reads), nesting, and $in lists at, under and over their limit.
+FILTER_SCALAR = (
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8)
+)  # fmt: skip
+FILTER_FIELD = st.sampled_from(
+    ["lang", "year", "score", "source.site", "tags", "a.b.c", "", "bad name", "x" * 300,
+     "$and", "$or", "$not", "lang."]
+) | st.text(max_size=6)  # fmt: skip
+FILTER_OP = st.sampled_from(
+    ["$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$and", "$or", "$not",
+     "$exists", "$regex", "eq", ""]
+)  # fmt: skip
+# Long lists are built, not drawn (Hypothesis draws lists of a few thousand at most).
+IN_LIST = st.tuples(st.sampled_from([0, 1, 1_001, 10_000, 10_001]), st.booleans()).map(
+    lambda drawn: [str(i) if drawn[1] else i for i in range(drawn[0])]
+)
+# Most draws are well formed (field -> value or {operator: operand}, and $in lists of every
+# size on their own), so that they reach the store; the rest is any JSON of the same parts.
+WELL_FORMED_FILTER = st.dictionaries(
+    FILTER_FIELD,
+    FILTER_SCALAR | st.dictionaries(FILTER_OP, FILTER_SCALAR | IN_LIST, min_size=1, max_size=3),
+    min_size=1,
+    max_size=3,
+)
+MEMBERSHIP_FILTER = st.builds(lambda field, values: {field: {"$in": values}}, FILTER_FIELD, IN_LIST)
+FILTER_JSON = (
+    WELL_FORMED_FILTER
+    | MEMBERSHIP_FILTER
+    | st.recursive(
+        FILTER_SCALAR | IN_LIST,
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(FILTER_FIELD | FILTER_OP, inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def filter_collection(fuzz_server):
+    metadata = [{"lang": "zh", "year": 2021, "score": 0.5, "source": {"site": "wiki"}},
+                {"lang": "en", "year": 1999, "tags": ["a", "b"]}, {"year": "2021"}, {}]  # fmt: skip
+    with Client(fuzz_server.target) as c:
+        c.create_collection("filters")
+        c.upsert("filters", [{"id": str(i), "text": f"苹果 {i}", "metadata": m}
+                             for i, m in enumerate(metadata)], show_progress_bar=False)  # fmt: skip
+    return "filters"
+
+
+def test_fuzzed_filters_never_fail_internally(fuzz_server, filter_collection):
+    channel = grpc.insecure_channel(fuzz_server.target)
+    statuses: set[grpc.StatusCode] = set()
+
+    @settings(max_examples=FUZZ_EXAMPLES * 5, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(FILTER_JSON, st.booleans(), st.integers(0, 12))
+    def search(where, by_vector, k) -> None:  # noqa: ANN001
+        request = pb.SearchRequest(collection=filter_collection, k=k, filter_json=json.dumps(where))
+        if by_vector:
+            request.vector.CopyFrom(to_tensor(np.ones(384, np.float32)))
+        else:
+            request.text = "苹果"
+        try:
+            raw_call(channel, "Search", request.SerializeToString())
+            statuses.add(grpc.StatusCode.OK)
+        except grpc.RpcError as err:
+            assert err.code() not in BAD, f"{where!r:.300}: {err.code().name}: {err.details()}"
+            statuses.add(err.code())
+
+    try:
+        search()
+    finally:
+        channel.close()
+    # The draws reached both sides of the checks: some filters ran, some were refused.
+    assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= statuses, statuses

@@ -28,6 +28,7 @@ from embedsense.server.api.openai_routes import OpenAIRoutes
 from embedsense.server.api.service import Service, status_for
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.api.tei_routes import TEIRoutes
+from embedsense.server.api.tls import ServerTls
 from embedsense.server.engine import Engine
 from embedsense.server.index import IndexBackend, open_backend
 from embedsense.server.index.errors import IndexStoreError
@@ -62,16 +63,17 @@ class EmbedSenseServer:
         s = self.settings
         try:
             keys = s.api_keys()
+            tls = ServerTls.load(s.tls_cert, s.tls_key, s.tls_client_ca)
         except ValueError as err:
             raise StartupError(str(err)) from err
         made = self._check_data_dir() if s.index_backend == "faiss" else []
         try:
-            return await self._start(keys)
+            return await self._start(keys, tls)
         except BaseException:
             remove_if_empty(made)
             raise
 
-    async def _start(self, keys: list[str]) -> int:
+    async def _start(self, keys: list[str], tls: ServerTls | None) -> int:
         s = self.settings
         self._check_port_free()
         try:
@@ -107,10 +109,9 @@ class EmbedSenseServer:
         )  # fmt: skip
         address = f"{s.host}:{s.port}"
         try:
-            credentials = self._tls_credentials()
             self.port = (
-                self._server.add_secure_port(address, credentials)
-                if credentials
+                self._server.add_secure_port(address, tls.grpc_credentials())
+                if tls
                 else self._server.add_insecure_port(address)
             )
         except RuntimeError as err:
@@ -125,10 +126,17 @@ class EmbedSenseServer:
         await self._server.start()
         if s.metrics_port is not None:
             self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
+        http_tls = None
         if s.http_port is not None:
             self.http = http_server(self.engine, s, self.metrics, api_keys)
+            http_tls = tls.ssl_context() if tls and not s.http_insecure else None
+            if tls and not http_tls:
+                log.warning(
+                    "the HTTP port serves plain text while gRPC uses TLS (http_insecure): "
+                    "API keys and texts sent to it cross the network readable"
+                )
             try:
-                self.http_port = await self.http.start(s.host, s.http_port)
+                self.http_port = await self.http.start(s.host, s.http_port, http_tls)
             except OSError as err:
                 await self.stop(0)
                 raise StartupError(f"cannot serve HTTP on {s.host}:{s.http_port}: {err}") from err
@@ -143,7 +151,7 @@ class EmbedSenseServer:
             f"faiss in {s.data_dir}" if s.index_backend == "faiss" else f"milvus at {s.milvus_uri}",
             f", API keys: {len(keys)}" if keys else "",
             f", metrics on :{self.metrics_port}" if self.metrics_port else "",
-            f", HTTP on :{self.http_port}" if self.http_port else "",
+            f", HTTP{'S' if http_tls else ''} on :{self.http_port}" if self.http_port else "",
         )  # fmt: skip
         return self.port
 
@@ -176,22 +184,6 @@ class EmbedSenseServer:
                 probe.bind((s.host, s.port))
             except OSError as err:
                 raise StartupError(f"cannot listen on {s.host}:{s.port}: {err.strerror}") from err
-
-    def _tls_credentials(self) -> grpc.ServerCredentials | None:
-        """TLS when a certificate is configured; mutual TLS when a client CA is too."""
-        s = self.settings
-        if not s.tls_cert and not s.tls_key:
-            return None
-        if not (s.tls_cert and s.tls_key):
-            raise StartupError("TLS needs both tls_cert and tls_key")
-        try:
-            pair = (s.tls_key.read_bytes(), s.tls_cert.read_bytes())
-            client_ca = s.tls_client_ca.read_bytes() if s.tls_client_ca else None
-        except OSError as err:
-            raise StartupError(f"TLS files: {err}") from err
-        return grpc.ssl_server_credentials(
-            [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
-        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish (up to `grace` s), then close the

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -213,10 +214,11 @@ class HttpServer:
             kind = "too_long" if isinstance(err.__cause__, TextTooLongError) else code.lower()
             raise ApiError(HTTP_STATUS[code], str(err), kind) from err
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Listen on host:port (0: any free port), under `tls` when given; the port."""
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=tls)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self.port

@@ -47,6 +47,9 @@ class ServerSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # With TLS configured the HTTP port serves under the same certificate; this opts it out
+    # (plain text, with a warning at start), for a proxy that terminates TLS in front of it.
+    http_insecure: bool = False
     metrics_port: int | None = None  # Prometheus /metrics on this port (0: any free one)
     # The OpenAI- and TEI-compatible HTTP API on this port (0: any free one; None: off).
     http_port: int | None = None

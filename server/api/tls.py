@@ -1,0 +1,76 @@
+"""TLS for both ports: one certificate, key and optional client CA, read at start-up, serve
+gRPC and the HTTP API alike, so that turning TLS on never leaves one door in plain text.
+
+With a client CA both ports require and verify client certificates (mutual TLS). Nothing is
+reloaded while the server runs: a renewed certificate takes a restart, on both ports at once.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+
+class TlsError(ValueError):
+    """The TLS settings or files cannot be used; the message names the file and why."""
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    cert: Path
+    key: Path
+    client_ca: Path | None
+    cert_pem: bytes
+    key_pem: bytes
+    client_ca_pem: bytes | None
+
+    @classmethod
+    def load(cls, cert: Path | None, key: Path | None, client_ca: Path | None) -> ServerTls | None:
+        """The files read and checked, or None when no certificate is configured. Raises
+        TlsError for half a pair, an unreadable file, or a pair the TLS library rejects."""
+        if not cert and not key:
+            if client_ca:
+                raise TlsError("tls_client_ca needs tls_cert and tls_key: mutual TLS is TLS")
+            return None
+        if not (cert and key):
+            raise TlsError("TLS needs both tls_cert and tls_key")
+        pems = {}
+        for name, path in (("tls_cert", cert), ("tls_key", key), ("tls_client_ca", client_ca)):
+            if path is None:
+                continue
+            try:
+                pems[name] = path.read_bytes()
+            except OSError as err:
+                raise TlsError(f"{name} {path}: {err.strerror or err}") from None
+        tls = cls(
+            cert, key, client_ca, pems["tls_cert"], pems["tls_key"], pems.get("tls_client_ca")
+        )
+        tls.ssl_context()  # a bad pair fails here, at start, not at the first handshake
+        return tls
+
+    @property
+    def mutual(self) -> bool:
+        return self.client_ca_pem is not None
+
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key_pem, self.cert_pem)],
+            root_certificates=self.client_ca_pem,
+            require_client_auth=self.mutual,
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The HTTP port's context: the same pair and, for mutual TLS, the same client CA."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.cert, self.key)
+            if self.client_ca_pem is not None:
+                context.load_verify_locations(cadata=self.client_ca_pem.decode("ascii"))
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (ssl.SSLError, UnicodeDecodeError, OSError) as err:
+            raise TlsError(f"tls_cert {self.cert} / tls_key {self.key}: {err}") from None
+        return context
