@@ -1,7 +1,8 @@
-"""What the sync and async clients share: requests, parsing, retries, documents.
+"""What the sync and async clients share: channels, requests, parsing, retries.
 
 Each API call is built once here, as "which RPC, which request, how to read the answer";
-`Client` and `AsyncClient` differ only in how they make the call.
+`Client` and `AsyncClient` differ only in how they make the call. The bulk path (batches,
+document ids, what a partial failure stored) is client/bulk.py.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ import ipaddress
 import json
 import random
 import socket
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -62,11 +62,17 @@ class Retry:
 
 @dataclass(frozen=True)
 class Call(Generic[T]):
-    """One unary RPC: its name, its request, and how to read its answer."""
+    """One RPC with one answer: its name, its request, and how to read the answer. `stream`:
+    a client-streaming RPC (Upsert), sent as a stream of this one request."""
 
     rpc: str
     request: Any
     parse: Callable[[Any], T]
+    stream: bool = False
+
+    def message(self) -> Any:
+        """What the stub takes: the request, or a new stream of it (each try needs its own)."""
+        return iter([self.request]) if self.stream else self.request
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -164,6 +170,26 @@ def role(name: str | None) -> int:
         return ROLES[name]
     except KeyError:
         raise ValueError(f"role {name!r}: expected 'query', 'passage' or None") from None
+
+
+def long_text_mode(name: str) -> int:
+    """What to do with a text longer than the model takes: "error" (refuse it, naming its
+    length), "truncate" (its first window), "windows" (overlapping windows, stitched)."""
+    try:
+        return LONG_TEXT[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"long_text={name!r}: expected 'error', 'truncate' or 'windows'") from None
+
+
+def truncate_flag(name: str, method: str) -> bool:
+    """`long_text` as the `truncate` field of Explain and CompareLayers: attention maps and
+    layer cosines are of one window, so "windows" has no meaning there."""
+    if name == "windows":
+        raise ValueError(
+            f"long_text='windows': {method} takes 'error' or 'truncate' (it looks at one "
+            "window of the text: 'truncate' gives the first)"
+        )
+    return long_text_mode(name) == pb.LONG_TEXT_TRUNCATE
 
 
 # ------------------------------------------------------------------ parsing
@@ -267,77 +293,6 @@ def senses_message(senses: Mapping[str, Sequence[str]]) -> dict[str, pb.SenseExa
     return {label: pb.SenseExamples(examples=list(examples)) for label, examples in senses.items()}
 
 
-# ------------------------------------------------------------------ documents
-
-
-def to_document(doc: str | Mapping[str, Any]) -> pb.Document:
-    """A str is a text; a mapping has "text" and optionally "id" and "metadata". A document
-    without an id gets one here, so that sending it again (a retry) replaces, never doubles."""
-    if isinstance(doc, str):
-        return pb.Document(id=uuid.uuid4().hex, text=doc)
-    if not isinstance(doc, Mapping) or "text" not in doc:
-        raise ValueError(f"a document is a str or a dict with 'text', got {doc!r:.80}")
-    unknown = set(doc) - {"id", "text", "metadata"}
-    if unknown:
-        raise ValueError(f"unknown document fields {sorted(unknown)}: expected id, text, metadata")
-    return pb.Document(
-        id=str(doc.get("id") or uuid.uuid4().hex),
-        text=doc["text"],
-        metadata_json=json.dumps(doc.get("metadata") or {}, ensure_ascii=False),
-    )
-
-
-def resendable(
-    documents: Iterable[str | Mapping[str, Any]],
-) -> tuple[Iterable[str | Mapping[str, Any] | pb.Document], int | None]:
-    """A sequence as messages with their ids fixed (so it can be sent again), and its
-    length; any other iterable as it is, with no length (it is read once)."""
-    if isinstance(documents, str):
-        raise TypeError("documents: a list of texts or dicts, not one str")
-    if isinstance(documents, Sequence):
-        return [to_document(doc) for doc in documents], len(documents)
-    return documents, None
-
-
-def joined_ids(
-    results: Sequence[list[str] | Exception], parts: Sequence[Sequence[Any]]
-) -> list[str]:
-    """The ids of every batch, in order; or, when a batch failed, its error (the first in
-    order) saying how many documents the other batches stored: the caller must not guess."""
-    failed = [r for r in results if isinstance(r, Exception)]
-    if not failed:
-        return [i for ids in results for i in ids]  # type: ignore[union-attr]
-    stored = sum(
-        len(p) for p, r in zip(parts, results, strict=True) if not isinstance(r, Exception)
-    )
-    total = sum(len(p) for p in parts)
-    err = failed[0]
-    note = f" ({stored} of {total} documents were stored: every batch but the {len(failed)} "
-    note += "that failed)"
-    err.args = (err.args[0] + note,)
-    if hasattr(err, "message"):
-        err.message += note
-    raise err
-
-
-def upsert_requests(
-    collection: str, documents: Iterable[str | Mapping[str, Any] | pb.Document],
-    batch_size: int, on_batch: Callable[[int], None] | None = None,
-) -> Iterator[pb.UpsertRequest]:  # fmt: skip
-    batch: list[pb.Document] = []
-    for doc in documents:
-        batch.append(doc if isinstance(doc, pb.Document) else to_document(doc))
-        if len(batch) == batch_size:
-            yield pb.UpsertRequest(collection=collection, documents=batch)
-            if on_batch:
-                on_batch(len(batch))
-            batch = []
-    if batch:
-        yield pb.UpsertRequest(collection=collection, documents=batch)
-        if on_batch:
-            on_batch(len(batch))
-
-
 # ------------------------------------------------------------------ the calls
 # Each API method once, as "which RPC, which request, how to read the answer"; `Client` and
 # `AsyncClient` make the call, with the same signatures (their docstrings are there).
@@ -356,7 +311,7 @@ def embed_tokens_call(
 ) -> Call[list[TokenEmbeddings]]:
     request = pb.EmbedRequest(
         texts=list(texts), role=role(role_name), token_vectors=True,
-        layers=list(layers or ()), long_text=LONG_TEXT[long_text],
+        layers=list(layers or ()), long_text=long_text_mode(long_text),
     )  # fmt: skip
     return Call("Embed", request, parse_token_vectors)
 
@@ -386,6 +341,11 @@ def drop_collection_call(name: str) -> Call[None]:
 
 def count_call(name: str) -> Call[int]:
     return Call("DescribeCollection", pb.CollectionRef(name=name), lambda r: r.count)
+
+
+def upsert_call(request: pb.UpsertRequest) -> Call[list[str]]:
+    """One batch of a bulk upsert (client/bulk.py makes the batches)."""
+    return Call("Upsert", request, lambda r: list(r.ids), stream=True)
 
 
 def get_call(
@@ -474,20 +434,20 @@ def induce_senses_call(
 
 def explain_call(
     text: str, word: str | None, layers: Sequence[int] | None, heads: Sequence[int] | None,
-    occurrence: int, span: tuple[int, int] | None, truncate: bool,
+    occurrence: int, span: tuple[int, int] | None, long_text: str,
 ) -> Call[Explanation]:  # fmt: skip
     request = pb.ExplainRequest(text=text, word=word or "", occurrence=occurrence,
                                 layers=list(layers or ()), heads=list(heads or ()),
-                                truncate=truncate)  # fmt: skip
+                                truncate=truncate_flag(long_text, "explain"))  # fmt: skip
     return Call("Explain", _with_span(request, span), parse_explanation)
 
 
 def compare_layers_call(
-    text_a: str, text_b: str, word: str, occurrence_a: int, occurrence_b: int, truncate: bool
+    text_a: str, text_b: str, word: str, occurrence_a: int, occurrence_b: int, long_text: str
 ) -> Call[LayerComparison]:
     request = pb.CompareLayersRequest(
         text_a=text_a, text_b=text_b, word=word, occurrence_a=occurrence_a,
-        occurrence_b=occurrence_b, truncate=truncate,
+        occurrence_b=occurrence_b, truncate=truncate_flag(long_text, "compare_layers"),
     )  # fmt: skip
     return Call("CompareLayers", request, parse_comparison)
 
@@ -509,5 +469,5 @@ def embed_request(
 ) -> pb.EmbedRequest:
     return pb.EmbedRequest(
         texts=list(texts), role=role(role_name), sentence_vectors=True,
-        no_normalize=not normalize, long_text=LONG_TEXT[long_text],
+        no_normalize=not normalize, long_text=long_text_mode(long_text),
     )  # fmt: skip

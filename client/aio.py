@@ -7,7 +7,7 @@ async with AsyncClient("127.0.0.1:50051") as c:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -15,8 +15,9 @@ import numpy as np
 from tqdm import tqdm
 
 from embedsense.client import _api as api
+from embedsense.client import bulk
 from embedsense.client._api import TLS, Call, Retry
-from embedsense.client.errors import EmbedSenseError, from_rpc_error, retryable
+from embedsense.client.errors import from_rpc_error, retryable
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
@@ -31,7 +32,7 @@ from embedsense.client.types import (
     TokenEmbeddings,
     Tokens,
 )
-from embedsense.proto.v1 import embedsense_pb2, embedsense_pb2_grpc
+from embedsense.proto.v1 import embedsense_pb2_grpc
 
 T = TypeVar("T")
 
@@ -43,15 +44,19 @@ class AsyncClient:
         api_key: str | None = None,
         timeout: float | None = 30.0,
         retry: Retry | None = None,
-        max_concurrent_batches: int = 4,
+        channel: grpc.aio.Channel | None = None,
         tls: TLS | bool | None = None,
+        max_concurrent_batches: int = 4,
     ) -> None:
-        self._channel = api.open_channel(target, tls, aio=True)
+        """As `Client`: the same settings, in the same order; `channel` is a grpc.aio one."""
+        self.max_concurrent_batches = bulk.at_least_one(
+            "max_concurrent_batches", max_concurrent_batches
+        )
+        self._channel = channel or api.open_channel(target, tls, aio=True)
         self._stub = embedsense_pb2_grpc.EmbedSenseStub(self._channel)
         self._metadata = api.auth_metadata(api_key)
         self.timeout = timeout
         self.retry = retry or Retry()
-        self.max_concurrent_batches = max_concurrent_batches
         self._texts_per_request: int | None = None  # the server's limit, asked once
 
     async def __aenter__(self) -> AsyncClient:
@@ -64,10 +69,14 @@ class AsyncClient:
         await self._channel.close()
 
     async def _call(self, call: Call[T]) -> T:
+        return await self._send(call, self.timeout)
+
+    async def _send(self, call: Call[T], timeout: float | None) -> T:
+        """The call, retried with backoff while the server says "not now"."""
         method = getattr(self._stub, call.rpc)
         for attempt in range(self.retry.attempts):
             try:
-                response = await method(call.request, timeout=self.timeout, metadata=self._metadata)
+                response = await method(call.message(), timeout=timeout, metadata=self._metadata)
                 return call.parse(response)
             except grpc.aio.AioRpcError as err:
                 if not retryable(err) or attempt == self.retry.attempts - 1:
@@ -75,14 +84,47 @@ class AsyncClient:
                 await asyncio.sleep(self.retry.delay(attempt))
         raise AssertionError("unreachable")
 
-    async def _batch_size(self, asked: int, total: int) -> int:
-        """`asked`, within the server's texts-per-request limit when `total` items must be
-        split anyway (as `Client`)."""
-        if total <= asked:
+    async def _run(
+        self, plan: bulk.Plan, send: Callable[[Any], Awaitable[Any]], cancel_in_flight: bool
+    ) -> None:
+        """Every batch of `plan`, as tasks, as the plan allows; on the first failure no more
+        are sent, and those in flight are cancelled if `cancel_in_flight`, else waited for.
+        The answers and the failure are in the plan."""
+        running: dict[asyncio.Task[Any], bulk.Batch] = {}
+        try:
+            while True:
+                while (batch := plan.next()) is not None:
+                    running[asyncio.ensure_future(send(batch.request))] = batch
+                if not running:
+                    return
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    batch = running.pop(task)
+                    if task.cancelled():
+                        plan.failed(batch, asyncio.CancelledError())
+                    elif (error := task.exception()) is None:
+                        plan.done(batch, task.result())
+                    else:
+                        plan.failed(batch, error)
+                if plan.error is not None and cancel_in_flight:
+                    for task in running:
+                        task.cancel()
+        finally:
+            # Cancelled from outside: no task of this call outlives it.
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _batch_size(self, asked: int, total: int | None) -> int:
+        """`asked` (at least 1), within the server's texts-per-request limit when the items
+        are split anyway (as `Client`)."""
+        bulk.at_least_one("batch_size", asked)
+        if not bulk.needs_server_limit(asked, total):
             return asked
         if self._texts_per_request is None:
             self._texts_per_request = (await self.info()).max_texts_per_request
-        return max(1, min(asked, self._texts_per_request))
+        return bulk.within_limit(asked, self._texts_per_request)
 
     async def encode(
         self,
@@ -95,82 +137,49 @@ class AsyncClient:
         long_text: str = "error",
     ) -> np.ndarray:
         """Sentence vectors, float32, up to `max_concurrent_batches` requests in flight: a
-        str gives one vector (dim,), a list a matrix (len(texts), dim), [] an empty (0, dim)."""
+        str gives one vector (dim,), a list a matrix (len(texts), dim), [] an empty (0, dim).
+        long_text, failures and the progress bar: as `Client.encode`."""
         batch, single = api.as_texts(texts)
         if not batch:
             return np.zeros((0, (await self.info()).dim), np.float32)
         size = await self._batch_size(batch_size, len(batch))
-        gate = asyncio.Semaphore(self.max_concurrent_batches)
-        bar = tqdm(total=len(batch), disable=not show_progress_bar, unit="text")
-
-        async def one(chunk: Sequence[str]) -> np.ndarray:
-            async with gate:
-                request = api.embed_request(chunk, normalize_embeddings, role, long_text)
-                vectors = await self._call(Call("Embed", request, api.parse_sentences))
-                bar.update(len(chunk))
-                return vectors
-
-        with bar:
-            parts = await asyncio.gather(
-                *(one(batch[s : s + size]) for s in range(0, len(batch), size))
-            )
-        vectors = np.concatenate(parts)
+        with tqdm(total=len(batch), disable=not show_progress_bar, unit="text") as bar:
+            plan = bulk.encode_plan(
+                batch, size, self.max_concurrent_batches,
+                lambda chunk: api.embed_request(chunk, normalize_embeddings, role, long_text),
+                bar.update,
+            )  # fmt: skip
+            await self._run(plan, self._send_embed, cancel_in_flight=True)
+        vectors = bulk.joined_vectors(plan)
         return vectors[0] if single else vectors
+
+    async def _send_embed(self, request: Any) -> np.ndarray:
+        return await self._send(Call("Embed", request, api.parse_sentences), self.timeout)
 
     async def upsert(
         self,
         name: str,
         documents: Iterable[str | Mapping[str, Any]],
         batch_size: int = 256,
-        show_progress_bar: bool = True,
+        show_progress_bar: bool = False,
         *,
         timeout: float | None = None,
     ) -> list[str]:
-        """Store documents in a collection; their ids, in order, once all are durably stored
-        (a list as batches, up to `max_concurrent_batches` in flight, each sent again when
-        the server becomes unavailable; an iterator streamed once: as `Client.upsert`)."""
-        documents, total = api.resendable(documents)
+        """Store documents in a collection; their ids, one per document in order, once all
+        are durably stored. Ids made from the content for documents without one, the last
+        write of an id winning, batches, retries, and the error that says what was stored
+        (`stored_ids`, `document_ids`): as `Client.upsert`."""
+        source = bulk.documents_source(documents)
+        total = len(source) if isinstance(source, list) else None
+        size = await self._batch_size(batch_size, total)
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:
-            if total is None:
-                return await self._upsert(name, documents, batch_size, timeout, bar.update, False)
-            size = await self._batch_size(batch_size, total)
-            parts = [documents[s : s + size] for s in range(0, total, size)] or [[]]
-            gate = asyncio.Semaphore(self.max_concurrent_batches)
-
-            async def one(part: list[Any]) -> list[str] | EmbedSenseError:
-                async with gate:
-                    try:
-                        return await self._upsert(name, part, size, timeout, bar.update, True)
-                    except EmbedSenseError as err:
-                        return err
-
-            return api.joined_ids(await asyncio.gather(*(one(part) for part in parts)), parts)
-
-    async def _upsert(
-        self,
-        name: str,
-        documents: Iterable[Any],
-        batch_size: int,
-        timeout: float | None,
-        progress: Callable[[int], object],
-        resend: bool,
-    ) -> list[str]:
-        """One Upsert stream; sent again on UNAVAILABLE when `resend`."""
-        for attempt in range(self.retry.attempts):
-            sent: list[int] = []  # a resent stream counts once, when it is done
-            on_batch = sent.append if resend else progress
-            try:
-                response = await self._stub.Upsert(
-                    _aiter(api.upsert_requests(name, documents, batch_size, on_batch)),
-                    timeout=timeout, metadata=self._metadata,
-                )  # fmt: skip
-                progress(sum(sent))
-                return list(response.ids)
-            except grpc.aio.AioRpcError as err:
-                if not resend or not retryable(err) or attempt == self.retry.attempts - 1:
-                    raise from_rpc_error(err) from None
-            await asyncio.sleep(self.retry.delay(attempt))
-        raise AssertionError("unreachable")
+            plan = bulk.upsert_plan(name, source, size, self.max_concurrent_batches, bar.update)
+            await self._run(
+                plan,
+                lambda request: self._send(api.upsert_call(request), timeout),
+                cancel_in_flight=False,
+            )
+        return bulk.upserted_ids(plan)
 
     async def info(self) -> Info:
         """The server's model, device, dtype and limits."""
@@ -313,14 +322,15 @@ class AsyncClient:
         *,
         occurrence: int = 0,
         span: tuple[int, int] | None = None,
-        truncate: bool = False,
+        long_text: str = "error",
     ) -> Explanation:
         """Attention maps of `layers` (1-based) x `heads` (0-based), all by default (the
         response is bounded: a long text must ask for fewer); for `word`, what it attends to
         most in each layer and head. A text longer than the model takes is refused unless
-        truncate=True, which explains its first window."""
+        long_text="truncate", which explains its first window ("windows" is a ValueError:
+        an attention map is of one window)."""
         return await self._call(
-            api.explain_call(text, word, layers, heads, occurrence, span, truncate)
+            api.explain_call(text, word, layers, heads, occurrence, span, long_text)
         )
 
     async def compare_layers(
@@ -331,15 +341,11 @@ class AsyncClient:
         occurrence_a: int = 0,
         occurrence_b: int = 0,
         *,
-        truncate: bool = False,
+        long_text: str = "error",
     ) -> LayerComparison:
         """The cosine of `word`'s vectors in the two texts at every layer (0 = embeddings).
-        truncate=True: texts longer than the model takes are cut to their first window."""
+        long_text="truncate": texts longer than the model takes are cut to their first
+        window ("error", the default, refuses them; "windows" is a ValueError)."""
         return await self._call(
-            api.compare_layers_call(text_a, text_b, word, occurrence_a, occurrence_b, truncate)
+            api.compare_layers_call(text_a, text_b, word, occurrence_a, occurrence_b, long_text)
         )
-
-
-async def _aiter(requests: Iterable[embedsense_pb2.UpsertRequest]) -> AsyncIterator[Any]:
-    for request in requests:
-        yield request

@@ -23,7 +23,7 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from embedsense.client import TLS, AlreadyExists, Client, EmbedSenseError, NotFound
+from embedsense.client.bulk import chunks
 from embedsense.client.document_files import file_problem, read_documents
 
 # Exit statuses: 1 when the server refused or failed a call, 2 when the command line or a
@@ -192,7 +193,7 @@ def cmd_embed(args: argparse.Namespace, client: Client) -> None:
             "the last layer)"
         )
     if args.tokens:
-        results = client.embed_tokens(args.texts, layers=args.layers)
+        results = client.embed_tokens(args.texts, layers=args.layers, long_text=args.long_text)
         payload = [{"tokens": r.tokens.tokens, "offsets": r.tokens.offsets,
                     "vectors": r.vectors} for r in results]  # fmt: skip
         readable = "\n\n".join(
@@ -205,7 +206,7 @@ def cmd_embed(args: argparse.Namespace, client: Client) -> None:
             for text, r in zip(args.texts, results, strict=True)
         )  # fmt: skip
     else:
-        vectors = client.encode(args.texts)
+        vectors = client.encode(args.texts, long_text=args.long_text)
         payload = [{"text": t, "vector": v} for t, v in zip(args.texts, vectors, strict=True)]
         readable = table([(t, vectors.shape[1], _preview(v)) for t, v in zip(args.texts, vectors,
                                                                              strict=True)],
@@ -228,15 +229,14 @@ def cmd_index(args: argparse.Namespace, client: Client) -> None:
     distinct = len(ids)
     del ids
     _collection_for(args, client)
-    # In parts of a few batches each, read again from the file: memory stays bounded, and
-    # ids repeated within a part are sent once (the last line wins, as it does across parts).
-    part_size = args.batch_size * max(1, client.max_concurrent_batches)
+    # In parts of a few batches each, read again from the file: memory stays bounded; the
+    # client keeps an id's last line within a part, and parts go in order.
+    part_size = args.batch_size * client.max_concurrent_batches
     with tqdm(total=lines, disable=args.json, unit="doc") as bar:
-        for part in _parts(read_documents(args.file), part_size):
-            latest = {doc["id"]: doc for doc in part}
+        for part in chunks(read_documents(args.file), part_size):
             client.upsert(
                 args.collection,
-                list(latest.values()),
+                part,
                 batch_size=args.batch_size,
                 show_progress_bar=False,
                 timeout=args.timeout,
@@ -272,17 +272,6 @@ def _collection_for(args: argparse.Namespace, client: Client) -> None:
             f"collection {info.name!r} exists without token vectors: omit --store-tokens to "
             f"add to it, or `embedsense drop {info.name}` first to rebuild it"
         )
-
-
-def _parts(documents: Iterable[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
-    part: list[dict[str, Any]] = []
-    for doc in documents:
-        part.append(doc)
-        if len(part) == size:
-            yield part
-            part = []
-    if part:
-        yield part
 
 
 def cmd_drop(args: argparse.Namespace, client: Client) -> None:
@@ -392,11 +381,14 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
     if (args.compare or args.sense) and not args.word:
         raise UsageError("--compare and --sense need --word: the word to follow across texts")
     senses_given = _senses(args.sense)
-    explanation = client.explain(args.text, args.word, layers=args.layers, heads=args.heads)
-    contexts = {text: client.compare_layers(args.text, text, args.word)
+    explanation = client.explain(
+        args.text, args.word, layers=args.layers, heads=args.heads, long_text=args.long_text
+    )
+    contexts = {text: client.compare_layers(args.text, text, args.word, long_text=args.long_text)
                 for text in args.compare or ()}  # fmt: skip
     comparison = next(iter(contexts.values()), None)
-    senses = {label: [client.compare_layers(args.text, example, args.word) for example in examples]
+    senses = {label: [client.compare_layers(args.text, example, args.word,
+                                            long_text=args.long_text) for example in examples]
               for label, examples in senses_given.items()}  # fmt: skip
     written = []
     if args.out:
@@ -489,6 +481,13 @@ def parser() -> argparse.ArgumentParser:
         help="with --tokens: hidden states to average (0 = embeddings, -1 = last;"
         " default: the last); sentence vectors are always the last layer's",
     )
+    embed.add_argument(
+        "--long-text",
+        choices=["error", "truncate", "windows"],
+        default="error",
+        help="a text over the model's length: refused (default), cut to its first window, or"
+        " embedded window by window",
+    )
 
     index = sub.add_parser(
         "index",
@@ -578,6 +577,12 @@ def parser() -> argparse.ArgumentParser:
                      help="an example of a sense: the sense view in --html")  # fmt: skip
     exp.add_argument("--out", help="write a PNG (needs matplotlib)")
     exp.add_argument("--html", help="write a self-contained HTML page")
+    exp.add_argument(
+        "--long-text",
+        choices=["error", "truncate"],
+        default="error",
+        help="a text over the model's length: refused (default), or explained in its first window",
+    )
     return p
 
 

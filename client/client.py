@@ -7,9 +7,10 @@ with Client("127.0.0.1:50051") as c:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 import grpc
@@ -17,8 +18,9 @@ import numpy as np
 from tqdm import tqdm
 
 from embedsense.client import _api as api
+from embedsense.client import bulk
 from embedsense.client._api import TLS, Call, Retry
-from embedsense.client.errors import EmbedSenseError, from_rpc_error, retryable
+from embedsense.client.errors import from_rpc_error, retryable
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
@@ -36,7 +38,6 @@ from embedsense.client.types import (
 from embedsense.proto.v1 import embedsense_pb2_grpc
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 
 class Client:
@@ -53,16 +54,20 @@ class Client:
         """target: one server ("host:port", or "dns:///name:port" for every address a name
         has) or a list of them: calls are balanced round-robin (gRPC's own), and a call
         that finds a server gone is sent to another. timeout: the deadline of every call,
-        in seconds (None: no deadline). tls: True (the system's CA roots) or a TLS(...) with
+        in seconds (None: no deadline). channel: a channel of your own (interceptors, say)
+        instead of one to `target`. tls: True (the system's CA roots) or a TLS(...) with
         your CA and, for mutual TLS, a client certificate and key. max_concurrent_batches:
-        how many requests of one `encode` or `upsert` of a list are in flight at once (the
-        bulk path: one client keeps the server as busy as several callers)."""
+        how many requests of one `encode` or `upsert` are in flight at once, at least 1
+        (the bulk path: one client keeps the server as busy as several callers). Raises
+        ValueError for a max_concurrent_batches below 1."""
+        self.max_concurrent_batches = bulk.at_least_one(
+            "max_concurrent_batches", max_concurrent_batches
+        )
         self._channel = channel or api.open_channel(target, tls, aio=False)
         self._stub = embedsense_pb2_grpc.EmbedSenseStub(self._channel)
         self._metadata = api.auth_metadata(api_key)
         self.timeout = timeout
         self.retry = retry or Retry()
-        self.max_concurrent_batches = max_concurrent_batches
         self._texts_per_request: int | None = None  # the server's limit, asked once
 
     def __enter__(self) -> Client:
@@ -75,10 +80,20 @@ class Client:
         self._channel.close()
 
     def _call(self, call: Call[T]) -> T:
+        return self._send(call, self.timeout)
+
+    def _send(self, call: Call[T], timeout: float | None, calls: _Calls | None = None) -> T:
+        """The call, retried with backoff while the server says "not now"; with `calls`, made
+        so that a failure elsewhere in the same bulk operation can cancel it."""
         method = getattr(self._stub, call.rpc)
         for attempt in range(self.retry.attempts):
             try:
-                response = method(call.request, timeout=self.timeout, metadata=self._metadata)
+                if calls is None:
+                    response = method(call.message(), timeout=timeout, metadata=self._metadata)
+                else:
+                    response = calls.result(
+                        method.future(call.message(), timeout=timeout, metadata=self._metadata)
+                    )
                 return call.parse(response)
             except grpc.RpcError as err:
                 if not retryable(err) or attempt == self.retry.attempts - 1:
@@ -86,21 +101,53 @@ class Client:
                 time.sleep(self.retry.delay(attempt))
         raise AssertionError("unreachable")
 
-    def _in_flight(self, work: Callable[[T], R], items: Sequence[T]) -> list[R]:
-        """work(item) for every item, up to max_concurrent_batches at once, in order."""
-        if len(items) <= 1 or self.max_concurrent_batches <= 1:
-            return [work(item) for item in items]
-        with ThreadPoolExecutor(min(self.max_concurrent_batches, len(items))) as pool:
-            return list(pool.map(work, items))
+    def _run(
+        self, plan: bulk.Plan, send: Callable[[Any, _Calls | None], Any], cancel_in_flight: bool
+    ) -> None:
+        """Every batch of `plan`, in threads, as the plan allows; on the first failure no more
+        are sent, and those in flight are cancelled if `cancel_in_flight`, else waited for.
+        The answers and the failure are in the plan."""
+        if plan.sequential:  # no threads for one batch at a time
+            while (batch := plan.next()) is not None:
+                try:
+                    result = send(batch.request, None)
+                except Exception as err:  # noqa: BLE001 - the plan raises it once all are done
+                    plan.failed(batch, err)
+                else:
+                    plan.done(batch, result)
+            return
+        calls = _Calls()
+        running: dict[Future[Any], bulk.Batch] = {}
+        pool = ThreadPoolExecutor(plan.limit, thread_name_prefix="embedsense-bulk")
+        try:
+            while True:
+                while (batch := plan.next()) is not None:
+                    running[pool.submit(send, batch.request, calls)] = batch
+                if not running:
+                    return
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    batch = running.pop(future)
+                    if (error := future.exception()) is None:
+                        plan.done(batch, future.result())
+                    else:
+                        plan.failed(batch, error)
+                if plan.error is not None and cancel_in_flight:
+                    calls.cancel()
+        finally:
+            if running:  # interrupted (Ctrl-C): nothing of this call goes on after it
+                calls.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
 
-    def _batch_size(self, asked: int, total: int) -> int:
-        """`asked`, within the server's texts-per-request limit when `total` items must be
-        split anyway (one request asked for whole still meets the limit's clear error)."""
-        if total <= asked:
+    def _batch_size(self, asked: int, total: int | None) -> int:
+        """`asked` (at least 1), within the server's texts-per-request limit when the items
+        are split anyway (bulk.needs_server_limit)."""
+        bulk.at_least_one("batch_size", asked)
+        if not bulk.needs_server_limit(asked, total):
             return asked
         if self._texts_per_request is None:
             self._texts_per_request = self.info().max_texts_per_request
-        return max(1, min(asked, self._texts_per_request))
+        return bulk.within_limit(asked, self._texts_per_request)
 
     def encode(
         self,
@@ -114,78 +161,68 @@ class Client:
     ) -> np.ndarray:
         """Sentence vectors, float32, in requests of `batch_size` texts (at most the server's
         limit), up to `max_concurrent_batches` in flight: a str gives one vector (dim,), a
-        list a matrix (len(texts), dim) in the list's order, [] an empty (0, dim)."""
+        list a matrix (len(texts), dim) in the list's order, [] an empty (0, dim).
+
+        long_text: what to do with a text longer than the model takes: "error" (refuse it,
+        naming its length), "truncate" (embed its first window), "windows" (overlapping
+        windows). When a request fails, no more are sent, those in flight are cancelled, and
+        its error is raised. No progress bar unless `show_progress_bar`.
+        """
         batch, single = api.as_texts(texts)
         if not batch:
             return np.zeros((0, self.info().dim), np.float32)
         size = self._batch_size(batch_size, len(batch))
-        requests = [api.embed_request(batch[s : s + size], normalize_embeddings, role, long_text)
-                    for s in range(0, len(batch), size)]  # fmt: skip
         with tqdm(total=len(batch), disable=not show_progress_bar, unit="text") as bar:
-
-            def one(request: Any) -> np.ndarray:
-                vectors = self._call(Call("Embed", request, api.parse_sentences))
-                bar.update(len(vectors))
-                return vectors
-
-            vectors = np.concatenate(self._in_flight(one, requests))
+            plan = bulk.encode_plan(
+                batch, size, self.max_concurrent_batches,
+                lambda chunk: api.embed_request(chunk, normalize_embeddings, role, long_text),
+                bar.update,
+            )  # fmt: skip
+            self._run(plan, self._send_embed, cancel_in_flight=True)
+        vectors = bulk.joined_vectors(plan)
         return vectors[0] if single else vectors
+
+    def _send_embed(self, request: Any, calls: _Calls | None) -> np.ndarray:
+        return self._send(Call("Embed", request, api.parse_sentences), self.timeout, calls)
 
     def upsert(
         self,
         name: str,
         documents: Iterable[str | Mapping[str, Any]],
         batch_size: int = 256,
-        show_progress_bar: bool = True,
+        show_progress_bar: bool = False,
         *,
         timeout: float | None = None,
     ) -> list[str]:
-        """Store documents in a collection; their ids, in order, once all are durably stored.
+        """Store documents in a collection; their ids, one per document in order, once all
+        are durably stored.
 
-        A list goes as batches of `batch_size`, up to `max_concurrent_batches` in flight (the
-        bulk path), each sent again (to another server, if there are several) when the
-        server becomes unavailable: every document has its id before the first try, so a
-        retry replaces what an interrupted one stored. An iterator is streamed, read once,
-        and not retried. Bulk loads take long: no deadline unless `timeout` is given.
+        A document is a str (a text) or a dict with "text" and optionally "id" and
+        "metadata". One given without an id gets an id made from its text and metadata: the
+        same document always gets the same id, so uploading the same documents again
+        replaces them instead of storing them twice (identical documents are stored once).
+        An id given twice keeps its last text, as if the documents were sent one by one.
+
+        Documents go in batches of `batch_size` (at most the server's limit), up to
+        `max_concurrent_batches` in flight; a list is checked whole before anything is
+        sent, any other iterable is read as the batches go. A batch is sent again when the
+        server is unavailable or overloaded: its ids are fixed, so a retry replaces what an
+        interrupted try stored. When a batch fails no more are sent, those in flight are
+        let finish, and its error (an EmbedSenseError) says what is stored: `stored_ids`,
+        and every document's id in `document_ids`. Bulk loads take long: no deadline
+        unless `timeout` is given (per batch). No progress bar unless `show_progress_bar`.
         """
-        documents, total = api.resendable(documents)
+        source = bulk.documents_source(documents)
+        total = len(source) if isinstance(source, list) else None
+        size = self._batch_size(batch_size, total)
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:
-            if total is None:
-                return self._upsert(name, documents, batch_size, timeout, bar.update, False)
-            size = self._batch_size(batch_size, total)
-            parts = [documents[s : s + size] for s in range(0, total, size)] or [[]]
-
-            def one(part: list[Any]) -> list[str] | EmbedSenseError:
-                try:
-                    return self._upsert(name, part, size, timeout, bar.update, True)
-                except EmbedSenseError as err:
-                    return err
-
-            return api.joined_ids(self._in_flight(one, parts), parts)
-
-    def _upsert(
-        self,
-        name: str,
-        documents: Iterable[Any],
-        batch_size: int,
-        timeout: float | None,
-        progress: Callable[[int], object],
-        resend: bool,
-    ) -> list[str]:
-        """One Upsert stream; sent again on UNAVAILABLE when `resend`."""
-        for attempt in range(self.retry.attempts):
-            sent: list[int] = []  # a resent stream counts once, when it is done
-            on_batch = sent.append if resend else progress
-            requests = api.upsert_requests(name, documents, batch_size, on_batch)
-            try:
-                response = self._stub.Upsert(requests, timeout=timeout, metadata=self._metadata)
-                progress(sum(sent))
-                return list(response.ids)
-            except grpc.RpcError as err:
-                if not resend or not retryable(err) or attempt == self.retry.attempts - 1:
-                    raise from_rpc_error(err) from None
-            time.sleep(self.retry.delay(attempt))
-        raise AssertionError("unreachable")
+            plan = bulk.upsert_plan(name, source, size, self.max_concurrent_batches, bar.update)
+            self._run(
+                plan,
+                lambda request, calls: self._send(api.upsert_call(request), timeout, calls),
+                cancel_in_flight=False,
+            )
+        return bulk.upserted_ids(plan)
 
     def info(self) -> Info:
         """The server's model, device, dtype and limits."""
@@ -326,13 +363,14 @@ class Client:
         *,
         occurrence: int = 0,
         span: tuple[int, int] | None = None,
-        truncate: bool = False,
+        long_text: str = "error",
     ) -> Explanation:
         """Attention maps of `layers` (1-based) x `heads` (0-based), all by default (the
         response is bounded: a long text must ask for fewer); for `word`, what it attends to
         most in each layer and head. A text longer than the model takes is refused unless
-        truncate=True, which explains its first window."""
-        return self._call(api.explain_call(text, word, layers, heads, occurrence, span, truncate))
+        long_text="truncate", which explains its first window ("windows" is a ValueError:
+        an attention map is of one window)."""
+        return self._call(api.explain_call(text, word, layers, heads, occurrence, span, long_text))
 
     def compare_layers(
         self,
@@ -342,10 +380,39 @@ class Client:
         occurrence_a: int = 0,
         occurrence_b: int = 0,
         *,
-        truncate: bool = False,
+        long_text: str = "error",
     ) -> LayerComparison:
         """The cosine of `word`'s vectors in the two texts at every layer (0 = embeddings).
-        truncate=True: texts longer than the model takes are cut to their first window."""
+        long_text="truncate": texts longer than the model takes are cut to their first
+        window ("error", the default, refuses them; "windows" is a ValueError)."""
         return self._call(
-            api.compare_layers_call(text_a, text_b, word, occurrence_a, occurrence_b, truncate)
+            api.compare_layers_call(text_a, text_b, word, occurrence_a, occurrence_b, long_text)
         )
+
+
+class _Calls:
+    """The gRPC calls one bulk operation has in flight, so that its first failure can cancel
+    the others: a thread cannot be stopped, its call can."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: set[grpc.Future] = set()
+        self._cancelled = False
+
+    def result(self, future: grpc.Future) -> Any:
+        """The call's answer; grpc.FutureCancelledError once `cancel` was called."""
+        with self._lock:
+            self._futures.add(future)
+            if self._cancelled:
+                future.cancel()
+        try:
+            return future.result()
+        finally:
+            with self._lock:
+                self._futures.discard(future)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            for future in self._futures:
+                future.cancel()

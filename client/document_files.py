@@ -2,8 +2,8 @@
 
 A `.jsonl` file holds one JSON object per line: {"text": ..., "id"?: ..., "metadata"?: {...}};
 any other file holds one document per non-empty line. A document without an id gets one
-derived from its text (content_id), so that indexing the same file again replaces what it
-stored instead of storing it twice.
+derived from its text and metadata (the client's content_id), so that indexing the same
+file again replaces what it stored instead of storing it twice.
 
 Every error is an InputError naming the file as it was given and the line: the CLI checks
 a whole file before it sends any of it, so that a bad line never reaches gRPC's request
@@ -12,21 +12,17 @@ stream (where an exception only reads "Exception iterating requests!").
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
+
+from embedsense.client.bulk import content_id
 
 FIELDS = ("text", "id", "metadata")
 
 
 class InputError(ValueError):
     """A file that cannot be read as documents: `where` (file:line) and why."""
-
-
-def content_id(text: str) -> str:
-    """The id of a document that has none: the first 32 hex digits of its text's SHA-256."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def read_documents(name: str) -> Iterator[dict[str, Any]]:
@@ -55,7 +51,7 @@ def read_documents(name: str) -> Iterator[dict[str, Any]]:
                     yield parse_jsonl_line(line, name, number)
                 else:
                     text = line.rstrip("\r\n")
-                    yield {"text": text, "id": content_id(text)}
+                    yield {"text": text, "id": content_id(text, {})}
         except OSError as err:  # e.g. a directory, which opens but cannot be read
             raise InputError(f"{name}: {file_problem(err)}") from None
 
@@ -79,18 +75,18 @@ def parse_jsonl_line(line: str, name: str, number: int) -> dict[str, Any]:
     text = doc["text"]
     if not isinstance(text, str) or not text:
         raise InputError(f'{where}: "text" must be a non-empty string, got {text!r:.40}')
+    metadata = doc.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InputError(f'{where}: "metadata" must be a JSON object, got {metadata!r:.40}')
     given = doc.get("id")
     if given is None:
-        doc_id = content_id(text)
+        doc_id = content_id(text, metadata or {})
     elif isinstance(given, str | int) and not isinstance(given, bool) and str(given):
         doc_id = str(given)
     else:
         raise InputError(f'{where}: "id" must be a string or an integer, got {given!r:.40}')
     document: dict[str, Any] = {"text": text, "id": doc_id}
-    metadata = doc.get("metadata")
     if metadata is not None:
-        if not isinstance(metadata, dict):
-            raise InputError(f'{where}: "metadata" must be a JSON object, got {metadata!r:.40}')
         document["metadata"] = metadata
     return document
 

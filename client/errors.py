@@ -8,7 +8,16 @@ from embedsense.proto.metadata import OVERLOADED_TRAILER
 
 
 class EmbedSenseError(Exception):
-    """A failed call: `code` is the gRPC status, `message` the server's explanation."""
+    """A failed call: `code` is the gRPC status, `message` the server's explanation.
+
+    A failed `upsert` also says what it stored (None on other calls): `stored_ids`, the ids
+    of the documents that are stored, one per stored input document, in input order; and
+    `document_ids`, every input document's id (those read, for an iterator), the ids the
+    client made included: sending the same documents again stores none of them twice.
+    """
+
+    stored_ids: list[str] | None = None
+    document_ids: list[str] | None = None
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(f"{code.name}: {message}")

@@ -328,7 +328,15 @@ class Engine:
                 texts if token_ids is None else token_ids, role, truncate=truncate,
                 allow_long=windowed and not truncate,
             )  # fmt: skip
-        except (TextTooLongError, ValueError) as err:
+        except TextTooLongError as err:
+            # Named as callers name it (the request's and the SDK's long_text), not as the
+            # tokenizer's own truncate=True.
+            raise InvalidRequest(
+                f"text {err.index} is {err.n_tokens} tokens; the model takes {err.limit} "
+                '(long_text="truncate" cuts it, long_text="windows" embeds it in overlapping '
+                "windows)"
+            ) from err
+        except ValueError as err:
             raise InvalidRequest(str(err)) from err
         frames = [_frame(t) for t in tokenized]
         plans = [self._windows_for(t, f) for t, f in zip(tokenized, frames, strict=True)]

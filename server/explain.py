@@ -71,8 +71,9 @@ class Explainer:
             (tokenized,) = self.model.tokenizer.encode_batch([text], role, truncate=truncate)
         except TextTooLongError as err:
             raise SenseInputError(
-                f"{field} is {err.n_tokens} tokens; the model takes {err.limit}: pass "
-                "truncate=True to explain its first window, or send a shorter part of the text"
+                f"{field} is {err.n_tokens} tokens; the model takes {err.limit}: ask for "
+                'long_text="truncate" (the request\'s truncate=true) to explain its first '
+                "window, or send a shorter part of the text"
             ) from None
         return tokenized
 

@@ -150,8 +150,8 @@ def test_a_failed_stream_says_what_was_stored(client, collection):
     with pytest.raises(InvalidArgument, match="3 of 4 documents were stored"):
         client.upsert(collection, docs, batch_size=3, show_progress_bar=False)
     assert client.count(collection) == 3
-    streamed = iter(["第四篇", "第五篇", " "])  # one stream: the server says what it stored
-    with pytest.raises(InvalidArgument, match="2 documents sent before it were stored"):
+    streamed = iter(["第四篇", "第五篇", " "])  # read as it goes: the account counts what was read
+    with pytest.raises(InvalidArgument, match="2 of the 3 documents read were stored"):
         client.upsert(collection, streamed, batch_size=2, show_progress_bar=False)
     assert client.count(collection) == 5
 

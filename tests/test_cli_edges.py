@@ -176,6 +176,23 @@ def test_embed_layers_need_tokens_and_bad_layers_get_the_servers_error(server, c
     assert "--tokens" in layers_help
 
 
+def test_the_long_text_hint_names_an_option_that_exists_and_it_works(server, capsys):
+    """The error for a long text once said `pass truncate=True`: no such flag in the CLI, no
+    such argument in Client.encode. Now every surface says long_text, and it works."""
+    target = ["--target", server.target]
+    long_text = "苹果手机和苹果派。" * 200
+    explain = ["explain", long_text, "--word", "苹果", "--layers", "12", "--heads", "0"]
+    for command in (["embed", long_text], explain):
+        status, _, err = cli(capsys, *target, *command)
+        line = one_error_line(err)
+        assert status == 1 and 'long_text="truncate"' in line and "truncate=True" not in line
+        status, out, err = cli(capsys, *target, "--json", *command, "--long-text", "truncate")
+        assert status == 0, err
+        assert json.loads(out)
+    status, out, err = cli(capsys, *target, "--json", "embed", long_text, "--long-text", "windows")
+    assert status == 0 and len(json.loads(out)) == 1, err
+
+
 # ------------------------------------------------------------------ 5: the download hint
 
 
@@ -265,11 +282,14 @@ def test_indexing_the_same_file_twice_replaces_instead_of_doubling(server, tmp_p
         assert cli(capsys, *base, str(txt), "--collection", "twice")[0] == 0
         assert cli(capsys, *base, str(jsonl), "--collection", "twice")[0] == 0
         with Client(server.target) as c:
-            assert c.count("twice") == 3
-            from embedsense.client.document_files import content_id
+            # The jsonl's apple has metadata: another document than the txt's, both kept.
+            assert c.count("twice") == 4
+            from embedsense.client.bulk import content_id
 
-            apple, banana = c.get("twice", [content_id("我喜欢吃苹果"), "mine"])
-            assert apple.metadata == {"source": "jsonl"} and banana.text == "香蕉"
+            ids = [content_id("我喜欢吃苹果", {}), content_id("我喜欢吃苹果", {"source": "jsonl"})]
+            plain, tagged, banana = c.get("twice", [*ids, "mine"])
+            assert plain.metadata == {} and tagged.metadata == {"source": "jsonl"}
+            assert banana.text == "香蕉"
     finally:
         drop(server, "twice")
     status, out, _ = cli(capsys, "index", "--help")

@@ -21,6 +21,7 @@ from embedsense.client import (
     AsyncClient,
     Client,
     Info,
+    InvalidArgument,
     ResourceExhausted,
     Retry,
     TokenEmbeddings,
@@ -65,6 +66,42 @@ def test_async_client_methods_are_typed_coroutines_with_the_sync_signatures():
     assert typing.get_type_hints(Client.info)["return"] is Info
 
 
+def test_both_clients_are_made_with_the_same_settings_in_the_same_order():
+    sync = inspect.signature(Client.__init__)
+    coro = inspect.signature(AsyncClient.__init__)
+    # The one difference: the async client's own channel is a grpc.aio one.
+    assert coro.parameters["channel"].annotation == "grpc.aio.Channel | None"
+    assert sync.parameters["channel"].annotation == "grpc.Channel | None"
+    channel = coro.parameters["channel"].replace(annotation=sync.parameters["channel"].annotation)
+    assert coro.replace(parameters=[channel if p.name == "channel" else p
+                                    for p in coro.parameters.values()]) == sync  # fmt: skip
+
+
+def test_long_text_is_one_option_with_one_name_in_every_method(client, server):
+    for method in (Client.encode, Client.embed_tokens, Client.explain, Client.compare_layers):
+        assert inspect.signature(method).parameters["long_text"].default == "error", method
+    assert not any("truncate" in inspect.signature(m).parameters for m in vars(Client).values()
+                   if callable(m))  # fmt: skip
+    long = "我喜欢吃苹果。" * 120  # about 700 tokens
+    with pytest.raises(InvalidArgument, match='long_text="truncate"'):
+        client.encode(long)  # the hint names the option the caller has
+    with pytest.raises(InvalidArgument, match='long_text="truncate"'):
+        client.explain(long, "苹果", layers=[1], heads=[0])
+    with pytest.raises(ValueError, match="long_text='windows': explain takes 'error' or"):
+        client.explain(long, "苹果", long_text="windows")
+    with pytest.raises(ValueError, match="long_text='cut': expected 'error', 'truncate' or"):
+        client.encode(long, long_text="cut")
+
+    async def with_async_client() -> None:
+        async with AsyncClient(server.target, timeout=60) as c:
+            e = await c.explain(long, "苹果", layers=[1], heads=[0], long_text="truncate")
+            assert len(e.tokens.tokens) == 512
+            with pytest.raises(ValueError, match="compare_layers takes 'error' or 'truncate'"):
+                await c.compare_layers(long, "苹果手机", "苹果", long_text="windows")
+
+    asyncio.run(with_async_client())
+
+
 class _CountCalls(grpc.UnaryUnaryClientInterceptor):
     def __init__(self) -> None:
         self.calls = 0
@@ -76,7 +113,7 @@ class _CountCalls(grpc.UnaryUnaryClientInterceptor):
 
 def test_a_message_too_large_is_not_retried_but_overload_is(e5, tmp_path):
     running = ServerThread(e5, tmp_path, max_message_bytes=200_000,
-                           engine=EngineConfig(max_queued_tokens=600))  # fmt: skip
+                           engine=EngineConfig(dtype="float32", max_queued_tokens=600))  # fmt: skip
     counter = _CountCalls()
     channel = grpc.intercept_channel(grpc.insecure_channel(running.target), counter)
     retry = Retry(attempts=3, initial_backoff=0.01)

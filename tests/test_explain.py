@@ -31,16 +31,16 @@ def test_attention_maps_are_distributions_of_the_requested_shape(client):
 
 def test_a_text_over_the_model_positions_is_a_clear_error_or_a_truncated_window(client):
     long = "我喜欢吃苹果。" * 120 + "最后一个香蕉"  # about 700 tokens
-    with pytest.raises(InvalidArgument, match="the model takes 512: pass truncate=True"):
+    with pytest.raises(InvalidArgument, match='the model takes 512: ask for long_text="truncate"'):
         client.explain(long, "苹果", layers=[1], heads=[0])
     with pytest.raises(InvalidArgument, match="text_a is .* the model takes 512"):
         client.compare_layers(long, "我买了苹果手机", "苹果")
-    window = client.explain(long, "苹果", layers=[1], heads=[0], truncate=True)
+    window = client.explain(long, "苹果", layers=[1], heads=[0], long_text="truncate")
     assert len(window.tokens.tokens) == 512 and window.span == (4, 6)
-    comparison = client.compare_layers(long, "我买了苹果手机", "苹果", truncate=True)
+    comparison = client.compare_layers(long, "我买了苹果手机", "苹果", long_text="truncate")
     assert len(comparison.cosines) == 13
     with pytest.raises(InvalidArgument, match="past the truncated window"):
-        client.explain(long, "香蕉", layers=[1], heads=[0], truncate=True)
+        client.explain(long, "香蕉", layers=[1], heads=[0], long_text="truncate")
 
 
 def test_a_chosen_layer_and_head_and_the_response_bound(client):
