@@ -52,8 +52,8 @@ class Catalog:
         store_tokens: bool = False,
         options: Mapping[str, Any] | None = None,
     ) -> CollectionInfo:
-        check_new_collection(name, model, dim, metric)
-        new_index(index_spec, dim, metric)  # a bad spec fails here, before anything is stored
+        check_new_collection(name, model, dim, metric, index_spec)
+        new_index(index_spec, dim, metric)  # FAISS builds it, before anything is stored
         options = search_options(options)
         with self._lock:
             if name in self._collections:
@@ -84,12 +84,8 @@ class Catalog:
 
     def drop(self, name: str) -> None:
         with self._lock:
-            collection = self.get(name)
-            collection.optimizer.close()  # let its maintenance finish, start no more
-            with collection._writer:  # let a write in progress finish first
-                self.store.drop_collection(name)
-                del self._collections[name]
-            shutil.rmtree(self._snapshot_dir(name), ignore_errors=True)
+            self.get(name).drop()
+            del self._collections[name]
 
     def reindex(
         self, name: str, index_spec: str, options: Mapping[str, Any] | None = None

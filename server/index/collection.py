@@ -7,7 +7,14 @@ What a search reads is one `Generation` (index, label -> id map, live set, and t
 label numbering they are in), swapped in whole when a rebuild installs a new one. Searches
 share a read lock on it, and the short in-memory part of a write takes the write lock, so a
 search never sees an index in the middle of a change. Rebuilds (training, compaction) and
-snapshots run in the background (optimizer.py), off the write path.
+snapshots run in the background (optimizer.py), off the write path; a snapshot holds the
+read lock only while it copies the index, not while the copy is written and fsynced.
+
+The store knows a collection by its name, and a dropped collection's name can be taken by a
+new one at once. So a `Collection` object, once dropped, never touches the store or its
+snapshot folder again: every write, rebuild and snapshot checks under the lock the drop
+takes, and raises CollectionNotFound instead (a write that was in flight when its collection
+was dropped fails; it never lands in the new one).
 """
 
 from __future__ import annotations
@@ -15,11 +22,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,18 +35,22 @@ import faiss
 import numpy as np
 
 from embedsense.server.index import optimizer
-from embedsense.server.index.errors import InvalidArgument
+from embedsense.server.index.errors import CollectionNotFound, IndexOutOfStep, InvalidArgument
 from embedsense.server.index.faiss_index import (
     LiveSet,
+    bitmap,
     new_index,
     read_snapshot,
+    serialized,
     training_size,
     write_snapshot,
 )
 from embedsense.server.index.filters import compile_filter
 from embedsense.server.index.generation import Generation, build, catch_up
 from embedsense.server.index.hits import Hit, assemble_hits
+from embedsense.server.index.locks import ReadWriteLock
 from embedsense.server.index.search_plan import search_generation
+from embedsense.server.index.specs import check_spec
 from embedsense.server.index.store import CollectionRow, Document, Store
 from embedsense.server.index.validation import check_model, checked_query, validated
 
@@ -68,43 +79,6 @@ class CollectionInfo:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-class _ReadWriteLock:
-    """Many readers or one writer (searches vs the in-memory part of writes)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._cond:
-            while self._writing:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        with self._cond:
-            while self._writing:
-                self._cond.wait()
-            self._writing = True  # new readers wait from here: writers do not starve
-            while self._readers:
-                self._cond.wait()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
-
-
 class Collection:
     def __init__(self, store: Store, row: CollectionRow, snapshot_dir: Path) -> None:
         self.store = store
@@ -113,13 +87,17 @@ class Collection:
         self._writer = threading.Lock()  # one write at a time, applied in commit order
         self._rebuilding = threading.Lock()  # one rebuild at a time (optimizer or reindex)
         self._swap = threading.Lock()  # held while the store is renumbered and installed
-        self._lock = _ReadWriteLock()
+        self._snapshots = threading.Lock()  # one snapshot at a time, written in capture order
+        self._lock = ReadWriteLock()
         self._gen = Generation.empty(row)
+        self._dropped = False  # set under _writer and _snapshots; never cleared
         self._changes_since_snapshot = 0
         self._writes = 0  # writes applied: what a cached filter result was read at
         # Recent filters' matching labels, valid while no write lands (filters repeat: a
         # tenant, a language); the SQL scan over every document's metadata is the cost.
-        self._filters: OrderedDict[tuple, tuple[int, int, np.ndarray]] = OrderedDict()
+        # Keyed by a digest of the compiled filter (a $in can be 10,000 values long) and
+        # held as bitmaps: one bit per label, however many match.
+        self._filters: OrderedDict[bytes, tuple[int, int, np.ndarray]] = OrderedDict()
         self._filters_lock = threading.Lock()
         self.optimizer = optimizer.Optimizer(row.name, self._maintain)
 
@@ -153,15 +131,20 @@ class Collection:
     def _training_size(self) -> int:
         return _training_size(self.row.index_spec, self.dim, self.row.metric)
 
+    def _check_open(self) -> None:
+        if self._dropped:
+            raise CollectionNotFound(f"collection {self.name!r} was dropped")
+
     # ------------------------------------------------------------ opening and rebuilding
 
     def open(self) -> Collection:
         """Load the snapshot when it is current and catch it up from the store, or rebuild."""
         started = time.perf_counter()
         staged = self._training_size() > 0
-        index = read_snapshot(self._snapshot_path(staged))
+        number, spec = self.row.generation, self.row.index_spec
+        index = read_snapshot(self._snapshot_path(number, spec, staged))
         if index is None and staged:  # trained since the last open?
-            index = read_snapshot(self._snapshot_path(False))
+            index = read_snapshot(self._snapshot_path(number, spec, False))
             staged = index is None
         if index is None or index.ntotal > self.row.next_label or index.d != self.dim:
             if index is not None:
@@ -179,11 +162,12 @@ class Collection:
         self.optimizer.poke()  # a crash may have left a rebuild due
         return self
 
-    def _snapshot_path(self, staged: bool) -> Path:
-        # The spec is in the name: a snapshot of another spec is never mistaken for current.
-        spec = hashlib.sha1(self.row.index_spec.encode()).hexdigest()[:10]
+    def _snapshot_path(self, generation: int, spec: str, staged: bool) -> Path:
+        # The numbering and the spec are in the name: a snapshot of another numbering or
+        # spec is never mistaken for current.
+        digest = hashlib.sha1(spec.encode()).hexdigest()[:10]
         kind = "staged" if staged else "index"
-        return self.snapshot_dir / f"{self.row.generation}.{kind}.{spec}.faiss"
+        return self.snapshot_dir / f"{generation}.{kind}.{digest}.faiss"
 
     def _loaded(self, index: faiss.Index, trained: bool) -> Generation:
         """A snapshot brought up to the store: the labels written after it added (a dead one
@@ -203,7 +187,7 @@ class Collection:
             ids[label] = doc_id
             labels.append(label)
         live.add(labels)
-        return Generation(self.row.generation, index, ids, live, trained)
+        return Generation(self.row.generation, index, ids, live, trained, self.row.index_spec)
 
     def _install(self, gen: Generation) -> None:
         with self._lock.writing():
@@ -215,11 +199,24 @@ class Collection:
         generation is installed at once, with the writes made meanwhile; then a snapshot."""
         with self._rebuilding:
             with self._writer:
+                self._check_open()
                 upto = self.row.next_label
             built = build(self.store, self.row, self._training_size(), upto)
             with self._writer, self._swap:
+                self._check_open()  # dropped meanwhile: the store's rows are another's now
                 self._install(catch_up(self.store, self.row, built))
             self.snapshot()
+
+    def _resync(self) -> None:
+        """Under the writer lock: the index rebuilt from the store, having been found out
+        of step with it. Nothing in this process writes the store behind the index's back;
+        another process on the same data directory could."""
+        log.error("%s: the index is out of step with the store; rebuilding it", self.name)
+        stored = self.store.collection(self.name)
+        self.row.generation, self.row.next_label = stored.generation, stored.next_label
+        built = build(self.store, self.row, self._training_size(), self.row.next_label)
+        with self._swap:
+            self._install(catch_up(self.store, self.row, built))
 
     def _maintain(self) -> None:
         """The optimizer's work: whatever `next_job` says is due, until nothing is (a few
@@ -238,15 +235,37 @@ class Collection:
         return self.optimizer.wait(timeout)
 
     def snapshot(self) -> None:
-        """Write the index to disk (atomically), and drop the snapshots it replaces."""
-        with self._lock.reading():
-            gen = self._gen
-            path = self._snapshot_path(not gen.trained)
-            write_snapshot(gen.index, path)
-            self._changes_since_snapshot = 0
-        for old in self.snapshot_dir.glob("*.faiss"):
-            if old != path:
-                old.unlink(missing_ok=True)
+        """Write the index to disk (atomically), and drop the snapshots it replaces.
+
+        The read lock is held only while the index is copied: a writer waiting for it makes
+        every new search wait too, so the write and fsync of the copy come after. The copy
+        is named after the generation it was taken from."""
+        with self._snapshots:
+            if self._dropped:
+                return  # its folder is gone, or another collection's by now
+            with self._lock.reading():
+                gen = self._gen
+                data = serialized(gen.index)
+                captured = self._changes_since_snapshot
+            path = self._snapshot_path(gen.number, gen.spec, not gen.trained)
+            write_snapshot(data, path)
+            del data
+            # The writes since the copy still count toward the next one.
+            self._changes_since_snapshot = max(0, self._changes_since_snapshot - captured)
+            for old in self.snapshot_dir.glob("*.faiss"):
+                if old != path:
+                    old.unlink(missing_ok=True)
+
+    def drop(self) -> None:
+        """Delete the collection from the store and its snapshots from disk. This object is
+        done with after: its maintenance stops, a write in progress finishes first, and
+        every later write, rebuild or snapshot raises CollectionNotFound (or, a snapshot,
+        does nothing) instead of touching what a new collection of the name owns."""
+        self.optimizer.close()  # let its maintenance finish, start no more
+        with self._writer, self._snapshots:
+            self._dropped = True
+            self.store.drop_collection(self.name)
+            shutil.rmtree(self.snapshot_dir, ignore_errors=True)
 
     def close(self) -> None:
         """Finish the maintenance that runs, then snapshot (the next start loads it)."""
@@ -268,7 +287,12 @@ class Collection:
         if not docs:
             return []
         with self._writer:
-            labels, replaced = self.store.upsert(self.name, docs)
+            self._check_open()
+            try:
+                labels, replaced = self.store.upsert(self.name, docs, self._gen.index.ntotal)
+            except IndexOutOfStep:  # nothing was stored: bring the index in step, then store
+                self._resync()
+                labels, replaced = self.store.upsert(self.name, docs, self._gen.index.ntotal)
             with self._lock.writing():
                 gen = self._gen
                 gen.append(np.stack([doc.vector for doc in docs]), ids, labels)
@@ -280,6 +304,7 @@ class Collection:
     def delete(self, ids: Sequence[str]) -> int:
         """Delete by id; how many existed. Durable when it returns."""
         with self._writer:
+            self._check_open()
             dead = self.store.delete(self.name, list(ids))
             with self._lock.writing():
                 self._gen.live.discard(dead)
@@ -301,9 +326,11 @@ class Collection:
 
     def reindex(self, index_spec: str, options: Mapping[str, Any] | None = None) -> None:
         """Switch to another index spec (or search options), rebuilt from the store."""
-        new_index(index_spec, self.dim, self.row.metric)  # reject a bad spec before anything
+        check_spec(index_spec, self.dim)  # reject a bad spec before anything
+        new_index(index_spec, self.dim, self.row.metric)
         merged = {**self.row.options, **(options or {})}
         with self._rebuilding, self._writer:
+            self._check_open()
             self.store.set_index_spec(self.name, index_spec, merged)
             self.row.index_spec, self.row.options = index_spec, merged
         self.rebuild()
@@ -311,6 +338,7 @@ class Collection:
     # ------------------------------------------------------------ reads
 
     def get(self, ids: Sequence[str]) -> list[Document | None]:
+        self._check_open()
         found = self.store.get(self.name, list(ids), self.dim)
         return [found.get(doc_id) for doc_id in ids]
 
@@ -321,6 +349,7 @@ class Collection:
         return self._gen.index.ntotal
 
     def ids_containing(self, word: str, limit: int) -> list[str]:
+        self._check_open()
         return self.store.ids_containing(self.name, word, limit)
 
     def search(
@@ -343,6 +372,7 @@ class Collection:
         queries = checked_query(self.row, queries, k, model)
         condition = compile_filter(where) if where else None
         while True:
+            self._check_open()  # a new collection of the name may be renumbering the store
             gen = self._gen
             matching = None
             if condition is not None:
@@ -359,22 +389,23 @@ class Collection:
                 )  # fmt: skip
                 ids = [[gen.ids[label] for label in row if label >= 0] for row in labels]
             break
-        docs = None
+        texts = None
         if with_documents:
             wanted = sorted({doc_id for row in ids for doc_id in row})
-            docs = self.store.get(self.name, wanted, self.dim)
-        return assemble_hits(ids, scores, docs)
+            texts = self.store.texts(self.name, wanted)
+        return assemble_hits(ids, scores, texts)
 
     def _matching(self, condition: tuple[str, list[Any]]) -> tuple[int, np.ndarray]:
-        """The labels a filter matches and their numbering, from the cache while no write
-        or renumbering came since, else from the store."""
-        key = (condition[0], tuple(map(repr, condition[1])))
+        """The labels a filter matches, as a bitmap, and their numbering: from the cache
+        while no write or renumbering came since, else from the store."""
+        key = hashlib.sha256(repr(condition).encode()).digest()
         writes = self._writes
         with self._filters_lock:
             cached = self._filters.get(key)
         if cached is not None and cached[0] == writes and cached[1] == self._gen.number:
             return cached[1], cached[2]
         number, labels = self.store.labels_where(self.name, *condition)
+        labels = bitmap(labels)
         with self._filters_lock:
             self._filters[key] = (writes, number, labels)
             self._filters.move_to_end(key)
@@ -383,6 +414,7 @@ class Collection:
         return number, labels
 
     def info(self) -> CollectionInfo:
+        self._check_open()
         tokens, token_bytes = self.store.token_stats(self.name) if self.row.store_tokens else (0, 0)
         row, gen = self.row, self._gen
         return CollectionInfo(

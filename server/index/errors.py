@@ -22,6 +22,11 @@ class IndexUnavailable(IndexStoreError):
     """UNAVAILABLE: the index backend (a Milvus server) cannot be reached right now."""
 
 
+class IndexOutOfStep(IndexStoreError):
+    """ABORTED: a write found the in-memory index out of step with the store, stored
+    nothing, and could not bring the index back in step; a retry can succeed."""
+
+
 class InvalidArgument(IndexStoreError, ValueError):
     """INVALID_ARGUMENT: a bad name, spec, document or query."""
 

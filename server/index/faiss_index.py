@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 
 from embedsense.server.index.errors import InvalidArgument
+from embedsense.server.index.specs import EXAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,10 @@ METRICS = {
 
 
 def new_index(spec: str, dim: int, metric: str) -> faiss.Index:
-    """An empty index from a FAISS factory string ("Flat", "HNSW32", "IVF1024,PQ48"...)."""
+    """An empty index from a FAISS factory string ("Flat", "HNSW32", "IVF1024,PQ48"...).
+
+    New collections' specs are checked first (specs.py); this builds any spec FAISS takes,
+    so that a collection made with one before still opens."""
     if metric not in METRICS:
         raise InvalidArgument(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
     if "IDMap" in spec:
@@ -34,10 +38,21 @@ def new_index(spec: str, dim: int, metric: str) -> faiss.Index:
     try:
         return faiss.index_factory(dim, spec, METRICS[metric])
     except RuntimeError as err:
-        detail = str(err).strip().splitlines()[-1] if str(err).strip() else "rejected"
         raise InvalidArgument(
-            f"index spec {spec!r} is not a FAISS factory string: {detail}"
+            f"index spec {spec!r}: FAISS cannot build it at dimension {dim} with metric "
+            f"{metric!r} ({faiss_reason(err)}); for example {EXAMPLES}"
         ) from None
+
+
+def faiss_reason(err: RuntimeError) -> str:
+    """FAISS's error without its C++ (function signature, source file and line, asserted
+    expression): the sentence meant for people, or what kind of failure it was."""
+    text = " ".join(str(err).split())
+    if "could not parse" in text:
+        return "not a factory string it can parse"
+    if (said := text.rpartition(" failed: ")[2]) != text:
+        return said.rstrip(".")
+    return "it refused the combination"
 
 
 def training_size(index: faiss.Index, spec: str) -> int:
@@ -117,27 +132,42 @@ class LiveSet:
         self.count = popcount(self.bits)
 
     def selector(self, among: np.ndarray | None = None) -> tuple[faiss.IDSelector, np.ndarray]:
-        """An IDSelector of the live labels (only those also in the bitmap `among`, when
-        given). The bitmap it reads is returned too: keep it alive while the selector is."""
-        bits = self.bits if among is None else self.bits & among
+        """An IDSelector of the live labels (only those also in the bitmap `among`, of any
+        length, when given). The bitmap it reads is returned too: keep it alive while the
+        selector is."""
+        if among is None:
+            bits = self.bits
+        else:
+            bits = np.zeros(len(self.bits), dtype=np.uint8)
+            shared = min(len(bits), len(among))
+            np.bitwise_and(self.bits[:shared], among[:shared], out=bits[:shared])
         return faiss.IDSelectorBitmap(len(bits) * 8, faiss.swig_ptr(bits)), bits
 
-    def bitmap_of(self, labels: np.ndarray) -> np.ndarray:
-        """A bitmap of `labels`, the size of this one (for `selector(among=...)`)."""
-        bits = np.zeros(len(self.bits), dtype=np.uint8)
-        labels = labels[(labels >> 3) < len(bits)]
-        np.bitwise_or.at(bits, labels >> 3, (1 << (labels & 7)).astype(np.uint8))
-        return bits
+
+def bitmap(labels: np.ndarray) -> np.ndarray:
+    """The labels as a bitmap in LiveSet's bit order: one bit per label up to the largest,
+    however many there are (what a filter's cached result costs)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    bits = np.zeros(int(labels.max() >> 3) + 1 if len(labels) else 0, dtype=np.uint8)
+    np.bitwise_or.at(bits, labels >> 3, (1 << (labels & 7)).astype(np.uint8))
+    return bits
 
 
-def write_snapshot(index: faiss.Index, path: Path) -> None:
-    """Write to a temporary file, fsync it, rename it over the old one, fsync the folder:
-    a crash at any instant leaves either the old snapshot or the new one, whole."""
+def serialized(index: faiss.Index) -> np.ndarray:
+    """The index as the bytes of its snapshot file (a copy: the index may change after)."""
+    return faiss.serialize_index(index)
+
+
+def write_snapshot(data: np.ndarray | bytes, path: Path) -> None:
+    """Write `serialized(index)` to a temporary file, fsync it, rename it over the old one,
+    fsync the folder: a crash at any instant leaves either the old snapshot or the new one,
+    whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb") as written:
-        os.fsync(written.fileno())
+    with open(tmp, "wb") as file:
+        file.write(memoryview(data))
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(tmp, path)
     folder = os.open(path.parent, os.O_RDONLY)
     try:

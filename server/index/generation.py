@@ -7,7 +7,9 @@ live set travel together as one `Generation`, tagged with the store's generation
 the collection swaps a whole new one in at once.
 
 Between rebuilds a generation only grows: writes append labels and clear live bits, and
-never change what an existing label means.
+never change what an existing label means. A generation also says which spec it serves, so
+that its snapshot is named after what it holds (its numbering and spec), not after what
+the collection's settings say by the time the snapshot is written.
 
 A rebuild happens in two steps so that writes go on meanwhile: `build` reads the store up
 to a label and makes a fresh (trained, compacted) index off every lock; `catch_up`, under
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from embedsense.server.index.errors import IndexOutOfStep
 from embedsense.server.index.faiss_index import LiveSet, new_index, nlist
 from embedsense.server.index.store import CollectionRow, Store
 
@@ -37,14 +40,20 @@ class Generation:
     ids: list[str | None]  # label -> document id (None: dead, never returned)
     live: LiveSet
     trained: bool  # False while a spec that needs training is served by a Flat index
+    spec: str  # the collection's index spec this generation serves (or stages, untrained)
 
     @classmethod
     def empty(cls, row: CollectionRow) -> Generation:
-        return cls(row.generation, new_index("Flat", row.dim, row.metric), [], LiveSet(), True)
+        index = new_index("Flat", row.dim, row.metric)
+        return cls(row.generation, index, [], LiveSet(), True, row.index_spec)
 
     def append(self, vectors: np.ndarray, ids: list[str], labels: list[int]) -> None:
-        """Add vectors at the next labels (the caller holds the collection's write lock)."""
-        assert labels[0] == self.index.ntotal, "labels are appended in order"
+        """Add vectors at the next labels (the caller holds the collection's write lock);
+        IndexOutOfStep, with nothing added, unless they are the next ones."""
+        if labels[0] != self.index.ntotal:
+            raise IndexOutOfStep(
+                f"labels from {labels[0]} appended to an index of {self.index.ntotal} vectors"
+            )
         self.index.add(vectors)
         self.ids.extend(ids)
         self.live.add(labels)
@@ -82,7 +91,7 @@ def build(store: Store, row: CollectionRow, training_size: int, upto: int) -> Bu
     log.info("%s: built %s over %d documents in %.1f s", row.name, spec if trained else "Flat",
              len(ids), time.perf_counter() - started)  # fmt: skip
     old = np.concatenate(old_labels) if old_labels else np.zeros(0, dtype=np.int64)
-    return Built(Generation(row.generation, index, ids, live, trained), upto, old)
+    return Built(Generation(row.generation, index, ids, live, trained, spec), upto, old)
 
 
 def catch_up(store: Store, row: CollectionRow, built: Built) -> Generation:
@@ -90,6 +99,8 @@ def catch_up(store: Store, row: CollectionRow, built: Built) -> Generation:
     `build` read it), then renumber the store into its labels. Returns it, ready to install;
     `row` is updated to the new numbering."""
     gen = built.generation
+    if gen.number != row.generation:
+        raise IndexOutOfStep(f"{row.name}: the store was renumbered while this build read it")
     n_built = len(gen.ids)
     current = np.fromiter((label for label, _ in store.live(row.name)), dtype=np.int64)
     before = current[current < built.upto]

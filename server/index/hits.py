@@ -7,8 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from embedsense.server.index.store import Document
-
 
 @dataclass
 class Hit:
@@ -19,18 +17,18 @@ class Hit:
 
 
 def assemble_hits(
-    ids: list[list[str]], scores: np.ndarray, docs: dict[str, Document] | None
+    ids: list[list[str]], scores: np.ndarray, texts: dict[str, tuple[str, dict]] | None
 ) -> list[list[Hit]]:
-    """One list of hits per query. With `docs` (the stored documents by id), hits carry
-    their text and metadata, and an id the store no longer holds (deleted while the search
+    """One list of hits per query. With `texts` (the stored documents' text and metadata by
+    id), hits carry them, and an id the store no longer holds (deleted while the search
     ran) is left out; without, the raw hits."""
     results = []
     for row_ids, row_scores in zip(ids, scores, strict=False):
         hits = []
         for doc_id, score in zip(row_ids, row_scores, strict=False):
-            if docs is None:
+            if texts is None:
                 hits.append(Hit(doc_id, float(score)))
-            elif (doc := docs.get(doc_id)) is not None:
-                hits.append(Hit(doc_id, float(score), doc.text, doc.metadata))
+            elif (found := texts.get(doc_id)) is not None:
+                hits.append(Hit(doc_id, float(score), *found))
         results.append(hits)
     return results

@@ -25,6 +25,11 @@ run on a typed copy of the metadata: strings become "s:…", booleans "b:1"/"b:0
 "null:", numbers stay numbers; the compiled expression says exactly what the SQLite one does
 (tests/test_backends.py checks both give identical ids on one set of filter cases).
 
+A collection object whose collection this process dropped refuses every later call with
+CollectionNotFound: a write in flight during the drop must not land in a new collection of
+the same name (the Milvus collections are named after it). Another replica's drop is not
+seen here.
+
 Acknowledged means: Milvus returned from the upsert or delete, which it does once the
 change is in its write-ahead log (durable without a flush, which would seal segments and is
 left to Milvus). Every collection is created with consistency level Strong, so any read
@@ -56,6 +61,7 @@ from embedsense.server.index.errors import (
 )
 from embedsense.server.index.filters import COMPARISONS, Condition, parse_filter
 from embedsense.server.index.hits import Hit
+from embedsense.server.index.locks import ReadWriteLock
 from embedsense.server.index.store import CollectionRow, Document, Token
 from embedsense.server.index.validation import (
     check_model,
@@ -79,8 +85,9 @@ _NOT_FOUND = 100  # Milvus's "collection not found"
 
 
 def milvus_index(spec: str) -> tuple[str, dict[str, int]]:
-    """A FAISS factory string the faiss backend takes, as a Milvus index type and params:
-    Flat, HNSW<M>, IVF<n>,Flat and IVF<n>,PQ<m>; others are refused, naming these."""
+    """A FAISS factory string the faiss backend takes (specs.py checked it), as a Milvus
+    index type and params: Flat, HNSW<M>, IVF<n>,Flat and IVF<n>,PQ<m>; others are refused,
+    naming these."""
     if spec == "Flat":
         return "FLAT", {}
     if m := re.fullmatch(r"HNSW(\d+)", spec):
@@ -90,7 +97,8 @@ def milvus_index(spec: str) -> tuple[str, dict[str, int]]:
     if m := re.fullmatch(r"IVF(\d+),PQ(\d+)", spec):
         return "IVF_PQ", {"nlist": int(m[1]), "m": int(m[2]), "nbits": 8}
     raise InvalidArgument(
-        f"index spec {spec!r}: the milvus backend takes Flat, HNSW<M>, IVF<n>,Flat or IVF<n>,PQ<m>"
+        f"index spec {spec!r}: the milvus backend takes Flat, HNSW<M>, IVF<n>,Flat or "
+        "IVF<n>,PQ<m>, for example HNSW32, IVF256,Flat, IVF256,PQ16"
     )
 
 
@@ -131,7 +139,10 @@ def _clause(c: Condition) -> str:
 
     if c.op == "$eq":
         return equals(c.operand)
-    if c.op == "$in":  # milvus-lite refuses `in` on a JSON key: expanded
+    if c.op == "$in":
+        # milvus-lite refuses `in` on a JSON key: expanded, one `==` per value. milvus-lite
+        # evaluates that row by row, parsing the row's JSON for each value: a $in of
+        # 10,000 values over 40 rows takes about a second there.
         return "(" + " or ".join(equals(v) for v in c.operand) + ")"
     if c.op == "$ne":
         return f"(not (exists {field}) or not ({equals(c.operand)}))"
@@ -174,6 +185,8 @@ class MilvusCollection:
         self.row = row  # the settings; generation and next_label mean nothing here
         self.docs = documents_collection(row.name)
         self.tokens = tokens_collection(row.name)
+        self._drop_lock = ReadWriteLock()  # writes share it; a drop takes it alone
+        self._dropped = False
 
     @property
     def name(self) -> str:
@@ -183,7 +196,28 @@ class MilvusCollection:
     def store_tokens(self) -> bool:
         return self.row.store_tokens
 
+    def _check_open(self) -> None:
+        if self._dropped:
+            raise CollectionNotFound(f"collection {self.name!r} was dropped")
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around every write: none starts once the collection is dropped, and a drop waits
+        for those in progress."""
+        with self._drop_lock.reading():
+            self._check_open()
+            yield
+
+    @contextmanager
+    def dropping(self) -> Iterator[None]:
+        """Around the collection's drop: when it succeeds, every later call raises
+        CollectionNotFound."""
+        with self._drop_lock.writing():
+            yield
+            self._dropped = True
+
     def _count(self, collection: str) -> int:
+        self._check_open()
         with _translated(self.name):
             rows = self.client.query(collection, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
@@ -218,7 +252,7 @@ class MilvusCollection:
         if not docs:
             return []
         versions = [uuid.uuid4().hex if d.tokens is not None else "" for d in docs]
-        with _translated(self.name):
+        with self._writing(), _translated(self.name):
             if self.store_tokens:
                 token_rows = [
                     {"key": f"{d.id}|{v}|{i}", "doc_id": d.id, "version": v, "position": i,
@@ -256,7 +290,7 @@ class MilvusCollection:
         ids = list(dict.fromkeys(ids))
         if not ids:
             return 0
-        with _translated(self.name):
+        with self._writing(), _translated(self.name):
             existing = [row["id"] for chunk in _chunks(ids, 1000) for row in self.client.query(
                 self.docs, filter=f"id in {_literal_list(chunk)}", output_fields=["id"]
             )]  # fmt: skip
@@ -269,6 +303,7 @@ class MilvusCollection:
     # ------------------------------------------------------------ reads
 
     def get(self, ids: Sequence[str]) -> list[Document | None]:
+        self._check_open()
         ids = list(ids)
         found: dict[str, Document] = {}
         versions: dict[str, str] = {}  # id -> the version of its token rows
@@ -333,6 +368,7 @@ class MilvusCollection:
         nprobe: int | None = None,
         model: str | None = None,
     ) -> list[list[Hit]]:
+        self._check_open()
         queries = checked_query(self.row, queries, k, model)
         expression = milvus_expression(where)
         index_type, _ = milvus_index(self.row.index_spec)
@@ -357,6 +393,7 @@ class MilvusCollection:
         ]  # fmt: skip
 
     def ids_containing(self, word: str, limit: int) -> list[str]:
+        self._check_open()
         with _translated(self.name):
             rows = self.client.query(
                 self.docs, filter=f"text like {_like_pattern(word)}",
@@ -449,7 +486,7 @@ class MilvusBackend:
         store_tokens: bool = False,
         options: Mapping[str, Any] | None = None,
     ) -> CollectionInfo:
-        check_new_collection(name, model, dim, metric)
+        check_new_collection(name, model, dim, metric, index_spec)
         index_type, index_params = milvus_index(index_spec)
         row = CollectionRow(name, model, dim, metric, index_spec, store_tokens,
                             search_options(options), time.time(), 0, 0)  # fmt: skip
@@ -522,7 +559,7 @@ class MilvusBackend:
 
     def drop(self, name: str) -> None:
         collection = self.get(name)
-        with self._lock, _translated(name):
+        with collection.dropping(), self._lock, _translated(name):
             self._meta(lambda: self.client.delete(META, ids=[f"collection:{name}"]))
             self.client.drop_collection(collection.docs)
             self.client.drop_collection(collection.tokens)

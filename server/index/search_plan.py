@@ -1,8 +1,8 @@
 """How one search runs on a generation: which selector, which index, which fallback.
 
-A filter's matching labels and the generation's live set become one FAISS IDSelector, so
-the filter applies inside the search. Very selective filters, and queries an approximate
-walk answers short, are searched exhaustively over the same vectors instead.
+A filter's matching labels (a bitmap) and the generation's live set become one FAISS
+IDSelector, so the filter applies inside the search. Very selective filters, and queries an
+approximate walk answers short, are searched exhaustively over the same vectors instead.
 """
 
 from __future__ import annotations
@@ -34,14 +34,15 @@ def search_generation(
     ef_search: int,
     nprobe: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, scores) of the k best live (and matching, when `matching` is given) vectors
-    for each query; -1 labels where fewer exist. The caller holds the generation steady."""
+    """(labels, scores) of the k best live (and matching, when the bitmap `matching` is
+    given) vectors for each query; -1 labels where fewer exist. The caller holds the
+    generation steady."""
     index, probes, live = gen.index, nprobe, gen.live
     if matching is not None:
-        if not len(matching):
-            return np.full((len(queries), 0), -1), np.zeros((len(queries), 0))
-        selector, bits = live.selector(among=live.bitmap_of(matching))
+        selector, bits = live.selector(among=matching)
         candidates = int(popcount(bits))
+        if not candidates:
+            return np.full((len(queries), 0), -1), np.zeros((len(queries), 0))
         if candidates <= SELECTIVE_FILTER_SHARE * live.count:
             index, probes = exhaustive(index, probes)
         else:

@@ -8,21 +8,33 @@ Labels only grow (an upsert that replaces a document gives it a new label), so t
 append-only and a label is never reused within a generation; a label that no document holds
 any more is dead, and the search skips it. A rebuild renumbers the labels (`relabel`) and
 bumps the collection's generation, which makes every older snapshot stale.
+
+Connections are borrowed for one operation and handed back (`_connection`), never kept per
+thread: the store's open connections are bounded by the operations running at once, not
+by how many threads ever touched it (each optimizer run is a thread of its own).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from embedsense.server.index.errors import CollectionNotFound, IndexOutOfStep
+
+# Idle connections kept for the next operation (about as many as the server's worker
+# threads run store operations at once); more are opened while more run at once, and
+# closed when they come back to a full pool.
+MAX_IDLE_CONNECTIONS = 8
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -95,42 +107,72 @@ class Store:
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.synchronous = synchronous
-        self._local = threading.local()
         self._write_lock = threading.Lock()  # one writer in this process; SQLite: one overall
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn().executescript(SCHEMA)
+        with self._connection() as conn:
+            conn.executescript(SCHEMA)
 
     # ------------------------------------------------------------ connections
 
-    def _conn(self) -> sqlite3.Connection:
-        """One connection per thread: WAL lets readers run while a writer commits."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit is fsynced before it returns, so an acknowledged write survives
-            # a power cut too, not only a killed process.
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")  # readers run while a writer commits
+        # FULL: a commit is fsynced before it returns, so an acknowledged write survives
+        # a power cut too, not only a killed process.
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
         return conn
 
-    def close(self) -> None:
-        with self._connections_lock:
-            for conn in self._connections:
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one operation, used by nothing else until it is handed back
+        (with no transaction open: an operation that fails half-way is rolled back)."""
+        with self._pool_lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._connect()
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            with self._pool_lock:
+                keep = not self._closed and len(self._idle) < MAX_IDLE_CONNECTIONS
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
                 conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+
+    def close(self) -> None:
+        """Close the idle connections; one in use closes when its operation ends."""
+        with self._pool_lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Every row of one read."""
+        with self._connection() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Any]:
+        """The rows of one read, as they come, from one read snapshot: the connection is
+        handed back when they are all read (or the iteration is closed)."""
+        with self._connection() as conn:
+            cursor = conn.execute(sql, params)
+            try:
+                yield from cursor
+            finally:
+                cursor.close()  # ends the statement's read snapshot before reuse
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock:
-            conn = self._conn()
+        with self._write_lock, self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -163,29 +205,41 @@ class Store:
             )
 
     def collections(self) -> list[CollectionRow]:
-        rows = self._conn().execute(
-            "SELECT name, model, dim, metric, index_spec, store_tokens, options, created_at, "
-            "generation, next_label FROM collections ORDER BY name"
-        )
-        return [
-            CollectionRow(n, m, d, met, spec, bool(tok), json.loads(opt), c, g, nl)
-            for n, m, d, met, spec, tok, opt, c, g, nl in rows
-        ]
+        rows = self._query(f"SELECT {_ROW} FROM collections ORDER BY name")
+        return [_collection_row(row) for row in rows]
+
+    def collection(self, name: str) -> CollectionRow:
+        """The collection's row as stored now; CollectionNotFound when there is none."""
+        rows = self._query(f"SELECT {_ROW} FROM collections WHERE name = ?", (name,))
+        if not rows:
+            raise CollectionNotFound(f"no collection named {name!r}")
+        return _collection_row(rows[0])
 
     # ------------------------------------------------------------ documents
 
     def upsert(
-        self, collection: str, docs: Sequence[Document]
+        self, collection: str, docs: Sequence[Document], first_label: int
     ) -> tuple[list[int], list[int | None]]:
-        """Insert or replace documents in one transaction (ids must be set and unique).
+        """Insert or replace documents in one transaction (ids must be set and unique), at
+        labels from `first_label` on: the next position of the caller's index.
 
         Returns each document's new label and the label it replaced (None for a new id).
+        IndexOutOfStep, with nothing stored, when the store's next label is another one:
+        labels given out of step with the index would point at the wrong vectors.
         """
         now = time.time()
         with self.transaction() as conn:
-            (next_label,) = conn.execute(
+            row = conn.execute(
                 "SELECT next_label FROM collections WHERE name = ?", (collection,)
             ).fetchone()
+            if row is None:
+                raise CollectionNotFound(f"no collection named {collection!r}")
+            next_label = row[0]
+            if next_label != first_label:
+                raise IndexOutOfStep(
+                    f"collection {collection!r}: the store's next label is {next_label}, the "
+                    f"index's {first_label}; nothing was stored"
+                )
             old_labels: list[int | None] = []
             labels = list(range(next_label, next_label + len(docs)))
             for doc, label in zip(docs, labels, strict=True):
@@ -231,66 +285,69 @@ class Store:
         return dead
 
     def get(self, collection: str, ids: Sequence[str], dim: int) -> dict[str, Document]:
+        """The whole documents (vectors and token vectors too) by id."""
         found: dict[str, Document] = {}
-        conn = self._conn()
+        columns = "id, text, metadata, vector, tokens, token_vectors"
+        for doc_id, text, metadata, vector, tokens, token_vectors in self._by_id(
+            collection, ids, columns
+        ):
+            found[doc_id] = _document(doc_id, text, metadata, vector, tokens, token_vectors, dim)
+        return found
+
+    def texts(self, collection: str, ids: Sequence[str]) -> dict[str, tuple[str, dict]]:
+        """(text, metadata) by id: what a search hit carries. No vector is read: a
+        document's token vectors can be a hundred times the size of its text."""
+        return {
+            doc_id: (text, json.loads(metadata))
+            for doc_id, text, metadata in self._by_id(collection, ids, "id, text, metadata")
+        }
+
+    def _by_id(self, collection: str, ids: Sequence[str], columns: str) -> Iterator[Any]:
         for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
             chunk = list(ids[start : start + 500])
-            rows = conn.execute(
-                "SELECT id, text, metadata, vector, tokens, token_vectors FROM documents "
+            yield from self._query(
+                f"SELECT {columns} FROM documents "
                 f"WHERE collection = ? AND id IN ({','.join('?' * len(chunk))})",
                 [collection, *chunk],
             )
-            for doc_id, text, metadata, vector, tokens, token_vectors in rows:
-                found[doc_id] = _document(
-                    doc_id, text, metadata, vector, tokens, token_vectors, dim
-                )
-        return found
 
     def count(self, collection: str) -> int:
-        (n,) = (
-            self._conn()
-            .execute("SELECT COUNT(*) FROM documents WHERE collection = ?", (collection,))
-            .fetchone()
-        )
+        ((n,),) = self._query("SELECT COUNT(*) FROM documents WHERE collection = ?", (collection,))
         return n
 
     def token_stats(self, collection: str) -> tuple[int, int]:
         """(tokens stored, bytes they take: vectors plus token texts and offsets)."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT COALESCE(SUM(json_array_length(tokens)), 0), "
-                "COALESCE(SUM(length(token_vectors) + length(tokens)), 0) "
-                "FROM documents WHERE collection = ? AND tokens IS NOT NULL",
-                (collection,),
-            )
-            .fetchone()
+        ((tokens, size),) = self._query(
+            "SELECT COALESCE(SUM(json_array_length(tokens)), 0), "
+            "COALESCE(SUM(length(token_vectors) + length(tokens)), 0) "
+            "FROM documents WHERE collection = ? AND tokens IS NOT NULL",
+            (collection,),
         )
-        return int(row[0]), int(row[1])
+        return int(tokens), int(size)
 
     def labels_where(
         self, collection: str, condition: str, params: Sequence[Any]
     ) -> tuple[int, np.ndarray]:
         """The labels of the documents that match, and the generation (label numbering)
         they are in: read together, so a relabelling cannot come between them."""
-        conn = self._conn()
-        conn.execute("BEGIN")  # deferred: one read snapshot for both statements
-        try:
-            (generation,) = conn.execute(
+        with self._connection() as conn:
+            conn.execute("BEGIN")  # deferred: one read snapshot for both statements
+            row = conn.execute(
                 "SELECT generation FROM collections WHERE name = ?", (collection,)
             ).fetchone()
+            if row is None:
+                raise CollectionNotFound(f"no collection named {collection!r}")
             rows = conn.execute(
                 f"SELECT label FROM documents WHERE collection = ? AND {condition}",
                 [collection, *params],
             )
             labels = np.fromiter((label for (label,) in rows), dtype=np.int64)
-        finally:
             conn.execute("COMMIT")
-        return generation, labels
+        return row[0], labels
 
     def live(self, collection: str) -> Iterator[tuple[int, str]]:
         """(label, id) of every document, in label order."""
-        yield from self._conn().execute(
+        yield from self._rows(
             "SELECT label, id FROM documents WHERE collection = ? ORDER BY label", (collection,)
         )
 
@@ -300,25 +357,22 @@ class Store:
     ) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:  # fmt: skip
         """(labels, ids, vectors) of the documents with first_label <= label < below, in
         label order, from one read snapshot."""
-        rows = self._conn().execute(
+        rows = self._rows(
             "SELECT label, id, vector FROM documents WHERE collection = ? AND label >= ? "
             "AND label < ? ORDER BY label",
             (collection, first_label, 2**62 if below is None else below),
         )
-        while chunk := rows.fetchmany(batch):
-            labels = np.fromiter((row[0] for row in chunk), dtype=np.int64, count=len(chunk))
-            vectors = np.frombuffer(b"".join(row[2] for row in chunk), dtype=np.float32)
-            yield labels, [row[1] for row in chunk], vectors.reshape(len(chunk), dim)
+        with closing(rows):
+            while chunk := list(itertools.islice(rows, batch)):
+                labels = np.fromiter((row[0] for row in chunk), dtype=np.int64, count=len(chunk))
+                vectors = np.frombuffer(b"".join(row[2] for row in chunk), dtype=np.float32)
+                yield labels, [row[1] for row in chunk], vectors.reshape(len(chunk), dim)
 
     def sample_vectors(self, collection: str, n: int, dim: int) -> np.ndarray:
         """n stored vectors drawn at random (for training an index)."""
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT vector FROM documents WHERE collection = ? ORDER BY random() LIMIT ?",
-                (collection, n),
-            )
-            .fetchall()
+        rows = self._query(
+            "SELECT vector FROM documents WHERE collection = ? ORDER BY random() LIMIT ?",
+            (collection, n),
         )
         return np.frombuffer(b"".join(v for (v,) in rows), dtype=np.float32).reshape(-1, dim)
 
@@ -361,13 +415,12 @@ class Store:
             return cursor.rowcount == 1
 
     def get_inventory(self, name: str) -> str | None:
-        row = (
-            self._conn().execute("SELECT words FROM inventories WHERE name = ?", (name,)).fetchone()
-        )
-        return row[0] if row else None
+        rows = self._query("SELECT words FROM inventories WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
 
     def inventories(self) -> list[tuple[str, str]]:
-        return list(self._conn().execute("SELECT name, words FROM inventories ORDER BY name"))
+        rows = self._query("SELECT name, words FROM inventories ORDER BY name")
+        return [(name, words) for name, words in rows]
 
     def delete_inventory(self, name: str) -> bool:
         with self.transaction() as conn:
@@ -375,12 +428,24 @@ class Store:
 
     def ids_containing(self, collection: str, word: str, limit: int) -> list[str]:
         """Ids of up to `limit` documents whose text contains `word`, in label order."""
-        rows = self._conn().execute(
+        rows = self._query(
             "SELECT id FROM documents WHERE collection = ? AND instr(text, ?) > 0 "
             "ORDER BY label LIMIT ?",
             (collection, word, limit),
         )
         return [doc_id for (doc_id,) in rows]
+
+
+_ROW = (
+    "name, model, dim, metric, index_spec, store_tokens, options, created_at, generation, "
+    "next_label"
+)
+
+
+def _collection_row(row: Sequence[Any]) -> CollectionRow:
+    name, model, dim, metric, spec, store_tokens, options, created, generation, next_label = row
+    return CollectionRow(name, model, dim, metric, spec, bool(store_tokens), json.loads(options),
+                         created, generation, next_label)  # fmt: skip
 
 
 def _document(

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from embedsense.server.index.errors import DimensionMismatch, InvalidArgument, ModelMismatch
+from embedsense.server.index.specs import check_spec
 from embedsense.server.index.store import CollectionRow, Document
 
 MAX_ID_LENGTH = 256
@@ -20,8 +21,9 @@ SEARCH_OPTIONS = ("ef_search", "nprobe")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
-def check_new_collection(name: str, model: str, dim: int, metric: str) -> None:
-    """What any backend asks of a new collection (each checks its index spec itself)."""
+def check_new_collection(name: str, model: str, dim: int, metric: str, index_spec: str) -> None:
+    """What any backend asks of a new collection: its name, model, dimension, metric and
+    index spec (specs.py's grammar; a backend may take fewer specs, and says so)."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidArgument(
             f"collection name {name!r}: 1-64 letters, digits, '_', '-' or '.', "
@@ -33,6 +35,7 @@ def check_new_collection(name: str, model: str, dim: int, metric: str) -> None:
         raise InvalidArgument(f"dimension {dim!r}: expected an integer in 1-65536")
     if metric not in METRICS:
         raise InvalidArgument(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
+    check_spec(index_spec, dim)
 
 
 def search_options(options: Mapping[str, Any] | None) -> dict[str, int]:
