@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Regex, normalizers, pre_tokenizers
+from tokenizers import Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import Unigram, WordPiece
 from tokenizers.processors import TemplateProcessing
@@ -114,10 +114,12 @@ class Tokenizer:
         role: TextRole = TextRole.PASSAGE,
         truncate: bool = False,
         allow_long: bool = False,
+        direction: str = "right",
     ) -> list[TokenizedText]:
         """Tokenize texts. Raises TextTooLongError for the first text over the limit
-        unless truncate=True (then each result's `truncated_tokens` says what was cut) or
-        allow_long=True (the caller splits long texts itself, e.g. into windows)."""
+        unless truncate=True (then each result's `truncated_tokens` says what was cut: from
+        the text's end, or with direction="left" from its start) or allow_long=True (the
+        caller splits long texts itself, e.g. into windows)."""
         prefix = self.prefixes.get(TextRole(role), "")
         inputs = [prefix + t for t in texts]
         raw = self._pipeline_for(inputs).encode_batch(inputs, add_special_tokens=False)
@@ -127,10 +129,12 @@ class Tokenizer:
             dropped = 0 if allow_long else max(0, len(enc.ids) - content_limit)
             if dropped and not truncate:
                 raise TextTooLongError(index, len(enc.ids) + self._n_special, self.max_tokens)
-            if dropped:
+            if dropped and direction == "right":
                 enc.truncate(content_limit)
             enc = self.backend.post_process(enc)
-            out.append(_to_caller_text(enc, len(prefix), dropped))
+            text = _to_caller_text(enc, len(prefix), dropped)
+            # From the left, the prefix must stay: cut the text's first tokens, after it.
+            out.append(_drop_first(text, dropped) if dropped and direction == "left" else text)
         return out
 
     def _pipeline_for(self, texts: Sequence[str]) -> HFTokenizer:
@@ -147,6 +151,7 @@ class Tokenizer:
         role: TextRole = TextRole.PASSAGE,
         truncate: bool = False,
         allow_long: bool = False,
+        direction: str = "right",
     ) -> list[TokenizedText]:
         """Texts given as this tokenizer's token ids (no specials, no prefix), made what the
         model sees, as `encode_batch` makes text: the role's prefix and the special tokens
@@ -168,7 +173,7 @@ class Tokenizer:
             if dropped and not truncate:
                 raise TextTooLongError(index, len(ids) + len(prefix_ids) + self._n_special,
                                        self.max_tokens)  # fmt: skip
-            ids = ids[: len(ids) - dropped]
+            ids = ids[dropped:] if direction == "left" else ids[: len(ids) - dropped]
             frame = [*head, *prefix_ids, *ids, *tail]
             real = len(head) + len(prefix_ids)
             out.append(TokenizedText(
@@ -177,6 +182,25 @@ class Tokenizer:
                 [real <= n < real + len(ids) for n in range(len(frame))], dropped,
             ))  # fmt: skip
         return out
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """The ids of the special tokens the template puts around a text, and padding."""
+        head, tail = self._special_frame()
+        return frozenset([*head, *tail, self.pad_id])
+
+    def decode_batch(self, batch: Sequence[Sequence[int]], skip_special: bool = True) -> list[str]:
+        """Token ids back to text (the role's prefix, if the ids hold it, included). Raises
+        ValueError for an id outside the vocabulary."""
+        special = self.special_ids if skip_special else frozenset()
+        for index, ids in enumerate(batch):
+            if bad := [i for i in ids if not 0 <= i < self.vocab_size]:
+                raise ValueError(
+                    f"input {index}: token id {bad[0]} is not in the vocabulary "
+                    f"(0-{self.vocab_size - 1})"
+                )
+        kept = [[i for i in ids if i not in special] for ids in batch]
+        return self.backend.decode_batch(kept, skip_special_tokens=skip_special)
 
     def _special_frame(self) -> tuple[list[int], list[int]]:
         """The special tokens the template puts before and after a text's tokens."""
@@ -196,6 +220,20 @@ def pad_sequences(
     ids[mask] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64,
                             count=int(lengths.sum()))  # fmt: skip
     return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
+
+
+def _drop_first(t: TokenizedText, n: int) -> TokenizedText:
+    """`t` without the first `n` of its text's tokens: a text cut from the left, keeping
+    the special tokens and the prefix before it, which the model needs."""
+    start = t.from_text.index(True)
+    end = start + n
+
+    def without(values: list) -> list:
+        return values[:start] + values[end:]
+
+    return TokenizedText(
+        without(t.ids), without(t.tokens), without(t.offsets), without(t.from_text), n
+    )
 
 
 def _to_caller_text(enc: object, prefix_len: int, dropped: int) -> TokenizedText:
@@ -231,6 +269,7 @@ def wordpiece_backend(
         lowercase=lowercase,
     )
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
     backend.post_processor = TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -268,6 +307,7 @@ def e5s1_backend(model: E5S1Model) -> tuple[HFTokenizer, Shortcut | None]:
     full, common, needs_full = _e5s1_normalizers(model.normalization)
     backend.normalizer = full
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     bos, eos = model.pieces[h.bos_id], model.pieces[h.eos_id]
     backend.post_processor = TemplateProcessing(
         single=f"{bos} $A {eos}",

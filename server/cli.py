@@ -82,6 +82,23 @@ SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "terminates TLS), with a warning",
         {"action": "store_true", "default": None},
     ),
+    (
+        "--default-prompt-name",
+        "the role of HTTP inputs whose request names none (TEI's prompt_name, OpenAI's "
+        "input_type): query or passage, the e5 prefix they get",
+        {"choices": ["query", "passage"]},
+    ),
+    (
+        "--auto-truncate",
+        "on HTTP, cut texts over the model's length instead of refusing them, unless a "
+        "request says truncate: false (OpenAI's shape cannot say)",
+        {"action": "store_true", "default": None},
+    ),
+    (
+        "--cors-allow-origin",
+        "origins a browser may call the HTTP API from: comma-separated, or * (unset: none)",
+        {},
+    ),
 ]
 
 

@@ -257,14 +257,19 @@ class Engine:
         windowed: bool = False,
         timeout: float | None = None,
         token_ids: Sequence[Sequence[int]] | None = None,
+        truncation_direction: str = "right",
+        max_tokens: int | None = None,
     ) -> list[Embedding]:
         """Embed texts: a pooled sentence vector each, and token vectors when asked.
 
         layers: hidden states to average (0 = embeddings ... num_layers = last; default last).
         truncate / windowed: what to do with a text over the model's limit (default: refuse
-        with InvalidRequest naming its length and the limit).
+        with InvalidRequest naming its length and the limit); truncate cuts the text's end,
+        or with truncation_direction="left" its start.
         token_ids: instead of texts, each text as the tokenizer's ids (no specials, no
         prefix: they are added as for text).
+        max_tokens: refuse (InvalidRequest) a request of more tokens than this, before it is
+        queued (a caller whose reply grows with them bounds it so).
         Raises Overloaded, InvalidRequest, DeadlineExceeded (after `timeout` seconds).
         """
         if self._worker is None or self._closing:
@@ -272,11 +277,16 @@ class Engine:
         choice: Layers = tuple(layers) if layers else None
         loop = asyncio.get_running_loop()
         prepare = functools.partial(
-            self._prepare, texts, role, choice, truncate, windowed, token_ids
+            self._prepare, texts, role, choice, truncate, windowed, token_ids, truncation_direction
         )
         large = sum(map(len, texts if token_ids is None else token_ids)) > INLINE_CHARS
         with self._on_its_way() if large else contextlib.nullcontext():
             prepared = await self._on_host(prepare) if large else prepare()
+            if max_tokens is not None and prepared.n_tokens > max_tokens:
+                raise InvalidRequest(
+                    f"the inputs are {prepared.n_tokens} tokens together; at most {max_tokens} "
+                    "are taken in one request here"
+                )
             now = time.monotonic()
             deadline = now + timeout if timeout is not None else None
             rows = [
@@ -298,6 +308,22 @@ class Engine:
         )
         return await self._on_host(assemble) if large else assemble()
 
+    async def tokenize(
+        self, texts: Sequence[str], role: TextRole = TextRole.PASSAGE
+    ) -> list[TokenizedText]:
+        """Texts as the model would see them, at any length (no limit: telling a caller how
+        long a text is must not fail for a long one); a large request off the event loop."""
+        encode = functools.partial(self.model.tokenizer.encode_batch, texts, role, allow_long=True)
+        return await self._on_host(encode) if sum(map(len, texts)) > INLINE_CHARS else encode()
+
+    async def decode(self, batch: Sequence[Sequence[int]], skip_special: bool = True) -> list[str]:
+        """Token ids back to texts. Raises InvalidRequest for an id outside the vocabulary."""
+        decode = functools.partial(self.model.tokenizer.decode_batch, batch, skip_special)
+        try:
+            return await self._on_host(decode) if sum(map(len, batch)) > INLINE_CHARS else decode()
+        except ValueError as err:
+            raise InvalidRequest(str(err)) from err
+
     async def _on_host(self, work: Callable[[], _Result]) -> _Result:
         """work() in the host-work pool, off the event loop."""
         try:
@@ -314,6 +340,7 @@ class Engine:
         truncate: bool,
         windowed: bool,
         token_ids: Sequence[Sequence[int]] | None,
+        direction: str = "right",
     ) -> _Prepared:
         """Tokenized texts and the rows (windows) each becomes (on the loop for a small
         request, in the host-work pool for a large one)."""
@@ -326,7 +353,7 @@ class Engine:
             )
             tokenized = encode(
                 texts if token_ids is None else token_ids, role, truncate=truncate,
-                allow_long=windowed and not truncate,
+                allow_long=windowed and not truncate, direction=direction,
             )  # fmt: skip
         except TextTooLongError as err:
             # Named as callers name it (the request's and the SDK's long_text), not as the

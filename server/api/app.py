@@ -25,7 +25,8 @@ from embedsense.server.api.http import HttpContext, HttpServer
 from embedsense.server.api.interceptors import ApiKeyInterceptor, ApiKeys, DecodeGuard
 from embedsense.server.api.observability import Metrics
 from embedsense.server.api.openai_routes import OpenAIRoutes
-from embedsense.server.api.service import Service, status_for
+from embedsense.server.api.openapi import DocsRoutes, openapi_document
+from embedsense.server.api.service import Service, server_version, status_for
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.api.tei_routes import TEIRoutes
 from embedsense.server.api.tls import ServerTls
@@ -224,12 +225,26 @@ def remove_if_empty(directories: list[Path]) -> None:
 def http_server(
     engine: Engine, settings: ServerSettings, metrics: Metrics, keys: ApiKeys | None
 ) -> HttpServer:
-    """The OpenAI and TEI routes over the same engine, limits, keys and metrics."""
+    """The OpenAI and TEI routes over the same engine, limits, keys and metrics, /metrics,
+    and the OpenAPI document and docs page generated from the routes."""
     context = HttpContext(engine, settings, _status_name)
-    server = HttpServer(settings, metrics, keys, context.to_status)
-    timeout = settings.http_body_timeout_s
-    server.add_routes(OpenAIRoutes(context, timeout).routes())
-    server.add_routes(TEIRoutes(context, server, timeout).routes())
+    server = HttpServer(context, metrics, keys)
+    server.add_routes(OpenAIRoutes(context).routes())
+    tei = TEIRoutes(context, server).routes()
+    server.add_routes(tei)
+    dialect = tei[0].dialect
+    server.add_routes([server.metrics_route(dialect)])
+    title = f"embedsense: {context.model_name}"
+    document = openapi_document(
+        server.routes,
+        context.limits,
+        title=title,
+        version=server_version(),
+        auth=keys is not None,
+        default_role=settings.default_prompt_name,
+        dim=engine.model.dim,
+    )
+    server.add_routes(DocsRoutes(document, title).routes(dialect))
     return server
 
 

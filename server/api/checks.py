@@ -1,19 +1,53 @@
-"""Checks on requests before any work starts: each failure is a BadRequest, which the API
-answers with INVALID_ARGUMENT and a message naming the field and the limit."""
+"""Checks on requests before any work starts, one implementation that gRPC and HTTP both
+call: texts, counts, sizes, roles, truncation. Each failure is a BadRequest naming the field
+and the limit, which gRPC answers with INVALID_ARGUMENT and HTTP in each API's own shape."""
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from embedsense.model import TextRole
 from embedsense.model.pooling import Pooling
 from embedsense.proto.v1 import embedsense_pb2 as pb
 
+if TYPE_CHECKING:
+    from embedsense.server.api.settings import ServerSettings
+
 
 class BadRequest(ValueError):
-    """A request field that is wrong before any work starts (INVALID_ARGUMENT)."""
+    """A request field that is wrong before any work starts (INVALID_ARGUMENT).
+
+    param: the field at fault, as the request spells it (OpenAI's error names it).
+    kind: "empty" (nothing to work on; TEI answers 400 "Empty"), "too_many" (over a count or
+    size limit), or "invalid"."""
+
+    def __init__(self, message: str, param: str | None = None, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.param = param
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The input limits of one request, as ServerSettings sets them."""
+
+    max_texts: int  # texts, or token-id inputs (max_texts_per_request)
+    max_text_chars: int  # characters in one text
+    max_request_chars: int  # characters in all the texts together
+    max_request_tokens: int  # token ids in all the inputs together (the engine's queue)
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> Limits:
+        return cls(
+            settings.max_texts_per_request,
+            settings.max_text_chars,
+            settings.max_request_chars,
+            settings.engine.max_queued_tokens,
+        )
 
 
 ROLES = {pb.ROLE_QUERY: TextRole.QUERY, pb.ROLE_PASSAGE: TextRole.PASSAGE}
@@ -21,24 +55,151 @@ MAX_OCCURRENCES = 1000  # SearchOccurrences answers at most this many
 POOLINGS = {pb.POOLING_DEFAULT: None, pb.POOLING_MEAN: Pooling.MEAN, pb.POOLING_CLS: Pooling.CLS}
 
 
-# Control characters (C0 and C1) other than tab, newline and carriage return.
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Control characters (C0 and C1) other than tab, newline and carriage return, and lone
+# UTF-16 surrogates (JSON's "\ud800" escape decodes to one: no Unicode character, and the
+# tokenizer cannot take it). One search finds either.
+CONTROL_CLASS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+REFUSED = re.compile(f"[{CONTROL_CLASS}\\ud800-\\udfff]")
+# The same rule (and "not only whitespace") as a JSON Schema pattern, for the OpenAPI
+# document: a text with no control character and at least one other character.
+TEXT_PATTERN = rf"^[^{CONTROL_CLASS}]*[^\s{CONTROL_CLASS}][^{CONTROL_CLASS}]*$"
+
+
+def _param(field: str) -> str:
+    """The request field a check's field names: "input" for "input[3]"."""
+    return field.split("[", 1)[0].split(".", 1)[0]
 
 
 def check_text(text: str, field: str, max_chars: int) -> str:
-    """A text the model can take: not empty, not over `max_chars`, no control characters."""
+    """A text the model can take: not empty, not over `max_chars`, no control characters,
+    no lone surrogates."""
     if not text.strip():
-        raise BadRequest(f"{field}: empty (or only whitespace); a text is needed")
+        raise BadRequest(
+            f"{field}: empty (or only whitespace); a text is needed", _param(field), "empty"
+        )
     if len(text) > max_chars:
         raise BadRequest(
-            f"{field}: {len(text)} characters; the limit is {max_chars} (max_text_chars)"
+            f"{field}: {len(text)} characters; the limit is {max_chars} (max_text_chars)",
+            _param(field),
+            "too_many",
         )
-    if (found := CONTROL.search(text)) is not None:
+    if (found := REFUSED.search(text)) is not None:
+        code = ord(found.group())
+        what = "lone surrogate" if 0xD800 <= code <= 0xDFFF else "control character"
         raise BadRequest(
-            f"{field}: control character U+{ord(found.group()):04X} at position "
-            f"{found.start()}; only tab, newline and carriage return are accepted"
+            f"{field}: {what} U+{code:04X} at position {found.start()}; only Unicode text is "
+            "accepted, with tab, newline and carriage return the only control characters",
+            _param(field),
         )
     return text
+
+
+def check_count(count: int, field: str, limits: Limits, what: str = "texts") -> None:
+    """At least one input, at most max_texts."""
+    if count == 0:
+        raise BadRequest(
+            f"{field}: at least one {what.rstrip('s')} is needed", _param(field), "empty"
+        )
+    if count > limits.max_texts:
+        raise BadRequest(
+            f"{field}: {count} {what}; the limit is {limits.max_texts} per request "
+            "(max_texts_per_request)",
+            _param(field),
+            "too_many",
+        )
+
+
+def check_texts(texts: Sequence[str], field: str, limits: Limits) -> list[str]:
+    """Texts the model can take: their count, each text (check_text), and their characters
+    together (max_request_chars)."""
+    check_count(len(texts), field, limits)
+    total = 0
+    for i, text in enumerate(texts):
+        check_text(text, f"{field}[{i}]", limits.max_text_chars)
+        total += len(text)
+    if total > limits.max_request_chars:
+        raise BadRequest(
+            f"{field}: {total} characters in all; the limit is {limits.max_request_chars} per "
+            "request (max_request_chars): send fewer texts at a time",
+            _param(field),
+            "too_many",
+        )
+    return list(texts)
+
+
+def check_token_ids(batch: Sequence[Sequence[int]], field: str, limits: Limits) -> list[list[int]]:
+    """Inputs given as token ids: their count, none empty, and their ids together at most
+    the engine's queue (max_queued_tokens: more could never be admitted). Ids outside the
+    vocabulary are the tokenizer's to name."""
+    check_count(len(batch), field, limits, "inputs")
+    total = 0
+    for i, ids in enumerate(batch):
+        if not ids:
+            raise BadRequest(
+                f"{field}[{i}]: no token ids; an input needs at least one", _param(field), "empty"
+            )
+        total += len(ids)
+    if total > limits.max_request_tokens:
+        raise BadRequest(
+            f"{field}: {total} token ids in all; the limit is {limits.max_request_tokens} per "
+            "request (max_queued_tokens)",
+            _param(field),
+            "too_many",
+        )
+    return [list(ids) for ids in batch]
+
+
+def check_reply_tokens(count: int, field: str, limits: Limits) -> None:
+    """A reply that lists tokens (tokenize) holds at most max_queued_tokens of them: what a
+    request could ever have embedded, and what bounds the reply's size."""
+    if count > limits.max_request_tokens:
+        raise BadRequest(
+            f"{field}: {count} tokens in all; a reply lists at most {limits.max_request_tokens} "
+            "(max_queued_tokens): send fewer or shorter texts",
+            _param(field),
+            "too_many",
+        )
+
+
+def role_named(name: str | None, field: str, default: str) -> TextRole:
+    """The role an HTTP request names ("query" or "passage"), or the server's default."""
+    try:
+        return TextRole(default if name is None else name)
+    except ValueError:
+        raise BadRequest(
+            f"{field}: {name!r}; this model's roles are 'query' and 'passage' (the e5 prefixes)",
+            field,
+        ) from None
+
+
+def check_dimensions(dimensions: int | None, dim: int, model: str) -> None:
+    """Vectors come in the model's own size only (no Matryoshka cut)."""
+    if dimensions is not None and dimensions != dim:
+        raise BadRequest(
+            f"dimensions: {model} gives {dim}-dimensional vectors only; {dimensions!r} is not "
+            "offered (leave it out)",
+            "dimensions",
+        )
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """What to do with an input over the model's length: refuse it, or cut it, from the
+    right (its end) or the left (its start)."""
+
+    cut: bool = False
+    direction: str = "right"
+
+
+def truncation_of(truncate: bool | None, direction: str, auto_truncate: bool) -> Truncation:
+    """A request's truncation: its own `truncate`, else the server's auto_truncate."""
+    direction = direction.lower()
+    if direction not in ("left", "right"):
+        raise BadRequest(
+            f"truncation_direction: {direction!r}; expected 'Left' or 'Right'",
+            "truncation_direction",
+        )
+    return Truncation(auto_truncate if truncate is None else truncate, direction)
 
 
 LONG_TEXT = {pb.LONG_TEXT_ERROR: "error", pb.LONG_TEXT_TRUNCATE: "truncate",

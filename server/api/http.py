@@ -3,181 +3,317 @@ process and event loop, over the same engine, limits, API keys and metrics.
 
 The HTTP library is aiohttp: an asyncio server that runs on the loop grpc.aio already runs
 (an AppRunner and a TCPSite; no second loop, no thread hop per request, no ASGI server to
-embed), with the request-size limit enforced while the body is read. As in
-text-embeddings-inference's router, handlers only translate shapes and errors; the engine
-does the work. Routes: openai_routes.py and tei_routes.py.
+embed). As in text-embeddings-inference's router, each route is a typed request model, a
+typed reply model and a thin handler that only translates shapes and errors: the checks
+(checks.py, shared with gRPC) and the engine do the rest. The same route table gives the
+OpenAPI document (openapi.py).
+
+Around every handler: the body read within its limit and the in-flight budget (bodies.py),
+a large body parsed and a large reply written in a worker thread (the loop keeps serving
+gRPC, HTTP and health meanwhile), a deadline, and cancellation when the client hangs up
+(the engine then drops the request's queued rows, as it does for gRPC). Routes:
+openai_routes.py and tei_routes.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+import numpy as np
+import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, RootModel, ValidationError
 
-from embedsense.model import TextRole
+from embedsense.model import TextRole, TokenizedText
 from embedsense.model.tokenizer import TextTooLongError
-from embedsense.server.api.checks import check_text
+from embedsense.server.api.bodies import BodyBudget, BodyError, parse_json, read_body
+from embedsense.server.api.checks import (
+    Limits,
+    Truncation,
+    check_reply_tokens,
+    check_texts,
+    check_token_ids,
+    role_named,
+    truncation_of,
+)
+from embedsense.server.api.cors import CorsPolicy
+from embedsense.server.api.http_errors import ApiError, Dialect, from_exception, from_validation
 from embedsense.server.api.interceptors import ApiKeys
 from embedsense.server.api.observability import Metrics, new_request_id, request_id
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.engine import Embedding, Engine, InvalidRequest
 
 log = logging.getLogger(__name__)
+_Result = TypeVar("_Result")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# (the request, its body as the route's model, or None) -> a reply model, or a response
+RouteHandler = Callable[[web.Request, Any], Awaitable[Any]]
 
-# gRPC statuses, as the service's error mapping gives them, to HTTP's.
-HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "UNAUTHENTICATED": 401,
-    "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "RESOURCE_EXHAUSTED": 429,
-    "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
-}  # fmt: skip
 RETRY_AFTER_S = "1"  # what a 429 or 503 suggests: the engine's queue drains in about that
+# Bodies up to this size are parsed, and their replies written, on the loop: a single text
+# or a few (a hop to a thread would cost more than the work). Larger ones in a thread.
+INLINE_BODY_BYTES = 16 * 1024
+# JSON values a request may carry beyond its inputs: its other fields.
+OTHER_VALUES = 1024
+PARSE_THREADS = 2  # parsing holds the GIL: more threads would only queue on it
 
 
-class ApiError(Exception):
-    """An HTTP error: its status, a message for the caller, and a kind each API names."""
+@dataclass(frozen=True)
+class HttpRoute:
+    """One route: its handler, its API's dialect, and what the OpenAPI document says of it
+    (the body and reply models, the error statuses it can answer)."""
 
-    def __init__(self, status: int, message: str, kind: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.kind = kind
-
-
-class Dialect(Protocol):
-    """How one API answers an error: its status (APIs differ: a text over the model's
-    length is OpenAI's 400 and text-embeddings-inference's 413) and its JSON body."""
-
-    def error(self, error: ApiError) -> tuple[int, dict[str, Any]]: ...
+    method: str
+    path: str
+    handler: RouteHandler
+    dialect: Dialect
+    summary: str
+    description: str = ""
+    body: type[BaseModel] | None = None
+    reply: type[BaseModel] | None = None
+    reply_media: str = "application/json"
+    errors: tuple[int, ...] = ()
+    open: bool = False  # served without an API key (health, the docs)
+    tag: str = ""
+    documented: bool = True
+    heavy_reply: bool = False  # a reply that can be large for a small body: written off the loop
 
 
 @dataclass
 class HttpContext:
-    """What the route handlers share: the engine and the limits of the gRPC API."""
+    """What the route handlers share: the engine, the settings, and the request checks
+    (checks.py, the ones gRPC calls) in front of every engine call."""
 
     engine: Engine
     settings: ServerSettings
     to_status: Callable[[BaseException], str | None]  # an exception's gRPC status name
+    limits: Limits = field(init=False)
+    executor: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limits = Limits.of(self.settings)
+        self.executor = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="embedsense-http")
 
     @property
     def model_name(self) -> str:
         return self.engine.model.spec.name
 
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return self.engine.model.tokenizer.special_ids
+
+    async def off_loop(self, work: Callable[[], _Result]) -> _Result:
+        """work() in the HTTP worker threads, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, work)
+
+    def role(self, name: str | None, field: str) -> TextRole:
+        """The role a request names, or the server's default_prompt_name."""
+        return role_named(name, field, self.settings.default_prompt_name)
+
+    def truncation(self, truncate: bool | None, direction: str = "right") -> Truncation:
+        """A request's truncation, or the server's auto_truncate."""
+        return truncation_of(truncate, direction, self.settings.auto_truncate)
+
     async def embed(
         self,
-        texts: list[str] | list[list[int]],
+        inputs: list[str] | list[list[int]],
+        field: str,
         *,
         role: TextRole,
+        truncation: Truncation,
         normalize: bool = True,
-        truncate: bool = False,
+        token_vectors: bool = False,
+        max_tokens: int | None = None,
         truncate_hint: str = "",
     ) -> list[Embedding]:
         """Texts (or token-id lists) checked as the gRPC API checks them, then embedded by
         the shared engine. A text over the model's positions is an error naming it, with
         `truncate_hint`: what this API offers to cut it."""
-        limit = self.settings.max_texts_per_request
-        if not texts:
-            raise ApiError(400, "at least one input is needed", "empty")
-        if len(texts) > limit:
-            raise ApiError(413, f"{len(texts)} inputs; the limit is {limit} per request "
-                           "(max_texts_per_request)", "too_many")  # fmt: skip
-        as_ids = isinstance(texts[0], list)
-        if not as_ids:
-            for i, text in enumerate(texts):
-                check_text(text, f"input[{i}]", self.settings.max_text_chars)
+        as_ids = bool(inputs) and isinstance(inputs[0], list)
+        if as_ids:
+            ids, texts = check_token_ids(inputs, field, self.limits), []
+        else:
+            ids, texts = None, check_texts(inputs, field, self.limits)  # type: ignore[arg-type]
         try:
             return await self.engine.embed(
-                [] if as_ids else texts, role=role, normalize=normalize, truncate=truncate,
-                token_ids=texts if as_ids else None,
-            )  # fmt: skip
+                texts,
+                role=role,
+                normalize=normalize,
+                truncate=truncation.cut,
+                truncation_direction=truncation.direction,
+                token_ids=ids,
+                token_vectors=token_vectors,
+                max_tokens=max_tokens,
+            )
         except InvalidRequest as err:
             if not isinstance(long := err.__cause__, TextTooLongError):
                 raise
             raise ApiError(
-                400, f"input[{long.index}] is {long.n_tokens} tokens; {self.model_name} takes "
-                f"{long.limit}{truncate_hint}", "too_long",
-            ) from None  # fmt: skip
+                400,
+                f"{field}[{long.index}] is {long.n_tokens} tokens; {self.model_name} takes "
+                f"{long.limit}{truncate_hint}",
+                "too_long",
+                field,
+            ) from None
+
+    async def tokenize(self, texts: list[str], field: str, role: TextRole) -> list[TokenizedText]:
+        """Texts checked as gRPC Tokenize checks them, tokenized at any length; the tokens of
+        all together at most max_queued_tokens (what bounds the reply)."""
+        tokenized = await self.engine.tokenize(check_texts(texts, field, self.limits), role)
+        check_reply_tokens(sum(map(len, tokenized)), field, self.limits)
+        return tokenized
+
+    async def decode(self, batch: list[list[int]], field: str, skip_special: bool) -> list[str]:
+        return await self.engine.decode(check_token_ids(batch, field, self.limits), skip_special)
 
 
-async def read_json(request: web.Request, timeout_s: float) -> Any:
-    """The body as JSON: 413 over the size limit (aiohttp stops reading there), 408 when it
-    arrives too slowly, 400 when it is not JSON."""
-    try:
-        body = await asyncio.wait_for(request.read(), timeout_s)
-    except TimeoutError:
-        raise ApiError(408, f"the request body did not arrive within {timeout_s:.0f} s",
-                       "timeout") from None  # fmt: skip
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ApiError(400, f"the body is not JSON: {err}", "invalid_json") from None
+def _plain(value: Any) -> Any:
+    """What orjson cannot write by itself: reply models (fields as they are; numpy arrays
+    in them are written as numbers, float32 in its shortest form)."""
+    if isinstance(value, RootModel):
+        return value.root
+    if isinstance(value, BaseModel):
+        return value.__dict__
+    if isinstance(value, np.ndarray):
+        return np.ascontiguousarray(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-Route = tuple[str, str, Handler, Dialect]  # method, path, handler, its API's dialect
+def encode_reply(reply: Any) -> bytes:
+    """A reply model as JSON. A list's items are written one by one: a large reply yields
+    the GIL between them, so the loop's thread gets its turns while a worker writes it."""
+    option = orjson.OPT_SERIALIZE_NUMPY
+    if isinstance(reply, RootModel) and isinstance(reply.root, list) and len(reply.root) > 1:
+        parts = [orjson.dumps(item, default=_plain, option=option) for item in reply.root]
+        return b"[" + b",".join(parts) + b"]"
+    return orjson.dumps(reply, default=_plain, option=option)
+
+
+def json_response(payload: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=payload, status=status, content_type="application/json")
 
 
 class HttpServer:
     """The aiohttp application on the gRPC server's loop."""
 
-    def __init__(
-        self,
-        settings: ServerSettings,
-        metrics: Metrics,
-        keys: ApiKeys | None,
-        to_status: Callable[[BaseException], str | None],
-        open_paths: tuple[str, ...] = ("/health",),
-    ) -> None:
-        self.settings = settings
+    def __init__(self, context: HttpContext, metrics: Metrics, keys: ApiKeys | None) -> None:
+        self.context = context
+        self.settings = settings = context.settings
         self.metrics = metrics
         self.keys = keys
-        self.to_status = to_status
-        self.open_paths = open_paths
         self.draining = False
-        self._dialects: dict[str, Dialect] = {}
-        self.app = web.Application(
-            client_max_size=settings.max_message_bytes, middlewares=[self._around]
-        )
+        self.routes: list[HttpRoute] = []
+        self._by_path: dict[str, HttpRoute] = {}
+        self.body_limit = settings.http_body_limit()
+        self.budget = BodyBudget(settings.http_bytes_in_flight())
+        limits = context.limits
+        self.max_values = limits.max_texts + limits.max_request_tokens + OTHER_VALUES
+        self.cors = CorsPolicy.parse(settings.cors_allow_origin)
+        self.app = web.Application(client_max_size=self.body_limit, middlewares=[self._around])
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
-    def add_routes(self, routes: list[Route]) -> None:
-        for method, path, handler, dialect in routes:
-            self.app.router.add_route(method, path, handler)
-            self._dialects[path] = dialect
+    def add_routes(self, routes: list[HttpRoute]) -> None:
+        for route in routes:
+            added = self.app.router.add_route(route.method, route.path, self._endpoint(route))
+            self.routes.append(route)
+            if added.resource is not None:
+                self._by_path[added.resource.canonical] = route
+
+    def _route(self, request: web.Request) -> HttpRoute | None:
+        resource = request.match_info.route.resource
+        return self._by_path.get(resource.canonical) if resource is not None else None
 
     def _dialect(self, request: web.Request) -> Dialect:
-        """The dialect of the route, or for an unknown path the one of its API's prefix."""
-        resource = request.match_info.route.resource
-        if resource is not None and resource.canonical in self._dialects:
-            return self._dialects[resource.canonical]
-        prefixed = [d for p, d in self._dialects.items() if p != "/" and
-                    request.path.startswith(p.rsplit("/", 1)[0] + "/")]  # fmt: skip
-        return prefixed[0] if prefixed else next(iter(self._dialects.values()))
+        """The dialect of the route; for an unknown path, the one of the routes under its
+        first segment (/v1/...: OpenAI's), else the one of "/" (TEI's)."""
+        if (route := self._route(request)) is not None:
+            return route.dialect
+        segment = "/" + request.path.strip("/").split("/", 1)[0] + "/"
+        under = [r for r in self.routes if r.path.startswith(segment)]
+        fallback = self._by_path.get("/") or self.routes[0]
+        return (under[0] if under else fallback).dialect
+
+    # ------------------------------------------------------------ one route
+
+    def _endpoint(self, route: HttpRoute) -> Handler:
+        """The aiohttp handler of a route: its body read within bounds and parsed into its
+        model, the handler under the request's deadline, its reply written as JSON."""
+
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            deadline = asyncio.get_running_loop().time() + self.settings.http_deadline_s
+            claim = self.budget.claim()
+            try:
+                large = False
+                body = None
+                if route.body is not None:
+                    raw = await read_body(
+                        request, self.body_limit, claim, self.settings.http_body_timeout_s
+                    )
+                    large = len(raw) > INLINE_BODY_BYTES
+                    parse = functools.partial(self._parse, raw, route.body)
+                    body = await self.context.off_loop(parse) if large else parse()
+                    del raw, parse  # the parsed body is what the request holds from here
+                reply = await self._within_deadline(deadline, route.handler(request, body))
+                if isinstance(reply, web.StreamResponse):
+                    return reply
+                if large or route.heavy_reply:
+                    return json_response(await self.context.off_loop(lambda: encode_reply(reply)))
+                return json_response(encode_reply(reply))
+            except BodyError as err:
+                raise ApiError(err.status, str(err), err.kind) from None
+            finally:
+                claim.release()
+
+        return endpoint
+
+    def _parse(self, raw: bytearray, model: type[BaseModel]) -> BaseModel:
+        try:
+            return model.model_validate(parse_json(raw, self.max_values))
+        except ValidationError as err:
+            raise from_validation(err) from None
+
+    async def _within_deadline(self, deadline: float, work: Awaitable[Any]) -> Any:
+        """The handler's work, cancelled at the request's deadline (http_deadline_s from its
+        arrival, in the loop's time): cancelling drops its rows still queued in the engine."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await work
+        except TimeoutError:
+            raise ApiError(
+                504,
+                f"not done within the {self.settings.http_deadline_s:.0f} s deadline "
+                "(http_deadline_s)",
+                "deadline_exceeded",
+            ) from None
+
+    # ------------------------------------------------------------ around every request
 
     @web.middleware
     async def _around(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Request id, API key, draining, errors in the route's own shape, metrics and the
-        access log: what the gRPC interceptors and the `rpc` wrapper do for RPCs."""
+        """Request id, CORS, API key, draining, errors in the route's own shape, metrics and
+        the access log: what the gRPC interceptors and the `rpc` wrapper do for RPCs."""
         rid = new_request_id([("x-request-id", request.headers.get("x-request-id", ""))])
         token = request_id.set(rid)
         started = time.perf_counter()
-        status = 500
+        status = 499  # the client hung up before an answer (nginx's name for it)
         try:
-            response = await self._guarded(request, handler)
+            try:
+                response = await self._guarded(request, handler)
+            except ApiError as err:
+                response = self._error_response(request, err)
             status = response.status
-        except ApiError as err:
-            status, body = self._dialect(request).error(err)
-            response = web.json_response(body, status=status)
-            if status in (429, 503):
-                response.headers["Retry-After"] = RETRY_AFTER_S
         finally:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unknown"
@@ -185,12 +321,17 @@ class HttpServer:
             self.metrics.observe_request(f"HTTP {request.method} {route}", str(status), elapsed)
             request_id.reset(token)
         response.headers["x-request-id"] = rid
+        if self.cors is not None:
+            response.headers.update(self.cors.headers(request.headers.get("Origin")))
         return response
 
     async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.cors is not None and self.cors.is_preflight(request.method, request.headers):
+            return web.Response(status=204, headers=self.cors.preflight_headers(request.headers))
         if self.draining:
             raise ApiError(503, "the server is shutting down", "unavailable")
-        if self.keys is not None and request.path not in self.open_paths:
+        route = self._route(request)
+        if self.keys is not None and (route is None or not route.open):
             refusal = self.keys.refusal(request.headers.get("Authorization", ""))
             if refusal is not None:
                 raise ApiError(401, refusal, "unauthorized")
@@ -198,25 +339,66 @@ class HttpServer:
             return await handler(request)
         except ApiError:
             raise
-        except web.HTTPRequestEntityTooLarge as err:
-            raise ApiError(413, f"the body is over {self.settings.max_message_bytes} bytes "
-                           "(max_message_bytes)", "too_large") from err  # fmt: skip
         except web.HTTPException as err:  # aiohttp's own: an unknown route, a wrong method
-            kind = "not_found" if err.status == 404 else "http"
-            raise ApiError(err.status, err.reason, kind) from None
+            kind = {404: "not_found", 405: "method_not_allowed"}.get(err.status, "http")
+            error = ApiError(err.status, f"{err.reason}: {request.method} {request.path}", kind)
+            if "Allow" in err.headers:  # what a 405 must name (RFC 9110)
+                error.headers["Allow"] = err.headers["Allow"]
+            raise error from None
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - every error gets a status, never a crash
-            code = self.to_status(err)
-            if code is None:
+            mapped = from_exception(err, self.context.to_status)
+            if mapped is None:
                 log.exception("%s %s failed", request.method, request.path)
                 raise ApiError(500, f"{type(err).__name__}: {err}", "internal") from err
-            kind = "too_long" if isinstance(err.__cause__, TextTooLongError) else code.lower()
-            raise ApiError(HTTP_STATUS[code], str(err), kind) from err
+            raise mapped from err
+
+    def _error_response(self, request: web.Request, err: ApiError) -> web.Response:
+        status, body = self._dialect(request).error(err)
+        response = json_response(orjson.dumps(body), status)
+        response.headers.update(err.headers)
+        if status in (429, 503):
+            response.headers["Retry-After"] = RETRY_AFTER_S
+        if status == 401:
+            given = bool(request.headers.get("Authorization"))
+            response.headers["WWW-Authenticate"] = 'Bearer realm="embedsense"' + (
+                ', error="invalid_token"' if given else ""
+            )
+        return response
+
+    # ------------------------------------------------------------ routes of its own
+
+    def metrics_route(self, dialect: Dialect) -> HttpRoute:
+        return HttpRoute(
+            "GET",
+            "/metrics",
+            self.metrics_page,
+            dialect,
+            "Prometheus metrics",
+            "What the metrics port serves, on the HTTP port too (with the API key, if any).",
+            reply_media="text/plain",
+            errors=(503,),
+            tag="Operations",
+        )
+
+    async def metrics_page(self, request: web.Request, body: None) -> web.Response:
+        """Prometheus' text, as the metrics port serves it (read in a thread: collecting
+        asks the index for its collections' sizes)."""
+        text = await asyncio.to_thread(generate_latest, self.metrics.registry)
+        response = web.Response(body=text)
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    # ------------------------------------------------------------ lifecycle
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
         """Listen on host:port (0: any free port), under `tls` when given; the port."""
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # handler_cancellation: a client that hangs up cancels its handler, and so its
+        # engine work (aiohttp leaves it off by default).
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=tls)
         await site.start()
@@ -227,3 +409,9 @@ class HttpServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.context.executor.shutdown(wait=False)
+
+
+def path_parameters(path: str) -> list[str]:
+    """The {names} in a route's path (aiohttp's {name:regex} too)."""
+    return re.findall(r"\{(\w+)(?::[^}]*)?\}", path)

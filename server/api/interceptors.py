@@ -33,15 +33,21 @@ def _replace(handler: Any, behavior: Any, deserializer: Any = None) -> Any:
 
 class ApiKeys:
     """The configured keys, as `authorization: Bearer <key>` (gRPC metadata or an HTTP
-    header) must carry one; compared in constant time, never logged."""
+    header; the scheme in any case, as RFC 9110 has it) must carry one; compared in
+    constant time, never logged."""
 
     def __init__(self, api_keys: Sequence[str]) -> None:
-        self._expected = [f"Bearer {key}".encode() for key in api_keys]
+        self._expected = [key.encode() for key in api_keys]
 
     def refusal(self, given: str) -> str | None:
         """None when `given` carries a configured key; else why not, for the caller."""
+        scheme, _, credentials = given.strip().partition(" ")
+        # Bytes that are not UTF-8 reach here as surrogate escapes (aiohttp decodes headers
+        # so): compared as the bytes they were, they match no key.
+        offered = credentials.strip().encode("utf-8", "surrogateescape")
         # Compare against every key, always: the time taken says nothing about which matched.
-        if any([hmac.compare_digest(given.encode(), key) for key in self._expected]):
+        matched = any([hmac.compare_digest(offered, key) for key in self._expected])
+        if matched and scheme.lower() == "bearer":
             return None
         if not given:
             return "this server needs an API key: 'authorization: Bearer <key>'"

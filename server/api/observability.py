@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -197,7 +198,14 @@ def configure_logging(json_lines: bool = True, level: int = logging.INFO) -> Non
     root.setLevel(level)
 
 
+# A caller's request id is echoed in headers and logs: printable ASCII only, no spaces.
+REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}")
+
+
 def new_request_id(metadata: Any) -> str:
-    """The caller's x-request-id when it sent one (for tracing across services), else new."""
+    """The caller's x-request-id when it sent a usable one (for tracing across services:
+    printable ASCII, at most 64 characters kept), else new."""
     given = dict(metadata or ()).get("x-request-id", "")
-    return given[:64] if given else uuid.uuid4().hex[:16]
+    if given and REQUEST_ID.fullmatch(given[:64]):
+        return given[:64]
+    return uuid.uuid4().hex[:16]

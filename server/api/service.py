@@ -33,7 +33,9 @@ from embedsense.server.api.checks import (
     MAX_OCCURRENCES,
     POOLINGS,
     BadRequest,
+    Limits,
     check_text,
+    check_texts,
     choice,
     k_of,
     metadata_of,
@@ -60,6 +62,7 @@ STATUSES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (idx.CollectionNotFound, grpc.StatusCode.NOT_FOUND),
     (idx.CollectionExists, grpc.StatusCode.ALREADY_EXISTS),
     (idx.ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (idx.IndexOutOfStep, grpc.StatusCode.ABORTED),  # nothing stored; a retry can succeed
     (idx.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (idx.IndexUnavailable, grpc.StatusCode.UNAVAILABLE),
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
@@ -144,16 +147,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     # ------------------------------------------------------------ helpers
 
     def _texts(self, texts: Any, field: str = "texts") -> list[str]:
-        texts = list(texts)
-        limit = self.settings.max_texts_per_request
-        if not texts:
-            raise BadRequest(f"{field}: at least one text is needed")
-        if len(texts) > limit:
-            raise BadRequest(
-                f"{field}: {len(texts)} texts; the limit is {limit} per request "
-                "(max_texts_per_request)"
-            )
-        return [self._text(t, f"{field}[{i}]") for i, t in enumerate(texts)]
+        return check_texts(list(texts), field, Limits.of(self.settings))
 
     def _text(self, text: str, field: str = "text") -> str:
         return check_text(text, field, self.settings.max_text_chars)

@@ -14,6 +14,13 @@ from pathlib import Path
 from embedsense.server.config import EngineConfig
 from embedsense.server.index.backend import BACKENDS, BackendSettings
 
+PROMPT_NAMES = ("query", "passage")  # the roles HTTP requests name (TextRole's values)
+# What the derived HTTP body limit allows for (http_body_limit): a character as a JSON
+# escape, an input's quotes, comma and brackets, and the request's other fields.
+JSON_BYTES_PER_CHAR = 6
+JSON_BYTES_PER_INPUT = 8
+JSON_FIELDS_BYTES = 64 * 1024
+
 # The engine's knobs that a deployment sets from the environment and flags too.
 ENGINE_KNOBS = ("model", "device", "dtype", "cpu_flags", "threads", "tokenizer_threads",
                 "max_batch_tokens", "max_batch_requests", "max_wait_ms", "max_queued_tokens",
@@ -41,6 +48,9 @@ class ServerSettings:
     max_message_bytes: int = 64 * 1024 * 1024
     max_texts_per_request: int = 2048
     max_text_chars: int = 100_000  # per text; longer texts are refused before tokenizing
+    # All the texts of one request together: what the tokenizer is handed at once (its
+    # per-token lists cost about 200 bytes a token), whatever the count and length limits.
+    max_request_chars: int = 2_097_152
     max_concurrent_streams: int = 16  # Upsert streams at once (and per connection)
     shutdown_grace_s: float = 10.0
     # TLS: a certificate and its key (PEM files); with a client CA too, mutual TLS.
@@ -54,6 +64,21 @@ class ServerSettings:
     # The OpenAI- and TEI-compatible HTTP API on this port (0: any free one; None: off).
     http_port: int | None = None
     http_body_timeout_s: float = 30.0  # a request body that takes longer is refused (408)
+    # The largest HTTP body; None: derived from the input limits (http_body_limit()).
+    http_max_body_bytes: int | None = None
+    # Bodies being read, parsed or served at once, in bytes; beyond it a request is refused
+    # with 429. None: 8 of the largest bodies.
+    http_max_body_bytes_in_flight: int | None = None
+    # An HTTP request's deadline, from its arrival: its queued rows are dropped after it (504).
+    http_deadline_s: float = 60.0
+    # The role ("query" or "passage") of HTTP inputs whose request names none (TEI's
+    # prompt_name, OpenAI's input_type): TEI's --default-prompt-name. gRPC sets its own.
+    default_prompt_name: str = "query"
+    # Cut texts over the model's length instead of refusing them, when a request does not
+    # say (TEI's --auto-truncate; OpenAI's shape has no such field, so it always applies).
+    auto_truncate: bool = False
+    # Origins a browser may call the HTTP API from (comma-separated, or *); unset: no CORS.
+    cors_allow_origin: str | None = None
     metrics_host: str | None = None  # default: the server's host
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -62,6 +87,32 @@ class ServerSettings:
             raise ValueError(
                 f"index backend {self.index_backend!r}: expected one of {', '.join(BACKENDS)}"
             )
+        if self.default_prompt_name not in PROMPT_NAMES:
+            raise ValueError(
+                f"default prompt name {self.default_prompt_name!r}: expected "
+                f"{' or '.join(PROMPT_NAMES)}"
+            )
+        if self.max_request_chars < self.max_text_chars:
+            raise ValueError(
+                f"max_request_chars {self.max_request_chars} is below max_text_chars "
+                f"{self.max_text_chars}: a text of the largest length could never be sent"
+            )
+
+    def http_body_limit(self) -> int:
+        """The largest HTTP body, in bytes: http_max_body_bytes, or derived from the input
+        limits: every character of a request's texts sent as a JSON escape (\\uXXXX, six
+        bytes), every input's quotes, comma and brackets, and room for the other fields."""
+        if self.http_max_body_bytes is not None:
+            return self.http_max_body_bytes
+        return JSON_BYTES_PER_CHAR * self.max_request_chars + (
+            JSON_BYTES_PER_INPUT * self.max_texts_per_request + JSON_FIELDS_BYTES
+        )
+
+    def http_bytes_in_flight(self) -> int:
+        """Body bytes the HTTP server holds at once (see http_max_body_bytes_in_flight)."""
+        if self.http_max_body_bytes_in_flight is not None:
+            return self.http_max_body_bytes_in_flight
+        return 8 * self.http_body_limit()
 
     @property
     def model(self) -> str:

@@ -1,112 +1,256 @@
 """text-embeddings-inference's API: POST /embed (and POST /, which TEI's clients, such as
-`huggingface_hub.InferenceClient(base_url).feature_extraction`, call), POST /tokenize,
-GET /info and GET /health, in TEI's shapes and statuses.
+`huggingface_hub.InferenceClient(base_url).feature_extraction`, call), POST /embed_all (a
+vector per token: what a contextual-embedding server is for), POST /tokenize, POST /decode,
+GET /info and GET /health, in TEI's shapes (tei_models.py), statuses and errors.
 
 `prompt_name` ("query" or "passage") picks the e5 prefix, as TEI's prompts do; without it,
-"query", as in gRPC Embed.
+the server's --default-prompt-name ("query" unless set).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
-from embedsense.model import TextRole
-from embedsense.server.api.http import ApiError, HttpContext, read_json
+from embedsense.model import TokenizedText
+from embedsense.server.api.checks import check_dimensions
+from embedsense.server.api.http import HttpContext, HttpRoute
+from embedsense.server.api.http_errors import ApiError
+from embedsense.server.api.openapi import roles_text
 from embedsense.server.api.service import server_version
-from embedsense.server.api.settings import ServerSettings
+from embedsense.server.api.tei_models import (
+    DecodeRequest,
+    DecodeResponse,
+    EmbedAllRequest,
+    EmbedAllResponse,
+    EmbedRequest,
+    EmbedResponse,
+    Info,
+    ModelType,
+    Pooling,
+    TEIError,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 
-PROMPTS = {"query": TextRole.QUERY, "passage": TextRole.PASSAGE}
-# TEI's error types, by our kinds; TEI answers a validation error with 413.
+# Our kinds to TEI's status and error type. TEI answers its validation errors (too many
+# inputs, too long) with 413, a body it cannot read with 400 or 422, an empty batch with 400.
 ERROR_TYPES = {
-    "too_long": (413, "Validation"), "too_many": (413, "Validation"),
-    "invalid_argument": (413, "Validation"), "empty": (400, "Empty"),
-    "resource_exhausted": (429, "Overloaded"), "unavailable": (503, "Unhealthy"),
-}  # fmt: skip
+    "too_long": (413, "Validation"),
+    "too_many": (413, "Validation"),
+    "invalid": (413, "Validation"),
+    "invalid_argument": (413, "Validation"),
+    "empty": (400, "Empty"),
+    "invalid_json": (400, "Validation"),
+    "invalid_body": (422, "Validation"),
+    "too_large": (413, "Validation"),
+    "timeout": (408, "Validation"),
+    "resource_exhausted": (429, "Overloaded"),
+    "unavailable": (503, "Unhealthy"),
+    "deadline_exceeded": (504, "Backend"),
+    "unauthorized": (401, "Unauthorized"),
+    "not_found": (404, "NotFound"),
+    "method_not_allowed": (405, "NotFound"),
+}
+TRUNCATE_HINT = ' (send "truncate": true to cut it)'
+ERRORS = (400, 401, 408, 413, 422, 429, 503, 504)
 
 
 class TEIDialect:
     """{"error": message, "error_type": kind}."""
 
+    error_model = TEIError
+
     def error(self, error: ApiError) -> tuple[int, dict[str, Any]]:
-        status, kind = ERROR_TYPES.get(error.kind, (error.status, error.kind or "Backend"))
+        status, kind = ERROR_TYPES.get(error.kind, (error.status, "Backend"))
         return status, {"error": error.message, "error_type": kind}
 
 
 class TEIRoutes:
-    def __init__(self, context: HttpContext, server: Any, body_timeout_s: float) -> None:
+    def __init__(self, context: HttpContext, server: Any) -> None:
         self.context = context
         self.server = server  # for health: draining or not
-        self.body_timeout_s = body_timeout_s
 
-    def routes(self) -> list[tuple[str, str, Any, TEIDialect]]:
-        dialect = TEIDialect()
+    def routes(self) -> list[HttpRoute]:
+        d = TEIDialect()
+        roles = roles_text(self.context.settings.default_prompt_name)
+        embed = (
+            "One vector per input (mean-pooled, L2-normalized unless normalize is "
+            "false), as TEI's /embed answers. " + roles
+        )
+        max_tokens = self.context.engine.config.max_batch_tokens
         return [
-            ("POST", "/embed", self.embed, dialect), ("POST", "/", self.embed, dialect),
-            ("POST", "/tokenize", self.tokenize, dialect), ("GET", "/info", self.info, dialect),
-            ("GET", "/health", self.health, dialect),
-        ]  # fmt: skip
+            HttpRoute(
+                "POST",
+                "/embed",
+                self.embed,
+                d,
+                "Embed texts (TEI)",
+                embed,
+                body=EmbedRequest,
+                reply=EmbedResponse,
+                errors=ERRORS,
+                tag="TEI",
+            ),
+            HttpRoute(
+                "POST",
+                "/",
+                self.embed,
+                d,
+                "Embed texts (TEI's predict route)",
+                embed,
+                body=EmbedRequest,
+                reply=EmbedResponse,
+                errors=ERRORS,
+                tag="TEI",
+            ),
+            HttpRoute(
+                "POST",
+                "/embed_all",
+                self.embed_all,
+                d,
+                "A vector per token (TEI)",
+                "Per input, one contextual vector per token (the special and prompt "
+                "tokens included; not normalized): how each token reads in its "
+                f"sentence. At most {max_tokens} tokens in one request "
+                "(max_batch_tokens: the reply grows with them). " + roles,
+                body=EmbedAllRequest,
+                reply=EmbedAllResponse,
+                errors=ERRORS,
+                tag="TEI",
+                heavy_reply=True,
+            ),
+            HttpRoute(
+                "POST",
+                "/tokenize",
+                self.tokenize,
+                d,
+                "Tokenize texts (TEI)",
+                "The tokens the model sees, with their offsets in each input (null for "
+                "special and prompt tokens), at any length up to the text limits. " + roles,
+                body=TokenizeRequest,
+                reply=TokenizeResponse,
+                errors=ERRORS,
+                tag="TEI",
+                heavy_reply=True,
+            ),
+            HttpRoute(
+                "POST",
+                "/decode",
+                self.decode,
+                d,
+                "Token ids back to text (TEI)",
+                body=DecodeRequest,
+                reply=DecodeResponse,
+                errors=ERRORS,
+                tag="TEI",
+            ),
+            HttpRoute(
+                "GET",
+                "/info",
+                self.info,
+                d,
+                "The model and the limits (TEI)",
+                reply=Info,
+                errors=(503,),
+                tag="TEI",
+            ),
+            HttpRoute(
+                "GET",
+                "/health",
+                self.health,
+                d,
+                "Ready to serve (TEI)",
+                "200 while serving; 503 while shutting down. No API key needed.",
+                errors=(503,),
+                open=True,
+                tag="TEI",
+            ),
+        ]
 
-    async def _request(self, request: web.Request) -> tuple[dict[str, Any], list[str]]:
-        body = await read_json(request, self.body_timeout_s)
-        if not isinstance(body, dict):
-            raise ApiError(422, "the body is a JSON object with `inputs`", "Validation")
-        inputs = body.get("inputs")
-        if isinstance(inputs, str):
-            return body, [inputs]
-        if isinstance(inputs, list) and inputs and all(isinstance(x, str) for x in inputs):
-            return body, inputs
-        raise ApiError(422, "inputs: a string or a non-empty list of strings", "Validation")
-
-    async def embed(self, request: web.Request) -> web.Response:
-        body, texts = await self._request(request)
-        for flag in ("normalize", "truncate"):
-            if not isinstance(body.get(flag, False), bool):
-                raise ApiError(422, f"{flag}: true or false", "Validation")
-        if body.get("truncation_direction", "Right") not in ("Right", "right"):
-            raise ApiError(422, "truncation_direction: only Right is supported", "Validation")
-        role = PROMPTS.get(body.get("prompt_name") or "query")
-        if role is None:
-            raise ApiError(422, f"prompt_name: {body['prompt_name']!r}; this model has the "
-                           "prompts 'query' and 'passage'", "Validation")  # fmt: skip
+    async def embed(self, request: web.Request, body: EmbedRequest) -> EmbedResponse:
+        check_dimensions(body.dimensions, self.context.engine.model.dim, self.context.model_name)
         results = await self.context.embed(
-            texts, role=role, normalize=body.get("normalize", True),
-            truncate=body.get("truncate", False),
-            truncate_hint=' (send "truncate": true to cut it)',
-        )  # fmt: skip
-        return web.json_response([r.sentence.tolist() for r in results])
+            body.inputs,
+            "inputs",
+            role=self.context.role(body.prompt_name, "prompt_name"),
+            truncation=self.context.truncation(body.truncate, body.truncation_direction),
+            normalize=body.normalize,
+            truncate_hint=TRUNCATE_HINT,
+        )
+        return EmbedResponse.model_construct(root=np.stack([r.sentence for r in results]))
 
-    async def tokenize(self, request: web.Request) -> web.Response:
-        body, texts = await self._request(request)
-        specials = body.get("add_special_tokens", True)
-        tokenizer = self.context.engine.model.tokenizer
-        encoded = tokenizer.encode_batch(texts, TextRole.QUERY, allow_long=True)
-        return web.json_response([
-            [{"id": i, "text": tok, "special": not real, "start": start, "stop": stop}
-             for i, tok, real, (start, stop) in zip(t.ids, t.tokens, t.from_text, t.offsets,
-                                                   strict=True)
-             if real or specials]
-            for t in encoded
-        ])  # fmt: skip
+    async def embed_all(self, request: web.Request, body: EmbedAllRequest) -> EmbedAllResponse:
+        results = await self.context.embed(
+            body.inputs,
+            "inputs",
+            role=self.context.role(body.prompt_name, "prompt_name"),
+            truncation=self.context.truncation(body.truncate, body.truncation_direction),
+            token_vectors=True,
+            max_tokens=self.context.engine.config.max_batch_tokens,
+            truncate_hint=TRUNCATE_HINT,
+        )
+        return EmbedAllResponse.model_construct(root=[r.token_vectors for r in results])
 
-    async def info(self, request: web.Request) -> web.Response:
+    async def tokenize(self, request: web.Request, body: TokenizeRequest) -> TokenizeResponse:
+        role = self.context.role(body.prompt_name, "prompt_name")
+        tokenized = await self.context.tokenize(body.inputs, "inputs", role)
+        special = self.context.special_ids
+        rows = await self.context.off_loop(
+            lambda: [_tokens(t, special, body.add_special_tokens) for t in tokenized]
+        )
+        return TokenizeResponse.model_construct(root=rows)
+
+    async def decode(self, request: web.Request, body: DecodeRequest) -> DecodeResponse:
+        texts = await self.context.decode(body.ids, "ids", body.skip_special_tokens)
+        return DecodeResponse.model_construct(root=texts)
+
+    async def info(self, request: web.Request, body: None) -> Info:
         engine, s = self.context.engine.info(), self.context.settings
-        return web.json_response(info_body(engine, s))
+        return Info.model_construct(
+            model_id=engine.model,
+            model_sha=None,
+            model_dtype=engine.dtype,
+            model_type=ModelType.model_construct(
+                embedding=Pooling.model_construct(
+                    pooling=str(self.context.engine.model.spec.pooling)
+                )
+            ),
+            max_concurrent_requests=engine.max_concurrent_requests,
+            max_input_length=engine.max_tokens,
+            max_batch_tokens=engine.max_batch_tokens,
+            max_batch_requests=engine.max_batch_requests,
+            max_client_batch_size=s.max_texts_per_request,
+            auto_truncate=s.auto_truncate,
+            tokenization_workers=self.context.engine.config.tokenizer_threads,
+            version=server_version(),
+        )
 
-    async def health(self, request: web.Request) -> web.Response:
+    async def health(self, request: web.Request, body: None) -> web.Response:
         if self.server.draining:
             raise ApiError(503, "the server is shutting down", "unavailable")
         return web.Response(status=200)
 
 
-def info_body(engine: Any, settings: ServerSettings) -> dict[str, Any]:
-    return {
-        "model_id": engine.model, "model_sha": None, "model_dtype": engine.dtype,
-        "model_type": {"embedding": {"pooling": "mean"}},
-        "max_concurrent_requests": engine.max_concurrent_requests,
-        "max_input_length": engine.max_tokens, "max_batch_tokens": engine.max_batch_tokens,
-        "max_batch_requests": engine.max_batch_requests,
-        "max_client_batch_size": settings.max_texts_per_request, "auto_truncate": False,
-        "tokenization_workers": 1, "version": server_version(),
-    }  # fmt: skip
+def _tokens(t: TokenizedText, special: frozenset[int], with_special: bool) -> list[dict]:
+    """One input's tokens as TEI's SimpleToken: offsets into the input for its own tokens,
+    null for the others (special tokens, the prompt's)."""
+    rows = []
+    for token_id, text, mine, (start, stop) in zip(
+        t.ids, t.tokens, t.from_text, t.offsets, strict=True
+    ):
+        is_special = not mine and token_id in special
+        if is_special and not with_special:
+            continue
+        rows.append(
+            {
+                "id": token_id,
+                "text": text,
+                "special": is_special,
+                "start": start if mine else None,
+                "stop": stop if mine else None,
+            }
+        )
+    return rows

@@ -1,0 +1,136 @@
+"""HTTP request bodies within bounds: a size limit checked before and while reading, a
+budget of body bytes held at once, and JSON parsing that refuses a body of more values than
+any request needs before it builds them (parsed JSON costs far more memory than its text:
+tens of bytes for every small value, so a body of millions of tiny values would cost
+gigabytes where its text costs megabytes)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+
+
+class BodyError(Exception):
+    """A body refused before it is parsed: its HTTP status and kind."""
+
+    def __init__(self, status: int, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+class BodyBudget:
+    """Bytes of request bodies held at once, from the first byte read until the reply is
+    sent (the parsed request lives that long). One event loop: no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def claim(self) -> Claim:
+        """An empty claim on the budget, for one request's body."""
+        return Claim(self)
+
+
+class Claim:
+    """What one request holds of the budget; release() gives it all back."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def take(self, size: int) -> None:
+        """Hold `size` more bytes, or raise BodyError (429: bodies are in flight up to the
+        budget; the caller may retry)."""
+        budget = self.budget
+        if budget.held + size > budget.limit:
+            raise BodyError(
+                429,
+                f"{budget.held} bytes of request bodies are in flight and this one adds "
+                f"{size}; the limit is {budget.limit} (http_max_body_bytes_in_flight): "
+                "retry later",
+                "resource_exhausted",
+            )
+        budget.held += size
+        self.size += size
+
+    def release(self) -> None:
+        self.budget.held -= self.size
+        self.size = 0
+
+
+async def read_body(request: web.Request, limit: int, claim: Claim, timeout_s: float) -> bytearray:
+    """The body, decompressed as its Content-Encoding says, its bytes held on `claim` (the
+    caller releases it once the reply is sent). Raises BodyError: 413 over `limit` (before
+    reading, when Content-Length says so), 408 when it arrives too slowly, 400 when it does
+    not decode, 429 over the budget."""
+    declared = request.content_length or 0
+    if declared > limit and not request.headers.get("Content-Encoding"):
+        raise _too_large(declared, limit)
+    claim.take(declared)
+    body = bytearray()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while chunk := await request.content.readany():
+                size = len(body) + len(chunk)
+                if size > limit:
+                    raise _too_large(size, limit, "at least ")
+                if size > claim.size:  # decompressed, or sent without a Content-Length
+                    claim.take(size - claim.size)
+                body += chunk
+    except TimeoutError:
+        raise BodyError(
+            408, f"the request body did not arrive within {timeout_s:.0f} s", "timeout"
+        ) from None
+    except RequestPayloadError as err:
+        encoding = request.headers.get("Content-Encoding", "")
+        raise BodyError(
+            400,
+            f"the body does not decode as its Content-Encoding ({encoding}): {err}",
+            "invalid_json",
+        ) from None
+    return body
+
+
+def _too_large(size: int, limit: int, qualifier: str = "") -> BodyError:
+    return BodyError(
+        413,
+        f"the body is {qualifier}{size} bytes; the limit is {limit} (http_max_body_bytes, "
+        "derived from max_request_chars and max_texts_per_request unless set)",
+        "too_large",
+    )
+
+
+def values_bound(body: bytes | bytearray) -> int:
+    """An upper bound on the JSON values in `body`, at the speed of a memory scan: every
+    value but the first follows a comma or opens a container (commas and brackets inside
+    strings count too, so this only ever overestimates)."""
+    return body.count(b",") + body.count(b"[") + body.count(b"{") + 1
+
+
+def parse_json(body: bytes | bytearray, max_values: int) -> Any:
+    """The body as JSON, refused (BodyError 413) when it could hold more than `max_values`
+    values, before any is built; 400 when it is not JSON (or holds a lone surrogate escape,
+    which is no Unicode text, or nests deeper than 1024)."""
+    if (bound := values_bound(body)) > max_values:
+        raise BodyError(
+            413,
+            f"the body has {bound - 1} commas and brackets; a request holds at most "
+            f"{max_values} JSON values (max_texts_per_request plus max_queued_tokens token "
+            "ids): send fewer inputs at a time",
+            "too_large",
+        )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        reason = str(err)
+        if "surrogate" in reason:
+            reason = (
+                "it holds a lone UTF-16 surrogate escape (such as \\ud800), which is no "
+                f"Unicode character ({reason})"
+            )
+        raise BodyError(400, f"the body is not valid JSON: {reason}", "invalid_json") from None

@@ -1,0 +1,75 @@
+"""HTTP errors before they take an API's shape: one ApiError (status, message, kind, the field
+at fault), made from whatever went wrong (a request check, a model's validation, the engine),
+and the Dialect each API answers it in (openai_routes.py, tei_routes.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from embedsense.model.tokenizer import TextTooLongError
+from embedsense.server.api.checks import BadRequest
+
+# gRPC statuses, as the service's error mapping gives them, to HTTP's.
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "UNAUTHENTICATED": 401,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+
+
+class ApiError(Exception):
+    """An HTTP error: its status, a message for the caller, a kind the dialects map (e.g.
+    "too_long", "empty", "invalid_body"), and the request field at fault, if one is."""
+
+    def __init__(self, status: int, message: str, kind: str = "", param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.param = param
+        self.headers: dict[str, str] = {}  # e.g. a 405's Allow
+
+
+class Dialect(Protocol):
+    """How one API answers an error: its status (APIs differ: a text over the model's
+    length is OpenAI's 400 and text-embeddings-inference's 413) and its JSON body, whose
+    model `error_model` documents."""
+
+    error_model: type[BaseModel]
+
+    def error(self, error: ApiError) -> tuple[int, dict[str, Any]]: ...
+
+
+def from_validation(err: ValidationError) -> ApiError:
+    """A request body that does not fit its model: the fields at fault and why."""
+    problems = err.errors(include_url=False, include_input=False)
+    first = problems[0]["loc"] if problems else ()
+    described = "; ".join(
+        f"{'.'.join(map(str, p['loc'])) or 'body'}: {p['msg']}" for p in problems[:5]
+    )
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return ApiError(422, described + more, "invalid_body", str(first[0]) if first else None)
+
+
+def from_exception(
+    err: BaseException, to_status: Callable[[BaseException], str | None]
+) -> ApiError | None:
+    """A domain error (a request check's, the engine's, the index's) as an ApiError; None for
+    one nobody expected (a 500)."""
+    if isinstance(err, BadRequest):
+        return ApiError(400, str(err), err.kind, err.param)
+    code = to_status(err)
+    if code is None:
+        return None
+    if isinstance(err.__cause__, TextTooLongError):
+        return ApiError(HTTP_STATUS[code], str(err), "too_long", "input")
+    return ApiError(HTTP_STATUS[code], str(err), code.lower())

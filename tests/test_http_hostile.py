@@ -1,0 +1,197 @@
+"""Hostile HTTP: requests that once got a 500 (or the wrong 4xx), each answered in its own
+API's error shape with a request id, and the server going on. Each test names the case the
+hostile trial found."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import ServerThread
+
+KEY = "hostile-secret"
+SURROGATE = b'"a\\ud800b"'  # valid JSON, but no Unicode text: a lone UTF-16 surrogate
+
+
+@pytest.fixture(scope="module")
+def running(e5, tmp_path_factory):
+    server = ServerThread(e5, tmp_path_factory.mktemp("hostile"), http_port=0, api_key=KEY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def base(running):
+    return f"http://127.0.0.1:{running.server.http_port}"
+
+
+def call(
+    base: str,
+    path: str,
+    body: bytes | None,
+    headers: dict | None = None,
+    method: str = "POST",
+    timeout: float = 120,
+) -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(
+        base + path,
+        data=body,
+        method=method,
+        headers={
+            "Authorization": f"Bearer {KEY}",
+            "Content-Type": "application/json",
+            **(headers or {}),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def openai_error(status: int, headers: dict, answer: bytes) -> dict:
+    """The body of an OpenAI-shaped error, checked for its shape and the request id."""
+    assert headers.get("x-request-id"), headers
+    error = json.loads(answer)["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    return error
+
+
+def tei_error(headers: dict, answer: bytes) -> dict:
+    assert headers.get("x-request-id"), headers
+    error = json.loads(answer)
+    assert set(error) == {"error", "error_type"}, error
+    return error
+
+
+def still_serving(base: str) -> None:
+    status, _, body = call(base, "/embed", b'{"inputs": "still serving"}')
+    assert status == 200 and len(json.loads(body)[0]) == 384
+
+
+@pytest.mark.parametrize(
+    "path, field",
+    [("/v1/embeddings", "input"), ("/embed", "inputs"), ("/", "inputs"), ("/tokenize", "inputs")],
+)
+def test_a_lone_surrogate_escape_is_a_400_not_a_500(base, path, field):
+    status, headers, answer = call(base, path, b'{"%s": %s}' % (field.encode(), SURROGATE))
+    assert status == 400, answer
+    if path.startswith("/v1"):
+        assert "surrogate" in openai_error(status, headers, answer)["message"]
+    else:
+        assert "surrogate" in tei_error(headers, answer)["error"]
+    still_serving(base)
+
+
+def test_a_corrupt_gzip_body_is_a_400_not_a_500(base):
+    status, headers, answer = call(
+        base,
+        "/v1/embeddings",
+        b"\x1f\x8b\x08\x00 this is not gzip at all",
+        {"Content-Encoding": "gzip"},
+    )
+    assert status == 400, answer
+    assert "gzip" in openai_error(status, headers, answer)["message"]
+    # A well-formed gzip body is read as what it holds.
+    good = gzip.compress(b'{"input": "\\u82f9\\u679c"}')
+    status, _, answer = call(base, "/v1/embeddings", good, {"Content-Encoding": "gzip"})
+    assert status == 200 and len(json.loads(answer)["data"][0]["embedding"]) == 384
+
+
+def test_a_gzip_bomb_is_a_413_before_it_inflates(base):
+    """50 MB of JSON in 50 kB of gzip: the size limit applies to what it inflates to."""
+    bomb = gzip.compress(b'{"inputs": "' + b"a" * 50_000_000 + b'"}', 9)
+    status, headers, answer = call(base, "/embed", bomb, {"Content-Encoding": "gzip"})
+    assert status == 413 and "http_max_body_bytes" in tei_error(headers, answer)["error"]
+    still_serving(base)
+
+
+def test_input_type_as_a_list_is_a_400_naming_the_param(base):
+    body = b'{"input": "x", "input_type": ["query"]}'
+    status, headers, answer = call(base, "/v1/embeddings", body)
+    assert status == 400, answer
+    assert openai_error(status, headers, answer)["param"] == "input_type"
+
+
+def test_prompt_name_as_an_object_is_a_422(base):
+    status, headers, answer = call(base, "/embed", b'{"inputs": "x", "prompt_name": {"a": 1}}')
+    assert status == 422, answer
+    assert "prompt_name" in tei_error(headers, answer)["error"]
+
+
+@pytest.mark.parametrize("path, field", [("/v1/embeddings", "input"), ("/embed", "inputs")])
+def test_200000_nested_brackets_are_a_400_not_a_500(base, path, field):
+    body = b'{"%s": ' % field.encode() + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    status, headers, answer = call(base, path, body)
+    assert status == 400, answer[:300]
+    assert headers.get("x-request-id")
+    still_serving(base)
+
+
+def test_an_authorization_header_of_invalid_utf8_is_a_json_401_with_a_request_id(running):
+    port = running.server.http_port
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        body = b'{"input": "x"}'
+        raw.sendall(
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer \xff\xfe\xc3\x28\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        reply = b""
+        while chunk := raw.recv(65536):
+            reply += chunk
+    head, _, answer = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), reply[:300]
+    assert b"x-request-id:" in head.lower() and b"www-authenticate: bearer" in head.lower()
+    assert json.loads(answer)["error"]["code"] == "invalid_api_key"
+
+
+def test_model_as_a_list_is_a_400_not_a_404(base):
+    status, headers, answer = call(base, "/v1/embeddings", b'{"input": "x", "model": ["a"]}')
+    assert status == 400, answer
+    assert openai_error(status, headers, answer)["param"] == "model"
+
+
+def test_tokenize_refuses_a_text_over_the_grpc_limit(base):
+    body = json.dumps({"inputs": "a" * 450_000}).encode()
+    status, headers, answer = call(base, "/tokenize", body)
+    assert status == 413 and len(answer) < 10_000, (status, len(answer))
+    assert "max_text_chars" in tei_error(headers, answer)["error"]
+
+
+def test_tokenize_refuses_more_inputs_than_the_grpc_limit(base):
+    status, headers, answer = call(base, "/tokenize", json.dumps({"inputs": ["a"] * 5000}).encode())
+    assert status == 413, answer[:300]
+    assert "max_texts_per_request" in tei_error(headers, answer)["error"]
+
+
+def test_tokenize_runs_off_the_event_loop(base):
+    """A large tokenize, within the limits, leaves health answering promptly meanwhile."""
+    body = json.dumps({"inputs": ["我喜欢吃苹果。" * 14_000] * 2}).encode()  # 196,000 characters
+    done: list[float] = []
+
+    def big() -> None:
+        started = time.monotonic()
+        status, _, _ = call(base, "/tokenize", body)
+        assert status == 200
+        done.append(time.monotonic() - started)
+
+    worker = threading.Thread(target=big)
+    worker.start()
+    waits = []
+    while worker.is_alive():
+        started = time.monotonic()
+        assert call(base, "/health", None, method="GET")[0] == 200
+        waits.append(time.monotonic() - started)
+        time.sleep(0.01)
+    worker.join()
+    assert done, "the tokenize request failed"
+    # On the loop, health waited the whole tokenize; off it, at most a short slice of it.
+    assert max(waits) < max(0.25, done[0] / 3), (max(waits), done[0])
