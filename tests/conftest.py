@@ -87,3 +87,20 @@ def client(server):
 
     with Client(server.target, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone(tmp_path_factory):
+    """A real Milvus standalone (PyPI's `milvus` wheel, MILVUS_VERSION) for the whole session,
+    reachable only on 127.0.0.1 (tests/ops/milvus_standalone.py): its URI. The wheel is
+    installed once into a venv under the user's cache; the tests skip, saying why, only where
+    it cannot be installed."""
+    from ops.serverproc import MilvusStandalone, MilvusUnavailable, install_milvus
+
+    try:
+        install_milvus()
+    except MilvusUnavailable as err:
+        pytest.skip(str(err))
+    server = MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone"))
+    yield server.uri
+    server.stop()

@@ -1,8 +1,13 @@
 """One test module for every index backend: `faiss` (FAISS + SQLite), `milvus` on an
-embedded milvus-lite file, and `milvus` on a milvus-lite server on 127.0.0.1, through the
-same interface the service uses (server/index/backend.py)."""
+embedded milvus-lite file, `milvus` on a milvus-lite server and `milvus` on a real Milvus
+standalone (tests/ops/milvus_standalone.py), both on 127.0.0.1, through the same interface
+the service uses (server/index/backend.py)."""
 
 from __future__ import annotations
+
+import threading
+import time
+import zlib
 
 import numpy as np
 import pytest
@@ -71,14 +76,17 @@ def milvus_server(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(params=["faiss", "milvus-lite-file", "milvus-lite-server"])
+@pytest.fixture(params=["faiss", "milvus-lite-file", "milvus-lite-server", "milvus"])
 def backend(request, tmp_path):
     if request.param == "faiss":
         settings = BackendSettings("faiss", data_dir=tmp_path / "data")
     elif request.param == "milvus-lite-file":
         settings = BackendSettings("milvus", milvus_uri=str(tmp_path / "index.db"))
-    else:
+    elif request.param == "milvus-lite-server":
         settings = BackendSettings("milvus", milvus_uri=request.getfixturevalue("milvus_server"))
+    else:
+        uri = request.getfixturevalue("milvus_standalone")
+        settings = BackendSettings("milvus", milvus_uri=uri)
     opened = open_backend(settings)
     yield opened
     for name in opened.names():  # the server outlives the test
@@ -176,6 +184,8 @@ def test_token_vectors_and_word_occurrences(backend):
     assert col.ids_containing("100%x", 100) == []
     shorter = Document(text="苹果", vector=unit(rng)[0], id="a", tokens=[Token("苹果", 0, 2)],
                        token_vectors=rng.normal(size=(1, DIM)))  # fmt: skip
+    assert col.ids_containing("果", 100) and col.ids_containing("吃苹果", 100) == ["a"]
+    assert col.ids_containing("苹果手机_100%x", 100) == []
     col.upsert([shorter])  # a replaced document's old tokens are gone
     assert [t.text for t in col.get(["a"])[0].tokens] == ["苹果"]
     assert col.info().tokens == len(texts["b"]) + len(texts["c"]) + 1
@@ -192,3 +202,68 @@ def test_inventories_are_stored_listed_and_deleted(backend):
     assert [name for name, _ in backend.inventories()] == ["another", "mine"]
     assert backend.delete_inventory("mine") and not backend.delete_inventory("mine")
     backend.delete_inventory("another")
+
+
+def tokenized(doc_id: str, text: str) -> Document:
+    """A document with one token per character, its vectors a function of its text: any
+    mix of two versions' rows shows."""
+    rng = np.random.default_rng(zlib.crc32(text.encode()))
+    return Document(
+        text=text,
+        vector=unit(rng)[0],
+        id=doc_id,
+        tokens=[Token(ch, i, i + 1) for i, ch in enumerate(text)],
+        token_vectors=rng.normal(size=(len(text), DIM)),
+    )
+
+
+def assert_own_tokens(doc: Document) -> None:
+    expected = tokenized(doc.id, doc.text)
+    assert doc.tokens == expected.tokens, doc.id
+    np.testing.assert_allclose(doc.token_vectors, expected.token_vectors, atol=1e-5)
+
+
+def test_words_are_found_in_long_texts_and_by_their_first_and_last_characters(backend):
+    """A text with more character pairs than a Milvus ARRAY holds is still found, and the
+    grams of a word that occur apart are not an occurrence."""
+    backend.create("t", model="m", dim=DIM, store_tokens=True)
+    col = backend.get("t")
+    long_text = "".join(chr(0x4E00 + i) for i in range(6000)) + "苹果"
+    col.upsert([tokenized("long", long_text), tokenized("apart", "苹果 果汁 汁苹")])
+    assert sorted(col.ids_containing("苹果", 10)) == ["apart", "long"]
+    assert col.ids_containing("苹果汁", 10) == []
+    assert col.ids_containing(chr(0x4E00 + 5999), 10) == ["long"]
+
+
+def test_get_never_returns_a_document_without_its_tokens_while_it_is_rewritten(backend):
+    """Before, on milvus: get() read the document row, a writer replaced it and deleted its
+    old token rows, and get() came back with no tokens."""
+    backend.create("t", model="m", dim=DIM, store_tokens=True)
+    col = backend.get("t")
+    col.upsert([tokenized("w", "苹果" * 3)])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        n = 0
+        try:
+            while not stop.is_set():
+                n += 1
+                col.upsert([tokenized("w", f"第{n}个" + "苹果" * (n % 5 + 1))])
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    reads, deadline = 0, time.monotonic() + 4
+    try:
+        while time.monotonic() < deadline and not errors:
+            (doc,) = col.get(["w"])
+            assert doc is not None and doc.tokens, "a document came back without its tokens"
+            assert_own_tokens(doc)
+            reads += 1
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not errors, errors
+    assert reads > 3

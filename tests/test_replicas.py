@@ -1,6 +1,7 @@
-"""Stateless encoder replicas over one shared index: a milvus-lite server and three encoder
-servers on 127.0.0.1 (one in this process, two in their own, so one can be SIGKILLed), and
-clients that know all of them. Bounded: ~1,300 documents, a few hundred calls."""
+"""Stateless encoder replicas over one shared index (a milvus-lite server, then a real Milvus
+standalone) and three encoder servers on 127.0.0.1 (one in this process, two in their own,
+so one can be SIGKILLed), and clients that know all of them. Bounded: ~1,300 documents, a few
+hundred calls."""
 
 from __future__ import annotations
 
@@ -25,10 +26,15 @@ def requests_served(metrics_port: int) -> float:
     return sum(float(c) for c in counts)
 
 
-@pytest.fixture(scope="module")
-def cluster(e5, tmp_path_factory):
-    milvus = MilvusLiteServer(tmp_path_factory.mktemp("milvus"))
-    shared = ("--index-backend", "milvus", "--milvus-uri", milvus.uri)
+@pytest.fixture(scope="module", params=["milvus-lite-server", "milvus"])
+def cluster(request, e5, tmp_path_factory):
+    """The replicas over a milvus-lite server, then over a real Milvus standalone."""
+    if request.param == "milvus":
+        milvus, uri = None, request.getfixturevalue("milvus_standalone")
+    else:
+        milvus = MilvusLiteServer(tmp_path_factory.mktemp("milvus"))
+        uri = milvus.uri
+    shared = ("--index-backend", "milvus", "--milvus-uri", uri)
     ports = [free_port(), free_port()]
     processes = [
         ServerProcess(tmp_path_factory.mktemp(f"replica{i}"), None, *shared, "--replica",
@@ -41,7 +47,7 @@ def cluster(e5, tmp_path_factory):
             process.start()
         local = ServerThread(
             e5, tmp_path_factory.mktemp("replica0"), index_backend="milvus",
-            milvus_uri=milvus.uri, replica="replica-0", metrics_port=0,
+            milvus_uri=uri, replica="replica-0", metrics_port=0,
         )  # fmt: skip
         yield {
             "targets": [local.target] + [p.target for p in processes],
@@ -53,7 +59,8 @@ def cluster(e5, tmp_path_factory):
             local.stop()
         for process in processes:
             process.stop()
-        milvus.stop()
+        if milvus is not None:
+            milvus.stop()
 
 
 def test_replicas_share_collections_inventories_and_answers(cluster):

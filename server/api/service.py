@@ -65,6 +65,7 @@ STATUSES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (idx.IndexOutOfStep, grpc.StatusCode.ABORTED),  # nothing stored; a retry can succeed
     (idx.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (idx.IndexUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (idx.IndexUnsupported, grpc.StatusCode.FAILED_PRECONDITION),  # IndexFailed: INTERNAL
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (sense_errors.SenseInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (sense_errors.NoTokenVectors, grpc.StatusCode.FAILED_PRECONDITION),
@@ -435,8 +436,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
                  for word, entry in request.words.items()}  # fmt: skip
         await asyncio.to_thread(self.senses.inventories.create, request.name, words,
                                 request.replace)  # fmt: skip
-        return self._inventory_reply(request.name, self.senses.inventories.get(request.name),
-                                     False)  # fmt: skip
+        stored = await asyncio.to_thread(self.senses.inventories.get, request.name)
+        return self._inventory_reply(request.name, stored, False)
 
     @rpc
     async def ListInventories(

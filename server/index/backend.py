@@ -113,6 +113,7 @@ class BackendSettings:
     data_dir: Path = Path("data")  # faiss: where the store and the snapshots live
     milvus_uri: str | None = None  # milvus: a path ending in .db (milvus-lite) or a URL
     milvus_token: str | None = None
+    milvus_timeout_s: float = 30.0  # milvus: the deadline of every call to Milvus
 
 
 def open_backend(settings: BackendSettings) -> IndexBackend:
@@ -129,5 +130,5 @@ def open_backend(settings: BackendSettings) -> IndexBackend:
             )
         from embedsense.server.index.milvus import MilvusBackend
 
-        return MilvusBackend(settings.milvus_uri, settings.milvus_token)
+        return MilvusBackend(settings.milvus_uri, settings.milvus_token, settings.milvus_timeout_s)
     raise ValueError(f"index backend {settings.kind!r}: expected one of {', '.join(BACKENDS)}")

@@ -22,6 +22,17 @@ class IndexUnavailable(IndexStoreError):
     """UNAVAILABLE: the index backend (a Milvus server) cannot be reached right now."""
 
 
+class IndexUnsupported(IndexStoreError):
+    """FAILED_PRECONDITION: a valid request that this index cannot serve as it stands (its
+    Milvus is too old for it, or the collection was made before the feature)."""
+
+
+class IndexFailed(IndexStoreError):
+    """INTERNAL: the index backend failed in a way that is neither an outage nor the
+    request's fault. Deliberately mapped to no status: the API layer answers INTERNAL and
+    logs the error with its cause."""
+
+
 class IndexOutOfStep(IndexStoreError):
     """ABORTED: a write found the in-memory index out of step with the store, stored
     nothing, and could not bring the index back in step; a retry can succeed."""

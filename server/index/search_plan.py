@@ -26,6 +26,12 @@ SELECTIVE_FILTER_SHARE = 0.02
 MAX_FILTERED_EF = 4096
 
 
+def filtered_ef(ef_search: int, k: int, share: float) -> int:
+    """The graph walk's candidate list under a filter that keeps `share` (0-1] of the
+    vectors: widened by 1/share, at most MAX_FILTERED_EF (the milvus backend uses it too)."""
+    return min(MAX_FILTERED_EF, max(ef_search, int(max(ef_search, k) / max(share, 1e-9))))
+
+
 def search_generation(
     gen: Generation,
     queries: np.ndarray,
@@ -46,8 +52,7 @@ def search_generation(
         if candidates <= SELECTIVE_FILTER_SHARE * live.count:
             index, probes = exhaustive(index, probes)
         else:
-            share = candidates / max(live.count, 1)
-            ef_search = min(MAX_FILTERED_EF, max(ef_search, int(max(ef_search, k) / share)))
+            ef_search = filtered_ef(ef_search, k, candidates / max(live.count, 1))
     elif live.count < index.ntotal:
         selector, bits = live.selector()
         candidates = live.count

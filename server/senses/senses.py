@@ -89,8 +89,10 @@ class Senses:
             if inventory:
                 raise SenseInputError("give senses or an inventory, not both")
             examples = check_senses(word, senses)
+        elif inventory and inventory != DEFAULT:  # stored in the index: maybe a round trip
+            examples = await asyncio.to_thread(self.inventories.senses, inventory, word)
         else:
-            examples = self.inventories.senses(inventory or DEFAULT, word)
+            examples = self.inventories.senses(DEFAULT, word)
         labelled = [(label, e) for label, sentences in examples.items() for e in sentences]
         occurrences = [target] + [locate(e, word) for _, e in labelled]
         found = await word_vectors(self.engine, occurrences, layers)
@@ -152,7 +154,7 @@ class Senses:
     ) -> tuple[list[FoundOccurrence], int]:
         """The occurrences of the word in the collection whose sense is closest to its sense
         in `text`, best first; and how many occurrences were compared."""
-        collection = self.catalog.get(collection_name)
+        collection = await asyncio.to_thread(self.catalog.get, collection_name)
         target = locate(text, word, span, occurrence)
         items, words, contexts = await self._stored_occurrences(collection, target.word)
         query = await word_vectors(self.engine, [target])
@@ -171,7 +173,7 @@ class Senses:
         central: int = 3,
     ) -> Induction:  # fmt: skip
         """Cluster the word's occurrences in the collection into senses, without labels."""
-        collection = self.catalog.get(collection_name)
+        collection = await asyncio.to_thread(self.catalog.get, collection_name)
         if not word:
             raise SenseInputError("word: empty")
         for name, value in (("k", k), ("max_k", max_k)):

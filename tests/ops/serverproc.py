@@ -1,8 +1,9 @@
 """Real servers in their own processes on 127.0.0.1: `embedsense-server` (for the load and
-fault scripts and the replica tests) and a milvus-lite server."""
+fault scripts and the replica tests), a milvus-lite server, and a real Milvus standalone."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -88,3 +89,128 @@ class MilvusLiteServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(30)
+
+
+MILVUS_VERSION = "2.3.5"  # the oldest Milvus the backend supports (README)
+
+
+def milvus_cache() -> Path:
+    """Where the `milvus` wheel's venv is kept between runs: outside the repository."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "embedsense-milvus"
+
+
+class MilvusUnavailable(RuntimeError):
+    """The `milvus` wheel could not be installed here (no index, no wheel for this platform)."""
+
+
+def install_milvus(version: str = MILVUS_VERSION, limit_s: float = 600) -> Path:
+    """`milvus-server` from PyPI's `milvus==version`, in a venv of its own under the cache,
+    installed once (concurrent callers wait on a lock) and reused; its path."""
+    cache = milvus_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    venv = cache / f"v{version}"
+    server = venv / "bin" / "milvus-server"
+    with open(cache / "install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (venv / ".installed").exists() and server.exists():
+            return server
+        staging = cache / f"v{version}.partial"
+        subprocess.run(["rm", "-rf", str(staging), str(venv)], check=True)
+        try:
+            # The venv's own pip: the wheel must not touch the project's environment.
+            subprocess.run(
+                [sys.executable, "-m", "venv", str(staging)],
+                check=True,
+                capture_output=True,
+                timeout=limit_s,
+            )
+            subprocess.run(
+                [
+                    str(staging / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    f"milvus=={version}",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=limit_s,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
+            detail = getattr(err, "stderr", None) or str(err)
+            raise MilvusUnavailable(
+                f"could not install milvus=={version} into {staging}: {detail!s:.500}"
+            ) from err
+        # The venv's scripts name their interpreter by path: move it, then fix them up.
+        staging.rename(venv)
+        for script in (venv / "bin").iterdir():
+            if script.is_file() and not script.is_symlink():
+                try:
+                    text = script.read_text()
+                except UnicodeDecodeError:
+                    continue
+                script.write_text(text.replace(str(staging), str(venv)))
+        (venv / "pyvenv.cfg").write_text(
+            (venv / "pyvenv.cfg").read_text().replace(str(staging), str(venv))
+        )
+        (venv / ".installed").touch()
+    return server
+
+
+class MilvusStandalone:
+    """A real Milvus standalone (tests/ops/milvus_standalone.py) in a network namespace of its
+    own, reachable only at `uri` on 127.0.0.1; its data in `data_dir`."""
+
+    def __init__(self, data_dir: Path, version: str = MILVUS_VERSION, limit_s: float = 180):
+        milvus_server = install_milvus(version)
+        self.version = version
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        # As root a network namespace is enough; otherwise a user namespace makes one.
+        unshare = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
+        self.process = subprocess.Popen(
+            [
+                *unshare,
+                sys.executable,
+                str(Path(__file__).with_name("milvus_standalone.py")),
+                "--milvus-server",
+                str(milvus_server),
+                "--data",
+                str(data_dir),
+                "--listen-fd",
+                str(self.listener.fileno()),
+                "--limit-s",
+                str(limit_s),
+                "--owner-pid",
+                str(os.getpid()),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            pass_fds=(self.listener.fileno(),),
+            start_new_session=True,
+        )
+        line = self.process.stdout.readline()  # "ready", or nothing when it gave up
+        if line.strip() != "ready":
+            self.process.wait(30)
+            error = self.process.stderr.read().strip()
+            raise RuntimeError(f"Milvus {version} did not start: {error or 'no reason given'}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # the launcher stops Milvus, then exits
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.listener.close()

@@ -1,0 +1,317 @@
+"""The `milvus` index backend: collections in Milvus, through pymilvus' MilvusClient.
+
+The same code serves an embedded milvus-lite file (`./index.db`) and a Milvus server or
+cluster (`http://host:19530`, with a token when it asks for one): MilvusClient gives us that,
+and this package adds nothing that depends on which. Every encoder server pointed at the same
+URI sees the same collections and inventories; none keeps state of its own but a cache of
+collection settings, checked against the meta rows at least every RECHECK_S and as soon as
+Milvus says a collection is gone.
+
+Creating and dropping, from any number of replicas at once (schema.py names the parts):
+- create: refused when the meta row exists; else a new incarnation's Milvus collections, then
+  the alias claim (atomic in Milvus: one of two replicas creating the name at once wins, the
+  other drops what it made and answers "exists"), then the meta row. A claim whose meta row
+  never came (a replica that died mid-create) is taken over after CLAIM_GRACE_S.
+- drop: the meta row first (no replica opens the collection after), then the alias, then the
+  Milvus collections; of the incarnation the meta row names, not of a cached one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+from pymilvus import MilvusClient, MilvusException
+
+from embedsense.server.index.collection import CollectionInfo
+from embedsense.server.index.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    IndexUnavailable,
+    InvalidArgument,
+)
+from embedsense.server.index.milvus.calls import MilvusAliasTaken, MilvusCalls
+from embedsense.server.index.milvus.collection import MilvusCollection
+from embedsense.server.index.milvus.filters import literal
+from embedsense.server.index.milvus.schema import (
+    MAX_VARCHAR,
+    META,
+    Layout,
+    documents_schema,
+    meta_schema,
+    milvus_index,
+    new_incarnation,
+    tokens_schema,
+)
+from embedsense.server.index.milvus.versions import MAX_ROWS_PER_QUERY
+from embedsense.server.index.store import CollectionRow
+from embedsense.server.index.validation import check_new_collection, search_options
+
+log = logging.getLogger(__name__)
+
+RECHECK_S = 1.0  # a cached collection older than this is checked against its meta row
+CLAIM_GRACE_S = 120.0  # a create takes seconds: a claim this old without a meta row is dead
+
+
+class MilvusBackend:
+    """The `milvus` index backend (see backend.py)."""
+
+    kind = "milvus"
+
+    def __init__(self, uri: str, token: str | None = None, timeout_s: float = 30.0) -> None:
+        self.uri = uri
+        try:
+            # A connection of its own: pymilvus otherwise shares one per URI between clients,
+            # and a shared one that sat idle (Milvus sent GOAWAY) failed the next client's
+            # connect instead of being replaced.
+            client = MilvusClient(uri=uri, token=token or "", timeout=timeout_s, dedicated=True)
+        except MilvusException as err:
+            raise IndexUnavailable(f"milvus at {uri}: {err.message}") from err
+        self.calls = MilvusCalls(client, timeout_s)
+        if not self.calls("open the meta rows", "has_collection", META):
+            self._create_meta()
+        self._lock = threading.Lock()
+        self._open: dict[str, MilvusCollection] = {}
+
+    def _create_meta(self) -> None:
+        schema, index = meta_schema()
+        try:
+            self.calls(
+                "create the meta rows",
+                "create_collection",
+                META,
+                schema=schema,
+                index_params=index,
+                consistency_level="Bounded",
+            )
+        except Exception:
+            if not self.calls("open the meta rows", "has_collection", META):
+                raise  # not another replica that made it first
+            log.info("another replica created %s first", META)
+
+    # ------------------------------------------------------------ meta rows
+
+    def _meta_get(self, key: str) -> str | None:
+        rows = self.calls.query(f"read {key}", META, f"key == {literal(key)}", ["value"])
+        return rows[0]["value"] if rows else None
+
+    def _meta_put(self, key: str, value: str) -> None:
+        if len(value.encode()) > MAX_VARCHAR:
+            raise InvalidArgument(
+                f"{key}: {len(value.encode())} bytes; the milvus backend "
+                f"keeps at most {MAX_VARCHAR}"
+            )
+        self.calls(
+            f"write {key}", "upsert", META, [{"key": key, "value": value, "vector": [0.0, 0.0]}]
+        )
+        self.calls.settle(f"write {key}", (META, "key"))
+
+    def _meta_delete(self, key: str) -> None:
+        self.calls(f"delete {key}", "delete", META, ids=[key])
+        self.calls.settle(f"delete {key}", (META, "key"))
+
+    def _meta_keys(self, prefix: str) -> list[tuple[str, str]]:
+        rows = self.calls.query(
+            f"list {prefix}",
+            META,
+            f"key like {json.dumps(prefix + '%')}",
+            ["key", "value"],
+            limit=MAX_ROWS_PER_QUERY,
+        )
+        return sorted((row["key"][len(prefix) :], row["value"]) for row in rows)
+
+    @staticmethod
+    def _parse(value: str) -> tuple[CollectionRow, Layout]:
+        stored = json.loads(value)
+        incarnation = stored.pop("incarnation", "")  # "": made before incarnations
+        row = CollectionRow(**stored)
+        return row, Layout(row.name, incarnation)
+
+    def _stored(self, name: str) -> tuple[CollectionRow, Layout] | None:
+        value = self._meta_get(f"collection:{name}")
+        return None if value is None else self._parse(value)
+
+    # ------------------------------------------------------------ collections
+
+    def create(
+        self,
+        name: str,
+        *,
+        model: str,
+        dim: int,
+        metric: str = "cosine",
+        index_spec: str = "Flat",
+        store_tokens: bool = False,
+        options: Mapping[str, Any] | None = None,
+    ) -> CollectionInfo:
+        check_new_collection(name, model, dim, metric, index_spec)
+        milvus_index(index_spec)  # refused before anything is made
+        row = CollectionRow(
+            name,
+            model,
+            dim,
+            metric,
+            index_spec,
+            store_tokens,
+            search_options(options),
+            time.time(),
+            0,
+            0,
+        )
+        with self._lock:
+            if self._stored(name) is not None:
+                raise CollectionExists(f"collection {name!r} already exists")
+            layout = Layout(name, new_incarnation())
+            self._make(row, layout)
+            try:
+                self._claim(layout)
+            except BaseException:
+                self._unmake(layout)
+                raise
+            self._meta_put(
+                f"collection:{name}", json.dumps({**asdict(row), "incarnation": layout.incarnation})
+            )
+            collection = self._open[name] = MilvusCollection(self.calls, row, layout)
+        return collection.info()
+
+    def _make(self, row: CollectionRow, layout: Layout) -> None:
+        what = f"create collection {row.name!r}"
+        schema, index = documents_schema(row, layout)
+        self.calls(
+            what,
+            "create_collection",
+            layout.docs,
+            schema=schema,
+            index_params=index,
+            consistency_level="Bounded",
+        )
+        if row.store_tokens:
+            schema, index = tokens_schema(row)
+            self.calls(
+                what,
+                "create_collection",
+                layout.tokens,
+                schema=schema,
+                index_params=index,
+                consistency_level="Bounded",
+            )
+
+    def _unmake(self, layout: Layout) -> None:
+        for collection in (layout.docs, layout.tokens):
+            self.calls(f"drop collection {layout.name!r}", "drop_collection", collection)
+
+    def _claim(self, layout: Layout) -> None:
+        """The alias names this incarnation, or CollectionExists (module docstring)."""
+        for attempt in range(2):
+            try:
+                self.calls(
+                    f"create collection {layout.name!r}", "create_alias", layout.docs, layout.alias
+                )
+                return
+            except MilvusAliasTaken:
+                if attempt or not self._take_over_dead_claim(layout):
+                    raise CollectionExists(
+                        f"collection {layout.name!r} already exists (another replica is "
+                        "creating it)"
+                    ) from None
+
+    def _take_over_dead_claim(self, layout: Layout) -> bool:
+        what = f"create collection {layout.name!r}"
+        target = self.calls(what, "describe_alias", layout.alias)["collection_name"]
+        if self._stored(layout.name) is not None:
+            return False
+        if time.time() - Layout.born(target) < CLAIM_GRACE_S:
+            return False  # a create in progress elsewhere
+        log.warning(
+            "collection %r: taking over the claim of a create that never finished (%s)",
+            layout.name,
+            target,
+        )
+        self.calls(what, "drop_alias", layout.alias)
+        for collection in (target, target.replace("_c_", "_t_", 1)):
+            self.calls(what, "drop_collection", collection)
+        return True
+
+    def get(self, name: str) -> MilvusCollection:
+        with self._lock:
+            cached = self._open.get(name)
+        if cached and not cached.gone and time.monotonic() - cached.checked_at < RECHECK_S:
+            return cached
+        stored = self._stored(name)  # another replica may have made, dropped or re-made it
+        if stored is None:
+            with self._lock:
+                self._open.pop(name, None)
+            raise CollectionNotFound(f"no collection named {name!r}")
+        row, layout = stored
+        with self._lock:
+            cached = self._open.get(name)
+            if cached and not cached.gone and cached.layout == layout:
+                cached.checked_at = time.monotonic()
+                return cached
+            if cached:  # its incarnation is gone: every later call through it says so
+                cached.gone = True
+            collection = self._open[name] = MilvusCollection(self.calls, row, layout)
+            return collection
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self._meta_keys("collection:")]
+
+    def list(self) -> list[CollectionInfo]:
+        infos = []
+        for name in self.names():
+            try:
+                infos.append(self.get(name).info())
+            except CollectionNotFound:  # dropped by another replica meanwhile
+                continue
+        return infos
+
+    def drop(self, name: str) -> None:
+        stored = self._stored(name)  # the incarnation the meta row names, not a cached one
+        if stored is None:
+            raise CollectionNotFound(f"no collection named {name!r}")
+        row, layout = stored
+        with self._lock:
+            cached = self._open.get(name)
+        collection = (
+            cached
+            if cached and cached.layout == layout
+            else MilvusCollection(self.calls, row, layout)
+        )
+        with collection.dropping():
+            self._meta_delete(f"collection:{name}")
+            if layout.incarnation:
+                self.calls(f"drop collection {name!r}", "drop_alias", layout.alias)
+            self._unmake(layout)
+            with self._lock:
+                stale = self._open.pop(name, None)
+            if stale is not None:
+                stale.gone = True
+
+    def close(self) -> None:
+        self.calls.client.close()
+
+    # ------------------------------------------------------------ inventories
+
+    def put_inventory(self, name: str, words_json: str, replace: bool) -> bool:
+        with self._lock:
+            if not replace and self._meta_get(f"inventory:{name}") is not None:
+                return False
+            self._meta_put(f"inventory:{name}", words_json)
+        return True
+
+    def get_inventory(self, name: str) -> str | None:
+        return self._meta_get(f"inventory:{name}")
+
+    def inventories(self) -> list[tuple[str, str]]:
+        return self._meta_keys("inventory:")
+
+    def delete_inventory(self, name: str) -> bool:
+        if self._meta_get(f"inventory:{name}") is None:
+            return False
+        self._meta_delete(f"inventory:{name}")
+        return True

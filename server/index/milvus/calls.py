@@ -1,0 +1,202 @@
+"""Every call the milvus backend makes to Milvus: each with a deadline, at a stated
+consistency level, and its errors as the index's own.
+
+Deadlines: pymilvus retries a failed RPC for as long as its timeout allows, 75 times when it
+has none; every call here has one (`timeout_s`), so a Milvus that does not answer costs a
+caller that long, then UNAVAILABLE. The service runs these calls in threads, never on its
+event loop.
+
+Consistency, and why a write acknowledged by one replica is seen by every replica's reads:
+- Reads run at Bounded consistency: Milvus answers at once from what its query nodes have
+  consumed, waiting only when they lag more than its staleness bound (5 s by default).
+- A write is acknowledged only once Milvus serves it: after the upsert or delete, `settle`
+  runs a one-row query at Strong consistency, which waits until the query nodes have consumed
+  everything written before it (Milvus's time tick, every 200 ms by default). From then on
+  every read, through any replica and at any level, sees the write. (Session consistency
+  would wait for this client's last write only, but pymilvus records no timestamp for a
+  delete, so a delete would not be waited for.)
+Strong reads would give the same guarantee by waiting for the next time tick on every
+search (~200 ms each); here the wait is paid once per write call instead.
+
+Errors: Milvus before 2.4 answers most failures with code 65535 and a message, so they are
+classified by code where it says enough and by message where it does not:
+- transient (the index is down, loading, overloaded, or the deadline passed) ->
+  IndexUnavailable (UNAVAILABLE; a retry can succeed);
+- the request's fault (an expression or parameter Milvus refuses) -> InvalidArgument;
+- what this Milvus cannot do -> IndexUnsupported (FAILED_PRECONDITION);
+- the collection is gone -> MilvusCollectionGone, which the collection turns into
+  CollectionNotFound;
+- anything else -> IndexFailed (INTERNAL, logged with its cause).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from pymilvus import MilvusClient, MilvusException
+from pymilvus.exceptions import DataTypeNotMatchException, ParamError
+
+from embedsense.server.index.errors import (
+    IndexFailed,
+    IndexStoreError,
+    IndexUnavailable,
+    IndexUnsupported,
+    InvalidArgument,
+)
+
+log = logging.getLogger(__name__)
+
+READ = "Bounded"  # see the module docstring
+SETTLE = "Strong"
+
+COLLECTION_NOT_FOUND = 100
+ALIAS_EXISTS = 1602
+# Milvus's error codes (pkg/util/merr) for an index that is not ready, overloaded or
+# unreachable: service not ready/unavailable, memory/request/disk/rate limits, force deny,
+# time tick lag; collection not loaded, not fully loaded, recovering; replica, channel,
+# segment and node not available; storage I/O.
+TRANSIENT_CODES = frozenset(
+    {1, 2, 3, 4, 7, 8, 9, 11, 101, 103, 106, 401, 501, 503, 601, 602, 901, 902, 903, 905, 1001}
+)
+INVALID_CODES = frozenset({105, 1100, 1200})  # illegal schema, invalid parameter, metric
+UNSUPPORTED_CODES = frozenset({10, 102, 701, 801})  # unimplemented, limits, index type
+TRANSIENT_GRPC = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+# Code 65535 (Milvus < 2.4): what the message says.
+INVALID_MESSAGES = (
+    "cannot parse expression",
+    "invalid expression",
+    "invalid parameter",
+    "dimension",
+    "not match",
+    "exceeds max length",
+    "out of range",
+)
+UNSUPPORTED_MESSAGES = ("unsupported pattern", "not supported", "unsupported")
+TRANSIENT_MESSAGES = (
+    "not loaded",
+    "not ready",
+    "unavailable",
+    "no available",
+    "timeout",
+    "deadline",
+    "rate limit",
+    "shard leader",
+    "channel not",
+    "node not",
+    "not healthy",
+    "stopping",
+    "connection",
+    "too many requests",
+)
+
+
+class MilvusCollectionGone(IndexStoreError):
+    """Milvus says the collection it was asked about does not exist (code 100)."""
+
+
+class MilvusAliasTaken(IndexStoreError):
+    """Milvus refused an alias because it exists (code 1602): another replica's claim."""
+
+
+def classify(err: BaseException, what: str) -> IndexStoreError:
+    """The index's error for a pymilvus or gRPC error raised while doing `what`."""
+    if isinstance(err, (ParamError, DataTypeNotMatchException)):  # pymilvus refused it
+        return InvalidArgument(f"{what}: {err.message}")
+    if isinstance(err, grpc.RpcError):
+        code, message = err.code(), err.details() or str(err.code())
+    elif isinstance(err, MilvusException):
+        code, message = err.code, err.message
+    else:
+        return IndexFailed(f"{what}: {type(err).__name__}: {err}")
+    if isinstance(code, grpc.StatusCode):  # the RPC itself failed, or pymilvus ran out of time
+        if code in TRANSIENT_GRPC:
+            return IndexUnavailable(f"milvus did not answer ({what}): {message}")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidArgument(f"{what}: {message}")
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return IndexUnsupported(f"milvus refused the server's credentials ({what}): {message}")
+        return IndexFailed(f"{what}: {code}: {message}")
+    lowered = str(message).lower()
+    if code == COLLECTION_NOT_FOUND:
+        return MilvusCollectionGone(f"{what}: {message}")
+    if code == ALIAS_EXISTS or ("alias" in lowered and "already exist" in lowered):
+        return MilvusAliasTaken(f"{what}: {message}")
+    if code in TRANSIENT_CODES:
+        return IndexUnavailable(f"milvus ({what}): {message}")
+    if code in INVALID_CODES or any(m in lowered for m in INVALID_MESSAGES):
+        return InvalidArgument(f"{what}: milvus refused it: {message}")
+    if code in UNSUPPORTED_CODES or any(m in lowered for m in UNSUPPORTED_MESSAGES):
+        return IndexUnsupported(f"{what}: this milvus cannot: {message}")
+    if any(m in lowered for m in TRANSIENT_MESSAGES):
+        return IndexUnavailable(f"milvus ({what}): {message}")
+    return IndexFailed(f"{what}: milvus error {code}: {message}")
+
+
+class MilvusCalls:
+    """A MilvusClient whose every call has a deadline and raises only the index's errors."""
+
+    def __init__(self, client: MilvusClient, timeout_s: float) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+        self._no_segments = False  # this Milvus does not list its loaded segments
+
+    def __call__(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """client.<method>(*args, **kwargs), with the deadline; `what` names the work in
+        errors ("upsert into 'news'")."""
+        kwargs.setdefault("timeout", self.timeout_s)
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except (MilvusException, grpc.RpcError) as err:
+            classified = classify(err, what)
+            if isinstance(classified, IndexFailed):
+                log.error("milvus %s failed: %s", what, err)
+            raise classified from err
+
+    def query(
+        self, what: str, collection: str, expression: str, fields: list[str], **kwargs: Any
+    ) -> list[dict]:
+        kwargs.setdefault("consistency_level", READ)
+        return list(
+            self(what, "query", collection, filter=expression, output_fields=fields, **kwargs)
+        )
+
+    def settle(self, what: str, *targets: tuple[str, str]) -> None:
+        """Wait until the writes to these (collection, primary key field) are served (module
+        docstring). Several wait in parallel: one after another, each would wait for a
+        time tick of its own."""
+
+        def one(target: tuple[str, str]) -> None:
+            collection, key = target
+            self.query(what, collection, f'{key} in [""]', [key], limit=1, consistency_level=SETTLE)
+
+        if len(targets) == 1:
+            one(targets[0])
+            return
+        with ThreadPoolExecutor(len(targets)) as pool:
+            list(pool.map(one, targets))
+
+    def loaded_segments(self, what: str, collection: str) -> list[Any] | None:
+        """The segments the query nodes serve (num_rows, index_name, state); None where this
+        Milvus does not say (milvus-lite)."""
+        handler = self.client._get_connection()  # MilvusClient has no call of its own for it
+        if self._no_segments or not hasattr(handler, "get_query_segment_info"):
+            return None
+        try:
+            return list(handler.get_query_segment_info(collection, timeout=self.timeout_s))
+        except (MilvusException, grpc.RpcError) as err:
+            classified = classify(err, what)
+            if isinstance(classified, (IndexUnsupported, IndexFailed)):
+                self._no_segments = True  # not asked again: pymilvus logs each refusal
+                return None
+            raise classified from err

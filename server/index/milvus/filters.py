@@ -1,0 +1,109 @@
+"""What the milvus backend filters on: metadata filters compiled to Milvus expressions, and
+the character grams that find the documents a word occurs in.
+
+Metadata: Milvus compares JSON values loosely (true == 1, a null equals a missing key, and a
+`not` drops documents without the field), where our filter language is strict. So filters
+run on a typed copy of the metadata: strings become "s:…", booleans "b:1"/"b:0", null
+"null:", numbers stay numbers; the compiled expression says exactly what the SQLite one does
+(tests/test_backends.py checks both give identical ids on one set of filter cases).
+
+Occurrences: Milvus before 2.4 has no infix LIKE, and a word is any substring (苹果 inside
+我喜欢吃苹果). Each document of a collection with token vectors keeps the set of its
+characters and pairs of adjacent characters (`grams`, an ARRAY field); the documents that
+contain a word are among those whose grams hold all of the word's (array_contains_all, an
+exact comparison every supported Milvus runs), and its text confirms which. A text with more
+distinct grams than an ARRAY holds keeps one marker instead, and is always a candidate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from embedsense.server.index.filters import COMPARISONS, Condition, parse_filter
+
+MAX_GRAMS = 4096  # Milvus's ARRAY capacity
+MAX_GRAM_BYTES = 16  # two characters are at most 8 UTF-8 bytes
+EVERY_GRAM = "<every gram>"  # longer than any gram: "too many to list, always a candidate"
+
+
+def typed(value: Any) -> Any:
+    """The filterable copy of a metadata value: each scalar tagged with its JSON type."""
+    if isinstance(value, Mapping):
+        return {str(k): typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed(v) for v in value]
+    if isinstance(value, str):
+        return "s:" + value
+    if isinstance(value, bool):
+        return "b:1" if value else "b:0"
+    if value is None:
+        return "null:"
+    return value
+
+
+def literal(value: Any) -> str:
+    """A Milvus expression literal: strings JSON-quoted, numbers as Python writes them."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value)  # int or float (booleans and null are tagged strings by now)
+
+
+def literal_list(values: list[str]) -> str:
+    return json.dumps(list(values), ensure_ascii=False)
+
+
+def milvus_expression(where: Mapping[str, Any] | None) -> str:
+    """The filter language as a Milvus boolean expression on the typed copy."""
+    return " and ".join(_clause(c) for c in parse_filter(where))
+
+
+def _clause(c: Condition) -> str:
+    field = "filterable" + "".join(f"[{json.dumps(part)}]" for part in c.path)
+
+    def equals(value: Any) -> str:
+        return f"{field} == {literal(typed(value))}"
+
+    if c.op == "$eq":
+        return equals(c.operand)
+    if c.op == "$in":
+        # milvus-lite refuses `in` on a JSON key: expanded, one `==` per value. milvus-lite
+        # evaluates that row by row, parsing the row's JSON for each value: a $in of
+        # 10,000 values over 40 rows takes about a second there.
+        return "(" + " or ".join(equals(v) for v in c.operand) + ")"
+    if c.op == "$ne":
+        return f"(not (exists {field}) or not ({equals(c.operand)}))"
+    op = COMPARISONS[c.op]
+    if isinstance(c.operand, str):  # only strings: between the "s:" and "s;" tags
+        return f'({field} >= "s:" and {field} < "s;" and {field} {op} {literal(typed(c.operand))})'
+    return f"{field} {op} {literal(c.operand)}"
+
+
+# ------------------------------------------------------------------ occurrences
+
+
+def _word_grams(text: str) -> set[str]:
+    return set(text) | {text[i : i + 2] for i in range(len(text) - 1)}
+
+
+def grams(text: str) -> list[str]:
+    """What a document keeps so that the words it contains can be found (module docstring)."""
+    found = _word_grams(text)
+    return sorted(found) if len(found) <= MAX_GRAMS else [EVERY_GRAM]
+
+
+def containing(word: str) -> str:
+    """The expression that keeps every document containing `word` (and a few that hold its
+    grams elsewhere: the caller checks the text)."""
+    needed = {word} if len(word) == 1 else {word[i : i + 2] for i in range(len(word) - 1)}
+    return (
+        f"(array_contains(grams, {literal(EVERY_GRAM)}) or "
+        f"array_contains_all(grams, {literal_list(sorted(needed))}))"
+    )
+
+
+def like_containing(word: str) -> str:
+    """The infix LIKE of collections made before `grams` (Milvus >= 2.4 and milvus-lite)."""
+    escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"text like {json.dumps(f'%{escaped}%', ensure_ascii=False)}"

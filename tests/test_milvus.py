@@ -1,0 +1,326 @@
+"""The milvus backend with several replicas over one Milvus: what the shared backend tests
+(test_backends.py) cannot show with one backend object. Each test runs on a milvus-lite
+server and on a real Milvus standalone (conftest.py's milvus_standalone), both on 127.0.0.1;
+two MilvusBackend objects on one URI are two encoder servers' index layers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from functools import partial
+
+import grpc
+import numpy as np
+import pytest
+from bench.bench_index import dataset
+from ops.serverproc import MilvusLiteServer, free_port
+from pymilvus import MilvusException
+from pymilvus.exceptions import ParamError
+from test_backends import assert_own_tokens, tokenized
+from test_index import DIM, corpus, unit
+
+from embedsense.server.api.service import status_for
+from embedsense.server.index import (
+    BackendSettings,
+    CollectionExists,
+    CollectionNotFound,
+    Document,
+    IndexFailed,
+    IndexUnavailable,
+    IndexUnsupported,
+    InvalidArgument,
+    open_backend,
+)
+from embedsense.server.index.milvus import MilvusBackend
+from embedsense.server.index.milvus.backend import RECHECK_S
+from embedsense.server.index.milvus.calls import MilvusAliasTaken, classify
+from embedsense.server.index.milvus.schema import Layout, documents_schema
+from embedsense.server.index.store import CollectionRow
+from embedsense.server.senses.senses import Senses
+
+# The issue asks for 30 s; 12 s of 8 writers already makes hundreds of racing replacements
+# of the same 20 ids (each write settles in about one Milvus time tick), within CI's time.
+WRITE_SECONDS = 12
+
+
+@pytest.fixture(scope="module", params=["milvus-lite-server", "milvus"])
+def uri(request, tmp_path_factory):
+    if request.param == "milvus":
+        return request.getfixturevalue("milvus_standalone")
+    server = MilvusLiteServer(tmp_path_factory.mktemp("milvus-lite"))
+    request.addfinalizer(server.stop)
+    return server.uri
+
+
+@pytest.fixture
+def replicas(uri):
+    a, b = (open_backend(BackendSettings("milvus", milvus_uri=uri)) for _ in range(2))
+    yield a, b
+    for name in a.names():
+        a.drop(name)
+    a.close()
+    b.close()
+
+
+def test_concurrent_writers_of_the_same_ids_leave_each_document_its_own_tokens(replicas):
+    """Before: two upserts of one id each deleted the other's fresh token rows, leaving the
+    document with none; every occurrence search touching it failed INTERNAL."""
+    a, b = replicas
+    a.create("race", model="m", dim=DIM, store_tokens=True)
+    ids = [f"id{i}" for i in range(20)]
+    errors: list[BaseException] = []
+    writes = [0]
+    deadline = time.monotonic() + WRITE_SECONDS
+
+    def writer(backend, name: str) -> None:
+        rng = random.Random(name)
+        col = backend.get("race")
+        n = 0
+        try:
+            while time.monotonic() < deadline:
+                n += 1
+                chosen = rng.sample(ids, 3)
+                col.upsert(
+                    [tokenized(i, f"{i} {name} 第{n}次 苹果" * rng.randint(1, 3)) for i in chosen]
+                )
+                writes[0] += 1
+                if n % 5 == 0:
+                    for doc in col.get(chosen):
+                        assert doc is not None and doc.tokens, "a document without tokens"
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [
+        threading.Thread(target=writer, args=(backend, f"r{r}w{w}"))
+        for r, backend in enumerate((a, b))
+        for w in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WRITE_SECONDS + 120)
+    assert not errors, errors[:3]
+    assert writes[0] > 40
+    for backend in (a, b):
+        docs = backend.get("race").get(ids)
+        for doc in docs:
+            assert doc is not None and doc.tokens, "a document without tokens"
+            assert_own_tokens(doc)
+        assert sorted(backend.get("race").ids_containing("苹果", 100)) == sorted(ids)
+
+
+def test_a_write_acknowledged_by_one_replica_is_read_by_the_next_call_to_another(replicas):
+    """Before: every search waited for Strong consistency, ~200 ms on a real Milvus."""
+    a, b = replicas
+    a.create("raw", model="m", dim=DIM)
+    writer, reader = a.get("raw"), None
+    docs = corpus(20, seed=5)
+    for i, doc in enumerate(docs):
+        writer.upsert([doc])
+        reader = reader or b.get("raw")
+        assert reader.search(doc.vector, k=1)[0][0].id == doc.id
+        assert reader.get([doc.id])[0] is not None and reader.count() == i + 1
+        if i == 10:  # a delete too
+            writer.delete([docs[0].id])
+            assert reader.get([docs[0].id]) == [None]
+            writer.upsert([docs[0]])
+    latencies = []
+    for doc in docs:
+        started = time.perf_counter()
+        reader.search(doc.vector, k=10)
+        latencies.append(time.perf_counter() - started)
+    assert np.median(latencies) < 0.05, f"median search {np.median(latencies) * 1000:.0f} ms"
+
+
+def _at_once(*calls) -> list[object]:
+    """Each call in a thread of its own, released together: "created" or its error."""
+    barrier = threading.Barrier(len(calls))
+    outcomes: list[object] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            calls[i]()
+            outcomes[i] = "created"
+        except BaseException as err:  # noqa: BLE001
+            outcomes[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return outcomes
+
+
+def test_two_replicas_creating_one_collection_at_once_one_wins(replicas):
+    """Before: each replica's create dropped the other's Milvus collection and both
+    answered OK; one of them then wrote into nothing."""
+    a, b = replicas
+    for round_ in range(3):
+        name = f"both{round_}"
+        outcomes = _at_once(
+            partial(a.create, name, model="m", dim=DIM),
+            partial(b.create, name, model="m", dim=DIM, store_tokens=True),
+        )
+        outcomes = dict(zip("ab", outcomes, strict=True))
+        winners = [label for label, outcome in outcomes.items() if outcome == "created"]
+        assert len(winners) == 1, outcomes
+        loser = "b" if winners == ["a"] else "a"
+        assert isinstance(outcomes[loser], CollectionExists), outcomes
+        tokens = winners == ["b"]
+        time.sleep(RECHECK_S)
+        for backend in (a, b):
+            assert backend.get(name).store_tokens == tokens
+        b.get(name).upsert(corpus(3))
+        assert a.get(name).count() == 3
+        layout = a.get(name).layout
+        made = {c for c in a.calls.client.list_collections() if layout.alias[-24:] in c}
+        assert made == {layout.docs} | ({layout.tokens} if tokens else set())
+
+
+def test_a_collection_recreated_by_another_replica_is_noticed(replicas):
+    """Before: the other replica kept the old settings for ever, and its late writes went
+    to the new collection's Milvus collection."""
+    a, b = replicas
+    a.create("c", model="m", dim=DIM)
+    held = b.get("c")
+    held.upsert(corpus(2))
+    a.drop("c")
+    a.create("c", model="m2", dim=2 * DIM, store_tokens=True)
+    with pytest.raises(CollectionNotFound, match="'c' was dropped"):
+        held.upsert(corpus(4)[2:])
+    time.sleep(RECHECK_S)
+    fresh = b.get("c")
+    assert (fresh.row.dim, fresh.row.model, fresh.store_tokens) == (2 * DIM, "m2", True)
+    rng = np.random.default_rng(1)
+    vector = rng.normal(size=2 * DIM).astype(np.float32)
+    fresh.upsert([Document(text="new", vector=vector / np.linalg.norm(vector), id="n")])
+    assert a.get("c").count() == 1 and a.get("c").get(["doc-2"]) == [None]
+
+
+def test_milvus_errors_are_classified():
+    """Before: every error but "not found" was UNAVAILABLE, and clients retried them."""
+    undefined = 65535  # Milvus before 2.4 answers most failures with it
+    cases = [
+        (MilvusException(undefined, 'cannot parse expression: x like "%a%"'), InvalidArgument),
+        (MilvusException(undefined, "unsupported pattern: %a%, only prefix"), IndexUnsupported),
+        (MilvusException(undefined, "worker(1) query failed: Assert ..."), IndexFailed),
+        (MilvusException(101, "collection not loaded"), IndexUnavailable),
+        (MilvusException(8, "rate limit exceeded"), IndexUnavailable),
+        (MilvusException(1100, "invalid parameter"), InvalidArgument),
+        (MilvusException(1602, "alias already exist"), MilvusAliasTaken),
+        (MilvusException(grpc.StatusCode.DEADLINE_EXCEEDED, "Retry timeout: 2s"), IndexUnavailable),
+        (ParamError(message="vector dim"), InvalidArgument),
+        (ValueError("no idea"), IndexFailed),
+    ]
+    for error, kind in cases:
+        assert type(classify(error, "a search")) is kind, error
+    assert status_for(IndexUnavailable("x")) == grpc.StatusCode.UNAVAILABLE
+    assert status_for(IndexUnsupported("x")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_for(IndexFailed("x")) is None  # the RPC layer: INTERNAL, logged with its trace
+
+
+def test_an_unreachable_milvus_is_unavailable_within_the_deadline():
+    """Before: no deadline on any call; pymilvus retried 75 times."""
+    started = time.monotonic()
+    with pytest.raises(IndexUnavailable):
+        MilvusBackend(f"http://127.0.0.1:{free_port()}", timeout_s=2)
+    assert time.monotonic() - started < 20
+
+
+class _Recorder:
+    """A backend whose every lookup records its thread, then fails."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def _record(self, *args, **kwargs):
+        self.threads.append(threading.get_ident())
+        raise CollectionNotFound("recorded")
+
+    get = get_inventory = _record
+
+
+def test_senses_look_up_collections_and_inventories_off_the_event_loop():
+    """Before: inventory and collection lookups ran on the event loop: a slow Milvus froze
+    gRPC, HTTP and health together."""
+    recorder = _Recorder()
+    senses = Senses(engine=None, catalog=recorder)
+
+    async def calls() -> int:
+        loop_thread = threading.get_ident()
+        for call in (
+            senses.disambiguate("我喜欢吃苹果", "苹果", inventory="mine"),
+            senses.search_occurrences("c", "我喜欢吃苹果", "苹果"),
+            senses.induce_senses("c", "苹果"),
+        ):
+            with pytest.raises(CollectionNotFound):
+                await call
+        return loop_thread
+
+    loop_thread = asyncio.run(calls())
+    assert len(recorder.threads) == 3 and loop_thread not in recorder.threads
+
+
+def _recall(col, queries, truth, where, ef) -> float:
+    found = [
+        [h.id for h in col.search(q, k=10, where=where, ef_search=ef, with_documents=False)[0]]
+        for q in queries
+    ]
+    return float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
+
+
+def test_recall_after_a_bulk_load_and_under_a_filter_matches_faiss(uri, tmp_path):
+    """Before: the backend never flushed, so searches ran on Milvus's interim index (recall
+    0.35-0.43 at 50k), and a 10 % filter kept ef as it was (recall 0.52 at ef 64)."""
+    n, dim = 6000, 48
+    vectors, queries = dataset("clustered", n, 100, dim)  # the benchmark's kind of data
+    bucket = np.arange(n) % 10
+    docs = [
+        Document(text=f"t{i}", vector=vectors[i], id=f"d{i}", metadata={"bucket": int(b)})
+        for i, b in enumerate(bucket)
+    ]
+    recalls = {}
+    for kind, settings in (
+        ("faiss", BackendSettings("faiss", data_dir=tmp_path / "f")),
+        ("milvus", BackendSettings("milvus", milvus_uri=uri)),
+    ):
+        backend = open_backend(settings)
+        try:
+            backend.create("r", model="m", dim=dim, index_spec="HNSW16")
+            col = backend.get("r")
+            for start in range(0, n, 2000):
+                col.upsert(docs[start : start + 2000])
+            assert col.wait_until_optimized(180)
+            for where, mask in ((None, None), ({"bucket": 3}, bucket == 3)):
+                scores = queries @ vectors.T
+                if mask is not None:
+                    scores[:, ~mask] = -np.inf
+                truth = [[f"d{i}" for i in np.argsort(-row)[:10]] for row in scores]
+                for ef in (32, 64, 128):
+                    recalls[kind, str(where), ef] = _recall(col, queries, truth, where, ef)
+        finally:
+            for name in backend.names():
+                backend.drop(name)
+            backend.close()
+    for (kind, where, ef), recall in recalls.items():
+        if kind == "milvus":
+            assert recall >= recalls["faiss", where, ef] - 0.02, recalls
+
+
+def test_a_create_that_died_before_its_meta_row_is_taken_over(replicas):
+    """A replica that died between claiming a name and writing its meta row would block the
+    name for ever; after the grace period another replica takes the claim over."""
+    a, b = replicas
+    dead = Layout("orphan", f"{int(time.time()) - 3600:08x}deadbeef")
+    row = CollectionRow("orphan", "m", DIM, "cosine", "Flat", False, {}, time.time(), 0, 0)
+    schema, index = documents_schema(row, dead)
+    a.calls("test", "create_collection", dead.docs, schema=schema, index_params=index)
+    a.calls("test", "create_alias", dead.docs, dead.alias)
+    b.create("orphan", model="m", dim=DIM)
+    assert dead.docs not in a.calls.client.list_collections()
+    b.get("orphan").upsert([Document(text="x", vector=unit(np.random.default_rng(0))[0])])
+    assert a.get("orphan").count() == 1
