@@ -45,6 +45,12 @@ ROLES = {None: pb.ROLE_UNSPECIFIED, "query": pb.ROLE_QUERY, "passage": pb.ROLE_P
 LONG_TEXT = {"error": pb.LONG_TEXT_ERROR, "truncate": pb.LONG_TEXT_TRUNCATE,
              "windows": pb.LONG_TEXT_WINDOWS}  # fmt: skip
 POOLING = {None: pb.POOLING_DEFAULT, "mean": pb.POOLING_MEAN, "cls": pb.POOLING_CLS}
+PRIORITIES = {
+    None: pb.PRIORITY_UNSPECIFIED,
+    "query": pb.PRIORITY_QUERY,
+    "interactive": pb.PRIORITY_INTERACTIVE,
+    "bulk": pb.PRIORITY_BULK,
+}
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,18 @@ def role(name: str | None) -> int:
         return ROLES[name]
     except KeyError:
         raise ValueError(f"role {name!r}: expected 'query', 'passage' or None") from None
+
+
+def priority(name: str | None) -> int:
+    """How soon the server embeds a call's texts when it is busy: "query" (a lookup a person
+    waits on), "interactive", "bulk" (a large job: refused first when the server is full),
+    or None for the server's default (README: Priority)."""
+    try:
+        return PRIORITIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"priority={name!r}: expected 'query', 'interactive', 'bulk' or None"
+        ) from None
 
 
 def long_text_mode(name: str) -> int:
@@ -307,12 +325,20 @@ def tokenize_call(text: str, role_name: str | None) -> Call[Tokens]:
 
 
 def embed_tokens_call(
-    texts: Sequence[str], layers: Sequence[int] | None, role_name: str | None, long_text: str
+    texts: Sequence[str],
+    layers: Sequence[int] | None,
+    role_name: str | None,
+    long_text: str,
+    priority_name: str | None = None,
 ) -> Call[list[TokenEmbeddings]]:
     request = pb.EmbedRequest(
-        texts=list(texts), role=role(role_name), token_vectors=True,
-        layers=list(layers or ()), long_text=long_text_mode(long_text),
-    )  # fmt: skip
+        texts=list(texts),
+        role=role(role_name),
+        token_vectors=True,
+        layers=list(layers or ()),
+        long_text=long_text_mode(long_text),
+        priority=priority(priority_name),
+    )
     return Call("Embed", request, parse_token_vectors)
 
 
@@ -362,11 +388,11 @@ def delete_call(name: str, ids: Sequence[str]) -> Call[int]:
 
 def search_call(
     name: str, query: str | np.ndarray, k: int, where: Mapping[str, Any] | None,
-    ef_search: int, nprobe: int,
+    ef_search: int, nprobe: int, priority_name: str | None = None,
 ) -> Call[list[Hit]]:  # fmt: skip
     request = pb.SearchRequest(
         collection=name, k=k, filter_json=json.dumps(where) if where else "",
-        ef_search=ef_search, nprobe=nprobe,
+        ef_search=ef_search, nprobe=nprobe, priority=priority(priority_name),
     )  # fmt: skip
     if isinstance(query, str):
         request.text = query
@@ -384,12 +410,12 @@ def _with_span(request: Any, span: tuple[int, int] | None) -> Any:
 def disambiguate_call(
     text: str, word: str, senses: Mapping[str, Sequence[str]] | None, occurrence: int,
     span: tuple[int, int] | None, inventory: str | None, layers: Sequence[int] | None,
-    centre: bool, with_sentence: bool,
+    centre: bool, with_sentence: bool, priority_name: str | None = None,
 ) -> Call[Disambiguation]:  # fmt: skip
     request = pb.DisambiguateRequest(
         text=text, word=word, occurrence=occurrence, senses=senses_message(senses or {}),
         inventory=inventory or "", layers=list(layers or ()), no_centring=not centre,
-        word_only=not with_sentence,
+        word_only=not with_sentence, priority=priority(priority_name),
     )  # fmt: skip
     return Call("Disambiguate", _with_span(request, span), parse_disambiguation)
 
@@ -415,10 +441,15 @@ def delete_inventory_call(name: str) -> Call[None]:
 
 def search_occurrences_call(
     collection: str, text: str, word: str, k: int, occurrence: int,
-    span: tuple[int, int] | None,
+    span: tuple[int, int] | None, priority_name: str | None = None,
 ) -> Call[list[Occurrence]]:  # fmt: skip
     request = pb.SearchOccurrencesRequest(
-        collection=collection, text=text, word=word, occurrence=occurrence, k=k
+        collection=collection,
+        text=text,
+        word=word,
+        occurrence=occurrence,
+        k=k,
+        priority=priority(priority_name),
     )
     return Call("SearchOccurrences", _with_span(request, span),
                 lambda r: [parse_occurrence(o) for o in r.occurrences])  # fmt: skip
@@ -465,9 +496,17 @@ def as_texts(texts: str | Sequence[str]) -> tuple[list[str], bool]:
 
 
 def embed_request(
-    texts: Sequence[str], normalize: bool, role_name: str | None, long_text: str
+    texts: Sequence[str],
+    normalize: bool,
+    role_name: str | None,
+    long_text: str,
+    priority_name: str | None = None,
 ) -> pb.EmbedRequest:
     return pb.EmbedRequest(
-        texts=list(texts), role=role(role_name), sentence_vectors=True,
-        no_normalize=not normalize, long_text=long_text_mode(long_text),
-    )  # fmt: skip
+        texts=list(texts),
+        role=role(role_name),
+        sentence_vectors=True,
+        no_normalize=not normalize,
+        long_text=long_text_mode(long_text),
+        priority=priority(priority_name),
+    )

@@ -135,10 +135,12 @@ class AsyncClient:
         *,
         role: str | None = None,
         long_text: str = "error",
+        priority: str | None = None,
     ) -> np.ndarray:
         """Sentence vectors, float32, up to `max_concurrent_batches` requests in flight: a
         str gives one vector (dim,), a list a matrix (len(texts), dim), [] an empty (0, dim).
-        long_text, failures and the progress bar: as `Client.encode`."""
+        long_text, priority, failures and the progress bar: as `Client.encode`."""
+        api.priority(priority)  # a wrong name fails here, before any request
         batch, single = api.as_texts(texts)
         if not batch:
             return np.zeros((0, (await self.info()).dim), np.float32)
@@ -146,7 +148,9 @@ class AsyncClient:
         with tqdm(total=len(batch), disable=not show_progress_bar, unit="text") as bar:
             plan = bulk.encode_plan(
                 batch, size, self.max_concurrent_batches,
-                lambda chunk: api.embed_request(chunk, normalize_embeddings, role, long_text),
+                lambda chunk: api.embed_request(
+                    chunk, normalize_embeddings, role, long_text, priority
+                ),
                 bar.update,
             )  # fmt: skip
             await self._run(plan, self._send_embed, cancel_in_flight=True)
@@ -164,16 +168,20 @@ class AsyncClient:
         show_progress_bar: bool = False,
         *,
         timeout: float | None = None,
+        priority: str | None = None,
     ) -> list[str]:
         """Store documents in a collection; their ids, one per document in order, once all
         are durably stored. Ids made from the content for documents without one, the last
-        write of an id winning, batches, retries, and the error that says what was stored
-        (`stored_ids`, `document_ids`): as `Client.upsert`."""
+        write of an id winning, batches, retries, priority, and the error that says what was
+        stored (`stored_ids`, `document_ids`): as `Client.upsert`."""
+        level = api.priority(priority)  # a wrong name fails here, before any request
         source = bulk.documents_source(documents)
         total = len(source) if isinstance(source, list) else None
         size = await self._batch_size(batch_size, total)
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:
-            plan = bulk.upsert_plan(name, source, size, self.max_concurrent_batches, bar.update)
+            plan = bulk.upsert_plan(
+                name, source, size, self.max_concurrent_batches, bar.update, level
+            )
             await self._run(
                 plan,
                 lambda request: self._send(api.upsert_call(request), timeout),
@@ -196,13 +204,16 @@ class AsyncClient:
         *,
         role_name: str | None = None,
         long_text: str = "error",
+        priority: str | None = None,
     ) -> TokenEmbeddings | list[TokenEmbeddings]:
         """Per-token vectors: the last layer, or the mean of `layers`. A str gives one
-        TokenEmbeddings, a list of texts a list of them (`[]` gives `[]`)."""
+        TokenEmbeddings, a list of texts a list of them (`[]` gives `[]`). priority: as
+        `Client.encode`'s."""
         batch, single = api.as_texts(texts)
         if not batch:
             return []
-        results = await self._call(api.embed_tokens_call(batch, layers, role_name, long_text))
+        call = api.embed_tokens_call(batch, layers, role_name, long_text, priority)
+        results = await self._call(call)
         return results[0] if single else results
 
     async def create_collection(
@@ -251,9 +262,12 @@ class AsyncClient:
         *,
         ef_search: int = 0,
         nprobe: int = 0,
+        priority: str | None = None,
     ) -> list[Hit]:
-        """Nearest documents to a text (embedded as a query) or a vector."""
-        return await self._call(api.search_call(name, query, k, filter, ef_search, nprobe))
+        """Nearest documents to a text (embedded as a query) or a vector. priority: as
+        `Client.search`'s."""
+        call = api.search_call(name, query, k, filter, ef_search, nprobe, priority)
+        return await self._call(call)
 
     async def disambiguate(
         self,
@@ -267,14 +281,16 @@ class AsyncClient:
         layers: Sequence[int] | None = None,
         centre: bool = True,
         with_sentence: bool = True,
+        priority: str | None = None,
     ) -> Disambiguation:
         """Which sense `word` (its `occurrence`-th appearance, or the characters `span`) has
         in `text`: against `senses` (label -> example sentences with the word), or a stored
         inventory ("default", which ships with the server, when neither is given).
         with_sentence=False compares the word's own vectors only, without its sentence's
-        (for a sentence that uses the word in two senses)."""
+        (for a sentence that uses the word in two senses). priority: as `search`'s."""
         return await self._call(api.disambiguate_call(
-            text, word, senses, occurrence, span, inventory, layers, centre, with_sentence
+            text, word, senses, occurrence, span, inventory, layers, centre, with_sentence,
+            priority,
         ))  # fmt: skip
 
     async def create_inventory(
@@ -298,11 +314,12 @@ class AsyncClient:
         *,
         occurrence: int = 0,
         span: tuple[int, int] | None = None,
+        priority: str | None = None,
     ) -> list[Occurrence]:
         """Occurrences of `word` in a collection (stored with token vectors) used in the
-        sense it has in `text`, best first."""
+        sense it has in `text`, best first. priority: as `search`'s."""
         return await self._call(
-            api.search_occurrences_call(collection, text, word, k, occurrence, span)
+            api.search_occurrences_call(collection, text, word, k, occurrence, span, priority)
         )
 
     async def induce_senses(

@@ -131,16 +131,23 @@ def embed_batches(
         yield Batch(number, request(chunk), len(chunk))
 
 
-def upsert_batches(collection: str, documents: Iterable[pb.Document], size: int) -> Iterator[Batch]:
+def upsert_batches(
+    collection: str,
+    documents: Iterable[pb.Document],
+    size: int,
+    priority: int = pb.PRIORITY_UNSPECIFIED,
+) -> Iterator[Batch]:
     """UpsertRequests of `size` documents. No documents still make one empty request: it
     checks that the collection exists, as a call with documents would."""
     number = -1
     for number, chunk in enumerate(chunks(documents, size)):
         ids = tuple(doc.id for doc in chunk)
-        request = pb.UpsertRequest(collection=collection, documents=last_writes(chunk))
+        request = pb.UpsertRequest(
+            collection=collection, documents=last_writes(chunk), priority=priority
+        )
         yield Batch(number, request, len(chunk), ids, frozenset(ids))
     if number < 0:
-        yield Batch(0, pb.UpsertRequest(collection=collection), 0)
+        yield Batch(0, pb.UpsertRequest(collection=collection, priority=priority), 0)
 
 
 class Plan:
@@ -230,9 +237,11 @@ def upsert_plan(
     size: int,
     limit: int,
     progress: Callable[[int], object] | None = None,
+    priority: int = pb.PRIORITY_UNSPECIFIED,
 ) -> Plan:
-    """`documents` from `documents_source`: a list is known whole, an iterator is not."""
-    batches = upsert_batches(collection, documents, size)
+    """`documents` from `documents_source`: a list is known whole, an iterator is not.
+    priority: the UpsertRequests' (a pb.Priority value)."""
+    batches = upsert_batches(collection, documents, size, priority)
     if not isinstance(documents, list):
         return Plan(batches, limit, progress)
     count = max(1, -(-len(documents) // size))

@@ -158,6 +158,7 @@ class Client:
         *,
         role: str | None = None,
         long_text: str = "error",
+        priority: str | None = None,
     ) -> np.ndarray:
         """Sentence vectors, float32, in requests of `batch_size` texts (at most the server's
         limit), up to `max_concurrent_batches` in flight: a str gives one vector (dim,), a
@@ -167,7 +168,11 @@ class Client:
         naming its length), "truncate" (embed its first window), "windows" (overlapping
         windows). When a request fails, no more are sent, those in flight are cancelled, and
         its error is raised. No progress bar unless `show_progress_bar`.
+        priority: "query", "interactive" or "bulk", how soon the server embeds the texts
+        when it is busy (None: by each request's size, interactive for a few texts, bulk for
+        more; README: Priority). Raises ValueError for another name.
         """
+        api.priority(priority)  # a wrong name fails here, before any request
         batch, single = api.as_texts(texts)
         if not batch:
             return np.zeros((0, self.info().dim), np.float32)
@@ -175,7 +180,9 @@ class Client:
         with tqdm(total=len(batch), disable=not show_progress_bar, unit="text") as bar:
             plan = bulk.encode_plan(
                 batch, size, self.max_concurrent_batches,
-                lambda chunk: api.embed_request(chunk, normalize_embeddings, role, long_text),
+                lambda chunk: api.embed_request(
+                    chunk, normalize_embeddings, role, long_text, priority
+                ),
                 bar.update,
             )  # fmt: skip
             self._run(plan, self._send_embed, cancel_in_flight=True)
@@ -193,6 +200,7 @@ class Client:
         show_progress_bar: bool = False,
         *,
         timeout: float | None = None,
+        priority: str | None = None,
     ) -> list[str]:
         """Store documents in a collection; their ids, one per document in order, once all
         are durably stored.
@@ -211,12 +219,19 @@ class Client:
         let finish, and its error (an EmbedSenseError) says what is stored: `stored_ids`,
         and every document's id in `document_ids`. Bulk loads take long: no deadline
         unless `timeout` is given (per batch). No progress bar unless `show_progress_bar`.
+        priority: how soon the server embeds the documents when it is busy (None: "bulk",
+        behind searches and small embeds, and refused first when the server is full;
+        "interactive" or "query" for a write a person waits on). Raises ValueError for
+        another name.
         """
+        level = api.priority(priority)  # a wrong name fails here, before any request
         source = bulk.documents_source(documents)
         total = len(source) if isinstance(source, list) else None
         size = self._batch_size(batch_size, total)
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:
-            plan = bulk.upsert_plan(name, source, size, self.max_concurrent_batches, bar.update)
+            plan = bulk.upsert_plan(
+                name, source, size, self.max_concurrent_batches, bar.update, level
+            )
             self._run(
                 plan,
                 lambda request, calls: self._send(api.upsert_call(request), timeout, calls),
@@ -239,13 +254,16 @@ class Client:
         *,
         role_name: str | None = None,
         long_text: str = "error",
+        priority: str | None = None,
     ) -> TokenEmbeddings | list[TokenEmbeddings]:
         """Per-token vectors: the last layer, or the mean of `layers`. A str gives one
-        TokenEmbeddings, a list of texts a list of them (`[]` gives `[]`)."""
+        TokenEmbeddings, a list of texts a list of them (`[]` gives `[]`). priority: as
+        `encode`'s."""
         batch, single = api.as_texts(texts)
         if not batch:
             return []
-        results = self._call(api.embed_tokens_call(batch, layers, role_name, long_text))
+        call = api.embed_tokens_call(batch, layers, role_name, long_text, priority)
+        results = self._call(call)
         return results[0] if single else results
 
     def create_collection(
@@ -294,9 +312,11 @@ class Client:
         *,
         ef_search: int = 0,
         nprobe: int = 0,
+        priority: str | None = None,
     ) -> list[Hit]:
-        """Nearest documents to a text (embedded as a query) or a vector."""
-        return self._call(api.search_call(name, query, k, filter, ef_search, nprobe))
+        """Nearest documents to a text (embedded as a query) or a vector. priority: of the
+        query text (None: "query", ahead of embeds and upserts; README: Priority)."""
+        return self._call(api.search_call(name, query, k, filter, ef_search, nprobe, priority))
 
     def disambiguate(
         self,
@@ -310,14 +330,16 @@ class Client:
         layers: Sequence[int] | None = None,
         centre: bool = True,
         with_sentence: bool = True,
+        priority: str | None = None,
     ) -> Disambiguation:
         """Which sense `word` (its `occurrence`-th appearance, or the characters `span`) has
         in `text`: against `senses` (label -> example sentences with the word), or a stored
         inventory ("default", which ships with the server, when neither is given).
         with_sentence=False compares the word's own vectors only, without its sentence's
-        (for a sentence that uses the word in two senses)."""
+        (for a sentence that uses the word in two senses). priority: as `search`'s."""
         return self._call(api.disambiguate_call(
-            text, word, senses, occurrence, span, inventory, layers, centre, with_sentence
+            text, word, senses, occurrence, span, inventory, layers, centre, with_sentence,
+            priority,
         ))  # fmt: skip
 
     def create_inventory(
@@ -341,10 +363,13 @@ class Client:
         *,
         occurrence: int = 0,
         span: tuple[int, int] | None = None,
+        priority: str | None = None,
     ) -> list[Occurrence]:
         """Occurrences of `word` in a collection (stored with token vectors) used in the
-        sense it has in `text`, best first."""
-        return self._call(api.search_occurrences_call(collection, text, word, k, occurrence, span))
+        sense it has in `text`, best first. priority: as `search`'s."""
+        return self._call(
+            api.search_occurrences_call(collection, text, word, k, occurrence, span, priority)
+        )
 
     def induce_senses(
         self, collection: str, word: str, k: int | None = None, *, max_k: int = 6,

@@ -17,6 +17,26 @@ class EngineConfig:
     max_wait_ms: float = 2.0
     max_queued_tokens: int = 262_144  # admission: beyond this, refuse at once
     max_concurrent_requests: int = 512  # admission: embed() calls in flight
+    # Priority (batching.py states the rules; the API makes searches and sense queries
+    # "query" and Upsert "bulk"). A request that names no priority is "interactive" when it
+    # has at most this many texts and tokens, else "bulk".
+    interactive_max_texts: int = 8
+    interactive_max_tokens: int = 1024
+    # The bound on starvation: a waiting row rises one level for every this many ms. Long
+    # enough that ordinary queueing under load never reaches it (aged rows go ahead of
+    # queries), short enough that bulk work waits seconds, not minutes, behind a flood.
+    priority_aging_ms: float = 5000.0
+    # How long one forward may last while work of a higher priority is about, so that such
+    # work waits at most about that long behind it: a batch is cut to the tokens that run in
+    # this long (measured on recent forwards). query_forward_ms holds a batch of queries,
+    # whose own forward adds to their latency; max_forward_ms any other. 0: no time limit.
+    max_forward_ms: float = 200.0
+    query_forward_ms: float = 30.0
+    # Admission of bulk work (None: half of max_queued_tokens, half of
+    # max_concurrent_requests): beyond it bulk requests are refused while the others are
+    # still admitted, so that a flood of bulk work cannot fill the queue queries need.
+    max_queued_bulk_tokens: int | None = None
+    max_concurrent_bulk_requests: int | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (fp16 on GPU; bf16 or fp32 on CPU) | float32 | float16 | bfloat16
     # The processor flags `auto` decides from on a CPU (as /proc/cpuinfo spells them, e.g.
@@ -37,9 +57,35 @@ class EngineConfig:
                      "tokenizer_threads"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("interactive_max_texts", "interactive_max_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("priority_aging_ms", "max_forward_ms", "query_forward_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        bulk_limits = (
+            ("max_queued_bulk_tokens", "max_queued_tokens"),
+            ("max_concurrent_bulk_requests", "max_concurrent_requests"),
+        )
+        for name, total in bulk_limits:
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= getattr(self, total):
+                raise ValueError(
+                    f"{name} must be > 0 and at most {total} ({getattr(self, total)}), got {value}"
+                )
         if self.max_batch_requests is not None and self.max_batch_requests <= 0:
             raise ValueError(f"max_batch_requests must be > 0, got {self.max_batch_requests}")
         if self.window_stride <= 0:
             raise ValueError(f"window_stride must be > 0, got {self.window_stride}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype {self.dtype!r}: expected auto, float32, float16 or bfloat16")
+
+    @property
+    def bulk_queued_tokens(self) -> int:
+        """max_queued_bulk_tokens, or its default: half of max_queued_tokens."""
+        return self.max_queued_bulk_tokens or max(1, self.max_queued_tokens // 2)
+
+    @property
+    def bulk_concurrent_requests(self) -> int:
+        """max_concurrent_bulk_requests, or its default: half of max_concurrent_requests."""
+        return self.max_concurrent_bulk_requests or max(1, self.max_concurrent_requests // 2)

@@ -10,12 +10,19 @@ either; a small one is done on the loop, where that costs less than the hop. Eac
 work carries its own future; rows whose caller has gone (cancelled, or past its deadline)
 are dropped before they cost compute. Admission is bounded: beyond `max_concurrent_requests`
 or `max_queued_tokens` a request is refused at once with `Overloaded`.
+
+Every request has a priority (batching.Priority: query, interactive, bulk): the caller's, or
+one that its size implies. Higher priorities are planned first, waiting rows rise with age so
+none starves, bulk work has admission limits of its own, and while higher-priority work is
+about a forward is cut to a time budget, so that such work waits little behind it.
+batching.py holds those rules; this module keeps the counts and the clock they need.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -30,7 +37,15 @@ import numpy as np
 
 from embedsense.model import LoadedModel, TextRole, TextTooLongError, TokenizedText, load_model
 from embedsense.model.pooling import Pooling
-from embedsense.server.batching import BatchPlan, plan_batch
+from embedsense.server.batching import (
+    BatchPlan,
+    ForwardCost,
+    Limit,
+    Priority,
+    admission_refusal,
+    default_priority,
+    plan_batch,
+)
 from embedsense.server.config import EngineConfig
 from embedsense.server.memory import HeapTrimmer
 from embedsense.server.runner import Layers, ModelRunner
@@ -56,6 +71,35 @@ INLINE_CHARS = 4096
 # batch of stragglers, or into two groups taking turns (measured: through gRPC, every other
 # batch 1-4 rows; in-process, 8 and 26, 6 and 26, 17 and 15).
 COMPANY_WAIT_SHARE = 0.1
+# Batches are held to their time budget (max_forward_ms, query_forward_ms) while work of a
+# higher priority has arrived within this many seconds: more is likely on its way (a person
+# searching sends a query every few seconds). With none seen, a batch may fill
+# max_batch_tokens: the most throughput, for bulk work alone or interactive work alone.
+HIGHER_WORK_SEEN_S = 10.0
+# Every forward has a fixed cost (it reads all the weights). A batch that is not a query's
+# holds at least the tokens that keep that cost within this share of its forward, and at
+# least MIN_FORWARD_TOKENS: on a slow or crowded machine, where the fixed cost grows, its
+# forwards grow too, rather than spend the model's time on overhead (which would make the
+# queue, and every wait, longer). A query's batch has no floor: it is short on purpose.
+MAX_FIXED_SHARE = 0.2
+MIN_FORWARD_TOKENS = 256
+
+# The priority of the request being handled, for embed() calls that do not pass one: set by
+# the API layer where the call goes through another module (the senses) or where the caller
+# names it outside the body (the HTTP header X-Priority). None: implied by the size.
+requested_priority: contextvars.ContextVar[Priority | None] = contextvars.ContextVar(
+    "requested_priority", default=None
+)
+
+
+@contextlib.contextmanager
+def priority_scope(level: Priority | None) -> Iterator[None]:
+    """embed() calls made within it that pass no priority get `level` (None: their size's)."""
+    token = requested_priority.set(level)
+    try:
+        yield
+    finally:
+        requested_priority.reset(token)
 
 
 class EngineError(Exception):
@@ -98,6 +142,7 @@ class BatchReport:
     queue_depth: int  # rows still waiting after this batch was cut
     queue_seconds: list[float]  # per row, arrival to start of the forward
     model_seconds: float
+    priorities: list[Priority] = field(default_factory=list)  # per row, its request's
 
     @property
     def padding_fraction(self) -> float:
@@ -114,6 +159,9 @@ class EngineStats:
     skipped_cancelled: int = 0  # rows dropped because their caller had gone
     skipped_expired: int = 0  # rows dropped because their deadline had passed
     model_seconds: float = 0.0
+    # Per priority label ("query", "interactive", "bulk"): rows computed, requests refused.
+    rows_by_priority: dict[str, int] = field(default_factory=lambda: _per_priority(0))
+    refused_by_priority: dict[str, int] = field(default_factory=lambda: _per_priority(0))
 
 
 @dataclass
@@ -155,6 +203,7 @@ class _Row:
     loop: asyncio.AbstractEventLoop
     arrival: float
     deadline: float | None
+    priority: Priority = Priority.INTERACTIVE
     n_tokens: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -174,8 +223,12 @@ class Engine:
         self.stats = EngineStats()
         self._observers: list[Callable[[BatchReport], None]] = []
         self._pending: list[_Row] = []
-        self._queued_tokens = 0
-        self._requests_in_flight = 0
+        levels = len(Priority)
+        self._queued_tokens = [0] * levels  # per priority (indexed by it), as the rows below
+        self._queued_rows = [0] * levels
+        self._in_flight = [0] * levels  # embed() calls admitted and not yet answered
+        self._last_arrival = [float("-inf")] * levels  # monotonic, per priority
+        self._cost = ForwardCost()  # the forward's time by its tokens: for the time budgets
         self._cond = threading.Condition()
         self._closing = False
         self._worker: threading.Thread | None = None
@@ -198,7 +251,10 @@ class Engine:
             started = time.perf_counter()
             sample = self.model.tokenizer.encode("预热 warm-up", TextRole.QUERY)
             self.runner.run([sample.ids] * 4, [None] * 4)
-            log.info("warm-up took %.2f s", time.perf_counter() - started)
+            took = time.perf_counter() - started
+            # A first estimate of the forward's cost; the first real batches correct it.
+            self._cost.observe(4 * len(sample.ids), took)
+            log.info("warm-up took %.2f s", took)
         self._worker = threading.Thread(target=self._work, name="embedsense-engine", daemon=True)
         self._worker.start()
         return self
@@ -242,6 +298,10 @@ class Engine:
     def queue_depth(self) -> int:
         return len(self._pending)
 
+    def queued_rows(self) -> dict[str, int]:
+        """Rows waiting now, per priority label."""
+        return {p.label: self._queued_rows[p] for p in Priority}
+
     # ------------------------------------------------------------ the API
 
     async def embed(
@@ -259,6 +319,7 @@ class Engine:
         token_ids: Sequence[Sequence[int]] | None = None,
         truncation_direction: str = "right",
         max_tokens: int | None = None,
+        priority: Priority | None = None,
     ) -> list[Embedding]:
         """Embed texts: a pooled sentence vector each, and token vectors when asked.
 
@@ -270,6 +331,9 @@ class Engine:
         prefix: they are added as for text).
         max_tokens: refuse (InvalidRequest) a request of more tokens than this, before it is
         queued (a caller whose reply grows with them bounds it so).
+        priority: how soon its rows run (batching.py); None: `requested_priority`'s, else
+        interactive for a request of at most interactive_max_texts texts and
+        interactive_max_tokens tokens, bulk for a larger one.
         Raises Overloaded, InvalidRequest, DeadlineExceeded (after `timeout` seconds).
         """
         if self._worker is None or self._closing:
@@ -287,14 +351,15 @@ class Engine:
                     f"the inputs are {prepared.n_tokens} tokens together; at most {max_tokens} "
                     "are taken in one request here"
                 )
+            level = self._priority(priority, len(prepared.tokenized), prepared.n_tokens)
             now = time.monotonic()
             deadline = now + timeout if timeout is not None else None
             rows = [
-                _Row(ids, choice, loop.create_future(), loop, now, deadline)
+                _Row(ids, choice, loop.create_future(), loop, now, deadline, level)
                 for per_text in prepared.window_ids
                 for ids in per_text
             ]
-            self._admit(rows, prepared.n_tokens)
+            self._admit(rows, prepared.n_tokens, level)
         try:
             wait = asyncio.gather(*(row.future for row in rows))
             outputs = await (asyncio.wait_for(wait, timeout) if timeout is not None else wait)
@@ -302,7 +367,7 @@ class Engine:
             raise DeadlineExceeded(f"not done within the {timeout:.3f} s deadline") from err
         finally:
             with self._cond:
-                self._requests_in_flight -= 1
+                self._in_flight[level] -= 1
         assemble = functools.partial(
             self._assemble_all, prepared, outputs, token_vectors, normalize, pooling
         )
@@ -393,23 +458,40 @@ class Engine:
 
     # ------------------------------------------------------------ admission and windows
 
-    def _admit(self, rows: list[_Row], n_tokens: int) -> None:
+    def _priority(self, asked: Priority | None, n_texts: int, n_tokens: int) -> Priority:
+        if asked is None:
+            asked = requested_priority.get()
+        if asked is not None:
+            return Priority(asked)
         c = self.config
+        return default_priority(
+            n_texts, n_tokens, c.interactive_max_texts, c.interactive_max_tokens
+        )
+
+    def _admit(self, rows: list[_Row], n_tokens: int, level: Priority) -> None:
+        c = self.config
+        # Per priority, the most that level and those below it may hold together: bulk
+        # work has limits of its own, the levels above share the engine's.
+        tokens = Limit(c.max_queued_tokens, "max_queued_tokens")
+        requests = Limit(c.max_concurrent_requests, "max_concurrent_requests")
+        token_limits = [Limit(c.bulk_queued_tokens, "max_queued_bulk_tokens"), tokens, tokens]
+        request_limits = [
+            Limit(c.bulk_concurrent_requests, "max_concurrent_bulk_requests"),
+            requests,
+            requests,
+        ]
         with self._cond:
-            if self._requests_in_flight >= c.max_concurrent_requests:
+            refusal = admission_refusal(
+                level, n_tokens, self._queued_tokens, self._in_flight, token_limits, request_limits
+            )
+            if refusal is not None:
                 self.stats.refused += 1
-                raise Overloaded(
-                    f"{self._requests_in_flight} requests in flight; the limit is "
-                    f"{c.max_concurrent_requests} (max_concurrent_requests): retry later"
-                )
-            if self._queued_tokens + n_tokens > c.max_queued_tokens:
-                self.stats.refused += 1
-                raise Overloaded(
-                    f"{self._queued_tokens} tokens queued and this request adds {n_tokens}; "
-                    f"the limit is {c.max_queued_tokens} (max_queued_tokens): retry later"
-                )
-            self._requests_in_flight += 1
-            self._queued_tokens += n_tokens
+                self.stats.refused_by_priority[level.label] += 1
+                raise Overloaded(refusal)
+            self._in_flight[level] += 1
+            self._queued_tokens[level] += n_tokens
+            self._queued_rows[level] += len(rows)
+            self._last_arrival[level] = rows[0].arrival if rows else time.monotonic()
             self._pending.extend(rows)
             self._cond.notify()
 
@@ -477,6 +559,25 @@ class Engine:
                 self._run(batch, plan, depth)
                 self._model_free_since = time.monotonic()
 
+    def _forward_tokens(self, now: float) -> dict[int, int]:
+        """Per level, the real tokens a batch whose first row is of that level may hold: its
+        time budget at the measured cost, for a level with work above it seen lately (or
+        queries, while queries are about); none for the others."""
+        c = self.config
+        seen = [now - t <= HIGHER_WORK_SEEN_S for t in self._last_arrival]
+        budgets = {}
+        for level in Priority:
+            held = any(seen[above] for above in range(level + 1, len(Priority)))
+            if level is Priority.QUERY:
+                tokens = self._cost.tokens_for(c.query_forward_ms / 1000) if seen[level] else None
+                if c.query_forward_ms > 0 and tokens is not None:
+                    budgets[level] = tokens
+            elif c.max_forward_ms > 0 and held:
+                tokens = self._cost.tokens_for(c.max_forward_ms / 1000, MAX_FIXED_SHARE)
+                if tokens is not None:
+                    budgets[level] = max(MIN_FORWARD_TOKENS, tokens)
+        return budgets
+
     def _next_batch(self) -> tuple[list[_Row] | None, BatchPlan, int]:
         """Block until a batch is due; None when closing with nothing left."""
         c = self.config
@@ -491,7 +592,7 @@ class Engine:
             waited_from = max(min(r.arrival for r in self._pending), self._model_free_since)
             lone_wait = c.max_wait_ms / 1000
             longest = waited_from + max(lone_wait, COMPANY_WAIT_SHARE * self._last_model_seconds)
-            while not self._closing and sum(r.n_tokens for r in self._pending) < c.max_batch_tokens:
+            while not self._closing and self._pending_tokens() < self._fill():
                 if self._preparing or len(self._pending) < self._last_batch_rows:
                     due = longest
                 else:  # while rows keep arriving, a wave of callers is still coming back
@@ -502,12 +603,34 @@ class Engine:
                     break
                 self._cond.wait(remaining)
             self._drop_abandoned()
-            plan = plan_batch(self._pending, c.max_batch_tokens, c.max_batch_requests)
+            now = time.monotonic()
+            plan = plan_batch(
+                self._pending,
+                c.max_batch_tokens,
+                c.max_batch_requests,
+                now=now,
+                aging_s=c.priority_aging_ms / 1000,
+                forward_tokens=self._forward_tokens(now),
+            )
             chosen = set(plan.indices)
             batch = [self._pending[i] for i in plan.indices]
             self._pending = [r for i, r in enumerate(self._pending) if i not in chosen]
-            self._queued_tokens -= sum(r.n_tokens for r in batch)
+            for row in batch:
+                self._unqueue(row)
             return batch, plan, len(self._pending)
+
+    def _pending_tokens(self) -> int:
+        return sum(self._queued_tokens)
+
+    def _fill(self) -> int:
+        """The tokens that make the next batch full: the budget it would be cut to."""
+        top = max(r.priority for r in self._pending)
+        budget = self._forward_tokens(time.monotonic()).get(top)
+        return min(self.config.max_batch_tokens, budget or self.config.max_batch_tokens)
+
+    def _unqueue(self, row: _Row) -> None:
+        self._queued_tokens[row.priority] -= row.n_tokens
+        self._queued_rows[row.priority] -= 1
 
     def _drop_abandoned(self) -> None:
         """Remove rows nobody waits for any more: they must cost no compute."""
@@ -528,7 +651,7 @@ class Engine:
             else:
                 keep.append(row)
                 continue
-            self._queued_tokens -= row.n_tokens
+            self._unqueue(row)
         self._pending = keep
 
     def _run(self, batch: list[_Row], plan: BatchPlan, depth: int) -> None:
@@ -543,14 +666,17 @@ class Engine:
         seconds = time.monotonic() - started
         self._last_model_seconds = seconds
         self._last_batch_rows = len(batch)
-        _settle_batch([(row, out, None) for row, out in zip(batch, outputs, strict=True)])
-        self._trimmer.maybe_trim()
-        s = self.stats
+        self._cost.observe(plan.real_tokens, seconds)
+        s = self.stats  # counted before the callers hear back: what they see includes them
         s.batches += 1
         s.rows += len(batch)
         s.real_tokens += plan.real_tokens
         s.padded_tokens += plan.padded_tokens
         s.model_seconds += seconds
+        for row in batch:
+            s.rows_by_priority[row.priority.label] += 1
+        _settle_batch([(row, out, None) for row, out in zip(batch, outputs, strict=True)])
+        self._trimmer.maybe_trim()
         report = BatchReport(
             rows=len(batch),
             real_tokens=plan.real_tokens,
@@ -558,9 +684,14 @@ class Engine:
             queue_depth=depth,
             queue_seconds=[started - r.arrival for r in batch],
             model_seconds=seconds,
+            priorities=[r.priority for r in batch],
         )
         for observer in self._observers:
             observer(report)
+
+
+def _per_priority(value: int) -> dict[str, int]:
+    return {p.label: value for p in sorted(Priority, reverse=True)}
 
 
 def _frame(tok: TokenizedText) -> tuple[int, int]:

@@ -4,8 +4,9 @@ On a GPU: float16 by default (bfloat16 and float32 on request). On a CPU: float3
 bfloat16 where the processor computes it natively (AVX512_BF16 or AMX) and a short probe of
 the model's own matrix shapes confirms it is faster; where bf16 is only emulated it is
 slower than fp32, so `auto` never picks it there. bfloat16 on CPU runs under autocast: the
-matrix products in bf16, the weights, LayerNorm and softmax accumulation in fp32 (measured:
-pooled vectors within cos 0.9999 of fp32, tests/test_bf16.py).
+matrix products in bf16 (the Linear weights cast once, runner.bf16_linears), LayerNorm and
+softmax accumulation in fp32 (measured: pooled vectors within cos 0.9999 of fp32,
+tests/test_bf16.py).
 """
 
 from __future__ import annotations

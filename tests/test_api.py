@@ -359,3 +359,42 @@ def test_settings_come_from_flags_then_environment_then_defaults():
     assert s.engine.max_batch_tokens == 4096 and s.engine.int8 and s.engine.model == s.model
     with pytest.raises(ValueError, match="EMBEDSENSE_MAX_QUEUED_TOKENS='lots'"):
         ServerSettings.from_env({"EMBEDSENSE_MAX_QUEUED_TOKENS": "lots"})
+
+
+def test_each_call_gets_its_priority_by_default_or_as_asked(server, client, collection):
+    """Search and the sense queries are "query", Upsert "bulk", a small Embed "interactive";
+    the SDK's priority= (the proto's field) overrides each. Counted by the engine's rows."""
+    stats = server.server.engine.stats
+
+    def rows_after(call) -> dict[str, int]:
+        before = dict(stats.rows_by_priority)
+        call()
+        return {k: v - before[k] for k, v in stats.rows_by_priority.items()}
+
+    assert rows_after(lambda: client.upsert(collection, FRUIT)) == {
+        "query": 0,
+        "interactive": 0,
+        "bulk": 3,
+    }
+    assert rows_after(lambda: client.search(collection, "水果")) == {
+        "query": 1,
+        "interactive": 0,
+        "bulk": 0,
+    }
+    assert rows_after(lambda: client.encode(PHONE)) == {"query": 0, "interactive": 3, "bulk": 0}
+    assert rows_after(lambda: client.encode(PHONE, priority="bulk"))["bulk"] == 3
+    assert rows_after(lambda: client.search(collection, "水果", priority="bulk"))["bulk"] == 1
+    assert rows_after(lambda: client.upsert(collection, PHONE, priority="query"))["query"] == 3
+    senses = rows_after(lambda: client.disambiguate("我喜欢吃苹果", "苹果"))
+    assert senses["query"] >= 1 and senses["interactive"] == senses["bulk"] == 0
+    found = rows_after(lambda: client.search_occurrences(collection, "我喜欢吃苹果", "苹果"))
+    assert found["query"] >= 1 and found["interactive"] == found["bulk"] == 0
+    many = [f"第{i}句：{FRUIT[i % 3]}" for i in range(9)]  # over 8 texts: bulk by its size
+    assert rows_after(lambda: client.encode(many, batch_size=9))["bulk"] == 9
+
+
+def test_a_wrong_priority_is_refused_before_any_work(server, client):
+    with pytest.raises(ValueError, match="priority='urgent': expected 'query', 'interactive'"):
+        client.encode(["苹果"], priority="urgent")
+    with pytest.raises(InvalidArgument, match="priority: 9 is not one of"):
+        client._call(Call("Embed", pb.EmbedRequest(texts=["苹果"], priority=9), lambda r: r))

@@ -159,3 +159,25 @@ def test_the_servers_auto_decides_from_the_flags_it_is_given(e5, tmp_path, monke
                 assert c.encode("苹果").shape == (384,)
         finally:
             running.stop()
+
+
+def test_bf16_linears_cast_once_give_autocasts_own_numbers(e5):
+    """The runner casts its Linear weights to bf16 once instead of autocast casting them on
+    every forward (a fixed cost each short forward paid): the same vectors, bit for bit,
+    and the loaded model left in fp32 for its other users."""
+    from embedsense.server.runner import ModelRunner
+
+    runner = ModelRunner(e5, EngineConfig(dtype="bfloat16"))
+    assert runner.encoder.layers[0].feed_forward.up.weight.dtype is torch.bfloat16
+    assert e5.encoder.layers[0].feed_forward.up.weight.dtype is torch.float32
+    assert runner.encoder.embeddings is e5.encoder.embeddings  # the tables are not copied
+    texts = [t.ids for t in e5.tokenizer.encode_batch(["我喜欢吃苹果", "苹果手机很贵" * 9])]
+    once = runner.run(texts, [None, (6, -1)])
+    groups, e5.encoder.attention_groups = e5.encoder.attention_groups, 4
+    runner.encoder, cast_each_time = e5.encoder, runner.encoder
+    try:
+        every_time = runner.run(texts, [None, (6, -1)])
+    finally:
+        runner.encoder, e5.encoder.attention_groups = cast_each_time, groups
+    for a, b in zip(once, every_time, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -82,7 +82,7 @@ def test_200_concurrent_callers_get_their_own_exact_vectors(engines, e5, dtype):
 def test_plan_batch_keeps_budget_serves_oldest_and_groups_lengths():
     class Row:
         def __init__(self, n, arrival):
-            self.n_tokens, self.arrival = n, arrival
+            self.n_tokens, self.arrival, self.priority = n, arrival, 0
 
     rng = random.Random(3)
     pending = [Row(rng.randint(5, 120), rng.random()) for _ in range(300)]

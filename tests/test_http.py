@@ -186,3 +186,22 @@ def test_http_requests_are_logged_counted_and_traced(base, running):
     text = connection.getresponse().read().decode()
     assert 'embedsense_requests_total{code="200",rpc="HTTP GET /info"}' in text
     assert 'embedsense_requests_total{code="401",rpc="HTTP POST /embed"}' in text
+
+
+def test_the_x_priority_header_sets_an_embeds_priority(base, running):
+    stats = running.server.engine.stats
+    before = dict(stats.rows_by_priority)
+    body = json.dumps({"input": TEXTS, "model": MODEL}).encode()
+    status, _, _ = call(base, "POST", "/v1/embeddings", body, {"X-Priority": "Bulk"})
+    assert status == 200 and stats.rows_by_priority["bulk"] - before["bulk"] == 3
+    status, _, _ = call(
+        base, "POST", "/embed", json.dumps({"inputs": "苹果"}).encode(), {"X-Priority": "query"}
+    )
+    assert status == 200 and stats.rows_by_priority["query"] - before["query"] == 1
+    status, _, _ = call(base, "POST", "/embed", json.dumps({"inputs": "苹果"}).encode())
+    assert status == 200 and stats.rows_by_priority["interactive"] > before["interactive"]
+    status, _, reply = call(base, "POST", "/v1/embeddings", body, {"X-Priority": "urgent"})
+    assert status == 400 and b"X-Priority: 'urgent'; expected one of query, interactive" in reply
+    operation = json.loads(call(base, "GET", "/openapi.json")[2])["paths"]["/v1/embeddings"]
+    parameter = operation["post"]["parameters"][0]
+    assert parameter["name"] == "X-Priority" and parameter["in"] == "header"

@@ -13,6 +13,13 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_QUERY: _ClassVar[Role]
     ROLE_PASSAGE: _ClassVar[Role]
 
+class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRIORITY_UNSPECIFIED: _ClassVar[Priority]
+    PRIORITY_BULK: _ClassVar[Priority]
+    PRIORITY_INTERACTIVE: _ClassVar[Priority]
+    PRIORITY_QUERY: _ClassVar[Priority]
+
 class Pooling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     POOLING_DEFAULT: _ClassVar[Pooling]
@@ -27,6 +34,10 @@ class LongText(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 ROLE_UNSPECIFIED: Role
 ROLE_QUERY: Role
 ROLE_PASSAGE: Role
+PRIORITY_UNSPECIFIED: Priority
+PRIORITY_BULK: Priority
+PRIORITY_INTERACTIVE: Priority
+PRIORITY_QUERY: Priority
 POOLING_DEFAULT: Pooling
 POOLING_MEAN: Pooling
 POOLING_CLS: Pooling
@@ -105,7 +116,7 @@ class TokenizeResponse(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[str]] = ..., ids: _Optional[_Iterable[int]] = ..., starts: _Optional[_Iterable[int]] = ..., ends: _Optional[_Iterable[int]] = ..., from_text: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("texts", "role", "sentence_vectors", "token_vectors", "layers", "no_normalize", "pooling", "long_text")
+    __slots__ = ("texts", "role", "sentence_vectors", "token_vectors", "layers", "no_normalize", "pooling", "long_text", "priority")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     SENTENCE_VECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +125,7 @@ class EmbedRequest(_message.Message):
     NO_NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
     LONG_TEXT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     role: Role
     sentence_vectors: bool
@@ -122,7 +134,8 @@ class EmbedRequest(_message.Message):
     no_normalize: bool
     pooling: Pooling
     long_text: LongText
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., role: _Optional[_Union[Role, str]] = ..., sentence_vectors: _Optional[bool] = ..., token_vectors: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., no_normalize: _Optional[bool] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., long_text: _Optional[_Union[LongText, str]] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., role: _Optional[_Union[Role, str]] = ..., sentence_vectors: _Optional[bool] = ..., token_vectors: _Optional[bool] = ..., layers: _Optional[_Iterable[int]] = ..., no_normalize: _Optional[bool] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., long_text: _Optional[_Union[LongText, str]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class TokenVectors(_message.Message):
     __slots__ = ("tokens", "vectors", "windows", "truncated_tokens")
@@ -223,12 +236,14 @@ class Document(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("collection", "documents")
+    __slots__ = ("collection", "documents", "priority")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     documents: _containers.RepeatedCompositeFieldContainer[Document]
-    def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("upserted", "ids")
@@ -283,7 +298,7 @@ class DeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "vector", "k", "filter_json", "ef_search", "nprobe")
+    __slots__ = ("collection", "text", "vector", "k", "filter_json", "ef_search", "nprobe", "priority")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +306,7 @@ class SearchRequest(_message.Message):
     FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     vector: Tensor
@@ -298,7 +314,8 @@ class SearchRequest(_message.Message):
     filter_json: str
     ef_search: int
     nprobe: int
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[Tensor, _Mapping]] = ..., k: _Optional[int] = ..., filter_json: _Optional[str] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[Tensor, _Mapping]] = ..., k: _Optional[int] = ..., filter_json: _Optional[str] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "text", "metadata_json")
@@ -333,7 +350,7 @@ class SenseExamples(_message.Message):
     def __init__(self, examples: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DisambiguateRequest(_message.Message):
-    __slots__ = ("text", "word", "span", "occurrence", "senses", "inventory", "layers", "no_centring", "word_only")
+    __slots__ = ("text", "word", "span", "occurrence", "senses", "inventory", "layers", "no_centring", "word_only", "priority")
     class SensesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -350,6 +367,7 @@ class DisambiguateRequest(_message.Message):
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     NO_CENTRING_FIELD_NUMBER: _ClassVar[int]
     WORD_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     text: str
     word: str
     span: Span
@@ -359,7 +377,8 @@ class DisambiguateRequest(_message.Message):
     layers: _containers.RepeatedScalarFieldContainer[int]
     no_centring: bool
     word_only: bool
-    def __init__(self, text: _Optional[str] = ..., word: _Optional[str] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., occurrence: _Optional[int] = ..., senses: _Optional[_Mapping[str, SenseExamples]] = ..., inventory: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., no_centring: _Optional[bool] = ..., word_only: _Optional[bool] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, text: _Optional[str] = ..., word: _Optional[str] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., occurrence: _Optional[int] = ..., senses: _Optional[_Mapping[str, SenseExamples]] = ..., inventory: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., no_centring: _Optional[bool] = ..., word_only: _Optional[bool] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class SenseScore(_message.Message):
     __slots__ = ("label", "probability", "similarity")
@@ -483,20 +502,22 @@ class Occurrence(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., score: _Optional[float] = ..., metadata_json: _Optional[str] = ...) -> None: ...
 
 class SearchOccurrencesRequest(_message.Message):
-    __slots__ = ("collection", "text", "word", "span", "occurrence", "k")
+    __slots__ = ("collection", "text", "word", "span", "occurrence", "k", "priority")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     WORD_FIELD_NUMBER: _ClassVar[int]
     SPAN_FIELD_NUMBER: _ClassVar[int]
     OCCURRENCE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     word: str
     span: Span
     occurrence: int
     k: int
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., word: _Optional[str] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., occurrence: _Optional[int] = ..., k: _Optional[int] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., word: _Optional[str] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., occurrence: _Optional[int] = ..., k: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class SearchOccurrencesResponse(_message.Message):
     __slots__ = ("occurrences", "compared")

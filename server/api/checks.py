@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from embedsense.model import TextRole
 from embedsense.model.pooling import Pooling
 from embedsense.proto.v1 import embedsense_pb2 as pb
+from embedsense.server.batching import PRIORITY_LABELS, Priority, priority_named
 
 if TYPE_CHECKING:
     from embedsense.server.api.settings import ServerSettings
@@ -212,6 +213,35 @@ def choice(table: dict[int, Any], value: int, field: str) -> Any:
     if value not in table:
         raise BadRequest(f"{field}: {value} is not one of {sorted(table)}")
     return table[value]
+
+
+PRIORITIES = {
+    pb.PRIORITY_UNSPECIFIED: None,
+    pb.PRIORITY_BULK: Priority.BULK,
+    pb.PRIORITY_INTERACTIVE: Priority.INTERACTIVE,
+    pb.PRIORITY_QUERY: Priority.QUERY,
+}
+PRIORITY_HEADER = "X-Priority"  # HTTP: a request's priority, on every route that embeds
+
+
+def priority_of(value: int, default: Priority | None = None) -> Priority | None:
+    """A request's priority field: its level, or `default` when unspecified (None: the
+    engine's, from the request's size)."""
+    asked = choice(PRIORITIES, value, "priority")
+    return default if asked is None else asked  # not `or`: BULK is 0
+
+
+def priority_header(value: str | None) -> Priority | None:
+    """The X-Priority header's level ("query", "interactive" or "bulk", any case); None when
+    it is absent."""
+    if value is None:
+        return None
+    try:
+        return priority_named(value)
+    except ValueError:
+        raise BadRequest(
+            f"{PRIORITY_HEADER}: {value!r}; expected one of {PRIORITY_LABELS}", PRIORITY_HEADER
+        ) from None
 
 
 def role_of(value: int) -> TextRole:

@@ -38,11 +38,13 @@ from embedsense.model import TextRole, TokenizedText
 from embedsense.model.tokenizer import TextTooLongError
 from embedsense.server.api.bodies import BodyBudget, BodyError, parse_json, read_body
 from embedsense.server.api.checks import (
+    PRIORITY_HEADER,
     Limits,
     Truncation,
     check_reply_tokens,
     check_texts,
     check_token_ids,
+    priority_header,
     role_named,
     truncation_of,
 )
@@ -51,7 +53,7 @@ from embedsense.server.api.http_errors import ApiError, Dialect, from_exception,
 from embedsense.server.api.interceptors import ApiKeys
 from embedsense.server.api.observability import Metrics, new_request_id, request_id
 from embedsense.server.api.settings import ServerSettings
-from embedsense.server.engine import Embedding, Engine, InvalidRequest
+from embedsense.server.engine import Embedding, Engine, InvalidRequest, priority_scope
 
 log = logging.getLogger(__name__)
 _Result = TypeVar("_Result")
@@ -88,6 +90,7 @@ class HttpRoute:
     tag: str = ""
     documented: bool = True
     heavy_reply: bool = False  # a reply that can be large for a small body: written off the loop
+    prioritized: bool = False  # embeds: takes the X-Priority header (checks.PRIORITY_HEADER)
 
 
 @dataclass
@@ -253,6 +256,9 @@ class HttpServer:
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
             deadline = asyncio.get_running_loop().time() + self.settings.http_deadline_s
+            # Checked before the body is read: a wrong header costs no parsing.
+            asked = request.headers.get(PRIORITY_HEADER) if route.prioritized else None
+            level = priority_header(asked)
             claim = self.budget.claim()
             try:
                 large = False
@@ -265,7 +271,8 @@ class HttpServer:
                     parse = functools.partial(self._parse, raw, route.body)
                     body = await self.context.off_loop(parse) if large else parse()
                     del raw, parse  # the parsed body is what the request holds from here
-                reply = await self._within_deadline(deadline, route.handler(request, body))
+                with priority_scope(level):  # the engine reads it from the context
+                    reply = await self._within_deadline(deadline, route.handler(request, body))
                 if isinstance(reply, web.StreamResponse):
                     return reply
                 if large or route.heavy_reply:

@@ -21,6 +21,10 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 access_log = logging.getLogger("embedsense.access")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Time in the queue, finer where the priorities' targets lie (a query's tens of milliseconds,
+# bulk work's seconds), so that percentiles read from the buckets are close.
+QUEUE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4)
+QUEUE_BUCKETS += (0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 30)
 
 
 class Metrics:
@@ -58,7 +62,14 @@ class Metrics:
             registry=r,
         )
         self.queue_seconds = Histogram(
-            "embedsense_queue_seconds", "arrival to forward", buckets=LATENCY_BUCKETS, registry=r
+            "embedsense_queue_seconds",
+            "arrival to forward, per row, by its request's priority",
+            ["priority"],
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.rows = Counter(
+            "embedsense_rows", "rows computed, by priority", ["priority"], registry=r
         )
         self.model_seconds = Histogram(
             "embedsense_model_seconds", "time in one forward", buckets=LATENCY_BUCKETS, registry=r
@@ -82,8 +93,9 @@ class Metrics:
         self.batch_tokens.observe(report.padded_tokens)
         self.padding.observe(report.padding_fraction)
         self.model_seconds.observe(report.model_seconds)
-        for seconds in report.queue_seconds:
-            self.queue_seconds.observe(seconds)
+        for seconds, priority in zip(report.queue_seconds, report.priorities, strict=True):
+            self.queue_seconds.labels(priority.label).observe(seconds)
+            self.rows.labels(priority.label).inc()
 
     def observe_request(self, rpc: str, code: str, seconds: float) -> None:
         self.requests.labels(rpc, code).inc()
@@ -118,6 +130,19 @@ class _EngineAndIndex:
             ("embedsense_engine_real_tokens", s.real_tokens, "tokens computed (no padding)"),
         ):
             yield GaugeMetricFamily(name, text, value=value)
+        queued = GaugeMetricFamily(
+            "embedsense_engine_queued_rows", "rows waiting, by priority", labels=["priority"]
+        )
+        refused = GaugeMetricFamily(
+            "embedsense_engine_refused_by_priority",
+            "requests refused at admission, by priority",
+            labels=["priority"],
+        )
+        for label, rows in self.engine.queued_rows().items():
+            queued.add_metric([label], rows)
+            refused.add_metric([label], s.refused_by_priority[label])
+        yield queued
+        yield refused
         documents = GaugeMetricFamily("embedsense_collection_documents", "documents stored",
                                       labels=["collection"])  # fmt: skip
         vectors = GaugeMetricFamily("embedsense_collection_index_vectors",

@@ -87,6 +87,7 @@ class OpenAIRoutes:
                 reply=EmbeddingsResponse,
                 errors=ERRORS,
                 tag="OpenAI",
+                prioritized=True,
             ),
             HttpRoute(
                 "GET",

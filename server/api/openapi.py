@@ -17,10 +17,21 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from embedsense.server.api.checks import TEXT_PATTERN, Limits
+from embedsense.server.api.checks import PRIORITY_HEADER, TEXT_PATTERN, Limits
 from embedsense.server.api.http import HttpRoute, json_response, path_parameters
+from embedsense.server.batching import Priority
 
 REF = "#/components/schemas/{model}"
+PRIORITY_PARAMETER = {
+    "name": PRIORITY_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "enum": [p.label for p in sorted(Priority, reverse=True)]},
+    "description": "How soon the inputs are embedded when the server is busy: query (a "
+    "lookup a person waits on), interactive, or bulk (a large job; refused with 429 before "
+    "it fills the queue the others need). Unset: interactive for a few inputs (at most "
+    "interactive_max_texts and interactive_max_tokens), else bulk.",
+}
 # The files of Swagger UI the page loads, from the package's folder.
 ASSETS = {
     "swagger-ui.css": "text/css",
@@ -136,11 +147,14 @@ def _operation(route: HttpRoute, auth: bool) -> dict[str, Any]:
     }
     if route.description:
         operation["description"] = route.description
-    if names := path_parameters(route.path):
-        operation["parameters"] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in names
-        ]
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in path_parameters(route.path)
+    ]
+    if route.prioritized:
+        parameters.append(PRIORITY_PARAMETER)
+    if parameters:
+        operation["parameters"] = parameters
     if route.body is not None:
         operation["requestBody"] = {
             "required": True,

@@ -39,11 +39,13 @@ from embedsense.server.api.checks import (
     choice,
     k_of,
     metadata_of,
+    priority_of,
     role_of,
     span_of,
 )
 from embedsense.server.api.observability import Metrics, new_request_id, request_id
 from embedsense.server.api.settings import ServerSettings
+from embedsense.server.batching import Priority
 from embedsense.server.engine import Embedding, Engine
 from embedsense.server.explain import MAX_ATTENTION_VALUES, Explainer
 from embedsense.server.index import Document, IndexBackend, Token
@@ -203,6 +205,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             pooling=choice(POOLINGS, request.pooling, "pooling"),
             truncate=long_text == "truncate",
             windowed=long_text == "windows",
+            priority=priority_of(request.priority),
         )  # fmt: skip
         reply = pb.EmbedResponse()
         if want_sentences:
@@ -273,7 +276,11 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     # ------------------------------------------------------------ documents
 
     async def _documents(
-        self, collection: idx.CollectionBackend, batch: list[pb.Document], context: Any
+        self,
+        collection: idx.CollectionBackend,
+        batch: list[pb.Document],
+        context: Any,
+        priority: Priority = Priority.BULK,
     ) -> list[Document]:
         texts = [self._text(d.text, f"documents[{i}].text") for i, d in enumerate(batch)]
         metadata = [metadata_of(d.metadata_json, f"documents[{i}].metadata_json")
@@ -281,7 +288,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         # Long documents are embedded in windows: every token of a stored text gets a vector.
         results = await self._embed(
             texts, context, role=TextRole.PASSAGE, windowed=True,
-            token_vectors=collection.store_tokens,
+            token_vectors=collection.store_tokens, priority=priority,
         )  # fmt: skip
         docs = []
         for d, meta, r in zip(batch, metadata, results, strict=True):
@@ -330,7 +337,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
                     f"{self.settings.max_texts_per_request}: send smaller batches"
                 )
             try:
-                docs = await self._documents(collection, list(request.documents), context)
+                level = priority_of(request.priority, Priority.BULK)
+                docs = await self._documents(collection, list(request.documents), context, level)
                 ids += await asyncio.to_thread(collection.upsert, docs, self.model_name)
             except Exception as err:
                 if ids:  # say what is already stored: the caller must not guess
@@ -368,7 +376,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         which = request.WhichOneof("query")
         if which == "text":
             text = self._text(request.text)
-            (result,) = await self._embed([text], context, role=TextRole.QUERY)
+            level = priority_of(request.priority, Priority.QUERY)
+            (result,) = await self._embed([text], context, role=TextRole.QUERY, priority=level)
             vector = result.sentence
         elif which == "vector":
             try:
@@ -400,13 +409,19 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         for label, examples in request.senses.items():
             for i, example in enumerate(examples.examples):
                 self._text(example, f"senses[{label!r}].examples[{i}]")
-        result = await self.senses.disambiguate(
-            self._text(request.text), request.word, span=span_of(request),
-            occurrence=request.occurrence,
-            senses={label: list(s.examples) for label, s in request.senses.items()},
-            inventory=request.inventory or None, layers=list(request.layers) or None,
-            centre=not request.no_centring, with_sentence=not request.word_only,
-        )  # fmt: skip
+        # The senses module calls the engine itself: the priority goes by the context.
+        with eng.priority_scope(priority_of(request.priority, Priority.QUERY)):
+            result = await self.senses.disambiguate(
+                self._text(request.text),
+                request.word,
+                span=span_of(request),
+                occurrence=request.occurrence,
+                senses={label: list(s.examples) for label, s in request.senses.items()},
+                inventory=request.inventory or None,
+                layers=list(request.layers) or None,
+                centre=not request.no_centring,
+                with_sentence=not request.word_only,
+            )
         order = sorted(result.probabilities, key=lambda label: -result.probabilities[label])
         return pb.DisambiguateResponse(
             label=result.label,
@@ -460,10 +475,15 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         self, request: pb.SearchOccurrencesRequest, context: Any
     ) -> pb.SearchOccurrencesResponse:
         await self._collection(request.collection)
-        found, compared = await self.senses.search_occurrences(
-            request.collection, self._text(request.text), request.word, span=span_of(request),
-            occurrence=request.occurrence, k=min(k_of(request), MAX_OCCURRENCES),
-        )  # fmt: skip
+        with eng.priority_scope(priority_of(request.priority, Priority.QUERY)):
+            found, compared = await self.senses.search_occurrences(
+                request.collection,
+                self._text(request.text),
+                request.word,
+                span=span_of(request),
+                occurrence=request.occurrence,
+                k=min(k_of(request), MAX_OCCURRENCES),
+            )
         return pb.SearchOccurrencesResponse(
             occurrences=[_occurrence_reply(o) for o in found], compared=compared
         )

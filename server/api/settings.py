@@ -24,7 +24,10 @@ JSON_FIELDS_BYTES = 64 * 1024
 # The engine's knobs that a deployment sets from the environment and flags too.
 ENGINE_KNOBS = ("model", "device", "dtype", "cpu_flags", "threads", "tokenizer_threads",
                 "max_batch_tokens", "max_batch_requests", "max_wait_ms", "max_queued_tokens",
-                "max_concurrent_requests", "int8", "window_stride")  # fmt: skip
+                "max_concurrent_requests", "int8", "window_stride", "interactive_max_texts",
+                "interactive_max_tokens", "priority_aging_ms", "max_forward_ms",
+                "query_forward_ms", "max_queued_bulk_tokens",
+                "max_concurrent_bulk_requests")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,7 @@ class TEIRoutes:
                 reply=EmbedResponse,
                 errors=ERRORS,
                 tag="TEI",
+                prioritized=True,
             ),
             HttpRoute(
                 "POST",
@@ -105,6 +106,7 @@ class TEIRoutes:
                 reply=EmbedResponse,
                 errors=ERRORS,
                 tag="TEI",
+                prioritized=True,
             ),
             HttpRoute(
                 "POST",
@@ -121,6 +123,7 @@ class TEIRoutes:
                 errors=ERRORS,
                 tag="TEI",
                 heavy_reply=True,
+                prioritized=True,
             ),
             HttpRoute(
                 "POST",

@@ -1,6 +1,7 @@
 """`make load`: 64 concurrent clients mixing Embed, Search and Upsert against a real server on
-127.0.0.1 for a bounded time. Throughput, p50/p95/p99 per operation, errors by status, and
-the server's RSS after warm-up and at the end. Last line: one JSON object.
+127.0.0.1 for a bounded time. Throughput, p50/p95/p99 per operation, errors by status, the
+time rows waited in the engine's queue per priority (from the server's Prometheus
+histogram), and the server's RSS after warm-up and at the end. Last line: one JSON object.
 
     python tests/ops/load.py [--clients 64] [--seconds 300] [--warmup 30]
 """
@@ -15,16 +16,18 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workload import chinese_texts  # noqa: E402
 
 from embedsense.client import AsyncClient, Client, EmbedSenseError, Retry  # noqa: E402
-from ops.serverproc import ServerProcess  # noqa: E402
+from ops.serverproc import ServerProcess, free_port  # noqa: E402
 
 TEXTS = chinese_texts(2000)
 QUERIES = ["苹果手机的价格", "水果的营养", "地铁故障", "春天的花", "银行利率", "足球比赛"]
@@ -90,6 +93,71 @@ def summarize(results: dict, seconds: float) -> dict:
     return out
 
 
+def queue_histograms(metrics_port: int) -> dict[str, dict]:
+    """Per priority, the server's queue-time histogram now: cumulative bucket counts by upper
+    bound, the count and the sum of seconds; and the rows refused at admission."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    out: dict[str, dict] = defaultdict(lambda: {"buckets": {}, "count": 0.0, "sum": 0.0})
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            priority = sample.labels.get("priority")
+            if priority is None:
+                continue
+            if sample.name == "embedsense_queue_seconds_bucket":
+                out[priority]["buckets"][float(sample.labels["le"])] = sample.value
+            elif sample.name == "embedsense_queue_seconds_count":
+                out[priority]["count"] = sample.value
+            elif sample.name == "embedsense_queue_seconds_sum":
+                out[priority]["sum"] = sample.value
+            elif sample.name == "embedsense_engine_refused_by_priority":
+                out[priority]["refused"] = sample.value
+    return dict(out)
+
+
+def quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The q-quantile of a cumulative histogram, interpolated within its bucket (as
+    Prometheus' histogram_quantile does)."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0
+    if not total:
+        return None
+    rank, below, lower = q * total, 0.0, 0.0
+    for bound in bounds:
+        if buckets[bound] >= rank:
+            if bound == float("inf"):
+                return lower
+            inside = buckets[bound] - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1)
+        below, lower = buckets[bound], bound
+    return lower
+
+
+def summarize_queues(before: dict[str, dict], after: dict[str, dict]) -> dict:
+    """Queue time per priority over the run (after minus before: the warm-up left out)."""
+    out = {}
+    for priority in ("query", "interactive", "bulk"):
+        if priority not in after:
+            continue
+        a, b = after[priority], before.get(priority, {"buckets": {}, "count": 0, "sum": 0})
+        buckets = {le: n - b["buckets"].get(le, 0) for le, n in a["buckets"].items()}
+        rows = a["count"] - b["count"]
+        ms = {f"p{round(q * 100)}_ms": quantile(buckets, q) for q in (0.5, 0.95, 0.99)}
+        out[priority] = {
+            "rows": int(rows),
+            "mean_ms": round((a["sum"] - b["sum"]) / rows * 1000, 1) if rows else None,
+            **{k: None if v is None else round(v * 1000, 1) for k, v in ms.items()},
+            "refused": int(a.get("refused", 0) - b.get("refused", 0)),
+        }
+        o = out[priority]
+        print(
+            f"  {priority:<11} {o['rows']:>7} rows  mean {o['mean_ms']} ms  p50 ~{o['p50_ms']} "
+            f"ms  p95 ~{o['p95_ms']} ms  p99 ~{o['p99_ms']} ms  refused {o['refused']}"
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=64)
@@ -97,7 +165,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=30)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as data_dir:
-        server = ServerProcess(Path(data_dir))
+        metrics_port = free_port()
+        server = ServerProcess(Path(data_dir), None, "--metrics-port", str(metrics_port))
         boot = server.start()
         try:
             with Client(server.target, timeout=120) as c:
@@ -108,6 +177,7 @@ def main() -> None:
                   f"{args.warmup:.0f} s with {args.clients} clients")  # fmt: skip
             asyncio.run(run_load(server.target, args.clients, args.warmup))
             rss_start = server.rss_mib()
+            queues_before = queue_histograms(metrics_port)
             mix = "60 % Embed of 1-4 texts, 30 % Search, 10 % Upsert of 4 documents"
             print(f"load: {args.clients} clients for {args.seconds:.0f} s ({mix})")
             samples: list[float] = []
@@ -116,15 +186,19 @@ def main() -> None:
             results = asyncio.run(run_load(server.target, args.clients, args.seconds))
             sampler.join()
             rss_end = server.rss_mib()
+            queues_after = queue_histograms(metrics_port)
         finally:
             server.stop()
     summary = summarize(results, args.seconds)
+    print("time in the engine's queue, per row, by priority (bucket-interpolated percentiles):")
+    queues = summarize_queues(queues_before, queues_after)
     growth = (rss_end - rss_start) / rss_start
     print(f"server RSS after warm-up {rss_start:.0f} MiB, at the end {rss_end:.0f} MiB "
           f"({growth:+.1%}); every 30 s: {samples}")  # fmt: skip
     print(json.dumps({"clients": args.clients, "seconds": args.seconds, "ops": summary,
                       "rss_start_mib": round(rss_start, 1), "rss_end_mib": round(rss_end, 1),
-                      "rss_growth": round(growth, 4), "rss_every_30s_mib": samples}))  # fmt: skip
+                      "rss_growth": round(growth, 4), "rss_every_30s_mib": samples,
+                      "queue_by_priority": queues}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,0 +1,285 @@
+"""Priority in the batch planner and at admission (server/batching.py, pure logic): higher
+levels first, the starvation bound, forward budgets per level, limits per level; then the
+engine keeping a query's wait within a few forwards while bulk work saturates it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from dataclasses import dataclass
+
+import pytest
+from workload import chinese_texts
+
+from embedsense.model import TextRole
+from embedsense.server.batching import (
+    TOP,
+    ForwardCost,
+    Limit,
+    Priority,
+    admission_refusal,
+    default_priority,
+    plan_batch,
+    priority_named,
+    rank,
+)
+from embedsense.server.config import EngineConfig
+from embedsense.server.engine import Engine, Overloaded, priority_scope
+
+Q, I, B = Priority.QUERY, Priority.INTERACTIVE, Priority.BULK
+
+
+@dataclass
+class Item:
+    n_tokens: int
+    arrival: float
+    priority: int
+
+
+# ------------------------------------------------------------------ order
+
+
+def test_higher_levels_are_planned_first_and_fill_with_the_rest():
+    rng = random.Random(5)
+    # The oldest work is bulk, the newest queries: order is by level, not by age.
+    pending = [Item(rng.randint(5, 120), 0.0 + i * 0.001, B) for i in range(60)]
+    pending += [Item(50, 1.0 + i * 0.001, I) for i in range(40)]
+    pending += [Item(10, 2.0 + i * 0.001, Q) for i in range(3)]
+    plan = plan_batch(pending, max_batch_tokens=4096, now=2.1)
+    levels = [pending[i].priority for i in plan.indices]
+    assert plan.rank == Q and levels[:3] == [Q, Q, Q]
+    assert levels == sorted(levels, reverse=True)  # never a lower level before a higher one
+    assert levels.count(I) == 40  # the room after the queries goes to interactive rows
+    assert 0 < levels.count(B) < 60  # and what is left to the bulk rows that fit
+    lengths = [pending[i].n_tokens for i in plan.indices]
+    assert len(lengths) * max(lengths) == plan.padded_tokens <= 4096
+
+
+def test_a_level_starts_with_its_oldest_row_then_the_nearest_in_length():
+    pending = [Item(100, 0.5, I), Item(10, 0.1, I), Item(11, 0.2, I), Item(12, 0.3, B)]
+    plan = plan_batch(pending, max_batch_tokens=8192, max_batch_requests=3)
+    # The oldest interactive row, the nearest to it in length, then the last interactive
+    # one, however long: a bulk row that would pad less waits for a higher level's rows.
+    assert plan.indices == [1, 2, 0]
+
+
+def test_the_first_row_runs_whatever_its_length_and_budgets():
+    pending = [Item(500, 0.0, Q), Item(5, 0.1, Q)]
+    plan = plan_batch(pending, max_batch_tokens=512, forward_tokens={Q: 50})
+    assert plan.indices == [0]  # over the forward budget alone: it runs, alone
+
+
+def test_a_forward_budget_holds_a_batch_to_its_first_rows_level():
+    pending = [Item(40, 0.0 + i * 0.01, I) for i in range(50)] + [Item(10, 1.0, Q)]
+    with_query = plan_batch(pending, 8192, now=1.0, forward_tokens={Q: 100, I: 400})
+    assert with_query.level == Q and with_query.real_tokens <= 100
+    without = plan_batch(pending[:-1], 8192, now=1.0, forward_tokens={Q: 100, I: 400})
+    assert without.level == I and 360 <= without.real_tokens <= 400
+    # A level the budgets do not name: only max_batch_tokens holds it.
+    unheld = plan_batch(pending[:-1], 8192, now=1.0, forward_tokens={Q: 100})
+    assert unheld.real_tokens == 40 * 50
+    # Rows that rose to the top by age go first, but they are not queries: their batch
+    # keeps their own level's budget (a query's short one would slow a lagging engine).
+    aged = plan_batch(pending, 8192, now=30.0, aging_s=5.0, forward_tokens={Q: 100, I: 400})
+    assert aged.rank == TOP and aged.level == I and aged.real_tokens > 100
+
+
+def test_a_time_budget_becomes_tokens_by_the_fitted_forward_cost():
+    cost = ForwardCost()
+    assert cost.tokens_for(0.2) is None  # nothing measured: no time budget yet
+    rng = random.Random(1)
+    for _ in range(60):  # 20 ms fixed (the weights read) + 0.15 ms a token, with noise
+        n = rng.randint(10, 2000)
+        cost.observe(n, (0.020 + 0.00015 * n) * rng.uniform(0.97, 1.03))
+    fixed, per_token = cost.fit()
+    assert 0.015 < fixed < 0.025 and 0.00014 < per_token < 0.00016
+    assert 1100 < cost.tokens_for(0.2) < 1300  # (200 - 20) ms / 0.15 ms
+    assert cost.tokens_for(0.2, max_fixed_share=0.2) == cost.tokens_for(0.2)  # time binds
+    # A crowded machine: a forward's fixed part triples; held to 20 % of the forward, a
+    # batch grows past its time budget instead of spending the time on overhead.
+    crowded = ForwardCost()
+    for n in (50, 400, 1500, 100, 900) * 10:
+        crowded.observe(n, 0.060 + 0.0003 * n)
+    assert crowded.tokens_for(0.2) < 500 < 750 < crowded.tokens_for(0.2, max_fixed_share=0.2)
+
+
+# ------------------------------------------------------------------ starvation
+
+
+def test_rank_rises_one_level_per_aging_period_up_to_the_top():
+    assert [rank(B, w, 2.0) for w in (0, 1.9, 2.0, 3.9, 4.0, 60)] == [0, 0, 1, 1, 2, 2]
+    assert rank(B, 60, 0) == B  # no aging: the level stays
+    assert rank(Q, 60, 2.0) == TOP
+
+
+def simulate(aging_s: float, horizon: float = 30.0) -> float | None:
+    """One bulk row queued at t=0 under a stream of queries that alone fill every batch
+    (4 rows a batch, 5 queries arriving per batch): when does the bulk row run?"""
+    forward = 0.05
+    pending = [Item(50, 0.0, B)] + [Item(50, 0.001, Q) for _ in range(8)]  # a backlog
+    now, arrivals = 0.0, 0
+    while now < horizon:
+        while arrivals * forward / 5 <= now:  # queries keep coming, faster than served
+            pending.append(Item(50, 0.001 + arrivals * forward / 5, Q))
+            arrivals += 1
+        plan = plan_batch(pending, 8192, max_batch_requests=4, now=now, aging_s=aging_s)
+        if any(pending[i].priority == B for i in plan.indices):
+            return now
+        chosen = set(plan.indices)
+        pending = [p for i, p in enumerate(pending) if i not in chosen]
+        now += forward
+    return None
+
+
+def test_low_priority_cannot_starve_its_wait_is_bounded_by_the_aging_rule():
+    # The docstring's bound: after (TOP - level) x aging_s the row is ahead of everything
+    # that arrived after it; what arrived before it (here: nothing) is all it waits for.
+    aging = 1.0
+    ran_at = simulate(aging)
+    assert ran_at is not None and ran_at <= (TOP - B) * aging + 0.05 + 1e-9
+    assert ran_at >= (TOP - B) * aging - 1e-9  # and not before: queries went first till then
+    assert simulate(0.0) is None  # without aging it would wait behind queries forever
+
+
+# ------------------------------------------------------------------ defaults and names
+
+
+def test_requests_that_name_no_priority_get_one_by_size():
+    assert default_priority(4, 480, max_texts=8, max_tokens=1024) is I
+    assert default_priority(9, 100, max_texts=8, max_tokens=1024) is B
+    assert default_priority(2, 1025, max_texts=8, max_tokens=1024) is B
+    assert priority_named(" Query ") is Q and priority_named("bulk") is B
+    with pytest.raises(ValueError, match="'urgent': expected one of query, interactive, bulk"):
+        priority_named("urgent")
+
+
+# ------------------------------------------------------------------ admission
+
+
+# Per level (bulk, interactive, query): bulk has limits of its own, the others the engine's.
+TOKENS = [Limit(1000, "max_queued_bulk_tokens")] + [Limit(3000, "max_queued_tokens")] * 2
+REQUESTS = [Limit(2, "max_concurrent_bulk_requests")] + [Limit(4, "max_concurrent_requests")] * 2
+
+
+def refusal(level: int, n: int, tokens: list[int], in_flight: list[int]) -> str | None:
+    return admission_refusal(level, n, tokens, in_flight, TOKENS, REQUESTS)
+
+
+def test_a_flood_of_bulk_work_is_refused_while_queries_are_still_admitted():
+    tokens, flight = [900, 0, 0], [1, 0, 0]  # bulk, interactive, query
+    message = refusal(B, 200, tokens, flight)
+    assert message == (
+        "900 tokens of bulk work queued and this bulk request adds 200; the limit is 1000 "
+        "(max_queued_bulk_tokens): retry later"
+    )
+    assert refusal(Q, 200, tokens, flight) is None
+    assert refusal(I, 200, tokens, flight) is None
+    assert "2 bulk requests in flight; the limit is 2" in refusal(B, 10, [0, 0, 0], [2, 0, 0])
+    assert refusal(Q, 10, [0, 0, 0], [2, 0, 0]) is None
+
+
+def test_every_level_counts_against_the_engines_own_limits():
+    # Bulk under its own limit, but all work together at the engine's: refused too.
+    message = refusal(B, 100, [500, 2450, 0], [0, 0, 0])
+    assert message is not None and "2950 tokens queued" in message
+    assert "(max_queued_tokens)" in message
+    assert "4 requests in flight; the limit is 4 (max_concurrent_requests)" in refusal(
+        Q, 1, [0, 0, 0], [1, 2, 1]
+    )
+    assert refusal(Q, 50, [500, 2450, 0], [0, 0, 0]) is None
+
+
+# ------------------------------------------------------------------ the engine
+
+
+def test_the_engine_refuses_bulk_beyond_its_limit_and_admits_a_query(e5):
+    texts = chinese_texts(4, min_chars=140, max_chars=150, seed=3)
+    pair = sum(len(t) for t in e5.tokenizer.encode_batch(texts[:2], TextRole.PASSAGE))
+    # Room for three pairs of texts, not four. The first batch waits for company
+    # (max_wait_ms) so that admitted work stays queued meanwhile.
+    config = EngineConfig(
+        dtype="float32",
+        warmup=False,
+        max_wait_ms=1500,
+        max_queued_tokens=10 * pair,
+        max_queued_bulk_tokens=3 * pair + pair // 2,
+    )
+    eng = Engine(config, e5).start()
+
+    async def main():
+        admitted = [asyncio.create_task(eng.embed(texts[:2], priority=B)) for _ in range(4)]
+        return await asyncio.gather(*admitted, return_exceptions=True)
+
+    async def with_query():
+        flood = [asyncio.create_task(eng.embed(texts, priority=B)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        with priority_scope(Q):  # as the senses' handlers pass it
+            query = asyncio.create_task(eng.embed(["苹果手机的价格"]))
+        return await asyncio.gather(*flood, return_exceptions=True), await query
+
+    try:
+        results = asyncio.run(main())
+        refused = [r for r in results if isinstance(r, Overloaded)]
+        assert len(refused) == 1 and "max_queued_bulk_tokens" in str(refused[0])
+        assert eng.stats.refused_by_priority == {"query": 0, "interactive": 0, "bulk": 1}
+        flood, query = asyncio.run(with_query())
+        assert sum(isinstance(r, Overloaded) for r in flood) >= 1 and len(query) == 1
+        assert eng.stats.rows_by_priority["query"] == 1
+    finally:
+        eng.close()
+
+
+def test_a_query_waits_a_few_forwards_while_bulk_work_saturates_the_engine(e5):
+    """Bulk callers keep the engine busy with upsert-sized requests (16 passages each); a
+    query every ~150 ms must wait about one forward (the one running when it arrives), not
+    for the bulk queue. Asserted loosely, against the forwards measured in the same run."""
+    # Aging off: bulk rows waiting past it would rightly rise to the queries' level, which a
+    # slow moment of a shared machine could reach; the bound on that is tested above.
+    config = EngineConfig(dtype="float32", max_wait_ms=2, priority_aging_ms=0)
+    eng = Engine(config, e5).start()
+    reports = []
+    eng.add_observer(reports.append)
+    docs = chinese_texts(400, seed=11)
+    stop = time.monotonic() + 8.0
+
+    async def bulk_caller(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < stop:
+            await eng.embed(rng.sample(docs, 16), priority=B)
+
+    async def queries() -> None:
+        await asyncio.sleep(1.0)  # bulk work queued and running
+        while time.monotonic() < stop - 0.5:
+            await eng.embed(["水果的营养"], priority=Q)
+            await asyncio.sleep(0.15)
+
+    async def main():
+        # A query first, alone: with none seen lately a forward may fill max_batch_tokens
+        # (HIGHER_WORK_SEEN_S); the bound is for a server where queries come and go.
+        await eng.embed(["苹果手机的价格"], priority=Q)
+        reports.clear()
+        await asyncio.gather(queries(), *(bulk_caller(s) for s in range(6)))
+
+    try:
+        asyncio.run(main())
+    finally:
+        eng.close()
+    waits = {Q: [], B: []}
+    for report in reports:
+        for seconds, level in zip(report.queue_seconds, report.priorities, strict=True):
+            waits[level].append(seconds)
+    # One forward: a bulk batch's, what a query arriving while it runs waits behind.
+    forwards = [r.model_seconds for r in reports if Q not in r.priorities]
+    forward = statistics.median(forwards)
+    assert len(waits[Q]) >= 5 and len(waits[B]) > 50, (len(waits[Q]), len(waits[B]))
+    query = statistics.median(waits[Q])
+    # About the rest of the forward running when it arrives: well under two of them; the
+    # worst of them within a few (a slow moment of a shared machine included).
+    assert query <= 2 * forward, (query, forward)
+    assert max(waits[Q]) <= 4 * max(forwards), (max(waits[Q]), max(forwards))
+    # The bulk rows do wait their turn: on average (Little's law: the bulk queue over the
+    # rate; within a level, rows near the oldest one's length may go before older ones).
+    mean_query, mean_bulk = statistics.mean(waits[Q]), statistics.mean(waits[B])
+    assert mean_query * 4 < mean_bulk, (mean_query, mean_bulk)
