@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench eval load faults demo pictures serve proto docker-test docker-test-cuda gpu-check clean
+.PHONY: install test lint format bench bench-frontend eval load faults demo pictures serve proto docker-test docker-test-scale docker-test-cuda gpu-check clean
 
 install: $(STAMP)
 
@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cuda
+	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cuda docker/Dockerfile.milvus
 	$(BIN)/kubernetes-validate --strict --quiet docker/k8s/*.yaml
+	# The docs site: a broken link, a missing page or a stale generated page fails the build.
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 format: install
 	$(BIN)/ruff format .
@@ -34,13 +36,20 @@ test: lint
 bench: install
 	cd tests/bench && for script in bench_*.py; do ../../$(BIN)/python "$$script" || exit 1; done
 
+# The front end's own capacity around a stand-in model (tests/bench/standin.py): texts/s and
+# host cost per text, before and with micro-batched tokenizing, side by side.
+bench-frontend: install
+	cd tests/bench && ../../$(BIN)/python bench_frontend.py
+
 # Word-sense accuracy per word and layer choice, with and without centring; induction purity.
 eval: install
 	$(BIN)/python tests/eval_senses.py
 
-# 64 clients mixing Embed, Search and Upsert for 5 minutes, on 127.0.0.1 (bounded).
+# 64 clients mixing Embed, Search and Upsert for 5 minutes, on 127.0.0.1 (bounded); also
+# the server's peak RSS, the swing of its 30-s samples and the predicted peak. Options via
+# LOAD_ARGS, e.g. make load LOAD_ARGS="--seconds 600 --dtype float32".
 load: install
-	$(BIN)/python tests/ops/load.py
+	$(BIN)/python tests/ops/load.py $(LOAD_ARGS)
 
 # SIGKILL mid-stream, 20 rounds: nothing acknowledged may be lost; retries across a restart.
 faults: install
@@ -67,6 +76,13 @@ proto: install
 # Builds the CPU image here and runs it as a user would (needs a Docker engine; see README).
 docker-test:
 	bash docker/test.sh
+
+# Compose's scale profile here: a real Milvus (docker/Dockerfile.milvus), 3 encoder replicas and
+# the demo through dns:///encoder; one replica SIGKILLed during a stream of upserts, then every
+# acknowledged document checked (needs a Docker engine and Compose v2 or docker-compose 1.29).
+# Its own compose project (not the `embedsense` one); removed afterwards, images kept.
+docker-test-scale:
+	bash docker/test-scale.sh
 
 # Builds the CUDA image here (torch's CUDA wheel from PyPI, several GB) and checks that it
 # starts without a GPU and reports its CUDA build. Not in CI.

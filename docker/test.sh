@@ -4,12 +4,11 @@
 # starts (on the CPU, where there is no GPU) and reports its CUDA build. Not in CI: its torch
 # alone is several GB from PyPI.
 #
-# No image registry may be reachable, so the debian:bookworm-slim base is made locally with
-# debootstrap when it cannot be pulled. The build runs with --network host; the CA bundle
-# named by $SSL_CERT_FILE (a TLS-intercepting proxy's) and a torch wheel from $PIP_FIND_LINKS
-# are copied into a temporary build context, never into the repository.
+# The engine, the Debian base (debootstrap when no registry answers) and the build context
+# (this machine's CA and torch wheel, never written into the repository): docker/lib.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. docker/lib.sh
 
 VARIANT=${1:-cpu}
 case "$VARIANT" in
@@ -24,69 +23,25 @@ PORT=${EMBEDSENSE_TEST_PORT:-50151}
 HTTP_PORT=${EMBEDSENSE_TEST_HTTP_PORT:-50152}
 TARGET=127.0.0.1:$PORT
 work=$(mktemp -d)
-made_base=0
-
-say() { printf '\n== %s\n' "$*"; }
 
 cleanup() {
     docker rm -f "$NAME" >/dev/null 2>&1 || true
     docker volume rm "$VOLUME" >/dev/null 2>&1 || true
+    # Untags only the layers another tag shares (embedsense:cpu, from docker-test-scale).
     docker rmi "$IMAGE" >/dev/null 2>&1 || true
-    if [ "$made_base" = 1 ]; then docker rmi debian:bookworm-slim >/dev/null 2>&1 || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-command -v docker >/dev/null || { echo "docker is missing: apt-get install docker.io debootstrap"; exit 1; }
-if ! docker info >/dev/null 2>&1; then
-    command -v dockerd >/dev/null || {
-        echo "the docker CLI is here, but no Docker engine answers and dockerd is not installed:"
-        echo "apt-get install docker.io debootstrap (docker.io brings dockerd), or set DOCKER_HOST"
-        echo "to a running engine"
-        exit 1
-    }
-    say "starting dockerd"
-    (dockerd >"$work/dockerd.log" 2>&1 &)
-    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-    docker info >/dev/null 2>&1 || { cat "$work/dockerd.log"; exit 1; }
-fi
-
-if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
-    if timeout 60 docker pull debian:bookworm-slim >/dev/null 2>&1; then
-        say "pulled debian:bookworm-slim"
-    else
-        say "no registry reachable: making debian:bookworm-slim locally (debootstrap minbase)"
-        debootstrap --variant=minbase bookworm "$work/rootfs" \
-            "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$work/debootstrap.log" 2>&1 \
-            || { tail -20 "$work/debootstrap.log"; exit 1; }
-        tar -C "$work/rootfs" -c . | docker import - debian:bookworm-slim >/dev/null
-        made_base=1
-    fi
-fi
+ensure_engine "$work"
+ensure_base "$work"
 
 say "build context: the working tree's files, plus this machine's CA (and its torch wheel, for the CPU image)"
-context="$work/context"
-mkdir -p "$context"
-git ls-files -z --cached --others --exclude-standard \
-    | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -C "$context" -xf -
-build_args=()
-if [ -n "${SSL_CERT_FILE:-}" ] && [ -f "$SSL_CERT_FILE" ]; then
-    cp "$SSL_CERT_FILE" "$context/docker/extra/ca/build-host.crt"
-    echo "extra CA: \$SSL_CERT_FILE"
-fi
-for dir in $([ "$VARIANT" = cpu ] && echo "${PIP_FIND_LINKS:-}"); do
-    if compgen -G "$dir/torch-*.whl" >/dev/null; then
-        cp "$dir"/torch-*.whl "$context/docker/extra/wheels/"
-        build_args+=(--build-arg TORCH_INDEX=)
-        echo "torch: a local wheel from \$PIP_FIND_LINKS"
-    fi
-done
+extra=$(make_context "$work" "$([ "$VARIANT" = cpu ] && echo torch)")
+read -ra build_args <<<"$extra"
 
 say "docker build"
-started=$(date +%s)
-docker build --network host "${build_args[@]}" -f "$DOCKERFILE" -t "$IMAGE" "$context" \
-    >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; exit 1; }
-echo "built in $(($(date +%s) - started)) s"
+build_image "$work" "$DOCKERFILE" "$IMAGE" "${build_args[@]}"
 
 wait_serving() {  # seconds until `embedsense health` answers SERVING inside the container
     local start=$1
@@ -144,7 +99,7 @@ docker run --rm --network host --entrypoint python "$IMAGE" -m embedsense.client
 grep -q "我喜欢吃苹果 .* fruit" "$work/demo.log"
 grep -q "我买了最新的苹果手机 .* company" "$work/demo.log"
 
-say "HTTP: OpenAI's /v1/embeddings on the running image"
+say "HTTP: OpenAI's /v1/embeddings, /openapi.json and /docs on the running image"
 python3 - "$HTTP_PORT" <<'PY'
 import json, sys, urllib.request
 body = json.dumps({"input": ["我喜欢吃苹果"], "model": "multilingual-e5-small"}).encode()
@@ -154,12 +109,23 @@ answer = json.load(urllib.request.urlopen(request, timeout=60))
 print(f"/v1/embeddings: {len(answer['data'][0]['embedding'])}-dim vector, "
       f"{answer['usage']['prompt_tokens']} tokens")
 assert len(answer["data"][0]["embedding"]) == 384
+# The newer dependencies at work in the image: pydantic's OpenAPI document, and the docs page
+# with Swagger UI's own files from the swagger-ui-bundle package (served offline).
+base = f"http://127.0.0.1:{sys.argv[1]}"
+document = json.load(urllib.request.urlopen(f"{base}/openapi.json", timeout=60))
+assert "/v1/embeddings" in document["paths"], sorted(document["paths"])
+page = urllib.request.urlopen(f"{base}/docs", timeout=60).read().decode()
+script = urllib.request.urlopen(f"{base}/docs/swagger-ui-bundle.js", timeout=60).read()
+assert "swagger-ui" in page and len(script) > 100_000, (len(page), len(script))
+print(f"/openapi.json: OpenAPI {document['openapi']}, {len(document['paths'])} paths; /docs: "
+      f"Swagger UI served from the image ({len(script) // 1024} KiB bundle)")
 PY
 
 say "restart: the data must still be there"
 docker restart "$NAME" >/dev/null
 start=$(python3 -c "import time; print(time.time())")
-echo "restart to SERVING: $(wait_serving "$start") s"
+warm=$(wait_serving "$start")  # an assignment: its failure stops the script (set -e)
+echo "restart to SERVING: $warm s"
 count=$(docker exec "$NAME" embedsense --target "$TARGET" --json collections \
     | python3 -c "import json, sys; print({c['name']: c['count'] for c in json.load(sys.stdin)}['demo'])")
 echo "documents in 'demo' after the restart: $count"

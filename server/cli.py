@@ -40,6 +40,11 @@ SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "any, from EMBEDSENSE_MILVUS_TOKEN)",
         {},
     ),
+    (
+        "--milvus-timeout",
+        "milvus: the deadline of every call to Milvus, in seconds",
+        {"type": float, "dest": "milvus_timeout_s"},
+    ),
     ("--replica", "this server's name in Info and logs (unset: host:port)", {}),
     ("--model", "a registry name, a Hugging Face repository id or a local model directory", {}),
     (
@@ -67,6 +72,13 @@ SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         {},
     ),
     ("--threads", "CPU threads for torch (unset: torch's default)", {"type": int}),
+    (
+        "--max-memory",
+        "the memory this server may take, e.g. 2Gi or 1536Mi (a pod's limit): the batch and "
+        "queue limits are lowered to fit it, by the footprint formula; it refuses to start "
+        "if the model alone does not fit (unset: no limit)",
+        {},
+    ),
     ("--tls-cert", "PEM certificate: serve TLS", {}),
     ("--tls-key", "PEM key of --tls-cert", {}),
     ("--tls-client-ca", "PEM CA: require client certificates (mutual TLS)", {}),
@@ -102,8 +114,10 @@ SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-def field_of(flag: str) -> str:
-    return flag.removeprefix("--").replace("-", "_")
+def field_of(flag: str, options: dict[str, Any] | None = None) -> str:
+    """The setting a flag sets: its "dest" where the table names one (a flag that drops the
+    field's unit suffix, --milvus-timeout for milvus_timeout_s), else the flag's own name."""
+    return (options or {}).get("dest") or flag.removeprefix("--").replace("-", "_")
 
 
 def variable(name: str) -> str:
@@ -118,7 +132,7 @@ def default_of(name: str, defaults: ServerSettings) -> str:
 
 def environment_only(defaults: ServerSettings) -> str:
     """The settings no flag sets: their variables and defaults, for --help's epilog."""
-    flagged = {field_of(flag) for flag, _, _ in SETTINGS_FLAGS}
+    flagged = {field_of(flag, options) for flag, _, options in SETTINGS_FLAGS}
     names = [f.name for f in fields(ServerSettings) if f.name != "engine"] + list(ENGINE_KNOBS)
     rest = [f"{variable(n)} ({default_of(n, defaults)})" for n in names if n not in flagged]
     return "Set by the environment only (default in brackets): " + ", ".join(rest) + "."
@@ -132,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=environment_only(defaults),
     )
     for flag, text, options in SETTINGS_FLAGS:
-        name = field_of(flag)
+        name = field_of(flag, options)
         shown = f"default: {default_of(name, defaults)}; env {variable(name)}"
         p.add_argument(flag, help=f"{text} [{shown}]", **options)
     p.add_argument(
@@ -163,7 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(json_lines=log_format == "json")
     if args.allow_download:
         os.environ[ALLOW_DOWNLOAD] = "1"
-    overrides = {field_of(flag): getattr(args, field_of(flag)) for flag, _, _ in SETTINGS_FLAGS}
+    overrides = {
+        field_of(flag, options): getattr(args, field_of(flag, options))
+        for flag, _, options in SETTINGS_FLAGS
+    }
     try:
         settings = ServerSettings.from_env(**overrides)
         asyncio.run(serve(settings))

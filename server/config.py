@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from embedsense.server.footprint import parse_bytes
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -37,6 +39,10 @@ class EngineConfig:
     # still admitted, so that a flood of bulk work cannot fill the queue queries need.
     max_queued_bulk_tokens: int | None = None
     max_concurrent_bulk_requests: int | None = None
+    # The memory the server may take (a pod's limit), e.g. "2Gi", "1536Mi", "1.5G" or bytes:
+    # max_batch_tokens and max_queued_tokens are lowered until the predicted peak fits
+    # (footprint.py), and the server refuses to start if the model alone does not fit.
+    max_memory: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (fp16 on GPU; bf16 or fp32 on CPU) | float32 | float16 | bfloat16
     # The processor flags `auto` decides from on a CPU (as /proc/cpuinfo spells them, e.g.
@@ -48,6 +54,11 @@ class EngineConfig:
     # (the Rust tokenizer runs without the GIL, so several do run in parallel). One by
     # default: on a CPU the model's threads own the cores.
     tokenizer_threads: int = 1
+    # Small requests that arrive together are tokenized together, in those threads, off
+    # the event loop (tokenize_batch.py); False: each on the loop on its own. None (auto):
+    # on when the model runs on a GPU, where the host's cores are free for it; off on a
+    # CPU, where the model's threads own the cores and the hops cost more than they free.
+    tokenize_batch: bool | None = None
     int8: bool = False  # dynamic int8 quantization of the linear layers (CPU only)
     window_stride: int = 256  # tokens between window starts for long texts (windowed mode)
     warmup: bool = True
@@ -77,6 +88,8 @@ class EngineConfig:
             raise ValueError(f"max_batch_requests must be > 0, got {self.max_batch_requests}")
         if self.window_stride <= 0:
             raise ValueError(f"window_stride must be > 0, got {self.window_stride}")
+        if self.max_memory is not None:
+            parse_bytes(self.max_memory)  # raises ValueError naming the value
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype {self.dtype!r}: expected auto, float32, float16 or bfloat16")
 

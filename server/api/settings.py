@@ -27,7 +27,7 @@ ENGINE_KNOBS = ("model", "device", "dtype", "cpu_flags", "threads", "tokenizer_t
                 "max_concurrent_requests", "int8", "window_stride", "interactive_max_texts",
                 "interactive_max_tokens", "priority_aging_ms", "max_forward_ms",
                 "query_forward_ms", "max_queued_bulk_tokens",
-                "max_concurrent_bulk_requests")  # fmt: skip
+                "max_concurrent_bulk_requests", "max_memory")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class ServerSettings:
     index_backend: str = "faiss"
     milvus_uri: str | None = None
     milvus_token: str | None = None
+    milvus_timeout_s: float = 30.0  # milvus: the deadline of every call to Milvus, in seconds
     replica: str | None = None  # this server's name in Info and logs (default: host:port)
     # When set (comma-separated for several), every call but health and reflection needs one.
     api_key: str | None = None
@@ -89,6 +90,11 @@ class ServerSettings:
         if self.index_backend not in BACKENDS:
             raise ValueError(
                 f"index backend {self.index_backend!r}: expected one of {', '.join(BACKENDS)}"
+            )
+        if not self.milvus_timeout_s > 0:
+            raise ValueError(
+                f"milvus timeout {self.milvus_timeout_s}: expected a positive number of "
+                "seconds (--milvus-timeout, EMBEDSENSE_MILVUS_TIMEOUT_S)"
             )
         if self.default_prompt_name not in PROMPT_NAMES:
             raise ValueError(
@@ -150,7 +156,7 @@ class ServerSettings:
 
     def backend(self) -> BackendSettings:
         return BackendSettings(self.index_backend, self.data_dir, self.milvus_uri,
-                               self.milvus_token)  # fmt: skip
+                               self.milvus_token, self.milvus_timeout_s)  # fmt: skip
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> ServerSettings:

@@ -1,0 +1,98 @@
+"""The milvus backend's deadline per Milvus call from the command line and the environment
+(issue 25): --milvus-timeout / EMBEDSENSE_MILVUS_TIMEOUT_S reach the backend, bad values are
+refused at start with the setting's name, and the deadline is the one a real start waits."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from embedsense.server import cli
+from embedsense.server.api.app import EmbedSenseServer, StartupError
+from embedsense.server.api.settings import ServerSettings
+
+
+@pytest.fixture
+def started(monkeypatch):
+    """Runs the server's main() up to serve(): the settings serve() would have got."""
+    seen: list[ServerSettings] = []
+
+    async def serve(settings: ServerSettings) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr(cli, "serve", serve)
+    monkeypatch.setattr(cli, "configure_logging", lambda **_: None)
+    monkeypatch.delenv("EMBEDSENSE_MILVUS_TIMEOUT_S", raising=False)
+
+    def run(*argv: str) -> ServerSettings:
+        assert cli.main(list(argv)) == 0
+        return seen[-1]
+
+    return run
+
+
+def test_the_flag_and_the_variable_reach_the_backend_settings(started, monkeypatch):
+    assert started().backend().milvus_timeout_s == ServerSettings().milvus_timeout_s
+    assert started("--milvus-timeout", "2.5").backend().milvus_timeout_s == 2.5
+    monkeypatch.setenv("EMBEDSENSE_MILVUS_TIMEOUT_S", "7")
+    assert started().backend().milvus_timeout_s == 7.0
+    assert started("--milvus-timeout", "3").backend().milvus_timeout_s == 3.0  # the flag wins
+
+
+def test_help_names_the_flag_its_variable_and_default():
+    shown = " ".join(cli.parser().format_help().split())
+    assert "--milvus-timeout" in shown and "EMBEDSENSE_MILVUS_TIMEOUT_S" in shown
+    assert f"default: {ServerSettings().milvus_timeout_s}" in shown
+
+
+@pytest.mark.parametrize(
+    "argv, environ, named",
+    [
+        (["--milvus-timeout", "0"], {}, "milvus timeout 0.0"),
+        (["--milvus-timeout", "-1"], {}, "milvus timeout -1.0"),
+        ([], {"EMBEDSENSE_MILVUS_TIMEOUT_S": "soon"}, "EMBEDSENSE_MILVUS_TIMEOUT_S='soon'"),
+        ([], {"EMBEDSENSE_MILVUS_TIMEOUT_S": "0"}, "milvus timeout 0.0"),
+    ],
+)
+def test_a_timeout_that_cannot_work_is_refused_at_start(
+    started, monkeypatch, capsys, argv, environ, named
+):
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert named in error and "cannot start" in error, error
+
+
+def test_a_flag_value_that_is_no_number_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.parser().parse_args(["--milvus-timeout", "soon"])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "--milvus-timeout" in error and "invalid float value: 'soon'" in error, error
+
+
+def test_a_real_start_gives_up_on_a_silent_milvus_after_the_deadline_set(e5, tmp_path):
+    """A listener that accepts and never answers: the start fails after about the deadline
+    set (1 s), not after the default's 30 s."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    args = cli.parser().parse_args(
+        ["--index-backend", "milvus", "--milvus-uri", f"http://127.0.0.1:{silent.getsockname()[1]}",
+         "--milvus-timeout", "1", "--host", "127.0.0.1", "--port", "0"]
+    )  # fmt: skip
+    overrides = {name: getattr(args, name) for name in ("index_backend", "milvus_uri", "host")}
+    settings = ServerSettings.from_env(
+        {}, **overrides, port=0, milvus_timeout_s=args.milvus_timeout_s, data_dir=tmp_path
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(StartupError, match="milvus"):
+            asyncio.run(EmbedSenseServer(settings, model=e5).start())
+    finally:
+        silent.close()
+    assert time.monotonic() - started < 15  # the default deadline would take over 30 s
