@@ -28,10 +28,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -49,6 +49,7 @@ from embedsense.server.batching import (
 from embedsense.server.config import EngineConfig
 from embedsense.server.memory import HeapTrimmer
 from embedsense.server.runner import Layers, ModelRunner
+from embedsense.server.tokenize_batch import BatcherClosed, MicroBatcher
 from embedsense.server.windows import Window, plan_windows, stitch_tokens, weighted_sentence
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,9 @@ class Engine:
                 f"{self.model.tokenizer.max_tokens}-token inputs: a full-length text never fits"
             )
         self.runner = ModelRunner(self.model, self.config)
+        # The limits lowered to fit max_memory, if set (ValueError if the model cannot fit).
+        self.config, self.footprint = self.runner.sized(self.model, self.config)
+        log.info("memory: %s", self.footprint.describe())
         self.stats = EngineStats()
         self._observers: list[Callable[[BatchReport], None]] = []
         self._pending: list[_Row] = []
@@ -240,6 +244,19 @@ class Engine:
         self._host_work = ThreadPoolExecutor(
             self.config.tokenizer_threads, thread_name_prefix="embedsense-tokenize"
         )
+        # Small requests' tokenizing, grouped across concurrent callers (tokenize_batch.py):
+        # embed()'s when tokenize_batch says so (None: on a GPU), else each on the loop.
+        # tokenize()'s always: it serves the Tokenize RPC, which must not hold the loop.
+        threads = self.config.tokenizer_threads
+        grouped = self.config.tokenize_batch
+        if grouped is None:
+            grouped = self.runner.device.type == "cuda"
+        self._prepares: MicroBatcher | None = None
+        if grouped:
+            self._prepares = MicroBatcher(
+                self._prepare_group, self._host_work, threads, self._groups_on_their_way
+            )
+        self._tokenizes = MicroBatcher(self._tokenize_group, self._host_work, threads)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -344,8 +361,17 @@ class Engine:
             self._prepare, texts, role, choice, truncate, windowed, token_ids, truncation_direction
         )
         large = sum(map(len, texts if token_ids is None else token_ids)) > INLINE_CHARS
+        grouped = self._prepares is not None and not large and token_ids is None
         with self._on_its_way() if large else contextlib.nullcontext():
-            prepared = await self._on_host(prepare) if large else prepare()
+            if grouped:
+                try:
+                    self.runner.check_layers(choice)
+                except ValueError as err:
+                    raise InvalidRequest(str(err)) from err
+                key = (TextRole(role), truncate, windowed, truncation_direction)
+                prepared = await self._grouped(self._prepares, key, texts)
+            else:
+                prepared = await self._on_host(prepare) if large else prepare()
             if max_tokens is not None and prepared.n_tokens > max_tokens:
                 raise InvalidRequest(
                     f"the inputs are {prepared.n_tokens} tokens together; at most {max_tokens} "
@@ -379,7 +405,9 @@ class Engine:
         """Texts as the model would see them, at any length (no limit: telling a caller how
         long a text is must not fail for a long one); a large request off the event loop."""
         encode = functools.partial(self.model.tokenizer.encode_batch, texts, role, allow_long=True)
-        return await self._on_host(encode) if sum(map(len, texts)) > INLINE_CHARS else encode()
+        if sum(map(len, texts)) > INLINE_CHARS:
+            return await self._on_host(encode)
+        return await self._grouped(self._tokenizes, TextRole(role), texts)
 
     async def decode(self, batch: Sequence[Sequence[int]], skip_special: bool = True) -> list[str]:
         """Token ids back to texts. Raises InvalidRequest for an id outside the vocabulary."""
@@ -388,6 +416,13 @@ class Engine:
             return await self._on_host(decode) if sum(map(len, batch)) > INLINE_CHARS else decode()
         except ValueError as err:
             raise InvalidRequest(str(err)) from err
+
+    async def _grouped(self, batcher: MicroBatcher, key: Hashable, texts: Sequence[str]) -> Any:
+        """A request's share of a group's work in the host-work pool (tokenize_batch.py)."""
+        try:
+            return await batcher.submit(key, texts)
+        except BatcherClosed as err:  # closed since embed() checked
+            raise EngineClosed("the engine is not running") from err
 
     async def _on_host(self, work: Callable[[], _Result]) -> _Result:
         """work() in the host-work pool, off the event loop."""
@@ -421,15 +456,53 @@ class Engine:
                 allow_long=windowed and not truncate, direction=direction,
             )  # fmt: skip
         except TextTooLongError as err:
-            # Named as callers name it (the request's and the SDK's long_text), not as the
-            # tokenizer's own truncate=True.
-            raise InvalidRequest(
-                f"text {err.index} is {err.n_tokens} tokens; the model takes {err.limit} "
-                '(long_text="truncate" cuts it, long_text="windows" embeds it in overlapping '
-                "windows)"
-            ) from err
+            raise _too_long(err.index, err.n_tokens, err.limit) from err
         except ValueError as err:
             raise InvalidRequest(str(err)) from err
+        return self._planned(tokenized)
+
+    def _prepare_group(
+        self, key: tuple[TextRole, bool, bool, str], requests: list[Sequence[str]]
+    ) -> list[_Prepared | BaseException]:
+        """_prepare for several requests' texts at once (in a tokenizer thread): one
+        tokenizer call for all; per request its _Prepared, or the error it alone gets."""
+        role, truncate, windowed, direction = key
+        flat = [text for texts in requests for text in texts]
+        try:
+            # Long texts pass here whatever the options, and are refused per request below:
+            # one caller's long text must not fail the others.
+            tokenized = self.model.tokenizer.encode_batch(
+                flat, role, truncate=truncate, allow_long=not truncate, direction=direction
+            )
+        except ValueError:  # some request's input the tokenizer refuses: each on its own
+            return [_outcome(self._prepare, texts, role, None, truncate, windowed, None,
+                             direction) for texts in requests]  # fmt: skip
+        limit, outcomes, start = self.model.tokenizer.max_tokens, [], 0
+        for texts in requests:
+            mine = tokenized[start : start + len(texts)]
+            start += len(texts)
+            long = [] if truncate or windowed else [i for i, t in enumerate(mine) if len(t) > limit]
+            outcomes.append(_too_long(long[0], len(mine[long[0]]), limit) if long else
+                            self._planned(mine))  # fmt: skip
+        return outcomes
+
+    def _tokenize_group(
+        self, role: TextRole, requests: list[Sequence[str]]
+    ) -> list[list[TokenizedText] | BaseException]:
+        """tokenize() for several requests at once (in a tokenizer thread)."""
+        encode = functools.partial(self.model.tokenizer.encode_batch, role=role, allow_long=True)
+        try:
+            tokenized = encode([text for texts in requests for text in texts])
+        except ValueError:
+            return [_outcome(encode, texts) for texts in requests]
+        outcomes, start = [], 0
+        for texts in requests:
+            outcomes.append(tokenized[start : start + len(texts)])
+            start += len(texts)
+        return outcomes
+
+    def _planned(self, tokenized: list[TokenizedText]) -> _Prepared:
+        """Tokenized texts with the rows (windows) each becomes."""
         frames = [_frame(t) for t in tokenized]
         plans = [self._windows_for(t, f) for t, f in zip(tokenized, frames, strict=True)]
         window_ids = [
@@ -509,6 +582,14 @@ class Engine:
             with self._cond:
                 self._preparing -= 1
                 self._cond.notify()  # a batch waiting for this request may be due now
+
+    def _groups_on_their_way(self, change: int) -> None:
+        """A group of requests being tokenized counts as one request on its way (one lock
+        per group, not per request) until its callers have queued their rows."""
+        with self._cond:
+            self._preparing += change
+            if change < 0:
+                self._cond.notify()
 
     def _windows_for(self, tok: TokenizedText, frame: tuple[int, int]) -> list[Window]:
         head, tail = frame
@@ -692,6 +773,24 @@ class Engine:
 
 def _per_priority(value: int) -> dict[str, int]:
     return {p.label: value for p in sorted(Priority, reverse=True)}
+
+
+def _too_long(index: int, n_tokens: int, limit: int) -> InvalidRequest:
+    # Named as callers name it (the request's and the SDK's long_text), not as the
+    # tokenizer's own truncate=True.
+    return InvalidRequest(
+        f"text {index} is {n_tokens} tokens; the model takes {limit} "
+        '(long_text="truncate" cuts it, long_text="windows" embeds it in overlapping '
+        "windows)"
+    )
+
+
+def _outcome(work: Callable[..., _Result], *args: object) -> _Result | BaseException:
+    """work(*args), or the exception it raised (for one request of a group)."""
+    try:
+        return work(*args)
+    except Exception as err:  # noqa: BLE001 - handed to that request's caller
+        return err
 
 
 def _frame(tok: TokenizedText) -> tuple[int, int]:

@@ -18,8 +18,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from embedsense.model import LoadedModel
 from embedsense.model.tokenizer import pad_sequences
-from embedsense.server import int8
+from embedsense.server import footprint, int8, memory
 from embedsense.server.config import EngineConfig
+from embedsense.server.footprint import Footprint
 from embedsense.server.precision import Precision, choose
 
 # Every attention kernel but cuDNN's: it builds a graph for each new (rows, length) shape,
@@ -52,6 +53,7 @@ def resolve_device(name: str) -> torch.device:
 
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+        memory.tune_allocator()  # before the first activation-sized block is freed
         self.device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -80,6 +82,14 @@ class ModelRunner:
             if self.autocast:
                 self.encoder = bf16_linears(self.encoder)
         self.encoder.attention_groups = ATTENTION_GROUPS[self.device.type]
+
+    def sized(self, loaded: LoadedModel, config: EngineConfig) -> tuple[EngineConfig, Footprint]:
+        """`config` with its limits fitted to config.max_memory (footprint.fit), and the
+        predicted peak at those limits. Raises ValueError if the model alone does not fit."""
+        compute = "float32" if self.int8 else self.precision.name
+        predicted = footprint.predict(config, loaded, compute, self.encoder)
+        fitted = footprint.fit(config, predicted, loaded.tokenizer.max_tokens)
+        return fitted, footprint.predict(fitted, loaded, compute, self.encoder)
 
     @contextlib.contextmanager
     def computing(self) -> Iterator[None]:

@@ -11,10 +11,12 @@ the reference, on the same weights. Per dtype:
   are both visible;
 - the encoder alone at large full batches (64 × 256 tokens), ours and transformers.
 MFU is against this GPU's measured matmul peak in the same dtype and in bf16. Without CUDA
-it says so and stops (--device cpu checks the script itself on a CPU). Last line: one JSON
-object.
+it says so and stops (--device cpu checks the script itself on a CPU). With --service, then
+the whole service in fp16 (float32 on a CPU) through gRPC against the offline figure
+(gpu_service.py: one text per request at 256 callers, 32 per request, p50 at 32 callers);
+--service-only skips the engine runs before it. Last line: one JSON object.
 
-    python tests/bench/bench_gpu.py [--texts 8192] [--max-batch-tokens 16384]
+    python tests/bench/bench_gpu.py [--texts 8192] [--max-batch-tokens 16384] [--service]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import torch
 from bench_encoder import model_flops
+from gpu_service import service_figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import bert_chinese_shaped_dir  # noqa: E402  (tests/helpers.py)
@@ -249,6 +252,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--large-rows", type=int, default=64)
     parser.add_argument("--large-length", type=int, default=256)
+    parser.add_argument("--service", action="store_true", help="then the service over gRPC")
+    parser.add_argument("--service-only", action="store_true", help="only the service")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -261,7 +266,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         reference = bert_chinese_shaped_dir(Path(tmp))
         model = load_model(tmp)
-    texts = chinese_texts(args.texts)
+        texts = chinese_texts(args.texts)
+        if args.service_only:
+            service_only(model, Path(tmp), texts, device, args)
+            return
+        run_all(model, reference, Path(tmp), texts, device, name, dtypes, args)
+
+
+def service_only(model, model_dir: Path, texts: list[str], device, args) -> None:
+    """The service in fp16 (float32 on a CPU) against our offline sorted batches in it."""
+    from embedsense.server.runner import ModelRunner
+
+    dtype = "float16" if device.type == "cuda" else "float32"
+    runner = ModelRunner(model, EngineConfig(device=str(device), dtype=dtype))
+    batches = sorted_batches(model, texts, args.max_batch_tokens)
+    tokens = sum(len(seq) for batch in batches for seq in batch)
+    offline = offline_seconds(lambda b: runner.run(b, [None] * len(b)), batches, device)
+    row = service_figures(model_dir, texts, tokens, dtype, str(device), args.max_batch_tokens,
+                          tokens / offline)  # fmt: skip
+    print(json.dumps({"texts": len(texts), "tokens": tokens, "service": row}))
+
+
+def run_all(model, reference, model_dir: Path, texts, device, name, dtypes, args) -> None:
     lengths = [len(t) for t in model.tokenizer.encode_batch(texts, TextRole.PASSAGE)]
     print(
         f"{name}, torch {torch.__version__}: bert-base-chinese shape, {len(texts)} texts of "
@@ -276,11 +302,17 @@ def main() -> None:
         measure(model, reference, texts, lengths, device, dtype, args, bf16_peak)
         for dtype in dtypes
     ]
+    service = None
+    if args.service:
+        dtype = "float16" if device.type == "cuda" else "float32"
+        offline = next(r["offline_tokens_per_s"] for r in rows if r["dtype"] == dtype)
+        service = service_figures(model_dir, texts, sum(lengths), dtype, str(device),
+                                  args.max_batch_tokens, offline)  # fmt: skip
     print(json.dumps({
         "device": name, "torch": torch.__version__, "max_batch_tokens": args.max_batch_tokens,
         "texts": len(texts), "tokens": sum(lengths),
         "bf16_matmul_peak_tflops": round(bf16_peak / 1e12, 1), "host_copy_gb_per_s": copies,
-        "runs": rows,
+        "runs": rows, "service": service,
     }))  # fmt: skip
 
 

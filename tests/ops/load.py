@@ -1,9 +1,11 @@
 """`make load`: 64 concurrent clients mixing Embed, Search and Upsert against a real server on
 127.0.0.1 for a bounded time. Throughput, p50/p95/p99 per operation, errors by status, the
 time rows waited in the engine's queue per priority (from the server's Prometheus
-histogram), and the server's RSS after warm-up and at the end. Last line: one JSON object.
+histogram), and memory: the server's RSS every 30 s, their swing (max - min, as a share of
+their mean), its peak RSS over its whole life (VmHWM, the initial indexing included), and
+next to them the peak its start-up log predicted (footprint.py). Last line: one JSON object.
 
-    python tests/ops/load.py [--clients 64] [--seconds 300] [--warmup 30]
+    python tests/ops/load.py [--clients 64] [--seconds 300] [--warmup 30] [--dtype auto]
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import argparse
 import asyncio
 import json
 import random
+import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -19,6 +23,7 @@ import time
 import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
@@ -65,6 +70,31 @@ async def run_load(target: str, clients: int, seconds: float) -> dict:
     for c in channels:
         await c.close()
     return results
+
+
+def start_logged(server: ServerProcess, log: Path) -> float:
+    """server.start(), its log (stderr) written to `log` rather than dropped."""
+    popen = subprocess.Popen
+
+    def logged(*args: object, **kwargs: object) -> subprocess.Popen:
+        kwargs["stderr"] = log.open("w")
+        return popen(*args, **kwargs)
+
+    with mock.patch.object(subprocess, "Popen", logged):
+        return server.start()
+
+
+def predicted_peak(log: Path) -> float | None:
+    """The peak, in MiB, the server's start-up log predicted."""
+    found = re.search(r"predicted peak (\d+) MiB", log.read_text())
+    return float(found.group(1)) if found else None
+
+
+def peak_rss_mib(server: ServerProcess) -> float:
+    """The server's RSS high-water mark over its life (VmHWM)."""
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def sample_rss(server: ServerProcess, seconds: float, samples: list[float]) -> None:
@@ -163,11 +193,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--warmup", type=float, default=30)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as data_dir:
         metrics_port = free_port()
-        server = ServerProcess(Path(data_dir), None, "--metrics-port", str(metrics_port))
-        boot = server.start()
+        server = ServerProcess(
+            Path(data_dir), None, "--metrics-port", str(metrics_port), "--dtype", args.dtype
+        )
+        log = Path(data_dir) / "server.log"
+        boot = start_logged(server, log)
         try:
             with Client(server.target, timeout=120) as c:
                 c.create_collection("load")
@@ -186,6 +220,8 @@ def main() -> None:
             results = asyncio.run(run_load(server.target, args.clients, args.seconds))
             sampler.join()
             rss_end = server.rss_mib()
+            peak = peak_rss_mib(server)
+            predicted = predicted_peak(log)
             queues_after = queue_histograms(metrics_port)
         finally:
             server.stop()
@@ -195,9 +231,16 @@ def main() -> None:
     growth = (rss_end - rss_start) / rss_start
     print(f"server RSS after warm-up {rss_start:.0f} MiB, at the end {rss_end:.0f} MiB "
           f"({growth:+.1%}); every 30 s: {samples}")  # fmt: skip
+    swing = (max(samples) - min(samples)) / np.mean(samples) if samples else 0.0
+    off = f" ({peak / predicted - 1:+.1%})" if predicted else ""
+    print(f"peak RSS {peak:.0f} MiB, largest 30-s sample {max(samples, default=0):.0f} MiB; "
+          f"swing of the 30-s samples {swing:.1%} of their mean; the start-up log predicted "
+          f"a peak of {predicted} MiB, measured{off}")  # fmt: skip
     print(json.dumps({"clients": args.clients, "seconds": args.seconds, "ops": summary,
                       "rss_start_mib": round(rss_start, 1), "rss_end_mib": round(rss_end, 1),
-                      "rss_growth": round(growth, 4), "rss_every_30s_mib": samples,
+                      "rss_growth": round(growth, 4), "peak_rss_mib": round(peak, 1),
+                      "swing": round(swing, 4), "predicted_peak_mib": predicted,
+                      "rss_every_30s_mib": samples,
                       "queue_by_priority": queues}))  # fmt: skip
 
 

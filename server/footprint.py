@@ -1,0 +1,173 @@
+"""The server's memory footprint, predicted before it serves: what a pod needs.
+
+    peak = runtime + tokenizer + weights
+           + max_batch_tokens × activation bytes per token
+           + max_queued_tokens × bytes per queued token
+
+- runtime: the interpreter, torch, gRPC, FAISS and the HTTP stack, loaded and idle; a
+  constant measured on the server process (the docs' memory table).
+- tokenizer: its vocabulary, measured per entry on the bundled XLM-R sentencepiece table
+  and on a BERT wordpiece one (the larger of the two rates is used).
+- weights: the bytes of every tensor the runner and the loaded model hold, counted, not
+  estimated (a bf16 runner holds bf16 Linear weights beside the loaded fp32 ones).
+- activations: the most bytes of live tensors during one forward, per token of the batch
+  budget (padding included). Counted for every op of a forward (the docs say how): the
+  feed-forward's two inner (N, I) tensors, in the compute dtype, and a few (N, C) ones.
+- queued tokens: ids and the tokenizer's per-token lists of the rows waiting.
+
+It holds only while freed memory goes back to the system: memory.tune_allocator() keeps
+glibc from caching activation-sized blocks in its heaps, or the heaps' high-water marks pile
+up on top (the docs' table shows both).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from embedsense.model import LoadedModel
+    from embedsense.server.config import EngineConfig
+
+MIB = 2**20
+# Measured on the server process (the docs' memory table): Python, torch, gRPC, FAISS, the
+# HTTP stack and the index, before the model is loaded and with no request served.
+RUNTIME_BYTES = 310 * MIB
+TOKENIZER_BYTES_PER_ENTRY = 1050  # measured: the bundled 250k-entry table and a 21k BERT one
+QUEUED_TOKEN_BYTES = 200  # an id in a Python list and the tokenizer's offsets and lists
+# Activation bytes per token at a forward's peak (inside the feed-forward): two (N, I)
+# tensors in the compute dtype (the widened input and its GELU) and bytes per hidden unit
+# of the (N, C) ones alive then: in fp32 four fp32 copies (the residual stream, LayerNorm's
+# output, the packed and padded states); under bf16 autocast two fp32 and three bf16 ones.
+HIDDEN_BYTES = {"float32": 16, "bfloat16": 14, "float16": 14}
+FFN_COPIES = 2
+# The smallest token budget worth serving: one full-length text; limits fitted to a memory
+# size are rounded down to a multiple of this many tokens.
+ROUND_TOKENS = 256
+
+UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+    "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30,
+}  # fmt: skip
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*")
+
+
+def parse_bytes(text: str | int) -> int:
+    """Bytes in a size as Kubernetes and people write it: 2Gi, 1536Mi, 1.5G, 800MB, 10**9.
+    Raises ValueError naming the text and the units accepted."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.fullmatch(str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in UNITS or float(match.group(1)) <= 0:
+        raise ValueError(
+            f"memory size {text!r}: expected a positive number with an optional unit "
+            "(Ki, Mi, Gi, K, M, G, or KiB, MiB, GiB, KB, MB, GB), e.g. 2Gi or 1536Mi"
+        )
+    return int(float(match.group(1)) * UNITS[unit])
+
+
+def activation_bytes_per_token(hidden: int, ffn: int, dtype: str) -> int:
+    """Live tensor bytes per batch token at a forward's peak, for a model of width `hidden`
+    and feed-forward width `ffn` computing in `dtype` ("float32", "bfloat16", "float16")."""
+    compute = 4 if dtype == "float32" else 2
+    return HIDDEN_BYTES[dtype] * hidden + FFN_COPIES * ffn * compute
+
+
+def tensor_bytes(*modules: torch.nn.Module) -> int:
+    """Bytes of the distinct tensor storages the modules hold (shared ones counted once)."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            storage = tensor.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The predicted peak, term by term, in bytes."""
+
+    runtime: int
+    tokenizer: int
+    weights: int
+    batch_tokens: int
+    per_token: int
+    queued_tokens: int
+
+    @property
+    def activations(self) -> int:
+        return self.batch_tokens * self.per_token
+
+    @property
+    def queue(self) -> int:
+        return self.queued_tokens * QUEUED_TOKEN_BYTES
+
+    @property
+    def fixed(self) -> int:
+        """What the server holds whatever the limits: runtime, tokenizer, weights."""
+        return self.runtime + self.tokenizer + self.weights
+
+    @property
+    def peak(self) -> int:
+        return self.fixed + self.activations + self.queue
+
+    def describe(self) -> str:
+        return (
+            f"predicted peak {self.peak / MIB:.0f} MiB = runtime {self.runtime / MIB:.0f} + "
+            f"tokenizer {self.tokenizer / MIB:.0f} + weights {self.weights / MIB:.0f} + "
+            f"activations {self.activations / MIB:.0f} (max_batch_tokens {self.batch_tokens} "
+            f"x {self.per_token / 1024:.1f} KiB) + queue {self.queue / MIB:.0f} "
+            f"(max_queued_tokens {self.queued_tokens} x {QUEUED_TOKEN_BYTES} B)"
+        )
+
+
+def predict(
+    config: EngineConfig, model: LoadedModel, dtype: str, *runner_modules: torch.nn.Module
+) -> Footprint:
+    """The peak at `config`'s limits for `model` computing in `dtype`; `runner_modules`: the
+    runner's own copies of the model (counted with the loaded one, shared tensors once)."""
+    cfg = model.encoder.cfg
+    return Footprint(
+        runtime=RUNTIME_BYTES,
+        tokenizer=TOKENIZER_BYTES_PER_ENTRY * model.tokenizer.vocab_size,
+        weights=tensor_bytes(model.encoder, *runner_modules),
+        batch_tokens=config.max_batch_tokens,
+        per_token=activation_bytes_per_token(cfg.hidden_size, cfg.intermediate_size, dtype),
+        queued_tokens=config.max_queued_tokens,
+    )
+
+
+def fit(config: EngineConfig, footprint: Footprint, max_tokens: int) -> EngineConfig:
+    """`config` with max_batch_tokens and max_queued_tokens lowered until the predicted
+    peak fits config.max_memory (unchanged when it already fits, or none is set): the
+    batch budget first down to one full-length text (`max_tokens`), the queue to 8 such
+    batches. Raises ValueError when even that does not fit, saying how much would."""
+    if config.max_memory is None:
+        return config
+    limit = parse_bytes(config.max_memory)
+    if footprint.peak <= limit:
+        return config
+    room = limit - footprint.fixed
+    # The queue keeps its share of what the activations may take: 8 batches of tokens.
+    per_batch_token = footprint.per_token + 8 * QUEUED_TOKEN_BYTES
+    tokens = room // per_batch_token // ROUND_TOKENS * ROUND_TOKENS if room > 0 else 0
+    tokens = min(tokens, config.max_batch_tokens)
+    if tokens < max_tokens:
+        smallest = replace(footprint, batch_tokens=max_tokens, queued_tokens=8 * max_tokens)
+        raise ValueError(
+            f"max_memory {config.max_memory} ({limit / MIB:.0f} MiB) is too small for this "
+            f"model: the runtime, tokenizer and weights take {footprint.fixed / MIB:.0f} "
+            f"MiB, and with a batch of one full-length text ({max_tokens} tokens) it needs "
+            f"at least {smallest.peak / MIB:.0f} MiB"
+        )
+    queued = min(config.max_queued_tokens, 8 * tokens)
+    fitted = {"max_batch_tokens": tokens, "max_queued_tokens": queued}
+    for name, total in (("max_queued_bulk_tokens", queued),):
+        if getattr(config, name) is not None and getattr(config, name) > total:
+            fitted[name] = total
+    return replace(config, **fitted)

@@ -1,0 +1,230 @@
+"""The front end's own capacity: the real server around a stand-in model (standin.py).
+
+The server runs in its own process with a forward that costs nothing, so what is measured is
+everything around the model: gRPC, parsing, checks, admission, tokenizing, batching,
+pooling, building and sending replies. Concurrent callers (one text per request, the
+mixed-length Chinese workload) call it over real gRPC on 127.0.0.1 from this process, with
+requests serialized ahead of time so the client costs little. Per path:
+- texts/s: the front end's capacity on this machine (client included: it shares the cores);
+- host cost per text: the server process's CPU time (all its threads) per text, split into
+  tokenize (the tokenizer's calls, timed inside the server in whatever thread runs them),
+  response (pooling and normalizing, timed inside the server, plus building and
+  serializing a one-text EmbedResponse, timed here) and transport (the rest: gRPC, asyncio,
+  parsing, checks, admission, batching);
+- loop cost per text: the CPU time of the server's main thread (its event loop) per text:
+  the serial part, which bounds one front end's texts/s however many cores it has.
+Paths: `today` tokenizes each request on the event loop on its own (EngineConfig.
+tokenize_batch off, as before, and still what `auto` does on a CPU); `new` groups concurrent
+small requests' tokenizing in the tokenizer thread (tokenize_batch on, `auto` on a GPU).
+The rounds interleave the paths so that drift in the machine's speed hits both alike;
+figures are medians. Last line: one JSON
+object.
+
+    python tests/bench/bench_frontend.py [--texts 2000] [--callers 32] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ops.serverproc import free_port  # noqa: E402  (tests/ops/serverproc.py)
+from workload import chinese_texts  # noqa: E402  (tests/workload.py)
+
+from embedsense.model import load_model  # noqa: E402
+from embedsense.proto.tensors import to_tensor  # noqa: E402
+from embedsense.proto.v1 import embedsense_pb2 as pb  # noqa: E402
+from embedsense.proto.v1 import embedsense_pb2_grpc  # noqa: E402
+
+STANDIN = Path(__file__).with_name("standin.py")
+# What selects each path in the server (its environment).
+PATHS = {"today": {"EMBEDSENSE_STANDIN_PATH": "today"}, "new": {}}
+
+
+class StandinServer:
+    """standin.py in its own process on 127.0.0.1, started with `env` added."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str], *extra: str) -> None:
+        self.stats = data_dir.with_suffix(".stats.json")
+        env = {**env, "EMBEDSENSE_STANDIN_STATS": str(self.stats)}
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, str(STANDIN), "--host", "127.0.0.1", "--port", str(self.port),
+             "--data-dir", str(data_dir), "--log-format", "text", *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "EMBEDSENSE_API_KEY": "", **env},
+        )  # fmt: skip
+
+    def wait_ready(self, limit_s: float = 180) -> None:
+        deadline = time.monotonic() + limit_s
+        with grpc.insecure_channel(self.target) as channel:
+            stub = embedsense_pb2_grpc.EmbedSenseStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the stand-in server exited with {self.process.returncode}")
+                try:
+                    stub.Info(pb.InfoRequest(), timeout=2)
+                    return
+                except grpc.RpcError:
+                    time.sleep(0.2)
+        raise RuntimeError("the stand-in server did not come up")
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """User + system CPU time so far of the server process (all its threads) and of its
+        main thread (the event loop's)."""
+        pid = self.process.pid
+        return _cpu(Path(f"/proc/{pid}/stat")), _cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+    def counters(self) -> dict[str, float]:
+        """CPU seconds spent so far tokenizing and assembling (standin.py's counters)."""
+        self.stats.unlink(missing_ok=True)
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                return json.loads(self.stats.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                time.sleep(0.01)
+        raise RuntimeError("the stand-in server did not report its counters")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(60)
+
+
+def _cpu(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(target: str, requests: list[bytes], callers: int) -> tuple[float, list[float]]:
+    """Send every request (pre-serialized EmbedRequests) from `callers` concurrent tasks,
+    each one request at a time; wall seconds and per-call latencies."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        embed = channel.unary_unary(
+            "/embedsense.v1.EmbedSense/Embed",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        await embed(requests[0])  # connect
+        queue = list(reversed(requests))
+        latencies: list[float] = []
+
+        async def caller() -> None:
+            while queue:
+                request = queue.pop()
+                start = time.perf_counter()
+                await embed(request)
+                latencies.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        return time.perf_counter() - start, latencies
+
+
+def measure(server: StandinServer, requests: list[bytes], callers: int) -> dict[str, float]:
+    """One pass of every request: texts/s, p50 latency (s), and per text the CPU seconds
+    of the server (host), of its event loop, of tokenizing and of assembling."""
+    n = len(requests)
+    (host, loop), counted = server.cpu_seconds(), server.counters()
+    wall, latencies = asyncio.run(drive(server.target, requests, callers))
+    (host_after, loop_after), counted_after = server.cpu_seconds(), server.counters()
+    return {
+        "texts_per_s": n / wall,
+        "p50": statistics.median(latencies),
+        "host": (host_after - host) / n,
+        "loop": (loop_after - loop) / n,
+        **{name: (counted_after[name] - counted[name]) / n for name in counted},
+    }
+
+
+def reply_cost(dim: int, n: int = 2000) -> float:
+    """Seconds per reply of building and serializing a one-text EmbedResponse."""
+    vector = np.random.default_rng(0).standard_normal(dim, dtype=np.float32)
+    start = time.perf_counter()
+    for _ in range(n):
+        reply = pb.EmbedResponse()
+        reply.sentence_vectors.CopyFrom(to_tensor(np.stack([vector])))
+        reply.SerializeToString()
+    return (time.perf_counter() - start) / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--callers", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--paths", default="today,new", help="comma-separated: today, new")
+    args = parser.parse_args()
+    paths = args.paths.split(",")
+    texts = chinese_texts(args.texts)
+    requests = [pb.EmbedRequest(texts=[t]).SerializeToString() for t in texts]
+    cores = os.cpu_count()
+    print(f"{len(texts)} Chinese texts, one per request, {args.callers} callers, stand-in "
+          f"model, {cores} cores, {args.rounds} rounds (medians)")  # fmt: skip
+    samples: dict[str, list[dict[str, float]]] = {p: [] for p in paths}
+    with tempfile.TemporaryDirectory() as tmp:
+        servers = {p: StandinServer(Path(tmp) / p, PATHS[p]) for p in paths}
+        try:
+            for server in servers.values():
+                server.wait_ready()
+            for server in servers.values():  # warm each path once
+                asyncio.run(drive(server.target, requests[:200], args.callers))
+            for _ in range(args.rounds):
+                for path, server in servers.items():
+                    samples[path].append(measure(server, requests, args.callers))
+        finally:
+            for server in servers.values():
+                server.stop()
+
+    reply = reply_cost(load_model().dim)
+    result: dict[str, object] = {"texts": len(texts), "callers": args.callers, "cores": cores}
+    print(f"\n{'path':<8}{'texts/s':>9}{'p50 ms':>8}{'loop µs':>9}{'host µs':>9}"
+          f"{'tokenize':>10}{'transport':>11}{'response':>10}   (per text)")  # fmt: skip
+    for path in paths:
+        m = {name: statistics.median(s[name] for s in samples[path]) for name in samples[path][0]}
+        response = m["assemble"] + reply
+        figures = {
+            "texts_per_s": round(m["texts_per_s"], 1),
+            "p50_ms": round(m["p50"] * 1e3, 2),
+            "loop_us": round(m["loop"] * 1e6, 1),
+            "host_us": round(m["host"] * 1e6, 1),
+            "tokenize_us": round(m["tokenize"] * 1e6, 1),
+            "transport_us": round((m["host"] - m["tokenize"] - response) * 1e6, 1),
+            "response_us": round(response * 1e6, 1),
+        }
+        result[path] = figures
+        widths = (9, 8, 9, 9, 10, 11, 10)
+        print(
+            f"{path:<8}"
+            + "".join(f"{v:>{w}}" for v, w in zip(figures.values(), widths, strict=True))
+        )
+    if "today" in result and "new" in result:
+        today, new = result["today"], result["new"]
+        for name in ("loop_us", "host_us"):
+            result[f"{name}_cut"] = round(today[name] / new[name], 2)
+        result["capacity_gain"] = round(new["texts_per_s"] / today["texts_per_s"], 2)
+        print(
+            f"\ntoday / new, per text: loop {result['loop_us_cut']}x, host "
+            f"{result['host_us_cut']}x; texts/s new / today {result['capacity_gain']}x"
+        )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

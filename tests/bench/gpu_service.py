@@ -1,0 +1,147 @@
+"""The service on the GPU against its own offline figure (bench_gpu.py --service).
+
+A real server (`python -m embedsense.server`, its own process, 127.0.0.1) serves the
+bert-base-chinese-shaped model in one dtype; client processes (so that the client is not the
+wall) call Embed over gRPC:
+- one text per request, `callers` (256) concurrent callers: tokens/s against offline sorted
+  batches in the same dtype (goal: >= 60 %);
+- 32 texts per request, the same callers: tokens/s against offline (goal: >= 85 %);
+- one text per request, 32 callers: p50 latency (goal: <= 5 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ops.serverproc import free_port  # noqa: E402  (tests/ops/serverproc.py)
+
+from embedsense.proto.v1 import embedsense_pb2 as pb  # noqa: E402
+from embedsense.proto.v1 import embedsense_pb2_grpc  # noqa: E402
+
+EMBED = "/embedsense.v1.EmbedSense/Embed"
+
+
+def _drive(target: str, requests: list[bytes], callers: int, ready: multiprocessing.Queue,
+           go: multiprocessing.Event, out: multiprocessing.Queue) -> None:  # fmt: skip
+    """In a client process: connect, say ready, wait for `go`, then send `requests` from
+    `callers` tasks, each one at a time; put (the monotonic time it finished, the per-call
+    latencies) on `out`."""
+
+    async def run() -> tuple[float, list[float]]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            embed = channel.unary_unary(EMBED)
+            await embed(requests[0], timeout=60)
+            ready.put(True)
+            await asyncio.get_running_loop().run_in_executor(None, go.wait)
+            queue = list(reversed(requests))
+            latencies: list[float] = []
+
+            async def caller() -> None:
+                while queue:
+                    request = queue.pop()
+                    start = time.perf_counter()
+                    await embed(request, timeout=120)
+                    latencies.append(time.perf_counter() - start)
+
+            await asyncio.gather(*(caller() for _ in range(callers)))
+            return time.monotonic(), latencies
+
+    out.put(asyncio.run(run()))
+
+
+def drive(target: str, requests: list[bytes], callers: int, processes: int) -> tuple[float, list]:
+    """All requests from `processes` client processes sharing `callers` callers: the wall
+    seconds (from all connected and told to go, to the last done) and every call's latency."""
+    context = multiprocessing.get_context("spawn")
+    ready, go, out = context.Queue(), context.Event(), context.Queue()
+    shares = [requests[i::processes] for i in range(processes)]
+    each = max(1, callers // processes)
+    workers = [
+        context.Process(target=_drive, args=(target, share, each, ready, go, out), daemon=True)
+        for share in shares
+    ]
+    for w in workers:
+        w.start()
+    for _ in workers:
+        ready.get(timeout=120)
+    start = time.monotonic()
+    go.set()
+    results = [out.get(timeout=300) for _ in workers]
+    seconds = max(end for end, _ in results) - start
+    for w in workers:
+        w.join(30)
+        if w.is_alive():
+            w.kill()
+    return seconds, [x for _, latencies in results for x in latencies]
+
+
+def service_figures(model_dir: Path, texts: list[str], tokens: int, dtype: str, device: str,
+                    max_batch_tokens: int, offline_tokens_per_s: float,
+                    callers: int = 256) -> dict:  # fmt: skip
+    """Start the server, run the three loads, stop it; the figures (one JSON-able dict)."""
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "embedsense.server", "--host", "127.0.0.1", "--port", str(port),
+         "--data-dir", str(model_dir / "service-data"), "--model", str(model_dir),
+         "--device", device, "--dtype", dtype, "--log-format", "text"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "EMBEDSENSE_API_KEY": "", "EMBEDSENSE_MAX_BATCH_TOKENS":
+             str(max_batch_tokens), "EMBEDSENSE_MAX_CONCURRENT_REQUESTS": "4096",
+             "EMBEDSENSE_MAX_QUEUED_TOKENS": str(max(262_144, 4 * tokens))},
+    )  # fmt: skip
+    try:
+        _wait_ready(target, server)
+        processes = max(1, min(8, (os.cpu_count() or 2) // 4))
+        one = [pb.EmbedRequest(texts=[t]).SerializeToString() for t in texts]
+        many = [pb.EmbedRequest(texts=texts[i : i + 32]).SerializeToString()
+                for i in range(0, len(texts), 32)]  # fmt: skip
+        drive(target, one[: len(one) // 4], callers, processes)  # warm
+        one_s, _ = drive(target, one, callers, processes)
+        many_s, _ = drive(target, many, min(callers, len(many)), processes)
+        _, latencies = drive(target, one[: min(len(one), 4096)], 32, 1)
+    finally:
+        server.terminate()
+        server.wait(60)
+    row = {
+        "dtype": dtype,
+        "client_processes": processes,
+        "one_text_tokens_per_s": round(tokens / one_s, 1),
+        "one_text_vs_offline": round(tokens / one_s / offline_tokens_per_s, 3),
+        "texts32_tokens_per_s": round(tokens / many_s, 1),
+        "texts32_vs_offline": round(tokens / many_s / offline_tokens_per_s, 3),
+        "p50_ms_32_callers": round(statistics.median(latencies) * 1e3, 2),
+        "offline_tokens_per_s": round(offline_tokens_per_s, 1),
+    }
+    print(
+        f"service {dtype}: 1 text/request, {callers} callers {row['one_text_tokens_per_s']:.0f} "
+        f"tok/s ({row['one_text_vs_offline']:.0%} of offline); 32 texts/request "
+        f"{row['texts32_tokens_per_s']:.0f} tok/s ({row['texts32_vs_offline']:.0%}); p50 at 32 "
+        f"callers {row['p50_ms_32_callers']} ms"
+    )
+    return row
+
+
+def _wait_ready(target: str, server: subprocess.Popen, limit_s: float = 180) -> None:
+    deadline = time.monotonic() + limit_s
+    with grpc.insecure_channel(target) as channel:
+        stub = embedsense_pb2_grpc.EmbedSenseStub(channel)
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(f"the server exited with {server.returncode}")
+            try:
+                stub.Info(pb.InfoRequest(), timeout=2)
+                return
+            except grpc.RpcError:
+                time.sleep(0.3)
+    raise RuntimeError("the server did not come up")

@@ -1,0 +1,168 @@
+"""The memory footprint: the formula against what a forward really holds, the start-up log's
+predicted peak, and --max-memory fitting the limits (or refusing to start)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import weakref
+
+import pytest
+import torch
+from conftest import ServerThread
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from embedsense.model import Encoder, EncoderConfig
+from embedsense.server import footprint
+from embedsense.server.api.settings import ServerSettings
+from embedsense.server.cli import parser
+from embedsense.server.config import EngineConfig
+from embedsense.server.footprint import MIB, Footprint, parse_bytes
+
+PEAK = re.compile(r"predicted peak (\d+) MiB")
+
+
+class LiveTensors(TorchDispatchMode):
+    """The most bytes of tensors made by ops and alive at once, while it is entered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, tuple | list) else [out]:
+            if isinstance(tensor, torch.Tensor):
+                self._count(tensor.untyped_storage())
+        return out
+
+    def _count(self, storage: torch.UntypedStorage) -> None:
+        key, size = storage.data_ptr(), storage.nbytes()
+        if key in self.seen or not size:
+            return
+        self.seen.add(key)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+
+        def freed() -> None:
+            self.live -= size
+            self.seen.discard(key)
+
+        weakref.finalize(storage, freed)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(("hidden", "ffn"), [(64, 256), (128, 512)])
+def test_the_formula_counts_what_a_forward_holds(hidden, ffn, dtype):
+    """Every op's outputs of one forward, counted while alive: the peak per token is the
+    formula's, within 5 %, for two widths and both CPU precisions."""
+    torch.manual_seed(0)
+    cfg = EncoderConfig(vocab_size=500, hidden_size=hidden, num_layers=2, num_heads=4,
+                        intermediate_size=ffn, max_positions=64)  # fmt: skip
+    encoder = Encoder(cfg).eval()
+    if dtype == "bfloat16":
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.to(torch.bfloat16)  # as the runner holds them (bf16_linears)
+    ids = torch.randint(3, 500, (32, 64))
+    mask = torch.ones_like(ids)
+    counter = LiveTensors()
+    with (
+        torch.inference_mode(),
+        torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bfloat16"),
+        counter,
+    ):
+        encoder(ids, mask)
+    per_token = counter.peak / ids.numel()
+    assert per_token == pytest.approx(
+        footprint.activation_bytes_per_token(hidden, ffn, dtype), rel=0.05
+    )
+
+
+def test_sizes_are_read_as_kubernetes_writes_them():
+    assert parse_bytes("2Gi") == 2 * 2**30
+    assert parse_bytes("1536Mi") == 1536 * 2**20
+    assert parse_bytes("1.5G") == 1_500_000_000
+    assert parse_bytes("800MB") == 800_000_000
+    assert parse_bytes("123456") == 123456
+    for bad in ("", "2 elephants", "-1Gi", "0", "Gi"):
+        with pytest.raises(ValueError, match="expected a positive number"):
+            parse_bytes(bad)
+    with pytest.raises(ValueError, match="memory size '1 furlong'"):
+        EngineConfig(max_memory="1 furlong")
+
+
+def predicted(**limits: int) -> Footprint:
+    base = dict(runtime=300 * MIB, tokenizer=200 * MIB, weights=140 * MIB, per_token=18 * 1024)
+    return Footprint(**{**base, "batch_tokens": 8192, "queued_tokens": 262_144, **limits})
+
+
+def test_fit_lowers_the_limits_until_the_peak_fits():
+    config = EngineConfig(max_memory="720Mi")
+    fitted = footprint.fit(config, predicted(), max_tokens=512)
+    assert 512 <= fitted.max_batch_tokens < config.max_batch_tokens
+    assert fitted.max_queued_tokens < config.max_queued_tokens
+    refit = predicted(batch_tokens=fitted.max_batch_tokens,
+                      queued_tokens=fitted.max_queued_tokens)  # fmt: skip
+    assert refit.peak <= 720 * MIB
+    roomy = EngineConfig(max_memory="4Gi")
+    assert footprint.fit(roomy, predicted(), max_tokens=512) == roomy
+    assert footprint.fit(EngineConfig(), predicted(), max_tokens=512) == EngineConfig()
+
+
+def test_fit_refuses_a_size_the_model_alone_does_not_fit_and_says_what_would():
+    with pytest.raises(ValueError, match=r"max_memory 600Mi .* take 640 MiB.* at least \d+ MiB"):
+        footprint.fit(EngineConfig(max_memory="600Mi"), predicted(), max_tokens=512)
+
+
+def started_peak(e5, tmp_path, caplog, **engine: object) -> tuple[int, ServerThread]:
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="embedsense.server.engine"):
+        running = ServerThread(
+            e5, tmp_path, engine=EngineConfig(dtype="float32", warmup=False, **engine)
+        )
+    found = [PEAK.search(r.getMessage()) for r in caplog.records]
+    peaks = [int(m.group(1)) for m in found if m]
+    assert len(peaks) == 1, [r.getMessage() for r in caplog.records]
+    return peaks[0], running
+
+
+def test_the_startup_log_states_the_predicted_peak_and_it_rises_with_the_batch_budget(
+    e5, tmp_path, caplog
+):
+    peaks = []
+    for tokens in (1024, 16384):
+        peak, running = started_peak(e5, tmp_path / str(tokens), caplog, max_batch_tokens=tokens)
+        running.stop()
+        peaks.append(peak)
+    # 15360 more tokens at the bundled model's fp32 bytes per token
+    per_token = footprint.activation_bytes_per_token(384, 1536, "float32")
+    assert peaks[1] - peaks[0] == pytest.approx(15360 * per_token / MIB, abs=1)
+
+
+def test_max_memory_lowers_the_limits_the_server_runs_with(e5, tmp_path, caplog):
+    default_peak, running = started_peak(e5, tmp_path / "default", caplog)
+    running.stop()
+    limit = default_peak - 60  # MiB: room for fewer batch and queued tokens
+    peak, running = started_peak(e5, tmp_path / "fitted", caplog, max_memory=f"{limit}Mi")
+    try:
+        info = running.server.engine.info()
+        assert info.max_batch_tokens < EngineConfig().max_batch_tokens
+        assert info.max_queued_tokens < EngineConfig().max_queued_tokens
+        assert peak <= limit
+    finally:
+        running.stop()
+
+
+def test_a_max_memory_the_model_cannot_fit_stops_the_start_with_what_it_needs(e5, tmp_path):
+    with pytest.raises(ValueError, match=r"max_memory 300Mi .* too small .* at least \d+ MiB"):
+        ServerThread(e5, tmp_path, engine=EngineConfig(dtype="float32", max_memory="300Mi"))
+
+
+def test_max_memory_comes_from_the_flag_or_the_environment():
+    assert parser().parse_args(["--max-memory", "2Gi"]).max_memory == "2Gi"
+    settings = ServerSettings.from_env({"EMBEDSENSE_MAX_MEMORY": "1536Mi"})
+    assert settings.engine.max_memory == "1536Mi"
+    with pytest.raises(ValueError, match="memory size 'lots'"):
+        ServerSettings.from_env({"EMBEDSENSE_MAX_MEMORY": "lots"})
