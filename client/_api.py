@@ -11,7 +11,7 @@ import ipaddress
 import json
 import random
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 import numpy as np
 
+from embedsense.client.bulk import to_document
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
@@ -30,6 +31,7 @@ from embedsense.client.types import (
     Info,
     Inventory,
     LayerComparison,
+    Neuron,
     Occurrence,
     SenseScore,
     StoredDocument,
@@ -247,8 +249,16 @@ def parse_token_vectors(r: pb.EmbedResponse) -> list[TokenEmbeddings]:
     ]
 
 
+def parse_hit_list(hits: Sequence[pb.Hit]) -> list[Hit]:
+    return [
+        Hit(h.id, h.score, h.text, json.loads(h.metadata_json or "{}"),
+            from_tensor(h.vector) if h.HasField("vector") else None)
+        for h in hits
+    ]  # fmt: skip
+
+
 def parse_hits(r: pb.SearchResponse) -> list[Hit]:
-    return [Hit(h.id, h.score, h.text, json.loads(h.metadata_json or "{}")) for h in r.hits]
+    return parse_hit_list(r.hits)
 
 
 def parse_documents(ids: Sequence[str]) -> Callable[[pb.GetResponse], list[StoredDocument | None]]:
@@ -299,7 +309,13 @@ def parse_explanation(r: pb.ExplainResponse) -> Explanation:
         focus=[Focus(f.layer, None if f.head < 0 else f.head,
                      [(t.token, t.weight) for t in f.tokens]) for f in r.focus],
         max_attention_values=r.max_attention_values,
+        neuron=parse_neuron(r.neuron) if r.HasField("neuron") else None,
     )  # fmt: skip
+
+
+def parse_neuron(r: pb.Neuron) -> Neuron:
+    return Neuron(r.layer, r.head, list(r.query_tokens), from_tensor(r.queries),
+                  from_tensor(r.keys))  # fmt: skip
 
 
 def parse_comparison(r: pb.CompareLayersResponse) -> LayerComparison:
@@ -343,11 +359,12 @@ def embed_tokens_call(
 
 
 def create_collection_call(
-    name: str, index: str, store_tokens: bool, metric: str, ef_search: int, nprobe: int
-) -> Call[CollectionInfo]:
+    name: str, index: str, store_tokens: bool, metric: str, ef_search: int, nprobe: int,
+    dim: int = 0,
+) -> Call[CollectionInfo]:  # fmt: skip
     request = pb.CreateCollectionRequest(
         name=name, index=index, metric=metric, store_tokens=store_tokens,
-        ef_search=ef_search, nprobe=nprobe,
+        ef_search=ef_search, nprobe=nprobe, dim=dim,
     )  # fmt: skip
     return Call("CreateCollection", request, parse_collection)
 
@@ -365,8 +382,15 @@ def drop_collection_call(name: str) -> Call[None]:
     return Call("DropCollection", pb.CollectionRef(name=name), lambda r: None)
 
 
-def count_call(name: str) -> Call[int]:
-    return Call("DescribeCollection", pb.CollectionRef(name=name), lambda r: r.count)
+def filter_json(where: Mapping[str, Any] | None) -> str:
+    """A filter as the wire's filter_json ("" for none); the server checks it (a filter
+    that is not an object is its INVALID_ARGUMENT, as any other bad filter)."""
+    return "" if where is None else json.dumps(where, ensure_ascii=False)
+
+
+def count_call(name: str, where: Mapping[str, Any] | None = None) -> Call[int]:
+    request = pb.CountRequest(collection=name, filter_json=filter_json(where))
+    return Call("Count", request, lambda r: r.count)
 
 
 def upsert_call(request: pb.UpsertRequest) -> Call[list[str]]:
@@ -382,23 +406,125 @@ def get_call(
     return Call("Get", request, parse_documents(ids))
 
 
-def delete_call(name: str, ids: Sequence[str]) -> Call[int]:
-    return Call("Delete", pb.DeleteRequest(collection=name, ids=list(ids)), lambda r: r.deleted)
+def delete_call(
+    name: str, ids: Sequence[str] | None, where: Mapping[str, Any] | None = None
+) -> Call[int]:
+    """By ids, or every document matching `where`: one of them (an empty filter is the
+    server's to refuse: drop the collection to delete everything)."""
+    if isinstance(ids, str):
+        raise TypeError("ids: a list of ids, not one str")
+    if (ids is None) == (where is None):
+        raise ValueError("delete: give ids or filter (one of them)")
+    request = pb.DeleteRequest(collection=name, ids=list(ids or ()), filter_json=filter_json(where))
+    return Call("Delete", request, lambda r: r.deleted)
+
+
+def parse_stored(d: pb.StoredDocument) -> StoredDocument:
+    vector = from_tensor(d.vector) if d.HasField("vector") else None
+    return StoredDocument(d.id, d.text, json.loads(d.metadata_json or "{}"), vector)
+
+
+def scroll_call(
+    name: str, where: Mapping[str, Any] | None, limit: int, cursor: str, with_vectors: bool
+) -> Call[tuple[list[StoredDocument], str]]:
+    """One page: its documents and the next page's cursor ("" after the last page). The
+    clients' `scroll` follows the cursor until it is empty."""
+    request = pb.ScrollRequest(
+        collection=name, filter_json=filter_json(where), limit=limit, cursor=cursor,
+        with_vectors=with_vectors,
+    )  # fmt: skip
+    return Call(
+        "Scroll", request, lambda r: ([parse_stored(d) for d in r.documents], r.next_cursor)
+    )
+
+
+METADATA_MODES = {"merge": pb.METADATA_MERGE, "replace": pb.METADATA_REPLACE}
+
+
+def update_metadata_call(
+    name: str, ids: Sequence[str], patch: Mapping[str, Any], mode: str
+) -> Call[int]:
+    if isinstance(ids, str):
+        raise TypeError("ids: a list of ids, not one str")
+    if mode not in METADATA_MODES:
+        raise ValueError(f"mode={mode!r}: expected 'merge' or 'replace'")
+    if not isinstance(patch, Mapping):
+        raise TypeError(f"patch: a dict, got {type(patch).__name__}")
+    request = pb.UpdateMetadataRequest(
+        collection=name, ids=list(ids), patch_json=json.dumps(patch, ensure_ascii=False),
+        mode=METADATA_MODES[mode],
+    )  # fmt: skip
+    return Call("UpdateMetadata", request, lambda r: r.updated)
+
+
+def with_vectors_documents(documents: Iterable[Any], vectors: np.ndarray | None) -> Iterable[Any]:
+    """Documents with the caller's own vectors, as messages: `vectors` (n, dim) beside a
+    list of n documents, or a dict document's "vector". Such a document's text may be empty
+    (then it needs an "id": the id made from a text and metadata would be the same for all
+    of them). Documents without a vector are passed on as they are (the server embeds them)."""
+    if vectors is not None:
+        if not isinstance(documents, Sequence) or isinstance(documents, str):
+            raise TypeError("vectors=: documents must be a list, one per vector row")
+        matrix = np.asarray(vectors, dtype=np.float32)
+        if matrix.ndim != 2 or len(matrix) != len(documents):
+            raise ValueError(
+                f"vectors: shape {matrix.shape}; expected ({len(documents)}, dim), a row per "
+                "document"
+            )
+        return [_with_vector(doc, row) for doc, row in zip(documents, matrix, strict=True)]
+    if isinstance(documents, Sequence) and not isinstance(documents, str):
+        return [_with_vector(doc, None) for doc in documents]
+    return (_with_vector(doc, None) for doc in documents)
+
+
+def _with_vector(doc: Any, row: np.ndarray | None) -> Any:
+    if isinstance(doc, Mapping) and "vector" in doc:
+        if row is not None:
+            raise ValueError("a document has a 'vector' and vectors= gives it another")
+        row = np.asarray(doc["vector"], dtype=np.float32)
+        doc = {key: value for key, value in doc.items() if key != "vector"}
+    if row is None:
+        return doc
+    if isinstance(doc, str):
+        doc = {"text": doc}
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"a document is a str or a dict, got {doc!r:.80}")
+    doc = {"text": "", **doc}
+    if doc.get("id") in (None, "") and not doc["text"]:
+        raise ValueError("a document given by its vector alone (no text) needs an 'id'")
+    message = to_document(doc)
+    message.vector.CopyFrom(to_tensor(row))
+    return message
 
 
 def search_call(
-    name: str, query: str | np.ndarray, k: int, where: Mapping[str, Any] | None,
-    ef_search: int, nprobe: int, priority_name: str | None = None,
-) -> Call[list[Hit]]:  # fmt: skip
-    request = pb.SearchRequest(
-        collection=name, k=k, filter_json=json.dumps(where) if where else "",
+    name: str, query: str | np.ndarray | Sequence[str], k: int,
+    where: Mapping[str, Any] | None, ef_search: int, nprobe: int,
+    priority_name: str | None = None, score_threshold: float | None = None,
+    with_vectors: bool = False,
+) -> Call[Any]:  # fmt: skip
+    """One query (a str, or a vector (dim,)): Search, a hit list. Several (a list of str, or
+    vectors (n, dim)): SearchBatch, a hit list per query in order."""
+    options = dict(
+        collection=name, k=k, filter_json=filter_json(where) if where else "",
         ef_search=ef_search, nprobe=nprobe, priority=priority(priority_name),
+        score_threshold=score_threshold, with_vectors=with_vectors,
     )  # fmt: skip
     if isinstance(query, str):
-        request.text = query
+        return Call("Search", pb.SearchRequest(text=query, **options), parse_hits)
+    if isinstance(query, np.ndarray) and query.ndim == 1:
+        vector = to_tensor(np.asarray(query, dtype=np.float32))
+        return Call("Search", pb.SearchRequest(vector=vector, **options), parse_hits)
+    batch = pb.SearchBatchRequest(**options)
+    if isinstance(query, np.ndarray):
+        batch.vectors.CopyFrom(to_tensor(query))
     else:
-        request.vector.CopyFrom(to_tensor(np.asarray(query, dtype=np.float32)))
-    return Call("Search", request, parse_hits)
+        texts = list(query)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"query[{i}] is a {type(text).__name__}; queries are str")
+        batch.texts.extend(texts)
+    return Call("SearchBatch", batch, lambda r: [parse_hit_list(h.hits) for h in r.results])
 
 
 def _with_span(request: Any, span: tuple[int, int] | None) -> Any:
@@ -466,10 +592,14 @@ def induce_senses_call(
 def explain_call(
     text: str, word: str | None, layers: Sequence[int] | None, heads: Sequence[int] | None,
     occurrence: int, span: tuple[int, int] | None, long_text: str,
+    neuron: tuple[int, int] | None = None,
 ) -> Call[Explanation]:  # fmt: skip
     request = pb.ExplainRequest(text=text, word=word or "", occurrence=occurrence,
                                 layers=list(layers or ()), heads=list(heads or ()),
                                 truncate=truncate_flag(long_text, "explain"))  # fmt: skip
+    if neuron is not None:
+        layer, head = neuron
+        request.neuron.CopyFrom(pb.NeuronRequest(layer=layer, head=head))
     return Call("Explain", _with_span(request, span), parse_explanation)
 
 

@@ -7,7 +7,7 @@ async with AsyncClient("127.0.0.1:50051") as c:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -169,13 +169,15 @@ class AsyncClient:
         *,
         timeout: float | None = None,
         priority: str | None = None,
+        vectors: np.ndarray | None = None,
     ) -> list[str]:
         """Store documents in a collection; their ids, one per document in order, once all
         are durably stored. Ids made from the content for documents without one, the last
-        write of an id winning, batches, retries, priority, and the error that says what was
-        stored (`stored_ids`, `document_ids`): as `Client.upsert`."""
+        write of an id winning, batches, retries, priority, caller vectors (`vectors`, or a
+        document's "vector"), and the error that says what was stored (`stored_ids`,
+        `document_ids`): as `Client.upsert`."""
         level = api.priority(priority)  # a wrong name fails here, before any request
-        source = bulk.documents_source(documents)
+        source = bulk.documents_source(api.with_vectors_documents(documents, vectors))
         total = len(source) if isinstance(source, list) else None
         size = await self._batch_size(batch_size, total)
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:
@@ -225,10 +227,11 @@ class AsyncClient:
         metric: str = "cosine",
         ef_search: int = 0,
         nprobe: int = 0,
+        dim: int = 0,
     ) -> CollectionInfo:
-        """A new collection: `index` is a FAISS factory string ("Flat", "HNSW32", ...)."""
+        """A new collection, as `Client.create_collection`."""
         return await self._call(
-            api.create_collection_call(name, index, store_tokens, metric, ef_search, nprobe)
+            api.create_collection_call(name, index, store_tokens, metric, ef_search, nprobe, dim)
         )
 
     async def list_collections(self) -> list[CollectionInfo]:
@@ -240,8 +243,13 @@ class AsyncClient:
     async def drop_collection(self, name: str) -> None:
         return await self._call(api.drop_collection_call(name))
 
-    async def count(self, name: str) -> int:
-        return await self._call(api.count_call(name))
+    async def count(
+        self,
+        name: str,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - as in search
+    ) -> int:
+        """Documents in the collection; with `filter`, those matching it."""
+        return await self._call(api.count_call(name, filter))
 
     async def get(
         self, name: str, ids: Sequence[str], with_vectors: bool = False
@@ -249,24 +257,60 @@ class AsyncClient:
         """The stored documents for `ids`, in order; None where an id is not stored."""
         return await self._call(api.get_call(name, ids, with_vectors))
 
-    async def delete(self, name: str, ids: Sequence[str]) -> int:
-        """Delete documents by id; how many existed."""
-        return await self._call(api.delete_call(name, ids))
+    async def delete(
+        self,
+        name: str,
+        ids: Sequence[str] | None = None,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - as in search
+    ) -> int:
+        """Delete documents by id, or every document matching `filter`: as `Client.delete`."""
+        return await self._call(api.delete_call(name, ids, filter))
+
+    async def scroll(
+        self,
+        name: str,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - as in search
+        batch_size: int = 1000,
+        with_vectors: bool = False,
+    ) -> AsyncIterator[StoredDocument]:
+        """Every document (matching `filter`), in id order, `batch_size` at a time, as an
+        async iterator (`async for doc in c.scroll(...)`): as `Client.scroll`."""
+        bulk.at_least_one("batch_size", batch_size)
+        cursor = ""
+        while True:
+            docs, cursor = await self._call(
+                api.scroll_call(name, filter, batch_size, cursor, with_vectors)
+            )
+            for doc in docs:
+                yield doc
+            if not cursor:
+                return
+
+    async def update_metadata(
+        self, name: str, ids: Sequence[str], patch: Mapping[str, Any], mode: str = "merge"
+    ) -> int:
+        """Change stored documents' metadata without re-embedding: as
+        `Client.update_metadata`."""
+        return await self._call(api.update_metadata_call(name, ids, patch, mode))
 
     async def search(
         self,
         name: str,
-        query: str | np.ndarray,
+        query: str | np.ndarray | Sequence[str],
         k: int = 10,
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - the SDK's documented name
         *,
         ef_search: int = 0,
         nprobe: int = 0,
         priority: str | None = None,
-    ) -> list[Hit]:
-        """Nearest documents to a text (embedded as a query) or a vector. priority: as
-        `Client.search`'s."""
-        call = api.search_call(name, query, k, filter, ef_search, nprobe, priority)
+        score_threshold: float | None = None,
+        with_vectors: bool = False,
+    ) -> list[Hit] | list[list[Hit]]:
+        """Nearest documents to a text or a vector (a hit list), or to each of several (a
+        list of texts, vectors (n, dim): a hit list per query); score_threshold,
+        with_vectors and priority: as `Client.search`'s."""
+        call = api.search_call(name, query, k, filter, ef_search, nprobe, priority,
+                               score_threshold, with_vectors)  # fmt: skip
         return await self._call(call)
 
     async def disambiguate(
@@ -340,14 +384,17 @@ class AsyncClient:
         occurrence: int = 0,
         span: tuple[int, int] | None = None,
         long_text: str = "error",
+        neuron: tuple[int, int] | None = None,
     ) -> Explanation:
         """Attention maps of `layers` (1-based) x `heads` (0-based), all by default (the
         response is bounded: a long text must ask for fewer); for `word`, what it attends to
         most in each layer and head. A text longer than the model takes is refused unless
         long_text="truncate", which explains its first window ("windows" is a ValueError:
-        an attention map is of one window)."""
+        an attention map is of one window). neuron=(layer 1-based, head 0-based): also that
+        head's query vectors of the word (every token's without a word) and every token's
+        key vector, as `Explanation.neuron` (the page's neuron view)."""
         return await self._call(
-            api.explain_call(text, word, layers, heads, occurrence, span, long_text)
+            api.explain_call(text, word, layers, heads, occurrence, span, long_text, neuron)
         )
 
     async def compare_layers(

@@ -4,6 +4,8 @@
     embedsense info
     embedsense index corpus.txt --collection notes
     embedsense search notes "苹果手机" -k 5
+    embedsense collections create|describe|drop notes; embedsense collections
+    embedsense docs get|delete|count|export notes ... --filter '{"lang": "zh"}'
     embedsense embed "我喜欢吃苹果" --tokens
     embedsense disambiguate "我买了最新的苹果手机" 苹果
     embedsense occurrences notes "我喜欢吃苹果" 苹果
@@ -31,7 +33,7 @@ from typing import Any, NoReturn
 import numpy as np
 from tqdm import tqdm
 
-from embedsense.client import TLS, AlreadyExists, Client, EmbedSenseError, NotFound
+from embedsense.client import TLS, AlreadyExists, Client, EmbedSenseError, NotFound, cli_data
 from embedsense.client.bulk import chunks
 from embedsense.client.document_files import file_problem, read_documents
 
@@ -179,13 +181,6 @@ def cmd_info(args: argparse.Namespace, client: Client) -> None:
     emit(args, asdict(info), table(list(asdict(info).items()), ["field", "value"]))
 
 
-def cmd_collections(args: argparse.Namespace, client: Client) -> None:
-    infos = client.list_collections()
-    rows = [(c.name, c.count, c.index, c.metric, "yes" if c.store_tokens else "") for c in infos]
-    emit(args, [asdict(c) for c in infos],
-         table(rows, ["collection", "documents", "index", "metric", "tokens"]))  # fmt: skip
-
-
 def cmd_embed(args: argparse.Namespace, client: Client) -> None:
     if args.layers is not None and not args.tokens:
         raise UsageError(
@@ -280,20 +275,7 @@ def cmd_drop(args: argparse.Namespace, client: Client) -> None:
 
 
 def cmd_search(args: argparse.Namespace, client: Client) -> None:
-    where = None
-    if args.filter:
-        try:
-            where = json.loads(args.filter)
-        except json.JSONDecodeError as err:
-            raise UsageError(
-                f"--filter {args.filter!r}: not JSON ({err.msg}); expected an "
-                """object, e.g. '{"lang": "zh"}'"""
-            ) from None
-        if not isinstance(where, dict):
-            raise UsageError(
-                f"--filter {args.filter!r}: expected a JSON object, e.g. "
-                """'{"lang": "zh"}'"""
-            )
+    where = cli_data.filter_of(args.filter) if args.filter else None
     hits = client.search(args.collection, args.query, k=args.k, filter=where)
     emit(args, [asdict(h) for h in hits],
          table([(i + 1, f"{h.score:.4f}", h.id, h.text[:60]) for i, h in enumerate(hits)],
@@ -381,14 +363,14 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
     if (args.compare or args.sense) and not args.word:
         raise UsageError("--compare and --sense need --word: the word to follow across texts")
     senses_given = _senses(args.sense)
-    explanation = client.explain(
-        args.text, args.word, layers=args.layers, heads=args.heads, long_text=args.long_text
-    )
-    contexts = {text: client.compare_layers(args.text, text, args.word, long_text=args.long_text)
+    long_text = "truncate" if args.truncate else args.long_text
+    explanation, shape, fitted = _explain_what_fits(args, client, long_text)
+    contexts = {text: client.compare_layers(args.text, text, args.word, args.occurrence,
+                                            long_text=long_text)
                 for text in args.compare or ()}  # fmt: skip
     comparison = next(iter(contexts.values()), None)
-    senses = {label: [client.compare_layers(args.text, example, args.word,
-                                            long_text=args.long_text) for example in examples]
+    senses = {label: [client.compare_layers(args.text, example, args.word, args.occurrence,
+                                            long_text=long_text) for example in examples]
               for label, examples in senses_given.items()}  # fmt: skip
     written = []
     if args.out:
@@ -399,12 +381,20 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
                 "PNG output needs matplotlib: pip install 'embedsense[plot]'"
             ) from None
         written.append(str(render_png(explanation, args.out, comparison, args.layer, args.head,
-                                      title=args.text)))  # fmt: skip
+                                      title=args.text, text=args.text)))  # fmt: skip
     if args.html:
-        from embedsense.client.attention_page import sense_profile
+        from embedsense.client.attention_page import render, sense_profile
 
-        explanation.to_html(args.html, contexts, sense_profile(senses), title=args.text,
-                            num_layers=client.info().num_layers)  # fmt: skip
+        # The contrast view: the same word's attention in each compared text, same layers.
+        compared = {text: client.explain(text, args.word, explanation.layers, explanation.heads,
+                                         long_text=long_text)
+                    for text in args.compare or ()}  # fmt: skip
+        try:
+            render(explanation, args.html, contexts, sense_profile(senses), title=args.text,
+                   num_layers=shape[0], num_heads=shape[1], text=args.text, compared=compared,
+                   layer=args.layer, head=args.head, fitted=fitted)  # fmt: skip
+        except ValueError as err:  # --layer/--head outside the explained ones
+            raise UsageError(f"--layer/--head: {err}") from None
         written.append(args.html)
     tokens = explanation.tokens.tokens
     rows = [(f.layer, "  ".join(f"{tokens[i]} {w:.2f}" for i, w in f.tokens[:4]))
@@ -418,6 +408,51 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
     payload = {"explanation": asdict(explanation), "comparison": asdict(comparison)
                if comparison else None, "written": written}  # fmt: skip
     emit(args, payload, readable.strip())
+
+
+def _explain_what_fits(
+    args: argparse.Namespace, client: Client, long_text: str
+) -> tuple[Any, tuple[int, int], bool]:
+    """The explanation, the model's (layers, heads), and whether the layers and heads were
+    chosen here: a text too long for every head of every layer gets the layers that fit
+    (attention_page.fitting) instead of an error, unless --layers/--heads were given."""
+    from embedsense.client.attention_page.fitting import fit
+    from embedsense.client.errors import InvalidArgument
+
+    def model_shape() -> tuple[int, int, int]:  # layers, heads, the response bound
+        probe = client.explain(".", layers=[1])
+        return client.info().num_layers, len(probe.heads), probe.max_attention_values
+
+    ask = {"occurrence": args.occurrence, "long_text": long_text,
+           "neuron": _neuron_asked(args, client) if args.html and args.word else None}  # fmt: skip
+    try:
+        explanation = client.explain(args.text, args.word, args.layers, args.heads, **ask)
+    except InvalidArgument as err:
+        if args.layers or args.heads or "fewer layers or heads" not in str(err):
+            raise
+        num_layers, num_heads, bound = model_shape()
+        tokens = len(client.tokenize(args.text, "query").tokens)
+        if long_text == "truncate":
+            tokens = min(tokens, client.info().max_tokens)
+        layers, heads = fit(tokens, num_layers, num_heads, bound)
+        if args.layer is not None and args.layer not in layers:
+            layers = sorted({*layers[1:], args.layer})
+        return client.explain(args.text, args.word, layers, heads, **ask), (
+            num_layers, num_heads), True  # fmt: skip
+    if args.html and (args.layers or args.heads):
+        num_layers, num_heads, _ = model_shape()
+        return explanation, (num_layers, num_heads), False
+    return explanation, (len(explanation.layers), len(explanation.heads)), False
+
+
+def _neuron_asked(args: argparse.Namespace, client: Client) -> tuple[int, int]:
+    """The head of the page's neuron view: the one it opens on (--layer/--head), else its
+    default layer (the last asked for) and the first head asked for."""
+    layer = args.layer
+    if layer is None:
+        layer = max(args.layers) if args.layers else client.info().num_layers
+    head = args.head if args.head is not None else min(args.heads or [0])
+    return layer, head
 
 
 def _mark(text: str, span: tuple[int, int]) -> str:
@@ -469,7 +504,7 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="the server's model, device and limits")
     sub.add_parser("health", help="the gRPC health check: exit 0 when serving")
-    sub.add_parser("collections", help="the collections and their sizes")
+    cli_data.add_parsers(sub)  # collections ..., docs ...
 
     embed = sub.add_parser("embed", help="embed texts")
     embed.add_argument("texts", nargs="+")
@@ -514,7 +549,7 @@ def parser() -> argparse.ArgumentParser:
     )
     index.add_argument("--batch-size", type=at_least(1), default=256)
 
-    drop = sub.add_parser("drop", help="delete a collection and everything stored in it")
+    drop = sub.add_parser("drop", help="delete a collection (as `collections drop`)")
     drop.add_argument("collection")
 
     search = sub.add_parser("search", help="nearest documents to a text")
@@ -569,8 +604,22 @@ def parser() -> argparse.ArgumentParser:
         nargs="*",
         help="0-based (default: all)",
     )
-    exp.add_argument("--layer", type=int, help="draw this layer's token-by-token map")
-    exp.add_argument("--head", type=int, help="with --layer: one head instead of the mean")
+    exp.add_argument(
+        "--occurrence",
+        type=at_least(0),
+        default=0,
+        help="which appearance of --word to explain, 0-based (default: the first)",
+    )
+    exp.add_argument(
+        "--layer",
+        type=int,
+        help="the PNG draws this layer's token-by-token map; --html opens on it",
+    )
+    exp.add_argument(
+        "--head",
+        type=int,
+        help="with --layer: the PNG draws one head instead of the mean; --html opens on it",
+    )
     exp.add_argument("--compare", metavar="TEXT", action="append",
                      help="another context: the word's cosine per layer (repeatable)")  # fmt: skip
     exp.add_argument("--sense", action="append", metavar="LABEL=EXAMPLE",
@@ -583,11 +632,16 @@ def parser() -> argparse.ArgumentParser:
         default="error",
         help="a text over the model's length: refused (default), or explained in its first window",
     )
+    exp.add_argument(
+        "--truncate",
+        action="store_true",
+        help="the same as --long-text truncate: explain a long text's first window",
+    )
     return p
 
 
 COMMANDS = {
-    "info": cmd_info, "collections": cmd_collections, "embed": cmd_embed, "index": cmd_index,
+    "info": cmd_info, **cli_data.COMMANDS, "embed": cmd_embed, "index": cmd_index,
     "drop": cmd_drop, "search": cmd_search, "disambiguate": cmd_disambiguate,
     "inventory": cmd_inventory, "occurrences": cmd_occurrences, "induce": cmd_induce,
     "explain": cmd_explain,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
@@ -201,9 +201,15 @@ class Client:
         *,
         timeout: float | None = None,
         priority: str | None = None,
+        vectors: np.ndarray | None = None,
     ) -> list[str]:
         """Store documents in a collection; their ids, one per document in order, once all
         are durably stored.
+
+        Vectors embedded elsewhere: `vectors` (len(documents), dim), a row per document of a
+        list, or a dict document's "vector"; such documents are stored as given and not
+        embedded (their text may be empty, then they need an "id"). The dimension must be
+        the collection's (InvalidArgument naming both).
 
         A document is a str (a text) or a dict with "text" and optionally "id" and
         "metadata". One given without an id gets an id made from its text and metadata: the
@@ -225,7 +231,7 @@ class Client:
         another name.
         """
         level = api.priority(priority)  # a wrong name fails here, before any request
-        source = bulk.documents_source(documents)
+        source = bulk.documents_source(api.with_vectors_documents(documents, vectors))
         total = len(source) if isinstance(source, list) else None
         size = self._batch_size(batch_size, total)
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:
@@ -275,10 +281,13 @@ class Client:
         metric: str = "cosine",
         ef_search: int = 0,
         nprobe: int = 0,
+        dim: int = 0,
     ) -> CollectionInfo:
-        """A new collection: `index` is a FAISS factory string ("Flat", "HNSW32", ...)."""
+        """A new collection: `index` is a FAISS factory string ("Flat", "HNSW32", ...). dim:
+        0 for the served model's vectors; else a collection of vectors embedded elsewhere, of
+        that dimension (its model "external": upsert with `vectors=`, search by vector)."""
         return self._call(
-            api.create_collection_call(name, index, store_tokens, metric, ef_search, nprobe)
+            api.create_collection_call(name, index, store_tokens, metric, ef_search, nprobe, dim)
         )
 
     def list_collections(self) -> list[CollectionInfo]:
@@ -290,8 +299,13 @@ class Client:
     def drop_collection(self, name: str) -> None:
         return self._call(api.drop_collection_call(name))
 
-    def count(self, name: str) -> int:
-        return self._call(api.count_call(name))
+    def count(
+        self,
+        name: str,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - as in search
+    ) -> int:
+        """Documents in the collection; with `filter`, those matching it."""
+        return self._call(api.count_call(name, filter))
 
     def get(
         self, name: str, ids: Sequence[str], with_vectors: bool = False
@@ -299,24 +313,67 @@ class Client:
         """The stored documents for `ids`, in order; None where an id is not stored."""
         return self._call(api.get_call(name, ids, with_vectors))
 
-    def delete(self, name: str, ids: Sequence[str]) -> int:
-        """Delete documents by id; how many existed."""
-        return self._call(api.delete_call(name, ids))
+    def delete(
+        self,
+        name: str,
+        ids: Sequence[str] | None = None,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - as in search
+    ) -> int:
+        """Delete documents by id, or every document matching `filter` (one of the two; an
+        empty filter is refused: drop the collection instead); how many were deleted."""
+        return self._call(api.delete_call(name, ids, filter))
+
+    def scroll(
+        self,
+        name: str,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - as in search
+        batch_size: int = 1000,
+        with_vectors: bool = False,
+    ) -> Iterator[StoredDocument]:
+        """Every document (matching `filter`), in id order, fetched `batch_size` at a time
+        (at most 10,000) as the iterator is read. Each document that exists and matches for
+        the whole scroll comes exactly once; one added, removed or changed meanwhile may or
+        may not; none twice."""
+        bulk.at_least_one("batch_size", batch_size)
+        cursor = ""
+        while True:
+            docs, cursor = self._call(
+                api.scroll_call(name, filter, batch_size, cursor, with_vectors)
+            )
+            yield from docs
+            if not cursor:
+                return
+
+    def update_metadata(
+        self, name: str, ids: Sequence[str], patch: Mapping[str, Any], mode: str = "merge"
+    ) -> int:
+        """Change stored documents' metadata without re-embedding: "merge" sets the patch's
+        top-level keys (a None value is stored as null), "replace" makes the patch the whole
+        metadata. How many of `ids` existed."""
+        return self._call(api.update_metadata_call(name, ids, patch, mode))
 
     def search(
         self,
         name: str,
-        query: str | np.ndarray,
+        query: str | np.ndarray | Sequence[str],
         k: int = 10,
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - the SDK's documented name
         *,
         ef_search: int = 0,
         nprobe: int = 0,
         priority: str | None = None,
-    ) -> list[Hit]:
-        """Nearest documents to a text (embedded as a query) or a vector. priority: of the
-        query text (None: "query", ahead of embeds and upserts; README: Priority)."""
-        return self._call(api.search_call(name, query, k, filter, ef_search, nprobe, priority))
+        score_threshold: float | None = None,
+        with_vectors: bool = False,
+    ) -> list[Hit] | list[list[Hit]]:
+        """Nearest documents to a text (embedded as a query) or a vector (dim,): a hit list.
+        Several queries in one call, a list of texts or vectors (n, dim): a hit list per
+        query, in order. score_threshold: only hits at least that near (score >= it for
+        cosine and ip, squared distance <= it for l2). with_vectors: hits carry their stored
+        vectors. priority: of the query texts (None: "query", ahead of embeds and upserts;
+        README: Priority)."""
+        call = api.search_call(name, query, k, filter, ef_search, nprobe, priority,
+                               score_threshold, with_vectors)  # fmt: skip
+        return self._call(call)
 
     def disambiguate(
         self,
@@ -389,13 +446,18 @@ class Client:
         occurrence: int = 0,
         span: tuple[int, int] | None = None,
         long_text: str = "error",
+        neuron: tuple[int, int] | None = None,
     ) -> Explanation:
         """Attention maps of `layers` (1-based) x `heads` (0-based), all by default (the
         response is bounded: a long text must ask for fewer); for `word`, what it attends to
         most in each layer and head. A text longer than the model takes is refused unless
         long_text="truncate", which explains its first window ("windows" is a ValueError:
-        an attention map is of one window)."""
-        return self._call(api.explain_call(text, word, layers, heads, occurrence, span, long_text))
+        an attention map is of one window). neuron=(layer 1-based, head 0-based): also that
+        head's query vectors of the word (every token's without a word) and every token's
+        key vector, as `Explanation.neuron` (the page's neuron view)."""
+        return self._call(
+            api.explain_call(text, word, layers, heads, occurrence, span, long_text, neuron)
+        )
 
     def compare_layers(
         self,

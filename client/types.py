@@ -68,6 +68,7 @@ class Hit:
     score: float
     text: str
     metadata: dict[str, Any]
+    vector: np.ndarray | None = None  # (dim,), with with_vectors=True
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,18 @@ class Focus:
 
 
 @dataclass(frozen=True)
+class Neuron:
+    """One head's query and key vectors (the neuron view): softmax(queries @ keys.T /
+    sqrt(head_size)) is that head's attention rows of `query_tokens`."""
+
+    layer: int  # 1-based
+    head: int  # 0-based
+    query_tokens: list[int]  # the word's tokens; with no word, every token
+    queries: np.ndarray  # (len(query_tokens), head_size)
+    keys: np.ndarray  # (T, head_size)
+
+
+@dataclass(frozen=True)
 class Explanation:
     tokens: Tokens
     layers: list[int]  # 1-based
@@ -143,6 +156,7 @@ class Explanation:
     target_tokens: list[int]
     focus: list[Focus]
     max_attention_values: int
+    neuron: Neuron | None = None  # when explain(..., neuron=(layer, head)) asked for one
 
     def to_html(
         self,

@@ -42,6 +42,42 @@ SHARED_FILTERS = [
     {"source.site": {"$in": ["wiki", "论坛"]}},
     {"title": "苹果"},
     {"score": {"$lte": 0.25}, "public": False},
+    # Boolean structure: $and, $or, $not, nested, and beside plain fields.
+    {"$or": [{"lang": "zh"}, {"year": {"$lt": 2005}}]},
+    {"$and": [{"lang": "en"}, {"public": True}]},
+    {"lang": "zh", "$or": [{"public": True}, {"year": 2003}]},
+    {"$or": [{"$and": [{"lang": "zh"}, {"public": False}]}, {"$not": {"year": {"$gte": 2003}}}]},
+    {"$not": {"lang": "zh"}},
+    {"$not": {"note": None}},  # null is not missing
+    {"$not": {"$or": [{"flag": True}, {"note": "x"}]}},
+    {"$not": {"$and": [{"score": {"$gt": 0.5}}, {"tag": "rare"}]}},
+    {"$not": {"$not": {"lang": "ja"}}},
+    {"$not": {"year": {"$in": [2003, 2004]}}},
+    {"$not": {"lang": {"$ne": "zh"}}},
+    # $nin and $exists: a missing field is "not in", and null exists.
+    {"lang": {"$nin": ["zh", "ja"]}},
+    {"note": {"$nin": [None, "x"]}},
+    {"note": {"$exists": True}},
+    {"note": {"$exists": False}},
+    {"source.site": {"$exists": True}},
+    {"$not": {"note": {"$exists": True}}},
+    # Array membership, strict types; a scalar field is not an array.
+    {"tags": {"$contains": "red"}},
+    {"tags": {"$contains": 1}},
+    {"tags": {"$contains": 1.0}},
+    {"tags": {"$contains": True}},
+    {"tags": {"$contains": None}},
+    {"tags": {"$contains_any": ["blue", "green"]}},
+    {"$not": {"tags": {"$contains": "red"}}},
+    {"tags": "red"},
+    # A field of mixed types: every operator sees only its own kind.
+    {"mixed": 5},
+    {"mixed": {"$gt": 4}},
+    {"$not": {"mixed": {"$gt": 4}}},
+    {"$not": {"mixed": {"$gte": "4"}}},
+    {"mixed": {"$contains": 5}},
+    {"mixed": {"$ne": 5}},
+    {"mixed": {"$nin": [5, "5"]}},
 ]
 
 
@@ -58,6 +94,11 @@ def _extra(i: int) -> dict:
     if i % 7 == 0:
         extra["title"] = "苹果"
         extra["source"] = {"site": "论坛"}
+    tags = [["red", "blue"], ["green", 1, True, None], "red", None][i % 4 if i % 9 else 3]
+    if tags is not None:
+        extra["tags"] = tags
+    if i % 11:
+        extra["mixed"] = [5, "5", True, None, [5, 2.5], 5.0][i % 6]
     return extra
 
 

@@ -68,16 +68,37 @@ def matches(metadata: dict, where: dict) -> bool:
             and not isinstance(a, bool) and not isinstance(b, bool)
         )  # fmt: skip
 
+    def equal(value, operand) -> bool:
+        return value is not KeyError and same(value, operand) and value == operand
+
     for field, condition in where.items():
+        if field in ("$and", "$or"):
+            results = [matches(metadata, part) for part in condition]
+            if not (all(results) if field == "$and" else any(results)):
+                return False
+            continue
+        if field == "$not":
+            if matches(metadata, condition):
+                return False
+            continue
         value = value_of(field)
         ops = condition if isinstance(condition, dict) else {"$eq": condition}
         for op, operand in ops.items():
+            elements = value if isinstance(value, list) else []
             if op == "$eq":
-                ok = value is not KeyError and same(value, operand) and value == operand
+                ok = equal(value, operand)
             elif op == "$ne":
-                ok = not (value is not KeyError and same(value, operand) and value == operand)
+                ok = not equal(value, operand)
             elif op == "$in":
-                ok = any(value is not KeyError and same(value, o) and value == o for o in operand)
+                ok = any(equal(value, o) for o in operand)
+            elif op == "$nin":
+                ok = not any(equal(value, o) for o in operand)
+            elif op == "$exists":
+                ok = (value is not KeyError) == operand
+            elif op == "$contains":
+                ok = any(equal(e, operand) for e in elements)
+            elif op == "$contains_any":
+                ok = any(equal(e, o) for e in elements for o in operand)
             else:
                 if value is KeyError or not same(value, operand) or isinstance(value, bool):
                     return False

@@ -77,7 +77,7 @@ def test_an_in_filter_takes_10000_values_and_refuses_10001_by_name(backend):
     for where in [
         {"s": {"$in": strings}},
         {"n": {"$in": list(range(-5_000, 5_000))}},
-        {"s": {"$in": strings}, "n": {"$in": numbers[:5_000] + ["x"] * 5_000}},
+        {"s": {"$in": strings[:5_000]}, "n": {"$in": numbers[:2_500] + ["x"] * 2_500}},
         {"n": {"$in": [*numbers, True, None]}},  # 7.0 equals 7; true is not 1
         {"flag": {"$in": [True] + ["s"] * 9_999}},
     ]:
@@ -85,8 +85,10 @@ def test_an_in_filter_takes_10000_values_and_refuses_10001_by_name(backend):
         hits = col.search(query, k=20, where=where)[0]
         assert time.perf_counter() - started < 15
         assert [h.id for h in hits] == brute_force(docs, query, where, 20), list(where)
-    with pytest.raises(FilterError, match=r"at most 10,000 values, got 10,001"):
+    with pytest.raises(FilterError, match=r"10,001 values; a filter takes at most 10,000"):
         col.search(query, where={"s": {"$in": [*strings, "v1"]}})
+    with pytest.raises(FilterError, match=r"n: \$nin brings the filter to 10,001 values"):
+        col.search(query, where={"s": {"$in": strings[:5_000]}, "n": {"$nin": numbers[:5_001]}})
     backend.drop("c")
 
 

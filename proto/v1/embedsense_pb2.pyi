@@ -31,6 +31,11 @@ class LongText(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LONG_TEXT_ERROR: _ClassVar[LongText]
     LONG_TEXT_TRUNCATE: _ClassVar[LongText]
     LONG_TEXT_WINDOWS: _ClassVar[LongText]
+
+class MetadataMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    METADATA_MERGE: _ClassVar[MetadataMode]
+    METADATA_REPLACE: _ClassVar[MetadataMode]
 ROLE_UNSPECIFIED: Role
 ROLE_QUERY: Role
 ROLE_PASSAGE: Role
@@ -44,6 +49,8 @@ POOLING_CLS: Pooling
 LONG_TEXT_ERROR: LongText
 LONG_TEXT_TRUNCATE: LongText
 LONG_TEXT_WINDOWS: LongText
+METADATA_MERGE: MetadataMode
+METADATA_REPLACE: MetadataMode
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "data")
@@ -158,20 +165,22 @@ class EmbedResponse(_message.Message):
     def __init__(self, sentence_vectors: _Optional[_Union[Tensor, _Mapping]] = ..., token_vectors: _Optional[_Iterable[_Union[TokenVectors, _Mapping]]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "index", "metric", "store_tokens", "ef_search", "nprobe")
+    __slots__ = ("name", "index", "metric", "store_tokens", "ef_search", "nprobe", "dim")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     STORE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
     name: str
     index: str
     metric: str
     store_tokens: bool
     ef_search: int
     nprobe: int
-    def __init__(self, name: _Optional[str] = ..., index: _Optional[str] = ..., metric: _Optional[str] = ..., store_tokens: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ...) -> None: ...
+    dim: int
+    def __init__(self, name: _Optional[str] = ..., index: _Optional[str] = ..., metric: _Optional[str] = ..., store_tokens: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., dim: _Optional[int] = ...) -> None: ...
 
 class CollectionRef(_message.Message):
     __slots__ = ("name",)
@@ -226,14 +235,16 @@ class DropCollectionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Document(_message.Message):
-    __slots__ = ("id", "text", "metadata_json")
+    __slots__ = ("id", "text", "metadata_json", "vector")
     ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
     id: str
     text: str
     metadata_json: str
-    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ...) -> None: ...
+    vector: Tensor
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ..., vector: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "documents", "priority")
@@ -284,12 +295,14 @@ class GetResponse(_message.Message):
     def __init__(self, documents: _Optional[_Iterable[_Union[StoredDocument, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("collection", "ids")
+    __slots__ = ("collection", "ids", "filter_json")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    filter_json: str
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., filter_json: _Optional[str] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
     __slots__ = ("deleted",)
@@ -298,7 +311,7 @@ class DeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "vector", "k", "filter_json", "ef_search", "nprobe", "priority")
+    __slots__ = ("collection", "text", "vector", "k", "filter_json", "ef_search", "nprobe", "priority", "score_threshold", "with_vectors")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +320,8 @@ class SearchRequest(_message.Message):
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     vector: Tensor
@@ -315,25 +330,119 @@ class SearchRequest(_message.Message):
     ef_search: int
     nprobe: int
     priority: Priority
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[Tensor, _Mapping]] = ..., k: _Optional[int] = ..., filter_json: _Optional[str] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
+    score_threshold: float
+    with_vectors: bool
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[Tensor, _Mapping]] = ..., k: _Optional[int] = ..., filter_json: _Optional[str] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., score_threshold: _Optional[float] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "text", "metadata_json")
+    __slots__ = ("id", "score", "text", "metadata_json", "vector")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     text: str
     metadata_json: str
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ...) -> None: ...
+    vector: Tensor
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ..., vector: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits",)
     HITS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+
+class SearchBatchRequest(_message.Message):
+    __slots__ = ("collection", "texts", "vectors", "k", "filter_json", "ef_search", "nprobe", "priority", "score_threshold", "with_vectors")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    vectors: Tensor
+    k: int
+    filter_json: str
+    ef_search: int
+    nprobe: int
+    priority: Priority
+    score_threshold: float
+    with_vectors: bool
+    def __init__(self, collection: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[Tensor, _Mapping]] = ..., k: _Optional[int] = ..., filter_json: _Optional[str] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., score_threshold: _Optional[float] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class HitList(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+
+class SearchBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[HitList]
+    def __init__(self, results: _Optional[_Iterable[_Union[HitList, _Mapping]]] = ...) -> None: ...
+
+class CountRequest(_message.Message):
+    __slots__ = ("collection", "filter_json")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    filter_json: str
+    def __init__(self, collection: _Optional[str] = ..., filter_json: _Optional[str] = ...) -> None: ...
+
+class CountResponse(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class ScrollRequest(_message.Message):
+    __slots__ = ("collection", "filter_json", "limit", "cursor", "with_vectors")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    filter_json: str
+    limit: int
+    cursor: str
+    with_vectors: bool
+    def __init__(self, collection: _Optional[str] = ..., filter_json: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class ScrollResponse(_message.Message):
+    __slots__ = ("documents", "next_cursor")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[StoredDocument]
+    next_cursor: str
+    def __init__(self, documents: _Optional[_Iterable[_Union[StoredDocument, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
+
+class UpdateMetadataRequest(_message.Message):
+    __slots__ = ("collection", "ids", "patch_json", "mode")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    PATCH_JSON_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    patch_json: str
+    mode: MetadataMode
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., patch_json: _Optional[str] = ..., mode: _Optional[_Union[MetadataMode, str]] = ...) -> None: ...
+
+class UpdateMetadataResponse(_message.Message):
+    __slots__ = ("updated",)
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    updated: int
+    def __init__(self, updated: _Optional[int] = ...) -> None: ...
 
 class Span(_message.Message):
     __slots__ = ("start", "end")
@@ -560,7 +669,7 @@ class InduceSensesResponse(_message.Message):
     def __init__(self, senses: _Optional[_Iterable[_Union[InducedSense, _Mapping]]] = ..., occurrences: _Optional[int] = ..., silhouette: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("text", "word", "span", "occurrence", "layers", "heads", "role", "truncate")
+    __slots__ = ("text", "word", "span", "occurrence", "layers", "heads", "role", "truncate", "neuron")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     WORD_FIELD_NUMBER: _ClassVar[int]
     SPAN_FIELD_NUMBER: _ClassVar[int]
@@ -569,6 +678,7 @@ class ExplainRequest(_message.Message):
     HEADS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    NEURON_FIELD_NUMBER: _ClassVar[int]
     text: str
     word: str
     span: Span
@@ -577,7 +687,30 @@ class ExplainRequest(_message.Message):
     heads: _containers.RepeatedScalarFieldContainer[int]
     role: Role
     truncate: bool
-    def __init__(self, text: _Optional[str] = ..., word: _Optional[str] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., occurrence: _Optional[int] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., role: _Optional[_Union[Role, str]] = ..., truncate: _Optional[bool] = ...) -> None: ...
+    neuron: NeuronRequest
+    def __init__(self, text: _Optional[str] = ..., word: _Optional[str] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., occurrence: _Optional[int] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., role: _Optional[_Union[Role, str]] = ..., truncate: _Optional[bool] = ..., neuron: _Optional[_Union[NeuronRequest, _Mapping]] = ...) -> None: ...
+
+class NeuronRequest(_message.Message):
+    __slots__ = ("layer", "head")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    head: int
+    def __init__(self, layer: _Optional[int] = ..., head: _Optional[int] = ...) -> None: ...
+
+class Neuron(_message.Message):
+    __slots__ = ("layer", "head", "query_tokens", "queries", "keys")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    head: int
+    query_tokens: _containers.RepeatedScalarFieldContainer[int]
+    queries: Tensor
+    keys: Tensor
+    def __init__(self, layer: _Optional[int] = ..., head: _Optional[int] = ..., query_tokens: _Optional[_Iterable[int]] = ..., queries: _Optional[_Union[Tensor, _Mapping]] = ..., keys: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class TokenWeight(_message.Message):
     __slots__ = ("token", "weight")
@@ -598,7 +731,7 @@ class Focus(_message.Message):
     def __init__(self, layer: _Optional[int] = ..., head: _Optional[int] = ..., tokens: _Optional[_Iterable[_Union[TokenWeight, _Mapping]]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("tokens", "layers", "heads", "attentions", "span", "target_tokens", "focus", "max_attention_values")
+    __slots__ = ("tokens", "layers", "heads", "attentions", "span", "target_tokens", "focus", "max_attention_values", "neuron")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
@@ -607,6 +740,7 @@ class ExplainResponse(_message.Message):
     TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FOCUS_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTENTION_VALUES_FIELD_NUMBER: _ClassVar[int]
+    NEURON_FIELD_NUMBER: _ClassVar[int]
     tokens: TokenizeResponse
     layers: _containers.RepeatedScalarFieldContainer[int]
     heads: _containers.RepeatedScalarFieldContainer[int]
@@ -615,7 +749,8 @@ class ExplainResponse(_message.Message):
     target_tokens: _containers.RepeatedScalarFieldContainer[int]
     focus: _containers.RepeatedCompositeFieldContainer[Focus]
     max_attention_values: int
-    def __init__(self, tokens: _Optional[_Union[TokenizeResponse, _Mapping]] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., attentions: _Optional[_Union[Tensor, _Mapping]] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., target_tokens: _Optional[_Iterable[int]] = ..., focus: _Optional[_Iterable[_Union[Focus, _Mapping]]] = ..., max_attention_values: _Optional[int] = ...) -> None: ...
+    neuron: Neuron
+    def __init__(self, tokens: _Optional[_Union[TokenizeResponse, _Mapping]] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., attentions: _Optional[_Union[Tensor, _Mapping]] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., target_tokens: _Optional[_Iterable[int]] = ..., focus: _Optional[_Iterable[_Union[Focus, _Mapping]]] = ..., max_attention_values: _Optional[int] = ..., neuron: _Optional[_Union[Neuron, _Mapping]] = ...) -> None: ...
 
 class CompareLayersRequest(_message.Message):
     __slots__ = ("text_a", "text_b", "word", "occurrence_a", "occurrence_b", "truncate")

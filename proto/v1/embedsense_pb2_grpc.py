@@ -90,6 +90,26 @@ class EmbedSenseStub:
                 request_serializer=embedsense_dot_v1_dot_embedsense__pb2.SearchRequest.SerializeToString,
                 response_deserializer=embedsense_dot_v1_dot_embedsense__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/embedsense.v1.EmbedSense/SearchBatch',
+                request_serializer=embedsense_dot_v1_dot_embedsense__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=embedsense_dot_v1_dot_embedsense__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
+        self.Count = channel.unary_unary(
+                '/embedsense.v1.EmbedSense/Count',
+                request_serializer=embedsense_dot_v1_dot_embedsense__pb2.CountRequest.SerializeToString,
+                response_deserializer=embedsense_dot_v1_dot_embedsense__pb2.CountResponse.FromString,
+                _registered_method=True)
+        self.Scroll = channel.unary_unary(
+                '/embedsense.v1.EmbedSense/Scroll',
+                request_serializer=embedsense_dot_v1_dot_embedsense__pb2.ScrollRequest.SerializeToString,
+                response_deserializer=embedsense_dot_v1_dot_embedsense__pb2.ScrollResponse.FromString,
+                _registered_method=True)
+        self.UpdateMetadata = channel.unary_unary(
+                '/embedsense.v1.EmbedSense/UpdateMetadata',
+                request_serializer=embedsense_dot_v1_dot_embedsense__pb2.UpdateMetadataRequest.SerializeToString,
+                response_deserializer=embedsense_dot_v1_dot_embedsense__pb2.UpdateMetadataResponse.FromString,
+                _registered_method=True)
         self.Disambiguate = channel.unary_unary(
                 '/embedsense.v1.EmbedSense/Disambiguate',
                 request_serializer=embedsense_dot_v1_dot_embedsense__pb2.DisambiguateRequest.SerializeToString,
@@ -196,13 +216,42 @@ class EmbedSenseServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """By ids, or by a metadata filter (filter_json): how many were deleted.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Search(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchBatch(self, request, context):
+        """Many queries in one call (texts embedded together, or vectors): a hit list per query.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Count(self, request, context):
+        """Documents matching a filter (all without one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Scroll(self, request, context):
+        """A page of the documents matching a filter, in id order, and the cursor of the next page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateMetadata(self, request, context):
+        """Change stored documents' metadata; their texts and vectors stay as they are.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -319,6 +368,26 @@ def add_EmbedSenseServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=embedsense_dot_v1_dot_embedsense__pb2.SearchRequest.FromString,
                     response_serializer=embedsense_dot_v1_dot_embedsense__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=embedsense_dot_v1_dot_embedsense__pb2.SearchBatchRequest.FromString,
+                    response_serializer=embedsense_dot_v1_dot_embedsense__pb2.SearchBatchResponse.SerializeToString,
+            ),
+            'Count': grpc.unary_unary_rpc_method_handler(
+                    servicer.Count,
+                    request_deserializer=embedsense_dot_v1_dot_embedsense__pb2.CountRequest.FromString,
+                    response_serializer=embedsense_dot_v1_dot_embedsense__pb2.CountResponse.SerializeToString,
+            ),
+            'Scroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scroll,
+                    request_deserializer=embedsense_dot_v1_dot_embedsense__pb2.ScrollRequest.FromString,
+                    response_serializer=embedsense_dot_v1_dot_embedsense__pb2.ScrollResponse.SerializeToString,
+            ),
+            'UpdateMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMetadata,
+                    request_deserializer=embedsense_dot_v1_dot_embedsense__pb2.UpdateMetadataRequest.FromString,
+                    response_serializer=embedsense_dot_v1_dot_embedsense__pb2.UpdateMetadataResponse.SerializeToString,
             ),
             'Disambiguate': grpc.unary_unary_rpc_method_handler(
                     servicer.Disambiguate,
@@ -658,6 +727,114 @@ class EmbedSense:
             '/embedsense.v1.EmbedSense/Search',
             embedsense_dot_v1_dot_embedsense__pb2.SearchRequest.SerializeToString,
             embedsense_dot_v1_dot_embedsense__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsense.v1.EmbedSense/SearchBatch',
+            embedsense_dot_v1_dot_embedsense__pb2.SearchBatchRequest.SerializeToString,
+            embedsense_dot_v1_dot_embedsense__pb2.SearchBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Count(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsense.v1.EmbedSense/Count',
+            embedsense_dot_v1_dot_embedsense__pb2.CountRequest.SerializeToString,
+            embedsense_dot_v1_dot_embedsense__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsense.v1.EmbedSense/Scroll',
+            embedsense_dot_v1_dot_embedsense__pb2.ScrollRequest.SerializeToString,
+            embedsense_dot_v1_dot_embedsense__pb2.ScrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsense.v1.EmbedSense/UpdateMetadata',
+            embedsense_dot_v1_dot_embedsense__pb2.UpdateMetadataRequest.SerializeToString,
+            embedsense_dot_v1_dot_embedsense__pb2.UpdateMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,6 +21,8 @@ from embedsense.model.checkpoint import CheckpointError
 from embedsense.model.hub import ModelNotAvailableError
 from embedsense.proto.v1 import embedsense_pb2 as pb
 from embedsense.proto.v1 import embedsense_pb2_grpc
+from embedsense.server.api.collection_ops import CollectionOps
+from embedsense.server.api.collection_routes import CollectionRoutes
 from embedsense.server.api.http import HttpContext, HttpServer
 from embedsense.server.api.interceptors import ApiKeyInterceptor, ApiKeys, DecodeGuard
 from embedsense.server.api.observability import Metrics
@@ -129,7 +131,7 @@ class EmbedSenseServer:
             self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
         http_tls = None
         if s.http_port is not None:
-            self.http = http_server(self.engine, s, self.metrics, api_keys)
+            self.http = http_server(self.engine, s, self.metrics, api_keys, service.ops)
             http_tls = tls.ssl_context() if tls and not s.http_insecure else None
             if tls and not http_tls:
                 log.warning(
@@ -223,13 +225,20 @@ def remove_if_empty(directories: list[Path]) -> None:
 
 
 def http_server(
-    engine: Engine, settings: ServerSettings, metrics: Metrics, keys: ApiKeys | None
+    engine: Engine,
+    settings: ServerSettings,
+    metrics: Metrics,
+    keys: ApiKeys | None,
+    ops: CollectionOps | None = None,
 ) -> HttpServer:
-    """The OpenAI and TEI routes over the same engine, limits, keys and metrics, /metrics,
-    and the OpenAPI document and docs page generated from the routes."""
+    """The OpenAI and TEI routes over the same engine, limits, keys and metrics, the
+    collections' REST routes over `ops` (the gRPC service's), /metrics, and the OpenAPI
+    document and docs page generated from the routes."""
     context = HttpContext(engine, settings, _status_name)
     server = HttpServer(context, metrics, keys)
     server.add_routes(OpenAIRoutes(context).routes())
+    if ops is not None:
+        server.add_routes(CollectionRoutes(ops).routes())
     tei = TEIRoutes(context, server).routes()
     server.add_routes(tei)
     dialect = tei[0].dialect

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from embedsense.model import TextRole, TokenizedText
+from embedsense.model import TokenizedText
 from embedsense.model.spans import SpanError
 from embedsense.model.tokenizer import TextTooLongError
 from embedsense.proto.metadata import OVERLOADED_TRAILER
@@ -39,16 +39,18 @@ from embedsense.server.api.checks import (
     choice,
     k_of,
     metadata_of,
+    neuron_of,
     priority_of,
     role_of,
     span_of,
 )
+from embedsense.server.api.collection_ops import CollectionOps, NewDocument, Page
 from embedsense.server.api.observability import Metrics, new_request_id, request_id
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.batching import Priority
 from embedsense.server.engine import Embedding, Engine
 from embedsense.server.explain import MAX_ATTENTION_VALUES, Explainer
-from embedsense.server.index import Document, IndexBackend, Token
+from embedsense.server.index import Document, IndexBackend
 from embedsense.server.senses import errors as sense_errors
 from embedsense.server.senses.senses import FoundOccurrence, Senses
 
@@ -140,6 +142,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         self.engine = engine
         self.metrics = metrics
         self.catalog = catalog
+        self.ops = CollectionOps(engine, catalog, settings)  # shared with HTTP REST
         self.senses = Senses(engine, catalog)
         self.explainer = Explainer(engine.model, engine.runner)
         self._streams = 0  # Upsert streams open now (one event loop: no lock needed)
@@ -162,9 +165,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         return await self.engine.embed(texts, timeout=remaining, **options)
 
     async def _collection(self, name: str) -> idx.CollectionBackend:
-        if not name:
-            raise BadRequest("collection: a collection name is needed")
-        return await asyncio.to_thread(self.catalog.get, name)  # milvus: maybe a round trip
+        return await self.ops.collection(name)
 
     # ------------------------------------------------------------ model
 
@@ -188,7 +189,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         role = role_of(request.role)
         # Any length: telling a caller how long a text is must not fail for a long one.
         text = self._text(request.text)
-        (t,) = self.engine.model.tokenizer.encode_batch([text], role, allow_long=True)
+        # Off the event loop, grouped with concurrent callers' (the engine's tokenize()).
+        (t,) = await self.engine.tokenize([text], role)
         return _tokens_reply(t)
 
     @rpc
@@ -238,16 +240,10 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     async def CreateCollection(
         self, request: pb.CreateCollectionRequest, context: Any
     ) -> pb.CollectionInfo:
-        options = {
-            key: value
-            for key, value in (("ef_search", request.ef_search), ("nprobe", request.nprobe))
-            if value
-        }
-        info = await asyncio.to_thread(
-            self.catalog.create, request.name, model=self.model_name,
-            dim=self.engine.model.dim, metric=request.metric or "cosine",
-            index_spec=request.index or "Flat", store_tokens=request.store_tokens,
-            options=options,
+        info = await self.ops.create(
+            request.name, index=request.index, metric=request.metric,
+            store_tokens=request.store_tokens, ef_search=request.ef_search,
+            nprobe=request.nprobe, dim=request.dim,
         )  # fmt: skip
         return self._collection_reply(info)
 
@@ -255,50 +251,37 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     async def ListCollections(
         self, request: pb.ListCollectionsRequest, context: Any
     ) -> pb.ListCollectionsResponse:
-        infos = await asyncio.to_thread(self.catalog.list)
+        infos = await self.ops.list()
         return pb.ListCollectionsResponse(collections=[self._collection_reply(i) for i in infos])
 
     @rpc
     async def DescribeCollection(
         self, request: pb.CollectionRef, context: Any
     ) -> pb.CollectionInfo:
-        collection = await self._collection(request.name)
-        return self._collection_reply(await asyncio.to_thread(collection.info))
+        return self._collection_reply(await self.ops.describe(request.name))
 
     @rpc
     async def DropCollection(
         self, request: pb.CollectionRef, context: Any
     ) -> pb.DropCollectionResponse:
-        await self._collection(request.name)
-        await asyncio.to_thread(self.catalog.drop, request.name)
+        await self.ops.drop(request.name)
         return pb.DropCollectionResponse()
 
     # ------------------------------------------------------------ documents
 
-    async def _documents(
-        self,
-        collection: idx.CollectionBackend,
-        batch: list[pb.Document],
-        context: Any,
-        priority: Priority = Priority.BULK,
-    ) -> list[Document]:
-        texts = [self._text(d.text, f"documents[{i}].text") for i, d in enumerate(batch)]
-        metadata = [metadata_of(d.metadata_json, f"documents[{i}].metadata_json")
-                    for i, d in enumerate(batch)]  # fmt: skip
-        # Long documents are embedded in windows: every token of a stored text gets a vector.
-        results = await self._embed(
-            texts, context, role=TextRole.PASSAGE, windowed=True,
-            token_vectors=collection.store_tokens, priority=priority,
-        )  # fmt: skip
+    @staticmethod
+    def _new_documents(batch: Any) -> list[NewDocument]:
+        """The messages' documents for the shared upsert (collection_ops.py)."""
         docs = []
-        for d, meta, r in zip(batch, metadata, results, strict=True):
-            tokens = token_vectors = None
-            if collection.store_tokens:
-                t = r.tokenized
-                tokens = [Token(tok, s, e) for tok, (s, e) in zip(t.tokens, t.offsets, strict=True)]
-                token_vectors = r.token_vectors
-            docs.append(Document(text=d.text, vector=r.sentence, id=d.id or None, metadata=meta,
-                                 tokens=tokens, token_vectors=token_vectors))  # fmt: skip
+        for i, d in enumerate(batch):
+            vector = None
+            if d.HasField("vector"):
+                try:
+                    vector = from_tensor(d.vector)
+                except ValueError as err:
+                    raise BadRequest(f"documents[{i}].vector: {err}") from None
+            metadata = metadata_of(d.metadata_json, f"documents[{i}].metadata_json")
+            docs.append(NewDocument(d.text, d.id or None, metadata, vector))
         return docs
 
     @rpc
@@ -338,67 +321,107 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
                 )
             try:
                 level = priority_of(request.priority, Priority.BULK)
-                docs = await self._documents(collection, list(request.documents), context, level)
-                ids += await asyncio.to_thread(collection.upsert, docs, self.model_name)
+                ids += await self.ops.store(
+                    collection, self._new_documents(request.documents), priority=level,
+                    timeout=context.time_remaining(),
+                )  # fmt: skip
             except Exception as err:
                 if ids:  # say what is already stored: the caller must not guess
                     err.args = (f"{err} ({len(ids)} documents sent before it were stored)",)
                 raise
         return pb.UpsertResponse(upserted=len(ids), ids=ids)
 
+    @staticmethod
+    def _stored(doc: Document, with_vectors: bool) -> pb.StoredDocument:
+        stored = pb.StoredDocument(
+            id=doc.id, text=doc.text, metadata_json=json.dumps(doc.metadata, ensure_ascii=False)
+        )
+        if with_vectors and doc.vector is not None:
+            stored.vector.CopyFrom(to_tensor(doc.vector))
+        return stored
+
     @rpc
     async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
-        collection = await self._collection(request.collection)
-        docs = await asyncio.to_thread(collection.get, list(request.ids))
+        docs = await self.ops.get(request.collection, list(request.ids))
         reply = pb.GetResponse()
         for doc_id, doc in zip(request.ids, docs, strict=True):
             if doc is None:
                 reply.missing.append(doc_id)
-                continue
-            stored = reply.documents.add(
-                id=doc.id, text=doc.text,
-                metadata_json=json.dumps(doc.metadata, ensure_ascii=False),
-            )  # fmt: skip
-            if request.with_vectors:
-                stored.vector.CopyFrom(to_tensor(doc.vector))
+            else:
+                reply.documents.append(self._stored(doc, request.with_vectors))
         return reply
 
     @rpc
     async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
-        collection = await self._collection(request.collection)
-        return pb.DeleteResponse(
-            deleted=await asyncio.to_thread(collection.delete, list(request.ids))
+        where = _filter(request.filter_json) if request.filter_json else None
+        deleted = await self.ops.delete(request.collection, list(request.ids), where)
+        return pb.DeleteResponse(deleted=deleted)
+
+    @rpc
+    async def Count(self, request: pb.CountRequest, context: Any) -> pb.CountResponse:
+        count = await self.ops.count(request.collection, _filter(request.filter_json))
+        return pb.CountResponse(count=count)
+
+    @rpc
+    async def Scroll(self, request: pb.ScrollRequest, context: Any) -> pb.ScrollResponse:
+        page: Page = await self.ops.scroll(
+            request.collection, _filter(request.filter_json), request.limit, request.cursor,
+            with_vectors=request.with_vectors,
+        )  # fmt: skip
+        return pb.ScrollResponse(
+            documents=[self._stored(d, request.with_vectors) for d in page.documents],
+            next_cursor=page.next_cursor or "",
         )
 
     @rpc
+    async def UpdateMetadata(
+        self, request: pb.UpdateMetadataRequest, context: Any
+    ) -> pb.UpdateMetadataResponse:
+        mode = choice(METADATA_MODES, request.mode, "mode")
+        patch = metadata_of(request.patch_json, "patch_json")
+        updated = await self.ops.update_metadata(request.collection, list(request.ids), patch, mode)
+        return pb.UpdateMetadataResponse(updated=updated)
+
+    async def _search(
+        self, request: Any, context: Any, texts: list[str] | None, vectors: Any
+    ) -> list[list[idx.Hit]]:
+        """What Search and SearchBatch share: their options, one call of the shared search."""
+        threshold = request.score_threshold if request.HasField("score_threshold") else None
+        return await self.ops.search(
+            request.collection, texts=texts, vectors=vectors, k=k_of(request),
+            where=_filter(request.filter_json), ef_search=request.ef_search,
+            nprobe=request.nprobe, score_threshold=threshold,
+            with_vectors=request.with_vectors, priority=priority_of(request.priority),
+            timeout=context.time_remaining(),
+            field="texts" if texts is not None else "vectors",
+        )  # fmt: skip
+
+    @rpc
     async def Search(self, request: pb.SearchRequest, context: Any) -> pb.SearchResponse:
-        collection = await self._collection(request.collection)
         which = request.WhichOneof("query")
         if which == "text":
-            text = self._text(request.text)
-            level = priority_of(request.priority, Priority.QUERY)
-            (result,) = await self._embed([text], context, role=TextRole.QUERY, priority=level)
-            vector = result.sentence
+            hits = await self._search(request, context, [self._text(request.text)], None)
         elif which == "vector":
-            try:
-                vector = from_tensor(request.vector)
-            except ValueError as err:
-                raise BadRequest(f"vector: {err}") from None
+            hits = await self._search(request, context, None, _tensor(request.vector, "vector"))
         else:
             raise BadRequest("query: give a text or a vector")
-        where = metadata_of(request.filter_json, "filter_json")
-        hits = await asyncio.to_thread(
-            collection.search, vector, k_of(request), where,
-            ef_search=request.ef_search or None, nprobe=request.nprobe or None,
-            model=self.model_name,
-        )  # fmt: skip
-        return pb.SearchResponse(
-            hits=[
-                pb.Hit(id=h.id, score=h.score, text=h.text or "",
-                       metadata_json=json.dumps(h.metadata, ensure_ascii=False))
-                for h in hits[0]
-            ]
-        )  # fmt: skip
+        return pb.SearchResponse(hits=_hits_reply(hits[0], request.with_vectors))
+
+    @rpc
+    async def SearchBatch(
+        self, request: pb.SearchBatchRequest, context: Any
+    ) -> pb.SearchBatchResponse:
+        if request.texts and request.HasField("vectors"):
+            raise BadRequest("texts and vectors: give one of them, not both")
+        if request.HasField("vectors"):
+            results = await self._search(
+                request, context, None, _tensor(request.vectors, "vectors")
+            )
+        else:
+            results = await self._search(request, context, list(request.texts), None)
+        return pb.SearchBatchResponse(
+            results=[pb.HitList(hits=_hits_reply(hits, request.with_vectors)) for hits in results]
+        )
 
     # ------------------------------------------------------------ senses
 
@@ -511,7 +534,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             self.explainer.explain, self._text(request.text), request.word, span=span_of(request),
             occurrence=request.occurrence, layers=list(request.layers) or None,
             heads=list(request.heads) or None, role=role_of(request.role),
-            truncate=request.truncate,
+            truncate=request.truncate, neuron=neuron_of(request),
         )  # fmt: skip
         reply = pb.ExplainResponse(
             tokens=_tokens_reply(result.tokenized), layers=result.layers, heads=result.heads,
@@ -523,6 +546,12 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         )  # fmt: skip
         if result.target is not None:
             reply.span.CopyFrom(pb.Span(start=result.target.start, end=result.target.end))
+        if result.neuron is not None:
+            n = result.neuron
+            reply.neuron.CopyFrom(pb.Neuron(layer=n.layer, head=n.head,
+                                            query_tokens=n.query_tokens,
+                                            queries=to_tensor(n.queries),
+                                            keys=to_tensor(n.keys)))  # fmt: skip
         return reply
 
     @rpc
@@ -538,6 +567,32 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             cosines=cosines, span_a=pb.Span(start=a.start, end=a.end),
             span_b=pb.Span(start=b.start, end=b.end),
         )  # fmt: skip
+
+
+METADATA_MODES = {pb.METADATA_MERGE: "merge", pb.METADATA_REPLACE: "replace"}
+
+
+def _filter(text: str) -> dict[str, Any] | None:
+    """A filter_json field: None when empty (no filter)."""
+    return metadata_of(text, "filter_json") if text else None
+
+
+def _tensor(tensor: pb.Tensor, field: str) -> np.ndarray:
+    try:
+        return from_tensor(tensor)
+    except ValueError as err:
+        raise BadRequest(f"{field}: {err}") from None
+
+
+def _hits_reply(hits: list[idx.Hit], with_vectors: bool) -> list[pb.Hit]:
+    replies = []
+    for h in hits:
+        hit = pb.Hit(id=h.id, score=h.score, text=h.text or "",
+                     metadata_json=json.dumps(h.metadata, ensure_ascii=False))  # fmt: skip
+        if with_vectors and h.vector is not None:
+            hit.vector.CopyFrom(to_tensor(h.vector))
+        replies.append(hit)
+    return replies
 
 
 def _occurrence_reply(o: FoundOccurrence) -> pb.Occurrence:

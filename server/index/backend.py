@@ -32,20 +32,60 @@ class CollectionBackend(Protocol):
 
     def info(self) -> CollectionInfo: ...
 
-    def count(self) -> int: ...
+    def count(self, where: Mapping[str, Any] | None = None) -> int:
+        """How many documents match `where` (filters.py; None or {}: all of them)."""
+        ...
 
     def index_vectors(self) -> int:
         """Vectors the index holds, dead ones included where it keeps them (a metric)."""
         ...
 
     def upsert(self, docs: Sequence[Document], model: str | None = None) -> list[str]:
-        """Insert or replace; the ids. When it returns, every read sees the documents."""
+        """Insert or replace; the ids. When it returns, every read sees the documents. A
+        document may come with its vector only (no tokens), in any collection: embedded
+        elsewhere, it has no word occurrences. DimensionMismatch names both dimensions."""
         ...
 
     def get(self, ids: Sequence[str]) -> list[Document | None]: ...
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete by id; how many existed."""
+        ...
+
+    def delete_where(self, where: Mapping[str, Any]) -> int:
+        """Delete the documents that match; how many. FilterError for an empty filter (to
+        delete everything, drop the collection)."""
+        ...
+
+    def scroll(
+        self,
+        where: Mapping[str, Any] | None,
+        limit: int,
+        after: str | None = None,
+        *,
+        with_vectors: bool = False,
+    ) -> tuple[list[Document], str | None]:
+        """One page of the documents that match, in id order (Unicode code points), with
+        ids above `after`: (at most `limit` documents, 1-10,000, and the `after` of the next
+        page, or None when there is no more). Documents carry id, text and metadata, and
+        their vector when with_vectors (else an empty array); never token vectors.
+
+        The cursor is the last id returned, so a scroll promises: a document that exists
+        and matches from the scroll's first page to its last comes exactly once; one
+        inserted, deleted or changed to match (or not) meanwhile comes once or not at all;
+        none comes twice. A cursor never expires. A page may hold fewer than `limit`
+        documents with more to come (a document deleted while the page was read; on milvus,
+        a page cut short to stay within Milvus's query window): the scroll ends only when
+        the next cursor is None."""
+        ...
+
+    def update_metadata(
+        self, ids: Sequence[str], patch: Mapping[str, Any], mode: str = "merge"
+    ) -> int:
+        """Change the metadata of these documents; how many of the ids exist. mode "merge":
+        the patch's top-level keys are set (a key set to None holds null; it is not
+        removed), the others kept; "replace": the patch is the new metadata. No vector is
+        recomputed; filters see the change when it returns."""
         ...
 
     def search(
@@ -58,7 +98,14 @@ class CollectionBackend(Protocol):
         ef_search: int | None = None,
         nprobe: int | None = None,
         model: str | None = None,
-    ) -> list[list[Hit]]: ...
+        score_threshold: float | None = None,
+        with_vectors: bool = False,
+    ) -> list[list[Hit]]:
+        """The k best documents for each query (a (dim,) vector or an (n, dim) batch): one
+        list of hits per query, best first. score_threshold keeps the hits whose score is
+        at least it (cosine, ip) or whose squared distance is at most it (l2); with_vectors
+        puts each document's stored vector on its hit."""
+        ...
 
     def ids_containing(self, word: str, limit: int) -> list[str]:
         """Ids of documents whose text contains `word` (at most `limit`): where a word's

@@ -45,14 +45,22 @@ from embedsense.server.index.faiss_index import (
     training_size,
     write_snapshot,
 )
-from embedsense.server.index.filters import compile_filter
+from embedsense.server.index.filters import compile_filter, parse, required_filter
 from embedsense.server.index.generation import Generation, build, catch_up
-from embedsense.server.index.hits import Hit, assemble_hits
+from embedsense.server.index.hits import Hit, assemble_hits, within
 from embedsense.server.index.locks import ReadWriteLock
 from embedsense.server.index.search_plan import search_generation
 from embedsense.server.index.specs import check_spec
 from embedsense.server.index.store import CollectionRow, Document, Store
-from embedsense.server.index.validation import check_model, checked_query, validated
+from embedsense.server.index.validation import (
+    check_model,
+    checked_patch,
+    checked_query,
+    checked_scroll,
+    checked_threshold,
+    patched,
+    validated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -342,8 +350,55 @@ class Collection:
         found = self.store.get(self.name, list(ids), self.dim)
         return [found.get(doc_id) for doc_id in ids]
 
-    def count(self) -> int:
-        return self._gen.live.count
+    def count(self, where: Mapping[str, Any] | None = None) -> int:
+        """How many documents (that match `where`)."""
+        if parse(where) is None:
+            return self._gen.live.count
+        self._check_open()
+        return self.store.count_where(self.name, *compile_filter(where))
+
+    def scroll(
+        self,
+        where: Mapping[str, Any] | None,
+        limit: int,
+        after: str | None = None,
+        *,
+        with_vectors: bool = False,
+    ) -> tuple[list[Document], str | None]:
+        """A page of the matching documents in id order, ids above `after`, and the cursor
+        of the next page (None: no more). Each page is one read of the store; the cursor is
+        an id, so a document present throughout a scroll comes exactly once (backend.py)."""
+        checked_scroll(limit, after)
+        condition = compile_filter(where)
+        self._check_open()
+        docs = self.store.scroll(self.name, *condition, after, limit + 1, with_vectors)
+        page = docs[:limit]
+        return page, (page[-1].id if len(docs) > limit else None)
+
+    def delete_where(self, where: Mapping[str, Any]) -> int:
+        """Delete the matching documents; how many. Durable when it returns."""
+        condition = compile_filter(required_filter(where))
+        with self._writer:
+            self._check_open()
+            dead = self.store.delete_where(self.name, *condition)
+            with self._lock.writing():
+                self._gen.live.discard(dead)
+            self._after_write(len(dead))
+        return len(dead)
+
+    def update_metadata(
+        self, ids: Sequence[str], patch: Mapping[str, Any], mode: str = "merge"
+    ) -> int:
+        """Merge `patch` into (or, mode "replace", make it) the documents' metadata; how many
+        of the ids exist. No vector changes; filters see it when this returns."""
+        ids = checked_patch(ids, patch, mode)
+        with self._writer:
+            self._check_open()
+            found = self.store.update_metadata(
+                self.name, ids, lambda metadata: patched(metadata, patch, mode)
+            )
+            self._after_write(0)  # no vector changed; cached filter results are stale
+        return found
 
     def index_vectors(self) -> int:
         return self._gen.index.ntotal
@@ -362,14 +417,18 @@ class Collection:
         ef_search: int | None = None,
         nprobe: int | None = None,
         model: str | None = None,
+        score_threshold: float | None = None,
+        with_vectors: bool = False,
     ) -> list[list[Hit]]:
         """The k nearest live documents for each query vector (one row each), best first.
 
         `where` filters on metadata inside the search (see filters.py). ef_search (HNSW) and
         nprobe (IVF) override the collection's defaults for this call. with_documents=False:
-        ids and scores only, as the index found them.
+        ids and scores only, as the index found them. score_threshold drops the hits worse
+        than it (hits.within); with_vectors: each hit carries its document's stored vector.
         """
         queries = checked_query(self.row, queries, k, model)
+        threshold = checked_threshold(score_threshold)
         condition = compile_filter(where) if where else None
         while True:
             self._check_open()  # a new collection of the name may be renumbering the store
@@ -390,10 +449,15 @@ class Collection:
                 ids = [[gen.ids[label] for label in row if label >= 0] for row in labels]
             break
         texts = None
+        wanted = sorted({doc_id for row in ids for doc_id in row})
         if with_documents:
-            wanted = sorted({doc_id for row in ids for doc_id in row})
             texts = self.store.texts(self.name, wanted)
-        return assemble_hits(ids, scores, texts)
+        hits = within(assemble_hits(ids, scores, texts), self.row.metric, threshold)
+        if with_vectors:
+            vectors = self.store.vectors(self.name, wanted)
+            for hit in (hit for row in hits for hit in row):
+                hit.vector = vectors.get(hit.id)
+        return hits
 
     def _matching(self, condition: tuple[str, list[Any]]) -> tuple[int, np.ndarray]:
         """The labels a filter matches, as a bitmap, and their numbering: from the cache

@@ -14,6 +14,7 @@ class Hit:
     score: float  # inner product (cosine for "cosine"), or squared L2 distance for "l2"
     text: str | None = None
     metadata: dict[str, Any] | None = None
+    vector: np.ndarray | None = None  # (dim,) float32: the document's pooled vector, when asked
 
 
 def assemble_hits(
@@ -32,3 +33,13 @@ def assemble_hits(
                 hits.append(Hit(doc_id, float(score), *found))
         results.append(hits)
     return results
+
+
+def within(hits: list[list[Hit]], metric: str, threshold: float | None) -> list[list[Hit]]:
+    """The hits good enough for `threshold`: a score at least it for the similarities
+    ("cosine", "ip"), a distance at most it for "l2" (squared L2, as the scores are)."""
+    if threshold is None:
+        return hits
+    if metric == "l2":
+        return [[h for h in row if h.score <= threshold] for row in hits]
+    return [[h for h in row if h.score >= threshold] for row in hits]

@@ -21,7 +21,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,6 +302,78 @@ class Store:
             for doc_id, text, metadata in self._by_id(collection, ids, "id, text, metadata")
         }
 
+    def vectors(self, collection: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The pooled vectors by id (not the token vectors)."""
+        return {
+            doc_id: np.frombuffer(vector, dtype=np.float32).copy()
+            for doc_id, vector in self._by_id(collection, ids, "id, vector")
+        }
+
+    # ------------------------------------------------------------ by filter
+
+    def count_where(self, collection: str, condition: str, params: Sequence[Any]) -> int:
+        ((n,),) = self._query(
+            f"SELECT COUNT(*) FROM documents WHERE collection = ? AND {condition}",
+            [collection, *params],
+        )
+        return n
+
+    def delete_where(self, collection: str, condition: str, params: Sequence[Any]) -> list[int]:
+        """Delete the matching documents in one transaction; the labels that died."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                f"DELETE FROM documents WHERE collection = ? AND {condition} RETURNING label",
+                [collection, *params],
+            ).fetchall()
+        return [label for (label,) in rows]
+
+    def scroll(
+        self, collection: str, condition: str, params: Sequence[Any], after: str | None,
+        limit: int, with_vectors: bool,
+    ) -> list[Document]:  # fmt: skip
+        """Up to `limit` matching documents with ids above `after`, in id order (the primary
+        key's order: SQLite compares TEXT bytewise, which for UTF-8 is code-point order), from
+        one read snapshot; vector empty unless with_vectors."""
+        rows = self._query(
+            f"SELECT id, text, metadata{', vector' if with_vectors else ''} FROM documents "
+            f"WHERE collection = ? AND id > ? AND {condition} ORDER BY id LIMIT ?",
+            [collection, after or "", *params, limit],
+        )
+        empty = np.zeros(0, dtype=np.float32)
+        return [
+            Document(
+                id=row[0],
+                text=row[1],
+                metadata=json.loads(row[2]),
+                vector=np.frombuffer(row[3], dtype=np.float32).copy() if with_vectors else empty,
+            )
+            for row in rows
+        ]
+
+    def update_metadata(
+        self, collection: str, ids: Sequence[str], change: Callable[[dict], dict]
+    ) -> int:
+        """Each existing document's metadata replaced by change(metadata), in one
+        transaction; how many existed. Labels, vectors and texts stay as they are."""
+        now = time.time()
+        with self.transaction() as conn:
+            updates = []
+            for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+                chunk = list(ids[start : start + 500])
+                rows = conn.execute(
+                    "SELECT id, metadata FROM documents WHERE collection = ? AND id IN "
+                    f"({','.join('?' * len(chunk))})",
+                    [collection, *chunk],
+                ).fetchall()
+                for doc_id, metadata in rows:
+                    new = json.dumps(change(json.loads(metadata)), ensure_ascii=False)
+                    updates.append((new, now, collection, doc_id))
+            conn.executemany(
+                "UPDATE documents SET metadata = ?, updated_at = ? WHERE collection = ? AND id = ?",
+                updates,
+            )
+        return len(updates)
+
     def _by_id(self, collection: str, ids: Sequence[str], columns: str) -> Iterator[Any]:
         for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
             chunk = list(ids[start : start + 500])
@@ -427,10 +499,11 @@ class Store:
             return conn.execute("DELETE FROM inventories WHERE name = ?", (name,)).rowcount == 1
 
     def ids_containing(self, collection: str, word: str, limit: int) -> list[str]:
-        """Ids of up to `limit` documents whose text contains `word`, in label order."""
+        """Ids of up to `limit` documents whose text contains `word`, in label order; only
+        documents with token vectors (one upserted with its vector alone has no occurrences)."""
         rows = self._query(
             "SELECT id FROM documents WHERE collection = ? AND instr(text, ?) > 0 "
-            "ORDER BY label LIMIT ?",
+            "AND tokens IS NOT NULL ORDER BY label LIMIT ?",
             (collection, word, limit),
         )
         return [doc_id for (doc_id,) in rows]

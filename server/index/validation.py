@@ -3,9 +3,11 @@ naming the document and what would be valid. Pure functions of the collection's 
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,8 @@ from embedsense.server.index.store import CollectionRow, Document
 
 MAX_ID_LENGTH = 256
 MAX_K = 10_000
+MAX_SCROLL_LIMIT = 10_000
+METADATA_MODES = ("merge", "replace")
 METRICS = ("cosine", "ip", "l2")
 SEARCH_OPTIONS = ("ef_search", "nprobe")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -100,9 +104,14 @@ def checked_vectors(row: CollectionRow, vectors: np.ndarray, what: str) -> np.nd
     """Rows checked (dimension, finite) and, for cosine, L2-normalized; one pass."""
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != row.dim:
+        given = (
+            f"a {vectors.shape[1]}-dim vector"
+            if vectors.ndim == 2
+            else (f"a vector of shape {vectors.shape[1:]}")
+        )
         raise DimensionMismatch(
-            f"{what}: a vector of shape {vectors.shape[1:]}; collection {row.name!r} "
-            f"holds {row.dim}-dim vectors of {row.model!r}"
+            f"{what}: {given}; collection {row.name!r} holds {row.dim}-dim vectors of "
+            f"{row.model!r} (expected dimension {row.dim})"
         )
     if not np.isfinite(vectors).all():
         raise InvalidArgument(f"{what}: a vector has NaN or infinite values")
@@ -115,3 +124,49 @@ def checked_vectors(row: CollectionRow, vectors: np.ndarray, what: str) -> np.nd
             vectors = vectors.copy()
             vectors[off] /= norms[off, None]
     return np.ascontiguousarray(vectors)
+
+
+def checked_scroll(limit: int, after: str | None) -> None:
+    """A scroll's page size and cursor (the last id of the page before, or None)."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise InvalidArgument(f"a scroll's limit is an integer, got {limit!r}")
+    if not 1 <= limit <= MAX_SCROLL_LIMIT:
+        raise InvalidArgument(
+            f"a scroll's limit must be within 1-{MAX_SCROLL_LIMIT:,}, got {limit}"
+        )
+    if after is not None and not isinstance(after, str):
+        raise InvalidArgument(f"a scroll's cursor is a document id (a string), got {after!r}")
+
+
+def checked_threshold(score_threshold: float | None) -> float | None:
+    if score_threshold is None:
+        return None
+    if isinstance(score_threshold, bool) or not isinstance(score_threshold, int | float):
+        raise InvalidArgument(f"score_threshold is a number, got {score_threshold!r}")
+    if not math.isfinite(score_threshold):
+        raise InvalidArgument(f"score_threshold must be finite, got {score_threshold!r}")
+    return float(score_threshold)
+
+
+def checked_patch(ids: Sequence[str], patch: Mapping[str, Any], mode: str) -> list[str]:
+    """A metadata update's ids (unique, in order) and patch, checked; InvalidArgument names
+    what is wrong."""
+    if mode not in METADATA_MODES:
+        raise InvalidArgument(f"metadata update mode {mode!r}: expected merge or replace")
+    if not isinstance(patch, Mapping):
+        raise InvalidArgument(f"a metadata patch is a JSON object, got {type(patch).__name__}")
+    if not all(isinstance(key, str) for key in patch):
+        raise InvalidArgument("a metadata patch's keys are strings")
+    try:
+        json.dumps(patch, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise InvalidArgument(f"a metadata patch must be JSON: {err}") from None
+    if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
+        raise InvalidArgument("a metadata update takes a list of document ids (strings)")
+    return list(dict.fromkeys(ids))
+
+
+def patched(metadata: Mapping[str, Any], patch: Mapping[str, Any], mode: str) -> dict[str, Any]:
+    """The metadata after an update: merge sets the patch's top-level keys (None stores
+    null, it does not remove the key); replace makes the patch the metadata."""
+    return dict(patch) if mode == "replace" else {**metadata, **patch}

@@ -15,9 +15,18 @@ processes on 127.0.0.1 reached over gRPC. milvus-lite is slow: it answers only t
 Part 2 (--service), the service: 32 concurrent callers embedding Chinese texts through one
 client that knows every replica, with 1 and then 2 encoder servers over one milvus-lite server.
 
+Part 3 (--data-ops), issue 26's operations on each backend: filtered search whose filter is
+an `$or` over two fields against a one-field filter, both keeping 10 % of the documents
+(queries/s and recall@10 at each ef_search: `cached` repeats the filter, as the faiss backend
+caches its matches between writes; `fresh`, on --fresh-queries queries, evaluates it for every
+query), count by filter,
+scroll through every document (10,000 a page, without and with vectors), and delete 10 % by
+filter.
+
 Last line: one JSON object.
 
     python tests/bench/bench_backends.py [--n 100000] [--dim 384] [--queries 100] [--service]
+    python tests/bench/bench_backends.py --data-ops --backends faiss [--spec HNSW32]
 """
 
 from __future__ import annotations
@@ -110,6 +119,131 @@ def bench_backend(name: str, settings: BackendSettings, vectors, queries, truths
         backend.close()
 
 
+# Part 3: two filters of the same selectivity (10 %), one field against an $or of two.
+ONE_FIELD = {"bucket": 3}  # i % 10 == 3
+TWO_FIELD_OR = {"$or": [{"a": 6}, {"b": 0}]}  # i % 20 == 6, or (i + 7) % 20 == 0: i % 20 == 13
+
+
+def ops_metadata(i: int) -> dict:
+    return {"bucket": i % 10, "a": i % 20, "b": (i + 7) % 20}
+
+
+def ops_masks(n: int) -> dict[str, np.ndarray]:
+    i = np.arange(n)
+    return {"one_field": i % 10 == 3, "or_two_fields": (i % 20 == 6) | (i % 20 == 13)}
+
+
+def bench_data_ops(
+    name: str, settings: BackendSettings, vectors, queries, spec: str, fresh_queries: int
+) -> dict:
+    n = len(vectors)
+    backend = open_backend(settings)
+    try:
+        backend.create("ops", model="bench", dim=vectors.shape[1], index_spec=spec)
+        collection = backend.get("ops")
+        for start in range(0, n, 2000):
+            collection.upsert([
+                Document(text=f"text {i}", vector=vectors[i], id=f"d{i:07d}",
+                         metadata=ops_metadata(i))
+                for i in range(start, min(start + 2000, n))
+            ])  # fmt: skip
+        collection.wait_until_optimized()
+        row: dict = {"spec": spec}
+        masks = ops_masks(n)
+        for label, where in (("one_field", ONE_FIELD), ("or_two_fields", TWO_FIELD_OR)):
+            truth = [[f"d{int(h[1:]):07d}" for h in t]
+                     for t in exact(vectors, queries, masks[label])]  # fmt: skip
+            started = time.perf_counter()
+            matching = collection.count(where)
+            row[f"count_{label}_s"] = round(time.perf_counter() - started, 3)
+            assert matching == int(masks[label].sum()), (label, matching)
+            for mode in ("cached", "fresh"):
+                results = []
+                for ef in EF_VALUES:
+                    if mode == "fresh" and hasattr(collection, "_filters"):
+                        few = slice(0, fresh_queries)
+                        results.append(
+                            fresh_filter(collection, queries[few], truth[few], where, ef)
+                        )
+                    elif mode == "cached":
+                        results.append(measure(collection, queries, truth, where, ef))
+                if results:
+                    row[f"{label}_{mode}"] = results
+                for r in results:
+                    print(f"{name:<11} {label:<14} {mode:<6} ef {r['ef_search']:>4}  recall@10 "
+                          f"{r['recall_at_10']:.3f}  {r['qps']:>7.1f} q/s  p50 "
+                          f"{r['p50_ms']:>6.2f} ms")  # fmt: skip
+        for mode in ("cached", "fresh"):
+            one, two = row.get(f"one_field_{mode}"), row.get(f"or_two_fields_{mode}")
+            if one and two:
+                ratios = [round(b["qps"] / a["qps"], 2) for a, b in zip(one, two, strict=True)]
+                row[f"or_over_one_field_qps_{mode}"] = ratios
+                print(f"{name:<11} $or / one-field q/s ({mode}), ef {EF_VALUES}: {ratios}")
+        for with_vectors in (False, True):
+            started, seen, after = time.perf_counter(), 0, None
+            while True:
+                page, after = collection.scroll(None, 10_000, after, with_vectors=with_vectors)
+                seen += len(page)
+                if after is None:
+                    break
+            rate = seen / (time.perf_counter() - started)
+            assert seen == n, seen
+            key = "scroll_docs_per_s" + ("_with_vectors" if with_vectors else "")
+            row[key] = round(rate, 1)
+            print(f"{name:<11} scroll{' with vectors' if with_vectors else ''}: {rate:,.0f} "
+                  "documents/s")  # fmt: skip
+        started = time.perf_counter()
+        deleted = collection.delete_where({"bucket": 7})
+        row["delete_10pct_s"] = round(time.perf_counter() - started, 2)
+        assert deleted == n // 10 and collection.count() == n - deleted, deleted
+        print(f"{name:<11} delete 10 % by filter ({deleted:,} documents): "
+              f"{row['delete_10pct_s']:.2f} s")  # fmt: skip
+        backend.drop("ops")
+        return row
+    finally:
+        backend.close()
+
+
+def fresh_filter(collection, queries, truth, where, ef) -> dict:
+    """measure() with the faiss backend's filter cache emptied before every query: the
+    filter is evaluated over every document's metadata each time."""
+    latencies, found = [], []
+    for query in queries:
+        collection._filters.clear()
+        started = time.perf_counter()
+        hits = collection.search(query, k=10, where=where, ef_search=ef, with_documents=False)
+        latencies.append(time.perf_counter() - started)
+        found.append([h.id for h in hits[0]])
+    ms = np.array(latencies) * 1000
+    return {
+        "ef_search": ef, "recall_at_10": round(recall_at_10(found, truth), 4),
+        "qps": round(len(queries) / sum(latencies), 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }  # fmt: skip
+
+
+def data_ops(args, vectors, queries, root: Path) -> dict:
+    result: dict = {"n": args.n, "dim": args.dim, "queries": len(queries)}
+    for name in args.backends:
+        if name == "faiss":
+            settings, server = BackendSettings("faiss", root / "faiss"), None
+        elif name == "milvus-lite":
+            server = MilvusLiteServer(root / "milvus-lite")
+            settings = BackendSettings("milvus", milvus_uri=server.uri)
+        else:
+            server = MilvusStandalone(root / "milvus")
+            settings = BackendSettings("milvus", milvus_uri=server.uri)
+        try:
+            result[name] = bench_data_ops(
+                name, settings, vectors, queries, args.spec, args.fresh_queries
+            )
+        finally:
+            if server is not None:
+                server.stop()
+    return result
+
+
 def at_equal_recall(rows: list[dict], target: float = 0.95) -> dict | None:
     """The fastest setting that reaches the recall target."""
     reached = [r for r in rows if r["recall_at_10"] >= target]
@@ -155,9 +289,18 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["faiss", "milvus-lite", "milvus"])
     parser.add_argument("--service", action="store_true", help="part 2 too")
     parser.add_argument("--texts", type=int, default=256)
+    parser.add_argument("--data-ops", action="store_true", help="part 3 only (issue 26)")
+    parser.add_argument("--spec", default="HNSW32", help="part 3's index spec")
+    parser.add_argument("--fresh-queries", type=int, default=20, help="part 3: fresh filters")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     vectors, queries = dataset("clustered", args.n, args.queries, args.dim)
+    if args.data_ops:
+        print(f"{args.n} clustered unit vectors x {args.dim}, {args.queries} queries, "
+              f"{args.spec}, k = 10, one query per call")  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="embedsense-bench-") as tmp:
+            print(json.dumps(data_ops(args, vectors, queries, Path(tmp))))
+        return
     mask = np.arange(args.n) % 10 == 3
     truths = {"unfiltered": exact(vectors, queries, None),
               "filtered_10pct": exact(vectors, queries, mask)}  # fmt: skip

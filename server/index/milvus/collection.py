@@ -24,16 +24,19 @@ import numpy as np
 from embedsense.server.index.collection import CollectionInfo
 from embedsense.server.index.errors import (
     CollectionNotFound,
+    IndexUnavailable,
     IndexUnsupported,
     InvalidArgument,
 )
-from embedsense.server.index.hits import Hit
+from embedsense.server.index.filters import required_filter
+from embedsense.server.index.hits import Hit, within
 from embedsense.server.index.locks import ReadWriteLock
 from embedsense.server.index.milvus.calls import MilvusCalls, MilvusCollectionGone
 from embedsense.server.index.milvus.filters import (
     containing,
     grams,
     like_containing,
+    literal,
     literal_list,
     milvus_expression,
     typed,
@@ -47,11 +50,24 @@ from embedsense.server.index.milvus.versions import (
 )
 from embedsense.server.index.search_plan import filtered_ef
 from embedsense.server.index.store import CollectionRow, Document
-from embedsense.server.index.validation import check_model, checked_query, validated
+from embedsense.server.index.validation import (
+    check_model,
+    checked_patch,
+    checked_query,
+    checked_scroll,
+    checked_threshold,
+    patched,
+    validated,
+)
 
 # How long a filter's share of the collection (which widens ef) is reused before counting
 # again: a search should not pay for two counts.
 SHARE_TTL_S = 5.0
+# A scroll page whose query window came back full is narrowed to the ids up to the k-th lowest
+# it saw (k at most this), expecting a range that fits in the window; and gives up after
+# MAX_NARROWING queries (a collection written faster than it is read).
+NARROW_TO = MAX_ROWS_PER_QUERY // 16
+MAX_NARROWING = 32
 # Segments below this many rows get no index in Milvus: searched exhaustively, they are done.
 MIN_INDEXED_SEGMENT_ROWS = 1024
 
@@ -63,6 +79,9 @@ class MilvusCollection:
         self.layout = layout
         self.token_rows = TokenRows(calls, row.name, layout.docs, layout.tokens)
         self._drop_lock = ReadWriteLock()  # writes share it; a drop takes it alone
+        # Writes of documents share it; a metadata update (read, then written back) takes
+        # it alone, so that no write of this process lands between its read and its write.
+        self._rows = ReadWriteLock()
         self._dropped = False
         self.gone = False  # Milvus said so: another replica dropped it
         self.checked_at = time.monotonic()  # when the backend last saw it in the meta rows
@@ -107,9 +126,10 @@ class MilvusCollection:
         rows = self.calls.query(f"count {self.name!r}", collection, expression, ["count(*)"])
         return int(rows[0]["count(*)"])
 
-    def count(self) -> int:
+    def count(self, where: Mapping[str, Any] | None = None) -> int:
+        expression = milvus_expression(where)
         with self._calling():
-            return self._count(self.layout.docs)
+            return self._count(self.layout.docs, expression)
 
     def index_vectors(self) -> int:
         return self.count()
@@ -149,30 +169,35 @@ class MilvusCollection:
             raise InvalidArgument("the same id twice in one upsert")
         if not docs:
             return []
-        versions = [new_version() if d.tokens else "" for d in docs]
-        with self._writing():
-            if self.store_tokens:
-                replaced = self.token_rows.named(ids)
-                self.token_rows.insert(docs, versions)
-            rows = [
-                {
-                    "id": d.id,
-                    "vector": d.vector.tolist(),
-                    "text": d.text,
-                    "metadata": d.metadata,
-                    "filterable": typed(d.metadata),
-                    "tokens_version": v,
-                }
-                for d, v in zip(docs, versions, strict=True)
-            ]
-            if self.store_tokens and self.layout.has_grams:
-                for row in rows:
-                    row["grams"] = grams(row["text"])
-            self.calls(f"upsert into {self.name!r}", "upsert", self.layout.docs, rows)
-            if self.store_tokens:
-                self.token_rows.retire(ids, list(replaced.values()), versions)
-            self._settle()
+        with self._writing(), self._rows.reading():
+            self._write(docs)
         return ids
+
+    def _write(self, docs: list[Document]) -> None:
+        """Write checked documents, token rows first (versions.py's rules)."""
+        ids = [doc.id for doc in docs]
+        versions = [new_version() if d.tokens else "" for d in docs]
+        if self.store_tokens:
+            replaced = self.token_rows.named(ids)
+            self.token_rows.insert(docs, versions)
+        rows = [
+            {
+                "id": d.id,
+                "vector": d.vector.tolist(),
+                "text": d.text,
+                "metadata": d.metadata,
+                "filterable": typed(d.metadata),
+                "tokens_version": v,
+            }
+            for d, v in zip(docs, versions, strict=True)
+        ]
+        if self.store_tokens and self.layout.has_grams:
+            for row in rows:
+                row["grams"] = grams(row["text"])
+        self.calls(f"upsert into {self.name!r}", "upsert", self.layout.docs, rows)
+        if self.store_tokens:
+            self.token_rows.retire(ids, list(replaced.values()), versions)
+        self._settle()
 
     def _settle(self) -> None:
         written = [(self.layout.docs, "id")]
@@ -194,16 +219,133 @@ class MilvusCollection:
         ids = list(dict.fromkeys(ids))
         if not ids:
             return 0
-        with self._writing():
+        with self._writing(), self._rows.reading():
             named = self.token_rows.named(ids)
-            if named:
-                self.calls(
-                    f"delete from {self.name!r}", "delete", self.layout.docs, ids=list(named)
-                )
-                if self.store_tokens:
-                    self.token_rows.retire(list(named), list(named.values()), [])
-                self._settle()
+            self._delete(named)
         return len(named)
+
+    def _delete(self, named: dict[str, str]) -> None:
+        """Delete these documents (id -> the version of token rows it names)."""
+        if not named:
+            return
+        for chunk in chunks(list(named), 1000):
+            self.calls(f"delete from {self.name!r}", "delete", self.layout.docs, ids=chunk)
+            if self.store_tokens:
+                self.token_rows.retire(chunk, [named[i] for i in chunk], [])
+        self._settle()
+
+    def delete_where(self, where: Mapping[str, Any]) -> int:
+        """Delete the matching documents; how many. Their ids are read first (with the
+        versions their token rows have), a query window at a time, then deleted by id as
+        `delete` does: a document that starts to match while this runs may stay."""
+        expression = milvus_expression(required_filter(where))
+        deleted = 0
+        with self._writing(), self._rows.reading():
+            while True:
+                rows = self.calls.query(
+                    f"find what to delete in {self.name!r}",
+                    self.layout.docs,
+                    expression,
+                    ["id", "tokens_version"],
+                    limit=MAX_ROWS_PER_QUERY,
+                )
+                # Settled: the next query no longer sees these.
+                self._delete({row["id"]: row["tokens_version"] for row in rows})
+                deleted += len(rows)
+                if len(rows) < MAX_ROWS_PER_QUERY:
+                    return deleted
+
+    def update_metadata(
+        self, ids: Sequence[str], patch: Mapping[str, Any], mode: str = "merge"
+    ) -> int:
+        """Merge `patch` into (mode "replace": make it) the documents' metadata; how many of
+        the ids exist. Milvus cannot change one field of a row: each row is written again
+        with the vector and text it has (none recomputed), and its token rows under a new
+        version (versions.py's rule 1), so a concurrent writer never loses its tokens. In
+        this process the update excludes other writes of the collection; an upsert of the
+        same id from another replica races it (the later write wins, whole)."""
+        ids = checked_patch(ids, patch, mode)
+        if not ids:
+            return 0
+        with self._writing(), self._rows.writing():
+            if self.store_tokens:
+                found = self.token_rows.read(self._documents, ids)
+            else:
+                found = self._documents(ids)[0]
+            docs = list(found.values())
+            for doc in docs:
+                doc.metadata = patched(doc.metadata or {}, patch, mode)
+                self._checked(doc)
+            if docs:
+                self._write(docs)
+        return len(docs)
+
+    def _ids_after(self, expression: str, after: str | None, n: int) -> tuple[list[str], bool]:
+        """The ids of the first `n` matching documents above `after` in id order, and whether
+        more follow. A query with a limit returns *some* matching rows, not the lowest ids
+        (Milvus 2.3 reads each segment in the order it was written), so only a query that
+        comes back short of its window is known to hold every row of its range: a full one
+        is narrowed to the ids up to the k-th lowest it saw, until one comes back short."""
+        bounds = [f"({expression})"] if expression else []
+        bounds.append(f"id > {literal(after)}" if after is not None else 'id != ""')
+        upper = None
+        for _ in range(MAX_NARROWING):
+            narrowed = [*bounds, f"id <= {literal(upper)}"] if upper is not None else bounds
+            ids = sorted(
+                row["id"]
+                for row in self.calls.query(
+                    f"page through {self.name!r}",
+                    self.layout.docs,
+                    " and ".join(narrowed),
+                    ["id"],
+                    limit=MAX_ROWS_PER_QUERY,
+                )
+            )
+            if len(ids) < MAX_ROWS_PER_QUERY:
+                # Every row up to `upper` (or to the end); past `upper` there are more.
+                return ids[:n], upper is not None or len(ids) > n
+            upper = ids[min(n, NARROW_TO) - 1]
+        raise IndexUnavailable(
+            f"collection {self.name!r}: a page of the scroll did not settle in "
+            f"{MAX_NARROWING} queries; retry"
+        )
+
+    def scroll(
+        self,
+        where: Mapping[str, Any] | None,
+        limit: int,
+        after: str | None = None,
+        *,
+        with_vectors: bool = False,
+    ) -> tuple[list[Document], str | None]:
+        """A page of the matching documents in id order, ids above `after`, and the next
+        page's cursor (None: no more); see backend.py for what a cursor promises."""
+        checked_scroll(limit, after)
+        expression = milvus_expression(where)
+        fields = ["id", "text", "metadata", *(["vector"] if with_vectors else [])]
+        with self._calling():
+            ids, more = self._ids_after(expression, after, limit)
+            rows = {}
+            for chunk in chunks(ids, 1000):
+                for row in self.calls.query(
+                    f"read a page of {self.name!r}",
+                    self.layout.docs,
+                    f"id in {literal_list(chunk)}",
+                    fields,
+                ):
+                    rows[row["id"]] = row
+        empty = np.zeros(0, dtype=np.float32)
+        page = [
+            Document(
+                text=row["text"],
+                vector=np.asarray(row["vector"], dtype=np.float32) if with_vectors else empty,
+                id=row["id"],
+                metadata=row["metadata"] or {},
+            )
+            for row in (rows[i] for i in ids if i in rows)  # not: deleted since
+        ]
+        # The cursor is the last id of the page, even when that one was deleted since.
+        return page, (ids[-1] if more and ids else None)
 
     # ------------------------------------------------------------ reads
 
@@ -246,8 +388,11 @@ class MilvusCollection:
         ef_search: int | None = None,
         nprobe: int | None = None,
         model: str | None = None,
+        score_threshold: float | None = None,
+        with_vectors: bool = False,
     ) -> list[list[Hit]]:
         queries = checked_query(self.row, queries, k, model)
+        threshold = checked_threshold(score_threshold)
         expression = milvus_expression(where)
         index_type, _ = milvus_index(self.row.index_spec)
         params: dict[str, int] = {}
@@ -263,6 +408,8 @@ class MilvusCollection:
             elif index_type.startswith("IVF"):
                 params["nprobe"] = nprobe or self.row.options.get("nprobe", 16)
             fields = ["text", "metadata"] if with_documents else ["id"]
+            if with_vectors:
+                fields.append("vector")
             results = self.calls(
                 f"search {self.name!r}",
                 "search",
@@ -274,18 +421,20 @@ class MilvusCollection:
                 search_params={"metric_type": METRICS[self.row.metric], "params": params},
                 consistency_level="Bounded",
             )
-        return [
+        hits = [
             [
                 Hit(
                     h["id"],
                     float(h["distance"]),
                     h["entity"].get("text") if with_documents else None,
                     (h["entity"].get("metadata") or {}) if with_documents else None,
+                    np.asarray(h["entity"]["vector"], dtype=np.float32) if with_vectors else None,
                 )
                 for h in row
             ]
             for row in results
         ]
+        return within(hits, self.row.metric, threshold)
 
     def _share(self, expression: str) -> float:
         """The share of the documents the filter keeps, counted at most every SHARE_TTL_S."""
@@ -311,7 +460,7 @@ class MilvusCollection:
             rows = self.calls.query(
                 f"find {word!r} in {self.name!r}",
                 self.layout.docs,
-                containing(word),
+                f'{containing(word)} and tokens_version != ""',  # no tokens: no occurrences
                 ["id", "text"],
                 limit=MAX_ROWS_PER_QUERY,
             )
@@ -322,7 +471,7 @@ class MilvusCollection:
             rows = self.calls.query(
                 f"find {word!r} in {self.name!r}",
                 self.layout.docs,
-                like_containing(word),
+                f'{like_containing(word)} and tokens_version != ""',
                 ["id"],
                 limit=min(limit, MAX_ROWS_PER_QUERY),
             )

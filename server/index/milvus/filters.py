@@ -6,6 +6,13 @@ Metadata: Milvus compares JSON values loosely (true == 1, a null equals a missin
 run on a typed copy of the metadata: strings become "s:…", booleans "b:1"/"b:0", null
 "null:", numbers stay numbers; the compiled expression says exactly what the SQLite one does
 (tests/test_backends.py checks both give identical ids on one set of filter cases).
+Milvus's `not` is loose in the same way, so `$not` is pushed down to the field conditions
+(De Morgan) and each is negated exactly: "not (exists f) or not (...)". A range comparison
+with a value of another kind is unknown too, so its negation names the other kinds: strings
+(`like "%"`) and non-empty arrays (`exists f[0]`); an object or an empty array has no test
+that Milvus 2.3 parses, and is the one value `$not` of a range does not match here (faiss
+matches it). Array membership ($contains, $contains_any) is json_contains_any on the typed
+elements.
 
 Occurrences: Milvus before 2.4 has no infix LIKE, and a word is any substring (苹果 inside
 我喜欢吃苹果). Each document of a collection with token vectors keeps the set of its
@@ -21,11 +28,21 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from embedsense.server.index.filters import COMPARISONS, Condition, parse_filter
+from embedsense.server.index.filters import (
+    COMPARISONS,
+    And,
+    Condition,
+    Node,
+    Not,
+    Or,
+    negated,
+    parse,
+)
 
 MAX_GRAMS = 4096  # Milvus's ARRAY capacity
 MAX_GRAM_BYTES = 16  # two characters are at most 8 UTF-8 bytes
 EVERY_GRAM = "<every gram>"  # longer than any gram: "too many to list, always a candidate"
+OPPOSITE = {"$gt": "<=", "$gte": "<", "$lt": ">=", "$lte": ">"}  # what each comparison is not
 
 
 def typed(value: Any) -> Any:
@@ -55,12 +72,29 @@ def literal_list(values: list[str]) -> str:
 
 
 def milvus_expression(where: Mapping[str, Any] | None) -> str:
-    """The filter language as a Milvus boolean expression on the typed copy."""
-    return " and ".join(_clause(c) for c in parse_filter(where))
+    """The filter language as a Milvus boolean expression on the typed copy ("" for none)."""
+    node = parse(where)
+    return "" if node is None else _expression(node)
 
 
-def _clause(c: Condition) -> str:
-    field = "filterable" + "".join(f"[{json.dumps(part)}]" for part in c.path)
+def _expression(node: Node) -> str:
+    if isinstance(node, And | Or):
+        glue = " and " if isinstance(node, And) else " or "
+        return "(" + glue.join(_expression(part) for part in node.parts) + ")"
+    if isinstance(node, Not):
+        # Milvus's `not` is not strict (a row without the field drops out of `not (...)`
+        # too), so a negation is pushed down to the field conditions, each negated exactly.
+        part = node.part
+        return _negative(part) if isinstance(part, Condition) else _expression(negated(part))
+    return _positive(node)
+
+
+def _path(c: Condition) -> str:
+    return "filterable" + "".join(f"[{json.dumps(part)}]" for part in c.path)
+
+
+def _positive(c: Condition) -> str:
+    field = _path(c)
 
     def equals(value: Any) -> str:
         return f"{field} == {literal(typed(value))}"
@@ -72,12 +106,54 @@ def _clause(c: Condition) -> str:
         # evaluates that row by row, parsing the row's JSON for each value: a $in of
         # 10,000 values over 40 rows takes about a second there.
         return "(" + " or ".join(equals(v) for v in c.operand) + ")"
-    if c.op == "$ne":
-        return f"(not (exists {field}) or not ({equals(c.operand)}))"
+    if c.op in ("$ne", "$nin"):
+        return _negative(Condition(c.path, "$eq" if c.op == "$ne" else "$in", c.operand))
+    if c.op == "$exists":
+        return f"(exists {field})" if c.operand else f"(not (exists {field}))"
+    if c.op in ("$contains", "$contains_any"):
+        values = [c.operand] if c.op == "$contains" else c.operand
+        elements = json.dumps(_elements(values), ensure_ascii=False)
+        return f"json_contains_any({field}, {elements})"
     op = COMPARISONS[c.op]
     if isinstance(c.operand, str):  # only strings: between the "s:" and "s;" tags
         return f'({field} >= "s:" and {field} < "s;" and {field} {op} {literal(typed(c.operand))})'
     return f"{field} {op} {literal(c.operand)}"
+
+
+def _negative(c: Condition) -> str:
+    """Exactly the rows where the condition is false, a row without the field included."""
+    if c.op == "$exists":
+        return _positive(Condition(c.path, c.op, not c.operand))
+    if c.op in ("$ne", "$nin"):
+        return _positive(Condition(c.path, "$eq" if c.op == "$ne" else "$in", c.operand))
+    field = _path(c)
+    if c.op in OPPOSITE:
+        # A comparison with a value of another kind is unknown in Milvus, and so is its
+        # `not`: the complement is spelled out as the opposite comparison or another kind.
+        opposite = OPPOSITE[c.op]
+        if isinstance(c.operand, str):
+            other_kind = f'not ({field} like "s:%")'  # booleans and null are "b:"/"null:"
+        else:  # strings (all tagged) or arrays; not an object or [] (above)
+            # Each in parentheses: Milvus 2.3 reads `exists a or b` as `exists (a or b)`.
+            other_kind = f'({field} like "%") or (exists {field}[0])'
+        return (
+            f"(not (exists {field}) or {other_kind} or "
+            f"{field} {opposite} {literal(typed(c.operand))})"
+        )
+    return f"(not (exists {field}) or not ({_positive(c)}))"
+
+
+def _elements(values: list[Any]) -> list[Any]:
+    """Array elements to look for, typed; a whole number also as a float (1 and 1.0 are one
+    number in the filter language, and Milvus compares an array's elements by type)."""
+    elements: list[Any] = []
+    for value in values:
+        elements.append(typed(value))
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if float(value).is_integer() and abs(value) < 2**53:
+                elements += [int(value), float(value)]
+    unique = {(type(e).__name__, e): e for e in elements}  # 1 and 1.0 are both kept
+    return list(unique.values())
 
 
 # ------------------------------------------------------------------ occurrences

@@ -1,0 +1,251 @@
+"""The CLI's collection and document commands: `embedsense collections ...` and
+`embedsense docs ...`.
+
+    embedsense collections                      # list (as before)
+    embedsense collections create news --index HNSW32
+    embedsense collections describe news
+    embedsense collections drop news            # `embedsense drop news` still works
+    embedsense docs get news ID [ID...] [--vectors]
+    embedsense docs count news --filter '{"lang": "zh"}'
+    embedsense docs delete news --filter '{"year": {"$lt": 2020}}'   # or IDs
+    embedsense docs export news --out news.jsonl [--filter ...]
+
+`docs export` writes the JSONL that `embedsense index` reads ({"id", "text", "metadata"} a
+line, in id order): export, then index into another collection, gives the same documents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict
+from typing import IO, Any
+
+from embedsense.client import Client
+from embedsense.client import _api as api
+from embedsense.client._api import Call
+
+EXPORT_BATCH = 1000  # documents per scroll page of an export
+
+
+class _Base:
+    """cli.py's helpers (UsageError, table, emit, at_least, cmd_drop), looked up when a
+    command runs: cli.py imports this module, so importing it back here at import time
+    would be circular (and under `python -m embedsense.client.cli` it is __main__)."""
+
+    def __getattr__(self, name: str) -> Any:
+        from embedsense.client import cli
+
+        return getattr(cli, name)
+
+
+base = _Base()
+
+
+def filter_of(raw: str | None) -> dict[str, Any] | None:
+    """--filter's JSON object, or None without one; a UsageError saying what is expected."""
+    if raw is None:
+        return None
+    example = """'{"lang": "zh"}'"""
+    try:
+        where = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise base.UsageError(
+            f"--filter {raw!r}: not JSON ({err.msg}); expected an object, e.g. {example}"
+        ) from None
+    if not isinstance(where, dict):
+        raise base.UsageError(f"--filter {raw!r}: expected a JSON object, e.g. {example}")
+    return where
+
+
+# ------------------------------------------------------------------ collections
+
+
+def _collection_rows(infos: list[Any]) -> str:
+    rows = [(c.name, c.count, c.index, c.metric, "yes" if c.store_tokens else "") for c in infos]
+    return base.table(rows, ["collection", "documents", "index", "metric", "tokens"])
+
+
+def cmd_collections(args: argparse.Namespace, client: Client) -> None:
+    action = args.action or "list"
+    if action == "list":
+        infos = client.list_collections()
+        base.emit(args, [asdict(c) for c in infos], _collection_rows(infos))
+    elif action == "create":
+        info = client.create_collection(
+            args.collection,
+            index=args.index,
+            store_tokens=args.store_tokens,
+            metric=args.metric,
+            ef_search=args.ef_search,
+            nprobe=args.nprobe,
+            dim=args.dim,
+        )
+        base.emit(
+            args,
+            asdict(info),
+            f"collection {info.name!r} created ({info.index}, "
+            f"{info.metric}, {info.dim}-dim {info.model})",
+        )
+    elif action == "describe":
+        info = client.describe_collection(args.collection)
+        base.emit(args, asdict(info), base.table(list(asdict(info).items()), ["field", "value"]))
+    else:  # drop
+        base.cmd_drop(args, client)
+
+
+# ------------------------------------------------------------------ documents
+
+
+def cmd_docs(args: argparse.Namespace, client: Client) -> None:
+    DOCS[args.action](args, client)
+
+
+def _docs_get(args: argparse.Namespace, client: Client) -> None:
+    if not args.ids:
+        raise base.UsageError("docs get COLLECTION ID [ID ...]: at least one id")
+    found = client.get(args.collection, args.ids, with_vectors=args.vectors)
+    missing = [i for i, d in zip(args.ids, found, strict=True) if d is None]
+    docs = [asdict(d) for d in found if d is not None]
+    if not args.vectors:
+        for doc in docs:
+            doc.pop("vector")
+    rows = [
+        (d["id"], json.dumps(d["metadata"], ensure_ascii=False)[:40], d["text"][:60]) for d in docs
+    ]
+    readable = base.table(rows, ["id", "metadata", "text"])
+    if missing:
+        readable += f"\nnot stored: {', '.join(missing)}"
+    base.emit(args, {"documents": docs, "missing": missing}, readable)
+
+
+def _docs_delete(args: argparse.Namespace, client: Client) -> None:
+    where = filter_of(args.filter)
+    if bool(args.ids) == (where is not None):
+        raise base.UsageError("docs delete COLLECTION: give IDs or --filter (one of them)")
+    deleted = client.delete(args.collection, args.ids or None, filter=where)
+    base.emit(args, {"deleted": deleted}, f"{deleted} documents deleted from {args.collection!r}")
+
+
+def _docs_count(args: argparse.Namespace, client: Client) -> None:
+    count = client.count(args.collection, filter=filter_of(args.filter))
+    base.emit(args, {"count": count}, str(count))
+
+
+def export_pages(
+    client: Client, name: str, where: dict[str, Any] | None, batch_size: int
+) -> Iterator[list[Any]]:
+    """The scroll's pages as the wire has them: an export writes each document's metadata
+    JSON as the server sent it, without decoding and encoding it again."""
+    cursor = ""
+    while True:
+        call = api.scroll_call(name, where, batch_size, cursor, False)
+        reply = client._call(Call(call.rpc, call.request, lambda r: r))
+        yield list(reply.documents)
+        if not (cursor := reply.next_cursor):
+            return
+
+
+def export_lines(pages: Iterable[list[Any]], out: IO[str]) -> int:
+    """Documents as `embedsense index`'s JSONL (document_files.py): one object a line with
+    id, text and metadata; how many were written."""
+    written = 0
+    for page in pages:
+        out.write("".join(
+            f'{{"id": {json.dumps(d.id, ensure_ascii=False)}, '
+            f'"text": {json.dumps(d.text, ensure_ascii=False)}, '
+            f'"metadata": {d.metadata_json or "{}"}}}\n'
+            for d in page
+        ))  # fmt: skip
+        written += len(page)
+    return written
+
+
+def _docs_export(args: argparse.Namespace, client: Client) -> None:
+    pages = export_pages(client, args.collection, filter_of(args.filter), args.batch_size)
+    target = open(args.out, "w", encoding="utf-8") if args.out else nullcontext(sys.stdout)  # noqa: SIM115
+    with target as out:
+        written = export_lines(pages, out)
+    if args.out:  # on stdout, the lines are the output
+        base.emit(
+            args,
+            {"exported": written, "file": args.out},
+            f"{written} documents of {args.collection!r} written to {args.out}",
+        )
+
+
+DOCS: dict[str, Callable[[argparse.Namespace, Client], None]] = {
+    "get": _docs_get,
+    "delete": _docs_delete,
+    "count": _docs_count,
+    "export": _docs_export,
+}
+
+
+# ------------------------------------------------------------------ the parser
+
+
+def add_parsers(sub: Any) -> None:
+    """`collections` and `docs`, on the CLI's subparsers."""
+    col = sub.add_parser(
+        "collections", help="collections: list (the default), create, describe, drop"
+    )
+    actions = col.add_subparsers(dest="action", required=False)
+    actions.add_parser("list", help="the collections and their sizes")
+    create = actions.add_parser("create", help="a new collection")
+    create.add_argument("collection")
+    create.add_argument("--index", default="Flat", help="FAISS spec (default: Flat)")
+    create.add_argument("--metric", choices=["cosine", "ip", "l2"], default="cosine")
+    create.add_argument(
+        "--store-tokens",
+        action="store_true",
+        help="keep token vectors too (for occurrences and induce)",
+    )
+    create.add_argument("--ef-search", type=base.at_least(0), default=0)
+    create.add_argument("--nprobe", type=base.at_least(0), default=0)
+    create.add_argument(
+        "--dim",
+        type=base.at_least(1),
+        default=0,
+        help="for vectors embedded elsewhere: their dimension (default: the served model's)",
+    )
+    for name, text in (
+        ("describe", "a collection's settings and size"),
+        ("drop", "delete a collection and everything in it"),
+    ):
+        actions.add_parser(name, help=text).add_argument("collection")
+
+    docs = sub.add_parser("docs", help="documents: get, delete, count, export")
+    what = docs.add_subparsers(dest="action", required=True)
+    get = what.add_parser("get", help="documents by id")
+    get.add_argument("collection")
+    get.add_argument("ids", nargs="+", metavar="ID")
+    get.add_argument("--vectors", action="store_true", help="with their vectors (JSON)")
+    delete = what.add_parser("delete", help="documents by id, or every one matching --filter")
+    delete.add_argument("collection")
+    delete.add_argument("ids", nargs="*", metavar="ID")
+    count = what.add_parser("count", help="documents (matching --filter)")
+    count.add_argument("collection")
+    export = what.add_parser(
+        "export",
+        help="documents as JSONL that `embedsense index` reads back",
+        description="Write the documents (matching --filter) as JSON lines, {id, text, "
+        "metadata}, in id order: the file `embedsense index FILE.jsonl` reads. Documents "
+        "written or deleted during the export may or may not be in it; none is written twice.",
+    )
+    export.add_argument("collection")
+    export.add_argument("--out", help="the .jsonl file to write (default: stdout)")
+    export.add_argument(
+        "--batch-size",
+        type=base.at_least(1),
+        default=EXPORT_BATCH,
+        help=f"documents per request (default {EXPORT_BATCH}, at most 10000)",
+    )
+    for parser in (delete, count, export):
+        parser.add_argument("--filter", help='JSON, e.g. \'{"lang": "zh"}\'')
+
+
+COMMANDS = {"collections": cmd_collections, "docs": cmd_docs}

@@ -1,0 +1,373 @@
+"""The collection and document operations, once for gRPC (service.py) and HTTP REST
+(collection_routes.py): each surface only translates its request into these calls and their
+answers into its reply.
+
+Here: the checks that are the same on every surface (texts, counts, caller vectors, k, page
+sizes, the scroll cursor), embedding documents and queries with the shared engine, and the
+index calls, which run in worker threads (SQLite, FAISS, Milvus round trips) so the event
+loop keeps serving. Domain errors pass through as they are: each surface maps them (gRPC:
+service.STATUSES; HTTP: http_errors.from_exception over the same table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embedsense.model import TextRole
+from embedsense.server.api.checks import BadRequest, Limits, check_count, check_text, check_texts
+from embedsense.server.api.settings import ServerSettings
+from embedsense.server.batching import Priority
+from embedsense.server.engine import Engine
+from embedsense.server.index import (
+    CollectionBackend,
+    CollectionInfo,
+    Document,
+    Hit,
+    IndexBackend,
+    Token,
+)
+from embedsense.server.index.validation import MAX_K
+
+DEFAULT_PAGE = 256  # documents per scroll page when the caller gives no limit
+MAX_PAGE = 10_000  # the most a scroll page holds
+MAX_SEARCH_HITS = 100_000  # queries x k in one batch search: bounds the reply
+METADATA_MODES = ("merge", "replace")
+# The model name of a collection of vectors embedded elsewhere (created with a `dim`): the
+# index refuses the served model's vectors for it (ModelMismatch: FAILED_PRECONDITION).
+EXTERNAL_MODEL = "external"
+CURSOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class NewDocument:
+    """A document to store, as any surface gives it: a text to embed, or a text (possibly
+    empty) with the caller's own vector."""
+
+    text: str
+    id: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a scroll, and the cursor of the next (None: this was the last)."""
+
+    documents: list[Document]
+    next_cursor: str | None
+
+
+def filter_key(where: Mapping[str, Any] | None) -> str:
+    """A short fingerprint of a filter, canonical (key order does not matter): what ties a
+    cursor to the filter it was made for."""
+    canonical = json.dumps(where or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def encode_cursor(after: str, where: Mapping[str, Any] | None) -> str:
+    """The opaque cursor of the page after document id `after`: URL-safe base64 of a small
+    JSON array (version, filter fingerprint, id). Callers must not build or read it."""
+    raw = json.dumps([CURSOR_VERSION, filter_key(where), after], ensure_ascii=False)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, where: Mapping[str, Any] | None) -> str | None:
+    """The id a cursor continues after (None for an empty cursor: the start). BadRequest for
+    a cursor this server did not make, or one made for another filter."""
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        version, key, after = json.loads(raw)
+        if version != CURSOR_VERSION or not isinstance(after, str) or not isinstance(key, str):
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error):
+        raise BadRequest(
+            "cursor: not a cursor this server made; pass the next_cursor of the previous "
+            "page as it came, or none to start",
+            "cursor",
+        ) from None
+    if key != filter_key(where):
+        raise BadRequest(
+            "cursor: it was made for another filter; a scroll keeps its filter from the first "
+            "page to the last",
+            "cursor",
+        )
+    return after
+
+
+def page_size(limit: int | None) -> int:
+    """A scroll's page size: DEFAULT_PAGE when not given (0 or None), at most MAX_PAGE."""
+    if not limit:
+        return DEFAULT_PAGE
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit: {limit}; a page holds 1 to {MAX_PAGE} documents", "limit")
+    return limit
+
+
+def metadata_mode(mode: str) -> str:
+    if mode not in METADATA_MODES:
+        raise BadRequest(f"mode: {mode!r}; expected 'merge' or 'replace'", "mode")
+    return mode
+
+
+def check_k(k: int, queries: int) -> int:
+    if not 1 <= k <= MAX_K:  # the index's own rule, checked before any embedding
+        raise BadRequest(f"k must be within 1-{MAX_K}, got {k}", "k")
+    if queries * k > MAX_SEARCH_HITS:
+        raise BadRequest(
+            f"k: {queries} queries x k={k} is {queries * k} hits; one call answers at most "
+            f"{MAX_SEARCH_HITS}: send fewer queries or a smaller k",
+            "k",
+        )
+    return k
+
+
+def check_vector(vector: Any, field: str) -> np.ndarray:
+    """A caller's vector as float32 (dim,); its dimension is the collection's to check."""
+    array = np.asarray(vector, dtype=np.float32)
+    if array.ndim != 1 or array.size == 0:
+        raise BadRequest(f"{field}: expected one vector (dim,), got shape {array.shape}", field)
+    return array
+
+
+class CollectionOps:
+    """Collections and documents over the engine and the index backend."""
+
+    def __init__(self, engine: Engine, catalog: IndexBackend, settings: ServerSettings) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.settings = settings
+        self.limits = Limits.of(settings)
+        self.model_name = engine.model.spec.name
+
+    # ------------------------------------------------------------ collections
+
+    async def collection(self, name: str) -> CollectionBackend:
+        """The collection; BadRequest for no name, CollectionNotFound for an unknown one."""
+        if not name:
+            raise BadRequest("collection: a collection name is needed", "collection")
+        return await asyncio.to_thread(self.catalog.get, name)  # milvus: maybe a round trip
+
+    async def create(
+        self,
+        name: str,
+        *,
+        index: str = "Flat",
+        metric: str = "cosine",
+        store_tokens: bool = False,
+        ef_search: int = 0,
+        nprobe: int = 0,
+        dim: int = 0,
+    ) -> CollectionInfo:
+        """A collection of the served model's vectors; with `dim`, one of vectors embedded
+        elsewhere (model EXTERNAL_MODEL), of that dimension."""
+        model, size = (EXTERNAL_MODEL, dim) if dim else (self.model_name, self.engine.model.dim)
+        options = {key: value for key, value in (("ef_search", ef_search), ("nprobe", nprobe))
+                   if value}  # fmt: skip
+        return await asyncio.to_thread(
+            self.catalog.create, name, model=model, dim=size, metric=metric or "cosine",
+            index_spec=index or "Flat", store_tokens=store_tokens, options=options,
+        )  # fmt: skip
+
+    async def list(self) -> list[CollectionInfo]:
+        return await asyncio.to_thread(self.catalog.list)
+
+    async def describe(self, name: str) -> CollectionInfo:
+        collection = await self.collection(name)
+        return await asyncio.to_thread(collection.info)
+
+    async def drop(self, name: str) -> None:
+        await self.collection(name)
+        await asyncio.to_thread(self.catalog.drop, name)
+
+    # ------------------------------------------------------------ writes
+
+    async def documents(
+        self,
+        collection: CollectionBackend,
+        batch: Sequence[NewDocument],
+        *,
+        priority: Priority | None = None,
+        timeout: float | None = None,
+    ) -> list[Document]:
+        """The index's documents for `batch`: texts embedded as passages (in windows, so
+        every token of a long text gets a vector; token vectors when the collection keeps
+        them), or the caller's vectors as they are (their dimension is the index's check).
+        Errors name the document: documents[i]."""
+        check_count(len(batch), "documents", self.limits, "documents")
+        to_embed = [i for i, d in enumerate(batch) if d.vector is None]
+        texts = [check_text(batch[i].text, f"documents[{i}].text", self.settings.max_text_chars)
+                 for i in to_embed]  # fmt: skip
+        for i, d in enumerate(batch):
+            if d.vector is not None and d.text:  # stored as it is: the same rules
+                check_text(d.text, f"documents[{i}].text", self.settings.max_text_chars)
+            if d.metadata is not None and not isinstance(d.metadata, Mapping):
+                raise BadRequest(f"documents[{i}].metadata: must be a JSON object", "documents")
+        results = {}
+        if texts:
+            embedded = await self.engine.embed(
+                texts, timeout=timeout, role=TextRole.PASSAGE, windowed=True,
+                token_vectors=collection.store_tokens,
+                priority=Priority.BULK if priority is None else priority,
+            )  # fmt: skip
+            results = dict(zip(to_embed, embedded, strict=True))
+        docs = []
+        for i, d in enumerate(batch):
+            meta = dict(d.metadata or {})
+            if (r := results.get(i)) is None:
+                vector = check_vector(d.vector, f"documents[{i}].vector")
+                docs.append(Document(text=d.text, vector=vector, id=d.id or None, metadata=meta))
+                continue
+            tokens = token_vectors = None
+            if collection.store_tokens:
+                t = r.tokenized
+                tokens = [Token(tok, s, e) for tok, (s, e) in zip(t.tokens, t.offsets, strict=True)]
+                token_vectors = r.token_vectors
+            docs.append(Document(text=d.text, vector=r.sentence, id=d.id or None, metadata=meta,
+                                 tokens=tokens, token_vectors=token_vectors))  # fmt: skip
+        return docs
+
+    async def store(
+        self,
+        collection: CollectionBackend,
+        batch: Sequence[NewDocument],
+        *,
+        priority: Priority | None = None,
+        timeout: float | None = None,
+    ) -> list[str]:
+        """Embed (where needed) and store one batch; the ids, in order. Durable when it
+        returns. Caller vectors are checked by the collection's dimension (another size is
+        INVALID_ARGUMENT naming both); texts embedded here need a collection of the served
+        model (an "external" one refuses them: FAILED_PRECONDITION)."""
+        docs = await self.documents(collection, batch, priority=priority, timeout=timeout)
+        # Only vectors this server embedded are of its model: a batch of caller vectors only
+        # is checked by its dimension (and may go to an "external" collection).
+        embedded = any(d.vector is None for d in batch)
+        model = self.model_name if embedded else None
+        return await asyncio.to_thread(collection.upsert, docs, model)
+
+    async def upsert(
+        self,
+        name: str,
+        batch: Sequence[NewDocument],
+        *,
+        priority: Priority | None = None,
+        timeout: float | None = None,
+    ) -> list[str]:
+        collection = await self.collection(name)
+        return await self.store(collection, batch, priority=priority, timeout=timeout)
+
+    async def delete(
+        self, name: str, ids: Sequence[str] = (), where: Mapping[str, Any] | None = None
+    ) -> int:
+        """Delete by ids, or every document matching `where` (not both; an empty filter is
+        the index's to refuse); how many were deleted."""
+        collection = await self.collection(name)
+        if where is not None:
+            if ids:
+                raise BadRequest("ids and filter: give one of them, not both", "filter")
+            return await asyncio.to_thread(collection.delete_where, where)
+        return await asyncio.to_thread(collection.delete, list(ids))
+
+    async def update_metadata(
+        self, name: str, ids: Sequence[str], patch: Mapping[str, Any], mode: str = "merge"
+    ) -> int:
+        """Change the metadata of `ids` (merge: the patch's keys over the stored ones;
+        replace: the patch is the new metadata); how many of them existed. Texts and vectors
+        are not touched."""
+        if not isinstance(patch, Mapping):
+            raise BadRequest("patch: must be a JSON object", "patch")
+        check_count(len(ids), "ids", self.limits, "ids")
+        collection = await self.collection(name)
+        return await asyncio.to_thread(
+            collection.update_metadata, list(ids), dict(patch), metadata_mode(mode)
+        )
+
+    # ------------------------------------------------------------ reads
+
+    async def get(self, name: str, ids: Sequence[str]) -> list[Document | None]:
+        collection = await self.collection(name)
+        return await asyncio.to_thread(collection.get, list(ids))
+
+    async def count(self, name: str, where: Mapping[str, Any] | None = None) -> int:
+        collection = await self.collection(name)
+        return await asyncio.to_thread(collection.count, where or None)
+
+    async def scroll(
+        self,
+        name: str,
+        where: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        cursor: str = "",
+        *,
+        with_vectors: bool = False,
+    ) -> Page:
+        """One page of the documents matching `where`, in id order, from `cursor` (made by
+        the page before; empty: the start). What a cursor promises: a document that exists
+        and matches for the whole scroll is returned exactly once; one added, removed or
+        changed meanwhile may or may not be; none twice (pages follow the id order)."""
+        where = where or None
+        after = decode_cursor(cursor, where)
+        size = page_size(limit)
+        collection = await self.collection(name)
+        docs, next_after = await asyncio.to_thread(
+            collection.scroll, where, size, after, with_vectors=with_vectors
+        )
+        return Page(docs, None if next_after is None else encode_cursor(next_after, where))
+
+    async def search(
+        self,
+        name: str,
+        *,
+        texts: Sequence[str] | None = None,
+        vectors: np.ndarray | None = None,
+        k: int = 10,
+        where: Mapping[str, Any] | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        score_threshold: float | None = None,
+        with_vectors: bool = False,
+        priority: Priority | None = None,
+        timeout: float | None = None,
+        field: str = "texts",
+    ) -> list[list[Hit]]:
+        """A hit list per query, best first: query texts (embedded together as queries) or
+        query vectors (n, dim), not both. score_threshold keeps only hits at least that
+        near (score >= it for cosine and ip, squared distance <= it for l2)."""
+        if (texts is None) == (vectors is None):
+            raise BadRequest("query: give query texts or query vectors (not both)", field)
+        collection = await self.collection(name)
+        if texts is not None:
+            texts = check_texts(list(texts), field, self.limits)
+            check_k(k, len(texts))
+            embedded = await self.engine.embed(
+                texts, timeout=timeout, role=TextRole.QUERY,
+                priority=Priority.QUERY if priority is None else priority,
+            )  # fmt: skip
+            queries = np.stack([r.sentence for r in embedded])
+        else:
+            queries = np.asarray(vectors, dtype=np.float32)
+            if queries.ndim == 1:
+                queries = queries[None]
+            if queries.ndim != 2 or queries.shape[1] == 0:
+                raise BadRequest(
+                    f"vectors: expected (n, dim) query vectors, got shape {queries.shape}", field
+                )
+            check_count(len(queries), field, self.limits, "queries")
+            check_k(k, len(queries))
+        model = self.model_name if texts is not None else None  # as in store()
+        return await asyncio.to_thread(
+            collection.search, queries, k, where or None, ef_search=ef_search or None,
+            nprobe=nprobe or None, model=model, score_threshold=score_threshold,
+            with_vectors=with_vectors,
+        )  # fmt: skip

@@ -1,0 +1,482 @@
+"""The vector-database operations on every surface, end to end: count, delete and scroll by
+filter, metadata updates, batch search with a score threshold and vectors, caller vectors;
+over gRPC (the SDK, sync and async), the CLI, and HTTP REST (/v1/collections), on a real
+server on 127.0.0.1 with the real default model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import httpx2
+import numpy as np
+import pytest
+from conftest import ServerThread
+
+from embedsense.client import AsyncClient, Client, FailedPrecondition, InvalidArgument, NotFound
+from embedsense.client._api import Call
+from embedsense.client.cli import main as cli_main
+from embedsense.proto.v1 import embedsense_pb2 as pb
+
+KEY = "data-ops-key"
+DIM = 384
+TEXTS = [
+    ("a01", "我喜欢吃苹果", {"sense": "fruit", "year": 2019, "tags": ["food", "red"]}),
+    ("a02", "香蕉和苹果都是水果", {"sense": "fruit", "year": 2021, "tags": ["food"]}),
+    ("a03", "这个苹果又红又甜", {"sense": "fruit", "year": 2023, "tags": ["red"]}),
+    ("b01", "我买了最新的苹果手机", {"sense": "company", "year": 2022, "tags": ["tech"]}),
+    ("b02", "苹果公司发布了新款电脑", {"sense": "company", "year": 2020, "tags": ["tech"]}),
+    ("b03", "这款苹果手机的电池很耐用", {"sense": "company", "year": 2024}),
+    ("c01", "今天天气很好", {"sense": "other", "year": 2018, "lang": "zh"}),
+]
+QUERIES = ["水果很甜", "新款手机", "天气"]
+
+
+@pytest.fixture(scope="module", params=["faiss", "milvus-lite-file"])
+def running(e5, tmp_path_factory, request):
+    """A server per backend: the surfaces must not care which one stores the documents."""
+    folder = tmp_path_factory.mktemp("data-ops")
+    backend = {}
+    if request.param != "faiss":
+        backend = {"index_backend": "milvus", "milvus_uri": str(folder / "index.db")}
+    server = ServerThread(e5, folder, http_port=0, api_key=KEY, **backend)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(running):
+    with Client(running.target, api_key=KEY, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+def http(running):
+    base = f"http://127.0.0.1:{running.server.http_port}"
+    with httpx2.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as h:
+        yield h
+
+
+def documents() -> list[dict]:
+    return [{"id": i, "text": t, "metadata": m} for i, t, m in TEXTS]
+
+
+@pytest.fixture
+def news(client, request):
+    name = request.node.name[:50].replace("[", "-").replace("]", "")
+    client.create_collection(name)
+    client.upsert(name, documents())
+    yield name
+    client.drop_collection(name)
+
+
+# ---------------------------------------------------------------- gRPC, through the SDK
+
+
+def test_count_and_delete_by_filter(client, news):
+    assert client.count(news) == 7
+    assert client.count(news, filter={"sense": "fruit"}) == 3
+    either = {"$or": [{"sense": "other"}, {"year": {"$gte": 2023}}]}
+    assert client.count(news, filter=either) == 3  # a03, b03, c01
+    assert client.count(news, filter={"tags": {"$contains": "red"}}) == 2
+    assert client.delete(news, filter=either) == 3
+    assert client.count(news) == 4 and client.count(news, filter=either) == 0
+    assert [d is None for d in client.get(news, ["a03", "b03", "a01"])] == [True, True, False]
+    assert client.delete(news, ["a01", "nope"]) == 1  # by ids, as before
+    with pytest.raises(InvalidArgument):  # an empty filter would delete everything
+        client.delete(news, filter={})
+    with pytest.raises(ValueError, match="one of them"):  # the SDK asks for one of the two
+        client.delete(news, ["a02"], filter={"sense": "fruit"})
+    both = pb.DeleteRequest(collection=news, ids=["a02"], filter_json='{"sense": "fruit"}')
+    with pytest.raises(InvalidArgument, match="not both"):  # and so does the server
+        client._call(Call("Delete", both, lambda r: r))
+    assert client.count(news) == 3
+
+
+def test_scroll_gives_each_document_once_in_id_order(client, news):
+    ids = [d.id for d in client.scroll(news, batch_size=2)]
+    assert ids == sorted(i for i, _, _ in TEXTS)
+    fruit = list(client.scroll(news, filter={"sense": "fruit"}, batch_size=1, with_vectors=True))
+    assert [d.id for d in fruit] == ["a01", "a02", "a03"]
+    stored = client.get(news, ["a01"], with_vectors=True)[0]
+    assert fruit[0].metadata == TEXTS[0][2] and np.array_equal(fruit[0].vector, stored.vector)
+    assert all(d.vector is None for d in client.scroll(news, batch_size=3))
+
+
+def test_a_scroll_cursor_is_opaque_and_tied_to_its_filter(client, news):
+    def page(cursor: str, where: str = "", limit: int = 2) -> pb.ScrollResponse:
+        request = pb.ScrollRequest(collection=news, cursor=cursor, filter_json=where, limit=limit)
+        return client._call(Call("Scroll", request, lambda r: r))
+
+    first = page("")
+    assert [d.id for d in first.documents] == ["a01", "a02"] and first.next_cursor
+    assert [d.id for d in page(first.next_cursor).documents] == ["a03", "b01"]
+    with pytest.raises(InvalidArgument, match="another filter"):
+        page(first.next_cursor, '{"sense": "fruit"}')
+    with pytest.raises(InvalidArgument, match="cursor"):
+        page("not-a-cursor")
+    with pytest.raises(InvalidArgument, match="10000"):
+        page("", limit=10_001)
+    last = page("", limit=10)
+    assert len(last.documents) == 7 and last.next_cursor == ""
+
+
+def test_scroll_while_others_write_misses_nothing_and_repeats_nothing(client, news):
+    """Documents that exist throughout come exactly once while other ids are upserted and
+    deleted between the pages."""
+    vectors = np.random.default_rng(0).standard_normal((60, DIM)).astype(np.float32)
+    churn = [{"id": f"x{i:02d}", "text": "", "metadata": {"churn": True}} for i in range(60)]
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            client.upsert(news, churn[i % 60 : i % 60 + 3], vectors=vectors[i % 60 : i % 60 + 3])
+            client.delete(news, [churn[(i + 30) % 60]["id"]])
+            i = (i + 3) % 57
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        seen = [d.id for d in client.scroll(news, batch_size=2)]
+    finally:
+        stop.set()
+        writer.join(30)
+    assert len(seen) == len(set(seen)), "a document came twice"
+    assert {i for i, _, _ in TEXTS} <= set(seen)
+    assert seen == sorted(seen)
+
+
+def test_update_metadata_merges_or_replaces_and_keeps_the_vector(client, news):
+    before = client.get(news, ["a01", "b01"], with_vectors=True)
+    assert client.update_metadata(news, ["a01", "b01", "zz"], {"year": 1999, "new": 1}) == 2
+    a01, b01 = client.get(news, ["a01", "b01"], with_vectors=True)
+    assert a01.metadata == {**TEXTS[0][2], "year": 1999, "new": 1}
+    assert np.array_equal(a01.vector, before[0].vector) and a01.text == before[0].text
+    assert client.count(news, filter={"year": 1999}) == 2  # filters see it at once
+    assert client.update_metadata(news, ["b01"], {"only": "this"}, mode="replace") == 1
+    assert client.get(news, ["b01"])[0].metadata == {"only": "this"}
+    with pytest.raises(ValueError, match="merge"):
+        client.update_metadata(news, ["b01"], {}, mode="upsert")
+    bad_mode = pb.UpdateMetadataRequest(collection=news, ids=["b01"], patch_json="{}", mode=7)
+    with pytest.raises(InvalidArgument, match="mode"):
+        client._call(Call("UpdateMetadata", bad_mode, lambda r: r))
+    with pytest.raises(InvalidArgument, match="patch_json"):
+        bad = pb.UpdateMetadataRequest(collection=news, ids=["b01"], patch_json="[1]")
+        client._call(Call("UpdateMetadata", bad, lambda r: r))
+    assert b01.vector is not None and np.array_equal(
+        client.get(news, ["b01"], with_vectors=True)[0].vector, b01.vector
+    )
+
+
+def test_batch_search_answers_as_one_search_per_query(client, news):
+    batch = client.search(news, QUERIES, k=3, filter={"year": {"$gte": 2019}})
+    assert len(batch) == 3
+    for query, hits in zip(QUERIES, batch, strict=True):
+        one = client.search(news, query, k=3, filter={"year": {"$gte": 2019}})
+        assert [h.id for h in hits] == [h.id for h in one]
+        assert [h.score for h in hits] == pytest.approx([h.score for h in one], abs=1e-5)
+    vectors = np.stack([d.vector for d in client.get(news, ["a02", "b02"], with_vectors=True)])
+    by_vector = client.search(news, vectors, k=1, with_vectors=True)
+    assert [hits[0].id for hits in by_vector] == ["a02", "b02"]
+    assert np.allclose(by_vector[0][0].vector, vectors[0])
+
+
+def test_score_threshold_keeps_only_hits_that_near(client, news):
+    everything = client.search(news, QUERIES[1], k=7)
+    cut = (everything[2].score + everything[3].score) / 2
+    kept = client.search(news, QUERIES[1], k=7, score_threshold=cut)
+    assert [h.id for h in kept] == [h.id for h in everything[:3]]
+    assert client.search(news, QUERIES[1], k=7, score_threshold=1.5) == []
+    assert all(h.vector is None for h in kept)  # vectors only when asked
+
+
+def test_upsert_of_caller_vectors_is_dimension_checked(client, news):
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((2, DIM)).astype(np.float32)
+    ids = client.upsert(
+        news, [{"id": "v1", "text": ""}, {"id": "v2", "text": "外部向量"}], vectors=vectors
+    )
+    assert ids == ["v1", "v2"] and client.count(news) == 9
+    hit = client.search(news, vectors[1], k=1)[0]
+    assert hit.id == "v2" and hit.text == "外部向量" and hit.score == pytest.approx(1, abs=1e-5)
+    as_dict = client.upsert(news, [{"id": "v3", "vector": vectors[0] * 2, "metadata": {"n": 3}}])
+    assert as_dict == ["v3"] and client.get(news, ["v3"])[0].metadata == {"n": 3}
+    with pytest.raises(InvalidArgument, match=r"17.*384|384.*17"):
+        client.upsert(news, [{"id": "short", "text": "x"}], vectors=np.ones((1, 17)))
+    with pytest.raises(ValueError, match="needs an 'id'"):
+        client.upsert(news, [""], vectors=vectors[:1])
+    assert client.count(news) == 10
+
+
+def test_a_collection_of_vectors_embedded_elsewhere(client, http):
+    """Made with a dim: it takes caller vectors of that size only; texts to embed (of the
+    served model) are refused, on gRPC and HTTP alike."""
+    info = client.create_collection("elsewhere", dim=8, metric="l2")
+    try:
+        assert (info.model, info.dim) == ("external", 8)
+        rows = np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)
+        ids = client.upsert("elsewhere", [{"id": str(i)} for i in range(3)], vectors=rows)
+        assert ids == ["0", "1", "2"]
+        hits = client.search("elsewhere", rows, k=1, score_threshold=1e-6)
+        assert [[h.id for h in hits_] for hits_ in hits] == [["0"], ["1"], ["2"]]
+        with pytest.raises(FailedPrecondition, match="external"):
+            client.search("elsewhere", "一段文本")
+        with pytest.raises(FailedPrecondition, match="external"):
+            client.upsert("elsewhere", ["一段文本"])
+        with pytest.raises(InvalidArgument, match=r"(?s)384.*8|8.*384"):
+            client.upsert("elsewhere", [{"id": "x"}], vectors=np.ones((1, DIM)))
+        found = http.post("/v1/collections/elsewhere/search", json={"vector": rows[1].tolist()})
+        assert found.json()["results"][0][0]["id"] == "1"
+        refused = http.post("/v1/collections/elsewhere/search", json={"query": "文本"})
+        assert refused.status_code == 400 and "external" in refused.json()["error"]["message"]
+    finally:
+        client.drop_collection("elsewhere")
+
+
+def test_bad_filters_and_sizes_are_invalid_argument_everywhere(client, news):
+    bad = {"$or": "not a list"}
+    for call in (
+        lambda: client.count(news, filter=bad),
+        lambda: list(client.scroll(news, filter=bad)),
+        lambda: client.delete(news, filter=bad),
+        lambda: client.search(news, QUERIES, filter=bad),
+    ):
+        with pytest.raises(InvalidArgument):
+            call()
+    with pytest.raises(InvalidArgument, match="100000"):
+        client.search(news, ["x"] * 11, k=10_000)
+    with pytest.raises(NotFound):
+        client.count("no-such-collection")
+    both = pb.SearchBatchRequest(collection=news, texts=["x"])
+    both.vectors.shape.extend([1, DIM])
+    both.vectors.data = np.zeros(DIM, "<f4").tobytes()
+    with pytest.raises(InvalidArgument, match="not both"):
+        client._call(Call("SearchBatch", both, lambda r: r))
+
+
+def test_async_client_does_the_same(running, news):
+    async def scenario() -> None:
+        async with AsyncClient(running.target, api_key=KEY, timeout=60) as c:
+            assert await c.count(news, filter={"sense": "company"}) == 3
+            ids = [d.id async for d in c.scroll(news, batch_size=3)]
+            assert ids == sorted(i for i, _, _ in TEXTS)
+            batch = await c.search(news, QUERIES, k=2)
+            assert [len(hits) for hits in batch] == [2, 2, 2]
+            assert await c.update_metadata(news, ["c01"], {"lang": "en"}) == 1
+            assert await c.delete(news, filter={"lang": "en"}) == 1
+            assert await c.count(news) == 6
+
+    asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def cli(running, capsys, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    status = cli_main(["--target", running.target, "--api-key", KEY, *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_cli_collections_and_docs(running, client, capsys):
+    assert cli(running, capsys, "collections", "create", "cli-docs", "--metric", "ip")[0] == 0
+    try:
+        status, out, _ = cli(running, capsys, "--json", "collections", "describe", "cli-docs")
+        assert status == 0 and json.loads(out)["metric"] == "ip"
+        client.upsert("cli-docs", documents())
+        assert "cli-docs" in cli(running, capsys, "collections")[1]  # list, as before
+        assert "cli-docs" in cli(running, capsys, "collections", "list")[1]
+        status, out, _ = cli(
+            running, capsys, "docs", "count", "cli-docs", "--filter", '{"sense": "fruit"}'
+        )
+        assert status == 0 and out.strip() == "3"
+        status, out, _ = cli(running, capsys, "--json", "docs", "get", "cli-docs", "a01", "zz")
+        got = json.loads(out)
+        assert got["documents"][0]["text"] == TEXTS[0][1] and got["missing"] == ["zz"]
+        status, out, _ = cli(
+            running,
+            capsys,
+            "--json",
+            "docs",
+            "delete",
+            "cli-docs",
+            "--filter",
+            '{"year": {"$lt": 2020}}',
+        )
+        assert status == 0 and json.loads(out) == {"deleted": 2}  # a01, c01
+        status, _, err = cli(running, capsys, "docs", "delete", "cli-docs")
+        assert status == 2 and "IDs or --filter" in err
+        status, _, err = cli(running, capsys, "docs", "count", "cli-docs", "--filter", "{oops")
+        assert status == 2 and "not JSON" in err
+        status, _, err = cli(
+            running, capsys, "docs", "count", "cli-docs", "--filter", '{"$nope": 1}'
+        )
+        assert status == 1 and "INVALID_ARGUMENT" in err
+    finally:
+        assert cli(running, capsys, "collections", "drop", "cli-docs")[0] == 0
+    status, _, err = cli(running, capsys, "drop", "cli-docs")  # the old spelling still works
+    assert status == 1 and "NOT_FOUND" in err
+
+
+def test_export_then_index_gives_the_same_search_answers(running, client, news, capsys, tmp_path):
+    exported = tmp_path / "news.jsonl"
+    status, out, _ = cli(
+        running, capsys, "docs", "export", news, "--out", str(exported), "--batch-size", "3"
+    )
+    assert status == 0 and "7 documents" in out
+    lines = [json.loads(line) for line in exported.read_text(encoding="utf-8").splitlines()]
+    assert [line["id"] for line in lines] == sorted(i for i, _, _ in TEXTS)
+    status, _, _ = cli(running, capsys, "index", str(exported), "--collection", "news-copy")
+    assert status == 0
+    try:
+        for query in QUERIES:
+            a = client.search(news, query, k=7)
+            b = client.search("news-copy", query, k=7)
+            assert [(h.id, h.text, h.metadata) for h in a] == [
+                (h.id, h.text, h.metadata) for h in b
+            ]
+            assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+        status, out, _ = cli(
+            running, capsys, "docs", "export", news, "--filter", '{"sense": "company"}'
+        )
+        assert [json.loads(line)["id"] for line in out.splitlines()] == ["b01", "b02", "b03"]
+    finally:
+        client.drop_collection("news-copy")
+
+
+# ---------------------------------------------------------------- HTTP REST
+
+
+def test_rest_collections_and_documents(http, client):
+    made = http.post("/v1/collections", json={"name": "rest-one", "index": "Flat"})
+    assert made.status_code == 200 and made.json()["dim"] == DIM
+    try:
+        assert "rest-one" in [c["name"] for c in http.get("/v1/collections").json()["collections"]]
+        docs = documents()[:3] + [{"id": "vec", "vector": [0.0] * (DIM - 1) + [1.0]}]
+        stored = http.post("/v1/collections/rest-one/upsert", json={"documents": docs})
+        assert stored.status_code == 200, stored.text
+        assert stored.json() == {"upserted": 4, "ids": ["a01", "a02", "a03", "vec"]}
+        assert http.get("/v1/collections/rest-one").json()["count"] == 4
+        count = http.post(
+            "/v1/collections/rest-one/count", json={"filter": {"year": {"$gt": 2020}}}
+        )
+        assert count.json() == {"count": 2}
+
+        got = http.post(
+            "/v1/collections/rest-one/get", json={"ids": ["a02", "zz"], "with_vectors": True}
+        ).json()
+        grpc_a02 = client.get("rest-one", ["a02"], with_vectors=True)[0]
+        assert got["missing"] == ["zz"] and got["documents"][0]["metadata"] == TEXTS[1][2]
+        assert np.allclose(got["documents"][0]["vector"], grpc_a02.vector, atol=1e-6)
+
+        pages, cursor = [], None
+        while True:
+            page = http.post(
+                "/v1/collections/rest-one/scroll",
+                json={"limit": 3, **({"cursor": cursor} if cursor else {})},
+            ).json()
+            pages.append([d["id"] for d in page["documents"]])
+            if (cursor := page["next_cursor"]) is None:
+                break
+        assert pages == [["a01", "a02", "a03"], ["vec"]]
+
+        one = http.post("/v1/collections/rest-one/search", json={"query": QUERIES[0], "k": 2})
+        grpc_hits = client.search("rest-one", QUERIES[0], k=2)
+        assert [h["id"] for h in one.json()["results"][0]] == [h.id for h in grpc_hits]
+        assert [h["score"] for h in one.json()["results"][0]] == pytest.approx(
+            [h.score for h in grpc_hits], abs=1e-5
+        )
+        many = http.post(
+            "/v1/collections/rest-one/search",
+            json={"query": QUERIES, "k": 1, "filter": {"sense": "fruit"}},
+        ).json()
+        assert [len(r) for r in many["results"]] == [1, 1, 1]
+        by_vector = http.post(
+            "/v1/collections/rest-one/search",
+            json={"vector": [0.0] * (DIM - 1) + [1.0], "k": 1, "with_vectors": True},
+        ).json()
+        assert by_vector["results"][0][0]["id"] == "vec"
+        assert by_vector["results"][0][0]["vector"][-1] == pytest.approx(1)
+
+        patched = http.post(
+            "/v1/collections/rest-one/update_metadata",
+            json={"ids": ["a01"], "patch": {"year": 1990}},
+        )
+        assert patched.json() == {"updated": 1}
+        deleted = http.post(
+            "/v1/collections/rest-one/delete", json={"filter": {"year": {"$lt": 2000}}}
+        )
+        assert deleted.json() == {"deleted": 1}
+        assert http.post("/v1/collections/rest-one/delete", json={"ids": ["vec"]}).json() == {
+            "deleted": 1
+        }
+        assert client.count("rest-one") == 2  # the same store as gRPC's
+    finally:
+        assert http.delete("/v1/collections/rest-one").json() == {"dropped": "rest-one"}
+    assert http.get("/v1/collections/rest-one").status_code == 404
+
+
+def test_rest_errors_have_the_right_status_and_shape(http, running):
+    def error(response: httpx2.Response, status: int, *words: str) -> None:
+        assert response.status_code == status, response.text
+        body = response.json()["error"]
+        assert set(body) == {"message", "code", "param"}
+        for word in words:
+            assert word in body["message"], body
+
+    base = f"http://127.0.0.1:{running.server.http_port}"
+    error(httpx2.get(base + "/v1/collections"), 401)
+    error(http.get("/v1/collections/nope"), 404, "nope")
+    error(http.post("/v1/collections/nope/count", json={}), 404)
+    assert http.post("/v1/collections", json={"name": "rest-errors"}).status_code == 200
+    try:
+        error(http.post("/v1/collections", json={"name": "rest-errors"}), 409)
+        error(http.post("/v1/collections", json={"name": "bad name!"}), 422, "name")
+        error(
+            http.post(
+                "/v1/collections/rest-errors/upsert",
+                json={"documents": [{"id": "v", "vector": [1.0, 2.0]}]},
+            ),
+            400,
+            "2",
+            "384",
+        )
+        error(
+            http.post("/v1/collections/rest-errors/upsert", json={"documents": [{"text": " "}]}),
+            400,
+            "documents[0].text",
+        )
+        error(http.post("/v1/collections/rest-errors/count", json={"filter": {"$or": 1}}), 400)
+        error(http.post("/v1/collections/rest-errors/delete", json={}), 400, "ids or filter")
+        error(http.post("/v1/collections/rest-errors/delete", json={"filter": {}}), 400)
+        error(
+            http.post("/v1/collections/rest-errors/scroll", json={"cursor": "zzz"}), 400, "cursor"
+        )
+        error(http.post("/v1/collections/rest-errors/search", json={"k": 3}), 400, "query")
+        error(http.post("/v1/collections/rest-errors/search", json={"query": "x", "k": 0}), 422)
+        error(
+            http.post("/v1/collections/rest-errors/search", json={"vector": [[1.0] * DIM, [1.0]]}),
+            400,
+            "length",
+        )
+    finally:
+        http.delete("/v1/collections/rest-errors")
+
+
+def test_rest_routes_are_in_the_openapi_document(http):
+    doc = http.get("/openapi.json").json()
+    paths = {p for p in doc["paths"] if p.startswith("/v1/collections")}
+    assert paths == {"/v1/collections", "/v1/collections/{name}"} | {
+        f"/v1/collections/{{name}}/{op}"
+        for op in ("upsert", "get", "delete", "count", "scroll", "update_metadata", "search")
+    }
+    upsert = doc["paths"]["/v1/collections/{name}/upsert"]["post"]
+    assert upsert["responses"]["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"
+    }
+    assert "401" in upsert["responses"] and any(
+        p["name"] == "X-Priority" for p in upsert["parameters"]
+    )
