@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedsense.client.attention_page.payload import display_tokens
 from embedsense.client.types import Explanation, LayerComparison
 
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Serif CJK SC", "Source Han Sans SC",
@@ -25,7 +26,16 @@ def cjk_font() -> str | None:
     from matplotlib import font_manager
 
     installed = {font.name for font in font_manager.fontManager.ttflist}
-    return next((name for name in CJK_FONTS if name in installed), None)
+    found = next((name for name in CJK_FONTS if name in installed), None)
+    if found is None:
+        # matplotlib's font cache is built once; fonts installed after it are unknown to it
+        # until they are added by path.
+        for path in font_manager.findSystemFonts():
+            if any(mark in Path(path).name.lower() for mark in ("cjk", "wqy", "droidsansfallback")):
+                font_manager.fontManager.addfont(path)
+        installed = {font.name for font in font_manager.fontManager.ttflist}
+        found = next((name for name in CJK_FONTS if name in installed), None)
+    return found
 
 
 def token_labels(tokens: list[str], can_draw_cjk: bool) -> list[str]:
@@ -41,10 +51,13 @@ def render_png(
     layer: int | None = None,
     head: int | None = None,
     title: str = "",
+    text: str | None = None,
 ) -> Path:
     """Panels: the word's attention per layer (mean over heads) and which token each head of
     each layer attends to most, when a word was explained; one layer's token-by-token map
-    when `layer` is given or no word was; the layer trajectory, when a comparison is given."""
+    when `layer` is given or no word was; the layer trajectory, when a comparison is given.
+    `text`: the explained text, so that tokens are drawn as typed (no ▁, full-width
+    punctuation kept), as on the HTML page."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +71,7 @@ def render_png(
         )  # fmt: skip
     else:
         plt.rcParams["font.family"] = [font, "DejaVu Sans"]
-    labels = token_labels(explanation.tokens.tokens, font is not None)
+    labels = token_labels(display_tokens(explanation, text), font is not None)
     word_panels = bool(explanation.target_tokens) and layer is None
     panels = (2 if word_panels else 1) + (comparison is not None)
     fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 5.4), squeeze=False)
@@ -80,7 +93,7 @@ def render_png(
 
 
 def _target_name(e: Explanation, labels: list[str]) -> str:
-    return "".join(labels[i] for i in e.target_tokens).replace("▁", "")
+    return "".join(labels[i] for i in e.target_tokens)
 
 
 def _word_by_layer(ax, e: Explanation, labels: list[str]) -> None:  # noqa: ANN001
@@ -106,7 +119,7 @@ def _head_grid(ax, e: Explanation, labels: list[str]) -> None:  # noqa: ANN001
     for li in range(len(e.layers)):
         for hi in range(len(e.heads)):
             bright = strongest[li, hi] >= 0.6 * strongest.max()
-            ax.text(hi, li, labels[best[li, hi]].replace("▁", ""), ha="center", va="center",
+            ax.text(hi, li, labels[best[li, hi]], ha="center", va="center",
                     fontsize=6, color="black" if bright else "white")  # fmt: skip
     ax.set_xticks(range(len(e.heads)), [str(h) for h in e.heads])
     ax.set_yticks(range(len(e.layers)), [str(layer) for layer in e.layers])

@@ -39,6 +39,19 @@ class Focus:
 
 
 @dataclass
+class Neuron:
+    """One head's query and key vectors, as its attention used them: after the q/k
+    projection, before the scaled dot product, so that softmax(queries @ keys.T /
+    sqrt(head_size)) is that head's attention rows of `query_tokens`."""
+
+    layer: int  # 1-based
+    head: int  # 0-based
+    query_tokens: list[int]  # the target word's tokens; with no word, every token
+    queries: np.ndarray  # (len(query_tokens), head_size) float32
+    keys: np.ndarray  # (T, head_size) float32
+
+
+@dataclass
 class Explanation:
     tokenized: TokenizedText
     layers: list[int]  # 1-based layer numbers, in the order of `attentions`
@@ -47,6 +60,7 @@ class Explanation:
     target: Occurrence | None
     target_tokens: list[int]  # the tokens covering the target word
     focus: list[Focus]  # per layer: mean over heads, then each head
+    neuron: Neuron | None = None  # when one (layer, head) was asked for
 
 
 class Explainer:
@@ -57,12 +71,48 @@ class Explainer:
         self.num_heads = model.encoder.cfg.num_heads
         self._lock = threading.Lock()
 
-    def _forward(self, tokenized: Sequence[TokenizedText], attentions: bool):
+    def _forward(
+        self, tokenized: Sequence[TokenizedText], attentions: bool, qkv_of: int | None = None
+    ):
+        """The encoder's explicit forward; with `qkv_of` (a 0-based layer index), also that
+        layer's q/k/v projection output (B*T, 3C), caught as its attention computed it."""
         ids, mask = pad_sequences([t.ids for t in tokenized], self.model.tokenizer.pad_id)
         encoder = self.runner.encoder
-        with self._lock, self.runner.computing():
-            return encoder(ids.to(self.runner.device), mask.to(self.runner.device),
-                           output_hidden_states=True, output_attentions=attentions)  # fmt: skip
+        caught: list[torch.Tensor] = []
+        hook = None
+        if qkv_of is not None:
+            projection = encoder.layers[qkv_of].attention.qkv
+            hook = projection.register_forward_hook(lambda _m, _i, out: caught.append(out))
+        try:
+            with self._lock, self.runner.computing():
+                out = encoder(ids.to(self.runner.device), mask.to(self.runner.device),
+                              output_hidden_states=True, output_attentions=attentions)  # fmt: skip
+        finally:
+            if hook is not None:
+                hook.remove()
+        return (out, caught[0]) if qkv_of is not None else out
+
+    def _check_neuron(self, neuron: tuple[int, int]) -> tuple[int, int]:
+        layer, head = neuron
+        if not 1 <= layer <= self.num_layers:
+            raise SenseInputError(f"neuron.layer {layer} does not exist: the model has layers "
+                                  f"1-{self.num_layers}")  # fmt: skip
+        if not 0 <= head < self.num_heads:
+            raise SenseInputError(f"neuron.head {head} does not exist: the model has heads "
+                                  f"0-{self.num_heads - 1}")  # fmt: skip
+        return layer, head
+
+    def _neuron(self, qkv: torch.Tensor, layer: int, head: int, rows: list[int], T: int) -> Neuron:
+        """Head `head`'s slice of the caught projection, split as SelfAttention splits it:
+        channels [0, C) are the queries, [C, 2C) the keys, head h owns h*hs .. (h+1)*hs."""
+        hs = self.model.encoder.cfg.head_size
+        C = hs * self.num_heads
+        qkv = qkv.reshape(T, 3 * C).float().cpu().numpy()
+        cols = slice(head * hs, (head + 1) * hs)
+        queries = qkv[rows, cols]  # (len(rows), hs)
+        keys = qkv[:, C : 2 * C][:, cols]  # (T, hs)
+        return Neuron(layer, head, rows, np.ascontiguousarray(queries, dtype=np.float32),
+                      np.ascontiguousarray(keys, dtype=np.float32))  # fmt: skip
 
     def _tokenize(self, text: str, role: TextRole, truncate: bool, field: str) -> TokenizedText:
         if not text.strip():
@@ -111,10 +161,15 @@ class Explainer:
         heads: Sequence[int] | None = None,
         role: TextRole = TextRole.QUERY,
         truncate: bool = False,
+        neuron: tuple[int, int] | None = None,
     ) -> Explanation:
         """Attention of `layers` (1-based) x `heads` (0-based), all by default; and, for a
         target word, the tokens it attends to most in each layer and head. A text over the
-        model's positions is refused unless `truncate` (then its first window is explained)."""
+        model's positions is refused unless `truncate` (then its first window is explained).
+        neuron: (layer 1-based, head 0-based) whose query and key vectors to return too
+        (the word's queries, or every token's when there is no word)."""
+        if neuron is not None:
+            neuron = self._check_neuron(neuron)
         tokenized = self._tokenize(text, role, truncate, "text")
         layer_list = self._select(layers, self.num_layers, "layer", 1)
         head_list = self._select(heads, self.num_heads, "head", 0)
@@ -131,7 +186,13 @@ class Explainer:
         if word or span:
             target = locate(text, word, span, occurrence)
             target_tokens = self._target_tokens(tokenized, target, "word")
-        out = self._forward([tokenized], attentions=True)
+        qkv_of = neuron[0] - 1 if neuron is not None else None
+        out = self._forward([tokenized], attentions=True, qkv_of=qkv_of)
+        found = None
+        if neuron is not None:
+            out, qkv = out
+            rows = target_tokens or list(range(T))
+            found = self._neuron(qkv, neuron[0], neuron[1], rows, T)
         maps = np.stack([
             out.attentions[layer - 1][0, head_list].float().cpu().numpy() for layer in layer_list
         ])  # (L, H, T, T)  # fmt: skip
@@ -143,7 +204,7 @@ class Explainer:
                 focus += [Focus(layer, head, _top(from_word[li, hi]))
                           for hi, head in enumerate(head_list)]  # fmt: skip
         return Explanation(tokenized, layer_list, head_list, maps.astype(np.float32), target,
-                           target_tokens, focus)  # fmt: skip
+                           target_tokens, focus, found)  # fmt: skip
 
     def compare_layers(
         self,

@@ -57,6 +57,58 @@ def test_a_chosen_layer_and_head_and_the_response_bound(client):
         client.explain("我喜欢吃苹果", "香蕉")
 
 
+def softmax_rows(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The scaled dot-product attention of queries over keys, computed here in float32."""
+    scores = (queries @ keys.T / np.float32(np.sqrt(keys.shape[1]))).astype(np.float32)
+    exps = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return exps / exps.sum(axis=1, keepdims=True)
+
+
+def test_the_neuron_vectors_give_that_heads_attention_rows(client):
+    e = client.explain("我喜欢吃苹果，尤其是红富士", "苹果", neuron=(6, 4))
+    n, T = e.neuron, len(e.tokens.tokens)
+    assert (n.layer, n.head) == (6, 4) and n.query_tokens == e.target_tokens
+    assert n.queries.shape == (1, 32) and n.keys.shape == (T, 32)
+    assert n.queries.dtype == np.float32 and n.keys.dtype == np.float32
+    np.testing.assert_allclose(softmax_rows(n.queries, n.keys),
+                               e.attentions[5, 4][e.target_tokens], atol=1e-5)  # fmt: skip
+    # It is that head's slice: its neighbour's attention is another distribution.
+    assert (
+        np.abs(softmax_rows(n.queries, n.keys) - e.attentions[5, 5][e.target_tokens]).max() > 0.01
+    )
+    # Without a word, every token's query: the whole map of that head, whatever was asked.
+    whole = client.explain("我买了最新的苹果手机", layers=[1], heads=[11], neuron=(1, 11))
+    assert whole.neuron.query_tokens == list(range(len(whole.tokens.tokens)))
+    np.testing.assert_allclose(softmax_rows(whole.neuron.queries, whole.neuron.keys),
+                               whole.attentions[0, 0], atol=1e-5)  # fmt: skip
+    assert client.explain("苹果", layers=[1], heads=[0]).neuron is None
+
+
+def test_a_neuron_outside_the_model_is_invalid_argument_naming_the_range(client):
+    with pytest.raises(InvalidArgument, match="neuron.layer 13 does not exist: the model has "
+                                              "layers 1-12"):  # fmt: skip
+        client.explain("我喜欢吃苹果", "苹果", neuron=(13, 0))
+    with pytest.raises(InvalidArgument, match="neuron.layer 0 does not exist"):
+        client.explain("我喜欢吃苹果", "苹果", neuron=(0, 0))
+    with pytest.raises(InvalidArgument, match="neuron.head 12 does not exist: the model has "
+                                              "heads 0-11"):  # fmt: skip
+        client.explain("我喜欢吃苹果", "苹果", neuron=(1, 12))
+
+
+def test_the_async_client_asks_for_a_neuron_too(server):
+    import asyncio
+
+    from embedsense.client import AsyncClient
+
+    async def ask():
+        async with AsyncClient(server.target, timeout=120) as c:
+            return await c.explain("我喜欢吃苹果", "苹果", layers=[12], heads=[3], neuron=(12, 3))
+
+    e = asyncio.run(ask())
+    np.testing.assert_allclose(softmax_rows(e.neuron.queries, e.neuron.keys),
+                               e.attentions[0, 0][e.target_tokens], atol=1e-5)  # fmt: skip
+
+
 def test_the_layer_trajectory_shows_contexts_separating(client):
     c = client.compare_layers("我喜欢吃苹果", "我买了最新的苹果手机", "苹果")
     assert len(c.cosines) == 13 and c.span_a == (4, 6) and c.span_b == (6, 8)
@@ -108,3 +160,97 @@ def test_labels_fall_back_to_code_points_without_a_cjk_font():
         "ok",
     ]
     assert token_labels(["苹果"], can_draw_cjk=True) == ["苹果"]
+
+
+def page_data(path) -> dict:
+    """The data a page was built from: the JSON literal after `const D = `."""
+    import json
+
+    source = path.read_text(encoding="utf-8")
+    start = source.index("const D = ") + len("const D = ")
+    return json.JSONDecoder().raw_decode(source, start)[0]
+
+
+def run_cli(server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "embedsense.client.cli", "--target", server.target, "explain",
+         *args], capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+def test_cli_page_says_what_was_left_out_and_opens_on_the_chosen_view(server, tmp_path):
+    page = tmp_path / "heads.html"
+    done = run_cli(server, "我喜欢吃苹果，苹果很甜", "--word", "苹果", "--occurrence", "1",
+                   "--heads", "0", "7", "--layer", "12", "--head", "7",
+                   "--html", str(page))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = page_data(page)
+    assert data["omitted"]["heads"] == [2, 12] and data["omitted"]["layers"] == [12, 12]
+    assert data["open"] == {"layer": 11, "head": 1}  # layer 12, head 7: its place in the page
+    neuron = data["neuron"]  # the neuron view: the head the page opens on, the word's rows
+    assert (neuron["layer"], neuron["head"]) == (12, 7) and len(neuron["rows"]) == 1
+    assert neuron["rows"][0]["token"] == data["target"][0]
+    assert len(neuron["rows"][0]["dots"]) == len(data["tokens"])
+    tokens = data["tokens"]
+    assert [tokens[i] for i in data["target"]] == ["苹果"]
+    assert data["target"][0] > tokens.index("苹果")  # the second 苹果
+    bad = run_cli(server, "我喜欢吃苹果", "--heads", "0", "--layer", "12", "--head", "7",
+                  "--html", str(tmp_path / "bad.html"))  # fmt: skip
+    assert bad.returncode != 0 and "head 7 is not in this explanation" in bad.stderr
+
+
+def test_cli_fits_a_long_text_into_the_layers_that_fit_and_says_so(server, tmp_path):
+    page = tmp_path / "long.html"
+    text = "我喜欢吃苹果。" * 25  # about 180 tokens: every head of every layer does not fit
+    done = run_cli(server, text, "--word", "苹果", "--html", str(page))
+    assert done.returncode == 0, done.stderr
+    data = page_data(page)
+    T = len(data["tokens"])
+    shown, total = data["omitted"]["layers"]
+    assert data["fitted"] and total == 12 and 1 <= shown < 12
+    assert shown * 12 * T * T <= data["omitted"]["bound"] < (shown + 1) * 12 * T * T
+    assert data["layers"][-1] == 12
+    long = "我喜欢吃苹果。" * 120
+    cut = run_cli(server, long, "--word", "苹果", "--truncate", "--layers", "12", "--heads", "0",
+                  "--html", str(tmp_path / "cut.html"))  # fmt: skip
+    assert cut.returncode == 0, cut.stderr
+    assert len(page_data(tmp_path / "cut.html")["tokens"]) == 512
+
+
+def test_page_pieces_escape_fit_and_draw_tokens_as_typed():
+    """No browser, no server: the page's pure parts."""
+    import json
+
+    from embedsense.client.attention_page.fitting import fit
+    from embedsense.client.attention_page.page import script_json
+    from embedsense.client.attention_page.payload import display_tokens, quantize, separation
+    from embedsense.client.types import Explanation, Tokens
+
+    hostile = {"t": "</script><!--<script>&\u2028"}
+    literal = script_json(hostile)
+    assert not any(ch in literal for ch in "<>&\u2028") and json.loads(literal) == hostile
+
+    weights = np.array([0.0, 0.12344, 0.12346, 1.0], dtype=np.float32)
+    import base64
+
+    back = np.frombuffer(base64.b64decode(quantize(weights)), dtype="<u2") / 10_000
+    np.testing.assert_allclose(back, weights, atol=5e-5)
+
+    # 12 heads of 82 tokens: every layer fits in a million values; 180 tokens: only 2 do.
+    assert fit(82, 12, 12, 1_000_000) == (list(range(1, 13)), list(range(12)))
+    assert fit(180, 12, 12, 1_000_000) == ([11, 12], list(range(12)))
+    assert fit(400, 12, 12, 1_000_000) == ([12], [0, 1, 2, 3, 4, 5])
+    with pytest.raises(ValueError, match="explain a shorter part"):
+        fit(1100, 12, 12, 1_000_000)
+
+    assert separation({}, {"a": [1, 0.9, 0.5], "b": [1, 0.9, 0.9]}) == {"chart": "senses", "k": 2}
+    assert separation({"x": [1, 0.7, 0.8]}, {}) == {"chart": "contexts", "k": 1}
+
+    text = "我喜欢吃苹果，很甜"
+    pieces = ["<s>", "▁que", "ry", ":", "▁我", "喜欢", "吃", "苹果", ",", "很", "甜", "</s>"]
+    offsets = [(0, 0)] * 4 + [(0, 1), (1, 3), (3, 4), (4, 6), (6, 7), (7, 8), (8, 9), (0, 0)]
+    tokens = Tokens(pieces, list(range(12)), offsets, [False] * 4 + [True] * 7 + [False])
+    e = Explanation(tokens, [1], [0], np.zeros((1, 1, 12, 12)), None, [], [], 1_000_000)
+    assert display_tokens(e, text) == ["<s>", "que", "ry", ":", "我", "喜欢", "吃", "苹果",
+                                       "，", "很", "甜", "</s>"]  # fmt: skip
+    assert display_tokens(e, None)[4] == "我" and display_tokens(e, None)[8] == ","

@@ -271,3 +271,9 @@ def metadata_of(text: str, field: str) -> dict[str, Any]:
 
 def span_of(request: Any) -> tuple[int, int] | None:
     return (request.span.start, request.span.end) if request.HasField("span") else None
+
+
+def neuron_of(request: Any) -> tuple[int, int] | None:
+    """ExplainRequest.neuron as (layer, head); None when unset. The model's ranges are
+    checked by the explainer, which knows them."""
+    return (request.neuron.layer, request.neuron.head) if request.HasField("neuron") else None
