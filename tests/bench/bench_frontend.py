@@ -41,13 +41,12 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ops.serverproc import free_port  # noqa: E402  (tests/ops/serverproc.py)
+from ops.serverproc import free_port, wait_until_serving  # noqa: E402  (tests/ops/serverproc.py)
 from workload import chinese_texts  # noqa: E402  (tests/workload.py)
 
 from embedsense.model import load_model  # noqa: E402
 from embedsense.proto.tensors import to_tensor  # noqa: E402
 from embedsense.proto.v1 import embedsense_pb2 as pb  # noqa: E402
-from embedsense.proto.v1 import embedsense_pb2_grpc  # noqa: E402
 
 STANDIN = Path(__file__).with_name("standin.py")
 # What selects each path in the server (its environment).
@@ -70,18 +69,7 @@ class StandinServer:
         )  # fmt: skip
 
     def wait_ready(self, limit_s: float = 180) -> None:
-        deadline = time.monotonic() + limit_s
-        with grpc.insecure_channel(self.target) as channel:
-            stub = embedsense_pb2_grpc.EmbedSenseStub(channel)
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the stand-in server exited with {self.process.returncode}")
-                try:
-                    stub.Info(pb.InfoRequest(), timeout=2)
-                    return
-                except grpc.RpcError:
-                    time.sleep(0.2)
-        raise RuntimeError("the stand-in server did not come up")
+        wait_until_serving(self.target, self.process, limit_s)
 
     def cpu_seconds(self) -> tuple[float, float]:
         """User + system CPU time so far of the server process (all its threads) and of its

@@ -23,10 +23,9 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ops.serverproc import free_port  # noqa: E402  (tests/ops/serverproc.py)
+from ops.serverproc import free_port, wait_until_serving  # noqa: E402  (tests/ops/serverproc.py)
 
 from embedsense.proto.v1 import embedsense_pb2 as pb  # noqa: E402
-from embedsense.proto.v1 import embedsense_pb2_grpc  # noqa: E402
 
 EMBED = "/embedsense.v1.EmbedSense/Embed"
 
@@ -101,7 +100,7 @@ def service_figures(model_dir: Path, texts: list[str], tokens: int, dtype: str, 
              "EMBEDSENSE_MAX_QUEUED_TOKENS": str(max(262_144, 4 * tokens))},
     )  # fmt: skip
     try:
-        _wait_ready(target, server)
+        wait_until_serving(target, server)
         processes = max(1, min(8, (os.cpu_count() or 2) // 4))
         one = [pb.EmbedRequest(texts=[t]).SerializeToString() for t in texts]
         many = [pb.EmbedRequest(texts=texts[i : i + 32]).SerializeToString()
@@ -130,18 +129,3 @@ def service_figures(model_dir: Path, texts: list[str], tokens: int, dtype: str, 
         f"callers {row['p50_ms_32_callers']} ms"
     )
     return row
-
-
-def _wait_ready(target: str, server: subprocess.Popen, limit_s: float = 180) -> None:
-    deadline = time.monotonic() + limit_s
-    with grpc.insecure_channel(target) as channel:
-        stub = embedsense_pb2_grpc.EmbedSenseStub(channel)
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise RuntimeError(f"the server exited with {server.returncode}")
-            try:
-                stub.Info(pb.InfoRequest(), timeout=2)
-                return
-            except grpc.RpcError:
-                time.sleep(0.3)
-    raise RuntimeError("the server did not come up")

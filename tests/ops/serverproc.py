@@ -21,6 +21,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(target: str, process: subprocess.Popen, limit_s: float = 180) -> None:
+    """Wait until the server at `target` answers Info; RuntimeError if `process` exits first
+    or `limit_s` passes."""
+    deadline = time.monotonic() + limit_s
+    with Client(target, timeout=2, retry=Retry(attempts=1)) as probe:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}")
+            try:
+                probe.info()
+                return
+            except Unavailable:
+                time.sleep(0.2)
+    raise RuntimeError("the server did not come up")
+
+
 class ServerProcess:
     def __init__(self, data_dir: Path, port: int | None = None, *extra: str) -> None:
         self.data_dir = data_dir
@@ -38,16 +54,8 @@ class ServerProcess:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "EMBEDSENSE_API_KEY": ""},
         )  # fmt: skip
-        with Client(self.target, timeout=2, retry=Retry(attempts=1)) as probe:
-            while time.monotonic() - started < limit_s:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the server exited with {self.process.returncode}")
-                try:
-                    probe.info()
-                    return time.monotonic() - started
-                except Unavailable:
-                    time.sleep(0.2)
-        raise RuntimeError("the server did not come up")
+        wait_until_serving(self.target, self.process, limit_s - (time.monotonic() - started))
+        return time.monotonic() - started
 
     def rss_mib(self) -> float:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
