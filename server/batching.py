@@ -18,6 +18,10 @@ whether a new request may join them. The rules, in the order they apply:
   derives from a time budget), besides the padded tokens any batch may hold
   (`max_batch_tokens`, memory). By level, not rank: rows that rose by age are not queries,
   and held to a query's short budget they would slow the engine when it is most behind.
+- Every waiting query joins the next batch; only `max_batch_tokens` holds queries back, not
+  a forward budget. A query is a line of a few tokens, but a forward has a fixed cost (all
+  the weights are read): queries run one per forward spent a busy engine's time on that
+  cost (about half the calls per second of the `make load` mix).
 - The first item of a batch always runs, whatever its length: nothing waits forever for room.
 """
 
@@ -130,10 +134,8 @@ def plan_batch(
         if len(chosen) == limit:
             break
         n = pending[i].n_tokens
-        if chosen and (
-            (len(chosen) + 1) * max(longest, n) > max_batch_tokens
-            or (budget is not None and real + n > budget)
-        ):
+        held = budget is not None and pending[i].priority != TOP and real + n > budget
+        if chosen and ((len(chosen) + 1) * max(longest, n) > max_batch_tokens or held):
             continue  # a shorter item further on may still fit
         chosen.append(i)
         longest, real = max(longest, n), real + n

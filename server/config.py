@@ -32,7 +32,7 @@ class EngineConfig:
     # work waits at most about that long behind it: a batch is cut to the tokens that run in
     # this long (measured on recent forwards). query_forward_ms holds a batch of queries,
     # whose own forward adds to their latency; max_forward_ms any other. 0: no time limit.
-    max_forward_ms: float = 200.0
+    max_forward_ms: float = 300.0
     query_forward_ms: float = 30.0
     # Admission of bulk work (None: half of max_queued_tokens, half of
     # max_concurrent_requests): beyond it bulk requests are refused while the others are

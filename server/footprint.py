@@ -1,6 +1,6 @@
 """The server's memory footprint, predicted before it serves: what a pod needs.
 
-    peak = runtime + tokenizer + weights
+    peak = runtime + tokenizer + weights + heaps
            + max_batch_tokens × activation bytes per token
            + max_queued_tokens × bytes per queued token
 
@@ -14,10 +14,14 @@
   budget (padding included). Counted for every op of a forward (the docs say how): the
   feed-forward's two inner (N, I) tensors, in the compute dtype, and a few (N, C) ones.
 - queued tokens: ids and the tokenizer's per-token lists of the rows waiting.
+- heaps: what glibc keeps in its heaps for reuse after a forward. memory.tune_allocator()
+  maps every block above its mmap threshold on its own, so a heap holds at most the
+  activations of a batch whose largest block (the feed-forward's (N, I)) stays under the
+  threshold; one such batch per heap.
 
-It holds only while freed memory goes back to the system: memory.tune_allocator() keeps
-glibc from caching activation-sized blocks in its heaps, or the heaps' high-water marks pile
-up on top (the docs' table shows both).
+It holds only while blocks above that threshold go back to the system when freed: without
+tune_allocator(), glibc raises the threshold as large blocks are freed and the heaps'
+high-water marks pile up on top (the docs' table shows both).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
+
+from embedsense.server import memory
 
 if TYPE_CHECKING:
     import torch
@@ -78,6 +84,13 @@ def activation_bytes_per_token(hidden: int, ffn: int, dtype: str) -> int:
     return HIDDEN_BYTES[dtype] * hidden + FFN_COPIES * ffn * compute
 
 
+def heap_bytes(ffn: int, dtype: str, per_token: int) -> int:
+    """What glibc's heaps may keep after forwards (the module's docstring): per heap, the
+    activations of the batch whose (N, ffn) block just fits under the mmap threshold."""
+    compute = 4 if dtype == "float32" else 2
+    return memory.ARENAS * (memory.MMAP_THRESHOLD // (ffn * compute)) * per_token
+
+
 def tensor_bytes(*modules: torch.nn.Module) -> int:
     """Bytes of the distinct tensor storages the modules hold (shared ones counted once)."""
     seen: dict[int, int] = {}
@@ -98,6 +111,7 @@ class Footprint:
     batch_tokens: int
     per_token: int
     queued_tokens: int
+    heaps: int = 0
 
     @property
     def activations(self) -> int:
@@ -109,8 +123,8 @@ class Footprint:
 
     @property
     def fixed(self) -> int:
-        """What the server holds whatever the limits: runtime, tokenizer, weights."""
-        return self.runtime + self.tokenizer + self.weights
+        """What the server holds whatever the limits: runtime, tokenizer, weights, heaps."""
+        return self.runtime + self.tokenizer + self.weights + self.heaps
 
     @property
     def peak(self) -> int:
@@ -120,6 +134,7 @@ class Footprint:
         return (
             f"predicted peak {self.peak / MIB:.0f} MiB = runtime {self.runtime / MIB:.0f} + "
             f"tokenizer {self.tokenizer / MIB:.0f} + weights {self.weights / MIB:.0f} + "
+            f"heaps {self.heaps / MIB:.0f} + "
             f"activations {self.activations / MIB:.0f} (max_batch_tokens {self.batch_tokens} "
             f"x {self.per_token / 1024:.1f} KiB) + queue {self.queue / MIB:.0f} "
             f"(max_queued_tokens {self.queued_tokens} x {QUEUED_TOKEN_BYTES} B)"
@@ -132,13 +147,15 @@ def predict(
     """The peak at `config`'s limits for `model` computing in `dtype`; `runner_modules`: the
     runner's own copies of the model (counted with the loaded one, shared tensors once)."""
     cfg = model.encoder.cfg
+    per_token = activation_bytes_per_token(cfg.hidden_size, cfg.intermediate_size, dtype)
     return Footprint(
         runtime=RUNTIME_BYTES,
         tokenizer=TOKENIZER_BYTES_PER_ENTRY * model.tokenizer.vocab_size,
         weights=tensor_bytes(model.encoder, *runner_modules),
         batch_tokens=config.max_batch_tokens,
-        per_token=activation_bytes_per_token(cfg.hidden_size, cfg.intermediate_size, dtype),
+        per_token=per_token,
         queued_tokens=config.max_queued_tokens,
+        heaps=heap_bytes(cfg.intermediate_size, dtype, per_token),
     )
 
 

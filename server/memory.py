@@ -8,11 +8,15 @@ over five minutes of mixed load, README). `malloc_trim` hands the free pages bac
 about a millisecond, so the engine calls it at most every couple of seconds.
 
 That alone leaves the heaps' high-water marks in between, and glibc raises its mmap
-threshold each time a large block is freed (up to 32 MiB), so activations soon come from
-the heaps rather than from mmap. tune_allocator() pins the threshold, so that every block
-an activation needs is mapped and unmapped on its own and goes back when freed, and caps
-the number of heaps (glibc makes up to 8 per core, one per thread that allocates). What
-each setting did to RSS and throughput is in the docs' memory table.
+threshold each time a large block is freed (up to 32 MiB), so the activations of the largest
+batches soon come from the heaps and stay there. tune_allocator() pins the threshold at
+8 MiB and caps the number of heaps (glibc makes up to 8 per core, one per thread that
+allocates). Blocks above it (only large batches make them) are mapped on their own and go
+back when freed. Blocks below it are reused from the heaps: a block mapped afresh costs a
+page fault per 4 KiB on every forward, and at a threshold of 256 KiB that made the forwards
+of a busy server (about 1,000 tokens each) a third slower. What is reused is bounded
+(footprint.py counts it). What each setting did to RSS and throughput is in the docs'
+memory table.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ log = logging.getLogger(__name__)
 # mallopt's parameters (glibc's malloc.h) and the values set. A variable glibc reads itself
 # (MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_) wins over these.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+ARENAS = 2
+MMAP_THRESHOLD = 8 * 1024 * 1024
 SETTINGS = (
-    (M_ARENA_MAX, "MALLOC_ARENA_MAX", 2),
-    (M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", 256 * 1024),
+    (M_ARENA_MAX, "MALLOC_ARENA_MAX", ARENAS),
+    (M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD),
     (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 4 * 1024 * 1024),
 )
 # On a CPU, bf16 matrix products go through oneDNN, and PyTorch's ideep layer and oneDNN

@@ -86,6 +86,23 @@ def test_a_forward_budget_holds_a_batch_to_its_first_rows_level():
     assert aged.rank == TOP and aged.level == I and aged.real_tokens > 100
 
 
+def test_every_waiting_query_joins_the_next_batch_whatever_the_budget():
+    # Ten queries arrived while a forward ran: one forward for all of them, not ten (each
+    # would pay the forward's fixed cost alone). The budget still holds the other rows back.
+    pending = [Item(40, 0.0 + i * 0.01, I) for i in range(50)]
+    pending += [Item(12, 1.0 + i * 0.01, Q) for i in range(10)]
+    plan = plan_batch(pending, 8192, now=1.2, forward_tokens={Q: 30, I: 400})
+    levels = [pending[i].priority for i in plan.indices]
+    assert levels.count(Q) == 10 and levels.count(I) == 0
+    assert plan.real_tokens == 120 > 30
+    # max_batch_tokens (memory) still holds: queries beyond it wait for the next forward.
+    tight = plan_batch(pending, 60, now=1.2, forward_tokens={Q: 30, I: 400})
+    assert [pending[i].priority for i in tight.indices] == [Q] * 5
+    # Queries joining a batch led by rows that rose by age: they join it too.
+    aged = plan_batch(pending, 8192, now=30.0, aging_s=5.0, forward_tokens={Q: 30, I: 400})
+    assert aged.level == I and sum(pending[i].priority == Q for i in aged.indices) == 10
+
+
 def test_a_time_budget_becomes_tokens_by_the_fitted_forward_cost():
     cost = ForwardCost()
     assert cost.tokens_for(0.2) is None  # nothing measured: no time budget yet

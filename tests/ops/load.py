@@ -123,14 +123,53 @@ def summarize(results: dict, seconds: float) -> dict:
     return out
 
 
-def queue_histograms(metrics_port: int) -> dict[str, dict]:
-    """Per priority, the server's queue-time histogram now: cumulative bucket counts by upper
-    bound, the count and the sum of seconds; and the rows refused at admission."""
+def scrape(metrics_port: int) -> list:
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as answer:
-        text = answer.read().decode()
+        return list(text_string_to_metric_families(answer.read().decode()))
+
+
+# The engine's running totals, by the metric sample that holds each.
+ENGINE_TOTALS = {
+    "forwards": "embedsense_batch_rows_count",
+    "rows": "embedsense_batch_rows_sum",
+    "padded_tokens": "embedsense_batch_tokens_sum",
+    "real_tokens": "embedsense_engine_real_tokens",
+    "model_seconds": "embedsense_model_seconds_sum",
+}
+
+
+def engine_totals(families: list) -> dict[str, float]:
+    by_name = {s.name: s.value for f in families for s in f.samples if not s.labels}
+    return {key: by_name.get(name, 0.0) for key, name in ENGINE_TOTALS.items()}
+
+
+def summarize_engine(before: dict[str, float], after: dict[str, float], seconds: float) -> dict:
+    """What the model did over the run: forwards, their size, and how busy it was. Where
+    throughput moves between two builds, these say whether the forwards got smaller (the
+    planner) or slower per token (the kernels, the allocator)."""
+    d = {key: after[key] - before[key] for key in after}
+    forwards = d["forwards"] or 1
+    out = {
+        "forwards_per_s": round(d["forwards"] / seconds, 2),
+        "rows_per_forward": round(d["rows"] / forwards, 1),
+        "real_tokens_per_forward": round(d["real_tokens"] / forwards, 1),
+        "padded_tokens_per_forward": round(d["padded_tokens"] / forwards, 1),
+        "model_ms_per_1k_real_tokens": round(1e6 * d["model_seconds"] / (d["real_tokens"] or 1), 1),
+        "model_busy": round(d["model_seconds"] / seconds, 3),
+    }
+    print(f"  {out['forwards_per_s']} forwards/s of {out['rows_per_forward']} rows, "
+          f"{out['real_tokens_per_forward']} real ({out['padded_tokens_per_forward']} padded) "
+          f"tokens; {out['model_ms_per_1k_real_tokens']} ms of model time per 1,000 real "
+          f"tokens; the model busy {out['model_busy']:.0%} of the time")  # fmt: skip
+    return out
+
+
+def queue_histograms(families: list) -> dict[str, dict]:
+    """Per priority, the server's queue-time histogram now: cumulative bucket counts by upper
+    bound, the count and the sum of seconds; and the rows refused at admission."""
     out: dict[str, dict] = defaultdict(lambda: {"buckets": {}, "count": 0.0, "sum": 0.0})
-    for family in text_string_to_metric_families(text):
+    for family in families:
         for sample in family.samples:
             priority = sample.labels.get("priority")
             if priority is None:
@@ -211,7 +250,7 @@ def main() -> None:
                   f"{args.warmup:.0f} s with {args.clients} clients")  # fmt: skip
             asyncio.run(run_load(server.target, args.clients, args.warmup))
             rss_start = server.rss_mib()
-            queues_before = queue_histograms(metrics_port)
+            before = scrape(metrics_port)
             mix = "60 % Embed of 1-4 texts, 30 % Search, 10 % Upsert of 4 documents"
             print(f"load: {args.clients} clients for {args.seconds:.0f} s ({mix})")
             samples: list[float] = []
@@ -222,12 +261,14 @@ def main() -> None:
             rss_end = server.rss_mib()
             peak = peak_rss_mib(server)
             predicted = predicted_peak(log)
-            queues_after = queue_histograms(metrics_port)
+            after = scrape(metrics_port)
         finally:
             server.stop()
     summary = summarize(results, args.seconds)
     print("time in the engine's queue, per row, by priority (bucket-interpolated percentiles):")
-    queues = summarize_queues(queues_before, queues_after)
+    queues = summarize_queues(queue_histograms(before), queue_histograms(after))
+    print("the engine over the run:")
+    engine = summarize_engine(engine_totals(before), engine_totals(after), args.seconds)
     growth = (rss_end - rss_start) / rss_start
     print(f"server RSS after warm-up {rss_start:.0f} MiB, at the end {rss_end:.0f} MiB "
           f"({growth:+.1%}); every 30 s: {samples}")  # fmt: skip
@@ -241,7 +282,7 @@ def main() -> None:
                       "rss_growth": round(growth, 4), "peak_rss_mib": round(peak, 1),
                       "swing": round(swing, 4), "predicted_peak_mib": predicted,
                       "rss_every_30s_mib": samples,
-                      "queue_by_priority": queues}))  # fmt: skip
+                      "queue_by_priority": queues, "engine": engine}))  # fmt: skip
 
 
 if __name__ == "__main__":
