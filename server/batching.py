@@ -18,10 +18,10 @@ whether a new request may join them. The rules, in the order they apply:
   derives from a time budget), besides the padded tokens any batch may hold
   (`max_batch_tokens`, memory). By level, not rank: rows that rose by age are not queries,
   and held to a query's short budget they would slow the engine when it is most behind.
-- Every waiting query joins the next batch; only `max_batch_tokens` holds queries back, not
-  a forward budget. A query is a line of a few tokens, but a forward has a fixed cost (all
-  the weights are read): queries run one per forward spent a busy engine's time on that
-  cost (about half the calls per second of the `make load` mix).
+- Every waiting query joins the next batch; only `max_batch_tokens` and `max_batch_requests`
+  hold queries back, not a forward budget. A query is a line of a few tokens, but a forward
+  has a fixed cost (all the weights are read): queries run one per forward spent a busy
+  engine's time on that cost (about half the calls per second of the `make load` mix).
 - The first item of a batch always runs, whatever its length: nothing waits forever for room.
 """
 

@@ -31,7 +31,9 @@ class EngineConfig:
     # How long one forward may last while work of a higher priority is about, so that such
     # work waits at most about that long behind it: a batch is cut to the tokens that run in
     # this long (measured on recent forwards). query_forward_ms holds a batch of queries,
-    # whose own forward adds to their latency; max_forward_ms any other. 0: no time limit.
+    # whose own forward adds to their latency, but never two such batches in a row (the
+    # next batch of queries gets max_forward_ms); max_forward_ms any other. 0: no time limit
+    # (query_forward_ms 0: batches of queries get max_forward_ms).
     max_forward_ms: float = 300.0
     query_forward_ms: float = 30.0
     # Admission of bulk work (None: half of max_queued_tokens, half of

@@ -81,7 +81,8 @@ HIGHER_WORK_SEEN_S = 10.0
 # holds at least the tokens that keep that cost within this share of its forward, and at
 # least MIN_FORWARD_TOKENS: on a slow or crowded machine, where the fixed cost grows, its
 # forwards grow too, rather than spend the model's time on overhead (which would make the
-# queue, and every wait, longer). A query's batch has no floor: it is short on purpose.
+# queue, and every wait, longer). A short batch of queries (query_forward_ms) has no floor:
+# it is short on purpose.
 MAX_FIXED_SHARE = 0.2
 MIN_FORWARD_TOKENS = 256
 
@@ -657,7 +658,7 @@ class Engine:
         for level in Priority:
             held = any(seen[above] for above in range(level + 1, len(Priority)))
             if level is Priority.QUERY and self._short_query_forward(now):
-                budgets[level] = self._cost.tokens_for(c.query_forward_ms / 1000) or 1
+                budgets[level] = self._cost.tokens_for(c.query_forward_ms / 1000) or 1  # typing
             elif c.max_forward_ms > 0 and (held or level is Priority.QUERY):
                 tokens = self._cost.tokens_for(c.max_forward_ms / 1000, MAX_FIXED_SHARE)
                 if tokens is not None:
@@ -665,10 +666,13 @@ class Engine:
         return budgets
 
     def _short_query_forward(self, now: float) -> bool:
-        """Whether a batch of queries planned now gets the short budget (_forward_tokens)."""
+        """Whether a batch of queries planned now gets the short budget (_forward_tokens):
+        not right after another short one, unless there is no full budget to fall back on
+        (max_forward_ms 0), where a query's batch would otherwise fill max_batch_tokens."""
+        c = self.config
         return (
-            self.config.query_forward_ms > 0
-            and not self._last_forward_short
+            c.query_forward_ms > 0
+            and (not self._last_forward_short or c.max_forward_ms <= 0)
             and now - self._last_arrival[Priority.QUERY] <= HIGHER_WORK_SEEN_S
             and self._cost.fit() is not None
         )
@@ -680,6 +684,8 @@ class Engine:
             while not self._pending:
                 if self._closing:
                     return None, BatchPlan(), 0
+                # Idle: a query that arrives next did not arrive during a short forward.
+                self._last_forward_short = False
                 self._cond.wait()
             # Wait a little for company, unless the budget is already full or we are closing:
             # counted from the later of the oldest row's arrival and the end of the last
@@ -707,8 +713,9 @@ class Engine:
                 aging_s=c.priority_aging_ms / 1000,
                 forward_tokens=self._forward_tokens(now),
             )
-            short = plan.level == Priority.QUERY and self._short_query_forward(now)
-            self._last_forward_short = short
+            if plan.indices:  # rows may all have been dropped: then no forward runs
+                short = plan.level == Priority.QUERY and self._short_query_forward(now)
+                self._last_forward_short = short
             chosen = set(plan.indices)
             batch = [self._pending[i] for i in plan.indices]
             self._pending = [r for i, r in enumerate(self._pending) if i not in chosen]

@@ -84,11 +84,16 @@ def activation_bytes_per_token(hidden: int, ffn: int, dtype: str) -> int:
     return HIDDEN_BYTES[dtype] * hidden + FFN_COPIES * ffn * compute
 
 
-def heap_bytes(ffn: int, dtype: str, per_token: int) -> int:
+def heap_bytes(ffn: int, dtype: str, per_token: int, batch_tokens: int) -> int:
     """What glibc's heaps may keep after forwards (the module's docstring): per heap, the
-    activations of the batch whose (N, ffn) block just fits under the mmap threshold."""
+    activations of the batch whose (N, ffn) block just fits under the mmap threshold (at
+    most `batch_tokens` tokens), at the allocator settings in effect (memory.py)."""
     compute = 4 if dtype == "float32" else 2
-    return memory.ARENAS * (memory.MMAP_THRESHOLD // (ffn * compute)) * per_token
+    arenas, threshold = (
+        memory.effective("MALLOC_ARENA_MAX"),
+        memory.effective("MALLOC_MMAP_THRESHOLD_"),
+    )
+    return arenas * min(threshold // (ffn * compute), batch_tokens) * per_token
 
 
 def tensor_bytes(*modules: torch.nn.Module) -> int:
@@ -155,7 +160,7 @@ def predict(
         batch_tokens=config.max_batch_tokens,
         per_token=per_token,
         queued_tokens=config.max_queued_tokens,
-        heaps=heap_bytes(cfg.intermediate_size, dtype, per_token),
+        heaps=heap_bytes(cfg.intermediate_size, dtype, per_token, config.max_batch_tokens),
     )
 
 
@@ -178,9 +183,9 @@ def fit(config: EngineConfig, footprint: Footprint, max_tokens: int) -> EngineCo
         smallest = replace(footprint, batch_tokens=max_tokens, queued_tokens=8 * max_tokens)
         raise ValueError(
             f"max_memory {config.max_memory} ({limit / MIB:.0f} MiB) is too small for this "
-            f"model: the runtime, tokenizer and weights take {footprint.fixed / MIB:.0f} "
-            f"MiB, and with a batch of one full-length text ({max_tokens} tokens) it needs "
-            f"at least {smallest.peak / MIB:.0f} MiB"
+            f"model: the runtime, tokenizer, weights and heaps take "
+            f"{footprint.fixed / MIB:.0f} MiB, and with a batch of one full-length text "
+            f"({max_tokens} tokens) it needs at least {smallest.peak / MIB:.0f} MiB"
         )
     queued = min(config.max_queued_tokens, 8 * tokens)
     fitted = {"max_batch_tokens": tokens, "max_queued_tokens": queued}

@@ -48,6 +48,16 @@ KERNEL_CACHES = {"LRU_CACHE_CAPACITY": "32", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": 
 _tuned = False
 
 
+def effective(variable: str) -> int:
+    """The value of one of SETTINGS' glibc variables in effect: the environment's, where
+    it is set to a number, else the value tune_allocator() sets."""
+    default = next(value for _, name, value in SETTINGS if name == variable)
+    try:
+        return int(os.environ[variable])
+    except (KeyError, ValueError):
+        return default
+
+
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:

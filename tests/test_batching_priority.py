@@ -66,9 +66,11 @@ def test_a_level_starts_with_its_oldest_row_then_the_nearest_in_length():
 
 
 def test_the_first_row_runs_whatever_its_length_and_budgets():
-    pending = [Item(500, 0.0, Q), Item(5, 0.1, Q)]
-    plan = plan_batch(pending, max_batch_tokens=512, forward_tokens={Q: 50})
+    pending = [Item(500, 0.0, I), Item(5, 0.1, I)]
+    plan = plan_batch(pending, max_batch_tokens=8192, forward_tokens={I: 50})
     assert plan.indices == [0]  # over the forward budget alone: it runs, alone
+    longer = plan_batch(pending, max_batch_tokens=400)
+    assert longer.indices == [0]  # over max_batch_tokens alone: it runs too
 
 
 def test_a_forward_budget_holds_a_batch_to_its_first_rows_level():
@@ -101,6 +103,25 @@ def test_every_waiting_query_joins_the_next_batch_whatever_the_budget():
     # Queries joining a batch led by rows that rose by age: they join it too.
     aged = plan_batch(pending, 8192, now=30.0, aging_s=5.0, forward_tokens={Q: 30, I: 400})
     assert aged.level == I and sum(pending[i].priority == Q for i in aged.indices) == 10
+
+
+def test_short_query_forwards_never_run_back_to_back(e5):
+    # The engine's budgets, by hand (no forward runs): a fitted cost of 10 ms + 0.1 ms a
+    # token, and queries and interactive work both arriving.
+    config = EngineConfig(max_forward_ms=300, query_forward_ms=30)
+    eng = Engine(config, e5)
+    for n in (100, 1000, 2000):
+        eng._cost.observe(n, 0.010 + 0.0001 * n)
+    now = time.monotonic()
+    eng._last_arrival = [now, now, now]
+    short, full = eng._forward_tokens(now)[Q], eng._forward_tokens(now)[I]
+    assert short < 300 < full  # 30 ms: ~200 tokens; 300 ms: ~2,900
+    eng._last_forward_short = True  # queries that arrived during a short forward
+    assert eng._forward_tokens(now)[Q] == full  # ride the next, full one
+    # With no full budget to fall back on, a batch of queries stays short every time.
+    unheld = Engine(EngineConfig(max_forward_ms=0, query_forward_ms=30), e5)
+    unheld._cost, unheld._last_arrival, unheld._last_forward_short = eng._cost, [now] * 3, True
+    assert unheld._forward_tokens(now)[Q] == short
 
 
 def test_a_time_budget_becomes_tokens_by_the_fitted_forward_cost():

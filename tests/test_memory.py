@@ -93,6 +93,27 @@ def test_sizes_are_read_as_kubernetes_writes_them():
         EngineConfig(max_memory="1 furlong")
 
 
+def test_the_heaps_term_follows_the_allocator_settings_in_effect(monkeypatch):
+    # What glibc may keep for reuse: per heap, the batch whose (N, I) block fits under its
+    # mmap threshold. The environment's MALLOC_* variables win over ours, so they count.
+    for name in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    per_token = footprint.activation_bytes_per_token(384, 1536, "bfloat16")
+    ours = footprint.heap_bytes(1536, "bfloat16", per_token, batch_tokens=8192)
+    assert 40 * MIB < ours < 80 * MIB
+    # fp32's blocks are twice bf16's: half the tokens fit under the threshold.
+    fp32 = footprint.heap_bytes(1536, "float32", per_token, batch_tokens=8192)
+    assert fp32 == pytest.approx(ours / 2, rel=0.01)
+    # No heap keeps more than a batch may hold.
+    assert footprint.heap_bytes(1536, "bfloat16", per_token, batch_tokens=512) < ours / 4
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert footprint.heap_bytes(1536, "bfloat16", per_token, 8192) == 2 * ours
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(2 * MIB))
+    assert footprint.heap_bytes(1536, "bfloat16", per_token, 8192) == pytest.approx(
+        ours / 2, rel=0.01
+    )
+
+
 def predicted(**limits: int) -> Footprint:
     base = dict(runtime=300 * MIB, tokenizer=200 * MIB, weights=140 * MIB, per_token=18 * 1024)
     return Footprint(**{**base, "batch_tokens": 8192, "queued_tokens": 262_144, **limits})
@@ -136,9 +157,13 @@ def test_the_startup_log_states_the_predicted_peak_and_it_rises_with_the_batch_b
         peak, running = started_peak(e5, tmp_path / str(tokens), caplog, max_batch_tokens=tokens)
         running.stop()
         peaks.append(peak)
-    # 15360 more tokens at the bundled model's fp32 bytes per token
+    # 15360 more tokens at the bundled model's fp32 bytes per token, and heaps that may now
+    # keep the batch that fits under the mmap threshold rather than a 1024-token one
     per_token = footprint.activation_bytes_per_token(384, 1536, "float32")
-    assert peaks[1] - peaks[0] == pytest.approx(15360 * per_token / MIB, abs=1)
+    heaps = [footprint.heap_bytes(1536, "float32", per_token, n) for n in (1024, 16384)]
+    assert heaps[1] > heaps[0]
+    more = 15360 * per_token + heaps[1] - heaps[0]
+    assert peaks[1] - peaks[0] == pytest.approx(more / MIB, abs=1)
 
 
 def test_max_memory_lowers_the_limits_the_server_runs_with(e5, tmp_path, caplog):

@@ -3,7 +3,9 @@
 time rows waited in the engine's queue per priority (from the server's Prometheus
 histogram), and memory: the server's RSS every 30 s, their swing (max - min, as a share of
 their mean), its peak RSS over its whole life (VmHWM, the initial indexing included), and
-next to them the peak its start-up log predicted (footprint.py). Last line: one JSON object.
+next to them the peak its start-up log predicted (footprint.py); and what the model did
+(forwards/s, rows and tokens per forward, model time per token). Last line: one JSON
+object.
 
     python tests/ops/load.py [--clients 64] [--seconds 300] [--warmup 30] [--dtype auto]
 """
@@ -124,6 +126,7 @@ def summarize(results: dict, seconds: float) -> dict:
 
 
 def scrape(metrics_port: int) -> list:
+    """The server's Prometheus metrics now, parsed."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as answer:
         return list(text_string_to_metric_families(answer.read().decode()))
