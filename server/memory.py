@@ -32,11 +32,9 @@ log = logging.getLogger(__name__)
 # mallopt's parameters (glibc's malloc.h) and the values set. A variable glibc reads itself
 # (MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_) wins over these.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-ARENAS = 2
-MMAP_THRESHOLD = 8 * 1024 * 1024
 SETTINGS = (
-    (M_ARENA_MAX, "MALLOC_ARENA_MAX", ARENAS),
-    (M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD),
+    (M_ARENA_MAX, "MALLOC_ARENA_MAX", 2),
+    (M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", 8 * 1024 * 1024),
     (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 4 * 1024 * 1024),
 )
 # On a CPU, bf16 matrix products go through oneDNN, and PyTorch's ideep layer and oneDNN
