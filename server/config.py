@@ -36,6 +36,10 @@ class EngineConfig:
     # (query_forward_ms 0: batches of queries get max_forward_ms).
     max_forward_ms: float = 300.0
     query_forward_ms: float = 30.0
+    # Queries that arrive while a forward of other work runs get a forward of their own
+    # beside it, in a second thread, at once (up to query_lane_tokens()), instead of waiting
+    # for it to end; batches of other work are then not cut short for them.
+    query_lane: bool = True
     # Admission of bulk work (None: half of max_queued_tokens, half of
     # max_concurrent_requests): beyond it bulk requests are refused while the others are
     # still admitted, so that a flood of bulk work cannot fill the queue queries need.
@@ -94,6 +98,11 @@ class EngineConfig:
             parse_bytes(self.max_memory)  # raises ValueError naming the value
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype {self.dtype!r}: expected auto, float32, float16 or bfloat16")
+
+    def query_lane_tokens(self, max_tokens: int) -> int:
+        """The padded tokens of one query-lane forward (0 with the lane off): an eighth of
+        max_batch_tokens, or one full-length text of `max_tokens` if that is more."""
+        return max(self.max_batch_tokens // 8, max_tokens) if self.query_lane else 0
 
     @property
     def bulk_queued_tokens(self) -> int:

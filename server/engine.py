@@ -161,6 +161,7 @@ class EngineStats:
     skipped_cancelled: int = 0  # rows dropped because their caller had gone
     skipped_expired: int = 0  # rows dropped because their deadline had passed
     model_seconds: float = 0.0
+    lane_batches: int = 0  # of the batches, those the query lane ran beside the worker's
     # Per priority label ("query", "interactive", "bulk"): rows computed, requests refused.
     rows_by_priority: dict[str, int] = field(default_factory=lambda: _per_priority(0))
     refused_by_priority: dict[str, int] = field(default_factory=lambda: _per_priority(0))
@@ -234,9 +235,14 @@ class Engine:
         self._in_flight = [0] * levels  # embed() calls admitted and not yet answered
         self._last_arrival = [float("-inf")] * levels  # monotonic, per priority
         self._cost = ForwardCost()  # the forward's time by its tokens: for the time budgets
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # the worker's: rows queued, limits changed
+        self._lane_wakeup = threading.Condition(lock)  # the query lane's: queries to take
         self._closing = False
         self._worker: threading.Thread | None = None
+        self._lane: threading.Thread | None = None
+        self._forward_running = False  # the worker's forward (not the lane's)
+        self._lane_tokens = self.config.query_lane_tokens(self.model.tokenizer.max_tokens)
         self._model_free_since = 0.0  # monotonic time the last batch ended
         self._last_model_seconds = 0.0
         self._last_batch_rows = 0
@@ -276,6 +282,11 @@ class Engine:
             log.info("warm-up took %.2f s", took)
         self._worker = threading.Thread(target=self._work, name="embedsense-engine", daemon=True)
         self._worker.start()
+        if self._lane_tokens:
+            self._lane = threading.Thread(
+                target=self._serve_queries, name="embedsense-queries", daemon=True
+            )
+            self._lane.start()
         return self
 
     def close(self, timeout: float | None = None) -> None:
@@ -283,8 +294,10 @@ class Engine:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        if self._worker is not None:
-            self._worker.join(timeout)
+            self._lane_wakeup.notify_all()
+        for thread in (self._lane, self._worker):
+            if thread is not None:
+                thread.join(timeout)
         self._host_work.shutdown(wait=False)
 
     async def __aenter__(self) -> Engine:
@@ -569,6 +582,8 @@ class Engine:
             self._last_arrival[level] = rows[0].arrival if rows else time.monotonic()
             self._pending.extend(rows)
             self._cond.notify()
+            if level is Priority.QUERY and self._forward_running:
+                self._lane_wakeup.notify()
 
     @contextlib.contextmanager
     def _on_its_way(self) -> Iterator[None]:
@@ -639,8 +654,38 @@ class Engine:
             if batch is None:
                 return
             if batch:
-                self._run(batch, plan, depth)
+                try:
+                    self._run(batch, plan, depth)
+                finally:
+                    with self._cond:
+                        self._forward_running = False
                 self._model_free_since = time.monotonic()
+
+    def _serve_queries(self) -> None:
+        """The query lane: while the worker runs a forward, the queries queued meanwhile
+        run here in a forward of their own, at once, rather than wait for it to end. A
+        query's forward is small, so it costs the worker's little; the memory formula
+        counts its tokens (EngineConfig.query_lane_tokens). Queries that arrive while the
+        worker is free join its next batch, as other rows do: one forward, not two at once."""
+        while True:
+            with self._cond:
+                while not self._closing and not (
+                    self._forward_running and self._queued_rows[Priority.QUERY]
+                ):
+                    self._lane_wakeup.wait()
+                if self._closing:  # the worker finishes what is queued
+                    return
+                self._pending = self._drop_abandoned(self._pending)
+                queries = [r for r in self._pending if r.priority is Priority.QUERY]
+                plan = plan_batch(queries, self._lane_tokens, self.config.max_batch_requests)
+                batch = [queries[i] for i in plan.indices]
+                taken = {id(row) for row in batch}
+                self._pending = [r for r in self._pending if id(r) not in taken]
+                for row in batch:
+                    self._unqueue(row)
+                depth = len(self._pending)
+            if batch:
+                self._run(batch, plan, depth, lane=True)
 
     def _forward_tokens(self, now: float) -> dict[int, int]:
         """Per level, the real tokens a batch whose first row is of that level may hold: its
@@ -651,9 +696,12 @@ class Engine:
         before it was not one: queries that arrive during a short forward ride the next,
         full one. Else, under a steady stream of queries, every forward would be short, and
         the engine would spend its time on the forwards' fixed cost (measured: half the
-        throughput under `make load`)."""
+        throughput under `make load`). With the query lane, queries never wait behind a
+        forward: they hold none short."""
         c = self.config
         seen = [now - t <= HIGHER_WORK_SEEN_S for t in self._last_arrival]
+        if self._lane_tokens:  # queries run beside other batches: they need no short ones
+            seen[Priority.QUERY] = False
         budgets = {}
         for level in Priority:
             held = any(seen[above] for above in range(level + 1, len(Priority)))
@@ -703,7 +751,7 @@ class Engine:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            self._drop_abandoned()
+            self._pending = self._drop_abandoned(self._pending)
             now = time.monotonic()
             plan = plan_batch(
                 self._pending,
@@ -716,11 +764,14 @@ class Engine:
             if plan.indices:  # rows may all have been dropped: then no forward runs
                 short = plan.level == Priority.QUERY and self._short_query_forward(now)
                 self._last_forward_short = short
+                self._forward_running = True
             chosen = set(plan.indices)
             batch = [self._pending[i] for i in plan.indices]
             self._pending = [r for i, r in enumerate(self._pending) if i not in chosen]
             for row in batch:
                 self._unqueue(row)
+            if self._lane_tokens and self._queued_rows[Priority.QUERY]:
+                self._lane_wakeup.notify()  # queries this batch left behind
             return batch, plan, len(self._pending)
 
     def _pending_tokens(self) -> int:
@@ -736,11 +787,11 @@ class Engine:
         self._queued_tokens[row.priority] -= row.n_tokens
         self._queued_rows[row.priority] -= 1
 
-    def _drop_abandoned(self) -> None:
-        """Remove rows nobody waits for any more: they must cost no compute."""
+    def _drop_abandoned(self, queue: list[_Row]) -> list[_Row]:
+        """`queue` without the rows nobody waits for any more: they must cost no compute."""
         now = time.monotonic()
         keep = []
-        for row in self._pending:
+        for row in queue:
             expired = row.deadline is not None and now > row.deadline
             if row.future.cancelled():
                 # The caller's own timeout cancels its rows at their deadline: that is an
@@ -756,9 +807,11 @@ class Engine:
                 keep.append(row)
                 continue
             self._unqueue(row)
-        self._pending = keep
+        return keep
 
-    def _run(self, batch: list[_Row], plan: BatchPlan, depth: int) -> None:
+    def _run(self, batch: list[_Row], plan: BatchPlan, depth: int, lane: bool = False) -> None:
+        """One forward and its callers told; `lane`: the query lane's, beside the worker's
+        (its time, shared with that forward, is not the cost the budgets are planned by)."""
         started = time.monotonic()
         try:
             outputs = self.runner.run([r.ids for r in batch], [r.layers for r in batch])
@@ -768,17 +821,20 @@ class Engine:
             _settle_batch([(row, None, failure) for row in batch])
             return
         seconds = time.monotonic() - started
-        self._last_model_seconds = seconds
-        self._last_batch_rows = len(batch)
-        self._cost.observe(plan.real_tokens, seconds)
-        s = self.stats  # counted before the callers hear back: what they see includes them
-        s.batches += 1
-        s.rows += len(batch)
-        s.real_tokens += plan.real_tokens
-        s.padded_tokens += plan.padded_tokens
-        s.model_seconds += seconds
-        for row in batch:
-            s.rows_by_priority[row.priority.label] += 1
+        if not lane:
+            self._last_model_seconds = seconds
+            self._last_batch_rows = len(batch)
+            self._cost.observe(plan.real_tokens, seconds)
+        with self._cond:  # two threads count; before the callers hear back: what they see
+            s = self.stats  # includes them
+            s.batches += 1
+            s.lane_batches += lane
+            s.rows += len(batch)
+            s.real_tokens += plan.real_tokens
+            s.padded_tokens += plan.padded_tokens
+            s.model_seconds += seconds
+            for row in batch:
+                s.rows_by_priority[row.priority.label] += 1
         _settle_batch([(row, out, None) for row, out in zip(batch, outputs, strict=True)])
         self._trimmer.maybe_trim()
         report = BatchReport(

@@ -1,7 +1,7 @@
 """The server's memory footprint, predicted before it serves: what a pod needs.
 
     peak = runtime + tokenizer + weights + heaps
-           + max_batch_tokens × activation bytes per token
+           + (max_batch_tokens + query lane tokens) × activation bytes per token
            + max_queued_tokens × bytes per queued token
 
 - runtime: the interpreter, torch, gRPC, FAISS and the HTTP stack, loaded and idle; a
@@ -11,8 +11,9 @@
 - weights: the bytes of every tensor the runner and the loaded model hold, counted, not
   estimated (a bf16 runner holds bf16 Linear weights beside the loaded fp32 ones).
 - activations: the most bytes of live tensors during one forward, per token of the batch
-  budget (padding included). Counted for every op of a forward (the docs say how): the
-  feed-forward's two inner (N, I) tensors, in the compute dtype, and a few (N, C) ones.
+  budget (padding included), for the worker's forward and the query lane's beside it.
+  Counted for every op of a forward (the docs say how): the feed-forward's two inner
+  (N, I) tensors, in the compute dtype, and a few (N, C) ones.
 - queued tokens: ids and the tokenizer's per-token lists of the rows waiting.
 - heaps: what glibc keeps in its heaps for reuse after a forward. memory.tune_allocator()
   maps every block above its mmap threshold on its own, so a heap holds at most the
@@ -91,7 +92,7 @@ def heap_bytes(ffn: int, dtype: str, per_token: int, batch_tokens: int) -> int:
     compute = 4 if dtype == "float32" else 2
     arenas, threshold = (
         memory.effective("MALLOC_ARENA_MAX"),
-        memory.effective("MALLOC_MMAP_THRESHOLD_"),
+        memory.effective("MALLOC_MMAP_THRESHOLD_", compute),
     )
     return arenas * min(threshold // (ffn * compute), batch_tokens) * per_token
 
@@ -117,10 +118,11 @@ class Footprint:
     per_token: int
     queued_tokens: int
     heaps: int = 0
+    lane_tokens: int = 0  # the query lane's forward, beside the worker's
 
     @property
     def activations(self) -> int:
-        return self.batch_tokens * self.per_token
+        return (self.batch_tokens + self.lane_tokens) * self.per_token
 
     @property
     def queue(self) -> int:
@@ -140,8 +142,9 @@ class Footprint:
             f"predicted peak {self.peak / MIB:.0f} MiB = runtime {self.runtime / MIB:.0f} + "
             f"tokenizer {self.tokenizer / MIB:.0f} + weights {self.weights / MIB:.0f} + "
             f"heaps {self.heaps / MIB:.0f} + "
-            f"activations {self.activations / MIB:.0f} (max_batch_tokens {self.batch_tokens} "
-            f"x {self.per_token / 1024:.1f} KiB) + queue {self.queue / MIB:.0f} "
+            f"activations {self.activations / MIB:.0f} ((max_batch_tokens {self.batch_tokens} "
+            f"+ query lane {self.lane_tokens}) x {self.per_token / 1024:.1f} KiB) + "
+            f"queue {self.queue / MIB:.0f} "
             f"(max_queued_tokens {self.queued_tokens} x {QUEUED_TOKEN_BYTES} B)"
         )
 
@@ -161,6 +164,7 @@ def predict(
         per_token=per_token,
         queued_tokens=config.max_queued_tokens,
         heaps=heap_bytes(cfg.intermediate_size, dtype, per_token, config.max_batch_tokens),
+        lane_tokens=config.query_lane_tokens(model.tokenizer.max_tokens),
     )
 
 
@@ -174,22 +178,32 @@ def fit(config: EngineConfig, footprint: Footprint, max_tokens: int) -> EngineCo
     limit = parse_bytes(config.max_memory)
     if footprint.peak <= limit:
         return config
+
+    def at(tokens: int) -> tuple[EngineConfig, Footprint]:
+        # The queue keeps its share of what the activations may take: 8 batches of tokens.
+        queued = min(config.max_queued_tokens, 8 * tokens)
+        limits = replace(config, max_batch_tokens=tokens, max_queued_tokens=queued)
+        lane = limits.query_lane_tokens(max_tokens)
+        return limits, replace(
+            footprint, batch_tokens=tokens, queued_tokens=queued, lane_tokens=lane
+        )
+
     room = limit - footprint.fixed
-    # The queue keeps its share of what the activations may take: 8 batches of tokens.
     per_batch_token = footprint.per_token + 8 * QUEUED_TOKEN_BYTES
     tokens = room // per_batch_token // ROUND_TOKENS * ROUND_TOKENS if room > 0 else 0
     tokens = min(tokens, config.max_batch_tokens)
+    while tokens >= max_tokens and at(tokens)[1].peak > limit:  # the query lane's share
+        tokens -= ROUND_TOKENS
     if tokens < max_tokens:
-        smallest = replace(footprint, batch_tokens=max_tokens, queued_tokens=8 * max_tokens)
+        smallest = at(max_tokens)[1]
         raise ValueError(
             f"max_memory {config.max_memory} ({limit / MIB:.0f} MiB) is too small for this "
             f"model: the runtime, tokenizer, weights and heaps take "
             f"{footprint.fixed / MIB:.0f} MiB, and with a batch of one full-length text "
             f"({max_tokens} tokens) it needs at least {smallest.peak / MIB:.0f} MiB"
         )
-    queued = min(config.max_queued_tokens, 8 * tokens)
-    fitted = {"max_batch_tokens": tokens, "max_queued_tokens": queued}
-    for name, total in (("max_queued_bulk_tokens", queued),):
-        if getattr(config, name) is not None and getattr(config, name) > total:
-            fitted[name] = total
-    return replace(config, **fitted)
+    fitted = at(tokens)[0]
+    bulk = config.max_queued_bulk_tokens
+    if bulk is not None and bulk > fitted.max_queued_tokens:
+        fitted = replace(fitted, max_queued_bulk_tokens=fitted.max_queued_tokens)
+    return fitted

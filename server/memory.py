@@ -9,14 +9,20 @@ about a millisecond, so the engine calls it at most every couple of seconds.
 
 That alone leaves the heaps' high-water marks in between, and glibc raises its mmap
 threshold each time a large block is freed (up to 32 MiB), so the activations of the largest
-batches soon come from the heaps and stay there. tune_allocator() pins the threshold at
-8 MiB and caps the number of heaps (glibc makes up to 8 per core, one per thread that
+batches soon come from the heaps and stay there. tune_allocator() pins the threshold (at
+8 MiB in fp32) and caps the number of heaps (glibc makes up to 8 per core, one per thread that
 allocates). Blocks above it (only large batches make them) are mapped on their own and go
 back when freed. Blocks below it are reused from the heaps: a block mapped afresh costs a
 page fault per 4 KiB on every forward, and at a threshold of 256 KiB that made the forwards
 of a busy server (about 1,000 tokens each) a third slower. What is reused is bounded
 (footprint.py counts it). What each setting did to RSS and throughput is in the docs'
 memory table.
+
+The threshold scales with the compute dtype's element size (8 MiB in fp32, 4 MiB in bf16
+and fp16), so that the same batch shapes are reused from the heaps whatever the dtype. At
+8 MiB in bf16, a full bulk batch's (N, C) blocks (6 MiB at 8,192 tokens) stayed in the heaps
+as well, interleaved with the small blocks that live on, and indexing 2,000 documents left
+the server's peak at 1,056–1,101 MiB; at 4 MiB, 955 MiB.
 """
 
 from __future__ import annotations
@@ -29,27 +35,34 @@ import time
 
 log = logging.getLogger(__name__)
 
-# mallopt's parameters (glibc's malloc.h) and the values set. A variable glibc reads itself
-# (MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_) wins over these.
+# mallopt's parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-SETTINGS = (
-    (M_ARENA_MAX, "MALLOC_ARENA_MAX", 2),
-    (M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", 8 * 1024 * 1024),
-    (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 4 * 1024 * 1024),
-)
+# Per byte of the compute dtype's elements: the same batch shapes stay in the heaps in fp32
+# and bf16 (the module's docstring).
+MMAP_THRESHOLD_PER_ELEMENT_BYTE = 2 * 1024 * 1024
 # On a CPU, bf16 matrix products go through oneDNN, and PyTorch's ideep layer and oneDNN
 # each keep a cache of kernels per input shape (1024 entries by default). The engine's
 # batches come in a new token count nearly every time, so RSS climbs batch after batch until
 # those caches are full. A few entries keep the reuse that matters (a forward's layers share
 # their shapes); read by both libraries when first used, so set before the first forward.
 KERNEL_CACHES = {"LRU_CACHE_CAPACITY": "32", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "32"}
-_tuned = False
 
 
-def effective(variable: str) -> int:
-    """The value of one of SETTINGS' glibc variables in effect: the environment's, where
-    it is set to a number, else the value tune_allocator() sets."""
-    default = next(value for _, name, value in SETTINGS if name == variable)
+def settings(element_bytes: int = 4) -> tuple[tuple[int, str, int], ...]:
+    """mallopt's parameter, the variable glibc reads itself for it (which wins over ours)
+    and our value, for a model computing in elements of `element_bytes` bytes."""
+    return (
+        (M_ARENA_MAX, "MALLOC_ARENA_MAX", 2),
+        (M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_",
+         MMAP_THRESHOLD_PER_ELEMENT_BYTE * element_bytes),
+        (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 4 * 1024 * 1024),
+    )  # fmt: skip
+
+
+def effective(variable: str, element_bytes: int = 4) -> int:
+    """The value of one of settings()' glibc variables in effect: the environment's, where
+    it is set to a number, else the value tune_allocator(element_bytes) sets."""
+    default = next(value for _, name, value in settings(element_bytes) if name == variable)
     try:
         return int(os.environ[variable])
     except (KeyError, ValueError):
@@ -64,22 +77,23 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def tune_allocator() -> bool:
-    """Bound the kernel caches (KERNEL_CACHES, unless set already) and set glibc's malloc
-    as SETTINGS say, once per process; False where this is not glibc (another allocator
-    has its own rules)."""
-    global _tuned
+def bound_kernel_caches() -> None:
+    """KERNEL_CACHES, unless set already: before the process's first bf16 product (the
+    precision probe's included), after which the libraries have read them."""
     for variable, value in KERNEL_CACHES.items():
         os.environ.setdefault(variable, value)
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None)
+
+
+def tune_allocator(element_bytes: int = 4) -> bool:
+    """Set glibc's malloc as settings(element_bytes) say, for the whole process (the latest
+    runner's dtype decides); False where this is not glibc (another allocator has its own
+    rules)."""
+    mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:
         return False
-    if not _tuned:
-        for parameter, variable, value in SETTINGS:
-            if variable not in os.environ:
-                mallopt(parameter, value)
-        _tuned = True
+    for parameter, variable, value in settings(element_bytes):
+        if variable not in os.environ:
+            mallopt(parameter, value)
     return True
 
 

@@ -53,7 +53,7 @@ def resolve_device(name: str) -> torch.device:
 
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
-        memory.tune_allocator()  # before the first activation-sized block is freed
+        memory.bound_kernel_caches()  # before choose()'s probe: else 1,024 entries each
         self.device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -65,6 +65,8 @@ class ModelRunner:
             cfg.intermediate_size, config.cpu_flags,
         )  # fmt: skip
         self.dtype = self.precision.dtype
+        # Before the first forward: the mmap threshold follows the compute dtype (memory.py).
+        memory.tune_allocator(4 if config.int8 else self.dtype.itemsize)
         # On a CPU, bf16 runs under autocast (precision.py says why), its Linear weights
         # cast to bf16 once (bf16_linears), the others fp32.
         self.autocast = self.device.type == "cpu" and self.dtype is torch.bfloat16

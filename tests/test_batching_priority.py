@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 from workload import chinese_texts
 
@@ -105,23 +107,80 @@ def test_every_waiting_query_joins_the_next_batch_whatever_the_budget():
     assert aged.level == I and sum(pending[i].priority == Q for i in aged.indices) == 10
 
 
-def test_short_query_forwards_never_run_back_to_back(e5):
-    # The engine's budgets, by hand (no forward runs): a fitted cost of 10 ms + 0.1 ms a
-    # token, and queries and interactive work both arriving.
-    config = EngineConfig(max_forward_ms=300, query_forward_ms=30)
-    eng = Engine(config, e5)
+def budgeted(e5, **config: object) -> tuple[Engine, float]:
+    """An engine whose budgets are computed by hand (no forward runs): a fitted cost of
+    10 ms + 0.1 ms a token, and work of every level just arrived."""
+    eng = Engine(EngineConfig(max_forward_ms=300, query_forward_ms=30, **config), e5)
     for n in (100, 1000, 2000):
         eng._cost.observe(n, 0.010 + 0.0001 * n)
     now = time.monotonic()
     eng._last_arrival = [now, now, now]
+    return eng, now
+
+
+def test_short_query_forwards_never_run_back_to_back(e5):
+    # Without the query lane, queries wait behind the forward running: every level's is
+    # held to a budget, and the queries' own to a short one.
+    eng, now = budgeted(e5, query_lane=False)
     short, full = eng._forward_tokens(now)[Q], eng._forward_tokens(now)[I]
     assert short < 300 < full  # 30 ms: ~200 tokens; 300 ms: ~2,900
     eng._last_forward_short = True  # queries that arrived during a short forward
     assert eng._forward_tokens(now)[Q] == full  # ride the next, full one
     # With no full budget to fall back on, a batch of queries stays short every time.
-    unheld = Engine(EngineConfig(max_forward_ms=0, query_forward_ms=30), e5)
+    unheld = Engine(EngineConfig(max_forward_ms=0, query_forward_ms=30, query_lane=False), e5)
     unheld._cost, unheld._last_arrival, unheld._last_forward_short = eng._cost, [now] * 3, True
     assert unheld._forward_tokens(now)[Q] == short
+
+
+def test_with_the_query_lane_queries_cut_no_other_batch(e5):
+    # Queries run beside the worker's forward (the lane): interactive batches are not held
+    # short for them; bulk ones still are, for the interactive work above them.
+    eng, now = budgeted(e5)
+    budgets = eng._forward_tokens(now)
+    assert I not in budgets and 300 < budgets[B]
+    eng._last_arrival[I] = float("-inf")  # only queries about
+    assert B not in eng._forward_tokens(now)
+
+
+@pytest.mark.parametrize("lane", [True, False])
+def test_a_query_runs_beside_a_forward_of_other_work_not_after_it(e5, lane):
+    config = EngineConfig(dtype="float32", warmup=False, query_lane=lane)
+    before = set(threading.enumerate())
+    eng = Engine(config, e5).start()
+    inside, release = threading.Event(), threading.Event()
+    real_run = eng.runner.run
+
+    def held_run(sequences, layers):  # the bulk batch's forward lasts until released
+        if len(sequences) > 1:
+            inside.set()
+            release.wait(30)
+        return real_run(sequences, layers)
+
+    eng.runner.run = held_run
+    query = "苹果手机的价格"
+
+    async def main():
+        bulk = asyncio.create_task(eng.embed(chinese_texts(4, seed=5), priority=B))
+        await asyncio.to_thread(inside.wait, 10)
+        beside = asyncio.create_task(eng.embed([query], priority=Q))
+        done, _ = await asyncio.wait([beside], timeout=5 if lane else 0.5)
+        answered_during = bool(done)
+        release.set()
+        await bulk
+        (during,) = await beside
+        (after,) = await eng.embed([query], priority=I)  # the worker's, alone
+        return answered_during, during, after
+
+    try:
+        answered_during, during, after = asyncio.run(main())
+        assert answered_during is lane
+        assert eng.stats.lane_batches == (1 if lane else 0)
+        assert np.array_equal(during.sentence, after.sentence)
+    finally:
+        release.set()
+        eng.close()
+    left = {t.name for t in set(threading.enumerate()) - before}
+    assert not left & {"embedsense-engine", "embedsense-queries"}  # closed: both threads end
 
 
 def test_a_time_budget_becomes_tokens_by_the_fitted_forward_cost():

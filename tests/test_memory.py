@@ -4,6 +4,7 @@ predicted peak, and --max-memory fitting the limits (or refusing to start)."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import weakref
 
@@ -13,11 +14,13 @@ from conftest import ServerThread
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from embedsense.model import Encoder, EncoderConfig
-from embedsense.server import footprint
+from embedsense.server import footprint, memory
+from embedsense.server import runner as runner_module
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.cli import parser
 from embedsense.server.config import EngineConfig
 from embedsense.server.footprint import MIB, Footprint, parse_bytes
+from embedsense.server.runner import ModelRunner
 
 PEAK = re.compile(r"predicted peak (\d+) MiB")
 
@@ -98,20 +101,69 @@ def test_the_heaps_term_follows_the_allocator_settings_in_effect(monkeypatch):
     # mmap threshold. The environment's MALLOC_* variables win over ours, so they count.
     for name in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"):
         monkeypatch.delenv(name, raising=False)
-    per_token = footprint.activation_bytes_per_token(384, 1536, "bfloat16")
-    ours = footprint.heap_bytes(1536, "bfloat16", per_token, batch_tokens=8192)
-    assert 40 * MIB < ours < 80 * MIB
-    # fp32's blocks are twice bf16's: half the tokens fit under the threshold.
-    fp32 = footprint.heap_bytes(1536, "float32", per_token, batch_tokens=8192)
-    assert fp32 == pytest.approx(ours / 2, rel=0.01)
+    per_token = {
+        dtype: footprint.activation_bytes_per_token(384, 1536, dtype)
+        for dtype in ("float32", "bfloat16")
+    }
+    ours = footprint.heap_bytes(1536, "bfloat16", per_token["bfloat16"], batch_tokens=8192)
+    assert 20 * MIB < ours < 40 * MIB
+    # The threshold follows the element size: the same batch stays in the heaps in fp32.
+    fp32 = footprint.heap_bytes(1536, "float32", per_token["float32"], batch_tokens=8192)
+    assert fp32 / per_token["float32"] == ours / per_token["bfloat16"]
     # No heap keeps more than a batch may hold.
-    assert footprint.heap_bytes(1536, "bfloat16", per_token, batch_tokens=512) < ours / 4
+    bf16 = per_token["bfloat16"]
+    assert footprint.heap_bytes(1536, "bfloat16", bf16, batch_tokens=512) < ours / 2
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert footprint.heap_bytes(1536, "bfloat16", per_token, 8192) == 2 * ours
+    assert footprint.heap_bytes(1536, "bfloat16", bf16, 8192) == 2 * ours
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(2 * MIB))
-    assert footprint.heap_bytes(1536, "bfloat16", per_token, 8192) == pytest.approx(
-        ours / 2, rel=0.01
-    )
+    assert footprint.heap_bytes(1536, "bfloat16", bf16, 8192) == pytest.approx(ours, rel=0.01)
+
+
+class RecordingLibc:
+    """glibc's mallopt, recorded instead of called."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, int] = {}
+
+    def mallopt(self, parameter: int, value: int) -> int:
+        self.calls[parameter] = value
+        return 1
+
+
+@pytest.mark.parametrize(("dtype", "threshold"), [("float32", 8 * MIB), ("bfloat16", 4 * MIB)])
+def test_the_runner_sets_the_mmap_threshold_for_its_dtype(e5, monkeypatch, dtype, threshold):
+    """Under bf16 at fp32's 8 MiB, a full bulk batch's (N, C) blocks stayed in the heaps and
+    the server's peak while indexing went from ~955 to ~1,080 MiB (the docs' memory page)."""
+    libc = RecordingLibc()
+    monkeypatch.setattr(memory, "_libc", lambda: libc)
+    for name in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    ModelRunner(e5, EngineConfig(dtype=dtype))
+    assert libc.calls[memory.M_MMAP_THRESHOLD] == threshold
+    assert libc.calls[memory.M_ARENA_MAX] == 2
+    # A variable the operator set wins: ours is not applied over it.
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(MIB))
+    libc.calls.clear()
+    ModelRunner(e5, EngineConfig(dtype=dtype))
+    assert memory.M_MMAP_THRESHOLD not in libc.calls
+
+
+def test_the_kernel_caches_are_bounded_before_the_precision_probe(e5, monkeypatch):
+    """ideep and oneDNN read their cache sizes at their first bf16 product, and `auto`'s
+    probe is one. Bounded after it (as once built), they kept 1,024 entries each, and a
+    bf16 server's RSS grew by over a third in two minutes of `make load`."""
+    for name in memory.KERNEL_CACHES:
+        monkeypatch.delenv(name, raising=False)
+    seen: dict[str, str | None] = {}
+    real_choose = runner_module.choose
+
+    def probe(*args: object, **kwargs: object) -> object:
+        seen.update({name: os.environ.get(name) for name in memory.KERNEL_CACHES})
+        return real_choose(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "choose", probe)
+    ModelRunner(e5, EngineConfig(dtype="auto"))
+    assert seen == memory.KERNEL_CACHES
 
 
 def predicted(**limits: int) -> Footprint:
@@ -157,12 +209,14 @@ def test_the_startup_log_states_the_predicted_peak_and_it_rises_with_the_batch_b
         peak, running = started_peak(e5, tmp_path / str(tokens), caplog, max_batch_tokens=tokens)
         running.stop()
         peaks.append(peak)
-    # 15360 more tokens at the bundled model's fp32 bytes per token, and heaps that may now
-    # keep the batch that fits under the mmap threshold rather than a 1024-token one
+    # 15360 more batch tokens, and the query lane's forward beside it grown from one
+    # full-length text (512) to an eighth of the batch (2048), at the bundled model's fp32
+    # bytes per token; and heaps that may now keep the batch that fits under the mmap
+    # threshold rather than a 1024-token one
     per_token = footprint.activation_bytes_per_token(384, 1536, "float32")
     heaps = [footprint.heap_bytes(1536, "float32", per_token, n) for n in (1024, 16384)]
     assert heaps[1] > heaps[0]
-    more = 15360 * per_token + heaps[1] - heaps[0]
+    more = (15360 + 2048 - 512) * per_token + heaps[1] - heaps[0]
     assert peaks[1] - peaks[0] == pytest.approx(more / MIB, abs=1)
 
 

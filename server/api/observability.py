@@ -128,7 +128,9 @@ class _EngineAndIndex:
             ("embedsense_engine_skipped_cancelled", s.skipped_cancelled, "rows dropped: cancelled"),
             ("embedsense_engine_skipped_expired", s.skipped_expired, "rows dropped: deadline"),
             ("embedsense_engine_real_tokens", s.real_tokens, "tokens computed (no padding)"),
-        ):
+            ("embedsense_engine_lane_batches", s.lane_batches,
+             "forwards of queries run beside the worker's (the query lane)"),
+        ):  # fmt: skip
             yield GaugeMetricFamily(name, text, value=value)
         queued = GaugeMetricFamily(
             "embedsense_engine_queued_rows", "rows waiting, by priority", labels=["priority"]

@@ -139,6 +139,7 @@ ENGINE_TOTALS = {
     "padded_tokens": "embedsense_batch_tokens_sum",
     "real_tokens": "embedsense_engine_real_tokens",
     "model_seconds": "embedsense_model_seconds_sum",
+    "lane_forwards": "embedsense_engine_lane_batches",
 }
 
 
@@ -160,11 +161,14 @@ def summarize_engine(before: dict[str, float], after: dict[str, float], seconds:
         "padded_tokens_per_forward": round(d["padded_tokens"] / forwards, 1),
         "model_ms_per_1k_real_tokens": round(1e6 * d["model_seconds"] / (d["real_tokens"] or 1), 1),
         "model_busy": round(d["model_seconds"] / seconds, 3),
+        "lane_share": round(d["lane_forwards"] / forwards, 3),
     }
     print(f"  {out['forwards_per_s']} forwards/s of {out['rows_per_forward']} rows, "
           f"{out['real_tokens_per_forward']} real ({out['padded_tokens_per_forward']} padded) "
-          f"tokens; {out['model_ms_per_1k_real_tokens']} ms of model time per 1,000 real "
-          f"tokens; the model busy {out['model_busy']:.0%} of the time")  # fmt: skip
+          f"tokens, {out['lane_share']:.0%} of them the query lane's; "
+          f"{out['model_ms_per_1k_real_tokens']} ms of model time per 1,000 real tokens; "
+          f"the model busy {out['model_busy']:.0%} of the time (the lane's forwards overlap "
+          "the worker's)")  # fmt: skip
     return out
 
 
