@@ -18,8 +18,8 @@ whether a new request may join them. The rules, in the order they apply:
   derives from a time budget), besides the padded tokens any batch may hold
   (`max_batch_tokens`, memory). By level, not rank: rows that rose by age are not queries,
   and held to a query's short budget they would slow the engine when it is most behind.
-  (The engine's query lane runs queries beside the batch that has started, with a queue of
-  their own: then they wait behind none.)
+  (The engine's query lane runs the queries that arrive during a batch beside it: then they
+  wait behind none.)
 - Every waiting query joins the next batch; only `max_batch_tokens` and `max_batch_requests`
   hold queries back, not a forward budget. A query is a line of a few tokens, but a forward
   has a fixed cost (all the weights are read): queries run one per forward spent a busy

@@ -295,9 +295,10 @@ class Engine:
             self._closing = True
             self._cond.notify_all()
             self._lane_wakeup.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in (self._lane, self._worker):
             if thread is not None:
-                thread.join(timeout)
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         self._host_work.shutdown(wait=False)
 
     async def __aenter__(self) -> Engine:
@@ -307,7 +308,8 @@ class Engine:
         await asyncio.to_thread(self.close)
 
     def add_observer(self, observer: Callable[[BatchReport], None]) -> None:
-        """Called from the worker thread after every batch (keep it cheap)."""
+        """Called after every batch, from the thread that ran it: the worker's or the query
+        lane's, at the same time (keep it cheap and thread-safe)."""
         self._observers.append(observer)
 
     def info(self) -> EngineInfo:
@@ -822,6 +824,8 @@ class Engine:
             return
         seconds = time.monotonic() - started
         if not lane:
+            # The worker's forwards, stretched where the lane's overlap them, are the cost
+            # its budgets plan by: how long a forward lasts under the mix, what a row waits.
             self._last_model_seconds = seconds
             self._last_batch_rows = len(batch)
             self._cost.observe(plan.real_tokens, seconds)

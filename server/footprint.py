@@ -192,9 +192,9 @@ def fit(config: EngineConfig, footprint: Footprint, max_tokens: int) -> EngineCo
     per_batch_token = footprint.per_token + 8 * QUEUED_TOKEN_BYTES
     tokens = room // per_batch_token // ROUND_TOKENS * ROUND_TOKENS if room > 0 else 0
     tokens = min(tokens, config.max_batch_tokens)
-    while tokens >= max_tokens and at(tokens)[1].peak > limit:  # the query lane's share
-        tokens -= ROUND_TOKENS
-    if tokens < max_tokens:
+    while tokens > max_tokens and at(tokens)[1].peak > limit:  # the query lane's share
+        tokens = max(tokens - ROUND_TOKENS, max_tokens)
+    if tokens < max_tokens or at(tokens)[1].peak > limit:
         smallest = at(max_tokens)[1]
         raise ValueError(
             f"max_memory {config.max_memory} ({limit / MIB:.0f} MiB) is too small for this "

@@ -14,7 +14,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from embedsense.model import LoadedModel
 from embedsense.model.tokenizer import pad_sequences
@@ -22,13 +21,6 @@ from embedsense.server import footprint, int8, memory
 from embedsense.server.config import EngineConfig
 from embedsense.server.footprint import Footprint
 from embedsense.server.precision import Precision, choose
-
-# Every attention kernel but cuDNN's: it builds a graph for each new (rows, length) shape,
-# 45 ms of host time a call on an H200 (the GPU check's profile), and the engine's batches
-# come in a new shape nearly every time; the others need no such warm-up.
-ATTENTION_BACKENDS = [
-    SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH,
-]  # fmt: skip
 
 # Grids attention runs on per batch (encoder.Packing). On a CPU, rows grouped by length:
 # measured there. On a GPU attention is a small share of a forward and each group costs
@@ -53,7 +45,10 @@ def resolve_device(name: str) -> torch.device:
 
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
-        memory.bound_kernel_caches()  # before choose()'s probe: else 1,024 entries each
+        # Before choose()'s probe: the caches' sizes are read at the first bf16 product
+        # (else 1,024 entries each), and the heaps' cap holds for threads that allocate after.
+        memory.bound_kernel_caches()
+        memory.tune_allocator()
         self.device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -65,7 +60,7 @@ class ModelRunner:
             cfg.intermediate_size, config.cpu_flags,
         )  # fmt: skip
         self.dtype = self.precision.dtype
-        # Before the first forward: the mmap threshold follows the compute dtype (memory.py).
+        # The mmap threshold follows the compute dtype (memory.py).
         memory.tune_allocator(4 if config.int8 else self.dtype.itemsize)
         # On a CPU, bf16 runs under autocast (precision.py says why), its Linear weights
         # cast to bf16 once (bf16_linears), the others fp32.
@@ -84,6 +79,14 @@ class ModelRunner:
             if self.autocast:
                 self.encoder = bf16_linears(self.encoder)
         self.encoder.attention_groups = ATTENTION_GROUPS[self.device.type]
+        if self.device.type == "cuda":
+            # Every attention kernel but cuDNN's: it builds a graph for each new (rows,
+            # length) shape, 45 ms of host time a call on an H200 (the GPU check's profile),
+            # and the engine's batches come in a new shape nearly every time. Once for the
+            # process, not per forward (sdpa_kernel): the flags are global, and two forwards
+            # run at once (the query lane, Explain), where one's exit would restore them
+            # under the other.
+            torch.backends.cuda.enable_cudnn_sdp(False)
 
     def sized(self, loaded: LoadedModel, config: EngineConfig) -> tuple[EngineConfig, Footprint]:
         """`config` with its limits fitted to config.max_memory (footprint.fit), and the
@@ -100,7 +103,6 @@ class ModelRunner:
         with (
             torch.inference_mode(),
             torch.autocast("cpu", torch.bfloat16, enabled=self.autocast),
-            sdpa_kernel(ATTENTION_BACKENDS),
         ):
             yield
 

@@ -138,6 +138,9 @@ def test_with_the_query_lane_queries_cut_no_other_batch(e5):
     eng, now = budgeted(e5)
     budgets = eng._forward_tokens(now)
     assert I not in budgets and 300 < budgets[B]
+    # The worker's own batches of queries (those that arrived while no forward ran) stay
+    # short, as without the lane.
+    assert budgets[Q] < 300
     eng._last_arrival[I] = float("-inf")  # only queries about
     assert B not in eng._forward_tokens(now)
 
@@ -328,13 +331,14 @@ def test_the_engine_refuses_bulk_beyond_its_limit_and_admits_a_query(e5):
         eng.close()
 
 
-def test_a_query_waits_a_few_forwards_while_bulk_work_saturates_the_engine(e5):
+@pytest.mark.parametrize("lane", [True, False])
+def test_a_query_waits_a_few_forwards_while_bulk_work_saturates_the_engine(e5, lane):
     """Bulk callers keep the engine busy with upsert-sized requests (16 passages each); a
     query every ~150 ms must wait about one forward (the one running when it arrives), not
     for the bulk queue. Asserted loosely, against the forwards measured in the same run."""
     # Aging off: bulk rows waiting past it would rightly rise to the queries' level, which a
     # slow moment of a shared machine could reach; the bound on that is tested above.
-    config = EngineConfig(dtype="float32", max_wait_ms=2, priority_aging_ms=0)
+    config = EngineConfig(dtype="float32", max_wait_ms=2, priority_aging_ms=0, query_lane=lane)
     eng = Engine(config, e5).start()
     reports = []
     eng.add_observer(reports.append)

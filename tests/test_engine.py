@@ -14,7 +14,7 @@ from precisions import PRECISIONS, assert_matches
 from workload import chinese_texts
 
 from embedsense.model import TextRole
-from embedsense.server.batching import plan_batch
+from embedsense.server.batching import Priority, plan_batch
 from embedsense.server.config import EngineConfig
 from embedsense.server.engine import (
     DeadlineExceeded,
@@ -77,6 +77,33 @@ def test_200_concurrent_callers_get_their_own_exact_vectors(engines, e5, dtype):
         assert_matches(got.sentence, sentence, dtype, pooled=True)
     assert max(r.rows for r in engine.reports) > 1, "concurrent callers should share batches"
     assert all(r.padded_tokens <= 2048 for r in engine.reports), "token budget exceeded"
+
+
+@pytest.mark.parametrize("dtype", PRECISIONS)
+def test_queries_run_beside_bulk_forwards_and_everyone_gets_their_own_vectors(engines, e5, dtype):
+    """Two forwards at once (the query lane's beside the worker's), each with its own
+    autocast and threads: every caller still gets the vectors of its text alone."""
+    engine = engines(dtype)
+    lane_before = engine.stats.lane_batches
+    passages = chinese_texts(96, min_chars=40, max_chars=150, seed=9)
+    queries = chinese_texts(24, min_chars=2, max_chars=30, seed=10)
+
+    async def main():
+        async def query(text):
+            await asyncio.sleep(random.random() * 0.5)
+            return (await engine.embed([text], priority=Priority.QUERY))[0]
+
+        chunks = [passages[i : i + 16] for i in range(0, 96, 16)]
+        bulk = [engine.embed(chunk, priority=Priority.BULK) for chunk in chunks]
+        return await asyncio.gather(
+            asyncio.gather(*bulk), asyncio.gather(*(query(t) for t in queries))
+        )
+
+    bulk, answers = asyncio.run(main())
+    assert engine.stats.lane_batches > lane_before, "no query ran beside a forward"
+    got = [r for request in bulk for r in request] + answers
+    for text, result in zip(passages + queries, got, strict=True):
+        assert_matches(result.sentence, one_at_a_time(e5, text)[0], dtype, pooled=True)
 
 
 def test_plan_batch_keeps_budget_serves_oldest_and_groups_lengths():

@@ -184,6 +184,17 @@ def test_fit_lowers_the_limits_until_the_peak_fits():
     assert footprint.fit(EngineConfig(), predicted(), max_tokens=512) == EngineConfig()
 
 
+def test_fit_steps_down_to_one_full_length_text_from_any_budget():
+    # 1000 tokens, not a multiple of the 256-token step: 744 does not fit, 488 is below one
+    # full-length text (512), which fits (with the query lane's 512 tokens beside it).
+    config = EngineConfig(max_batch_tokens=1000, max_memory="660Mi")
+    fitted = footprint.fit(config, predicted(batch_tokens=1000), max_tokens=512)
+    assert fitted.max_batch_tokens == 512
+    lane = fitted.query_lane_tokens(512)
+    refit = predicted(batch_tokens=512, queued_tokens=fitted.max_queued_tokens, lane_tokens=lane)
+    assert refit.peak <= 660 * MIB
+
+
 def test_fit_refuses_a_size_the_model_alone_does_not_fit_and_says_what_would():
     with pytest.raises(ValueError, match=r"max_memory 600Mi .* take 640 MiB.* at least \d+ MiB"):
         footprint.fit(EngineConfig(max_memory="600Mi"), predicted(), max_tokens=512)
