@@ -677,14 +677,10 @@ class Engine:
                     self._lane_wakeup.wait()
                 if self._closing:  # the worker finishes what is queued
                     return
-                self._pending = self._drop_abandoned(self._pending)
+                self._drop_abandoned()
                 queries = [r for r in self._pending if r.priority is Priority.QUERY]
                 plan = plan_batch(queries, self._lane_tokens, self.config.max_batch_requests)
-                batch = [queries[i] for i in plan.indices]
-                taken = {id(row) for row in batch}
-                self._pending = [r for r in self._pending if id(r) not in taken]
-                for row in batch:
-                    self._unqueue(row)
+                batch = self._take([queries[i] for i in plan.indices])
                 depth = len(self._pending)
             if batch:
                 self._run(batch, plan, depth, lane=True)
@@ -753,7 +749,7 @@ class Engine:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            self._pending = self._drop_abandoned(self._pending)
+            self._drop_abandoned()
             now = time.monotonic()
             plan = plan_batch(
                 self._pending,
@@ -767,11 +763,7 @@ class Engine:
                 short = plan.level == Priority.QUERY and self._short_query_forward(now)
                 self._last_forward_short = short
                 self._forward_running = True
-            chosen = set(plan.indices)
-            batch = [self._pending[i] for i in plan.indices]
-            self._pending = [r for i, r in enumerate(self._pending) if i not in chosen]
-            for row in batch:
-                self._unqueue(row)
+            batch = self._take([self._pending[i] for i in plan.indices])
             if self._lane_tokens and self._queued_rows[Priority.QUERY]:
                 self._lane_wakeup.notify()  # queries this batch left behind
             return batch, plan, len(self._pending)
@@ -785,15 +777,23 @@ class Engine:
         budget = self._forward_tokens(time.monotonic()).get(top)
         return min(self.config.max_batch_tokens, budget or self.config.max_batch_tokens)
 
+    def _take(self, batch: list[_Row]) -> list[_Row]:
+        """`batch`, out of the queue (for the worker or the query lane to run)."""
+        chosen = {id(row) for row in batch}
+        self._pending = [r for r in self._pending if id(r) not in chosen]
+        for row in batch:
+            self._unqueue(row)
+        return batch
+
     def _unqueue(self, row: _Row) -> None:
         self._queued_tokens[row.priority] -= row.n_tokens
         self._queued_rows[row.priority] -= 1
 
-    def _drop_abandoned(self, queue: list[_Row]) -> list[_Row]:
-        """`queue` without the rows nobody waits for any more: they must cost no compute."""
+    def _drop_abandoned(self) -> None:
+        """Remove rows nobody waits for any more: they must cost no compute."""
         now = time.monotonic()
         keep = []
-        for row in queue:
+        for row in self._pending:
             expired = row.deadline is not None and now > row.deadline
             if row.future.cancelled():
                 # The caller's own timeout cancels its rows at their deadline: that is an
@@ -809,7 +809,7 @@ class Engine:
                 keep.append(row)
                 continue
             self._unqueue(row)
-        return keep
+        self._pending = keep
 
     def _run(self, batch: list[_Row], plan: BatchPlan, depth: int, lane: bool = False) -> None:
         """One forward and its callers told; `lane`: the query lane's, beside the worker's
