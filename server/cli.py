@@ -79,6 +79,12 @@ SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "if the model alone does not fit (unset: no limit)",
         {},
     ),
+    (
+        "--frontends",
+        "front-end processes serving the ports around one engine process: a number, or auto "
+        "(half the cores on a GPU; 1 on a CPU, whose cores belong to the model)",
+        {},
+    ),
     ("--tls-cert", "PEM certificate: serve TLS", {}),
     ("--tls-key", "PEM key of --tls-cert", {}),
     ("--tls-client-ca", "PEM CA: require client certificates (mutual TLS)", {}),

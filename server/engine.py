@@ -16,6 +16,9 @@ one that its size implies. Higher priorities are planned first, waiting rows ris
 none starves, bulk work has admission limits of its own, and while higher-priority work is
 about a forward is cut to a time budget, so that such work waits little behind it.
 batching.py holds those rules; this module keeps the counts and the clock they need.
+
+With front-end processes (frontends/), each front end runs this class's host work (FrontEngine)
+and sends a request's rows here through run_rows(), into the same queue.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -180,6 +183,7 @@ class EngineInfo:
     max_queued_tokens: int
     max_concurrent_requests: int
     dtype_reason: str = ""  # why this precision (auto's choice, or asked for)
+    num_layers: int = 0  # hidden states 0 (embeddings) to num_layers (last)
 
 
 @dataclass
@@ -200,7 +204,7 @@ class _Prepared:
 class _Row:
     """One forward row: a whole text or one window of a long one."""
 
-    ids: list[int]
+    ids: Sequence[int]
     layers: Layers
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -249,16 +253,17 @@ class Engine:
         self._last_forward_short = False  # the last batch was queries' on their short budget
         self._preparing = 0  # requests being tokenized in the pool: rows on their way
         self._trimmer = HeapTrimmer()
-        self._host_work = ThreadPoolExecutor(
-            self.config.tokenizer_threads, thread_name_prefix="embedsense-tokenize"
-        )
-        # Small requests' tokenizing, grouped across concurrent callers (tokenize_batch.py):
-        # embed()'s when tokenize_batch says so (None: on a GPU), else each on the loop.
-        # tokenize()'s always: it serves the Tokenize RPC, which must not hold the loop.
-        threads = self.config.tokenizer_threads
         grouped = self.config.tokenize_batch
-        if grouped is None:
-            grouped = self.runner.device.type == "cuda"
+        self._start_host_work(self.runner.device.type == "cuda" if grouped is None else grouped)
+
+    def _start_host_work(self, grouped: bool) -> None:
+        """The tokenizer threads. Small requests' tokenizing is grouped across concurrent
+        callers (tokenize_batch.py): embed()'s when `grouped` (tokenize_batch; None: on a
+        GPU), else each on the loop; tokenize()'s always: it serves the Tokenize RPC, which
+        must not hold the loop."""
+        threads = self.config.tokenizer_threads
+        self.groups_tokenizing = grouped
+        self._host_work = ThreadPoolExecutor(threads, thread_name_prefix="embedsense-tokenize")
         self._prepares: MicroBatcher | None = None
         if grouped:
             self._prepares = MicroBatcher(
@@ -326,6 +331,7 @@ class Engine:
             max_queued_tokens=c.max_queued_tokens,
             max_concurrent_requests=c.max_concurrent_requests,
             dtype_reason="int8 asked for" if self.runner.int8 else self.runner.precision.reason,
+            num_layers=self.runner.num_layers,
         )
 
     @property
@@ -370,10 +376,8 @@ class Engine:
         interactive_max_tokens tokens, bulk for a larger one.
         Raises Overloaded, InvalidRequest, DeadlineExceeded (after `timeout` seconds).
         """
-        if self._worker is None or self._closing:
-            raise EngineClosed("the engine is not running")
+        self._check_open()
         choice: Layers = tuple(layers) if layers else None
-        loop = asyncio.get_running_loop()
         prepare = functools.partial(
             self._prepare, texts, role, choice, truncate, windowed, token_ids, truncation_direction
         )
@@ -381,10 +385,7 @@ class Engine:
         grouped = self._prepares is not None and not large and token_ids is None
         with self._on_its_way() if large else contextlib.nullcontext():
             if grouped:
-                try:
-                    self.runner.check_layers(choice)
-                except ValueError as err:
-                    raise InvalidRequest(str(err)) from err
+                self._check_layers(choice)
                 key = (TextRole(role), truncate, windowed, truncation_direction)
                 prepared = await self._grouped(self._prepares, key, texts)
             else:
@@ -395,26 +396,42 @@ class Engine:
                     "are taken in one request here"
                 )
             level = self._priority(priority, len(prepared.tokenized), prepared.n_tokens)
-            now = time.monotonic()
-            deadline = now + timeout if timeout is not None else None
-            rows = [
-                _Row(ids, choice, loop.create_future(), loop, now, deadline, level)
-                for per_text in prepared.window_ids
-                for ids in per_text
-            ]
-            self._admit(rows, prepared.n_tokens, level)
-        try:
-            wait = asyncio.gather(*(row.future for row in rows))
-            outputs = await (asyncio.wait_for(wait, timeout) if timeout is not None else wait)
-        except TimeoutError as err:
-            raise DeadlineExceeded(f"not done within the {timeout:.3f} s deadline") from err
-        finally:
-            with self._cond:
-                self._in_flight[level] -= 1
+            rows = [ids for per_text in prepared.window_ids for ids in per_text]
+            # Only a sentence vector wanted: each row's output is needed pooled, no more.
+            pooled = None if token_vectors else Pooling(pooling or self.model.spec.pooling)
+            computing = self._submit(rows, choice, level, timeout, pooled)
+        outputs = await computing
         assemble = functools.partial(
             self._assemble_all, prepared, outputs, token_vectors, normalize, pooling
         )
         return await self._on_host(assemble) if large else assemble()
+
+    async def run_rows(
+        self,
+        rows: Sequence[Sequence[int]],
+        layers: Layers,
+        priority: Priority,
+        timeout: float | None,
+        pooled: Pooling | None = None,
+    ) -> list[np.ndarray]:
+        """Rows a front end in another process tokenized and windowed (frontends/): each
+        row's (tokens, dim) output, as embed() gets them before pooling; with `pooled`, its
+        pooled vector as a (1, dim) row instead (a sentence vector is all the front end
+        needs: 1/tokens of the bytes to send back). The same admission, priorities and
+        deadline as embed()'s. Raises as embed() does."""
+        self._check_open()
+        self._check_layers(layers)
+        limit = self.model.tokenizer.max_tokens
+        for index, ids in enumerate(rows):
+            if len(ids) > limit:
+                raise _too_long(index, len(ids), limit)
+        outputs = await self._submit(rows, layers, Priority(priority), timeout)
+        if pooled is None:
+            return outputs
+        # Pooled as _assemble pools a window: the front end's pooling of the one row keeps it.
+        if pooled is Pooling.CLS:
+            return [out[:1] for out in outputs]
+        return [out.mean(axis=0, keepdims=True) for out in outputs]
 
     async def tokenize(
         self, texts: Sequence[str], role: TextRole = TextRole.PASSAGE
@@ -433,6 +450,48 @@ class Engine:
             return await self._on_host(decode) if sum(map(len, batch)) > INLINE_CHARS else decode()
         except ValueError as err:
             raise InvalidRequest(str(err)) from err
+
+    def _check_open(self) -> None:
+        if self._worker is None or self._closing:
+            raise EngineClosed("the engine is not running")
+
+    def _check_layers(self, layers: Layers) -> None:
+        try:
+            self.runner.check_layers(layers)
+        except ValueError as err:
+            raise InvalidRequest(str(err)) from err
+
+    def _submit(
+        self,
+        rows: Sequence[Sequence[int]],
+        layers: Layers,
+        level: Priority,
+        timeout: float | None,
+        pooled: Pooling | None = None,
+    ) -> Awaitable[list[np.ndarray]]:
+        """Queue a request's rows (or refuse them, Overloaded); what to await for their
+        outputs, in order (DeadlineExceeded after `timeout` seconds). `pooled`: how the
+        caller pools the rows when it wants sentence vectors only; unused here, where the
+        rows are at hand (FrontEngine has the engine process send them pooled)."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        deadline = now + timeout if timeout is not None else None
+        queued = [_Row(ids, layers, loop.create_future(), loop, now, deadline, level)
+                  for ids in rows]  # fmt: skip
+        self._admit(queued, sum(row.n_tokens for row in queued), level)
+        return self._outputs(queued, level, timeout)
+
+    async def _outputs(
+        self, rows: list[_Row], level: Priority, timeout: float | None
+    ) -> list[np.ndarray]:
+        try:
+            wait = asyncio.gather(*(row.future for row in rows))
+            return await (asyncio.wait_for(wait, timeout) if timeout is not None else wait)
+        except TimeoutError as err:
+            raise DeadlineExceeded(f"not done within the {timeout:.3f} s deadline") from err
+        finally:
+            with self._cond:
+                self._in_flight[level] -= 1
 
     async def _grouped(self, batcher: MicroBatcher, key: Hashable, texts: Sequence[str]) -> Any:
         """A request's share of a group's work in the host-work pool (tokenize_batch.py)."""
@@ -462,7 +521,7 @@ class Engine:
         """Tokenized texts and the rows (windows) each becomes (on the loop for a small
         request, in the host-work pool for a large one)."""
         try:
-            self.runner.check_layers(choice)
+            self._check_layers(choice)
             encode = (
                 self.model.tokenizer.encode_batch
                 if token_ids is None
@@ -630,14 +689,9 @@ class Engine:
         if len(plan) == 1:
             sentence, tokens = pooled[0], per_window[0]
         else:
-            head, tail = frame
-            n_content = len(tok) - head - tail
-            content = [w[head : len(w) - tail] for w in per_window]
             sentence = pooled[0] if how is Pooling.CLS else weighted_sentence(plan, pooled)
-            middle = stitch_tokens(plan, content, n_content)
-            tokens = np.concatenate(
-                [per_window[0][:head], middle, per_window[-1][len(per_window[-1]) - tail :]]
-            )
+            # Without token vectors the windows may be pooled rows only (run_rows' `pooled`).
+            tokens = _stitched(tok, frame, plan, per_window) if want_tokens else None
         sentence = np.asarray(sentence, dtype=np.float32)
         if normalize:
             sentence = sentence / max(float(np.linalg.norm(sentence)), 1e-12)
@@ -890,6 +944,19 @@ def _window_ids(tok: TokenizedText, frame: tuple[int, int], window: Window) -> l
     head, tail = frame
     content = tok.ids[head : len(tok) - tail]
     return tok.ids[:head] + content[window.start : window.end] + tok.ids[len(tok) - tail :]
+
+
+def _stitched(
+    tok: TokenizedText, frame: tuple[int, int], plan: list[Window], per_window: list[np.ndarray]
+) -> np.ndarray:
+    """A long text's token vectors from its windows': the frame's from the first and last
+    window, each content token's from the windows that hold it (windows.stitch_tokens)."""
+    head, tail = frame
+    content = [w[head : len(w) - tail] for w in per_window]
+    middle = stitch_tokens(plan, content, len(tok) - head - tail)
+    return np.concatenate(
+        [per_window[0][:head], middle, per_window[-1][len(per_window[-1]) - tail :]]
+    )
 
 
 def _settle_batch(outcomes: list[tuple[_Row, object, Exception | None]]) -> None:

@@ -107,12 +107,7 @@ class ModelRunner:
             yield
 
     def check_layers(self, layers: Layers) -> None:
-        for layer in layers or ():
-            if not -(self.num_layers + 1) <= layer <= self.num_layers:
-                raise ValueError(
-                    f"layer {layer} does not exist: the model has hidden states 0 (embeddings) "
-                    f"to {self.num_layers} (last), or -1 to -{self.num_layers + 1}"
-                )
+        check_layers(layers, self.num_layers)
 
     def run(self, sequences: Sequence[Sequence[int]], layers: Sequence[Layers]) -> list[np.ndarray]:
         """Token vectors (len_i, C) float32 for each id sequence, in the chosen layer mix."""
@@ -138,6 +133,16 @@ class ModelRunner:
             mixes[choice][end - len(seq) : end]
             for seq, choice, end in zip(sequences, layers, ends, strict=True)
         ]
+
+
+def check_layers(layers: Layers, num_layers: int) -> None:
+    """ValueError naming the range, for a layer the model does not have."""
+    for layer in layers or ():
+        if not -(num_layers + 1) <= layer <= num_layers:
+            raise ValueError(
+                f"layer {layer} does not exist: the model has hidden states 0 (embeddings) "
+                f"to {num_layers} (last), or -1 to -{num_layers + 1}"
+            )
 
 
 def bf16_linears(encoder: torch.nn.Module) -> torch.nn.Module:

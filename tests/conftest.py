@@ -65,6 +65,30 @@ class ServerThread:
         self.thread.join(10)
 
 
+class FrontEndsThread(ServerThread):
+    """The same server as `--frontends N`: this process runs the engine and the index (in a
+    background thread's loop, as ServerThread), N front-end processes serve the port."""
+
+    def __init__(self, model, data_dir, count: int = 2, **settings) -> None:  # noqa: D107
+        import asyncio
+        import threading
+
+        from embedsense.server.api.settings import ServerSettings
+        from embedsense.server.config import EngineConfig
+        from embedsense.server.frontends.host import EngineHost
+
+        settings.setdefault("engine", EngineConfig(dtype="float32"))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        base = ServerSettings(host="127.0.0.1", port=0, data_dir=data_dir)
+        self.settings = ServerSettings(**{**base.__dict__, **settings})
+        self.server = EngineHost(self.settings, count, model)
+        self.run(self.server.start())
+        self.port = self.server.port
+        self.target = f"127.0.0.1:{self.port}"
+
+
 @pytest.fixture(scope="session")
 def server(e5, tmp_path_factory):
     """One server for the whole session, on the real default model."""

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -33,8 +34,10 @@ from embedsense.server.api.settings import ServerSettings
 from embedsense.server.api.tei_routes import TEIRoutes
 from embedsense.server.api.tls import ServerTls
 from embedsense.server.engine import Engine
+from embedsense.server.explain import Explainer
 from embedsense.server.index import IndexBackend, open_backend
 from embedsense.server.index.errors import IndexStoreError
+from embedsense.server.runner import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +48,53 @@ class StartupError(Exception):
     """The server cannot start: a bad data directory, an unknown model, a port in use."""
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What the API serves from: in a front-end process, the engine process's (frontends/)."""
+
+    engine: Engine
+    catalog: IndexBackend
+    explainer: Explainer
+    name: str  # the front end's, added to the replica's name
+
+
+async def open_engine_and_index(
+    settings: ServerSettings, model: LoadedModel | None = None
+) -> tuple[Engine, IndexBackend]:
+    """Load and warm the model, start the engine, open the index; StartupError naming what
+    is wrong (the engine closed again if the index fails)."""
+    s = settings
+    try:
+        model = model or await asyncio.to_thread(load_model, s.model)
+    except (ModelNotAvailableError, CheckpointError, OSError, ValueError) as err:
+        raise StartupError(f"model {s.model!r}: {err}") from err
+    engine = await asyncio.to_thread(Engine(s.engine, model).start)
+    try:
+        catalog = await asyncio.to_thread(open_backend, s.backend())
+    except (sqlite3.Error, OSError, IndexStoreError, ValueError) as err:
+        engine.close()
+        where = s.data_dir if s.index_backend == "faiss" else s.milvus_uri
+        raise StartupError(f"index ({s.index_backend}, {where}): {err}") from err
+    return engine, catalog
+
+
 class EmbedSenseServer:
-    def __init__(self, settings: ServerSettings, model: LoadedModel | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        model: LoadedModel | None = None,
+        parts: Parts | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self._model = model
+        self._parts = parts
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self.engine: Engine | None = None
         self.catalog: IndexBackend | None = None
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self.metrics_port: int | None = None
         self.http: HttpServer | None = None
         self.http_port: int | None = None
@@ -69,7 +109,8 @@ class EmbedSenseServer:
             tls = ServerTls.load(s.tls_cert, s.tls_key, s.tls_client_ca)
         except ValueError as err:
             raise StartupError(str(err)) from err
-        made = self._check_data_dir() if s.index_backend == "faiss" else []
+        local_store = s.index_backend == "faiss" and self._parts is None
+        made = check_data_dir(s.data_dir) if local_store else []
         try:
             return await self._start(keys, tls)
         except BaseException:
@@ -77,20 +118,14 @@ class EmbedSenseServer:
             raise
 
     async def _start(self, keys: list[str], tls: ServerTls | None) -> int:
-        s = self.settings
-        self._check_port_free()
-        try:
-            model = self._model or await asyncio.to_thread(load_model, s.model)
-        except (ModelNotAvailableError, CheckpointError, OSError, ValueError) as err:
-            raise StartupError(f"model {s.model!r}: {err}") from err
-        self.engine = await asyncio.to_thread(Engine(s.engine, model).start)
-        try:
-            self.catalog = await asyncio.to_thread(open_backend, s.backend())
-        except (sqlite3.Error, OSError, IndexStoreError, ValueError) as err:
-            self.engine.close()
-            where = s.data_dir if s.index_backend == "faiss" else s.milvus_uri
-            raise StartupError(f"index ({s.index_backend}, {where}): {err}") from err
-        self.metrics.watch(self.engine, self.catalog)
+        s, parts = self.settings, self._parts
+        if parts is None:
+            check_port_free(s.host, s.port)
+            self.engine, self.catalog = await open_engine_and_index(s, self._model)
+            self.metrics.watch(self.engine, self.catalog)
+            explainer = Explainer(self.engine.model, self.engine.runner)
+        else:  # its siblings listen on the port already
+            self.engine, self.catalog, explainer = parts.engine, parts.catalog, parts.explainer
         api_keys = ApiKeys(keys) if keys else None
         interceptors = [DecodeGuard()] + (
             [ApiKeyInterceptor(api_keys, self.metrics)] if api_keys else []
@@ -100,9 +135,12 @@ class EmbedSenseServer:
             options=[
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.max_receive_message_length", s.max_message_bytes),
+                # Front-end processes share the port; one server alone is kept from a port
+                # another has by check_port_free.
+                ("grpc.so_reuseport", int(parts is not None)),
             ],
         )
-        service = Service(self.engine, self.catalog, s, self.metrics)
+        service = Service(self.engine, self.catalog, s, self.metrics, explainer)
         embedsense_pb2_grpc.add_EmbedSenseServicer_to_server(service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -126,8 +164,10 @@ class EmbedSenseServer:
             await asyncio.to_thread(self.engine.close)
             raise StartupError(f"cannot listen on {address}: {reason}")
         service.replica = s.replica or f"{socket.gethostname()}:{self.port}"
+        if parts is not None:
+            service.replica += f"/{parts.name}"
         await self._server.start()
-        if s.metrics_port is not None:
+        if s.metrics_port is not None and parts is None:  # a front end's: the engine's port
             self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
         http_tls = None
         if s.http_port is not None:
@@ -139,7 +179,9 @@ class EmbedSenseServer:
                     "API keys and texts sent to it cross the network readable"
                 )
             try:
-                self.http_port = await self.http.start(s.host, s.http_port, http_tls)
+                self.http_port = await self.http.start(
+                    s.host, s.http_port, http_tls, reuse_port=parts is not None
+                )
             except OSError as err:
                 await self.stop(0)
                 raise StartupError(f"cannot serve HTTP on {s.host}:{s.http_port}: {err}") from err
@@ -157,36 +199,6 @@ class EmbedSenseServer:
             f", HTTP{'S' if http_tls else ''} on :{self.http_port}" if self.http_port else "",
         )  # fmt: skip
         return self.port
-
-    def _check_data_dir(self) -> list[Path]:
-        """Make the data directory if needed and check that it is writable; the directories
-        made here, deepest first (a failed start removes those still empty)."""
-        directory = self.settings.data_dir
-        made = [d for d in (directory, *directory.parents) if not d.exists()]
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            probe = directory / ".embedsense-write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            remove_if_empty(made)
-            raise StartupError(
-                f"data directory {directory} is not a writable directory: {err.strerror or err}"
-            ) from err
-        return made
-
-    def _check_port_free(self) -> None:
-        """Before minutes of model loading, learn whether the port can be had at all."""
-        s = self.settings
-        if not s.port:
-            return
-        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((s.host, s.port))
-            except OSError as err:
-                raise StartupError(f"cannot listen on {s.host}:{s.port}: {err.strerror}") from err
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish (up to `grace` s), then close the
@@ -210,6 +222,36 @@ class EmbedSenseServer:
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def check_data_dir(directory: Path) -> list[Path]:
+    """Make the data directory if needed and check that it is writable; the directories
+    made here, deepest first (a failed start removes those still empty)."""
+    made = [d for d in (directory, *directory.parents) if not d.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".embedsense-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        remove_if_empty(made)
+        raise StartupError(
+            f"data directory {directory} is not a writable directory: {err.strerror or err}"
+        ) from err
+    return made
+
+
+def check_port_free(host: str, port: int | None) -> None:
+    """Before minutes of model loading, learn whether the port can be had at all."""
+    if not port:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise StartupError(f"cannot listen on {host}:{port}: {err.strerror}") from err
 
 
 def remove_if_empty(directories: list[Path]) -> None:
@@ -263,9 +305,35 @@ def _status_name(error: BaseException) -> str | None:
 
 
 async def serve(settings: ServerSettings) -> None:
-    """Run until SIGINT or SIGTERM, then drain and stop; a second signal exits at once."""
+    """Run until SIGINT or SIGTERM, then drain and stop; a second signal exits at once.
+    With several front ends (settings.frontends), this process runs the engine and the
+    index, and front-end processes serve the ports (frontends/host.py)."""
+    count = front_end_count(settings)
+    if count > 1:
+        from embedsense.server.frontends.host import serve_with_front_ends  # it imports us
+
+        await serve_with_front_ends(settings, count)
+        return
     server = EmbedSenseServer(settings)
     await server.start()
+    await until_signalled()
+    log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_s)
+    await server.stop()
+
+
+def front_end_count(settings: ServerSettings) -> int:
+    """settings.frontends as a number: auto is half the cores on a GPU (the other half
+    for the engine process and the tokenizer threads), one on a CPU, whose cores belong to
+    the model."""
+    if settings.frontends != "auto":
+        return int(settings.frontends)
+    if resolve_device(settings.engine.device).type != "cuda":
+        return 1
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+async def until_signalled() -> None:
+    """Wait for SIGINT or SIGTERM; a second one exits at once, without draining."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -281,5 +349,3 @@ async def serve(settings: ServerSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, first_signal)
     await stop.wait()
-    log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_s)
-    await server.stop()

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, RootModel, ValidationError
 
 from embedsense.model import TextRole, TokenizedText
@@ -392,22 +392,24 @@ class HttpServer:
     async def metrics_page(self, request: web.Request, body: None) -> web.Response:
         """Prometheus' text, as the metrics port serves it (read in a thread: collecting
         asks the index for its collections' sizes)."""
-        text = await asyncio.to_thread(generate_latest, self.metrics.registry)
-        response = web.Response(body=text)
+        response = web.Response(body=await self.metrics.page())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
-        """Listen on host:port (0: any free port), under `tls` when given; the port."""
+    async def start(
+        self, host: str, port: int, tls: ssl.SSLContext | None = None, reuse_port: bool = False
+    ) -> int:
+        """Listen on host:port (0: any free port), under `tls` when given; the port.
+        reuse_port: shared with the other front-end processes (frontends/)."""
         # handler_cancellation: a client that hangs up cancels its handler, and so its
         # engine work (aiohttp leaves it off by default).
         self._runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, handler_cancellation=True
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=tls)
+        site = web.TCPSite(self._runner, host, port, ssl_context=tls, reuse_port=reuse_port)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self.port

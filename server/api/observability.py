@@ -3,16 +3,27 @@ line per request with a request id, and never the text of a request at the defau
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import itertools
 import json
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 from embedsense.server.engine import BatchReport, Engine
 from embedsense.server.index import IndexBackend
@@ -78,6 +89,17 @@ class Metrics:
             "embedsense_model_load_seconds", "time to load the model", registry=r
         )
         self._http = None
+        self._sources: list[Callable[[], Iterable[Metric]]] = []
+        self.exposed = _Merged(self.registry, self._sources)
+
+    def add_source(self, families: Callable[[], Iterable[Metric]]) -> None:
+        """Another process's metrics (a front end's), summed with these on every scrape."""
+        self._sources.append(families)
+
+    async def page(self) -> bytes:
+        """/metrics' text (in a thread: collecting asks the index for its collections'
+        sizes, and other processes for their metrics)."""
+        return await asyncio.to_thread(generate_latest, self.exposed)
 
     def watch(self, engine: Engine, catalog: IndexBackend) -> None:
         """Follow the engine's batches, and read queue and index sizes on every scrape."""
@@ -104,7 +126,7 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics on its own port; the port it listens on."""
-        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._http, _ = start_http_server(port, addr=host, registry=self.exposed)
         return self._http.server_address[1]
 
     def close(self) -> None:
@@ -159,6 +181,42 @@ class _EngineAndIndex:
             vectors.add_metric([name], collection.index_vectors())
         yield documents
         yield vectors
+
+
+class _Merged(CollectorRegistry):
+    """A registry's metrics and other processes', each sample summed over them by name and
+    labels (counters, histograms and gauges alike; a `_created` time: the earliest)."""
+
+    def __init__(self, own: CollectorRegistry, sources: list[Callable[[], Iterable[Metric]]]):
+        super().__init__()
+        self._own = own
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        if not self._sources:
+            yield from self._own.collect()
+            return
+        families: dict[str, Metric] = {}
+        samples: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]] = {}
+        for family in itertools.chain(self._own.collect(), *(get() for get in self._sources)):
+            if family.name not in families:
+                families[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
+                )
+                samples[family.name] = {}
+            summed = samples[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                seen = summed.get(key)
+                if seen is None:
+                    summed[key] = sample
+                elif sample.name.endswith("_created"):
+                    summed[key] = seen._replace(value=min(seen.value, sample.value))
+                else:
+                    summed[key] = seen._replace(value=seen.value + sample.value)
+        for name, family in families.items():
+            family.samples = list(samples[name].values())
+            yield family
 
 
 # What every LogRecord carries; anything else on a record came from a log call's `extra`.

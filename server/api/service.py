@@ -137,14 +137,19 @@ def _tokens_reply(t: TokenizedText) -> pb.TokenizeResponse:
 
 class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     def __init__(
-        self, engine: Engine, catalog: IndexBackend, settings: ServerSettings, metrics: Metrics
+        self,
+        engine: Engine,
+        catalog: IndexBackend,
+        settings: ServerSettings,
+        metrics: Metrics,
+        explainer: Explainer | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.catalog = catalog
         self.ops = CollectionOps(engine, catalog, settings)  # shared with HTTP REST
         self.senses = Senses(engine, catalog)
-        self.explainer = Explainer(engine.model, engine.runner)
+        self.explainer = explainer or Explainer(engine.model, engine.runner)
         self._streams = 0  # Upsert streams open now (one event loop: no lock needed)
         self.settings = settings
         self.model_name = engine.model.spec.name
@@ -175,7 +180,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         return pb.InfoResponse(
             version=server_version(), model=info.model, dim=info.dim, device=info.device,
             dtype=info.dtype, max_tokens=info.max_tokens,
-            num_layers=self.engine.model.encoder.cfg.num_layers,
+            num_layers=info.num_layers,
             max_batch_tokens=info.max_batch_tokens, max_queued_tokens=info.max_queued_tokens,
             max_concurrent_requests=info.max_concurrent_requests,
             max_texts_per_request=s.max_texts_per_request,

@@ -84,6 +84,9 @@ class ServerSettings:
     # Origins a browser may call the HTTP API from (comma-separated, or *); unset: no CORS.
     cors_allow_origin: str | None = None
     metrics_host: str | None = None  # default: the server's host
+    # Front-end processes serving the ports around one engine process (frontends/): a
+    # number, or auto (half the cores on a GPU, 1 on a CPU). 1: one process, as ever.
+    frontends: str = "auto"
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
@@ -95,6 +98,11 @@ class ServerSettings:
             raise ValueError(
                 f"milvus timeout {self.milvus_timeout_s}: expected a positive number of "
                 "seconds (--milvus-timeout, EMBEDSENSE_MILVUS_TIMEOUT_S)"
+            )
+        if self.frontends != "auto" and not (self.frontends.isdigit() and int(self.frontends)):
+            raise ValueError(
+                f"frontends {self.frontends!r}: expected auto or a number of processes from 1 "
+                "(--frontends, EMBEDSENSE_FRONTENDS)"
             )
         if self.default_prompt_name not in PROMPT_NAMES:
             raise ValueError(

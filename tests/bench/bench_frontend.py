@@ -12,7 +12,8 @@ requests serialized ahead of time so the client costs little. Per path:
   serializing a one-text EmbedResponse, timed here) and transport (the rest: gRPC, asyncio,
   parsing, checks, admission, batching);
 - loop cost per text: the CPU time of the server's main thread (its event loop) per text:
-  the serial part, which bounds one front end's texts/s however many cores it has.
+  the serial part, which bounds one front end's texts/s however many cores it has (with
+  front-end processes, their main threads' together).
 Paths: `today` tokenizes each request on the event loop on its own (EngineConfig.
 tokenize_batch off, as before, and still what `auto` does on a CPU); `new` groups concurrent
 small requests' tokenizing in the tokenizer thread (tokenize_batch on, `auto` on a GPU).
@@ -20,7 +21,11 @@ The rounds interleave the paths so that drift in the machine's speed hits both a
 figures are medians. Last line: one JSON
 object.
 
+With --frontends N, path feN is `new` served by N front-end processes around the stand-in's
+engine process (--frontends N): its host cost is every process's CPU time together.
+
     python tests/bench/bench_frontend.py [--texts 2000] [--callers 32] [--rounds 3]
+        [--frontends 2,4]
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ from embedsense.proto.tensors import to_tensor  # noqa: E402
 from embedsense.proto.v1 import embedsense_pb2 as pb  # noqa: E402
 
 STANDIN = Path(__file__).with_name("standin.py")
-# What selects each path in the server (its environment).
+# What selects each path in the server (its environment). feN: `new` with N front-end
+# processes around the engine process (--frontends N), added by --frontends.
 PATHS = {"today": {"EMBEDSENSE_STANDIN_PATH": "today"}, "new": {}}
 
 
@@ -71,11 +77,17 @@ class StandinServer:
     def wait_ready(self, limit_s: float = 180) -> None:
         wait_until_serving(self.target, self.process, limit_s)
 
-    def cpu_seconds(self) -> tuple[float, float]:
-        """User + system CPU time so far of the server process (all its threads) and of its
-        main thread (the event loop's)."""
+    def cpu_seconds(self) -> tuple[float, float, float]:
+        """User + system CPU time so far of the server (all its threads, its front-end
+        processes' too), of the main threads of the processes that serve the port (the
+        event loops': the server's, or its front ends'), and of the server process alone
+        (with front ends: the engine process's share)."""
         pid = self.process.pid
-        return _cpu(Path(f"/proc/{pid}/stat")), _cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
+        fronts = _children(pid)
+        own = _cpu(Path(f"/proc/{pid}/stat"))
+        host = own + sum(_cpu(Path(f"/proc/{p}/stat")) for p in fronts)
+        loops = sum(_cpu(Path(f"/proc/{p}/task/{p}/stat")) for p in fronts or (pid,))
+        return host, loops, own
 
     def counters(self) -> dict[str, float]:
         """CPU seconds spent so far tokenizing and assembling (standin.py's counters)."""
@@ -93,6 +105,11 @@ class StandinServer:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(60)
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return [int(c) for task in tasks for c in (task / "children").read_text().split()]
 
 
 def _cpu(stat: Path) -> float:
@@ -129,14 +146,15 @@ def measure(server: StandinServer, requests: list[bytes], callers: int) -> dict[
     """One pass of every request: texts/s, p50 latency (s), and per text the CPU seconds
     of the server (host), of its event loop, of tokenizing and of assembling."""
     n = len(requests)
-    (host, loop), counted = server.cpu_seconds(), server.counters()
+    (host, loop, own), counted = server.cpu_seconds(), server.counters()
     wall, latencies = asyncio.run(drive(server.target, requests, callers))
-    (host_after, loop_after), counted_after = server.cpu_seconds(), server.counters()
+    (host_after, loop_after, own_after), counted_after = server.cpu_seconds(), server.counters()
     return {
         "texts_per_s": n / wall,
         "p50": statistics.median(latencies),
         "host": (host_after - host) / n,
         "loop": (loop_after - loop) / n,
+        "engine_process": (own_after - own) / n,
         **{name: (counted_after[name] - counted[name]) / n for name in counted},
     }
 
@@ -158,8 +176,17 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--paths", default="today,new", help="comma-separated: today, new")
+    parser.add_argument(
+        "--frontends",
+        default="",
+        help="comma-separated process counts N: "
+        "paths feN, `new` with N front-end processes (--frontends N)",
+    )
     args = parser.parse_args()
     paths = args.paths.split(",")
+    for count in filter(None, args.frontends.split(",")):
+        PATHS[f"fe{count}"] = {"EMBEDSENSE_FRONTENDS": count}
+        paths.append(f"fe{count}")
     texts = chinese_texts(args.texts)
     requests = [pb.EmbedRequest(texts=[t]).SerializeToString() for t in texts]
     cores = os.cpu_count()
@@ -186,22 +213,32 @@ def main() -> None:
           f"{'tokenize':>10}{'transport':>11}{'response':>10}   (per text)")  # fmt: skip
     for path in paths:
         m = {name: statistics.median(s[name] for s in samples[path]) for name in samples[path][0]}
-        response = m["assemble"] + reply
-        figures = {
+        figures: dict[str, float | str] = {
             "texts_per_s": round(m["texts_per_s"], 1),
             "p50_ms": round(m["p50"] * 1e3, 2),
             "loop_us": round(m["loop"] * 1e6, 1),
             "host_us": round(m["host"] * 1e6, 1),
-            "tokenize_us": round(m["tokenize"] * 1e6, 1),
-            "transport_us": round((m["host"] - m["tokenize"] - response) * 1e6, 1),
-            "response_us": round(response * 1e6, 1),
         }
+        if path.startswith("fe"):  # the split is timed in the server process: not its front ends'
+            figures |= {"tokenize_us": "-", "transport_us": "-", "response_us": "-"}
+            engine_us = round(m["engine_process"] * 1e6, 1)
+            figures["engine_process_us"] = engine_us
+        else:
+            response = m["assemble"] + reply
+            figures |= {
+                "tokenize_us": round(m["tokenize"] * 1e6, 1),
+                "transport_us": round((m["host"] - m["tokenize"] - response) * 1e6, 1),
+                "response_us": round(response * 1e6, 1),
+            }
         result[path] = figures
         widths = (9, 8, 9, 9, 10, 11, 10)
+        shown = list(figures.values())[: len(widths)]
         print(
             f"{path:<8}"
-            + "".join(f"{v:>{w}}" for v, w in zip(figures.values(), widths, strict=True))
-        )
+            + "".join(f"{v:>{w}}" for v, w in zip(shown, widths, strict=True))
+            + (f"   engine process {figures['engine_process_us']} µs" if path.startswith("fe")
+               else "")
+        )  # fmt: skip
     if "today" in result and "new" in result:
         today, new = result["today"], result["new"]
         for name in ("loop_us", "host_us"):
@@ -211,6 +248,11 @@ def main() -> None:
             f"\ntoday / new, per text: loop {result['loop_us_cut']}x, host "
             f"{result['host_us_cut']}x; texts/s new / today {result['capacity_gain']}x"
         )
+    for path in paths:
+        if path.startswith("fe") and "new" in result:
+            gain = round(result[path]["texts_per_s"] / result["new"]["texts_per_s"], 2)
+            result[f"{path}_capacity_gain"] = gain
+            print(f"{path} / new, texts/s: {gain}x ({path[2:]} front ends, {cores} cores)")
     print(json.dumps(result))
 
 

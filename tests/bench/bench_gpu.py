@@ -254,6 +254,7 @@ def main() -> None:
     parser.add_argument("--large-length", type=int, default=256)
     parser.add_argument("--service", action="store_true", help="then the service over gRPC")
     parser.add_argument("--service-only", action="store_true", help="only the service")
+    parser.add_argument("--frontends", default="auto", help="the service's --frontends")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -283,7 +284,7 @@ def service_only(model, model_dir: Path, texts: list[str], device, args) -> None
     tokens = sum(len(seq) for batch in batches for seq in batch)
     offline = offline_seconds(lambda b: runner.run(b, [None] * len(b)), batches, device)
     row = service_figures(model_dir, texts, tokens, dtype, str(device), args.max_batch_tokens,
-                          tokens / offline)  # fmt: skip
+                          tokens / offline, frontends=args.frontends)  # fmt: skip
     print(json.dumps({"texts": len(texts), "tokens": tokens, "service": row}))
 
 
@@ -307,7 +308,8 @@ def run_all(model, reference, model_dir: Path, texts, device, name, dtypes, args
         dtype = "float16" if device.type == "cuda" else "float32"
         offline = next(r["offline_tokens_per_s"] for r in rows if r["dtype"] == dtype)
         service = service_figures(model_dir, texts, sum(lengths), dtype, str(device),
-                                  args.max_batch_tokens, offline)  # fmt: skip
+                                  args.max_batch_tokens, offline,
+                                  frontends=args.frontends)  # fmt: skip
     print(json.dumps({
         "device": name, "torch": torch.__version__, "max_batch_tokens": args.max_batch_tokens,
         "texts": len(texts), "tokens": sum(lengths),

@@ -7,6 +7,8 @@ wall) call Embed over gRPC:
   batches in the same dtype (goal: >= 60 %);
 - 32 texts per request, the same callers: tokens/s against offline (goal: >= 85 %);
 - one text per request, 32 callers: p50 latency (goal: <= 5 ms).
+The server runs `--frontends auto` (half the host's cores as front-end processes around the
+engine process) unless told otherwise (bench_gpu.py --frontends).
 """
 
 from __future__ import annotations
@@ -86,14 +88,16 @@ def drive(target: str, requests: list[bytes], callers: int, processes: int) -> t
 
 def service_figures(model_dir: Path, texts: list[str], tokens: int, dtype: str, device: str,
                     max_batch_tokens: int, offline_tokens_per_s: float,
-                    callers: int = 256) -> dict:  # fmt: skip
-    """Start the server, run the three loads, stop it; the figures (one JSON-able dict)."""
+                    callers: int = 256, frontends: str = "auto") -> dict:  # fmt: skip
+    """Start the server (with `frontends` front-end processes: auto is half the host's
+    cores on a GPU), run the three loads, stop it; the figures (one JSON-able dict)."""
     port = free_port()
     target = f"127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "embedsense.server", "--host", "127.0.0.1", "--port", str(port),
          "--data-dir", str(model_dir / "service-data"), "--model", str(model_dir),
-         "--device", device, "--dtype", dtype, "--log-format", "text"],
+         "--device", device, "--dtype", dtype, "--log-format", "text",
+         "--frontends", frontends],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "EMBEDSENSE_API_KEY": "", "EMBEDSENSE_MAX_BATCH_TOKENS":
              str(max_batch_tokens), "EMBEDSENSE_MAX_CONCURRENT_REQUESTS": "4096",
@@ -114,6 +118,8 @@ def service_figures(model_dir: Path, texts: list[str], tokens: int, dtype: str, 
         server.wait(60)
     row = {
         "dtype": dtype,
+        "frontends": frontends,
+        "host_cores": os.cpu_count(),
         "client_processes": processes,
         "one_text_tokens_per_s": round(tokens / one_s, 1),
         "one_text_vs_offline": round(tokens / one_s / offline_tokens_per_s, 3),
@@ -123,7 +129,8 @@ def service_figures(model_dir: Path, texts: list[str], tokens: int, dtype: str, 
         "offline_tokens_per_s": round(offline_tokens_per_s, 1),
     }
     print(
-        f"service {dtype}: 1 text/request, {callers} callers {row['one_text_tokens_per_s']:.0f} "
+        f"service {dtype}, {frontends} front ends, {os.cpu_count()} cores: 1 text/request, "
+        f"{callers} callers {row['one_text_tokens_per_s']:.0f} "
         f"tok/s ({row['one_text_vs_offline']:.0%} of offline); 32 texts/request "
         f"{row['texts32_tokens_per_s']:.0f} tok/s ({row['texts32_vs_offline']:.0%}); p50 at 32 "
         f"callers {row['p50_ms_32_callers']} ms"

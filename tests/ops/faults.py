@@ -1,9 +1,10 @@
 """`make faults`: the server killed with SIGKILL in the middle of streaming bulk upserts, 20
-rounds: after each restart every acknowledged document must be there. Then a client with
+rounds: after each restart every acknowledged document must be there (with --frontends N,
+the engine process is the one killed; its front ends follow it). Then a client with
 retries keeps calling across a kill and restart and must finish its work.
 Last line: one JSON object.
 
-    python tests/ops/faults.py [--rounds 20]
+    python tests/ops/faults.py [--rounds 20] [--frontends N]
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ def stream_until_killed(target: str, round_: int, acked: list[str], stop: thread
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--frontends", default="1", help="the server's --frontends")
     args = parser.parse_args()
     rng = random.Random(7)
     rounds = []
     with tempfile.TemporaryDirectory() as data_dir:
-        server = ServerProcess(Path(data_dir))
+        server = ServerProcess(Path(data_dir), None, "--frontends", args.frontends)
         server.start()
         with Client(server.target) as c:
             c.create_collection("bulk")

@@ -3,6 +3,7 @@ fault scripts and the replica tests), a milvus-lite server, and a real Milvus st
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -19,6 +20,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def children(pid: int) -> set[int]:
+    """The process's child processes now."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            found |= {int(p) for p in (task / "children").read_text().split()}
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def wait_until_serving(target: str, process: subprocess.Popen, limit_s: float = 180) -> None:
@@ -63,9 +82,14 @@ class ServerProcess:
         return int(line.split()[1]) / 1024
 
     def kill(self) -> None:
-        """SIGKILL: no draining, no snapshot."""
+        """SIGKILL: no draining, no snapshot. Returns once its front-end processes (if
+        any: --frontends) are gone too, so that a restart finds the port free."""
+        fronts = children(self.process.pid)
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in fronts) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
