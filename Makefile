@@ -37,9 +37,10 @@ bench: install
 	cd tests/bench && for script in bench_*.py; do ../../$(BIN)/python "$$script" || exit 1; done
 
 # The front end's own capacity around a stand-in model (tests/bench/standin.py): texts/s and
-# host cost per text, before and with micro-batched tokenizing, side by side.
+# host cost per text, before and with micro-batched tokenizing, and with two front-end
+# processes (--frontends 2), side by side.
 bench-frontend: install
-	cd tests/bench && ../../$(BIN)/python bench_frontend.py
+	cd tests/bench && ../../$(BIN)/python bench_frontend.py --frontends 2
 
 # Word-sense accuracy per word and layer choice, with and without centring; induction purity.
 eval: install

@@ -85,6 +85,12 @@ SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "(half the cores on a GPU; 1 on a CPU, whose cores belong to the model)",
         {},
     ),
+    (
+        "--no-access-log",
+        "no log line per request (the request metrics still count every one): for the most "
+        "requests per second a front end can serve",
+        {"action": "store_false", "default": None, "dest": "access_log"},
+    ),
     ("--tls-cert", "PEM certificate: serve TLS", {}),
     ("--tls-key", "PEM key of --tls-cert", {}),
     ("--tls-client-ca", "PEM CA: require client certificates (mutual TLS)", {}),

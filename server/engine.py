@@ -51,7 +51,7 @@ from embedsense.server.batching import (
 )
 from embedsense.server.config import EngineConfig
 from embedsense.server.memory import HeapTrimmer
-from embedsense.server.runner import Layers, ModelRunner
+from embedsense.server.runner import Layers, ModelRunner, check_layers
 from embedsense.server.tokenize_batch import BatcherClosed, MicroBatcher
 from embedsense.server.windows import Window, plan_windows, stitch_tokens, weighted_sentence
 
@@ -227,6 +227,7 @@ class Engine:
                 f"{self.model.tokenizer.max_tokens}-token inputs: a full-length text never fits"
             )
         self.runner = ModelRunner(self.model, self.config)
+        self.num_layers = self.runner.num_layers  # hidden states 0 to this one
         # The limits lowered to fit max_memory, if set (ValueError if the model cannot fit).
         self.config, self.footprint = self.runner.sized(self.model, self.config)
         log.info("memory: %s", self.footprint.describe())
@@ -331,7 +332,7 @@ class Engine:
             max_queued_tokens=c.max_queued_tokens,
             max_concurrent_requests=c.max_concurrent_requests,
             dtype_reason="int8 asked for" if self.runner.int8 else self.runner.precision.reason,
-            num_layers=self.runner.num_layers,
+            num_layers=self.num_layers,
         )
 
     @property
@@ -457,7 +458,7 @@ class Engine:
 
     def _check_layers(self, layers: Layers) -> None:
         try:
-            self.runner.check_layers(layers)
+            check_layers(layers, self.num_layers)
         except ValueError as err:
             raise InvalidRequest(str(err)) from err
 

@@ -39,7 +39,6 @@ class ServerThread:
         import asyncio
         import threading
 
-        from embedsense.server.api.app import EmbedSenseServer
         from embedsense.server.api.settings import ServerSettings
         from embedsense.server.config import EngineConfig
 
@@ -50,9 +49,14 @@ class ServerThread:
         self.thread.start()
         base = ServerSettings(host="127.0.0.1", port=0, data_dir=data_dir)
         self.settings = ServerSettings(**{**base.__dict__, **settings})
-        self.server = EmbedSenseServer(self.settings, model)
+        self.server = self.make_server(self.settings, model)
         self.port = self.run(self.server.start())
         self.target = f"127.0.0.1:{self.port}"
+
+    def make_server(self, settings, model):
+        from embedsense.server.api.app import EmbedSenseServer
+
+        return EmbedSenseServer(settings, model)
 
     def run(self, coroutine, timeout: float = 120):
         import asyncio
@@ -70,23 +74,13 @@ class FrontEndsThread(ServerThread):
     background thread's loop, as ServerThread), N front-end processes serve the port."""
 
     def __init__(self, model, data_dir, count: int = 2, **settings) -> None:  # noqa: D107
-        import asyncio
-        import threading
+        self.count = count
+        super().__init__(model, data_dir, **settings)
 
-        from embedsense.server.api.settings import ServerSettings
-        from embedsense.server.config import EngineConfig
+    def make_server(self, settings, model):
         from embedsense.server.frontends.host import EngineHost
 
-        settings.setdefault("engine", EngineConfig(dtype="float32"))
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        base = ServerSettings(host="127.0.0.1", port=0, data_dir=data_dir)
-        self.settings = ServerSettings(**{**base.__dict__, **settings})
-        self.server = EngineHost(self.settings, count, model)
-        self.run(self.server.start())
-        self.port = self.server.port
-        self.target = f"127.0.0.1:{self.port}"
+        return EngineHost(settings, self.count, model)
 
 
 @pytest.fixture(scope="session")

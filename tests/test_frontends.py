@@ -258,6 +258,30 @@ def test_no_front_end_outlives_the_engine_process(tmp_path, how):
             again.stop()
 
 
+def test_sigterm_while_it_starts_stops_it_once_started_drained(tmp_path):
+    """The signal comes while the model loads (the front ends are started already): the
+    server finishes starting, then drains and exits 0, its front ends with it."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "embedsense.server", "--host", "127.0.0.1", "--port", "0",
+         "--data-dir", str(tmp_path), "--frontends", "2", "--log-format", "text"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "EMBEDSENSE_API_KEY": ""},
+    )  # fmt: skip
+    try:
+        for line in server.stderr:
+            if "loaded multilingual-e5-small" in line:
+                break
+        fronts = children(server.pid)
+        server.send_signal(signal.SIGTERM)
+        rest = server.communicate(timeout=120)[1]
+        assert server.returncode == 0, rest[-2000:]
+        assert "with 2 front-end processes" in rest and "shutting down" in rest
+        assert wait_gone(fronts) == set()
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
 def test_a_front_end_that_dies_is_started_again(tmp_path):
     server = ServerProcess(tmp_path, None, "--frontends", "2")
     server.start()

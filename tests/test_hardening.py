@@ -4,6 +4,7 @@ metrics and request ids, failing fast at start, a second signal, and fuzzing eve
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -170,6 +171,51 @@ def test_cli_client_certificate_alone_turns_on_mutual_tls(e5, tmp_path, pki):
 
 
 # ------------------------------------------------------------------ operations
+
+
+def test_with_a_key_undecodable_bytes_are_refused_for_the_key_first_then_for_the_bytes(
+    e5, tmp_path
+):
+    running = ServerThread(e5, tmp_path, api_key="the-key")
+    lone_surrogate = b"\x0a\x03\xed\xa0\x80"
+    key = (("authorization", "Bearer the-key"),)
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            for _ in range(2):  # the second time through the handler the guard kept
+                with pytest.raises(grpc.RpcError) as failure:
+                    raw_call(channel, "Embed", lone_surrogate)
+                assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                with pytest.raises(grpc.RpcError) as failure:
+                    raw_call(
+                        channel, "Embed", lone_surrogate, (("authorization", "Bearer the-key"),)
+                    )
+                assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "UTF-8" in failure.value.details()
+            unknown = channel.unary_unary(f"/{SERVICE.full_name}/NoSuchMethod")
+            with pytest.raises(grpc.RpcError) as failure:
+                unknown(b"", timeout=30, metadata=key)
+            assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_the_access_log_can_be_turned_off_and_the_metrics_still_count(
+    e5, tmp_path, caplog, access_log
+):
+    caplog.set_level(logging.INFO, logger="embedsense.access")
+    running = ServerThread(e5, tmp_path, metrics_port=0, access_log=access_log)
+    try:
+        with Client(running.target) as c:
+            for _ in range(3):
+                c.info()
+        url = f"http://127.0.0.1:{running.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert 'embedsense_requests_total{code="OK",rpc="Info"} 3.0' in text
+        lines = [r for r in caplog.records if r.name == "embedsense.access"]
+        assert len(lines) == (3 if access_log else 0)
+    finally:
+        running.stop()
 
 
 def test_metrics_and_request_ids(e5, tmp_path):

@@ -94,7 +94,7 @@ class EmbedSenseServer:
         self._health = health.aio.HealthServicer()
         self.engine: Engine | None = None
         self.catalog: IndexBackend | None = None
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(settings.access_log)
         self.metrics_port: int | None = None
         self.http: HttpServer | None = None
         self.http_port: int | None = None
@@ -127,9 +127,9 @@ class EmbedSenseServer:
         else:  # its siblings listen on the port already
             self.engine, self.catalog, explainer = parts.engine, parts.catalog, parts.explainer
         api_keys = ApiKeys(keys) if keys else None
-        interceptors = [DecodeGuard()] + (
-            [ApiKeyInterceptor(api_keys, self.metrics)] if api_keys else []
-        )
+        # The key first; the guard last, next to the service, whose handlers it keeps.
+        interceptors = [ApiKeyInterceptor(api_keys, self.metrics)] if api_keys else []
+        interceptors.append(DecodeGuard())
         self._server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -314,9 +314,10 @@ async def serve(settings: ServerSettings) -> None:
 
         await serve_with_front_ends(settings, count)
         return
+    stop = stop_on_signals()
     server = EmbedSenseServer(settings)
     await server.start()
-    await until_signalled()
+    await stop.wait()
     log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_s)
     await server.stop()
 
@@ -332,8 +333,10 @@ def front_end_count(settings: ServerSettings) -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-async def until_signalled() -> None:
-    """Wait for SIGINT or SIGTERM; a second one exits at once, without draining."""
+def stop_on_signals() -> asyncio.Event:
+    """An event the first SIGINT or SIGTERM sets; a second one exits at once, without
+    draining. Set up before the server starts: a signal that comes while it starts (its
+    ports may serve already) stops it once started, drained, rather than killing it."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -348,4 +351,4 @@ async def until_signalled() -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, first_signal)
-    await stop.wait()
+    return stop

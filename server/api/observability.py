@@ -39,9 +39,12 @@ QUEUE_BUCKETS += (0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 30)
 
 
 class Metrics:
-    """One registry per server, so that several servers in one process stay apart."""
+    """One registry per server, so that several servers in one process stay apart.
+    access_log: one log line per request (embedsense.access); off, the counts and latencies
+    above still count every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, access_log: bool = True) -> None:
+        self.access_log = access_log
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -122,7 +125,10 @@ class Metrics:
     def observe_request(self, rpc: str, code: str, seconds: float) -> None:
         self.requests.labels(rpc, code).inc()
         self.latency.labels(rpc).observe(seconds)
-        access_log.info("request", extra={"rpc": rpc, "code": code, "ms": round(seconds * 1000, 2)})
+        if self.access_log:
+            access_log.info(
+                "request", extra={"rpc": rpc, "code": code, "ms": round(seconds * 1000, 2)}
+            )
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics on its own port; the port it listens on."""

@@ -84,6 +84,9 @@ class ServerSettings:
     # Origins a browser may call the HTTP API from (comma-separated, or *); unset: no CORS.
     cors_allow_origin: str | None = None
     metrics_host: str | None = None  # default: the server's host
+    # One log line per request (embedsense.access). Off, for the last tenth of a busy front
+    # end's capacity; the request metrics count every request either way.
+    access_log: bool = True
     # Front-end processes serving the ports around one engine process (frontends/): a
     # number, or auto (half the cores on a GPU, 1 on a CPU). 1: one process, as ever.
     frontends: str = "auto"

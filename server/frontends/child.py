@@ -19,7 +19,7 @@ from typing import Any
 
 from embedsense.server.api.app import EmbedSenseServer, Parts, StartupError
 from embedsense.server.api.observability import configure_logging
-from embedsense.server.frontends.bridge import Bridge
+from embedsense.server.frontends.bridge import Bridge, BridgeClosed
 from embedsense.server.frontends.remote import (
     Facts,
     FrontEngine,
@@ -39,9 +39,12 @@ async def run(sock: socket.socket) -> None:
         return list(metrics.registry.collect()) if metrics else []
 
     bridge = await Bridge.open(sock, {"metric_families": metric_families}, lost.set)
-    facts: Facts = await bridge.call("hello")
+    try:
+        facts: Facts = await bridge.call("hello")  # once the engine process has its model
+    except BridgeClosed:  # it failed to start, and says why itself
+        return
     configure_logging(json_lines=facts.json_logs, level=facts.log_level)
-    metrics = FrontMetrics(bridge)
+    metrics = FrontMetrics(bridge, facts.settings.access_log)
     parts = Parts(
         FrontEngine(facts, bridge),
         RemoteCatalog(bridge, facts.index_kind),

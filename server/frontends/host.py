@@ -33,7 +33,7 @@ from embedsense.server.api.app import (
     check_port_free,
     open_engine_and_index,
     remove_if_empty,
-    until_signalled,
+    stop_on_signals,
 )
 from embedsense.server.api.observability import JsonFormatter, Metrics
 from embedsense.server.api.settings import ServerSettings
@@ -54,7 +54,7 @@ COLLECTION_CALLS = frozenset({"info", "count", "index_vectors", "upsert", "get",
                               "delete_where", "scroll", "update_metadata", "search",
                               "ids_containing"})  # fmt: skip
 EXPLAINER_CALLS = frozenset({"explain", "compare_layers"})
-READY_TIMEOUT_S = 120.0  # a front end's start: import, bind, warm nothing (no model)
+READY_TIMEOUT_S = 120.0  # a front end's start once the engine is up: bind, warm nothing
 RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
 
@@ -63,9 +63,10 @@ async def serve_with_front_ends(
     settings: ServerSettings, count: int, model: LoadedModel | None = None
 ) -> None:
     """Run the engine process and `count` front ends until SIGINT or SIGTERM."""
+    stop = stop_on_signals()
     host = EngineHost(settings, count, model)
     await host.start()
-    await until_signalled()
+    await stop.wait()
     log.info("shutting down: the front ends finish their calls (up to %.0f s)",
              settings.shutdown_grace_s)  # fmt: skip
     await host.stop()
@@ -89,11 +90,12 @@ class EngineHost:
         self.engine: Engine | None = None
         self.catalog: IndexBackend | None = None
         self.explainer: Explainer | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.access_log)
         self.metrics_port: int | None = None
         self.front_ends: dict[int, _FrontEnd] = {}
         self._keepers: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._opened = asyncio.Event()  # the engine and the index: the front ends may start
 
     @property
     def port(self) -> int:
@@ -103,9 +105,9 @@ class EngineHost:
     def http_port(self) -> int | None:
         return self.settings.http_port
 
-    async def start(self) -> None:
+    async def start(self) -> int:
         """What EmbedSenseServer.start checks, then the engine and the index here, then the
-        front ends, listening; StartupError naming what is wrong."""
+        front ends, listening; the port they listen on. StartupError naming what is wrong."""
         s = self.settings
         try:
             s.api_keys()
@@ -119,6 +121,7 @@ class EngineHost:
             await self.stop(0)
             remove_if_empty(made)
             raise
+        return self.port
 
     async def _start(self) -> None:
         s = self.settings
@@ -127,15 +130,19 @@ class EngineHost:
             check_port_free(s.host, port)
             if port == 0:  # any free one, the same for every front end
                 ports[name] = free_port(s.host)
+        self.settings = dataclasses.replace(s, **ports)
+        # Started first: they import their modules while the model loads here, and wait for
+        # their "hello" answer.
+        fronts = [await self._spawn(index) for index in range(self.count)]
         self.engine, self.catalog = await open_engine_and_index(s, self._model)
         # The limits as the engine sized them (max_memory): the front ends apply the same.
-        self.settings = dataclasses.replace(s, engine=self.engine.config, **ports)
+        self.settings = dataclasses.replace(self.settings, engine=self.engine.config)
         self.explainer = Explainer(self.engine.model, self.engine.runner)
         self.metrics.watch(self.engine, self.catalog)
         self.metrics.add_source(self._front_end_metrics)
         if s.metrics_port is not None:
             self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
-        fronts = [await self._spawn(index) for index in range(self.count)]
+        self._opened.set()
         deadline = time.monotonic() + READY_TIMEOUT_S
         for front in fronts:
             failure = await self._started(front, deadline - time.monotonic())
@@ -168,10 +175,11 @@ class EngineHost:
                 await front.process.wait()
             front.bridge.close()
         self.front_ends.clear()
-        if self.engine is not None:
-            await asyncio.to_thread(self.engine.close)
-        if self.catalog is not None:
-            await asyncio.to_thread(self.catalog.close)
+        engine, catalog, self.engine, self.catalog = self.engine, self.catalog, None, None
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
+        if catalog is not None:
+            await asyncio.to_thread(catalog.close)
         self.metrics.close()
 
     # ------------------------------------------------------------ the front ends
@@ -224,6 +232,7 @@ class EngineHost:
 
     def _handlers(self, index: int, ready: asyncio.Future[str | None]) -> dict[str, Any]:
         async def hello() -> Facts:
+            await self._opened.wait()
             assert self.engine is not None and self.catalog is not None
             model = self.engine.model
             root = logging.getLogger()

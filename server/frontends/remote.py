@@ -23,13 +23,13 @@ from embedsense.model.tokenizer import Tokenizer
 from embedsense.server.api.observability import Metrics
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.batching import Priority
-from embedsense.server.engine import Engine, EngineClosed, EngineInfo, EngineStats, InvalidRequest
+from embedsense.server.engine import Engine, EngineClosed, EngineInfo, EngineStats
 from embedsense.server.frontends.bridge import Bridge, BridgeClosed
 from embedsense.server.index.collection import CollectionInfo
 from embedsense.server.index.errors import IndexUnavailable
 from embedsense.server.index.hits import Hit
 from embedsense.server.index.store import Document
-from embedsense.server.runner import Layers, check_layers
+from embedsense.server.runner import Layers
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class FrontEngine(Engine):
         self.model = facts.model  # type: ignore[assignment]
         self.stats = EngineStats()
         self._info = facts.info
+        self.num_layers = facts.info.num_layers
         self._bridge = bridge
         self._closing = False
         self._cond = threading.Condition(threading.RLock())
@@ -84,12 +85,6 @@ class FrontEngine(Engine):
     def _check_open(self) -> None:
         if self._closing or self._bridge.closed:
             raise EngineClosed("the engine is not running")
-
-    def _check_layers(self, layers: Layers) -> None:
-        try:
-            check_layers(layers, self._info.num_layers)
-        except ValueError as err:
-            raise InvalidRequest(str(err)) from err
 
     def _submit(
         self,
@@ -227,8 +222,8 @@ class FrontMetrics(Metrics):
     """A front end's own metrics (its requests); its /metrics page is the engine process's,
     which adds up every front end's and its own (the engine's, the index's)."""
 
-    def __init__(self, bridge: Bridge) -> None:
-        super().__init__()
+    def __init__(self, bridge: Bridge, access_log: bool = True) -> None:
+        super().__init__(access_log)
         self._bridge = bridge
 
     async def page(self) -> bytes:
