@@ -31,8 +31,10 @@ chmod 755 "$work"  # the containers' user (uid 10001) reads the check script and
 
 if docker compose version >/dev/null 2>&1; then
     compose() { docker compose -p "$PROJECT" -f docker/compose.yaml --profile scale "$@"; }
+    compose_version=$(docker compose version)
 elif command -v docker-compose >/dev/null; then
     compose() { docker-compose -p "$PROJECT" -f docker/compose.yaml --profile scale "$@"; }
+    compose_version=$(docker-compose --version)
 else
     echo "neither \`docker compose\` nor docker-compose: apt-get install docker-compose"
     exit 1
@@ -160,5 +162,5 @@ docker run --rm --network "$network" -v "$work:/check:ro" --entrypoint python em
 say "summary"
 echo "Milvus 2.3.5 + $REPLICAS encoders + the demo through dns:///encoder; one replica SIGKILLed"
 echo "after $acked_at_kill of $acked_total acknowledged documents: all $acked_total there;"
-echo "$SECONDS s in all"
+echo "$SECONDS s in all; $compose_version, Docker $(docker version -f '{{.Server.Version}}')"
 echo "docker-test-scale passed"

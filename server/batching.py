@@ -24,6 +24,10 @@ whether a new request may join them. The rules, in the order they apply:
   hold queries back, not a forward budget. A query is a line of a few tokens, but a forward
   has a fixed cost (all the weights are read): queries run one per forward spent a busy
   engine's time on that cost (about half the calls per second of the `make load` mix).
+  With the engine's query lane (`queries_join=False`), queries join only a batch a query
+  leads: a batch led by other rows keeps their budget, seconds of forward under a backlog
+  (measured: a query in such a batch waited up to 2 s), and the lane runs the queries beside
+  it instead.
 - The first item of a batch always runs, whatever its length: nothing waits forever for room.
 """
 
@@ -104,6 +108,7 @@ def plan_batch(
     now: float = 0.0,
     aging_s: float = 0.0,
     forward_tokens: Mapping[int, int] | None = None,
+    queries_join: bool = True,
 ) -> BatchPlan:
     """Choose the next batch from `pending` (any order). Never empty when pending is not.
 
@@ -112,6 +117,7 @@ def plan_batch(
     now, aging_s: the clock the items' arrivals are on, and how long an item waits to rise
     one level (0: never). forward_tokens: per level, the real tokens a batch whose first
     item is of that level may hold (a level it does not name: no such limit).
+    queries_join: whether queries join a batch that another level's item leads.
     See the module's docstring for the rules.
     """
     if not pending:
@@ -136,6 +142,8 @@ def plan_batch(
         if len(chosen) == limit:
             break
         n = pending[i].n_tokens
+        if pending[i].priority == TOP and not queries_join and pending[first].priority != TOP:
+            continue
         held = budget is not None and pending[i].priority != TOP and real + n > budget
         if chosen and ((len(chosen) + 1) * max(longest, n) > max_batch_tokens or held):
             continue  # a shorter item further on may still fit

@@ -723,7 +723,8 @@ class Engine:
         run here in a forward of their own, at once, rather than wait for it to end. A
         query's forward is small, so it costs the worker's little; the memory formula
         counts its tokens (EngineConfig.query_lane_tokens). Queries that arrive while the
-        worker is free join its next batch, as other rows do: one forward, not two at once."""
+        worker is free join its next batch when a query leads it (one forward, not two at
+        once); a batch other rows lead they leave to this lane (batching.py)."""
         while True:
             with self._cond:
                 while not self._closing and not (
@@ -813,6 +814,7 @@ class Engine:
                 now=now,
                 aging_s=c.priority_aging_ms / 1000,
                 forward_tokens=self._forward_tokens(now),
+                queries_join=not self._lane_tokens,  # the lane runs those left out beside it
             )
             if plan.indices:  # rows may all have been dropped: then no forward runs
                 short = plan.level == Priority.QUERY and self._short_query_forward(now)

@@ -107,6 +107,23 @@ def test_every_waiting_query_joins_the_next_batch_whatever_the_budget():
     assert aged.level == I and sum(pending[i].priority == Q for i in aged.indices) == 10
 
 
+def test_with_the_query_lane_queries_join_only_a_batch_a_query_leads():
+    # The engine's query lane runs queries beside the worker's batch. A batch led by rows
+    # that rose by age can take seconds (it keeps their level's budget, none for
+    # interactive work here): queries that joined it would wait all that time.
+    pending = [Item(40, 0.0 + i * 0.01, I) for i in range(50)]
+    pending += [Item(12, 29.0 + i * 0.01, Q) for i in range(10)]
+    aged = plan_batch(pending, 8192, now=30.0, aging_s=5.0, forward_tokens={Q: 30},
+                      queries_join=False)  # fmt: skip
+    assert aged.level == I and aged.real_tokens == 50 * 40
+    assert all(pending[i].priority == I for i in aged.indices)
+    # A batch a query leads is the queries' own: they all join it, as without the lane.
+    fresh = plan_batch(pending, 8192, now=29.2, forward_tokens={Q: 30, I: 400},
+                       queries_join=False)  # fmt: skip
+    levels = [pending[i].priority for i in fresh.indices]
+    assert fresh.level == Q and levels.count(Q) == 10 and levels.count(I) == 0
+
+
 def budgeted(e5, **config: object) -> tuple[Engine, float]:
     """An engine whose budgets are computed by hand (no forward runs): a fitted cost of
     10 ms + 0.1 ms a token, and work of every level just arrived."""
@@ -184,6 +201,53 @@ def test_a_query_runs_beside_a_forward_of_other_work_not_after_it(e5, lane):
         eng.close()
     left = {t.name for t in set(threading.enumerate()) - before}
     assert not left & {"embedsense-engine", "embedsense-queries"}  # closed: both threads end
+
+
+def test_with_the_lane_a_query_left_waiting_does_not_ride_aged_bulk_rows_batch(e5):
+    # The worker's forward and the lane's are both held; meanwhile bulk rows age past the
+    # query's level and a second query waits. The worker's next batch is the bulk rows':
+    # the query must not ride it (seconds, under a backlog) but wait for the lane.
+    config = EngineConfig(dtype="float32", warmup=False, priority_aging_ms=20)
+    eng = Engine(config, e5).start()
+    reports = []
+    eng.add_observer(reports.append)
+    held = {"embedsense-engine": threading.Event(), "embedsense-queries": threading.Event()}
+    release = {name: threading.Event() for name in held}
+    real_run = eng.runner.run
+
+    def held_run(sequences, layers):  # each thread's first forward lasts until released
+        name = threading.current_thread().name
+        if name in held and not held[name].is_set():
+            held[name].set()
+            release[name].wait(30)
+        return real_run(sequences, layers)
+
+    eng.runner.run = held_run
+
+    async def main():
+        first_bulk = asyncio.create_task(eng.embed(chinese_texts(4, seed=5), priority=B))
+        await asyncio.to_thread(held["embedsense-engine"].wait, 10)
+        first_query = asyncio.create_task(eng.embed(["苹果手机的价格"], priority=Q))
+        await asyncio.to_thread(held["embedsense-queries"].wait, 10)
+        aged_bulk = asyncio.create_task(eng.embed(chinese_texts(4, seed=6), priority=B))
+        await asyncio.sleep(0.05)
+        waiting_query = asyncio.create_task(eng.embed(["水果的营养"], priority=Q))
+        await asyncio.sleep(0.2)  # the bulk rows rise to the top, older than the query
+        release["embedsense-engine"].set()
+        await asyncio.sleep(0.5)
+        release["embedsense-queries"].set()
+        return await asyncio.gather(first_bulk, first_query, aged_bulk, waiting_query)
+
+    try:
+        results = asyncio.run(main())
+        assert [len(r) for r in results] == [4, 1, 4, 1]
+        mixed = [r.priorities for r in reports if Q in r.priorities and B in r.priorities]
+        assert not mixed, mixed
+        assert sum(Q in r.priorities for r in reports) >= 1
+    finally:
+        for event in release.values():
+            event.set()
+        eng.close()
 
 
 def test_a_time_budget_becomes_tokens_by_the_fitted_forward_cost():

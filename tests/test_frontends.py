@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from embedsense.client import (
 from embedsense.client._api import channel_options
 from embedsense.model.tokenizer import TextTooLongError
 from embedsense.server.config import EngineConfig
-from embedsense.server.frontends.bridge import transportable
+from embedsense.server.frontends.bridge import Bridge, transportable
 
 KEY = "front-ends-key"
 TEXTS = ["我喜欢吃苹果", "苹果公司发布了新款电脑", "the quick brown fox jumps over the lazy dog"]
@@ -217,6 +218,28 @@ def test_an_exception_that_cannot_cross_crosses_as_its_nearest_class():
     err = transportable(TextTooLongError(3, 900, 512))
     assert type(err) is ValueError and "900" in str(err)
     assert type(pickle.loads(pickle.dumps(err))) is ValueError
+
+
+def test_a_blocking_call_on_the_event_loops_own_thread_fails_instead_of_hanging():
+    async def scenario() -> None:
+        mine, theirs = socket.socketpair()
+
+        async def echo(value: int) -> int:
+            return value
+
+        here = await Bridge.open(mine, {}, lambda: None)
+        there = await Bridge.open(theirs, {"echo": echo}, lambda: None)
+        try:
+            # From another thread it waits for the answer; on the loop's thread it would wait
+            # for a reply that loop can never read.
+            assert await asyncio.to_thread(here.call_blocking, "echo", 7) == 7
+            with pytest.raises(RuntimeError, match="event loop"):
+                here.call_blocking("echo", 7)
+        finally:
+            here.close()
+            there.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
 
 
 # ------------------------------------------------------------ processes

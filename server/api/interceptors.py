@@ -103,7 +103,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
     @staticmethod
     def _guard(handler: Any, method: str) -> Any:
         """`handler`, answering INVALID_ARGUMENT for a request that does not decode."""
-        if handler is None or handler.response_streaming or handler.request_deserializer is None:
+        if handler.response_streaming or handler.request_deserializer is None:
             return handler  # reflection (bidi streaming) keeps its own handling
         decode = handler.request_deserializer
 

@@ -72,6 +72,12 @@ class Bridge(asyncio.Protocol):
 
     def call_blocking(self, name: str, *args: Any) -> Any:
         """call() from another thread (one the event loop is not running in), waiting."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:  # the reply could never be read: fail rather than hang
+            raise RuntimeError("call_blocking() on the bridge's event loop thread; await call()")
         return asyncio.run_coroutine_threadsafe(self.call(name, *args), self._loop).result()
 
     def close(self) -> None:

@@ -172,23 +172,24 @@ def summarize_engine(before: dict[str, float], after: dict[str, float], seconds:
     return out
 
 
-def queue_histograms(families: list) -> dict[str, dict]:
-    """Per priority, the server's queue-time histogram now: cumulative bucket counts by upper
-    bound, the count and the sum of seconds; and the rows refused at admission."""
+def histograms(families: list, metric: str, label: str) -> dict[str, dict]:
+    """Per value of `label`, the server's histogram `metric` now: cumulative bucket counts by
+    upper bound, the count and the sum of seconds; and (queue times) the rows refused at
+    admission."""
     out: dict[str, dict] = defaultdict(lambda: {"buckets": {}, "count": 0.0, "sum": 0.0})
     for family in families:
         for sample in family.samples:
-            priority = sample.labels.get("priority")
-            if priority is None:
+            key = sample.labels.get(label)
+            if key is None:
                 continue
-            if sample.name == "embedsense_queue_seconds_bucket":
-                out[priority]["buckets"][float(sample.labels["le"])] = sample.value
-            elif sample.name == "embedsense_queue_seconds_count":
-                out[priority]["count"] = sample.value
-            elif sample.name == "embedsense_queue_seconds_sum":
-                out[priority]["sum"] = sample.value
+            if sample.name == f"{metric}_bucket":
+                out[key]["buckets"][float(sample.labels["le"])] = sample.value
+            elif sample.name == f"{metric}_count":
+                out[key]["count"] = sample.value
+            elif sample.name == f"{metric}_sum":
+                out[key]["sum"] = sample.value
             elif sample.name == "embedsense_engine_refused_by_priority":
-                out[priority]["refused"] = sample.value
+                out[key]["refused"] = sample.value
     return dict(out)
 
 
@@ -210,27 +211,28 @@ def quantile(buckets: dict[float, float], q: float) -> float | None:
     return lower
 
 
-def summarize_queues(before: dict[str, dict], after: dict[str, dict]) -> dict:
-    """Queue time per priority over the run (after minus before: the warm-up left out)."""
+def summarize_histograms(before: dict[str, dict], after: dict[str, dict], keys, what: str) -> dict:
+    """Per key, the histogram over the run (after minus before: the warm-up left out)."""
     out = {}
-    for priority in ("query", "interactive", "bulk"):
-        if priority not in after:
+    for key in keys:
+        if key not in after:
             continue
-        a, b = after[priority], before.get(priority, {"buckets": {}, "count": 0, "sum": 0})
+        a, b = after[key], before.get(key, {"buckets": {}, "count": 0, "sum": 0})
         buckets = {le: n - b["buckets"].get(le, 0) for le, n in a["buckets"].items()}
-        rows = a["count"] - b["count"]
+        count = a["count"] - b["count"]
         ms = {f"p{round(q * 100)}_ms": quantile(buckets, q) for q in (0.5, 0.95, 0.99)}
-        out[priority] = {
-            "rows": int(rows),
-            "mean_ms": round((a["sum"] - b["sum"]) / rows * 1000, 1) if rows else None,
+        out[key] = {
+            what: int(count),
+            "mean_ms": round((a["sum"] - b["sum"]) / count * 1000, 1) if count else None,
             **{k: None if v is None else round(v * 1000, 1) for k, v in ms.items()},
-            "refused": int(a.get("refused", 0) - b.get("refused", 0)),
         }
-        o = out[priority]
-        print(
-            f"  {priority:<11} {o['rows']:>7} rows  mean {o['mean_ms']} ms  p50 ~{o['p50_ms']} "
-            f"ms  p95 ~{o['p95_ms']} ms  p99 ~{o['p99_ms']} ms  refused {o['refused']}"
-        )
+        o = out[key]
+        line = (f"  {key:<11} {o[what]:>7} {what}  mean {o['mean_ms']} ms  p50 ~{o['p50_ms']} "
+                f"ms  p95 ~{o['p95_ms']} ms  p99 ~{o['p99_ms']} ms")  # fmt: skip
+        if "refused" in a:
+            o["refused"] = int(a["refused"] - b.get("refused", 0))
+            line += f"  refused {o['refused']}"
+        print(line)
     return out
 
 
@@ -272,8 +274,19 @@ def main() -> None:
         finally:
             server.stop()
     summary = summarize(results, args.seconds)
+    print(
+        "the same calls as the server timed them (bucket-interpolated percentiles; the rest "
+        "of a client's time is the network and this script's own event loop):"
+    )
+    served = summarize_histograms(
+        *(histograms(f, "embedsense_request_seconds", "rpc") for f in (before, after)),
+        ("Embed", "Search", "Upsert"), "calls",
+    )  # fmt: skip
     print("time in the engine's queue, per row, by priority (bucket-interpolated percentiles):")
-    queues = summarize_queues(queue_histograms(before), queue_histograms(after))
+    queues = summarize_histograms(
+        *(histograms(f, "embedsense_queue_seconds", "priority") for f in (before, after)),
+        ("query", "interactive", "bulk"), "rows",
+    )  # fmt: skip
     print("the engine over the run:")
     engine = summarize_engine(engine_totals(before), engine_totals(after), args.seconds)
     growth = (rss_end - rss_start) / rss_start
@@ -289,7 +302,8 @@ def main() -> None:
                       "rss_growth": round(growth, 4), "peak_rss_mib": round(peak, 1),
                       "swing": round(swing, 4), "predicted_peak_mib": predicted,
                       "rss_every_30s_mib": samples,
-                      "queue_by_priority": queues, "engine": engine}))  # fmt: skip
+                      "served": served, "queue_by_priority": queues,
+                      "engine": engine}))  # fmt: skip
 
 
 if __name__ == "__main__":
