@@ -34,7 +34,7 @@ access_log = logging.getLogger("embedsense.access")
 # Finer between 100 ms and 1 s, where the latency aims of interactive calls lie, so that the
 # percentiles read from the buckets are close.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
-LATENCY_BUCKETS += (0.75, 1, 1.5, 2.5, 5, 10, 30)
+LATENCY_BUCKETS += (0.75, 1, 1.5, 2, 2.5, 5, 10, 30)
 # Time in the queue, finer where the priorities' targets lie (a query's tens of milliseconds,
 # bulk work's seconds), so that percentiles read from the buckets are close.
 QUEUE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4)

@@ -1,7 +1,8 @@
 """`make load`: 64 concurrent clients mixing Embed, Search and Upsert against a real server on
 127.0.0.1 for a bounded time. Throughput, p50/p95/p99 per operation, errors by status, the
 time rows waited in the engine's queue per priority (from the server's Prometheus
-histogram), and memory: the server's RSS every 30 s, their swing (max - min, as a share of
+histogram), each call's latency as the server measured it (its request histogram, next to
+the client's), and memory: the server's RSS every 30 s, their swing (max - min, as a share of
 their mean), its peak RSS over its whole life (VmHWM, the initial indexing included), and
 next to them the peak its start-up log predicted (footprint.py); and what the model did
 (forwards/s, rows and tokens per forward, model time per token). Last line: one JSON
@@ -275,8 +276,8 @@ def main() -> None:
             server.stop()
     summary = summarize(results, args.seconds)
     print(
-        "the same calls as the server timed them (bucket-interpolated percentiles; the rest "
-        "of a client's time is the network and this script's own event loop):"
+        "every call as the server timed it, refused ones included (bucket-interpolated "
+        "percentiles; the rest of a client's time is the network and this script's loop):"
     )
     served = summarize_histograms(
         *(histograms(f, "embedsense_request_seconds", "rpc") for f in (before, after)),
