@@ -24,10 +24,12 @@ whether a new request may join them. The rules, in the order they apply:
   hold queries back, not a forward budget. A query is a line of a few tokens, but a forward
   has a fixed cost (all the weights are read): queries run one per forward spent a busy
   engine's time on that cost (about half the calls per second of the `make load` mix).
-  With the engine's query lane (`queries_join=False`), queries join only a batch a query
-  leads: a batch led by other rows keeps their budget, seconds of forward under a backlog
-  (measured: a query in such a batch waited up to 2 s), and the lane runs the queries beside
-  it instead.
+  With the engine's query lane (`queries_join=False`), queries run in batches of their
+  own: while other items wait, a batch is of those (as if no query waited), and the lane
+  runs the queries beside it; only when queries are all there is are they the batch. Any
+  batch of other work makes a query that rides it wait for all of it: one led by rows that
+  rose by age keeps their budget, seconds under a backlog (measured: up to 2 s), and one a
+  query led still held `max_forward_ms` of other rows (the tail of a search's latency).
 - The first item of a batch always runs, whatever its length: nothing waits forever for room.
 """
 
@@ -117,19 +119,23 @@ def plan_batch(
     now, aging_s: the clock the items' arrivals are on, and how long an item waits to rise
     one level (0: never). forward_tokens: per level, the real tokens a batch whose first
     item is of that level may hold (a level it does not name: no such limit).
-    queries_join: whether queries join a batch that another level's item leads.
+    queries_join: whether queries share batches with other items (False: while any other
+    item waits, the batch is of those only).
     See the module's docstring for the rules.
     """
     if not pending:
         return BatchPlan()
-    ranks = [rank(item.priority, now - item.arrival, aging_s) for item in pending]
+    pool = list(range(len(pending)))  # the items this batch may take
+    if not queries_join:
+        pool = [i for i in pool if pending[i].priority != TOP] or pool
+    ranks = {i: rank(pending[i].priority, now - pending[i].arrival, aging_s) for i in pool}
     oldest: dict[int, int] = {}  # per rank, its oldest item
-    for i, r in enumerate(ranks):
+    for i, r in ranks.items():
         if r not in oldest or pending[i].arrival < pending[oldest[r]].arrival:
             oldest[r] = i
     first = oldest[max(oldest)]
     budget = (forward_tokens or {}).get(pending[first].priority)
-    limit = max_batch_requests or len(pending)
+    limit = max_batch_requests or len(pool)
 
     def place(i: int) -> tuple[int, bool, int, float]:
         # Higher ranks first; in a rank, its oldest, then lengths nearest the oldest's.
@@ -138,12 +144,10 @@ def plan_batch(
 
     chosen: list[int] = []
     longest = real = 0
-    for i in sorted(range(len(pending)), key=place):
+    for i in sorted(pool, key=place):
         if len(chosen) == limit:
             break
         n = pending[i].n_tokens
-        if pending[i].priority == TOP and not queries_join and pending[first].priority != TOP:
-            continue
         held = budget is not None and pending[i].priority != TOP and real + n > budget
         if chosen and ((len(chosen) + 1) * max(longest, n) > max_batch_tokens or held):
             continue  # a shorter item further on may still fit

@@ -29,6 +29,7 @@ import contextvars
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
@@ -105,6 +106,19 @@ def priority_scope(level: Priority | None) -> Iterator[None]:
         yield
     finally:
         requested_priority.reset(token)
+
+
+def lower_thread_priority(levels: int) -> None:
+    """Run the calling thread `levels` nice levels lower, and so the threads it starts
+    afterwards (its OpenMP team: Linux threads inherit their creator's level). Linux only;
+    elsewhere, or where refused, nothing changes but a warning."""
+    if not levels or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + levels)
+    except OSError as err:
+        log.warning("the worker thread keeps its priority: %s", err)
 
 
 class EngineError(Exception):
@@ -644,7 +658,7 @@ class Engine:
             self._last_arrival[level] = rows[0].arrival if rows else time.monotonic()
             self._pending.extend(rows)
             self._cond.notify()
-            if level is Priority.QUERY and self._forward_running:
+            if self._lane_due():
                 self._lane_wakeup.notify()
 
     @contextlib.contextmanager
@@ -706,6 +720,8 @@ class Engine:
     # ------------------------------------------------------------ the worker thread
 
     def _work(self) -> None:
+        if self._lane_tokens and self.runner.device.type == "cpu":
+            lower_thread_priority(self.config.worker_nice)  # before its first forward
         while True:
             batch, plan, depth = self._next_batch()
             if batch is None:
@@ -719,17 +735,15 @@ class Engine:
                 self._model_free_since = time.monotonic()
 
     def _serve_queries(self) -> None:
-        """The query lane: while the worker runs a forward, the queries queued meanwhile
-        run here in a forward of their own, at once, rather than wait for it to end. A
-        query's forward is small, so it costs the worker's little; the memory formula
-        counts its tokens (EngineConfig.query_lane_tokens). Queries that arrive while the
-        worker is free join its next batch when a query leads it (one forward, not two at
-        once); a batch other rows lead they leave to this lane (batching.py)."""
+        """The query lane: while the worker runs a forward or has other work queued, the
+        queries run here in a forward of their own, at once, rather than wait for its
+        forward to end or ride it. A query's forward is small, so it costs the worker's
+        little; the memory formula counts its tokens (EngineConfig.query_lane_tokens).
+        When queries are all there is, the worker runs them (one forward, not two at once);
+        its batches of other work leave them out (batching.py, `queries_join`)."""
         while True:
             with self._cond:
-                while not self._closing and not (
-                    self._forward_running and self._queued_rows[Priority.QUERY]
-                ):
+                while not self._closing and not self._lane_due():
                     self._lane_wakeup.wait()
                 if self._closing:  # the worker finishes what is queued
                     return
@@ -740,6 +754,16 @@ class Engine:
                 depth = len(self._pending)
             if batch:
                 self._run(batch, plan, depth, lane=True)
+
+    def _lane_due(self) -> bool:
+        """Whether the query lane has queries to run now: queued while the worker runs a
+        forward, or while other work is queued (which the worker's next batch is of)."""
+        queries = self._queued_rows[Priority.QUERY]
+        return bool(
+            self._lane_tokens
+            and queries
+            and (self._forward_running or sum(self._queued_rows) > queries)
+        )
 
     def _forward_tokens(self, now: float) -> dict[int, int]:
         """Per level, the real tokens a batch whose first row is of that level may hold: its
@@ -821,7 +845,7 @@ class Engine:
                 self._last_forward_short = short
                 self._forward_running = True
             batch = self._take([self._pending[i] for i in plan.indices])
-            if self._lane_tokens and self._queued_rows[Priority.QUERY]:
+            if self._lane_due():
                 self._lane_wakeup.notify()  # queries this batch left behind
             return batch, plan, len(self._pending)
 
@@ -829,8 +853,12 @@ class Engine:
         return sum(self._queued_tokens)
 
     def _fill(self) -> int:
-        """The tokens that make the next batch full: the budget it would be cut to."""
-        top = max(r.priority for r in self._pending)
+        """The tokens that make the next batch full: the budget it would be cut to (with
+        the lane, queries are the batch only when nothing else waits)."""
+        levels = {r.priority for r in self._pending}
+        if self._lane_tokens and len(levels) > 1:
+            levels.discard(Priority.QUERY)
+        top = max(levels)
         budget = self._forward_tokens(time.monotonic()).get(top)
         return min(self.config.max_batch_tokens, budget or self.config.max_batch_tokens)
 

@@ -5,11 +5,14 @@ engine keeping a query's wait within a few forwards while bulk work saturates it
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,7 +110,7 @@ def test_every_waiting_query_joins_the_next_batch_whatever_the_budget():
     assert aged.level == I and sum(pending[i].priority == Q for i in aged.indices) == 10
 
 
-def test_with_the_query_lane_queries_join_only_a_batch_a_query_leads():
+def test_with_the_query_lane_queries_share_no_batch_with_other_work():
     # The engine's query lane runs queries beside the worker's batch. A batch led by rows
     # that rose by age can take seconds (it keeps their level's budget, none for
     # interactive work here): queries that joined it would wait all that time.
@@ -117,11 +120,18 @@ def test_with_the_query_lane_queries_join_only_a_batch_a_query_leads():
                       queries_join=False)  # fmt: skip
     assert aged.level == I and aged.real_tokens == 50 * 40
     assert all(pending[i].priority == I for i in aged.indices)
-    # A batch a query leads is the queries' own: they all join it, as without the lane.
-    fresh = plan_batch(pending, 8192, now=29.2, forward_tokens={Q: 30, I: 400},
+    # Nor one a query would lead: the other rows are the batch, on their own budget (a
+    # query in it would wait for all 400 tokens of it).
+    fresh = plan_batch(pending, 8192, now=29.2, forward_tokens={Q: 3000, I: 400},
                        queries_join=False)  # fmt: skip
-    levels = [pending[i].priority for i in fresh.indices]
-    assert fresh.level == Q and levels.count(Q) == 10 and levels.count(I) == 0
+    assert fresh.level == I and fresh.real_tokens == 400
+    assert all(pending[i].priority == I for i in fresh.indices)
+    joined = plan_batch(pending, 8192, now=29.2, forward_tokens={Q: 3000, I: 400})
+    assert joined.level == Q and len(joined.indices) == 60  # without the lane: one batch
+    # When queries are all there is, they are the batch.
+    queries = pending[50:]
+    alone = plan_batch(queries, 8192, now=29.2, forward_tokens={Q: 30}, queries_join=False)
+    assert alone.level == Q and sorted(alone.indices) == list(range(10))
 
 
 def budgeted(e5, **config: object) -> tuple[Engine, float]:
@@ -203,6 +213,41 @@ def test_a_query_runs_beside_a_forward_of_other_work_not_after_it(e5, lane):
     assert not left & {"embedsense-engine", "embedsense-queries"}  # closed: both threads end
 
 
+def thread_nice(tid: int | str) -> int:
+    """A thread's nice level, as the kernel reports it (stat's 19th field)."""
+    return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+@pytest.mark.parametrize(("lane", "nice"), [(True, 10), (True, 0), (False, 10)])
+def test_on_a_cpu_the_workers_threads_run_below_the_query_lanes(e5, lane, nice):
+    # When both forwards want the cores, the lane's small one gets them: the worker, and
+    # the OpenMP team its first forward starts, run `worker_nice` levels lower than the rest.
+    config = EngineConfig(
+        dtype="float32", warmup=False, threads=2, query_lane=lane, worker_nice=nice
+    )
+    base = thread_nice(threading.get_native_id())
+    existing = set(os.listdir("/proc/self/task"))
+    eng = Engine(config, e5).start()
+    try:
+        asyncio.run(eng.embed(chinese_texts(8, seed=3), priority=B))
+        worker = eng._worker.native_id
+        started = set(os.listdir("/proc/self/task")) - existing - {str(worker)}
+        lowered = [t for t in started if thread_nice(t) != base]
+        if lane and nice:
+            assert thread_nice(worker) == base + nice
+            assert thread_nice(eng._lane.native_id) == base
+            # its OpenMP team, started by its first forward, inherited the level
+            assert lowered and all(thread_nice(t) == base + nice for t in lowered)
+        else:
+            assert thread_nice(worker) == base
+            assert not lowered
+    finally:
+        eng.close()
+    with pytest.raises(ValueError, match="worker_nice"):
+        EngineConfig(worker_nice=20)
+
+
 def test_with_the_lane_a_query_left_waiting_does_not_ride_aged_bulk_rows_batch(e5):
     # The worker's forward and the lane's are both held; meanwhile bulk rows age past the
     # query's level and a second query waits. The worker's next batch is the bulk rows':
@@ -247,6 +292,32 @@ def test_with_the_lane_a_query_left_waiting_does_not_ride_aged_bulk_rows_batch(e
     finally:
         for event in release.values():
             event.set()
+        eng.close()
+
+
+def test_with_the_lane_a_query_runs_at_once_while_other_work_waits_for_company(e5):
+    # No forward runs: the worker holds a lone interactive row, waiting up to 3 s for rows
+    # to batch with. A query that arrives meanwhile runs in the lane at once; it neither
+    # waits out the worker's wait nor rides (or leads) the worker's batch.
+    config = EngineConfig(dtype="float32", warmup=False, max_wait_ms=3000)
+    eng = Engine(config, e5).start()
+    reports = []
+    eng.add_observer(reports.append)
+
+    async def main():
+        other = asyncio.create_task(eng.embed(["今天的天气怎么样"], priority=I))
+        await asyncio.sleep(0.1)
+        query = asyncio.create_task(eng.embed(["苹果手机的价格"], priority=Q))
+        done, _ = await asyncio.wait([query], timeout=2.0)
+        ran_first = query in done and not other.done()
+        await asyncio.gather(other, query)
+        return ran_first
+
+    try:
+        assert asyncio.run(main())
+        assert [r.priorities for r in reports] == [[Q], [I]]
+        assert eng.stats.lane_batches == 1
+    finally:
         eng.close()
 
 

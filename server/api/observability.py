@@ -31,7 +31,7 @@ from embedsense.server.index import IndexBackend
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("embedsense.access")
 
-# Finer between 100 ms and 1 s, where the latency aims of interactive calls lie, so that the
+# Finer between 100 ms and 2 s, where the latency aims of interactive calls lie, so that the
 # percentiles read from the buckets are close.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 LATENCY_BUCKETS += (0.75, 1, 1.5, 2, 2.5, 5, 10, 30)

@@ -26,7 +26,7 @@ ENGINE_KNOBS = ("model", "device", "dtype", "cpu_flags", "threads", "tokenizer_t
                 "max_batch_tokens", "max_batch_requests", "max_wait_ms", "max_queued_tokens",
                 "max_concurrent_requests", "int8", "window_stride", "interactive_max_texts",
                 "interactive_max_tokens", "priority_aging_ms", "max_forward_ms",
-                "query_forward_ms", "query_lane", "max_queued_bulk_tokens",
+                "query_forward_ms", "query_lane", "worker_nice", "max_queued_bulk_tokens",
                 "max_concurrent_bulk_requests", "max_memory")  # fmt: skip
 
 
