@@ -36,9 +36,9 @@ class EngineConfig:
     # (query_forward_ms 0: batches of queries get max_forward_ms).
     max_forward_ms: float = 300.0
     query_forward_ms: float = 30.0
-    # Queries that arrive while a forward of other work runs get a forward of their own
-    # beside it, in a second thread, at once (up to query_lane_tokens()), instead of waiting
-    # for it to end; batches of other work are then not cut short for them.
+    # Queries share no forward with other work: while the worker runs a forward or has other
+    # work queued, they get a forward of their own in a second thread, at once (up to
+    # query_lane_tokens()); batches of other work are then not cut short for them.
     query_lane: bool = True
     # On a CPU with the lane on, the worker's threads (its OpenMP team included) run this
     # many Linux nice levels below the lane's: when both forwards want the cores, the

@@ -178,7 +178,7 @@ class EngineStats:
     skipped_cancelled: int = 0  # rows dropped because their caller had gone
     skipped_expired: int = 0  # rows dropped because their deadline had passed
     model_seconds: float = 0.0
-    lane_batches: int = 0  # of the batches, those the query lane ran beside the worker's
+    lane_batches: int = 0  # of the batches, those the query lane ran
     # Per priority label ("query", "interactive", "bulk"): rows computed, requests refused.
     rows_by_priority: dict[str, int] = field(default_factory=lambda: _per_priority(0))
     refused_by_priority: dict[str, int] = field(default_factory=lambda: _per_priority(0))
@@ -739,8 +739,8 @@ class Engine:
         queries run here in a forward of their own, at once, rather than wait for its
         forward to end or ride it. A query's forward is small, so it costs the worker's
         little; the memory formula counts its tokens (EngineConfig.query_lane_tokens).
-        When queries are all there is, the worker runs them (one forward, not two at once);
-        its batches of other work leave them out (batching.py, `queries_join`)."""
+        When queries are all that waits and no forward runs, the worker runs them; its
+        batches of other work leave them out (batching.py, `queries_join`)."""
         while True:
             with self._cond:
                 while not self._closing and not self._lane_due():
@@ -748,6 +748,8 @@ class Engine:
                 if self._closing:  # the worker finishes what is queued
                     return
                 self._drop_abandoned()
+                if not self._lane_due():  # the other work queued was abandoned
+                    continue
                 queries = [r for r in self._pending if r.priority is Priority.QUERY]
                 plan = plan_batch(queries, self._lane_tokens, self.config.max_batch_requests)
                 batch = self._take([queries[i] for i in plan.indices])
@@ -819,7 +821,10 @@ class Engine:
             waited_from = max(min(r.arrival for r in self._pending), self._model_free_since)
             lone_wait = c.max_wait_ms / 1000
             longest = waited_from + max(lone_wait, COMPANY_WAIT_SHARE * self._last_model_seconds)
-            while not self._closing and self._pending_tokens() < self._fill():
+            if self._lane_tokens and all(r.priority is Priority.QUERY for r in self._pending):
+                longest = waited_from + lone_wait  # queries that the lane would run at once
+            # The lane may take the queue's last rows meanwhile: then no batch is due.
+            while not self._closing and self._pending and self._pending_tokens() < self._fill():
                 if self._preparing or len(self._pending) < self._last_batch_rows:
                     due = longest
                 else:  # while rows keep arriving, a wave of callers is still coming back
@@ -838,7 +843,8 @@ class Engine:
                 now=now,
                 aging_s=c.priority_aging_ms / 1000,
                 forward_tokens=self._forward_tokens(now),
-                queries_join=not self._lane_tokens,  # the lane runs those left out beside it
+                # The lane runs the queries left out beside it, until the engine closes.
+                queries_join=not self._lane_tokens or self._closing,
             )
             if plan.indices:  # rows may all have been dropped: then no forward runs
                 short = plan.level == Priority.QUERY and self._short_query_forward(now)
@@ -850,7 +856,12 @@ class Engine:
             return batch, plan, len(self._pending)
 
     def _pending_tokens(self) -> int:
-        return sum(self._queued_tokens)
+        """The tokens the worker's next batch may take: with the lane, not the queries'
+        while other work waits (as _fill)."""
+        queued, queries = sum(self._queued_tokens), self._queued_tokens[Priority.QUERY]
+        if self._lane_tokens and sum(self._queued_rows) > self._queued_rows[Priority.QUERY]:
+            return queued - queries
+        return queued
 
     def _fill(self) -> int:
         """The tokens that make the next batch full: the budget it would be cut to (with
