@@ -739,7 +739,7 @@ class Engine:
         queries run here in a forward of their own, at once, rather than wait for its
         forward to end or ride it. A query's forward is small, so it costs the worker's
         little; the memory formula counts its tokens (EngineConfig.query_lane_tokens).
-        When queries are all that waits and no forward runs, the worker runs them; its
+        When queries are all that waits and the worker is free, the worker runs them; its
         batches of other work leave them out (batching.py, `queries_join`)."""
         while True:
             with self._cond:
@@ -823,7 +823,7 @@ class Engine:
             longest = waited_from + max(lone_wait, COMPANY_WAIT_SHARE * self._last_model_seconds)
             if self._lane_tokens and all(r.priority is Priority.QUERY for r in self._pending):
                 longest = waited_from + lone_wait  # queries that the lane would run at once
-            # The lane may take the queue's last rows meanwhile: then no batch is due.
+            # Should the queue empty meanwhile (nothing takes its last rows today), no batch.
             while not self._closing and self._pending and self._pending_tokens() < self._fill():
                 if self._preparing or len(self._pending) < self._last_batch_rows:
                     due = longest

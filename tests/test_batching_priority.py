@@ -324,16 +324,19 @@ def test_with_the_lane_a_query_runs_at_once_while_other_work_waits_for_company(e
 
     try:
         assert asyncio.run(main())
+        eng.close()  # the threads report a forward after its callers have their answers
         assert [r.priorities for r in reports] == [[Q], [I]]
         assert eng.stats.lane_batches == 1
     finally:
         eng.close()
 
 
-def test_the_worker_survives_the_lane_emptying_the_queue_during_its_wait_for_company(e5):
+def test_the_worker_survives_a_query_arriving_beside_abandoned_work_during_its_wait(e5):
     # The worker waits for company with one interactive row whose caller has gone; a query
-    # arrives, the lane drops the abandoned row and takes the query: the queue is empty
-    # while the worker still waits. It must go back to idle, not fail, and serve later work.
+    # arrives and wakes the lane, which drops the abandoned row. Once the lane took the
+    # query and left the queue empty under the waiting worker, which then died (max() of
+    # nothing); the lane now leaves the query to the worker. Both must be served, and the
+    # worker must stay alive for later work.
     config = EngineConfig(dtype="float32", warmup=False, max_wait_ms=1000)
     eng = Engine(config, e5).start()
 
@@ -343,7 +346,7 @@ def test_the_worker_survives_the_lane_emptying_the_queue_during_its_wait_for_com
         gone.cancel()
         await asyncio.sleep(0.05)
         (query,) = await eng.embed(["苹果手机的价格"], priority=Q)
-        await asyncio.sleep(1.2)  # the worker's wait ends with nothing queued
+        await asyncio.sleep(1.2)  # past the worker's wait for company
         return query, await asyncio.wait_for(eng.embed(["水果的营养"], priority=I), 10)
 
     try:
@@ -359,11 +362,11 @@ def test_with_the_lane_a_lone_query_waits_no_share_of_the_last_forward_for_compa
     # query alone waits only max_wait_ms: any other work arriving would send it to the lane.
     config = EngineConfig(dtype="float32", warmup=False, max_wait_ms=5)
     eng = Engine(config, e5).start()
-    # As after a 30 s forward of 8 rows: fewer are queued, so it waits (up to 3 s).
-    eng._last_model_seconds, eng._last_batch_rows = 30.0, 8
+    # As after a 10-minute forward of 8 rows: fewer are queued, so it waits (up to 60 s).
+    eng._last_model_seconds, eng._last_batch_rows = 600.0, 8
 
     async def main():
-        return await asyncio.wait_for(eng.embed(["苹果手机的价格"], priority=Q), 2.0)
+        return await asyncio.wait_for(eng.embed(["苹果手机的价格"], priority=Q), 20)
 
     try:
         (query,) = asyncio.run(main())
@@ -383,24 +386,26 @@ def test_closing_runs_the_queued_queries_before_the_queued_bulk_work(e5):
 
     async def main():
         first = asyncio.create_task(eng.embed(chinese_texts(2, seed=5), priority=B))
-        await asyncio.to_thread(held["embedsense-engine"].wait, 10)
+        assert await asyncio.to_thread(held["embedsense-engine"].wait, 10)
         busy_lane = asyncio.create_task(eng.embed(["苹果手机的价格"], priority=Q))
-        await asyncio.to_thread(held["embedsense-queries"].wait, 10)
+        assert await asyncio.to_thread(held["embedsense-queries"].wait, 10)
         bulk = [asyncio.create_task(eng.embed([t], priority=B)) for t in chinese_texts(6)]
         query = asyncio.create_task(eng.embed(["水果的营养"], priority=Q))
         await asyncio.sleep(0.1)  # all queued behind the two held forwards
         closing = asyncio.create_task(asyncio.to_thread(eng.close))
-        await asyncio.sleep(0.1)
+        while not eng._closing:
+            await asyncio.sleep(0.01)
         release["embedsense-queries"].set()  # the lane ends: the engine is closing
-        await asyncio.sleep(0.2)
+        while not reports:  # the lane's forward reported first
+            await asyncio.sleep(0.01)
         release["embedsense-engine"].set()
         await asyncio.gather(first, busy_lane, query, *bulk)
         await closing
 
     try:
         asyncio.run(main())
-        after_held = [r.priorities for r in reports[2:]]
-        assert after_held and Q in after_held[0], after_held
+        after_held = [r.priorities for r in reports[2:]]  # after the lane's and the worker's
+        assert after_held and Q in after_held[0], [r.priorities for r in reports]
     finally:
         for event in release.values():
             event.set()
