@@ -762,9 +762,7 @@ class Engine:
         forward, or while other work is queued (which the worker's next batch is of)."""
         queries = self._queued_rows[Priority.QUERY]
         return bool(
-            self._lane_tokens
-            and queries
-            and (self._forward_running or sum(self._queued_rows) > queries)
+            self._lane_tokens and queries and (self._forward_running or self._other_work_queued())
         )
 
     def _forward_tokens(self, now: float) -> dict[int, int]:
@@ -821,7 +819,7 @@ class Engine:
             waited_from = max(min(r.arrival for r in self._pending), self._model_free_since)
             lone_wait = c.max_wait_ms / 1000
             longest = waited_from + max(lone_wait, COMPANY_WAIT_SHARE * self._last_model_seconds)
-            if self._lane_tokens and all(r.priority is Priority.QUERY for r in self._pending):
+            if self._lane_tokens and not self._other_work_queued():
                 longest = waited_from + lone_wait  # queries that the lane would run at once
             # Should the queue empty meanwhile (nothing takes its last rows today), no batch.
             while not self._closing and self._pending and self._pending_tokens() < self._fill():
@@ -855,11 +853,16 @@ class Engine:
                 self._lane_wakeup.notify()  # queries this batch left behind
             return batch, plan, len(self._pending)
 
+    def _other_work_queued(self) -> bool:
+        """Whether rows other than queries wait: with the lane, the worker's next batch is
+        of those, and the lane takes the queries."""
+        return sum(self._queued_rows) > self._queued_rows[Priority.QUERY]
+
     def _pending_tokens(self) -> int:
         """The tokens the worker's next batch may take: with the lane, not the queries'
         while other work waits (as _fill)."""
         queued, queries = sum(self._queued_tokens), self._queued_tokens[Priority.QUERY]
-        if self._lane_tokens and sum(self._queued_rows) > self._queued_rows[Priority.QUERY]:
+        if self._lane_tokens and self._other_work_queued():
             return queued - queries
         return queued
 
@@ -867,7 +870,7 @@ class Engine:
         """The tokens that make the next batch full: the budget it would be cut to (with
         the lane, queries are the batch only when nothing else waits)."""
         levels = {r.priority for r in self._pending}
-        if self._lane_tokens and len(levels) > 1:
+        if self._lane_tokens and self._other_work_queued():
             levels.discard(Priority.QUERY)
         top = max(levels)
         budget = self._forward_tokens(time.monotonic()).get(top)
