@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 
 import numpy as np
@@ -17,8 +18,10 @@ from embedsense.model import TextRole
 from embedsense.server.batching import Priority, plan_batch
 from embedsense.server.config import EngineConfig
 from embedsense.server.engine import (
+    INLINE_CHARS,
     DeadlineExceeded,
     Engine,
+    EngineClosed,
     InvalidRequest,
     Overloaded,
 )
@@ -393,3 +396,32 @@ def test_the_benchmarks_sorted_baseline_batches_by_length_as_sentence_transforme
     arrival_row = run_fixed_batches(seen.append, texts, lengths, "probe", batch_size=2)
     assert seen == [["t0", "t1"], ["t2", "t3"], ["t4", "t5"]]
     assert sorted_row["padding_fraction"] < arrival_row["padding_fraction"]
+
+
+def test_a_request_tokenized_while_the_engine_closes_is_refused_not_left_waiting(e5, monkeypatch):
+    """A large request is tokenized in the host pool; should the engine close meanwhile,
+    its worker is gone when the rows come to be queued. Queued then, nothing would run
+    them and the caller would wait forever: it must be told the engine closed."""
+    eng = Engine(EngineConfig(dtype="float32", warmup=False), e5).start()
+    tokenizing, release = threading.Event(), threading.Event()
+    encode = eng.model.tokenizer.encode_batch
+
+    def held_encode(*args, **kwargs):
+        tokenizing.set()
+        release.wait(10)
+        return encode(*args, **kwargs)
+
+    async def main():
+        call = asyncio.create_task(eng.embed(["苹果" * (INLINE_CHARS // 2 + 1)], truncate=True))
+        assert await asyncio.to_thread(tokenizing.wait, 10)
+        await asyncio.to_thread(eng.close, 10)  # the worker exits: nothing is queued
+        release.set()
+        with pytest.raises(EngineClosed):
+            await asyncio.wait_for(call, 10)
+
+    monkeypatch.setattr(eng.model.tokenizer, "encode_batch", held_encode)
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        eng.close()
