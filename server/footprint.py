@@ -1,8 +1,13 @@
 """The server's memory footprint, predicted before it serves: what a pod needs.
 
     peak = runtime + tokenizer + weights + heaps
-           + (max_batch_tokens + query lane tokens) × activation bytes per token
+           + (forward tokens + query lane's forward tokens) × activation bytes per token
+           + the batches' other tokens × output bytes per token
            + max_queued_tokens × bytes per queued token
+
+where a forward's tokens are max_batch_tokens (the query lane's: its budget), on a CPU at
+most a part's (memory.part_tokens: the runner runs a larger batch in parts, one at a time);
+the float32 output rows of a batch's earlier parts wait for its last.
 
 - runtime: the interpreter, torch, gRPC, FAISS and the HTTP stack, loaded and idle; a
   constant measured on the server process (the docs' memory table).
@@ -11,14 +16,17 @@
 - weights: the bytes of every tensor the runner and the loaded model hold, counted, not
   estimated (a bf16 runner holds bf16 Linear weights beside the loaded fp32 ones).
 - activations: the most bytes of live tensors during one forward, per token of the batch
-  budget (padding included), for the worker's forward and the query lane's beside it.
+  budget or the part (padding included), for the worker's forward and the query lane's
+  beside it.
   Counted for every op of a forward (the docs say how): the feed-forward's two inner
   (N, I) tensors, in the compute dtype, and a few (N, C) ones.
 - queued tokens: ids and the tokenizer's per-token lists of the rows waiting.
 - heaps: what glibc keeps in its heaps for reuse after a forward. memory.tune_allocator()
   maps every block above its mmap threshold on its own, so a heap holds at most the
   activations of a batch whose largest block (the feed-forward's (N, I)) stays under the
-  threshold; one such batch per heap.
+  threshold; one such batch per heap. A CPU's runner runs parts of just that size
+  (memory.part_tokens), and each heap keeps one part's activations free for the next
+  (memory.TRIM_THRESHOLD).
 
 It holds only while blocks above that threshold go back to the system when freed: without
 tune_allocator(), glibc raises the threshold as large blocks are freed and the heaps'
@@ -88,7 +96,8 @@ def activation_bytes_per_token(hidden: int, ffn: int, dtype: str) -> int:
 def heap_bytes(ffn: int, dtype: str, per_token: int, batch_tokens: int) -> int:
     """What glibc's heaps may keep after forwards (the module's docstring): per heap, the
     activations of the batch whose (N, ffn) block just fits under the mmap threshold (at
-    most `batch_tokens` tokens), at the allocator settings in effect (memory.py)."""
+    most `batch_tokens`, a forward's tokens: the budget, or a part), at the allocator
+    settings in effect (memory.py)."""
     compute = 4 if dtype == "float32" else 2
     arenas, threshold = (
         memory.effective("MALLOC_ARENA_MAX"),
@@ -119,10 +128,20 @@ class Footprint:
     queued_tokens: int
     heaps: int = 0
     lane_tokens: int = 0  # the query lane's forward, beside the worker's
+    part_tokens: int = 0  # a CPU's runner runs a larger batch in parts of these; 0: whole
+    output_per_token: int = 0  # a token's float32 output row
 
     @property
     def activations(self) -> int:
-        return (self.batch_tokens + self.lane_tokens) * self.per_token
+        return sum(
+            self._forward(tokens) * self.per_token
+            + (tokens - self._forward(tokens)) * self.output_per_token  # earlier parts' rows
+            for tokens in (self.batch_tokens, self.lane_tokens)
+        )
+
+    def _forward(self, tokens: int) -> int:
+        """The tokens alive at once in a forward of a batch of `tokens`."""
+        return min(tokens, self.part_tokens) if self.part_tokens else tokens
 
     @property
     def queue(self) -> int:
@@ -137,23 +156,41 @@ class Footprint:
     def peak(self) -> int:
         return self.fixed + self.activations + self.queue
 
+    def _in_parts(self) -> str:
+        if not self.part_tokens or self.batch_tokens <= self.part_tokens:
+            return ""
+        tokens = self._forward(self.batch_tokens) + self._forward(self.lane_tokens)
+        rows = self.batch_tokens + self.lane_tokens - tokens
+        return (
+            f" in parts of {self.part_tokens}: {tokens} x {self.per_token / 1024:.1f} KiB, and "
+            f"{rows} tokens' output rows x {self.output_per_token / 1024:.1f} KiB)"
+        )
+
+    def _whole(self) -> str:
+        return f" x {self.per_token / 1024:.1f} KiB)"
+
     def describe(self) -> str:
         return (
             f"predicted peak {self.peak / MIB:.0f} MiB = runtime {self.runtime / MIB:.0f} + "
             f"tokenizer {self.tokenizer / MIB:.0f} + weights {self.weights / MIB:.0f} + "
             f"heaps {self.heaps / MIB:.0f} + "
             f"activations {self.activations / MIB:.0f} ((max_batch_tokens {self.batch_tokens} "
-            f"+ query lane {self.lane_tokens}) x {self.per_token / 1024:.1f} KiB) + "
+            f"+ query lane {self.lane_tokens}){self._in_parts() or self._whole()} + "
             f"queue {self.queue / MIB:.0f} "
             f"(max_queued_tokens {self.queued_tokens} x {QUEUED_TOKEN_BYTES} B)"
         )
 
 
 def predict(
-    config: EngineConfig, model: LoadedModel, dtype: str, *runner_modules: torch.nn.Module
+    config: EngineConfig,
+    model: LoadedModel,
+    dtype: str,
+    *runner_modules: torch.nn.Module,
+    part_tokens: int | None = None,
 ) -> Footprint:
     """The peak at `config`'s limits for `model` computing in `dtype`; `runner_modules`: the
-    runner's own copies of the model (counted with the loaded one, shared tensors once)."""
+    runner's own copies of the model (counted with the loaded one, shared tensors once);
+    `part_tokens`: the parts the runner runs a larger batch in (None: whole)."""
     cfg = model.encoder.cfg
     per_token = activation_bytes_per_token(cfg.hidden_size, cfg.intermediate_size, dtype)
     return Footprint(
@@ -163,8 +200,15 @@ def predict(
         batch_tokens=config.max_batch_tokens,
         per_token=per_token,
         queued_tokens=config.max_queued_tokens,
-        heaps=heap_bytes(cfg.intermediate_size, dtype, per_token, config.max_batch_tokens),
+        heaps=heap_bytes(
+            cfg.intermediate_size,
+            dtype,
+            per_token,
+            min(config.max_batch_tokens, part_tokens or config.max_batch_tokens),
+        ),
         lane_tokens=config.query_lane_tokens(model.tokenizer.max_tokens),
+        part_tokens=part_tokens or 0,
+        output_per_token=4 * cfg.hidden_size,
     )
 
 
@@ -188,12 +232,11 @@ def fit(config: EngineConfig, footprint: Footprint, max_tokens: int) -> EngineCo
             footprint, batch_tokens=tokens, queued_tokens=queued, lane_tokens=lane
         )
 
-    room = limit - footprint.fixed
-    per_batch_token = footprint.per_token + 8 * QUEUED_TOKEN_BYTES
-    tokens = room // per_batch_token // ROUND_TOKENS * ROUND_TOKENS if room > 0 else 0
-    tokens = min(tokens, config.max_batch_tokens)
-    while tokens > max_tokens and at(tokens)[1].peak > limit:  # the query lane's share
-        tokens = max(tokens - ROUND_TOKENS, max_tokens)
+    # Down from the budget, a step at a time: run in parts, a larger budget costs only its
+    # queue's share, so no one rate of bytes per token says where to start.
+    tokens = config.max_batch_tokens
+    while tokens > max_tokens and at(tokens)[1].peak > limit:
+        tokens = max((tokens - 1) // ROUND_TOKENS * ROUND_TOKENS, max_tokens)
     if tokens < max_tokens or at(tokens)[1].peak > limit:
         smallest = at(max_tokens)[1]
         raise ValueError(

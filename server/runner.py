@@ -3,7 +3,8 @@
 Knows nothing of requests or queues. Places the model (CUDA when there is one, else CPU),
 picks its precision (precision.py: fp16/bf16 on GPU; fp32, or bf16 under autocast on a CPU
 that computes it natively), optionally quantizes its linear layers to int8 on CPU, and turns
-a batch of id sequences into each row's token vectors, unpadded.
+a batch of id sequences into each row's token vectors, unpadded: on a CPU, a large batch in
+parts of rows alike in length (memory.part_tokens says why).
 """
 
 from __future__ import annotations
@@ -79,6 +80,15 @@ class ModelRunner:
             if self.autocast:
                 self.encoder = bf16_linears(self.encoder)
         self.encoder.attention_groups = ATTENTION_GROUPS[self.device.type]
+        # On a CPU a batch runs in parts (memory.part_tokens says why); on a GPU whole.
+        self.part_tokens = (
+            memory.part_tokens(
+                cfg.intermediate_size, 4 if config.int8 else self.dtype.itemsize,
+                loaded.tokenizer.max_tokens,
+            )
+            if self.device.type == "cpu"
+            else None
+        )  # fmt: skip
         if self.device.type == "cuda":
             # Every attention kernel but cuDNN's: it builds a graph for each new (rows,
             # length) shape, 45 ms of host time a call on an H200 (the GPU check's profile),
@@ -92,9 +102,10 @@ class ModelRunner:
         """`config` with its limits fitted to config.max_memory (footprint.fit), and the
         predicted peak at those limits. Raises ValueError if the model alone does not fit."""
         compute = "float32" if self.int8 else self.precision.name
-        predicted = footprint.predict(config, loaded, compute, self.encoder)
+        parts = self.part_tokens
+        predicted = footprint.predict(config, loaded, compute, self.encoder, part_tokens=parts)
         fitted = footprint.fit(config, predicted, loaded.tokenizer.max_tokens)
-        return fitted, footprint.predict(fitted, loaded, compute, self.encoder)
+        return fitted, footprint.predict(fitted, loaded, compute, self.encoder, part_tokens=parts)
 
     @contextlib.contextmanager
     def computing(self) -> Iterator[None]:
@@ -111,6 +122,18 @@ class ModelRunner:
 
     def run(self, sequences: Sequence[Sequence[int]], layers: Sequence[Layers]) -> list[np.ndarray]:
         """Token vectors (len_i, C) float32 for each id sequence, in the chosen layer mix."""
+        if self.part_tokens is None:
+            return self._forward(sequences, layers)
+        outputs: list[np.ndarray] = [np.empty(0)] * len(sequences)
+        for part in split_rows([len(seq) for seq in sequences], self.part_tokens):
+            done = self._forward([sequences[i] for i in part], [layers[i] for i in part])
+            for i, out in zip(part, done, strict=True):
+                outputs[i] = out
+        return outputs
+
+    def _forward(
+        self, sequences: Sequence[Sequence[int]], layers: Sequence[Layers]
+    ) -> list[np.ndarray]:
         ids, mask = pad_sequences(sequences, self.pad_id)
         need_all = any(choice is not None for choice in layers)
         with self.computing():
@@ -133,6 +156,19 @@ class ModelRunner:
             mixes[choice][end - len(seq) : end]
             for seq, choice, end in zip(sequences, layers, ends, strict=True)
         ]
+
+
+def split_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices of rows of these lengths in parts of at most `budget` padded tokens (a row
+    longer than that alone), longest first: a part's first row sets its padded length, and
+    its rows are alike in length, so little padding."""
+    parts: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if parts and (len(parts[-1]) + 1) * lengths[parts[-1][0]] <= budget:
+            parts[-1].append(i)
+        else:
+            parts.append([i])
+    return parts
 
 
 def check_layers(layers: Layers, num_layers: int) -> None:

@@ -8,6 +8,7 @@ import os
 import re
 import weakref
 
+import numpy as np
 import pytest
 import torch
 from conftest import ServerThread
@@ -20,7 +21,7 @@ from embedsense.server.api.settings import ServerSettings
 from embedsense.server.cli import parser
 from embedsense.server.config import EngineConfig
 from embedsense.server.footprint import MIB, Footprint, parse_bytes
-from embedsense.server.runner import ModelRunner
+from embedsense.server.runner import ModelRunner, split_rows
 
 PEAK = re.compile(r"predicted peak (\d+) MiB")
 
@@ -119,6 +120,60 @@ def test_the_heaps_term_follows_the_allocator_settings_in_effect(monkeypatch):
     assert footprint.heap_bytes(1536, "bfloat16", bf16, 8192) == pytest.approx(ours, rel=0.01)
 
 
+def test_rows_split_into_parts_of_a_padded_budget_longest_first():
+    lengths = [30, 500, 12, 64, 64, 700, 3, 250, 251]
+    parts = split_rows(lengths, budget=512)
+    assert sorted(i for part in parts for i in part) == list(range(len(lengths)))
+    for part in parts:
+        longest = max(lengths[i] for i in part)
+        assert lengths[part[0]] == longest  # the first row sets the padding
+        assert len(part) * longest <= 512 or len(part) == 1  # a longer row runs alone
+    assert [len(part) for part in parts] == [1, 1, 2, 5]  # 700 | 500 | 251, 250 | the rest
+    assert split_rows([], 512) == []
+
+
+def test_a_cpu_runs_a_large_batch_in_parts_with_one_parts_activations_alive(e5):
+    """The parts' blocks stay under the mmap threshold (reused, not faulted in), and a
+    forward holds one part's activations whatever the batch: the formula's term. The vectors
+    are those of the batch run whole."""
+    runner = ModelRunner(e5, EngineConfig(dtype="float32", warmup=False))
+    part = runner.part_tokens
+    cfg = e5.encoder.cfg
+    per_token = footprint.activation_bytes_per_token(cfg.hidden_size, cfg.intermediate_size,
+                                                     "float32")  # fmt: skip
+    block = part * cfg.intermediate_size * 4  # the feed-forward's (N, I), the largest
+    assert 512 <= part and block < memory.effective("MALLOC_MMAP_THRESHOLD_", 4)
+    rng = torch.Generator().manual_seed(0)
+    rows = [torch.randint(5, 1000, (int(n),), generator=rng).tolist()
+            for n in torch.randint(40, 200, (48,), generator=rng)]  # fmt: skip
+    assert sum(map(len, rows)) > 3 * part
+
+    def run(parts: int | None) -> tuple[list, int]:
+        runner.part_tokens = parts
+        counter = LiveTensors()
+        with counter:
+            outputs = runner.run(rows, [None] * len(rows))
+        return outputs, counter.peak
+
+    in_parts, peak = run(part)
+    whole, whole_peak = run(None)
+    assert peak < 1.2 * part * per_token < whole_peak / 2
+    for a, b in zip(in_parts, whole, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize(("hidden", "ffn"), [(384, 1536), (768, 3072)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_heap_keeps_one_parts_activations_free_for_the_next(hidden, ffn, dtype):
+    """Above the trim threshold glibc hands a heap's free top back, and the next part
+    faults it in again (43,000 faults a 3,600-token forward at 4 MiB, the docs)."""
+    element = 4 if dtype == "float32" else 2
+    part = memory.part_tokens(ffn, element, 512)
+    assert part * ffn * element < memory.effective("MALLOC_MMAP_THRESHOLD_", element)
+    activations = part * footprint.activation_bytes_per_token(hidden, ffn, dtype)
+    assert activations <= memory.TRIM_THRESHOLD
+
+
 class RecordingLibc:
     """glibc's mallopt, recorded instead of called."""
 
@@ -185,7 +240,7 @@ def test_fit_lowers_the_limits_until_the_peak_fits():
 
 
 def test_fit_steps_down_to_one_full_length_text_from_any_budget():
-    # 1000 tokens, not a multiple of the 256-token step: 744 does not fit, 488 is below one
+    # 1000 tokens, not a multiple of the 256-token step: 768 does not fit, then one
     # full-length text (512), which fits (with the query lane's 512 tokens beside it).
     config = EngineConfig(max_batch_tokens=1000, max_memory="660Mi")
     fitted = footprint.fit(config, predicted(batch_tokens=1000), max_tokens=512)
@@ -220,14 +275,18 @@ def test_the_startup_log_states_the_predicted_peak_and_it_rises_with_the_batch_b
         peak, running = started_peak(e5, tmp_path / str(tokens), caplog, max_batch_tokens=tokens)
         running.stop()
         peaks.append(peak)
-    # 15360 more batch tokens, and the query lane's forward beside it grown from one
-    # full-length text (512) to an eighth of the batch (2048), at the bundled model's fp32
-    # bytes per token; and heaps that may now keep the batch that fits under the mmap
-    # threshold rather than a 1024-token one
+    # The batch runs in parts: a forward holds a part's tokens (from 1024), and the query
+    # lane's beside it grows from one full-length text (512) to an eighth of the batch
+    # (2048) but also to one part, at the bundled model's fp32 bytes per token; heaps keep
+    # a part's activations rather than a 1024-token batch's; the float32 rows of the parts
+    # run first wait for the last
+    part = memory.part_tokens(1536, 4, 512)
+    assert 1024 < part < 2048
     per_token = footprint.activation_bytes_per_token(384, 1536, "float32")
-    heaps = [footprint.heap_bytes(1536, "float32", per_token, n) for n in (1024, 16384)]
+    heaps = [footprint.heap_bytes(1536, "float32", per_token, n) for n in (1024, part)]
     assert heaps[1] > heaps[0]
-    more = (15360 + 2048 - 512) * per_token + heaps[1] - heaps[0]
+    rows = (16384 + 2048 - 2 * part) * 4 * 384
+    more = (part + part - 1024 - 512) * per_token + heaps[1] - heaps[0] + rows
     assert peaks[1] - peaks[0] == pytest.approx(more / MIB, abs=1)
 
 

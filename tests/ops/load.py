@@ -4,9 +4,10 @@ time rows waited in the engine's queue per priority (from the server's Prometheu
 histogram), each call's latency as the server measured it (its request histogram, next to
 the client's), and memory: the server's RSS every 30 s, their swing (max - min, as a share of
 their mean), its peak RSS over its whole life (VmHWM, the initial indexing included), and
-next to them the peak its start-up log predicted (footprint.py); and what the model did
-(forwards/s, rows and tokens per forward, model time per token). Last line: one JSON
-object.
+next to them the peak its start-up log predicted (footprint.py); what the model did
+(forwards/s, rows and tokens per forward, model time per token); and the server's CPU per
+1,000 tokens, its kernel share and page faults (/proc: steal time is not in them, so they
+compare between runs on a shared machine). Last line: one JSON object.
 
     python tests/ops/load.py [--clients 64] [--seconds 300] [--warmup 30] [--dtype auto]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
 import subprocess
@@ -98,6 +100,34 @@ def peak_rss_mib(server: ServerProcess) -> float:
     status = Path(f"/proc/{server.process.pid}/status").read_text()
     line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
+
+
+def cpu_use(server: ServerProcess) -> dict[str, float]:
+    """The server's CPU seconds in user space and in the kernel, and its minor page faults,
+    so far (/proc/PID/stat): the time the machine's other tenants steal is in neither."""
+    stat = Path(f"/proc/{server.process.pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"user_s": int(fields[11]) / tick, "kernel_s": int(fields[12]) / tick,
+            "page_faults": int(fields[7])}  # fmt: skip
+
+
+def summarize_cpu(before: dict[str, float], after: dict[str, float], seconds: float,
+                  real_tokens: float) -> dict:  # fmt: skip
+    """CPU per 1,000 real tokens: the engine's cost per unit of work, comparable between runs
+    on a shared machine, where calls per second move with the steal time."""
+    d = {key: after[key] - before[key] for key in after}
+    busy = d["user_s"] + d["kernel_s"]
+    out = {
+        "cpu_ms_per_1k_real_tokens": round(1e6 * busy / (real_tokens or 1), 1),
+        "kernel_share": round(d["kernel_s"] / (busy or 1), 3),
+        "page_faults_per_s": round(d["page_faults"] / seconds),
+        "cores_busy": round(busy / seconds, 2),
+    }
+    print(f"  the server's CPU: {out['cpu_ms_per_1k_real_tokens']} ms per 1,000 real tokens, "
+          f"{out['kernel_share']:.0%} of it in the kernel; {out['page_faults_per_s']} page "
+          f"faults a second; {out['cores_busy']} cores busy")  # fmt: skip
+    return out
 
 
 def sample_rss(server: ServerProcess, seconds: float, samples: list[float]) -> None:
@@ -259,8 +289,8 @@ def main() -> None:
             print(f"server up in {boot:.1f} s; {len(TEXTS)} documents indexed; warm-up "
                   f"{args.warmup:.0f} s with {args.clients} clients")  # fmt: skip
             asyncio.run(run_load(server.target, args.clients, args.warmup))
-            rss_start = server.rss_mib()
-            before = scrape(metrics_port)
+            rss_start, peak_before = server.rss_mib(), peak_rss_mib(server)
+            before, cpu_before = scrape(metrics_port), cpu_use(server)
             mix = "60 % Embed of 1-4 texts, 30 % Search, 10 % Upsert of 4 documents"
             print(f"load: {args.clients} clients for {args.seconds:.0f} s ({mix})")
             samples: list[float] = []
@@ -271,7 +301,7 @@ def main() -> None:
             rss_end = server.rss_mib()
             peak = peak_rss_mib(server)
             predicted = predicted_peak(log)
-            after = scrape(metrics_port)
+            after, cpu_after = scrape(metrics_port), cpu_use(server)
         finally:
             server.stop()
     summary = summarize(results, args.seconds)
@@ -289,18 +319,23 @@ def main() -> None:
         ("query", "interactive", "bulk"), "rows",
     )  # fmt: skip
     print("the engine over the run:")
-    engine = summarize_engine(engine_totals(before), engine_totals(after), args.seconds)
+    totals = [engine_totals(before), engine_totals(after)]
+    engine = summarize_engine(*totals, args.seconds)
+    real_tokens = totals[1]["real_tokens"] - totals[0]["real_tokens"]
+    engine.update(summarize_cpu(cpu_before, cpu_after, args.seconds, real_tokens))
     growth = (rss_end - rss_start) / rss_start
     print(f"server RSS after warm-up {rss_start:.0f} MiB, at the end {rss_end:.0f} MiB "
           f"({growth:+.1%}); every 30 s: {samples}")  # fmt: skip
     swing = (max(samples) - min(samples)) / np.mean(samples) if samples else 0.0
     off = f" ({peak / predicted - 1:+.1%})" if predicted else ""
-    print(f"peak RSS {peak:.0f} MiB, largest 30-s sample {max(samples, default=0):.0f} MiB; "
+    print(f"peak RSS {peak:.0f} MiB ({peak_before:.0f} MiB before the load: start-up, "
+          f"indexing, warm-up), largest 30-s sample {max(samples, default=0):.0f} MiB; "
           f"swing of the 30-s samples {swing:.1%} of their mean; the start-up log predicted "
           f"a peak of {predicted} MiB, measured{off}")  # fmt: skip
     print(json.dumps({"clients": args.clients, "seconds": args.seconds, "ops": summary,
                       "rss_start_mib": round(rss_start, 1), "rss_end_mib": round(rss_end, 1),
                       "rss_growth": round(growth, 4), "peak_rss_mib": round(peak, 1),
+                      "peak_rss_before_load_mib": round(peak_before, 1),
                       "swing": round(swing, 4), "predicted_peak_mib": predicted,
                       "rss_every_30s_mib": samples,
                       "served": served, "queue_by_priority": queues,

@@ -130,7 +130,8 @@ def main() -> None:
     out["steady_rss_max"] = round(max(samples), 1)
     phase("steady")
     out["overall_peak"] = max(v["peak"] for v in out.values() if isinstance(v, dict))
-    out["per_token_measured"] = round(out["live_tensor_peak_mib_full"] * 2**20 / a.tokens)
+    forward = min(a.tokens, runner.part_tokens or a.tokens)  # a CPU runs parts
+    out["per_token_measured"] = round(out["live_tensor_peak_mib_full"] * 2**20 / forward)
     print(json.dumps(out))
 
 
