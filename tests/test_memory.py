@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import weakref
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -133,45 +134,46 @@ def test_rows_split_into_parts_of_a_padded_budget_longest_first():
 
 
 def test_a_cpu_runs_a_large_batch_in_parts_with_one_parts_activations_alive(e5):
-    """The parts' blocks stay under the mmap threshold (reused, not faulted in), and a
-    forward holds one part's activations whatever the batch: the formula's term. The vectors
+    """A forward holds one part's activations whatever the batch, and the float32 rows of
+    the parts run before (the formula's terms). The vectors, in each row's layer choice,
     are those of the batch run whole."""
     runner = ModelRunner(e5, EngineConfig(dtype="float32", warmup=False))
     part = runner.part_tokens
-    cfg = e5.encoder.cfg
-    per_token = footprint.activation_bytes_per_token(cfg.hidden_size, cfg.intermediate_size,
-                                                     "float32")  # fmt: skip
-    block = part * cfg.intermediate_size * 4  # the feed-forward's (N, I), the largest
-    assert 512 <= part and block < memory.effective("MALLOC_MMAP_THRESHOLD_", 4)
+    hidden, ffn = e5.encoder.cfg.hidden_size, e5.encoder.cfg.intermediate_size
+    per_token = footprint.activation_bytes_per_token(hidden, ffn, "float32")
+    assert part >= 512
     rng = torch.Generator().manual_seed(0)
     rows = [torch.randint(5, 1000, (int(n),), generator=rng).tolist()
             for n in torch.randint(40, 200, (48,), generator=rng)]  # fmt: skip
-    assert sum(map(len, rows)) > 3 * part
+    real = sum(map(len, rows))
+    assert real > 3 * part
 
-    def run(parts: int | None) -> tuple[list, int]:
+    def run(parts: int | None, layers: list) -> tuple[list, int]:
         runner.part_tokens = parts
         counter = LiveTensors()
         with counter:
-            outputs = runner.run(rows, [None] * len(rows))
+            outputs = runner.run(rows, layers)
         return outputs, counter.peak
 
-    in_parts, peak = run(part)
-    whole, whole_peak = run(None)
-    assert peak < 1.2 * part * per_token < whole_peak / 2
+    last = [None] * len(rows)
+    (_, peak), (_, whole_peak) = run(part, last), run(None, last)
+    # Every row's output counted as waiting: more than the formula's earlier parts' rows.
+    assert peak <= part * per_token + real * 4 * hidden < whole_peak / 2
+    mixed = [None, (6, -1)] * 24  # layer choices alternate, so parts mix them
+    in_parts, whole = run(part, mixed)[0], run(None, mixed)[0]
     for a, b in zip(in_parts, whole, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 @pytest.mark.parametrize(("hidden", "ffn"), [(384, 1536), (768, 3072)])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_a_heap_keeps_one_parts_activations_free_for_the_next(hidden, ffn, dtype):
+def test_the_trim_threshold_is_at_least_one_parts_activations(hidden, ffn, dtype):
     """Above the trim threshold glibc hands a heap's free top back, and the next part
-    faults it in again (43,000 faults a 3,600-token forward at 4 MiB, the docs)."""
+    faults it in again (43,000 faults a 3,600-token forward at 4 MiB, the docs): the
+    threshold must hold a part's activations for both model shapes and dtypes."""
     element = 4 if dtype == "float32" else 2
     part = memory.part_tokens(ffn, element, 512)
-    assert part * ffn * element < memory.effective("MALLOC_MMAP_THRESHOLD_", element)
-    activations = part * footprint.activation_bytes_per_token(hidden, ffn, dtype)
-    assert activations <= memory.TRIM_THRESHOLD
+    assert part * footprint.activation_bytes_per_token(hidden, ffn, dtype) <= memory.TRIM_THRESHOLD
 
 
 class RecordingLibc:
@@ -248,6 +250,26 @@ def test_fit_steps_down_to_one_full_length_text_from_any_budget():
     lane = fitted.query_lane_tokens(512)
     refit = predicted(batch_tokens=512, queued_tokens=fitted.max_queued_tokens, lane_tokens=lane)
     assert refit.peak <= 660 * MIB
+
+
+def test_fit_keeps_the_largest_budget_that_fits_when_batches_run_in_parts():
+    """Run in parts, a budget above a part costs only its queue and its rows' outputs: the
+    fitted budget is the largest multiple of the step that fits, not the budget at which
+    the whole batch's activations would."""
+    parts = predicted(part_tokens=1344, output_per_token=1536)
+    assert "in parts of 1344" in parts.describe()
+    config = EngineConfig(max_memory="700Mi")
+    fitted = footprint.fit(config, parts, max_tokens=512)
+
+    def peak(tokens: int) -> int:
+        limits = replace(config, max_batch_tokens=tokens, max_queued_tokens=8 * tokens)
+        lane = limits.query_lane_tokens(512)
+        return replace(parts, batch_tokens=tokens, queued_tokens=8 * tokens,
+                       lane_tokens=lane).peak  # fmt: skip
+
+    tokens = fitted.max_batch_tokens
+    assert 1344 < tokens < config.max_batch_tokens
+    assert peak(tokens) <= 700 * MIB < peak(tokens + 256)
 
 
 def test_fit_refuses_a_size_the_model_alone_does_not_fit_and_says_what_would():

@@ -291,6 +291,7 @@ def main() -> None:
             asyncio.run(run_load(server.target, args.clients, args.warmup))
             rss_start, peak_before = server.rss_mib(), peak_rss_mib(server)
             before, cpu_before = scrape(metrics_port), cpu_use(server)
+            window = time.monotonic()
             mix = "60 % Embed of 1-4 texts, 30 % Search, 10 % Upsert of 4 documents"
             print(f"load: {args.clients} clients for {args.seconds:.0f} s ({mix})")
             samples: list[float] = []
@@ -302,6 +303,7 @@ def main() -> None:
             peak = peak_rss_mib(server)
             predicted = predicted_peak(log)
             after, cpu_after = scrape(metrics_port), cpu_use(server)
+            window = time.monotonic() - window
         finally:
             server.stop()
     summary = summarize(results, args.seconds)
@@ -322,7 +324,7 @@ def main() -> None:
     totals = [engine_totals(before), engine_totals(after)]
     engine = summarize_engine(*totals, args.seconds)
     real_tokens = totals[1]["real_tokens"] - totals[0]["real_tokens"]
-    engine.update(summarize_cpu(cpu_before, cpu_after, args.seconds, real_tokens))
+    engine.update(summarize_cpu(cpu_before, cpu_after, window, real_tokens))
     growth = (rss_end - rss_start) / rss_start
     print(f"server RSS after warm-up {rss_start:.0f} MiB, at the end {rss_end:.0f} MiB "
           f"({growth:+.1%}); every 30 s: {samples}")  # fmt: skip
