@@ -58,9 +58,9 @@ def part_tokens(ffn: int, element_bytes: int, max_tokens: int) -> int:
     the mmap threshold in effect (in whole 64s), and at least one full-length text.
 
     A part's blocks are then reused from the heaps forward after forward: a block mapped
-    afresh costs a page fault per 4 KiB. Batches of ~3,600 tokens, run whole, had their
-    feed-forward's blocks mapped afresh in every layer: 147,000 faults a second under
-    `make load`, a fifth of the machine's time in the kernel. And a forward's live
+    afresh costs a page fault per 4 KiB. The worker's batches of a few thousand tokens, run
+    whole, had their feed-forward's blocks mapped afresh in every layer: 147,000 faults a
+    second under `make load`, 44 % of one core in the kernel. And a forward's live
     activations are those of one part, whatever the batch budget."""
     threshold = effective("MALLOC_MMAP_THRESHOLD_", element_bytes)
     return max(max_tokens, threshold // (ffn * element_bytes) // 64 * 64)
