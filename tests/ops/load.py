@@ -43,6 +43,12 @@ TEXTS = chinese_texts(2000)
 QUERIES = ["苹果手机的价格", "水果的营养", "地铁故障", "春天的花", "银行利率", "足球比赛"]
 
 
+# The statuses a call may end with under this load; any other is a defect, shown at the end
+# with the server log's errors.
+EXPECTED = {"OK", "RESOURCE_EXHAUSTED"}
+failures: list[str] = []
+
+
 async def worker(client: AsyncClient, deadline: float, seed: int, results: dict) -> None:
     rng = random.Random(seed)
     n = 0
@@ -64,6 +70,8 @@ async def worker(client: AsyncClient, deadline: float, seed: int, results: dict)
             status = "OK"
         except EmbedSenseError as err:
             status = err.code.name
+            if status not in EXPECTED:
+                failures.append(f"{op}: {status}: {err}")
         results[op].append((time.perf_counter() - started, status))
 
 
@@ -75,6 +83,17 @@ async def run_load(target: str, clients: int, seconds: float) -> dict:
     for c in channels:
         await c.close()
     return results
+
+
+def logged_errors(log: Path) -> list[str]:
+    """The server log's ERROR lines, each with the last line of its traceback (the error)."""
+    errors: list[str] = []
+    for line in log.read_text().splitlines():
+        if " ERROR " in line:
+            errors.append(line)
+        elif errors and not line[:4].isdigit() and line.strip():  # within its traceback
+            errors[-1] = errors[-1].split(" | ")[0] + " | " + line.strip()
+    return errors
 
 
 def start_logged(server: ServerProcess, log: Path) -> float:
@@ -306,6 +325,9 @@ def main() -> None:
             window = time.monotonic() - window
         finally:
             server.stop()
+            errors = logged_errors(log)
+    for line in failures[:5] + errors[:20]:
+        print("unexpected:", line[:2000])
     summary = summarize(results, args.seconds)
     print(
         "every call as the server timed it, refused ones included (bucket-interpolated "
