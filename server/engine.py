@@ -645,8 +645,7 @@ class Engine:
             requests,
         ]
         with self._cond:
-            if self._closing:  # since embed() checked: the worker may be gone, none would run them
-                raise EngineClosed("the engine is not running")
+            self._check_open()  # again: since embed()'s check the worker may have exited
             refusal = admission_refusal(
                 level, n_tokens, self._queued_tokens, self._in_flight, token_limits, request_limits
             )

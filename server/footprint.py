@@ -93,6 +93,12 @@ def activation_bytes_per_token(hidden: int, ffn: int, dtype: str) -> int:
     return HIDDEN_BYTES[dtype] * hidden + FFN_COPIES * ffn * compute
 
 
+def forward_tokens(tokens: int, part_tokens: int) -> int:
+    """The tokens alive at once in a forward of a batch of `tokens`, run in parts of
+    `part_tokens` (0: whole)."""
+    return min(tokens, part_tokens) if part_tokens else tokens
+
+
 def heap_bytes(ffn: int, dtype: str, per_token: int, batch_tokens: int) -> int:
     """What glibc's heaps may keep after forwards (the module's docstring): per heap, the
     activations of the batch whose (N, ffn) block just fits under the mmap threshold (at
@@ -140,8 +146,7 @@ class Footprint:
         )
 
     def _forward(self, tokens: int) -> int:
-        """The tokens alive at once in a forward of a batch of `tokens`."""
-        return min(tokens, self.part_tokens) if self.part_tokens else tokens
+        return forward_tokens(tokens, self.part_tokens)
 
     @property
     def queue(self) -> int:
@@ -204,7 +209,7 @@ def predict(
             cfg.intermediate_size,
             dtype,
             per_token,
-            min(config.max_batch_tokens, part_tokens or config.max_batch_tokens),
+            forward_tokens(config.max_batch_tokens, part_tokens or 0),
         ),
         lane_tokens=config.query_lane_tokens(model.tokenizer.max_tokens),
         part_tokens=part_tokens or 0,

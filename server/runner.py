@@ -61,8 +61,9 @@ class ModelRunner:
             cfg.intermediate_size, config.cpu_flags,
         )  # fmt: skip
         self.dtype = self.precision.dtype
-        # The mmap threshold follows the compute dtype (memory.py).
-        memory.tune_allocator(4 if config.int8 else self.dtype.itemsize)
+        # The mmap threshold follows the compute dtype (memory.py), and the CPU's parts it.
+        element_bytes = 4 if config.int8 else self.dtype.itemsize
+        memory.tune_allocator(element_bytes)
         # On a CPU, bf16 runs under autocast (precision.py says why), its Linear weights
         # cast to bf16 once (bf16_linears), the others fp32.
         self.autocast = self.device.type == "cpu" and self.dtype is torch.bfloat16
@@ -82,13 +83,10 @@ class ModelRunner:
         self.encoder.attention_groups = ATTENTION_GROUPS[self.device.type]
         # On a CPU a batch runs in parts (memory.part_tokens says why); on a GPU whole.
         self.part_tokens = (
-            memory.part_tokens(
-                cfg.intermediate_size, 4 if config.int8 else self.dtype.itemsize,
-                loaded.tokenizer.max_tokens,
-            )
+            memory.part_tokens(cfg.intermediate_size, element_bytes, loaded.tokenizer.max_tokens)
             if self.device.type == "cpu"
             else None
-        )  # fmt: skip
+        )
         if self.device.type == "cuda":
             # Every attention kernel but cuDNN's: it builds a graph for each new (rows,
             # length) shape, 45 ms of host time a call on an H200 (the GPU check's profile),
