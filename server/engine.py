@@ -225,6 +225,10 @@ class _Row:
     arrival: float
     deadline: float | None
     priority: Priority = Priority.INTERACTIVE
+    # How its caller pools it, when a sentence vector is all it wants: the output is pooled
+    # as soon as its forward ends (a (1, dim) row), not held whole, 4·C bytes a token, until
+    # every row of its request is done (the SDK's bulk upserts keep 1,024 texts in flight).
+    pooled: Pooling | None = None
     n_tokens: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -440,13 +444,7 @@ class Engine:
         for index, ids in enumerate(rows):
             if len(ids) > limit:
                 raise _too_long(index, len(ids), limit)
-        outputs = await self._submit(rows, layers, Priority(priority), timeout)
-        if pooled is None:
-            return outputs
-        # Pooled as _assemble pools a window: the front end's pooling of the one row keeps it.
-        if pooled is Pooling.CLS:
-            return [out[:1] for out in outputs]
-        return [out.mean(axis=0, keepdims=True) for out in outputs]
+        return await self._submit(rows, layers, Priority(priority), timeout, pooled)
 
     async def tokenize(
         self, texts: Sequence[str], role: TextRole = TextRole.PASSAGE
@@ -486,12 +484,12 @@ class Engine:
     ) -> Awaitable[list[np.ndarray]]:
         """Queue a request's rows (or refuse them, Overloaded); what to await for their
         outputs, in order (DeadlineExceeded after `timeout` seconds). `pooled`: how the
-        caller pools the rows when it wants sentence vectors only; unused here, where the
-        rows are at hand (FrontEngine has the engine process send them pooled)."""
+        caller pools the rows when it wants sentence vectors only; each output is then that
+        row pooled, (1, dim) (_Row.pooled)."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         deadline = now + timeout if timeout is not None else None
-        queued = [_Row(ids, layers, loop.create_future(), loop, now, deadline, level)
+        queued = [_Row(ids, layers, loop.create_future(), loop, now, deadline, level, pooled)
                   for ids in rows]  # fmt: skip
         self._admit(queued, sum(row.n_tokens for row in queued), level)
         return self._outputs(queued, level, timeout)
@@ -706,7 +704,7 @@ class Engine:
             sentence, tokens = pooled[0], per_window[0]
         else:
             sentence = pooled[0] if how is Pooling.CLS else weighted_sentence(plan, pooled)
-            # Without token vectors the windows may be pooled rows only (run_rows' `pooled`).
+            # Without token vectors the windows are pooled rows only (_Row.pooled).
             tokens = _stitched(tok, frame, plan, per_window) if want_tokens else None
         sentence = np.asarray(sentence, dtype=np.float32)
         if normalize:
@@ -814,16 +812,11 @@ class Engine:
                 # Idle: a query that arrives next did not arrive during a short forward.
                 self._last_forward_short = False
                 self._cond.wait()
-            # Wait a little for company, unless the budget is already full or we are closing:
-            # counted from the later of the oldest row's arrival and the end of the last
-            # batch, so that callers who just got their results can join the next batch.
-            waited_from = max(min(r.arrival for r in self._pending), self._model_free_since)
+            # Wait a little for company, unless the budget is already full or we are closing.
+            # Should the queue empty meanwhile (the lane dropped its last rows), no batch.
             lone_wait = c.max_wait_ms / 1000
-            longest = waited_from + max(lone_wait, COMPANY_WAIT_SHARE * self._last_model_seconds)
-            if self._lane_tokens and not self._other_work_queued():
-                longest = waited_from + lone_wait  # queries that the lane would run at once
-            # Should the queue empty meanwhile (nothing takes its last rows today), no batch.
             while not self._closing and self._pending and self._pending_tokens() < self._fill():
+                waited_from, longest = self._company_window()
                 if self._preparing or len(self._pending) < self._last_batch_rows:
                     due = longest
                 else:  # while rows keep arriving, a wave of callers is still coming back
@@ -853,6 +846,20 @@ class Engine:
             if self._lane_due():
                 self._lane_wakeup.notify()  # queries this batch left behind
             return batch, plan, len(self._pending)
+
+    def _company_window(self) -> tuple[float, float]:
+        """When the wait for company began and when it ends at the latest, from the queue as
+        it is now: the lane takes queries and drops abandoned rows meanwhile, and the rows
+        left decide (a lone query waited as long as the abandoned row it arrived beside).
+        Counted from the later of the oldest row's arrival and the end of the last batch,
+        so that callers who just got their results can join the next batch."""
+        waited_from = max(min(r.arrival for r in self._pending), self._model_free_since)
+        lone_wait = self.config.max_wait_ms / 1000
+        if self._lane_tokens and not self._other_work_queued():
+            return waited_from, waited_from + lone_wait  # queries the lane would run at once
+        return waited_from, waited_from + max(
+            lone_wait, COMPANY_WAIT_SHARE * self._last_model_seconds
+        )
 
     def _other_work_queued(self) -> bool:
         """Whether rows other than queries wait: with the lane, the worker's next batch is
@@ -909,6 +916,8 @@ class Engine:
                 keep.append(row)
                 continue
             self._unqueue(row)
+        if len(keep) < len(self._pending):
+            self._cond.notify()  # the worker's wait for company may end sooner (_company_window)
         self._pending = keep
 
     def _run(self, batch: list[_Row], plan: BatchPlan, depth: int, lane: bool = False) -> None:
@@ -939,7 +948,9 @@ class Engine:
             s.model_seconds += seconds
             for row in batch:
                 s.rows_by_priority[row.priority.label] += 1
-        _settle_batch([(row, out, None) for row, out in zip(batch, outputs, strict=True)])
+        _settle_batch(
+            [(row, _pooled(out, row.pooled), None) for row, out in zip(batch, outputs, strict=True)]
+        )
         self._trimmer.maybe_trim()
         report = BatchReport(
             rows=len(batch),
@@ -952,6 +963,16 @@ class Engine:
         )
         for observer in self._observers:
             observer(report)
+
+
+def _pooled(output: np.ndarray, how: Pooling | None) -> np.ndarray:
+    """A row's output as its caller takes it: whole, or pooled as _assemble pools a window,
+    in an array of its own (a view would keep its whole part of the batch alive)."""
+    if how is None:
+        return output
+    if how is Pooling.CLS:
+        return output[:1].copy()
+    return output.mean(axis=0, keepdims=True)
 
 
 def _per_priority(value: int) -> dict[str, int]:

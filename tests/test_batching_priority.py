@@ -357,20 +357,61 @@ def test_the_worker_survives_a_query_arriving_beside_abandoned_work_during_its_w
         eng.close()
 
 
-def test_with_the_lane_a_lone_query_waits_no_share_of_the_last_forward_for_company(e5):
-    # After a long forward the worker waits up to a tenth of it for rows to batch with. A
-    # query alone waits only max_wait_ms: any other work arriving would send it to the lane.
-    config = EngineConfig(dtype="float32", warmup=False, max_wait_ms=5)
+def _engine_after_a_long_forward(e5, forward_seconds: float, max_wait_ms: int) -> Engine:
+    """An engine as after a forward of 8 rows that took `forward_seconds`: fewer rows are
+    queued, so the worker waits for company, up to a tenth of it for other than queries."""
+    config = EngineConfig(dtype="float32", warmup=False, max_wait_ms=max_wait_ms)
     eng = Engine(config, e5).start()
-    # As after a 10-minute forward of 8 rows: fewer are queued, so it waits (up to 60 s).
-    eng._last_model_seconds, eng._last_batch_rows = 600.0, 8
+    eng._last_model_seconds, eng._last_batch_rows = forward_seconds, 8
+    return eng
+
+
+@pytest.mark.parametrize("beside_an_abandoned_row", [False, True])
+def test_with_the_lane_a_lone_query_waits_no_share_of_the_last_forward_for_company(
+    e5, beside_an_abandoned_row
+):
+    # After a 10-minute forward the worker waits up to 60 s for rows to batch with. A query
+    # alone waits only max_wait_ms: any other work arriving would send it to the lane. So
+    # does one arriving beside an interactive row whose caller went: the lane drops that
+    # row, and the worker's wait is the query's from then on, not the one it began before.
+    eng = _engine_after_a_long_forward(e5, 600.0, max_wait_ms=5)
 
     async def main():
+        if beside_an_abandoned_row:
+            gone = asyncio.create_task(eng.embed(["今天的天气怎么样"], priority=I))
+            await asyncio.sleep(0.1)
+            gone.cancel()
+            await asyncio.sleep(0.05)
         return await asyncio.wait_for(eng.embed(["苹果手机的价格"], priority=Q), 20)
 
     try:
         (query,) = asyncio.run(main())
         assert query.sentence.shape == (e5.encoder.cfg.hidden_size,)
+    finally:
+        eng.close()
+
+
+def test_an_interactive_row_arriving_beside_a_lone_query_gets_its_own_wait_for_company(e5):
+    # A lone query waits max_wait_ms for company; an interactive row that arrives meanwhile
+    # sends the query to the lane, and then waits for company as any interactive row does
+    # (up to a tenth of the last forward, 3 s here), so a second one a second later joins
+    # its batch. It used to inherit the query's 300 ms and run alone.
+    eng = _engine_after_a_long_forward(e5, 30.0, max_wait_ms=300)
+    reports = []
+    eng.add_observer(reports.append)
+
+    async def main():
+        query = asyncio.create_task(eng.embed(["苹果手机的价格"], priority=Q))
+        await asyncio.sleep(0.05)
+        first = asyncio.create_task(eng.embed(["今天的天气怎么样"], priority=I))
+        await asyncio.sleep(1.0)
+        second = asyncio.create_task(eng.embed(["水果的营养"], priority=I))
+        return await asyncio.wait_for(asyncio.gather(query, first, second), 20)
+
+    try:
+        asyncio.run(main())
+        eng.close()  # the threads report a forward after its callers have their answers
+        assert [r.priorities for r in reports] == [[Q], [I, I]]
     finally:
         eng.close()
 
@@ -587,7 +628,10 @@ def test_a_query_waits_a_few_forwards_while_bulk_work_saturates_the_engine(e5, l
         # (HIGHER_WORK_SEEN_S); the bound is for a server where queries come and go.
         await eng.embed(["苹果手机的价格"], priority=Q)
         reports.clear()
-        await asyncio.gather(queries(), *(bulk_caller(s) for s in range(6)))
+        # Enough bulk callers that their rows queue several forwards deep on any machine:
+        # a forward's budget is time, so a faster CPU takes more rows into each one (with
+        # six callers, about 1.4 forwards were queued on a CPU with AMX).
+        await asyncio.gather(queries(), *(bulk_caller(s) for s in range(16)))
 
     try:
         asyncio.run(main())

@@ -425,3 +425,36 @@ def test_a_request_tokenized_while_the_engine_closes_is_refused_not_left_waiting
     finally:
         release.set()
         eng.close()
+
+
+def test_rows_wanted_pooled_are_held_pooled_until_their_request_is_done(e5, monkeypatch):
+    """A bulk request runs in many forwards; until its last is done, every row already run
+    waits. Wanting sentence vectors only, a row must wait as its pooled (1, dim) vector, in
+    an array of its own, not whole: (tokens, dim) views into their batches' outputs, 4·C
+    bytes a token. The sentence vectors are the same either way."""
+    import embedsense.server.engine as engine_module
+
+    held: list[tuple[tuple[int, ...], bool]] = []
+    settle = engine_module._settle_batch
+
+    def recording(outcomes):
+        held.extend((out.shape, out.base is None) for _, out, _ in outcomes if out is not None)
+        settle(outcomes)
+
+    monkeypatch.setattr(engine_module, "_settle_batch", recording)
+    # The smallest batch budget: 48 texts of ~100 tokens take many forwards.
+    config = EngineConfig(dtype="float32", warmup=False, max_batch_tokens=512)
+    eng = Engine(config, e5).start()
+    texts = chinese_texts(48, seed=11)
+    dim = e5.encoder.cfg.hidden_size
+    try:
+        pooled = asyncio.run(eng.embed(texts, priority=Priority.BULK))
+        assert len(held) == len(texts) and eng.stats.batches > 4
+        assert all(shape == (1, dim) and own for shape, own in held), held[:3]
+        held.clear()
+        whole = asyncio.run(eng.embed(texts, priority=Priority.BULK, token_vectors=True))
+        assert sorted(shape[0] for shape, _ in held) == sorted(len(w.token_vectors) for w in whole)
+    finally:
+        eng.close()
+    for a, b in zip(pooled, whole, strict=True):
+        np.testing.assert_allclose(a.sentence, b.sentence, rtol=1e-5, atol=1e-6)
