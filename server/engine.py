@@ -699,7 +699,7 @@ class Engine:
         pooling: Pooling | None,
     ) -> Embedding:
         how = Pooling(pooling or self.model.spec.pooling)
-        pooled = [w[0] if how is Pooling.CLS else w.mean(axis=0) for w in per_window]
+        pooled = [_pooled(w, how)[0] for w in per_window]
         if len(plan) == 1:
             sentence, tokens = pooled[0], per_window[0]
         else:
@@ -966,8 +966,8 @@ class Engine:
 
 
 def _pooled(output: np.ndarray, how: Pooling | None) -> np.ndarray:
-    """A row's output as its caller takes it: whole, or pooled as _assemble pools a window,
-    in an array of its own (a view would keep its whole part of the batch alive)."""
+    """A row's output as its caller takes it: whole, or pooled, (1, dim), in an array of its
+    own (a view would keep its whole part of the batch alive). _assemble pools windows so."""
     if how is None:
         return output
     if how is Pooling.CLS:
