@@ -297,7 +297,10 @@ def test_sigterm_drains_a_second_exits_at_once_and_logs_are_json(tmp_path):
         def long_call() -> None:
             with Client(target, timeout=120) as c:
                 try:
-                    results.append(c.encode([f"{secret}{i}" for i in range(600)], batch_size=600))
+                    # Seconds of work on any CPU (about 40 tokens a text): a fast one
+                    # finished 600 short texts before the second signal, past the drain.
+                    texts = [f"{secret * 4}{i}" for i in range(600)]
+                    results.append(c.encode(texts, batch_size=600))
                 except Exception as err:  # noqa: BLE001
                     results.append(err)
 
@@ -306,7 +309,7 @@ def test_sigterm_drains_a_second_exits_at_once_and_logs_are_json(tmp_path):
         time.sleep(1.0)
         server.send_signal(signal.SIGTERM)  # drains: the call is in flight
         time.sleep(0.5)
-        assert server.poll() is None
+        assert server.poll() is None and not results  # still draining
         server.send_signal(signal.SIGTERM)  # and this one does not wait
         started = time.monotonic()
         server.wait(timeout=10)
