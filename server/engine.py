@@ -236,7 +236,15 @@ class _Row:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig | None = None, model: LoadedModel | None = None):
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        model: LoadedModel | None = None,
+        *,
+        owns_model: bool = False,
+    ) -> None:
+        """`model`: loaded here when None; `owns_model`: the caller does not compute with the
+        one it passes, so the runner may change it in place (ModelRunner)."""
         self.config = config or EngineConfig()
         self.model = model or load_model(self.config.model)
         if self.config.max_batch_tokens < self.model.tokenizer.max_tokens:
@@ -244,7 +252,7 @@ class Engine:
                 f"max_batch_tokens {self.config.max_batch_tokens} is below the model's "
                 f"{self.model.tokenizer.max_tokens}-token inputs: a full-length text never fits"
             )
-        self.runner = ModelRunner(self.model, self.config)
+        self.runner = ModelRunner(self.model, self.config, owns_model=owns_model or model is None)
         self.num_layers = self.runner.num_layers  # hidden states 0 to this one
         # The limits lowered to fit max_memory, if set (ValueError if the model cannot fit).
         self.config, self.footprint = self.runner.sized(self.model, self.config)
@@ -304,6 +312,9 @@ class Engine:
             # A first estimate of the forward's cost; the first real batches correct it.
             self._cost.observe(4 * len(sample.ids), took)
             log.info("warm-up took %.2f s", took)
+        # What loading left free (a bf16 runner's fp32 Linear weights, the model file's
+        # decoding buffers) goes back now, not at the first trim under load.
+        self._trimmer.trim()
         self._worker = threading.Thread(target=self._work, name="embedsense-engine", daemon=True)
         self._worker.start()
         if self._lane_tokens:

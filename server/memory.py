@@ -130,7 +130,11 @@ class HeapTrimmer:
 
     def maybe_trim(self) -> None:
         """Trim when `every_s` seconds have passed since the last time."""
-        now = time.monotonic()
-        if self._trim is not None and now - self._last >= self.every_s:
-            self._last = now
+        if time.monotonic() - self._last >= self.every_s:
+            self.trim()
+
+    def trim(self) -> None:
+        """Hand the heaps' free memory back to the system now."""
+        self._last = time.monotonic()
+        if self._trim is not None:
             self._trim(0)

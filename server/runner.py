@@ -45,7 +45,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+    def __init__(
+        self, loaded: LoadedModel, config: EngineConfig, *, owns_model: bool = False
+    ) -> None:
+        """`owns_model`: nobody else computes with `loaded` (the server's engine loaded it for
+        itself), so the runner may change it in place rather than keep copies beside it."""
         # Before choose()'s probe: the caches' sizes are read at the first bf16 product
         # (else 1,024 entries each), and the heaps' cap holds for threads that allocate after.
         memory.bound_kernel_caches()
@@ -65,7 +69,7 @@ class ModelRunner:
         element_bytes = 4 if config.int8 else self.dtype.itemsize
         memory.tune_allocator(element_bytes)
         # On a CPU, bf16 runs under autocast (precision.py says why), its Linear weights
-        # cast to bf16 once (bf16_linears), the others fp32.
+        # cast to bf16 once (bf16_linears), the others fp32; in place when the model is ours.
         self.autocast = self.device.type == "cpu" and self.dtype is torch.bfloat16
         self.num_layers = loaded.encoder.cfg.num_layers
         self.pad_id = loaded.tokenizer.pad_id
@@ -79,7 +83,7 @@ class ModelRunner:
             weights = torch.float32 if self.autocast else self.dtype
             self.encoder = loaded.encoder.to(device=self.device, dtype=weights)
             if self.autocast:
-                self.encoder = bf16_linears(self.encoder)
+                self.encoder = bf16_linears(self.encoder, in_place=owns_model)
         self.encoder.attention_groups = ATTENTION_GROUPS[self.device.type]
         # On a CPU a batch runs in parts (memory.part_tokens says why); on a GPU whole.
         self.part_tokens = (
@@ -179,20 +183,23 @@ def check_layers(layers: Layers, num_layers: int) -> None:
             )
 
 
-def bf16_linears(encoder: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `encoder` whose Linear layers hold bf16 weights, for bf16 autocast on a CPU.
+def bf16_linears(encoder: torch.nn.Module, *, in_place: bool = False) -> torch.nn.Module:
+    """`encoder` with its Linear layers holding bf16 weights, for bf16 autocast on a CPU.
 
     Autocast casts each fp32 weight to bf16 on every forward (its cache lasts one autocast
     region): a fixed cost per forward, which short forwards (a query's, or a batch cut to a
-    time budget) pay in full. Cast once here, the products are the same bf16 numbers. The
-    copy shares the embedding tables (most of the model's memory) and leaves the loaded
-    model in fp32 for its other users; LayerNorm stays fp32, as autocast computes it."""
-    shared = {id(encoder.embeddings): encoder.embeddings}  # deepcopy's memo: not copied
-    copied = copy.deepcopy(encoder, memo=shared)
-    for module in copied.modules():
+    time budget) pay in full. Cast once here, the products are the same bf16 numbers;
+    LayerNorm stays fp32, as autocast computes it. By default a copy, which shares the
+    embedding tables (most of the model's memory) and leaves the loaded model in fp32 for
+    its other users; `in_place` where it has none, so that no fp32 Linear weights stay
+    resident beside the bf16 ones (81 MiB of the bundled model's)."""
+    if not in_place:
+        shared = {id(encoder.embeddings): encoder.embeddings}  # deepcopy's memo: not copied
+        encoder = copy.deepcopy(encoder, memo=shared)
+    for module in encoder.modules():
         if isinstance(module, torch.nn.Linear):
             module.to(torch.bfloat16)
-    return copied
+    return encoder
 
 
 def to_host(packed: torch.Tensor) -> np.ndarray:

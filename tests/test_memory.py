@@ -223,6 +223,43 @@ def test_the_kernel_caches_are_bounded_before_the_precision_probe(e5, monkeypatc
     assert seen == memory.KERNEL_CACHES
 
 
+def test_a_bf16_engine_holds_the_linear_weights_of_its_own_model_once(e5):
+    """Under bf16 on a CPU the runner computes with bf16 Linear weights. An engine that loads
+    its model for itself (the server's) once kept the fp32 ones beside them, used by nothing:
+    81 MiB of the bundled model's 180 MiB of weights. Now it casts them in place, and the
+    vectors are the same, bit for bit, as a runner's that copies them (a model in other use)."""
+    from embedsense.server.engine import Engine
+
+    fp32 = Engine(EngineConfig(dtype="float32", warmup=False))
+    bf16 = Engine(EngineConfig(dtype="bfloat16", warmup=False))
+    linears = [m for m in bf16.model.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype is torch.bfloat16 for m in linears)
+    halved = sum(p.numel() * 2 for m in linears for p in m.parameters())
+    assert bf16.footprint.weights == fp32.footprint.weights - halved
+    texts = [t.ids for t in e5.tokenizer.encode_batch(["我喜欢吃苹果", "苹果手机很贵" * 9])]
+    copying = ModelRunner(e5, EngineConfig(dtype="bfloat16"))
+    for ours, copied in zip(bf16.runner.run(texts, [None, (6, -1)]),
+                            copying.run(texts, [None, (6, -1)]), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(ours, copied)
+    assert e5.encoder.layers[0].feed_forward.up.weight.dtype is torch.float32
+
+
+def test_the_engine_hands_back_what_loading_left_free_before_it_serves(e5, monkeypatch):
+    """A bf16 server idled at 752 MiB until its first trim under load, 661 MiB after it: the
+    fp32 Linear weights it cast, freed into the heaps. Its predicted peak counts them gone."""
+    from embedsense.server.engine import Engine
+
+    trims: list[bool] = []
+    monkeypatch.setattr(memory.HeapTrimmer, "trim", lambda self: trims.append(True))
+    engine = Engine(EngineConfig(dtype="float32"), e5)
+    assert not trims
+    engine.start()
+    try:
+        assert trims
+    finally:
+        engine.close()
+
+
 def predicted(**limits: int) -> Footprint:
     base = dict(runtime=300 * MIB, tokenizer=200 * MIB, weights=140 * MIB, per_token=18 * 1024)
     return Footprint(**{**base, "batch_tokens": 8192, "queued_tokens": 262_144, **limits})

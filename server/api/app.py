@@ -63,12 +63,12 @@ async def open_engine_and_index(
 ) -> tuple[Engine, IndexBackend]:
     """Load and warm the model, start the engine, open the index; StartupError naming what
     is wrong (the engine closed again if the index fails)."""
-    s = settings
+    s, ours = settings, model is None
     try:
         model = model or await asyncio.to_thread(load_model, s.model)
     except (ModelNotAvailableError, CheckpointError, OSError, ValueError) as err:
         raise StartupError(f"model {s.model!r}: {err}") from err
-    engine = await asyncio.to_thread(Engine(s.engine, model).start)
+    engine = await asyncio.to_thread(Engine(s.engine, model, owns_model=ours).start)
     try:
         catalog = await asyncio.to_thread(open_backend, s.backend())
     except (sqlite3.Error, OSError, IndexStoreError, ValueError) as err:
