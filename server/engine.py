@@ -279,7 +279,7 @@ class Engine:
         self._last_batch_rows = 0
         self._last_forward_short = False  # the last batch was queries' on their short budget
         self._preparing = 0  # requests being tokenized in the pool: rows on their way
-        self._trimmer = HeapTrimmer()
+        self._trimmer = HeapTrimmer(ceiling=self.footprint.peak)
         grouped = self.config.tokenize_batch
         self._start_host_work(self.runner.device.type == "cuda" if grouped is None else grouped)
 

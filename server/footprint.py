@@ -14,7 +14,8 @@ the float32 output rows of a batch's earlier parts wait for its last.
 - tokenizer: its vocabulary, measured per entry on the bundled XLM-R sentencepiece table
   and on a BERT wordpiece one (the larger of the two rates is used).
 - weights: the bytes of every tensor the runner and the loaded model hold, counted, not
-  estimated (a bf16 runner holds bf16 Linear weights beside the loaded fp32 ones).
+  estimated (a bf16 runner's Linear weights are bf16: cast in place in the server, copied
+  where the loaded model has other users).
 - activations: the most bytes of live tensors during one forward, per token of the batch
   budget or the part (padding included), for the worker's forward and the query lane's
   beside it.

@@ -260,6 +260,37 @@ def test_the_engine_hands_back_what_loading_left_free_before_it_serves(e5, monke
         engine.close()
 
 
+def test_above_its_predicted_peak_the_server_trims_after_a_forward_not_two_seconds_on(
+    monkeypatch,
+):
+    """Between two trims (every 2 s) a busy bf16 server's heaps refilled with free memory to
+    21 % over the predicted peak in a 600 s `make load`. Above that peak the trimmer acts after
+    the next forward, at most every quarter second; below it, every 2 s as before."""
+    clock = [100.0]
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    rss = [500 * MIB]
+    monkeypatch.setattr(memory, "resident_bytes", lambda: rss[0])
+    trimmer = memory.HeapTrimmer(ceiling=800 * MIB)
+    trims: list[float] = []
+    trimmer._trim = lambda pad: trims.append(clock[0])
+    for step in range(1, 41):  # forwards 0.1 s apart, over 4 s
+        clock[0] = 100.0 + step / 10
+        trimmer.maybe_trim()
+    assert trims == pytest.approx([102.0, 104.0])
+    rss[0] = 900 * MIB
+    for step in range(41, 61):  # the next 2 s, above the ceiling
+        clock[0] = 100.0 + step / 10
+        trimmer.maybe_trim()
+    assert trims[2:] == pytest.approx([104.3, 104.6, 104.9, 105.2, 105.5, 105.8])
+
+
+def test_the_engine_trims_against_its_predicted_peak(e5):
+    from embedsense.server.engine import Engine
+
+    engine = Engine(EngineConfig(dtype="float32", warmup=False), e5)
+    assert engine._trimmer.ceiling == engine.footprint.peak
+
+
 def predicted(**limits: int) -> Footprint:
     base = dict(runtime=300 * MIB, tokenizer=200 * MIB, weights=140 * MIB, per_token=18 * 1024)
     return Footprint(**{**base, "batch_tokens": 8192, "queued_tokens": 262_144, **limits})
