@@ -8,10 +8,12 @@ import os
 import re
 import weakref
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import ServerThread
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -21,10 +23,13 @@ from embedsense.server import runner as runner_module
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.cli import parser
 from embedsense.server.config import EngineConfig
+from embedsense.server.engine import Engine
 from embedsense.server.footprint import MIB, Footprint, parse_bytes
 from embedsense.server.runner import ModelRunner, split_rows
 
 PEAK = re.compile(r"predicted peak (\d+) MiB")
+DTYPES = ("float32", "bfloat16")
+DOCKER = Path(__file__).resolve().parents[1] / "docker"
 
 
 class LiveTensors(TorchDispatchMode):
@@ -223,15 +228,19 @@ def test_the_kernel_caches_are_bounded_before_the_precision_probe(e5, monkeypatc
     assert seen == memory.KERNEL_CACHES
 
 
-def test_a_bf16_engine_holds_the_linear_weights_of_its_own_model_once(e5):
+@pytest.fixture(scope="module")
+def own_engines() -> dict[str, Engine]:
+    """Engines that load the bundled model for themselves, as the server's do, at the
+    default limits."""
+    return {dtype: Engine(EngineConfig(dtype=dtype, warmup=False)) for dtype in DTYPES}
+
+
+def test_a_bf16_engine_holds_the_linear_weights_of_its_own_model_once(e5, own_engines):
     """Under bf16 on a CPU the runner computes with bf16 Linear weights. An engine that loads
     its model for itself (the server's) once kept the fp32 ones beside them, used by nothing:
     81 MiB of the bundled model's 180 MiB of weights. Now it casts them in place, and the
     vectors are the same, bit for bit, as a runner's that copies them (a model in other use)."""
-    from embedsense.server.engine import Engine
-
-    fp32 = Engine(EngineConfig(dtype="float32", warmup=False))
-    bf16 = Engine(EngineConfig(dtype="bfloat16", warmup=False))
+    fp32, bf16 = own_engines["float32"], own_engines["bfloat16"]
     linears = [m for m in bf16.model.encoder.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(m.weight.dtype is torch.bfloat16 for m in linears)
     halved = sum(p.numel() * 2 for m in linears for p in m.parameters())
@@ -244,11 +253,30 @@ def test_a_bf16_engine_holds_the_linear_weights_of_its_own_model_once(e5):
     assert e5.encoder.layers[0].feed_forward.up.weight.dtype is torch.float32
 
 
+def test_the_manifests_leave_30_percent_over_the_predicted_peak(own_engines):
+    """The encoder's memory limit in the Kubernetes manifest and in Compose's scale profile is
+    at least 30 % over the bundled model's predicted peak at the default limits (the larger
+    dtype's), its request (reservation) and EMBEDSENSE_MAX_MEMORY at least that peak."""
+    peak = max(engine.footprint.peak for engine in own_engines.values())
+    manifest = yaml.safe_load_all((DOCKER / "k8s" / "encoder.yaml").read_text())
+    deployment = next(doc for doc in manifest if doc["kind"] == "Deployment")
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    (pod,) = [container for container in containers if container["name"] == "encoder"]
+    env = {v["name"]: v.get("value") for v in pod["env"]}
+    resources = pod["resources"]
+    assert parse_bytes(resources["limits"]["memory"]) >= 1.3 * peak
+    assert parse_bytes(resources["requests"]["memory"]) >= peak
+    assert parse_bytes(env["EMBEDSENSE_MAX_MEMORY"]) >= peak
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]["encoder"]
+    docker_size = lambda text: int(text.removesuffix("m")) * MIB  # noqa: E731 (Docker's m: MiB)
+    assert docker_size(compose["mem_limit"]) >= 1.3 * peak
+    assert docker_size(compose["mem_reservation"]) >= peak
+    assert parse_bytes(compose["environment"]["EMBEDSENSE_MAX_MEMORY"]) >= peak
+
+
 def test_the_engine_hands_back_what_loading_left_free_before_it_serves(e5, monkeypatch):
     """A bf16 server idled at 752 MiB until its first trim under load, 661 MiB after it: the
     fp32 Linear weights it cast, freed into the heaps. Its predicted peak counts them gone."""
-    from embedsense.server.engine import Engine
-
     trims: list[bool] = []
     monkeypatch.setattr(memory.HeapTrimmer, "trim", lambda self: trims.append(True))
     engine = Engine(EngineConfig(dtype="float32"), e5)
@@ -285,8 +313,6 @@ def test_above_its_predicted_peak_the_server_trims_after_a_forward_not_two_secon
 
 
 def test_the_engine_trims_against_its_predicted_peak(e5):
-    from embedsense.server.engine import Engine
-
     engine = Engine(EngineConfig(dtype="float32", warmup=False), e5)
     assert engine._trimmer.ceiling == engine.footprint.peak
 
