@@ -279,7 +279,9 @@ class Engine:
         self._last_batch_rows = 0
         self._last_forward_short = False  # the last batch was queries' on their short budget
         self._preparing = 0  # requests being tokenized in the pool: rows on their way
-        self._trimmer = HeapTrimmer(ceiling=self.footprint.peak)
+        # The predicted peak is host memory on a CPU (footprint.py); a GPU's is on the device.
+        on_cpu = self.runner.device.type == "cpu"
+        self._trimmer = HeapTrimmer(ceiling=self.footprint.peak if on_cpu else None)
         grouped = self.config.tokenize_batch
         self._start_host_work(self.runner.device.type == "cuda" if grouped is None else grouped)
 

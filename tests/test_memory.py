@@ -313,6 +313,7 @@ def test_above_its_predicted_peak_the_server_trims_after_a_forward_not_two_secon
 
 
 def test_the_engine_trims_against_its_predicted_peak(e5):
+    """On a CPU, where the prediction is host memory."""
     engine = Engine(EngineConfig(dtype="float32", warmup=False), e5)
     assert engine._trimmer.ceiling == engine.footprint.peak
 
