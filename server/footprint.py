@@ -1,6 +1,6 @@
 """The server's memory footprint, predicted before it serves: what a pod needs.
 
-    peak = runtime + tokenizer + weights + heaps
+    peak = runtime + tokenizer + weights + heaps + kernels
            + (forward tokens + query lane's forward tokens) × activation bytes per token
            + the batches' other tokens × output bytes per token
            + max_queued_tokens × bytes per queued token
@@ -16,6 +16,9 @@ the float32 output rows of a batch's earlier parts wait for its last.
 - weights: the bytes of every tensor the runner and the loaded model hold, counted, not
   estimated (a bf16 runner's Linear weights are bf16: cast in place in the server, copied
   where the loaded model has other users).
+- kernels: what the math libraries keep per input shape once their caches are full
+  (compiled kernels and their buffers; memory.KERNEL_CACHES bounds them at 32 entries each):
+  oneDNN's under bf16, MKL's in fp32. Measured, and about the same at widths 384 and 768.
 - activations: the most bytes of live tensors during one forward, per token of the batch
   budget or the part (padding included), for the worker's forward and the query lane's
   beside it.
@@ -54,6 +57,9 @@ MIB = 2**20
 RUNTIME_BYTES = 310 * MIB
 TOKENIZER_BYTES_PER_ENTRY = 1050  # measured: the bundled 250k-entry table and a 21k BERT one
 QUEUED_TOKEN_BYTES = 200  # an id in a Python list and the tokenizer's offsets and lists
+# Measured (the docs' memory table): what 200 forwards of mixed shapes left resident, trimmed,
+# over the first forward's: bf16 32 MiB at width 384 and 36 at 768, fp32 8 and 13.
+KERNEL_BYTES = {"float32": 13 * MIB, "bfloat16": 36 * MIB, "float16": 36 * MIB}
 # Activation bytes per token at a forward's peak (inside the feed-forward): two (N, I)
 # tensors in the compute dtype (the widened input and its GELU) and bytes per hidden unit
 # of the (N, C) ones alive then: in fp32 four fp32 copies (the residual stream, LayerNorm's
@@ -134,6 +140,7 @@ class Footprint:
     per_token: int
     queued_tokens: int
     heaps: int = 0
+    kernels: int = 0  # the math libraries' kernel caches, full
     lane_tokens: int = 0  # the query lane's forward, beside the worker's
     part_tokens: int = 0  # a CPU's runner runs a larger batch in parts of these; 0: whole
     output_per_token: int = 0  # a token's float32 output row
@@ -155,8 +162,9 @@ class Footprint:
 
     @property
     def fixed(self) -> int:
-        """What the server holds whatever the limits: runtime, tokenizer, weights, heaps."""
-        return self.runtime + self.tokenizer + self.weights + self.heaps
+        """What the server holds whatever the limits: runtime, tokenizer, weights, heaps,
+        kernels."""
+        return self.runtime + self.tokenizer + self.weights + self.heaps + self.kernels
 
     @property
     def peak(self) -> int:
@@ -179,7 +187,7 @@ class Footprint:
         return (
             f"predicted peak {self.peak / MIB:.0f} MiB = runtime {self.runtime / MIB:.0f} + "
             f"tokenizer {self.tokenizer / MIB:.0f} + weights {self.weights / MIB:.0f} + "
-            f"heaps {self.heaps / MIB:.0f} + "
+            f"heaps {self.heaps / MIB:.0f} + kernels {self.kernels / MIB:.0f} + "
             f"activations {self.activations / MIB:.0f} ((max_batch_tokens {self.batch_tokens} "
             f"+ query lane {self.lane_tokens}){self._in_parts() or self._whole()} + "
             f"queue {self.queue / MIB:.0f} "
@@ -212,6 +220,7 @@ def predict(
             per_token,
             forward_tokens(config.max_batch_tokens, part_tokens or 0),
         ),
+        kernels=KERNEL_BYTES[dtype],
         lane_tokens=config.query_lane_tokens(model.tokenizer.max_tokens),
         part_tokens=part_tokens or 0,
         output_per_token=4 * cfg.hidden_size,
@@ -247,7 +256,7 @@ def fit(config: EngineConfig, footprint: Footprint, max_tokens: int) -> EngineCo
         smallest = at(max_tokens)[1]
         raise ValueError(
             f"max_memory {config.max_memory} ({limit / MIB:.0f} MiB) is too small for this "
-            f"model: the runtime, tokenizer, weights and heaps take "
+            f"model: the runtime, tokenizer, weights, heaps and kernels take "
             f"{footprint.fixed / MIB:.0f} MiB, and with a batch of one full-length text "
             f"({max_tokens} tokens) it needs at least {smallest.peak / MIB:.0f} MiB"
         )
