@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import weakref
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -244,10 +245,13 @@ def test_the_kernel_caches_are_bounded_before_the_precision_probe(e5, monkeypatc
 
 
 @pytest.fixture(scope="module")
-def own_engines() -> dict[str, Engine]:
+def own_engines() -> Iterator[dict[str, Engine]]:
     """Engines that load the bundled model for themselves, as the server's do, at the
     default limits."""
-    return {dtype: Engine(EngineConfig(dtype=dtype, warmup=False)) for dtype in DTYPES}
+    engines = {dtype: Engine(EngineConfig(dtype=dtype, warmup=False)) for dtype in DTYPES}
+    yield engines
+    for engine in engines.values():
+        engine.close()
 
 
 def test_a_bf16_engine_holds_the_linear_weights_of_its_own_model_once(e5, own_engines):
