@@ -135,7 +135,7 @@ class HeapTrimmer:
         self, every_s: float = 2.0, ceiling: int | None = None, soon_s: float = 0.25
     ) -> None:
         self.every_s, self.ceiling, self.soon_s = every_s, ceiling, soon_s
-        self._last = time.monotonic()
+        self._last = self._checked = time.monotonic()
         self._trim = None
         name = ctypes.util.find_library("c")
         try:
@@ -147,17 +147,18 @@ class HeapTrimmer:
 
     def maybe_trim(self) -> None:
         """Trim when `every_s` seconds have passed since the last time, or `soon_s` with the
-        RSS over the ceiling."""
-        since = time.monotonic() - self._last
-        if since >= self.every_s or (
-            self.ceiling is not None
-            and since >= self.soon_s
-            and (resident_bytes() or 0) > self.ceiling
-        ):
+        RSS over the ceiling. The RSS is read at most every `soon_s` too: reading it after
+        every forward of small batches cost more than the trims."""
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
             self.trim()
+        elif self.ceiling is not None and now - self._checked >= self.soon_s:
+            self._checked = now
+            if (resident_bytes() or 0) > self.ceiling:
+                self.trim()
 
     def trim(self) -> None:
         """Hand the heaps' free memory back to the system now."""
-        self._last = time.monotonic()
+        self._last = self._checked = time.monotonic()
         if self._trim is not None:
             self._trim(0)

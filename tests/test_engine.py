@@ -458,3 +458,26 @@ def test_rows_wanted_pooled_are_held_pooled_until_their_request_is_done(e5, monk
         eng.close()
     for a, b in zip(pooled, whole, strict=True):
         np.testing.assert_allclose(a.sentence, b.sentence, rtol=1e-5, atol=1e-6)
+
+
+def test_the_front_end_benchmarks_stand_in_server_serves_and_reports(tmp_path):
+    """`make bench-frontend` runs the real server around a model that costs nothing
+    (tests/bench/standin.py); it must keep up with the engine's signatures."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "bench"))
+    from bench_frontend import StandinServer, drive
+
+    from embedsense.proto.v1 import embedsense_pb2 as pb
+
+    server = StandinServer(tmp_path / "standin", {})
+    try:
+        server.wait_ready()
+        requests = [pb.EmbedRequest(texts=[t]).SerializeToString() for t in chinese_texts(8)]
+        seconds, latencies = asyncio.run(drive(server.target, requests, callers=4))
+        assert len(latencies) == len(requests)
+        counted = server.counters()
+        assert counted["tokenize"] > 0 and counted["assemble"] > 0
+    finally:
+        server.stop()

@@ -331,6 +331,24 @@ def test_above_its_predicted_peak_the_server_trims_after_a_forward_not_two_secon
     assert trims[2:] == pytest.approx([104.3, 104.6, 104.9, 105.2, 105.5, 105.8])
 
 
+def test_below_its_predicted_peak_the_trimmer_reads_the_rss_at_most_every_quarter_second(
+    monkeypatch,
+):
+    """Reading the RSS opens /proc/self/statm: after every forward, a quarter of the worker
+    thread's time around a model that costs nothing (the front-end benchmark's stand-in)."""
+    clock = [100.0]
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    reads: list[float] = []
+    monkeypatch.setattr(memory, "resident_bytes", lambda: reads.append(clock[0]) or 500 * MIB)
+    trimmer = memory.HeapTrimmer(ceiling=800 * MIB)
+    trimmer._trim = lambda pad: None
+    for step in range(1, 191):  # forwards 10 ms apart, over 1.9 s: no trim due
+        clock[0] = 100.0 + step / 100
+        trimmer.maybe_trim()
+    assert 7 <= len(reads) <= 8
+    assert min(np.diff(reads)) >= 0.25 - 1e-9
+
+
 def test_the_engine_trims_against_its_predicted_peak(e5):
     """On a CPU, where the prediction is host memory."""
     engine = Engine(EngineConfig(dtype="float32", warmup=False), e5)

@@ -54,15 +54,17 @@ def install(today: bool = False) -> None:
     # Either path whatever the device (auto groups only on a GPU): the benchmark compares.
     real_engine_init = Engine.__init__
 
-    def engine_init(self: Engine, config: EngineConfig | None = None, model=None) -> None:
+    def engine_init(
+        self: Engine, config: EngineConfig | None = None, model=None, **options: bool
+    ) -> None:
         config = dataclasses.replace(config or EngineConfig(), tokenize_batch=not today)
-        real_engine_init(self, config, model)
+        real_engine_init(self, config, model, **options)
 
     Engine.__init__ = engine_init  # type: ignore[method-assign]
     real_init = ModelRunner.__init__
 
-    def init(self: ModelRunner, loaded: LoadedModel, config: EngineConfig) -> None:
-        real_init(self, loaded, config)
+    def init(self: ModelRunner, loaded: LoadedModel, config: EngineConfig, **options: bool) -> None:
+        real_init(self, loaded, config, **options)
         # Rows are sliced from one table: long enough for the longest row, random so that
         # pooling and normalizing do the work they do on real vectors.
         shape = (loaded.tokenizer.max_tokens, loaded.dim)
