@@ -532,3 +532,35 @@ def test_a_repeated_filter_sees_every_write_since(catalog):
     assert [h.id for h in col.search(query, k=10, where=where)[0]] == brute_force(
         live, query, where, 10
     )
+
+
+def test_the_backend_benchmarks_concurrent_callers_call_at_once_and_answer_every_query():
+    """bench_backends.py --callers: every query `passes` times, from that many threads at
+    once (a backend that serializes calls shows it in its q/s, not hidden by the harness)."""
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "bench"))
+    from bench_backends import concurrent_calls
+
+    inside, most, calls = [0], [0], []
+    lock = threading.Lock()
+
+    class Slow:
+        def search(self, query, **options):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+                calls.append(options["ef_search"])
+            time.sleep(0.01)
+            with lock:
+                inside[0] -= 1
+
+    queries = np.zeros((10, 4), dtype=np.float32)
+    row = concurrent_calls(Slow(), queries, None, 128, callers=4, passes=3)
+    assert len(calls) == 4 + 30  # the warm-up call per thread, then every query 3 times
+    assert most[0] == 4
+    assert set(calls) == {128}
+    assert row["callers"] == 4 and row["qps"] > 0

@@ -6,7 +6,9 @@ on N clustered unit vectors (bench_index.py's data set) with a `bucket` field th
 filter selects: upsert throughput, then, once each collection says it is optimized
 (wait_until_optimized: faiss's background work, Milvus's flush, index build and load), for
 HNSW32 at several ef_search values, recall@10 against exact search and queries/s with p50/p99
-latency (one query per call, as the service makes them), unfiltered and filtered. The milvus
+latency (one query per call, as the service makes them), unfiltered and filtered; at the
+first ef that reaches recall 0.95, q/s again with --callers threads calling at once (the
+throughput many callers get, where one caller's q/s is 1 / its latency). The milvus
 backend talks to a milvus-lite server (Milvus rewritten in Python) and to a real Milvus
 standalone from PyPI's `milvus` wheel (tests/ops/milvus_standalone.py), both separate
 processes on 127.0.0.1 reached over gRPC. milvus-lite is slow: it answers only the first
@@ -25,7 +27,8 @@ filter.
 
 Last line: one JSON object.
 
-    python tests/bench/bench_backends.py [--n 100000] [--dim 384] [--queries 100] [--service]
+    python tests/bench/bench_backends.py [--n 100000] [--dim 384] [--queries 100] [--callers 8]
+        [--service]
     python tests/bench/bench_backends.py --data-ops --backends faiss [--spec HNSW32]
 """
 
@@ -38,6 +41,7 @@ import logging
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +92,32 @@ def timed_calls(queries, call) -> tuple[dict, list]:
     }, results
 
 
+def concurrent_calls(collection, queries, where, ef, callers: int, passes: int = 5) -> dict:
+    """Queries/s with `callers` threads, each making one call at a time, as a server's
+    concurrent requests do (every query `passes` times): the throughput a backend gives many
+    callers, where one caller's q/s is 1 / its latency. Latency percentiles per call."""
+
+    def call(query: np.ndarray) -> float:
+        started = time.perf_counter()
+        collection.search(query, k=10, where=where, ef_search=ef, with_documents=False)
+        return time.perf_counter() - started
+
+    work = [q for _ in range(passes) for q in queries]
+    with ThreadPoolExecutor(callers) as pool:
+        list(pool.map(call, queries[:callers]))  # every thread started and warm
+        started = time.perf_counter()
+        latencies = list(pool.map(call, work))
+        wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {
+        "ef_search": ef,
+        "callers": callers,
+        "qps": round(len(work) / wall, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }
+
+
 def measure(collection, queries, truth, where, ef) -> dict:
     timing, hits = timed_calls(queries, lambda query: collection.search(
         query, k=10, where=where, ef_search=ef, with_documents=False))  # fmt: skip
@@ -114,7 +144,9 @@ def raw_pymilvus(uri: str, collection, queries, ef: int) -> dict:
     return {"ef_search": ef, **timing}
 
 
-def bench_backend(name: str, settings: BackendSettings, vectors, queries, truths) -> dict:
+def bench_backend(
+    name: str, settings: BackendSettings, vectors, queries, truths, callers: int = 0
+) -> dict:
     backend = open_backend(settings)
     try:
         backend.create("bench", model="bench", dim=vectors.shape[1], index_spec="HNSW32")
@@ -143,6 +175,13 @@ def bench_backend(name: str, settings: BackendSettings, vectors, queries, truths
                 print(f"{name:<11} {label:<15} ef {r['ef_search']:>4}  recall@10 "
                       f"{r['recall_at_10']:.3f}  {r['qps']:>7.1f} q/s  p50 {r['p50_ms']:>6.2f} "
                       f"ms  p99 {r['p99_ms']:>6.2f} ms")  # fmt: skip
+            reached = at_equal_recall(row[label])
+            if callers and reached:  # many callers at once, at the ef that reaches the target
+                c = concurrent_calls(collection, queries, where, reached["ef_search"], callers)
+                row[f"{label}_concurrent"] = c
+                print(f"{name:<11} {label:<15} ef {c['ef_search']:>4}  {callers} callers at "
+                      f"once         {c['qps']:>7.1f} q/s  p50 {c['p50_ms']:>6.2f} ms  p99 "
+                      f"{c['p99_ms']:>6.2f} ms")  # fmt: skip
         if name == "milvus":  # a real Milvus: what pymilvus alone gets from it, same run
             row["raw_pymilvus_unfiltered"] = [
                 raw_pymilvus(settings.milvus_uri, collection, queries, r["ef_search"])
@@ -329,6 +368,10 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--lite-queries", type=int, default=20)
+    parser.add_argument(
+        "--callers", type=int, default=8,
+        help="part 1: q/s also with this many concurrent callers (0: one caller only)",
+    )  # fmt: skip
     parser.add_argument("--backends", nargs="+", default=["faiss", "milvus-lite", "milvus"])
     parser.add_argument("--service", action="store_true", help="part 2 too")
     parser.add_argument("--texts", type=int, default=256)
@@ -354,8 +397,9 @@ def main() -> None:
         root = Path(tmp)
         if "faiss" in args.backends:
             result["faiss"] = bench_backend(
-                "faiss", BackendSettings("faiss", root / "faiss"), vectors, queries, truths
-            )
+                "faiss", BackendSettings("faiss", root / "faiss"), vectors, queries, truths,
+                args.callers,
+            )  # fmt: skip
         if "milvus-lite" in args.backends:
             lite = MilvusLiteServer(root / "milvus-lite")
             try:
@@ -377,6 +421,7 @@ def main() -> None:
                     vectors,
                     queries,
                     truths,
+                    args.callers,
                 )
             finally:
                 milvus.stop()
@@ -393,6 +438,14 @@ def main() -> None:
                     f"{theirs['ef_search']}) vs faiss {ours['qps']} q/s (ef "
                     f"{ours['ef_search']}): {ratio}x"
                 )
+                many = [result[b].get(f"{label}_concurrent") for b in ("milvus", "faiss")]
+                if all(many):
+                    ratio = round(many[0]["qps"] / many[1]["qps"], 2)
+                    result[f"milvus_over_faiss_qps_{label}_at_recall_0.95_concurrent"] = ratio
+                    print(
+                        f"{label}: the same with {args.callers} callers at once, milvus "
+                        f"{many[0]['qps']} q/s vs faiss {many[1]['qps']} q/s: {ratio}x"
+                    )
             else:
                 short = [n for n, r in (("faiss", ours), ("milvus", theirs)) if r is None]
                 print(f"{label}: {' and '.join(short)} never reached recall@10 {RECALL_TARGET} "
