@@ -136,6 +136,9 @@ class HeapTrimmer:
     ) -> None:
         self.every_s, self.ceiling, self.soon_s = every_s, ceiling, soon_s
         self._last = self._checked = time.monotonic()
+        # A trim left the RSS over the ceiling: what holds it there is not the heaps' free
+        # memory (a large faiss index in the server, which the prediction leaves out).
+        self._held_over = False
         self._trim = None
         name = ctypes.util.find_library("c")
         try:
@@ -147,15 +150,21 @@ class HeapTrimmer:
 
     def maybe_trim(self) -> None:
         """Trim when `every_s` seconds have passed since the last time, or `soon_s` with the
-        RSS over the ceiling. The RSS is read at most every `soon_s` too: reading it after
-        every forward of small batches cost more than the trims."""
+        RSS over the ceiling, unless the last such trim left it over the ceiling (then
+        every `every_s`, until the RSS is under it again: a trim after every forward cost
+        10 % of a CPU's throughput, for nothing there). The RSS is read at most every
+        `soon_s` too: reading it after every forward of small batches cost more than the
+        trims."""
         now = time.monotonic()
         if now - self._last >= self.every_s:
             self.trim()
         elif self.ceiling is not None and now - self._checked >= self.soon_s:
             self._checked = now
-            if (resident_bytes() or 0) > self.ceiling:
+            if (resident_bytes() or 0) <= self.ceiling:
+                self._held_over = False
+            elif not self._held_over:
                 self.trim()
+                self._held_over = (resident_bytes() or 0) > self.ceiling
 
     def trim(self) -> None:
         """Hand the heaps' free memory back to the system now."""

@@ -7,8 +7,9 @@ filter selects: upsert throughput, then, once each collection says it is optimiz
 (wait_until_optimized: faiss's background work, Milvus's flush, index build and load), for
 HNSW32 at several ef_search values, recall@10 against exact search and queries/s with p50/p99
 latency (one query per call, as the service makes them), unfiltered and filtered; at the
-first ef that reaches recall 0.95, q/s again with --callers threads calling at once (the
-throughput many callers get, where one caller's q/s is 1 / its latency). The milvus
+first ef that reaches recall 0.95, faiss and the real Milvus again with --callers threads
+calling at once (the throughput many callers get, where one caller's q/s is 1 / its
+latency). The milvus
 backend talks to a milvus-lite server (Milvus rewritten in Python) and to a real Milvus
 standalone from PyPI's `milvus` wheel (tests/ops/milvus_standalone.py), both separate
 processes on 127.0.0.1 reached over gRPC. milvus-lite is slow: it answers only the first
@@ -370,7 +371,8 @@ def main() -> None:
     parser.add_argument("--lite-queries", type=int, default=20)
     parser.add_argument(
         "--callers", type=int, default=8,
-        help="part 1: q/s also with this many concurrent callers (0: one caller only)",
+        help="part 1: faiss and the real Milvus also with this many concurrent callers "
+        "(0: one caller only; milvus-lite: one)",
     )  # fmt: skip
     parser.add_argument("--backends", nargs="+", default=["faiss", "milvus-lite", "milvus"])
     parser.add_argument("--service", action="store_true", help="part 2 too")
