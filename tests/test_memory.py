@@ -307,35 +307,50 @@ def test_the_engine_hands_back_what_loading_left_free_before_it_serves(e5, monke
         engine.close()
 
 
+class TrimmerOnAClock:
+    """A HeapTrimmer with a ceiling of 800 MiB, on a fake clock (from 100 s) and a fake RSS;
+    the times it trimmed and read the RSS."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, rss_mib: int) -> None:
+        self.clock, self.rss = 100.0, rss_mib * MIB
+        self.trims: list[float] = []
+        self.reads: list[float] = []
+        monkeypatch.setattr(memory.time, "monotonic", lambda: self.clock)
+        monkeypatch.setattr(memory, "resident_bytes", self._read)
+        self.trimmer = memory.HeapTrimmer(ceiling=800 * MIB)
+        self.trimmer._trim = lambda pad: self.trims.append(self.clock)
+
+    def _read(self) -> int:
+        self.reads.append(self.clock)
+        return self.rss
+
+    def forwards(self, steps: range, apart_s: float = 0.1, refill_mib: int = 0) -> None:
+        """A forward, then maybe_trim, at every step (`apart_s` apart), each refilling the
+        heaps by `refill_mib`."""
+        for step in steps:
+            self.clock = 100.0 + step * apart_s
+            self.trimmer.maybe_trim()
+            self.rss += refill_mib * MIB
+
+
 def test_above_its_predicted_peak_the_server_trims_after_a_forward_not_two_seconds_on(
     monkeypatch,
 ):
     """Between two trims (every 2 s) a busy bf16 server's heaps refilled with free memory to
     21 % over the predicted peak in a 600 s `make load`. Above that peak the trimmer acts after
     the next forward, at most every quarter second; below it, every 2 s as before."""
-    clock = [100.0]
-    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
-    rss = [500 * MIB]
-    monkeypatch.setattr(memory, "resident_bytes", lambda: rss[0])
-    trimmer = memory.HeapTrimmer(ceiling=800 * MIB)
-    trims: list[float] = []
-    trimmer._trim = lambda pad: trims.append(clock[0])
-    for step in range(1, 41):  # forwards 0.1 s apart, over 4 s
-        clock[0] = 100.0 + step / 10
-        trimmer.maybe_trim()
-    assert trims == pytest.approx([102.0, 104.0])
-    rss[0] = 900 * MIB
+    t = TrimmerOnAClock(monkeypatch, rss_mib=500)
+    t.forwards(range(1, 41))  # forwards 0.1 s apart, over 4 s
+    assert t.trims == pytest.approx([102.0, 104.0])
+    t.rss = 900 * MIB
 
     def trim_heaps(pad: int) -> None:  # a trim hands the heaps' free memory back
-        trims.append(clock[0])
-        rss[0] = 750 * MIB
+        t.trims.append(t.clock)
+        t.rss = 750 * MIB
 
-    trimmer._trim = trim_heaps
-    for step in range(41, 61):  # the next 2 s: every forward refills the heaps by 50 MiB
-        clock[0] = 100.0 + step / 10
-        trimmer.maybe_trim()
-        rss[0] += 50 * MIB
-    assert trims[2:] == pytest.approx([104.3, 104.6, 104.9, 105.2, 105.5, 105.8])
+    t.trimmer._trim = trim_heaps
+    t.forwards(range(41, 61), refill_mib=50)  # the next 2 s, the heaps refilling
+    assert t.trims[2:] == pytest.approx([104.3, 104.6, 104.9, 105.2, 105.5, 105.8])
 
 
 def test_held_over_its_predicted_peak_by_what_a_trim_cannot_free_the_server_trims_every_2_s(
@@ -346,26 +361,14 @@ def test_held_over_its_predicted_peak_by_what_a_trim_cannot_free_the_server_trim
     nothing (a trim after every batch: 10 % fewer texts/s in process, bf16 on 2 cores). Once
     a trim leaves the RSS over the ceiling, the trimmer keeps to every 2 s, until the RSS is
     under the ceiling again."""
-    clock = [100.0]
-    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
-    rss = [1200 * MIB]  # an index's memory: trimming frees none of it
-    monkeypatch.setattr(memory, "resident_bytes", lambda: rss[0])
-    trimmer = memory.HeapTrimmer(ceiling=800 * MIB)
-    trims: list[float] = []
-    trimmer._trim = lambda pad: trims.append(clock[0])
-    for step in range(1, 61):  # forwards 0.1 s apart, over 6 s
-        clock[0] = 100.0 + step / 10
-        trimmer.maybe_trim()
-    assert trims == pytest.approx([100.3, 102.3, 104.3])
-    rss[0] = 700 * MIB  # the index dropped: under the ceiling, the quick trims come back
-    for step in range(61, 66):
-        clock[0] = 100.0 + step / 10
-        trimmer.maybe_trim()
-    rss[0] = 900 * MIB
-    for step in range(66, 70):
-        clock[0] = 100.0 + step / 10
-        trimmer.maybe_trim()
-    assert trims[3:] == pytest.approx([106.3, 106.6])  # every 2 s, then soon once over again
+    t = TrimmerOnAClock(monkeypatch, rss_mib=1200)  # an index's memory: no trim frees it
+    t.forwards(range(1, 61))  # forwards 0.1 s apart, over 6 s
+    assert t.trims == pytest.approx([100.3, 102.3, 104.3])
+    t.rss = 700 * MIB  # the index dropped: under the ceiling, the quick trims come back
+    t.forwards(range(61, 66))
+    t.rss = 900 * MIB
+    t.forwards(range(66, 70))
+    assert t.trims[3:] == pytest.approx([106.3, 106.6])  # every 2 s, then soon once over again
 
 
 def test_below_its_predicted_peak_the_trimmer_reads_the_rss_at_most_every_quarter_second(
@@ -373,17 +376,11 @@ def test_below_its_predicted_peak_the_trimmer_reads_the_rss_at_most_every_quarte
 ):
     """Reading the RSS opens /proc/self/statm: after every forward, a quarter of the worker
     thread's time around a model that costs nothing (the front-end benchmark's stand-in)."""
-    clock = [100.0]
-    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
-    reads: list[float] = []
-    monkeypatch.setattr(memory, "resident_bytes", lambda: reads.append(clock[0]) or 500 * MIB)
-    trimmer = memory.HeapTrimmer(ceiling=800 * MIB)
-    trimmer._trim = lambda pad: None
-    for step in range(1, 191):  # forwards 10 ms apart, over 1.9 s: no trim due
-        clock[0] = 100.0 + step / 100
-        trimmer.maybe_trim()
-    assert 7 <= len(reads) <= 8
-    assert min(np.diff(reads)) >= 0.25 - 1e-9
+    t = TrimmerOnAClock(monkeypatch, rss_mib=500)
+    t.forwards(range(1, 191), apart_s=0.01)  # forwards 10 ms apart, over 1.9 s: no trim due
+    assert not t.trims
+    assert 7 <= len(t.reads) <= 8
+    assert min(np.diff(t.reads)) >= 0.25 - 1e-9
 
 
 def test_the_engine_trims_against_its_predicted_peak(e5):
