@@ -77,6 +77,23 @@ def exact(vectors: np.ndarray, queries: np.ndarray, mask: np.ndarray | None) -> 
     return [[f"d{i}" for i in np.argsort(-row, kind="stable")[:10]] for row in scores]
 
 
+def rate(seconds: float, latencies: list[float]) -> dict:
+    """Calls per second over `seconds`, and the calls' latency percentiles."""
+    ms = np.array(latencies) * 1000
+    return {
+        "qps": round(len(latencies) / seconds, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }
+
+
+def searching(collection, where, ef):
+    """One search as the benchmark makes it: k = 10, ids only."""
+    return lambda query: collection.search(
+        query, k=10, where=where, ef_search=ef, with_documents=False
+    )
+
+
 def timed_calls(queries, call) -> tuple[dict, list]:
     """`call(query)` once per query, one at a time: q/s and latency percentiles, and the
     results in order."""
@@ -85,12 +102,7 @@ def timed_calls(queries, call) -> tuple[dict, list]:
         started = time.perf_counter()
         results.append(call(query))
         latencies.append(time.perf_counter() - started)
-    ms = np.array(latencies) * 1000
-    return {
-        "qps": round(len(queries) / sum(latencies), 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-    }, results
+    return rate(sum(latencies), latencies), results
 
 
 def concurrent_calls(collection, queries, where, ef, callers: int, passes: int = 5) -> dict:
@@ -98,9 +110,11 @@ def concurrent_calls(collection, queries, where, ef, callers: int, passes: int =
     concurrent requests do (every query `passes` times): the throughput a backend gives many
     callers, where one caller's q/s is 1 / its latency. Latency percentiles per call."""
 
+    search = searching(collection, where, ef)
+
     def call(query: np.ndarray) -> float:
         started = time.perf_counter()
-        collection.search(query, k=10, where=where, ef_search=ef, with_documents=False)
+        search(query)
         return time.perf_counter() - started
 
     work = [q for _ in range(passes) for q in queries]
@@ -109,19 +123,11 @@ def concurrent_calls(collection, queries, where, ef, callers: int, passes: int =
         started = time.perf_counter()
         latencies = list(pool.map(call, work))
         wall = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
-    return {
-        "ef_search": ef,
-        "callers": callers,
-        "qps": round(len(work) / wall, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-    }
+    return {"ef_search": ef, "callers": callers, **rate(wall, latencies)}
 
 
 def measure(collection, queries, truth, where, ef) -> dict:
-    timing, hits = timed_calls(queries, lambda query: collection.search(
-        query, k=10, where=where, ef_search=ef, with_documents=False))  # fmt: skip
+    timing, hits = timed_calls(queries, searching(collection, where, ef))
     found = [[h.id for h in hit[0]] for hit in hits]
     return {"ef_search": ef, "recall_at_10": round(recall_at_10(found, truth), 4), **timing}
 
@@ -290,20 +296,16 @@ def bench_data_ops(
 def fresh_filter(collection, queries, truth, where, ef) -> dict:
     """measure() with the faiss backend's filter cache emptied before every query: the
     filter is evaluated over every document's metadata each time."""
+    search = searching(collection, where, ef)
     latencies, found = [], []
     for query in queries:
         collection._filters.clear()
         started = time.perf_counter()
-        hits = collection.search(query, k=10, where=where, ef_search=ef, with_documents=False)
+        hits = search(query)
         latencies.append(time.perf_counter() - started)
         found.append([h.id for h in hits[0]])
-    ms = np.array(latencies) * 1000
-    return {
-        "ef_search": ef, "recall_at_10": round(recall_at_10(found, truth), 4),
-        "qps": round(len(queries) / sum(latencies), 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-    }  # fmt: skip
+    recall = round(recall_at_10(found, truth), 4)
+    return {"ef_search": ef, "recall_at_10": recall, **rate(sum(latencies), latencies)}
 
 
 def data_ops(args, vectors, queries, root: Path) -> dict:
