@@ -41,6 +41,7 @@ import numpy as np
 
 from embedsense.model import LoadedModel, TextRole, TextTooLongError, TokenizedText, load_model
 from embedsense.model.pooling import Pooling
+from embedsense.server import openmp
 from embedsense.server.batching import (
     BatchPlan,
     ForwardCost,
@@ -317,6 +318,9 @@ class Engine:
         # What loading left free (a bf16 runner's fp32 Linear weights, the model file's
         # decoding buffers) goes back now, not at the first trim under load.
         self._trimmer.trim()
+        # And the OpenMP team loading and the warm-up started on this thread: the worker's
+        # own is to be the only one (openmp.py).
+        openmp.release_team()
         self._worker = threading.Thread(target=self._work, name="embedsense-engine", daemon=True)
         self._worker.start()
         if self._lane_tokens:
@@ -732,6 +736,7 @@ class Engine:
     # ------------------------------------------------------------ the worker thread
 
     def _work(self) -> None:
+        self.runner.run_here()
         if self._lane_tokens and self.runner.device.type == "cpu":
             lower_thread_priority(self.config.worker_nice)  # before its first forward
         while True:

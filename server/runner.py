@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from embedsense.model import LoadedModel
 from embedsense.model.tokenizer import pad_sequences
-from embedsense.server import footprint, int8, memory
+from embedsense.server import footprint, int8, memory, openmp
 from embedsense.server.config import EngineConfig
 from embedsense.server.footprint import Footprint
 from embedsense.server.precision import Precision, choose
@@ -71,6 +72,7 @@ class ModelRunner:
         # On a CPU, bf16 runs under autocast (precision.py says why), its Linear weights
         # cast to bf16 once (bf16_linears), the others fp32; in place when the model is ours.
         self.autocast = self.device.type == "cpu" and self.dtype is torch.bfloat16
+        self._home: int | None = None  # run_here's thread
         self.num_layers = loaded.encoder.cfg.num_layers
         self.pad_id = loaded.tokenizer.pad_id
         self.int8 = config.int8
@@ -109,15 +111,25 @@ class ModelRunner:
         fitted = footprint.fit(config, predicted, loaded.tokenizer.max_tokens)
         return fitted, footprint.predict(fitted, loaded, compute, self.encoder, part_tokens=parts)
 
+    def run_here(self) -> None:
+        """The calling thread runs the forwards from now on (the engine's worker): its
+        OpenMP team stays between them, and any other thread's (the query lane's,
+        Explain's) goes back after each forward (openmp.py says why)."""
+        self._home = threading.get_ident()
+
     @contextlib.contextmanager
     def computing(self) -> Iterator[None]:
         """Where the encoder runs: no autograd, and bf16 autocast when that is the choice.
         Every forward (the engine's batches, Explain's explicit path) runs inside it."""
-        with (
-            torch.inference_mode(),
-            torch.autocast("cpu", torch.bfloat16, enabled=self.autocast),
-        ):
-            yield
+        try:
+            with (
+                torch.inference_mode(),
+                torch.autocast("cpu", torch.bfloat16, enabled=self.autocast),
+            ):
+                yield
+        finally:
+            if self._home is not None and threading.get_ident() != self._home:
+                openmp.release_team()
 
     def check_layers(self, layers: Layers) -> None:
         check_layers(layers, self.num_layers)

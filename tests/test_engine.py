@@ -4,9 +4,13 @@ overload refused fast, abandoned work skipped, long texts windowed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from precisions import PRECISIONS, assert_matches
 from workload import chinese_texts
 
 from embedsense.model import TextRole
+from embedsense.server import openmp
 from embedsense.server.batching import Priority, plan_batch
 from embedsense.server.config import EngineConfig
 from embedsense.server.engine import (
@@ -381,8 +386,6 @@ def test_gpu_half_precision_matches_cpu(dtype, model_name, tmp_path):
 
 
 def test_the_benchmarks_sorted_baseline_batches_by_length_as_sentence_transformers_does():
-    import sys
-    from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent / "bench"))
     from bench_engine import run_fixed_batches
@@ -463,8 +466,6 @@ def test_rows_wanted_pooled_are_held_pooled_until_their_request_is_done(e5, monk
 def test_the_front_end_benchmarks_stand_in_server_serves_and_reports(tmp_path):
     """`make bench-frontend` runs the real server around a model that costs nothing
     (tests/bench/standin.py); it must keep up with the engine's signatures."""
-    import sys
-    from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent / "bench"))
     from bench_frontend import StandinServer, drive
@@ -481,3 +482,40 @@ def test_the_front_end_benchmarks_stand_in_server_serves_and_reports(tmp_path):
         assert counted["tokenize"] > 0 and counted["assemble"] > 0
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(not openmp.supported(), reason="PyTorch does not run on libgomp here")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: any team is too many")
+def test_a_servers_forwards_keep_their_openmp_threads_awake_between_parallel_regions(tmp_path):
+    """The worker's OpenMP threads spin through the short gaps inside a forward instead of
+    sleeping and being woken at each of its hundreds of parallel regions (openmp.py): that
+    needs its team to be the process's only one, after the start-up threads' forwards and an
+    Explain's on another thread, and a spin before sleeping. Counted as the server process's
+    voluntary context switches per Embed of 16 texts (each thread's sleeps; about 1,200 with
+    teams left behind or threads that sleep at once, 60-70 without, on 2 cores)."""
+    from ops.serverproc import ServerProcess
+
+    from embedsense.client import Client
+
+    def sleeps(pid: int) -> int:
+        total = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+                status = (task / "status").read_text()
+                total += int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
+        return total
+
+    texts = chinese_texts(16)
+    server = ServerProcess(tmp_path, None, "--threads", "2", "--dtype", "float32")
+    server.start()
+    try:
+        with Client(server.target) as client:
+            client.explain("我喜欢吃苹果", "苹果")  # a forward on a thread not the worker's
+            client.encode(texts)
+            before = sleeps(server.process.pid)
+            for _ in range(5):
+                client.encode(texts)
+            per_call = (sleeps(server.process.pid) - before) / 5
+    finally:
+        server.stop()
+    assert per_call < 400

@@ -58,17 +58,24 @@ class Parts:
     name: str  # the front end's, added to the replica's name
 
 
+def _start_engine(s: ServerSettings, model: LoadedModel | None) -> Engine:
+    """Load the model (unless given), build the engine and warm it up, all on one thread:
+    the one whose OpenMP team Engine.start hands back (openmp.py)."""
+    ours = model is None
+    try:
+        model = model or load_model(s.model)
+    except (ModelNotAvailableError, CheckpointError, OSError, ValueError) as err:
+        raise StartupError(f"model {s.model!r}: {err}") from err
+    return Engine(s.engine, model, owns_model=ours).start()
+
+
 async def open_engine_and_index(
     settings: ServerSettings, model: LoadedModel | None = None
 ) -> tuple[Engine, IndexBackend]:
     """Load and warm the model, start the engine, open the index; StartupError naming what
     is wrong (the engine closed again if the index fails)."""
-    s, ours = settings, model is None
-    try:
-        model = model or await asyncio.to_thread(load_model, s.model)
-    except (ModelNotAvailableError, CheckpointError, OSError, ValueError) as err:
-        raise StartupError(f"model {s.model!r}: {err}") from err
-    engine = await asyncio.to_thread(Engine(s.engine, model, owns_model=ours).start)
+    s = settings
+    engine = await asyncio.to_thread(_start_engine, s, model)
     try:
         catalog = await asyncio.to_thread(open_backend, s.backend())
     except (sqlite3.Error, OSError, IndexStoreError, ValueError) as err:
