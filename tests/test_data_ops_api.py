@@ -256,6 +256,35 @@ def test_bad_filters_and_sizes_are_invalid_argument_everywhere(client, news):
         client._call(Call("SearchBatch", both, lambda r: r))
 
 
+def test_metadata_no_surface_could_read_back_is_refused_when_written(client, http, news):
+    """NaN, infinities, integers past 64 bits and deep nesting are INVALID_ARGUMENT (HTTP
+    400) at the write, so that the collection's filtered calls and reads keep working: a NaN
+    once stored made every filtered call on it INTERNAL, a 2**70 every HTTP read a 500."""
+    deep: object = 1
+    for _ in range(40):
+        deep = {"a": deep}
+    for metadata in ({"score": float("nan")}, {"x": [1, float("inf")]}, {"n": 2**70},
+                     {"deep": deep}):  # fmt: skip
+        with pytest.raises(InvalidArgument):
+            client.upsert(news, [{"id": "bad", "text": "坏", "metadata": metadata}])
+        with pytest.raises(InvalidArgument):
+            client.update_metadata(news, ["a01"], metadata)
+    too_deep = '{"a":' * 5000 + "1" + "}" * 5000  # past Python's own JSON parser
+    requests = (
+        pb.CountRequest(collection=news, filter_json=too_deep),
+        pb.UpdateMetadataRequest(collection=news, ids=["a01"], patch_json=too_deep),
+    )
+    for request in requests:
+        with pytest.raises(InvalidArgument, match="nested"):
+            client._call(Call(type(request).__name__.removesuffix("Request"), request, str))
+    document = {"id": "bad", "text": "坏", "metadata": {"deep": deep}}
+    response = http.post(f"/v1/collections/{news}/upsert", json={"documents": [document]})
+    assert response.status_code == 400, response.text
+    assert client.get(news, ["bad"]) == [None]
+    assert client.count(news, filter={"sense": "fruit"}) == 3
+    assert http.post(f"/v1/collections/{news}/scroll", json={}).status_code == 200
+
+
 def test_async_client_does_the_same(running, news):
     async def scenario() -> None:
         async with AsyncClient(running.target, api_key=KEY, timeout=60) as c:

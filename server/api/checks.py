@@ -264,6 +264,8 @@ def metadata_of(text: str, field: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise BadRequest(f"{field}: not JSON ({err.msg} at character {err.pos})") from None
+    except RecursionError:
+        raise BadRequest(f"{field}: nested too deeply") from None
     if not isinstance(value, dict):
         raise BadRequest(f"{field}: must be a JSON object, got {type(value).__name__}")
     return value
