@@ -323,8 +323,19 @@ def parse_comparison(r: pb.CompareLayersResponse) -> LayerComparison:
                            (r.span_b.start, r.span_b.end))  # fmt: skip
 
 
-def senses_message(senses: Mapping[str, Sequence[str]]) -> dict[str, pb.SenseExamples]:
-    return {label: pb.SenseExamples(examples=list(examples)) for label, examples in senses.items()}
+def senses_message(
+    senses: Mapping[str, Sequence[str]], where: str = "senses"
+) -> dict[str, pb.SenseExamples]:
+    """Each sense's example texts; TypeError naming the part of another shape (one str of
+    examples would be sent as its characters, one example each)."""
+    if not isinstance(senses, Mapping):
+        raise TypeError(f"{where}: a dict of sense -> example texts, not {type(senses).__name__}")
+    message = {}
+    for label, examples in senses.items():
+        if not isinstance(examples, list | tuple) or not all(isinstance(e, str) for e in examples):
+            raise TypeError(f"{where}[{label!r}]: a list of example texts")
+        message[label] = pb.SenseExamples(examples=list(examples))
+    return message
 
 
 # ------------------------------------------------------------------ the calls
@@ -398,10 +409,17 @@ def upsert_call(request: pb.UpsertRequest) -> Call[list[str]]:
     return Call("Upsert", request, lambda r: list(r.ids), stream=True)
 
 
+def id_list(ids: Iterable[str]) -> list[str]:
+    """Document ids as sent: one str would be sent as its characters, one id each."""
+    if isinstance(ids, str):
+        raise TypeError("ids: a list of ids, not one str")
+    return list(ids)
+
+
 def get_call(
     name: str, ids: Sequence[str], with_vectors: bool
 ) -> Call[list[StoredDocument | None]]:
-    ids = list(ids)
+    ids = id_list(ids)
     request = pb.GetRequest(collection=name, ids=ids, with_vectors=with_vectors)
     return Call("Get", request, parse_documents(ids))
 
@@ -411,11 +429,11 @@ def delete_call(
 ) -> Call[int]:
     """By ids, or every document matching `where`: one of them (an empty filter is the
     server's to refuse: drop the collection to delete everything)."""
-    if isinstance(ids, str):
-        raise TypeError("ids: a list of ids, not one str")
     if (ids is None) == (where is None):
         raise ValueError("delete: give ids or filter (one of them)")
-    request = pb.DeleteRequest(collection=name, ids=list(ids or ()), filter_json=filter_json(where))
+    request = pb.DeleteRequest(
+        collection=name, ids=id_list(ids or ()), filter_json=filter_json(where)
+    )
     return Call("Delete", request, lambda r: r.deleted)
 
 
@@ -444,14 +462,13 @@ METADATA_MODES = {"merge": pb.METADATA_MERGE, "replace": pb.METADATA_REPLACE}
 def update_metadata_call(
     name: str, ids: Sequence[str], patch: Mapping[str, Any], mode: str
 ) -> Call[int]:
-    if isinstance(ids, str):
-        raise TypeError("ids: a list of ids, not one str")
+    ids = id_list(ids)
     if mode not in METADATA_MODES:
         raise ValueError(f"mode={mode!r}: expected 'merge' or 'replace'")
     if not isinstance(patch, Mapping):
         raise TypeError(f"patch: a dict, got {type(patch).__name__}")
     request = pb.UpdateMetadataRequest(
-        collection=name, ids=list(ids), patch_json=json.dumps(patch, ensure_ascii=False),
+        collection=name, ids=ids, patch_json=json.dumps(patch, ensure_ascii=False),
         mode=METADATA_MODES[mode],
     )  # fmt: skip
     return Call("UpdateMetadata", request, lambda r: r.updated)
@@ -549,9 +566,12 @@ def disambiguate_call(
 def create_inventory_call(
     name: str, words: Mapping[str, Mapping[str, Sequence[str]]], replace: bool
 ) -> Call[Inventory]:
+    if not isinstance(words, Mapping):
+        raise TypeError(f"words: a dict of word -> sense -> examples, not {type(words).__name__}")
     request = pb.CreateInventoryRequest(
         name=name, replace=replace,
-        words={w: pb.WordSenses(senses=senses_message(s)) for w, s in words.items()},
+        words={w: pb.WordSenses(senses=senses_message(s, f"words[{w!r}]"))
+               for w, s in words.items()},
     )  # fmt: skip
     return Call("CreateInventory", request, parse_inventory)
 

@@ -324,7 +324,10 @@ def cmd_inventory(args: argparse.Namespace, client: Client) -> None:
         if not args.file:
             raise UsageError("inventory create NAME FILE: FILE is a JSON word -> sense -> examples")
         words = _read_json(args.file)
-        made = client.create_inventory(args.name, words, replace=args.replace)
+        try:
+            made = client.create_inventory(args.name, words, replace=args.replace)
+        except TypeError as err:  # the file's shape: the SDK names the part
+            raise UsageError(f"{args.file}: {err}") from None
         emit(args, asdict(made), f"inventory {made.name!r}: {', '.join(sorted(made.words))}")
     else:
         client.delete_inventory(args.name)

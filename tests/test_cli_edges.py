@@ -154,6 +154,14 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
     status, _, err = cli(capsys, *target, "inventory", "create", "mine", str(tmp_path / "bad.json"))
     assert status == 2 and "bad.json" in one_error_line(err) and "not JSON" in err
 
+    for shape in ('[1]', '{"小米": ["小米粥"]}', '{"小米": {"a": [1], "b": ["小米"]}}',
+                  '{"小米": {"grain": "小米粥很香", "phone": "小米手机"}}'):  # fmt: skip
+        # They were tracebacks, or a str of examples sent as its characters, one each.
+        (tmp_path / "shape.json").write_text(shape, encoding="utf-8")
+        path = str(tmp_path / "shape.json")
+        status, _, err = cli(capsys, *target, "inventory", "create", "mine", path)
+        assert status == 2 and "shape.json" in one_error_line(err), err
+
     status, _, err = cli(capsys, *target, "search", "no-such-collection", "x")
     assert status == 1 and "NOT_FOUND" in one_error_line(err)
     status, _, err = cli(capsys, "--target", "nohost,alsono", "info")

@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from embedsense.client import AsyncClient, Client, InvalidArgument, bulk
+from embedsense.client import _api as api
 from embedsense.proto.v1 import embedsense_pb2 as pb
 
 TOO_LONG = "苹果" * 2000  # over the model's 512 positions: refused at once, before any compute
@@ -341,3 +342,14 @@ def test_content_ids_are_fixed_and_explicit_ids_are_kept():
         bulk.documents_source({"text": "苹果"})
     with pytest.raises(TypeError, match="not one str"):
         bulk.documents_source("苹果")
+
+
+def test_one_str_of_ids_is_refused_not_sent_as_its_characters():
+    for call in (
+        lambda: api.get_call("c", "a1", False),  # it was: get of "a" and "1"
+        lambda: api.delete_call("c", "a1"),
+        lambda: api.update_metadata_call("c", "a1", {"x": 1}, "merge"),
+    ):
+        with pytest.raises(TypeError, match="not one str"):
+            call()
+    assert list(api.get_call("c", ("a1",), False).request.ids) == ["a1"]

@@ -254,6 +254,15 @@ def test_bad_filters_and_sizes_are_invalid_argument_everywhere(client, news):
     both.vectors.data = np.zeros(DIM, "<f4").tobytes()
     with pytest.raises(InvalidArgument, match="not both"):
         client._call(Call("SearchBatch", both, lambda r: r))
+    two = pb.SearchRequest(collection=news)  # it was: row 0's hits, row 1 ignored
+    two.vector.shape.extend([2, DIM])
+    two.vector.data = np.ones(2 * DIM, "<f4").tobytes()
+    with pytest.raises(InvalidArgument, match="SearchBatch"):
+        client._call(Call("Search", two, lambda r: r))
+    none = pb.SearchBatchRequest(collection=news)
+    none.vectors.shape.extend([0, DIM])
+    with pytest.raises(InvalidArgument, match="at least one query is needed"):  # not "querie"
+        client._call(Call("SearchBatch", none, lambda r: r))
 
 
 def test_metadata_no_surface_could_read_back_is_refused_when_written(client, http, news):

@@ -98,9 +98,8 @@ def check_text(text: str, field: str, max_chars: int) -> str:
 def check_count(count: int, field: str, limits: Limits, what: str = "texts") -> None:
     """At least one input, at most max_texts."""
     if count == 0:
-        raise BadRequest(
-            f"{field}: at least one {what.rstrip('s')} is needed", _param(field), "empty"
-        )
+        one = "query" if what == "queries" else what.rstrip("s")
+        raise BadRequest(f"{field}: at least one {one} is needed", _param(field), "empty")
     if count > limits.max_texts:
         raise BadRequest(
             f"{field}: {count} {what}; the limit is {limits.max_texts} per request "

@@ -407,7 +407,13 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         if which == "text":
             hits = await self._search(request, context, [self._text(request.text)], None)
         elif which == "vector":
-            hits = await self._search(request, context, None, _tensor(request.vector, "vector"))
+            vector = _tensor(request.vector, "vector")
+            if vector.ndim > 1 and len(vector) != 1:
+                raise BadRequest(
+                    f"vector: one (dim,) vector, got shape {vector.shape}: SearchBatch takes "
+                    "several"
+                )
+            hits = await self._search(request, context, None, vector)
         else:
             raise BadRequest("query: give a text or a vector")
         return pb.SearchResponse(hits=_hits_reply(hits[0], request.with_vectors))
