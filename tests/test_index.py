@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import faiss
 import numpy as np
@@ -21,6 +22,7 @@ from embedsense.server.index import (
     Token,
 )
 from embedsense.server.index import optimizer as optimizer_module
+from embedsense.server.index import store as store_module
 
 DIM = 16
 
@@ -415,6 +417,57 @@ def test_searches_during_writes_never_return_deleted_ids(catalog):
         t.join(timeout=120)
     assert not errors, errors
     assert col.count() == 2000 - len(deleted)
+
+
+def test_a_filtered_search_finds_a_document_while_it_is_rewritten(catalog, monkeypatch):
+    """A re-upsert moves a document to a new label in the store before the index holds the
+    new vector. A filtered search in between matched the new label (not in the index yet)
+    and not the old one (still there): the document was in neither, and left out."""
+    catalog.create("c", model="m", dim=DIM)
+    col = catalog.get("c")
+    docs = corpus(200)
+    for doc in docs[:10]:
+        doc.metadata = {"hot": True}
+    col.upsert(docs)
+    hot = {doc.id for doc in docs[:10]}
+    store_upsert = store_module.Store.upsert
+
+    def slow_upsert(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        stored = store_upsert(self, *args, **kwargs)
+        time.sleep(0.005)  # the store has the write, the index not yet: the window, wider
+        return stored
+
+    monkeypatch.setattr(store_module.Store, "upsert", slow_upsert)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            for i in range(150):
+                col.upsert([docs[i % 10]])
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+        finally:
+            done.set()
+
+    def reader(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            while not done.is_set():
+                for hits in col.search(unit(rng, 2), k=10, where={"hot": True},
+                                       with_documents=False):  # fmt: skip
+                    assert {h.id for h in hits} == hot
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=reader, args=(s,)) for s in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[0]
 
 
 def test_snapshots_follow_the_writes_and_bound_the_catch_up(tmp_path, monkeypatch):

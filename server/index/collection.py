@@ -19,6 +19,7 @@ was dropped fails; it never lands in the new one).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -26,7 +27,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ class Collection:
         self._gen = Generation.empty(row)
         self._dropped = False  # set under _writer and _snapshots; never cleared
         self._changes_since_snapshot = 0
-        self._writes = 0  # writes applied: what a cached filter result was read at
+        self._writes = 0  # twice the writes applied, +1 while one runs (see _write)
         # Recent filters' matching labels, valid while no write lands (filters repeat: a
         # tenant, a language); the SQL scan over every document's metadata is the cost.
         # Keyed by a digest of the compiled filter (a $in can be 10,000 values long) and
@@ -294,8 +295,7 @@ class Collection:
             raise InvalidArgument("the same id twice in one upsert")
         if not docs:
             return []
-        with self._writer:
-            self._check_open()
+        with self._write():
             try:
                 labels, replaced = self.store.upsert(self.name, docs, self._gen.index.ntotal)
             except IndexOutOfStep:  # nothing was stored: bring the index in step, then store
@@ -311,16 +311,27 @@ class Collection:
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete by id; how many existed. Durable when it returns."""
-        with self._writer:
-            self._check_open()
+        with self._write():
             dead = self.store.delete(self.name, list(ids))
             with self._lock.writing():
                 self._gen.live.discard(dead)
             self._after_write(len(dead))
         return len(dead)
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write, under the writer lock. A cached filter result is stale from the write's
+        start (the store changes first) to its end (the index follows): the count of writes
+        moves at both, so that no search keeps one read in between."""
+        with self._writer:
+            self._check_open()
+            self._writes += 1
+            try:
+                yield
+            finally:
+                self._writes += 1
+
     def _after_write(self, changes: int) -> None:
-        self._writes += 1
         self._changes_since_snapshot += changes
         if self._due(self._gen) is not None:
             self.optimizer.poke()
@@ -378,8 +389,7 @@ class Collection:
     def delete_where(self, where: Mapping[str, Any]) -> int:
         """Delete the matching documents; how many. Durable when it returns."""
         condition = compile_filter(required_filter(where))
-        with self._writer:
-            self._check_open()
+        with self._write():
             dead = self.store.delete_where(self.name, *condition)
             with self._lock.writing():
                 self._gen.live.discard(dead)
@@ -392,8 +402,7 @@ class Collection:
         """Merge `patch` into (or, mode "replace", make it) the documents' metadata; how many
         of the ids exist. No vector changes; filters see it when this returns."""
         ids = checked_patch(ids, patch, mode)
-        with self._writer:
-            self._check_open()
+        with self._write():
             found = self.store.update_metadata(
                 self.name, ids, lambda metadata: patched(metadata, patch, mode)
             )
@@ -430,24 +439,39 @@ class Collection:
         queries = checked_query(self.row, queries, k, model)
         threshold = checked_threshold(score_threshold)
         condition = compile_filter(where) if where else None
-        while True:
-            self._check_open()  # a new collection of the name may be renumbering the store
-            gen = self._gen
-            matching = None
-            if condition is not None:
-                number, matching = self._matching(condition)
-                if number != gen.number:  # renumbered, and the new generation not yet in
-                    with self._swap:
+        with contextlib.ExitStack() as held:
+            writes_held = False
+            while True:
+                self._check_open()  # a new collection of the name may be renumbering the store
+                gen = self._gen
+                matching = None
+                if condition is not None:
+                    number, matching, read_at = self._matching(condition)
+                    if number != gen.number:  # renumbered, the new generation not yet in
+                        with self._swap:
+                            continue
+                with self._lock.reading():
+                    if self._gen is not gen:  # swapped meanwhile: the labels are stale
                         continue
-            with self._lock.reading():
-                if self._gen is not gen:  # swapped meanwhile: the filter's labels are stale
-                    continue
-                labels, scores = search_generation(
-                    gen, queries, k, matching, ef_search or self.ef_search,
-                    nprobe or self.nprobe,
-                )  # fmt: skip
-                ids = [[gen.ids[label] for label in row if label >= 0] for row in labels]
-            break
+                    # A write during or since the filter's read of the store (a seqlock: the
+                    # count is odd while one runs): the store and the index may each hold
+                    # another side of it (a document upserted again matches by a label the
+                    # index lacks, or the index dropped the one the filter has), and the
+                    # document would be in neither. With writes held off, none can.
+                    current = (
+                        matching is None or writes_held
+                        or (read_at % 2 == 0 and self._writes == read_at)
+                    )  # fmt: skip
+                    if current:
+                        labels, scores = search_generation(
+                            gen, queries, k, matching, ef_search or self.ef_search,
+                            nprobe or self.nprobe,
+                        )  # fmt: skip
+                        ids = [[gen.ids[label] for label in row if label >= 0] for row in labels]
+                if current:
+                    break
+                held.enter_context(self._writer)
+                writes_held = True
         texts = None
         wanted = sorted({doc_id for row in ids for doc_id in row})
         if with_documents:
@@ -459,15 +483,16 @@ class Collection:
                 hit.vector = vectors.get(hit.id)
         return hits
 
-    def _matching(self, condition: tuple[str, list[Any]]) -> tuple[int, np.ndarray]:
-        """The labels a filter matches, as a bitmap, and their numbering: from the cache
-        while no write or renumbering came since, else from the store."""
+    def _matching(self, condition: tuple[str, list[Any]]) -> tuple[int, np.ndarray, int]:
+        """The labels a filter matches, as a bitmap, their numbering, and the count of
+        writes they were read at: from the cache while no write or renumbering came since,
+        else from the store."""
         key = hashlib.sha256(repr(condition).encode()).digest()
         writes = self._writes
         with self._filters_lock:
             cached = self._filters.get(key)
         if cached is not None and cached[0] == writes and cached[1] == self._gen.number:
-            return cached[1], cached[2]
+            return cached[1], cached[2], writes
         number, labels = self.store.labels_where(self.name, *condition)
         labels = bitmap(labels)
         with self._filters_lock:
@@ -475,7 +500,7 @@ class Collection:
             self._filters.move_to_end(key)
             while len(self._filters) > FILTER_CACHE_ENTRIES:
                 self._filters.popitem(last=False)
-        return number, labels
+        return number, labels, writes
 
     def info(self) -> CollectionInfo:
         self._check_open()
