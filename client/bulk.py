@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,15 +17,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from embedsense.client.errors import EmbedSenseError
+from embedsense.proto.ids import content_id
 from embedsense.proto.v1 import embedsense_pb2 as pb
 
 T = TypeVar("T")
 Document = str | Mapping[str, Any]
-
-# The namespace of the ids made from a document's content. Fixed for good: another one would
-# give every document a new id, and rerunning a load made by an older client would store
-# each document twice.
-CONTENT_IDS = uuid.uuid5(uuid.NAMESPACE_URL, "embedsense:document")
 
 
 def at_least_one(name: str, value: int) -> int:
@@ -49,13 +44,6 @@ def within_limit(batch_size: int, limit: int) -> int:
 
 
 # ------------------------------------------------------------------ documents
-
-
-def content_id(text: str, metadata: Mapping[str, Any]) -> str:
-    """The id of a document given without one: made from its text and metadata, so the same
-    document always gets the same id and sending it again replaces it, never doubles it."""
-    key = json.dumps([text, metadata], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return uuid.uuid5(CONTENT_IDS, key).hex
 
 
 def to_document(doc: Document | pb.Document) -> pb.Document:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -71,6 +72,18 @@ def at_least(minimum: int, meaning: str = "") -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def seconds(raw: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (a deadline of 0 fails every
+    call before it starts)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{raw}: expected a number of seconds above 0")
+    return value
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -365,9 +378,12 @@ def cmd_induce(args: argparse.Namespace, client: Client) -> None:
 def cmd_explain(args: argparse.Namespace, client: Client) -> None:
     if (args.compare or args.sense) and not args.word:
         raise UsageError("--compare and --sense need --word: the word to follow across texts")
+    if (args.layer is not None or args.head is not None) and not (args.out or args.html):
+        raise UsageError("--layer and --head choose what --out or --html draw: add one of them")
     senses_given = _senses(args.sense)
     long_text = "truncate" if args.truncate else args.long_text
     explanation, shape, fitted = _explain_what_fits(args, client, long_text)
+    _check_drawable(args, explanation)
     contexts = {text: client.compare_layers(args.text, text, args.word, args.occurrence,
                                             long_text=long_text)
                 for text in args.compare or ()}  # fmt: skip
@@ -392,17 +408,22 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
         compared = {text: client.explain(text, args.word, explanation.layers, explanation.heads,
                                          long_text=long_text)
                     for text in args.compare or ()}  # fmt: skip
-        try:
-            render(explanation, args.html, contexts, sense_profile(senses), title=args.text,
-                   num_layers=shape[0], num_heads=shape[1], text=args.text, compared=compared,
-                   layer=args.layer, head=args.head, fitted=fitted)  # fmt: skip
-        except ValueError as err:  # --layer/--head outside the explained ones
-            raise UsageError(f"--layer/--head: {err}") from None
+        render(explanation, args.html, contexts, sense_profile(senses), title=args.text,
+               num_layers=shape[0], num_heads=shape[1], text=args.text, compared=compared,
+               layer=args.layer, head=args.head, fitted=fitted)  # fmt: skip
         written.append(args.html)
     tokens = explanation.tokens.tokens
     rows = [(f.layer, "  ".join(f"{tokens[i]} {w:.2f}" for i, w in f.tokens[:4]))
             for f in explanation.focus if f.head is None]  # fmt: skip
-    readable = table(rows, ["layer", f"{args.word} attends to (mean over heads)"]) if rows else ""
+    readable = (
+        table(rows, ["layer", f"{args.word} attends to (mean over heads)"])
+        if rows
+        else (
+            f"explained {len(tokens)} tokens ({' '.join(tokens)}) in {len(explanation.layers)} "
+            f"layers x {len(explanation.heads)} heads; --word W shows what W attends to in each "
+            "layer, --html FILE draws every map"
+        )
+    )
     if comparison:
         readable += "\n\n" + table([(i, f"{c:.3f}") for i, c in enumerate(comparison.cosines)],
                                     ["hidden state", "cosine across the two texts"])  # fmt: skip
@@ -411,6 +432,31 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
     payload = {"explanation": asdict(explanation), "comparison": asdict(comparison)
                if comparison else None, "written": written}  # fmt: skip
     emit(args, payload, readable.strip())
+
+
+def _check_drawable(args: argparse.Namespace, explanation: Any) -> None:
+    """--layer and --head name a layer and a head the explanation has (before a traceback
+    from the drawing, or a page that opens on nothing)."""
+    if args.layer is not None and args.layer not in explanation.layers:
+        raise UsageError(
+            f"--layer {args.layer}: the explanation has layers {_ranges(explanation.layers)} "
+            "(1-based)"
+        )
+    if args.head is not None and args.head not in explanation.heads:
+        raise UsageError(
+            f"--head {args.head}: the explanation has heads {_ranges(explanation.heads)} (0-based)"
+        )
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 7] as "1-3, 7"."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _explain_what_fits(
@@ -488,7 +534,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         help=f"seconds per call (default {DEFAULT_TIMEOUT:g});"
         " for index, per batch (default: no limit)",
     )
@@ -558,7 +604,7 @@ def parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="nearest documents to a text")
     search.add_argument("collection")
     search.add_argument("query")
-    search.add_argument("-k", type=at_least(0), default=10)
+    search.add_argument("-k", type=at_least(1), default=10)
     search.add_argument("--filter", help='JSON, e.g. \'{"lang": "zh"}\'')
 
     dis = sub.add_parser("disambiguate", help="which sense a word has in a text")
@@ -585,25 +631,27 @@ def parser() -> argparse.ArgumentParser:
     occ.add_argument("collection")
     occ.add_argument("text")
     occ.add_argument("word")
-    occ.add_argument("-k", type=at_least(0), default=10)
+    occ.add_argument("-k", type=at_least(1), default=10)
 
     ind = sub.add_parser("induce", help="the senses of a word in a collection, by clustering")
     ind.add_argument("collection")
     ind.add_argument("word")
     ind.add_argument("-k", type=at_least(0), help="how many senses (default: chosen by silhouette)")
 
+    explain_layer = at_least(1, "explain's layers are 1-based (1 = the first)")
+    explain_head = at_least(0, "heads are 0-based (0 = the first)")
     exp = sub.add_parser("explain", help="attention maps, as a table, a PNG and/or HTML")
     exp.add_argument("text")
     exp.add_argument("--word", default="", help="the word whose attention to follow")
     exp.add_argument(
         "--layers",
-        type=at_least(1, "explain's layers are 1-based (1 = the first)"),
+        type=explain_layer,
         nargs="*",
         help="1-based (default: all)",
     )
     exp.add_argument(
         "--heads",
-        type=at_least(0, "heads are 0-based (0 = the first)"),
+        type=explain_head,
         nargs="*",
         help="0-based (default: all)",
     )
@@ -615,12 +663,12 @@ def parser() -> argparse.ArgumentParser:
     )
     exp.add_argument(
         "--layer",
-        type=int,
+        type=explain_layer,
         help="the PNG draws this layer's token-by-token map; --html opens on it",
     )
     exp.add_argument(
         "--head",
-        type=int,
+        type=explain_head,
         help="with --layer: the PNG draws one head instead of the mean; --html opens on it",
     )
     exp.add_argument("--compare", metavar="TEXT", action="append",

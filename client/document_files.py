@@ -2,8 +2,9 @@
 
 A `.jsonl` file holds one JSON object per line: {"text": ..., "id"?: ..., "metadata"?: {...}};
 any other file holds one document per non-empty line. A document without an id gets one
-derived from its text and metadata (the client's content_id), so that indexing the same
-file again replaces what it stored instead of storing it twice.
+derived from its text and metadata (embedsense.proto.ids), so that indexing the same file
+again replaces what it stored instead of storing it twice. Texts, metadata and ids are checked
+against the server's rules (embedsense.proto.values).
 
 Every error is an InputError naming the file as it was given and the line: the CLI checks
 a whole file before it sends any of it, so that a bad line never reaches gRPC's request
@@ -16,7 +17,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from embedsense.client.bulk import content_id
+from embedsense.proto.ids import content_id
+from embedsense.proto.values import metadata_problem, string_problem, text_problem
 
 FIELDS = ("text", "id", "metadata")
 
@@ -51,6 +53,7 @@ def read_documents(name: str) -> Iterator[dict[str, Any]]:
                     yield parse_jsonl_line(line, name, number)
                 else:
                     text = line.rstrip("\r\n")
+                    check_text(text, f"{name}:{number}")
                     yield {"text": text, "id": content_id(text, {})}
         except OSError as err:  # e.g. a directory, which opens but cannot be read
             raise InputError(f"{name}: {file_problem(err)}") from None
@@ -73,11 +76,16 @@ def parse_jsonl_line(line: str, name: str, number: int) -> dict[str, Any]:
     if "text" not in doc:
         raise InputError(f'{where}: no "text": a line has {", ".join(FIELDS)} (text needed)')
     text = doc["text"]
-    if not isinstance(text, str) or not text:
-        raise InputError(f'{where}: "text" must be a non-empty string, got {text!r:.40}')
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(
+            f'{where}: "text" must be a non-empty string (not only whitespace), got {text!r:.40}'
+        )
+    check_text(text, where)
     metadata = doc.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise InputError(f'{where}: "metadata" must be a JSON object, got {metadata!r:.40}')
+    if metadata is not None and (wrong := metadata_problem(metadata, "metadata")) is not None:
+        raise InputError(f"{where}: {wrong}")
     given = doc.get("id")
     if given is None:
         doc_id = content_id(text, metadata or {})
@@ -85,10 +93,19 @@ def parse_jsonl_line(line: str, name: str, number: int) -> dict[str, Any]:
         doc_id = str(given)
     else:
         raise InputError(f'{where}: "id" must be a string or an integer, got {given!r:.40}')
+    if (wrong := string_problem(doc_id)) is not None:
+        raise InputError(f'{where}: "id": {wrong}')
     document: dict[str, Any] = {"text": text, "id": doc_id}
     if metadata is not None:
         document["metadata"] = metadata
     return document
+
+
+def check_text(text: str, where: str) -> None:
+    """The server's rule for a text, checked here so that a bad line stops the file before
+    any of it is sent."""
+    if (wrong := text_problem(text)) is not None:
+        raise InputError(f"{where}: {wrong}")
 
 
 def file_problem(err: OSError) -> str:

@@ -138,6 +138,21 @@ class InvalidRequest(EngineError, ValueError):
     """The request itself is wrong (INVALID_ARGUMENT): a too-long text, a missing layer."""
 
 
+class TextTooLong(InvalidRequest):
+    """A text over the model's length, with long_text="error": which one, how long, the
+    limit (a caller without a long_text option words its own error from them)."""
+
+    def __init__(self, index: int, n_tokens: int, limit: int) -> None:
+        # Named as callers name it (the request's and the SDK's long_text), not as the
+        # tokenizer's own truncate=True.
+        super().__init__(
+            f"text {index} is {n_tokens} tokens; the model takes {limit} "
+            '(long_text="truncate" cuts it, long_text="windows" embeds it in overlapping '
+            "windows)"
+        )
+        self.index, self.n_tokens, self.limit = index, n_tokens, limit
+
+
 class EngineClosed(EngineError):
     """The engine is shutting down (UNAVAILABLE)."""
 
@@ -460,7 +475,7 @@ class Engine:
         limit = self.model.tokenizer.max_tokens
         for index, ids in enumerate(rows):
             if len(ids) > limit:
-                raise _too_long(index, len(ids), limit)
+                raise TextTooLong(index, len(ids), limit)
         return await self._submit(rows, layers, Priority(priority), timeout, pooled)
 
     async def tokenize(
@@ -562,7 +577,7 @@ class Engine:
                 allow_long=windowed and not truncate, direction=direction,
             )  # fmt: skip
         except TextTooLongError as err:
-            raise _too_long(err.index, err.n_tokens, err.limit) from err
+            raise TextTooLong(err.index, err.n_tokens, err.limit) from err
         except ValueError as err:
             raise InvalidRequest(str(err)) from err
         return self._planned(tokenized)
@@ -588,7 +603,7 @@ class Engine:
             mine = tokenized[start : start + len(texts)]
             start += len(texts)
             long = [] if truncate or windowed else [i for i, t in enumerate(mine) if len(t) > limit]
-            outcomes.append(_too_long(long[0], len(mine[long[0]]), limit) if long else
+            outcomes.append(TextTooLong(long[0], len(mine[long[0]]), limit) if long else
                             self._planned(mine))  # fmt: skip
         return outcomes
 
@@ -995,16 +1010,6 @@ def _pooled(output: np.ndarray, how: Pooling | None) -> np.ndarray:
 
 def _per_priority(value: int) -> dict[str, int]:
     return {p.label: value for p in sorted(Priority, reverse=True)}
-
-
-def _too_long(index: int, n_tokens: int, limit: int) -> InvalidRequest:
-    # Named as callers name it (the request's and the SDK's long_text), not as the
-    # tokenizer's own truncate=True.
-    return InvalidRequest(
-        f"text {index} is {n_tokens} tokens; the model takes {limit} "
-        '(long_text="truncate" cuts it, long_text="windows" embeds it in overlapping '
-        "windows)"
-    )
 
 
 def _outcome(work: Callable[..., _Result], *args: object) -> _Result | BaseException:

@@ -27,6 +27,10 @@ from embedsense.server.index import (
     open_backend,
 )
 
+# Strings a filter expression must quote exactly: quotes, backslashes, every kind of
+# control character a metadata string may hold (all but U+0000).
+NOTES = ["第一行\n第二行", 'say "hi"\\', "tab\there\rand\x01\x1b\x7f\b\f", "第\u2028二"]
+
 # The filter cases every backend must answer with the same ids: the faiss backend's cases,
 # and the ones where a loose comparison would differ (true vs 1, null vs missing, $ne on a
 # missing field, a string vs a number, non-ASCII).
@@ -78,11 +82,24 @@ SHARED_FILTERS = [
     {"mixed": {"$contains": 5}},
     {"mixed": {"$ne": 5}},
     {"mixed": {"$nin": [5, "5"]}},
+    # Field names in any script, and strings with quotes, backslashes and control characters.
+    {"语言": "中文"},
+    {"来源.站点": {"$in": ["论坛", "新闻"]}},
+    {"$not": {"语言": "中文"}},
+    {"备注": NOTES[0]},
+    {"备注": {"$in": NOTES[1:]}},
+    {"备注": {"$gte": "第"}},
+    {"tags": {"$contains": NOTES[2]}},
 ]
 
 
 def _extra(i: int) -> dict:
     extra: dict = {}
+    if i % 3:
+        extra["语言"] = "中文" if i % 3 == 1 else "英文"
+        extra["来源"] = {"站点": ["论坛", "新闻", "博客"][i % 3]}
+    if i % 8 < len(NOTES):
+        extra["备注"] = NOTES[i % 8]
     if i % 4 == 0:
         extra["flag"] = True
     elif i % 4 == 1:
@@ -94,7 +111,8 @@ def _extra(i: int) -> dict:
     if i % 7 == 0:
         extra["title"] = "苹果"
         extra["source"] = {"site": "论坛"}
-    tags = [["red", "blue"], ["green", 1, True, None], "red", None][i % 4 if i % 9 else 3]
+    tags = [["red", "blue", NOTES[2]], ["green", 1, True, None], "red", None]
+    tags = tags[i % 4 if i % 9 else 3]
     if tags is not None:
         extra["tags"] = tags
     if i % 11:
@@ -192,6 +210,31 @@ def test_bad_documents_and_queries_are_refused(backend):
         col.search(np.ones(DIM), k=0)
     with pytest.raises(FilterError):
         col.search(np.ones(DIM), where={"a": {"$regex": "."}})
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "\ud800"], ids=["NUL", "lone surrogate"])
+def test_strings_no_filter_could_match_exactly_are_refused_on_every_backend(backend, bad):
+    """U+0000 (SQLite's JSON functions end a string there, so {"a": "x"} matched "x\0y")
+    and lone surrogates (no UTF-8 for them) in metadata, ids and filters are
+    INVALID_ARGUMENT, and nothing of a refused write is stored."""
+    backend.create("c", model="m", dim=DIM)
+    col = backend.get("c")
+    col.upsert(documents(3))
+    vector = documents(1)[0].vector
+    for metadata in ({"a": bad}, {bad: 1}, {"a": ["ok", bad]}, {"a": {"b": bad}}):
+        with pytest.raises(InvalidArgument, match="U\\+"):
+            col.upsert([Document(id="new", text="t", vector=vector, metadata=metadata)])
+        with pytest.raises(InvalidArgument, match="U\\+"):
+            col.update_metadata(["doc-1"], metadata)
+    with pytest.raises(InvalidArgument, match="U\\+"):
+        col.upsert([Document(id=bad, text="t", vector=vector)])
+    for where in ({"a": bad}, {"a": {"$in": ["ok", bad]}}, {"a": {"$gt": bad}}):
+        with pytest.raises(FilterError, match="U\\+"):
+            col.count(where)
+        with pytest.raises(FilterError, match="U\\+"):
+            col.search(vector, k=1, where=where)
+    assert col.count() == 3 and col.get(["new", "doc-1"])[0] is None
+    assert col.get(["doc-1"])[0].metadata == documents(3)[1].metadata
 
 
 @pytest.mark.parametrize("where", SHARED_FILTERS, ids=[str(f) for f in SHARED_FILTERS])

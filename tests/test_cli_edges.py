@@ -121,6 +121,15 @@ def test_read_documents_checks_every_field():
         ('{"text": 3}', 'f:4: "text" must be a non-empty string'),
         ('{"text": "a", "metadata": []}', 'f:4: "metadata" must be a JSON object'),
         ('{"text": "a", "id": true}', 'f:4: "id" must be a string or an integer'),
+        # What the server refuses, found before anything is sent (they failed mid-stream,
+        # after the batches before them were stored).
+        ('{"text": " "}', 'f:4: "text" must be a non-empty string'),
+        ('{"text": "a\\u0001b"}', "f:4: control character U+0001 at position 1"),
+        ('{"text": "a", "metadata": {"s": NaN}}', "f:4: metadata.s: nan is not a JSON number"),
+        ('{"text": "a", "metadata": {"n": [1e999]}}', "f:4: metadata.n[0]: inf is not"),
+        ('{"text": "a", "metadata": {"n": 99999999999999999999}}', "f:4: metadata.n: 9999"),
+        ('{"text": "a", "metadata": {"s": "x\\u0000"}}', "f:4: metadata.s: U+0000 (NUL)"),
+        ('{"text": "a", "id": "x\\u0000"}', 'f:4: "id": U+0000 (NUL)'),
     ]:
         with pytest.raises(InputError, match=re.escape(message)):
             parse_jsonl_line(line, "f", 4)
@@ -162,6 +171,14 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
         status, _, err = cli(capsys, *target, "inventory", "create", "mine", path)
         assert status == 2 and "shape.json" in one_error_line(err), err
 
+    # Values no call can take were sent, to come back as a server error (exit 1), or, a
+    # timeout of 0, as DEADLINE_EXCEEDED on every call.
+    for command in (["search", "c", "水果", "-k", "0"], ["occurrences", "c", "苹果", "苹果", "-k",
+                    "0"], ["--timeout", "0", "info"], ["--timeout", "-1", "info"],
+                    ["--timeout", "nan", "info"]):  # fmt: skip
+        status, _, err = cli(capsys, *target, *command)
+        line = one_error_line(err)
+        assert status == 2 and ("-k" in line or "--timeout" in line), line
     status, _, err = cli(capsys, *target, "search", "no-such-collection", "x")
     assert status == 1 and "NOT_FOUND" in one_error_line(err)
     status, _, err = cli(capsys, "--target", "nohost,alsono", "info")
@@ -199,6 +216,30 @@ def test_the_long_text_hint_names_an_option_that_exists_and_it_works(server, cap
         assert json.loads(out)
     status, out, err = cli(capsys, *target, "--json", "embed", long_text, "--long-text", "windows")
     assert status == 0 and len(json.loads(out)) == 1, err
+
+
+def test_explain_says_what_it_explained_and_refuses_a_layer_it_cannot_draw(
+    server, capsys, tmp_path
+):
+    """Without --word, explain printed an empty line; --layer 13 of a 12-layer model was a
+    traceback with --out (`13 is not in list`), and --layer/--head without --out or --html
+    were ignored without a word."""
+    target = ["--target", server.target]
+    status, out, err = cli(capsys, *target, "explain", "我喜欢吃苹果")
+    assert status == 0 and "--word" in out and "12 layers" in out, (out, err)
+    assert "吃" in out  # the tokens it explained
+    png = str(tmp_path / "a.png")
+    for flags in (["--layer", "13", "--out", png], ["--layer", "0", "--html", png + ".html"],
+                  ["--layer", "3", "--head", "12", "--out", png]):  # fmt: skip
+        status, out, err = cli(capsys, *target, "explain", "我喜欢吃苹果", "--word", "苹果", *flags)
+        line = one_error_line(err)
+        assert status == 2 and ("--layer" in line or "--head" in line) and not out, line
+    status, out, err = cli(capsys, *target, "explain", "我喜欢吃苹果", "--layer", "3")
+    assert status == 2 and "--out or --html" in one_error_line(err)
+    status, out, err = cli(
+        capsys, *target, "explain", "我喜欢吃苹果", "--layer", "12", "--out", png
+    )
+    assert status == 0 and Path(png).stat().st_size > 0, err
 
 
 # ------------------------------------------------------------------ 5: the download hint

@@ -264,6 +264,19 @@ def test_bad_filters_and_sizes_are_invalid_argument_everywhere(client, news):
     with pytest.raises(InvalidArgument, match="at least one query is needed"):  # not "querie"
         client._call(Call("SearchBatch", none, lambda r: r))
 
+    # A query over the model's length: the error offered long_text, which search lacks.
+    long_query = "苹果手机和苹果派。" * 120
+    with pytest.raises(InvalidArgument, match=r"texts\[1\]: \d+ tokens; a search query") as err:
+        client.search(news, ["水果", long_query])
+    assert "long_text" not in str(err.value)
+
+
+def test_an_over_long_search_query_over_http_names_the_query(http, news):
+    response = http.post(f"/v1/collections/{news}/search", json={"query": "苹果派。" * 300})
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == "query", response.text
+    assert "a search query" in error["message"] and "long_text" not in error["message"]
+
 
 def test_metadata_no_surface_could_read_back_is_refused_when_written(client, http, news):
     """NaN, infinities, integers past 64 bits and deep nesting are INVALID_ARGUMENT (HTTP
@@ -289,9 +302,58 @@ def test_metadata_no_surface_could_read_back_is_refused_when_written(client, htt
     document = {"id": "bad", "text": "坏", "metadata": {"deep": deep}}
     response = http.post(f"/v1/collections/{news}/upsert", json={"documents": [document]})
     assert response.status_code == 400, response.text
+    # Past 64 bits, HTTP's JSON parser made the integer a float, stored rounded.
+    for number in ("18446744073709551616", "-18446744073709551617", "1" + "0" * 30):
+        body = '{"documents": [{"id": "bad", "text": "坏", "metadata": {"n": ' + number + "}}]}"
+        response = http.post(f"/v1/collections/{news}/upsert", content=body.encode(),
+                             headers={"content-type": "application/json"})  # fmt: skip
+        assert response.status_code == 400 and "64-bit" in response.text, response.text
     assert client.get(news, ["bad"]) == [None]
     assert client.count(news, filter={"sense": "fruit"}) == 3
     assert http.post(f"/v1/collections/{news}/scroll", json={}).status_code == 200
+
+
+def test_strings_no_filter_could_match_are_invalid_argument_on_every_surface(client, http, news):
+    """U+0000 and a lone surrogate (JSON's "\\ud800": no UTF-8 holds it) in metadata, a patch
+    or a filter are INVALID_ARGUMENT (HTTP 400). Before, gRPC answered INTERNAL
+    (UnicodeEncodeError) for the surrogate, and a stored NUL made filters match wrongly."""
+    for escaped in ("\\u0000", "\\ud800"):
+        value = '{"sense": "fruit' + escaped + 'x"}'
+        document = pb.Document(id="bad", text="坏", metadata_json=value)
+        requests = (
+            pb.CountRequest(collection=news, filter_json=value),
+            pb.UpdateMetadataRequest(collection=news, ids=["a01"], patch_json=value),
+            pb.UpsertRequest(collection=news, documents=[document]),
+        )
+        for request in requests:
+            rpc = type(request).__name__.removesuffix("Request")
+            with pytest.raises(InvalidArgument, match="U\\+"):
+                client._call(Call(rpc, request, str, stream=rpc == "Upsert"))
+        upsert = '{"documents": [{"id": "bad", "text": "坏", "metadata": ' + value + "}]}"
+        for route, body in (("count", '{"filter": ' + value + "}"), ("upsert", upsert)):
+            response = http.post(f"/v1/collections/{news}/{route}", content=body.encode(),
+                                 headers={"content-type": "application/json"})  # fmt: skip
+            assert response.status_code == 400, response.text
+    assert client.get(news, ["bad"]) == [None]
+    assert client.count(news, filter={"sense": "fruit"}) == 3
+
+
+def test_a_document_without_an_id_gets_the_same_id_on_every_surface(client, http, news):
+    """Sent again without an id, a document replaces itself on every surface. HTTP and raw
+    gRPC gave it a new random id each time (it doubled); the SDK and the CLI, an id made
+    from its text and metadata."""
+    document = {"text": "苹果派很好吃", "metadata": {"sense": "fruit", "year": 2025}}
+    route = f"/v1/collections/{news}/upsert"
+    over_http = [http.post(route, json={"documents": [document]}).json()["ids"] for _ in "ab"]
+    raw = pb.Document(text=document["text"], metadata_json='{"year": 2025, "sense": "fruit"}')
+    over_grpc = client._call(Call("Upsert", pb.UpsertRequest(collection=news, documents=[raw]),
+                                  lambda reply: list(reply.ids), stream=True))  # fmt: skip
+    assert over_http[0] == over_http[1] == over_grpc == client.upsert(news, [document])
+    assert client.count(news) == len(TEXTS) + 1
+    other = http.post(route, json={"documents": [{**document, "metadata": {}}]}).json()["ids"]
+    assert other != over_grpc and client.count(news) == len(TEXTS) + 2
+    twice = http.post(route, json={"documents": [document, {"text": "x"}, document]})
+    assert twice.status_code == 400 and "documents[0] and documents[2]" in twice.text
 
 
 def test_async_client_does_the_same(running, news):

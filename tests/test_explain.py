@@ -196,7 +196,7 @@ def test_cli_page_says_what_was_left_out_and_opens_on_the_chosen_view(server, tm
     assert data["target"][0] > tokens.index("苹果")  # the second 苹果
     bad = run_cli(server, "我喜欢吃苹果", "--heads", "0", "--layer", "12", "--head", "7",
                   "--html", str(tmp_path / "bad.html"))  # fmt: skip
-    assert bad.returncode != 0 and "head 7 is not in this explanation" in bad.stderr
+    assert bad.returncode == 2 and "--head 7: the explanation has heads 0 " in bad.stderr
 
 
 def test_cli_fits_a_long_text_into_the_layers_that_fit_and_says_so(server, tmp_path):

@@ -90,6 +90,16 @@ def test_a_lone_surrogate_escape_is_a_400_not_a_500(base, path, field):
     still_serving(base)
 
 
+def test_a_body_that_is_not_utf8_is_named_so_not_a_surrogate(base):
+    """orjson reports any invalid UTF-8 as "surrogates not allowed"; the error said the body
+    held a lone surrogate escape, which it did not."""
+    status, headers, answer = call(base, "/v1/embeddings", b'{"input": "caf\xe9"}')
+    message = openai_error(status, headers, answer)["message"]
+    assert status == 400 and "not UTF-8" in message and "0xe9" in message, message
+    assert "surrogate" not in message
+    still_serving(base)
+
+
 def test_a_corrupt_gzip_body_is_a_400_not_a_500(base):
     status, headers, answer = call(
         base,

@@ -7,11 +7,15 @@ gigabytes where its text costs megabytes)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from typing import Any
 
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+
+_LONG_NUMBER = re.compile(rb"\d{20}")  # an integer past 64 bits has 20 digits or more
 
 
 class BodyError(Exception):
@@ -125,12 +129,25 @@ def parse_json(body: bytes | bytearray, max_values: int) -> Any:
             "too_large",
         )
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as err:
         reason = str(err)
-        if "surrogate" in reason:
+        if "not valid UTF-8" in reason:  # orjson adds "surrogates not allowed" to any
+            try:
+                bytes(body).decode("utf-8")
+            except UnicodeDecodeError as bad:
+                reason = f"it is not UTF-8 (byte {body[bad.start]:#04x} at offset {bad.start})"
+        elif "surrogate" in reason:
             reason = (
                 "it holds a lone UTF-16 surrogate escape (such as \\ud800), which is no "
                 f"Unicode character ({reason})"
             )
         raise BodyError(400, f"the body is not valid JSON: {reason}", "invalid_json") from None
+    if _LONG_NUMBER.search(body):
+        # orjson reads an integer past 64 bits as a float, silently rounded; Python's parser
+        # keeps it exact, for the checks after to refuse it (the body is valid JSON by now).
+        try:
+            return json.loads(body)
+        except RecursionError:
+            raise BodyError(400, "the body nests too deeply", "invalid_json") from None
+    return value

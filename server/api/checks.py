@@ -5,7 +5,6 @@ and the limit, which gRPC answers with INVALID_ARGUMENT and HTTP in each API's o
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from embedsense.model import TextRole
 from embedsense.model.pooling import Pooling
 from embedsense.proto.v1 import embedsense_pb2 as pb
+from embedsense.proto.values import CONTROL_CLASS, text_problem
 from embedsense.server.batching import PRIORITY_LABELS, Priority, priority_named
 
 if TYPE_CHECKING:
@@ -56,13 +56,8 @@ MAX_OCCURRENCES = 1000  # SearchOccurrences answers at most this many
 POOLINGS = {pb.POOLING_DEFAULT: None, pb.POOLING_MEAN: Pooling.MEAN, pb.POOLING_CLS: Pooling.CLS}
 
 
-# Control characters (C0 and C1) other than tab, newline and carriage return, and lone
-# UTF-16 surrogates (JSON's "\ud800" escape decodes to one: no Unicode character, and the
-# tokenizer cannot take it). One search finds either.
-CONTROL_CLASS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
-REFUSED = re.compile(f"[{CONTROL_CLASS}\\ud800-\\udfff]")
-# The same rule (and "not only whitespace") as a JSON Schema pattern, for the OpenAPI
-# document: a text with no control character and at least one other character.
+# The text rule of embedsense.proto.values (and "not only whitespace") as a JSON Schema
+# pattern, for the OpenAPI document: no control character, and one other character at least.
 TEXT_PATTERN = rf"^[^{CONTROL_CLASS}]*[^\s{CONTROL_CLASS}][^{CONTROL_CLASS}]*$"
 
 
@@ -84,14 +79,8 @@ def check_text(text: str, field: str, max_chars: int) -> str:
             _param(field),
             "too_many",
         )
-    if (found := REFUSED.search(text)) is not None:
-        code = ord(found.group())
-        what = "lone surrogate" if 0xD800 <= code <= 0xDFFF else "control character"
-        raise BadRequest(
-            f"{field}: {what} U+{code:04X} at position {found.start()}; only Unicode text is "
-            "accepted, with tab, newline and carriage return the only control characters",
-            _param(field),
-        )
+    if (wrong := text_problem(text)) is not None:
+        raise BadRequest(f"{field}: {wrong}", _param(field))
     return text
 
 

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from embedsense.model import TextRole
+from embedsense.proto.ids import content_id
 from embedsense.server.api.checks import BadRequest, Limits, check_count, check_text, check_texts
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.batching import Priority
-from embedsense.server.engine import Engine
+from embedsense.server.engine import Engine, TextTooLong
 from embedsense.server.index import (
     CollectionBackend,
     CollectionInfo,
@@ -35,7 +36,7 @@ from embedsense.server.index import (
     IndexBackend,
     Token,
 )
-from embedsense.server.index.validation import MAX_K
+from embedsense.server.index.validation import MAX_K, checked_metadata
 
 DEFAULT_PAGE = 256  # documents per scroll page when the caller gives no limit
 MAX_PAGE = 10_000  # the most a scroll page holds
@@ -221,19 +222,30 @@ class CollectionOps:
                 priority=Priority.BULK if priority is None else priority,
             )  # fmt: skip
             results = dict(zip(to_embed, embedded, strict=True))
-        docs = []
+        docs: list[Document] = []
+        derived: dict[str, int] = {}  # content id -> the document it was made for
         for i, d in enumerate(batch):
             meta = dict(d.metadata or {})
+            checked_metadata(meta, f"documents[{i}].metadata")
+            # Without an id: the one the SDK would have made (a text-less vector, a new one).
+            doc_id = d.id or (content_id(d.text, meta) if d.text else None)
+            if not d.id and doc_id is not None:
+                if (first := derived.setdefault(doc_id, i)) != i:
+                    raise BadRequest(
+                        f"documents[{first}] and documents[{i}] have the same text and metadata "
+                        "and no id, so the same id: send one of them, or give each an id",
+                        "documents",
+                    )
             if (r := results.get(i)) is None:
                 vector = check_vector(d.vector, f"documents[{i}].vector")
-                docs.append(Document(text=d.text, vector=vector, id=d.id or None, metadata=meta))
+                docs.append(Document(text=d.text, vector=vector, id=doc_id, metadata=meta))
                 continue
             tokens = token_vectors = None
             if collection.store_tokens:
                 t = r.tokenized
                 tokens = [Token(tok, s, e) for tok, (s, e) in zip(t.tokens, t.offsets, strict=True)]
                 token_vectors = r.token_vectors
-            docs.append(Document(text=d.text, vector=r.sentence, id=d.id or None, metadata=meta,
+            docs.append(Document(text=d.text, vector=r.sentence, id=doc_id, metadata=meta,
                                  tokens=tokens, token_vectors=token_vectors))  # fmt: skip
         return docs
 
@@ -350,10 +362,18 @@ class CollectionOps:
         if texts is not None:
             texts = check_texts(list(texts), field, self.limits)
             check_k(k, len(texts))
-            embedded = await self.engine.embed(
-                texts, timeout=timeout, role=TextRole.QUERY,
-                priority=Priority.QUERY if priority is None else priority,
-            )  # fmt: skip
+            try:
+                embedded = await self.engine.embed(
+                    texts, timeout=timeout, role=TextRole.QUERY,
+                    priority=Priority.QUERY if priority is None else priority,
+                )  # fmt: skip
+            except TextTooLong as err:  # its hint, long_text, is no option of a search
+                where = f"{field}[{err.index}]" if len(texts) > 1 else field
+                raise BadRequest(
+                    f"{where}: {err.n_tokens} tokens; a search query takes at most {err.limit} "
+                    "(shorten it, or search with a vector made from it)",
+                    field,
+                ) from None
             queries = np.stack([r.sentence for r in embedded])
         else:
             queries = np.asarray(vectors, dtype=np.float32)

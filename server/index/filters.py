@@ -18,7 +18,9 @@ Several keys in one object must all hold (`{"lang": "zh", "$or": [...]}` is an A
 must several operators on one field. Types are strict: "1", 1 and true are three different
 values, as in JSON; comparisons match only values of the operand's kind (numbers with
 numbers, strings with strings). A condition on a field a document lacks is false, so its
-`$not` is true. Numbers are finite, and integers fit in 64 bits.
+`$not` is true. Values are what metadata may hold (embedsense.proto.values): finite numbers,
+integers within 64 bits, strings without U+0000. Field names are letters and digits of any
+script, _ and -.
 
 Limits, so that one request cannot make the store scan forever: nesting at most MAX_DEPTH
 objects deep (the filter itself is depth 1; each $and/$or/$not adds one), at most
@@ -31,15 +33,15 @@ inside the search, not after it.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from embedsense.proto.values import scalar_problem
 from embedsense.server.index.errors import FilterError
 
-_FIELD = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+_FIELD = re.compile(r"[\w\-]+(\.[\w\-]+)*")  # \w: letters and digits of every script
 COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 LISTS = ("$in", "$nin", "$contains_any")  # operators whose operand is a list of values
 FIELD_OPERATORS = (*COMPARISONS, *LISTS, "$exists", "$contains")
@@ -167,7 +169,7 @@ def _logical(op: str, value: Any, depth: int, budget: _Budget) -> Node:
 
 
 def _field(field: Any, condition: Any, budget: _Budget) -> list[Condition]:
-    if not isinstance(field, str) or not _FIELD.match(field):
+    if not isinstance(field, str) or not _FIELD.fullmatch(field):
         raise FilterError(
             f"bad field name {field!r}: letters, digits, _ and -, with dots for nesting"
         )
@@ -207,13 +209,8 @@ def _operand(field: str, op: str, operand: Any, budget: _Budget) -> Any:
 
 
 def _scalar(field: str, value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise FilterError(f"{field}: {value!r} is not a finite number")
-    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
-        raise FilterError(
-            f"{field}: {value} is outside the 64-bit integers (-2**63 to 2**63-1) that "
-            "metadata numbers are compared as"
-        )
+    if (wrong := scalar_problem(value)) is not None:
+        raise FilterError(f"{field}: {wrong}")
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise FilterError(

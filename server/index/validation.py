@@ -11,14 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from embedsense.proto.values import metadata_problem, string_problem
 from embedsense.server.index.errors import DimensionMismatch, InvalidArgument, ModelMismatch
 from embedsense.server.index.specs import check_spec
 from embedsense.server.index.store import CollectionRow, Document
 
 MAX_ID_LENGTH = 256
-# Levels of objects and arrays in metadata: HTTP's JSON encoder refuses past 254, Python's
-# parser past about 1,000, and a filter reaches fields by dotted names.
-MAX_METADATA_DEPTH = 32
 MAX_K = 10_000
 MAX_SCROLL_LIMIT = 10_000
 METADATA_MODES = ("merge", "replace")
@@ -69,6 +67,8 @@ def validated(row: CollectionRow, doc: Document) -> Document:
     doc_id = doc.id if doc.id is not None else uuid.uuid4().hex
     if not isinstance(doc_id, str) or not doc_id or len(doc_id) > MAX_ID_LENGTH:
         raise InvalidArgument(f"a document id is a string of 1-{MAX_ID_LENGTH} characters")
+    if (wrong := string_problem(doc_id)) is not None:
+        raise InvalidArgument(f"document id: {wrong}")
     if doc.metadata is not None:
         checked_metadata(doc.metadata, f"document {doc_id!r}: metadata")
     vector = checked_vectors(row, np.asarray(doc.vector, dtype=np.float32)[None],
@@ -162,32 +162,10 @@ def checked_patch(ids: Sequence[str], patch: Mapping[str, Any], mode: str) -> li
 
 
 def checked_metadata(metadata: Any, what: str) -> None:
-    """Metadata every surface can store, filter on and send back: a JSON object with string
-    keys, finite numbers, integers within the 64 bits filters compare them as, at most
-    MAX_METADATA_DEPTH levels deep. A NaN stored once made every filtered call on its
-    collection fail (SQLite's JSON functions reject it); a 2**70, every HTTP read of it."""
-    if not isinstance(metadata, Mapping):
-        raise InvalidArgument(f"{what} must be a JSON object, got {type(metadata).__name__}")
-    _check_json(metadata, what, 1)
-
-
-def _check_json(value: Any, where: str, depth: int) -> None:
-    if depth > MAX_METADATA_DEPTH:
-        raise InvalidArgument(f"{where}: nested more than {MAX_METADATA_DEPTH} levels deep")
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidArgument(f"{where}: keys are strings, not {type(key).__name__}")
-            _check_json(item, f"{where}.{key}", depth + 1)
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            _check_json(item, f"{where}[{i}]", depth + 1)
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise InvalidArgument(f"{where}: {value!r} is not a JSON number (numbers must be finite)")
-    elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
-        raise InvalidArgument(f"{where}: {value} is outside the 64-bit integers")
-    elif value is not None and not isinstance(value, bool | int | float | str):
-        raise InvalidArgument(f"{where}: {type(value).__name__} is not a JSON value")
+    """Metadata every surface can store, filter on and send back (embedsense.proto.values);
+    InvalidArgument names the field and why."""
+    if (wrong := metadata_problem(metadata, what)) is not None:
+        raise InvalidArgument(wrong)
 
 
 def patched(metadata: Mapping[str, Any], patch: Mapping[str, Any], mode: str) -> dict[str, Any]:

@@ -24,7 +24,6 @@ distinct grams than an ARRAY holds keeps one marker instead, and is always a can
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,15 +59,22 @@ def typed(value: Any) -> Any:
     return value
 
 
+# What a Milvus string literal escapes. Milvus 2.3 and milvus-lite both read control
+# characters as they are, but milvus-lite knows no \u escape (json.dumps writes one for
+# each), nor \b or \f; both take \n, \r and \t, and need `"` and `\` escaped.
+_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
 def literal(value: Any) -> str:
-    """A Milvus expression literal: strings JSON-quoted, numbers as Python writes them."""
+    """A Milvus expression literal: a string quoted so that every supported Milvus reads it
+    back exactly, a number as Python writes it."""
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return '"' + value.translate(_ESCAPES) + '"'
     return repr(value)  # int or float (booleans and null are tagged strings by now)
 
 
-def literal_list(values: list[str]) -> str:
-    return json.dumps(list(values), ensure_ascii=False)
+def literal_list(values: list[Any]) -> str:
+    return "[" + ", ".join(literal(v) for v in values) + "]"
 
 
 def milvus_expression(where: Mapping[str, Any] | None) -> str:
@@ -90,7 +96,7 @@ def _expression(node: Node) -> str:
 
 
 def _path(c: Condition) -> str:
-    return "filterable" + "".join(f"[{json.dumps(part)}]" for part in c.path)
+    return "filterable" + "".join(f"[{literal(part)}]" for part in c.path)
 
 
 def _positive(c: Condition) -> str:
@@ -112,8 +118,7 @@ def _positive(c: Condition) -> str:
         return f"(exists {field})" if c.operand else f"(not (exists {field}))"
     if c.op in ("$contains", "$contains_any"):
         values = [c.operand] if c.op == "$contains" else c.operand
-        elements = json.dumps(_elements(values), ensure_ascii=False)
-        return f"json_contains_any({field}, {elements})"
+        return f"json_contains_any({field}, {literal_list(_elements(values))})"
     op = COMPARISONS[c.op]
     if isinstance(c.operand, str):  # only strings: between the "s:" and "s;" tags
         return f'({field} >= "s:" and {field} < "s;" and {field} {op} {literal(typed(c.operand))})'
@@ -182,4 +187,4 @@ def containing(word: str) -> str:
 def like_containing(word: str) -> str:
     """The infix LIKE of collections made before `grams` (Milvus >= 2.4 and milvus-lite)."""
     escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"text like {json.dumps(f'%{escaped}%', ensure_ascii=False)}"
+    return f"text like {literal(f'%{escaped}%')}"

@@ -1,0 +1,101 @@
+"""What texts and metadata may hold, for both sides: the server refuses the rest, and the CLI
+checks a file against the same rules before it sends any of it.
+
+- A text is Unicode text: no control character but tab, newline and carriage return, no
+  lone UTF-16 surrogate (JSON's "\\ud800" escape decodes to one; the tokenizer cannot take
+  it).
+- Metadata is what every surface can store, filter on and send back exactly: a JSON object
+  with string keys, at most MAX_METADATA_DEPTH levels deep; numbers finite (SQLite's JSON
+  functions reject NaN, and then every filtered call on the collection fails), integers
+  within 64 bits (filters compare them as such; HTTP's JSON encoder refuses more); strings
+  and keys without U+0000 (SQLite's JSON functions end a string there, so {"a": "x"} would
+  match "x\\u0000y") or a lone surrogate (no UTF-8 holds it). Filters compare with the same
+  scalars, and ids follow the same rule for their characters.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# Control characters (C0 and C1) other than tab, newline and carriage return, and lone
+# surrogates. One search finds either.
+CONTROL_CLASS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+REFUSED_IN_TEXT = re.compile(f"[{CONTROL_CLASS}\\ud800-\\udfff]")
+# Levels of objects and arrays in metadata: HTTP's JSON encoder refuses past 254, Python's
+# parser past about 1,000, and a filter reaches fields by dotted names.
+MAX_METADATA_DEPTH = 32
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def text_problem(text: str) -> str | None:
+    """Why a text is not Unicode text the model can take; None when it is."""
+    found = REFUSED_IN_TEXT.search(text)
+    if found is None:
+        return None
+    code = ord(found.group())
+    what = "lone surrogate" if 0xD800 <= code <= 0xDFFF else "control character"
+    return (
+        f"{what} U+{code:04X} at position {found.start()}; only Unicode text is accepted, "
+        "with tab, newline and carriage return the only control characters"
+    )
+
+
+def scalar_problem(value: Any) -> str | None:
+    """Why this scalar cannot be stored and compared exactly; None when it can (a list or
+    an object is metadata_problem's to walk)."""
+    if isinstance(value, str):
+        return string_problem(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not a JSON number (numbers must be finite)"
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        return f"{value} is outside the 64-bit integers (-2**63 to 2**63-1) numbers are kept as"
+    return None
+
+
+def string_problem(text: str) -> str | None:
+    """Why a metadata string, key or id cannot be stored and matched exactly; None when it
+    can."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    kind = "NUL" if char == "\x00" else "a lone surrogate, not a character"
+    return (
+        f"U+{ord(char):04X} ({kind}) at character {found.start()} of {text[:40]!r}: "
+        "strings in metadata, ids and filters cannot hold it"
+    )
+
+
+def metadata_problem(metadata: Any, where: str) -> str | None:
+    """Why this is not metadata every surface can store, filter on and send back, as
+    "where.field: why"; None when it is."""
+    if not isinstance(metadata, Mapping):
+        return f"{where} must be a JSON object, got {type(metadata).__name__}"
+    return _json_problem(metadata, where, 1)
+
+
+def _json_problem(value: Any, where: str, depth: int) -> str | None:
+    if depth > MAX_METADATA_DEPTH:
+        return f"{where}: nested more than {MAX_METADATA_DEPTH} levels deep"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where}: keys are strings, not {type(key).__name__}"
+            if (wrong := string_problem(key)) is not None:
+                return f"{where}: a key: {wrong}"
+            if (wrong := _json_problem(item, f"{where}.{key}", depth + 1)) is not None:
+                return wrong
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if (wrong := _json_problem(item, f"{where}[{i}]", depth + 1)) is not None:
+                return wrong
+        return None
+    if (wrong := scalar_problem(value)) is not None:
+        return f"{where}: {wrong}"
+    if value is not None and not isinstance(value, bool | int | float | str):
+        return f"{where}: {type(value).__name__} is not a JSON value"
+    return None
