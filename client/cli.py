@@ -167,7 +167,9 @@ HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNO
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    """The standard gRPC health check (for Docker's HEALTHCHECK): 0 when SERVING.
+    """The standard gRPC health check (for Docker's HEALTHCHECK) of each target on a channel
+    of its own: a line each, 0 when every one is SERVING (one channel over several targets
+    asks whichever answers, and a replica that is down goes unseen).
 
     Sent as raw bytes, so the light client needs no health-checking package: an empty
     HealthCheckRequest encodes as b"", the reply's status is field 1, a varint.
@@ -178,15 +180,20 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     tls = tls_of(args)
     timeout = min(DEFAULT_TIMEOUT if args.timeout is None else args.timeout, 5.0)
-    with open_channel(args.target, tls, aio=False) as channel:
-        check = channel.unary_unary("/grpc.health.v1.Health/Check")
-        try:
-            reply = check(b"", timeout=timeout)
-        except grpc.RpcError as err:
-            return fail(f"{','.join(args.target)}: {err.code().name}", SERVER_ERROR)
-    status = reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0
-    print(f"{','.join(args.target)}: {HEALTH_STATUS.get(status, status)}")
-    return 0 if status == 1 else 1
+    serving = True
+    for target in args.target:
+        with open_channel([target], tls, aio=False) as channel:
+            check = channel.unary_unary("/grpc.health.v1.Health/Check")
+            try:
+                reply = check(b"", timeout=timeout)
+            except grpc.RpcError as err:
+                print(f"{target}: {err.code().name}")
+                serving = False
+                continue
+        status = reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0
+        print(f"{target}: {HEALTH_STATUS.get(status, status)}")
+        serving = serving and status == 1
+    return 0 if serving else SERVER_ERROR
 
 
 def cmd_info(args: argparse.Namespace, client: Client) -> None:
@@ -552,7 +559,7 @@ def parser() -> argparse.ArgumentParser:
                    "`embedsense serve --help` lists its flags")  # fmt: skip
 
     sub.add_parser("info", help="the server's model, device and limits")
-    sub.add_parser("health", help="the gRPC health check: exit 0 when serving")
+    sub.add_parser("health", help="the gRPC health check of each --target: exit 0 when all serve")
     cli_data.add_parsers(sub)  # collections ..., docs ...
 
     embed = sub.add_parser("embed", help="embed texts")

@@ -160,6 +160,9 @@ def parser() -> argparse.ArgumentParser:
     for flag, text, options in SETTINGS_FLAGS:
         name = field_of(flag, options)
         shown = f"default: {default_of(name, defaults)}; env {variable(name)}"
+        if options.get("action") == "store_false":  # --no-X: "default: True" read backwards
+            on = getattr(defaults, name)
+            shown = f"default: {'on' if on else 'off'}; {variable(name)}=0 turns it off"
         p.add_argument(flag, help=f"{text} [{shown}]", **options)
     p.add_argument(
         "--log-format",

@@ -242,6 +242,19 @@ def test_explain_says_what_it_explained_and_refuses_a_layer_it_cannot_draw(
     assert status == 0 and Path(png).stat().st_size > 0, err
 
 
+def test_health_checks_each_target_and_names_the_one_down(server, capsys):
+    """With several targets, one round-robin channel asked whichever answered: SERVING, exit
+    0, while a replica was down."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        down = f"127.0.0.1:{probe.getsockname()[1]}"
+    status, out, err = cli(capsys, "--target", f"{server.target},{down}", "health")
+    assert status == 1 and f"{server.target}: SERVING" in out, (out, err)
+    assert f"{down}: UNAVAILABLE" in out + err
+    status, out, _ = cli(capsys, "--target", server.target, "health")
+    assert status == 0 and out.strip() == f"{server.target}: SERVING"
+
+
 # ------------------------------------------------------------------ 5: the download hint
 
 
@@ -445,7 +458,11 @@ def test_server_help_shows_each_flags_default_and_variable(monkeypatch):
             value = getattr(settings.engine, action.dest, None)
         assert f"EMBEDSENSE_{action.dest.upper()}" in shown, action.dest
         default = "unset" if value is None else str(value)
+        if action.option_strings[0].startswith("--no-"):  # it said "default: True"
+            default = "on" if value else "off"
         assert f"default: {default}" in shown, (action.dest, default)
+    no_log = shown.split("--no-access-log ")[-1].split(" --", 1)[0]
+    assert "[default: on; EMBEDSENSE_ACCESS_LOG=0 turns it off]" in no_log, no_log
     assert "EMBEDSENSE_LOG_FORMAT" in shown and "EMBEDSENSE_ALLOW_DOWNLOAD" in shown
     assert "EMBEDSENSE_MAX_BATCH_TOKENS" in shown  # an engine knob without a flag
 

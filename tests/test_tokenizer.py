@@ -173,3 +173,12 @@ def test_span_errors_name_the_problem():
         find_word("我喜欢吃苹果", "苹果", occurrence=2)
     with pytest.raises(SpanError, match="empty"):
         find_word("我喜欢吃苹果", "")
+    from embedsense.server.senses.errors import SenseInputError
+    from embedsense.server.senses.words import locate
+
+    # An empty or reversed span was "not within the text's 6 characters", though it was.
+    for span in ((3, 3), (4, 2)):
+        with pytest.raises(SenseInputError, match=r"is empty: a span's end comes after its"):
+            locate("我喜欢吃苹果", span=span)
+    with pytest.raises(SenseInputError, match="not within the text's 6 characters"):
+        locate("我喜欢吃苹果", span=(4, 9))

@@ -39,6 +39,11 @@ def locate(
     """The occurrence a caller means: a character span, or the n-th appearance of a word."""
     if span is not None:
         start, end = span
+        if start >= end:
+            raise SenseInputError(
+                f"span [{start}, {end}) is empty: a span's end comes after its start "
+                "(characters start to end-1)"
+            )
         if not 0 <= start < end <= len(text):
             raise SenseInputError(
                 f"span [{start}, {end}) is not within the text's {len(text)} characters"
