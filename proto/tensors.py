@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from embedsense.proto.v1 import embedsense_pb2 as pb
@@ -15,9 +17,12 @@ def to_tensor(array: np.ndarray) -> pb.Tensor:
 
 
 def from_tensor(tensor: pb.Tensor) -> np.ndarray:
-    """A float32 array of the tensor's shape (a copy: safe to keep and modify)."""
+    """A float32 array of the tensor's shape (a copy: safe to keep and modify); ValueError
+    for a shape without dimensions, or data of another size."""
     shape = tuple(tensor.shape)
-    expected = int(np.prod(shape)) * _WIRE.itemsize if shape else 0
+    if not shape:
+        raise ValueError("a tensor has one dimension at least; got shape []")
+    expected = math.prod(shape) * _WIRE.itemsize  # Python's ints: np.prod wraps at 2**63
     if len(tensor.data) != expected:
         raise ValueError(
             f"a tensor of shape {shape} needs {expected} bytes of float32, got {len(tensor.data)}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 
 import httpx2
@@ -208,6 +209,15 @@ def test_upsert_of_caller_vectors_is_dimension_checked(client, news):
     with pytest.raises(ValueError, match="needs an 'id'"):
         client.upsert(news, [""], vectors=vectors[:1])
     assert client.count(news) == 10
+
+    # Shapes no tensor can have: numpy's own message ("cannot reshape array of size 0 into
+    # shape ..."), the product of the shape having wrapped past 2**63 to 0 (or below it).
+    big = [2**31] * 3
+    for shape, data, why in ((big, b"", str(4 * 2**93)), ([], b"\0" * 4, "dimension")):
+        request = pb.SearchRequest(collection=news, vector=pb.Tensor(shape=shape, data=data))
+        with pytest.raises(InvalidArgument, match=f"vector: .*{re.escape(why)}") as err:
+            client._call(Call("Search", request, lambda r: r))
+        assert "-" not in str(err.value).split("needs")[-1] and "reshape" not in str(err.value)
 
 
 def test_a_collection_of_vectors_embedded_elsewhere(client, http):
