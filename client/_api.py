@@ -409,15 +409,21 @@ def upsert_call(request: pb.UpsertRequest) -> Call[list[str]]:
     return Call("Upsert", request, lambda r: list(r.ids), stream=True)
 
 
-def id_list(ids: Iterable[str]) -> list[str]:
-    """Document ids as sent: one str would be sent as its characters, one id each."""
+def id_list(ids: Iterable[str | int]) -> list[str]:
+    """Document ids as sent: each a str, or an int as its digits (as upsert stores {"id": 7});
+    one str would be sent as its characters, one id each, and is refused."""
     if isinstance(ids, str):
         raise TypeError("ids: a list of ids, not one str")
-    return list(ids)
+    listed = []
+    for i, doc_id in enumerate(ids):
+        if isinstance(doc_id, bool) or not isinstance(doc_id, str | int):
+            raise TypeError(f"ids[{i}]: an id is a str (or an int), got {doc_id!r:.40}")
+        listed.append(str(doc_id))
+    return listed
 
 
 def get_call(
-    name: str, ids: Sequence[str], with_vectors: bool
+    name: str, ids: Sequence[str | int], with_vectors: bool
 ) -> Call[list[StoredDocument | None]]:
     ids = id_list(ids)
     request = pb.GetRequest(collection=name, ids=ids, with_vectors=with_vectors)
@@ -425,7 +431,7 @@ def get_call(
 
 
 def delete_call(
-    name: str, ids: Sequence[str] | None, where: Mapping[str, Any] | None = None
+    name: str, ids: Sequence[str | int] | None, where: Mapping[str, Any] | None = None
 ) -> Call[int]:
     """By ids, or every document matching `where`: one of them (an empty filter is the
     server's to refuse: drop the collection to delete everything)."""
@@ -460,7 +466,7 @@ METADATA_MODES = {"merge": pb.METADATA_MERGE, "replace": pb.METADATA_REPLACE}
 
 
 def update_metadata_call(
-    name: str, ids: Sequence[str], patch: Mapping[str, Any], mode: str
+    name: str, ids: Sequence[str | int], patch: Mapping[str, Any], mode: str
 ) -> Call[int]:
     ids = id_list(ids)
     if mode not in METADATA_MODES:

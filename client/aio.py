@@ -252,7 +252,7 @@ class AsyncClient:
         return await self._call(api.count_call(name, filter))
 
     async def get(
-        self, name: str, ids: Sequence[str], with_vectors: bool = False
+        self, name: str, ids: Sequence[str | int], with_vectors: bool = False
     ) -> list[StoredDocument | None]:
         """The stored documents for `ids`, in order; None where an id is not stored."""
         return await self._call(api.get_call(name, ids, with_vectors))
@@ -260,7 +260,7 @@ class AsyncClient:
     async def delete(
         self,
         name: str,
-        ids: Sequence[str] | None = None,
+        ids: Sequence[str | int] | None = None,
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - as in search
     ) -> int:
         """Delete documents by id, or every document matching `filter`: as `Client.delete`."""
@@ -287,7 +287,7 @@ class AsyncClient:
                 return
 
     async def update_metadata(
-        self, name: str, ids: Sequence[str], patch: Mapping[str, Any], mode: str = "merge"
+        self, name: str, ids: Sequence[str | int], patch: Mapping[str, Any], mode: str = "merge"
     ) -> int:
         """Change stored documents' metadata without re-embedding: as
         `Client.update_metadata`."""

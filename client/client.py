@@ -308,7 +308,7 @@ class Client:
         return self._call(api.count_call(name, filter))
 
     def get(
-        self, name: str, ids: Sequence[str], with_vectors: bool = False
+        self, name: str, ids: Sequence[str | int], with_vectors: bool = False
     ) -> list[StoredDocument | None]:
         """The stored documents for `ids`, in order; None where an id is not stored."""
         return self._call(api.get_call(name, ids, with_vectors))
@@ -316,7 +316,7 @@ class Client:
     def delete(
         self,
         name: str,
-        ids: Sequence[str] | None = None,
+        ids: Sequence[str | int] | None = None,
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - as in search
     ) -> int:
         """Delete documents by id, or every document matching `filter` (one of the two; an
@@ -345,7 +345,7 @@ class Client:
                 return
 
     def update_metadata(
-        self, name: str, ids: Sequence[str], patch: Mapping[str, Any], mode: str = "merge"
+        self, name: str, ids: Sequence[str | int], patch: Mapping[str, Any], mode: str = "merge"
     ) -> int:
         """Change stored documents' metadata without re-embedding: "merge" sets the patch's
         top-level keys (a None value is stored as null), "replace" makes the patch the whole

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -353,3 +354,16 @@ def test_one_str_of_ids_is_refused_not_sent_as_its_characters():
         with pytest.raises(TypeError, match="not one str"):
             call()
     assert list(api.get_call("c", ("a1",), False).request.ids) == ["a1"]
+
+
+def test_integer_ids_are_looked_up_as_upsert_stored_them():
+    """upsert stores {"id": 7} as "7"; get, delete and update_metadata of [7] failed with
+    protobuf's own TypeError. Now 7 is "7" there too; other kinds are a TypeError naming
+    the id."""
+    assert bulk.to_document({"id": 7, "text": "苹果"}).id == "7"
+    assert list(api.get_call("c", [7, "a1", -2], False).request.ids) == ["7", "a1", "-2"]
+    assert list(api.delete_call("c", [7]).request.ids) == ["7"]
+    assert list(api.update_metadata_call("c", [7], {}, "merge").request.ids) == ["7"]
+    for bad in (1.5, True, None, b"a1"):
+        with pytest.raises(TypeError, match=r"ids\[1\]: .*" + re.escape(repr(bad))):
+            api.get_call("c", ["a1", bad], False)
