@@ -187,7 +187,7 @@ def cmd_health(args: argparse.Namespace) -> int:
             try:
                 reply = check(b"", timeout=timeout)
             except grpc.RpcError as err:
-                print(f"{target}: {err.code().name}")
+                fail(f"{target}: {err.code().name}", SERVER_ERROR)  # on stderr, as every error
                 serving = False
                 continue
         status = reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0

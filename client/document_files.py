@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from embedsense.proto.ids import content_id
-from embedsense.proto.values import metadata_problem, string_problem, text_problem
+from embedsense.proto.values import id_problem, metadata_problem, text_problem
 
 FIELDS = ("text", "id", "metadata")
 
@@ -93,7 +93,7 @@ def parse_jsonl_line(line: str, name: str, number: int) -> dict[str, Any]:
         doc_id = str(given)
     else:
         raise InputError(f'{where}: "id" must be a string or an integer, got {given!r:.40}')
-    if (wrong := string_problem(doc_id)) is not None:
+    if (wrong := id_problem(doc_id)) is not None:
         raise InputError(f'{where}: "id": {wrong}')
     document: dict[str, Any] = {"text": text, "id": doc_id}
     if metadata is not None:

@@ -10,7 +10,7 @@ checks a file against the same rules before it sends any of it.
   within 64 bits (filters compare them as such; HTTP's JSON encoder refuses more); strings
   and keys without U+0000 (SQLite's JSON functions end a string there, so {"a": "x"} would
   match "x\\u0000y") or a lone surrogate (no UTF-8 holds it). Filters compare with the same
-  scalars, and ids follow the same rule for their characters.
+  scalars, and ids (at most MAX_ID_LENGTH characters) follow the same rule for theirs.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ REFUSED_IN_TEXT = re.compile(f"[{CONTROL_CLASS}\\ud800-\\udfff]")
 # Levels of objects and arrays in metadata: HTTP's JSON encoder refuses past 254, Python's
 # parser past about 1,000, and a filter reaches fields by dotted names.
 MAX_METADATA_DEPTH = 32
+MAX_ID_LENGTH = 256  # characters in a document id
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -67,6 +68,13 @@ def string_problem(text: str) -> str | None:
         f"U+{ord(char):04X} ({kind}) at character {found.start()} of {text[:40]!r}: "
         "strings in metadata, ids and filters cannot hold it"
     )
+
+
+def id_problem(doc_id: str) -> str | None:
+    """Why this cannot be a document id; None when it can."""
+    if not doc_id or len(doc_id) > MAX_ID_LENGTH:
+        return f"a document id is a string of 1-{MAX_ID_LENGTH} characters, got {len(doc_id)}"
+    return string_problem(doc_id)
 
 
 def metadata_problem(metadata: Any, where: str) -> str | None:

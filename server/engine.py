@@ -152,6 +152,9 @@ class TextTooLong(InvalidRequest):
         )
         self.index, self.n_tokens, self.limit = index, n_tokens, limit
 
+    def __reduce__(self) -> tuple[type, tuple[int, int, int]]:  # across the front ends' bridge
+        return TextTooLong, (self.index, self.n_tokens, self.limit)
+
 
 class EngineClosed(EngineError):
     """The engine is shutting down (UNAVAILABLE)."""

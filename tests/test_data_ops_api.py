@@ -313,7 +313,8 @@ def test_metadata_no_surface_could_read_back_is_refused_when_written(client, htt
     response = http.post(f"/v1/collections/{news}/upsert", json={"documents": [document]})
     assert response.status_code == 400, response.text
     # Past 64 bits, HTTP's JSON parser made the integer a float, stored rounded.
-    for number in ("18446744073709551616", "-18446744073709551617", "1" + "0" * 30):
+    for number in ("18446744073709551616", "-18446744073709551617", "1" + "0" * 30,
+                   "-9223372036854775809"):  # fmt: skip
         body = '{"documents": [{"id": "bad", "text": "坏", "metadata": {"n": ' + number + "}}]}"
         response = http.post(f"/v1/collections/{news}/upsert", content=body.encode(),
                              headers={"content-type": "application/json"})  # fmt: skip

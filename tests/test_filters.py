@@ -54,6 +54,16 @@ def test_negation_is_pushed_down_by_de_morgan():
 
 
 @pytest.mark.parametrize(
+    "name", ["语言", "名前", "ชื่อ", "हिन्दी", "தமிழ்", "cafe\u0301", "x-1_y", "来源.站点"]
+)
+def test_field_names_are_the_words_of_any_script(name):
+    """Thai, Devanagari, Tamil and decomposed accents carry combining marks, which `\\w`
+    alone refused."""
+    assert parse({name: 1}) == Condition(tuple(name.split(".")), "$eq", 1)
+    assert milvus_expression({name: 1})
+
+
+@pytest.mark.parametrize(
     "where, message",
     [
         ({"$or": {"a": 1}}, r"\$or takes a non-empty list of filter objects"),
@@ -70,6 +80,9 @@ def test_negation_is_pushed_down_by_de_morgan():
         ({"a": {"$contains_any": []}}, r"a: \$contains_any takes a non-empty list"),
         ({"a": {"$nin": "x"}}, r"a: \$nin takes a non-empty list"),
         ({"a b": 1}, r"bad field name 'a b'"),
+        ({"a\n": 1}, r"bad field name 'a\\n'"),  # `$` let a trailing newline through
+        ({"a..b": 1}, r"bad field name 'a..b'"),
+        ({"\u0301a": 1}, r"bad field name"),  # a combining mark starts no name
         ([{"a": 1}], r"a filter is a JSON object"),
     ],
 )

@@ -100,6 +100,29 @@ def test_a_body_that_is_not_utf8_is_named_so_not_a_surrogate(base):
     still_serving(base)
 
 
+def test_an_over_long_text_is_too_long_however_texts_are_tokenized(e5, tmp_path):
+    """With tokenize_batch (several requests' texts tokenized together; the default on a GPU)
+    an over-long text was a plain invalid argument with gRPC's long_text hint, not the
+    route's own too-long error."""
+    from embedsense.server.config import EngineConfig
+
+    server = ServerThread(e5, tmp_path, http_port=0, api_key=KEY,
+                          engine=EngineConfig(tokenize_batch=True))  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{server.server.http_port}"
+        long_text = json.dumps("苹果" * 600).encode()
+        status, headers, answer = call(base, "/embed", b'{"inputs": %s}' % long_text)
+        error = tei_error(headers, answer)
+        assert status == 413 and error["error_type"] == "Validation", answer
+        assert "truncate" in error["error"] and "long_text" not in error["error"]
+        status, headers, answer = call(base, "/v1/embeddings", b'{"input": %s}' % long_text)
+        error = openai_error(status, headers, answer)
+        assert status == 400 and error["code"] == "context_length_exceeded", error
+        assert "long_text" not in error["message"], error
+    finally:
+        server.stop()
+
+
 def test_a_corrupt_gzip_body_is_a_400_not_a_500(base):
     status, headers, answer = call(
         base,

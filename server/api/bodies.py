@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-_LONG_NUMBER = re.compile(rb"\d{20}")  # an integer past 64 bits has 20 digits or more
+_LONG_NUMBER = re.compile(rb"\d{19}")  # past 64 bits: 20 digits, or 19 below -2**63
 
 
 class BodyError(Exception):

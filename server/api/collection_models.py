@@ -10,11 +10,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 
+from embedsense.proto.values import MAX_ID_LENGTH
 from embedsense.server.api.collection_ops import DEFAULT_PAGE, MAX_PAGE
 from embedsense.server.api.http_inputs import RequestModel
 from embedsense.server.index.validation import MAX_K
 
-MAX_ID = 256  # characters in a document id (validation.MAX_ID_LENGTH)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 FILTER = (
     'A metadata filter (README: the filter grammar), e.g. {"lang": "zh"}, '
@@ -76,7 +76,7 @@ def one_of_two(extra: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
-DocumentId = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
+DocumentId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
 # ------------------------------------------------------------------ collections

@@ -209,11 +209,26 @@ class CollectionOps:
         to_embed = [i for i, d in enumerate(batch) if d.vector is None]
         texts = [check_text(batch[i].text, f"documents[{i}].text", self.settings.max_text_chars)
                  for i in to_embed]  # fmt: skip
-        for i, d in enumerate(batch):
-            if d.vector is not None and d.text:  # stored as it is: the same rules
-                check_text(d.text, f"documents[{i}].text", self.settings.max_text_chars)
+        ids: list[str | None] = []
+        given: dict[int, np.ndarray] = {}  # the caller's vectors, checked
+        derived: dict[str, int] = {}  # content id -> the document it was made for
+        for i, d in enumerate(batch):  # every check before the embedding, which costs most
+            if d.vector is not None:
+                given[i] = check_vector(d.vector, f"documents[{i}].vector")
+                if d.text:  # stored as it is: the same rules
+                    check_text(d.text, f"documents[{i}].text", self.settings.max_text_chars)
             if d.metadata is not None and not isinstance(d.metadata, Mapping):
                 raise BadRequest(f"documents[{i}].metadata: must be a JSON object", "documents")
+            checked_metadata(d.metadata or {}, f"documents[{i}].metadata")
+            # Without an id: the one the SDK would have made (a text-less vector, a new one).
+            ids.append(d.id or (content_id(d.text, d.metadata or {}) if d.text else None))
+            if not d.id and (doc_id := ids[-1]) is not None:
+                if (first := derived.setdefault(doc_id, i)) != i:
+                    raise BadRequest(
+                        f"documents[{first}] and documents[{i}] have the same text and metadata "
+                        "and no id, so the same id: send one of them, or give each an id",
+                        "documents",
+                    )
         results = {}
         if texts:
             embedded = await self.engine.embed(
@@ -223,22 +238,10 @@ class CollectionOps:
             )  # fmt: skip
             results = dict(zip(to_embed, embedded, strict=True))
         docs: list[Document] = []
-        derived: dict[str, int] = {}  # content id -> the document it was made for
-        for i, d in enumerate(batch):
+        for i, (d, doc_id) in enumerate(zip(batch, ids, strict=True)):
             meta = dict(d.metadata or {})
-            checked_metadata(meta, f"documents[{i}].metadata")
-            # Without an id: the one the SDK would have made (a text-less vector, a new one).
-            doc_id = d.id or (content_id(d.text, meta) if d.text else None)
-            if not d.id and doc_id is not None:
-                if (first := derived.setdefault(doc_id, i)) != i:
-                    raise BadRequest(
-                        f"documents[{first}] and documents[{i}] have the same text and metadata "
-                        "and no id, so the same id: send one of them, or give each an id",
-                        "documents",
-                    )
             if (r := results.get(i)) is None:
-                vector = check_vector(d.vector, f"documents[{i}].vector")
-                docs.append(Document(text=d.text, vector=vector, id=doc_id, metadata=meta))
+                docs.append(Document(text=d.text, vector=given[i], id=doc_id, metadata=meta))
                 continue
             tokens = token_vectors = None
             if collection.store_tokens:

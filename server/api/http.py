@@ -35,7 +35,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, RootModel, ValidationError
 
 from embedsense.model import TextRole, TokenizedText
-from embedsense.model.tokenizer import TextTooLongError
 from embedsense.server.api.bodies import BodyBudget, BodyError, parse_json, read_body
 from embedsense.server.api.checks import (
     PRIORITY_HEADER,
@@ -53,7 +52,7 @@ from embedsense.server.api.http_errors import ApiError, Dialect, from_exception,
 from embedsense.server.api.interceptors import ApiKeys
 from embedsense.server.api.observability import Metrics, new_request_id, request_id
 from embedsense.server.api.settings import ServerSettings
-from embedsense.server.engine import Embedding, Engine, InvalidRequest, priority_scope
+from embedsense.server.engine import Embedding, Engine, TextTooLong, priority_scope
 
 log = logging.getLogger(__name__)
 _Result = TypeVar("_Result")
@@ -159,9 +158,7 @@ class HttpContext:
                 token_vectors=token_vectors,
                 max_tokens=max_tokens,
             )
-        except InvalidRequest as err:
-            if not isinstance(long := err.__cause__, TextTooLongError):
-                raise
+        except TextTooLong as long:
             raise ApiError(
                 400,
                 f"{field}[{long.index}] is {long.n_tokens} tokens; {self.model_name} takes "

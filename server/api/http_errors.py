@@ -9,8 +9,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from embedsense.model.tokenizer import TextTooLongError
 from embedsense.server.api.checks import BadRequest
+from embedsense.server.engine import TextTooLong
 
 # gRPC statuses, as the service's error mapping gives them, to HTTP's.
 HTTP_STATUS = {
@@ -70,6 +70,6 @@ def from_exception(
     code = to_status(err)
     if code is None:
         return None
-    if isinstance(err.__cause__, TextTooLongError):
+    if isinstance(err, TextTooLong):
         return ApiError(HTTP_STATUS[code], str(err), "too_long", "input")
     return ApiError(HTTP_STATUS[code], str(err), code.lower())

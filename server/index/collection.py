@@ -447,6 +447,11 @@ class Collection:
                 matching = None
                 if condition is not None:
                     number, matching, read_at = self._matching(condition)
+                    if number != gen.number and writes_held:
+                        # Under the writer lock no renumbering of this process is half done:
+                        # another process renumbered the store, and only a rebuild mends it.
+                        self._resync()
+                        continue
                     if number != gen.number:  # renumbered, the new generation not yet in
                         with self._swap:
                             continue

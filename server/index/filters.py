@@ -19,8 +19,8 @@ must several operators on one field. Types are strict: "1", 1 and true are three
 values, as in JSON; comparisons match only values of the operand's kind (numbers with
 numbers, strings with strings). A condition on a field a document lacks is false, so its
 `$not` is true. Values are what metadata may hold (embedsense.proto.values): finite numbers,
-integers within 64 bits, strings without U+0000. Field names are letters and digits of any
-script, _ and -.
+integers within 64 bits, strings without U+0000. Field names are letters, digits and marks
+of any script, _ and -.
 
 Limits, so that one request cannot make the store scan forever: nesting at most MAX_DEPTH
 objects deep (the filter itself is depth 1; each $and/$or/$not adds one), at most
@@ -33,7 +33,7 @@ inside the search, not after it.
 from __future__ import annotations
 
 import json
-import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +41,6 @@ from typing import Any
 from embedsense.proto.values import scalar_problem
 from embedsense.server.index.errors import FilterError
 
-_FIELD = re.compile(r"[\w\-]+(\.[\w\-]+)*")  # \w: letters and digits of every script
 COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 LISTS = ("$in", "$nin", "$contains_any")  # operators whose operand is a list of values
 FIELD_OPERATORS = (*COMPARISONS, *LISTS, "$exists", "$contains")
@@ -169,7 +168,7 @@ def _logical(op: str, value: Any, depth: int, budget: _Budget) -> Node:
 
 
 def _field(field: Any, condition: Any, budget: _Budget) -> list[Condition]:
-    if not isinstance(field, str) or not _FIELD.fullmatch(field):
+    if not isinstance(field, str) or not all(map(_name_part, field.split("."))):
         raise FilterError(
             f"bad field name {field!r}: letters, digits, _ and -, with dots for nesting"
         )
@@ -184,6 +183,16 @@ def _field(field: Any, condition: Any, budget: _Budget) -> list[Condition]:
         budget.condition(field)
         conditions.append(Condition(path, op, _operand(field, op, operand, budget)))
     return conditions
+
+
+def _name_part(part: str) -> bool:
+    """Letters, digits and marks of any script (Thai, Devanagari, a decomposed é carry
+    combining marks), `_` and `-`; not empty, not starting with a mark."""
+    return (
+        bool(part)
+        and not unicodedata.category(part[0]).startswith("M")
+        and all(c.isalnum() or c in "_-" or unicodedata.category(c).startswith("M") for c in part)
+    )
 
 
 def _operand(field: str, op: str, operand: Any, budget: _Budget) -> Any:

@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from embedsense.proto.values import metadata_problem, string_problem
+from embedsense.proto.values import id_problem, metadata_problem
 from embedsense.server.index.errors import DimensionMismatch, InvalidArgument, ModelMismatch
 from embedsense.server.index.specs import check_spec
 from embedsense.server.index.store import CollectionRow, Document
 
-MAX_ID_LENGTH = 256
 MAX_K = 10_000
 MAX_SCROLL_LIMIT = 10_000
 METADATA_MODES = ("merge", "replace")
@@ -65,9 +64,9 @@ def validated(row: CollectionRow, doc: Document) -> Document:
     """The document as it will be stored: an id (a new one if none), metadata a dict, its
     vector checked (and normalized for cosine), token vectors checked."""
     doc_id = doc.id if doc.id is not None else uuid.uuid4().hex
-    if not isinstance(doc_id, str) or not doc_id or len(doc_id) > MAX_ID_LENGTH:
-        raise InvalidArgument(f"a document id is a string of 1-{MAX_ID_LENGTH} characters")
-    if (wrong := string_problem(doc_id)) is not None:
+    if not isinstance(doc_id, str):
+        raise InvalidArgument(f"a document id is a string, got {type(doc_id).__name__}")
+    if (wrong := id_problem(doc_id)) is not None:
         raise InvalidArgument(f"document id: {wrong}")
     if doc.metadata is not None:
         checked_metadata(doc.metadata, f"document {doc_id!r}: metadata")

@@ -119,7 +119,7 @@ class MilvusBackend:
         rows = self.calls.query(
             f"list {prefix}",
             META,
-            f"key like {json.dumps(prefix + '%')}",
+            f"key like {literal(prefix + '%')}",  # prefixes are constants, no wildcards
             ["key", "value"],
             limit=MAX_ROWS_PER_QUERY,
         )
