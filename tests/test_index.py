@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import faiss
 import numpy as np
@@ -376,22 +377,17 @@ def test_reindex_switches_the_spec_and_keeps_every_document(catalog):
     assert col.search(docs[42].vector, k=1)[0][0].id == "doc-42"
 
 
-def test_searches_during_writes_never_return_deleted_ids(catalog):
-    catalog.create("c", model="m", dim=DIM, index_spec="HNSW32")
-    col = catalog.get("c")
-    docs = corpus(2000)
-    col.upsert(docs[:200])
-    deleted: set[str] = set()
+def searches_while_writing(
+    write: Callable[[], None], search: Callable[[np.random.Generator], None], readers: int
+) -> list[BaseException]:
+    """`write` once on a thread of its own, and `search` again and again on `readers` others
+    (each with its own random generator) until the write is done; what any of them raised."""
     errors: list[BaseException] = []
     done = threading.Event()
 
     def writer() -> None:
         try:
-            for start in range(200, 2000, 50):
-                col.upsert(docs[start : start + 50])
-                doomed = [f"doc-{i}" for i in range(start - 200, start - 150)]
-                col.delete(doomed)
-                deleted.update(doomed)
+            write()
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
         finally:
@@ -401,20 +397,41 @@ def test_searches_during_writes_never_return_deleted_ids(catalog):
         rng = np.random.default_rng(seed)
         try:
             while not done.is_set():
-                gone = set(deleted)  # deleted before this search started
-                # Raw hits: with documents, hit assembly would hide ids the store lacks.
-                for hits in col.search(unit(rng, 4), k=20, with_documents=False):
-                    assert not gone & {h.id for h in hits}
+                search(rng)
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
 
     threads = [threading.Thread(target=writer)] + [
-        threading.Thread(target=reader, args=(s,)) for s in range(3)
+        threading.Thread(target=reader, args=(s,)) for s in range(readers)
     ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
+    return errors
+
+
+def test_searches_during_writes_never_return_deleted_ids(catalog):
+    catalog.create("c", model="m", dim=DIM, index_spec="HNSW32")
+    col = catalog.get("c")
+    docs = corpus(2000)
+    col.upsert(docs[:200])
+    deleted: set[str] = set()
+
+    def write() -> None:
+        for start in range(200, 2000, 50):
+            col.upsert(docs[start : start + 50])
+            doomed = [f"doc-{i}" for i in range(start - 200, start - 150)]
+            col.delete(doomed)
+            deleted.update(doomed)
+
+    def search(rng: np.random.Generator) -> None:
+        gone = set(deleted)  # deleted before this search started
+        # Raw hits: with documents, hit assembly would hide ids the store lacks.
+        for hits in col.search(unit(rng, 4), k=20, with_documents=False):
+            assert not gone & {h.id for h in hits}
+
+    errors = searches_while_writing(write, search, readers=3)
     assert not errors, errors
     assert col.count() == 2000 - len(deleted)
 
@@ -438,35 +455,16 @@ def test_a_filtered_search_finds_a_document_while_it_is_rewritten(catalog, monke
         return stored
 
     monkeypatch.setattr(store_module.Store, "upsert", slow_upsert)
-    errors: list[BaseException] = []
-    done = threading.Event()
 
-    def writer() -> None:
-        try:
-            for i in range(150):
-                col.upsert([docs[i % 10]])
-        except BaseException as err:  # noqa: BLE001
-            errors.append(err)
-        finally:
-            done.set()
+    def write() -> None:
+        for i in range(150):
+            col.upsert([docs[i % 10]])
 
-    def reader(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        try:
-            while not done.is_set():
-                for hits in col.search(unit(rng, 2), k=10, where={"hot": True},
-                                       with_documents=False):  # fmt: skip
-                    assert {h.id for h in hits} == hot
-        except BaseException as err:  # noqa: BLE001
-            errors.append(err)
+    def search(rng: np.random.Generator) -> None:
+        for hits in col.search(unit(rng, 2), k=10, where={"hot": True}, with_documents=False):
+            assert {h.id for h in hits} == hot
 
-    threads = [threading.Thread(target=writer)] + [
-        threading.Thread(target=reader, args=(s,)) for s in range(2)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    errors = searches_while_writing(write, search, readers=2)
     assert not errors, errors[0]
 
 
@@ -501,44 +499,25 @@ def test_filtered_searches_stay_exact_while_training_and_compaction_rebuild(cata
 
     col.upsert([doc(i) for i in range(900)])
     deleted: set[str] = set()
-    errors: list[BaseException] = []
-    done = threading.Event()
 
-    def writer() -> None:
-        try:
-            for round_ in range(12):  # replacements make dead vectors: compactions
-                col.upsert([doc((round_ * 50 + j) % 900) for j in range(300)])
-                first = 900 + round_ * 60  # new documents, up to the spec's training size
-                col.upsert([doc(i) for i in range(first, first + 60)])
-                doomed = [f"d{i}" for i in range(first, first + 20)]
-                col.delete(doomed)
-                deleted.update(doomed)
-            col.wait_until_optimized(60)
-        except BaseException as err:  # noqa: BLE001
-            errors.append(err)
-        finally:
-            done.set()
+    def write() -> None:
+        for round_ in range(12):  # replacements make dead vectors: compactions
+            col.upsert([doc((round_ * 50 + j) % 900) for j in range(300)])
+            first = 900 + round_ * 60  # new documents, up to the spec's training size
+            col.upsert([doc(i) for i in range(first, first + 60)])
+            doomed = [f"d{i}" for i in range(first, first + 20)]
+            col.delete(doomed)
+            deleted.update(doomed)
+        col.wait_until_optimized(60)
 
-    def reader(seed: int) -> None:
-        local = np.random.default_rng(seed)
-        try:
-            while not done.is_set():
-                gone = set(deleted)
-                for hits in col.search(unit(local, 2), k=30, where={"g": 0},
-                                       with_documents=False):  # fmt: skip
-                    for hit in hits:
-                        assert int(hit.id[1:]) % 3 == 0, f"{hit.id} does not match the filter"
-                        assert hit.id not in gone, f"{hit.id} was deleted"
-        except BaseException as err:  # noqa: BLE001
-            errors.append(err)
+    def search(local: np.random.Generator) -> None:
+        gone = set(deleted)
+        for hits in col.search(unit(local, 2), k=30, where={"g": 0}, with_documents=False):
+            for hit in hits:
+                assert int(hit.id[1:]) % 3 == 0, f"{hit.id} does not match the filter"
+                assert hit.id not in gone, f"{hit.id} was deleted"
 
-    threads = [threading.Thread(target=writer)] + [
-        threading.Thread(target=reader, args=(s,)) for s in range(2)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    errors = searches_while_writing(write, search, readers=2)
     assert not errors, errors[:3]
     info = col.info()
     assert info.trained and info.count == 900 + 12 * 60 - len(deleted)
