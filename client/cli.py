@@ -444,26 +444,10 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
 def _check_drawable(args: argparse.Namespace, explanation: Any) -> None:
     """--layer and --head name a layer and a head the explanation has (before a traceback
     from the drawing, or a page that opens on nothing)."""
-    if args.layer is not None and args.layer not in explanation.layers:
-        raise UsageError(
-            f"--layer {args.layer}: the explanation has layers {_ranges(explanation.layers)} "
-            "(1-based)"
-        )
-    if args.head is not None and args.head not in explanation.heads:
-        raise UsageError(
-            f"--head {args.head}: the explanation has heads {_ranges(explanation.heads)} (0-based)"
-        )
-
-
-def _ranges(numbers: list[int]) -> str:
-    """[1, 2, 3, 7] as "1-3, 7"."""
-    spans: list[list[int]] = []
-    for n in sorted(numbers):
-        if spans and n == spans[-1][1] + 1:
-            spans[-1][1] = n
-        else:
-            spans.append([n, n])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    try:
+        explanation.check_view(args.layer, args.head)
+    except ValueError as err:  # "layer 13: ..." names the flag's value: "--layer 13: ..."
+        raise UsageError(f"--{err}") from None
 
 
 def _explain_what_fits(

@@ -57,7 +57,9 @@ def render_png(
     each layer attends to most, when a word was explained; one layer's token-by-token map
     when `layer` is given or no word was; the layer trajectory, when a comparison is given.
     `text`: the explained text, so that tokens are drawn as typed (no ▁, full-width
-    punctuation kept), as on the HTML page."""
+    punctuation kept), as on the HTML page. A ValueError for a layer or head the
+    explanation lacks (Explanation.check_view)."""
+    explanation.check_view(layer, head)
     import matplotlib
 
     matplotlib.use("Agg")

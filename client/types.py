@@ -158,6 +158,16 @@ class Explanation:
     max_attention_values: int
     neuron: Neuron | None = None  # when explain(..., neuron=(layer, head)) asked for one
 
+    def check_view(self, layer: int | None, head: int | None) -> None:
+        """A ValueError, "layer 13: the explanation has layers 1-12 (1-based)", unless the
+        view asked for (a layer, 1-based; a head, 0-based; None: any) is one it holds."""
+        if layer is not None and layer not in self.layers:
+            raise ValueError(f"layer {layer}: the explanation has layers {_spans(self.layers)} "
+                             "(1-based)")  # fmt: skip
+        if head is not None and head not in self.heads:
+            raise ValueError(f"head {head}: the explanation has heads {_spans(self.heads)} "
+                             "(0-based)")  # fmt: skip
+
     def to_html(
         self,
         path: str | None = None,
@@ -179,3 +189,14 @@ class LayerComparison:
     cosines: list[float]  # hidden state 0 (embeddings) .. last layer
     span_a: tuple[int, int]
     span_b: tuple[int, int]
+
+
+def _spans(numbers: list[int]) -> str:
+    """[1, 2, 3, 7] as "1-3, 7"."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)

@@ -142,10 +142,7 @@ def build(
 ) -> dict[str, Any]:
     """The page's data. `layer` (1-based) and `head` (0-based): the view the page opens on;
     a ValueError names the ones the explanation holds when they are not among them."""
-    if layer is not None and layer not in e.layers:
-        raise ValueError(f"layer {layer} is not in this explanation: it holds layers {e.layers}")
-    if head is not None and head not in e.heads:
-        raise ValueError(f"head {head} is not in this explanation: it holds heads {e.heads}")
+    e.check_view(layer, head)
     curves = {name: significant(c.cosines) for name, c in contexts.items()}
     profiles = {label: significant(values) for label, values in senses.items()}
     others = [compared_payload(t, c, e.layers, e.heads) for t, c in compared.items()]
