@@ -33,6 +33,7 @@ from embedsense.client import (
 from embedsense.client._api import Call
 from embedsense.model import TextRole
 from embedsense.proto.v1 import embedsense_pb2 as pb
+from embedsense.proto.v1 import embedsense_pb2_grpc as pb_grpc
 from embedsense.server.config import EngineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,6 +155,29 @@ def test_a_failed_stream_says_what_was_stored(client, collection):
     with pytest.raises(InvalidArgument, match="2 of the 3 documents read were stored"):
         client.upsert(collection, streamed, batch_size=2, show_progress_bar=False)
     assert client.count(collection) == 5
+
+
+def test_a_raw_stream_refused_midway_says_what_was_stored(server, client, collection):
+    """Whatever refuses a later message of an Upsert stream, the status names how many
+    documents the earlier messages stored: a raw gRPC caller has no SDK to count them."""
+    client.create_collection(f"{collection}-other")
+    docs = [pb.Document(id=f"d{i}", text=t) for i, t in enumerate(FRUIT)]
+    limit = client.info().max_texts_per_request
+    too_many = [pb.Document(id=f"x{i}", text="苹果") for i in range(limit + 1)]
+    refusals = {
+        "another collection": pb.UpsertRequest(collection=f"{collection}-other", documents=docs),
+        "too many documents": pb.UpsertRequest(documents=too_many),
+    }
+    with grpc.insecure_channel(server.target) as channel:
+        upsert = pb_grpc.EmbedSenseStub(channel).Upsert
+        for why, refused in refusals.items():
+            first = pb.UpsertRequest(collection=collection, documents=docs)
+            with pytest.raises(grpc.RpcError) as caught:
+                upsert(iter([first, refused]))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, why
+            assert "(3 documents sent before it were stored)" in caught.value.details(), why
+    assert client.count(collection) == 3
+    client.drop_collection(f"{collection}-other")
 
 
 def test_streaming_upsert_of_10000_documents_with_progress(client, capsys):

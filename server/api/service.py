@@ -308,6 +308,18 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         self, requests: AsyncIterator[pb.UpsertRequest], context: Any
     ) -> pb.UpsertResponse:
         ids: list[str] = []
+        try:
+            await self._store_stream(requests, context, ids)
+        except Exception as err:
+            if ids:  # say what is already stored, whatever refused the rest: never guess
+                err.args = (f"{err} ({len(ids)} documents sent before it were stored)",)
+            raise
+        return pb.UpsertResponse(upserted=len(ids), ids=ids)
+
+    async def _store_stream(
+        self, requests: AsyncIterator[pb.UpsertRequest], context: Any, ids: list[str]
+    ) -> None:
+        """Store each message's documents as it comes, appending their ids to `ids`."""
         name = ""
         async for request in requests:
             if request.collection and name and request.collection != name:
@@ -324,17 +336,11 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
                     f"documents: {len(request.documents)} in one message; the limit is "
                     f"{self.settings.max_texts_per_request}: send smaller batches"
                 )
-            try:
-                level = priority_of(request.priority, Priority.BULK)
-                ids += await self.ops.store(
-                    collection, self._new_documents(request.documents), priority=level,
-                    timeout=context.time_remaining(),
-                )  # fmt: skip
-            except Exception as err:
-                if ids:  # say what is already stored: the caller must not guess
-                    err.args = (f"{err} ({len(ids)} documents sent before it were stored)",)
-                raise
-        return pb.UpsertResponse(upserted=len(ids), ids=ids)
+            level = priority_of(request.priority, Priority.BULK)
+            ids += await self.ops.store(
+                collection, self._new_documents(request.documents), priority=level,
+                timeout=context.time_remaining(),
+            )  # fmt: skip
 
     @staticmethod
     def _stored(doc: Document, with_vectors: bool) -> pb.StoredDocument:
