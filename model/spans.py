@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 
 class SpanError(ValueError):
     """The word or span does not exist in the text as asked."""
@@ -49,13 +51,25 @@ def token_indices_for_span(
     Tokens that are not from the caller's text (specials, prefixes) never match. Raises
     SpanError for an empty span or one no token covers (e.g. only whitespace).
     """
-    if not 0 <= start < end:
-        raise SpanError(f"span [{start}, {end}) is empty or negative")
-    hits = [
-        i
-        for i, ((s, e), real) in enumerate(zip(offsets, from_text, strict=True))
-        if real and s < end and e > start
-    ]
-    if not hits:
-        raise SpanError(f"no token covers characters [{start}, {end})")
-    return hits
+    return TokenSpans(offsets, from_text).indices(start, end).tolist()
+
+
+class TokenSpans:
+    """`token_indices_for_span` for many spans of one text: its offsets are read into arrays
+    once, so each span costs one vectorised pass (a stored document may hold thousands of
+    tokens and its word thousands of occurrences)."""
+
+    def __init__(self, offsets: Sequence[tuple[int, int]], from_text: Sequence[bool]) -> None:
+        pairs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        self.starts, self.ends = pairs[:, 0], pairs[:, 1]
+        self.from_text = np.asarray(from_text, dtype=bool)
+        if len(self.from_text) != len(pairs):
+            raise ValueError(f"{len(pairs)} offsets but {len(self.from_text)} from_text flags")
+
+    def indices(self, start: int, end: int) -> np.ndarray:
+        if not 0 <= start < end:
+            raise SpanError(f"span [{start}, {end}) is empty or negative")
+        hits = np.flatnonzero(self.from_text & (self.starts < end) & (self.ends > start))
+        if not len(hits):
+            raise SpanError(f"no token covers characters [{start}, {end})")
+        return hits

@@ -6,12 +6,17 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
+import time
 
+import grpc
 import numpy as np
 import pytest
 from eval_senses import evaluate, load
 
 from embedsense.client import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from embedsense.proto.v1 import embedsense_pb2 as pb
+from embedsense.proto.v1 import embedsense_pb2_grpc as pb_grpc
 from embedsense.server.config import EngineConfig
 from embedsense.server.senses import method
 
@@ -174,6 +179,21 @@ def test_inventories_are_created_used_listed_and_deleted(client):
         client.delete_inventory("mine")
 
 
+def test_an_inventorys_examples_are_checked_as_given_senses_are(client, server):
+    """A stored example the model cannot take was accepted, then failed every Disambiguate
+    that used it (as "overloaded: retry later" for one too long)."""
+    limit = server.settings.max_text_chars
+    for example, why in ((f"苹果{'很' * limit}", f"{limit + 2} characters; the limit is {limit}"),
+                         ("苹果\x00很甜", "control character")):  # fmt: skip
+        words = {"苹果": {"a": [example], "b": ["苹果手机"]}}
+        with pytest.raises(
+            InvalidArgument, match=rf"words\['苹果'\]\.senses\['a'\]\.examples\[0\].*{why}"
+        ):
+            client.create_inventory("unusable", words)
+        with pytest.raises(NotFound):
+            client.disambiguate("我喜欢吃苹果", "苹果", inventory="unusable")
+
+
 @pytest.fixture(scope="module")
 def apples(server):
     from embedsense.client import Client
@@ -223,6 +243,89 @@ def test_induce_senses_splits_fruit_from_company(client, apples):
     for bound in ({"k": 10**6}, {"max_k": 2**31}, {"k": 21}):
         with pytest.raises(InvalidArgument, match="senses"):
             client.induce_senses(apples, "苹果", **bound)
+
+
+# A document that holds its word 1,500 times in ~6,000 tokens (windows of the model's 512).
+LONG = "苹果很甜。" * 1500
+
+
+@pytest.fixture(scope="module")
+def small_replies(e5, tmp_path_factory):
+    """A server whose replies may be at most 1 MiB, with the long document stored."""
+    from conftest import ServerThread
+
+    from embedsense.client import Client
+
+    running = ServerThread(e5, tmp_path_factory.mktemp("small-replies"), max_message_bytes=2**20)
+    with Client(running.target, timeout=120) as c:
+        c.create_collection("long", store_tokens=True)
+        c.upsert("long", [{"id": "long", "text": LONG}, {"id": "ws", "text": "hello   world"}],
+                 show_progress_bar=False)  # fmt: skip
+    yield running
+    running.stop()
+
+
+def test_a_sense_search_through_a_long_document_leaves_the_server_serving(small_replies):
+    """The occurrences' vectors are read off the event loop, once per document: the search
+    through 1,500 occurrences took ~10 s on the loop, and every other call waited for it."""
+    from embedsense.client import Client, DeadlineExceeded
+
+    with (
+        Client(small_replies.target, timeout=120) as c,
+        Client(small_replies.target, timeout=5) as hurried,
+    ):
+        searching = threading.Thread(
+            target=lambda: found.extend(c.search_occurrences("long", "我喜欢吃苹果", "苹果", k=3))
+        )
+        found: list = []
+        searching.start()
+        time.sleep(0.5)  # the search is under way
+        try:
+            assert hurried.info().dim == 384  # answered while the search runs
+        except DeadlineExceeded:
+            pytest.fail("Info waited for the sense search: the event loop was blocked")
+        finally:
+            searching.join()
+        assert len(found) == 3 and all(o.text[o.span[0] : o.span[1]] == "苹果" for o in found)
+        induced = c.induce_senses("long", "苹果", k=2, central=2)
+        assert induced.occurrences == 1500
+
+
+def test_a_sense_search_compares_at_most_its_bound_of_occurrences(small_replies, monkeypatch):
+    from embedsense.client import Client
+    from embedsense.server.senses import senses
+
+    monkeypatch.setattr(senses, "MAX_COMPARED", 100)
+    with grpc.insecure_channel(small_replies.target) as channel:
+        search = pb_grpc.EmbedSenseStub(channel).SearchOccurrences
+        asked = pb.SearchOccurrencesRequest(collection="long", text="我吃苹果", word="苹果", k=5)
+        reply = search(asked)
+    assert (len(reply.occurrences), reply.compared) == (5, 100)
+    with Client(small_replies.target, timeout=120) as c:
+        assert c.induce_senses("long", "苹果", k=2).occurrences == 100
+
+
+def test_a_sense_reply_over_the_message_limit_is_refused_in_words(small_replies):
+    """Each occurrence carries its document's text: 1,000 of LONG are 22 MB, over the
+    server's 1 MiB; the caller is told to ask for fewer, not sent gRPC's own INTERNAL-like
+    "larger than max"."""
+    from embedsense.client import Client, ResourceExhausted
+
+    with Client(small_replies.target, timeout=120) as c:
+        with pytest.raises(ResourceExhausted, match=r"reply.*max_message_bytes.*fewer"):
+            c.search_occurrences("long", "我喜欢吃苹果", "苹果", k=1000)
+        with pytest.raises(ResourceExhausted, match=r"reply.*max_message_bytes.*fewer"):
+            c.induce_senses("long", "苹果", k=2, central=1000)
+        assert len(c.search_occurrences("long", "我喜欢吃苹果", "苹果", k=5)) == 5
+
+
+def test_a_word_no_token_covers_is_named_so_in_a_collection(small_replies):
+    from embedsense.client import Client
+
+    with Client(small_replies.target, timeout=120) as c:
+        covers = r"no token covers '  ' where it occurs in collection 'long' \(1 place\)"
+        with pytest.raises(InvalidArgument, match=covers):  # "hello   world"
+            c.induce_senses("long", "  ")
 
 
 def test_cli_senses_commands(server, apples):

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf.message import Message
+
 from embedsense.model import TextRole
 from embedsense.model.pooling import Pooling
 from embedsense.proto.v1 import embedsense_pb2 as pb
@@ -30,6 +32,23 @@ class BadRequest(ValueError):
         super().__init__(message)
         self.param = param
         self.kind = kind
+
+
+class ReplyTooLarge(Exception):
+    """RESOURCE_EXHAUSTED, as gRPC's own message limit would be, but said in words before
+    the reply is sent (and not retried: the same request makes the same reply)."""
+
+
+def check_reply_size(reply: Message, limit: int, fewer: str) -> Message:
+    """`reply`, when it fits in `limit` bytes (max_message_bytes); `fewer` names what to ask
+    less of."""
+    size = reply.ByteSize()
+    if size > limit:
+        raise ReplyTooLarge(
+            f"the reply would be {size:,} bytes (each occurrence carries its document's "
+            f"whole text); the limit is {limit:,} (max_message_bytes): ask for fewer {fewer}"
+        )
+    return reply
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -34,6 +34,8 @@ from embedsense.server.api.checks import (
     POOLINGS,
     BadRequest,
     Limits,
+    ReplyTooLarge,
+    check_reply_size,
     check_text,
     check_texts,
     choice,
@@ -71,6 +73,7 @@ STATUSES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (idx.IndexUnavailable, grpc.StatusCode.UNAVAILABLE),
     (idx.IndexUnsupported, grpc.StatusCode.FAILED_PRECONDITION),  # IndexFailed: INTERNAL
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (ReplyTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (sense_errors.SenseInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (sense_errors.NoTokenVectors, grpc.StatusCode.FAILED_PRECONDITION),
     (sense_errors.InventoryNotFound, grpc.StatusCode.NOT_FOUND),
@@ -162,6 +165,15 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
 
     def _text(self, text: str, field: str = "text") -> str:
         return check_text(text, field, self.settings.max_text_chars)
+
+    def _check_examples(self, senses: Mapping[str, pb.SenseExamples], field: str) -> None:
+        """A word's examples are embedded together, in one engine call: each is a text the
+        model can take, and together they are what one request may send."""
+        for label, examples in senses.items():
+            for i, example in enumerate(examples.examples):
+                self._text(example, f"{field}[{label!r}].examples[{i}]")
+        if every := [e for examples in senses.values() for e in examples.examples]:
+            self._texts(every, f"{field} (every example)")
 
     async def _embed(
         self, texts: list[str], context: grpc.aio.ServicerContext, **options: Any
@@ -446,9 +458,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     async def Disambiguate(
         self, request: pb.DisambiguateRequest, context: Any
     ) -> pb.DisambiguateResponse:
-        for label, examples in request.senses.items():
-            for i, example in enumerate(examples.examples):
-                self._text(example, f"senses[{label!r}].examples[{i}]")
+        self._check_examples(request.senses, "senses")
         # The senses module calls the engine itself: the priority goes by the context.
         with eng.priority_scope(priority_of(request.priority, Priority.QUERY)):
             result = await self.senses.disambiguate(
@@ -487,6 +497,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     async def CreateInventory(
         self, request: pb.CreateInventoryRequest, context: Any
     ) -> pb.InventoryInfo:
+        for word, entry in request.words.items():  # as Disambiguate's own senses
+            self._check_examples(entry.senses, f"words[{word!r}].senses")
         words = {word: {label: list(s.examples) for label, s in entry.senses.items()}
                  for word, entry in request.words.items()}  # fmt: skip
         await asyncio.to_thread(self.senses.inventories.create, request.name, words,
@@ -524,9 +536,10 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
                 occurrence=request.occurrence,
                 k=min(k_of(request), MAX_OCCURRENCES),
             )
-        return pb.SearchOccurrencesResponse(
+        reply = pb.SearchOccurrencesResponse(
             occurrences=[_occurrence_reply(o) for o in found], compared=compared
         )
+        return check_reply_size(reply, self.settings.max_message_bytes, "occurrences (k)")
 
     @rpc
     async def InduceSenses(
@@ -535,13 +548,14 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         await self._collection(request.collection)
         induced = await self.senses.induce_senses(
             request.collection, request.word, k=request.k or None, max_k=request.max_k or 6,
-            central=request.central or 3,
+            central=min(request.central or 3, MAX_OCCURRENCES),
         )  # fmt: skip
-        return pb.InduceSensesResponse(
+        reply = pb.InduceSensesResponse(
             senses=[pb.InducedSense(size=s.size, central=[_occurrence_reply(o) for o in s.central])
                     for s in induced.senses],
             occurrences=induced.occurrences, silhouette=induced.silhouette,
         )  # fmt: skip
+        return check_reply_size(reply, self.settings.max_message_bytes, "central occurrences")
 
     # ------------------------------------------------------------ explain
 

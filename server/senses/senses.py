@@ -22,8 +22,12 @@ from embedsense.server.senses.words import (
     word_vectors,
 )
 
-# Occurrence search and induction read at most this many documents containing the word.
+# Occurrence search and induction read at most this many documents containing the word,
+# DOCUMENTS_PER_READ at a time (each with its token vectors: megabytes for a long one), and
+# compare at most MAX_COMPARED of its occurrences (two vectors kept for each).
 MAX_CANDIDATE_DOCUMENTS = 20_000
+DOCUMENTS_PER_READ = 32
+MAX_COMPARED = 50_000
 
 
 @dataclass
@@ -60,6 +64,34 @@ class Induction:
     senses: list[InducedSense]  # largest first
     occurrences: int
     silhouette: float
+
+
+@dataclass
+class Gathered:
+    items: list[tuple[str, Occurrence, dict]] = field(default_factory=list)  # (id, where, metadata)
+    words: list[np.ndarray] = field(default_factory=list)  # (n, dim) per document
+    contexts: list[np.ndarray] = field(default_factory=list)  # (n, dim) per document
+    uncovered: int = 0  # occurrences no token covers
+
+
+def gather_occurrences(collection: CollectionBackend, word: str) -> Gathered:
+    """The word's occurrences in the collection's stored documents, in label order, with
+    their word and sentence vectors, within MAX_CANDIDATE_DOCUMENTS and MAX_COMPARED."""
+    ids = collection.ids_containing(word, MAX_CANDIDATE_DOCUMENTS)
+    found = Gathered()
+    for start in range(0, len(ids), DOCUMENTS_PER_READ):
+        for doc in collection.get(ids[start : start + DOCUMENTS_PER_READ]):
+            if doc is None:  # deleted in between
+                continue
+            room = MAX_COMPARED - len(found.items)
+            stored = stored_word_vectors(doc, occurrences_of(word, doc.text)[:room])
+            found.uncovered += stored.uncovered
+            found.items += [(doc.id, o, doc.metadata) for o in stored.occurrences]
+            found.words.append(stored.words)
+            found.contexts.append(np.tile(stored.sentence, (len(stored.occurrences), 1)))
+            if len(found.items) >= MAX_COMPARED:
+                return found
+    return found
 
 
 class Senses:
@@ -120,27 +152,24 @@ class Senses:
     async def _stored_occurrences(
         self, collection: CollectionBackend, word: str
     ) -> tuple[list[tuple[str, Occurrence, dict]], np.ndarray, np.ndarray]:
-        """Every occurrence of `word` in the collection, with its stored word and sentence
-        vectors."""
+        """Every occurrence of `word` in the collection (up to the bounds above), with its
+        stored word and sentence vectors."""
         if not collection.store_tokens:
             raise NoTokenVectors(
                 f"collection {collection.name!r} keeps no token vectors: create it with "
                 "store_tokens=True to search or induce word senses in it"
             )
-        ids = await asyncio.to_thread(collection.ids_containing, word, MAX_CANDIDATE_DOCUMENTS)
-        docs = await asyncio.to_thread(collection.get, ids)
-        items, words, contexts = [], [], []
-        for doc in docs:
-            if doc is None:  # deleted in between
-                continue
-            for occ in occurrences_of(word, doc.text):
-                items.append((doc.id, occ, doc.metadata))
-                word_vector, context = stored_word_vectors(doc, occ)
-                words.append(word_vector)
-                contexts.append(context)
-        if not items:
+        # Seconds of work for a common word: off the event loop, which serves every call.
+        found = await asyncio.to_thread(gather_occurrences, collection, word)
+        if not found.items:
+            if found.uncovered:
+                raise SenseInputError(
+                    f"no token covers {word!r} where it occurs in collection "
+                    f"{collection.name!r} ({found.uncovered} place{'s' * (found.uncovered > 1)}): "
+                    "the tokenizer keeps none for whitespace alone"
+                )
             raise SenseInputError(f"{word!r} does not occur in collection {collection.name!r}")
-        return items, np.stack(words), np.stack(contexts)
+        return found.items, np.concatenate(found.words), np.concatenate(found.contexts)
 
     async def search_occurrences(
         self,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedsense.model import TextRole
-from embedsense.model.spans import SpanError, find_word, token_indices_for_span, word_spans
+from embedsense.model.spans import SpanError, TokenSpans, find_word, word_spans
 from embedsense.server.engine import Engine
 from embedsense.server.index import Document
 from embedsense.server.senses.errors import SenseInputError
@@ -88,10 +88,33 @@ async def word_vectors(
     return WordVectors(np.stack(words), np.stack(contexts))
 
 
-def stored_word_vectors(doc: Document, occurrence: Occurrence) -> tuple[np.ndarray, np.ndarray]:
-    """An occurrence's word and sentence vectors from a stored document's token vectors (no
-    model call)."""
+@dataclass(frozen=True)
+class StoredOccurrences:
+    """A stored document's occurrences of a word that some token covers, with their vectors."""
+
+    occurrences: list[Occurrence]
+    words: np.ndarray  # (n, dim)
+    sentence: np.ndarray  # (dim,): every token of the document, averaged
+    uncovered: int  # occurrences no token covers (whitespace the tokenizer drops), left out
+
+
+def stored_word_vectors(doc: Document, occurrences: Sequence[Occurrence]) -> StoredOccurrences:
+    """The occurrences' word vectors and the document's sentence vector, from its stored
+    token vectors (no model call); the offsets are read once for all of them."""
     offsets = [(t.start, t.end) for t in doc.tokens]
-    from_text = [t.end > t.start for t in doc.tokens]  # specials are stored as (0, 0)
-    rows = token_indices_for_span(offsets, from_text, occurrence.start, occurrence.end)
-    return doc.token_vectors[rows].mean(axis=0), doc.token_vectors[from_text].mean(axis=0)
+    spans = TokenSpans(offsets, [t.end > t.start for t in doc.tokens])  # specials: (0, 0)
+    kept, words = [], []
+    for occurrence in occurrences:
+        try:
+            rows = spans.indices(occurrence.start, occurrence.end)
+        except SpanError:
+            continue
+        kept.append(occurrence)
+        words.append(doc.token_vectors[rows].mean(axis=0))
+    dim = doc.token_vectors.shape[1]
+    return StoredOccurrences(
+        kept,
+        np.stack(words) if words else np.empty((0, dim), doc.token_vectors.dtype),
+        doc.token_vectors[spans.from_text].mean(axis=0),
+        len(occurrences) - len(kept),
+    )
