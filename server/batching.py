@@ -201,6 +201,19 @@ class ForwardCost:
 # ------------------------------------------------------------------ admission
 
 
+def consecutive_parts(sizes: Sequence[int], budget: int) -> list[slice]:
+    """The items in consecutive runs of at most `budget` in size each (an item larger than
+    that alone); one empty run when there are no items."""
+    parts, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > budget:
+            parts.append(slice(start, i))
+            start, total = i, 0
+        total += size
+    parts.append(slice(start, len(sizes)))
+    return parts
+
+
 @dataclass(frozen=True)
 class Limit:
     """One admission limit: its value and the setting it comes from (for the message)."""

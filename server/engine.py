@@ -48,6 +48,7 @@ from embedsense.server.batching import (
     Limit,
     Priority,
     admission_refusal,
+    consecutive_parts,
     default_priority,
     plan_batch,
 )
@@ -520,14 +521,35 @@ class Engine:
         """Queue a request's rows (or refuse them, Overloaded); what to await for their
         outputs, in order (DeadlineExceeded after `timeout` seconds). `pooled`: how the
         caller pools the rows when it wants sentence vectors only; each output is then that
-        row pooled, (1, dim) (_Row.pooled)."""
+        row pooled, (1, dim) (_Row.pooled).
+
+        A request of more tokens than its level may ever queue is run in parts of at most
+        half that, each queued once the one before is done: refused whole, it would be
+        "overloaded" however often it was sent (an SDK bulk upsert of long documents was)."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         deadline = now + timeout if timeout is not None else None
         queued = [_Row(ids, layers, loop.create_future(), loop, now, deadline, level, pooled)
                   for ids in rows]  # fmt: skip
-        self._admit(queued, sum(row.n_tokens for row in queued), level)
-        return self._outputs(queued, level, timeout)
+        most = min(limit.value for limit in self._limits()[0][level:])  # level's and above
+        sizes = [row.n_tokens for row in queued]
+        parts = [queued[part] for part in consecutive_parts(sizes, most // 2)]
+        self._admit(parts[0], level)
+        if len(parts) == 1:
+            return self._outputs(parts[0], level, timeout)
+        return self._in_parts(parts, level, deadline)
+
+    async def _in_parts(
+        self, parts: list[list[_Row]], level: Priority, deadline: float | None
+    ) -> list[np.ndarray]:
+        """The outputs of a request queued in parts; the first is admitted already."""
+        outputs: list[np.ndarray] = []
+        for number, part in enumerate(parts):
+            if number:
+                self._admit(part, level)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            outputs += await self._outputs(part, level, left)
+        return outputs
 
     async def _outputs(
         self, rows: list[_Row], level: Priority, timeout: float | None
@@ -665,18 +687,21 @@ class Engine:
             n_texts, n_tokens, c.interactive_max_texts, c.interactive_max_tokens
         )
 
-    def _admit(self, rows: list[_Row], n_tokens: int, level: Priority) -> None:
+    def _limits(self) -> tuple[list[Limit], list[Limit]]:
+        """Per priority, the tokens and requests that level and those below it may hold
+        together: bulk work has limits of its own, the levels above share the engine's."""
         c = self.config
-        # Per priority, the most that level and those below it may hold together: bulk
-        # work has limits of its own, the levels above share the engine's.
         tokens = Limit(c.max_queued_tokens, "max_queued_tokens")
         requests = Limit(c.max_concurrent_requests, "max_concurrent_requests")
-        token_limits = [Limit(c.bulk_queued_tokens, "max_queued_bulk_tokens"), tokens, tokens]
-        request_limits = [
-            Limit(c.bulk_concurrent_requests, "max_concurrent_bulk_requests"),
-            requests,
-            requests,
-        ]
+        bulk_requests = Limit(c.bulk_concurrent_requests, "max_concurrent_bulk_requests")
+        return (
+            [Limit(c.bulk_queued_tokens, "max_queued_bulk_tokens"), tokens, tokens],
+            [bulk_requests, requests, requests],
+        )
+
+    def _admit(self, rows: list[_Row], level: Priority) -> None:
+        token_limits, request_limits = self._limits()
+        n_tokens = sum(row.n_tokens for row in rows)
         with self._cond:
             self._check_open()  # again: since embed()'s check the worker may have exited
             refusal = admission_refusal(

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import ServerThread
+from workload import at_once
 
 from embedsense.client import (
     AsyncClient,
@@ -126,9 +127,11 @@ def test_a_message_too_large_is_not_retried_but_overload_is(e5, tmp_path):
                 c.encode(["苹果" * 50_000])  # 300 kB of UTF-8: over the server's limit
             assert counter.calls == 1, "a message too large fails again however often it is sent"
             counter.calls = 0
-            with pytest.raises(ResourceExhausted, match="max_queued_tokens"):
-                c.encode(["苹果" * 300, "香蕉" * 300], batch_size=2)  # over the engine's queue
-            assert counter.calls == 3, "an overloaded server is asked again"
+            answers = at_once(lambda: c.encode(["苹果 " * 100] * 2))  # over the engine's queue
+            refused = [a for a in answers if isinstance(a, ResourceExhausted)]
+            assert refused and all("max_queued_tokens" in str(a) for a in refused)
+            # Each refused call was asked three times; others got in on a second or third.
+            assert counter.calls >= len(answers) + 2 * len(refused), "overload is asked again"
     finally:
         channel.close()
         running.stop()

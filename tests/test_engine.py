@@ -153,14 +153,34 @@ def test_overload_is_refused_at_once(e5):
         eng.close()
 
 
-def test_queued_token_limit_refuses_big_requests(e5):
+def test_queued_token_limit_refuses_work_beyond_it(e5):
     eng = Engine(EngineConfig(dtype="float32", max_queued_tokens=600, warmup=False), e5).start()
+
+    async def main():  # six requests of ~290 tokens, queued at once: 600 hold two of them
+        texts = chinese_texts(18, min_chars=140, max_chars=150)
+        calls = [eng.embed(texts[i : i + 3]) for i in range(0, 18, 3)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
     try:
-        with pytest.raises(Overloaded, match="max_queued_tokens"):
-            asyncio.run(eng.embed(chinese_texts(8, min_chars=140, max_chars=150)))
-        assert eng.stats.refused == 1 and eng.stats.rows == 0
+        answers = asyncio.run(main())
+        refused = [a for a in answers if isinstance(a, Overloaded)]
+        assert refused and all("max_queued_tokens" in str(a) for a in refused)
+        assert eng.stats.refused == len(refused) == len(answers) - eng.stats.rows // 3
     finally:
         eng.close()
+
+
+def test_a_request_over_the_queues_limit_runs_in_parts_with_the_same_vectors(e5):
+    """Refused whole, it was "overloaded: retry later" however often it was sent."""
+    texts = chinese_texts(8, min_chars=140, max_chars=150)  # ~1,000 tokens: parts of <= 300
+    eng = Engine(EngineConfig(dtype="float32", max_queued_tokens=600, warmup=False), e5).start()
+    try:
+        parted = asyncio.run(eng.embed(texts))
+        assert eng.stats.refused == 0 and eng.stats.batches >= eng.stats.real_tokens / 300
+    finally:
+        eng.close()
+    for text, got in zip(texts, parted, strict=True):
+        np.testing.assert_allclose(got.sentence, one_at_a_time(e5, text)[0], atol=1e-4)
 
 
 def test_cancelled_and_expired_requests_cost_no_compute(e5):

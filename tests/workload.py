@@ -76,3 +76,22 @@ async def concurrent_callers(
     start = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
     return time.perf_counter() - start, latencies
+
+
+def at_once(call: Callable[[], object], n: int = 12) -> list[object]:
+    """`call` made from n threads at the same moment: what each returned or raised. The
+    tests' way to meet an engine's queue limit: a request over it alone runs in parts."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = threading.Barrier(n)
+
+    def one(_: int) -> object:
+        start.wait()
+        try:
+            return call()
+        except Exception as err:  # noqa: BLE001 - the caller sorts what came back
+            return err
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
