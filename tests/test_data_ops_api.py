@@ -257,6 +257,10 @@ def test_bad_filters_and_sizes_are_invalid_argument_everywhere(client, news):
             call()
     with pytest.raises(InvalidArgument, match="100000"):
         client.search(news, ["x"] * 11, k=10_000)
+    # As CreateCollection's and HTTP's: 2**31 was INTERNAL, 2**30 took gigabytes (HNSW).
+    for option, value in (("ef_search", 2**31), ("ef_search", 65_537), ("nprobe", 2**31)):
+        with pytest.raises(InvalidArgument, match=f"{option} must be an integer in 1-65536"):
+            client.search(news, "x", **{option: value})
     with pytest.raises(NotFound):
         client.count("no-such-collection")
     both = pb.SearchBatchRequest(collection=news, texts=["x"])

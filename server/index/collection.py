@@ -436,7 +436,7 @@ class Collection:
         ids and scores only, as the index found them. score_threshold drops the hits worse
         than it (hits.within); with_vectors: each hit carries its document's stored vector.
         """
-        queries = checked_query(self.row, queries, k, model)
+        queries = checked_query(self.row, queries, k, model, ef_search=ef_search, nprobe=nprobe)
         threshold = checked_threshold(score_threshold)
         condition = compile_filter(where) if where else None
         with contextlib.ExitStack() as held:

@@ -91,12 +91,23 @@ def validated(row: CollectionRow, doc: Document) -> Document:
                     tokens=tokens, token_vectors=token_vectors)  # fmt: skip
 
 
-def checked_query(row: CollectionRow, queries: np.ndarray, k: int, model: str | None) -> np.ndarray:
+def checked_query(
+    row: CollectionRow,
+    queries: np.ndarray,
+    k: int,
+    model: str | None,
+    *,
+    ef_search: int | None = None,
+    nprobe: int | None = None,
+) -> np.ndarray:
     """A search's query vectors (one, or a row each) checked against the collection, with
-    its k and the model it was embedded by."""
+    its k, the model it was embedded by and its search options (whatever the index: an
+    ef_search of 2**30 made FAISS's HNSW search take gigabytes)."""
     check_model(row, model)
     if not 1 <= k <= MAX_K:
         raise InvalidArgument(f"k must be within 1-{MAX_K}, got {k}")
+    asked = (("ef_search", ef_search), ("nprobe", nprobe))
+    search_options({key: value for key, value in asked if value is not None})
     queries = np.asarray(queries, dtype=np.float32)
     return checked_vectors(row, queries[None] if queries.ndim == 1 else queries, "query")
 

@@ -391,7 +391,7 @@ class MilvusCollection:
         score_threshold: float | None = None,
         with_vectors: bool = False,
     ) -> list[list[Hit]]:
-        queries = checked_query(self.row, queries, k, model)
+        queries = checked_query(self.row, queries, k, model, ef_search=ef_search, nprobe=nprobe)
         threshold = checked_threshold(score_threshold)
         expression = milvus_expression(where)
         index_type, _ = milvus_index(self.row.index_spec)
