@@ -267,6 +267,10 @@ def test_startup_fails_fast_and_clearly(tmp_path):
              "cannot listen"),
             ((f"--port={free_port()}", f"--data-dir={tmp_path / 'd'}", "--model",
               "nobody/no-such-model"), "nobody/no-such-model"),
+            # These were a traceback (bind()'s OverflowError), exit 1.
+            (("--port=70000", f"--data-dir={tmp_path / 'd'}"), "port 70000: expected a port"),
+            ((f"--port={free_port()}", "--http-port=-5", f"--data-dir={tmp_path / 'd'}"),
+             "http_port -5: expected a port number in 0-65535 (--http-port"),
         ]  # fmt: skip
         for args, message in cases:
             started = time.monotonic()

@@ -97,6 +97,12 @@ class ServerSettings:
             raise ValueError(
                 f"index backend {self.index_backend!r}: expected one of {', '.join(BACKENDS)}"
             )
+        for name in ("port", "http_port", "metrics_port"):
+            if (port := getattr(self, name)) is not None and not 0 <= port <= 65_535:
+                raise ValueError(
+                    f"{name} {port}: expected a port number in 0-65535 "
+                    f"(--{name.replace('_', '-')}, EMBEDSENSE_{name.upper()})"
+                )
         if not self.milvus_timeout_s > 0:
             raise ValueError(
                 f"milvus timeout {self.milvus_timeout_s}: expected a positive number of "
