@@ -18,6 +18,8 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from embedsense.client.bulk import to_document
 from embedsense.client.types import (
@@ -42,6 +44,7 @@ from embedsense.proto.tensors import from_tensor, to_tensor
 from embedsense.proto.v1 import embedsense_pb2 as pb
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 ROLES = {None: pb.ROLE_UNSPECIFIED, "query": pb.ROLE_QUERY, "passage": pb.ROLE_PASSAGE}
 LONG_TEXT = {"error": pb.LONG_TEXT_ERROR, "truncate": pb.LONG_TEXT_TRUNCATE,
@@ -81,6 +84,35 @@ class Call(Generic[T]):
     def message(self) -> Any:
         """What the stub takes: the request, or a new stream of it (each try needs its own)."""
         return iter([self.request]) if self.stream else self.request
+
+
+INT_FIELDS = {  # what protobuf's integer fields carry; a value past it is its ValueError
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+}
+
+
+def message(kind: type[M], **fields: Any) -> M:
+    """kind(**fields). Protobuf's own error for a value a field cannot hold ("Value out of
+    range: 1000000000000") names no field; this one names it, and the range it can carry
+    (the server checks its own, narrower limits on what arrives)."""
+    try:
+        return kind(**fields)
+    except (ValueError, TypeError):
+        for name, value in fields.items():
+            try:
+                kind(**{name: value})
+            except (ValueError, TypeError) as wrong:
+                field = kind.DESCRIPTOR.fields_by_name[name]
+                if isinstance(wrong, ValueError) and field.type in INT_FIELDS:
+                    low, high = INT_FIELDS[field.type]
+                    wrong = ValueError(
+                        f"out of the range its field can carry ({low:,} to {high:,})"
+                    )
+                raise type(wrong)(f"{name}={value!r:.80}: {wrong}") from None
+        raise
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -330,12 +362,12 @@ def senses_message(
     examples would be sent as its characters, one example each)."""
     if not isinstance(senses, Mapping):
         raise TypeError(f"{where}: a dict of sense -> example texts, not {type(senses).__name__}")
-    message = {}
+    by_label = {}
     for label, examples in senses.items():
         if not isinstance(examples, list | tuple) or not all(isinstance(e, str) for e in examples):
             raise TypeError(f"{where}[{label!r}]: a list of example texts")
-        message[label] = pb.SenseExamples(examples=list(examples))
-    return message
+        by_label[label] = pb.SenseExamples(examples=list(examples))
+    return by_label
 
 
 # ------------------------------------------------------------------ the calls
@@ -358,7 +390,8 @@ def embed_tokens_call(
     long_text: str,
     priority_name: str | None = None,
 ) -> Call[list[TokenEmbeddings]]:
-    request = pb.EmbedRequest(
+    request = message(
+        pb.EmbedRequest,
         texts=list(texts),
         role=role(role_name),
         token_vectors=True,
@@ -373,7 +406,7 @@ def create_collection_call(
     name: str, index: str, store_tokens: bool, metric: str, ef_search: int, nprobe: int,
     dim: int = 0,
 ) -> Call[CollectionInfo]:  # fmt: skip
-    request = pb.CreateCollectionRequest(
+    request = message(pb.CreateCollectionRequest,
         name=name, index=index, metric=metric, store_tokens=store_tokens,
         ef_search=ef_search, nprobe=nprobe, dim=dim,
     )  # fmt: skip
@@ -453,7 +486,7 @@ def scroll_call(
 ) -> Call[tuple[list[StoredDocument], str]]:
     """One page: its documents and the next page's cursor ("" after the last page). The
     clients' `scroll` follows the cursor until it is empty."""
-    request = pb.ScrollRequest(
+    request = message(pb.ScrollRequest,
         collection=name, filter_json=filter_json(where), limit=limit, cursor=cursor,
         with_vectors=with_vectors,
     )  # fmt: skip
@@ -534,11 +567,11 @@ def search_call(
         score_threshold=score_threshold, with_vectors=with_vectors,
     )  # fmt: skip
     if isinstance(query, str):
-        return Call("Search", pb.SearchRequest(text=query, **options), parse_hits)
+        return Call("Search", message(pb.SearchRequest, text=query, **options), parse_hits)
     if isinstance(query, np.ndarray) and query.ndim == 1:
         vector = to_tensor(np.asarray(query, dtype=np.float32))
-        return Call("Search", pb.SearchRequest(vector=vector, **options), parse_hits)
-    batch = pb.SearchBatchRequest(**options)
+        return Call("Search", message(pb.SearchRequest, vector=vector, **options), parse_hits)
+    batch = message(pb.SearchBatchRequest, **options)
     if isinstance(query, np.ndarray):
         batch.vectors.CopyFrom(to_tensor(query))
     else:
@@ -552,7 +585,7 @@ def search_call(
 
 def _with_span(request: Any, span: tuple[int, int] | None) -> Any:
     if span is not None:
-        request.span.CopyFrom(pb.Span(start=span[0], end=span[1]))
+        request.span.CopyFrom(message(pb.Span, start=span[0], end=span[1]))
     return request
 
 
@@ -561,7 +594,7 @@ def disambiguate_call(
     span: tuple[int, int] | None, inventory: str | None, layers: Sequence[int] | None,
     centre: bool, with_sentence: bool, priority_name: str | None = None,
 ) -> Call[Disambiguation]:  # fmt: skip
-    request = pb.DisambiguateRequest(
+    request = message(pb.DisambiguateRequest,
         text=text, word=word, occurrence=occurrence, senses=senses_message(senses or {}),
         inventory=inventory or "", layers=list(layers or ()), no_centring=not centre,
         word_only=not with_sentence, priority=priority(priority_name),
@@ -595,7 +628,8 @@ def search_occurrences_call(
     collection: str, text: str, word: str, k: int, occurrence: int,
     span: tuple[int, int] | None, priority_name: str | None = None,
 ) -> Call[list[Occurrence]]:  # fmt: skip
-    request = pb.SearchOccurrencesRequest(
+    request = message(
+        pb.SearchOccurrencesRequest,
         collection=collection,
         text=text,
         word=word,
@@ -610,7 +644,7 @@ def search_occurrences_call(
 def induce_senses_call(
     collection: str, word: str, k: int | None, max_k: int, central: int
 ) -> Call[Induction]:
-    request = pb.InduceSensesRequest(collection=collection, word=word, k=k or 0,
+    request = message(pb.InduceSensesRequest, collection=collection, word=word, k=k or 0,
                                      max_k=max_k, central=central)  # fmt: skip
     return Call("InduceSenses", request, parse_induction)
 
@@ -620,19 +654,19 @@ def explain_call(
     occurrence: int, span: tuple[int, int] | None, long_text: str,
     neuron: tuple[int, int] | None = None,
 ) -> Call[Explanation]:  # fmt: skip
-    request = pb.ExplainRequest(text=text, word=word or "", occurrence=occurrence,
+    request = message(pb.ExplainRequest, text=text, word=word or "", occurrence=occurrence,
                                 layers=list(layers or ()), heads=list(heads or ()),
                                 truncate=truncate_flag(long_text, "explain"))  # fmt: skip
     if neuron is not None:
         layer, head = neuron
-        request.neuron.CopyFrom(pb.NeuronRequest(layer=layer, head=head))
+        request.neuron.CopyFrom(message(pb.NeuronRequest, layer=layer, head=head))
     return Call("Explain", _with_span(request, span), parse_explanation)
 
 
 def compare_layers_call(
     text_a: str, text_b: str, word: str, occurrence_a: int, occurrence_b: int, long_text: str
 ) -> Call[LayerComparison]:
-    request = pb.CompareLayersRequest(
+    request = message(pb.CompareLayersRequest,
         text_a=text_a, text_b=text_b, word=word, occurrence_a=occurrence_a,
         occurrence_b=occurrence_b, truncate=truncate_flag(long_text, "compare_layers"),
     )  # fmt: skip
@@ -658,7 +692,8 @@ def embed_request(
     long_text: str,
     priority_name: str | None = None,
 ) -> pb.EmbedRequest:
-    return pb.EmbedRequest(
+    return message(
+        pb.EmbedRequest,
         texts=list(texts),
         role=role(role_name),
         sentence_vectors=True,

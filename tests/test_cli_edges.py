@@ -180,6 +180,23 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
         status, _, err = cli(capsys, *target, *command)
         line = one_error_line(err)
         assert status == 2 and ("-k" in line or "--timeout" in line), line
+    # Past what the wire's integers carry: protobuf's "Value out of range: ..." named none.
+    wire = "out of the range its field can carry (0 to 4,294,967,295)"
+    for command, field in ((["search", "c", "水果", "-k", "1000000000000"], "k=1000000000000"),
+                           (["explain", "我喜欢吃苹果", "--word", "苹果", "--occurrence",
+                             "99999999999"], "occurrence=99999999999"),
+                           (["collections", "create", "big", "--dim", "99999999999"],
+                            "dim=99999999999")):  # fmt: skip
+        status, _, err = cli(capsys, *target, *command)
+        line = one_error_line(err)
+        assert status == 2 and f"{field}: {wire}" in line, line
+    with Client(server.target) as client:
+        with pytest.raises(ValueError, match=rf"^k=-1: {re.escape(wire)}"):
+            client.search("c", "水果", k=-1)
+        with pytest.raises(ValueError, match=r"^layers=\[-1\]: out of the range"):
+            client.explain("我喜欢吃苹果", "苹果", layers=[-1])
+        with pytest.raises(TypeError, match=r"^k='3': 'str' object cannot be interpreted"):
+            client.search("c", "水果", k="3")
     status, _, err = cli(capsys, *target, "search", "no-such-collection", "x")
     assert status == 1 and "NOT_FOUND" in one_error_line(err)
     status, _, err = cli(capsys, "--target", "nohost,alsono", "info")
