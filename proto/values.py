@@ -52,7 +52,7 @@ def scalar_problem(value: Any) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return f"{value!r} is not a JSON number (numbers must be finite)"
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
-        return f"{value} is outside the 64-bit integers (-2**63 to 2**63-1) numbers are kept as"
+        return f"{value} is not a 64-bit integer (-2**63 to 2**63-1), as every number is kept"
     return None
 
 

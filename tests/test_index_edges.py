@@ -100,7 +100,7 @@ def test_filter_numbers_the_store_cannot_compare_are_refused(backend):
     col.upsert(_numbered(5))
     query = unit(np.random.default_rng(5))[0]
     for where, message in [
-        ({"n": 2**64}, "64-bit"),
+        ({"n": 2**64}, r"18446744073709551616 is not a 64-bit integer \(-2\*\*63 to 2\*\*63-1\)"),
         ({"n": {"$in": [1, -(2**63) - 1]}}, "64-bit"),
         ({"n": {"$gt": float("inf")}}, "finite"),
         ({"n": {"$in": [float("nan")]}}, "finite"),
