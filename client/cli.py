@@ -468,6 +468,13 @@ def _explain_what_fits(
     try:
         explanation = client.explain(args.text, args.word, args.layers, args.heads, **ask)
     except InvalidArgument as err:
+        if ask["neuron"] is not None and "neuron." in str(err):
+            # The neuron view is --layer/--head's: one the explanation lacks is a usage
+            # error naming the flag, as for --out (not the server's "neuron.layer").
+            ask["neuron"] = None
+            _check_drawable(args, client.explain(args.text, args.word, args.layers, args.heads,
+                                                 **ask))  # fmt: skip
+            raise
         if args.layers or args.heads or "fewer layers or heads" not in str(err):
             raise
         num_layers, num_heads, bound = model_shape()

@@ -248,7 +248,10 @@ def test_explain_says_what_it_explained_and_refuses_a_layer_it_cannot_draw(
     assert "吃" in out  # the tokens it explained
     png = str(tmp_path / "a.png")
     for flags in (["--layer", "13", "--out", png], ["--layer", "0", "--html", png + ".html"],
-                  ["--layer", "3", "--head", "12", "--out", png]):  # fmt: skip
+                  ["--layer", "3", "--head", "12", "--out", png],
+                  # The page's neuron view asked the server for them: its error, exit 1.
+                  ["--layer", "13", "--html", png + ".html"], ["--head", "12", "--html",
+                   png + ".html"]):  # fmt: skip
         status, out, err = cli(capsys, *target, "explain", "我喜欢吃苹果", "--word", "苹果", *flags)
         line = one_error_line(err)
         assert status == 2 and ("--layer" in line or "--head" in line) and not out, line
