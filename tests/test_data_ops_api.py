@@ -370,6 +370,20 @@ def test_a_document_without_an_id_gets_the_same_id_on_every_surface(client, http
     twice = http.post(route, json={"documents": [document, {"text": "x"}, document]})
     assert twice.status_code == 400 and "documents[0] and documents[2]" in twice.text
 
+    # A vector alone had a new random id each time over HTTP and raw gRPC (the SDK refused
+    # it); a wrong dimension was named by a derived id the caller never saw.
+    vector = [1.0] + [0.0] * (DIM - 1)
+    alone = http.post(route, json={"documents": [{"text": "x"}, {"vector": vector}]})
+    assert alone.status_code == 400 and "documents[1]: a document given by its vector alone" \
+        in alone.text, alone.text  # fmt: skip
+    raw = pb.Document(vector=pb.Tensor(shape=[DIM], data=np.asarray(vector, "<f4").tobytes()))
+    with pytest.raises(InvalidArgument, match=r"documents\[0\]: a document given by its vector"):
+        client._call(Call("Upsert", pb.UpsertRequest(collection=news, documents=[raw]),
+                          lambda reply: reply, stream=True))  # fmt: skip
+    short = http.post(route, json={"documents": [{"text": "x"}, {"text": "y", "vector": [1, 2]}]})
+    assert short.status_code == 400 and "documents[1].vector: a 2-dim vector" in short.text
+    assert client.count(news) == len(TEXTS) + 2
+
 
 def test_async_client_does_the_same(running, news):
     async def scenario() -> None:

@@ -141,7 +141,10 @@ class NewDocument(RequestModel):
         json_schema_extra={"anyOf": [{"required": ["text"]}, {"required": ["vector"]}]}
     )
 
-    id: DocumentId | None = Field(None, description="Omitted: the server makes one.")
+    id: DocumentId | None = Field(
+        None,
+        description="Omitted: made from the text and metadata (a vector alone needs an id).",
+    )
     text: str = Field(
         "",
         description="The text, embedded as a passage by the server; may be left out when "

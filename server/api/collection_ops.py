@@ -133,11 +133,18 @@ def check_k(k: int, queries: int) -> int:
     return k
 
 
-def check_vector(vector: Any, field: str) -> np.ndarray:
-    """A caller's vector as float32 (dim,); its dimension is the collection's to check."""
+def check_vector(vector: Any, field: str, collection: CollectionBackend) -> np.ndarray:
+    """A caller's vector as float32 (dim,), of the collection's dimension (named by its
+    place in the request: an index error would name an id the caller may never have seen)."""
     array = np.asarray(vector, dtype=np.float32)
     if array.ndim != 1 or array.size == 0:
         raise BadRequest(f"{field}: expected one vector (dim,), got shape {array.shape}", field)
+    if array.size != collection.dim:
+        raise BadRequest(
+            f"{field}: a {array.size}-dim vector; collection {collection.name!r} holds "
+            f"{collection.dim}-dim vectors (expected dimension {collection.dim})",
+            field,
+        )
     return array
 
 
@@ -209,26 +216,31 @@ class CollectionOps:
         to_embed = [i for i, d in enumerate(batch) if d.vector is None]
         texts = [check_text(batch[i].text, f"documents[{i}].text", self.settings.max_text_chars)
                  for i in to_embed]  # fmt: skip
-        ids: list[str | None] = []
+        ids: list[str] = []
         given: dict[int, np.ndarray] = {}  # the caller's vectors, checked
         derived: dict[str, int] = {}  # content id -> the document it was made for
         for i, d in enumerate(batch):  # every check before the embedding, which costs most
             if d.vector is not None:
-                given[i] = check_vector(d.vector, f"documents[{i}].vector")
+                given[i] = check_vector(d.vector, f"documents[{i}].vector", collection)
                 if d.text:  # stored as it is: the same rules
                     check_text(d.text, f"documents[{i}].text", self.settings.max_text_chars)
+                elif not d.id:  # a random id would store it again each time it is sent
+                    raise BadRequest(
+                        f"documents[{i}]: a document given by its vector alone (no text) needs "
+                        "an id",
+                        "documents",
+                    )
             if d.metadata is not None and not isinstance(d.metadata, Mapping):
                 raise BadRequest(f"documents[{i}].metadata: must be a JSON object", "documents")
             checked_metadata(d.metadata or {}, f"documents[{i}].metadata")
-            # Without an id: the one the SDK would have made (a text-less vector, a new one).
-            ids.append(d.id or (content_id(d.text, d.metadata or {}) if d.text else None))
-            if not d.id and (doc_id := ids[-1]) is not None:
-                if (first := derived.setdefault(doc_id, i)) != i:
-                    raise BadRequest(
-                        f"documents[{first}] and documents[{i}] have the same text and metadata "
-                        "and no id, so the same id: send one of them, or give each an id",
-                        "documents",
-                    )
+            # Without an id: the one the SDK would have made.
+            ids.append(d.id or content_id(d.text, d.metadata or {}))
+            if not d.id and (first := derived.setdefault(ids[-1], i)) != i:
+                raise BadRequest(
+                    f"documents[{first}] and documents[{i}] have the same text and metadata "
+                    "and no id, so the same id: send one of them, or give each an id",
+                    "documents",
+                )
         results = {}
         if texts:
             embedded = await self.engine.embed(

@@ -30,6 +30,9 @@ class CollectionBackend(Protocol):
     @property
     def store_tokens(self) -> bool: ...
 
+    @property
+    def dim(self) -> int: ...
+
     def info(self) -> CollectionInfo: ...
 
     def count(self, where: Mapping[str, Any] | None = None) -> int:

@@ -93,6 +93,10 @@ class MilvusCollection:
         return self.row.name
 
     @property
+    def dim(self) -> int:
+        return self.row.dim
+
+    @property
     def store_tokens(self) -> bool:
         return self.row.store_tokens
 
