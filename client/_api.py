@@ -167,8 +167,10 @@ def grpc_target(targets: Targets) -> str:
     as it is (DNS may give several addresses: all are balanced); several "host:port" as one
     `ipv4:`/`ipv6:` address list, names resolved now."""
     if isinstance(targets, str):
-        return targets
+        targets = [targets]
     targets = list(targets)
+    if not targets or not all(isinstance(t, str) and t.strip() for t in targets):
+        raise ValueError(f"targets {targets!r}: expected a \"host:port\" or a list of them")
     if len(targets) == 1:
         return targets[0]
     addresses = [_address(t) for t in targets]

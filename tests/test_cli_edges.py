@@ -201,6 +201,12 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
     assert status == 1 and "NOT_FOUND" in one_error_line(err)
     status, _, err = cli(capsys, "--target", "nohost,alsono", "info")
     assert status == 2 and "nohost" in one_error_line(err)
+    for empty in ("", ",", " "):  # "mix of IPv4 and IPv6 addresses", of none
+        status, _, err = cli(capsys, "--target", empty, "info")
+        assert status == 2 and 'expected a "host:port"' in one_error_line(err), err
+    for targets in ([], "", ["127.0.0.1:1", ""]):
+        with pytest.raises(ValueError, match='expected a "host:port"'):
+            Client(targets)
 
     status, out, _ = cli(capsys, "--help")
     assert status == 0 and "exit status" in out.lower()
