@@ -18,10 +18,9 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 import numpy as np
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
 
 from embedsense.client.bulk import to_document
+from embedsense.client.messages import message
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
@@ -44,7 +43,6 @@ from embedsense.proto.tensors import from_tensor, to_tensor
 from embedsense.proto.v1 import embedsense_pb2 as pb
 
 T = TypeVar("T")
-M = TypeVar("M", bound=Message)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 ROLES = {None: pb.ROLE_UNSPECIFIED, "query": pb.ROLE_QUERY, "passage": pb.ROLE_PASSAGE}
 LONG_TEXT = {"error": pb.LONG_TEXT_ERROR, "truncate": pb.LONG_TEXT_TRUNCATE,
@@ -84,35 +82,6 @@ class Call(Generic[T]):
     def message(self) -> Any:
         """What the stub takes: the request, or a new stream of it (each try needs its own)."""
         return iter([self.request]) if self.stream else self.request
-
-
-INT_FIELDS = {  # what protobuf's integer fields carry; a value past it is its ValueError
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
-    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
-}
-
-
-def message(kind: type[M], **fields: Any) -> M:
-    """kind(**fields). Protobuf's own error for a value a field cannot hold ("Value out of
-    range: 1000000000000") names no field; this one names it, and the range it can carry
-    (the server checks its own, narrower limits on what arrives)."""
-    try:
-        return kind(**fields)
-    except (ValueError, TypeError):
-        for name, value in fields.items():
-            try:
-                kind(**{name: value})
-            except (ValueError, TypeError) as wrong:
-                field = kind.DESCRIPTOR.fields_by_name[name]
-                if isinstance(wrong, ValueError) and field.type in INT_FIELDS:
-                    low, high = INT_FIELDS[field.type]
-                    wrong = ValueError(
-                        f"out of the range its field can carry ({low:,} to {high:,})"
-                    )
-                raise type(wrong)(f"{name}={value!r:.80}: {wrong}") from None
-        raise
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -170,7 +139,7 @@ def grpc_target(targets: Targets) -> str:
         targets = [targets]
     targets = list(targets)
     if not targets or not all(isinstance(t, str) and t.strip() for t in targets):
-        raise ValueError(f"targets {targets!r}: expected a \"host:port\" or a list of them")
+        raise ValueError(f'targets {targets!r}: expected a "host:port" or a list of them')
     if len(targets) == 1:
         return targets[0]
     addresses = [_address(t) for t in targets]

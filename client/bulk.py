@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from embedsense.client.errors import EmbedSenseError
+from embedsense.client.messages import message
 from embedsense.proto.ids import content_id
 from embedsense.proto.v1 import embedsense_pb2 as pb
 
@@ -52,7 +53,9 @@ def to_document(doc: Document | pb.Document) -> pb.Document:
     if isinstance(doc, pb.Document):
         return doc
     if isinstance(doc, str):
-        return pb.Document(id=content_id(doc, {}), text=doc, metadata_json="{}")
+        built = message(pb.Document, text=doc, metadata_json="{}")
+        built.id = content_id(doc, {})
+        return built
     if not isinstance(doc, Mapping) or "text" not in doc:
         raise ValueError(f"a document is a str or a dict with 'text', got {doc!r:.80}")
     unknown = set(doc) - {"id", "text", "metadata"}
@@ -61,11 +64,11 @@ def to_document(doc: Document | pb.Document) -> pb.Document:
     metadata = doc.get("metadata") or {}
     given = doc.get("id")
     has_id = given is not None and given != ""  # an id of 0 is an id
-    return pb.Document(
-        id=str(given) if has_id else content_id(doc["text"], metadata),
-        text=doc["text"],
-        metadata_json=json.dumps(metadata, ensure_ascii=False),
-    )
+    built = message(pb.Document, id=str(given) if has_id else "", text=doc["text"],
+                    metadata_json=json.dumps(metadata, ensure_ascii=False))  # fmt: skip
+    if not has_id:
+        built.id = content_id(doc["text"], metadata)
+    return built
 
 
 def documents_source(
@@ -79,8 +82,17 @@ def documents_source(
     if isinstance(documents, Mapping):
         raise TypeError("documents: a list of texts or dicts, not one dict (wrap it: [doc])")
     if isinstance(documents, Sequence):
-        return [to_document(doc) for doc in documents]
-    return map(to_document, documents)
+        return list(map(_numbered_document, enumerate(documents)))
+    return map(_numbered_document, enumerate(documents))
+
+
+def _numbered_document(numbered: tuple[int, Document]) -> pb.Document:
+    """to_document, its errors naming the document: documents[i]."""
+    i, doc = numbered
+    try:
+        return to_document(doc)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"documents[{i}]: {err}") from None
 
 
 def last_writes(docs: Sequence[pb.Document]) -> list[pb.Document]:

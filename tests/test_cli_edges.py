@@ -197,6 +197,19 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
             client.explain("我喜欢吃苹果", "苹果", layers=[-1])
         with pytest.raises(TypeError, match=r"^k='3': 'str' object cannot be interpreted"):
             client.search("c", "水果", k="3")
+        # No UTF-8 holds a lone surrogate: it was a bare UnicodeEncodeError.
+        surrogate = re.escape("lone surrogate U+D800 at position 1; no UTF-8 holds it")
+        with pytest.raises(ValueError, match=rf"^texts\[1\]: {surrogate}"):
+            client.encode(["好", "a\ud800b"])
+        with pytest.raises(ValueError, match=rf"^text: {surrogate}"):
+            client.search("c", "a\ud800b")
+        for document, field in (
+            ("a\ud800b", "text"),
+            ({"id": "x\ud800y", "text": "好"}, "id"),
+            ({"text": "好", "metadata": {"k": "a\ud800b"}}, "metadata"),
+        ):
+            with pytest.raises(ValueError, match=rf"^documents\[1\]: {field}.*U\+D800"):
+                client.upsert("c", ["好", document])
     status, _, err = cli(capsys, *target, "search", "no-such-collection", "x")
     assert status == 1 and "NOT_FOUND" in one_error_line(err)
     status, _, err = cli(capsys, "--target", "nohost,alsono", "info")
