@@ -441,6 +441,8 @@ def delete_call(
     server's to refuse: drop the collection to delete everything)."""
     if (ids is None) == (where is None):
         raise ValueError("delete: give ids or filter (one of them)")
+    if where is None and not ids:  # deletes nothing, as HTTP's {"ids": []}: if it exists
+        return Call("DescribeCollection", pb.CollectionRef(name=name), lambda r: 0)
     request = pb.DeleteRequest(
         collection=name, ids=id_list(ids or ()), filter_json=filter_json(where)
     )

@@ -92,6 +92,13 @@ def test_count_and_delete_by_filter(client, news):
     both = pb.DeleteRequest(collection=news, ids=["a02"], filter_json='{"sense": "fruit"}')
     with pytest.raises(InvalidArgument, match="not both"):  # and so does the server
         client._call(Call("Delete", both, lambda r: r))
+    # Neither was OK, 0 deleted, over raw gRPC (HTTP refused it); no ids at all is 0 in the
+    # SDK, as HTTP's {"ids": []}, for a collection that exists.
+    with pytest.raises(InvalidArgument, match="ids or filter_json"):
+        client._call(Call("Delete", pb.DeleteRequest(collection=news), lambda r: r))
+    assert client.delete(news, []) == 0
+    with pytest.raises(NotFound):
+        client.delete("no-such-collection", [])
     assert client.count(news) == 3
 
 

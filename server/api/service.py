@@ -377,6 +377,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     @rpc
     async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
         where = _filter(request.filter_json) if request.filter_json else None
+        if where is None and not request.ids:  # proto3 sends no ids and ids=[] alike
+            raise BadRequest("give ids or filter_json (one of them); no ids deletes nothing")
         deleted = await self.ops.delete(request.collection, list(request.ids), where)
         return pb.DeleteResponse(deleted=deleted)
 
