@@ -25,6 +25,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -713,8 +714,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
         with Client(args.target, api_key=api_key_of(args), timeout=timeout, tls=tls) as client:
             COMMANDS[args.command](args, client)
-    except EmbedSenseError as err:
-        return fail(str(err), SERVER_ERROR)
+    except EmbedSenseError as err:  # the server's hints name the SDK's argument, here a flag
+        return fail(re.sub(r'long_text="(\w+)"', r"--long-text \1", str(err)), SERVER_ERROR)
     except OSError as err:  # a file named on the command line (an --html to write, a PEM)
         return fail(
             f"{err.filename}: {file_problem(err)}" if err.filename else str(err), USAGE_ERROR

@@ -240,14 +240,16 @@ def test_embed_layers_need_tokens_and_bad_layers_get_the_servers_error(server, c
 
 def test_the_long_text_hint_names_an_option_that_exists_and_it_works(server, capsys):
     """The error for a long text once said `pass truncate=True`: no such flag in the CLI, no
-    such argument in Client.encode. Now every surface says long_text, and it works."""
+    such argument in Client.encode; then long_text="truncate", the SDK's spelling. The CLI
+    names its own flag, and it works."""
     target = ["--target", server.target]
     long_text = "苹果手机和苹果派。" * 200
     explain = ["explain", long_text, "--word", "苹果", "--layers", "12", "--heads", "0"]
     for command in (["embed", long_text], explain):
         status, _, err = cli(capsys, *target, *command)
         line = one_error_line(err)
-        assert status == 1 and 'long_text="truncate"' in line and "truncate=True" not in line
+        assert status == 1 and "--long-text truncate" in line and "truncate=True" not in line
+        assert "long_text=" not in line  # the SDK's spelling: the CLI's flag is --long-text
         status, out, err = cli(capsys, *target, "--json", *command, "--long-text", "truncate")
         assert status == 0, err
         assert json.loads(out)
