@@ -80,7 +80,7 @@ def test_bad_input_gets_a_precise_error_and_the_server_goes_on(client, collectio
     assert client.search(collection, "苹果", k=1)[0].id  # a good request still works
 
 
-def test_unknown_collection_and_undecodable_bytes(client, server):
+def test_unknown_collection_and_undecodable_bytes(client, server, collection):
     with pytest.raises(NotFound, match="no-such-collection"):
         client.search("no-such-collection", "苹果")
     # Field 1 (texts) holding a UTF-8-encoded lone surrogate: not valid UTF-8 on the wire.
@@ -93,6 +93,16 @@ def test_unknown_collection_and_undecodable_bytes(client, server):
         with pytest.raises(grpc.RpcError) as failure:
             raw_call(channel, "Upsert", b"\x12\x04\x12\x02\xed\xa0")  # in a streamed document
         assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # After messages that were stored, the status says so, as for any other refusal.
+        stored = pb.UpsertRequest(collection=collection, documents=[
+            pb.Document(id="kept-1", text="苹果"), pb.Document(id="kept-2", text="香蕉")
+        ]).SerializeToString()  # fmt: skip
+        upsert = channel.stream_unary(f"/{SERVICE.full_name}/Upsert")
+        with pytest.raises(grpc.RpcError) as failure:
+            upsert(iter([stored, b"\x12\x04\x12\x02\xed\xa0"]), timeout=30)
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "does not decode" in failure.value.details()
+        assert "(2 documents sent before it were stored)" in failure.value.details()
     assert client.info().dim == 384
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from embedsense.server.api.checks import BadRequest
 from embedsense.server.api.observability import Metrics
 
 # Load balancers and tools must work without the key.
@@ -113,12 +114,14 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
             except Exception as err:  # noqa: BLE001 - any decoding failure is the caller's
                 return _Undecodable(str(err) or type(err).__name__)
 
-        async def reject(context: grpc.aio.ServicerContext, bad: _Undecodable) -> None:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
+        def why(bad: _Undecodable) -> str:
+            return (
                 f"the request does not decode as {method}'s message ({bad.reason}); "
-                "string fields must be valid UTF-8",
+                "string fields must be valid UTF-8"
             )
+
+        async def reject(context: grpc.aio.ServicerContext, bad: _Undecodable) -> None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, why(bad))
 
         if handler.request_streaming:
             inner = handler.stream_unary
@@ -127,7 +130,8 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
                 async def checked() -> AsyncIterator[Any]:
                     async for request in requests:
                         if isinstance(request, _Undecodable):
-                            await reject(context, request)
+                            # Raised into the handler, which says what earlier messages stored.
+                            raise BadRequest(why(request))
                         yield request
 
                 return await inner(checked(), context)
