@@ -441,11 +441,10 @@ def delete_call(
     server's to refuse: drop the collection to delete everything)."""
     if (ids is None) == (where is None):
         raise ValueError("delete: give ids or filter (one of them)")
-    if where is None and not ids:  # deletes nothing, as HTTP's {"ids": []}: if it exists
+    listed = id_list(ids or ())  # an iterator is read once, here
+    if where is None and not listed:  # deletes nothing, as HTTP's {"ids": []}: if it exists
         return Call("DescribeCollection", pb.CollectionRef(name=name), lambda r: 0)
-    request = pb.DeleteRequest(
-        collection=name, ids=id_list(ids or ()), filter_json=filter_json(where)
-    )
+    request = pb.DeleteRequest(collection=name, ids=listed, filter_json=filter_json(where))
     return Call("Delete", request, lambda r: r.deleted)
 
 

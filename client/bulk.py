@@ -20,6 +20,7 @@ from embedsense.client.errors import EmbedSenseError
 from embedsense.client.messages import message
 from embedsense.proto.ids import content_id
 from embedsense.proto.v1 import embedsense_pb2 as pb
+from embedsense.proto.values import metadata_problem
 
 T = TypeVar("T")
 Document = str | Mapping[str, Any]
@@ -64,8 +65,13 @@ def to_document(doc: Document | pb.Document) -> pb.Document:
     metadata = doc.get("metadata") or {}
     given = doc.get("id")
     has_id = given is not None and given != ""  # an id of 0 is an id
-    built = message(pb.Document, id=str(given) if has_id else "", text=doc["text"],
-                    metadata_json=json.dumps(metadata, ensure_ascii=False))  # fmt: skip
+    try:
+        built = message(pb.Document, id=str(given) if has_id else "", text=doc["text"],
+                        metadata_json=json.dumps(metadata, ensure_ascii=False))  # fmt: skip
+    except ValueError as err:  # in the JSON's characters: say where in the metadata instead
+        if str(err).startswith("metadata_json"):
+            raise ValueError(metadata_problem(metadata, "metadata") or str(err)) from None
+        raise
     if not has_id:
         built.id = content_id(doc["text"], metadata)
     return built

@@ -21,6 +21,7 @@ EMBEDSENSE_API_KEY or EMBEDSENSE_API_KEY_FILE.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
@@ -472,9 +473,11 @@ def _explain_what_fits(
         if ask["neuron"] is not None and "neuron." in str(err):
             # The neuron view is --layer/--head's: one the explanation lacks is a usage
             # error naming the flag, as for --out (not the server's "neuron.layer").
-            ask["neuron"] = None
-            _check_drawable(args, client.explain(args.text, args.word, args.layers, args.heads,
-                                                 **ask))  # fmt: skip
+            without = {**ask, "neuron": None}
+            with contextlib.suppress(InvalidArgument):  # else the server's error stands
+                _check_drawable(
+                    args, client.explain(args.text, args.word, args.layers, args.heads, **without)
+                )
             raise
         if args.layers or args.heads or "fewer layers or heads" not in str(err):
             raise
@@ -715,7 +718,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Client(args.target, api_key=api_key_of(args), timeout=timeout, tls=tls) as client:
             COMMANDS[args.command](args, client)
     except EmbedSenseError as err:  # the server's hints name the SDK's argument, here a flag
-        return fail(re.sub(r'long_text="(\w+)"', r"--long-text \1", str(err)), SERVER_ERROR)
+        message = re.sub(r'long_text="(\w+)"', r"--long-text \1", str(err))
+        return fail(message.replace(" (the request's truncate=true)", ""), SERVER_ERROR)
     except OSError as err:  # a file named on the command line (an --html to write, a PEM)
         return fail(
             f"{err.filename}: {file_problem(err)}" if err.filename else str(err), USAGE_ERROR

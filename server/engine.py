@@ -448,7 +448,8 @@ class Engine:
             if max_tokens is not None and prepared.n_tokens > max_tokens:
                 raise InvalidRequest(
                     f"the inputs are {prepared.n_tokens} tokens together; at most {max_tokens} "
-                    "are taken in one request here"
+                    "are taken in one request here (a token vector each comes back): send "
+                    "fewer or shorter texts"
                 )
             level = self._priority(priority, len(prepared.tokenized), prepared.n_tokens)
             rows = [ids for per_text in prepared.window_ids for ids in per_text]
@@ -523,40 +524,71 @@ class Engine:
         caller pools the rows when it wants sentence vectors only; each output is then that
         row pooled, (1, dim) (_Row.pooled).
 
-        A request of more tokens than its level may ever queue is run in parts of at most
-        half that, each queued once the one before is done: refused whole, it would be
-        "overloaded" however often it was sent (an SDK bulk upsert of long documents was)."""
+        A request of more tokens than its level may ever queue runs in parts of at most
+        half that, one after another: refused whole, it would be "overloaded" however often
+        it was sent (an SDK bulk upsert of long documents was)."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         deadline = now + timeout if timeout is not None else None
         queued = [_Row(ids, layers, loop.create_future(), loop, now, deadline, level, pooled)
                   for ids in rows]  # fmt: skip
-        most = min(limit.value for limit in self._limits()[0][level:])  # level's and above
-        sizes = [row.n_tokens for row in queued]
+        # The tokens this level may queue: its own limit and those of the levels above.
+        limit = min(self._limits()[0][level:], key=lambda limit: limit.value)
+        most, sizes = limit.value, [row.n_tokens for row in queued]
+        if max(sizes, default=0) > most:  # no part could ever be queued
+            raise InvalidRequest(
+                f"a text's window of {max(sizes)} tokens is more than the {most} tokens a "
+                f"{level.label} request may queue ({limit.setting})"
+            )
+        if sum(sizes) <= most:
+            self._admit(queued, level)
+            return self._outputs(queued, level, timeout)
         parts = [queued[part] for part in consecutive_parts(sizes, most // 2)]
         self._admit(parts[0], level)
-        if len(parts) == 1:
-            return self._outputs(parts[0], level, timeout)
-        return self._in_parts(parts, level, deadline)
+        return self._in_parts(parts, level, timeout)
 
     async def _in_parts(
-        self, parts: list[list[_Row]], level: Priority, deadline: float | None
+        self, parts: list[list[_Row]], level: Priority, timeout: float | None
     ) -> list[np.ndarray]:
         """The outputs of a request queued in parts; the first is admitted already."""
         outputs: list[np.ndarray] = []
         for number, part in enumerate(parts):
             if number:
-                self._admit(part, level)
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            outputs += await self._outputs(part, level, left)
+                await self._admit_when_room(part, level, timeout)
+            outputs += await self._outputs(part, level, timeout)
         return outputs
+
+    async def _admit_when_room(
+        self, rows: list[_Row], level: Priority, timeout: float | None
+    ) -> None:
+        """Queue a later part of a request once the queue has room for it: the request was
+        admitted, so its parts wait rather than fail after earlier ones were computed. It
+        arrives now, as far as aging goes: an arrival stamped when the request came would rank
+        it ahead of work that came in meanwhile."""
+        pause = 0.005
+        while True:
+            for row in rows:
+                row.arrival = time.monotonic()
+            try:
+                return self._admit(rows, level, count_refusal=False)
+            except Overloaded:
+                deadline = rows[0].deadline
+                if deadline is not None and time.monotonic() + pause > deadline:
+                    raise DeadlineExceeded(
+                        f"not done within the {timeout:.3f} s deadline"
+                    ) from None
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 0.1)
 
     async def _outputs(
         self, rows: list[_Row], level: Priority, timeout: float | None
     ) -> list[np.ndarray]:
+        """The rows' outputs, by the request's `timeout` (its rows carry its deadline)."""
+        deadline = rows[0].deadline if rows else None
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             wait = asyncio.gather(*(row.future for row in rows))
-            return await (asyncio.wait_for(wait, timeout) if timeout is not None else wait)
+            return await (asyncio.wait_for(wait, left) if left is not None else wait)
         except TimeoutError as err:
             raise DeadlineExceeded(f"not done within the {timeout:.3f} s deadline") from err
         finally:
@@ -699,7 +731,7 @@ class Engine:
             [bulk_requests, requests, requests],
         )
 
-    def _admit(self, rows: list[_Row], level: Priority) -> None:
+    def _admit(self, rows: list[_Row], level: Priority, count_refusal: bool = True) -> None:
         token_limits, request_limits = self._limits()
         n_tokens = sum(row.n_tokens for row in rows)
         with self._cond:
@@ -708,8 +740,9 @@ class Engine:
                 level, n_tokens, self._queued_tokens, self._in_flight, token_limits, request_limits
             )
             if refusal is not None:
-                self.stats.refused += 1
-                self.stats.refused_by_priority[level.label] += 1
+                if count_refusal:
+                    self.stats.refused += 1
+                    self.stats.refused_by_priority[level.label] += 1
                 raise Overloaded(refusal)
             self._in_flight[level] += 1
             self._queued_tokens[level] += n_tokens

@@ -206,9 +206,9 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
         for document, field in (
             ("a\ud800b", "text"),
             ({"id": "x\ud800y", "text": "好"}, "id"),
-            ({"text": "好", "metadata": {"k": "a\ud800b"}}, "metadata"),
+            ({"text": "好", "metadata": {"k": "a\ud800b"}}, r"metadata\.k"),
         ):
-            with pytest.raises(ValueError, match=rf"^documents\[1\]: {field}.*U\+D800"):
+            with pytest.raises(ValueError, match=rf"^documents\[1\]: {field}: .*U\+D800"):
                 client.upsert("c", ["好", document])
     status, _, err = cli(capsys, *target, "search", "no-such-collection", "x")
     assert status == 1 and "NOT_FOUND" in one_error_line(err)

@@ -96,7 +96,7 @@ def test_count_and_delete_by_filter(client, news):
     # SDK, as HTTP's {"ids": []}, for a collection that exists.
     with pytest.raises(InvalidArgument, match="ids or filter_json"):
         client._call(Call("Delete", pb.DeleteRequest(collection=news), lambda r: r))
-    assert client.delete(news, []) == 0
+    assert client.delete(news, []) == 0 and client.delete(news, iter([])) == 0
     with pytest.raises(NotFound):
         client.delete("no-such-collection", [])
     assert client.count(news) == 3

@@ -156,7 +156,7 @@ def test_overload_is_refused_at_once(e5):
 def test_queued_token_limit_refuses_work_beyond_it(e5):
     eng = Engine(EngineConfig(dtype="float32", max_queued_tokens=600, warmup=False), e5).start()
 
-    async def main():  # six requests of ~290 tokens, queued at once: 600 hold two of them
+    async def main():  # six requests of about 300 tokens, queued at once: 600 hold two
         texts = chinese_texts(18, min_chars=140, max_chars=150)
         calls = [eng.embed(texts[i : i + 3]) for i in range(0, 18, 3)]
         return await asyncio.gather(*calls, return_exceptions=True)
@@ -166,6 +166,28 @@ def test_queued_token_limit_refuses_work_beyond_it(e5):
         refused = [a for a in answers if isinstance(a, Overloaded)]
         assert refused and all("max_queued_tokens" in str(a) for a in refused)
         assert eng.stats.refused == len(refused) == len(answers) - eng.stats.rows // 3
+    finally:
+        eng.close()
+
+
+def test_a_request_in_parts_waits_for_room_rather_than_being_refused_midway(e5):
+    """Once admitted, a request's later parts wait for the queue: refused after earlier parts
+    were computed, the whole request would be sent again from the start."""
+    eng = Engine(EngineConfig(dtype="float32", max_queued_tokens=600, warmup=False), e5).start()
+    long = chinese_texts(12, min_chars=140, max_chars=150, seed=2)  # ~1,200 tokens: 4+ parts
+
+    async def main():
+        parted = asyncio.create_task(eng.embed(long))
+        others: list = []
+        while not parted.done():  # bursts of eight ~300-token requests keep the queue full
+            burst = [eng.embed(chinese_texts(3, 140, 150, seed=s)) for s in range(8)]
+            others += await asyncio.gather(*burst, return_exceptions=True)
+        return await parted, others
+
+    try:
+        vectors, others = asyncio.run(main())
+        assert len(vectors) == len(long)
+        assert any(isinstance(other, Overloaded) for other in others)  # the queue was full
     finally:
         eng.close()
 

@@ -58,7 +58,7 @@ class Limits:
     max_texts: int  # texts, or token-id inputs (max_texts_per_request)
     max_text_chars: int  # characters in one text
     max_request_chars: int  # characters in all the texts together
-    max_request_tokens: int  # token ids in all the inputs together (the engine's queue)
+    max_request_tokens: int  # token ids in all the inputs together (max_queued_tokens)
 
     @classmethod
     def of(cls, settings: ServerSettings) -> Limits:
@@ -137,8 +137,8 @@ def check_texts(texts: Sequence[str], field: str, limits: Limits) -> list[str]:
 
 def check_token_ids(batch: Sequence[Sequence[int]], field: str, limits: Limits) -> list[list[int]]:
     """Inputs given as token ids: their count, none empty, and their ids together at most
-    the engine's queue (max_queued_tokens: more could never be admitted). Ids outside the
-    vocabulary are the tokenizer's to name."""
+    max_queued_tokens (the bound on a request of ids, whose body holds no text to bound it
+    by characters). Ids outside the vocabulary are the tokenizer's to name."""
     check_count(len(batch), field, limits, "inputs")
     total = 0
     for i, ids in enumerate(batch):
@@ -158,8 +158,8 @@ def check_token_ids(batch: Sequence[Sequence[int]], field: str, limits: Limits) 
 
 
 def check_reply_tokens(count: int, field: str, limits: Limits) -> None:
-    """A reply that lists tokens (tokenize) holds at most max_queued_tokens of them: what a
-    request could ever have embedded, and what bounds the reply's size."""
+    """A reply that lists tokens (tokenize) holds at most max_queued_tokens of them, the
+    bound on its size."""
     if count > limits.max_request_tokens:
         raise BadRequest(
             f"{field}: {count} tokens in all; a reply lists at most {limits.max_request_tokens} "

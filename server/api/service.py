@@ -215,6 +215,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         texts = self._texts(request.texts)
         want_sentences = request.sentence_vectors or not request.token_vectors
         long_text = choice(LONG_TEXT, request.long_text, "long_text")
+        # Token vectors come back whole: refuse, before the work, what no reply could hold.
+        replied = self.settings.max_message_bytes // (4 * self.engine.info().dim)
         results = await self._embed(
             texts, context,
             role=role_of(request.role),
@@ -225,6 +227,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             truncate=long_text == "truncate",
             windowed=long_text == "windows",
             priority=priority_of(request.priority),
+            max_tokens=replied if request.token_vectors else None,
         )  # fmt: skip
         reply = pb.EmbedResponse()
         if want_sentences:

@@ -273,7 +273,7 @@ class EngineHost:
             raise ValueError(f"no index call {method!r}")
         value = await asyncio.to_thread(getattr(self.catalog, method), *args, **kwargs)
         # A collection stays here: the front end gets what it needs to name it.
-        return value.store_tokens if method == "get" else value
+        return (value.store_tokens, value.dim) if method == "get" else value
 
     async def _collection(
         self, name: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -113,14 +113,19 @@ class FrontEngine(Engine):
 class RemoteCollection:
     """A collection of the engine process's index (CollectionBackend)."""
 
-    def __init__(self, bridge: Bridge, name: str, store_tokens: bool) -> None:
+    def __init__(self, bridge: Bridge, name: str, store_tokens: bool, dim: int) -> None:
         self._bridge = bridge
         self._name = name
         self._store_tokens = store_tokens
+        self._dim = dim
 
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def dim(self) -> int:
+        return self._dim
 
     @property
     def store_tokens(self) -> bool:
@@ -177,8 +182,8 @@ class RemoteCatalog:
         return self._call("create", name, **kwargs)
 
     def get(self, name: str) -> RemoteCollection:
-        store_tokens = self._call("get", name)
-        return RemoteCollection(self._bridge, name, store_tokens)
+        store_tokens, dim = self._call("get", name)
+        return RemoteCollection(self._bridge, name, store_tokens, dim)
 
     def names(self) -> list[str]:
         return self._call("names")
