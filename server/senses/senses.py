@@ -187,10 +187,14 @@ class Senses:
         target = locate(text, word, span, occurrence)
         items, words, contexts = await self._stored_occurrences(collection, target.word)
         query = await word_vectors(self.engine, [target])
-        scores = method.rank_by_sense(
-            method.features(query.words, query.contexts)[0], method.features(words, contexts)
-        )
-        order = np.argsort(-scores, kind="stable")[:k]
+
+        def ranked() -> tuple[np.ndarray, np.ndarray]:  # 50,000 x dim: off the loop too
+            scores = method.rank_by_sense(
+                method.features(query.words, query.contexts)[0], method.features(words, contexts)
+            )
+            return scores, np.argsort(-scores, kind="stable")[:k]
+
+        scores, order = await asyncio.to_thread(ranked)
         return [
             FoundOccurrence(items[i][0], items[i][1].text, items[i][1].start, items[i][1].end,
                             float(scores[i]), items[i][2])
