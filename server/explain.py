@@ -9,6 +9,7 @@ batches; a lock keeps at most one running so their memory stays bounded.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ import torch
 from embedsense.model import LoadedModel, TextRole, TokenizedText
 from embedsense.model.spans import SpanError
 from embedsense.model.tokenizer import TextTooLongError, pad_sequences
+from embedsense.server.engine import DeadlineExceeded
 from embedsense.server.runner import ModelRunner
 from embedsense.server.senses.errors import SenseInputError
 from embedsense.server.senses.words import Occurrence, locate
@@ -72,10 +74,17 @@ class Explainer:
         self._lock = threading.Lock()
 
     def _forward(
-        self, tokenized: Sequence[TokenizedText], attentions: bool, qkv_of: int | None = None
+        self,
+        tokenized: Sequence[TokenizedText],
+        attentions: bool,
+        qkv_of: int | None = None,
+        timeout: float | None = None,
     ):
         """The encoder's explicit forward; with `qkv_of` (a 0-based layer index), also that
-        layer's q/k/v projection output (B*T, 3C), caught as its attention computed it."""
+        layer's q/k/v projection output (B*T, 3C), caught as its attention computed it.
+        DeadlineExceeded, without computing, when `timeout` seconds passed in the wait for
+        the lock: the caller is gone, and the next explanation would wait for this one."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         ids, mask = pad_sequences([t.ids for t in tokenized], self.model.tokenizer.pad_id)
         encoder = self.runner.encoder
         caught: list[torch.Tensor] = []
@@ -84,9 +93,14 @@ class Explainer:
             projection = encoder.layers[qkv_of].attention.qkv
             hook = projection.register_forward_hook(lambda _m, _i, out: caught.append(out))
         try:
-            with self._lock, self.runner.computing():
-                out = encoder(ids.to(self.runner.device), mask.to(self.runner.device),
-                              output_hidden_states=True, output_attentions=attentions)  # fmt: skip
+            with self._lock:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DeadlineExceeded(f"not done within the {timeout:.3f} s deadline")
+                with self.runner.computing():
+                    out = encoder(
+                        ids.to(self.runner.device), mask.to(self.runner.device),
+                        output_hidden_states=True, output_attentions=attentions,
+                    )  # fmt: skip
         finally:
             if hook is not None:
                 hook.remove()
@@ -162,6 +176,7 @@ class Explainer:
         role: TextRole = TextRole.QUERY,
         truncate: bool = False,
         neuron: tuple[int, int] | None = None,
+        timeout: float | None = None,
     ) -> Explanation:
         """Attention of `layers` (1-based) x `heads` (0-based), all by default; and, for a
         target word, the tokens it attends to most in each layer and head. A text over the
@@ -187,7 +202,7 @@ class Explainer:
             target = locate(text, word, span, occurrence)
             target_tokens = self._target_tokens(tokenized, target, "word")
         qkv_of = neuron[0] - 1 if neuron is not None else None
-        out = self._forward([tokenized], attentions=True, qkv_of=qkv_of)
+        out = self._forward([tokenized], attentions=True, qkv_of=qkv_of, timeout=timeout)
         found = None
         if neuron is not None:
             out, qkv = out
@@ -215,6 +230,7 @@ class Explainer:
         occurrence_b: int = 0,
         role: TextRole = TextRole.QUERY,
         truncate: bool = False,
+        timeout: float | None = None,
     ) -> tuple[list[float], Occurrence, Occurrence]:
         """Cosine of the word's vector in the two texts at every hidden state, from the
         embedding output (0) to the last layer: where in the stack the contexts separate."""
@@ -223,7 +239,7 @@ class Explainer:
         tok_b = self._tokenize(text_b, role, truncate, "text_b")
         rows_a = self._target_tokens(tok_a, a, "text_a")
         rows_b = self._target_tokens(tok_b, b, "text_b")
-        out = self._forward([tok_a, tok_b], attentions=False)
+        out = self._forward([tok_a, tok_b], attentions=False, timeout=timeout)
         cosines = []
         for hidden in out.hidden_states:
             va = hidden[0, rows_a].float().mean(0)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,6 +109,38 @@ def test_the_async_client_asks_for_a_neuron_too(server):
     e = asyncio.run(ask())
     np.testing.assert_allclose(softmax_rows(e.neuron.queries, e.neuron.keys),
                                e.attentions[0, 0][e.target_tokens], atol=1e-5)  # fmt: skip
+
+
+def test_an_explanation_its_caller_gave_up_on_is_not_computed(server):
+    """Explanations run one at a time. One whose deadline passed while it waited for its
+    turn ran anyway, after its caller had gone, and made every later one wait for it."""
+    from embedsense.server.engine import DeadlineExceeded
+    from embedsense.server.explain import Explainer
+
+    engine = server.server.engine
+    explainer = Explainer(engine.model, engine.runner)
+    forwards = []
+
+    class CountingRunner:  # the real runner, its forwards counted
+        def __getattr__(self, name):
+            return getattr(engine.runner, name)
+
+        def computing(self):
+            forwards.append(1)
+            return engine.runner.computing()
+
+    explainer.runner = CountingRunner()
+    with explainer._lock:  # another explanation is computing
+        late = concurrent.futures.ThreadPoolExecutor(2)
+        explaining = late.submit(explainer.explain, "我喜欢吃苹果", "苹果", timeout=0.2)
+        comparing = late.submit(explainer.compare_layers, "吃苹果", "苹果手机", "苹果", timeout=0.2)
+        time.sleep(0.5)
+    for waited in (explaining, comparing):
+        with pytest.raises(DeadlineExceeded, match="0.200 s deadline"):
+            waited.result(timeout=30)
+    late.shutdown()
+    assert forwards == []
+    assert explainer.explain("我喜欢吃苹果", "苹果", timeout=30).layers and forwards == [1]
 
 
 def test_the_layer_trajectory_shows_contexts_separating(client):

@@ -571,6 +571,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             occurrence=request.occurrence, layers=list(request.layers) or None,
             heads=list(request.heads) or None, role=role_of(request.role),
             truncate=request.truncate, neuron=neuron_of(request),
+            timeout=context.time_remaining(),
         )  # fmt: skip
         reply = pb.ExplainResponse(
             tokens=_tokens_reply(result.tokenized), layers=result.layers, heads=result.heads,
@@ -598,6 +599,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             self.explainer.compare_layers, self._text(request.text_a, "text_a"),
             self._text(request.text_b, "text_b"), request.word,
             request.occurrence_a, request.occurrence_b, truncate=request.truncate,
+            timeout=context.time_remaining(),
         )  # fmt: skip
         return pb.CompareLayersResponse(
             cosines=cosines, span_a=pb.Span(start=a.start, end=a.end),
