@@ -65,6 +65,14 @@ class Retry:
     initial_backoff: float = 0.1
     max_backoff: float = 2.0
 
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+            raise TypeError(f"Retry(attempts={self.attempts!r}): an int, at least 1")
+        if self.attempts < 1:  # every call would fail before it was sent
+            raise ValueError(
+                f"Retry(attempts={self.attempts}): at least 1, the call itself (1: no retries)"
+            )
+
     def delay(self, attempt: int) -> float:
         return random.uniform(0.5, 1.0) * min(self.max_backoff, self.initial_backoff * 2**attempt)
 

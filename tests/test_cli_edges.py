@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import ServerThread
 
-from embedsense.client import Client, NotFound
+from embedsense.client import Client, NotFound, Retry
 
 CLI = [sys.executable, "-m", "embedsense.client.cli"]
 
@@ -220,6 +220,8 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
     for targets in ([], "", ["127.0.0.1:1", ""]):
         with pytest.raises(ValueError, match='expected a "host:port"'):
             Client(targets)
+    with pytest.raises(ValueError, match="at least 1"):  # every call failed, unsent
+        Retry(attempts=0)
 
     status, out, _ = cli(capsys, "--help")
     assert status == 0 and "exit status" in out.lower()

@@ -19,6 +19,7 @@ from embedsense.client import AsyncClient, Client, FailedPrecondition, InvalidAr
 from embedsense.client._api import Call
 from embedsense.client.cli import main as cli_main
 from embedsense.proto.v1 import embedsense_pb2 as pb
+from embedsense.server.api.collection_ops import encode_cursor
 
 KEY = "data-ops-key"
 DIM = 384
@@ -586,6 +587,12 @@ def test_rest_errors_have_the_right_status_and_shape(http, running):
             "documents[0].text",
         )
         error(http.post("/v1/collections/rest-errors/count", json={"filter": {"$or": 1}}), 400)
+        # Fingerprinted for the cursor before it was checked: json.dumps's RecursionError, 500.
+        deep = '{"a": ' * 1000 + "1" + "}" * 1000
+        body = f'{{"filter": {deep}, "cursor": "{encode_cursor("x", None)}"}}'
+        scrolled = http.post("/v1/collections/rest-errors/scroll", content=body.encode(),
+                             headers={"content-type": "application/json"})  # fmt: skip
+        error(scrolled, 400, "unknown operator")
         error(http.post("/v1/collections/rest-errors/delete", json={}), 400, "ids or filter")
         error(http.post("/v1/collections/rest-errors/delete", json={"filter": {}}), 400)
         error(

@@ -174,6 +174,8 @@ def test_inventories_are_created_used_listed_and_deleted(client):
         client.create_inventory("default", words)
     with pytest.raises(InvalidArgument, match="does not contain"):
         client.create_inventory("bad", {"小米": {"a": ["大米"], "b": ["小米"]}})
+    with pytest.raises(InvalidArgument, match="inventory name"):  # "$" let it through
+        client.create_inventory("mine\n", words)
     client.delete_inventory("mine")
     with pytest.raises(NotFound):
         client.delete_inventory("mine")

@@ -36,6 +36,7 @@ from embedsense.server.index import (
     IndexBackend,
     Token,
 )
+from embedsense.server.index.filters import parse as parse_filter
 from embedsense.server.index.validation import MAX_K, checked_metadata
 
 DEFAULT_PAGE = 256  # documents per scroll page when the caller gives no limit
@@ -344,6 +345,7 @@ class CollectionOps:
         and matches for the whole scroll is returned exactly once; one added, removed or
         changed meanwhile may or may not be; none twice (pages follow the id order)."""
         where = where or None
+        parse_filter(where)  # before its fingerprint: json.dumps fails on what it refuses
         after = decode_cursor(cursor, where)
         size = page_size(limit)
         collection = await self.collection(name)

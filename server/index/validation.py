@@ -21,13 +21,13 @@ MAX_SCROLL_LIMIT = 10_000
 METADATA_MODES = ("merge", "replace")
 METRICS = ("cosine", "ip", "l2")
 SEARCH_OPTIONS = ("ef_search", "nprobe")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")  # fullmatch: "$" takes a last "\n"
 
 
 def check_new_collection(name: str, model: str, dim: int, metric: str, index_spec: str) -> None:
     """What any backend asks of a new collection: its name, model, dimension, metric and
     index spec (specs.py's grammar; a backend may take fewer specs, and says so)."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidArgument(
             f"collection name {name!r}: 1-64 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit"

@@ -15,7 +15,7 @@ from embedsense.server.index.backend import IndexBackend
 from embedsense.server.senses.errors import InventoryExists, InventoryNotFound, SenseInputError
 
 DEFAULT = "default"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")  # fullmatch: "$" takes a last "\n"
 MAX_EXAMPLES_PER_SENSE = 64
 
 Senses = dict[str, list[str]]  # sense label -> example sentences containing the word
@@ -65,7 +65,7 @@ class Inventories:
     def create(
         self, name: str, words: Mapping[str, Mapping[str, Sequence[str]]], replace: bool = False
     ) -> None:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise SenseInputError(f"inventory name {name!r}: 1-64 letters, digits, '_', '-' or '.'")
         if name == DEFAULT:
             raise InventoryExists(
