@@ -138,6 +138,15 @@ def test_the_body_limit_is_derived_from_the_input_limits(e5, tmp_path):
         running.stop()
 
 
+def test_commas_inside_texts_are_not_counted_as_json_values(server):
+    """Six texts of 100,000 characters are within every limit; their 300,000 commas were
+    counted as JSON values, and the body was a 413 "send fewer inputs"."""
+    base = f"http://127.0.0.1:{server.server.http_port}"
+    body = json.dumps({"inputs": ["a," * 50_000] * 6, "truncate": True}).encode()
+    status, _, answer = call(base, "/embed", body)
+    assert status == 200 and len(json.loads(answer)) == 6, answer[:300]
+
+
 def test_a_body_of_millions_of_tiny_values_is_refused_before_it_is_parsed(server):
     base = f"http://127.0.0.1:{server.server.http_port}"
     body = b'{"input": [' + b",".join([b"1"] * 2_000_000) + b"]}"
