@@ -563,6 +563,8 @@ def test_rest_errors_have_the_right_status_and_shape(http, running):
         assert set(body) == {"message", "code", "param"}
         for word in words:
             assert word in body["message"], body
+        if status == 400:  # one code for every bad field: it was "invalid", "empty" or
+            assert body["code"] == "invalid_argument", body  # "too_many" by where it arose
 
     base = f"http://127.0.0.1:{running.server.http_port}"
     error(httpx2.get(base + "/v1/collections"), 401)

@@ -43,7 +43,8 @@ class RestDialect:
     error_model = m.ErrorResponse
 
     def error(self, error: ApiError) -> tuple[int, dict[str, Any]]:
-        code = error.kind or "error"
+        # A bad field is invalid_argument, as gRPC's status names it, wherever it was found.
+        code = "invalid_argument" if error.status == 400 else error.kind or "error"
         return error.status, {"error": {"message": error.message, "code": code,
                                         "param": error.param}}  # fmt: skip
 
