@@ -569,6 +569,9 @@ def test_rest_errors_have_the_right_status_and_shape(http, running):
     base = f"http://127.0.0.1:{running.server.http_port}"
     error(httpx2.get(base + "/v1/collections"), 401)
     error(http.get("/v1/collections/nope"), 404, "nope")
+    # No such route, or another method, under /v1/collections: answered in OpenAI's shape.
+    error(http.get("/v1/collections/nope/search"), 405)
+    error(http.post("/v1/collections/nope/no-such-operation", json={}), 404)
     error(http.post("/v1/collections/nope/count", json={}), 404)
     assert http.post("/v1/collections", json={"name": "rest-errors"}).status_code == 200
     try:

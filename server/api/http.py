@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import re
 import ssl
@@ -236,14 +237,21 @@ class HttpServer:
         return self._by_path.get(resource.canonical) if resource is not None else None
 
     def _dialect(self, request: web.Request) -> Dialect:
-        """The dialect of the route; for an unknown path, the one of the routes under its
-        first segment (/v1/...: OpenAI's), else the one of "/" (TEI's)."""
+        """The dialect of the route; for an unknown path (or method), the one of the route
+        whose path shares the most leading segments with it (/v1/collections/...: the REST
+        API's; /v1/...: OpenAI's), else the one of "/" (TEI's)."""
         if (route := self._route(request)) is not None:
             return route.dialect
-        segment = "/" + request.path.strip("/").split("/", 1)[0] + "/"
-        under = [r for r in self.routes if r.path.startswith(segment)]
+        asked = request.path.strip("/").split("/")
+
+        def shared(route: HttpRoute) -> int:
+            segments = route.path.strip("/").split("/")
+            same = (a == b or b.startswith("{") for a, b in zip(asked, segments, strict=False))
+            return sum(1 for _ in itertools.takewhile(bool, same))
+
+        nearest = max(self.routes, key=shared)  # the first of equals
         fallback = self._by_path.get("/") or self.routes[0]
-        return (under[0] if under else fallback).dialect
+        return (nearest if shared(nearest) else fallback).dialect
 
     # ------------------------------------------------------------ one route
 
