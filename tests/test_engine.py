@@ -194,7 +194,7 @@ def test_a_request_in_parts_waits_for_room_rather_than_being_refused_midway(e5):
 
 def test_a_request_over_the_queues_limit_runs_in_parts_with_the_same_vectors(e5):
     """Refused whole, it was "overloaded: retry later" however often it was sent."""
-    texts = chinese_texts(8, min_chars=140, max_chars=150)  # ~1,000 tokens: parts of <= 300
+    texts = chinese_texts(8, min_chars=140, max_chars=150)  # ~800 tokens: parts of <= 300
     eng = Engine(EngineConfig(dtype="float32", max_queued_tokens=600, warmup=False), e5).start()
     try:
         parted = asyncio.run(eng.embed(texts))

@@ -269,17 +269,17 @@ def small_replies(e5, tmp_path_factory):
 
 def test_a_sense_search_through_a_long_document_leaves_the_server_serving(small_replies):
     """The occurrences' vectors are read off the event loop, once per document: the search
-    through 1,500 occurrences took ~10 s on the loop, and every other call waited for it."""
+    through 1,500 occurrences held the loop for seconds, and Info waited past 5 s."""
     from embedsense.client import Client, DeadlineExceeded
 
     with (
         Client(small_replies.target, timeout=120) as c,
         Client(small_replies.target, timeout=5) as hurried,
     ):
+        found: list = []
         searching = threading.Thread(
             target=lambda: found.extend(c.search_occurrences("long", "我喜欢吃苹果", "苹果", k=3))
         )
-        found: list = []
         searching.start()
         time.sleep(0.5)  # the search is under way
         try:
@@ -309,8 +309,8 @@ def test_a_sense_search_compares_at_most_its_bound_of_occurrences(small_replies,
 
 def test_a_sense_reply_over_the_message_limit_is_refused_in_words(small_replies):
     """Each occurrence carries its document's text: 1,000 of LONG are 22 MB, over the
-    server's 1 MiB; the caller is told to ask for fewer, not sent gRPC's own INTERNAL-like
-    "larger than max"."""
+    server's 1 MiB. The caller is told to ask for fewer, where gRPC's own "Sent message
+    larger than max" came after all the work."""
     from embedsense.client import Client, ResourceExhausted
 
     with Client(small_replies.target, timeout=120) as c:
