@@ -23,9 +23,12 @@ object.
 
 With --frontends N, path feN is `new` served by N front-end processes around the stand-in's
 engine process (--frontends N): its host cost is every process's CPU time together.
+With --client-processes P the callers are shared by P client processes (on a host with many
+cores one client process, not the server, would be the wall). --model DIR serves that
+model's tokenizer and width (default: the offline e5-small).
 
     python tests/bench/bench_frontend.py [--texts 2000] [--callers 32] [--rounds 3]
-        [--frontends 2,4]
+        [--frontends 2,4] [--client-processes 1] [--model DIR]
 """
 
 from __future__ import annotations
@@ -46,7 +49,12 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ops.serverproc import free_port, wait_until_serving  # noqa: E402  (tests/ops/serverproc.py)
+from gpu_service import drive as drive_from_processes  # noqa: E402
+from ops.serverproc import (  # noqa: E402  (tests/ops/serverproc.py)
+    free_port,
+    stop_servers_on_sigterm,
+    wait_until_serving,
+)
 from workload import chinese_texts  # noqa: E402  (tests/workload.py)
 
 from embedsense.model import load_model  # noqa: E402
@@ -56,7 +64,11 @@ from embedsense.proto.v1 import embedsense_pb2 as pb  # noqa: E402
 STANDIN = Path(__file__).with_name("standin.py")
 # What selects each path in the server (its environment). feN: `new` with N front-end
 # processes around the engine process (--frontends N), added by --frontends.
-PATHS = {"today": {"EMBEDSENSE_STANDIN_PATH": "today"}, "new": {}}
+# Both in one process, also where `auto` would start front ends (a GPU host).
+PATHS = {
+    "today": {"EMBEDSENSE_STANDIN_PATH": "today", "EMBEDSENSE_FRONTENDS": "1"},
+    "new": {"EMBEDSENSE_FRONTENDS": "1"},
+}
 
 
 class StandinServer:
@@ -67,15 +79,20 @@ class StandinServer:
         env = {**env, "EMBEDSENSE_STANDIN_STATS": str(self.stats)}
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, str(STANDIN), "--host", "127.0.0.1", "--port", str(self.port),
-             "--data-dir", str(data_dir), "--log-format", "text", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "EMBEDSENSE_API_KEY": "", **env},
-        )  # fmt: skip
+        self.log = data_dir.with_suffix(".log")  # its end is printed when a run fails
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(STANDIN), "--host", "127.0.0.1", "--port", str(self.port),
+                 "--data-dir", str(data_dir), "--log-format", "text", *extra],
+                stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "EMBEDSENSE_API_KEY": "", **env},
+            )  # fmt: skip
 
-    def wait_ready(self, limit_s: float = 180) -> None:
+    def wait_ready(self, limit_s: float = 90) -> None:
         wait_until_serving(self.target, self.process, limit_s)
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n  ".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def cpu_seconds(self) -> tuple[float, float, float]:
         """User + system CPU time so far of the server (all its threads, its front-end
@@ -142,12 +159,18 @@ async def drive(target: str, requests: list[bytes], callers: int) -> tuple[float
         return time.perf_counter() - start, latencies
 
 
-def measure(server: StandinServer, requests: list[bytes], callers: int) -> dict[str, float]:
-    """One pass of every request: texts/s, p50 latency (s), and per text the CPU seconds
-    of the server (host), of its event loop, of tokenizing and of assembling."""
+def measure(
+    server: StandinServer, requests: list[bytes], callers: int, processes: int = 1
+) -> dict[str, float]:
+    """One pass of every request (from this process, or from `processes` client
+    processes): texts/s, p50 latency (s), and per text the CPU seconds of the server (host),
+    of its event loop, of tokenizing and of assembling."""
     n = len(requests)
     (host, loop, own), counted = server.cpu_seconds(), server.counters()
-    wall, latencies = asyncio.run(drive(server.target, requests, callers))
+    if processes > 1:
+        wall, latencies = drive_from_processes(server.target, requests, callers, processes)
+    else:
+        wall, latencies = asyncio.run(drive(server.target, requests, callers))
     (host_after, loop_after, own_after), counted_after = server.cpu_seconds(), server.counters()
     return {
         "texts_per_s": n / wall,
@@ -171,11 +194,14 @@ def reply_cost(dim: int, n: int = 2000) -> float:
 
 
 def main() -> None:
+    stop_servers_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--callers", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--paths", default="today,new", help="comma-separated: today, new")
+    parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument("--model", default="", help="a model directory (default: e5-small)")
     parser.add_argument(
         "--frontends",
         default="",
@@ -190,25 +216,35 @@ def main() -> None:
     texts = chinese_texts(args.texts)
     requests = [pb.EmbedRequest(texts=[t]).SerializeToString() for t in texts]
     cores = os.cpu_count()
-    print(f"{len(texts)} Chinese texts, one per request, {args.callers} callers, stand-in "
-          f"model, {cores} cores, {args.rounds} rounds (medians)")  # fmt: skip
+    print(f"{len(texts)} Chinese texts, one per request, {args.callers} callers from "
+          f"{args.client_processes} client process(es), stand-in model "
+          f"{args.model or 'e5-small'}, {cores} cores, {args.rounds} rounds (medians)")  # fmt: skip
     samples: dict[str, list[dict[str, float]]] = {p: [] for p in paths}
     with tempfile.TemporaryDirectory() as tmp:
-        servers = {p: StandinServer(Path(tmp) / p, PATHS[p]) for p in paths}
+        model = ("--model", args.model) if args.model else ()
+        servers = {p: StandinServer(Path(tmp) / p, PATHS[p], *model) for p in paths}
         try:
             for server in servers.values():
                 server.wait_ready()
             for server in servers.values():  # warm each path once
                 asyncio.run(drive(server.target, requests[:200], args.callers))
-            for _ in range(args.rounds):
+            for round_ in range(args.rounds):
                 for path, server in servers.items():
-                    samples[path].append(measure(server, requests, args.callers))
+                    samples[path].append(
+                        measure(server, requests, args.callers, args.client_processes)
+                    )
+                print(f"  round {round_ + 1} of {args.rounds} done", flush=True)
+        except Exception:
+            for path, server in servers.items():
+                print(f"{path}'s server log, last lines:\n  {server.log_tail()}", flush=True)
+            raise
         finally:
             for server in servers.values():
                 server.stop()
 
-    reply = reply_cost(load_model().dim)
-    result: dict[str, object] = {"texts": len(texts), "callers": args.callers, "cores": cores}
+    reply = reply_cost((load_model(args.model) if args.model else load_model()).dim)
+    result: dict[str, object] = {"texts": len(texts), "callers": args.callers, "cores": cores,
+                                 "client_processes": args.client_processes}  # fmt: skip
     print(f"\n{'path':<8}{'texts/s':>9}{'p50 ms':>8}{'loop µs':>9}{'host µs':>9}"
           f"{'tokenize':>10}{'transport':>11}{'response':>10}   (per text)")  # fmt: skip
     for path in paths:

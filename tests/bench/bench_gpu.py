@@ -36,6 +36,7 @@ from gpu_service import service_figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import bert_chinese_shaped_dir  # noqa: E402  (tests/helpers.py)
+from ops.serverproc import stop_servers_on_sigterm  # noqa: E402  (tests/ops/serverproc.py)
 from workload import chinese_texts  # noqa: E402  (tests/workload.py)
 
 from embedsense.model import TextRole, load_model  # noqa: E402
@@ -246,6 +247,7 @@ def large_batches(encoder, reference, device, rows: int, length: int) -> dict[st
 
 
 def main() -> None:
+    stop_servers_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=8192)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 
 import grpc
 
@@ -36,13 +37,17 @@ def _drive(target: str, requests: list[bytes], callers: int, ready: multiprocess
            go: multiprocessing.Event, out: multiprocessing.Queue) -> None:  # fmt: skip
     """In a client process: connect, say ready, wait for `go`, then send `requests` from
     `callers` tasks, each one at a time; put (the monotonic time it finished, the per-call
-    latencies) on `out`."""
+    latencies) on `out`. A failure goes, as a message, on whichever queue the parent is
+    reading then (the parent would otherwise wait for a report that never comes)."""
+    waiting_on = ready
 
     async def run() -> tuple[float, list[float]]:
+        nonlocal waiting_on
         async with grpc.aio.insecure_channel(target) as channel:
             embed = channel.unary_unary(EMBED)
             await embed(requests[0], timeout=60)
             ready.put(True)
+            waiting_on = out
             await asyncio.get_running_loop().run_in_executor(None, go.wait)
             queue = list(reversed(requests))
             latencies: list[float] = []
@@ -57,12 +62,43 @@ def _drive(target: str, requests: list[bytes], callers: int, ready: multiprocess
             await asyncio.gather(*(caller() for _ in range(callers)))
             return time.monotonic(), latencies
 
-    out.put(asyncio.run(run()))
+    try:
+        out.put(asyncio.run(run()))
+    except Exception as err:  # noqa: BLE001  (reported to the parent, which raises it)
+        if isinstance(err, grpc.RpcError):
+            waiting_on.put(f"{err.code().name}: {err.details()}")
+        else:
+            waiting_on.put(f"{type(err).__name__}: {err}")
+
+
+def _reports(queue: multiprocessing.Queue, workers: list, what: str, limit_s: float) -> list:
+    """One report from each client process; RuntimeError for a failure one reported, one
+    that exited without reporting, or `limit_s` passing first."""
+    deadline = time.monotonic() + limit_s
+    reports: list = []
+    while len(reports) < len(workers):
+        try:
+            report = queue.get(timeout=0.5)
+        except Empty:
+            crashed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if crashed:
+                raise RuntimeError(
+                    f"a client process exited with {crashed[0]} before {what}"
+                ) from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"client processes: {len(reports)} of {len(workers)} "
+                                   f"{what} after {limit_s:.0f} s") from None  # fmt: skip
+            continue
+        if isinstance(report, str):
+            raise RuntimeError(f"a client process failed ({what}): {report}")
+        reports.append(report)
+    return reports
 
 
 def drive(target: str, requests: list[bytes], callers: int, processes: int) -> tuple[float, list]:
     """All requests from `processes` client processes sharing `callers` callers: the wall
-    seconds (from all connected and told to go, to the last done) and every call's latency."""
+    seconds (from all connected and told to go, to the last done) and every call's latency.
+    Any client's failure is raised here, at once."""
     context = multiprocessing.get_context("spawn")
     ready, go, out = context.Queue(), context.Event(), context.Queue()
     shares = [requests[i::processes] for i in range(processes)]
@@ -71,18 +107,20 @@ def drive(target: str, requests: list[bytes], callers: int, processes: int) -> t
         context.Process(target=_drive, args=(target, share, each, ready, go, out), daemon=True)
         for share in shares
     ]
-    for w in workers:
-        w.start()
-    for _ in workers:
-        ready.get(timeout=120)
-    start = time.monotonic()
-    go.set()
-    results = [out.get(timeout=300) for _ in workers]
+    try:
+        for w in workers:
+            w.start()
+        _reports(ready, workers, "ready", 120)
+        start = time.monotonic()
+        go.set()
+        results = _reports(out, workers, "done", 300)
+        for w in workers:
+            w.join(30)
+    finally:  # after a failure the others are stopped, not waited for
+        for w in workers:
+            if w.is_alive():
+                w.kill()
     seconds = max(end for end, _ in results) - start
-    for w in workers:
-        w.join(30)
-        if w.is_alive():
-            w.kill()
     return seconds, [x for _, latencies in results for x in latencies]
 
 
@@ -93,29 +131,47 @@ def service_figures(model_dir: Path, texts: list[str], tokens: int, dtype: str, 
     cores on a GPU), run the three loads, stop it; the figures (one JSON-able dict)."""
     port = free_port()
     target = f"127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "embedsense.server", "--host", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(model_dir / "service-data"), "--model", str(model_dir),
-         "--device", device, "--dtype", dtype, "--log-format", "text",
-         "--frontends", frontends],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "EMBEDSENSE_API_KEY": "", "EMBEDSENSE_MAX_BATCH_TOKENS":
-             str(max_batch_tokens), "EMBEDSENSE_MAX_CONCURRENT_REQUESTS": "4096",
-             "EMBEDSENSE_MAX_QUEUED_TOKENS": str(max(262_144, 4 * tokens))},
-    )  # fmt: skip
+    # The server's log is kept: when a step fails, its end is printed with the error.
+    log_path = model_dir / f"server-{port}.log"
+    queued = str(max(262_144, 4 * tokens))  # no refusals: the loads measure speed
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "embedsense.server", "--host", "127.0.0.1", "--port",
+             str(port), "--data-dir", str(model_dir / "service-data"), "--model",
+             str(model_dir), "--device", device, "--dtype", dtype, "--log-format", "text",
+             "--frontends", frontends],
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "EMBEDSENSE_API_KEY": "", "EMBEDSENSE_MAX_BATCH_TOKENS":
+                 str(max_batch_tokens), "EMBEDSENSE_MAX_CONCURRENT_REQUESTS": "4096",
+                 "EMBEDSENSE_MAX_QUEUED_TOKENS": queued,
+                 "EMBEDSENSE_MAX_QUEUED_BULK_TOKENS": queued},
+        )  # fmt: skip
+    processes = max(1, min(8, (os.cpu_count() or 2) // 4))
     try:
-        wait_until_serving(target, server)
-        processes = max(1, min(8, (os.cpu_count() or 2) // 4))
+        wait_until_serving(target, server, limit_s=90)
         one = [pb.EmbedRequest(texts=[t]).SerializeToString() for t in texts]
         many = [pb.EmbedRequest(texts=texts[i : i + 32]).SerializeToString()
                 for i in range(0, len(texts), 32)]  # fmt: skip
-        drive(target, one[: len(one) // 4], callers, processes)  # warm
-        one_s, _ = drive(target, one, callers, processes)
-        many_s, _ = drive(target, many, min(callers, len(many)), processes)
-        _, latencies = drive(target, one[: min(len(one), 4096)], 32, 1)
+        loads = {
+            "warm": (one[: len(one) // 4], callers, processes),
+            "one text per request": (one, callers, processes),
+            "32 texts per request": (many, min(callers, len(many)), processes),
+            "latency at 32 callers": (one[: min(len(one), 4096)], 32, 1),
+        }
+        timed = {}
+        for name, (requests, load_callers, load_processes) in loads.items():
+            timed[name] = drive(target, requests, load_callers, load_processes)
+            print(f"  {name}: {len(requests)} requests, {load_callers} callers, "
+                  f"{timed[name][0]:.1f} s", flush=True)  # fmt: skip
+    except Exception:
+        lines = log_path.read_text(errors="replace").splitlines()
+        print("the server's log, last lines:", *lines[-30:], sep="\n  ", flush=True)
+        raise
     finally:
         server.terminate()
         server.wait(60)
+    one_s, many_s = timed["one text per request"][0], timed["32 texts per request"][0]
+    latencies = timed["latency at 32 callers"][1]
     row = {
         "dtype": dtype,
         "frontends": frontends,

@@ -4,6 +4,7 @@ fault scripts and the replica tests), a milvus-lite server, and a real Milvus st
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import fcntl
 import os
 import signal
@@ -14,6 +15,19 @@ import time
 from pathlib import Path
 
 from embedsense.client import Client, Retry, Unavailable
+
+
+def stop_servers_on_sigterm() -> None:
+    """On SIGTERM (a benchmark step's time limit, say): print where each thread is, then
+    exit through the `finally` blocks that stop the servers this process started, rather
+    than leaving them running beside the next step."""
+
+    def stop(signum: int, frame: object) -> None:
+        print("SIGTERM: stopping; where each thread was:", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(all_threads=True)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def free_port() -> int:
