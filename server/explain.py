@@ -8,10 +8,12 @@ batches; a lock keeps at most one running so their memory stays bounded.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,6 +74,17 @@ class Explainer:
         self.num_layers = model.encoder.cfg.num_layers
         self.num_heads = model.encoder.cfg.num_heads
         self._lock = threading.Lock()
+        # The API's callers queue here, on the event loop, rather than in threads: one
+        # cancelled while it waits is gone, instead of running later for nobody.
+        self._turn = asyncio.Lock()
+
+    async def in_turn(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """`explain` or `compare_layers`, in a thread, once the explanations asked for
+        before it are done."""
+        if method not in ("explain", "compare_layers"):
+            raise ValueError(f"no explainer call {method!r}")
+        async with self._turn:
+            return await asyncio.to_thread(getattr(self, method), *args, **kwargs)
 
     def _forward(
         self,

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from ops.serverproc import free_port
 
 sys.path.insert(0, str(Path(__file__).parent / "bench"))

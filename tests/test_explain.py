@@ -143,6 +143,45 @@ def test_an_explanation_its_caller_gave_up_on_is_not_computed(server):
     assert explainer.explain("我喜欢吃苹果", "苹果", timeout=30).layers and forwards == [1]
 
 
+def test_an_explanation_cancelled_while_it_waits_for_its_turn_is_not_computed(server):
+    """Explanations run one at a time. One whose caller cancelled it (Ctrl-C in the CLI)
+    while another computed went on waiting in its thread, then ran for nobody, and every
+    later one waited for it too."""
+    import grpc
+
+    from embedsense.proto.v1 import embedsense_pb2 as pb
+    from embedsense.proto.v1.embedsense_pb2_grpc import EmbedSenseStub
+
+    explainer = server.server.explainer
+    real_runner, forwards = explainer.runner, []
+
+    class CountingRunner:  # the real runner, its forwards counted
+        def __getattr__(self, name):
+            return getattr(real_runner, name)
+
+        def computing(self):
+            forwards.append(1)
+            return real_runner.computing()
+
+    explainer.runner = CountingRunner()
+    request = pb.ExplainRequest(text="我喜欢吃苹果", word="苹果")
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            explain = EmbedSenseStub(channel).Explain
+            with explainer._lock:  # an explanation is computing
+                first = explain.future(request, timeout=60)
+                time.sleep(0.3)
+                second = explain.future(request, timeout=60)
+                time.sleep(0.3)
+                assert second.cancel()
+                time.sleep(0.3)
+            assert first.result(timeout=30).layers
+            time.sleep(1.0)  # time enough for the cancelled one to compute, if it would
+    finally:
+        explainer.runner = real_runner
+    assert forwards == [1]
+
+
 def test_the_layer_trajectory_shows_contexts_separating(client):
     c = client.compare_layers("我喜欢吃苹果", "我买了最新的苹果手机", "苹果")
     assert len(c.cosines) == 13 and c.span_a == (4, 6) and c.span_b == (6, 8)

@@ -101,6 +101,7 @@ class EmbedSenseServer:
         self._health = health.aio.HealthServicer()
         self.engine: Engine | None = None
         self.catalog: IndexBackend | None = None
+        self.explainer: Explainer | None = None
         self.metrics = metrics or Metrics(settings.access_log)
         self.metrics_port: int | None = None
         self.http: HttpServer | None = None
@@ -147,6 +148,7 @@ class EmbedSenseServer:
                 ("grpc.so_reuseport", int(parts is not None)),
             ],
         )
+        self.explainer = explainer
         service = Service(self.engine, self.catalog, s, self.metrics, explainer)
         embedsense_pb2_grpc.add_EmbedSenseServicer_to_server(service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

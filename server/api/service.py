@@ -566,8 +566,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
 
     @rpc
     async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.ExplainResponse:
-        result = await asyncio.to_thread(
-            self.explainer.explain, self._text(request.text), request.word, span=span_of(request),
+        result = await self.explainer.in_turn(
+            "explain", self._text(request.text), request.word, span=span_of(request),
             occurrence=request.occurrence, layers=list(request.layers) or None,
             heads=list(request.heads) or None, role=role_of(request.role),
             truncate=request.truncate, neuron=neuron_of(request),
@@ -595,8 +595,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     async def CompareLayers(
         self, request: pb.CompareLayersRequest, context: Any
     ) -> pb.CompareLayersResponse:
-        cosines, a, b = await asyncio.to_thread(
-            self.explainer.compare_layers, self._text(request.text_a, "text_a"),
+        cosines, a, b = await self.explainer.in_turn(
+            "compare_layers", self._text(request.text_a, "text_a"),
             self._text(request.text_b, "text_b"), request.word,
             request.occurrence_a, request.occurrence_b, truncate=request.truncate,
             timeout=context.time_remaining(),

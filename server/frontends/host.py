@@ -287,7 +287,8 @@ class EngineHost:
     async def _explain(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if method not in EXPLAINER_CALLS:
             raise ValueError(f"no explainer call {method!r}")
-        return await asyncio.to_thread(getattr(self.explainer, method), *args, **kwargs)
+        assert self.explainer is not None
+        return await self.explainer.in_turn(method, *args, **kwargs)
 
     def _front_end_metrics(self) -> Iterable[Metric]:
         """Every front end's metrics (called in a scrape's thread)."""

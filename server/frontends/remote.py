@@ -216,11 +216,12 @@ class RemoteExplainer:
     def __init__(self, bridge: Bridge) -> None:
         self._bridge = bridge
 
-    def explain(self, *args: Any, **kwargs: Any) -> Any:
-        return _blocking(self._bridge, "explain", "explain", args, kwargs)
-
-    def compare_layers(self, *args: Any, **kwargs: Any) -> Any:
-        return _blocking(self._bridge, "explain", "compare_layers", args, kwargs)
+    async def in_turn(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Explainer.in_turn in the engine process; cancelling the call cancels it there."""
+        try:
+            return await self._bridge.call("explain", method, args, kwargs)
+        except BridgeClosed as err:
+            raise EngineClosed(str(err)) from err
 
 
 class FrontMetrics(Metrics):
