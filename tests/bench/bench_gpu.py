@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import functools
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -120,6 +121,7 @@ def measure(model, reference, texts, lengths, device, dtype: str, args, bf16_pea
         transformers = offline_seconds(lambda b: run_reference(reference, b, pad_id, device),
                                        batches, device)  # fmt: skip
         stages = stage_seconds(engine.runner, batches, device)
+        lone = lone_latencies(engine, texts[:50], device)
         large = large_batches(engine.runner.encoder, reference, device, args.large_rows,
                               args.large_length)  # fmt: skip
     finally:
@@ -144,6 +146,7 @@ def measure(model, reference, texts, lengths, device, dtype: str, args, bf16_pea
         "transformers_offline_tokens_per_s": round(tokens / transformers, 1),
         "engine_vs_transformers_offline": round(transformers / seconds, 3),
         "offline_stage_seconds": stages,
+        "lone_text_ms": lone,
         "large_batch_tokens_per_s": round(args.large_rows * args.large_length / large["ours"], 1),
         "large_batch_mfu": round(large_flops / large["ours"] / peak, 3),
         "large_batch_mfu_of_bf16_peak": round(large_flops / large["ours"] / bf16_peak, 3),
@@ -158,6 +161,8 @@ def measure(model, reference, texts, lengths, device, dtype: str, args, bf16_pea
         f"(engine {row['engine_vs_offline']:.2f}x), transformers "
         f"{row['transformers_offline_tokens_per_s']:.0f} tok/s "
         f"(engine {row['engine_vs_transformers_offline']:.2f}x); ours by stage (s) {stages}\n"
+        f"{'':<9} one text alone, p50 ms: through the engine {lone['engine_p50']}, the "
+        f"forward alone {lone['forward_p50']}\n"
         f"{'':<9} encoder at {args.large_rows}x{args.large_length}: ours "
         f"{row['large_batch_tokens_per_s']:.0f} tok/s, MFU {row['large_batch_mfu']:.1%} "
         f"(transformers {row['large_batch_transformers_mfu']:.1%})"
@@ -189,6 +194,32 @@ def stage_seconds(runner, batches, device) -> dict[str, float]:
         for name, begin, end in zip(totals, marks, marks[1:], strict=False):
             totals[name] += end - begin
     return {name: round(seconds, 3) for name, seconds in totals.items()}
+
+
+def lone_latencies(engine: Engine, texts: list[str], device) -> dict[str, float]:
+    """p50 ms of one text at a time, nothing else queued: through the engine (tokenizing,
+    the wait for company, the batch, pooling) and the backend's forward alone on its ids,
+    so a host cost per request shows as their difference."""
+    ids = [t.ids for t in engine.model.tokenizer.encode_batch(texts, TextRole.PASSAGE)]
+
+    async def one_by_one() -> list[float]:
+        seconds = []
+        for text in texts:
+            start = time.perf_counter()
+            await engine.embed([text], role=TextRole.PASSAGE)
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
+    through_engine = asyncio.run(one_by_one())
+    alone = []
+    for seq in ids:
+        sync(device)
+        start = time.perf_counter()
+        engine.runner.run([seq], [None])
+        sync(device)
+        alone.append(time.perf_counter() - start)
+    return {"engine_p50": round(statistics.median(through_engine) * 1e3, 2),
+            "forward_p50": round(statistics.median(alone) * 1e3, 2)}  # fmt: skip
 
 
 def sorted_batches(model, texts: list[str], max_batch_tokens: int) -> list[list[list[int]]]:
