@@ -92,7 +92,9 @@ class StandinServer:
         wait_until_serving(self.target, self.process, limit_s)
 
     def log_tail(self, lines: int = 20) -> str:
-        return "\n  ".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        logged = self.log.read_text(errors="replace").splitlines()
+        logged = [line for line in logged if "embedsense.access" not in line]  # one per call
+        return "\n  ".join(logged[-lines:])
 
     def cpu_seconds(self) -> tuple[float, float, float]:
         """User + system CPU time so far of the server (all its threads, its front-end
@@ -234,7 +236,7 @@ def main() -> None:
                         measure(server, requests, args.callers, args.client_processes)
                     )
                 print(f"  round {round_ + 1} of {args.rounds} done", flush=True)
-        except Exception:
+        except BaseException:  # a time limit's SIGTERM too (SystemExit): the logs say why
             for path, server in servers.items():
                 print(f"{path}'s server log, last lines:\n  {server.log_tail()}", flush=True)
             raise
