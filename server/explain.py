@@ -83,7 +83,10 @@ class Explainer:
         before it are done."""
         if method not in ("explain", "compare_layers"):
             raise ValueError(f"no explainer call {method!r}")
+        asked = time.monotonic()
         async with self._turn:
+            if kwargs.get("timeout") is not None:  # the deadline counts the wait for a turn
+                kwargs["timeout"] -= time.monotonic() - asked
             return await asyncio.to_thread(getattr(self, method), *args, **kwargs)
 
     def _forward(

@@ -182,6 +182,29 @@ def test_an_explanation_cancelled_while_it_waits_for_its_turn_is_not_computed(se
     assert forwards == [1]
 
 
+def test_the_wait_for_a_turn_counts_against_an_explanations_deadline(server):
+    """The deadline an API call passes runs from when it asked, not from when its turn
+    came: one that waited its whole deadline behind another is not computed."""
+    import asyncio
+
+    from embedsense.server.engine import DeadlineExceeded
+    from embedsense.server.explain import Explainer
+
+    engine = server.server.engine
+    explainer = Explainer(engine.model, engine.runner)
+
+    async def behind_another() -> None:
+        async with explainer._turn:  # another explanation's turn
+            waiting = asyncio.ensure_future(
+                explainer.in_turn("explain", "我喜欢吃苹果", "苹果", timeout=0.2)
+            )
+            await asyncio.sleep(0.4)
+        await waiting
+
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(behind_another())
+
+
 def test_the_layer_trajectory_shows_contexts_separating(client):
     c = client.compare_layers("我喜欢吃苹果", "我买了最新的苹果手机", "苹果")
     assert len(c.cosines) == 13 and c.span_a == (4, 6) and c.span_b == (6, 8)
