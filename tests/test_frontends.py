@@ -242,6 +242,37 @@ def test_a_blocking_call_on_the_event_loops_own_thread_fails_instead_of_hanging(
     asyncio.run(asyncio.wait_for(scenario(), 10))
 
 
+def test_a_call_cancelled_in_the_same_read_as_it_came_leaves_nothing_behind():
+    """A busy engine process reads a front end's call and its cancel together: the task
+    serving it was cancelled before it started, and its entry stayed in the bridge for
+    good, one per such call."""
+    from embedsense.server.frontends.bridge import CALL, CANCEL, HEADER
+
+    def frame(*fields: object) -> bytes:
+        data = pickle.dumps(fields)
+        return HEADER.pack(len(data)) + data
+
+    async def scenario() -> None:
+        mine, theirs = socket.socketpair()
+        started = []
+
+        async def slow(value: int) -> int:
+            started.append(value)
+            await asyncio.sleep(10)
+            return value
+
+        engine_side = await Bridge.open(mine, {"rows": slow}, lambda: None)
+        try:
+            theirs.sendall(frame(CALL, 7, "rows", (1,)) + frame(CANCEL, 7))
+            await asyncio.sleep(0.2)
+            assert started == [] and dict(engine_side._serving) == {}
+        finally:
+            engine_side.close()
+            theirs.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
 # ------------------------------------------------------------ processes
 
 

@@ -123,7 +123,10 @@ class Bridge(asyncio.Protocol):
     def _on_frame(self, frame: tuple[Any, ...]) -> None:
         kind, call_id = frame[0], frame[1]
         if kind == CALL:
-            self._serving[call_id] = self._loop.create_task(self._serve(call_id, *frame[2:]))
+            task = self._serving[call_id] = self._loop.create_task(self._serve(call_id, *frame[2:]))
+            # Not in _serve's own `finally`: a task cancelled before its first step (its
+            # CANCEL in the same read) never enters it.
+            task.add_done_callback(lambda _: self._serving.pop(call_id, None))
         elif kind == REPLY:
             reply = self._calls.pop(call_id, None)
             if reply is None or reply.done():  # cancelled meanwhile
@@ -147,8 +150,6 @@ class Bridge(asyncio.Protocol):
             self._send((REPLY, call_id, False, transportable(err)))
         else:
             self._send((REPLY, call_id, True, value))
-        finally:
-            self._serving.pop(call_id, None)
 
     def _send(self, frame: tuple[Any, ...]) -> None:
         if self.closed:
