@@ -592,6 +592,10 @@ class Engine:
         except TimeoutError as err:
             raise DeadlineExceeded(f"not done within the {timeout:.3f} s deadline") from err
         finally:
+            # Whatever ended the wait (one row's failure too, which gather does not spread),
+            # the rest of the request is computed for nobody: cancelled rows are dropped.
+            for row in rows:
+                row.future.cancel()
             with self._cond:
                 self._in_flight[level] -= 1
 

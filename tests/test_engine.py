@@ -27,6 +27,7 @@ from embedsense.server.engine import (
     DeadlineExceeded,
     Engine,
     EngineClosed,
+    EngineError,
     InvalidRequest,
     Overloaded,
 )
@@ -561,3 +562,32 @@ def test_a_servers_forwards_keep_their_openmp_threads_awake_between_parallel_reg
     finally:
         server.stop()
     assert per_call < 400
+
+
+def test_once_one_of_a_requests_forwards_fails_its_other_rows_are_not_computed(e5):
+    """A request whose rows span several forwards got the first one's failure, and all its
+    other rows were still computed, for nobody, after it had freed its in-flight slot."""
+    eng = Engine(
+        EngineConfig(warmup=False, max_batch_tokens=512, max_wait_ms=1, query_lane=False), e5
+    ).start()
+    real_run, forwards = eng.runner.run, []
+
+    def failing_first(sequences, layers):
+        forwards.append(len(sequences))
+        if len(forwards) == 1:
+            raise RuntimeError("CUDA out of memory (stand-in)")
+        return real_run(sequences, layers)
+
+    eng.runner.run = failing_first
+    try:
+
+        async def main() -> None:
+            with pytest.raises(EngineError, match="model failure"):
+                await eng.embed(["word " * 200] * 12)  # 2 rows a forward: 6 forwards
+            await asyncio.sleep(1.0)
+
+        asyncio.run(main())
+        # The worker may have taken the next batch before the failure reached the caller.
+        assert len(forwards) <= 2 and eng.stats.rows <= 2, forwards
+    finally:
+        eng.close()
