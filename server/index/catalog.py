@@ -77,7 +77,14 @@ class Catalog:
         return sorted(self._collections)
 
     def list(self) -> list[CollectionInfo]:
-        return [c.info() for c in sorted(self._collections.values(), key=lambda c: c.name)]
+        """Every collection's details; one dropped while they are read is left out."""
+        listed = []
+        for collection in sorted(self._collections.values(), key=lambda c: c.name):
+            try:
+                listed.append(collection.info())
+            except CollectionNotFound:
+                continue
+        return listed
 
     def describe(self, name: str) -> CollectionInfo:
         return self.get(name).info()

@@ -83,12 +83,14 @@ def search_parameters(
 
 
 def exact_view(index: faiss.Index) -> faiss.Index | None:
-    """An exhaustive index over the same vectors, when there is one at no cost (HNSW's flat
-    storage): used for very selective filters, where a graph walk would find too few."""
+    """An exhaustive index over the same vectors (and codes), when there is one at no cost:
+    HNSW's storage, flat or scalar-quantized, which searches under a selector; used for very
+    selective filters, where a graph walk would find too few. (HNSW over PQ has none: FAISS's
+    IndexPQ takes no selector.)"""
     inner = faiss.downcast_index(index)
     if isinstance(inner, faiss.IndexHNSW):
         storage = faiss.downcast_index(inner.storage)
-        if isinstance(storage, faiss.IndexFlat):
+        if isinstance(storage, faiss.IndexFlat | faiss.IndexScalarQuantizer):
             return storage
     return None
 

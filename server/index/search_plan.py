@@ -51,7 +51,7 @@ def search_generation(
             return np.full((len(queries), 0), -1), np.zeros((len(queries), 0))
         if candidates <= SELECTIVE_FILTER_SHARE * live.count:
             index, probes = exhaustive(index, probes)
-        else:
+        if index is gen.index and probes == nprobe:  # a walk still (no exhaustive view)
             ef_search = filtered_ef(ef_search, k, candidates / max(live.count, 1))
     elif live.count < index.ntotal:
         selector, bits = live.selector()
