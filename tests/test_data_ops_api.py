@@ -6,6 +6,7 @@ server on 127.0.0.1 with the real default model."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import threading
@@ -125,6 +126,9 @@ def test_a_scroll_cursor_is_opaque_and_tied_to_its_filter(client, news):
         page(first.next_cursor, '{"sense": "fruit"}')
     with pytest.raises(InvalidArgument, match="cursor"):
         page("not-a-cursor")
+    # JSON nested too deep for the parser was INTERNAL (a RecursionError)
+    with pytest.raises(InvalidArgument, match="cursor"):
+        page(base64.urlsafe_b64encode(b"[" * 100_000).decode())
     with pytest.raises(InvalidArgument, match="10000"):
         page("", limit=10_001)
     last = page("", limit=10)

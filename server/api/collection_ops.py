@@ -92,7 +92,7 @@ def decode_cursor(cursor: str, where: Mapping[str, Any] | None) -> str | None:
         version, key, after = json.loads(raw)
         if version != CURSOR_VERSION or not isinstance(after, str) or not isinstance(key, str):
             raise ValueError
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, binascii.Error, RecursionError):
         raise BadRequest(
             "cursor: not a cursor this server made; pass the next_cursor of the previous "
             "page as it came, or none to start",

