@@ -113,10 +113,23 @@ class EngineConfig:
         max_batch_tokens, or one full-length text of `max_tokens` if that is more."""
         return max(self.max_batch_tokens // 8, max_tokens) if self.query_lane else 0
 
-    @property
-    def bulk_queued_tokens(self) -> int:
-        """max_queued_bulk_tokens, or its default: half of max_queued_tokens."""
-        return self.max_queued_bulk_tokens or max(1, self.max_queued_tokens // 2)
+    def bulk_queued_tokens(self, max_tokens: int) -> int:
+        """max_queued_bulk_tokens, or its default: half of max_queued_tokens, and at least
+        one full-length text of `max_tokens` (less would refuse every long document)."""
+        if self.max_queued_bulk_tokens is not None:
+            return self.max_queued_bulk_tokens
+        return min(self.max_queued_tokens, max(self.max_queued_tokens // 2, max_tokens))
+
+    def check_room_for(self, max_tokens: int) -> None:
+        """ValueError when a token limit is below one full-length text of `max_tokens`: such
+        a text (or a long document's window) could never run, whatever the load."""
+        for name in ("max_batch_tokens", "max_queued_tokens", "max_queued_bulk_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < max_tokens:
+                raise ValueError(
+                    f"{name} {value} is below the model's {max_tokens}-token inputs: a "
+                    "full-length text never fits"
+                )
 
     @property
     def bulk_concurrent_requests(self) -> int:

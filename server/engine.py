@@ -161,6 +161,29 @@ class EngineClosed(EngineError):
     """The engine is shutting down (UNAVAILABLE)."""
 
 
+class ModelFailed(EngineError):
+    """One forward failed (UNAVAILABLE): the batch did, not the engine, which serves on; a
+    retry runs in another batch."""
+
+
+class ModelOutOfMemory(ModelFailed):
+    """A forward ran out of memory (RESOURCE_EXHAUSTED): that batch was too big for the
+    device at that moment."""
+
+
+def model_failure(err: Exception) -> ModelFailed:
+    """The callers' error for a forward's exception. Torch reports running out of memory as
+    a RuntimeError (torch.cuda.OutOfMemoryError is one), told apart by its message."""
+    text = f"{type(err).__name__}: {err}"
+    lowered = text.lower()
+    if isinstance(err, MemoryError) or any(m in lowered for m in _OUT_OF_MEMORY):
+        return ModelOutOfMemory(f"the model ran out of memory on a batch ({text})")
+    return ModelFailed(f"model failure: {text}")
+
+
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "outofmemoryerror")
+
+
 @dataclass
 class Embedding:
     """One text's result. Vectors are float32 numpy."""
@@ -267,11 +290,7 @@ class Engine:
         one it passes, so the runner may change it in place (ModelRunner)."""
         self.config = config or EngineConfig()
         self.model = model or load_model(self.config.model)
-        if self.config.max_batch_tokens < self.model.tokenizer.max_tokens:
-            raise ValueError(
-                f"max_batch_tokens {self.config.max_batch_tokens} is below the model's "
-                f"{self.model.tokenizer.max_tokens}-token inputs: a full-length text never fits"
-            )
+        self.config.check_room_for(self.model.tokenizer.max_tokens)
         self.runner = ModelRunner(self.model, self.config, owns_model=owns_model or model is None)
         self.num_layers = self.runner.num_layers  # hidden states 0 to this one
         # The limits lowered to fit max_memory, if set (ValueError if the model cannot fit).
@@ -729,9 +748,10 @@ class Engine:
         c = self.config
         tokens = Limit(c.max_queued_tokens, "max_queued_tokens")
         requests = Limit(c.max_concurrent_requests, "max_concurrent_requests")
+        bulk_tokens = c.bulk_queued_tokens(self.model.tokenizer.max_tokens)
         bulk_requests = Limit(c.bulk_concurrent_requests, "max_concurrent_bulk_requests")
         return (
-            [Limit(c.bulk_queued_tokens, "max_queued_bulk_tokens"), tokens, tokens],
+            [Limit(bulk_tokens, "max_queued_bulk_tokens"), tokens, tokens],
             [bulk_requests, requests, requests],
         )
 
@@ -1026,7 +1046,7 @@ class Engine:
             outputs = self.runner.run([r.ids for r in batch], [r.layers for r in batch])
         except Exception as err:  # noqa: BLE001 - the callers get it, the worker survives
             log.exception("batch of %d rows failed", len(batch))
-            failure = EngineError(f"model failure: {type(err).__name__}: {err}")
+            failure = model_failure(err)
             _settle_batch([(row, None, failure) for row in batch])
             return
         seconds = time.monotonic() - started

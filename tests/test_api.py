@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -282,6 +284,55 @@ def test_overload_and_deadlines_map_to_their_statuses(e5, tmp_path):
                 hurried.encode(["这是一个需要一点时间的句子"] * 64)
     finally:
         running.stop()
+
+
+def test_a_failed_forward_is_a_retryable_status_and_the_server_keeps_serving(e5, tmp_path):
+    """The model's own failure reached gRPC callers as INTERNAL and HTTP callers as a 500:
+    out of memory (a batch too big for the device) is RESOURCE_EXHAUSTED, anything else
+    UNAVAILABLE; the batch failed, not the server, and the caller's retry runs in another."""
+    running = ServerThread(e5, tmp_path, http_port=0)
+    engine = running.server.engine
+    real_run, failures = engine.runner.run, []
+
+    def failing(sequences, layers):
+        if failures:
+            raise failures.pop()
+        return real_run(sequences, layers)
+
+    engine.runner.run = failing
+    url = f"http://127.0.0.1:{running.server.http_port}"
+    try:
+        with Client(running.target, retry=Retry(attempts=1)) as c:
+            failures.append(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+            with pytest.raises(ResourceExhausted, match="out of memory"):
+                c.encode(["苹果"])
+            assert c.encode(["苹果"]).shape == (1, 384)
+        with grpc.insecure_channel(running.target) as channel:  # no retries at all
+            failures.append(RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"))
+            with pytest.raises(grpc.RpcError) as failed:
+                pb_grpc.EmbedSenseStub(channel).Embed(pb.EmbedRequest(texts=["苹果"]))
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "model failure" in failed.value.details()
+        with Client(running.target) as retrying:  # the SDK's own retry gets through
+            failures.append(RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"))
+            assert retrying.encode(["苹果"]).shape == (1, 384)
+        failures.append(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+        assert post(f"{url}/v1/embeddings", {"input": "苹果"}) == 429
+        failures.append(ValueError("something nobody foresaw"))
+        assert post(f"{url}/embed", {"inputs": "苹果"}) == 503
+        assert post(f"{url}/embed", {"inputs": "苹果"}) == 200
+    finally:
+        running.stop()
+
+
+def post(url: str, body: dict) -> int:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 def test_token_vectors_no_reply_could_hold_are_refused_before_the_work(e5, tmp_path):

@@ -27,8 +27,8 @@ from embedsense.server.engine import (
     DeadlineExceeded,
     Engine,
     EngineClosed,
-    EngineError,
     InvalidRequest,
+    ModelOutOfMemory,
     Overloaded,
 )
 from embedsense.server.windows import plan_windows
@@ -167,6 +167,25 @@ def test_queued_token_limit_refuses_work_beyond_it(e5):
         refused = [a for a in answers if isinstance(a, Overloaded)]
         assert refused and all("max_queued_tokens" in str(a) for a in refused)
         assert eng.stats.refused == len(refused) == len(answers) - eng.stats.rows // 3
+    finally:
+        eng.close()
+
+
+def test_queue_limits_a_full_length_text_cannot_pass_are_refused_at_start(e5):
+    """A limit below one full-length text was taken at start, and then every text (or
+    document window) longer than it was INVALID_ARGUMENT: at max_queued_tokens 600, the bulk
+    share's default half (300) refused every upsert of a document over 300 tokens."""
+    full = e5.tokenizer.max_tokens
+    for wrong in ({"max_queued_tokens": full - 1},
+                  {"max_queued_tokens": 4 * full, "max_queued_bulk_tokens": full - 1}):  # fmt: skip
+        name = next(reversed(wrong))
+        with pytest.raises(ValueError, match=rf"{name} {full - 1} .*{full}-token"):
+            Engine(EngineConfig(dtype="float32", warmup=False, **wrong), e5)
+    # The default share is at least one full-length text, up to max_queued_tokens.
+    eng = Engine(EngineConfig(dtype="float32", max_queued_tokens=600, warmup=False), e5).start()
+    try:
+        long = asyncio.run(eng.embed(["苹果很甜。" * 150], priority=Priority.BULK, windowed=True))
+        assert len(long) == 1 and eng.stats.refused == 0
     finally:
         eng.close()
 
@@ -582,7 +601,7 @@ def test_once_one_of_a_requests_forwards_fails_its_other_rows_are_not_computed(e
     try:
 
         async def main() -> None:
-            with pytest.raises(EngineError, match="model failure"):
+            with pytest.raises(ModelOutOfMemory, match="ran out of memory"):
                 await eng.embed(["word " * 200] * 12)  # 2 rows a forward: 6 forwards
             await asyncio.sleep(1.0)
 

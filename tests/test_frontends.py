@@ -242,6 +242,41 @@ def test_a_blocking_call_on_the_event_loops_own_thread_fails_instead_of_hanging(
     asyncio.run(asyncio.wait_for(scenario(), 10))
 
 
+def test_a_call_whose_arguments_cannot_cross_fails_its_own_caller_only():
+    """Its pickling error was sent to the other side as a REPLY carrying the caller's call
+    id, which there names the other side's own call: a call of theirs got a stranger's
+    error, and the caller here waited for good."""
+
+    async def scenario() -> None:
+        mine, theirs = socket.socketpair()
+        release = asyncio.Event()
+
+        async def slow(value: int) -> int:
+            await release.wait()
+            return value
+
+        async def echo(value: object) -> object:
+            return value
+
+        here = await Bridge.open(mine, {"slow": slow}, lambda: None)
+        there = await Bridge.open(theirs, {"echo": echo}, lambda: None)
+        try:
+            theirs_pending = asyncio.ensure_future(there.call("slow", 5))  # its call id 1
+            await asyncio.sleep(0.1)
+            with pytest.raises(Exception, match="pickle"):
+                await asyncio.wait_for(here.call("echo", lambda: None), 2)  # here's call id 1
+            await asyncio.sleep(0.1)
+            assert not theirs_pending.done()
+            release.set()
+            assert await theirs_pending == 5
+            assert await here.call("echo", 3) == 3 and here._calls == {}
+        finally:
+            here.close()
+            there.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
 def test_a_call_cancelled_in_the_same_read_as_it_came_leaves_nothing_behind():
     """A busy engine process reads a front end's call and its cancel together: the task
     serving it was cancelled before it started, and its entry stayed in the bridge for

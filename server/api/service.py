@@ -64,6 +64,8 @@ STATUSES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (eng.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (eng.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (eng.EngineClosed, grpc.StatusCode.UNAVAILABLE),
+    (eng.ModelOutOfMemory, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (eng.ModelFailed, grpc.StatusCode.UNAVAILABLE),
     (eng.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (idx.CollectionNotFound, grpc.StatusCode.NOT_FOUND),
     (idx.CollectionExists, grpc.StatusCode.ALREADY_EXISTS),

@@ -60,9 +60,11 @@ class Bridge(asyncio.Protocol):
         if self.closed:
             raise BridgeClosed("the engine process's connection is closed")
         call_id = next(self._ids)
-        reply = self._loop.create_future()
-        self._calls[call_id] = reply
-        self._send((CALL, call_id, name, args))
+        # Pickled here: a call whose arguments cannot cross fails its own caller (an error
+        # sent as a reply would carry an id that, there, names one of the other side's calls).
+        data = pickle.dumps((CALL, call_id, name, args), protocol=pickle.HIGHEST_PROTOCOL)
+        reply = self._calls[call_id] = self._loop.create_future()
+        self._write(data)
         try:
             return await reply
         except asyncio.CancelledError:
@@ -152,12 +154,16 @@ class Bridge(asyncio.Protocol):
             self._send((REPLY, call_id, True, value))
 
     def _send(self, frame: tuple[Any, ...]) -> None:
-        if self.closed:
-            return
+        """A REPLY or a CANCEL (a CALL is pickled by call())."""
         try:
             data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as err:  # noqa: BLE001 - a value that cannot cross: its caller hears
             data = pickle.dumps((REPLY, frame[1], False, transportable(err)))
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self.closed:
+            return
         if not self._outgoing:
             self._loop.call_soon(self._flush)
         self._outgoing += (HEADER.pack(len(data)), data)
