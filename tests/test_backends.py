@@ -198,6 +198,26 @@ def test_documents_are_upserted_read_replaced_and_deleted(backend):
     assert len(generated[0]) == 32 and col.get(generated)[0].text == "no id"
 
 
+def test_ids_with_quotes_filters_right_after_a_write_and_a_large_k(backend):
+    """Milvus: pymilvus quoted ids unescaped, so deleting "x','y" deleted "x" and "y",
+    "O'Brien" could never be deleted, and "a\\b" was acknowledged and kept. A filter that
+    matched nothing was remembered for 5 s: a document written then, matching it, was not
+    found. A filtered search with k over 4,096 asked for a walk of 4,096 (refused)."""
+    backend.create("c", model="m", dim=DIM, index_spec="HNSW32")
+    col = backend.get("c")
+    odd = ["x", "y", "x','y", "O'Brien", "a\\b", 'say "hi"']
+    col.upsert([Document(id=i, text=i, vector=d.vector, metadata={"lang": "en"})
+                for i, d in zip(odd, corpus(len(odd)), strict=True)])  # fmt: skip
+    assert col.delete(["x','y", "O'Brien", "a\\b"]) == 3
+    assert [d and d.id for d in col.get(odd)] == ["x", "y", None, None, None, 'say "hi"']
+    query = corpus(1, seed=1)[0].vector
+    assert col.search(query, k=3, where={"lang": "fr"}) == [[]]
+    col.upsert([Document(id="fr", text="salut", vector=query, metadata={"lang": "fr"})])
+    assert [h.id for h in col.search(query, k=3, where={"lang": "fr"})[0]] == ["fr"]
+    hits = col.search(query, k=5000, where={"lang": "en"})[0]
+    assert {h.id for h in hits} == {"x", "y", 'say "hi"'}
+
+
 def test_bad_documents_and_queries_are_refused(backend):
     backend.create("c", model="m", dim=DIM)
     col = backend.get("c")

@@ -28,8 +28,10 @@ MAX_FILTERED_EF = 4096
 
 def filtered_ef(ef_search: int, k: int, share: float) -> int:
     """The graph walk's candidate list under a filter that keeps `share` (0-1] of the
-    vectors: widened by 1/share, at most MAX_FILTERED_EF (the milvus backend uses it too)."""
-    return min(MAX_FILTERED_EF, max(ef_search, int(max(ef_search, k) / max(share, 1e-9))))
+    vectors: widened by 1/share, at most MAX_FILTERED_EF (the milvus backend uses it too),
+    and never below k (Milvus refuses a walk shorter than k)."""
+    widened = int(max(ef_search, k) / max(share, 1e-9))
+    return max(k, min(MAX_FILTERED_EF, max(ef_search, widened)))
 
 
 def search_generation(

@@ -37,7 +37,7 @@ from embedsense.server.index.errors import (
 )
 from embedsense.server.index.milvus.calls import MilvusAliasTaken, MilvusCalls
 from embedsense.server.index.milvus.collection import MilvusCollection
-from embedsense.server.index.milvus.filters import literal
+from embedsense.server.index.milvus.filters import literal, literal_list
 from embedsense.server.index.milvus.schema import (
     MAX_VARCHAR,
     META,
@@ -112,7 +112,7 @@ class MilvusBackend:
         self.calls.settle(f"write {key}", (META, "key"))
 
     def _meta_delete(self, key: str) -> None:
-        self.calls(f"delete {key}", "delete", META, ids=[key])
+        self.calls(f"delete {key}", "delete", META, filter=f"key in {literal_list([key])}")
         self.calls.settle(f"delete {key}", (META, "key"))
 
     def _meta_keys(self, prefix: str) -> list[tuple[str, str]]:

@@ -233,7 +233,9 @@ class MilvusCollection:
         if not named:
             return
         for chunk in chunks(list(named), 1000):
-            self.calls(f"delete from {self.name!r}", "delete", self.layout.docs, ids=chunk)
+            # Not `ids=`: pymilvus quotes those unescaped ("x','y" would delete x and y).
+            expression = f"id in {literal_list(chunk)}"
+            self.calls(f"delete from {self.name!r}", "delete", self.layout.docs, filter=expression)
             if self.store_tokens:
                 self.token_rows.retire(chunk, [named[i] for i in chunk], [])
         self._settle()
@@ -445,7 +447,9 @@ class MilvusCollection:
         now = time.monotonic()
         with self._shares_lock:
             cached = self._shares.get(expression)
-        if cached is not None and now - cached[1] < SHARE_TTL_S:
+        # A share of 0 is counted again: searched on, it answers nothing, even for a
+        # document written a moment ago.
+        if cached is not None and cached[0] > 0 and now - cached[1] < SHARE_TTL_S:
             return cached[0]
         total = self._count(self.layout.docs)
         share = self._count(self.layout.docs, expression) / total if total else 0.0
