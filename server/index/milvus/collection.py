@@ -12,7 +12,6 @@ which would seal segments and is left to Milvus) and serves it to every reader (
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import orjson
 
 from embedsense.server.index.collection import CollectionInfo
 from embedsense.server.index.errors import (
@@ -215,8 +215,14 @@ class MilvusCollection:
                 f"document {doc.id!r}: its text is {len(doc.text.encode())} UTF-8 bytes; the "
                 f"milvus backend stores at most {MAX_VARCHAR} (Milvus's VARCHAR limit)"
             )
-        if len(json.dumps(doc.metadata, ensure_ascii=False).encode()) > MAX_VARCHAR:
-            raise InvalidArgument(f"document {doc.id!r}: metadata over {MAX_VARCHAR} bytes")
+        # Both JSON fields as pymilvus sends them (orjson): the typed copy is the larger,
+        # each string tagged with its type.
+        size = max(len(orjson.dumps(doc.metadata)), len(orjson.dumps(typed(doc.metadata))))
+        if size > MAX_VARCHAR:
+            raise InvalidArgument(
+                f"document {doc.id!r}: its metadata takes {size} bytes as Milvus stores it "
+                f"(with its copy for filters); the milvus backend keeps at most {MAX_VARCHAR}"
+            )
         return doc
 
     def delete(self, ids: Sequence[str]) -> int:

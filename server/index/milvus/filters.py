@@ -65,11 +65,17 @@ def typed(value: Any) -> Any:
 _ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
+INT64_MIN = -(2**63)
+
+
 def literal(value: Any) -> str:
     """A Milvus expression literal: a string quoted so that every supported Milvus reads it
     back exactly, a number as Python writes it."""
     if isinstance(value, str):
         return '"' + value.translate(_ESCAPES) + '"'
+    if value == INT64_MIN and isinstance(value, int):
+        # Milvus 2.3 reads "-9223372036854775808" as minus 2**63, out of int64's range.
+        return f"({INT64_MIN + 1} - 1)"
     return repr(value)  # int or float (booleans and null are tagged strings by now)
 
 
