@@ -339,3 +339,36 @@ def test_metadata_milvus_would_refuse_is_refused_before_any_write(replicas):
         col.upsert([doc])
     doc.metadata = {"k": [""] * 100}
     assert col.upsert([doc]) == [doc.id] and col.count() == 1
+
+
+def test_a_scroll_goes_on_past_a_narrowed_window_emptied_meanwhile(replicas, monkeypatch):
+    """A full query window is narrowed to the ids up to the lowest few it saw; when another
+    writer had deleted all of those by then, the narrowed query came back empty and the
+    scroll ended, although every document above them still matched."""
+    from embedsense.server.index.milvus import collection as milvus_collection
+
+    monkeypatch.setattr(milvus_collection, "MAX_ROWS_PER_QUERY", 4)
+    monkeypatch.setattr(milvus_collection, "NARROW_TO", 1)
+    a, b = replicas
+    a.create("s", model="m", dim=DIM)
+    col = a.get("s")
+    docs = corpus(12)
+    col.upsert(docs)
+    real, deleted = col.calls.query, []
+
+    def query(what, *args, **kwargs):
+        rows = real(what, *args, **kwargs)
+        if what.startswith("page through") and not deleted:
+            upper = min(row["id"] for row in rows)  # what the next query narrows to
+            deleted.extend(d.id for d in docs if d.id <= upper)
+            b.get("s").delete(deleted)
+        return rows
+
+    monkeypatch.setattr(col.calls, "query", query)
+    seen, after = [], None
+    while True:
+        page, after = col.scroll(None, 3, after)
+        seen += [d.id for d in page]
+        if after is None:
+            break
+    assert deleted and seen == sorted(d.id for d in docs if d.id not in deleted)

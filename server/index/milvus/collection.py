@@ -292,12 +292,15 @@ class MilvusCollection:
                 self._write(docs)
         return len(docs)
 
-    def _ids_after(self, expression: str, after: str | None, n: int) -> tuple[list[str], bool]:
-        """The ids of the first `n` matching documents above `after` in id order, and whether
-        more follow. A query with a limit returns *some* matching rows, not the lowest ids
-        (Milvus 2.3 reads each segment in the order it was written), so only a query that
-        comes back short of its window is known to hold every row of its range: a full one
-        is narrowed to the ids up to the k-th lowest it saw, until one comes back short."""
+    def _ids_after(
+        self, expression: str, after: str | None, n: int
+    ) -> tuple[list[str], str | None]:
+        """The ids of the first `n` matching documents above `after` in id order, and the
+        next page's cursor (None: no more follow). A query with a limit returns *some*
+        matching rows, not the lowest ids (Milvus 2.3 reads each segment in the order it
+        was written), so only a query that comes back short of its window is known to hold
+        every row of its range: a full one is narrowed to the ids up to the k-th lowest it
+        saw, until one comes back short."""
         bounds = [f"({expression})"] if expression else []
         bounds.append(f"id > {literal(after)}" if after is not None else 'id != ""')
         upper = None
@@ -314,8 +317,9 @@ class MilvusCollection:
                 )
             )
             if len(ids) < MAX_ROWS_PER_QUERY:
-                # Every row up to `upper` (or to the end); past `upper` there are more.
-                return ids[:n], upper is not None or len(ids) > n
+                # Every row up to `upper` (or to the end) is read; past `upper` are more,
+                # even when those up to it were deleted since the window that named it.
+                return (ids[:n], ids[n - 1]) if len(ids) > n else (ids, upper)
             upper = ids[min(n, NARROW_TO) - 1]
         raise IndexUnavailable(
             f"collection {self.name!r}: a page of the scroll did not settle in "
@@ -336,7 +340,7 @@ class MilvusCollection:
         expression = milvus_expression(where)
         fields = ["id", "text", "metadata", *(["vector"] if with_vectors else [])]
         with self._calling():
-            ids, more = self._ids_after(expression, after, limit)
+            ids, cursor = self._ids_after(expression, after, limit)
             rows = {}
             for chunk in chunks(ids, 1000):
                 for row in self.calls.query(
@@ -356,8 +360,9 @@ class MilvusCollection:
             )
             for row in (rows[i] for i in ids if i in rows)  # not: deleted since
         ]
-        # The cursor is the last id of the page, even when that one was deleted since.
-        return page, (ids[-1] if more and ids else None)
+        # The cursor is the last id of the page (or of the range read), even when that one
+        # was deleted since.
+        return page, cursor
 
     # ------------------------------------------------------------ reads
 
