@@ -117,8 +117,7 @@ class AsyncClient:
                 await asyncio.gather(*running, return_exceptions=True)
 
     async def _batch_size(self, asked: int, total: int | None) -> int:
-        """`asked` (at least 1), within the server's texts-per-request limit when the items
-        are split anyway (as `Client`)."""
+        """`asked` (at least 1), within the server's texts-per-request limit (as `Client`)."""
         bulk.at_least_one("batch_size", asked)
         if not bulk.needs_server_limit(asked, total):
             return asked

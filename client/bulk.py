@@ -35,10 +35,9 @@ def at_least_one(name: str, value: int) -> int:
 
 
 def needs_server_limit(batch_size: int, total: int | None) -> bool:
-    """Whether the server's texts-per-request limit matters: the items will be split into
-    batches anyway, or (an iterator, `total` None) may be. A list sent whole is left whole:
-    over the limit, it meets the server's own clear error."""
-    return total is None or total > batch_size
+    """Whether the server's texts-per-request limit may matter: a request could hold more
+    than one item (a list within one batch_size may still be over the server's limit)."""
+    return min(batch_size, total if total is not None else batch_size) > 1
 
 
 def within_limit(batch_size: int, limit: int) -> int:

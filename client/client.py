@@ -140,8 +140,8 @@ class Client:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _batch_size(self, asked: int, total: int | None) -> int:
-        """`asked` (at least 1), within the server's texts-per-request limit when the items
-        are split anyway (bulk.needs_server_limit)."""
+        """`asked` (at least 1), within the server's texts-per-request limit (asked once per
+        client, when a request could hold more than one item)."""
         bulk.at_least_one("batch_size", asked)
         if not bulk.needs_server_limit(asked, total):
             return asked

@@ -138,6 +138,8 @@ def test_a_message_too_large_is_not_retried_but_overload_is(e5, tmp_path):
 
 
 def test_both_clients_split_a_large_list_within_the_servers_texts_per_request(e5, tmp_path):
+    """Also a list within one batch_size but over the server's limit: it was sent whole
+    and refused, while a list twice as long was split and served."""
     running = ServerThread(e5, tmp_path, max_texts_per_request=5)
     texts = [f"第{i}句：我喜欢吃苹果" for i in range(12)]
     docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)]
@@ -146,16 +148,17 @@ def test_both_clients_split_a_large_list_within_the_servers_texts_per_request(e5
         async with AsyncClient(running.target) as c:
             await c.create_collection("async-limit")
             return (
-                await c.encode(texts, batch_size=8),
-                await c.upsert("async-limit", docs, batch_size=8, show_progress_bar=False),
+                await c.encode(texts, batch_size=16),
+                await c.upsert("async-limit", docs, batch_size=16, show_progress_bar=False),
             )
 
     try:
         with Client(running.target) as c:
             expected = np.concatenate([c.encode(texts[s : s + 4]) for s in range(0, 12, 4)])
             np.testing.assert_allclose(c.encode(texts, batch_size=8), expected, atol=1e-5)
+            np.testing.assert_allclose(c.encode(texts, batch_size=16), expected, atol=1e-5)
             c.create_collection("sync-limit")
-            assert c.upsert("sync-limit", docs, batch_size=8, show_progress_bar=False) == [
+            assert c.upsert("sync-limit", docs, batch_size=16, show_progress_bar=False) == [
                 d["id"] for d in docs
             ]
         vectors, ids = asyncio.run(with_async_client())

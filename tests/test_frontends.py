@@ -34,8 +34,9 @@ from embedsense.client import (
     Unauthenticated,
     Unavailable,
 )
-from embedsense.client._api import channel_options
+from embedsense.client._api import Call, channel_options
 from embedsense.model.tokenizer import TextTooLongError
+from embedsense.proto.v1 import embedsense_pb2 as pb
 from embedsense.server.config import EngineConfig
 from embedsense.server.frontends.bridge import Bridge, transportable
 
@@ -105,7 +106,7 @@ def test_every_front_end_asks_for_the_key_and_applies_the_limits(fronts):
     for name, client in clients.items():
         with client:
             with pytest.raises(InvalidArgument, match="texts"):  # max_texts_per_request
-                client.encode(["x"] * 9)
+                client._call(Call("Embed", pb.EmbedRequest(texts=["x"] * 9), lambda r: r))
             with pytest.raises(InvalidArgument, match="layer 40 does not exist"):
                 client.embed_tokens(["x"], layers=[40])
         # The same connection, so the same process, without the key.

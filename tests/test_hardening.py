@@ -65,7 +65,10 @@ def collection(client):
         (lambda c, _: c.encode(["苹果\x00手机"]), r"U\+0000 at position 2"),
         (lambda c, _: c.encode(["bell\x07"]), r"U\+0007"),
         (lambda c, _: c.encode(["苹" * 1_000_000]), "1000000 characters; the limit is 100000"),
-        (lambda c, _: c.encode(["字"] * 10_000, batch_size=10_000), "10000 texts; the limit"),
+        (
+            lambda c, _: c._call(Call("Embed", pb.EmbedRequest(texts=["字"] * 10_000), id)),
+            "10000 texts; the limit",
+        ),
         (lambda c, col: c.search(col, "苹果", k=0), "k: must be at least 1"),
         (lambda c, col: c.search(col, "苹果", k=10**9), "k must be within 1-10000"),
         (lambda c, col: c.search(col, "苹果", filter={"a": {"$bad": 1}}), "unknown operator"),
