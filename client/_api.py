@@ -181,7 +181,16 @@ def open_channel(targets: Targets, tls: TLS | bool | None, aio: bool) -> grpc.Ch
 
 
 def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+    """The call metadata carrying `api_key`. A key gRPC would refuse to send (a newline, as
+    a secret file ends with; other control characters) is a ValueError here, not every
+    call's INTERNAL "Invalid metadata"."""
+    if not api_key:
+        return ()
+    if not api_key.isascii() or not api_key.isprintable():
+        raise ValueError(
+            f"api_key: {len(api_key)} characters, not all printable ASCII (a trailing newline?)"
+        )
+    return (("authorization", f"Bearer {api_key}"),)
 
 
 def role(name: str | None) -> int:

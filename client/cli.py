@@ -44,10 +44,11 @@ from embedsense.client.document_files import file_problem, read_documents
 # file it names is wrong (found here, before anything is sent).
 SERVER_ERROR = 1
 USAGE_ERROR = 2
+SIGPIPE_STATUS = 141  # as a shell reports a command that SIGPIPE ended (128 + 13)
 DEFAULT_TIMEOUT = 60.0  # seconds per call
 EXIT_STATUSES = """exit status: 0 done; 1 the server refused or failed the call (its status and
 message follow "embedsense: error:"); 2 the command line or a file it names is wrong
-(found before anything is sent); 130 interrupted."""
+(found before anything is sent); 130 interrupted; 141 the output's reader closed it (head)."""
 
 
 class UsageError(ValueError):
@@ -133,8 +134,8 @@ def api_key_of(args: argparse.Namespace) -> str | None:
         return args.api_key
     if args.api_key_file:
         return read_key(args.api_key_file, "--api-key-file")
-    if os.environ.get("EMBEDSENSE_API_KEY"):
-        return os.environ["EMBEDSENSE_API_KEY"]
+    if os.environ.get("EMBEDSENSE_API_KEY", "").strip():  # a secret file's newline is not the key's
+        return os.environ["EMBEDSENSE_API_KEY"].strip()
     if os.environ.get("EMBEDSENSE_API_KEY_FILE"):
         return read_key(os.environ["EMBEDSENSE_API_KEY_FILE"], "EMBEDSENSE_API_KEY_FILE")
     return None
@@ -402,14 +403,17 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
               for label, examples in senses_given.items()}  # fmt: skip
     written = []
     if args.out:
+        from embedsense.client.render import render_png
+
         try:
-            from embedsense.client.render import render_png
-        except ImportError:  # pragma: no cover - depends on the install
-            raise UsageError(
-                "PNG output needs matplotlib: pip install 'embedsense[plot]'"
-            ) from None
-        written.append(str(render_png(explanation, args.out, comparison, args.layer, args.head,
-                                      title=args.text, text=args.text)))  # fmt: skip
+            png = render_png(explanation, args.out, comparison, args.layer, args.head,
+                             title=args.text, text=args.text)  # fmt: skip
+        except ModuleNotFoundError as err:  # render_png imports it when it draws
+            if (err.name or "").partition(".")[0] != "matplotlib":
+                raise
+            needs = "PNG output needs matplotlib: pip install 'embedsense[plot]'"
+            raise UsageError(needs) from None
+        written.append(str(png))
     if args.html:
         from embedsense.client.attention_page import render, sense_profile
 
@@ -581,9 +585,10 @@ def parser() -> argparse.ArgumentParser:
         description="Store a file's documents in a collection, made if it does not exist. A "
         '.jsonl file holds one JSON object a line: {"text": ..., "id": ..., "metadata": '
         "{...}}, id and metadata optional; any other file holds one document a line (blank "
-        "lines skipped). A document without an id gets the first 32 hex digits of its text's "
-        "SHA-256: indexing the same file again replaces its documents instead of storing them "
-        "twice, and a text repeated in a file is stored once (the last line's metadata kept). "
+        "lines skipped). A document without an id gets one made from its text and metadata "
+        "(32 hex digits, as the SDK and the server make it): indexing the same file again "
+        "replaces its documents instead of storing them twice, and a line repeated in a file "
+        "is stored once; the same text with other metadata is another document. "
         "The whole file is checked before anything is sent.",
     )
     index.add_argument("file", help="the .txt or .jsonl file")
@@ -713,10 +718,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.target = [t.strip() for item in given for t in item.split(",") if t.strip()]
         if args.command == "health":
             return cmd_health(args)
+        if args.command == "serve":  # `embedsense --json serve`: its flags are the server's
+            raise UsageError("serve comes first: embedsense serve [the server's flags]")
         tls = tls_of(args)
         timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
         with Client(args.target, api_key=api_key_of(args), timeout=timeout, tls=tls) as client:
             COMMANDS[args.command](args, client)
+        sys.stdout.flush()  # here, where a reader gone away is seen (not at exit)
+    except BrokenPipeError:  # `embedsense ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return SIGPIPE_STATUS
     except EmbedSenseError as err:  # the server's hints name the SDK's argument, here a flag
         message = re.sub(r'long_text="(\w+)"', r"--long-text \1", str(err))
         return fail(message.replace(" (the request's truncate=true)", ""), SERVER_ERROR)

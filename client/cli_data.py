@@ -17,11 +17,14 @@ line, in id order): export, then index into another collection, gives the same d
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
 from dataclasses import asdict
+from pathlib import Path
 from typing import IO, Any
 
 from embedsense.client import Client
@@ -166,15 +169,31 @@ def export_lines(pages: Iterable[list[Any]], out: IO[str]) -> int:
 
 def _docs_export(args: argparse.Namespace, client: Client) -> None:
     pages = export_pages(client, args.collection, filter_of(args.filter), args.batch_size)
-    target = open(args.out, "w", encoding="utf-8") if args.out else nullcontext(sys.stdout)  # noqa: SIM115
-    with target as out:
-        written = export_lines(pages, out)
-    if args.out:  # on stdout, the lines are the output
-        base.emit(
-            args,
-            {"exported": written, "file": args.out},
-            f"{written} documents of {args.collection!r} written to {args.out}",
-        )
+    if not args.out:  # on stdout, the lines are the output
+        export_lines(pages, sys.stdout)
+        return
+    # Into a file beside --out, renamed over it once complete: a failed export leaves an
+    # existing file as it was, and no half export that looks whole.
+    out = Path(args.out)
+    if not out.parent.is_dir():  # named as given, not as the file made beside it
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), args.out)
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.", delete=False
+    ) as part:
+        try:
+            written = export_lines(pages, part)
+        except BaseException:
+            Path(part.name).unlink()
+            raise
+    umask = os.umask(0)  # the mode a file opened for writing gets (the temporary one: 0600)
+    os.umask(umask)
+    os.chmod(part.name, 0o666 & ~umask)
+    os.replace(part.name, out)
+    base.emit(
+        args,
+        {"exported": written, "file": args.out},
+        f"{written} documents of {args.collection!r} written to {args.out}",
+    )
 
 
 DOCS: dict[str, Callable[[argparse.Namespace, Client], None]] = {

@@ -286,6 +286,46 @@ def test_explain_says_what_it_explained_and_refuses_a_layer_it_cannot_draw(
     assert status == 0 and Path(png).stat().st_size > 0, err
 
 
+def test_what_a_newcomer_met_first_is_one_line_and_the_right_status(
+    server, capsys, tmp_path, monkeypatch
+):
+    """Each was a traceback, a misleading error or a lost file: a key in EMBEDSENSE_API_KEY
+    with the newline a secret file ends with ("INTERNAL: Invalid metadata"); `docs export
+    --out FILE` that failed (FILE emptied before the first page came); `embedsense --json
+    serve` (KeyError: 'serve'); `explain --out x.png` without matplotlib."""
+    target = ["--target", server.target]
+    monkeypatch.setenv("EMBEDSENSE_API_KEY", "a-key\n")
+    assert cli(capsys, *target, "info")[0] == 0
+    with pytest.raises(ValueError, match="api_key"):
+        Client(server.target, api_key="a-key\n")
+    monkeypatch.delenv("EMBEDSENSE_API_KEY")
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text('{"text": "mine"}\n', encoding="utf-8")
+    status, _, err = cli(capsys, *target, "docs", "export", "no-such", "--out", str(kept))
+    assert status == 1 and "NOT_FOUND" in one_error_line(err)
+    assert kept.read_text(encoding="utf-8") == '{"text": "mine"}\n'
+    assert list(tmp_path.iterdir()) == [kept]  # and nothing half-written beside it
+    status, _, err = cli(capsys, *target, "--json", "serve")
+    assert status == 2 and "serve" in one_error_line(err)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    png = tmp_path / "a.png"
+    status, _, err = cli(capsys, *target, "explain", "我喜欢吃苹果", "--out", str(png))
+    assert status == 2 and "needs matplotlib" in one_error_line(err) and not png.exists()
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(server):
+    """`embedsense info | head -1`: Python's own "Exception ignored ... BrokenPipeError"
+    and exit status 120 (or, once main saw it, a usage error, exit 2)."""
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run([*CLI, "--target", server.target, "info"], stdout=writer,
+                              stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    finally:
+        os.close(writer)
+    assert done.returncode == 141 and done.stderr == "", done.stderr
+
+
 def test_health_checks_each_target_and_names_the_one_down(server, capsys):
     """With several targets, one round-robin channel asked whichever answered: SERVING, exit
     0, while a replica was down."""
@@ -399,7 +439,7 @@ def test_indexing_the_same_file_twice_replaces_instead_of_doubling(server, tmp_p
     finally:
         drop(server, "twice")
     status, out, _ = cli(capsys, "index", "--help")
-    assert "SHA-256" in " ".join(out.split())
+    assert "made from its text and metadata" in " ".join(out.split())  # as content_id
 
 
 # ------------------------------------------------------------------ 8: text access logs
