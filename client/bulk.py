@@ -246,12 +246,22 @@ def upsert_plan(
 ) -> Plan:
     """`documents` from `documents_source`: a list is known whole, an iterator is not.
     priority: the UpsertRequests' (a pb.Priority value)."""
-    batches = upsert_batches(collection, documents, size, priority)
     if not isinstance(documents, list):
-        return Plan(batches, limit, progress)
+        read: list[str] = []  # every document taken from the iterator, sent or not
+        recorded = _recording(documents, read)
+        return Plan(upsert_batches(collection, recorded, size, priority), limit, progress, ids=read)
+    batches = upsert_batches(collection, documents, size, priority)
     count = max(1, -(-len(documents) // size))
     ids = [doc.id for doc in documents]
     return Plan(batches, limit, progress, len(documents), count, ids)
+
+
+def _recording(documents: Iterator[pb.Document], ids: list[str]) -> Iterator[pb.Document]:
+    """`documents`, each one's id put in `ids` as it is read: those of a batch that a bad
+    document stops before it is sent are known too."""
+    for doc in documents:
+        ids.append(doc.id)
+        yield doc
 
 
 def joined_vectors(plan: Plan) -> np.ndarray:
@@ -268,7 +278,16 @@ def upserted_ids(plan: Plan) -> list[str]:
     if plan.error is None:
         return read
     ids = read if plan.ids is None else plan.ids
-    stored = [i for batch in plan.read if batch.number in plan.results for i in batch.ids]
+    # An id is stored as sent only when the batch of its last write was: an earlier write
+    # that landed under a later one that failed is not what the caller meant to store.
+    last = {i: batch.number for batch in plan.read for i in batch.ids}
+    stored = [
+        i
+        for batch in plan.read
+        if batch.number in plan.results
+        for i in batch.ids
+        if last[i] == batch.number
+    ]
     raise with_account(plan.error, stored, ids, plan.total)
 
 
@@ -282,6 +301,7 @@ def with_account(
         "stored_ids); send the others again: every document's id is in document_ids, so "
         "nothing is stored twice"
     )
+    error.account = note  # type: ignore[attr-defined]
     if isinstance(error, EmbedSenseError):
         error.message += f" ({note})"
         error.args = (f"{error.args[0]} ({note})", *error.args[1:])

@@ -236,6 +236,21 @@ def _preview(vector: np.ndarray) -> str:
     return "[" + ", ".join(f"{x:+.3f}" for x in vector[:4]) + ", ...]"
 
 
+def index_stopped(
+    err: EmbedSenseError, path: str, lines: int, done: int, part: int
+) -> EmbedSenseError:
+    """`err`, from the upsert of the part after the first `done` lines, told of the whole
+    file: the SDK's account is of that one part, in ids a command line cannot see."""
+    message = err.message.removesuffix(f" ({getattr(err, 'account', '')})")
+    stored = done + len(err.stored_ids or ())
+    return type(err)(
+        err.code,
+        f"{message}; {path}: {stored} of its {lines} documents are stored (the first {done}, "
+        f"and {stored - done} of the {part} after them); indexing the file again stores "
+        "nothing twice",
+    )
+
+
 def cmd_index(args: argparse.Namespace, client: Client) -> None:
     # The whole file is checked before anything is sent: a bad line stops the command with
     # its file:line, and nothing of the file is half-stored.
@@ -250,15 +265,20 @@ def cmd_index(args: argparse.Namespace, client: Client) -> None:
     # In parts of a few batches each, read again from the file: memory stays bounded; the
     # client keeps an id's last line within a part, and parts go in order.
     part_size = args.batch_size * client.max_concurrent_batches
+    done = 0
     with tqdm(total=lines, disable=args.json, unit="doc") as bar:
         for part in chunks(read_documents(args.file), part_size):
-            client.upsert(
-                args.collection,
-                part,
-                batch_size=args.batch_size,
-                show_progress_bar=False,
-                timeout=args.timeout,
-            )
+            try:
+                client.upsert(
+                    args.collection,
+                    part,
+                    batch_size=args.batch_size,
+                    show_progress_bar=False,
+                    timeout=args.timeout,
+                )
+            except EmbedSenseError as err:
+                raise index_stopped(err, args.file, lines, done, len(part)) from None
+            done += len(part)
             bar.update(len(part))
     info = client.describe_collection(args.collection)
     readable = f"{distinct} documents stored in {info.name!r} ({info.count} in all, {info.index})"

@@ -11,7 +11,8 @@ class EmbedSenseError(Exception):
     """A failed call: `code` is the gRPC status, `message` the server's explanation.
 
     A failed `upsert` also says what it stored (None on other calls): `stored_ids`, the ids
-    of the documents that are stored, one per stored input document, in input order; and
+    of the documents that are stored, one per stored input document, in input order (an id
+    whose last write failed is not: its earlier text may be stored, not the one sent); and
     `document_ids`, every input document's id (those read, for an iterator), the ids the
     client made included: sending the same documents again stores none of them twice.
     """

@@ -326,6 +326,26 @@ def test_output_cut_short_by_its_reader_ends_quietly(server):
     assert done.returncode == 141 and done.stderr == "", done.stderr
 
 
+def test_index_stopped_by_the_server_says_which_lines_are_stored(server, tmp_path, capsys):
+    """The file goes in parts of a few batches; a part the server refused reported only its
+    own count ("0 of 8 documents were stored"), and an SDK error's stored_ids, not the
+    lines of the earlier parts that were stored."""
+    path = tmp_path / "news.jsonl"
+    lines = [{"text": f"第{i}条新闻"} for i in range(12)]
+    lines[9] = {"text": "长" * 100_001}  # over max_text_chars: the second part is refused
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n", encoding="utf-8")
+    try:
+        status, _, err = cli(capsys, "--target", server.target, "index", str(path),
+                             "--collection", "stopped", "--batch-size", "2")  # fmt: skip
+        line = one_error_line(err)
+        assert status == 1 and "100001 characters" in line and "stored_ids" not in line, line
+        with Client(server.target) as c:
+            stored = c.count("stopped")
+        assert stored >= 8 and f"{stored} of its 12 documents are stored" in line
+    finally:
+        drop(server, "stopped")
+
+
 def test_health_checks_each_target_and_names_the_one_down(server, capsys):
     """With several targets, one round-robin channel asked whichever answered: SERVING, exit
     0, while a replica was down."""

@@ -321,6 +321,29 @@ def test_a_document_that_is_not_one_stops_the_plan_like_a_failed_batch():
     assert "2 of the 2 documents read were stored" in err.value.__notes__[0]
 
 
+def test_a_failed_upserts_account_is_of_each_ids_last_write_and_of_every_document_read():
+    """An id whose later write failed was listed as stored (its older text was), so a caller
+    resending what was not stored left it stale; documents read into a batch that a bad
+    document then kept from being sent were in neither list."""
+    docs = [{"id": "x", "text": "old"}, {"id": "y", "text": "y"},
+            {"id": "x", "text": "new"}, {"id": "z", "text": "z"}]  # fmt: skip
+    plan = bulk.upsert_plan("c", bulk.documents_source(docs), size=2, limit=1)
+    plan.done(plan.next(), None)
+    plan.failed(plan.next(), InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT, "refused"))
+    with pytest.raises(InvalidArgument) as err:
+        bulk.upserted_ids(plan)
+    assert err.value.stored_ids == ["y"] and "1 of 4 documents were stored" in str(err.value)
+    docs = iter(["a", "b", "c", {"txt": "typo"}])
+    plan = bulk.upsert_plan("c", bulk.documents_source(docs), size=2, limit=4)
+    first = plan.next()
+    assert plan.next() is None and isinstance(plan.error, ValueError)
+    plan.done(first, None)
+    with pytest.raises(ValueError, match=r"documents\[3\]") as err:
+        bulk.upserted_ids(plan)
+    assert err.value.document_ids == [bulk.content_id(t, {}) for t in "abc"]
+    assert "2 of the 3 documents read were stored" in err.value.__notes__[0]
+
+
 def test_one_batch_keeps_the_last_write_of_an_id_where_it_stands():
     docs = [pb.Document(id=i, text=t) for i, t in [("x", "0"), ("y", "1"), ("x", "2"), ("z", "3")]]
     assert [(d.id, d.text) for d in bulk.last_writes(docs)] == [("y", "1"), ("x", "2"), ("z", "3")]
