@@ -7,6 +7,7 @@ async with AsyncClient("127.0.0.1:50051") as c:
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -52,8 +53,12 @@ class AsyncClient:
         self.max_concurrent_batches = bulk.at_least_one(
             "max_concurrent_batches", max_concurrent_batches
         )
-        self._channel = channel or api.open_channel(target, tls, aio=True)
-        self._stub = embedsense_pb2_grpc.EmbedSenseStub(self._channel)
+        # Opened at the first call: a grpc.aio channel belongs to the event loop it is made
+        # in, and a client may be made before one runs (at import, in an app's __init__).
+        api.grpc_target(target)  # a wrong target is refused now, all the same
+        self._channel = channel
+        self._open = functools.partial(api.open_channel, target, tls, aio=True)
+        self._stub_of_channel: embedsense_pb2_grpc.EmbedSenseStub | None = None
         self._metadata = api.auth_metadata(api_key)
         self.timeout = timeout
         self.retry = retry or Retry()
@@ -66,7 +71,16 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
+
+    @property
+    def _stub(self) -> embedsense_pb2_grpc.EmbedSenseStub:
+        if self._stub_of_channel is None:
+            if self._channel is None:
+                self._channel = self._open()
+            self._stub_of_channel = embedsense_pb2_grpc.EmbedSenseStub(self._channel)
+        return self._stub_of_channel
 
     async def _call(self, call: Call[T]) -> T:
         return await self._send(call, self.timeout)

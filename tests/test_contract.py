@@ -56,6 +56,20 @@ def test_the_async_client_keeps_the_same_shapes(server):
     asyncio.run(scenario())
 
 
+def test_an_async_client_made_before_its_event_loop_runs_works_in_it(server):
+    """Made at import time or in an app's constructor, before asyncio.run: every call was a
+    RuntimeError (its gRPC channel belonged to another event loop)."""
+    c = AsyncClient(server.target, timeout=60)
+
+    async def use() -> int:
+        async with c:
+            return (await c.info()).dim
+
+    assert asyncio.run(use()) == 384
+    with pytest.raises(ValueError, match="host:port"):
+        AsyncClient(["127.0.0.1:1", "no port"])  # still refused when made
+
+
 def test_async_client_methods_are_typed_coroutines_with_the_sync_signatures():
     public = [n for n, f in vars(Client).items() if callable(f) and not n.startswith("_")]
     assert {"info", "encode", "search", "upsert", "explain"} <= set(public)
