@@ -73,6 +73,9 @@ class Retry:
                 f"Retry(attempts={self.attempts}): at least 1, the call itself (1: no retries)"
             )
 
+    def attempts_for(self, rpc: str) -> int:
+        return 1 if rpc in SENT_ONCE else self.attempts
+
     def delay(self, attempt: int) -> float:
         return random.uniform(0.5, 1.0) * min(self.max_backoff, self.initial_backoff * 2**attempt)
 
@@ -129,12 +132,19 @@ Targets = str | Sequence[str]
 # gRPC's own client-side balancing: every call picks the next ready server (round_robin),
 # and a call that finds one unreachable is retried by gRPC on another. A server that dies
 # drops out of the rotation until it answers again.
+# Calls sent once, retried neither by gRPC's policy nor by the SDK's: an UNAVAILABLE may
+# come after the work was done (an index backend that timed out then), and the call sent
+# again would answer ALREADY_EXISTS or NOT_FOUND for one that worked.
+SENT_ONCE = ("CreateCollection", "DropCollection", "CreateInventory", "DeleteInventory")
+SERVICE = "embedsense.v1.EmbedSense"
 SERVICE_CONFIG = json.dumps({
     "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [{
-        "name": [{"service": "embedsense.v1.EmbedSense"}],
+        "name": [{"service": SERVICE}],
         "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "1s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }, {
+        "name": [{"service": SERVICE, "method": method} for method in SENT_ONCE],  # no retries
     }],
 })  # fmt: skip
 

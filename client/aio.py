@@ -88,12 +88,13 @@ class AsyncClient:
     async def _send(self, call: Call[T], timeout: float | None) -> T:
         """The call, retried with backoff while the server says "not now"."""
         method = getattr(self._stub, call.rpc)
-        for attempt in range(self.retry.attempts):
+        attempts = self.retry.attempts_for(call.rpc)
+        for attempt in range(attempts):
             try:
                 response = await method(call.message(), timeout=timeout, metadata=self._metadata)
                 return call.parse(response)
             except grpc.aio.AioRpcError as err:
-                if not retryable(err) or attempt == self.retry.attempts - 1:
+                if not retryable(err) or attempt == attempts - 1:
                     raise from_rpc_error(err) from None
                 await asyncio.sleep(self.retry.delay(attempt))
         raise AssertionError("unreachable")

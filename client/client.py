@@ -86,7 +86,8 @@ class Client:
         """The call, retried with backoff while the server says "not now"; with `calls`, made
         so that a failure elsewhere in the same bulk operation can cancel it."""
         method = getattr(self._stub, call.rpc)
-        for attempt in range(self.retry.attempts):
+        attempts = self.retry.attempts_for(call.rpc)
+        for attempt in range(attempts):
             try:
                 if calls is None:
                     response = method(call.message(), timeout=timeout, metadata=self._metadata)
@@ -96,7 +97,7 @@ class Client:
                     )
                 return call.parse(response)
             except grpc.RpcError as err:
-                if not retryable(err) or attempt == self.retry.attempts - 1:
+                if not retryable(err) or attempt == attempts - 1:
                     raise from_rpc_error(err) from None
                 time.sleep(self.retry.delay(attempt))
         raise AssertionError("unreachable")

@@ -32,6 +32,7 @@ from embedsense.client import (
     ResourceExhausted,
     Retry,
     Unauthenticated,
+    Unavailable,
 )
 from embedsense.client._api import Call
 from embedsense.model import TextRole
@@ -321,6 +322,38 @@ def test_a_failed_forward_is_a_retryable_status_and_the_server_keeps_serving(e5,
         failures.append(ValueError("something nobody foresaw"))
         assert post(f"{url}/embed", {"inputs": "苹果"}) == 503
         assert post(f"{url}/embed", {"inputs": "苹果"}) == 200
+    finally:
+        running.stop()
+
+
+def test_a_create_or_drop_that_may_have_happened_is_not_sent_again(e5, tmp_path):
+    """UNAVAILABLE after the work (an index backend that timed out once it had made the
+    collection): gRPC's retry policy and the SDK's sent the call again, and the caller got
+    ALREADY_EXISTS (or, for a drop, NOT_FOUND) for a call that had worked."""
+    from embedsense.server.index import IndexUnavailable
+
+    running = ServerThread(e5, tmp_path)
+    catalog, calls = running.server.catalog, []
+
+    def then_unavailable(real):
+        def call(*args, **kwargs):
+            calls.append(real.__name__)
+            real(*args, **kwargs)
+            raise IndexUnavailable("the index timed out")
+
+        return call
+
+    catalog.create = then_unavailable(catalog.create)
+    catalog.drop = then_unavailable(catalog.drop)
+    try:
+        with Client(running.target) as c:
+            with pytest.raises(Unavailable, match="timed out"):
+                c.create_collection("made")
+            with pytest.raises(Unavailable, match="timed out"):
+                c.drop_collection("made")
+            assert calls == ["create", "drop"]
+            with pytest.raises(NotFound):
+                c.describe_collection("made")
     finally:
         running.stop()
 
