@@ -221,6 +221,18 @@ def test_ids_with_quotes_filters_right_after_a_write_and_a_large_k(backend):
     assert {h.id for h in hits} == {"x", "y", 'say "hi"'}
 
 
+def test_a_scroll_cursor_no_id_could_be_is_refused(backend):
+    """The HTTP and gRPC cursors are base64 JSON, so a forged one may decode to any string:
+    a lone surrogate reached SQLite (faiss) or protobuf (milvus) and was INTERNAL."""
+    backend.create("c", model="m", dim=DIM)
+    col = backend.get("c")
+    col.upsert(documents(3))
+    for bad in ("\ud800", "a\x00b"):
+        with pytest.raises(InvalidArgument, match="cursor"):
+            col.scroll(None, 2, bad)
+    assert [d.id for d in col.scroll(None, 2, "doc-0")[0]] == ["doc-1", "doc-2"]
+
+
 def test_bad_documents_and_queries_are_refused(backend):
     backend.create("c", model="m", dim=DIM)
     col = backend.get("c")

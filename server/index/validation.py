@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from embedsense.proto.values import id_problem, metadata_problem
+from embedsense.proto.values import id_problem, metadata_problem, string_problem
 from embedsense.server.index.errors import DimensionMismatch, InvalidArgument, ModelMismatch
 from embedsense.server.index.specs import check_spec
 from embedsense.server.index.store import CollectionRow, Document
@@ -148,6 +148,8 @@ def checked_scroll(limit: int, after: str | None) -> None:
         )
     if after is not None and not isinstance(after, str):
         raise InvalidArgument(f"a scroll's cursor is a document id (a string), got {after!r}")
+    if after and (wrong := string_problem(after)) is not None:  # a forged cursor's id
+        raise InvalidArgument(f"a scroll's cursor: {wrong}")
 
 
 def checked_threshold(score_threshold: float | None) -> float | None:
