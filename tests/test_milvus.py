@@ -372,3 +372,23 @@ def test_a_scroll_goes_on_past_a_narrowed_window_emptied_meanwhile(replicas, mon
         if after is None:
             break
     assert deleted and seen == sorted(d.id for d in docs if d.id not in deleted)
+
+
+def test_a_word_is_found_past_a_query_window_of_candidates_that_only_hold_its_pairs(
+    replicas, monkeypatch
+):
+    """The character pairs find every document holding the word, and others holding its
+    pairs apart; one query window of candidates was read, so where the window held only
+    those, the documents holding the word were not found."""
+    from test_backends import tokenized
+
+    from embedsense.server.index.milvus import collection as milvus_collection
+
+    monkeypatch.setattr(milvus_collection, "MAX_ROWS_PER_QUERY", 4)
+    monkeypatch.setattr(milvus_collection, "NARROW_TO", 2)
+    a, _ = replicas
+    a.create("w", model="m", dim=DIM, store_tokens=True)
+    col = a.get("w")
+    apart = [tokenized(f"apart-{i}", f"苹果{i} 果汁") for i in range(9)]
+    col.upsert([*apart, tokenized("z-has-it", "苹果汁")])  # written last: not in the window
+    assert col.ids_containing("苹果汁", 10) == ["z-has-it"]

@@ -475,15 +475,25 @@ class MilvusCollection:
             if not self.layout.has_grams:
                 return self._ids_like(word, limit)
             # The grams find every document containing the word and, for words of three
-            # characters or more, a few that hold its pairs apart: the text decides.
-            rows = self.calls.query(
-                f"find {word!r} in {self.name!r}",
-                self.layout.docs,
-                f'{containing(word)} and tokens_version != ""',  # no tokens: no occurrences
-                ["id", "text"],
-                limit=MAX_ROWS_PER_QUERY,
-            )
-        return [row["id"] for row in rows if word in row["text"]][:limit]
+            # characters or more, others that hold its pairs apart: the text decides. The
+            # candidates are read in id order, a window at a time, until `limit` hold it
+            # (one window could hold only the others).
+            expression = f'{containing(word)} and tokens_version != ""'  # tokens: occurrences
+            found: list[str] = []
+            after: str | None = None
+            while len(found) < limit:
+                ids, after = self._ids_after(expression, after, NARROW_TO)
+                for chunk in chunks(ids, 1000):
+                    rows = self.calls.query(
+                        f"find {word!r} in {self.name!r}",
+                        self.layout.docs,
+                        f"id in {literal_list(chunk)}",
+                        ["id", "text"],
+                    )
+                    found += sorted(row["id"] for row in rows if word in row["text"])
+                if after is None:
+                    break
+        return found[:limit]
 
     def _ids_like(self, word: str, limit: int) -> list[str]:
         try:
