@@ -206,3 +206,15 @@ def test_the_x_priority_header_sets_an_embeds_priority(base, running):
     operation = json.loads(call(base, "GET", "/openapi.json")[2])["paths"]["/v1/embeddings"]
     parameter = operation["post"]["parameters"][0]
     assert parameter["name"] == "X-Priority" and parameter["in"] == "header"
+
+
+def test_without_cors_only_the_servers_own_pages_may_write(base):
+    """No --cors-allow-origin: a POST from any other site's page is refused (a text/plain
+    one comes with no preflight); the server's own origin, and no Origin at all, go on."""
+    body = json.dumps({"input": "苹果", "model": MODEL}).encode()
+    elsewhere = {"Origin": "http://localhost:8080", "Content-Type": "text/plain"}
+    status, _, answer = call(base, "POST", "/v1/embeddings", body, elsewhere)
+    assert status == 403 and json.loads(answer)["error"]["code"] == "forbidden", answer
+    for fine in ({"Origin": base}, {"Origin": base.upper()}, {}):
+        status, _, answer = call(base, "POST", "/v1/embeddings", body, fine)
+        assert status == 200, (fine, answer[:200])

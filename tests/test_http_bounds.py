@@ -138,13 +138,18 @@ def test_the_body_limit_is_derived_from_the_input_limits(e5, tmp_path):
         running.stop()
 
 
-def test_commas_inside_texts_are_not_counted_as_json_values(server):
+def test_commas_inside_texts_are_not_counted_as_json_values(e5, tmp_path):
     """Six texts of 100,000 characters are within every limit; their 300,000 commas were
-    counted as JSON values, and the body was a 413 "send fewer inputs"."""
-    base = f"http://127.0.0.1:{server.server.http_port}"
-    body = json.dumps({"inputs": ["a," * 50_000] * 6, "truncate": True}).encode()
-    status, _, answer = call(base, "/embed", body)
-    assert status == 200 and len(json.loads(answer)) == 6, answer[:300]
+    counted as JSON values, and the body was a 413 "send fewer inputs". (The deadline is the
+    default: six full-length forwards take about 2 s on 2 cores, the `server` fixture's.)"""
+    running = ServerThread(e5, tmp_path, http_port=0)
+    try:
+        base = f"http://127.0.0.1:{running.server.http_port}"
+        body = json.dumps({"inputs": ["a," * 50_000] * 6, "truncate": True}).encode()
+        status, _, answer = call(base, "/embed", body)
+        assert status == 200 and len(json.loads(answer)) == 6, answer[:300]
+    finally:
+        running.stop()
 
 
 def test_a_body_of_millions_of_tiny_values_is_refused_before_it_is_parsed(server):
@@ -171,6 +176,31 @@ def test_bodies_in_flight_beyond_the_budget_are_a_429(e5, tmp_path):
         assert (
             call(base, "/embed", b'{"truncate": true, "inputs": "%s"}' % (b"a " * 15_000))[0] == 200
         )
+    finally:
+        running.stop()
+
+
+def test_a_body_that_says_it_is_encoded_holds_at_most_the_body_limit(e5, tmp_path):
+    """Content-Encoding skips the early 413 (a compressed body's length is not its size),
+    but it must not let one slow request hold the whole budget by its Content-Length:
+    `identity` is no compression (a 413 at once), others hold at most the body limit."""
+    running = ServerThread(e5, tmp_path, http_port=0, http_max_body_bytes=100_000,
+                           http_max_body_bytes_in_flight=300_000)  # fmt: skip
+    port = running.server.http_port
+    head = (
+        "POST /embed HTTP/1.1\r\nHost: x\r\nContent-Encoding: {}\r\n"
+        "Content-Length: 290000\r\n\r\n{{"
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+            plain.sendall(head.format("identity").encode())
+            assert plain.recv(4096).startswith(b"HTTP/1.1 413"), "identity waited for its body"
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(head.format("gzip").encode())
+            wait_for(lambda: running.server.http.budget.held > 0)
+            assert running.server.http.budget.held == 100_000
+            body = b'{"truncate": true, "inputs": "%s"}' % (b"a " * 15_000)
+            assert call(f"http://127.0.0.1:{port}", "/embed", body)[0] == 200
     finally:
         running.stop()
 

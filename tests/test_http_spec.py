@@ -421,3 +421,65 @@ def test_cors_is_opt_in_and_answers_preflights_without_the_key(base, e5, tmp_pat
         assert status == 405 and "Access-Control-Allow-Origin" not in headers
     finally:
         plain.stop()
+
+
+def test_a_write_from_another_sites_page_is_refused_but_the_own_page_and_curl_are_not(base):
+    """A browser sends another site's text/plain POST (or a form's) with no preflight: CORS
+    only hides the reply, so the server must not run it. Its own pages (/docs posts from the
+    same origin), an allowed origin and a caller with no Origin (curl, SDKs) go on."""
+    assert call(base, "/v1/collections", {"name": "csrf"})[0] == 200
+    elsewhere = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+    status, _, answer = call(base, "/v1/collections/csrf", method="DELETE", headers=elsewhere)
+    assert status == 403 and json.loads(answer)["error"]["code"] == "forbidden", answer
+    assert "https://evil.example" in json.loads(answer)["error"]["message"]
+    status, _, answer = call(base, "/embed", {"inputs": "x"}, headers=elsewhere)
+    assert status == 403 and json.loads(answer)["error_type"] == "Unauthorized", answer
+    assert call(base, "/v1/collections/csrf", method="GET")[0] == 200  # still there
+    assert call(base, "/info", method="GET", headers=elsewhere)[0] == 200  # reads: CORS's job
+    for fine in ({"Origin": base}, {"Origin": "https://app.example"}, {}):
+        headers = {**fine, "Content-Type": "text/plain"}
+        assert call(base, "/embed", {"inputs": "x"}, headers=headers)[0] == 200, fine
+
+
+def test_cors_allows_every_method_and_header_a_browser_client_sends_and_varies(base):
+    """DELETE drops a collection, X-Priority is documented, the openai JS SDK sends
+    x-stainless-* headers: a preflight naming them must be answered yes. A reply that
+    depends on Origin says Vary: Origin, to an origin not allowed and to no origin too."""
+    status, headers, _ = call(
+        base,
+        "/v1/collections/any",
+        method="OPTIONS",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "DELETE",
+            "Access-Control-Request-Headers": "authorization, x-priority, x-stainless-os",
+        },
+    )
+    assert status == 204 and "DELETE" in headers["Access-Control-Allow-Methods"]
+    allowed = {h.strip().lower() for h in headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "x-priority", "x-stainless-os"} <= allowed
+    for origin in ({"Origin": "https://app.example"}, {"Origin": "https://evil.example"}, {}):
+        _, headers, _ = call(base, "/info", method="GET", headers=origin)
+        assert "Origin" in headers.get("Vary", ""), origin
+
+
+def test_get_takes_ids_as_update_metadata_does_and_the_document_says_so(base):
+    """Ids are 1-256 characters (not texts of 100,000), 1 to max_texts_per_request of
+    them; get refused none and any number."""
+    status, _, body = call(base, "/openapi.json", headers={"Authorization": ""}, method="GET")
+    schemas = json.loads(body)["components"]["schemas"]
+    for model in ("GetRequest", "UpdateMetadataRequest"):
+        ids = schemas[model]["properties"]["ids"]
+        assert ids["minItems"] == 1 and ids["maxItems"] == 2048, model
+        assert ids["items"]["maxLength"] == 256 and "pattern" not in ids["items"], model
+    assert call(base, "/v1/collections", {"name": "ids"})[0] == 200
+    status, _, answer = call(base, "/v1/collections/ids/get", {"ids": []})
+    assert status == 400, answer
+    error = json.loads(answer)["error"]
+    assert error["message"] == "ids: at least one id is needed", answer
+    assert error["code"] == "invalid_argument" and error["param"] == "ids"
+    status, _, answer = call(base, "/v1/collections/ids/get", {"ids": ["a"] * 2049})
+    assert status == 400, answer[:200]
+    assert "2049 ids; the limit is 2048" in json.loads(answer)["error"]["message"], answer
+    status, _, answer = call(base, "/v1/collections/ids/get", {"ids": ["a"] * 2048})
+    assert status == 200 and len(json.loads(answer)["missing"]) == 2048

@@ -173,7 +173,7 @@ class UpsertResponse(BaseModel):
 
 
 class GetRequest(RequestModel):
-    ids: list[DocumentId] = Field(json_schema_extra={"x-limit": "inputs"})
+    ids: list[DocumentId] = Field(json_schema_extra={"x-limit": "ids"})
     with_vectors: bool = False
 
 
@@ -229,7 +229,7 @@ class ScrollResponse(BaseModel):
 
 
 class UpdateMetadataRequest(RequestModel):
-    ids: list[DocumentId] = Field(json_schema_extra={"x-limit": "inputs"})
+    ids: list[DocumentId] = Field(json_schema_extra={"x-limit": "ids"})
     patch: dict[str, Any] = Field(description="A JSON object.")
     mode: Literal["merge", "replace"] = Field(
         "merge",

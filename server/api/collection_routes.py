@@ -27,6 +27,7 @@ import numpy as np
 from aiohttp import web
 
 from embedsense.server.api import collection_models as m
+from embedsense.server.api.checks import check_count
 from embedsense.server.api.collection_ops import CollectionOps, NewDocument
 from embedsense.server.api.http import HttpRoute
 from embedsense.server.api.http_errors import ApiError
@@ -161,6 +162,9 @@ class CollectionRoutes:
         return m.UpsertResponse.model_construct(upserted=len(ids), ids=ids)
 
     async def get(self, request: web.Request, body: m.GetRequest) -> m.GetResponse:
+        # 1 to max_texts ids, as update_metadata: a JSON reply has no gRPC message limit to
+        # bound it (an SDK's get over gRPC is bounded by max_message_bytes).
+        check_count(len(body.ids), "ids", self.ops.limits, "ids")
         found = await self.ops.get(request.match_info["name"], body.ids)
         docs = [_stored(d, body.with_vectors) for d in found if d is not None]
         missing = [i for i, d in zip(body.ids, found, strict=True) if d is None]

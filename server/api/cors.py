@@ -1,16 +1,23 @@
 """Cross-origin requests from browsers, opt-in (--cors-allow-origin): which origins may call
-the HTTP API, and the headers that say so. Pure decisions; the server adds the headers."""
+the HTTP API, and the headers that say so; and which web pages may not write at all. Pure
+decisions; the server adds the headers and refuses."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-METHODS = "GET, POST, OPTIONS"
-# What a browser client sends beyond the simple headers: the key, JSON, a request id.
-HEADERS = "Authorization, Content-Type, Content-Encoding, X-Request-Id"
+METHODS = "GET, POST, DELETE, OPTIONS"
+# What a browser client sends beyond the simple headers: the key, JSON, a request id, a
+# priority (a preflight's others are allowed too).
+HEADERS = "Authorization, Content-Type, Content-Encoding, X-Request-Id, X-Priority"
 EXPOSED = "x-request-id, Retry-After, WWW-Authenticate"
 MAX_AGE_S = "600"  # how long a browser may keep a preflight's answer
+# Methods a browser sends from another site's page that change nothing (a form or a
+# text/plain POST needs no preflight, so CORS alone cannot stop one from running).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -34,26 +41,64 @@ class CorsPolicy:
         )
 
     def headers(self, origin: str | None) -> dict[str, str]:
-        """For an actual request's response: nothing for an origin not allowed (the browser
-        then keeps the response from the page)."""
+        """For an actual request's response: only Vary for an origin not allowed (the
+        browser then keeps the response from the page)."""
+        # Named origins are echoed one at a time, so every answer depends on Origin, a
+        # refusal or an answer to no origin too: a cache must not give one to another.
+        vary = {} if "*" in self.origins else {"Vary": "Origin"}
         if not self.allows(origin):
-            return {}
-        # A named origin is echoed, so caches must keep answers per origin.
-        if "*" in self.origins:
-            return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": EXPOSED}
+            return vary
         return {
-            "Access-Control-Allow-Origin": str(origin),
-            "Vary": "Origin",
+            "Access-Control-Allow-Origin": "*" if "*" in self.origins else str(origin),
+            **vary,
             "Access-Control-Expose-Headers": EXPOSED,
         }
 
     def preflight_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
-        """For a preflight (OPTIONS) request: what may follow, or nothing."""
+        """For a preflight (OPTIONS) request: what may follow, or nothing. The headers asked
+        for are allowed as asked: SDKs add their own (the openai JS SDK's x-stainless-*),
+        and the API key still guards every call."""
         if not self.allows(headers.get("Origin")):
             return {}
         return {
             **self.headers(headers.get("Origin")),
             "Access-Control-Allow-Methods": METHODS,
-            "Access-Control-Allow-Headers": HEADERS,
+            "Access-Control-Allow-Headers": allowed_headers(
+                headers.get("Access-Control-Request-Headers", "")
+            ),
             "Access-Control-Max-Age": MAX_AGE_S,
         }
+
+
+def allowed_headers(asked: str) -> str:
+    """HEADERS, and the others a preflight asks for (a comma-separated list)."""
+    known = {h.lower() for h in HEADERS.split(", ")}
+    more = [h.strip() for h in asked.split(",") if h.strip() and h.strip().lower() not in known]
+    return ", ".join([HEADERS, *dict.fromkeys(more)])
+
+
+def refused_origin(
+    method: str, headers: Mapping[str, str], policy: CorsPolicy | None
+) -> str | None:
+    """The Origin of a request that may change something, sent by a web page that is
+    neither allowed by `policy` nor this server's own (its host and port the request's
+    Host); None for any other request, one with no Origin (curl, SDKs) among them."""
+    origin = headers.get("Origin")
+    if origin is None or method in SAFE_METHODS:
+        return None
+    if (policy is not None and policy.allows(origin)) or same_origin(origin, headers.get("Host")):
+        return None
+    return origin
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """Whether `origin` (scheme://host[:port]) names the host and port of a request's Host
+    header (the port left out: the scheme's default)."""
+    page = urlsplit(origin)
+    served = urlsplit(f"//{host or ''}")
+    try:
+        default = DEFAULT_PORTS.get(page.scheme)
+        ours = (served.hostname, served.port or default)
+        return page.hostname is not None and (page.hostname, page.port or default) == ours
+    except ValueError:  # a port that is no number
+        return False

@@ -48,7 +48,7 @@ from embedsense.server.api.checks import (
     role_named,
     truncation_of,
 )
-from embedsense.server.api.cors import CorsPolicy
+from embedsense.server.api.cors import CorsPolicy, refused_origin
 from embedsense.server.api.http_errors import ApiError, Dialect, from_exception, from_validation
 from embedsense.server.api.interceptors import ApiKeys
 from embedsense.server.api.observability import Metrics, new_request_id, request_id
@@ -340,6 +340,13 @@ class HttpServer:
     async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.cors is not None and self.cors.is_preflight(request.method, request.headers):
             return web.Response(status=204, headers=self.cors.preflight_headers(request.headers))
+        if (origin := refused_origin(request.method, request.headers, self.cors)) is not None:
+            raise ApiError(
+                403,
+                f"a {request.method} from a web page of {origin} is refused: only this "
+                "server's own pages and the origins of --cors-allow-origin may send one",
+                "forbidden",
+            )
         if self.draining:
             raise ApiError(503, "the server is shutting down", "unavailable")
         route = self._route(request)

@@ -35,6 +35,7 @@ CODES = {
     "too_long": "context_length_exceeded",
     "model_not_found": "model_not_found",
     "unauthorized": "invalid_api_key",
+    "forbidden": "forbidden",
     "resource_exhausted": "rate_limit_exceeded",
     "deadline_exceeded": "timeout",
     "timeout": "timeout",

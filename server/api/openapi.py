@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from embedsense.server.api.checks import PRIORITY_HEADER, TEXT_PATTERN, Limits
+from embedsense.server.api.cors import SAFE_METHODS
 from embedsense.server.api.http import HttpRoute, json_response, path_parameters
 from embedsense.server.batching import Priority
 
@@ -167,6 +168,8 @@ def _operation(route: HttpRoute, auth: bool) -> dict[str, Any]:
         ok["content"] = {route.reply_media: {"schema": {"type": "string"}}}
     operation["responses"]["200"] = ok
     statuses = set(route.errors) | ({401} if auth and not route.open else set())
+    if route.method not in SAFE_METHODS:  # from another site's web page (cors.refused_origin)
+        statuses.add(403)
     error = {"application/json": {"schema": _ref(route.dialect.error_model)}}
     for status in sorted(statuses):
         operation["responses"][str(status)] = {
@@ -181,13 +184,16 @@ def _operation(route: HttpRoute, auth: bool) -> dict[str, Any]:
 def _with_limits(schemas: dict[str, Any], limits: Limits, dim: int) -> dict[str, Any]:
     """The schemas with each `x-limit` field bounded as the checks bound it: texts of 1 to
     max_text_chars characters (no control characters, not only whitespace), 1 to max_texts
-    inputs, token-id lists of 1 to max_request_tokens ids; `dimensions` the model's."""
+    inputs, token-id lists of 1 to max_request_tokens ids; 1 to max_texts document ids
+    (check_count's bound on get and update_metadata); `dimensions` the model's."""
     schemas = copy.deepcopy(schemas)
     for schema in schemas.values():
         for prop in schema.get("properties", {}).values():
             limit = prop.pop("x-limit", None)
             if limit == "dimensions":
                 prop["anyOf"] = [{"const": dim}, {"type": "null"}]
+            elif limit == "ids":  # each id keeps its own rule (1-MAX_ID_LENGTH characters)
+                prop.update(minItems=1, maxItems=limits.max_texts)
             elif limit is not None:
                 for branch in prop.get("anyOf", [prop]):
                     _bound(branch, limits)

@@ -51,6 +51,7 @@ ERROR_TYPES = {
     "unavailable": (503, "Unhealthy"),
     "deadline_exceeded": (504, "Backend"),
     "unauthorized": (401, "Unauthorized"),
+    "forbidden": (403, "Unauthorized"),
     "not_found": (404, "NotFound"),
     "method_not_allowed": (405, "NotFound"),
 }
