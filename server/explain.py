@@ -67,12 +67,16 @@ class Explanation:
     neuron: Neuron | None = None  # when one (layer, head) was asked for
 
 
+EXPLAINER_CALLS = frozenset({"explain", "compare_layers"})
+
+
 class Explainer:
     def __init__(self, model: LoadedModel, runner: ModelRunner) -> None:
         self.model = model
         self.runner = runner
         self.num_layers = model.encoder.cfg.num_layers
         self.num_heads = model.encoder.cfg.num_heads
+        # Direct callers of explain() and compare_layers(), from threads, take turns here.
         self._lock = threading.Lock()
         # The API's callers queue here, on the event loop, rather than in threads: one
         # cancelled while it waits is gone, instead of running later for nobody.
@@ -81,7 +85,7 @@ class Explainer:
     async def in_turn(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """`explain` or `compare_layers`, in a thread, once the explanations asked for
         before it are done."""
-        if method not in ("explain", "compare_layers"):
+        if method not in EXPLAINER_CALLS:  # a name from another process, over the bridge
             raise ValueError(f"no explainer call {method!r}")
         asked = time.monotonic()
         async with self._turn:
