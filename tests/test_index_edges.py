@@ -504,3 +504,21 @@ def test_bad_index_specs_over_grpc_are_invalid_argument(client):
             client.create_collection(f"edges-spec-{uuid.uuid4().hex[:8]}", index=spec)
         assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
         _one_clear_line(refused.value.message, spec)
+
+
+def test_the_live_count_follows_every_write_without_recounting_the_bitmap():
+    """Counted from the labels a write changes (a whole-bitmap popcount took 61 ms a write
+    at 50M labels): repeated labels, labels added twice and labels never added change
+    nothing more than once."""
+    from embedsense.server.index.faiss_index import LiveSet, popcount
+
+    live, rng, truth = LiveSet(), np.random.default_rng(3), set()
+    for _ in range(200):
+        labels = rng.integers(0, 20_000, size=int(rng.integers(0, 40)))
+        if rng.random() < 0.6:
+            live.add(np.concatenate([labels, labels[:3]]))  # duplicates within one write
+            truth |= set(labels.tolist())
+        else:
+            live.discard([*labels.tolist(), 10**9])  # and one beyond the bitmap
+            truth -= set(labels.tolist())
+        assert live.count == len(truth) == popcount(live.bits)
