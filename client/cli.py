@@ -603,12 +603,12 @@ def parser() -> argparse.ArgumentParser:
         "index",
         help="store a .txt (a document per line) or .jsonl file",
         description="Store a file's documents in a collection, made if it does not exist. A "
-        '.jsonl file holds one JSON object a line: {"text": ..., "id": ..., "metadata": '
-        "{...}}, id and metadata optional; any other file holds one document a line (blank "
-        "lines skipped). A document without an id gets one made from its text and metadata "
-        "(32 hex digits, as the SDK and the server make it): indexing the same file again "
-        "replaces its documents instead of storing them twice, and a line repeated in a file "
-        "is stored once; the same text with other metadata is another document. "
+        '.jsonl (or .ndjson) file holds one JSON object a line: {"text": ..., "id": ..., '
+        '"metadata": {...}}, id and metadata optional; any other file holds one document a '
+        "line (blank lines skipped). A document without an id gets one made from its text "
+        "and metadata (32 hex digits, as the SDK and the server make it): indexing the same "
+        "file again replaces its documents instead of storing them twice, and a line repeated "
+        "in a file is stored once; the same text with other metadata is another document. "
         "The whole file is checked before anything is sent.",
     )
     index.add_argument("file", help="the .txt or .jsonl file")

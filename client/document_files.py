@@ -1,10 +1,10 @@
 """Documents from the files `embedsense index` reads, checked line by line.
 
-A `.jsonl` file holds one JSON object per line: {"text": ..., "id"?: ..., "metadata"?: {...}};
-any other file holds one document per non-empty line. A document without an id gets one
-derived from its text and metadata (embedsense.proto.ids), so that indexing the same file
-again replaces what it stored instead of storing it twice. Texts, metadata and ids are checked
-against the server's rules (embedsense.proto.values).
+A `.jsonl` (or `.ndjson`) file holds one JSON object per line: {"text": ..., "id"?: ...,
+"metadata"?: {...}}; any other file holds one document per non-empty line. A document
+without an id gets one derived from its text and metadata (embedsense.proto.ids), so that
+indexing the same file again replaces what it stored instead of storing it twice. Texts,
+metadata and ids are checked against the server's rules (embedsense.proto.values).
 
 Every error is an InputError naming the file as it was given and the line: the CLI checks
 a whole file before it sends any of it, so that a bad line never reaches gRPC's request
@@ -27,11 +27,14 @@ class InputError(ValueError):
     """A file that cannot be read as documents: `where` (file:line) and why."""
 
 
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")  # in any case
+
+
 def read_documents(name: str) -> Iterator[dict[str, Any]]:
     """The documents of file `name`, each a dict with "text", "id" and, from a .jsonl line
     that has it, "metadata". Raises InputError for a missing or unreadable file, a line that
     is not UTF-8, and (in .jsonl) a line that is not a JSON object with the fields above."""
-    jsonl = name.endswith(".jsonl")
+    jsonl = name.lower().endswith(JSON_LINES_SUFFIXES)
     try:
         lines = open(name, "rb")  # closed by the with below: only opening is checked here
     except OSError as err:

@@ -107,6 +107,18 @@ def test_index_of_a_missing_file_or_an_unknown_field_says_why(
     drop(server, "unknown-field")
 
 
+def test_json_lines_are_read_as_documents_whatever_the_suffixs_case_or_spelling(tmp_path):
+    """data.JSONL and data.ndjson were read as text files: each raw JSON line was stored as
+    one document's text."""
+    from embedsense.client.document_files import read_documents
+
+    for name in ("data.JSONL", "data.ndjson", "data.Jsonl"):
+        path = tmp_path / name
+        path.write_text('{"text": "苹果", "metadata": {"k": 1}}\n', encoding="utf-8")
+        [doc] = read_documents(str(path))
+        assert doc["text"] == "苹果" and doc["metadata"] == {"k": 1}, name
+
+
 def test_read_documents_checks_every_field():
     from embedsense.client.document_files import InputError, parse_jsonl_line
 
