@@ -11,6 +11,7 @@ import ipaddress
 import json
 import random
 import socket
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,22 @@ class Retry:
 
     def delay(self, attempt: int) -> float:
         return random.uniform(0.5, 1.0) * min(self.max_backoff, self.initial_backoff * 2**attempt)
+
+
+class Deadline:
+    """A call's timeout as one deadline for all its attempts (None: none)."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self._at = None if timeout is None else time.monotonic() + timeout
+
+    def left(self) -> float | None:
+        """The seconds left for the next attempt (at least a millisecond: gRPC then answers
+        DEADLINE_EXCEEDED itself)."""
+        return None if self._at is None else max(0.001, self._at - time.monotonic())
+
+    def allows(self, delay: float) -> bool:
+        """Whether a retry after `delay` seconds would still have time to run."""
+        return self._at is None or time.monotonic() + delay < self._at
 
 
 @dataclass(frozen=True)

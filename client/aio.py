@@ -89,14 +89,18 @@ class AsyncClient:
         """The call, retried with backoff while the server says "not now"."""
         method = getattr(self._stub, call.rpc)
         attempts = self.retry.attempts_for(call.rpc)
+        deadline = api.Deadline(timeout)  # the call's, its retries included
         for attempt in range(attempts):
             try:
-                response = await method(call.message(), timeout=timeout, metadata=self._metadata)
+                response = await method(
+                    call.message(), timeout=deadline.left(), metadata=self._metadata
+                )
                 return call.parse(response)
             except grpc.aio.AioRpcError as err:
-                if not retryable(err) or attempt == attempts - 1:
+                delay = self.retry.delay(attempt)
+                if not retryable(err) or attempt == attempts - 1 or not deadline.allows(delay):
                     raise from_rpc_error(err) from None
-                await asyncio.sleep(self.retry.delay(attempt))
+                await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
     async def _run(

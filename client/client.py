@@ -87,19 +87,22 @@ class Client:
         so that a failure elsewhere in the same bulk operation can cancel it."""
         method = getattr(self._stub, call.rpc)
         attempts = self.retry.attempts_for(call.rpc)
+        deadline = api.Deadline(timeout)  # the call's, its retries included
         for attempt in range(attempts):
+            left = deadline.left()
             try:
                 if calls is None:
-                    response = method(call.message(), timeout=timeout, metadata=self._metadata)
+                    response = method(call.message(), timeout=left, metadata=self._metadata)
                 else:
                     response = calls.result(
-                        method.future(call.message(), timeout=timeout, metadata=self._metadata)
+                        method.future(call.message(), timeout=left, metadata=self._metadata)
                     )
                 return call.parse(response)
             except grpc.RpcError as err:
-                if not retryable(err) or attempt == attempts - 1:
+                delay = self.retry.delay(attempt)
+                if not retryable(err) or attempt == attempts - 1 or not deadline.allows(delay):
                     raise from_rpc_error(err) from None
-                time.sleep(self.retry.delay(attempt))
+                time.sleep(delay)
         raise AssertionError("unreachable")
 
     def _run(

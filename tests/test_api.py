@@ -358,6 +358,29 @@ def test_a_create_or_drop_that_may_have_happened_is_not_sent_again(e5, tmp_path)
         running.stop()
 
 
+def test_a_calls_timeout_bounds_it_whole_retries_included(e5, tmp_path):
+    """Each retry had a timeout of its own: a server answering UNAVAILABLE after a while
+    held one call for about attempts x timeout."""
+    from embedsense.server.engine import EngineClosed
+
+    running = ServerThread(e5, tmp_path)
+
+    async def slowly_unavailable(*args, **kwargs):
+        await asyncio.sleep(0.15)
+        raise EngineClosed("draining")
+
+    running.server.engine.embed = slowly_unavailable
+    retry = Retry(attempts=8, initial_backoff=0.01, max_backoff=0.02)
+    try:
+        with Client(running.target, timeout=1.0, retry=retry) as c:
+            started = time.monotonic()
+            with pytest.raises((Unavailable, DeadlineExceeded)):
+                c.encode(["苹果"])
+            assert time.monotonic() - started < 1.8
+    finally:
+        running.stop()
+
+
 def post(url: str, body: dict) -> int:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
     request.add_header("Content-Type", "application/json")
