@@ -582,6 +582,8 @@ def search_call(
         ef_search=ef_search, nprobe=nprobe, priority=priority(priority_name),
         score_threshold=score_threshold, with_vectors=with_vectors,
     )  # fmt: skip
+    if isinstance(query, np.ndarray) and query.dtype.kind in "UO":  # texts, not vectors
+        query = query.tolist()
     if isinstance(query, str):
         return Call("Search", message(pb.SearchRequest, text=query, **options), parse_hits)
     if isinstance(query, np.ndarray) and query.ndim == 1:

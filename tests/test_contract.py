@@ -70,6 +70,17 @@ def test_an_async_client_made_before_its_event_loop_runs_works_in_it(server):
         AsyncClient(["127.0.0.1:1", "no port"])  # still refused when made
 
 
+def test_a_numpy_array_of_texts_is_searched_as_texts():
+    """np.array(["水果", "手机"]) was taken for vectors: "could not convert string to float"."""
+    from embedsense.client._api import search_call
+
+    call = search_call("c", np.array(["水果", "手机"]), 3, None, 0, 0)
+    assert call.rpc == "SearchBatch" and list(call.request.texts) == ["水果", "手机"]
+    call = search_call("c", np.array(["水果"], dtype=object), 3, None, 0, 0)
+    assert call.rpc == "SearchBatch" and list(call.request.texts) == ["水果"]
+    assert search_call("c", np.ones(4), 3, None, 0, 0).rpc == "Search"  # a vector still
+
+
 def test_async_client_methods_are_typed_coroutines_with_the_sync_signatures():
     public = [n for n, f in vars(Client).items() if callable(f) and not n.startswith("_")]
     assert {"info", "encode", "search", "upsert", "explain"} <= set(public)
