@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ServerThread
 
@@ -274,3 +275,49 @@ def maximal_body_ratio(tmp_path: Path) -> float:
         running.stop()
     assert replies == [429] * 3 and all(len(texts) == n for texts in held)
     return (peak - before) * 1024 * 1024 / 3 / len(body)
+
+
+def test_a_collection_reply_over_max_message_bytes_is_refused_before_it_is_written(e5, tmp_path):
+    """gRPC replies are bounded by max_message_bytes; a search, scroll or get over HTTP had
+    no bound, and wrote gigabytes of JSON for k=10,000 with vectors. Past the same limit it is
+    a 413 saying what to ask less of (not a 429: the same request makes the same reply);
+    within it, answered as before. Texts count in UTF-8 bytes, not characters: a 4,000-
+    character Chinese text is 12,000 bytes."""
+    limit, dim = 100_000, 1_000
+    running = ServerThread(e5, tmp_path, http_port=0, max_message_bytes=limit)
+    base = f"http://127.0.0.1:{running.server.http_port}"
+    vectors = np.random.default_rng(7).standard_normal((20, dim)).astype(np.float32)
+    documents = [{"id": f"d{i:02}", "text": "苹" * 4_000, "metadata": {"n": i},
+                  "vector": row.tolist()} for i, row in enumerate(vectors)]  # fmt: skip
+
+    def post(route: str, body: dict) -> tuple[int, dict, bytes]:
+        return call(base, f"/v1/collections/big/{route}", json.dumps(body).encode())
+
+    def refused(route: str, body: dict, *words: str) -> None:
+        status, headers, answer = post(route, body)
+        assert status == 413, (status, answer[:300])
+        error = json.loads(answer)["error"]
+        assert error["code"] == "reply_too_large" and "Retry-After" not in headers, error
+        for word in ("max_message_bytes", f"{limit:,}", *words):
+            assert word in error["message"], error
+
+    def answered(route: str, body: dict) -> dict:
+        status, _, answer = post(route, body)
+        assert status == 200 and len(answer) <= limit, (status, len(answer), answer[:300])
+        return json.loads(answer)
+
+    try:
+        made = call(base, "/v1/collections", json.dumps({"name": "big", "dim": dim}).encode())
+        assert made[0] == 200, made
+        assert post("upsert", {"documents": documents})[0] == 200
+        query = {"vector": [vectors[0].tolist()]}
+        refused("search", {**query, "k": 10}, "k")  # 120,000 bytes of text alone
+        assert len(answered("search", {**query, "k": 5})["results"][0]) == 5
+        refused("search", {**query, "k": 5, "with_vectors": True}, "with_vectors")
+        refused("scroll", {"limit": 10}, "limit")
+        assert len(answered("scroll", {"limit": 5})["documents"]) == 5
+        refused("get", {"ids": [d["id"] for d in documents[:10]]}, "ids")
+        got = answered("get", {"ids": [d["id"] for d in documents[:2]], "with_vectors": True})
+        assert [len(d["vector"]) for d in got["documents"]] == [dim, dim]
+    finally:
+        running.stop()

@@ -5,10 +5,11 @@ and the limit, which gRPC answers with INVALID_ARGUMENT and HTTP in each API's o
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from google.protobuf.message import Message
 
 from embedsense.model import TextRole
@@ -36,7 +37,12 @@ class BadRequest(ValueError):
 
 class ReplyTooLarge(Exception):
     """RESOURCE_EXHAUSTED, as gRPC's own message limit would be, but said in words before
-    the reply is sent (and not retried: the same request makes the same reply)."""
+    the reply is sent (and not retried: the same request makes the same reply). HTTP answers
+    it 413 (http_errors.from_exception); param: the request field to ask less of, if one."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 def check_reply_size(reply: Message, limit: int, fewer: str) -> Message:
@@ -49,6 +55,44 @@ def check_reply_size(reply: Message, limit: int, fewer: str) -> Message:
             f"whole text); the limit is {limit:,} (max_message_bytes): ask for fewer {fewer}"
         )
     return reply
+
+
+# The most bytes orjson writes for one float32 of a vector, its comma included: 16
+# characters at most ("-0.000012345679"); a unit vector's numbers average about 13.
+JSON_BYTES_PER_NUMBER = 17
+# What a JSON string escapes as two bytes; a checked text holds no other control character.
+JSON_TWO_BYTE_ESCAPES = ('"', "\\", "\n", "\r", "\t")
+
+
+def json_string_bytes(text: str) -> int:
+    """The bytes `text` takes as a JSON string: its UTF-8, one more for each character
+    written as a two-byte escape, and its quotes. Without encoding an ASCII text."""
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return size + sum(text.count(c) for c in JSON_TWO_BYTE_ESCAPES) + 2
+
+
+def json_vector_bytes(vector: np.ndarray | None) -> int:
+    """At most the bytes `vector` takes as a JSON list of numbers (0 for none: null is
+    counted with the fields around it)."""
+    return 0 if vector is None else 2 + JSON_BYTES_PER_NUMBER * len(vector)
+
+
+def check_json_reply_size(
+    sizes: Iterable[int], limit: int, what: str, ask: str, param: str | None = None
+) -> None:
+    """Raises ReplyTooLarge once the JSON sizes of a reply's items (`what`: "hits") add up to
+    more than `limit` bytes (max_message_bytes, gRPC's bound on a reply). Summed item by item
+    and stopped at the limit, so a reply of gigabytes costs no more to refuse than one at the
+    limit. `ask` says what to ask for instead; `param` is the field to ask less of."""
+    total = 0
+    for count, size in enumerate(sizes, 1):
+        total += size
+        if total > limit:
+            raise ReplyTooLarge(
+                f"the reply would be over max_message_bytes ({limit:,} bytes of JSON): its "
+                f"first {count:,} {what} come to about {total:,}; ask for {ask}",
+                param,
+            )
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,31 @@ Reads and filters travel in JSON bodies (POST), as Qdrant's points API does: a f
 JSON object, awkward in a query string. Each handler only translates shapes: the work is
 collection_ops.py's, the same calls gRPC makes. Errors are {"error": {"message", "code",
 "param"}} with the status the gRPC code maps to (http_errors.HTTP_STATUS).
+
+A search, scroll or get reply is bounded as a gRPC reply is, by max_message_bytes: its JSON
+size is estimated from its hits or documents (texts in UTF-8, metadata, vectors at the
+widest a number is written) before it is built, and one over the limit is a 413
+reply_too_large saying what to ask less of, rather than gigabytes written in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import orjson
 from aiohttp import web
 
 from embedsense.server.api import collection_models as m
-from embedsense.server.api.checks import check_count
+from embedsense.server.api.checks import (
+    check_count,
+    check_json_reply_size,
+    json_string_bytes,
+    json_vector_bytes,
+)
 from embedsense.server.api.collection_ops import CollectionOps, NewDocument
 from embedsense.server.api.http import HttpRoute
 from embedsense.server.api.http_errors import ApiError
@@ -36,6 +50,9 @@ from embedsense.server.index import CollectionInfo, Document, Hit
 
 TAG = "Collections"
 ERRORS = (400, 404, 408, 413, 422, 429, 503, 504)
+# The JSON of one hit or document besides its id, text, metadata and vector: the field
+# names, quotes, colons and commas (51 bytes), a score (24 at most) and a null vector.
+JSON_ITEM_BYTES = 80
 
 
 class RestDialect:
@@ -75,9 +92,33 @@ def _hit(hit: Hit, with_vectors: bool) -> m.Hit:
     )  # fmt: skip
 
 
+def _json_bytes(id_: str, text: str | None, metadata: dict | None, vector: Any) -> int:
+    """The bytes one hit or document takes in a JSON reply: at most, its metadata exactly
+    (written on its own: usually a few fields, and it can be any JSON)."""
+    return (JSON_ITEM_BYTES + json_string_bytes(id_) + json_string_bytes(text or "")
+            + len(orjson.dumps(metadata or {})) + json_vector_bytes(vector))  # fmt: skip
+
+
+def _hit_bytes(hit: Hit, with_vectors: bool) -> int:
+    return _json_bytes(hit.id, hit.text, hit.metadata, hit.vector if with_vectors else None)
+
+
+def _stored_bytes(doc: Document, with_vectors: bool) -> int:
+    return _json_bytes(doc.id or "", doc.text, doc.metadata, doc.vector if with_vectors else None)
+
+
 class CollectionRoutes:
     def __init__(self, ops: CollectionOps) -> None:
         self.ops = ops
+
+    def _within_reply_limit(
+        self, sizes: Iterable[int], what: str, fewer: str, param: str, with_vectors: bool
+    ) -> None:
+        """A reply of these items' `sizes` fits in max_message_bytes, as a gRPC reply must;
+        else ReplyTooLarge (413) asking for `fewer` of `param`, or for no vectors."""
+        no_vectors = ", or leave the vectors out (with_vectors: false)" if with_vectors else ""
+        limit = self.ops.settings.max_message_bytes
+        check_json_reply_size(sizes, limit, what, fewer + no_vectors, param)
 
     def routes(self) -> list[HttpRoute]:
         d = RestDialect()
@@ -162,12 +203,20 @@ class CollectionRoutes:
         return m.UpsertResponse.model_construct(upserted=len(ids), ids=ids)
 
     async def get(self, request: web.Request, body: m.GetRequest) -> m.GetResponse:
-        # 1 to max_texts ids, as update_metadata: a JSON reply has no gRPC message limit to
-        # bound it (an SDK's get over gRPC is bounded by max_message_bytes).
+        # 1 to max_texts ids, as update_metadata (an SDK's get over gRPC is bounded by
+        # max_message_bytes alone); the reply is bounded by max_message_bytes too.
         check_count(len(body.ids), "ids", self.ops.limits, "ids")
         found = await self.ops.get(request.match_info["name"], body.ids)
-        docs = [_stored(d, body.with_vectors) for d in found if d is not None]
+        # In a thread, as the other large replies: counting megabytes of text holds the GIL.
+        return await asyncio.to_thread(self._get_reply, body, found)
+
+    def _get_reply(self, body: m.GetRequest, found: list[Document | None]) -> m.GetResponse:
+        present = [d for d in found if d is not None]
         missing = [i for i, d in zip(body.ids, found, strict=True) if d is None]
+        sizes = itertools.chain((_stored_bytes(d, body.with_vectors) for d in present),
+                                (json_string_bytes(i) + 1 for i in missing))  # fmt: skip
+        self._within_reply_limit(sizes, "documents", "fewer ids", "ids", body.with_vectors)
+        docs = [_stored(d, body.with_vectors) for d in present]
         return m.GetResponse.model_construct(documents=docs, missing=missing)
 
     async def delete(self, request: web.Request, body: m.DeleteRequest) -> m.DeleteResponse:
@@ -185,9 +234,17 @@ class CollectionRoutes:
             request.match_info["name"], body.filter, body.limit, body.cursor or "",
             with_vectors=body.with_vectors,
         )  # fmt: skip
+        return await asyncio.to_thread(self._scroll_reply, body, page.documents,
+                                       page.next_cursor)  # fmt: skip
+
+    def _scroll_reply(
+        self, body: m.ScrollRequest, documents: list[Document], next_cursor: str | None
+    ) -> m.ScrollResponse:
+        sizes = (_stored_bytes(d, body.with_vectors) for d in documents)
+        self._within_reply_limit(sizes, "documents", "a smaller page (limit)", "limit",
+                                 body.with_vectors)  # fmt: skip
         return m.ScrollResponse.model_construct(
-            documents=[_stored(d, body.with_vectors) for d in page.documents],
-            next_cursor=page.next_cursor,
+            documents=[_stored(d, body.with_vectors) for d in documents], next_cursor=next_cursor
         )
 
     async def update_metadata(
@@ -216,6 +273,12 @@ class CollectionRoutes:
             score_threshold=body.score_threshold, with_vectors=body.with_vectors,
             priority=requested_priority.get(), field="query" if texts is not None else "vector",
         )  # fmt: skip
+        return await asyncio.to_thread(self._search_reply, body.with_vectors, results)
+
+    def _search_reply(self, with_vectors: bool, results: list[list[Hit]]) -> m.SearchResponse:
+        sizes = (_hit_bytes(h, with_vectors) for hits in results for h in hits)
+        self._within_reply_limit(sizes, "hits", "fewer hits (a smaller k, or fewer queries)",
+                                 "k", with_vectors)  # fmt: skip
         return m.SearchResponse.model_construct(
-            results=[[_hit(h, body.with_vectors) for h in hits] for hits in results]
+            results=[[_hit(h, with_vectors) for h in hits] for hits in results]
         )

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from embedsense.server.api.checks import BadRequest
+from embedsense.server.api.checks import BadRequest, ReplyTooLarge
 from embedsense.server.engine import TextTooLong
 
 # gRPC statuses, as the service's error mapping gives them, to HTTP's.
@@ -67,6 +67,10 @@ def from_exception(
     one nobody expected (a 500)."""
     if isinstance(err, BadRequest):
         return ApiError(400, str(err), err.kind, err.param)
+    if isinstance(err, ReplyTooLarge):
+        # gRPC's RESOURCE_EXHAUSTED, but not HTTP's 429: that says "retry later", and the
+        # same request makes the same reply. 413: too large, ask for less.
+        return ApiError(413, str(err), "reply_too_large", err.param)
     code = to_status(err)
     if code is None:
         return None
