@@ -11,6 +11,7 @@ from embedsense.client._api import TLS, Retry
 from embedsense.client.aio import AsyncClient
 from embedsense.client.client import Client
 from embedsense.client.errors import (
+    Aborted,
     AlreadyExists,
     DeadlineExceeded,
     EmbedSenseError,
@@ -70,4 +71,5 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "Aborted",
 ]

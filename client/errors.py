@@ -63,6 +63,11 @@ class Unimplemented(EmbedSenseError):
     pass
 
 
+class Aborted(EmbedSenseError):
+    """A write the server stopped before it stored anything (its index out of step): the
+    SDK retries it, as UNAVAILABLE."""
+
+
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
@@ -73,14 +78,16 @@ _BY_CODE = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.ABORTED: Aborted,
 }
 
 
 def retryable(error: grpc.RpcError) -> bool:
-    """UNAVAILABLE, and RESOURCE_EXHAUSTED when the server says it is overloaded: the two
-    that mean "not now", never "not this"."""
+    """UNAVAILABLE, ABORTED (a write stopped before it stored anything), and
+    RESOURCE_EXHAUSTED when the server says it is overloaded: they mean "not now", never
+    "not this"."""
     code = error.code() if hasattr(error, "code") else None
-    if code is grpc.StatusCode.UNAVAILABLE:
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED):
         return True
     if code is not grpc.StatusCode.RESOURCE_EXHAUSTED or not hasattr(error, "trailing_metadata"):
         return False

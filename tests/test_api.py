@@ -381,6 +381,31 @@ def test_a_calls_timeout_bounds_it_whole_retries_included(e5, tmp_path):
         running.stop()
 
 
+def test_a_write_the_index_aborted_before_storing_anything_is_retried(e5, tmp_path):
+    """ABORTED (the in-memory index out of step with the store: nothing stored, "a retry
+    can succeed") reached the caller as a bare EmbedSenseError, never retried."""
+    from embedsense.server.index import IndexOutOfStep
+
+    running = ServerThread(e5, tmp_path)
+    try:
+        with Client(running.target) as c:
+            c.create_collection("aborted")
+            collection, calls = running.server.catalog.get("aborted"), []
+            real = collection.upsert
+
+            def once_out_of_step(*args, **kwargs):
+                calls.append(1)
+                if len(calls) == 1:
+                    raise IndexOutOfStep("the store's next label is 5, the index's 4")
+                return real(*args, **kwargs)
+
+            collection.upsert = once_out_of_step
+            assert c.upsert("aborted", ["苹果"]) and len(calls) == 2
+            assert c.count("aborted") == 1
+    finally:
+        running.stop()
+
+
 def post(url: str, body: dict) -> int:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
     request.add_header("Content-Type", "application/json")
