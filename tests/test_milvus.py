@@ -392,3 +392,18 @@ def test_a_word_is_found_past_a_query_window_of_candidates_that_only_hold_its_pa
     apart = [tokenized(f"apart-{i}", f"苹果{i} 果汁") for i in range(9)]
     col.upsert([*apart, tokenized("z-has-it", "苹果汁")])  # written last: not in the window
     assert col.ids_containing("苹果汁", 10) == ["z-has-it"]
+
+
+def test_two_replicas_dropping_one_collection_at_once_both_get_a_status(replicas):
+    """A drop that lost the race to another replica's fails with a status the API maps
+    (NOT_FOUND; milvus-lite may say UNAVAILABLE), never an unmapped error (INTERNAL)."""
+    a, b = replicas
+    for round_ in range(2):
+        name = f"gone{round_}"
+        a.create(name, model="m", dim=DIM, store_tokens=round_ % 2 == 1)
+        time.sleep(RECHECK_S)
+        outcomes = _at_once(partial(a.drop, name), partial(b.drop, name))
+        assert "created" in outcomes, outcomes  # one drop, at least, went through
+        for outcome in outcomes:
+            assert outcome == "created" or status_for(outcome) is not None, outcomes
+        assert name not in a.names() and name not in b.names()
