@@ -243,6 +243,32 @@ def test_a_blocking_call_on_the_event_loops_own_thread_fails_instead_of_hanging(
     asyncio.run(asyncio.wait_for(scenario(), 10))
 
 
+def test_a_blocking_call_gives_up_at_its_timeout_and_cancels_the_call_there():
+    """A /metrics scrape asked each front end for its metrics with no time limit: one front
+    end that did not answer held every scrape for good."""
+
+    async def scenario() -> None:
+        mine, theirs = socket.socketpair()
+
+        async def stuck() -> None:
+            await asyncio.sleep(60)
+
+        here = await Bridge.open(mine, {}, lambda: None)
+        there = await Bridge.open(theirs, {"metric_families": stuck}, lambda: None)
+        try:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await asyncio.to_thread(here.call_blocking, "metric_families", timeout=0.3)
+            assert time.monotonic() - started < 5
+            await asyncio.sleep(0.2)
+            assert here._calls == {} and dict(there._serving) == {}
+        finally:
+            here.close()
+            there.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
 def test_a_call_whose_arguments_cannot_cross_fails_its_own_caller_only():
     """Its pickling error was sent to the other side as a REPLY carrying the caller's call
     id, which there names the other side's own call: a call of theirs got a stranger's

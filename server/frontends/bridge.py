@@ -13,6 +13,7 @@ not one each. A cancelled call sends CANCEL: the other side cancels the handler 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import pickle
@@ -72,15 +73,21 @@ class Bridge(asyncio.Protocol):
                 self._send((CANCEL, call_id))
             raise
 
-    def call_blocking(self, name: str, *args: Any) -> Any:
-        """call() from another thread (one the event loop is not running in), waiting."""
+    def call_blocking(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        """call() from another thread (one the event loop is not running in), waiting; at
+        most `timeout` seconds, when given (TimeoutError, and the call is cancelled)."""
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self._loop:  # the reply could never be read: fail rather than hang
             raise RuntimeError("call_blocking() on the bridge's event loop thread; await call()")
-        return asyncio.run_coroutine_threadsafe(self.call(name, *args), self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(self.call(name, *args), self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # call() then sends the other side a CANCEL
+            raise TimeoutError(f"{name}: no answer from the other process in {timeout} s") from None
 
     def close(self) -> None:
         if self._transport is not None:

@@ -56,6 +56,7 @@ COLLECTION_CALLS = frozenset({"info", "count", "index_vectors", "upsert", "get",
 READY_TIMEOUT_S = 120.0  # a front end's start once the engine is up: bind, warm nothing
 RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
+FRONT_END_METRICS_TIMEOUT_S = 5.0  # within a scraper's usual 10 s
 
 
 async def serve_with_front_ends(
@@ -288,12 +289,18 @@ class EngineHost:
         return await self.explainer.in_turn(method, *args, **kwargs)
 
     def _front_end_metrics(self) -> Iterable[Metric]:
-        """Every front end's metrics (called in a scrape's thread)."""
-        for front in list(self.front_ends.values()):
+        """Every front end's metrics (called in a scrape's thread); a front end that does not
+        answer in time is left out of this scrape, rather than holding it and every next."""
+        for number, front in list(self.front_ends.items()):
             try:
-                yield from front.bridge.call_blocking("metric_families")
+                yield from front.bridge.call_blocking(
+                    "metric_families", timeout=FRONT_END_METRICS_TIMEOUT_S
+                )
             except BridgeClosed:  # exited since: its counts went with it
                 continue
+            except TimeoutError:
+                log.warning("front end %s gave no metrics in %s s", number,
+                            FRONT_END_METRICS_TIMEOUT_S)  # fmt: skip
 
 
 def free_port(host: str) -> int:
