@@ -101,30 +101,26 @@ class Explainer:
         timeout: float | None = None,
     ):
         """The encoder's explicit forward; with `qkv_of` (a 0-based layer index), also that
-        layer's q/k/v projection output (B*T, 3C), caught as its attention computed it.
+        layer's q/k/v projection output (T, 3C) of the one text, as its attention computes
+        it: from the layer's input, after the forward. (Not a hook on the layer: the engine's
+        forwards for other callers run through the same module meanwhile.)
         DeadlineExceeded, without computing, when `timeout` seconds passed in the wait for
         the lock: the caller is gone, and the next explanation would wait for this one."""
         deadline = None if timeout is None else time.monotonic() + timeout
         ids, mask = pad_sequences([t.ids for t in tokenized], self.model.tokenizer.pad_id)
         encoder = self.runner.encoder
-        caught: list[torch.Tensor] = []
-        hook = None
-        if qkv_of is not None:
-            projection = encoder.layers[qkv_of].attention.qkv
-            hook = projection.register_forward_hook(lambda _m, _i, out: caught.append(out))
-        try:
-            with self._lock:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise DeadlineExceeded(f"not done within the {timeout:.3f} s deadline")
-                with self.runner.computing():
-                    out = encoder(
-                        ids.to(self.runner.device), mask.to(self.runner.device),
-                        output_hidden_states=True, output_attentions=attentions,
-                    )  # fmt: skip
-        finally:
-            if hook is not None:
-                hook.remove()
-        return (out, caught[0]) if qkv_of is not None else out
+        with self._lock:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded(f"not done within the {timeout:.3f} s deadline")
+            with self.runner.computing():
+                out = encoder(
+                    ids.to(self.runner.device), mask.to(self.runner.device),
+                    output_hidden_states=True, output_attentions=attentions,
+                )  # fmt: skip
+                if qkv_of is None:
+                    return out
+                layer_input = out.hidden_states[qkv_of][0]  # (T, C): one text, no padding
+                return out, encoder.layers[qkv_of].attention.qkv(layer_input)
 
     def _check_neuron(self, neuron: tuple[int, int]) -> tuple[int, int]:
         layer, head = neuron

@@ -86,6 +86,33 @@ def test_the_neuron_vectors_give_that_heads_attention_rows(client):
     assert client.explain("苹果", layers=[1], heads=[0]).neuron is None
 
 
+def test_a_neurons_vectors_are_its_own_while_the_engine_embeds_other_texts(client, server):
+    """They were caught by a hook on the shared encoder's layer, which the engine's forwards
+    for other callers ran through too: another batch's rows came back as this neuron's (or a
+    reshape failed, INTERNAL)."""
+    import threading
+
+    from embedsense.client import Client
+
+    done = threading.Event()
+
+    def others() -> None:
+        with Client(server.target) as other:
+            while not done.is_set():
+                other.encode(["他讨厌喝咖啡", "我买了最新的苹果手机，还有一副耳机"])
+
+    background = threading.Thread(target=others)
+    background.start()
+    try:
+        for _ in range(25):
+            e = client.explain("我喜欢吃苹果", "苹果", layers=[1], heads=[0], neuron=(1, 0))
+            np.testing.assert_allclose(softmax_rows(e.neuron.queries, e.neuron.keys),
+                                       e.attentions[0, 0][e.target_tokens], atol=1e-5)  # fmt: skip
+    finally:
+        done.set()
+        background.join(60)
+
+
 def test_a_neuron_outside_the_model_is_invalid_argument_naming_the_range(client):
     with pytest.raises(InvalidArgument, match="neuron.layer 13 does not exist: the model has "
                                               "layers 1-12"):  # fmt: skip
