@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,6 +95,8 @@ _HF_NAMES = {
 _HF_IGNORED_PREFIXES = ("pooler.", "cls.", "lm_head.", "qa_outputs.", "classifier.")
 _HF_IGNORED_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 HF_MODEL_TYPES = ("bert", "xlm-roberta", "roberta")
+HF_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "intermediate_size", "max_position_embeddings")  # fmt: skip
 
 
 def _hf_source_key(neutral: str) -> str:
@@ -120,6 +123,9 @@ def encoder_config_from_hf(config: Mapping) -> EncoderConfig:
             f"position_embedding_type {config['position_embedding_type']!r}: "
             "only 'absolute' positions are built"
         )
+    missing = [key for key in HF_CONFIG_KEYS if key not in config]
+    if missing:
+        raise CheckpointError(f"config.json has no {', '.join(missing)}")
     return EncoderConfig(
         vocab_size=config["vocab_size"],
         hidden_size=config["hidden_size"],
@@ -168,23 +174,44 @@ def encoder_from_hf_state_dict(
 def read_hf_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     """model.safetensors (preferred) or pytorch_model.bin, loaded without running pickled code."""
     safetensors_path = model_dir / "model.safetensors"
-    if safetensors_path.exists():
-        from safetensors.torch import load_file
-
-        return load_file(str(safetensors_path))
     bin_path = model_dir / "pytorch_model.bin"
-    if bin_path.exists():
-        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    try:
+        if safetensors_path.exists():
+            from safetensors.torch import load_file
+
+            return load_file(str(safetensors_path))
+        if bin_path.exists():
+            return torch.load(bin_path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as err:  # noqa: BLE001 - each format's own error: a truncated, damaged file
+        path = safetensors_path if safetensors_path.exists() else bin_path
+        raise CheckpointError(f"{path}: not a readable weights file ({err})") from err
     raise CheckpointError(f"{model_dir}: neither model.safetensors nor pytorch_model.bin found")
+
+
+def read_hf_config(model_dir: Path) -> dict[str, Any]:
+    """config.json, as a dict; CheckpointError naming it when it is not a JSON object."""
+    config_path = model_dir / "config.json"
+    if not config_path.exists():
+        raise CheckpointError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_path}: not JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: not a JSON object")
+    return config
 
 
 def load_hf_encoder(model_dir: Path) -> Encoder:
     """Our encoder from a Hugging Face model directory (config.json + weights)."""
     model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    if not config_path.exists():
-        raise CheckpointError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
-    cfg = encoder_config_from_hf(json.loads(config_path.read_text()))
+    config = read_hf_config(model_dir)
+    try:
+        cfg = encoder_config_from_hf(config)
+    except CheckpointError as err:
+        raise CheckpointError(f"{model_dir / 'config.json'}: {err}") from None
     return encoder_from_hf_state_dict(cfg, read_hf_state_dict(model_dir), str(model_dir))
 
 

@@ -7,7 +7,6 @@ path to a local Hugging Face model directory works too.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from embedsense.model.checkpoint import (
     CheckpointError,
     load_e5s1_encoder,
     load_hf_encoder,
+    read_hf_config,
 )
 from embedsense.model.e5s1 import bundled_e5_small_path, read_e5s1
 from embedsense.model.encoder import Encoder
@@ -170,7 +170,10 @@ def hf_tokenizer_backend(model_dir: Path):  # noqa: ANN201 - a tokenizers.Tokeni
     from tokenizers import Tokenizer as HFTokenizer
 
     if (model_dir / "tokenizer.json").exists():
-        return HFTokenizer.from_file(str(model_dir / "tokenizer.json"))
+        try:
+            return HFTokenizer.from_file(str(model_dir / "tokenizer.json"))
+        except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception
+            raise CheckpointError(f"{model_dir / 'tokenizer.json'}: not readable ({err})") from err
     if (model_dir / "vocab.txt").exists():
         return wordpiece_backend_from_dir(model_dir)
     raise CheckpointError(
@@ -180,7 +183,7 @@ def hf_tokenizer_backend(model_dir: Path):  # noqa: ANN201 - a tokenizers.Tokeni
 
 
 def _spec_for_directory(name: str, model_dir: Path, encoder: Encoder) -> ModelSpec:
-    config = json.loads((model_dir / "config.json").read_text())
+    config = read_hf_config(model_dir)
     # e5 checkpoints keep their lineage in the name; they need the prefixes to embed well.
     is_e5 = "e5" in (config.get("_name_or_path", "") + name).lower()
     return ModelSpec(

@@ -98,6 +98,34 @@ def test_directory_without_config_or_weights_is_a_clear_error(tmp_path):
         load_hf_encoder(tmp_path / "m")
 
 
+@pytest.mark.parametrize("damage", ["truncated weights", "config missing a field",
+                                    "config not JSON", "broken tokenizer.json"])  # fmt: skip
+def test_a_damaged_model_directory_is_a_checkpoint_error_naming_the_file(tmp_path, damage):
+    """Each was an exception the server's start does not expect (SafetensorError, KeyError,
+    JSONDecodeError, a bare Exception): a traceback instead of "embedsense-server: ..."."""
+    path = save(tiny_bert(vocab_size=len(VOCAB)), tmp_path / "m")
+    (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    load_model(str(path))  # whole, it loads
+    config = path / "config.json"
+    if damage == "truncated weights":
+        weights = path / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+        name = "model.safetensors"
+    elif damage == "config missing a field":
+        data = json.loads(config.read_text())
+        del data["intermediate_size"]
+        config.write_text(json.dumps(data))
+        name = "config.json"
+    elif damage == "config not JSON":
+        config.write_text(config.read_text()[:40])
+        name = "config.json"
+    else:
+        (path / "tokenizer.json").write_text('{"version": "1.0", "truncation', encoding="utf-8")
+        name = "tokenizer.json"
+    with pytest.raises(CheckpointError, match=name):
+        load_model(str(path))
+
+
 def test_local_bert_directory_through_the_registry(tmp_path):
     ref = tiny_bert(vocab_size=len(VOCAB))
     path = save(ref, tmp_path / "m")
