@@ -6,6 +6,7 @@ outlives the engine process, however that ends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pickle
@@ -396,6 +397,40 @@ def test_sigterm_while_it_starts_stops_it_once_started_drained(tmp_path):
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_a_started_again_front_end_that_never_listens_is_replaced(e5, tmp_path, monkeypatch):
+    """The engine process waited for it to exit, and it never did: the port went unserved
+    for good (here it is stopped with SIGSTOP before it could listen)."""
+    from embedsense.server.frontends import host as host_module
+
+    monkeypatch.setattr(host_module, "READY_TIMEOUT_S", 5.0)
+    running = FrontEndsThread(e5, tmp_path, count=1)
+    host, stopped = running.server, []
+    real_spawn = host._spawn
+
+    async def spawn_stopped_once(index: int):
+        front = await real_spawn(index)
+        if not stopped:
+            os.kill(front.process.pid, signal.SIGSTOP)
+            stopped.append(front.process.pid)
+        return front
+
+    host._spawn = spawn_stopped_once
+    try:
+        os.kill(host.front_ends[0].process.pid, signal.SIGKILL)
+        deadline, served = time.monotonic() + 60, False
+        while not served and time.monotonic() < deadline:
+            time.sleep(0.5)
+            if stopped and host.front_ends[0].process.pid != stopped[0]:
+                with Client(running.target, timeout=5) as c, contextlib.suppress(Unavailable):
+                    served = c.encode(["苹果"]).shape == (1, 384)  # once it listens
+        assert served and not alive(stopped[0])
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        running.stop()
 
 
 def test_a_front_end_that_dies_is_started_again(tmp_path):

@@ -207,7 +207,7 @@ class EngineHost:
         try:
             failure = await asyncio.wait_for(asyncio.shield(front.ready), max(limit_s, 0.1))
         except TimeoutError:
-            failure = f"not listening after {READY_TIMEOUT_S:.0f} s"
+            failure = f"not listening after {limit_s:.0f} s"
         return f"front end {front.index} did not start: {failure}" if failure else None
 
     async def _keep(self, index: int) -> None:
@@ -223,9 +223,14 @@ class EngineHost:
             log.error("front end %d (pid %d) exited with %s: starting another in %.0f s",
                       index, front.process.pid, code, delay)  # fmt: skip
             await asyncio.sleep(delay)
-            failure = await self._started(await self._spawn(index), READY_TIMEOUT_S)
+            front = await self._spawn(index)
+            failure = await self._started(front, READY_TIMEOUT_S)
             if failure:
-                log.error("%s", failure)
+                # Stopped, so that the next turn of the loop starts another: one that never
+                # listens would otherwise be waited on for good, its port share unserved.
+                log.error("%s: stopping it to start another", failure)
+                with contextlib.suppress(ProcessLookupError):
+                    front.process.kill()
                 delay = min(2 * delay, MAX_RESTART_DELAY_S)
             else:
                 delay = RESTART_DELAY_S
