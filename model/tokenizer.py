@@ -10,10 +10,12 @@ for, in which case the number of dropped tokens is reported.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -98,6 +100,9 @@ class Tokenizer:
         self.pad_id = pad_id
         self.prefixes = dict(prefixes or {})
         self._n_special = backend.num_special_tokens_to_add(is_pair=False)
+        # The full pipeline's normalizer, to find the characters it composes (see encode_batch).
+        self._normalize = backend.normalizer.normalize_str if backend.normalizer else None
+        _composing_pattern()  # built now, not on a request
 
     @property
     def vocab_size(self) -> int:
@@ -132,9 +137,12 @@ class Tokenizer:
             if dropped and direction == "right":
                 enc.truncate(content_limit)
             enc = self.backend.post_process(enc)
-            text = _to_caller_text(enc, len(prefix), dropped)
+            tokenized = _to_caller_text(enc, len(prefix), dropped)
+            if self._normalize and _may_compose(texts[index]):
+                _cover_composed_characters(tokenized, texts[index], self._normalize)
             # From the left, the prefix must stay: cut the text's first tokens, after it.
-            out.append(_drop_first(text, dropped) if dropped and direction == "left" else text)
+            left = dropped and direction == "left"
+            out.append(_drop_first(tokenized, dropped) if left else tokenized)
         return out
 
     def _pipeline_for(self, texts: Sequence[str]) -> HFTokenizer:
@@ -250,6 +258,80 @@ def _to_caller_text(enc: object, prefix_len: int, dropped: int) -> TokenizedText
     return TokenizedText(enc.ids, enc.tokens, offsets, from_text, dropped)
 
 
+def _may_compose(text: str) -> bool:
+    """Whether normalizing `text` may have composed characters of it into one (which
+    `tokenizers` then aligns with the first alone). Plain text must stay cheap: most of it
+    is NFKC already (two C-speed scans), and Chinese text that is not (full-width
+    punctuation) has no character that composes with the one before it (one regex scan;
+    a set lookup per character, or checking the tokens' offsets, costs five to ten times
+    more). A control may be deleted before NFKC, putting a mark next to its base, so a
+    text with one is not taken as NFKC."""
+    if text.isprintable() and unicodedata.is_normalized("NFKC", text):
+        return False
+    return _composing_pattern().search(text) is not None
+
+
+@functools.cache
+def _composing_pattern() -> re.Pattern[str]:
+    """Finds a character that NFKC may compose with the one before it: one whose
+    decomposition starts with a combining mark (e + U+0301 -> é, ｶ + ﾞ -> ガ) or a vowel or
+    final conjoining jamo (ᄀ + ᅡ + ᆨ -> 각). Any supplementary-plane character matches too
+    (a few are marks; listing them would make the scan slow, an emoji only costs checking
+    its text's offsets)."""
+
+    def starts_composing(char: str) -> bool:
+        first = unicodedata.normalize("NFKD", char)[0] if unicodedata.decomposition(char) else char
+        jamo = "\u1161" <= first <= "\u1175" or "\u11a8" <= first <= "\u11c2"
+        return jamo or unicodedata.category(first).startswith("M")
+
+    bmp = filter(starts_composing, map(chr, range(0x1_0000)))
+    return re.compile("[" + "".join(map(re.escape, bmp)) + "]|[\U00010000-\U0010ffff]")
+
+
+def _cover_composed_characters(
+    t: TokenizedText, text: str, normalize: Callable[[str], str]
+) -> None:
+    """Extend, in place, each of `t`'s text tokens over the characters right after it that
+    no token covers but that normalizing composed into its last character.
+
+    When NFKC composes e + U+0301 into é (or ｶ + ﾞ into ガ, or conjoining jamo into 각),
+    `tokenizers` aligns the composed character with the base alone: the marks were read by
+    the model yet lay in no token's span, and a span of just a mark had "no token"."""
+    reach, last = 0, -1  # how far the text's tokens so far reach, and the one reaching it
+    for i, ((start, end), mine) in enumerate(zip(t.offsets, t.from_text, strict=True)):
+        if not mine:
+            continue
+        if last >= 0 and start > reach:
+            t.offsets[last] = _with_composed(text, t.offsets[last], start, normalize)
+        if end >= reach:
+            reach, last = end, i
+    if last >= 0 and reach < len(text):
+        t.offsets[last] = _with_composed(text, t.offsets[last], len(text), normalize)
+
+
+def _with_composed(
+    text: str, span: tuple[int, int], limit: int, normalize: Callable[[str], str]
+) -> tuple[int, int]:
+    """`span` extended over the characters of text[span end:limit] that belong to the
+    composition of its last character: a combining mark (NFKC reorders marks, so one may be
+    left uncovered though the mark after it composed), or a character that adds nothing to
+    the normalized span (a voiced sound mark, a jamo). A character the normalizer deletes (a
+    control) is crossed only on the way to one of those; a space or anything else ends it."""
+    start, end = span
+    read = normalize(text[start:end])
+    for j in range(end, limit):
+        alone = normalize(text[j])
+        if not alone:
+            continue
+        if alone.isspace():
+            break
+        grown = normalize(text[start : j + 1])
+        if not (unicodedata.combining(alone[0]) or len(grown) == len(read)):
+            break
+        read, span = grown, (start, j + 1)
+    return span
+
+
 # ---------------------------------------------------------------- backends
 
 
@@ -327,6 +409,10 @@ def e5s1_backend(model: E5S1Model) -> tuple[HFTokenizer, Shortcut | None]:
 # full-width tilde ～, common in Chinese text) are parked on code points of the
 # supplementary private use area while NFKC runs, then put back.
 _PARKING = 0x10_0000
+# What a parking place already in the caller's text becomes first, so that it is not "put
+# back" as a kept character: the last private-use code point, which NFKC leaves alone and
+# the vocabulary lacks, so <unk>, as the C engine gives for the parking place itself.
+_UNPARKABLE = "\U0010fffd"
 
 
 def _e5s1_normalizers(
@@ -368,8 +454,10 @@ def _e5s1_normalizers(
         before.append(normalizers.Replace(char_class(to_space), " "))
     after = [normalizers.Replace(Regex(" {2,}"), " ")]
     parked = [(c, chr(_PARKING + i)) for i, c in enumerate(kept)]
+    places = char_class([p for _, p in parked]) if parked else None
+    guard = [normalizers.Replace(places, _UNPARKABLE)] if places else []
     full = normalizers.Sequence([
-        *before, *(normalizers.Replace(c, p) for c, p in parked), normalizers.NFKC(),
+        *guard, *before, *(normalizers.Replace(c, p) for c, p in parked), normalizers.NFKC(),
         *(normalizers.Replace(p, c) for c, p in parked), *after,
     ])  # fmt: skip
     common = normalizers.Sequence([*before, normalizers.NFKC(), *after])

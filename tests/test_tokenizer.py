@@ -182,3 +182,66 @@ def test_span_errors_name_the_problem():
             locate("我喜欢吃苹果", span=span)
     with pytest.raises(SenseInputError, match="not within the text's 6 characters"):
         locate("我喜欢吃苹果", span=(4, 9))
+
+
+def _text_offsets(enc) -> list[tuple[int, int]]:
+    return [o for o, real in zip(enc.offsets, enc.from_text, strict=True) if real]
+
+
+# NFKC composes a base and the marks after it into one character, which `tokenizers` aligns
+# with the base alone: the marks were read by the model but lay in no token's span.
+@pytest.mark.parametrize(
+    ("text", "offsets"),
+    [
+        ("e\u0301te", [(0, 2), (2, 4)]),  # e + combining acute -> é
+        ("Cafe\u0301s", [(0, 5), (5, 6)]),
+        ("ｶﾞｷﾞ", [(0, 2), (2, 4)]),  # half-width kana + voiced sound mark -> ガギ
+        ("\u1100\u1161\u11a8 苹果", [(0, 3), (3, 4), (4, 6)]),  # conjoining jamo -> 각
+        ("a\u0316\u0301b", [(0, 2), (2, 3), (3, 4)]),  # reordered marks: á then U+0316
+        ("a\x07\u0301b", [(0, 3), (3, 4)]),  # the control is deleted, then a + ◌́ compose
+    ],
+)
+def test_e5_offsets_cover_marks_that_nfkc_composes(e5, text, offsets):
+    for role in TextRole:
+        enc = e5.tokenizer.encode(text, role)
+        assert _text_offsets(enc) == offsets, (text, enc.tokens)
+        assert enc.token_indices(offsets[0][1] - 1, offsets[0][1])  # the mark has a token
+
+
+@pytest.mark.parametrize(
+    ("text", "offsets"),
+    [
+        ("a\x07", [(0, 1)]),  # a deleted control after a token stays outside it
+        ("a\x07 b", [(0, 1), (2, 4)]),
+        ("a  b", [(0, 1), (2, 4)]),  # a collapsed space is not part of "a"
+        ("～\u0301", [(0, 1), (1, 2)]),  # kept characters do not compose
+    ],
+)
+def test_e5_uncovered_characters_outside_a_composition_stay_outside(e5, text, offsets):
+    assert _text_offsets(e5.tokenizer.encode(text)) == offsets
+
+
+# Marks, voiced sound marks, jamo, and what may stand between them and their base.
+COMPOSING_ALPHABET = "e\u0301\u0316\u0308ｶﾞﾟ\u1100\u1161\u11a8가\x07\u200b ～㋿\U00100000a苹\n"
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=st.text(COMPOSING_ALPHABET, min_size=1, max_size=10))
+def test_e5_every_character_the_model_reads_is_in_a_token(e5, text):
+    normalize = e5.tokenizer.backend.normalizer.normalize_str
+    enc = e5.tokenizer.encode(text)
+    for i, char in enumerate(text):
+        if normalize(char).strip():  # neither deleted nor a space
+            assert enc.token_indices(i, i + 1), (text, i)
+
+
+def test_e5_parking_places_in_the_callers_text_are_unknown(e5):
+    # Kept characters (～) are parked on U+100000+ while NFKC runs; one already in the text
+    # there must not come back as a kept character.
+    unk = e5.tokenizer.backend.token_to_id("<unk>")
+    enc = e5.tokenizer.encode("价格\U00100005元")
+    real = [(enc.ids[i] == unk, o) for i, o in enumerate(enc.offsets) if enc.from_text[i]]
+    assert real == [(False, (0, 2)), (True, (2, 3)), (False, (3, 4))]
+    assert "～" not in "".join(enc.tokens)
