@@ -62,6 +62,19 @@ def test_induction_recovers_planted_senses_and_chooses_k():
     assert method.induce(vectors, k=2).k == 2
 
 
+def test_occurrences_alike_up_to_rounding_are_one_sense():
+    """The same sentence stored several times: centring left only rounding noise, which
+    unit vectors turned into directions, and induction split identical occurrences (or
+    reported two senses, one of them empty)."""
+    rng = np.random.default_rng(2)
+    one = rng.normal(size=384).astype(np.float32)
+    for noise in (0.0, 1e-6):
+        vectors = np.tile(one, (6, 1)) + noise * rng.normal(size=(6, 384)).astype(np.float32)
+        result = method.induce(vectors)
+        assert result.k == 1 and set(result.labels) == {0}, noise
+    assert method.induce(np.tile(one, (6, 1)), k=2).k == 2  # as asked, when asked
+
+
 def test_features_are_unit_rows_as_documented():
     rng = np.random.default_rng(3)
     words, contexts = 5 * rng.normal(size=(4, 16)), 3 * rng.normal(size=(4, 16))

@@ -112,16 +112,26 @@ def induce(vectors: np.ndarray, k: int | None = None, max_k: int = 6, seed: int 
     for name, value in (("k", k), ("max_k", max_k)):
         if value is not None and not 1 <= value <= MAX_SENSES:
             raise ValueError(f"{name} is {value}; it must be within 1-{MAX_SENSES}")
-    x = unit(vectors - vectors.mean(axis=0))
+    centred = vectors - vectors.mean(axis=0)
+    x = unit(centred)
     n = len(x)
     if k is not None:
         return _cluster(x, min(k, n), seed)
+    if _alike(vectors, centred):  # one vector up to rounding: centring left only noise
+        return _cluster(unit(vectors), 1, seed)
     best: Clustering | None = None
     for candidate in range(2, min(max_k, n - 1) + 1):
         result = _cluster(x, candidate, seed)
         if best is None or result.silhouette > best.silhouette:
             best = result
     return best if best is not None else _cluster(x, 1, seed)
+
+
+def _alike(vectors: np.ndarray, centred: np.ndarray, tolerance: float = 1e-4) -> bool:
+    """Whether the occurrences are one vector up to rounding (the same sentence stored
+    several times): unit vectors of what centring leaves would be noise to split on."""
+    scale = float(np.linalg.norm(vectors, axis=1).max(initial=0.0))
+    return float(np.linalg.norm(centred, axis=1).max(initial=0.0)) <= tolerance * max(scale, 1e-12)
 
 
 def _cluster(x: np.ndarray, k: int, seed: int, iterations: int = 50) -> Clustering:
