@@ -146,14 +146,14 @@ def _pem(source: PemSource) -> bytes | None:
 
 Targets = str | Sequence[str]
 
-# gRPC's own client-side balancing: every call picks the next ready server (round_robin),
-# and a call that finds one unreachable is retried by gRPC on another. A server that dies
-# drops out of the rotation until it answers again.
 # Calls sent once, retried neither by gRPC's policy nor by the SDK's: an UNAVAILABLE may
 # come after the work was done (an index backend that timed out then), and the call sent
 # again would answer ALREADY_EXISTS or NOT_FOUND for one that worked.
 SENT_ONCE = ("CreateCollection", "DropCollection", "CreateInventory", "DeleteInventory")
 SERVICE = "embedsense.v1.EmbedSense"
+# gRPC's own client-side balancing: every call picks the next ready server (round_robin),
+# and a call that finds one unreachable is retried by gRPC on another. A server that dies
+# drops out of the rotation until it answers again.
 SERVICE_CONFIG = json.dumps({
     "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [{
