@@ -26,7 +26,7 @@ reply_too_large saying what to ask less of, rather than gigabytes written in mem
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import itertools
 from collections.abc import Iterable
 from typing import Any
@@ -43,7 +43,7 @@ from embedsense.server.api.checks import (
     json_vector_bytes,
 )
 from embedsense.server.api.collection_ops import CollectionOps, NewDocument
-from embedsense.server.api.http import HttpRoute
+from embedsense.server.api.http import BuiltOffLoop, HttpRoute
 from embedsense.server.api.http_errors import ApiError
 from embedsense.server.engine import requested_priority
 from embedsense.server.index import CollectionInfo, Document, Hit
@@ -149,7 +149,7 @@ class CollectionRoutes:
                   "batches, or over gRPC.",
                   body=m.UpsertRequest, reply=m.UpsertResponse, prioritized=True),
             route("POST", one + "/get", self.get, "Get documents by id",
-                  body=m.GetRequest, reply=m.GetResponse, heavy_reply=True),
+                  body=m.GetRequest, reply=m.GetResponse),
             route("POST", one + "/delete", self.delete, "Delete documents by id or by filter",
                   body=m.DeleteRequest, reply=m.DeleteResponse),
             route("POST", one + "/count", self.count, "Count documents (matching a filter)",
@@ -157,14 +157,14 @@ class CollectionRoutes:
             route("POST", one + "/scroll", self.scroll, "Page through documents",
                   "Documents in id order, `limit` a page; pass next_cursor back for the next "
                   "page (null: the end). " + m.ScrollRequest.model_fields["cursor"].description,
-                  body=m.ScrollRequest, reply=m.ScrollResponse, heavy_reply=True),
+                  body=m.ScrollRequest, reply=m.ScrollResponse),
             route("POST", one + "/update_metadata", self.update_metadata,
                   "Change documents' metadata", "Texts and vectors are not touched.",
                   body=m.UpdateMetadataRequest, reply=m.UpdateMetadataResponse),
             route("POST", one + "/search", self.search, "Nearest documents",
                   "One query or many (texts embedded as queries, or vectors): a hit list "
                   "per query.",
-                  body=m.SearchRequest, reply=m.SearchResponse, heavy_reply=True,
+                  body=m.SearchRequest, reply=m.SearchResponse,
                   prioritized=True),
         ]  # fmt: skip
 
@@ -202,13 +202,14 @@ class CollectionRoutes:
         )
         return m.UpsertResponse.model_construct(upserted=len(ids), ids=ids)
 
-    async def get(self, request: web.Request, body: m.GetRequest) -> m.GetResponse:
+    async def get(self, request: web.Request, body: m.GetRequest) -> BuiltOffLoop:
         # 1 to max_texts ids, as update_metadata (an SDK's get over gRPC is bounded by
         # max_message_bytes alone); the reply is bounded by max_message_bytes too.
         check_count(len(body.ids), "ids", self.ops.limits, "ids")
         found = await self.ops.get(request.match_info["name"], body.ids)
-        # In a thread, as the other large replies: counting megabytes of text holds the GIL.
-        return await asyncio.to_thread(self._get_reply, body, found)
+        # Built off the loop, as the other large replies: counting megabytes of text holds
+        # the GIL.
+        return BuiltOffLoop(functools.partial(self._get_reply, body, found))
 
     def _get_reply(self, body: m.GetRequest, found: list[Document | None]) -> m.GetResponse:
         present = [d for d in found if d is not None]
@@ -229,13 +230,13 @@ class CollectionRoutes:
         count = await self.ops.count(request.match_info["name"], body.filter)
         return m.CountResponse.model_construct(count=count)
 
-    async def scroll(self, request: web.Request, body: m.ScrollRequest) -> m.ScrollResponse:
+    async def scroll(self, request: web.Request, body: m.ScrollRequest) -> BuiltOffLoop:
         page = await self.ops.scroll(
             request.match_info["name"], body.filter, body.limit, body.cursor or "",
             with_vectors=body.with_vectors,
         )  # fmt: skip
-        return await asyncio.to_thread(self._scroll_reply, body, page.documents,
-                                       page.next_cursor)  # fmt: skip
+        return BuiltOffLoop(functools.partial(self._scroll_reply, body, page.documents,
+                                              page.next_cursor))  # fmt: skip
 
     def _scroll_reply(
         self, body: m.ScrollRequest, documents: list[Document], next_cursor: str | None
@@ -255,7 +256,7 @@ class CollectionRoutes:
         )
         return m.UpdateMetadataResponse.model_construct(updated=updated)
 
-    async def search(self, request: web.Request, body: m.SearchRequest) -> m.SearchResponse:
+    async def search(self, request: web.Request, body: m.SearchRequest) -> BuiltOffLoop:
         if (body.query is None) == (body.vector is None):
             raise ApiError(400, "give query (texts) or vector (one of them)", "invalid_argument",
                            "query")  # fmt: skip
@@ -273,7 +274,7 @@ class CollectionRoutes:
             score_threshold=body.score_threshold, with_vectors=body.with_vectors,
             priority=requested_priority.get(), field="query" if texts is not None else "vector",
         )  # fmt: skip
-        return await asyncio.to_thread(self._search_reply, body.with_vectors, results)
+        return BuiltOffLoop(functools.partial(self._search_reply, body.with_vectors, results))
 
     def _search_reply(self, with_vectors: bool, results: list[list[Hit]]) -> m.SearchResponse:
         sizes = (_hit_bytes(h, with_vectors) for hits in results for h in hits)

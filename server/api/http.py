@@ -93,6 +93,15 @@ class HttpRoute:
     prioritized: bool = False  # embeds: takes the X-Priority header (checks.PRIORITY_HEADER)
 
 
+@dataclass(frozen=True)
+class BuiltOffLoop:
+    """A reply a handler hands back unbuilt (a heavy_reply route's): sizing it against the
+    reply limit, building it and writing its JSON are one step in the HTTP worker threads,
+    one hop off the loop rather than one to build and another to write."""
+
+    build: Callable[[], BaseModel]
+
+
 @dataclass
 class HttpContext:
     """What the route handlers share: the engine, the settings, and the request checks
@@ -280,6 +289,10 @@ class HttpServer:
                     reply = await self._within_deadline(deadline, route.handler(request, body))
                 if isinstance(reply, web.StreamResponse):
                     return reply
+                if isinstance(reply, BuiltOffLoop):
+                    built = reply.build
+                    return json_response(await self.context.off_loop(
+                        lambda: encode_reply(built())))  # fmt: skip
                 if large or route.heavy_reply:
                     return json_response(await self.context.off_loop(lambda: encode_reply(reply)))
                 return json_response(encode_reply(reply))
