@@ -22,7 +22,7 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
-from embedsense.client import Client, Retry, Unavailable
+from embedsense.client import AlreadyExists, Client, Retry, Unavailable
 from embedsense.client.cli import table
 
 CORPUS = files("embedsense.client") / "data" / "corpus.jsonl"
@@ -62,18 +62,38 @@ def wait_until_serving(
     raise SystemExit(f"the server did not come up within {limit_s:.0f} s")
 
 
-def run(client: Client) -> None:
+def demo_collection(client: Client, name: str, model: str) -> None:
+    """The demo's collection: made, or, on a server that kept it from an earlier run, used
+    again (the corpus's ids make the upsert a rewrite of the same documents). One of that
+    name the demo cannot use stops it, untouched: it may be someone's."""
+    try:
+        client.create_collection(name, store_tokens=True)
+        return
+    except AlreadyExists:
+        found = client.describe_collection(name)
+    if not found.store_tokens or found.model != model:
+        made = f"of {found.model}'s vectors" + ("" if found.store_tokens else ", no token vectors")
+        raise SystemExit(
+            f"the server has a collection {name!r} ({made}); the demo needs one of {model}'s "
+            f"vectors with token vectors: drop it (embedsense drop {name}) or name another "
+            "(--collection)"
+        )
+    print(f"using the collection {name!r} already on the server\n")
+
+
+def run(client: Client, collection: str = "demo") -> None:
     docs = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
     info = client.info()
     print(f"server: {info.model} ({info.dim}-dim) on {info.device}/{info.dtype}\n")
 
-    client.create_collection("demo", store_tokens=True)
+    demo_collection(client, collection, info.model)
     started = time.perf_counter()
-    client.upsert("demo", docs, batch_size=64, show_progress_bar=True)
-    print(f"indexed {client.count('demo')} sentences in {time.perf_counter() - started:.1f} s\n")
+    client.upsert(collection, docs, batch_size=64, show_progress_bar=True)
+    print(f"indexed {client.count(collection)} sentences in "
+          f"{time.perf_counter() - started:.1f} s\n")  # fmt: skip
 
     for query in ("水果的营养", "智能手机发布会", "春天开花"):
-        hits = client.search("demo", query, k=3)
+        hits = client.search(collection, query, k=3)
         print(f"nearest to {query!r}:")
         print(table([(f"{h.score:.3f}", h.text) for h in hits], ["score", "sentence"]) + "\n")
 
@@ -85,11 +105,11 @@ def run(client: Client) -> None:
     print("which sense? (the word in its sentence, against the server's default inventory)")
     print(table(rows, ["sentence", "word", "sense", "probabilities"]) + "\n")
 
-    found = client.search_occurrences("demo", "我买了最新的苹果手机", "苹果", k=3)
+    found = client.search_occurrences(collection, "我买了最新的苹果手机", "苹果", k=3)
     print("苹果 in the corpus, used as in 我买了最新的苹果手机:")
     print(table([(f"{o.score:+.3f}", o.text) for o in found], ["score", "sentence"]) + "\n")
 
-    induced = client.induce_senses("demo", "苹果")
+    induced = client.induce_senses(collection, "苹果")
     print(f"the senses of 苹果 in the corpus, found without labels ({induced.occurrences} "
           f"occurrences, {len(induced.senses)} clusters):")  # fmt: skip
     for n, sense in enumerate(induced.senses, 1):
@@ -119,6 +139,12 @@ def pictures(client: Client, folder: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", help="use a running server instead of starting one")
+    parser.add_argument(
+        "--collection",
+        default="demo",
+        help="the collection the demo fills (default demo); on a server that has it from "
+        "an earlier run, it is used again",
+    )
     parser.add_argument("--pictures", type=Path, help="also draw the README's pictures here")
     parser.add_argument(
         "--server-log",
@@ -130,7 +156,7 @@ def main() -> int:
     if args.target:  # a running server; its API key, if it has one, from the environment
         api_key = os.environ.get("EMBEDSENSE_API_KEY") or None
         with Client(args.target, api_key=api_key, timeout=120) as client:
-            run(client)
+            run(client, args.collection)
             if args.pictures:
                 pictures(client, args.pictures)
         return 0
@@ -151,7 +177,7 @@ def main() -> int:
         try:
             wait_until_serving(f"127.0.0.1:{port}", server, log_path)
             with Client(f"127.0.0.1:{port}", timeout=120) as client:
-                run(client)
+                run(client, args.collection)
                 if args.pictures:
                     pictures(client, args.pictures)
         finally:

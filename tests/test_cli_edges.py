@@ -655,3 +655,25 @@ def test_the_demo_logs_to_a_private_directory_and_follows_no_planted_link(
     log = Path(shown.group(1))
     assert log.read_text(encoding="utf-8") == "the server's last words\n"
     assert log.parent.parent == tmp_path and log.parent.stat().st_mode & 0o777 == 0o700
+
+
+# ------------------------------------------------------------------ the demo, run again
+
+
+def test_the_demo_runs_again_on_a_server_that_has_its_collection(client, capsys):
+    """`demo --target` a second time, against the same server (a Compose volume keeps it):
+    the corpus's ids make the upsert a rewrite, so the same report comes back, not
+    ALREADY_EXISTS as a traceback. A collection of that name the demo cannot use (no
+    token vectors) stops it with a message, untouched."""
+    from embedsense.client import demo
+
+    demo.run(client, "demo-again")
+    first = client.count("demo-again")
+    demo.run(client, "demo-again")
+    assert client.count("demo-again") == first
+    assert "using the collection 'demo-again' already on the server" in capsys.readouterr().out
+
+    client.create_collection("demo-without-tokens")
+    with pytest.raises(SystemExit, match="demo-without-tokens.*token vectors"):
+        demo.run(client, "demo-without-tokens")
+    assert client.count("demo-without-tokens") == 0
