@@ -162,7 +162,9 @@ def cmd_serve(server_args: list[str]) -> int:
     """Run the server's own program (`python -m embedsense.server`) in this process's place:
     the client imports nothing of the server, which needs the `server` extra."""
     if importlib.util.find_spec("embedsense.server") is None:
-        raise UsageError("the server is not installed: pip install 'embedsense[server]'")
+        raise UsageError(
+            "the server is not installed: from the repository, pip install '.[server]'"
+        )
     os.execv(sys.executable, [sys.executable, "-m", "embedsense.server", *server_args])
 
 

@@ -1,5 +1,5 @@
 import sys
 
-from embedsense.server.cli import main
+from embedsense.server.launch import main
 
 sys.exit(main())

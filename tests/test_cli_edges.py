@@ -677,3 +677,28 @@ def test_the_demo_runs_again_on_a_server_that_has_its_collection(client, capsys)
     with pytest.raises(SystemExit, match="demo-without-tokens.*token vectors"):
         demo.run(client, "demo-without-tokens")
     assert client.count("demo-without-tokens") == 0
+
+
+# ------------------------------------------------------------------ a client-only install
+
+
+def test_the_server_command_without_the_server_extra_says_what_to_install(tmp_path):
+    """The base install is the client, but it has the `embedsense-server` command too: where
+    the server's dependencies are missing (here torch, made unimportable), it says so in one
+    line, not with an ImportError's traceback; `embedsense serve` runs that same program."""
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "torch.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n", encoding="utf-8"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked), *sys.path])}
+    script = Path(sys.executable).with_name("embedsense-server")
+    for command in (
+        [sys.executable, "-m", "embedsense.server", "--help"],
+        [str(script), "--help"],
+        [sys.executable, "-m", "embedsense.client.cli", "serve", "--help"],
+    ):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, (command, done.stderr[-800:])
+        assert "Traceback" not in done.stderr, (command, done.stderr[-800:])
+        assert "torch is not installed" in done.stderr and "[server]" in done.stderr, done.stderr
