@@ -522,3 +522,109 @@ def test_the_live_count_follows_every_write_without_recounting_the_bitmap():
             live.discard([*labels.tolist(), 10**9])  # and one beyond the bitmap
             truth -= set(labels.tolist())
         assert live.count == len(truth) == popcount(live.bits)
+
+
+def test_the_live_bitmap_is_read_within_its_bytes():
+    """FAISS's IDSelectorBitmap takes the bitmap's size in bytes (a label is checked when
+    label / 8 < n). It was given the size in bits: labels past the bitmap were read from the
+    memory after it, 7 bitmaps' worth, as live or dead by whatever lay there."""
+    from embedsense.server.index.faiss_index import LiveSet
+
+    live = LiveSet()
+    live.add([3, 9000])
+    for among in (None, np.full(4, 0xFF, dtype=np.uint8)):
+        selector, bits = live.selector(among)
+        assert selector.n == len(bits)
+        past = len(bits) * 8
+        assert not any(selector.is_member(label) for label in range(past, past + 64))
+
+
+def test_deleted_documents_at_the_end_stay_out_of_searches_after_a_restart(tmp_path):
+    """A restart sizes the live bitmap to the last live label, while the index holds the
+    deleted vectors after it too (zeroed only by a rebuild). With the bitmap read past its
+    end, a search near those vectors could pick one: a hit without an id (TypeError, so
+    INTERNAL over the API) or a deleted document."""
+    rng = np.random.default_rng(11)
+    n, dead = 20_000, 9_000  # fewer dead than a compaction waits for
+    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
+    first = Catalog(tmp_path)
+    first.create("c", model="m", dim=DIM)
+    col = first.get("c")
+    for start in range(0, n, 5_000):
+        col.upsert([Document(id=f"d{i:05}", text="t", vector=vectors[i])
+                    for i in range(start, start + 5_000)])  # fmt: skip
+    col.delete([f"d{i:05}" for i in range(n - dead, n)])
+    first.close()
+
+    reopened = Catalog(tmp_path)
+    col = reopened.get("c")
+    assert col.count() == n - dead
+    for batch in np.array_split(vectors[n - dead :], 30):
+        for hits in col.search(batch, k=5):
+            assert hits and all(int(h.id[1:]) < n - dead for h in hits)
+        for hits in col.search(batch, k=5, where={"$not": {"missing": 1}}):
+            assert all(int(h.id[1:]) < n - dead for h in hits)
+    reopened.close()
+
+
+def test_a_filtered_search_heals_an_index_renumbered_by_another_process(tmp_path):
+    """Another process on the same data directory deleted and rebuilt (renumbered the
+    store). Before: a filtered search here spun for ever, waiting for numbers that only a
+    rebuild here would make agree, and an unfiltered one answered the deleted document."""
+    first = Catalog(tmp_path)
+    first.create("c", model="m", dim=DIM)
+    docs = [Document(id=f"d{i}", text=f"t{i}", metadata={"a": i},
+                     vector=unit(np.random.default_rng(i))[0]) for i in range(10)]  # fmt: skip
+    first.get("c").upsert(docs)
+    second = Catalog(tmp_path)
+    second.get("c").delete(["d0", "d6"])
+    second.get("c").rebuild()
+    second.close()
+
+    query = docs[6].vector
+    found: list = []
+    searching = threading.Thread(
+        target=lambda: found.append(first.get("c").search(query, 3, {"a": {"$gte": 5}})),
+        daemon=True,
+    )
+    searching.start()
+    searching.join(20)
+    assert not searching.is_alive(), "the filtered search never returned"
+    assert [h.id for h in found[0][0]] and "d6" not in [h.id for h in found[0][0]]
+    assert all(int(h.id[1:]) >= 5 for h in found[0][0])
+    assert "d0" not in [h.id for h in first.get("c").search(docs[0].vector, 3)[0]]
+    first.close()
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e-23, 1e-40])
+def test_cosine_normalizes_vectors_of_any_finite_scale(backend, scale):
+    """Normalized in float32, squares overflowed or underflowed: [3e19, 4e19, 0...] was
+    stored as a zero vector (scoring 0 against everything), [3e-23, 4e-23, 0...] at length
+    0.94, and smaller ones refused as "a zero vector"."""
+    backend.create("c", model="m", dim=DIM)
+    col = backend.get("c")
+    given = np.zeros(DIM, dtype=np.float32)
+    given[:2] = np.float32(3 * scale), np.float32(4 * scale)
+    col.upsert([Document(id="big", text="t", vector=given)])
+    stored = col.get(["big"])[0].vector
+    assert np.allclose(stored[:2], [0.6, 0.8], atol=1e-3) and not stored[2:].any()
+    plain = np.zeros(DIM, dtype=np.float32)
+    plain[:2] = 3, 4
+    for query in (plain, given):
+        (hit,) = col.search(query, k=1)[0]
+        assert hit.id == "big" and hit.score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_snapshot_left_half_written_by_a_crash_is_removed(catalog):
+    """A crash while a snapshot was written leaves its .tmp file (an index's size), under a
+    name no later snapshot reuses once the numbering moved on. It stayed until the drop."""
+    catalog.create("c", model="m", dim=DIM)
+    col = catalog.get("c")
+    col.upsert(corpus(20))
+    col.snapshot()
+    stray = col.snapshot_dir / "7.index.0123456789.faiss.tmp"
+    stray.write_bytes(b"\0" * 4096)
+    col.upsert(corpus(5, seed=1))
+    col.snapshot()
+    assert not stray.exists()
+    assert [p.suffix for p in col.snapshot_dir.iterdir()] == [".faiss"]

@@ -261,7 +261,8 @@ class Collection:
             del data
             # The writes since the copy still count toward the next one.
             self._changes_since_snapshot = max(0, self._changes_since_snapshot - captured)
-            for old in self.snapshot_dir.glob("*.faiss"):
+            # And what a crash left half written (.faiss.tmp): this lock is the only writer.
+            for old in self.snapshot_dir.glob("*.faiss*"):
                 if old != path:
                     old.unlink(missing_ok=True)
 
@@ -440,7 +441,7 @@ class Collection:
         threshold = checked_threshold(score_threshold)
         condition = compile_filter(where) if where else None
         with contextlib.ExitStack() as held:
-            writes_held = False
+            writes_held = swap_waited = False
             while True:
                 self._check_open()  # a new collection of the name may be renumbering the store
                 gen = self._gen
@@ -452,9 +453,16 @@ class Collection:
                         # another process renumbered the store, and only a rebuild mends it.
                         self._resync()
                         continue
-                    if number != gen.number:  # renumbered, the new generation not yet in
+                    if number != gen.number and not swap_waited:
+                        # Renumbered here, the new generation not yet in: a rebuild installs
+                        # it holding _swap.
+                        swap_waited = True
                         with self._swap:
                             continue
+                    if number != gen.number:  # still: not by this process (the writer lock)
+                        held.enter_context(self._writer)
+                        writes_held = True
+                        continue
                 with self._lock.reading():
                     if self._gen is not gen:  # swapped meanwhile: the labels are stale
                         continue

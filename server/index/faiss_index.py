@@ -149,7 +149,8 @@ class LiveSet:
             bits = np.zeros(len(self.bits), dtype=np.uint8)
             shared = min(len(bits), len(among))
             np.bitwise_and(self.bits[:shared], among[:shared], out=bits[:shared])
-        return faiss.IDSelectorBitmap(len(bits) * 8, faiss.swig_ptr(bits)), bits
+        # Its size in bytes: FAISS checks a label against it as label / 8 < n.
+        return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits
 
 
 def bitmap(labels: np.ndarray) -> np.ndarray:

@@ -128,13 +128,15 @@ def checked_vectors(row: CollectionRow, vectors: np.ndarray, what: str) -> np.nd
     if not np.isfinite(vectors).all():
         raise InvalidArgument(f"{what}: a vector has NaN or infinite values")
     if row.metric == "cosine":
-        norms = np.linalg.norm(vectors, axis=1)
+        # In float64: float32's squares overflow from components of about 1e19 (the length
+        # inf, the vector divided to zeros) and underflow below about 1e-19.
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
         if not norms.all():
             raise InvalidArgument(f"{what}: a zero vector has no direction (cosine)")
         off = np.abs(norms - 1) > 1e-6  # unit vectors are stored bit for bit as given
         if off.any():
             vectors = vectors.copy()
-            vectors[off] /= norms[off, None]
+            vectors[off] = vectors[off].astype(np.float64) / norms[off, None]
     return np.ascontiguousarray(vectors)
 
 
