@@ -126,16 +126,26 @@ def _jsonable(value: Any) -> Any:
 
 
 def api_key_of(args: argparse.Namespace) -> str | None:
-    """The key to send: --api-key, else the first key in --api-key-file, else the same from
-    EMBEDSENSE_API_KEY, EMBEDSENSE_API_KEY_FILE; None when there is none."""
+    """The key to send: --api-key, else the first key in --api-key-file, else the first of
+    EMBEDSENSE_API_KEY's comma-separated keys, or of EMBEDSENSE_API_KEY_FILE's; None when
+    there is none."""
     if args.api_key and args.api_key_file:
         raise UsageError("--api-key and --api-key-file: give one of them")
     if args.api_key:
         return args.api_key
     if args.api_key_file:
         return read_key(args.api_key_file, "--api-key-file")
-    if os.environ.get("EMBEDSENSE_API_KEY", "").strip():  # a secret file's newline is not the key's
-        return os.environ["EMBEDSENSE_API_KEY"].strip()
+    return api_key_from_env()
+
+
+def api_key_from_env() -> str | None:
+    """The first of EMBEDSENSE_API_KEY's keys, else of EMBEDSENSE_API_KEY_FILE's: the
+    server's own variables, where a container's client finds them. None when neither is set."""
+    # The server reads this variable as keys separated by commas: any one will do (and a
+    # secret file's newline is not the key's).
+    listed = [key.strip() for key in os.environ.get("EMBEDSENSE_API_KEY", "").split(",")]
+    if any(listed):
+        return next(key for key in listed if key)
     if os.environ.get("EMBEDSENSE_API_KEY_FILE"):
         return read_key(os.environ["EMBEDSENSE_API_KEY_FILE"], "EMBEDSENSE_API_KEY_FILE")
     return None

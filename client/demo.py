@@ -23,7 +23,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from embedsense.client import AlreadyExists, Client, Retry, Unavailable
-from embedsense.client.cli import table
+from embedsense.client.cli import api_key_from_env, table
 
 CORPUS = files("embedsense.client") / "data" / "corpus.jsonl"
 QUESTIONS = [("我喜欢吃苹果", "苹果"), ("我买了最新的苹果手机", "苹果"),
@@ -154,7 +154,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.target:  # a running server; its API key, if it has one, from the environment
-        api_key = os.environ.get("EMBEDSENSE_API_KEY") or None
+        api_key = api_key_from_env()
         with Client(args.target, api_key=api_key, timeout=120) as client:
             run(client, args.collection)
             if args.pictures:

@@ -548,6 +548,10 @@ def test_api_key_files_for_the_server_and_the_cli(e5, tmp_path, capsys, monkeypa
         monkeypatch.delenv("EMBEDSENSE_API_KEY_FILE")
         monkeypatch.setenv("EMBEDSENSE_API_KEY", "first-key")
         assert cli(capsys, *target, "info")[0] == 0
+        # A container's environment holds the server's keys, comma-separated: its first one
+        # is the CLI's (the whole list was sent as one key: UNAUTHENTICATED).
+        monkeypatch.setenv("EMBEDSENSE_API_KEY", " second-key , first-key")
+        assert cli(capsys, *target, "info")[0] == 0
         status, _, err = cli(capsys, *target, "--api-key-file", str(tmp_path / "none"), "info")
         assert status == 2 and "none" in one_error_line(err) and "no such file" in err
         status, _, err = cli(capsys, *target, "--api-key-file", str(tmp_path / "empty"), "info")
