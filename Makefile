@@ -1,9 +1,13 @@
-# Everything runs in .venv, created on first use. torch is pinned to the CPU build first:
-# an unpinned torch can pull a multi-GB CUDA wheel.
+# The targets that run Python use .venv, created on first use. torch goes in first, as its
+# CPU build: PyPI's Linux torch wheel is the CUDA one, several GB of CUDA libraries. As in
+# docker/Dockerfile: on Linux `torch==2.13.0+cpu` from TORCH_INDEX (PyTorch's CPU wheel
+# index; `make install TORCH_INDEX=` for none, e.g. behind a mirror or with PIP_FIND_LINKS);
+# elsewhere PyPI's `torch==2.13.0`, which is a CPU build there.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-TORCH_SPEC := torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_SPEC := torch==2.13.0$(if $(filter Linux,$(shell uname -s)),+cpu)
 STAMP := $(VENV)/.installed
 
 .PHONY: install test lint format bench bench-frontend eval load faults demo pictures serve proto docker-test docker-test-scale docker-test-cuda gpu-check clean
@@ -12,8 +16,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=69" wheel
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=77" wheel
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[server,milvus,plot,dev]"
 	touch $(STAMP)
 
@@ -67,8 +71,9 @@ pictures: install
 	$(BIN)/python -m embedsense.client.demo --pictures client/data
 	$(BIN)/python tests/ops/screenshots.py client/data
 
+# gRPC on 127.0.0.1:50051 and HTTP on 127.0.0.1:8080, as in the README's Quick start.
 serve: install
-	$(BIN)/embedsense serve --data-dir data
+	$(BIN)/embedsense serve --data-dir data --port 50051 --http-port 8080
 
 # The Python gRPC code in proto/v1 from proto/embedsense/v1 (a test fails when it is stale).
 proto: install
@@ -90,8 +95,12 @@ docker-test-scale:
 docker-test-cuda:
 	bash docker/test.sh cuda
 
-# On a CUDA machine whose Python has torch (no install: the project runs from the tree):
-# the CUDA tests and the bert-base-shaped engine benchmark in fp32/fp16/bf16, one JSON line.
+# On a CUDA machine whose Python has torch (no install: the project runs from the tree), in
+# order, each step with its own time limit: the CUDA tests; the whole service in fp16 over
+# gRPC (bench_gpu.py --service-only); the front end's capacity (bench_frontend.py); the
+# engine at the bert-base-chinese shape in fp32/fp16/bf16 (bench_gpu.py). Each benchmark
+# prints its own JSON line; the service and front-end steps are skipped when the server's
+# packages are missing. Not in CI.
 gpu-check:
 	bash tests/ops/gpu_check.sh
 
