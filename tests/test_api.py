@@ -417,12 +417,12 @@ def post(url: str, body: dict) -> int:
 
 
 def test_token_vectors_no_reply_could_hold_are_refused_before_the_work(e5, tmp_path):
-    """1 MiB replies hold 682 384-dim token vectors. Asked for ~900, the server computed
-    them all and then failed to send them (gRPC's own "larger than max")."""
+    """1 MiB replies hold 668 384-dim token vectors with their tokens. Asked for ~900, the
+    server computed them all and then failed to send them (gRPC's own "larger than max")."""
     running = ServerThread(e5, tmp_path, max_message_bytes=2**20)
     try:
         with Client(running.target) as c:
-            with pytest.raises(InvalidArgument, match=r"at most 682 .*fewer or shorter texts"):
+            with pytest.raises(InvalidArgument, match=r"at most 668 .*fewer or shorter texts"):
                 c.embed_tokens(["苹果很甜。" * 60] * 4)  # 245 tokens each
             assert len(c.embed_tokens("苹果很甜。" * 60).tokens.tokens) > 240  # one fits
     finally:

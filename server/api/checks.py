@@ -45,14 +45,16 @@ class ReplyTooLarge(Exception):
         self.param = param
 
 
-def check_reply_size(reply: Message, limit: int, fewer: str) -> Message:
+def check_reply_size(reply: Message, limit: int, fewer: str, carries: str = "") -> Message:
     """`reply`, when it fits in `limit` bytes (max_message_bytes); `fewer` names what to ask
-    less of."""
+    less of, `carries` (if given) why an item weighs what it does. Said in words, before
+    gRPC core would fail the reply with no word of what to ask less of."""
     size = reply.ByteSize()
     if size > limit:
+        why = f" ({carries})" if carries else ""
         raise ReplyTooLarge(
-            f"the reply would be {size:,} bytes (each occurrence carries its document's "
-            f"whole text); the limit is {limit:,} (max_message_bytes): ask for fewer {fewer}"
+            f"the reply would be {size:,} bytes{why}; the limit is {limit:,} "
+            f"(max_message_bytes): ask for {fewer}"
         )
     return reply
 

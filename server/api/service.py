@@ -14,10 +14,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
 from embedsense.model import TokenizedText
 from embedsense.model.spans import SpanError
@@ -57,6 +58,11 @@ from embedsense.server.senses import errors as sense_errors
 from embedsense.server.senses.senses import FoundOccurrence, Senses
 
 log = logging.getLogger(__name__)
+
+_Reply = TypeVar("_Reply", bound=Message)
+# A token's share of an Embed reply besides its vector: its text (a few bytes), id, offsets
+# and their field tags, as serialized (12 bytes a token for e5's Chinese tokens).
+TOKEN_REPLY_BYTES = 32
 
 
 # Most specific first: ModelMismatch is an InvalidArgument, but the request is not at fault.
@@ -217,8 +223,10 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         texts = self._texts(request.texts)
         want_sentences = request.sentence_vectors or not request.token_vectors
         long_text = choice(LONG_TEXT, request.long_text, "long_text")
-        # Token vectors come back whole: refuse, before the work, what no reply could hold.
-        replied = self.settings.max_message_bytes // (4 * self.engine.info().dim)
+        # Token vectors come back whole: refuse, before the work, what no reply could hold
+        # (a token: its vector, and its text, id and offsets).
+        per_token = 4 * self.engine.info().dim + TOKEN_REPLY_BYTES
+        replied = self.settings.max_message_bytes // per_token
         results = await self._embed(
             texts, context,
             role=role_of(request.role),
@@ -244,6 +252,9 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
                 )  # fmt: skip
                 for r in results
             )
+            # The estimate above leaves room for the usual; a token's text can be longer.
+            check_reply_size(reply, self.settings.max_message_bytes,
+                             "fewer or shorter texts", "each token carries its vector")  # fmt: skip
         return reply
 
     # ------------------------------------------------------------ collections
@@ -377,7 +388,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
                 reply.missing.append(doc_id)
             else:
                 reply.documents.append(self._stored(doc, request.with_vectors))
-        return reply
+        return self._within_limit(reply, "fewer ids", request.with_vectors)
 
     @rpc
     async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
@@ -398,10 +409,11 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             request.collection, _filter(request.filter_json), request.limit, request.cursor,
             with_vectors=request.with_vectors,
         )  # fmt: skip
-        return pb.ScrollResponse(
+        reply = pb.ScrollResponse(
             documents=[self._stored(d, request.with_vectors) for d in page.documents],
             next_cursor=page.next_cursor or "",
         )
+        return self._within_limit(reply, "a smaller page (limit)", request.with_vectors)
 
     @rpc
     async def UpdateMetadata(
@@ -441,7 +453,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             hits = await self._search(request, context, None, vector)
         else:
             raise BadRequest("query: give a text or a vector")
-        return pb.SearchResponse(hits=_hits_reply(hits[0], request.with_vectors))
+        reply = pb.SearchResponse(hits=_hits_reply(hits[0], request.with_vectors))
+        return self._within_limit(reply, "fewer hits (k)", request.with_vectors)
 
     @rpc
     async def SearchBatch(
@@ -455,9 +468,18 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             )
         else:
             results = await self._search(request, context, list(request.texts), None)
-        return pb.SearchBatchResponse(
+        reply = pb.SearchBatchResponse(
             results=[pb.HitList(hits=_hits_reply(hits, request.with_vectors)) for hits in results]
         )
+        return self._within_limit(reply, "fewer hits (k, or fewer queries)", request.with_vectors)
+
+    def _within_limit(self, reply: _Reply, fewer: str, with_vectors: bool) -> _Reply:
+        """A reply of documents or hits within max_message_bytes, else ReplyTooLarge saying
+        what to ask less of (each carries its document's whole text, and maybe its vector)."""
+        if with_vectors:
+            fewer += ", or leave the vectors out (with_vectors false)"
+        return check_reply_size(reply, self.settings.max_message_bytes, fewer,
+                                "each carries its document's whole text")  # fmt: skip
 
     # ------------------------------------------------------------ senses
 
@@ -546,7 +568,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         reply = pb.SearchOccurrencesResponse(
             occurrences=[_occurrence_reply(o) for o in found], compared=compared
         )
-        return check_reply_size(reply, self.settings.max_message_bytes, "occurrences (k)")
+        return check_reply_size(reply, self.settings.max_message_bytes, "fewer occurrences (k)",
+                                "each occurrence carries its document's whole text")  # fmt: skip
 
     @rpc
     async def InduceSenses(
@@ -562,7 +585,9 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
                     for s in induced.senses],
             occurrences=induced.occurrences, silhouette=induced.silhouette,
         )  # fmt: skip
-        return check_reply_size(reply, self.settings.max_message_bytes, "central occurrences")
+        return check_reply_size(reply, self.settings.max_message_bytes,
+                                "fewer central occurrences",
+                                "each occurrence carries its document's whole text")  # fmt: skip
 
     # ------------------------------------------------------------ explain
 
