@@ -13,9 +13,12 @@ import random
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from embedsense.server.index import Catalog
 
@@ -113,3 +116,64 @@ def test_acknowledged_writes_survive_sigkill(tmp_path):
         assert {h.id for h in raw} <= set(state)
         catalog.store.close()  # no snapshot: the next writer starts from what it finds
     assert acked_ops > 10 * KILLS  # the kills landed while writes were going on
+
+
+# ------------------------------------------------------------------ the store's disk
+
+
+def test_a_full_disk_or_a_locked_store_is_a_status_that_says_so(e5, tmp_path, monkeypatch):
+    """SQLite's "database or disk is full" and "database is locked" (another process held
+    the store past the busy timeout) reached callers as INTERNAL ("OperationalError: ...").
+    Full: RESOURCE_EXHAUSTED (HTTP 507), nothing stored; locked: UNAVAILABLE, retryable. The
+    server serves on, and a write succeeds once the store is free again."""
+    import sqlite3
+
+    import grpc
+    from conftest import ServerThread
+
+    from embedsense.client import Client, Retry
+    from embedsense.client.errors import ResourceExhausted, Unavailable
+    from embedsense.server.index.store import Store
+
+    data = tmp_path / "data"
+    connect = Store._connect
+
+    def small_disk(store: Store) -> sqlite3.Connection:
+        conn = connect(store)
+        if store.path.is_relative_to(data):  # this test's server only
+            conn.execute("PRAGMA max_page_count = 50")  # 200 kB at 4 kB pages
+        return conn
+
+    monkeypatch.setattr(Store, "_connect", small_disk)
+    monkeypatch.setattr(Store, "BUSY_TIMEOUT_MS", 200, raising=False)
+    running = ServerThread(e5, data, http_port=0)
+    try:
+        with Client(running.target, timeout=30, retry=Retry(attempts=1)) as client:
+            client.create_collection("c", dim=4)
+            vectors = np.eye(4, dtype=np.float32)
+            client.upsert("c", [{"id": "small", "text": "t"}], vectors=vectors[:1])
+            big = [{"id": f"big{i}", "text": "x" * 90_000} for i in range(3)]
+            with pytest.raises(ResourceExhausted, match="disk.*full") as full:
+                client.upsert("c", big, vectors=vectors[:3])
+            assert full.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            body = {"documents": [{**doc, "vector": [0.5] * 4} for doc in big]}
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{running.server.http_port}/v1/collections/c/upsert",
+                json.dumps(body).encode(), {"Content-Type": "application/json"},
+            )  # fmt: skip
+            with pytest.raises(urllib.error.HTTPError) as http_full:
+                urllib.request.urlopen(request, timeout=30)
+            assert http_full.value.code == 507
+            assert json.loads(http_full.value.read())["error"]["code"] == "insufficient_storage"
+            assert client.count("c") == 1
+
+            holder = sqlite3.connect(next(data.glob("*.sqlite3")), isolation_level=None)
+            holder.execute("BEGIN EXCLUSIVE")
+            with pytest.raises(Unavailable, match="locked"):
+                client.upsert("c", [{"id": "second", "text": "t"}], vectors=vectors[1:2])
+            holder.execute("ROLLBACK")
+            holder.close()
+            client.upsert("c", [{"id": "second", "text": "t"}], vectors=vectors[1:2])
+            assert client.count("c") == 2
+    finally:
+        running.stop()

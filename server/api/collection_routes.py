@@ -50,6 +50,7 @@ from embedsense.server.index import CollectionInfo, Document, Hit
 
 TAG = "Collections"
 ERRORS = (400, 404, 408, 413, 422, 429, 503, 504)
+WRITE_ERRORS = (*ERRORS, 507)  # 507: the disk that holds the store is full
 # The JSON of one hit or document besides its id, text, metadata and vector: the field
 # names, quotes, colons and commas (51 bytes), a score (24 at most) and a null vector.
 JSON_ITEM_BYTES = 80
@@ -134,24 +135,25 @@ class CollectionRoutes:
             route("POST", "/v1/collections", self.create, "Create a collection",
                   "Its vectors are the served model's (its dimension); 409 if it exists.",
                   body=m.CreateCollectionRequest, reply=m.CollectionInfo,
-                  errors=(400, 408, 409, 413, 422, 429, 503, 504)),
+                  errors=(400, 408, 409, 413, 422, 429, 503, 504, 507)),
             route("GET", "/v1/collections", self.list, "List the collections",
                   reply=m.CollectionList, errors=(503,)),
             route("GET", one, self.describe, "Describe a collection", reply=m.CollectionInfo,
                   errors=(400, 404, 503)),
             route("DELETE", one, self.drop, "Drop a collection and everything in it",
-                  reply=m.Dropped, errors=(400, 404, 503)),
+                  reply=m.Dropped, errors=(400, 404, 503, 507)),
             route("POST", one + "/upsert", self.upsert, "Store documents",
                   "Texts are embedded by the server as passages (as gRPC Upsert does); a "
                   "document with a `vector` is stored with it, not embedded. Durable when the "
                   "reply comes. A body holds at most max_texts_per_request documents, and its "
                   "JSON values (vector numbers included) are bounded: send large loads in "
                   "batches, or over gRPC.",
-                  body=m.UpsertRequest, reply=m.UpsertResponse, prioritized=True),
+                  body=m.UpsertRequest, reply=m.UpsertResponse, prioritized=True,
+                  errors=WRITE_ERRORS),
             route("POST", one + "/get", self.get, "Get documents by id",
                   body=m.GetRequest, reply=m.GetResponse),
             route("POST", one + "/delete", self.delete, "Delete documents by id or by filter",
-                  body=m.DeleteRequest, reply=m.DeleteResponse),
+                  body=m.DeleteRequest, reply=m.DeleteResponse, errors=WRITE_ERRORS),
             route("POST", one + "/count", self.count, "Count documents (matching a filter)",
                   body=m.CountRequest, reply=m.CountResponse),
             route("POST", one + "/scroll", self.scroll, "Page through documents",
@@ -160,7 +162,8 @@ class CollectionRoutes:
                   body=m.ScrollRequest, reply=m.ScrollResponse),
             route("POST", one + "/update_metadata", self.update_metadata,
                   "Change documents' metadata", "Texts and vectors are not touched.",
-                  body=m.UpdateMetadataRequest, reply=m.UpdateMetadataResponse),
+                  body=m.UpdateMetadataRequest, reply=m.UpdateMetadataResponse,
+                  errors=WRITE_ERRORS),
             route("POST", one + "/search", self.search, "Nearest documents",
                   "One query or many (texts embedded as queries, or vectors): a hit list "
                   "per query.",

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from embedsense.server.api.checks import BadRequest, ReplyTooLarge
 from embedsense.server.engine import TextTooLong
+from embedsense.server.index import StorageFull
 
 # gRPC statuses, as the service's error mapping gives them, to HTTP's.
 HTTP_STATUS = {
@@ -71,6 +72,9 @@ def from_exception(
         # gRPC's RESOURCE_EXHAUSTED, but not HTTP's 429: that says "retry later", and the
         # same request makes the same reply. 413: too large, ask for less.
         return ApiError(413, str(err), "reply_too_large", err.param)
+    if isinstance(err, StorageFull):
+        # Not 429 either: waiting does not free a disk. 507: the server cannot store it.
+        return ApiError(507, str(err), "insufficient_storage")
     code = to_status(err)
     if code is None:
         return None

@@ -79,6 +79,7 @@ STATUSES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (idx.IndexOutOfStep, grpc.StatusCode.ABORTED),  # nothing stored; a retry can succeed
     (idx.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (idx.IndexUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (idx.StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (idx.IndexUnsupported, grpc.StatusCode.FAILED_PRECONDITION),  # IndexFailed: INTERNAL
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ReplyTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -20,6 +20,7 @@ from embedsense.server.index.errors import (
     IndexUnsupported,
     InvalidArgument,
     ModelMismatch,
+    StorageFull,
 )
 from embedsense.server.index.hits import Hit
 from embedsense.server.index.store import Document, Token
@@ -44,6 +45,7 @@ __all__ = [
     "IndexUnavailable",
     "IndexUnsupported",
     "InvalidArgument",
+    "StorageFull",
     "ModelMismatch",
     "Token",
 ]

@@ -22,6 +22,10 @@ class IndexUnavailable(IndexStoreError):
     """UNAVAILABLE: the index backend (a Milvus server) cannot be reached right now."""
 
 
+class StorageFull(IndexStoreError):
+    """RESOURCE_EXHAUSTED: the disk that holds the store is full; nothing was stored."""
+
+
 class IndexUnsupported(IndexStoreError):
     """FAILED_PRECONDITION: a valid request that this index cannot serve as it stands (its
     Milvus is too old for it, or the collection was made before the feature)."""

@@ -29,7 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from embedsense.server.index.errors import CollectionNotFound, IndexOutOfStep
+from embedsense.server.index.errors import (
+    CollectionNotFound,
+    IndexOutOfStep,
+    IndexUnavailable,
+    StorageFull,
+)
 
 # Idle connections kept for the next operation (about as many as the server's worker
 # threads run store operations at once); more are opened while more run at once, and
@@ -103,7 +108,29 @@ class CollectionRow:
     next_label: int
 
 
+def _store_error(err: sqlite3.OperationalError, path: Path) -> Exception:
+    """What a caller is told of SQLite's failure: the disk full, or the store locked past
+    the busy timeout, or unreadable, are the machine's state, not the request's fault (and
+    a write that failed was rolled back). Anything else stays as it is: INTERNAL."""
+    said = str(err)
+    if "full" in said:  # "database or disk is full"
+        return StorageFull(f"the disk holding the store ({path.name}) is full: nothing was "
+                           "stored; free some space, then write again")  # fmt: skip
+    if "locked" in said or "busy" in said:
+        return IndexUnavailable(
+            f"the store ({path.name}) stayed locked by another connection or process past "
+            "the busy timeout: nothing was stored; retry later"
+        )
+    if "disk I/O error" in said:
+        return IndexUnavailable(f"the store ({path.name}) could not be read or written (disk "
+                                "I/O error): nothing was stored; retry later")  # fmt: skip
+    return err
+
+
 class Store:
+    # How long a connection waits for another's write lock before "database is locked".
+    BUSY_TIMEOUT_MS = 30_000
+
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.synchronous = synchronous
@@ -124,7 +151,7 @@ class Store:
         # a power cut too, not only a killed process.
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={self.BUSY_TIMEOUT_MS}")
         return conn
 
     @contextmanager
@@ -133,10 +160,15 @@ class Store:
         (with no transaction open: an operation that fails half-way is rolled back)."""
         with self._pool_lock:
             conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self._connect()
+        try:
+            if conn is None:
+                conn = self._connect()
+        except sqlite3.OperationalError as err:
+            raise _store_error(err, self.path) from err
         try:
             yield conn
+        except sqlite3.OperationalError as err:
+            raise _store_error(err, self.path) from err
         finally:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -177,7 +209,8 @@ class Store:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite ends it itself on some errors (disk full)
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 
