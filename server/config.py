@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from embedsense.server.footprint import parse_bytes
+
+# The longest max_wait_ms may keep a lone text waiting for company: a minute (tests hold
+# work queued for seconds with it; anything near this is a mistake in production).
+MAX_WAIT_MS = 60_000.0
 
 
 @dataclass(frozen=True)
@@ -84,9 +89,16 @@ class EngineConfig:
         for name in ("interactive_max_texts", "interactive_max_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        # Finite: inf ("no limit") or nan stopped the worker at its first batch (int(inf),
+        # a wait of inf seconds). 0 is the way to say "off".
         for name in ("priority_aging_ms", "max_forward_ms", "query_forward_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be >= 0 and finite (0: off), got "
+                                 f"{getattr(self, name)}")  # fmt: skip
+        if not 0 <= self.max_wait_ms <= MAX_WAIT_MS:  # a lone text waits that long at most
+            raise ValueError(
+                f"max_wait_ms must be within 0-{MAX_WAIT_MS:g}, got {self.max_wait_ms}"
+            )
         bulk_limits = (
             ("max_queued_bulk_tokens", "max_queued_tokens"),
             ("max_concurrent_bulk_requests", "max_concurrent_requests"),

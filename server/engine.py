@@ -309,6 +309,7 @@ class Engine:
         self._cond = threading.Condition(lock)  # the worker's: rows queued, limits changed
         self._lane_wakeup = threading.Condition(lock)  # the query lane's: queries to take
         self._closing = False
+        self._broken: str | None = None  # why the worker stopped, if it failed
         self._worker: threading.Thread | None = None
         self._lane: threading.Thread | None = None
         self._forward_running = False  # the worker's forward (not the lane's)
@@ -464,9 +465,12 @@ class Engine:
                 prepared = await self._grouped(self._prepares, key, texts)
             else:
                 prepared = await self._on_host(prepare) if large else prepare()
-            if max_tokens is not None and prepared.n_tokens > max_tokens:
+            # One vector comes back per token of each text, however many windows it took
+            # (overlapping windows count most tokens twice as rows).
+            returned = sum(len(t) for t in prepared.tokenized)
+            if max_tokens is not None and returned > max_tokens:
                 raise InvalidRequest(
-                    f"the inputs are {prepared.n_tokens} tokens together; at most {max_tokens} "
+                    f"the inputs are {returned} tokens together; at most {max_tokens} "
                     "are taken in one request here (a token vector each comes back): send "
                     "fewer or shorter texts"
                 )
@@ -521,6 +525,8 @@ class Engine:
             raise InvalidRequest(str(err)) from err
 
     def _check_open(self) -> None:
+        if self._broken is not None:
+            raise EngineClosed(self._broken)
         if self._worker is None or self._closing:
             raise EngineClosed("the engine is not running")
 
@@ -606,17 +612,25 @@ class Engine:
         deadline = rows[0].deadline if rows else None
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            wait = asyncio.gather(*(row.future for row in rows))
-            return await (asyncio.wait_for(wait, left) if left is not None else wait)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for left a cancelled
+            # gather's exception unread, an asyncio ERROR line per cancelled caller.
+            async with asyncio.timeout(left):
+                return await asyncio.gather(*(row.future for row in rows))
         except TimeoutError as err:
             raise DeadlineExceeded(f"not done within the {timeout:.3f} s deadline") from err
         finally:
             # Whatever ended the wait (one row's failure too, which gather does not spread),
-            # the rest of the request is computed for nobody: cancelled rows are dropped.
+            # the rest of the request is computed for nobody: cancelled rows are dropped,
+            # and those still queued give their room back at once, not after the forward
+            # in progress (new requests were refused against tokens nobody waited for).
+            # (Cancelled: gather cancels the rows' futures when its caller is cancelled.)
+            abandoned = [row for row in rows if row.future.cancelled() or not row.future.done()]
             for row in rows:
                 row.future.cancel()
             with self._cond:
                 self._in_flight[level] -= 1
+                if abandoned:
+                    self._drop_abandoned(abandoned)
 
     async def _grouped(self, batcher: MicroBatcher, key: Hashable, texts: Sequence[str]) -> Any:
         """A request's share of a group's work in the host-work pool (tokenize_batch.py)."""
@@ -836,6 +850,35 @@ class Engine:
     # ------------------------------------------------------------ the worker thread
 
     def _work(self) -> None:
+        try:
+            self._work_until_closed()
+        except Exception as err:  # noqa: BLE001 - its callers must hear of it, not wait
+            self._stop_broken("worker", err)
+
+    def _serve_queries(self) -> None:
+        try:
+            self._serve_queries_until_closed()
+        except Exception as err:  # noqa: BLE001 - as the worker's
+            self._stop_broken("query lane", err)
+
+    def _stop_broken(self, thread: str, err: BaseException) -> None:
+        """A thread of the engine failed outside a forward (a forward's failure is its
+        batch's status): nothing would run what is queued. Its callers, and every caller
+        after them, are told UNAVAILABLE rather than left to wait for ever."""
+        log.critical("the engine's %s thread stopped: %r", thread, err, exc_info=err)
+        with self._cond:
+            self._broken = (
+                f"the engine's {thread} stopped ({type(err).__name__}: {err}); the server "
+                "needs a restart"
+            )
+            queued, self._pending = self._pending, []
+            for row in queued:
+                self._unqueue(row)
+            self._cond.notify_all()
+            self._lane_wakeup.notify_all()
+        _settle_batch([(row, None, EngineClosed(self._broken)) for row in queued])
+
+    def _work_until_closed(self) -> None:
         self.runner.run_here()
         if self._lane_tokens and self.runner.device.type == "cpu":
             lower_thread_priority(self.config.worker_nice)  # before its first forward
@@ -851,7 +894,7 @@ class Engine:
                         self._forward_running = False
                 self._model_free_since = time.monotonic()
 
-    def _serve_queries(self) -> None:
+    def _serve_queries_until_closed(self) -> None:
         """The query lane: while the worker runs a forward or has other work queued, the
         queries run here in a forward of their own, at once, rather than wait for its
         forward to end or ride it. A query's forward is small, so it costs the worker's
@@ -1014,11 +1057,16 @@ class Engine:
         self._queued_tokens[row.priority] -= row.n_tokens
         self._queued_rows[row.priority] -= 1
 
-    def _drop_abandoned(self) -> None:
-        """Remove rows nobody waits for any more: they must cost no compute."""
+    def _drop_abandoned(self, among: Sequence[_Row] | None = None) -> None:
+        """Remove rows nobody waits for any more (of `among`, when given: one request's):
+        they must cost no compute."""
         now = time.monotonic()
         keep = []
+        candidates = None if among is None else {id(row) for row in among}
         for row in self._pending:
+            if candidates is not None and id(row) not in candidates:
+                keep.append(row)
+                continue
             expired = row.deadline is not None and now > row.deadline
             if row.future.cancelled():
                 # The caller's own timeout cancels its rows at their deadline: that is an

@@ -241,7 +241,10 @@ def fit(config: EngineConfig, footprint: Footprint, max_tokens: int) -> EngineCo
     def at(tokens: int) -> tuple[EngineConfig, Footprint]:
         # The queue keeps its share of what the activations may take: 8 batches of tokens.
         queued = min(config.max_queued_tokens, 8 * tokens)
-        limits = replace(config, max_batch_tokens=tokens, max_queued_tokens=queued)
+        bulk = config.max_queued_bulk_tokens  # an operator's share is lowered with the queue
+        bulk = None if bulk is None else min(bulk, queued)
+        limits = replace(config, max_batch_tokens=tokens, max_queued_tokens=queued,
+                         max_queued_bulk_tokens=bulk)  # fmt: skip
         lane = limits.query_lane_tokens(max_tokens)
         return limits, replace(
             footprint, batch_tokens=tokens, queued_tokens=queued, lane_tokens=lane
@@ -260,8 +263,4 @@ def fit(config: EngineConfig, footprint: Footprint, max_tokens: int) -> EngineCo
             f"{footprint.fixed / MIB:.0f} MiB, and with a batch of one full-length text "
             f"({max_tokens} tokens) it needs at least {smallest.peak / MIB:.0f} MiB"
         )
-    fitted = at(tokens)[0]
-    bulk = config.max_queued_bulk_tokens
-    if bulk is not None and bulk > fitted.max_queued_tokens:
-        fitted = replace(fitted, max_queued_bulk_tokens=fitted.max_queued_tokens)
-    return fitted
+    return at(tokens)[0]

@@ -610,3 +610,142 @@ def test_once_one_of_a_requests_forwards_fails_its_other_rows_are_not_computed(e
         assert len(forwards) <= 2 and eng.stats.rows <= 2, forwards
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize(
+    "knob", ["max_wait_ms", "max_forward_ms", "query_forward_ms", "priority_aging_ms"]
+)
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -1.0])
+def test_timing_knobs_that_would_stop_the_worker_are_refused_at_start(knob, value):
+    """inf ("no limit") and nan passed the checks (`< 0` is false for nan), then the worker
+    thread died at its first batch (int(inf), int(nan), a wait of inf seconds) while the
+    engine went on admitting requests that nobody would run."""
+    with pytest.raises(ValueError, match=knob):
+        EngineConfig(**{knob: value})
+
+
+def test_a_worker_that_dies_makes_the_engine_refuse_rather_than_hang(e5, monkeypatch):
+    """An unexpected failure in the worker thread (outside a forward, which has its own
+    statuses) left its queue unserved and new requests admitted, to wait for ever."""
+    engine = Engine(EngineConfig(dtype="float32", warmup=False, query_lane=False), e5)
+    monkeypatch.setattr(engine, "_next_batch", lambda: 1 / 0)
+    engine.start()
+    try:
+
+        async def two_calls() -> list:
+            first = await asyncio.gather(
+                engine.embed(["第一句"], timeout=10), return_exceptions=True
+            )
+            second = await asyncio.gather(
+                engine.embed(["第二句"], timeout=10), return_exceptions=True
+            )
+            return [*first, *second]
+
+        answers = asyncio.run(two_calls())
+        assert all(isinstance(a, EngineClosed) for a in answers), answers
+        assert "worker" in str(answers[1])
+    finally:
+        engine.close()
+
+
+def test_token_vectors_of_windowed_texts_are_bounded_by_the_vectors_that_come_back(e5):
+    """Overlapping windows count most tokens twice as rows; the reply holds one vector per
+    token of the text. A windowed request whose vectors fit was refused by its rows."""
+    engine = Engine(EngineConfig(dtype="float32", warmup=False), e5).start()
+    try:
+        text = "苹果很甜，我每天都吃一个。" * 200
+        (tokens,) = e5.tokenizer.encode_batch([text], TextRole.PASSAGE, allow_long=True)
+        n = len(tokens.ids)
+        assert n > 2 * e5.tokenizer.max_tokens
+
+        async def embed(max_tokens: int) -> list:
+            return await engine.embed([text], token_vectors=True, windowed=True,
+                                      max_tokens=max_tokens)  # fmt: skip
+
+        (result,) = asyncio.run(embed(n))
+        assert len(result.token_vectors) == n
+        with pytest.raises(InvalidRequest, match=f"{n} tokens"):
+            asyncio.run(embed(n - 1))
+    finally:
+        engine.close()
+
+
+def test_a_cancelled_request_frees_its_queue_space_at_once(e5, monkeypatch):
+    """A caller gone while its rows queue behind a forward: its tokens were still counted
+    until the worker planned its next batch, so a new request was refused (Overloaded)
+    against tokens nobody waited for, for as long as the forward ran."""
+    eng = Engine(EngineConfig(dtype="float32", max_queued_tokens=1200, warmup=False,
+                              query_lane=False), e5).start()  # fmt: skip
+    started, release = threading.Event(), threading.Event()
+    run = eng.runner.run
+
+    def held(*args, **kwargs):
+        started.set()
+        release.wait(30)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(eng.runner, "run", held)
+    big = chinese_texts(7, min_chars=140, max_chars=150, seed=6)  # ~700-900 tokens
+
+    async def main() -> list:
+        first = asyncio.create_task(eng.embed(["先到的一句"]))
+        await asyncio.to_thread(started.wait, 10)  # its forward holds the worker
+        try:
+            queued = asyncio.create_task(eng.embed(big, priority=Priority.INTERACTIVE))
+            await asyncio.sleep(0.05)
+            queued.cancel()
+            await asyncio.sleep(0.05)
+            again = await asyncio.gather(
+                asyncio.wait_for(eng.embed(big, priority=Priority.INTERACTIVE), 0.2),
+                return_exceptions=True,
+            )
+        finally:
+            release.set()
+        await first
+        return again
+
+    try:
+        (again,) = asyncio.run(main())
+        assert not isinstance(again, Overloaded), again
+        assert eng.stats.skipped_cancelled >= len(big)  # and the second's, timed out
+    finally:
+        release.set()
+        eng.close()
+
+
+def test_a_caller_cancelled_while_queued_logs_no_asyncio_error(e5, monkeypatch, caplog):
+    """On Python 3.11 wait_for around gather left the gather's CancelledError unread: an
+    asyncio ERROR "exception was never retrieved" per caller cancelled with a timeout."""
+    import gc
+
+    eng = Engine(EngineConfig(dtype="float32", warmup=False, query_lane=False), e5).start()
+    started, release = threading.Event(), threading.Event()
+    run = eng.runner.run
+
+    def held(*args, **kwargs):
+        started.set()
+        release.wait(30)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(eng.runner, "run", held)
+
+    async def main() -> None:
+        first = asyncio.create_task(eng.embed(["先到的一句"]))
+        await asyncio.to_thread(started.wait, 10)
+        queued = asyncio.create_task(eng.embed(["排队的一句"], timeout=5))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        await asyncio.sleep(0.05)
+        release.set()
+        await first
+        gc.collect()  # the never-retrieved exception is reported when the future is freed
+        await asyncio.sleep(0)
+
+    try:
+        with caplog.at_level("ERROR", logger="asyncio"):
+            asyncio.run(main())
+            gc.collect()
+        assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+    finally:
+        release.set()
+        eng.close()

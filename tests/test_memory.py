@@ -407,6 +407,17 @@ def test_fit_lowers_the_limits_until_the_peak_fits():
     assert footprint.fit(EngineConfig(), predicted(), max_tokens=512) == EngineConfig()
 
 
+def test_fit_lowers_an_explicit_bulk_share_with_the_queue():
+    """max_queued_bulk_tokens set by the operator, above the fitted queue: it was refused at
+    start ("must be ... at most max_queued_tokens") before the clamp meant for it ran."""
+    config = EngineConfig(max_memory="720Mi", max_queued_bulk_tokens=200_000)
+    fitted = footprint.fit(config, predicted(), max_tokens=512)
+    assert fitted.max_queued_tokens < 200_000
+    assert fitted.max_queued_bulk_tokens == fitted.max_queued_tokens
+    kept = footprint.fit(replace(config, max_queued_bulk_tokens=1024), predicted(), 512)
+    assert kept.max_queued_bulk_tokens == 1024
+
+
 def test_fit_steps_down_to_one_full_length_text_from_any_budget():
     # 1000 tokens, not a multiple of the 256-token step: 768 does not fit, then one
     # full-length text (512), which fits (with the query lane's 512 tokens beside it).
