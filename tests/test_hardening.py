@@ -248,8 +248,21 @@ def test_metrics_and_request_ids(e5, tmp_path):
             assert ("x-request-id", "trace-42") in call.trailing_metadata()
             _, call = stub.with_call(b"")
             assert dict(call.trailing_metadata())["x-request-id"]  # made up when not sent
+            # A call whose deadline passes on the server is counted as such (it was
+            # counted CANCELLED, as a caller who hung up).
+            embed = channel.unary_unary(
+                f"/{SERVICE.full_name}/Embed",
+                request_serializer=pb.EmbedRequest.SerializeToString,
+                response_deserializer=pb.EmbedResponse.FromString,
+            )
+            with pytest.raises(grpc.RpcError) as late:
+                embed(pb.EmbedRequest(texts=["苹果很甜，我每天都吃一个。" * 30] * 64), timeout=0.05)
+            assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            time.sleep(0.5)  # the server's side of it ends after the client's
         url = f"http://127.0.0.1:{running.server.metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert 'embedsense_requests_total{code="DEADLINE_EXCEEDED",rpc="Embed"} 1.0' in text
+        assert 'code="CANCELLED",rpc="Embed"' not in text
         assert 'embedsense_requests_total{code="OK",rpc="Search"} 1.0' in text
         assert 'embedsense_requests_total{code="NOT_FOUND",rpc="Search"} 1.0' in text
         assert 'embedsense_collection_documents{collection="m"} 2.0' in text

@@ -113,7 +113,10 @@ def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         try:
             return await method(self, request, context)
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            # gRPC cancels the handler both when the caller hangs up and at its deadline.
+            left = context.time_remaining()
+            expired = left is not None and left <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
