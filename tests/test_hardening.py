@@ -258,11 +258,19 @@ def test_metrics_and_request_ids(e5, tmp_path):
             with pytest.raises(grpc.RpcError) as late:
                 embed(pb.EmbedRequest(texts=["苹果很甜，我每天都吃一个。" * 30] * 64), timeout=0.05)
             assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            # A request that does not decode is counted and gets its request id back, as
+            # every RPC (it got neither).
+            with pytest.raises(grpc.RpcError) as undecodable:
+                raw_call(channel, "Embed", b"\x0a\x03\xed\xa0\x80",
+                         metadata=(("x-request-id", "trace-43"),))  # fmt: skip
+            assert undecodable.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert ("x-request-id", "trace-43") in undecodable.value.trailing_metadata()
             time.sleep(0.5)  # the server's side of it ends after the client's
         url = f"http://127.0.0.1:{running.server.metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         assert 'embedsense_requests_total{code="DEADLINE_EXCEEDED",rpc="Embed"} 1.0' in text
         assert 'code="CANCELLED",rpc="Embed"' not in text
+        assert 'embedsense_requests_total{code="INVALID_ARGUMENT",rpc="Embed"} 1.0' in text
         assert 'embedsense_requests_total{code="OK",rpc="Search"} 1.0' in text
         assert 'embedsense_requests_total{code="NOT_FOUND",rpc="Search"} 1.0' in text
         assert 'embedsense_collection_documents{collection="m"} 2.0' in text

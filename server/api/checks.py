@@ -35,6 +35,15 @@ class BadRequest(ValueError):
         self.kind = kind
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """In place of a request message that did not decode (interceptors.DecodeGuard): the
+    RPC's own wrapper answers it INVALID_ARGUMENT with `message`, so that it is counted and
+    gets its request id as every call does."""
+
+    message: str
+
+
 class ReplyTooLarge(Exception):
     """RESOURCE_EXHAUSTED, as gRPC's own message limit would be, but said in words before
     the reply is sent (and not retried: the same request makes the same reply). HTTP answers

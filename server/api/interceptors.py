@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from embedsense.server.api.checks import BadRequest
+from embedsense.proto.v1 import embedsense_pb2 as pb
+from embedsense.server.api.checks import BadRequest, Undecodable
 from embedsense.server.api.observability import Metrics
 
 # Load balancers and tools must work without the key.
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# The service's own methods, whose wrapper counts every call and returns its request id.
+OWN_METHODS = f"/{pb.DESCRIPTOR.services_by_name['EmbedSense'].full_name}/"
 
 
 def _replace(handler: Any, behavior: Any, deserializer: Any = None) -> Any:
@@ -79,11 +81,6 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         return _replace(handler, deny)
 
 
-@dataclass
-class _Undecodable:
-    reason: str
-
-
 class DecodeGuard(grpc.aio.ServerInterceptor):
     """Last of the interceptors: what follows it is the service, whose handler for a method
     never changes, so the guarded handler is made once per method and kept (making it on
@@ -112,16 +109,10 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
             try:
                 return decode(data)
             except Exception as err:  # noqa: BLE001 - any decoding failure is the caller's
-                return _Undecodable(str(err) or type(err).__name__)
-
-        def why(bad: _Undecodable) -> str:
-            return (
-                f"the request does not decode as {method}'s message ({bad.reason}); "
-                "string fields must be valid UTF-8"
-            )
-
-        async def reject(context: grpc.aio.ServicerContext, bad: _Undecodable) -> None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, why(bad))
+                return Undecodable(
+                    f"the request does not decode as {method}'s message "
+                    f"({str(err) or type(err).__name__}); string fields must be valid UTF-8"
+                )
 
         if handler.request_streaming:
             inner = handler.stream_unary
@@ -129,20 +120,23 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
             async def streaming(requests: AsyncIterator[Any], context: Any) -> Any:
                 async def checked() -> AsyncIterator[Any]:
                     async for request in requests:
-                        if isinstance(request, _Undecodable):
+                        if isinstance(request, Undecodable):
                             # Raised into the handler, which says what earlier messages stored.
-                            raise BadRequest(why(request))
+                            raise BadRequest(request.message)
                         yield request
 
                 return await inner(checked(), context)
 
             return _replace(handler, streaming, safe_decode)
 
+        if method.startswith(OWN_METHODS):
+            # The RPC's wrapper (service.rpc) answers an Undecodable itself.
+            return _replace(handler, handler.unary_unary, safe_decode)
         inner_unary = handler.unary_unary
 
         async def unary(request: Any, context: Any) -> Any:
-            if isinstance(request, _Undecodable):
-                await reject(context, request)
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
             return await inner_unary(request, context)
 
         return _replace(handler, unary, safe_decode)

@@ -36,6 +36,7 @@ from embedsense.server.api.checks import (
     BadRequest,
     Limits,
     ReplyTooLarge,
+    Undecodable,
     check_reply_size,
     check_text,
     check_texts,
@@ -111,6 +112,8 @@ def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            if isinstance(request, Undecodable):  # interceptors.DecodeGuard
+                raise BadRequest(request.message)
             return await method(self, request, context)
         except asyncio.CancelledError:
             # gRPC cancels the handler both when the caller hangs up and at its deadline.
