@@ -670,12 +670,9 @@ def test_token_vectors_of_windowed_texts_are_bounded_by_the_vectors_that_come_ba
         engine.close()
 
 
-def test_a_cancelled_request_frees_its_queue_space_at_once(e5, monkeypatch):
-    """A caller gone while its rows queue behind a forward: its tokens were still counted
-    until the worker planned its next batch, so a new request was refused (Overloaded)
-    against tokens nobody waited for, for as long as the forward ran."""
-    eng = Engine(EngineConfig(dtype="float32", max_queued_tokens=1200, warmup=False,
-                              query_lane=False), e5).start()  # fmt: skip
+def hold_forwards(eng: Engine, monkeypatch) -> tuple[threading.Event, threading.Event]:  # noqa: ANN001
+    """Each forward of `eng` waits, once started (the first event), until released (the
+    second): work queues behind it meanwhile."""
     started, release = threading.Event(), threading.Event()
     run = eng.runner.run
 
@@ -685,6 +682,16 @@ def test_a_cancelled_request_frees_its_queue_space_at_once(e5, monkeypatch):
         return run(*args, **kwargs)
 
     monkeypatch.setattr(eng.runner, "run", held)
+    return started, release
+
+
+def test_a_cancelled_request_frees_its_queue_space_at_once(e5, monkeypatch):
+    """A caller gone while its rows queue behind a forward: its tokens were still counted
+    until the worker planned its next batch, so a new request was refused (Overloaded)
+    against tokens nobody waited for, for as long as the forward ran."""
+    eng = Engine(EngineConfig(dtype="float32", max_queued_tokens=1200, warmup=False,
+                              query_lane=False), e5).start()  # fmt: skip
+    started, release = hold_forwards(eng, monkeypatch)
     big = chinese_texts(7, min_chars=140, max_chars=150, seed=6)  # ~700-900 tokens
 
     async def main() -> list:
@@ -719,15 +726,7 @@ def test_a_caller_cancelled_while_queued_logs_no_asyncio_error(e5, monkeypatch, 
     import gc
 
     eng = Engine(EngineConfig(dtype="float32", warmup=False, query_lane=False), e5).start()
-    started, release = threading.Event(), threading.Event()
-    run = eng.runner.run
-
-    def held(*args, **kwargs):
-        started.set()
-        release.wait(30)
-        return run(*args, **kwargs)
-
-    monkeypatch.setattr(eng.runner, "run", held)
+    started, release = hold_forwards(eng, monkeypatch)
 
     async def main() -> None:
         first = asyncio.create_task(eng.embed(["先到的一句"]))
