@@ -95,9 +95,9 @@ class HttpRoute:
 
 @dataclass(frozen=True)
 class BuiltOffLoop:
-    """A reply a handler hands back unbuilt (a heavy_reply route's): sizing it against the
-    reply limit, building it and writing its JSON are one step in the HTTP worker threads,
-    one hop off the loop rather than one to build and another to write."""
+    """A large reply a handler hands back unbuilt (search, scroll, get): sizing it against
+    the reply limit, building it and writing its JSON are one step in the HTTP worker
+    threads, one hop off the loop rather than one to build and another to write."""
 
     build: Callable[[], BaseModel]
 
