@@ -85,8 +85,8 @@ def render_png(
         _layer_map(axes.pop(0), explanation, labels, layer, head)
     if comparison is not None:
         _trajectory(axes.pop(0), comparison)
-    if title:
-        fig.suptitle(title)
+    if title:  # the sentence, as code points too when no font can draw it
+        fig.suptitle(token_labels([title], font is not None)[0])
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

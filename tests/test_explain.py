@@ -377,3 +377,21 @@ def test_page_pieces_escape_fit_and_draw_tokens_as_typed():
     assert display_tokens(e, text) == ["<s>", "que", "ry", ":", "我", "喜欢", "吃", "苹果",
                                        "，", "很", "甜", "</s>"]  # fmt: skip
     assert display_tokens(e, None)[4] == "我" and display_tokens(e, None)[8] == ","
+
+
+def test_without_a_cjk_font_the_png_draws_no_empty_boxes(client, tmp_path, monkeypatch):
+    """The tokens fell back to code points, but the figure's title (the sentence) did not:
+    it was drawn as boxes, with a "Glyph ... missing" warning per character."""
+    import warnings
+
+    pytest.importorskip("matplotlib")
+    from embedsense.client import render
+
+    monkeypatch.setattr(render, "cjk_font", lambda: None)
+    explanation = client.explain("我喜欢吃苹果", "苹果")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        render.render_png(explanation, tmp_path / "a.png", title="我喜欢吃苹果")
+    missing = [str(w.message) for w in caught if "missing from font" in str(w.message)]
+    assert not missing, missing[:3]
+    assert any("no CJK font" in str(w.message) for w in caught)
