@@ -628,3 +628,29 @@ def test_a_snapshot_left_half_written_by_a_crash_is_removed(catalog):
     col.snapshot()
     assert not stray.exists()
     assert [p.suffix for p in col.snapshot_dir.iterdir()] == [".faiss"]
+
+
+def test_a_second_server_on_one_data_directory_is_refused(e5, tmp_path):
+    """Nothing stopped two servers from opening one data directory: each kept its own index
+    of the shared store, their answers drifted apart (a collection made through one unseen
+    by the other, searches missing documents the other stored), and the second one's
+    shutdown failed on a snapshot the first had moved. The second is refused, naming the
+    first's pid; once the first is closed the directory opens again."""
+    from conftest import ServerThread
+
+    from embedsense.server.api.app import StartupError
+    from embedsense.server.index import DataDirInUse
+
+    settings = BackendSettings("faiss", data_dir=tmp_path / "data")
+    first = open_backend(settings)
+    try:
+        with pytest.raises(
+            DataDirInUse, match=rf"in use by another embedsense server \(pid {os.getpid()}\)"
+        ):
+            open_backend(settings)
+        with pytest.raises(StartupError, match="in use by another embedsense server"):
+            ServerThread(e5, tmp_path / "data")
+    finally:
+        first.close()
+    again = open_backend(settings)
+    again.close()

@@ -11,6 +11,7 @@ from embedsense.server.index.collection import Collection, CollectionInfo
 from embedsense.server.index.errors import (
     CollectionExists,
     CollectionNotFound,
+    DataDirInUse,
     DimensionMismatch,
     FilterError,
     IndexFailed,
@@ -26,6 +27,7 @@ from embedsense.server.index.hits import Hit
 from embedsense.server.index.store import Document, Token
 
 __all__ = [
+    "DataDirInUse",
     "BackendSettings",
     "CollectionBackend",
     "IndexBackend",

@@ -171,7 +171,7 @@ def open_backend(settings: BackendSettings) -> IndexBackend:
     if settings.kind == "faiss":
         from embedsense.server.index.catalog import Catalog
 
-        return Catalog(settings.data_dir)
+        return Catalog(settings.data_dir, exclusive=True)
     if settings.kind == "milvus":
         if not settings.milvus_uri:
             raise ValueError(

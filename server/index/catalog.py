@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from embedsense.server.index.collection import Collection, CollectionInfo
+from embedsense.server.index.data_lock import DataDirLock
 from embedsense.server.index.errors import CollectionExists, CollectionNotFound
 from embedsense.server.index.faiss_index import new_index
 from embedsense.server.index.store import CollectionRow, Store
@@ -28,15 +29,25 @@ class Catalog:
 
     kind = "faiss"
 
-    def __init__(self, data_dir: Path | str, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, data_dir: Path | str, synchronous: str = "FULL", exclusive: bool = False
+    ) -> None:
+        """exclusive: hold the directory against any other server (a server's catalog;
+        tests open one directory twice to play another process)."""
         self.data_dir = Path(data_dir)
-        self.store = Store(self.data_dir / "embedsense.sqlite3", synchronous)
-        self._lock = threading.Lock()
-        self._collections: dict[str, Collection] = {}
-        for row in self.store.collections():
-            self._collections[row.name] = Collection(
-                self.store, row, self._snapshot_dir(row.name)
-            ).open()
+        self._dir_lock = DataDirLock(self.data_dir) if exclusive else None
+        try:
+            self.store = Store(self.data_dir / "embedsense.sqlite3", synchronous)
+            self._lock = threading.Lock()
+            self._collections: dict[str, Collection] = {}
+            for row in self.store.collections():
+                self._collections[row.name] = Collection(
+                    self.store, row, self._snapshot_dir(row.name)
+                ).open()
+        except BaseException:
+            if self._dir_lock is not None:
+                self._dir_lock.release()
+            raise
 
     def _snapshot_dir(self, name: str) -> Path:
         return self.data_dir / "snapshots" / name
@@ -118,3 +129,5 @@ class Catalog:
         for collection in self._collections.values():
             collection.close()
         self.store.close()
+        if self._dir_lock is not None:
+            self._dir_lock.release()

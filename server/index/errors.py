@@ -22,6 +22,10 @@ class IndexUnavailable(IndexStoreError):
     """UNAVAILABLE: the index backend (a Milvus server) cannot be reached right now."""
 
 
+class DataDirInUse(IndexStoreError):
+    """Another server holds the data directory (data_lock.py): refused at start."""
+
+
 class StorageFull(IndexStoreError):
     """RESOURCE_EXHAUSTED: the disk that holds the store is full; nothing was stored."""
 
