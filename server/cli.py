@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -28,10 +29,18 @@ LOG_FORMATS = ("json", "text")
 # process, so that the flag and the variable are one switch.
 ALLOW_DOWNLOAD = "EMBEDSENSE_ALLOW_DOWNLOAD"
 
+
+def whole_number(text: str) -> int:
+    """A flag's whole number in plain digits: int() would read "5_0051" as 50051."""
+    if not re.fullmatch(r"-?[0-9]+", text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number in plain digits")
+    return int(text)
+
+
 # Flags that set a ServerSettings field or an engine knob of the same name, with their help.
 SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--host", "the address to listen on", {}),
-    ("--port", "the gRPC port (0: any free one)", {"type": int}),
+    ("--port", "the gRPC port (0: any free one)", {"type": whole_number}),
     ("--data-dir", "the faiss backend's store and snapshots", {}),
     ("--index-backend", "where collections live", {"choices": list(BACKENDS)}),
     (
@@ -71,7 +80,7 @@ SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "(unset: this machine's): pins the choice across a fleet of mixed machines",
         {},
     ),
-    ("--threads", "CPU threads for torch (unset: torch's default)", {"type": int}),
+    ("--threads", "CPU threads for torch (unset: torch's default)", {"type": whole_number}),
     (
         "--max-memory",
         "the memory this server may take, e.g. 2Gi or 1536Mi (a pod's limit): the batch and "
@@ -94,11 +103,11 @@ SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--tls-cert", "PEM certificate: serve TLS", {}),
     ("--tls-key", "PEM key of --tls-cert", {}),
     ("--tls-client-ca", "PEM CA: require client certificates (mutual TLS)", {}),
-    ("--metrics-port", "Prometheus /metrics on this port (unset: off)", {"type": int}),
+    ("--metrics-port", "Prometheus /metrics on this port (unset: off)", {"type": whole_number}),
     (
         "--http-port",
         "the OpenAI- and TEI-style HTTP API's port (unset: off); under --tls-cert's TLS too",
-        {"type": int},
+        {"type": whole_number},
     ),
     (
         "--http-insecure",

@@ -30,7 +30,7 @@ from embedsense.server.api.observability import Metrics
 from embedsense.server.api.openai_routes import OpenAIRoutes
 from embedsense.server.api.openapi import DocsRoutes, openapi_document
 from embedsense.server.api.service import Service, server_version, status_for
-from embedsense.server.api.settings import ServerSettings
+from embedsense.server.api.settings import ServerSettings, where
 from embedsense.server.api.tei_routes import TEIRoutes
 from embedsense.server.api.tls import ServerTls
 from embedsense.server.engine import Engine
@@ -127,8 +127,11 @@ class EmbedSenseServer:
 
     async def _start(self, keys: list[str], tls: ServerTls | None) -> int:
         s, parts = self.settings, self._parts
-        if parts is None:
-            check_port_free(s.host, s.port)
+        if parts is None:  # the ports, before minutes of loading the model
+            check_port_free(s.host, s.port, f"gRPC, {where('port')}")
+            check_port_free(s.host, s.http_port, f"HTTP, {where('http_port')}")
+            metrics_host = s.metrics_host or s.host
+            check_port_free(metrics_host, s.metrics_port, f"metrics, {where('metrics_port')}")
             self.engine, self.catalog = await open_engine_and_index(s, self._model)
             self.metrics.watch(self.engine, self.catalog)
             explainer = Explainer(self.engine.model, self.engine.runner)
@@ -146,6 +149,8 @@ class EmbedSenseServer:
                 # Front-end processes share the port; one server alone is kept from a port
                 # another has by check_port_free.
                 ("grpc.so_reuseport", int(parts is not None)),
+                # No grpc.max_concurrent_streams: it would cap every call of a connection, not
+                # the Upsert streams max_concurrent_streams counts (the service does).
             ],
         )
         self.explainer = explainer
@@ -157,7 +162,7 @@ class EmbedSenseServer:
              reflection.SERVICE_NAME),
             self._server,
         )  # fmt: skip
-        address = f"{s.host}:{s.port}"
+        address = grpc_address(s.host, s.port)
         try:
             self.port = (
                 self._server.add_secure_port(address, tls.grpc_credentials())
@@ -171,13 +176,23 @@ class EmbedSenseServer:
             reason = "the port is taken, or the address is not this machine's"
         if not self.port:
             await asyncio.to_thread(self.engine.close)
-            raise StartupError(f"cannot listen on {address}: {reason}")
+            if parts is None:
+                await asyncio.to_thread(self.catalog.close)
+            raise StartupError(f"cannot listen on {address} (gRPC, {where('port')}): {reason}")
         service.replica = s.replica or f"{socket.gethostname()}:{self.port}"
         if parts is not None:
             service.replica += f"/{parts.name}"
         await self._server.start()
         if s.metrics_port is not None and parts is None:  # a front end's: the engine's port
-            self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
+            metrics_host = bare_host(s.metrics_host or s.host)
+            try:
+                self.metrics_port = self.metrics.serve(metrics_host, s.metrics_port)
+            except OSError as err:  # taken since check_port_free looked
+                await self.stop(0)
+                raise StartupError(
+                    f"cannot serve metrics on {grpc_address(metrics_host, s.metrics_port)} "
+                    f"({where('metrics_port')}): {err.strerror or err}"
+                ) from err
         http_tls = None
         if s.http_port is not None:
             self.http = http_server(self.engine, s, self.metrics, api_keys, service.ops)
@@ -189,17 +204,20 @@ class EmbedSenseServer:
                 )
             try:
                 self.http_port = await self.http.start(
-                    s.host, s.http_port, http_tls, reuse_port=parts is not None
+                    bare_host(s.host), s.http_port, http_tls, reuse_port=parts is not None
                 )
             except OSError as err:
                 await self.stop(0)
-                raise StartupError(f"cannot serve HTTP on {s.host}:{s.http_port}: {err}") from err
+                raise StartupError(
+                    f"cannot serve HTTP on {grpc_address(s.host, s.http_port)} "
+                    f"({where('http_port')}): {err.strerror or err}"
+                ) from err
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         info = self.engine.info()
         log.info(
-            "serving %s (%d-dim, %s, %s: %s) on %s:%d%s as %s, index %s%s%s%s", info.model,
-            info.dim, info.device, info.dtype, info.dtype_reason, s.host, self.port,
+            "serving %s (%d-dim, %s, %s: %s) on %s%s as %s, index %s%s%s%s", info.model,
+            info.dim, info.device, info.dtype, info.dtype_reason, grpc_address(s.host, self.port),
             " with TLS" if s.tls_cert else "",
             service.replica,
             f"faiss in {s.data_dir}" if s.index_backend == "faiss" else f"milvus at {s.milvus_uri}",
@@ -250,17 +268,33 @@ def check_data_dir(directory: Path) -> list[Path]:
     return made
 
 
-def check_port_free(host: str, port: int | None) -> None:
-    """Before minutes of model loading, learn whether the port can be had at all."""
+def bare_host(host: str) -> str:
+    """A host as sockets take it: an IPv6 address without the brackets of "[::1]"."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def grpc_address(host: str, port: int) -> str:
+    """host:port as gRPC (and a URL) takes it: an IPv6 address in brackets, "[::1]:50051"."""
+    host = bare_host(host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_port_free(host: str, port: int | None, what: str = "") -> None:
+    """Before minutes of model loading, learn whether the port can be had at all; `what`
+    names the listener in the StartupError: "HTTP, --http-port, EMBEDSENSE_HTTP_PORT"."""
     if not port:
         return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    bare = bare_host(host)
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            probe.bind((bare, port))
         except OSError as err:
-            raise StartupError(f"cannot listen on {host}:{port}: {err.strerror}") from err
+            named = f" ({what})" if what else ""
+            raise StartupError(
+                f"cannot listen on {grpc_address(bare, port)}{named}: {err.strerror or err}"
+            ) from err
 
 
 def remove_if_empty(directories: list[Path]) -> None:

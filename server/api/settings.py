@@ -7,7 +7,10 @@ limits) lives in EngineConfig, the rest (network, storage, limits per request) h
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -28,6 +31,63 @@ ENGINE_KNOBS = ("model", "device", "dtype", "cpu_flags", "threads", "tokenizer_t
                 "interactive_max_tokens", "priority_aging_ms", "max_forward_ms",
                 "query_forward_ms", "query_lane", "worker_nice", "max_queued_bulk_tokens",
                 "max_concurrent_bulk_requests", "max_memory")  # fmt: skip
+
+# The flags of the settings that have one (server/cli.py), for the messages that refuse a
+# value to name where it came from; the others are set by their variable alone.
+FLAGS = {"host": "--host", "port": "--port", "http_port": "--http-port",
+         "metrics_port": "--metrics-port", "milvus_timeout_s": "--milvus-timeout",
+         "api_key": "--api-key"}  # fmt: skip
+
+
+def where(name: str) -> str:
+    """The flag and the variable that set a field: "--port, EMBEDSENSE_PORT"."""
+    variable = f"EMBEDSENSE_{name.upper()}"
+    return f"{FLAGS[name]}, {variable}" if name in FLAGS else variable
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take, and how its refusal says so."""
+
+    expected: str
+    low: float
+    high: float = math.inf
+    above_low: bool = False  # low itself is out: a timeout of 0 would end every request
+    whole: bool = False
+
+    def holds(self, value: object) -> bool:
+        kind = numbers.Integral if self.whole else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return False
+        if not math.isfinite(value):  # nan passes no comparison; inf never ends a wait
+            return False
+        return (value > self.low if self.above_low else value >= self.low) and value <= self.high
+
+
+PORT = Range("a port number in 0-65535", 0, 65_535, whole=True)
+COUNT = Range("a whole number, at least 1", 1, whole=True)
+SECONDS = Range("a finite number of seconds, more than 0", 0, above_low=True)
+# gRPC holds message lengths in a signed 32-bit integer: more is an OverflowError.
+MESSAGE_BYTES = Range("a number of bytes in 1-2147483647", 1, 2**31 - 1, whole=True)
+# Every numeric field of ServerSettings and its range (None, where a field allows it, is
+# "unset" and never checked).
+NUMBER_RULES = {
+    "port": PORT,
+    "http_port": PORT,
+    "metrics_port": PORT,
+    "milvus_timeout_s": SECONDS,
+    "max_message_bytes": MESSAGE_BYTES,
+    "max_texts_per_request": COUNT,
+    "max_text_chars": COUNT,
+    "max_request_chars": COUNT,
+    "max_concurrent_streams": COUNT,
+    # 0: stop at once, without waiting for the calls in flight.
+    "shutdown_grace_s": Range("a finite number of seconds, 0 or more", 0),
+    "http_body_timeout_s": SECONDS,
+    "http_max_body_bytes": COUNT,
+    "http_max_body_bytes_in_flight": COUNT,
+    "http_deadline_s": SECONDS,
+}
 
 
 @dataclass(frozen=True)
@@ -55,7 +115,9 @@ class ServerSettings:
     # All the texts of one request together: what the tokenizer is handed at once (its
     # per-token lists cost about 200 bytes a token), whatever the count and length limits.
     max_request_chars: int = 2_097_152
-    max_concurrent_streams: int = 16  # Upsert streams at once (and per connection)
+    # Upsert streams open at once, over all connections together: one more is refused
+    # with RESOURCE_EXHAUSTED. Other calls, and the streams of one connection, are not capped.
+    max_concurrent_streams: int = 16
     shutdown_grace_s: float = 10.0
     # TLS: a certificate and its key (PEM files); with a client CA too, mutual TLS.
     tls_cert: Path | None = None
@@ -97,18 +159,26 @@ class ServerSettings:
             raise ValueError(
                 f"index backend {self.index_backend!r}: expected one of {', '.join(BACKENDS)}"
             )
-        for name in ("port", "http_port", "metrics_port"):
-            if (port := getattr(self, name)) is not None and not 0 <= port <= 65_535:
-                raise ValueError(
-                    f"{name} {port}: expected a port number in 0-65535 "
-                    f"(--{name.replace('_', '-')}, EMBEDSENSE_{name.upper()})"
-                )
-        if not self.milvus_timeout_s > 0:
+        # An IPv6 address may come bracketed, as in a URL: kept bare, as sockets take it.
+        object.__setattr__(self, "host", _bare_host("host", self.host))
+        if self.metrics_host is not None:
+            object.__setattr__(self, "metrics_host", _bare_host("metrics_host", self.metrics_host))
+        for name, rule in NUMBER_RULES.items():
+            if (value := getattr(self, name)) is not None and not rule.holds(value):
+                label = "milvus timeout" if name == "milvus_timeout_s" else name
+                raise ValueError(f"{label} {value}: expected {rule.expected} ({where(name)})")
+        self._check_listeners_apart()
+        if self.api_key is not None and not any(k.strip() for k in self.api_key.split(",")):
+            # Given, and empty: an unset variable on a command line, most likely. A server
+            # without keys is one without api_key; EMBEDSENSE_API_KEY="" counts as unset.
             raise ValueError(
-                f"milvus timeout {self.milvus_timeout_s}: expected a positive number of "
-                "seconds (--milvus-timeout, EMBEDSENSE_MILVUS_TIMEOUT_S)"
+                f"API key {self.api_key!r} ({where('api_key')}): no key in it; expected one or "
+                "more keys, comma-separated (leave the setting out for a server without keys)"
             )
-        if self.frontends != "auto" and not (self.frontends.isdigit() and int(self.frontends)):
+        frontends = self.frontends
+        if frontends != "auto" and not (
+            frontends.isascii() and frontends.isdigit() and int(frontends)
+        ):
             raise ValueError(
                 f"frontends {self.frontends!r}: expected auto or a number of processes from 1 "
                 "(--frontends, EMBEDSENSE_FRONTENDS)"
@@ -123,6 +193,23 @@ class ServerSettings:
                 f"max_request_chars {self.max_request_chars} is below max_text_chars "
                 f"{self.max_text_chars}: a text of the largest length could never be sent"
             )
+
+    def _check_listeners_apart(self) -> None:
+        """Two listeners on one port of one address: the second would fail, after the model
+        loaded."""
+        seen: dict[tuple[str, int], str] = {}
+        for name, host in (("port", self.host), ("http_port", self.host),
+                           ("metrics_port", self.metrics_host or self.host)):  # fmt: skip
+            port = getattr(self, name)
+            if not port:  # unset, or any free one: never the same
+                continue
+            if (host, port) in seen:
+                other = seen[host, port]
+                raise ValueError(
+                    f"{other} and {name} are both {port} ({where(other)}; {where(name)}): "
+                    "each listener needs a port of its own"
+                )
+            seen[host, port] = name
 
     def http_body_limit(self) -> int:
         """The largest HTTP body, in bytes: http_max_body_bytes, or derived from the input
@@ -199,16 +286,37 @@ class ServerSettings:
         return cls(**values, engine=EngineConfig(**knobs))  # type: ignore[arg-type]
 
 
+def _bare_host(name: str, host: str) -> str:
+    """`host` without the brackets an IPv6 address may be written in; ValueError naming the
+    setting for one that is no address at all."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not bare.strip() or bare != bare.strip() or "[" in bare or "]" in bare:
+        raise ValueError(
+            f"{name} {host!r}: expected a host name or an IPv4 or IPv6 address, an IPv6 one "
+            f"bracketed or not (0.0.0.0 or :: for every address) ({where(name)})"
+        )
+    return bare
+
+
 def _parse(name: str, kind: str, raw: str) -> object:
+    """A variable's value as its field's type. Numbers in plain digits: int() would read
+    "5_0051" as 50051, and "+80" as 80."""
     variable = f"EMBEDSENSE_{name.upper()}={raw!r}"
     if "bool" in kind:
         if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
             raise ValueError(f"{variable}: expected 1/0, true/false or yes/no")
         return raw.lower() in ("1", "true", "yes")
-    for number in (int, float):
-        if number.__name__ in kind and "str" not in kind:
-            try:
-                return number(raw)
-            except ValueError:
-                raise ValueError(f"{variable}: expected a number ({number.__name__})") from None
+    if "str" in kind:
+        return raw
+    if "int" in kind:
+        if not re.fullmatch(r"-?[0-9]+", raw.strip()):
+            raise ValueError(f"{variable}: expected a whole number in plain digits (int)")
+        return int(raw)
+    if "float" in kind:
+        try:
+            if "_" in raw:
+                raise ValueError(raw)
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{variable}: expected a number (float)") from None
     return raw
