@@ -404,8 +404,10 @@ def test_a_started_again_front_end_that_never_listens_is_replaced(e5, tmp_path, 
     for good (here it is stopped with SIGSTOP before it could listen)."""
     from embedsense.server.frontends import host as host_module
 
-    monkeypatch.setattr(host_module, "READY_TIMEOUT_S", 5.0)
-    running = FrontEndsThread(e5, tmp_path, count=1)
+    running = FrontEndsThread(e5, tmp_path, count=1)  # the first start at the usual limit
+    # A start again gets 15 s: time for a front end to start on a busy machine (5 s was
+    # not, under the whole suite), short enough to see the stopped one replaced.
+    monkeypatch.setattr(host_module, "READY_TIMEOUT_S", 15.0)
     host, stopped = running.server, []
     real_spawn = host._spawn
 
