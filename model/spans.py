@@ -8,6 +8,7 @@ which splits per character).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,16 +18,41 @@ class SpanError(ValueError):
     """The word or span does not exist in the text as asked."""
 
 
+# Scripts written without spaces between words: a word of theirs may stand anywhere in a
+# run of their characters (苹果 in 吃苹果了). Elsewhere a word ends where its letters do.
+UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "THAI", "LAO", "KHMER", "MYANMAR",
+                    "TIBETAN", "IDEOGRAPHIC")  # fmt: skip
+
+
 def word_spans(text: str, word: str) -> list[tuple[int, int]]:
     """Character spans [start, end) of every appearance of `word`, left to right, not
-    overlapping (as str.count counts): the one rule by which occurrences are numbered."""
+    overlapping (哈哈 twice in 哈哈哈哈): the one rule by which occurrences are numbered. A
+    word that begins or ends with a letter or digit of a spaced script (Latin, Cyrillic...)
+    is a whole word there: "apple" is not in "Pineapple" or "apples"."""
     if not word:
         raise SpanError("word is empty")
     spans, start = [], text.find(word)
     while start >= 0:
-        spans.append((start, start + len(word)))
-        start = text.find(word, start + len(word))
+        end = start + len(word)
+        if _whole_word(text, start, end):
+            spans.append((start, end))
+            start = text.find(word, end)
+        else:
+            start = text.find(word, start + 1)
     return spans
+
+
+def _whole_word(text: str, start: int, end: int) -> bool:
+    joined_before = start > 0 and _spaced_letter(text[start]) and _spaced_letter(text[start - 1])
+    joined_after = end < len(text) and _spaced_letter(text[end - 1]) and _spaced_letter(text[end])
+    return not (joined_before or joined_after)
+
+
+def _spaced_letter(char: str) -> bool:
+    """A letter, digit or mark of a script that puts spaces between words."""
+    if not (char.isalnum() or unicodedata.category(char).startswith("M")):
+        return False
+    return not unicodedata.name(char, "").startswith(UNSPACED_SCRIPTS)
 
 
 def find_word(text: str, word: str, occurrence: int = 0) -> tuple[int, int]:

@@ -161,6 +161,11 @@ class EngineClosed(EngineError):
     """The engine is shutting down (UNAVAILABLE)."""
 
 
+class EngineBroken(EngineClosed):
+    """A thread of the engine failed outside a forward: nothing runs its queue any more, and
+    the server needs a restart (UNAVAILABLE, and its health says NOT_SERVING)."""
+
+
 class ModelFailed(EngineError):
     """One forward failed (UNAVAILABLE): the batch did, not the engine, which serves on; a
     retry runs in another batch."""
@@ -310,6 +315,7 @@ class Engine:
         self._lane_wakeup = threading.Condition(lock)  # the query lane's: queries to take
         self._closing = False
         self._broken: str | None = None  # why the worker stopped, if it failed
+        self._broken_listeners: list[Callable[[str], None]] = []
         self._worker: threading.Thread | None = None
         self._lane: threading.Thread | None = None
         self._forward_running = False  # the worker's forward (not the lane's)
@@ -524,9 +530,23 @@ class Engine:
         except ValueError as err:
             raise InvalidRequest(str(err)) from err
 
+    @property
+    def broken(self) -> str | None:
+        """Why the engine stopped serving for good (a thread of it failed), or None."""
+        return self._broken
+
+    def when_broken(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(why)` once the engine is broken (at once if it is): from the
+        engine's thread that failed, so a listener only hands the news on."""
+        with self._cond:
+            self._broken_listeners.append(listener)
+            why = self._broken
+        if why is not None:
+            listener(why)
+
     def _check_open(self) -> None:
         if self._broken is not None:
-            raise EngineClosed(self._broken)
+            raise EngineBroken(self._broken)
         if self._worker is None or self._closing:
             raise EngineClosed("the engine is not running")
 
@@ -866,8 +886,8 @@ class Engine:
         batch's status): nothing would run what is queued. Its callers, and every caller
         after them, are told UNAVAILABLE rather than left to wait for ever."""
         log.critical("the engine's %s thread stopped: %r", thread, err, exc_info=err)
-        with self._cond:
-            self._broken = (
+        with self._cond:  # broken before the queue is emptied: nothing is admitted after
+            self._tell_broken(
                 f"the engine's {thread} stopped ({type(err).__name__}: {err}); the server "
                 "needs a restart"
             )
@@ -876,7 +896,16 @@ class Engine:
                 self._unqueue(row)
             self._cond.notify_all()
             self._lane_wakeup.notify_all()
-        _settle_batch([(row, None, EngineClosed(self._broken)) for row in queued])
+        _settle_batch([(row, None, EngineBroken(self._broken or "")) for row in queued])
+
+    def _tell_broken(self, why: str) -> None:
+        """Mark the engine broken for good (the first cause stays) and tell the listeners."""
+        with self._cond:
+            if self._broken is not None:
+                return
+            self._broken = why
+            for listener in self._broken_listeners:
+                listener(why)
 
     def _work_until_closed(self) -> None:
         self.runner.run_here()

@@ -21,7 +21,7 @@ import torch
 from embedsense.model import LoadedModel, TextRole, TokenizedText
 from embedsense.model.spans import SpanError
 from embedsense.model.tokenizer import TextTooLongError, pad_sequences
-from embedsense.server.engine import DeadlineExceeded
+from embedsense.server.engine import DeadlineExceeded, model_failure
 from embedsense.server.runner import ModelRunner
 from embedsense.server.senses.errors import SenseInputError
 from embedsense.server.senses.words import Occurrence, locate
@@ -91,7 +91,14 @@ class Explainer:
         async with self._turn:
             if kwargs.get("timeout") is not None:  # the deadline counts the wait for a turn
                 kwargs["timeout"] -= time.monotonic() - asked
-            return await asyncio.to_thread(getattr(self, method), *args, **kwargs)
+            work = asyncio.ensure_future(asyncio.to_thread(getattr(self, method), *args, **kwargs))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # Its thread cannot be stopped: the turn is kept until it ends, or the next
+                # caller's thread would wait behind it, and each one cancelled would add another.
+                await asyncio.wait([work])
+                raise
 
     def _forward(
         self,
@@ -112,15 +119,18 @@ class Explainer:
         with self._lock:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded(f"not done within the {timeout:.3f} s deadline")
-            with self.runner.computing():
-                out = encoder(
-                    ids.to(self.runner.device), mask.to(self.runner.device),
-                    output_hidden_states=True, output_attentions=attentions,
-                )  # fmt: skip
-                if qkv_of is None:
-                    return out
-                layer_input = out.hidden_states[qkv_of][0]  # (T, C): one text, no padding
-                return out, encoder.layers[qkv_of].attention.qkv(layer_input)
+            try:
+                with self.runner.computing():
+                    out = encoder(
+                        ids.to(self.runner.device), mask.to(self.runner.device),
+                        output_hidden_states=True, output_attentions=attentions,
+                    )  # fmt: skip
+                    if qkv_of is None:
+                        return out
+                    layer_input = out.hidden_states[qkv_of][0]  # (T, C): one text, no padding
+                    return out, encoder.layers[qkv_of].attention.qkv(layer_input)
+            except Exception as err:  # noqa: BLE001 - a status, as the engine's forwards give
+                raise model_failure(err) from err
 
     def _check_neuron(self, neuron: tuple[int, int]) -> tuple[int, int]:
         layer, head = neuron

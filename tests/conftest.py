@@ -68,6 +68,23 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
+    def break_engine(self) -> None:
+        """Make the engine's worker fail outside a forward, as a bug would: it fails at its
+        next batch (the one it waits for runs first: a bulk embed sent here), and from then
+        on the engine is broken for good."""
+        import time
+
+        from embedsense.client import Client
+
+        engine = self.server.engine
+        engine._next_batch = lambda: 1 / 0
+        with Client(self.target, timeout=60) as c:
+            c.encode(["苹果"], priority="bulk")  # the worker's (the query lane takes queries)
+        deadline = time.monotonic() + 10
+        while engine.broken is None:
+            assert time.monotonic() < deadline, "the engine's worker never failed"
+            time.sleep(0.05)
+
 
 class FrontEndsThread(ServerThread):
     """The same server as `--frontends N`: this process runs the engine and the index (in a
@@ -81,6 +98,34 @@ class FrontEndsThread(ServerThread):
         from embedsense.server.frontends.host import EngineHost
 
         return EngineHost(settings, self.count, model)
+
+
+@pytest.fixture
+def started(monkeypatch):
+    """The server's main() up to serve(): (exit status, the settings serve() got or None),
+    with no EMBEDSENSE_* setting but those a test gives."""
+    from embedsense.server import cli
+    from embedsense.server.api.settings import ServerSettings
+
+    seen: list[ServerSettings] = []
+
+    async def serve(settings: ServerSettings) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr(cli, "serve", serve)
+    monkeypatch.setattr(cli, "configure_logging", lambda **_: None)
+    for name in list(os.environ):
+        if name.startswith("EMBEDSENSE_") and name != "EMBEDSENSE_CPU_FLAGS":
+            monkeypatch.delenv(name)
+
+    def run(*argv: str, **environ: str) -> tuple[int, ServerSettings | None]:
+        for name, value in environ.items():
+            monkeypatch.setenv(name, value)
+        seen.clear()
+        status = cli.main(list(argv))
+        return status, (seen[-1] if seen else None)
+
+    return run
 
 
 @pytest.fixture(scope="session")

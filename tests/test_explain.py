@@ -170,7 +170,26 @@ def test_an_explanation_its_caller_gave_up_on_is_not_computed(server):
     assert explainer.explain("我喜欢吃苹果", "苹果", timeout=30).layers and forwards == [1]
 
 
-def test_an_explanation_cancelled_while_it_waits_for_its_turn_is_not_computed(server):
+@pytest.fixture
+def forwards(server):
+    """The explainer's forwards, counted: its runner is the real one behind a counter."""
+    explainer = server.server.explainer
+    real_runner, counted = explainer.runner, []
+
+    class CountingRunner:
+        def __getattr__(self, name):
+            return getattr(real_runner, name)
+
+        def computing(self):
+            counted.append(1)
+            return real_runner.computing()
+
+    explainer.runner = CountingRunner()
+    yield counted
+    explainer.runner = real_runner
+
+
+def test_an_explanation_cancelled_while_it_waits_for_its_turn_is_not_computed(server, forwards):
     """Explanations run one at a time. One whose caller cancelled it (Ctrl-C in the CLI)
     while another computed went on waiting in its thread, then ran for nobody, and every
     later one waited for it too."""
@@ -180,33 +199,46 @@ def test_an_explanation_cancelled_while_it_waits_for_its_turn_is_not_computed(se
     from embedsense.proto.v1.embedsense_pb2_grpc import EmbedSenseStub
 
     explainer = server.server.explainer
-    real_runner, forwards = explainer.runner, []
-
-    class CountingRunner:  # the real runner, its forwards counted
-        def __getattr__(self, name):
-            return getattr(real_runner, name)
-
-        def computing(self):
-            forwards.append(1)
-            return real_runner.computing()
-
-    explainer.runner = CountingRunner()
     request = pb.ExplainRequest(text="我喜欢吃苹果", word="苹果")
-    try:
-        with grpc.insecure_channel(server.target) as channel:
-            explain = EmbedSenseStub(channel).Explain
-            with explainer._lock:  # an explanation is computing
-                first = explain.future(request, timeout=60)
-                time.sleep(0.3)
-                second = explain.future(request, timeout=60)
-                time.sleep(0.3)
-                assert second.cancel()
-                time.sleep(0.3)
-            assert first.result(timeout=30).layers
-            time.sleep(1.0)  # time enough for the cancelled one to compute, if it would
-    finally:
-        explainer.runner = real_runner
+    with grpc.insecure_channel(server.target) as channel:
+        explain = EmbedSenseStub(channel).Explain
+        with explainer._lock:  # an explanation is computing
+            first = explain.future(request, timeout=60)
+            time.sleep(0.3)
+            second = explain.future(request, timeout=60)
+            time.sleep(0.3)
+            assert second.cancel()
+            time.sleep(0.3)
+        assert first.result(timeout=30).layers
+        time.sleep(1.0)  # time enough for the cancelled one to compute, if it would
     assert forwards == [1]
+
+
+def test_explanations_cancelled_while_computing_do_not_pile_up_in_threads(server, forwards):
+    """The one holding the turn, cancelled, gave the turn up while its thread went on: the
+    next took it and started a thread behind it, and each cancelled one added another, all
+    computing later for nobody (and holding threads every other call needs)."""
+    import grpc
+
+    from embedsense.proto.v1 import embedsense_pb2 as pb
+    from embedsense.proto.v1.embedsense_pb2_grpc import EmbedSenseStub
+
+    explainer = server.server.explainer
+    request = pb.ExplainRequest(text="我喜欢吃苹果", word="苹果")
+    with grpc.insecure_channel(server.target) as channel:
+        explain = EmbedSenseStub(channel).Explain
+        with explainer._lock:  # the first one's thread waits here, as if computing
+            first = explain.future(request, timeout=60)
+            time.sleep(0.3)
+            second = explain.future(request, timeout=60)
+            time.sleep(0.3)
+            assert first.cancel()
+            time.sleep(0.3)
+            assert second.cancel()
+            time.sleep(0.3)
+        time.sleep(1.0)  # time enough for both to compute, if they would
+        assert explain(request, timeout=60).layers  # and the turn is free again
+    assert forwards == [1, 1]  # the first one's thread, already started, and the last call
 
 
 def test_the_wait_for_a_turn_counts_against_an_explanations_deadline(server):
@@ -230,6 +262,37 @@ def test_the_wait_for_a_turn_counts_against_an_explanations_deadline(server):
 
     with pytest.raises(DeadlineExceeded):
         asyncio.run(behind_another())
+
+
+def test_a_failed_explain_forward_is_a_status_not_internal(client, server):
+    """The explanation's own forward let the model's exception through: out of memory on a
+    device (its attention maps are the largest forward the server runs) was INTERNAL, with
+    torch's text, where an embed answers RESOURCE_EXHAUSTED."""
+    from types import SimpleNamespace
+
+    from embedsense.client import ResourceExhausted, Retry, Unavailable
+
+    explainer = server.server.explainer
+    real, raised = explainer.runner, []
+
+    def failing(*args, **kwargs):
+        raise raised.pop()
+
+    explainer.runner = SimpleNamespace(encoder=failing, device=real.device,
+                                       computing=real.computing)  # fmt: skip
+    try:
+        raised.append(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+        with pytest.raises(ResourceExhausted, match="out of memory"):
+            client.explain("我喜欢吃苹果", word="苹果")
+        from embedsense.client import Client
+
+        with Client(server.target, retry=Retry(attempts=1), timeout=60) as once:
+            raised.append(ValueError("something nobody foresaw"))
+            with pytest.raises(Unavailable, match="model failure"):
+                once.compare_layers("我喜欢吃苹果", "我买了苹果手机", "苹果")
+    finally:
+        explainer.runner = real
+    assert client.explain("我喜欢吃苹果", word="苹果", layers=[1]).attentions.shape[0] == 1
 
 
 def test_the_layer_trajectory_shows_contexts_separating(client):

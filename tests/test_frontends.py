@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +24,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import FrontEndsThread, ServerThread
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ops.serverproc import ServerProcess, alive, children
 
 from embedsense.client import (
@@ -176,6 +178,33 @@ def test_overload_is_refused_in_every_front_end(e5, tmp_path):
                     refused[name] = sum(isinstance(c.exception(), ResourceExhausted)
                                         for c in calls)  # fmt: skip
         assert all(refused.values()), refused  # by the one engine's limits, in either process
+    finally:
+        running.stop()
+
+
+def test_a_front_end_says_not_serving_once_the_engine_process_is_broken(e5, tmp_path):
+    """A broken engine (a thread of it failed: every call UNAVAILABLE until a restart) left
+    the front ends' health SERVING; a front end that hears of it says NOT_SERVING."""
+    running = FrontEndsThread(e5, tmp_path, count=1, http_port=0)
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status() -> int:
+                return health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+
+            assert status() == health_pb2.HealthCheckResponse.SERVING
+            running.break_engine()
+            with Client(running.target, retry=Retry(attempts=1)) as c:
+                with pytest.raises(Unavailable, match="needs a restart"):
+                    c.encode(["苹果"])
+            deadline = time.monotonic() + 10  # the change is handed to the event loop
+            while status() != health_pb2.HealthCheckResponse.NOT_SERVING:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        http_health = f"http://127.0.0.1:{running.server.http_port}/health"
+        with pytest.raises(urllib.error.HTTPError, match="503"):
+            urllib.request.urlopen(http_health, timeout=10)
     finally:
         running.stop()
 

@@ -654,3 +654,25 @@ def test_a_second_server_on_one_data_directory_is_refused(e5, tmp_path):
         first.close()
     again = open_backend(settings)
     again.close()
+
+
+def test_a_hit_whose_metadata_stopped_matching_during_the_search_is_left_out(catalog):
+    """The hits' texts and metadata were read after the search without the filter: a
+    document patched meanwhile came back with metadata the filter excludes."""
+    catalog.create("c", model="m", dim=DIM)
+    col = catalog.get("c")
+    docs = _numbered(10)
+    col.upsert(docs)
+    real_texts = col.store.texts
+
+    def texts_after_a_patch(*args, **kwargs):
+        col.update_metadata(["d0"], {"s": "changed"})  # between the search and the read
+        return real_texts(*args, **kwargs)
+
+    col.store.texts = texts_after_a_patch
+    try:
+        (hits,) = col.search(docs[0].vector[None], k=10, where={"s": {"$in": ["v0", "v1"]}})
+    finally:
+        del col.store.texts
+    assert [h.id for h in hits] == ["d1"], [(h.id, h.metadata) for h in hits]
+    assert all(h.metadata["s"] in ("v0", "v1") for h in hits)

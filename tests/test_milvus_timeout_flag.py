@@ -15,31 +15,16 @@ from embedsense.server.api.app import EmbedSenseServer, StartupError
 from embedsense.server.api.settings import ServerSettings
 
 
-@pytest.fixture
-def started(monkeypatch):
-    """Runs the server's main() up to serve(): the settings serve() would have got."""
-    seen: list[ServerSettings] = []
+def test_the_flag_and_the_variable_reach_the_backend_settings(started):
+    def timeout(*argv: str, **environ: str) -> float:
+        status, settings = started(*argv, **environ)
+        assert status == 0
+        return settings.backend().milvus_timeout_s
 
-    async def serve(settings: ServerSettings) -> None:
-        seen.append(settings)
-
-    monkeypatch.setattr(cli, "serve", serve)
-    monkeypatch.setattr(cli, "configure_logging", lambda **_: None)
-    monkeypatch.delenv("EMBEDSENSE_MILVUS_TIMEOUT_S", raising=False)
-
-    def run(*argv: str) -> ServerSettings:
-        assert cli.main(list(argv)) == 0
-        return seen[-1]
-
-    return run
-
-
-def test_the_flag_and_the_variable_reach_the_backend_settings(started, monkeypatch):
-    assert started().backend().milvus_timeout_s == ServerSettings().milvus_timeout_s
-    assert started("--milvus-timeout", "2.5").backend().milvus_timeout_s == 2.5
-    monkeypatch.setenv("EMBEDSENSE_MILVUS_TIMEOUT_S", "7")
-    assert started().backend().milvus_timeout_s == 7.0
-    assert started("--milvus-timeout", "3").backend().milvus_timeout_s == 3.0  # the flag wins
+    assert timeout() == ServerSettings().milvus_timeout_s
+    assert timeout("--milvus-timeout", "2.5") == 2.5
+    assert timeout(EMBEDSENSE_MILVUS_TIMEOUT_S="7") == 7.0
+    assert timeout("--milvus-timeout", "3") == 3.0  # the flag wins over the variable set above
 
 
 def test_help_names_the_flag_its_variable_and_default():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import socket
 import subprocess
 import sys
@@ -52,30 +51,6 @@ def taken():
     holder.listen()
     yield holder.getsockname()[1]
     holder.close()
-
-
-@pytest.fixture
-def started(monkeypatch):
-    """The server's main() up to serve(): (exit status, the settings serve() got or None)."""
-    seen: list[ServerSettings] = []
-
-    async def serve(settings: ServerSettings) -> None:
-        seen.append(settings)
-
-    monkeypatch.setattr(cli, "serve", serve)
-    monkeypatch.setattr(cli, "configure_logging", lambda **_: None)
-    for name in list(os.environ):
-        if name.startswith("EMBEDSENSE_") and name != "EMBEDSENSE_CPU_FLAGS":
-            monkeypatch.delenv(name)
-
-    def run(*argv: str, **environ: str) -> tuple[int, ServerSettings | None]:
-        for name, value in environ.items():
-            monkeypatch.setenv(name, value)
-        seen.clear()
-        status = cli.main(list(argv))
-        return status, (seen[-1] if seen else None)
-
-    return run
 
 
 def one_line(err: str) -> str:
@@ -184,6 +159,37 @@ def test_a_taken_http_or_metrics_port_is_refused_before_the_model_loads(
     assert f"127.0.0.1:{taken}" in message and flag in message, message
     assert "no-such-model" not in message
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("name, flag", [("http_port", "--http-port"),
+                                        ("metrics_port", "--metrics-port")])  # fmt: skip
+def test_front_ends_refuse_a_taken_port_before_anything_starts(tmp_path, taken, name, flag):
+    """`--frontends N` checked no metrics port (found taken after the model loaded, as an
+    OSError traceback) and named no flag for a taken HTTP port."""
+    from embedsense.server.frontends.host import EngineHost
+
+    settings = ServerSettings(host="127.0.0.1", port=0, data_dir=tmp_path / "d",
+                              engine=NO_MODEL, **{name: taken})  # fmt: skip
+    with pytest.raises(StartupError) as refused:
+        asyncio.run(EngineHost(settings, 1).start())
+    message = str(refused.value)
+    assert f"127.0.0.1:{taken}" in message and flag in message, message
+    assert "no-such-model" not in message
+
+
+def test_front_ends_listen_on_different_ports_when_any_free_ones_are_asked_for():
+    from embedsense.server.frontends.host import free_ports
+
+    for _ in range(50):  # two probes at once: never the same port
+        chosen = free_ports("127.0.0.1", ["port", "http_port"])
+        assert chosen["port"] != chosen["http_port"], chosen
+
+
+@needs_ipv6
+def test_front_ends_find_free_ports_on_a_bracketed_ipv6_host():
+    from embedsense.server.frontends.host import free_ports
+
+    assert set(free_ports("[::1]", ["port"])) == {"port"}  # it bound "[::1]": no such address
 
 
 def test_the_server_program_refuses_a_taken_metrics_port_in_one_line(tmp_path, taken):

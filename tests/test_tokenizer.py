@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import BertTokenizerFast
 
-from embedsense.model.spans import SpanError, find_word
+from embedsense.model.spans import SpanError, find_word, word_spans
 from embedsense.model.tokenizer import TextRole, TextTooLongError, Tokenizer, wordpiece_backend
 
 VOCAB = (
@@ -162,6 +162,17 @@ def test_occurrences_are_numbered_by_one_rule_everywhere():
     for n, occurrence in enumerate(listed):
         assert find_word(text, "哈哈", n) == (occurrence.start, occurrence.end)
         assert locate(text, "哈哈", occurrence=n) == occurrence
+
+
+def test_a_word_of_a_spaced_script_is_found_as_a_whole_word_only():
+    """The word "apple" was found inside "Pineapple" (its first occurrence: disambiguate judged
+    the pineapple), and "bank" in "embankment"; words of unspaced scripts stay substrings."""
+    assert find_word("Pineapple and apple pie", "apple") == (14, 19)
+    assert word_spans("apples, apple. embankment bank", "apple") == [(8, 13)]
+    assert word_spans("embankment bank banks", "bank") == [(11, 15)]
+    assert word_spans("我吃apple了", "apple") == [(2, 7)]  # beside CJK: a boundary
+    assert word_spans("我喜欢吃苹果和苹果派", "苹果") == [(4, 6), (7, 9)]
+    assert word_spans("사과를 먹었다", "사과") == [(0, 2)]  # Hangul: particles attach
 
 
 def test_span_errors_name_the_problem():

@@ -5,6 +5,7 @@ shutdown (stop accepting, finish what is in flight, flush and snapshot the store
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -99,6 +100,7 @@ class EmbedSenseServer:
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        self._health_change: asyncio.Task[None] | None = None
         self.engine: Engine | None = None
         self.catalog: IndexBackend | None = None
         self.explainer: Explainer | None = None
@@ -128,10 +130,7 @@ class EmbedSenseServer:
     async def _start(self, keys: list[str], tls: ServerTls | None) -> int:
         s, parts = self.settings, self._parts
         if parts is None:  # the ports, before minutes of loading the model
-            check_port_free(s.host, s.port, f"gRPC, {where('port')}")
-            check_port_free(s.host, s.http_port, f"HTTP, {where('http_port')}")
-            metrics_host = s.metrics_host or s.host
-            check_port_free(metrics_host, s.metrics_port, f"metrics, {where('metrics_port')}")
+            check_ports_free(s)
             self.engine, self.catalog = await open_engine_and_index(s, self._model)
             self.metrics.watch(self.engine, self.catalog)
             explainer = Explainer(self.engine.model, self.engine.runner)
@@ -214,6 +213,7 @@ class EmbedSenseServer:
                 ) from err
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._not_serving_once_broken(self.engine)
         info = self.engine.info()
         log.info(
             "serving %s (%d-dim, %s, %s: %s) on %s%s as %s, index %s%s%s%s", info.model,
@@ -226,6 +226,24 @@ class EmbedSenseServer:
             f", HTTP{'S' if http_tls else ''} on :{self.http_port}" if self.http_port else "",
         )  # fmt: skip
         return self.port
+
+    def _not_serving_once_broken(self, engine: Engine) -> None:
+        """Health NOT_SERVING once the engine is broken (it answers every call UNAVAILABLE
+        until a restart): load balancers send elsewhere, orchestrators restart it."""
+        loop = asyncio.get_running_loop()
+
+        async def not_serving() -> None:
+            for name in ("", SERVICE_NAME):
+                await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+        def start() -> None:
+            self._health_change = loop.create_task(not_serving())  # kept: not collected
+
+        def tell_loop(why: str) -> None:  # from the engine's thread that failed
+            with contextlib.suppress(RuntimeError):  # the loop has ended: nothing to tell
+                loop.call_soon_threadsafe(start)
+
+        engine.when_broken(tell_loop)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish (up to `grace` s), then close the
@@ -277,6 +295,13 @@ def grpc_address(host: str, port: int) -> str:
     """host:port as gRPC (and a URL) takes it: an IPv6 address in brackets, "[::1]:50051"."""
     host = bare_host(host)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_ports_free(s: ServerSettings) -> None:
+    """StartupError, naming the flag, unless the gRPC, HTTP and metrics ports can be had."""
+    check_port_free(s.host, s.port, f"gRPC, {where('port')}")
+    check_port_free(s.host, s.http_port, f"HTTP, {where('http_port')}")
+    check_port_free(s.metrics_host or s.host, s.metrics_port, f"metrics, {where('metrics_port')}")
 
 
 def check_port_free(host: str, port: int | None, what: str = "") -> None:

@@ -167,7 +167,8 @@ class TEIRoutes:
                 self.health,
                 d,
                 "Ready to serve (TEI)",
-                "200 while serving; 503 while shutting down. No API key needed.",
+                "200 while serving; 503 while shutting down, or once the engine failed for good "
+                "(it needs a restart). No API key needed.",
                 errors=(503,),
                 open=True,
                 tag="TEI",
@@ -235,6 +236,8 @@ class TEIRoutes:
     async def health(self, request: web.Request, body: None) -> web.Response:
         if self.server.draining:
             raise ApiError(503, "the server is shutting down", "unavailable")
+        if self.context.engine.broken is not None:
+            raise ApiError(503, self.context.engine.broken, "unavailable")
         return web.Response(status=200)
 
 

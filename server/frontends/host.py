@@ -29,14 +29,16 @@ from embedsense.model import LoadedModel
 from embedsense.model.pooling import Pooling
 from embedsense.server.api.app import (
     StartupError,
+    bare_host,
     check_data_dir,
-    check_port_free,
+    check_ports_free,
+    grpc_address,
     open_engine_and_index,
     remove_if_empty,
     stop_on_signals,
 )
 from embedsense.server.api.observability import JsonFormatter, Metrics
-from embedsense.server.api.settings import ServerSettings
+from embedsense.server.api.settings import ServerSettings, where
 from embedsense.server.api.tls import ServerTls
 from embedsense.server.batching import Priority
 from embedsense.server.engine import Engine
@@ -125,12 +127,9 @@ class EngineHost:
 
     async def _start(self) -> None:
         s = self.settings
-        ports = {}
-        for name, port in (("port", s.port), ("http_port", s.http_port)):
-            check_port_free(s.host, port)
-            if port == 0:  # any free one, the same for every front end
-                ports[name] = free_port(s.host)
-        self.settings = dataclasses.replace(s, **ports)
+        check_ports_free(s)  # before any process starts or the model loads
+        any_free = [name for name in ("port", "http_port") if getattr(s, name) == 0]
+        self.settings = dataclasses.replace(s, **free_ports(s.host, any_free))
         # Started first: they import their modules while the model loads here, and wait for
         # their "hello" answer.
         fronts = [await self._spawn(index) for index in range(self.count)]
@@ -141,7 +140,14 @@ class EngineHost:
         self.metrics.watch(self.engine, self.catalog)
         self.metrics.add_source(self._front_end_metrics)
         if s.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
+            metrics_host = bare_host(s.metrics_host or s.host)
+            try:
+                self.metrics_port = self.metrics.serve(metrics_host, s.metrics_port)
+            except OSError as err:  # taken since check_ports_free looked
+                raise StartupError(
+                    f"cannot serve metrics on {grpc_address(metrics_host, s.metrics_port)} "
+                    f"({where('metrics_port')}): {err.strerror or err}"
+                ) from err
         self._opened.set()
         deadline = time.monotonic() + READY_TIMEOUT_S
         for front in fronts:
@@ -308,9 +314,15 @@ class EngineHost:
                             FRONT_END_METRICS_TIMEOUT_S)  # fmt: skip
 
 
-def free_port(host: str) -> int:
-    """A port free now on `host`, for every front end to listen on."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+def free_ports(host: str, names: Iterable[str]) -> dict[str, int]:
+    """A port free now on `host` for each name, for every front end to listen on: each
+    probe is held until all are chosen, so no two names get the same port."""
+    bare = bare_host(host)
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    chosen = {}
+    with contextlib.ExitStack() as probes:
+        for name in names:
+            probe = probes.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            probe.bind((bare, 0))
+            chosen[name] = probe.getsockname()[1]
+    return chosen

@@ -11,7 +11,7 @@ explainer's calls are sent whole: they are a small share of a busy server's call
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,13 @@ from embedsense.model.tokenizer import Tokenizer
 from embedsense.server.api.observability import Metrics
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.batching import Priority
-from embedsense.server.engine import Engine, EngineClosed, EngineInfo, EngineStats
+from embedsense.server.engine import (
+    Engine,
+    EngineBroken,
+    EngineClosed,
+    EngineInfo,
+    EngineStats,
+)
 from embedsense.server.frontends.bridge import Bridge, BridgeClosed
 from embedsense.server.index.collection import CollectionInfo
 from embedsense.server.index.errors import IndexUnavailable
@@ -69,6 +75,8 @@ class FrontEngine(Engine):
         self._bridge = bridge
         self._closing = False
         self._cond = threading.Condition(threading.RLock())
+        self._broken: str | None = None  # the engine process's, once a forward heard of it
+        self._broken_listeners: list[Callable[[str], None]] = []
         self._preparing = 0
         self._start_host_work(facts.groups_tokenizing)
 
@@ -83,6 +91,8 @@ class FrontEngine(Engine):
         return self._info
 
     def _check_open(self) -> None:
+        if self._broken is not None:
+            raise EngineBroken(self._broken)
         if self._closing or self._bridge.closed:
             raise EngineClosed("the engine is not running")
 
@@ -108,6 +118,9 @@ class FrontEngine(Engine):
             return await self._bridge.call("rows", rows, layers, int(level), timeout, pooled)
         except BridgeClosed as err:
             raise EngineClosed(str(err)) from err
+        except EngineBroken as err:  # this front end's health says so from now on
+            self._tell_broken(str(err))
+            raise
 
 
 class RemoteCollection:

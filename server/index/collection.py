@@ -487,8 +487,8 @@ class Collection:
                 writes_held = True
         texts = None
         wanted = sorted({doc_id for row in ids for doc_id in row})
-        if with_documents:
-            texts = self.store.texts(self.name, wanted)
+        if with_documents:  # a document changed since the search to match no more is left out
+            texts = self.store.texts(self.name, wanted, condition)
         hits = within(assemble_hits(ids, scores, texts), self.row.metric, threshold)
         if with_vectors:
             vectors = self.store.vectors(self.name, wanted)

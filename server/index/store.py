@@ -327,12 +327,20 @@ class Store:
             found[doc_id] = _document(doc_id, text, metadata, vector, tokens, token_vectors, dim)
         return found
 
-    def texts(self, collection: str, ids: Sequence[str]) -> dict[str, tuple[str, dict]]:
+    def texts(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        condition: tuple[str, Sequence[Any]] | None = None,
+    ) -> dict[str, tuple[str, dict]]:
         """(text, metadata) by id: what a search hit carries. No vector is read: a
-        document's token vectors can be a hundred times the size of its text."""
+        document's token vectors can be a hundred times the size of its text. With
+        `condition` (a compiled filter), only the documents that match it as they are read."""
         return {
             doc_id: (text, json.loads(metadata))
-            for doc_id, text, metadata in self._by_id(collection, ids, "id, text, metadata")
+            for doc_id, text, metadata in self._by_id(
+                collection, ids, "id, text, metadata", condition
+            )
         }
 
     def vectors(self, collection: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -407,13 +415,20 @@ class Store:
             )
         return len(updates)
 
-    def _by_id(self, collection: str, ids: Sequence[str], columns: str) -> Iterator[Any]:
+    def _by_id(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        columns: str,
+        condition: tuple[str, Sequence[Any]] | None = None,
+    ) -> Iterator[Any]:
+        also, params = (f" AND ({condition[0]})", list(condition[1])) if condition else ("", [])
         for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
             chunk = list(ids[start : start + 500])
             yield from self._query(
                 f"SELECT {columns} FROM documents "
-                f"WHERE collection = ? AND id IN ({','.join('?' * len(chunk))})",
-                [collection, *chunk],
+                f"WHERE collection = ? AND id IN ({','.join('?' * len(chunk))}){also}",
+                [collection, *chunk, *params],
             )
 
     def count(self, collection: str) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embedsense.server.engine import Engine
-from embedsense.server.index import CollectionBackend, IndexBackend
+from embedsense.server.index import CollectionBackend, IndexBackend, ModelMismatch
 from embedsense.server.senses import method
 from embedsense.server.senses.errors import NoTokenVectors, SenseInputError
 from embedsense.server.senses.inventories import DEFAULT, Inventories, check_senses
@@ -159,6 +159,13 @@ class Senses:
                 f"collection {collection.name!r} keeps no token vectors: create it with "
                 "store_tokens=True to search or induce word senses in it"
             )
+        held = (await asyncio.to_thread(collection.info)).model
+        if held != self.engine.model.spec.name:  # another model's vectors: not comparable
+            raise ModelMismatch(
+                f"collection {collection.name!r} holds token vectors of {held!r}, not of the "
+                f"served {self.engine.model.spec.name!r}: serve that model to search or "
+                "induce word senses in it"
+            )
         # Seconds of work for a common word: off the event loop, which serves every call.
         found = await asyncio.to_thread(gather_occurrences, collection, word)
         if not found.items:
@@ -215,6 +222,11 @@ class Senses:
         items, words, _ = await self._stored_occurrences(collection, word)
         if len(items) < 2:
             raise SenseInputError(f"{word!r} occurs once in {collection_name!r}: nothing to split")
+        if k is not None and k > len(items):  # it was cut to their number, in silence
+            raise SenseInputError(
+                f"k: {k} senses of {len(items)} occurrences of {word!r} in "
+                f"{collection_name!r}; at most {len(items)}, or no k to let the silhouette choose"
+            )
         # The word's vectors alone: adding the sentence's did not help clustering (README).
         clustering = await asyncio.to_thread(method.induce, words, k, max_k)
         senses = []
