@@ -14,13 +14,14 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from math import inf
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import grpc
 import numpy as np
 
-from embedsense.client.bulk import to_document
+from embedsense.client.bulk import id_text, to_document
 from embedsense.client.messages import message
 from embedsense.client.types import (
     CollectionInfo,
@@ -73,9 +74,14 @@ class Retry:
             raise ValueError(
                 f"Retry(attempts={self.attempts}): at least 1, the call itself (1: no retries)"
             )
+        for name in ("initial_backoff", "max_backoff"):  # a sleep of them: sync and async alike
+            value = getattr(self, name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not 0 <= value < inf:
+                raise ValueError(f"Retry({name}={value!r}): seconds, a finite number >= 0")
 
-    def attempts_for(self, rpc: str) -> int:
-        return 1 if rpc in SENT_ONCE else self.attempts
+    def attempts_for(self, call: Call[Any]) -> int:
+        return 1 if call.sent_once else self.attempts
 
     def delay(self, attempt: int) -> float:
         return random.uniform(0.5, 1.0) * min(self.max_backoff, self.initial_backoff * 2**attempt)
@@ -106,6 +112,12 @@ class Call(Generic[T]):
     request: Any
     parse: Callable[[Any], T]
     stream: bool = False
+
+    @property
+    def sent_once(self) -> bool:
+        """Whether a try that failed is never repeated (SENT_ONCE); a create that accepts an
+        existing collection (exist_ok) is safe to repeat."""
+        return self.rpc in SENT_ONCE and not getattr(self.request, "exist_ok", False)
 
     def message(self) -> Any:
         """What the stub takes: the request, or a new stream of it (each try needs its own)."""
@@ -246,6 +258,14 @@ def long_text_mode(name: str) -> int:
         return LONG_TEXT[name]
     except (KeyError, TypeError):
         raise ValueError(f"long_text={name!r}: expected 'error', 'truncate' or 'windows'") from None
+
+
+def check_embed_options(role_name: str | None, long_text: str, priority_name: str | None) -> None:
+    """An encode's names checked before any request (a ValueError naming the wrong one): the
+    batches are built later, after a round trip that a server down would fail first."""
+    role(role_name)
+    long_text_mode(long_text)
+    priority(priority_name)
 
 
 def truncate_flag(name: str, method: str) -> bool:
@@ -419,11 +439,11 @@ def embed_tokens_call(
 
 def create_collection_call(
     name: str, index: str, store_tokens: bool, metric: str, ef_search: int, nprobe: int,
-    dim: int = 0,
+    dim: int = 0, exist_ok: bool = False,
 ) -> Call[CollectionInfo]:  # fmt: skip
     request = message(pb.CreateCollectionRequest,
         name=name, index=index, metric=metric, store_tokens=store_tokens,
-        ef_search=ef_search, nprobe=nprobe, dim=dim,
+        ef_search=ef_search, nprobe=nprobe, dim=dim, exist_ok=exist_ok,
     )  # fmt: skip
     return Call("CreateCollection", request, parse_collection)
 
@@ -462,12 +482,7 @@ def id_list(ids: Iterable[str | int]) -> list[str]:
     one str would be sent as its characters, one id each, and is refused."""
     if isinstance(ids, str):
         raise TypeError("ids: a list of ids, not one str")
-    listed = []
-    for i, doc_id in enumerate(ids):
-        if isinstance(doc_id, bool) or not isinstance(doc_id, str | int):
-            raise TypeError(f"ids[{i}]: an id is a str (or an int), got {doc_id!r:.40}")
-        listed.append(str(doc_id))
-    return listed
+    return [id_text(doc_id, f"ids[{i}]") for i, doc_id in enumerate(ids)]
 
 
 def get_call(
@@ -485,7 +500,7 @@ def delete_call(
     server's to refuse: drop the collection to delete everything)."""
     if (ids is None) == (where is None):
         raise ValueError("delete: give ids or filter (one of them)")
-    listed = id_list(ids or ())  # an iterator is read once, here
+    listed = id_list(() if ids is None else ids)  # an iterator is read once, here
     if where is None and not listed:  # deletes nothing, as HTTP's {"ids": []}: if it exists
         return Call("DescribeCollection", pb.CollectionRef(name=name), lambda r: 0)
     request = pb.DeleteRequest(collection=name, ids=listed, filter_json=filter_json(where))
@@ -533,7 +548,8 @@ def with_vectors_documents(documents: Iterable[Any], vectors: np.ndarray | None)
     """Documents with the caller's own vectors, as messages: `vectors` (n, dim) beside a
     list of n documents, or a dict document's "vector". Such a document's text may be empty
     (then it needs an "id": the id made from a text and metadata would be the same for all
-    of them). Documents without a vector are passed on as they are (the server embeds them)."""
+    of them). Documents without a vector are passed on as they are (the server embeds them).
+    One str or one dict is passed on as it is, for documents_source to refuse."""
     if vectors is not None:
         if not isinstance(documents, Sequence) or isinstance(documents, str):
             raise TypeError("vectors=: documents must be a list, one per vector row")
@@ -543,10 +559,37 @@ def with_vectors_documents(documents: Iterable[Any], vectors: np.ndarray | None)
                 f"vectors: shape {matrix.shape}; expected ({len(documents)}, dim), a row per "
                 "document"
             )
-        return [_with_vector(doc, row) for doc, row in zip(documents, matrix, strict=True)]
-    if isinstance(documents, Sequence) and not isinstance(documents, str):
-        return [_with_vector(doc, None) for doc in documents]
-    return (_with_vector(doc, None) for doc in documents)
+        rows: Iterable[np.ndarray | None] = matrix
+    elif isinstance(documents, str | bytes | Mapping):
+        return documents
+    elif isinstance(documents, Sequence):
+        rows = [None] * len(documents)
+    else:
+        return (_with_vector(doc, None) for doc in documents)
+    built = [_with_vector(doc, row) for doc, row in zip(documents, rows, strict=True)]
+    _one_vector_per_made_id(documents, built)
+    return built
+
+
+def _one_vector_per_made_id(documents: Sequence[Any], built: Sequence[Any]) -> None:
+    """ValueError for two documents with vectors of their own and the id made from the same
+    text and metadata: the second would replace the first, one vector lost without a word
+    (the server refuses them so; identical texts without vectors are one document)."""
+    made: dict[str, int] = {}
+    for i, (doc, out) in enumerate(zip(documents, built, strict=True)):
+        # A str has none; a message (pb.Document) was given its id by whoever built it.
+        own_id = (
+            doc.get("id") not in (None, "")
+            if isinstance(doc, Mapping)
+            else not isinstance(doc, str)
+        )
+        if own_id or not isinstance(out, pb.Document) or not out.HasField("vector"):
+            continue
+        if (first := made.setdefault(out.id, i)) != i:
+            raise ValueError(
+                f"documents[{first}] and documents[{i}] have vectors of their own and the same "
+                "text and metadata and no id, so the same id: give each an id"
+            )
 
 
 def _with_vector(doc: Any, row: np.ndarray | None) -> Any:

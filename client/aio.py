@@ -88,7 +88,7 @@ class AsyncClient:
     async def _send(self, call: Call[T], timeout: float | None) -> T:
         """The call, retried with backoff while the server says "not now"."""
         method = getattr(self._stub, call.rpc)
-        attempts = self.retry.attempts_for(call.rpc)
+        attempts = self.retry.attempts_for(call)
         deadline = api.Deadline(timeout)  # the call's, its retries included
         for attempt in range(attempts):
             try:
@@ -158,7 +158,7 @@ class AsyncClient:
         """Sentence vectors, float32, up to `max_concurrent_batches` requests in flight: a
         str gives one vector (dim,), a list a matrix (len(texts), dim), [] an empty (0, dim).
         long_text, priority, failures and the progress bar: as `Client.encode`."""
-        api.priority(priority)  # a wrong name fails here, before any request
+        api.check_embed_options(role, long_text, priority)
         batch, single = api.as_texts(texts)
         if not batch:
             return np.zeros((0, (await self.info()).dim), np.float32)
@@ -246,10 +246,13 @@ class AsyncClient:
         ef_search: int = 0,
         nprobe: int = 0,
         dim: int = 0,
+        exist_ok: bool = False,
     ) -> CollectionInfo:
         """A new collection, as `Client.create_collection`."""
         return await self._call(
-            api.create_collection_call(name, index, store_tokens, metric, ef_search, nprobe, dim)
+            api.create_collection_call(
+                name, index, store_tokens, metric, ef_search, nprobe, dim, exist_ok
+            )
         )
 
     async def list_collections(self) -> list[CollectionInfo]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from embedsense.client.errors import EmbedSenseError
 from embedsense.client.messages import message
 from embedsense.proto.ids import content_id
 from embedsense.proto.v1 import embedsense_pb2 as pb
-from embedsense.proto.values import metadata_problem
+from embedsense.proto.values import id_problem, metadata_problem, text_problem
 
 T = TypeVar("T")
 Document = str | Mapping[str, Any]
@@ -49,10 +50,13 @@ def within_limit(batch_size: int, limit: int) -> int:
 
 def to_document(doc: Document | pb.Document) -> pb.Document:
     """A str is a text; a mapping has "text" and optionally "id" and "metadata". A document
-    without an id gets `content_id`."""
+    without an id gets `content_id`. Checked as the server checks it (a ValueError, or a
+    TypeError for a value of the wrong kind), so that a list is refused whole before any of
+    it is sent."""
     if isinstance(doc, pb.Document):
         return doc
     if isinstance(doc, str):
+        _check_text(doc)
         built = message(pb.Document, text=doc, metadata_json="{}")
         built.id = content_id(doc, {})
         return built
@@ -61,19 +65,34 @@ def to_document(doc: Document | pb.Document) -> pb.Document:
     unknown = set(doc) - {"id", "text", "metadata"}
     if unknown:
         raise ValueError(f"unknown document fields {sorted(unknown)}: expected id, text, metadata")
+    if isinstance(doc["text"], str):  # another kind is message()'s TypeError, naming "text"
+        _check_text(doc["text"])
     metadata = doc.get("metadata") or {}
+    if (wrong := metadata_problem(metadata, "metadata")) is not None:
+        raise ValueError(wrong)
     given = doc.get("id")
     has_id = given is not None and given != ""  # an id of 0 is an id
-    try:
-        built = message(pb.Document, id=str(given) if has_id else "", text=doc["text"],
-                        metadata_json=json.dumps(metadata, ensure_ascii=False))  # fmt: skip
-    except ValueError as err:  # in the JSON's characters: say where in the metadata instead
-        if str(err).startswith("metadata_json"):
-            raise ValueError(metadata_problem(metadata, "metadata") or str(err)) from None
-        raise
+    built = message(pb.Document, id=id_text(given, "id") if has_id else "", text=doc["text"],
+                    metadata_json=json.dumps(metadata, ensure_ascii=False))  # fmt: skip
     if not has_id:
         built.id = content_id(doc["text"], metadata)
     return built
+
+
+def id_text(value: Any, where: str) -> str:
+    """A document id as sent: a str, or an integer (numpy's too) as its digits, as the server
+    would store it; a bool, a float or anything else is a TypeError naming `where`."""
+    if isinstance(value, bool) or not isinstance(value, str | numbers.Integral):
+        raise TypeError(f"{where}: an id is a str (or an int), got {value!r:.40}")
+    text = str(value)
+    if (wrong := id_problem(text)) is not None:
+        raise ValueError(f"{where}: {wrong}")
+    return text
+
+
+def _check_text(text: str) -> None:
+    if (wrong := text_problem(text)) is not None:
+        raise ValueError(f"text: {wrong}")
 
 
 def documents_source(

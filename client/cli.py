@@ -36,7 +36,15 @@ from typing import Any, NoReturn
 import numpy as np
 from tqdm import tqdm
 
-from embedsense.client import TLS, AlreadyExists, Client, EmbedSenseError, NotFound, cli_data
+from embedsense.client import (
+    TLS,
+    AlreadyExists,
+    Client,
+    EmbedSenseError,
+    NotFound,
+    Unavailable,
+    cli_data,
+)
 from embedsense.client.bulk import chunks
 from embedsense.client.document_files import file_problem, read_documents
 
@@ -290,6 +298,12 @@ def cmd_index(args: argparse.Namespace, client: Client) -> None:
                 )
             except EmbedSenseError as err:
                 raise index_stopped(err, args.file, lines, done, len(part)) from None
+            except KeyboardInterrupt:  # what Ctrl-C left stored, and that a rerun is safe
+                raise KeyboardInterrupt(
+                    f"{args.file}: the first {done} of its {lines} documents are stored, and "
+                    f"maybe some of the {len(part)} after them; indexing the file again stores "
+                    "nothing twice"
+                ) from None
             done += len(part)
             bar.update(len(part))
     info = client.describe_collection(args.collection)
@@ -401,13 +415,15 @@ def _read_json(path: str) -> Any:
 
 
 def cmd_occurrences(args: argparse.Namespace, client: Client) -> None:
-    found = client.search_occurrences(args.collection, args.text, args.word, k=args.k)
+    found = client.search_occurrences(args.collection, args.text, args.word, k=args.k,
+                                      occurrence=args.occurrence)  # fmt: skip
     rows = [(i + 1, f"{o.score:+.3f}", o.id, _mark(o.text, o.span)) for i, o in enumerate(found)]
     emit(args, [asdict(o) for o in found], table(rows, ["rank", "score", "id", "sentence"]))
 
 
 def cmd_induce(args: argparse.Namespace, client: Client) -> None:
-    induced = client.induce_senses(args.collection, args.word, k=args.k)
+    induced = client.induce_senses(args.collection, args.word, k=args.k, max_k=args.max_k,
+                                   central=args.central)  # fmt: skip
     blocks = [f"{induced.occurrences} occurrences of {args.word!r}, {len(induced.senses)} senses "
               f"(silhouette {induced.silhouette:.3f})"]  # fmt: skip
     for n, sense in enumerate(induced.senses, 1):
@@ -671,11 +687,25 @@ def parser() -> argparse.ArgumentParser:
     occ.add_argument("text")
     occ.add_argument("word")
     occ.add_argument("-k", type=at_least(1), default=10)
+    occ.add_argument(
+        "--occurrence",
+        type=at_least(0),
+        default=0,
+        help="which appearance of WORD in TEXT, 0-based (default: the first)",
+    )
 
     ind = sub.add_parser("induce", help="the senses of a word in a collection, by clustering")
     ind.add_argument("collection")
     ind.add_argument("word")
     ind.add_argument("-k", type=at_least(0), help="how many senses (default: chosen by silhouette)")
+    ind.add_argument(
+        "--max-k",
+        type=at_least(1),
+        default=6,
+        help="without -k: the most senses the silhouette chooses among (default 6)",
+    )
+    ind.add_argument("--central", type=at_least(0), default=3,
+                     help="the most central sentences shown per sense (default 3)")  # fmt: skip
 
     explain_layer = at_least(1, "explain's layers are 1-based (1 = the first)")
     explain_head = at_least(0, "heads are 0-based (0 = the first)")
@@ -727,7 +757,20 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the same as --long-text truncate: explain a long text's first window",
     )
+    json_after_the_command(p)
     return p
+
+
+def json_after_the_command(parser: argparse.ArgumentParser) -> None:
+    """`--json` after the command as well (`embedsense search notes 水果 --json`), where
+    people put it: it was "unrecognized arguments". Unset there, it leaves the first's."""
+    for action in parser._actions:  # noqa: SLF001 - argparse lists its subparsers only here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for command in set(action.choices.values()):
+                if "--json" not in command._option_string_actions:  # noqa: SLF001
+                    command.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                                         help="JSON output instead of a table")  # fmt: skip
+                json_after_the_command(command)
 
 
 COMMANDS = {
@@ -762,6 +805,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return SIGPIPE_STATUS
     except EmbedSenseError as err:  # the server's hints name the SDK's argument, here a flag
         message = re.sub(r'long_text="(\w+)"', r"--long-text \1", str(err))
+        if isinstance(err, Unavailable) and "connect" in err.message.lower():
+            message += (
+                f" (is a server running at {', '.join(args.target)}? --target or "
+                "$EMBEDSENSE_TARGET names another)"
+            )
         return fail(message.replace(" (the request's truncate=true)", ""), SERVER_ERROR)
     except OSError as err:  # a file named on the command line (an --html to write, a PEM)
         return fail(
@@ -769,8 +817,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as err:  # UsageError, InputError, and the SDK's checks of arguments
         return fail(str(err), USAGE_ERROR)
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
+    except KeyboardInterrupt as err:
+        return fail("interrupted" + (f": {err}" if str(err) else ""), 130)
     return 0
 
 

@@ -86,12 +86,13 @@ def cmd_collections(args: argparse.Namespace, client: Client) -> None:
             ef_search=args.ef_search,
             nprobe=args.nprobe,
             dim=args.dim,
+            exist_ok=args.exist_ok,
         )
         base.emit(
             args,
             asdict(info),
-            f"collection {info.name!r} created ({info.index}, "
-            f"{info.metric}, {info.dim}-dim {info.model})",
+            f"collection {info.name!r} {'ready' if args.exist_ok else 'created'} ({info.index}, "
+            f"{info.metric}, {info.dim}-dim {info.model}, {info.count} documents)",
         )
     elif action == "describe":
         info = client.describe_collection(args.collection)
@@ -230,6 +231,11 @@ def add_parsers(sub: Any) -> None:
         type=base.at_least(1),
         default=0,
         help="for vectors embedded elsewhere: their dimension (default: the served model's)",
+    )
+    create.add_argument(
+        "--exist-ok",
+        action="store_true",
+        help="one of that name made with these settings is no error (other settings still are)",
     )
     for name, text in (
         ("describe", "a collection's settings and size"),

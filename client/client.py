@@ -86,7 +86,7 @@ class Client:
         """The call, retried with backoff while the server says "not now"; with `calls`, made
         so that a failure elsewhere in the same bulk operation can cancel it."""
         method = getattr(self._stub, call.rpc)
-        attempts = self.retry.attempts_for(call.rpc)
+        attempts = self.retry.attempts_for(call)
         deadline = api.Deadline(timeout)  # the call's, its retries included
         for attempt in range(attempts):
             left = deadline.left()
@@ -176,7 +176,7 @@ class Client:
         when it is busy (None: by each request's size, interactive for a few texts, bulk for
         more; README: Priority). Raises ValueError for another name.
         """
-        api.priority(priority)  # a wrong name fails here, before any request
+        api.check_embed_options(role, long_text, priority)
         batch, single = api.as_texts(texts)
         if not batch:
             return np.zeros((0, self.info().dim), np.float32)
@@ -286,12 +286,19 @@ class Client:
         ef_search: int = 0,
         nprobe: int = 0,
         dim: int = 0,
+        exist_ok: bool = False,
     ) -> CollectionInfo:
         """A new collection: `index` is a FAISS factory string ("Flat", "HNSW32", ...). dim:
         0 for the served model's vectors; else a collection of vectors embedded elsewhere, of
-        that dimension (its model "external": upsert with `vectors=`, search by vector)."""
+        that dimension (its model "external": upsert with `vectors=`, search by vector).
+
+        AlreadyExists if the name is taken; with `exist_ok`, unless the collection of that name
+        was made with other settings (of those given): it is the answer, so a script can run
+        twice, and the call is retried as any other when the server is unavailable."""
         return self._call(
-            api.create_collection_call(name, index, store_tokens, metric, ef_search, nprobe, dim)
+            api.create_collection_call(
+                name, index, store_tokens, metric, ef_search, nprobe, dim, exist_ok
+            )
         )
 
     def list_collections(self) -> list[CollectionInfo]:

@@ -326,10 +326,44 @@ def test_a_failed_forward_is_a_retryable_status_and_the_server_keeps_serving(e5,
         running.stop()
 
 
+def test_a_broken_engine_says_not_serving_on_every_health_check(e5, tmp_path):
+    """A thread of the engine that failed outside a forward leaves every call UNAVAILABLE
+    until a restart, while gRPC's health service still said SERVING and HTTP's /health 200:
+    load balancers kept sending to it and orchestrators never restarted it."""
+    running = ServerThread(e5, tmp_path, http_port=0)
+    health_url = f"http://127.0.0.1:{running.server.http_port}/health"
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def statuses() -> list[int]:
+                return [health.Check(health_pb2.HealthCheckRequest(service=name),
+                                     timeout=10).status
+                        for name in ("", "embedsense.v1.EmbedSense")]  # fmt: skip
+
+            assert statuses() == [health_pb2.HealthCheckResponse.SERVING] * 2
+            assert urllib.request.urlopen(health_url, timeout=10).status == 200
+            running.break_engine()
+            with Client(running.target, retry=Retry(attempts=1)) as c:
+                with pytest.raises(Unavailable, match="needs a restart"):
+                    c.encode(["苹果"])
+            deadline = time.monotonic() + 10  # the change is handed to the event loop
+            while statuses() != [health_pb2.HealthCheckResponse.NOT_SERVING] * 2:
+                assert time.monotonic() < deadline, statuses()
+                time.sleep(0.05)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(health_url, timeout=10)
+        assert refused.value.code == 503
+        assert "needs a restart" in json.loads(refused.value.read())["error"]  # TEI's shape
+    finally:
+        running.stop()
+
+
 def test_a_create_or_drop_that_may_have_happened_is_not_sent_again(e5, tmp_path):
     """UNAVAILABLE after the work (an index backend that timed out once it had made the
     collection): gRPC's retry policy and the SDK's sent the call again, and the caller got
-    ALREADY_EXISTS (or, for a drop, NOT_FOUND) for a call that had worked."""
+    ALREADY_EXISTS (or, for a drop, NOT_FOUND) for a call that had worked. A create with
+    exist_ok is retried: its second try answers with what the first made."""
     from embedsense.server.index import IndexUnavailable
 
     running = ServerThread(e5, tmp_path)
@@ -354,6 +388,10 @@ def test_a_create_or_drop_that_may_have_happened_is_not_sent_again(e5, tmp_path)
             assert calls == ["create", "drop"]
             with pytest.raises(NotFound):
                 c.describe_collection("made")
+            # With exist_ok a create is safe to repeat: the SDK sends it again, and the
+            # collection the first try made is the answer.
+            assert c.create_collection("made", exist_ok=True).name == "made"
+            assert calls == ["create", "drop", "create", "create"]
     finally:
         running.stop()
 

@@ -234,6 +234,9 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
             Client(targets)
     with pytest.raises(ValueError, match="at least 1"):  # every call failed, unsent
         Retry(attempts=0)
+    for backoff in (-1, float("nan"), float("inf")):  # time.sleep's ValueError at the 1st retry
+        with pytest.raises(ValueError, match="initial_backoff"):
+            Retry(initial_backoff=backoff)
 
     status, out, _ = cli(capsys, "--help")
     assert status == 0 and "exit status" in out.lower()
@@ -323,6 +326,58 @@ def test_what_a_newcomer_met_first_is_one_line_and_the_right_status(
     png = tmp_path / "a.png"
     status, _, err = cli(capsys, *target, "explain", "我喜欢吃苹果", "--out", str(png))
     assert status == 2 and "needs matplotlib" in one_error_line(err) and not png.exists()
+
+
+def test_json_after_the_command_is_the_same_as_before_it(server, capsys):
+    """`embedsense info --json`, where people type it, was "unrecognized arguments"."""
+    target = ["--target", server.target]
+    status, out, _ = cli(capsys, *target, "info", "--json")
+    assert status == 0 and json.loads(out)["dim"] == 384
+    status, out, _ = cli(capsys, *target, "collections", "list", "--json")
+    assert status == 0 and isinstance(json.loads(out), list)
+    status, out, _ = cli(capsys, *target, "info")
+    assert status == 0 and not out.lstrip().startswith("{")  # a table without it
+
+
+def test_no_server_at_the_target_says_where_it_looked_and_how_to_name_another(capsys):
+    """The first command of a newcomer without a server: gRPC's "failed to connect to all
+    addresses", with no word of the flag that points the CLI elsewhere."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        down = f"127.0.0.1:{probe.getsockname()[1]}"
+    status, _, err = cli(capsys, "--target", down, "--timeout", "5", "info")
+    line = one_error_line(err)
+    assert status == 1 and "UNAVAILABLE" in line, line
+    assert f"is a server running at {down}? --target or $EMBEDSENSE_TARGET" in line, line
+
+
+def test_index_interrupted_says_what_is_stored_and_that_a_rerun_is_safe(
+    server, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C during `index` said "interrupted" and nothing of the lines already stored."""
+    path = tmp_path / "news.txt"
+    path.write_text("".join(f"第{i}条新闻\n" for i in range(12)), encoding="utf-8")
+    real, parts = Client.upsert, []
+
+    def upsert(self, name, documents, **kwargs):
+        parts.append(len(documents))
+        if len(parts) == 2:
+            raise KeyboardInterrupt
+        return real(self, name, documents, **kwargs)
+
+    monkeypatch.setattr(Client, "upsert", upsert)
+    try:
+        status, _, err = cli(capsys, "--target", server.target, "index", str(path),
+                             "--collection", "interrupted", "--batch-size", "2")  # fmt: skip
+        line = one_error_line(err)
+        done = parts[0]
+        assert status == 130 and line.startswith("embedsense: error: interrupted: "), line
+        assert f"the first {done} of its 12 documents are stored" in line, line
+        assert "indexing the file again stores nothing twice" in line, line
+        with Client(server.target) as c:
+            assert c.count("interrupted") == done
+    finally:
+        drop(server, "interrupted")
 
 
 def test_output_cut_short_by_its_reader_ends_quietly(server):

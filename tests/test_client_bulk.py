@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
-from embedsense.client import AsyncClient, Client, InvalidArgument, bulk
+from embedsense.client import AsyncClient, Client, InvalidArgument, Retry, bulk
 from embedsense.client import _api as api
 from embedsense.proto.v1 import embedsense_pb2 as pb
 
@@ -232,6 +234,46 @@ def test_documents_without_ids_get_ids_made_from_their_content(connect, collecti
     assert again == [first[0], first[1]] and client.count(collection) == 3
 
 
+def test_one_text_or_one_dict_is_refused_not_stored_as_its_characters_or_keys(
+    connect, collection, client
+):
+    """upsert(name, "hello") stored five one-character documents, and upsert(name, {"text":
+    "x"}) the document "text": the check for one str or dict never saw them."""
+    c = connect()
+    with pytest.raises(TypeError, match="not one str"):
+        c.upsert(collection, "hello")
+    with pytest.raises(TypeError, match="not one dict"):
+        c.upsert(collection, {"text": "苹果"})
+    assert client.count(collection) == 0
+
+
+def test_vectors_of_documents_with_the_same_text_and_no_id_are_refused_not_collapsed(
+    connect, collection, client
+):
+    """Three captions "photo" with three vectors got one id made from the text: two vectors
+    were lost without a word (the server refuses them so)."""
+    c = connect()
+    rows = np.random.default_rng(3).standard_normal((3, 384)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"documents\[0\] and documents\[1\].*give each an id"):
+        c.upsert(collection, ["photo"] * 3, vectors=rows)
+    assert client.count(collection) == 0
+    ids = c.upsert(collection, [{"id": f"p{i}", "text": "photo"} for i in range(3)], vectors=rows)
+    assert ids == ["p0", "p1", "p2"] and client.count(collection) == 3
+
+
+def test_a_list_is_checked_whole_before_any_of_it_is_sent(connect, collection, client):
+    """NaN metadata, a control character or an over-long id in a later batch were the
+    server's refusal after the earlier batches were stored."""
+    c = connect()
+    good = [f"第{i}篇" for i in range(6)]
+    for bad, error in (({"text": "x", "metadata": {"v": float("nan")}}, "metadata.v"),
+                       ({"text": "响铃\x07"}, "U\\+0007"), ({"id": "x" * 257, "text": "x"}, "256"),
+                       ({"id": 1.5, "text": "x"}, "an id is a str")):  # fmt: skip
+        with pytest.raises((ValueError, TypeError), match=rf"documents\[6\]: .*{error}"):
+            c.upsert(collection, [*good, bad], batch_size=2)
+    assert client.count(collection) == 0
+
+
 def test_a_rerun_after_a_partial_failure_stores_nothing_twice(connect, collection, client):
     c = connect(max_concurrent_batches=2)
     texts = [f"第{i}条新闻" for i in range(12)]
@@ -377,6 +419,33 @@ def test_one_str_of_ids_is_refused_not_sent_as_its_characters():
         with pytest.raises(TypeError, match="not one str"):
             call()
     assert list(api.get_call("c", ("a1",), False).request.ids) == ["a1"]
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_an_encodes_wrong_role_or_long_text_is_refused_before_any_request(cls):
+    """They were checked as the batches were built, after the round trip for the server's
+    limits: with no server, `role="Query"` was UNAVAILABLE after the retries."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        down = f"127.0.0.1:{probe.getsockname()[1]}"
+    for wrong, match in (({"role": "Query"}, "role 'Query'"),
+                         ({"long_text": "cut"}, "long_text='cut'")):  # fmt: skip
+        c = cls(down, retry=Retry(attempts=1), timeout=5)
+        with pytest.raises(ValueError, match=match):
+            if cls is Client:
+                c.encode(["苹果", "香蕉"], **wrong)
+            else:
+                asyncio.run(c.encode(["苹果", "香蕉"], **wrong))
+        c.close() if cls is Client else asyncio.run(c.close())
+
+
+def test_ids_as_a_numpy_array_are_the_ids_it_holds():
+    """delete(ids=np.array([...])) asked the array its truth (numpy's ValueError), and an
+    array of one falsy id ([0] or [""]) deleted nothing; numpy integers were refused."""
+    assert list(api.delete_call("c", np.array(["a", "b"])).request.ids) == ["a", "b"]
+    assert list(api.delete_call("c", np.array([0])).request.ids) == ["0"]
+    assert list(api.get_call("c", np.array([7, 8]), False).request.ids) == ["7", "8"]
+    assert bulk.to_document({"id": np.int64(7), "text": "苹果"}).id == "7"
 
 
 def test_integer_ids_are_looked_up_as_upsert_stored_them():

@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 from conftest import ServerThread
 
-from embedsense.client import AsyncClient, Client, FailedPrecondition, InvalidArgument, NotFound
+from embedsense.client import (
+    AlreadyExists,
+    AsyncClient,
+    Client,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from embedsense.client._api import Call
 from embedsense.client.cli import main as cli_main
 from embedsense.proto.v1 import embedsense_pb2 as pb
@@ -257,6 +264,46 @@ def test_a_collection_of_vectors_embedded_elsewhere(client, http):
         client.drop_collection("elsewhere")
 
 
+def test_a_create_with_exist_ok_answers_the_collection_made_with_those_settings(
+    running, client, http
+):
+    """A script run twice (the README's) failed on its second run with ALREADY_EXISTS: with
+    exist_ok, the collection made with the settings asked for is the answer, untouched; one
+    made with other settings is still refused, naming them, on every surface."""
+    made = client.create_collection("twice", metric="ip", store_tokens=True, exist_ok=True)
+    try:
+        client.upsert("twice", [{"id": "a", "text": "苹果很甜"}])
+        again = client.create_collection("twice", metric="ip", store_tokens=True, exist_ok=True)
+        assert (again.created_at, again.count) == (made.created_at, 1)
+        with pytest.raises(AlreadyExists):
+            client.create_collection("twice", metric="ip", store_tokens=True)
+        with pytest.raises(AlreadyExists, match='metric "ip", store_tokens true, not metric '
+                           '"cosine", store_tokens false'):  # fmt: skip
+            client.create_collection("twice", exist_ok=True)
+        with pytest.raises(AlreadyExists, match='model "multilingual-e5-small", not model '
+                           '"external"'):  # fmt: skip
+            client.create_collection("twice", metric="ip", store_tokens=True, dim=DIM,
+                                     exist_ok=True)  # fmt: skip
+
+        same = {"name": "twice", "metric": "ip", "store_tokens": True, "exist_ok": True}
+        answered = http.post("/v1/collections", json=same)
+        assert answered.status_code == 200 and answered.json()["count"] == 1
+        other = http.post("/v1/collections", json={**same, "index": "HNSW32"})
+        assert other.status_code == 409
+        assert 'index "Flat", not index "HNSW32"' in other.json()["error"]["message"]
+
+        async def from_async() -> float:
+            async with AsyncClient(running.target, api_key=KEY) as c:
+                info = await c.create_collection("twice", metric="ip", store_tokens=True,
+                                                 exist_ok=True)  # fmt: skip
+                return info.created_at
+
+        assert asyncio.run(from_async()) == made.created_at
+        assert client.count("twice") == 1
+    finally:
+        client.drop_collection("twice")
+
+
 def test_bad_filters_and_sizes_are_invalid_argument_everywhere(client, news):
     bad = {"$or": "not a list"}
     for call in (
@@ -313,8 +360,12 @@ def test_metadata_no_surface_could_read_back_is_refused_when_written(client, htt
         deep = {"a": deep}
     for metadata in ({"score": float("nan")}, {"x": [1, float("inf")]}, {"n": 2**70},
                      {"deep": deep}):  # fmt: skip
-        with pytest.raises(InvalidArgument):
+        with pytest.raises(ValueError, match="metadata"):  # the SDK's, before anything is sent
             client.upsert(news, [{"id": "bad", "text": "坏", "metadata": metadata}])
+        raw = pb.Document(id="bad", text="坏", metadata_json=json.dumps(metadata))
+        with pytest.raises(InvalidArgument):  # the server's, for any other client
+            client._call(Call("Upsert", pb.UpsertRequest(collection=news, documents=[raw]), str,
+                              stream=True))  # fmt: skip
         with pytest.raises(InvalidArgument):
             client.update_metadata(news, ["a01"], metadata)
     too_deep = '{"a":' * 5000 + "1" + "}" * 5000  # past Python's own JSON parser
@@ -430,6 +481,12 @@ def test_cli_collections_and_docs(running, client, capsys):
         client.upsert("cli-docs", documents())
         assert "cli-docs" in cli(running, capsys, "collections")[1]  # list, as before
         assert "cli-docs" in cli(running, capsys, "collections", "list")[1]
+        status, out, _ = cli(running, capsys, "collections", "create", "cli-docs", "--metric",
+                             "ip", "--exist-ok")  # fmt: skip
+        assert status == 0 and "'cli-docs' ready" in out and "7 documents" in out
+        status, _, err = cli(running, capsys, "collections", "create", "cli-docs", "--exist-ok")
+        assert status != 0 and 'metric "ip", not metric "cosine"' in err
+        assert cli(running, capsys, "collections", "create", "cli-docs", "--metric", "ip")[0] != 0
         status, out, _ = cli(
             running, capsys, "docs", "count", "cli-docs", "--filter", '{"sense": "fruit"}'
         )

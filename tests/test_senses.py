@@ -358,6 +358,15 @@ def test_cli_senses_commands(server, apples):
     occurrences = cli("occurrences", apples, "我喜欢吃苹果", "苹果", "-k", "2")
     assert occurrences.returncode == 0 and "[苹果]" in occurrences.stdout
     assert "sense 1" in cli("induce", apples, "苹果", "-k", "2").stdout
+    # The SDK's options, on the command line too (the second 苹果 of the text: the fruit).
+    second = cli("--json", "occurrences", apples, "苹果公司的员工都爱吃苹果", "苹果", "-k", "3",
+                 "--occurrence", "1")  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    first = cli("--json", "occurrences", apples, "苹果公司的员工都爱吃苹果", "苹果", "-k", "3")
+    assert json.loads(second.stdout) != json.loads(first.stdout)
+    induced = json.loads(cli("--json", "induce", apples, "苹果", "--max-k", "2",
+                             "--central", "1").stdout)  # fmt: skip
+    assert len(induced["senses"]) == 2 and all(len(s["central"]) == 1 for s in induced["senses"])
 
 
 def test_evaluation_on_a_slice_is_well_above_chance(e5):
@@ -366,3 +375,40 @@ def test_evaluation_on_a_slice_is_well_above_chance(e5):
     results = asyncio.run(evaluate(e5, data, layer_choices={"last": [-1]}, config=fp32))
     accuracy = results["accuracy"]["word + sentence, last, centred"]["overall"]
     assert accuracy >= 0.85  # chance: 1/2 for 苹果 and 花, 1/3 for 打
+
+
+def test_sense_calls_on_another_models_vectors_or_more_senses_than_occurrences_are_refused(
+    e5, tmp_path
+):
+    """A collection made under another model (a server restarted with another --model on
+    the same data): the occurrence search compared the served model's vectors with its
+    token vectors (numpy's broadcast error, INTERNAL, or at one size meaningless scores).
+    And k above the occurrences was cut to their number in silence."""
+    import sqlite3
+
+    from conftest import ServerThread
+
+    from embedsense.client import Client
+
+    running = ServerThread(e5, tmp_path)
+    try:
+        with Client(running.target, timeout=120) as c:
+            c.create_collection("few", store_tokens=True)
+            c.upsert("few", FRUIT[:3], show_progress_bar=False)
+            with pytest.raises(InvalidArgument, match="k: 5 senses of 3 occurrences"):
+                c.induce_senses("few", "苹果", k=5)
+            assert sum(s.size for s in c.induce_senses("few", "苹果", k=3).senses) == 3
+    finally:
+        running.stop()
+    with sqlite3.connect(tmp_path / "embedsense.sqlite3") as store:
+        store.execute("UPDATE collections SET model = 'another-model' WHERE name = 'few'")
+    store.close()
+    running = ServerThread(e5, tmp_path)
+    try:
+        with Client(running.target, timeout=120) as c:
+            for call in (lambda: c.search_occurrences("few", "我喜欢吃苹果", "苹果"),
+                         lambda: c.induce_senses("few", "苹果")):  # fmt: skip
+                with pytest.raises(FailedPrecondition, match="'another-model'"):
+                    call()
+    finally:
+        running.stop()

@@ -165,7 +165,7 @@ class EmbedResponse(_message.Message):
     def __init__(self, sentence_vectors: _Optional[_Union[Tensor, _Mapping]] = ..., token_vectors: _Optional[_Iterable[_Union[TokenVectors, _Mapping]]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "index", "metric", "store_tokens", "ef_search", "nprobe", "dim")
+    __slots__ = ("name", "index", "metric", "store_tokens", "ef_search", "nprobe", "dim", "exist_ok")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +173,7 @@ class CreateCollectionRequest(_message.Message):
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
+    EXIST_OK_FIELD_NUMBER: _ClassVar[int]
     name: str
     index: str
     metric: str
@@ -180,7 +181,8 @@ class CreateCollectionRequest(_message.Message):
     ef_search: int
     nprobe: int
     dim: int
-    def __init__(self, name: _Optional[str] = ..., index: _Optional[str] = ..., metric: _Optional[str] = ..., store_tokens: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., dim: _Optional[int] = ...) -> None: ...
+    exist_ok: bool
+    def __init__(self, name: _Optional[str] = ..., index: _Optional[str] = ..., metric: _Optional[str] = ..., store_tokens: _Optional[bool] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., dim: _Optional[int] = ..., exist_ok: _Optional[bool] = ...) -> None: ...
 
 class CollectionRef(_message.Message):
     __slots__ = ("name",)

@@ -105,6 +105,11 @@ class CreateCollectionRequest(RequestModel):
         'a collection of vectors embedded elsewhere, of this dimension (model "external"): '
         "upsert vectors and search by vector; texts to embed are refused (400).",
     )
+    exist_ok: bool = Field(
+        False,
+        description="true: a collection of this name made with these settings (those given) "
+        "is the answer, as if made now; one made with other settings is still 409, naming them.",
+    )
 
 
 class CollectionInfo(BaseModel):

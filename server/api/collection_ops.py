@@ -30,10 +30,13 @@ from embedsense.server.batching import Priority
 from embedsense.server.engine import Engine, TextTooLong
 from embedsense.server.index import (
     CollectionBackend,
+    CollectionExists,
     CollectionInfo,
+    CollectionNotFound,
     Document,
     Hit,
     IndexBackend,
+    IndexUnavailable,
     Token,
 )
 from embedsense.server.index.filters import parse as parse_filter
@@ -177,16 +180,41 @@ class CollectionOps:
         ef_search: int = 0,
         nprobe: int = 0,
         dim: int = 0,
+        exist_ok: bool = False,
     ) -> CollectionInfo:
         """A collection of the served model's vectors; with `dim`, one of vectors embedded
-        elsewhere (model EXTERNAL_MODEL), of that dimension."""
+        elsewhere (model EXTERNAL_MODEL), of that dimension. With `exist_ok`, one of that name
+        made with these settings is the answer (a script run twice, a create sent again);
+        one made with other settings is CollectionExists still, naming them."""
         model, size = (EXTERNAL_MODEL, dim) if dim else (self.model_name, self.engine.model.dim)
         options = {key: value for key, value in (("ef_search", ef_search), ("nprobe", nprobe))
                    if value}  # fmt: skip
-        return await asyncio.to_thread(
-            self.catalog.create, name, model=model, dim=size, metric=metric or "cosine",
-            index_spec=index or "Flat", store_tokens=store_tokens, options=options,
-        )  # fmt: skip
+        asked = {"model": model, "dim": size, "metric": metric or "cosine",
+                 "index": index or "Flat", "store_tokens": store_tokens, **options}  # fmt: skip
+        try:
+            return await asyncio.to_thread(
+                self.catalog.create, name, model=model, dim=size, metric=asked["metric"],
+                index_spec=asked["index"], store_tokens=store_tokens, options=options,
+            )  # fmt: skip
+        except CollectionExists:
+            if not exist_ok:
+                raise
+        try:
+            found = await self.describe(name)
+        except CollectionNotFound:  # still being made by another replica, or dropped since
+            raise IndexUnavailable(
+                f"collection {name!r} is being made or dropped; try again"
+            ) from None
+        has = {"model": found.model, "dim": found.dim, "metric": found.metric,
+               "index": found.index_spec, "store_tokens": found.store_tokens,
+               "ef_search": found.ef_search, "nprobe": found.nprobe}  # fmt: skip
+        differ = [key for key in asked if asked[key] != has[key]]
+        if differ:
+            raise CollectionExists(
+                f"collection {name!r} exists with {_settings(has, differ)}, not "
+                f"{_settings(asked, differ)}: create it with its own settings, or drop it first"
+            )
+        return found
 
     async def list(self) -> list[CollectionInfo]:
         return await asyncio.to_thread(self.catalog.list)
@@ -408,3 +436,7 @@ class CollectionOps:
             nprobe=nprobe or None, model=model, score_threshold=score_threshold,
             with_vectors=with_vectors,
         )  # fmt: skip
+
+
+def _settings(values: Mapping[str, Any], keys: Sequence[str]) -> str:
+    return ", ".join(f"{key} {json.dumps(values[key])}" for key in keys)

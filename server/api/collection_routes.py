@@ -133,7 +133,8 @@ class CollectionRoutes:
         one = "/v1/collections/{name}"
         return [
             route("POST", "/v1/collections", self.create, "Create a collection",
-                  "Its vectors are the served model's (its dimension); 409 if it exists.",
+                  "Its vectors are the served model's (its dimension); 409 if it exists "
+                  "(with exist_ok: if it exists with other settings).",
                   body=m.CreateCollectionRequest, reply=m.CollectionInfo,
                   errors=(400, 408, 409, 413, 422, 429, 503, 504, 507)),
             route("GET", "/v1/collections", self.list, "List the collections",
@@ -176,7 +177,7 @@ class CollectionRoutes:
     async def create(self, request: web.Request, body: m.CreateCollectionRequest) -> Any:
         info = await self.ops.create(
             body.name, index=body.index, metric=body.metric, store_tokens=body.store_tokens,
-            ef_search=body.ef_search, nprobe=body.nprobe, dim=body.dim,
+            ef_search=body.ef_search, nprobe=body.nprobe, dim=body.dim, exist_ok=body.exist_ok,
         )  # fmt: skip
         return _info(info)
 

@@ -283,7 +283,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         info = await self.ops.create(
             request.name, index=request.index, metric=request.metric,
             store_tokens=request.store_tokens, ef_search=request.ef_search,
-            nprobe=request.nprobe, dim=request.dim,
+            nprobe=request.nprobe, dim=request.dim, exist_ok=request.exist_ok,
         )  # fmt: skip
         return self._collection_reply(info)
 
