@@ -150,6 +150,18 @@ class TLS:
         )
 
 
+def loaded_tls(tls: TLS | bool | None) -> TLS | bool | None:
+    """`tls` with its PEM files read now: a missing one is an error where the client is
+    made, not at its first call (an AsyncClient opens its channel then)."""
+    if not isinstance(tls, TLS):
+        return tls
+    return TLS(
+        root_certificates=_pem(tls.root_certificates),
+        client_certificate=_pem(tls.client_certificate),
+        client_key=_pem(tls.client_key),
+    )
+
+
 def _pem(source: PemSource) -> bytes | None:
     if source is None or isinstance(source, bytes):
         return source

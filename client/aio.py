@@ -55,9 +55,12 @@ class AsyncClient:
         )
         # Opened at the first call: a grpc.aio channel belongs to the event loop it is made
         # in, and a client may be made before one runs (at import, in an app's __init__).
-        api.grpc_target(target)  # a wrong target is refused now, all the same
+        # A wrong target or TLS file is refused now, all the same, and names are resolved
+        # now: not in the event loop at the first call.
+        resolved, tls = api.grpc_target(target), api.loaded_tls(tls)
         self._channel = channel
-        self._open = functools.partial(api.open_channel, target, tls, aio=True)
+        self._open = functools.partial(api.open_channel, resolved, tls, aio=True)
+        self._closed = False
         self._stub_of_channel: embedsense_pb2_grpc.EmbedSenseStub | None = None
         self._metadata = api.auth_metadata(api_key)
         self.timeout = timeout
@@ -71,11 +74,14 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        self._closed = True
         if self._channel is not None:
             await self._channel.close()
 
     @property
     def _stub(self) -> embedsense_pb2_grpc.EmbedSenseStub:
+        if self._closed:  # grpc's own error said less (or a new channel was opened)
+            raise RuntimeError("this AsyncClient is closed: make a new one")
         if self._stub_of_channel is None:
             if self._channel is None:
                 self._channel = self._open()

@@ -449,7 +449,7 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
     senses = {label: [client.compare_layers(args.text, example, args.word, args.occurrence,
                                             long_text=long_text) for example in examples]
               for label, examples in senses_given.items()}  # fmt: skip
-    written = []
+    written, left_out = [], []
     if args.out:
         from embedsense.client.render import render_png
 
@@ -466,9 +466,7 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
         from embedsense.client.attention_page import render, sense_profile
 
         # The contrast view: the same word's attention in each compared text, same layers.
-        compared = {text: client.explain(text, args.word, explanation.layers, explanation.heads,
-                                         long_text=long_text)
-                    for text in args.compare or ()}  # fmt: skip
+        compared, left_out = _compared_explanations(args, client, explanation, long_text)
         render(explanation, args.html, contexts, sense_profile(senses), title=args.text,
                num_layers=shape[0], num_heads=shape[1], text=args.text, compared=compared,
                layer=args.layer, head=args.head, fitted=fitted)  # fmt: skip
@@ -490,9 +488,35 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
                                     ["hidden state", "cosine across the two texts"])  # fmt: skip
     if written:
         readable += "\n\nwrote " + ", ".join(written)
+    if left_out:
+        readable += (
+            f"\n\nthe contrast view leaves out {len(left_out)} compared text(s) too long for "
+            f"{len(explanation.layers)} layers x {len(explanation.heads)} heads in one reply "
+            "(their cosines per layer are on the page): " + ", ".join(map(repr, left_out))
+        )
     payload = {"explanation": asdict(explanation), "comparison": asdict(comparison)
                if comparison else None, "written": written}  # fmt: skip
     emit(args, payload, readable.strip())
+
+
+def _compared_explanations(
+    args: argparse.Namespace, client: Client, explanation: Any, long_text: str
+) -> tuple[dict[str, Any], list[str]]:
+    """Each --compare text explained at the page's layers and heads; those too long for
+    them in one reply are left out (the page's contrast view shows the others), not the
+    whole command's failure."""
+    from embedsense.client.errors import InvalidArgument
+
+    compared, left_out = {}, []
+    for text in args.compare or ():
+        try:
+            compared[text] = client.explain(text, args.word, explanation.layers,
+                                            explanation.heads, long_text=long_text)  # fmt: skip
+        except InvalidArgument as err:
+            if "fewer layers or heads" not in str(err):
+                raise
+            left_out.append(text)
+    return compared, left_out
 
 
 def _check_drawable(args: argparse.Namespace, explanation: Any) -> None:

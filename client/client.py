@@ -65,6 +65,7 @@ class Client:
         )
         self._channel = channel or api.open_channel(target, tls, aio=False)
         self._stub = embedsense_pb2_grpc.EmbedSenseStub(self._channel)
+        self._closed = False
         self._metadata = api.auth_metadata(api_key)
         self.timeout = timeout
         self.retry = retry or Retry()
@@ -77,6 +78,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        self._closed = True
         self._channel.close()
 
     def _call(self, call: Call[T]) -> T:
@@ -85,6 +87,8 @@ class Client:
     def _send(self, call: Call[T], timeout: float | None, calls: _Calls | None = None) -> T:
         """The call, retried with backoff while the server says "not now"; with `calls`, made
         so that a failure elsewhere in the same bulk operation can cancel it."""
+        if self._closed:  # grpc's own error ("Cannot invoke RPC on closed channel!") said less
+            raise RuntimeError("this Client is closed: make a new one")
         method = getattr(self._stub, call.rpc)
         attempts = self.retry.attempts_for(call)
         deadline = api.Deadline(timeout)  # the call's, its retries included

@@ -439,6 +439,37 @@ def test_an_encodes_wrong_role_or_long_text_is_refused_before_any_request(cls):
         c.close() if cls is Client else asyncio.run(c.close())
 
 
+def test_a_closed_client_says_so_and_opens_nothing_again(server):
+    """A call after close() was grpc's own "Cannot invoke RPC on closed channel!" (a
+    ValueError) in Client, and an AsyncClient closed before its first call opened a new
+    channel and worked, unlike one closed after it."""
+    c = Client(server.target, timeout=60)
+    assert c.info().dim == 384
+    c.close()
+    with pytest.raises(RuntimeError, match="Client is closed"):
+        c.info()
+
+    async def closed_first() -> None:
+        a = AsyncClient(server.target, timeout=60)
+        await a.close()
+        with pytest.raises(RuntimeError, match="AsyncClient is closed"):
+            await a.info()
+
+    asyncio.run(closed_first())
+
+
+def test_an_async_clients_tls_files_are_read_where_it_is_made(tmp_path):
+    """AsyncClient opens its channel at its first call; a missing PEM file was found only
+    then (Client refuses it at once)."""
+    missing = api.TLS(root_certificates=tmp_path / "missing.pem")
+    for cls in (Client, AsyncClient):
+        with pytest.raises(FileNotFoundError, match="missing.pem"):
+            cls("127.0.0.1:1", tls=missing)
+    (tmp_path / "ca.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+    loaded = api.loaded_tls(api.TLS(root_certificates=tmp_path / "ca.pem"))
+    assert loaded.root_certificates == b"-----BEGIN CERTIFICATE-----\n"  # bytes from now on
+
+
 def test_ids_as_a_numpy_array_are_the_ids_it_holds():
     """delete(ids=np.array([...])) asked the array its truth (numpy's ValueError), and an
     array of one falsy id ([0] or [""]) deleted nothing; numpy integers were refused."""

@@ -327,6 +327,20 @@ def test_cli_writes_a_png_and_an_html_page(server, tmp_path):
     assert text.replace("http://www.w3.org/2000/svg", "").count("http") == 0
     assert "attends to (mean over heads)" in done.stdout
 
+    # A compared text too long for every layer and head in one reply: the command failed
+    # ("ask for fewer layers or heads", flags the user never gave); it is left out of the
+    # contrast view, and said so.
+    longer = "这个苹果又红又甜，" * 12  # ~100 tokens: all 144 maps of it are over the bound
+    both = subprocess.run(
+        [sys.executable, "-m", "embedsense.client.cli", "--target", server.target, "explain",
+         "我喜欢吃苹果", "--word", "苹果", "--compare", "我买了最新的苹果手机",
+         "--compare", longer, "--html", str(page)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    assert "leaves out 1 compared text(s)" in both.stdout and longer[:10] in both.stdout
+    assert "我买了最新的苹果手机" in page.read_text(encoding="utf-8")
+
     layer_png = tmp_path / "layer.png"
     one = subprocess.run(
         [sys.executable, "-m", "embedsense.client.cli", "--target", server.target, "explain",

@@ -56,6 +56,12 @@ def collection(client):
     client.drop_collection("hardening")
 
 
+def not_an_object(collection: str) -> pb.UpsertRequest:
+    """An upsert whose document's metadata is a JSON array."""
+    document = pb.Document(text="x", metadata_json="[1]")
+    return pb.UpsertRequest(collection=collection, documents=[document])
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -74,7 +80,8 @@ def collection(client):
         (lambda c, col: c.search(col, "苹果", filter={"a": {"$bad": 1}}), "unknown operator"),
         (lambda c, col: c.search(col, np.ones(7)), "384-dim"),
         (lambda c, _: c.disambiguate("我喜欢吃香蕉", "苹果"), "does not occur"),
-        (lambda c, col: c.upsert(col, [{"text": "x", "metadata": [1]}]), "metadata"),
+        # The server's own check: the SDK refuses it before sending (test_client_bulk.py).
+        (lambda c, col: c._call(Call("Upsert", not_an_object(col), id, stream=True)), "metadata"),
     ],
 )
 def test_bad_input_gets_a_precise_error_and_the_server_goes_on(client, collection, call, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -117,6 +118,37 @@ def test_induction_of_20000_occurrences_stays_under_a_memory_ceiling():
         method.induce(vectors[:10], max_k=method.MAX_SENSES + 1)
 
 
+def test_occurrences_are_ranked_as_their_feature_rows_would_be_in_a_fraction_of_the_memory():
+    """The occurrence search built a sentence vector per occurrence and the (n, 2 * dim)
+    feature rows several times over: ~700 MB at 50,000 occurrences of 384 dims."""
+    import tracemalloc
+
+    rng = np.random.default_rng(8)
+    for n, documents, weight in ((1, 1, 2.0), (40, 6, 2.0), (300, 25, 0.5), (300, 25, 0.0)):
+        words = (rng.normal(size=(n, 32)) + 2).astype(np.float32)
+        contexts = (rng.normal(size=(documents, 32)) + 1).astype(np.float32)
+        owner = rng.integers(0, documents, n)
+        query_word, query_context = words[0] + 0.1, contexts[owner[0]] - 0.1
+        rows = method.rank_by_sense(
+            method.features(query_word[None], query_context[None], weight)[0],
+            method.features(words, contexts[owner], weight),
+        )
+        ranked = method.rank_occurrences(query_word, query_context, words, contexts, owner, weight)
+        np.testing.assert_allclose(ranked, rows, atol=1e-5)
+
+    n, documents = 50_000, 5_000
+    words = rng.normal(size=(n, 384)).astype(np.float32)  # 77 MB
+    contexts = rng.normal(size=(documents, 384)).astype(np.float32)
+    owner = np.repeat(np.arange(documents), n // documents)
+    tracemalloc.start()
+    try:
+        method.rank_occurrences(words[0], contexts[0], words, contexts, owner)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
 # ------------------------------------------------------------------ end to end
 
 
@@ -157,6 +189,10 @@ def test_sense_errors_name_the_offending_input(client):
         client.disambiguate("苹果很好", "苹果", {"a": ["苹果很甜"], "b": []})
     with pytest.raises(InvalidArgument, match="does not contain the word: '香蕉很甜'"):
         client.disambiguate("苹果很好", "苹果", {"a": ["香蕉很甜"], "b": ["苹果手机"]})
+    # As a word, as the text's own is found: the example was embedded at "pineapple".
+    with pytest.raises(InvalidArgument, match="does not contain the word: 'a pineapple pie'"):
+        pineapple = {"fruit": ["a pineapple pie"], "company": ["apple stock fell"]}
+        client.disambiguate("an apple a day", "apple", pineapple)
     with pytest.raises(InvalidArgument, match="at least two senses"):
         client.disambiguate("苹果很好", "苹果", {"a": ["苹果很甜"]})
     with pytest.raises(InvalidArgument, match="span"):
@@ -332,6 +368,27 @@ def test_a_sense_reply_over_the_message_limit_is_refused_in_words(small_replies)
         with pytest.raises(ResourceExhausted, match=r"reply.*max_message_bytes.*fewer"):
             c.induce_senses("long", "苹果", k=2, central=1000)
         assert len(c.search_occurrences("long", "我喜欢吃苹果", "苹果", k=5)) == 5
+
+
+def test_inventories_too_large_to_list_at_once_are_refused_in_words(small_replies):
+    """Two inventories of ~0.6 MB each fit one by one and not together in the 1 MiB reply:
+    ListInventories failed in gRPC core ("Sent message larger than max"), no word of why."""
+    from embedsense.client import Client, ResourceExhausted
+
+    example = "苹果" + "甜" * 5_000  # ~15 KB of UTF-8
+    words = {"苹果": {"fruit": [example] * 20, "company": [example] * 20}}
+    with Client(small_replies.target, timeout=120) as c:
+        try:
+            for name in ("big-1", "big-2"):
+                c.create_inventory(name, words)
+            with pytest.raises(ResourceExhausted, match=r"max_message_bytes.*delete one"):
+                c.list_inventories()
+            c.delete_inventory("big-2")
+            assert "big-1" in {i.name for i in c.list_inventories()}
+        finally:
+            for name in ("big-1", "big-2"):
+                with contextlib.suppress(NotFound):
+                    c.delete_inventory(name)
 
 
 def test_a_word_no_token_covers_is_named_so_in_a_collection(small_replies):

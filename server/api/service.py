@@ -547,9 +547,12 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         self, request: pb.ListInventoriesRequest, context: Any
     ) -> pb.ListInventoriesResponse:
         listed = await asyncio.to_thread(self.senses.inventories.list)
-        return pb.ListInventoriesResponse(
+        reply = pb.ListInventoriesResponse(
             inventories=[self._inventory_reply(*entry) for entry in listed]
         )
+        return check_reply_size(reply, self.settings.max_message_bytes,
+                                "fewer or smaller inventories: delete one you no longer use",
+                                "each inventory carries every example")  # fmt: skip
 
     @rpc
     async def DeleteInventory(

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from importlib.resources import files
 
+from embedsense.model.spans import word_spans
 from embedsense.server.index.backend import IndexBackend
 from embedsense.server.senses.errors import InventoryExists, InventoryNotFound, SenseInputError
 
@@ -41,7 +42,7 @@ def check_senses(word: str, senses: Mapping[str, Sequence[str]]) -> Senses:
                 f"{MAX_EXAMPLES_PER_SENSE}"
             )
         for example in examples:
-            if word not in example:
+            if not word_spans(example, word):  # as a word: "apple" is not in "pineapple"
                 raise SenseInputError(
                     f"{word!r}: an example of sense {label!r} does not contain the word: "
                     f"{example[:60]!r}"

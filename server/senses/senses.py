@@ -70,8 +70,20 @@ class Induction:
 class Gathered:
     items: list[tuple[str, Occurrence, dict]] = field(default_factory=list)  # (id, where, metadata)
     words: list[np.ndarray] = field(default_factory=list)  # (n, dim) per document
-    contexts: list[np.ndarray] = field(default_factory=list)  # (n, dim) per document
+    contexts: list[np.ndarray] = field(default_factory=list)  # (dim,) per document
+    owners: list[np.ndarray] = field(default_factory=list)  # (n,) per document: its number
     uncovered: int = 0  # occurrences no token covers
+
+
+@dataclass
+class Occurrences:
+    """A word's occurrences in a collection: their word vectors, and their documents'
+    sentence vectors once per document (`owner`: each occurrence's row in `contexts`)."""
+
+    items: list[tuple[str, Occurrence, dict]]  # (id, where, metadata)
+    words: np.ndarray  # (n, dim)
+    contexts: np.ndarray  # (documents, dim)
+    owner: np.ndarray  # (n,)
 
 
 def gather_occurrences(collection: CollectionBackend, word: str) -> Gathered:
@@ -86,9 +98,11 @@ def gather_occurrences(collection: CollectionBackend, word: str) -> Gathered:
             room = MAX_COMPARED - len(found.items)
             stored = stored_word_vectors(doc, occurrences_of(word, doc.text)[:room])
             found.uncovered += stored.uncovered
-            found.items += [(doc.id, o, doc.metadata) for o in stored.occurrences]
-            found.words.append(stored.words)
-            found.contexts.append(np.tile(stored.sentence, (len(stored.occurrences), 1)))
+            if stored.occurrences:
+                found.items += [(doc.id, o, doc.metadata) for o in stored.occurrences]
+                found.words.append(stored.words)
+                found.owners.append(np.full(len(stored.occurrences), len(found.contexts)))
+                found.contexts.append(stored.sentence)
             if len(found.items) >= MAX_COMPARED:
                 return found
     return found
@@ -149,9 +163,7 @@ class Senses:
 
     # ------------------------------------------------------------ over a collection
 
-    async def _stored_occurrences(
-        self, collection: CollectionBackend, word: str
-    ) -> tuple[list[tuple[str, Occurrence, dict]], np.ndarray, np.ndarray]:
+    async def _stored_occurrences(self, collection: CollectionBackend, word: str) -> Occurrences:
         """Every occurrence of `word` in the collection (up to the bounds above), with its
         stored word and sentence vectors."""
         if not collection.store_tokens:
@@ -176,7 +188,8 @@ class Senses:
                     "the tokenizer keeps none for whitespace alone"
                 )
             raise SenseInputError(f"{word!r} does not occur in collection {collection.name!r}")
-        return found.items, np.concatenate(found.words), np.concatenate(found.contexts)
+        return Occurrences(found.items, np.concatenate(found.words), np.stack(found.contexts),
+                           np.concatenate(found.owners))  # fmt: skip
 
     async def search_occurrences(
         self,
@@ -192,12 +205,13 @@ class Senses:
         in `text`, best first; and how many occurrences were compared."""
         collection = await asyncio.to_thread(self.catalog.get, collection_name)
         target = locate(text, word, span, occurrence)
-        items, words, contexts = await self._stored_occurrences(collection, target.word)
+        found = await self._stored_occurrences(collection, target.word)
+        items = found.items
         query = await word_vectors(self.engine, [target])
 
         def ranked() -> tuple[np.ndarray, np.ndarray]:  # 50,000 x dim: off the loop too
-            scores = method.rank_by_sense(
-                method.features(query.words, query.contexts)[0], method.features(words, contexts)
+            scores = method.rank_occurrences(
+                query.words[0], query.contexts[0], found.words, found.contexts, found.owner
             )
             return scores, np.argsort(-scores, kind="stable")[:k]
 
@@ -219,7 +233,8 @@ class Senses:
         for name, value in (("k", k), ("max_k", max_k)):
             if value is not None and not 1 <= value <= method.MAX_SENSES:
                 raise SenseInputError(f"{name}: {value}; a word has 1-{method.MAX_SENSES} senses")
-        items, words, _ = await self._stored_occurrences(collection, word)
+        found = await self._stored_occurrences(collection, word)
+        items, words = found.items, found.words
         if len(items) < 2:
             raise SenseInputError(f"{word!r} occurs once in {collection_name!r}: nothing to split")
         if k is not None and k > len(items):  # it was cut to their number, in silence
