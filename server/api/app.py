@@ -183,15 +183,11 @@ class EmbedSenseServer:
             service.replica += f"/{parts.name}"
         await self._server.start()
         if s.metrics_port is not None and parts is None:  # a front end's: the engine's port
-            metrics_host = bare_host(s.metrics_host or s.host)
             try:
-                self.metrics_port = self.metrics.serve(metrics_host, s.metrics_port)
-            except OSError as err:  # taken since check_port_free looked
+                self.metrics_port = serve_metrics(self.metrics, s)
+            except StartupError:
                 await self.stop(0)
-                raise StartupError(
-                    f"cannot serve metrics on {grpc_address(metrics_host, s.metrics_port)} "
-                    f"({where('metrics_port')}): {err.strerror or err}"
-                ) from err
+                raise
         http_tls = None
         if s.http_port is not None:
             self.http = http_server(self.engine, s, self.metrics, api_keys, service.ops)
@@ -302,6 +298,19 @@ def check_ports_free(s: ServerSettings) -> None:
     check_port_free(s.host, s.port, f"gRPC, {where('port')}")
     check_port_free(s.host, s.http_port, f"HTTP, {where('http_port')}")
     check_port_free(s.metrics_host or s.host, s.metrics_port, f"metrics, {where('metrics_port')}")
+
+
+def serve_metrics(metrics: Metrics, s: ServerSettings) -> int:
+    """The metrics port served, as its settings ask; StartupError, naming the flag, when it
+    was taken since check_ports_free looked."""
+    host = bare_host(s.metrics_host or s.host)
+    try:
+        return metrics.serve(host, s.metrics_port)
+    except OSError as err:
+        raise StartupError(
+            f"cannot serve metrics on {grpc_address(host, s.metrics_port)} "
+            f"({where('metrics_port')}): {err.strerror or err}"
+        ) from err
 
 
 def check_port_free(host: str, port: int | None, what: str = "") -> None:

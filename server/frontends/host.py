@@ -32,13 +32,13 @@ from embedsense.server.api.app import (
     bare_host,
     check_data_dir,
     check_ports_free,
-    grpc_address,
     open_engine_and_index,
     remove_if_empty,
+    serve_metrics,
     stop_on_signals,
 )
 from embedsense.server.api.observability import JsonFormatter, Metrics
-from embedsense.server.api.settings import ServerSettings, where
+from embedsense.server.api.settings import ServerSettings
 from embedsense.server.api.tls import ServerTls
 from embedsense.server.batching import Priority
 from embedsense.server.engine import Engine
@@ -140,14 +140,7 @@ class EngineHost:
         self.metrics.watch(self.engine, self.catalog)
         self.metrics.add_source(self._front_end_metrics)
         if s.metrics_port is not None:
-            metrics_host = bare_host(s.metrics_host or s.host)
-            try:
-                self.metrics_port = self.metrics.serve(metrics_host, s.metrics_port)
-            except OSError as err:  # taken since check_ports_free looked
-                raise StartupError(
-                    f"cannot serve metrics on {grpc_address(metrics_host, s.metrics_port)} "
-                    f"({where('metrics_port')}): {err.strerror or err}"
-                ) from err
+            self.metrics_port = serve_metrics(self.metrics, s)
         self._opened.set()
         deadline = time.monotonic() + READY_TIMEOUT_S
         for front in fronts:
