@@ -407,3 +407,32 @@ def test_two_replicas_dropping_one_collection_at_once_both_get_a_status(replicas
         for outcome in outcomes:
             assert outcome == "created" or status_for(outcome) is not None, outcomes
         assert name not in a.names() and name not in b.names()
+
+
+def test_optimizing_merges_the_segments_and_waits_for_the_merge_to_be_served(uri):
+    """Before: wait_until_optimized flushed and waited for indexes only. Three bulk loads
+    stayed three segments, each searched on its own graph (slower, and lower recall at a
+    given ef than one graph); Milvus merged them later, when it chose, while serving."""
+    backend = open_backend(BackendSettings("milvus", milvus_uri=uri))
+    try:
+        backend.create("merged", model="m", dim=DIM, index_spec="HNSW16")
+        col = backend.get("merged")
+        rng = np.random.default_rng(0)
+        for part in range(3):  # each flush seals the load as a segment of its own
+            col.upsert([Document(text=f"t{part}-{i}", vector=v, id=f"d{part}-{i}")
+                        for i, v in enumerate(unit(rng, 1500))])  # fmt: skip
+            col.calls("test", "flush", col.layout.docs)
+        assert col.wait_until_optimized(240)
+        segments = col.calls.loaded_segments("test", col.layout.docs)
+        if segments is None:
+            pytest.skip("milvus-lite keeps no segments")
+        assert [(s.num_rows, bool(s.index_name)) for s in segments] == [(4500, True)]
+        query = unit(rng)
+        assert len(col.search(query, k=10, with_documents=False)[0]) == 10
+        assert col.wait_until_optimized(240)  # one segment: left as it is, not rewritten
+        again = col.calls.loaded_segments("test", col.layout.docs)
+        assert [s.segmentID for s in again] == [segments[0].segmentID]
+    finally:
+        for name in backend.names():
+            backend.drop(name)
+        backend.close()
