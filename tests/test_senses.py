@@ -469,3 +469,73 @@ def test_sense_calls_on_another_models_vectors_or_more_senses_than_occurrences_a
                     call()
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def many_apples(small_replies):
+    """120 short documents holding 苹果, read one at a time by the tests below."""
+    from embedsense.client import Client
+
+    with Client(small_replies.target, timeout=120) as c:
+        c.create_collection("many", store_tokens=True)
+        c.upsert("many", [{"id": f"m{i}", "text": f"{FRUIT[i % 6]}，第{i}个"} for i in range(120)],
+                 show_progress_bar=False)  # fmt: skip
+    return small_replies.target
+
+
+@pytest.fixture
+def slow_reads(monkeypatch):
+    """Each sense call reads its documents one at a time, 50 ms each: the times of the reads."""
+    from embedsense.server.index.collection import Collection
+    from embedsense.server.senses import senses
+
+    monkeypatch.setattr(senses, "DOCUMENTS_PER_READ", 1)
+    reads: list[float] = []
+    read = Collection.get
+
+    def slowly(self, ids):
+        reads.append(time.monotonic())
+        time.sleep(0.05)
+        return read(self, ids)
+
+    monkeypatch.setattr(Collection, "get", slowly)
+    return reads
+
+
+def test_a_sense_call_past_its_deadline_stops_its_work(many_apples, slow_reads):
+    """Before: the call ended with DEADLINE_EXCEEDED and its thread read on through every
+    document (here 6 s), for nobody."""
+    with grpc.insecure_channel(many_apples) as channel:
+        search = pb_grpc.EmbedSenseStub(channel).SearchOccurrences
+        asked = pb.SearchOccurrencesRequest(collection="many", text="我吃苹果", word="苹果")
+        with pytest.raises(grpc.RpcError) as failed:
+            search(asked, timeout=0.5)
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(0.5)
+    stopped_at = len(slow_reads)
+    time.sleep(1.0)
+    assert len(slow_reads) == stopped_at < 40
+
+
+def test_sense_calls_leave_the_threads_of_other_calls_free(many_apples, slow_reads):
+    """Before: sense calls read on asyncio's default threads, which every call's index work
+    shares (at most 32; 6 on two cores): 40 of them at once held them all for seconds, and
+    a search waited behind them past its deadline."""
+    from embedsense.client import Client, Retry
+
+    with grpc.insecure_channel(many_apples) as channel:
+        search = pb_grpc.EmbedSenseStub(channel).SearchOccurrences
+        asked = pb.SearchOccurrencesRequest(collection="many", text="我吃苹果", word="苹果")
+        calls = [search.future(asked, timeout=60) for _ in range(40)]
+        try:
+            time.sleep(0.5)  # every one of them started
+            with Client(many_apples, timeout=3, retry=Retry(attempts=1)) as hurried:
+                assert len(hurried.search("many", "苹果", k=3)) == 3
+            assert not any(call.done() for call in calls)  # the sense calls were still at work
+        finally:
+            for call in calls:
+                call.cancel()
+    time.sleep(0.5)
+    stopped_at = len(slow_reads)
+    time.sleep(0.5)
+    assert len(slow_reads) == stopped_at  # the cancelled ones stopped reading

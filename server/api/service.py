@@ -88,6 +88,7 @@ STATUSES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (sense_errors.NoTokenVectors, grpc.StatusCode.FAILED_PRECONDITION),
     (sense_errors.InventoryNotFound, grpc.StatusCode.NOT_FOUND),
     (sense_errors.InventoryExists, grpc.StatusCode.ALREADY_EXISTS),
+    (sense_errors.Abandoned, grpc.StatusCode.CANCELLED),  # its caller is gone: for the log
     # The model's own input errors, wherever a handler lets one through.
     (TextTooLongError, grpc.StatusCode.INVALID_ARGUMENT),
     (SpanError, grpc.StatusCode.INVALID_ARGUMENT),

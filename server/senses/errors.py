@@ -20,3 +20,8 @@ class InventoryNotFound(KeyError):
 
 class InventoryExists(Exception):
     """ALREADY_EXISTS: an inventory by that name exists (and replace was not asked)."""
+
+
+class Abandoned(Exception):
+    """The call that asked for the work is gone (it hung up, or its deadline passed): the work
+    stops at its next check. Nobody is left to answer."""

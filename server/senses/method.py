@@ -10,9 +10,12 @@ the sense.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
+
+from embedsense.server.senses.errors import Abandoned
 
 # A word is represented by its own contextual vector and, at this weight, the mean vector of
 # its sentence (both unit length, side by side). The word's vector carries the sense; the
@@ -138,10 +141,16 @@ class Clustering:
     silhouette: float  # mean silhouette (cosine distance); 0.0 when k == 1
 
 
-def induce(vectors: np.ndarray, k: int | None = None, max_k: int = 6, seed: int = 0) -> Clustering:
+def induce(
+    vectors: np.ndarray,
+    k: int | None = None,
+    max_k: int = 6,
+    seed: int = 0,
+    stop: threading.Event | None = None,
+) -> Clustering:
     """Cluster occurrence vectors (n, dim) into senses: spherical k-means on centred unit
     vectors; without k, the k in 2..max_k with the best mean silhouette. k and max_k are at
-    most MAX_SENSES (ValueError beyond)."""
+    most MAX_SENSES (ValueError beyond). Abandoned between two k once `stop` is set."""
     for name, value in (("k", k), ("max_k", max_k)):
         if value is not None and not 1 <= value <= MAX_SENSES:
             raise ValueError(f"{name} is {value}; it must be within 1-{MAX_SENSES}")
@@ -154,6 +163,8 @@ def induce(vectors: np.ndarray, k: int | None = None, max_k: int = 6, seed: int 
         return _cluster(unit(vectors), 1, seed)
     best: Clustering | None = None
     for candidate in range(2, min(max_k, n - 1) + 1):
+        if stop is not None and stop.is_set():
+            raise Abandoned(f"induction at k = {candidate}")
         result = _cluster(x, candidate, seed)
         if best is None or result.silhouette > best.silhouette:
             best = result

@@ -4,15 +4,18 @@ occurrences used in the same sense, and induce the senses of a word in a collect
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from embedsense.server.engine import Engine
 from embedsense.server.index import CollectionBackend, IndexBackend, ModelMismatch
 from embedsense.server.senses import method
-from embedsense.server.senses.errors import NoTokenVectors, SenseInputError
+from embedsense.server.senses.errors import Abandoned, NoTokenVectors, SenseInputError
 from embedsense.server.senses.inventories import DEFAULT, Inventories, check_senses
 from embedsense.server.senses.words import (
     Occurrence,
@@ -28,6 +31,12 @@ from embedsense.server.senses.words import (
 MAX_CANDIDATE_DOCUMENTS = 20_000
 DOCUMENTS_PER_READ = 32
 MAX_COMPARED = 50_000
+# Occurrence search and induction over a collection (seconds of reading and numpy for a common
+# word) run on threads of their own, this many calls at once: a few of them must not hold
+# every thread of the pool that all other calls' index reads and writes run on.
+SENSE_THREADS = 2
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -86,12 +95,17 @@ class Occurrences:
     owner: np.ndarray  # (n,)
 
 
-def gather_occurrences(collection: CollectionBackend, word: str) -> Gathered:
+def gather_occurrences(
+    collection: CollectionBackend, word: str, stop: threading.Event | None = None
+) -> Gathered:
     """The word's occurrences in the collection's stored documents, in label order, with
-    their word and sentence vectors, within MAX_CANDIDATE_DOCUMENTS and MAX_COMPARED."""
+    their word and sentence vectors, within MAX_CANDIDATE_DOCUMENTS and MAX_COMPARED.
+    Abandoned once `stop` is set."""
     ids = collection.ids_containing(word, MAX_CANDIDATE_DOCUMENTS)
     found = Gathered()
     for start in range(0, len(ids), DOCUMENTS_PER_READ):
+        if stop is not None and stop.is_set():
+            raise Abandoned(f"occurrences of {word!r} in {collection.name!r}")
         for doc in collection.get(ids[start : start + DOCUMENTS_PER_READ]):
             if doc is None:  # deleted in between
                 continue
@@ -113,6 +127,18 @@ class Senses:
         self.engine = engine
         self.catalog = catalog
         self.inventories = Inventories(catalog)
+        self._work = ThreadPoolExecutor(SENSE_THREADS, thread_name_prefix="embedsense-senses")
+
+    async def _in_pool(self, work: Callable[[threading.Event], T]) -> T:
+        """`work(stop)` on the senses' own threads. When the call is cancelled (the caller
+        hung up, or its deadline passed) `stop` is set: the work ends at its next check,
+        where it would have run on for nobody, holding a thread the next call waits for."""
+        stop = threading.Event()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._work, work, stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
     async def disambiguate(
         self,
@@ -179,7 +205,7 @@ class Senses:
                 "induce word senses in it"
             )
         # Seconds of work for a common word: off the event loop, which serves every call.
-        found = await asyncio.to_thread(gather_occurrences, collection, word)
+        found = await self._in_pool(lambda stop: gather_occurrences(collection, word, stop))
         if not found.items:
             if found.uncovered:
                 raise SenseInputError(
@@ -215,7 +241,7 @@ class Senses:
             )
             return scores, np.argsort(-scores, kind="stable")[:k]
 
-        scores, order = await asyncio.to_thread(ranked)
+        scores, order = await self._in_pool(lambda _: ranked())
         return [
             FoundOccurrence(items[i][0], items[i][1].text, items[i][1].start, items[i][1].end,
                             float(scores[i]), items[i][2])
@@ -243,7 +269,7 @@ class Senses:
                 f"{collection_name!r}; at most {len(items)}, or no k to let the silhouette choose"
             )
         # The word's vectors alone: adding the sentence's did not help clustering (README).
-        clustering = await asyncio.to_thread(method.induce, words, k, max_k)
+        clustering = await self._in_pool(lambda stop: method.induce(words, k, max_k, stop=stop))
         senses = []
         for cluster in range(clustering.k):
             members = np.flatnonzero(clustering.labels == cluster)
