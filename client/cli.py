@@ -495,7 +495,8 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
             "(their cosines per layer are on the page): " + ", ".join(map(repr, left_out))
         )
     payload = {"explanation": asdict(explanation), "comparison": asdict(comparison)
-               if comparison else None, "written": written}  # fmt: skip
+               if comparison else None, "written": written,
+               "left_out_of_contrast": left_out}  # fmt: skip
     emit(args, payload, readable.strip())
 
 

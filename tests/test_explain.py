@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import struct
 import subprocess
 import sys
@@ -340,6 +341,13 @@ def test_cli_writes_a_png_and_an_html_page(server, tmp_path):
     assert both.returncode == 0, both.stderr
     assert "leaves out 1 compared text(s)" in both.stdout and longer[:10] in both.stdout
     assert "我买了最新的苹果手机" in page.read_text(encoding="utf-8")
+    as_json = subprocess.run(  # and --json says which: it said nothing of them
+        [sys.executable, "-m", "embedsense.client.cli", "--target", server.target, "--json",
+         "explain", "我喜欢吃苹果", "--word", "苹果", "--compare", longer, "--html", str(page)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["left_out_of_contrast"] == [longer]
 
     layer_png = tmp_path / "layer.png"
     one = subprocess.run(
