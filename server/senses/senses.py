@@ -4,6 +4,7 @@ occurrences used in the same sense, and induce the senses of a word in a collect
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -128,14 +129,20 @@ class Senses:
         self.catalog = catalog
         self.inventories = Inventories(catalog)
         self._work = ThreadPoolExecutor(SENSE_THREADS, thread_name_prefix="embedsense-senses")
+        # A call holds a slot from its first job on the threads to its last: its second job
+        # (ranking, clustering) would otherwise queue behind every call's first, and all of
+        # them would end late together instead of one after another.
+        self._slots = asyncio.Semaphore(SENSE_THREADS)
 
     async def _in_pool(self, work: Callable[[threading.Event], T]) -> T:
-        """`work(stop)` on the senses' own threads. When the call is cancelled (the caller
-        hung up, or its deadline passed) `stop` is set: the work ends at its next check,
-        where it would have run on for nobody, holding a thread the next call waits for."""
+        """`work(stop)` on the senses' own threads (with the call's context: its request id
+        on log lines). When the call is cancelled (the caller hung up, or its deadline
+        passed) `stop` is set: the work ends at its next check, where it would have run on
+        for nobody, holding a thread the next call waits for."""
         stop = threading.Event()
+        run = contextvars.copy_context().run
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._work, work, stop)
+            return await asyncio.get_running_loop().run_in_executor(self._work, run, work, stop)
         except asyncio.CancelledError:
             stop.set()
             raise
@@ -231,17 +238,18 @@ class Senses:
         in `text`, best first; and how many occurrences were compared."""
         collection = await asyncio.to_thread(self.catalog.get, collection_name)
         target = locate(text, word, span, occurrence)
-        found = await self._stored_occurrences(collection, target.word)
+        async with self._slots:
+            found = await self._stored_occurrences(collection, target.word)
+            query = await word_vectors(self.engine, [target])
+
+            def ranked() -> tuple[np.ndarray, np.ndarray]:  # 50,000 x dim: off the loop too
+                scores = method.rank_occurrences(
+                    query.words[0], query.contexts[0], found.words, found.contexts, found.owner
+                )
+                return scores, np.argsort(-scores, kind="stable")[:k]
+
+            scores, order = await self._in_pool(lambda _: ranked())
         items = found.items
-        query = await word_vectors(self.engine, [target])
-
-        def ranked() -> tuple[np.ndarray, np.ndarray]:  # 50,000 x dim: off the loop too
-            scores = method.rank_occurrences(
-                query.words[0], query.contexts[0], found.words, found.contexts, found.owner
-            )
-            return scores, np.argsort(-scores, kind="stable")[:k]
-
-        scores, order = await self._in_pool(lambda _: ranked())
         return [
             FoundOccurrence(items[i][0], items[i][1].text, items[i][1].start, items[i][1].end,
                             float(scores[i]), items[i][2])
@@ -259,17 +267,21 @@ class Senses:
         for name, value in (("k", k), ("max_k", max_k)):
             if value is not None and not 1 <= value <= method.MAX_SENSES:
                 raise SenseInputError(f"{name}: {value}; a word has 1-{method.MAX_SENSES} senses")
-        found = await self._stored_occurrences(collection, word)
-        items, words = found.items, found.words
-        if len(items) < 2:
-            raise SenseInputError(f"{word!r} occurs once in {collection_name!r}: nothing to split")
-        if k is not None and k > len(items):  # it was cut to their number, in silence
-            raise SenseInputError(
-                f"k: {k} senses of {len(items)} occurrences of {word!r} in "
-                f"{collection_name!r}; at most {len(items)}, or no k to let the silhouette choose"
-            )
-        # The word's vectors alone: adding the sentence's did not help clustering (README).
-        clustering = await self._in_pool(lambda stop: method.induce(words, k, max_k, stop=stop))
+        async with self._slots:
+            found = await self._stored_occurrences(collection, word)
+            items, words = found.items, found.words
+            if len(items) < 2:
+                raise SenseInputError(
+                    f"{word!r} occurs once in {collection_name!r}: nothing to split"
+                )
+            if k is not None and k > len(items):  # it was cut to their number, in silence
+                raise SenseInputError(
+                    f"k: {k} senses of {len(items)} occurrences of {word!r} in "
+                    f"{collection_name!r}; at most {len(items)}, or no k to let the silhouette "
+                    "choose"
+                )
+            # The word's vectors alone: adding the sentence's did not help clustering (README).
+            clustering = await self._in_pool(lambda stop: method.induce(words, k, max_k, stop=stop))
         senses = []
         for cluster in range(clustering.k):
             members = np.flatnonzero(clustering.labels == cluster)

@@ -12,7 +12,7 @@ with --callers threads calling at once (the throughput many callers get, where o
 q/s is 1 / its latency). The milvus backend talks to a milvus-lite server (Milvus rewritten
 in Python) and to a real Milvus standalone from PyPI's `milvus` wheel
 (tests/ops/milvus_standalone.py), both separate processes on 127.0.0.1 reached over gRPC
-(the standalone's relay into its network namespace adds nothing measurable: 2.4-2.7 ms per
+(the standalone's relay into its network namespace adds nothing measurable: 2.4-2.9 ms per
 search through it or from inside, same run), or with --milvus-uri to a Milvus of yours.
 milvus-lite is slow: it answers only the first --lite-queries queries, at three ef values.
 
