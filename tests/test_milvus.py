@@ -10,6 +10,7 @@ import random
 import threading
 import time
 from functools import partial
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -409,29 +410,142 @@ def test_two_replicas_dropping_one_collection_at_once_both_get_a_status(replicas
         assert name not in a.names() and name not in b.names()
 
 
-def test_optimizing_merges_the_segments_and_waits_for_the_merge_to_be_served(uri):
-    """Before: wait_until_optimized flushed and waited for indexes only. Three bulk loads
-    stayed three segments, each searched on its own graph (slower, and lower recall at a
-    given ef than one graph); Milvus merged them later, when it chose, while serving."""
+@pytest.fixture
+def three_segments(uri):
+    """A collection of three loads, each flushed as a segment of its own (real Milvus only:
+    milvus-lite keeps no segments)."""
     backend = open_backend(BackendSettings("milvus", milvus_uri=uri))
     try:
         backend.create("merged", model="m", dim=DIM, index_spec="HNSW16")
         col = backend.get("merged")
+        if col.calls.loaded_segments("test", col.layout.docs) is None:
+            pytest.skip("milvus-lite keeps no segments")
         rng = np.random.default_rng(0)
         for part in range(3):  # each flush seals the load as a segment of its own
             col.upsert([Document(text=f"t{part}-{i}", vector=v, id=f"d{part}-{i}")
                         for i, v in enumerate(unit(rng, 1500))])  # fmt: skip
             col.calls("test", "flush", col.layout.docs)
-        assert col.wait_until_optimized(240)
-        segments = col.calls.loaded_segments("test", col.layout.docs)
-        if segments is None:
-            pytest.skip("milvus-lite keeps no segments")
-        assert [(s.num_rows, bool(s.index_name)) for s in segments] == [(4500, True)]
-        query = unit(rng)
-        assert len(col.search(query, k=10, with_documents=False)[0]) == 10
-        assert col.wait_until_optimized(240)  # one segment: left as it is, not rewritten
-        again = col.calls.loaded_segments("test", col.layout.docs)
-        assert [s.segmentID for s in again] == [segments[0].segmentID]
+        yield col
+    finally:
+        for name in backend.names():
+            backend.drop(name)
+        backend.close()
+
+
+def _served(col) -> list[tuple[int, bool]]:
+    segments = col.calls.loaded_segments("test", col.layout.docs)
+    return sorted((s.num_rows, bool(s.index_name)) for s in segments)
+
+
+class _Recording:
+    """An object passing every call through, keeping each call's deadline in `timeouts`."""
+
+    def __init__(self, target, timeouts: list[tuple[str, float | None]]) -> None:
+        self.target = target
+        self.timeouts = timeouts
+
+    def __getattr__(self, name: str):
+        method = getattr(self.target, name)
+        if name == "_get_connection":  # how the collection lists segments
+            return lambda: _Recording(method(), self.timeouts)
+        if name.startswith("_") or not callable(method):
+            return method
+
+        def call(*args, **kwargs):
+            self.timeouts.append((name, kwargs.get("timeout")))
+            return method(*args, **kwargs)
+
+        return call
+
+
+class _MilvusSpy(_Recording):
+    """A collection's MilvusClient, recorded; its first compaction job, where a test asks,
+    goes otherwise: "no plan" (a real compaction, said to have had no plan) or "failed" (none
+    started, its plan said to have ended with the segments unmerged)."""
+
+    FAKE_JOB = 1
+
+    def __init__(self, col, first_job: str = "real") -> None:
+        super().__init__(col.calls.client, [])
+        self.docs = col.layout.docs
+        self.first_job = first_job
+        self.jobs: list[int] = []
+
+    def compact(self, *args, **kwargs) -> int:
+        self.timeouts.append(("compact", kwargs.get("timeout")))
+        if self.first_job == "failed" and not self.jobs:
+            self.jobs.append(self.FAKE_JOB)
+        else:
+            self.jobs.append(self.target.compact(*args, **kwargs))
+        return self.jobs[-1]
+
+    def get_compaction_state(self, job: int, **kwargs) -> str:
+        self.timeouts.append(("get_compaction_state", kwargs.get("timeout")))
+        if job == self.FAKE_JOB:
+            return "Completed"
+        return self.target.get_compaction_state(job, **kwargs)
+
+    def get_compaction_plans(self, job: int, **kwargs):
+        self.timeouts.append(("get_compaction_plans", kwargs.get("timeout")))
+        if job == self.FAKE_JOB:
+            segments = self.target._get_connection().get_query_segment_info(self.docs)
+            return SimpleNamespace(plans=[SimpleNamespace(sources=[s.segmentID for s in segments])])
+        plans = self.target.get_compaction_plans(job, **kwargs)
+        if self.first_job == "no plan" and job == self.jobs[0]:
+            return SimpleNamespace(plans=[])
+        return plans
+
+
+def test_optimizing_merges_the_segments_and_waits_for_the_merge_to_be_served(three_segments):
+    """Before: wait_until_optimized flushed and waited for indexes only. Three bulk loads
+    stayed three segments, each searched on its own graph (slower, and lower recall at a
+    given ef than one graph); Milvus merged them later, when it chose, while serving."""
+    col = three_segments
+    assert col.wait_until_optimized(240)
+    assert _served(col) == [(4500, True)]
+    segment = col.calls.loaded_segments("test", col.layout.docs)[0].segmentID
+    assert len(col.search(unit(np.random.default_rng(1)), k=10, with_documents=False)[0]) == 10
+    assert col.wait_until_optimized(240)  # one segment: left as it is, not rewritten
+    assert [s.segmentID for s in col.calls.loaded_segments("test", col.layout.docs)] == [segment]
+
+
+def test_optimizing_waits_for_a_merge_milvus_started_itself(three_segments):
+    """Milvus's own compaction can take the segments first: the manual job then has no plan.
+    Before: wait_until_optimized took that for "nothing to merge" and returned while the old
+    segments were still served. Here Milvus merges for real, and the job is said to have had
+    no plan, as when Milvus's own compaction holds every segment."""
+    col = three_segments
+    col.calls.client = spy = _MilvusSpy(col, first_job="no plan")
+    assert col.wait_until_optimized(240)
+    assert spy.jobs and _served(col) == [(4500, True)]
+
+
+def test_optimizing_says_so_at_once_when_the_merge_failed(three_segments, caplog):
+    """A compaction job is "Completed" once each plan has ended, failed or not. Before: after
+    a failed merge, wait_until_optimized waited for its segments to be replaced until its
+    timeout passed (the benchmark gives none: an hour), and said False, though every row was
+    indexed and served."""
+    col = three_segments
+    col.calls.client = spy = _MilvusSpy(col, first_job="failed")
+    with caplog.at_level("WARNING"):
+        assert col.wait_until_optimized(90)
+    assert spy.jobs == [spy.FAKE_JOB]  # once: not tried again and again
+    # (Milvus's own compaction may merge some of them meanwhile: which stay is not asserted.)
+    assert "did not merge the segments of 'merged'" in caplog.text
+
+
+def test_each_milvus_call_of_an_optimize_is_bounded_by_what_is_left_of_its_timeout(uri):
+    """Before: each call inside wait_until_optimized took the backend's whole Milvus timeout
+    (here 300 s), so wait_until_optimized(60) could take many minutes on a slow Milvus."""
+    backend = open_backend(BackendSettings("milvus", milvus_uri=uri, milvus_timeout_s=300))
+    try:
+        backend.create("bounded", model="m", dim=DIM)
+        col = backend.get("bounded")
+        col.upsert(corpus(20))
+        col.calls.client = spy = _MilvusSpy(col)
+        assert col.wait_until_optimized(60)
+        assert spy.timeouts
+        assert all(t is not None and 0 < t <= 60 for _, t in spy.timeouts), spy.timeouts
     finally:
         for name in backend.names():
             backend.drop(name)

@@ -154,9 +154,13 @@ class MilvusCalls:
     def __call__(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """client.<method>(*args, **kwargs), with the deadline; `what` names the work in
         errors ("upsert into 'news'")."""
-        kwargs.setdefault("timeout", self.timeout_s)
+        return self._call(self.client, what, method, *args, **kwargs)
+
+    def _call(self, target: Any, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout_s
         try:
-            return getattr(self.client, method)(*args, **kwargs)
+            return getattr(target, method)(*args, **kwargs)
         except (MilvusException, grpc.RpcError) as err:
             classified = classify(err, what)
             if isinstance(classified, IndexFailed):
@@ -186,17 +190,30 @@ class MilvusCalls:
         with ThreadPoolExecutor(len(targets)) as pool:
             list(pool.map(one, targets))
 
-    def loaded_segments(self, what: str, collection: str) -> list[Any] | None:
-        """The segments the query nodes serve (num_rows, index_name, state); None where this
-        Milvus does not say (milvus-lite)."""
-        handler = self.client._get_connection()  # MilvusClient has no call of its own for it
+    def loaded_segments(
+        self, what: str, collection: str, timeout: float | None = None
+    ) -> list[Any] | None:
+        """The segments the query nodes serve (segmentID, num_rows, index_name, state); None
+        where this Milvus does not say (milvus-lite)."""
+        # MilvusClient has no call of its own for segments: its connection has.
+        handler = self.client._get_connection()
         if self._no_segments or not hasattr(handler, "get_query_segment_info"):
             return None
         try:
-            return list(handler.get_query_segment_info(collection, timeout=self.timeout_s))
+            segments = handler.get_query_segment_info(collection, timeout=timeout or self.timeout_s)
         except (MilvusException, grpc.RpcError) as err:
             classified = classify(err, what)
             if isinstance(classified, (IndexUnsupported, IndexFailed)):
                 self._no_segments = True  # not asked again: pymilvus logs each refusal
                 return None
             raise classified from err
+        return list(segments)
+
+    def persistent_segments(
+        self, what: str, collection: str, timeout: float | None = None
+    ) -> list[Any]:
+        """The segments Milvus keeps (sealed or flushed; not those merged away)."""
+        handler = self.client._get_connection()
+        return list(
+            self._call(handler, what, "get_persistent_segment_infos", collection, timeout=timeout)
+        )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,6 +31,7 @@ from embedsense.server.index.errors import (
 from embedsense.server.index.filters import required_filter
 from embedsense.server.index.hits import Hit, within
 from embedsense.server.index.locks import ReadWriteLock
+from embedsense.server.index.milvus import optimize
 from embedsense.server.index.milvus.calls import MilvusCalls, MilvusCollectionGone
 from embedsense.server.index.milvus.filters import (
     containing,
@@ -68,8 +69,6 @@ SHARE_TTL_S = 5.0
 # MAX_NARROWING queries (a collection written faster than it is read).
 NARROW_TO = MAX_ROWS_PER_QUERY // 16
 MAX_NARROWING = 32
-# Segments below this many rows get no index in Milvus: searched exhaustively, they are done.
-MIN_INDEXED_SEGMENT_ROWS = 1024
 
 
 class MilvusCollection:
@@ -515,60 +514,10 @@ class MilvusCollection:
     # ------------------------------------------------------------ optimization
 
     def wait_until_optimized(self, timeout: float | None = None) -> bool:
-        """Flush, merge the documents' segments (Milvus's compaction), then wait until every
-        row is in a built index that the query nodes have loaded, the merged segments in place
-        of those they were made of. Until then searches run on Milvus's interim index (lower
-        recall), or on each small segment's graph in turn: slower, and at a given ef of
-        lower recall than one graph over them all. False when `timeout` seconds pass
-        first."""
-        deadline = time.monotonic() + (timeout if timeout is not None else 3600)
+        """Flush, merge the documents' segments and wait until Milvus serves them indexed
+        (optimize.py). False when `timeout` seconds pass first."""
+        flushed = (self.layout.docs, self.layout.tokens)[: 1 + self.store_tokens]
         with self._calling():
-            for collection in (self.layout.docs, self.layout.tokens)[: 1 + self.store_tokens]:
-                self.calls(f"flush {self.name!r}", "flush", collection)
-            segments = self.calls.loaded_segments(f"segments of {self.name!r}", self.layout.docs)
-            if segments is None:
-                return True  # milvus-lite: no interim index, no segments to merge
-            # Milvus merges only segments whose index is built: wait for those, then merge.
-            if not self._wait_until(deadline, self._optimized, set()):
-                return False
-            segments = self.calls.loaded_segments(f"segments of {self.name!r}", self.layout.docs)
-            if len(segments or ()) < 2:  # a compaction would rewrite a lone segment whole
-                return True
-            merged = self._merge_segments(deadline)
-            return merged is not None and self._wait_until(deadline, self._optimized, merged)
-
-    @staticmethod
-    def _wait_until(deadline: float, done: Callable[..., bool], *args: Any) -> bool:
-        while time.monotonic() < deadline:
-            if done(*args):
-                return True
-            time.sleep(0.5)
-        return False
-
-    def _merge_segments(self, deadline: float) -> set[int] | None:
-        """Compact the documents' collection and wait for it: the segments merged (to be
-        replaced on the query nodes), or None when the deadline passes first."""
-        what = f"compact {self.name!r}"
-        job = self.calls(what, "compact", self.layout.docs)
-        while self.calls(what, "get_compaction_state", job) != "Completed":
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.5)
-        plans = self.calls(what, "get_compaction_plans", job).plans
-        return {source for plan in plans for source in plan.sources}
-
-    def _optimized(self, merged: set[int]) -> bool:
-        what = f"index state of {self.name!r}"
-        index = self.calls(what, "describe_index", self.layout.docs, index_name="vector")
-        if index and (index.get("pending_index_rows") or 0) > 0:
-            return False
-        segments = self.calls.loaded_segments(what, self.layout.docs)
-        if segments is None:  # milvus-lite: no interim index, nothing to wait for
-            return True
-        loaded = sum(s.num_rows for s in segments)
-        unindexed = [
-            s for s in segments if not s.index_name and s.num_rows >= MIN_INDEXED_SEGMENT_ROWS
-        ]
-        if any(s.segmentID in merged for s in segments):  # not yet handed over to the merge
-            return False
-        return not unindexed and loaded >= self._count(self.layout.docs)
+            return optimize.wait_until_optimized(
+                self.calls, self.name, self.layout.docs, flushed, timeout
+            )
