@@ -478,9 +478,12 @@ def many_apples(small_replies):
 
     with Client(small_replies.target, timeout=120) as c:
         c.create_collection("many", store_tokens=True)
-        c.upsert("many", [{"id": f"m{i}", "text": f"{FRUIT[i % 6]}，第{i}个"} for i in range(120)],
-                 show_progress_bar=False)  # fmt: skip
+        c.upsert("many", numbered_apples(120), show_progress_bar=False)
     return small_replies.target
+
+
+def numbered_apples(n: int) -> list[dict[str, str]]:
+    return [{"id": f"m{i}", "text": f"{FRUIT[i % 6]}，第{i}个"} for i in range(n)]
 
 
 @pytest.fixture
@@ -539,3 +542,41 @@ def test_sense_calls_leave_the_threads_of_other_calls_free(many_apples, slow_rea
     stopped_at = len(slow_reads)
     time.sleep(0.5)
     assert len(slow_reads) == stopped_at  # the cancelled ones stopped reading
+
+
+def test_a_stopped_server_ends_its_sense_threads_before_closing_the_index(e5, tmp_path, slow_reads):
+    """Before: the senses' threads outlived the server (idle until the process ended), and
+    the index was closed while a call cut off by the stop could still be reading on them."""
+    from conftest import ServerThread
+
+    from embedsense.client import Client
+
+    others = set(threading.enumerate())  # other tests' servers' threads, left alone
+    running = ServerThread(e5, tmp_path)
+    try:
+        with Client(running.target, timeout=120) as c:
+            c.create_collection("many", store_tokens=True)
+            c.upsert("many", numbered_apples(120), show_progress_bar=False)
+        closed_at: list[float] = []
+        catalog = running.server.catalog
+        close = catalog.close
+
+        def closing() -> None:
+            closed_at.append(time.monotonic())
+            close()
+
+        catalog.close = closing
+        with grpc.insecure_channel(running.target) as channel:
+            search = pb_grpc.EmbedSenseStub(channel).SearchOccurrences
+            asked = pb.SearchOccurrencesRequest(collection="many", text="我吃苹果", word="苹果")
+            call = search.future(asked, timeout=60)  # 120 reads of 50 ms: past the stop's grace
+            time.sleep(0.5)
+            assert slow_reads and not call.done()
+            running.stop()  # grace: 5 s
+            assert call.exception() is not None  # cut off by the stop
+    finally:
+        if running.thread.is_alive():  # not stopped above
+            running.stop()
+    ours = set(threading.enumerate()) - others
+    assert not [t.name for t in ours if t.name.startswith("embedsense-senses")]
+    assert closed_at and max(slow_reads) + 0.05 <= closed_at[0]  # the last read ended first

@@ -99,6 +99,7 @@ class EmbedSenseServer:
         self._parts = parts
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._service: Service | None = None
         self._health = health.aio.HealthServicer()
         self._health_change: asyncio.Task[None] | None = None
         self.engine: Engine | None = None
@@ -153,7 +154,7 @@ class EmbedSenseServer:
             ],
         )
         self.explainer = explainer
-        service = Service(self.engine, self.catalog, s, self.metrics, explainer)
+        self._service = service = Service(self.engine, self.catalog, s, self.metrics, explainer)
         embedsense_pb2_grpc.add_EmbedSenseServicer_to_server(service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -253,6 +254,8 @@ class EmbedSenseServer:
         self._server = None
         if self.http is not None:
             await self.http.stop()
+        if self._service is not None:  # its threads' work ends before the index closes
+            await asyncio.to_thread(self._service.senses.close)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)
         if self.catalog is not None:

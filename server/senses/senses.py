@@ -134,6 +134,11 @@ class Senses:
         # them would end late together instead of one after another.
         self._slots = asyncio.Semaphore(SENSE_THREADS)
 
+    def close(self) -> None:
+        """End the senses' threads, once the work on them has ended: calls cut off by a stop
+        end theirs at its next check (see _in_pool), and only then may the index close."""
+        self._work.shutdown(wait=True, cancel_futures=True)
+
     async def _in_pool(self, work: Callable[[threading.Event], T]) -> T:
         """`work(stop)` on the senses' own threads (with the call's context: its request id
         on log lines). When the call is cancelled (the caller hung up, or its deadline
