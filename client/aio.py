@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -53,15 +54,21 @@ class AsyncClient:
         self.max_concurrent_batches = bulk.at_least_one(
             "max_concurrent_batches", max_concurrent_batches
         )
-        # Opened at the first call: a grpc.aio channel belongs to the event loop it is made
-        # in, and a client may be made before one runs (at import, in an app's __init__).
-        # A wrong target or TLS file is refused now, all the same, and names are resolved
-        # now: not in the event loop at the first call.
+        # A grpc.aio channel belongs to the event loop it is made in, and a client may be
+        # made before one runs (at import, in an app's __init__), then used in one loop after
+        # another (asyncio.run twice, a test framework's loop per test) or in two at once: it
+        # opens a channel of its own in each loop at its first call there. A wrong target or
+        # TLS file is refused now, all the same, and names are resolved now: not in the event
+        # loop at the first call.
         resolved, tls = api.grpc_target(target), api.loaded_tls(tls)
-        self._channel = channel
+        self._given = channel  # the caller's, in the caller's loop: used as it is
         self._open = functools.partial(api.open_channel, resolved, tls, aio=True)
         self._closed = False
-        self._stub_of_channel: embedsense_pb2_grpc.EmbedSenseStub | None = None
+        self._given_stub: embedsense_pb2_grpc.EmbedSenseStub | None = None
+        self._per_loop: dict[
+            asyncio.AbstractEventLoop, tuple[grpc.aio.Channel, embedsense_pb2_grpc.EmbedSenseStub]
+        ] = {}
+        self._per_loop_lock = threading.Lock()
         self._metadata = api.auth_metadata(api_key)
         self.timeout = timeout
         self.retry = retry or Retry()
@@ -74,19 +81,32 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the channel: the caller's, or the client's own in this event loop (those of
+        loops that have ended end with them)."""
         self._closed = True
-        if self._channel is not None:
-            await self._channel.close()
+        if self._given is not None:
+            await self._given.close()
+        with self._per_loop_lock:
+            own = self._per_loop.pop(asyncio.get_running_loop(), None)
+        if own is not None:
+            await own[0].close()
 
     @property
     def _stub(self) -> embedsense_pb2_grpc.EmbedSenseStub:
         if self._closed:  # grpc's own error said less (or a new channel was opened)
             raise RuntimeError("this AsyncClient is closed: make a new one")
-        if self._stub_of_channel is None:
-            if self._channel is None:
-                self._channel = self._open()
-            self._stub_of_channel = embedsense_pb2_grpc.EmbedSenseStub(self._channel)
-        return self._stub_of_channel
+        if self._given is not None:
+            if self._given_stub is None:
+                self._given_stub = embedsense_pb2_grpc.EmbedSenseStub(self._given)
+            return self._given_stub
+        loop = asyncio.get_running_loop()
+        with self._per_loop_lock:  # loops in other threads may use the client at once
+            if loop not in self._per_loop:
+                for ended in [other for other in self._per_loop if other.is_closed()]:
+                    del self._per_loop[ended]  # its channel cannot be used, nor closed, any more
+                channel = self._open()
+                self._per_loop[loop] = (channel, embedsense_pb2_grpc.EmbedSenseStub(channel))
+            return self._per_loop[loop][1]
 
     async def _call(self, call: Call[T]) -> T:
         return await self._send(call, self.timeout)

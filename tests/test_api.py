@@ -228,6 +228,26 @@ def test_async_client_has_the_same_methods(server):
     asyncio.run(scenario())
 
 
+def test_an_async_client_serves_one_event_loop_after_another_or_two_at_once(server):
+    """Before: its channel belonged to the first event loop it ran in; in the next one (a
+    second asyncio.run, a test framework's loop per test) every call failed with "Event loop
+    is closed"."""
+    c = AsyncClient(server.target, timeout=60)
+    assert asyncio.run(c.info()).dim == 384
+    assert asyncio.run(c.info()).dim == 384
+    dims: list[int] = []
+    threads = [threading.Thread(target=lambda: dims.append(asyncio.run(c.info()).dim))
+               for _ in range(2)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert dims == [384, 384]
+    asyncio.run(c.close())
+    with pytest.raises(RuntimeError, match="closed"):
+        asyncio.run(c.info())
+
+
 def test_shutdown_finishes_in_flight_calls(e5, tmp_path):
     running = ServerThread(e5, tmp_path)
     results: list = []
