@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import json
 import logging
+import secrets
 import sys
 import tempfile
 import time
@@ -56,15 +57,15 @@ from workload import chinese_texts, concurrent_callers  # noqa: E402
 from embedsense.client import AsyncClient  # noqa: E402
 from embedsense.server.index import BackendSettings, Document, open_backend  # noqa: E402
 
-EF_VALUES = [64, 128, 256]  # milvus-lite's (seconds a filtered query)
+EF_VALUES = (64, 128, 256)  # milvus-lite's (seconds a filtered query)
 # faiss's and Milvus's, fine enough that each is compared at about its cheapest setting that
 # reaches recall 0.95: on 100,000 vectors Milvus (one graph, efConstruction 200) reaches it
 # near ef 32 and faiss (efConstruction 40) near ef 112.
-FINE_EF_VALUES = [16, 32, 48, 64, 96, 128, 192, 256]
+FINE_EF_VALUES = (16, 32, 48, 64, 96, 128, 192, 256)
 # Part 1 goes on past them until a backend reaches recall 0.95 (the backends are compared
 # where each first does): on the clustered set faiss's HNSW32 needs more than ef 256 at
 # 50,000 vectors unfiltered.
-MORE_EF_VALUES = [512, 1024]
+MORE_EF_VALUES = (512, 1024)
 RECALL_TARGET = 0.95
 WHERE = {"bucket": 3}  # 10 % of the documents
 
@@ -163,12 +164,16 @@ def bench_backend(
     queries,
     truths,
     callers: int = 0,
-    ef_values: list[int] = FINE_EF_VALUES,
+    ef_values: tuple[int, ...] = FINE_EF_VALUES,
 ) -> dict:
     backend = open_backend(settings)
+    # A name of its own: the Milvus may be the caller's (--milvus-uri), with a "bench" of its own.
+    name_in_index = f"bench_{secrets.token_hex(4)}"
+    created = False
     try:
-        backend.create("bench", model="bench", dim=vectors.shape[1], index_spec="HNSW32")
-        collection = backend.get("bench")
+        backend.create(name_in_index, model="bench", dim=vectors.shape[1], index_spec="HNSW32")
+        created = True
+        collection = backend.get(name_in_index)
         started = time.perf_counter()
         for start in range(0, len(vectors), 1000):
             collection.upsert([
@@ -213,9 +218,10 @@ def bench_backend(
             f"{name:<11} upsert {row['upsert_docs_per_s']:.0f} documents/s, then "
             f"{optimize_s:.1f} s until optimized"
         )
-        backend.drop("bench")
         return row
     finally:
+        if created:  # also when the run failed: a Milvus of the caller's keeps no leftovers
+            backend.drop(name_in_index)
         backend.close()
 
 
@@ -398,6 +404,8 @@ def main() -> None:
         "started from the `milvus` wheel",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.milvus_uri and "milvus" not in args.backends:
+        parser.error("--milvus-uri names the Milvus to benchmark: add milvus to --backends")
     logging.basicConfig(level=logging.WARNING)
     vectors, queries = dataset("clustered", args.n, args.queries, args.dim)
     if args.data_ops:
