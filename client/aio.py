@@ -7,6 +7,7 @@ async with AsyncClient("127.0.0.1:50051") as c:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -37,6 +38,7 @@ from embedsense.client.types import (
 from embedsense.proto.v1 import embedsense_pb2_grpc
 
 T = TypeVar("T")
+CLOSE_ELSEWHERE_S = 10.0  # how long close() waits for another event loop to close its channel
 
 
 class AsyncClient:
@@ -81,15 +83,22 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel: the caller's, or the client's own in this event loop (those of
-        loops that have ended end with them)."""
+        """Close the channel: the caller's, or the client's own: this event loop's, and each
+        one of a loop still running elsewhere, in its loop (those of loops that have ended
+        end with them; one of a loop that is not running cannot be closed until it runs)."""
         self._closed = True
         if self._given is not None:
             await self._given.close()
         with self._per_loop_lock:
-            own = self._per_loop.pop(asyncio.get_running_loop(), None)
-        if own is not None:
-            await own[0].close()
+            own, self._per_loop = self._per_loop, {}
+        here = asyncio.get_running_loop()
+        for loop, (channel, _) in own.items():
+            if loop is here:
+                await channel.close()
+            elif loop.is_running():
+                closing = asyncio.run_coroutine_threadsafe(channel.close(), loop)
+                with contextlib.suppress(TimeoutError):  # that loop is stuck: not ours to wait on
+                    await asyncio.wait_for(asyncio.wrap_future(closing), CLOSE_ELSEWHERE_S)
 
     @property
     def _stub(self) -> embedsense_pb2_grpc.EmbedSenseStub:

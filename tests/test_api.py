@@ -248,6 +248,32 @@ def test_an_async_client_serves_one_event_loop_after_another_or_two_at_once(serv
         asyncio.run(c.info())
 
 
+def test_closing_an_async_client_closes_its_channel_in_a_loop_still_running_elsewhere(server):
+    """Before: close() closed the channel of the event loop it ran in only; the one it had
+    opened in a loop still running in another thread stayed open."""
+    c = AsyncClient(server.target, timeout=60)
+    elsewhere = asyncio.new_event_loop()
+    thread = threading.Thread(target=elsewhere.run_forever, daemon=True)
+    thread.start()
+
+    def there(coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, elsewhere).result(60)
+
+    try:
+        assert there(c.info()).dim == 384
+        [(channel, _)] = c._per_loop.values()
+        asyncio.run(c.close())
+
+        async def state() -> grpc.ChannelConnectivity:
+            return channel.get_state()
+
+        assert there(state()) == grpc.ChannelConnectivity.SHUTDOWN
+    finally:
+        elsewhere.call_soon_threadsafe(elsewhere.stop)
+        thread.join(10)
+        elsewhere.close()
+
+
 def test_shutdown_finishes_in_flight_calls(e5, tmp_path):
     running = ServerThread(e5, tmp_path)
     results: list = []

@@ -34,7 +34,7 @@ from embedsense.server.index import (
     InvalidArgument,
     open_backend,
 )
-from embedsense.server.index.milvus import MilvusBackend
+from embedsense.server.index.milvus import MilvusBackend, optimize
 from embedsense.server.index.milvus.backend import RECHECK_S
 from embedsense.server.index.milvus.calls import MilvusAliasTaken, classify
 from embedsense.server.index.milvus.schema import Layout, documents_schema
@@ -413,13 +413,16 @@ def test_two_replicas_dropping_one_collection_at_once_both_get_a_status(replicas
 @pytest.fixture
 def three_segments(uri):
     """A collection of three loads, each flushed as a segment of its own (real Milvus only:
-    milvus-lite keeps no segments)."""
+    milvus-lite keeps no segments). Milvus's own compaction is off for it: had it merged them
+    first, a test's compaction would have nothing to merge."""
     backend = open_backend(BackendSettings("milvus", milvus_uri=uri))
     try:
         backend.create("merged", model="m", dim=DIM, index_spec="HNSW16")
         col = backend.get("merged")
         if col.calls.loaded_segments("test", col.layout.docs) is None:
             pytest.skip("milvus-lite keeps no segments")
+        col.calls("test", "alter_collection_properties", col.layout.docs,
+                  properties={"collection.autocompaction.enabled": "false"})  # fmt: skip
         rng = np.random.default_rng(0)
         for part in range(3):  # each flush seals the load as a segment of its own
             col.upsert([Document(text=f"t{part}-{i}", vector=v, id=f"d{part}-{i}")
@@ -438,32 +441,37 @@ def _served(col) -> list[tuple[int, bool]]:
 
 
 class _Recording:
-    """An object passing every call through, keeping each call's deadline in `timeouts`."""
+    """An object passing every call through, keeping each call's deadline in `timeouts`;
+    a call named in `refuse` raises its error instead."""
 
-    def __init__(self, target, timeouts: list[tuple[str, float | None]]) -> None:
+    def __init__(self, target, timeouts: list[tuple[str, float | None]], refuse=None) -> None:
         self.target = target
         self.timeouts = timeouts
+        self.refuse: dict[str, Exception] = {} if refuse is None else refuse
 
     def __getattr__(self, name: str):
         method = getattr(self.target, name)
         if name == "_get_connection":  # how the collection lists segments
-            return lambda: _Recording(method(), self.timeouts)
+            return lambda: _Recording(method(), self.timeouts, self.refuse)
         if name.startswith("_") or not callable(method):
             return method
 
         def call(*args, **kwargs):
             self.timeouts.append((name, kwargs.get("timeout")))
+            if name in self.refuse:
+                raise self.refuse[name]
             return method(*args, **kwargs)
 
         return call
 
 
 class _MilvusSpy(_Recording):
-    """A collection's MilvusClient, recorded; its first compaction job, where a test asks,
-    goes otherwise: "no plan" (a real compaction, said to have had no plan) or "failed" (none
-    started, its plan said to have ended with the segments unmerged)."""
+    """A collection's MilvusClient, recorded; its compaction jobs, where a test asks, go
+    otherwise: "no plan" (the first a real compaction, said to have had no plan), "failed"
+    (the first none started, its plan said to have ended with the segments unmerged) or
+    "never" (none started, each said to have had no plan, as when Milvus merges none)."""
 
-    FAKE_JOB = 1
+    FAKE_JOB, FAKE_JOB_WITHOUT_PLAN = 1, 2
 
     def __init__(self, col, first_job: str = "real") -> None:
         super().__init__(col.calls.client, [])
@@ -475,18 +483,22 @@ class _MilvusSpy(_Recording):
         self.timeouts.append(("compact", kwargs.get("timeout")))
         if self.first_job == "failed" and not self.jobs:
             self.jobs.append(self.FAKE_JOB)
+        elif self.first_job == "never":
+            self.jobs.append(self.FAKE_JOB_WITHOUT_PLAN)
         else:
             self.jobs.append(self.target.compact(*args, **kwargs))
         return self.jobs[-1]
 
     def get_compaction_state(self, job: int, **kwargs) -> str:
         self.timeouts.append(("get_compaction_state", kwargs.get("timeout")))
-        if job == self.FAKE_JOB:
+        if job in (self.FAKE_JOB, self.FAKE_JOB_WITHOUT_PLAN):
             return "Completed"
         return self.target.get_compaction_state(job, **kwargs)
 
     def get_compaction_plans(self, job: int, **kwargs):
         self.timeouts.append(("get_compaction_plans", kwargs.get("timeout")))
+        if job == self.FAKE_JOB_WITHOUT_PLAN:
+            return SimpleNamespace(plans=[])
         if job == self.FAKE_JOB:
             segments = self.target._get_connection().get_query_segment_info(self.docs)
             return SimpleNamespace(plans=[SimpleNamespace(sources=[s.segmentID for s in segments])])
@@ -532,6 +544,70 @@ def test_optimizing_says_so_at_once_when_the_merge_failed(three_segments, caplog
     assert spy.jobs == [spy.FAKE_JOB]  # once: not tried again and again
     # (Milvus's own compaction may merge some of them meanwhile: which stay is not asserted.)
     assert "did not merge the segments of 'merged'" in caplog.text
+
+
+def test_optimizing_returns_when_milvus_plans_no_merge(three_segments, monkeypatch, caplog):
+    """Milvus plans no merge of segments each near its largest size, however often it is
+    asked. Before: wait_until_optimized compacted again and again, taking each "no plan" for
+    Milvus's own merge still running, until its timeout passed (the benchmark gives none: an
+    hour), and said False, though every row was indexed and served."""
+    monkeypatch.setattr(optimize, "NO_PLAN_PATIENCE_S", 2.0)
+    col = three_segments
+    col.calls.client = spy = _MilvusSpy(col, first_job="never")
+    with caplog.at_level("INFO"):
+        assert col.wait_until_optimized(30)
+    assert len(spy.jobs) >= 2  # asked again: a merge of Milvus's own could have held them
+    assert _served(col) == [(1500, True)] * 3
+    assert "milvus plans no merge of the 3 segments of 'merged'" in caplog.text
+
+
+def test_optimizing_a_milvus_that_does_not_say_what_it_keeps_merges_nothing(three_segments):
+    """A Milvus that refuses GetPersistentSegmentInfo (as one that does not list its loaded
+    segments, milvus-lite, is served): a merge could not be seen served, so none is started.
+    Before: the refusal reached the caller as an index error."""
+    col = three_segments
+    col.calls.client = spy = _MilvusSpy(col)
+    refused = MilvusException(code=10, message="GetPersistentSegmentInfo: not supported")
+    spy.refuse["get_persistent_segment_infos"] = refused
+    assert col.wait_until_optimized(60)
+    assert not spy.jobs
+    assert col.count() == 4500
+
+
+class _SlowMilvus:
+    """MilvusCalls of a Milvus whose every answer takes longer than the time it is given:
+    each call ends, unanswered, a moment before its deadline (gRPC's timer may fire early)."""
+
+    def __call__(self, what: str, method: str, *args, timeout: float, **kwargs):
+        time.sleep(max(0.0, timeout - 0.01))
+        raise IndexUnavailable(f"milvus did not answer ({what}): Deadline Exceeded")
+
+
+class _IndexingMilvus:
+    """MilvusCalls of a Milvus still building the index of three segments."""
+
+    def __call__(self, what: str, method: str, *args, **kwargs):
+        return {"pending_index_rows": 100} if method == "describe_index" else None
+
+    def loaded_segments(self, what: str, collection: str, timeout: float) -> list:
+        return [SimpleNamespace(segmentID=i, state=3, level=2, num_rows=1500, index_name="")
+                for i in range(3)]  # fmt: skip
+
+    persistent_segments = loaded_segments
+
+
+def test_an_optimize_whose_milvus_call_ran_out_of_its_time_says_false():
+    """Before: a call cut off by its deadline a moment early raised "milvus did not answer"
+    (UNAVAILABLE to the caller) instead of the timeout's False."""
+    assert optimize.wait_until_optimized(_SlowMilvus(), "n", "d", ("d",), 0.3) is False
+
+
+def test_an_optimize_timeout_shorter_than_its_poll_is_kept(monkeypatch):
+    """Before: it slept a whole poll interval past a shorter timeout."""
+    monkeypatch.setattr(optimize, "POLL_S", 30.0)
+    started = time.monotonic()
+    assert optimize.wait_until_optimized(_IndexingMilvus(), "n", "d", (), 0.2) is False
+    assert time.monotonic() - started < 10
 
 
 def test_each_milvus_call_of_an_optimize_is_bounded_by_what_is_left_of_its_timeout(uri):

@@ -570,7 +570,9 @@ def test_a_stopped_server_ends_its_sense_threads_before_closing_the_index(e5, tm
             search = pb_grpc.EmbedSenseStub(channel).SearchOccurrences
             asked = pb.SearchOccurrencesRequest(collection="many", text="我吃苹果", word="苹果")
             call = search.future(asked, timeout=60)  # 120 reads of 50 ms: past the stop's grace
-            time.sleep(0.5)
+            reading_by = time.monotonic() + 30
+            while not slow_reads and time.monotonic() < reading_by:
+                time.sleep(0.01)
             assert slow_reads and not call.done()
             running.stop()  # grace: 5 s
             assert call.exception() is not None  # cut off by the stop

@@ -149,7 +149,7 @@ class MilvusCalls:
     def __init__(self, client: MilvusClient, timeout_s: float) -> None:
         self.client = client
         self.timeout_s = timeout_s
-        self._no_segments = False  # this Milvus does not list its loaded segments
+        self._unanswered: set[str] = set()  # segment lists this Milvus refuses to give
 
     def __call__(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """client.<method>(*args, **kwargs), with the deadline; `what` names the work in
@@ -195,25 +195,27 @@ class MilvusCalls:
     ) -> list[Any] | None:
         """The segments the query nodes serve (segmentID, num_rows, index_name, state); None
         where this Milvus does not say (milvus-lite)."""
-        # MilvusClient has no call of its own for segments: its connection has.
-        handler = self.client._get_connection()
-        if self._no_segments or not hasattr(handler, "get_query_segment_info"):
-            return None
-        try:
-            segments = handler.get_query_segment_info(collection, timeout=timeout or self.timeout_s)
-        except (MilvusException, grpc.RpcError) as err:
-            classified = classify(err, what)
-            if isinstance(classified, (IndexUnsupported, IndexFailed)):
-                self._no_segments = True  # not asked again: pymilvus logs each refusal
-                return None
-            raise classified from err
-        return list(segments)
+        return self._segments("get_query_segment_info", what, collection, timeout)
 
     def persistent_segments(
         self, what: str, collection: str, timeout: float | None = None
-    ) -> list[Any]:
-        """The segments Milvus keeps (sealed or flushed; not those merged away)."""
+    ) -> list[Any] | None:
+        """The segments Milvus keeps (sealed or flushed; not those merged away); None where
+        this Milvus does not say."""
+        return self._segments("get_persistent_segment_infos", what, collection, timeout)
+
+    def _segments(
+        self, method: str, what: str, collection: str, timeout: float | None
+    ) -> list[Any] | None:
+        # MilvusClient has no call of its own for segments: its connection has.
         handler = self.client._get_connection()
-        return list(
-            self._call(handler, what, "get_persistent_segment_infos", collection, timeout=timeout)
-        )
+        if method in self._unanswered or not hasattr(handler, method):
+            return None
+        try:
+            return list(getattr(handler, method)(collection, timeout=timeout or self.timeout_s))
+        except (MilvusException, grpc.RpcError) as err:
+            classified = classify(err, what)
+            if isinstance(classified, (IndexUnsupported, IndexFailed)):
+                self._unanswered.add(method)  # not asked again: pymilvus logs each refusal
+                return None
+            raise classified from err

@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 3600.0
 POLL_S = 0.5
+# A compaction without a plan: Milvus's own merge holds the segments, or Milvus merges none of
+# them (each near its largest size). While the segments change, the first; once they have not
+# for this long, the second.
+NO_PLAN_PATIENCE_S = 60.0
+# gRPC's timer may end a call a moment before the deadline it was given.
+DEADLINE_SLACK_S = 0.05
 GROWING = 2  # Milvus's SegmentState of a segment still taking writes (never "kept" yet)
 L0 = 1  # Milvus's SegmentLevel (2.4+) of a segment of deletes only: never searched as one
 # Segments below this many rows get no index in Milvus: searched exhaustively, they are done.
@@ -44,11 +50,14 @@ class Deadline:
             raise OutOfTime
         return left
 
+    def sleep(self) -> None:
+        """A poll interval, or what is left of the time where that is less."""
+        time.sleep(min(POLL_S, self.left()))
+
     def wait_for(self, done: Callable[[], Any]) -> Any:
         """done()'s first answer other than None, asked every POLL_S."""
         while (answer := done()) is None:
-            self.left()
-            time.sleep(POLL_S)
+            self.sleep()
         return answer
 
 
@@ -66,7 +75,7 @@ def wait_until_optimized(
     except OutOfTime:
         return False
     except IndexUnavailable:  # a call that ran out of the caller's time
-        if time.monotonic() >= deadline.at:
+        if time.monotonic() >= deadline.at - DEADLINE_SLACK_S:
             return False
         raise
 
@@ -75,6 +84,12 @@ def _merge_and_wait(calls: MilvusCalls, name: str, docs: str, deadline: Deadline
     what = f"optimize {name!r}"
     if calls.loaded_segments(what, docs, timeout=deadline.left()) is None:
         return True  # milvus-lite: no interim index, no segments to merge
+    if calls.persistent_segments(what, docs, timeout=deadline.left()) is None:
+        # A Milvus that does not say what it keeps: a merge could not be seen served, so
+        # none is started; what it says of its indexes is waited for.
+        deadline.wait_for(lambda: _served(calls, what, docs, deadline))
+        return True
+    unplanned: tuple[float, set[int]] | None = None  # since when, which segments
     while True:
         # Milvus merges only segments whose index is built: wait for those, then merge.
         served = deadline.wait_for(lambda: _served(calls, what, docs, deadline))
@@ -91,15 +106,24 @@ def _merge_and_wait(calls: MilvusCalls, name: str, docs: str, deadline: Deadline
                     len(unmerged),
                 )
             return True
-        # No plan: Milvus's own compaction holds the segments. Its merge shows in what Milvus
-        # keeps once it ends; look again then.
-        time.sleep(POLL_S)
+        segments = {s.segmentID for s in served}
+        if unplanned is None or unplanned[1] != segments:
+            unplanned = (time.monotonic(), segments)
+        elif time.monotonic() - unplanned[0] >= NO_PLAN_PATIENCE_S:
+            log.info(
+                "milvus plans no merge of the %d segments of %r (each near its largest size, "
+                "or held by a merge of its own): each is searched on its own",
+                len(segments),
+                name,
+            )
+            return True
+        deadline.sleep()
 
 
 def _compact(calls: MilvusCalls, what: str, docs: str, deadline: Deadline) -> set[int]:
-    """Compact `docs` and wait until the job ends (each plan completed, failed or timed out;
-    a job Milvus does not know is not waited for):
-    the segments its plans merged or tried to."""
+    """Compact `docs` and wait until the job ends (each plan completed, failed or timed
+    out; a job Milvus does not know is not waited for): the segments its plans merged or
+    tried to."""
     job = calls(what, "compact", docs, timeout=deadline.left())
     deadline.wait_for(
         lambda: (
@@ -121,7 +145,9 @@ def _served(calls: MilvusCalls, what: str, docs: str, deadline: Deadline) -> lis
         return []
     loaded = [s for s in segments if s.state != GROWING and s.level != L0]
     kept = calls.persistent_segments(what, docs, timeout=deadline.left())
-    if {s.segmentID for s in loaded} != {s.segmentID for s in kept if s.level != L0}:
+    if kept is not None and {s.segmentID for s in loaded} != {
+        s.segmentID for s in kept if s.level != L0
+    }:
         return None
     if any(not s.index_name and s.num_rows >= MIN_INDEXED_SEGMENT_ROWS for s in loaded):
         return None
