@@ -27,6 +27,7 @@ POLL_S = 0.5
 # them (each near its largest size). While the segments change, the first; once they have not
 # for this long, the second.
 NO_PLAN_PATIENCE_S = 60.0
+NO_PLAN_RETRY_S = 5.0  # between compactions without a plan: each is a request Milvus plans
 # gRPC's timer may end a call a moment before the deadline it was given.
 DEADLINE_SLACK_S = 0.05
 GROWING = 2  # Milvus's SegmentState of a segment still taking writes (never "kept" yet)
@@ -50,9 +51,10 @@ class Deadline:
             raise OutOfTime
         return left
 
-    def sleep(self) -> None:
-        """A poll interval, or what is left of the time where that is less."""
-        time.sleep(min(POLL_S, self.left()))
+    def sleep(self, seconds: float | None = None) -> None:
+        """`seconds` (a poll interval where not given), or what is left of the time where
+        that is less."""
+        time.sleep(min(POLL_S if seconds is None else seconds, self.left()))
 
     def wait_for(self, done: Callable[[], Any]) -> Any:
         """done()'s first answer other than None, asked every POLL_S."""
@@ -117,7 +119,7 @@ def _merge_and_wait(calls: MilvusCalls, name: str, docs: str, deadline: Deadline
                 name,
             )
             return True
-        deadline.sleep()
+        deadline.sleep(NO_PLAN_RETRY_S)
 
 
 def _compact(calls: MilvusCalls, what: str, docs: str, deadline: Deadline) -> set[int]:
