@@ -91,14 +91,23 @@ class AsyncClient:
             await self._given.close()
         with self._per_loop_lock:
             own, self._per_loop = self._per_loop, {}
-        here = asyncio.get_running_loop()
+        here, elsewhere = asyncio.get_running_loop(), []
         for loop, (channel, _) in own.items():
             if loop is here:
                 await channel.close()
             elif loop.is_running():
-                closing = asyncio.run_coroutine_threadsafe(channel.close(), loop)
-                with contextlib.suppress(TimeoutError):  # that loop is stuck: not ours to wait on
-                    await asyncio.wait_for(asyncio.wrap_future(closing), CLOSE_ELSEWHERE_S)
+                with contextlib.suppress(RuntimeError):  # closed meanwhile: its channel with it
+                    closing = asyncio.run_coroutine_threadsafe(channel.close(), loop)
+                    elsewhere.append(asyncio.wrap_future(closing))
+        if elsewhere:
+            # A loop stuck, stopped or ending meanwhile (its close never runs, or is cancelled)
+            # is not ours to wait on longer, nor its error ours to raise.
+            done, pending = await asyncio.wait(elsewhere, timeout=CLOSE_ELSEWHERE_S)
+            for future in pending:
+                future.cancel()
+            for future in done:
+                if not future.cancelled():
+                    future.exception()  # seen: not logged as never retrieved
 
     @property
     def _stub(self) -> embedsense_pb2_grpc.EmbedSenseStub:
@@ -110,6 +119,8 @@ class AsyncClient:
             return self._given_stub
         loop = asyncio.get_running_loop()
         with self._per_loop_lock:  # loops in other threads may use the client at once
+            if self._closed:  # closed by another loop since the check above: no new channel
+                raise RuntimeError("this AsyncClient is closed: make a new one")
             if loop not in self._per_loop:
                 for ended in [other for other in self._per_loop if other.is_closed()]:
                     del self._per_loop[ended]  # its channel cannot be used, nor closed, any more

@@ -195,17 +195,28 @@ class MilvusCalls:
     ) -> list[Any] | None:
         """The segments the query nodes serve (segmentID, num_rows, index_name, state); None
         where this Milvus does not say (milvus-lite)."""
-        return self._segments("get_query_segment_info", what, collection, timeout)
+        # milvus-lite's refusal is not one of Milvus's "unsupported" codes: any failure reads
+        # as one here (a Milvus that lists none is waited for no more than milvus-lite).
+        return self._segments(
+            "get_query_segment_info", what, collection, timeout, (IndexUnsupported, IndexFailed)
+        )
 
     def persistent_segments(
         self, what: str, collection: str, timeout: float | None = None
     ) -> list[Any] | None:
         """The segments Milvus keeps (sealed or flushed; not those merged away); None where
-        this Milvus does not say."""
-        return self._segments("get_persistent_segment_infos", what, collection, timeout)
+        this Milvus does not say (refuses the call as unsupported)."""
+        return self._segments(
+            "get_persistent_segment_infos", what, collection, timeout, (IndexUnsupported,)
+        )
 
     def _segments(
-        self, method: str, what: str, collection: str, timeout: float | None
+        self,
+        method: str,
+        what: str,
+        collection: str,
+        timeout: float | None,
+        refusals: tuple[type[IndexStoreError], ...],
     ) -> list[Any] | None:
         # MilvusClient has no call of its own for segments: its connection has.
         handler = self.client._get_connection()
@@ -215,7 +226,8 @@ class MilvusCalls:
             return list(getattr(handler, method)(collection, timeout=timeout or self.timeout_s))
         except (MilvusException, grpc.RpcError) as err:
             classified = classify(err, what)
-            if isinstance(classified, (IndexUnsupported, IndexFailed)):
+            if isinstance(classified, refusals):
                 self._unanswered.add(method)  # not asked again: pymilvus logs each refusal
+                log.info("milvus does not say %s (%s): %s", method, what, classified)
                 return None
             raise classified from err

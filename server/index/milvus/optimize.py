@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 3600.0
 POLL_S = 0.5
-# A compaction without a plan: Milvus's own merge holds the segments, or Milvus merges none of
-# them (each near its largest size). While the segments change, the first; once they have not
-# for this long, the second.
+# A compaction without a plan: Milvus's own merge holds the segments, or Milvus leaves them
+# alone (its compaction settings, its version). Once they have not changed for this long, the
+# segments are taken as they are: each is indexed and served (a merge of Milvus's own running
+# longer replaces them later, served all along).
 NO_PLAN_PATIENCE_S = 60.0
 NO_PLAN_RETRY_S = 5.0  # between compactions without a plan: each is a request Milvus plans
 # gRPC's timer may end a call a moment before the deadline it was given.
@@ -113,8 +114,8 @@ def _merge_and_wait(calls: MilvusCalls, name: str, docs: str, deadline: Deadline
             unplanned = (time.monotonic(), segments)
         elif time.monotonic() - unplanned[0] >= NO_PLAN_PATIENCE_S:
             log.info(
-                "milvus plans no merge of the %d segments of %r (each near its largest size, "
-                "or held by a merge of its own): each is searched on its own",
+                "milvus plans no merge of the %d segments of %r (a merge of its own holds them, "
+                "or it leaves them alone): each is searched on its own",
                 len(segments),
                 name,
             )
