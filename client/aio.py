@@ -7,7 +7,6 @@ async with AsyncClient("127.0.0.1:50051") as c:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -84,8 +83,9 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close the channel: the caller's, or the client's own: this event loop's, and each
-        one of a loop still running elsewhere, in its loop (those of loops that have ended
-        end with them; one of a loop that is not running cannot be closed until it runs)."""
+        one of a loop still running elsewhere, in its loop. Those of loops that have ended
+        end with them; one of a loop that exists but is not running is let go unclosed (it
+        could be closed only in that loop)."""
         self._closed = True
         if self._given is not None:
             await self._given.close()
@@ -96,9 +96,13 @@ class AsyncClient:
             if loop is here:
                 await channel.close()
             elif loop.is_running():
-                with contextlib.suppress(RuntimeError):  # closed meanwhile: its channel with it
-                    closing = asyncio.run_coroutine_threadsafe(channel.close(), loop)
-                    elsewhere.append(asyncio.wrap_future(closing))
+                closing = channel.close()
+                try:
+                    elsewhere.append(
+                        asyncio.wrap_future(asyncio.run_coroutine_threadsafe(closing, loop))
+                    )
+                except RuntimeError:  # that loop was closed meanwhile: its channel with it
+                    closing.close()  # never to run: not warned of as never awaited
         if elsewhere:
             # A loop stuck, stopped or ending meanwhile (its close never runs, or is cancelled)
             # is not ours to wait on longer, nor its error ours to raise.

@@ -261,7 +261,7 @@ def test_closing_an_async_client_closes_its_channel_in_a_loop_still_running_else
 
     try:
         assert there(c.info()).dim == 384
-        [(channel, _)] = c._per_loop.values()
+        [(channel, _)] = c._per_loop.values()  # the channel's state: no call can show it
         asyncio.run(c.close())
 
         async def state() -> grpc.ChannelConnectivity:
