@@ -148,9 +148,10 @@ def _served(calls: MilvusCalls, what: str, docs: str, deadline: Deadline) -> lis
         return []
     loaded = [s for s in segments if s.state != GROWING and s.level != L0]
     kept = calls.persistent_segments(what, docs, timeout=deadline.left())
-    if kept is not None and {s.segmentID for s in loaded} != {
-        s.segmentID for s in kept if s.level != L0
-    }:
+    if kept is None:  # what Milvus keeps, as its index counts it: every row of it loaded
+        if index and sum(s.num_rows for s in loaded) < (index.get("total_rows") or 0):
+            return None
+    elif {s.segmentID for s in loaded} != {s.segmentID for s in kept if s.level != L0}:
         return None
     if any(not s.index_name and s.num_rows >= MIN_INDEXED_SEGMENT_ROWS for s in loaded):
         return None
