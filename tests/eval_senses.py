@@ -22,7 +22,12 @@ from embedsense.model import LoadedModel, load_model
 from embedsense.server.config import EngineConfig
 from embedsense.server.engine import Engine
 from embedsense.server.senses import method
-from embedsense.server.senses.words import WordVectors, locate, word_vectors
+from embedsense.server.senses.words import (
+    WordVectors,
+    example_occurrences,
+    locate,
+    word_vectors,
+)
 
 DATA = Path(__file__).with_name("data") / "senses_eval.json"
 LAYER_CHOICES = {"last": [-1], "second-last": [-2], "mean of last 4": [-1, -2, -3, -4],
@@ -38,8 +43,13 @@ def load(words: list[str] | None = None, per_sense: int = 10) -> dict:
     }  # fmt: skip
 
 
-async def vectors_for(engine: Engine, word: str, sentences: list[str], layers) -> WordVectors:
-    return await word_vectors(engine, [locate(s, word) for s in sentences], layers)
+async def vectors_for(
+    engine: Engine, word: str, sentences: list[str], layers, examples: bool = False
+) -> WordVectors:
+    """The word's vectors: of its first occurrence in each sentence, or, for sense examples,
+    of all its occurrences, as the service takes an inventory's."""
+    pick = example_occurrences if examples else locate
+    return await word_vectors(engine, [pick(s, word) for s in sentences], layers)
 
 
 REPRESENTATIONS = {"word + sentence": method.CONTEXT_WEIGHT, "word only": 0.0}
@@ -54,7 +64,7 @@ async def evaluate(
     try:
         results: dict = {"accuracy": {}, "induction": {}}
         for layer_name, layers in (layer_choices or LAYER_CHOICES).items():
-            found = {word: {label: (await vectors_for(engine, word, s["support"], layers),
+            found = {word: {label: (await vectors_for(engine, word, s["support"], layers, True),
                                     await vectors_for(engine, word, s["test"], layers))
                             for label, s in senses.items()}
                      for word, senses in data.items()}  # fmt: skip

@@ -20,6 +20,7 @@ from embedsense.proto.v1 import embedsense_pb2 as pb
 from embedsense.proto.v1 import embedsense_pb2_grpc as pb_grpc
 from embedsense.server.config import EngineConfig
 from embedsense.server.senses import method
+from embedsense.server.senses.words import locate, word_vectors
 
 FRUIT = ["我喜欢吃苹果", "这个苹果又红又甜", "果园里的苹果熟了", "她削了一个苹果给孩子",
          "苹果和香蕉都是水果", "冰箱里还有两个苹果"]  # fmt: skip
@@ -177,6 +178,31 @@ def test_disambiguate_with_given_senses_spans_and_occurrences(client):
     assert by_span.label == "company" and not by_span.with_sentence
     layered = client.disambiguate(text, "小米", senses, layers=[-1, -2], centre=False)
     assert layered.layers == [-1, -2] and not layered.centred
+
+
+def test_an_example_holding_the_word_twice_stands_for_both_occurrences(client, server):
+    """Each occurrence of the word in an example is of the example's sense: the example's
+    word vector is their mean. Before: only its first occurrence counted (in the default
+    inventory, 打 in 他打了好几次都没打通 and 花 in 花园里的花开得正好)."""
+    twice = "他打了好几次都没打通。"
+    senses = {"call": [twice, "我给妈妈打了个电话。"], "hit": ["他打了我一拳。", "别打孩子。"]}
+    target = "晚上记得给我打电话。"
+    got = client.disambiguate(target, "打", senses)
+    occurrences = [locate(target, "打"), locate(twice, "打", occurrence=0),
+                   locate(twice, "打", occurrence=1)] + [
+                   locate(e, "打") for e in senses["call"][1:] + senses["hit"]]  # fmt: skip
+    found = server.run(word_vectors(server.server.engine, occurrences))
+
+    def similarities(twice_word: np.ndarray) -> dict[str, float]:
+        words = np.vstack([found.words[:1], twice_word[None], found.words[3:]])
+        contexts = np.delete(found.contexts, 2, axis=0)
+        vectors = method.features(words, contexts)
+        examples = {"call": vectors[1:3], "hit": vectors[3:]}
+        return method.disambiguate(vectors[0], examples).similarities
+
+    both, first = similarities(found.words[1:3].mean(axis=0)), similarities(found.words[1])
+    assert {s.label: s.similarity for s in got.scores} == pytest.approx(both, abs=1e-4)
+    assert abs(both["call"] - first["call"]) > 1e-3  # the second occurrence makes a difference
 
 
 def test_sense_errors_name_the_offending_input(client):

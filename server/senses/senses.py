@@ -20,6 +20,7 @@ from embedsense.server.senses.errors import Abandoned, NoTokenVectors, SenseInpu
 from embedsense.server.senses.inventories import DEFAULT, Inventories, check_senses
 from embedsense.server.senses.words import (
     Occurrence,
+    example_occurrences,
     locate,
     occurrences_of,
     stored_word_vectors,
@@ -178,7 +179,7 @@ class Senses:
         else:
             examples = self.inventories.senses(DEFAULT, word)
         labelled = [(label, e) for label, sentences in examples.items() for e in sentences]
-        occurrences = [target] + [locate(e, word) for _, e in labelled]
+        occurrences = [[target]] + [example_occurrences(e, word) for _, e in labelled]
         found = await word_vectors(self.engine, occurrences, layers)
         weight = method.CONTEXT_WEIGHT if with_sentence else 0.0
         vectors = method.features(found.words, found.contexts, weight)

@@ -63,6 +63,12 @@ def occurrences_of(word: str, text: str) -> list[Occurrence]:
     return [Occurrence(text, start, end) for start, end in word_spans(text, word)]
 
 
+def example_occurrences(text: str, word: str) -> list[Occurrence]:
+    """A sense example's occurrences of the word, each of the example's sense (at least one:
+    an example without the word is refused as `locate` refuses it)."""
+    return occurrences_of(word, text) or [locate(text, word)]
+
+
 @dataclass(frozen=True)
 class WordVectors:
     words: np.ndarray  # (n, dim): the tokens covering each occurrence, averaged
@@ -70,20 +76,28 @@ class WordVectors:
 
 
 async def word_vectors(
-    engine: Engine, occurrences: Sequence[Occurrence], layers: Sequence[int] | None = None
+    engine: Engine,
+    occurrences: Sequence[Occurrence | Sequence[Occurrence]],
+    layers: Sequence[int] | None = None,
 ) -> WordVectors:
-    """Each occurrence's contextual vector and its sentence's, in one batched engine call."""
+    """Each occurrence's contextual vector and its sentence's, in one batched engine call.
+    An item may be several occurrences in one text (a sense example holding the word twice):
+    its vector is the mean of theirs."""
+    groups = [[o] if isinstance(o, Occurrence) else list(o) for o in occurrences]
     results = await engine.embed(
-        [o.text for o in occurrences], role=ROLE, layers=layers, token_vectors=True,
+        [group[0].text for group in groups], role=ROLE, layers=layers, token_vectors=True,
         normalize=False, windowed=True,
     )  # fmt: skip
     words, contexts = [], []
-    for o, r in zip(occurrences, results, strict=True):
-        try:
-            rows = r.tokenized.token_indices(o.start, o.end)
-        except SpanError as err:
-            raise SenseInputError(f"{err} in {o.text[:40]!r}") from None
-        words.append(r.token_vectors[rows].mean(axis=0))
+    for group, r in zip(groups, results, strict=True):
+        each = []
+        for o in group:
+            try:
+                rows = r.tokenized.token_indices(o.start, o.end)
+            except SpanError as err:
+                raise SenseInputError(f"{err} in {o.text[:40]!r}") from None
+            each.append(r.token_vectors[rows].mean(axis=0))
+        words.append(np.mean(each, axis=0))
         contexts.append(r.token_vectors[np.flatnonzero(r.tokenized.from_text)].mean(axis=0))
     return WordVectors(np.stack(words), np.stack(contexts))
 
