@@ -109,8 +109,8 @@ def rank_occurrences(
     context_weight: float = CONTEXT_WEIGHT,
 ) -> np.ndarray:
     """rank_by_sense(features(query)[0], features(words, contexts[owner])): the occurrences'
-    word vectors (n, dim), their documents' sentence vectors (d, dim), one per document, and
-    `owner` (n,), each occurrence's document. The feature rows (n, 2 * dim), several copies
+    word vectors (n, dim), their sentences' vectors (s, dim), one per sentence, and `owner`
+    (n,), each occurrence's sentence. The feature rows (n, 2 * dim), several copies
     of them, and a sentence vector per occurrence are never made: a feature is [u, w c] / s,
     u and c unit, s = sqrt(1 + w^2), so each dot product the centred cosine needs splits
     into one of word vectors and one of sentence vectors (50,000 occurrences of 384 dims:

@@ -29,7 +29,8 @@ from embedsense.server.senses.words import (
 
 # Occurrence search and induction read at most this many documents containing the word,
 # DOCUMENTS_PER_READ at a time (each with its token vectors: megabytes for a long one), and
-# compare at most MAX_COMPARED of its occurrences (two vectors kept for each).
+# compare at most MAX_COMPARED of its occurrences (a vector kept for each, and one for each
+# sentence holding it).
 MAX_CANDIDATE_DOCUMENTS = 20_000
 DOCUMENTS_PER_READ = 32
 MAX_COMPARED = 50_000
@@ -81,19 +82,20 @@ class Induction:
 class Gathered:
     items: list[tuple[str, Occurrence, dict]] = field(default_factory=list)  # (id, where, metadata)
     words: list[np.ndarray] = field(default_factory=list)  # (n, dim) per document
-    contexts: list[np.ndarray] = field(default_factory=list)  # (dim,) per document
-    owners: list[np.ndarray] = field(default_factory=list)  # (n,) per document: its number
+    contexts: list[np.ndarray] = field(default_factory=list)  # (s, dim) per document
+    owners: list[np.ndarray] = field(default_factory=list)  # (n,) per document: rows in contexts
+    sentences: int = 0  # rows in contexts so far
     uncovered: int = 0  # occurrences no token covers
 
 
 @dataclass
 class Occurrences:
-    """A word's occurrences in a collection: their word vectors, and their documents'
-    sentence vectors once per document (`owner`: each occurrence's row in `contexts`)."""
+    """A word's occurrences in a collection: their word vectors, and their sentences'
+    vectors once per sentence (`owner`: each occurrence's row in `contexts`)."""
 
     items: list[tuple[str, Occurrence, dict]]  # (id, where, metadata)
     words: np.ndarray  # (n, dim)
-    contexts: np.ndarray  # (documents, dim)
+    contexts: np.ndarray  # (sentences, dim)
     owner: np.ndarray  # (n,)
 
 
@@ -117,8 +119,9 @@ def gather_occurrences(
             if stored.occurrences:
                 found.items += [(doc.id, o, doc.metadata) for o in stored.occurrences]
                 found.words.append(stored.words)
-                found.owners.append(np.full(len(stored.occurrences), len(found.contexts)))
-                found.contexts.append(stored.sentence)
+                found.owners.append(stored.sentence_of + found.sentences)
+                found.contexts.append(stored.sentences)
+                found.sentences += len(stored.sentences)
             if len(found.items) >= MAX_COMPARED:
                 return found
     return found
@@ -227,7 +230,7 @@ class Senses:
                     "the tokenizer keeps none for whitespace alone"
                 )
             raise SenseInputError(f"{word!r} does not occur in collection {collection.name!r}")
-        return Occurrences(found.items, np.concatenate(found.words), np.stack(found.contexts),
+        return Occurrences(found.items, np.concatenate(found.words), np.concatenate(found.contexts),
                            np.concatenate(found.owners))  # fmt: skip
 
     async def search_occurrences(

@@ -1,11 +1,16 @@
-"""A word's contextual vector: the mean of the token vectors that cover its characters.
+"""A word's contextual vector: the mean of the token vectors that cover its characters; and
+its sentence's: the mean of the token vectors of the sentence it is in.
 
 In e5's vocabulary 苹果 is one token; in BERT it is two characters; a word may also sit
 inside a longer token (花 in 花钱). Either way the tokens overlapping the word's span carry it.
+A longer text may use the word in several senses, one sentence rarely does: each occurrence
+gets its own sentence's vector, not the whole text's.
 """
 
 from __future__ import annotations
 
+import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,10 +74,34 @@ def example_occurrences(text: str, word: str) -> list[Occurrence]:
     return occurrences_of(word, text) or [locate(text, word)]
 
 
+# A sentence ends at one of these marks (with the quotes or brackets closing after it), at a
+# full stop before a space, or at a line break.
+SENTENCE_END = re.compile(r"[。！？!?]+[”’」』\"')）]*|\.(?=\s)|\n")
+
+
+class Sentences:
+    """Where a text's sentences end, found once for all its occurrences (a stored document
+    may hold thousands)."""
+
+    def __init__(self, text: str) -> None:
+        self.ends = [mark.end() for mark in SENTENCE_END.finditer(text)]
+        self.length = len(text)
+
+    def around(self, start: int, end: int) -> tuple[int, int]:
+        """The span of the sentence holding characters [start, end): from the end of the
+        sentence before it to its own closing mark, included."""
+        before = bisect_right(self.ends, start)
+        after = bisect_left(self.ends, end)
+        return (
+            self.ends[before - 1] if before else 0,
+            self.ends[after] if after < len(self.ends) else self.length,
+        )
+
+
 @dataclass(frozen=True)
 class WordVectors:
     words: np.ndarray  # (n, dim): the tokens covering each occurrence, averaged
-    contexts: np.ndarray  # (n, dim): every token of each occurrence's text, averaged
+    contexts: np.ndarray  # (n, dim): the tokens of each occurrence's sentence, averaged
 
 
 async def word_vectors(
@@ -90,15 +119,18 @@ async def word_vectors(
     )  # fmt: skip
     words, contexts = [], []
     for group, r in zip(groups, results, strict=True):
-        each = []
+        sentences = Sentences(group[0].text)
+        each, sentence_rows = [], []
         for o in group:
             try:
                 rows = r.tokenized.token_indices(o.start, o.end)
             except SpanError as err:
                 raise SenseInputError(f"{err} in {o.text[:40]!r}") from None
             each.append(r.token_vectors[rows].mean(axis=0))
+            # It holds the word's tokens: never a span no token covers.
+            sentence_rows += r.tokenized.token_indices(*sentences.around(o.start, o.end))
         words.append(np.mean(each, axis=0))
-        contexts.append(r.token_vectors[np.flatnonzero(r.tokenized.from_text)].mean(axis=0))
+        contexts.append(r.token_vectors[sorted(set(sentence_rows))].mean(axis=0))
     return WordVectors(np.stack(words), np.stack(contexts))
 
 
@@ -108,16 +140,20 @@ class StoredOccurrences:
 
     occurrences: list[Occurrence]
     words: np.ndarray  # (n, dim)
-    sentence: np.ndarray  # (dim,): every token of the document, averaged
+    sentences: np.ndarray  # (s, dim): the tokens of each sentence holding the word, averaged
+    sentence_of: np.ndarray  # (n,): each occurrence's row in `sentences`
     uncovered: int  # occurrences no token covers (whitespace the tokenizer drops), left out
 
 
 def stored_word_vectors(doc: Document, occurrences: Sequence[Occurrence]) -> StoredOccurrences:
-    """The occurrences' word vectors and the document's sentence vector, from its stored
-    token vectors (no model call); the offsets are read once for all of them."""
+    """The occurrences' word vectors and their sentences' vectors (once per sentence), from
+    the document's stored token vectors (no model call); its offsets and sentence ends are
+    read once for all of them."""
     offsets = [(t.start, t.end) for t in doc.tokens]
     spans = TokenSpans(offsets, [t.end > t.start for t in doc.tokens])  # specials: (0, 0)
-    kept, words = [], []
+    text_sentences = Sentences(doc.text)
+    kept, words, sentence_of = [], [], []
+    sentences: dict[tuple[int, int], int] = {}  # span -> row
     for occurrence in occurrences:
         try:
             rows = spans.indices(occurrence.start, occurrence.end)
@@ -125,10 +161,15 @@ def stored_word_vectors(doc: Document, occurrences: Sequence[Occurrence]) -> Sto
             continue
         kept.append(occurrence)
         words.append(doc.token_vectors[rows].mean(axis=0))
-    dim = doc.token_vectors.shape[1]
+        around = text_sentences.around(occurrence.start, occurrence.end)
+        sentence_of.append(sentences.setdefault(around, len(sentences)))
+    dim, dtype = doc.token_vectors.shape[1], doc.token_vectors.dtype
     return StoredOccurrences(
         kept,
-        np.stack(words) if words else np.empty((0, dim), doc.token_vectors.dtype),
-        doc.token_vectors[spans.from_text].mean(axis=0),
+        np.stack(words) if words else np.empty((0, dim), dtype),
+        np.stack([doc.token_vectors[spans.indices(*span)].mean(axis=0) for span in sentences])
+        if sentences
+        else np.empty((0, dim), dtype),
+        np.asarray(sentence_of, dtype=np.int64),
         len(occurrences) - len(kept),
     )
