@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -138,17 +139,46 @@ def test_occurrences_are_ranked_as_their_feature_rows_would_be_in_a_fraction_of_
         ranked = method.rank_occurrences(query_word, query_context, words, contexts, owner, weight)
         np.testing.assert_allclose(ranked, rows, atol=1e-5)
 
-    n, documents = 50_000, 5_000
+    n = 50_000
     words = rng.normal(size=(n, 384)).astype(np.float32)  # 77 MB
-    contexts = rng.normal(size=(documents, 384)).astype(np.float32)
-    owner = np.repeat(np.arange(documents), n // documents)
-    tracemalloc.start()
-    try:
-        method.rank_occurrences(words[0], contexts[0], words, contexts, owner)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 200 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    for sentences in (5_000, n):  # n: each occurrence in a sentence of its own
+        contexts = rng.normal(size=(sentences, 384)).astype(np.float32)
+        owner = np.repeat(np.arange(sentences), n // sentences)
+        tracemalloc.start()
+        try:
+            method.rank_occurrences(words[0], contexts[0], words, contexts, owner)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 200 * 2**20, f"peak {peak / 2**20:.0f} MiB with {sentences} sentences"
+
+
+def test_stored_occurrences_are_read_with_their_own_sentence_once_per_sentence():
+    """No model: each character is a token whose vector marks its position, so a sentence's
+    vector shows which characters it averaged. Before: every occurrence of a document got
+    the whole document's vector."""
+    from embedsense.server.index.store import Document, Token
+    from embedsense.server.senses.senses import gather_occurrences
+
+    def doc(doc_id: str, text: str) -> Document:
+        tokens = [Token("", 0, 0)] + [Token(c, i, i + 1) for i, c in enumerate(text)]
+        vectors = np.vstack([np.zeros(32), np.eye(32)[: len(text)]]).astype(np.float32)
+        return Document(text, vectors[1], doc_id, {}, tokens, vectors)
+
+    docs = {"a": doc("a", "苹果很甜。我吃苹果，也吃梨。"), "b": doc("b", "他买了苹果手机。"),
+            "c": doc("c", "Apple\n苹果和苹果 see it! 是吗")}  # fmt: skip
+    collection = SimpleNamespace(
+        ids_containing=lambda word, limit: list(docs),
+        get=lambda ids: [docs[i] for i in ids],
+    )
+    found = gather_occurrences(collection, "苹果")
+    where = [(doc_id, o.start) for doc_id, o, _ in found.items]
+    assert where == [("a", 0), ("a", 7), ("b", 3), ("c", 6), ("c", 9)]
+    owner, contexts = np.concatenate(found.owners), np.concatenate(found.contexts)
+    assert owner.tolist() == [0, 1, 2, 3, 3]  # c's two share their sentence's row
+    sentences = [np.flatnonzero(row).tolist() for row in contexts]
+    # c's first sentence runs to "! ": a single line break ends none.
+    assert sentences == [list(range(0, 5)), list(range(5, 14)), list(range(8)), list(range(19))]
 
 
 # ------------------------------------------------------------------ end to end

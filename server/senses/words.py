@@ -74,9 +74,11 @@ def example_occurrences(text: str, word: str) -> list[Occurrence]:
     return occurrences_of(word, text) or [locate(text, word)]
 
 
-# A sentence ends at one of these marks (with the quotes or brackets closing after it), at a
-# full stop before a space, or at a line break.
-SENTENCE_END = re.compile(r"[。！？!?]+[”’」』\"')）]*|\.(?=\s)|\n")
+# A sentence ends at a Chinese full stop, exclamation or question mark; at a Latin one before
+# a space or the end (not inside a URL or a number); at a blank line. Closing quotes and
+# brackets after the mark belong to it. A single line break does not end one: text wrapped
+# at a fixed width breaks lines inside sentences.
+SENTENCE_END = re.compile(r"[。！？｡．]+[”’」』\"')）]*|[.!?]+[”’\"')]*(?=\s|$)|\n[^\S\n]*\n")
 
 
 class Sentences:
@@ -101,7 +103,7 @@ class Sentences:
 @dataclass(frozen=True)
 class WordVectors:
     words: np.ndarray  # (n, dim): the tokens covering each occurrence, averaged
-    contexts: np.ndarray  # (n, dim): the tokens of each occurrence's sentence, averaged
+    contexts: np.ndarray  # (n, dim): the tokens of each item's sentence (or sentences), averaged
 
 
 async def word_vectors(
@@ -113,6 +115,8 @@ async def word_vectors(
     An item may be several occurrences in one text (a sense example holding the word twice):
     its vector is the mean of theirs."""
     groups = [[o] if isinstance(o, Occurrence) else list(o) for o in occurrences]
+    if any(not group or len({o.text for o in group}) > 1 for group in groups):
+        raise ValueError("an item of word_vectors is one or more occurrences in one text")
     results = await engine.embed(
         [group[0].text for group in groups], role=ROLE, layers=layers, token_vectors=True,
         normalize=False, windowed=True,
