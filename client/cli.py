@@ -54,6 +54,9 @@ SERVER_ERROR = 1
 USAGE_ERROR = 2
 SIGPIPE_STATUS = 141  # as a shell reports a command that SIGPIPE ended (128 + 13)
 DEFAULT_TIMEOUT = 60.0  # seconds per call
+# An occurrence in a table: its word and this many characters each side (--json: the text).
+MARKED_CONTEXT_CHARS = 40
+ONE_LINE = str.maketrans("\r\n\t", "   ")
 EXIT_STATUSES = """exit status: 0 done; 1 the server refused or failed the call (its status and
 message follow "embedsense: error:"); 2 the command line or a file it names is wrong
 (found before anything is sent); 130 interrupted; 141 the output's reader closed it (head)."""
@@ -583,9 +586,16 @@ def _neuron_asked(args: argparse.Namespace, client: Client) -> tuple[int, int]:
     return layer, head
 
 
-def _mark(text: str, span: tuple[int, int]) -> str:
+def _mark(text: str, span: tuple[int, int], around: int = MARKED_CONTEXT_CHARS) -> str:
+    """The span in brackets with `around` characters each side (… where the text goes on),
+    on one line: a table row, not a whole document."""
     start, end = span
-    return f"{text[:start]}[{text[start:end]}]{text[end:]}"
+    shown = (
+        ("…" if start > around else "")
+        + f"{text[max(0, start - around) : start]}[{text[start:end]}]{text[end : end + around]}"
+        + ("…" if end + around < len(text) else "")
+    )
+    return shown.translate(ONE_LINE)
 
 
 # ------------------------------------------------------------------ the parser

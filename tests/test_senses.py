@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import subprocess
@@ -489,12 +490,14 @@ def test_a_word_no_token_covers_is_named_so_in_a_collection(small_replies):
             c.induce_senses("long", "  ")
 
 
-def test_cli_senses_commands(server, apples):
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "embedsense.client.cli", "--target",
-                               server.target, *args], capture_output=True, text=True,
-                              timeout=120)  # fmt: skip
+def _cli(server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "embedsense.client.cli", "--target",
+                           server.target, *args], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
 
+
+def test_cli_senses_commands(server, apples):
+    cli = functools.partial(_cli, server)
     shown = cli("disambiguate", "我买了最新的苹果手机", "苹果")
     assert shown.returncode == 0 and "-> company" in shown.stdout
     given = cli("--json", "disambiguate", "喝小米粥", "小米", "--sense", "grain=小米粥",
@@ -513,6 +516,24 @@ def test_cli_senses_commands(server, apples):
     induced = json.loads(cli("--json", "induce", apples, "苹果", "--max-k", "2",
                              "--central", "1").stdout)  # fmt: skip
     assert len(induced["senses"]) == 2 and all(len(s["central"]) == 1 for s in induced["senses"])
+
+
+def test_the_cli_shows_an_occurrence_in_a_long_document_with_its_surroundings(server, client):
+    """Before: the table row held the whole document (here 1,407 characters on one row, its
+    line breaks breaking the table); --json keeps the whole text."""
+    text = "今天天气很好。\n" * 100 + "我喜欢吃苹果。" + "明天可能下雨。" * 100
+    client.create_collection("long", store_tokens=True)
+    try:
+        client.upsert("long", [{"id": "long", "text": text}], show_progress_bar=False)
+        shown = _cli(server, "occurrences", "long", "我喜欢吃苹果", "苹果", "-k", "1")
+        assert shown.returncode == 0, shown.stderr
+        row = next(line for line in shown.stdout.splitlines() if "[苹果]" in line)
+        assert "好。 今天天气很好。 我喜欢吃[苹果]。明天可能下雨。" in row
+        assert row.count("…") == 2 and len(row) < 150
+        found = _cli(server, "--json", "occurrences", "long", "我喜欢吃苹果", "苹果", "-k", "1")
+        assert json.loads(found.stdout)[0]["text"] == text
+    finally:
+        client.drop_collection("long")
 
 
 def test_evaluation_on_a_slice_is_well_above_chance(e5):
