@@ -519,21 +519,21 @@ def test_cli_senses_commands(server, apples):
 
 
 def test_the_cli_shows_an_occurrence_in_a_long_document_with_its_surroundings(server, client):
-    """Before: the table row held the whole document (here 1,407 characters on one row, its
+    """Before: the table row held the whole document (here 1,507 characters, its 100
     line breaks breaking the table); --json keeps the whole text."""
     text = "今天天气很好。\n" * 100 + "我喜欢吃苹果。" + "明天可能下雨。" * 100
-    client.create_collection("long", store_tokens=True)
+    client.create_collection("long-cli", store_tokens=True)
     try:
-        client.upsert("long", [{"id": "long", "text": text}], show_progress_bar=False)
-        shown = _cli(server, "occurrences", "long", "我喜欢吃苹果", "苹果", "-k", "1")
+        client.upsert("long-cli", [{"id": "long-cli", "text": text}], show_progress_bar=False)
+        shown = _cli(server, "occurrences", "long-cli", "我喜欢吃苹果", "苹果", "-k", "1")
         assert shown.returncode == 0, shown.stderr
         row = next(line for line in shown.stdout.splitlines() if "[苹果]" in line)
         assert "好。 今天天气很好。 我喜欢吃[苹果]。明天可能下雨。" in row
         assert row.count("…") == 2 and len(row) < 150
-        found = _cli(server, "--json", "occurrences", "long", "我喜欢吃苹果", "苹果", "-k", "1")
+        found = _cli(server, "--json", "occurrences", "long-cli", "我喜欢吃苹果", "苹果", "-k", "1")
         assert json.loads(found.stdout)[0]["text"] == text
     finally:
-        client.drop_collection("long")
+        client.drop_collection("long-cli")
 
 
 def test_evaluation_on_a_slice_is_well_above_chance(e5):
