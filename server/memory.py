@@ -49,7 +49,8 @@ TRIM_THRESHOLD = 32 * 1024 * 1024
 # each keep a cache of kernels per input shape (1024 entries by default). The engine's
 # batches come in a new token count nearly every time, so RSS climbs batch after batch until
 # those caches are full. A few entries keep the reuse that matters (a forward's layers share
-# their shapes); read by both libraries when first used, so set before the first forward.
+# their shapes, and runner.BF16_TOKEN_STEP keeps the token counts few); read by both
+# libraries when first used, so set before the first forward.
 KERNEL_CACHES = {"LRU_CACHE_CAPACITY": "32", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "32"}
 
 

@@ -4,7 +4,8 @@ Knows nothing of requests or queues. Places the model (CUDA when there is one, e
 picks its precision (precision.py: fp16/bf16 on GPU; fp32, or bf16 under autocast on a CPU
 that computes it natively), optionally quantizes its linear layers to int8 on CPU, and turns
 a batch of id sequences into each row's token vectors, unpadded: on a CPU, a large batch in
-parts of rows alike in length (memory.part_tokens says why).
+parts of rows alike in length (memory.part_tokens says why), each part in bf16 with a filler
+row up to a whole step of tokens (BF16_TOKEN_STEP says why).
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ from embedsense.server.precision import Precision, choose
 # measured there. On a GPU attention is a small share of a forward and each group costs
 # kernel launches of its own: one grid, unmeasured either way.
 ATTENTION_GROUPS = {"cpu": 4, "cuda": 1}
+
+# Under bf16 on a CPU, matrix products go through oneDNN, which compiles a kernel for each
+# new input shape: about 7 ms per Linear on a 2-core Xeon with AMX, where the product itself
+# of 1,000 tokens takes 1-2 ms. The engine's batches come in a new token count nearly every
+# time, and memory.KERNEL_CACHES keeps few kernels, so a bf16 forward is padded with a
+# filler row up to a multiple of this many tokens: its products come in a few shapes whose
+# kernels stay cached. (memory.part_tokens counts in whole 64s, so the filler keeps a part
+# within its budget.)
+BF16_TOKEN_STEP = 64
 
 # A layer choice: None = the last layer; else indices into the hidden states (0 = the
 # embedding output, num_layers = the last; negatives count from the end), averaged.
@@ -148,6 +158,10 @@ class ModelRunner:
     def _forward(
         self, sequences: Sequence[Sequence[int]], layers: Sequence[Layers]
     ) -> list[np.ndarray]:
+        filler = -sum(len(seq) for seq in sequences) % BF16_TOKEN_STEP if self.autocast else 0
+        if filler:  # a row of its own: attention keeps it apart, and its output is dropped
+            padded = self._forward([*sequences, [self.pad_id] * filler], [*layers, layers[0]])
+            return padded[:-1]
         ids, mask = pad_sequences(sequences, self.pad_id)
         need_all = any(choice is not None for choice in layers)
         with self.computing():

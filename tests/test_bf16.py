@@ -181,3 +181,42 @@ def test_bf16_linears_cast_once_give_autocasts_own_numbers(e5):
         runner.encoder, e5.encoder.attention_groups = cast_each_time, groups
     for a, b in zip(once, every_time, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_bf16_forwards_come_in_few_token_counts_whose_kernels_stay_cached(e5):
+    """oneDNN compiles a kernel for each new shape of a bf16 product, which costs more than
+    the product itself (runner.BF16_TOKEN_STEP), and the engine's batches come in a new token
+    count nearly every time. The runner pads a bf16 forward with a filler row up to a whole
+    number of steps: every Linear sees one of few token counts, and each row's vectors are
+    those of the batch without the filler."""
+    from embedsense.model.tokenizer import pad_sequences
+    from embedsense.server.runner import BF16_TOKEN_STEP, ModelRunner
+
+    runner = ModelRunner(e5, EngineConfig(dtype="bfloat16"))
+    token_counts: set[int] = set()
+    runner.encoder.layers[0].feed_forward.up.register_forward_pre_hook(
+        lambda _, args: token_counts.add(args[0].shape[0])
+    )
+    texts = [
+        "苹果",
+        "我喜欢吃苹果",
+        "苹果手机很贵" * 7,
+        "今天天气很好，我们去公园散步吧",
+        "花" * 40,
+    ]
+    ids = [t.ids for t in e5.tokenizer.encode_batch(texts)]
+    batches = [ids[:1], ids[:2], ids[1:4], ids, ids[2:]]
+    assert all(sum(map(len, batch)) % BF16_TOKEN_STEP for batch in batches)  # each one filled
+    for batch in batches:
+        token_counts.clear()
+        rows = runner.run(batch, [None, *[(6, -1)] * (len(batch) - 1)])
+        assert token_counts and all(n % BF16_TOKEN_STEP == 0 for n in token_counts)
+        padded, mask = pad_sequences(batch, runner.pad_id)
+        with runner.computing():
+            out = runner.encoder(padded, mask, output_hidden_states=True)
+        for i, (row, seq) in enumerate(zip(rows, batch, strict=True)):
+            layers = (
+                [out.last_hidden_state] if i == 0 else [out.hidden_states[6], out.hidden_states[-1]]
+            )
+            alone = torch.stack([layer[i, : len(seq)].float() for layer in layers]).mean(0)
+            np.testing.assert_allclose(row, alone.numpy(), atol=2e-2)
