@@ -185,12 +185,13 @@ def test_bf16_linears_cast_once_give_autocasts_own_numbers(e5):
 
 def test_bf16_forwards_come_in_few_token_counts_whose_kernels_stay_cached(e5):
     """oneDNN compiles a kernel for each new shape of a bf16 product, which costs more than
-    the product itself (runner.BF16_TOKEN_STEP), and the engine's batches come in a new token
-    count nearly every time. The runner pads a bf16 forward with a filler row up to a whole
-    number of steps: every Linear sees one of few token counts, and each row's vectors are
-    those of the batch without the filler."""
+    the product itself on a large forward (runner.BF16_TOKEN_STEP), and the engine's batches
+    come in a new token count nearly every time. The runner pads a large bf16 forward with a
+    filler row up to a whole number of steps: every Linear sees one of few token counts, and
+    each row's vectors are those of the batch without the filler. A small forward (a query)
+    runs as it is."""
     from embedsense.model.tokenizer import pad_sequences
-    from embedsense.server.runner import BF16_TOKEN_STEP, ModelRunner
+    from embedsense.server.runner import BF16_STEP_FROM, BF16_TOKEN_STEP, ModelRunner
 
     runner = ModelRunner(e5, EngineConfig(dtype="bfloat16"))
     token_counts: set[int] = set()
@@ -200,23 +201,26 @@ def test_bf16_forwards_come_in_few_token_counts_whose_kernels_stay_cached(e5):
     texts = [
         "苹果",
         "我喜欢吃苹果",
-        "苹果手机很贵" * 7,
-        "今天天气很好，我们去公园散步吧",
-        "花" * 40,
+        "苹果手机很贵" * 50,
+        "今天天气很好，我们去公园散步吧" * 15,
+        "花" * 250,
     ]
-    ids = [t.ids for t in e5.tokenizer.encode_batch(texts)]
-    batches = [ids[:1], ids[:2], ids[1:4], ids, ids[2:]]
-    assert all(sum(map(len, batch)) % BF16_TOKEN_STEP for batch in batches)  # each one filled
+    ids = [t.ids for t in e5.tokenizer.encode_batch(texts)]  # 6, 8, 205, 139 and 255 tokens
+    batches = [ids[:2], ids[2:4], ids[1:4], ids, ids[3:]]  # one part each
     for batch in batches:
+        tokens = sum(map(len, batch))
         token_counts.clear()
         rows = runner.run(batch, [None, *[(6, -1)] * (len(batch) - 1)])
-        assert token_counts and all(n % BF16_TOKEN_STEP == 0 for n in token_counts)
+        if tokens < BF16_STEP_FROM:
+            assert token_counts == {tokens}
+        else:
+            assert tokens % BF16_TOKEN_STEP  # a filler is due
+            assert token_counts == {tokens + -tokens % BF16_TOKEN_STEP}
         padded, mask = pad_sequences(batch, runner.pad_id)
         with runner.computing():
             out = runner.encoder(padded, mask, output_hidden_states=True)
         for i, (row, seq) in enumerate(zip(rows, batch, strict=True)):
-            layers = (
-                [out.last_hidden_state] if i == 0 else [out.hidden_states[6], out.hidden_states[-1]]
-            )
+            mixed = [out.hidden_states[6], out.hidden_states[-1]]
+            layers = [out.last_hidden_state] if i == 0 else mixed
             alone = torch.stack([layer[i, : len(seq)].float() for layer in layers]).mean(0)
             np.testing.assert_allclose(row, alone.numpy(), atol=2e-2)
