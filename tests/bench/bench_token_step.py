@@ -8,7 +8,8 @@ each, as the service's engine is; the two settings alternate round by round on t
 engine, so drift in the machine's speed hits both alike. Then one caller sending queries
 (2-40 characters, at the query priority, one at a time, as a person searching does): their
 p50 and p90 latency under each setting, alternating the same way. Medians, then one JSON
-line.
+line. Meant for a CPU with native bf16: elsewhere bf16 is emulated, about a third of fp32's
+speed (docs/performance.md), and a run takes ten minutes or more.
 
     python tests/bench/bench_token_step.py [--texts 384] [--rounds 8] [--queries 64]
 """
