@@ -180,6 +180,11 @@ def test_stored_occurrences_are_read_with_their_own_sentence_once_per_sentence()
     sentences = [np.flatnonzero(row).tolist() for row in contexts]
     # c's first sentence runs to "! ": a single line break ends none.
     assert sentences == [list(range(0, 5)), list(range(5, 14)), list(range(8)), list(range(19))]
+    # Clustering reads the word vectors alone: the same, and no sentence rows.
+    words_only = gather_occurrences(collection, "苹果", with_sentences=False)
+    assert [(doc_id, o.start) for doc_id, o, _ in words_only.items] == where
+    np.testing.assert_array_equal(np.concatenate(words_only.words), np.concatenate(found.words))
+    assert words_only.contexts == words_only.owners == [] and words_only.sentences == 0
 
 
 # ------------------------------------------------------------------ end to end
@@ -368,6 +373,20 @@ def test_occurrences_in_a_document_of_two_senses_are_ranked_by_their_own_sentenc
         finally:
             client.drop_collection(name)
     assert np.mean(precisions) >= 0.64, np.mean(precisions)
+
+
+def test_inducing_senses_reads_no_sentence(client, apples, monkeypatch):
+    """Clustering reads the word vectors alone (method.induce), so InduceSenses finds no
+    sentence and averages none. Before: every occurrence's sentence was found and averaged,
+    then left unused."""
+    from embedsense.server.senses import words
+
+    def no_sentences(text: str) -> None:
+        raise AssertionError(f"a sentence read to induce senses: {text[:20]}")
+
+    monkeypatch.setattr(words, "Sentences", no_sentences)
+    induced = client.induce_senses(apples, "苹果", k=2)
+    assert induced.occurrences == 14 and sum(s.size for s in induced.senses) == 14
 
 
 def test_induce_senses_splits_fruit_from_company(client, apples):

@@ -95,16 +95,20 @@ class Occurrences:
 
     items: list[tuple[str, Occurrence, dict]]  # (id, where, metadata)
     words: np.ndarray  # (n, dim)
-    contexts: np.ndarray  # (sentences, dim)
-    owner: np.ndarray  # (n,)
+    contexts: np.ndarray | None  # (sentences, dim); None where not read
+    owner: np.ndarray | None  # (n,); None where not read
 
 
 def gather_occurrences(
-    collection: CollectionBackend, word: str, stop: threading.Event | None = None
+    collection: CollectionBackend,
+    word: str,
+    stop: threading.Event | None = None,
+    *,
+    with_sentences: bool = True,
 ) -> Gathered:
     """The word's occurrences in the collection's stored documents, in label order, with
-    their word and sentence vectors, within MAX_CANDIDATE_DOCUMENTS and MAX_COMPARED.
-    Abandoned once `stop` is set."""
+    their word vectors and (`with_sentences`) their sentences' vectors, within
+    MAX_CANDIDATE_DOCUMENTS and MAX_COMPARED. Abandoned once `stop` is set."""
     ids = collection.ids_containing(word, MAX_CANDIDATE_DOCUMENTS)
     found = Gathered()
     for start in range(0, len(ids), DOCUMENTS_PER_READ):
@@ -114,14 +118,16 @@ def gather_occurrences(
             if doc is None:  # deleted in between
                 continue
             room = MAX_COMPARED - len(found.items)
-            stored = stored_word_vectors(doc, occurrences_of(word, doc.text)[:room])
+            occurrences = occurrences_of(word, doc.text)[:room]
+            stored = stored_word_vectors(doc, occurrences, with_sentences=with_sentences)
             found.uncovered += stored.uncovered
             if stored.occurrences:
                 found.items += [(doc.id, o, doc.metadata) for o in stored.occurrences]
                 found.words.append(stored.words)
-                found.owners.append(stored.sentence_of + found.sentences)
-                found.contexts.append(stored.sentences)
-                found.sentences += len(stored.sentences)
+                if with_sentences:
+                    found.owners.append(stored.sentence_of + found.sentences)
+                    found.contexts.append(stored.sentences)
+                    found.sentences += len(stored.sentences)
             if len(found.items) >= MAX_COMPARED:
                 return found
     return found
@@ -205,9 +211,11 @@ class Senses:
 
     # ------------------------------------------------------------ over a collection
 
-    async def _stored_occurrences(self, collection: CollectionBackend, word: str) -> Occurrences:
+    async def _stored_occurrences(
+        self, collection: CollectionBackend, word: str, *, with_sentences: bool = True
+    ) -> Occurrences:
         """Every occurrence of `word` in the collection (up to the bounds above), with its
-        stored word and sentence vectors."""
+        stored word vectors and (`with_sentences`) its sentences' vectors."""
         if not collection.store_tokens:
             raise NoTokenVectors(
                 f"collection {collection.name!r} keeps no token vectors: create it with "
@@ -221,7 +229,9 @@ class Senses:
                 "induce word senses in it"
             )
         # Seconds of work for a common word: off the event loop, which serves every call.
-        found = await self._in_pool(lambda stop: gather_occurrences(collection, word, stop))
+        found = await self._in_pool(
+            lambda stop: gather_occurrences(collection, word, stop, with_sentences=with_sentences)
+        )
         if not found.items:
             if found.uncovered:
                 raise SenseInputError(
@@ -230,8 +240,9 @@ class Senses:
                     "the tokenizer keeps none for whitespace alone"
                 )
             raise SenseInputError(f"{word!r} does not occur in collection {collection.name!r}")
-        return Occurrences(found.items, np.concatenate(found.words), np.concatenate(found.contexts),
-                           np.concatenate(found.owners))  # fmt: skip
+        contexts = np.concatenate(found.contexts) if with_sentences else None
+        owner = np.concatenate(found.owners) if with_sentences else None
+        return Occurrences(found.items, np.concatenate(found.words), contexts, owner)
 
     async def search_occurrences(
         self,
@@ -277,7 +288,8 @@ class Senses:
             if value is not None and not 1 <= value <= method.MAX_SENSES:
                 raise SenseInputError(f"{name}: {value}; a word has 1-{method.MAX_SENSES} senses")
         async with self._slots:
-            found = await self._stored_occurrences(collection, word)
+            # The word's vectors alone: adding the sentence's did not help clustering (README).
+            found = await self._stored_occurrences(collection, word, with_sentences=False)
             items, words = found.items, found.words
             if len(items) < 2:
                 raise SenseInputError(
@@ -289,7 +301,6 @@ class Senses:
                     f"{collection_name!r}; at most {len(items)}, or no k to let the silhouette "
                     "choose"
                 )
-            # The word's vectors alone: adding the sentence's did not help clustering (README).
             clustering = await self._in_pool(lambda stop: method.induce(words, k, max_k, stop=stop))
         senses = []
         for cluster in range(clustering.k):

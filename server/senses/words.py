@@ -149,13 +149,16 @@ class StoredOccurrences:
     uncovered: int  # occurrences no token covers (whitespace the tokenizer drops), left out
 
 
-def stored_word_vectors(doc: Document, occurrences: Sequence[Occurrence]) -> StoredOccurrences:
+def stored_word_vectors(
+    doc: Document, occurrences: Sequence[Occurrence], *, with_sentences: bool = True
+) -> StoredOccurrences:
     """The occurrences' word vectors and their sentences' vectors (once per sentence), from
     the document's stored token vectors (no model call); its offsets and sentence ends are
-    read once for all of them."""
+    read once for all of them. Without sentences (`with_sentences=False`: what clustering
+    reads), no sentence rows."""
     offsets = [(t.start, t.end) for t in doc.tokens]
     spans = TokenSpans(offsets, [t.end > t.start for t in doc.tokens])  # specials: (0, 0)
-    text_sentences = Sentences(doc.text)
+    text_sentences = Sentences(doc.text) if with_sentences else None
     kept, words, sentence_of = [], [], []
     sentences: dict[tuple[int, int], int] = {}  # span -> row
     for occurrence in occurrences:
@@ -165,8 +168,9 @@ def stored_word_vectors(doc: Document, occurrences: Sequence[Occurrence]) -> Sto
             continue
         kept.append(occurrence)
         words.append(doc.token_vectors[rows].mean(axis=0))
-        around = text_sentences.around(occurrence.start, occurrence.end)
-        sentence_of.append(sentences.setdefault(around, len(sentences)))
+        if text_sentences is not None:
+            around = text_sentences.around(occurrence.start, occurrence.end)
+            sentence_of.append(sentences.setdefault(around, len(sentences)))
     dim, dtype = doc.token_vectors.shape[1], doc.token_vectors.dtype
     return StoredOccurrences(
         kept,
