@@ -36,8 +36,18 @@ from embedsense.server.index import (
 )
 from embedsense.server.index.milvus import MilvusBackend, optimize
 from embedsense.server.index.milvus.backend import RECHECK_S
-from embedsense.server.index.milvus.calls import MilvusAliasTaken, classify
-from embedsense.server.index.milvus.schema import Layout, documents_schema
+from embedsense.server.index.milvus.calls import (
+    MilvusAliasMissing,
+    MilvusAliasTaken,
+    MilvusCollectionGone,
+    classify,
+)
+from embedsense.server.index.milvus.schema import (
+    InventoryClaim,
+    Layout,
+    documents_schema,
+    meta_schema,
+)
 from embedsense.server.index.store import CollectionRow
 from embedsense.server.senses.senses import Senses
 
@@ -213,6 +223,9 @@ def test_milvus_errors_are_classified():
         (MilvusException(8, "rate limit exceeded"), IndexUnavailable),
         (MilvusException(1100, "invalid parameter"), InvalidArgument),
         (MilvusException(1602, "alias already exist"), MilvusAliasTaken),
+        (MilvusException(1600, "alias not found[database=default][alias=x]"), MilvusAliasMissing),
+        (MilvusException(100, "alias 'x' does not exist"), MilvusAliasMissing),  # milvus-lite
+        (MilvusException(100, "collection not found[collection=x]"), MilvusCollectionGone),
         (MilvusException(grpc.StatusCode.DEADLINE_EXCEEDED, "Retry timeout: 2s"), IndexUnavailable),
         (ParamError(message="vector dim"), InvalidArgument),
         (ValueError("no idea"), IndexFailed),
@@ -408,6 +421,73 @@ def test_two_replicas_dropping_one_collection_at_once_both_get_a_status(replicas
         for outcome in outcomes:
             assert outcome == "created" or status_for(outcome) is not None, outcomes
         assert name not in a.names() and name not in b.names()
+
+
+def test_two_replicas_creating_one_inventory_at_once_one_wins(replicas):
+    """Before: both read no inventory, both wrote theirs and both answered "created"; the
+    first caller's inventory was gone while it was told it had made it."""
+    a, b = replicas
+    for round_ in range(3):
+        name = f"senses{round_}"
+        outcomes = _at_once(
+            partial(_created_or_exists, a, name, '{"by": "a"}'),
+            partial(_created_or_exists, b, name, '{"by": "b"}'),
+        )
+        outcomes = {label: "exists" if isinstance(outcome, CollectionExists) else outcome
+                    for label, outcome in zip("ab", outcomes, strict=True)}  # fmt: skip
+        assert sorted(outcomes.values()) == ["created", "exists"], outcomes
+        winner = next(label for label, outcome in outcomes.items() if outcome == "created")
+        for backend in (a, b):
+            assert backend.get_inventory(name) == f'{{"by": "{winner}"}}'
+        assert a.delete_inventory(name) and b.get_inventory(name) is None
+        assert b.put_inventory(name, '{"by": "again"}', replace=False)  # the name is free
+        assert a.get_inventory(name) == '{"by": "again"}'
+        assert b.delete_inventory(name)
+
+
+def _created_or_exists(backend, name: str, words_json: str) -> None:
+    if not backend.put_inventory(name, words_json, replace=False):
+        raise CollectionExists(name)  # _at_once's outcome for "exists"
+
+
+def test_an_inventory_create_that_died_before_its_row_is_taken_over(replicas):
+    """A replica that died between claiming an inventory's name and writing its row would
+    block the name for ever; after CLAIM_GRACE_S another replica takes the claim over. A
+    claim younger than that is a create under way: the name exists."""
+    a, b = replicas
+    targets = {}
+    for name, born in (("orphaned", time.time() - 3600), ("underway", time.time())):
+        claim = InventoryClaim(name)
+        targets[name] = claim.target(f"{int(born):08x}deadbeef")
+        a.calls("test", "create_collection", targets[name], schema=meta_schema()[0])
+        a.calls("test", "create_alias", targets[name], claim.alias)  # and no row written
+    assert b.put_inventory("orphaned", '{"by": "b"}', replace=False)
+    assert a.get_inventory("orphaned") == '{"by": "b"}'
+    assert not a.put_inventory("orphaned", '{"by": "a"}', replace=False)
+    assert not b.put_inventory("underway", '{"by": "b"}', replace=False)
+    assert a.delete_inventory("orphaned") and a.get_inventory("orphaned") is None
+    claims = [c for c in a.calls.client.list_collections() if c.startswith("embedsense_ic_")]
+    assert claims == [targets["underway"]]  # the dead claim's and b's went with it
+    a.calls("test", "drop_alias", InventoryClaim("underway").alias)
+    a.calls("test", "drop_collection", targets["underway"])
+
+
+def test_an_inventory_whose_row_was_not_written_can_be_created_again_at_once(replicas, monkeypatch):
+    """A create whose row write failed (Milvus unavailable) hands its claim back: the
+    caller's retry creates the inventory, rather than hearing "exists" for two minutes."""
+    a, b = replicas
+
+    def unavailable(key: str, value: str) -> None:
+        raise IndexUnavailable("milvus did not answer (write)")
+
+    monkeypatch.setattr(a, "_meta_put", unavailable)
+    with pytest.raises(IndexUnavailable):
+        a.put_inventory("retried", '{"by": "a"}', replace=False)
+    monkeypatch.undo()
+    assert b.put_inventory("retried", '{"by": "b"}', replace=False)
+    assert a.get_inventory("retried") == '{"by": "b"}'
+    assert a.delete_inventory("retried")
+    assert not [c for c in a.calls.client.list_collections() if c.startswith("embedsense_ic_")]
 
 
 @pytest.fixture

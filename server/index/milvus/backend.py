@@ -14,10 +14,17 @@ Creating and dropping, from any number of replicas at once (schema.py names the 
   never came (a replica that died mid-create) is taken over after CLAIM_GRACE_S.
 - drop: the meta row first (no replica opens the collection after), then the alias, then the
   Milvus collections; of the incarnation the meta row names, not of a cached one.
+
+Inventories are a meta row each, claimed the same way: creating one (not a replace) is
+refused when its row exists; else its claim (schema.py), then the row. Of two replicas
+creating one name at once, the one whose claim Milvus refused answers "exists"; a claim
+without a row after CLAIM_GRACE_S is taken over. Deleting removes the row, then the claim.
+A replace writes the row, claimed or not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -32,15 +39,17 @@ from embedsense.server.index.collection import CollectionInfo
 from embedsense.server.index.errors import (
     CollectionExists,
     CollectionNotFound,
+    IndexStoreError,
     IndexUnavailable,
     InvalidArgument,
 )
-from embedsense.server.index.milvus.calls import MilvusAliasTaken, MilvusCalls
+from embedsense.server.index.milvus.calls import MilvusAliasMissing, MilvusAliasTaken, MilvusCalls
 from embedsense.server.index.milvus.collection import MilvusCollection
 from embedsense.server.index.milvus.filters import literal, literal_list
 from embedsense.server.index.milvus.schema import (
     MAX_VARCHAR,
     META,
+    InventoryClaim,
     Layout,
     documents_schema,
     meta_schema,
@@ -298,11 +307,67 @@ class MilvusBackend:
     # ------------------------------------------------------------ inventories
 
     def put_inventory(self, name: str, words_json: str, replace: bool) -> bool:
-        with self._lock:
-            if not replace and self._meta_get(f"inventory:{name}") is not None:
-                return False
-            self._meta_put(f"inventory:{name}", words_json)
+        key = f"inventory:{name}"
+        if replace:
+            self._meta_put(key, words_json)
+            return True
+        if self._meta_get(key) is not None or (target := self._claim_inventory(name)) is None:
+            return False
+        try:
+            self._meta_put(key, words_json)
+        except BaseException:
+            # Else the caller's retry would be told "exists" until the claim is taken over.
+            with contextlib.suppress(IndexStoreError):
+                self._release_inventory(name, target)
+            raise
         return True
+
+    def _claim_inventory(self, name: str) -> str | None:
+        """The collection of this create's claim on the name, now held (module docstring);
+        None when another replica's claim stands."""
+        what = f"create inventory {name!r}"
+        claim = InventoryClaim(name)
+        target = claim.target(new_incarnation())
+        self.calls(what, "create_collection", target, schema=meta_schema()[0])
+        try:
+            for attempt in range(2):
+                try:
+                    self.calls(what, "create_alias", target, claim.alias)
+                    return target
+                except MilvusAliasTaken:
+                    if attempt or not self._take_over_dead_inventory_claim(name):
+                        break
+        except BaseException:
+            with contextlib.suppress(IndexStoreError):
+                self.calls(what, "drop_collection", target)
+            raise
+        self.calls(what, "drop_collection", target)
+        return None
+
+    def _take_over_dead_inventory_claim(self, name: str) -> bool:
+        target = self._inventory_claimed_by(name)
+        if target is None:
+            return True  # its create failed, or it was deleted, meanwhile: claim it again
+        born = Layout.born(target)
+        if self._meta_get(f"inventory:{name}") is not None or time.time() - born < CLAIM_GRACE_S:
+            return False
+        log.warning("inventory %r: taking over the claim of a create that never finished", name)
+        self._release_inventory(name, target)
+        return True
+
+    def _inventory_claimed_by(self, name: str) -> str | None:
+        """The collection the inventory's claim names; None when unclaimed (inventories
+        made before claims, or by a replace)."""
+        what = f"read the claim on inventory {name!r}"
+        try:
+            return self.calls(what, "describe_alias", InventoryClaim(name).alias)["collection_name"]
+        except MilvusAliasMissing:
+            return None
+
+    def _release_inventory(self, name: str, target: str) -> None:
+        what = f"delete inventory {name!r}"
+        self.calls(what, "drop_alias", InventoryClaim(name).alias)
+        self.calls(what, "drop_collection", target)
 
     def get_inventory(self, name: str) -> str | None:
         return self._meta_get(f"inventory:{name}")
@@ -314,4 +379,6 @@ class MilvusBackend:
         if self._meta_get(f"inventory:{name}") is None:
             return False
         self._meta_delete(f"inventory:{name}")
+        if (target := self._inventory_claimed_by(name)) is not None:
+            self._release_inventory(name, target)
         return True

@@ -53,6 +53,7 @@ READ = "Bounded"  # see the module docstring
 SETTLE = "Strong"
 
 COLLECTION_NOT_FOUND = 100
+ALIAS_NOT_FOUND = 1600
 ALIAS_EXISTS = 1602
 # Milvus's error codes (pkg/util/merr) for an index that is not ready, overloaded or
 # unreachable: service not ready/unavailable, memory/request/disk/rate limits, force deny,
@@ -109,6 +110,10 @@ class MilvusAliasTaken(IndexStoreError):
     """Milvus refused an alias because it exists (code 1602): another replica's claim."""
 
 
+class MilvusAliasMissing(IndexStoreError):
+    """Milvus has no such alias (code 1600; milvus-lite says so with code 100)."""
+
+
 def classify(err: BaseException, what: str) -> IndexStoreError:
     """The index's error for a pymilvus or gRPC error raised while doing `what`."""
     if isinstance(err, (ParamError, DataTypeNotMatchException)):  # pymilvus refused it
@@ -128,6 +133,10 @@ def classify(err: BaseException, what: str) -> IndexStoreError:
             return IndexUnsupported(f"milvus refused the server's credentials ({what}): {message}")
         return IndexFailed(f"{what}: {code}: {message}")
     lowered = str(message).lower()
+    if code == ALIAS_NOT_FOUND or (
+        lowered.startswith("alias ") and ("not found" in lowered or "does not exist" in lowered)
+    ):
+        return MilvusAliasMissing(f"{what}: {message}")
     if code == COLLECTION_NOT_FOUND:
         return MilvusCollectionGone(f"{what}: {message}")
     if code == ALIAS_EXISTS or ("alias" in lowered and "already exist" in lowered):

@@ -14,6 +14,9 @@
 - `embedsense_a_<hash>`: an alias of the current incarnation's documents. Creating it is the
   one step of a create that Milvus does atomically, so it decides which of two replicas
   creating the same name at once wins.
+- `embedsense_i_<hash>`: an inventory's claim, the same way: an alias of an empty
+  `embedsense_ic_<hash>_<incarnation>` of the create that made it (an alias of the meta rows
+  would not do: Milvus makes an alias again, without an error, for the same collection).
 
 Each create makes a new incarnation, so a replica still holding a dropped collection's
 settings addresses Milvus collections that no longer exist: its late writes fail instead of
@@ -59,6 +62,11 @@ def milvus_index(spec: str) -> tuple[str, dict[str, int]]:
     )
 
 
+def name_hash(name: str) -> str:
+    """What stands for a name in Milvus's names, which allow letters, digits and _ only."""
+    return hashlib.sha1(name.encode()).hexdigest()[:24]
+
+
 def new_incarnation() -> str:
     """Unique, and starting with its birth time in hex seconds (see `Layout.born`)."""
     return f"{int(time.time()):08x}{uuid.uuid4().hex[:8]}"
@@ -73,7 +81,7 @@ class Layout:
 
     @property
     def _hash(self) -> str:
-        return hashlib.sha1(self.name.encode()).hexdigest()[:24]
+        return name_hash(self.name)
 
     @property
     def _suffix(self) -> str:
@@ -103,6 +111,22 @@ class Layout:
             return float(int(incarnation[:8], 16)) if len(incarnation) == 16 else 0.0
         except ValueError:
             return 0.0
+
+
+@dataclass(frozen=True)
+class InventoryClaim:
+    """An inventory's claim: an alias, on a small empty collection of the claiming create's
+    own (Milvus makes an alias once per target, so two replicas' creates cannot both
+    claim one name; backend.py)."""
+
+    name: str
+
+    @property
+    def alias(self) -> str:
+        return f"{PREFIX}i_{name_hash(self.name)}"
+
+    def target(self, incarnation: str) -> str:
+        return f"{PREFIX}ic_{name_hash(self.name)}_{incarnation}"
 
 
 def meta_schema() -> tuple[object, object]:
