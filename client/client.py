@@ -335,7 +335,8 @@ class Client:
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - as in search
     ) -> int:
         """Delete documents by id, or every document matching `filter` (one of the two; an
-        empty filter is refused: drop the collection instead); how many were deleted."""
+        empty filter is refused: drop the collection instead); how many were deleted (by
+        the last try, when an UNAVAILABLE was retried: the documents are gone either way)."""
         return self._call(api.delete_call(name, ids, filter))
 
     def scroll(

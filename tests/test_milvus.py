@@ -6,6 +6,7 @@ two MilvusBackend objects on one URI are two encoder servers' index layers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -423,12 +424,13 @@ def test_two_replicas_dropping_one_collection_at_once_both_get_a_status(replicas
         assert name not in a.names() and name not in b.names()
 
 
-def test_two_replicas_creating_one_inventory_at_once_one_wins(replicas):
+def test_two_replicas_creating_one_inventory_at_once_one_wins(replicas, inventory_names):
     """Before: both read no inventory, both wrote theirs and both answered "created"; the
     first caller's inventory was gone while it was told it had made it."""
     a, b = replicas
     for round_ in range(3):
         name = f"senses{round_}"
+        inventory_names(name)
         outcomes = _at_once(
             partial(_created_or_exists, a, name, '{"by": "a"}'),
             partial(_created_or_exists, b, name, '{"by": "b"}'),
@@ -450,32 +452,60 @@ def _created_or_exists(backend, name: str, words_json: str) -> None:
         raise CollectionExists(name)  # _at_once's outcome for "exists"
 
 
-def test_an_inventory_create_that_died_before_its_row_is_taken_over(replicas):
+def _claims(backend, name: str) -> list[str]:
+    """The Milvus collections of claims on the inventory `name` (schema.InventoryClaim)."""
+    prefix = InventoryClaim(name).target("")
+    return [c for c in backend.calls.client.list_collections() if c.startswith(prefix)]
+
+
+def _make_claim(backend, name: str, born: float, *, alias: bool = True) -> str:
+    """A claim as a create that stopped before its row leaves it."""
+    claim = InventoryClaim(name)
+    target = claim.target(f"{int(born):08x}deadbeef")
+    backend.calls("test", "create_collection", target, schema=meta_schema()[0])
+    if alias:
+        backend.calls("test", "create_alias", target, claim.alias)
+    return target
+
+
+@pytest.fixture
+def inventory_names(replicas):
+    """Names for a test's inventories; what the test left of them is deleted after it."""
+    names: list[str] = []
+    yield names.append
+    a, _ = replicas
+    for name in names:
+        with contextlib.suppress(Exception):
+            a.delete_inventory(name)
+        for left in _claims(a, name):
+            a.calls("test", "drop_collection", left)
+
+
+def test_an_inventory_create_that_died_before_its_row_is_taken_over(replicas, inventory_names):
     """A replica that died between claiming an inventory's name and writing its row would
     block the name for ever; after CLAIM_GRACE_S another replica takes the claim over. A
     claim younger than that is a create under way: the name exists."""
     a, b = replicas
-    targets = {}
-    for name, born in (("orphaned", time.time() - 3600), ("underway", time.time())):
-        claim = InventoryClaim(name)
-        targets[name] = claim.target(f"{int(born):08x}deadbeef")
-        a.calls("test", "create_collection", targets[name], schema=meta_schema()[0])
-        a.calls("test", "create_alias", targets[name], claim.alias)  # and no row written
+    for name in ("orphaned", "underway"):
+        inventory_names(name)
+    dead = _make_claim(a, "orphaned", time.time() - 3600)
+    _make_claim(a, "underway", time.time())
     assert b.put_inventory("orphaned", '{"by": "b"}', replace=False)
     assert a.get_inventory("orphaned") == '{"by": "b"}'
+    assert dead not in _claims(a, "orphaned")
     assert not a.put_inventory("orphaned", '{"by": "a"}', replace=False)
     assert not b.put_inventory("underway", '{"by": "b"}', replace=False)
     assert a.delete_inventory("orphaned") and a.get_inventory("orphaned") is None
-    claims = [c for c in a.calls.client.list_collections() if c.startswith("embedsense_ic_")]
-    assert claims == [targets["underway"]]  # the dead claim's and b's went with it
-    a.calls("test", "drop_alias", InventoryClaim("underway").alias)
-    a.calls("test", "drop_collection", targets["underway"])
+    assert _claims(a, "orphaned") == []
 
 
-def test_an_inventory_whose_row_was_not_written_can_be_created_again_at_once(replicas, monkeypatch):
+def test_an_inventory_whose_row_was_not_written_can_be_created_again_at_once(
+    replicas, monkeypatch, inventory_names
+):
     """A create whose row write failed (Milvus unavailable) hands its claim back: the
     caller's retry creates the inventory, rather than hearing "exists" for two minutes."""
     a, b = replicas
+    inventory_names("retried")
 
     def unavailable(key: str, value: str) -> None:
         raise IndexUnavailable("milvus did not answer (write)")
@@ -487,7 +517,38 @@ def test_an_inventory_whose_row_was_not_written_can_be_created_again_at_once(rep
     assert b.put_inventory("retried", '{"by": "b"}', replace=False)
     assert a.get_inventory("retried") == '{"by": "b"}'
     assert a.delete_inventory("retried")
-    assert not [c for c in a.calls.client.list_collections() if c.startswith("embedsense_ic_")]
+    assert _claims(a, "retried") == []
+
+
+def test_an_inventory_without_a_claim_is_refused_replaced_and_deleted_as_any(
+    replicas, inventory_names
+):
+    """Inventories stored before claims existed, or by a replace, have a row and no claim."""
+    a, b = replicas
+    inventory_names("unclaimed")
+    assert a.put_inventory("unclaimed", '{"v": 1}', replace=True)
+    assert _claims(a, "unclaimed") == []
+    assert not b.put_inventory("unclaimed", '{"v": 2}', replace=False)
+    assert b.put_inventory("unclaimed", '{"v": 3}', replace=True)
+    assert a.get_inventory("unclaimed") == '{"v": 3}'
+    assert a.delete_inventory("unclaimed") and b.get_inventory("unclaimed") is None
+    assert b.put_inventory("unclaimed", '{"v": 4}', replace=False)
+    assert len(_claims(a, "unclaimed")) == 1
+
+
+def test_deleting_an_inventory_drops_claims_that_earlier_failed_creates_left(
+    replicas, inventory_names
+):
+    """A create stopped between making its claim's collection and naming it leaves that
+    collection; the next delete of the name drops it once it is older than CLAIM_GRACE_S
+    (a younger one may be a create under way)."""
+    a, b = replicas
+    inventory_names("leftovers")
+    old = _make_claim(a, "leftovers", time.time() - 3600, alias=False)
+    young = _make_claim(a, "leftovers", time.time(), alias=False)
+    assert b.put_inventory("leftovers", '{"by": "b"}', replace=False)
+    assert a.delete_inventory("leftovers")
+    assert _claims(a, "leftovers") == [young] and old != young
 
 
 @pytest.fixture

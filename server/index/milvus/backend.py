@@ -18,13 +18,13 @@ Creating and dropping, from any number of replicas at once (schema.py names the 
 Inventories are a meta row each, claimed the same way: creating one (not a replace) is
 refused when its row exists; else its claim (schema.py), then the row. Of two replicas
 creating one name at once, the one whose claim Milvus refused answers "exists"; a claim
-without a row after CLAIM_GRACE_S is taken over. Deleting removes the row, then the claim.
-A replace writes the row, claimed or not.
+without a row after CLAIM_GRACE_S is taken over. Deleting removes the claim, then the row
+(while the row is there, no create claims the name). A replace writes the row, claimed or
+not, so a create racing a replace may store its inventory after the replace's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
@@ -109,12 +109,16 @@ class MilvusBackend:
         rows = self.calls.query(f"read {key}", META, f"key == {literal(key)}", ["value"])
         return rows[0]["value"] if rows else None
 
-    def _meta_put(self, key: str, value: str) -> None:
+    @staticmethod
+    def _check_meta_value(key: str, value: str) -> None:
         if len(value.encode()) > MAX_VARCHAR:
             raise InvalidArgument(
                 f"{key}: {len(value.encode())} bytes; the milvus backend "
                 f"keeps at most {MAX_VARCHAR}"
             )
+
+    def _meta_put(self, key: str, value: str) -> None:
+        self._check_meta_value(key, value)
         self.calls(
             f"write {key}", "upsert", META, [{"key": key, "value": value, "vector": [0.0, 0.0]}]
         )
@@ -231,7 +235,10 @@ class MilvusBackend:
 
     def _take_over_dead_claim(self, layout: Layout) -> bool:
         what = f"create collection {layout.name!r}"
-        target = self.calls(what, "describe_alias", layout.alias)["collection_name"]
+        try:
+            target = self.calls(what, "describe_alias", layout.alias)["collection_name"]
+        except MilvusAliasMissing:
+            return True  # released meanwhile: claim it again
         if self._stored(layout.name) is not None:
             return False
         if time.time() - Layout.born(target) < CLAIM_GRACE_S:
@@ -308,6 +315,7 @@ class MilvusBackend:
 
     def put_inventory(self, name: str, words_json: str, replace: bool) -> bool:
         key = f"inventory:{name}"
+        self._check_meta_value(key, words_json)
         if replace:
             self._meta_put(key, words_json)
             return True
@@ -317,8 +325,7 @@ class MilvusBackend:
             self._meta_put(key, words_json)
         except BaseException:
             # Else the caller's retry would be told "exists" until the claim is taken over.
-            with contextlib.suppress(IndexStoreError):
-                self._release_inventory(name, target)
+            self._release_inventory(name, target, quietly=True)
             raise
         return True
 
@@ -328,8 +335,8 @@ class MilvusBackend:
         what = f"create inventory {name!r}"
         claim = InventoryClaim(name)
         target = claim.target(new_incarnation())
-        self.calls(what, "create_collection", target, schema=meta_schema()[0])
         try:
+            self.calls(what, "create_collection", target, schema=meta_schema()[0])
             for attempt in range(2):
                 try:
                     self.calls(what, "create_alias", target, claim.alias)
@@ -338,16 +345,15 @@ class MilvusBackend:
                     if attempt or not self._take_over_dead_inventory_claim(name):
                         break
         except BaseException:
-            with contextlib.suppress(IndexStoreError):
-                self.calls(what, "drop_collection", target)
+            self._release_inventory(name, target, quietly=True)
             raise
-        self.calls(what, "drop_collection", target)
+        self._release_inventory(name, target, quietly=True)
         return None
 
     def _take_over_dead_inventory_claim(self, name: str) -> bool:
         target = self._inventory_claimed_by(name)
         if target is None:
-            return True  # its create failed, or it was deleted, meanwhile: claim it again
+            return True  # released meanwhile: claim it again
         born = Layout.born(target)
         if self._meta_get(f"inventory:{name}") is not None or time.time() - born < CLAIM_GRACE_S:
             return False
@@ -364,10 +370,30 @@ class MilvusBackend:
         except MilvusAliasMissing:
             return None
 
-    def _release_inventory(self, name: str, target: str) -> None:
-        what = f"delete inventory {name!r}"
-        self.calls(what, "drop_alias", InventoryClaim(name).alias)
-        self.calls(what, "drop_collection", target)
+    def _release_inventory(self, name: str, target: str, quietly: bool = False) -> None:
+        """Drop a claim's collection, and the alias if it names that one (a claim another
+        create made meanwhile stays); then the claims of earlier creates left behind (an
+        error between their steps) older than CLAIM_GRACE_S. `quietly`: a failure is
+        logged, not raised (the caller's own error, or answer, matters more)."""
+        what = f"release the claim on inventory {name!r}"
+        try:
+            # Milvus drops an alias with its collection only later: asked for the name at
+            # once, it would still refuse it. Two replicas taking one dead claim over at the
+            # same moment, between this read and the drop, could still both claim the name.
+            if self._inventory_claimed_by(name) == target:
+                self.calls(what, "drop_alias", InventoryClaim(name).alias)
+            self.calls(what, "drop_collection", target)
+            claimed = self._inventory_claimed_by(name)
+            prefix = InventoryClaim(name).target("")
+            for left in self.calls(what, "list_collections"):
+                if not left.startswith(prefix) or left == claimed:
+                    continue
+                if time.time() - Layout.born(left) > CLAIM_GRACE_S:
+                    self.calls(what, "drop_collection", left)
+        except IndexStoreError:
+            if not quietly:
+                raise
+            log.warning("%s: left for a later delete or create of it", what, exc_info=True)
 
     def get_inventory(self, name: str) -> str | None:
         return self._meta_get(f"inventory:{name}")
@@ -378,7 +404,8 @@ class MilvusBackend:
     def delete_inventory(self, name: str) -> bool:
         if self._meta_get(f"inventory:{name}") is None:
             return False
-        self._meta_delete(f"inventory:{name}")
+        # The claim first: while the row is there, no create gets as far as claiming.
         if (target := self._inventory_claimed_by(name)) is not None:
             self._release_inventory(name, target)
+        self._meta_delete(f"inventory:{name}")
         return True

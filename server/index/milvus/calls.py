@@ -53,6 +53,7 @@ READ = "Bounded"  # see the module docstring
 SETTLE = "Strong"
 
 COLLECTION_NOT_FOUND = 100
+UNDEFINED = 65535  # Milvus before 2.4, for most errors (the module docstring)
 ALIAS_NOT_FOUND = 1600
 ALIAS_EXISTS = 1602
 # Milvus's error codes (pkg/util/merr) for an index that is not ready, overloaded or
@@ -134,7 +135,9 @@ def classify(err: BaseException, what: str) -> IndexStoreError:
         return IndexFailed(f"{what}: {code}: {message}")
     lowered = str(message).lower()
     if code == ALIAS_NOT_FOUND or (
-        lowered.startswith("alias ") and ("not found" in lowered or "does not exist" in lowered)
+        code in (COLLECTION_NOT_FOUND, UNDEFINED)  # milvus-lite's, and Milvus before 2.4
+        and lowered.startswith("alias ")
+        and ("not found" in lowered or "does not exist" in lowered)
     ):
         return MilvusAliasMissing(f"{what}: {message}")
     if code == COLLECTION_NOT_FOUND:
