@@ -115,9 +115,9 @@ class Layout:
 
 @dataclass(frozen=True)
 class InventoryClaim:
-    """An inventory's claim: an alias, on a small empty collection of the claiming create's
-    own (Milvus makes an alias once per target, so two replicas' creates cannot both
-    claim one name; backend.py)."""
+    """An inventory's claim: an alias, of a small empty collection of the claiming
+    create's own (Milvus refuses an alias that names another collection, so of two creates
+    of one name one claim stands; backend.py)."""
 
     name: str
 
