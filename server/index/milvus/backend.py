@@ -29,8 +29,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 from pymilvus import MilvusClient, MilvusException
@@ -220,24 +221,39 @@ class MilvusBackend:
 
     def _claim(self, layout: Layout) -> None:
         """The alias names this incarnation, or CollectionExists (module docstring)."""
+        what = f"create collection {layout.name!r}"
+        take_over = partial(self._take_over_dead_claim, layout)
+        if not self._take_alias(what, layout.docs, layout.alias, take_over):
+            raise CollectionExists(
+                f"collection {layout.name!r} already exists (another replica is creating it)"
+            )
+
+    def _take_alias(
+        self, what: str, target: str, alias: str, take_over_dead: Callable[[], bool]
+    ) -> bool:
+        """Whether `alias` names `target` now. Milvus refuses an alias that names another
+        collection: then `take_over_dead()` says whether that claim was dead and is gone,
+        and the alias is asked for once more."""
         for attempt in range(2):
             try:
-                self.calls(
-                    f"create collection {layout.name!r}", "create_alias", layout.docs, layout.alias
-                )
-                return
+                self.calls(what, "create_alias", target, alias)
+                return True
             except MilvusAliasTaken:
-                if attempt or not self._take_over_dead_claim(layout):
-                    raise CollectionExists(
-                        f"collection {layout.name!r} already exists (another replica is "
-                        "creating it)"
-                    ) from None
+                if attempt or not take_over_dead():
+                    return False
+        return False
+
+    def _alias_target(self, what: str, alias: str) -> str | None:
+        """The collection `alias` names; None when there is no such alias."""
+        try:
+            return self.calls(what, "describe_alias", alias)["collection_name"]
+        except MilvusAliasMissing:
+            return None
 
     def _take_over_dead_claim(self, layout: Layout) -> bool:
         what = f"create collection {layout.name!r}"
-        try:
-            target = self.calls(what, "describe_alias", layout.alias)["collection_name"]
-        except MilvusAliasMissing:
+        target = self._alias_target(what, layout.alias)
+        if target is None:
             return True  # released meanwhile: claim it again
         if self._stored(layout.name) is not None:
             return False
@@ -337,13 +353,9 @@ class MilvusBackend:
         target = claim.target(new_incarnation())
         try:
             self.calls(what, "create_collection", target, schema=meta_schema()[0])
-            for attempt in range(2):
-                try:
-                    self.calls(what, "create_alias", target, claim.alias)
-                    return target
-                except MilvusAliasTaken:
-                    if attempt or not self._take_over_dead_inventory_claim(name):
-                        break
+            take_over = partial(self._take_over_dead_inventory_claim, name)
+            if self._take_alias(what, target, claim.alias, take_over):
+                return target
         except BaseException:
             self._release_inventory(name, target, quietly=True)
             raise
@@ -364,11 +376,9 @@ class MilvusBackend:
     def _inventory_claimed_by(self, name: str) -> str | None:
         """The collection the inventory's claim names; None when unclaimed (inventories
         made before claims, or by a replace)."""
-        what = f"read the claim on inventory {name!r}"
-        try:
-            return self.calls(what, "describe_alias", InventoryClaim(name).alias)["collection_name"]
-        except MilvusAliasMissing:
-            return None
+        return self._alias_target(
+            f"read the claim on inventory {name!r}", InventoryClaim(name).alias
+        )
 
     def _release_inventory(self, name: str, target: str, quietly: bool = False) -> None:
         """Drop a claim's collection, and the alias if it names that one (a claim another
