@@ -17,8 +17,9 @@ the float32 output rows of a batch's earlier parts wait for its last.
   estimated (a bf16 runner's Linear weights are bf16: cast in place in the server, copied
   where the loaded model has other users).
 - kernels: what the math libraries keep per input shape once their caches are full
-  (compiled kernels and their buffers; memory.KERNEL_CACHES bounds them at 32 entries each):
-  oneDNN's under bf16, MKL's in fp32. Measured, and about the same at widths 384 and 768.
+  (compiled kernels and their buffers): oneDNN's under bf16, its caches sized for every
+  token count the runner's forwards come in (runner.kernel_cache_entries); MKL's in fp32.
+  Measured at widths 384 and 768; the larger is used.
 - activations: the most bytes of live tensors during one forward, per token of the batch
   budget or the part (padding included), for the worker's forward and the query lane's
   beside it.
@@ -57,9 +58,11 @@ MIB = 2**20
 RUNTIME_BYTES = 310 * MIB
 TOKENIZER_BYTES_PER_ENTRY = 1050  # measured: the bundled 250k-entry table and a 21k BERT one
 QUEUED_TOKEN_BYTES = 200  # an id in a Python list and the tokenizer's offsets and lists
-# Measured (the docs' memory table): what 200 forwards of mixed shapes left resident, trimmed,
-# over the first forward's: bf16 32 MiB at width 384 and 36 at 768, fp32 8 and 13.
-KERNEL_BYTES = {"float32": 13 * MIB, "bfloat16": 36 * MIB, "float16": 36 * MIB}
+# Measured (the docs' memory table; tests/bench/bench_kernel_caches.py for bf16): what 200
+# forwards of mixed shapes (and, under bf16, one of each token count the runner pads to) left
+# resident, trimmed, over the first forward's: bf16 97 MiB at width 384 and 74 at 768, with
+# the caches sized for every token count (runner.kernel_cache_entries); fp32 8 and 13.
+KERNEL_BYTES = {"float32": 13 * MIB, "bfloat16": 97 * MIB, "float16": 97 * MIB}
 # Activation bytes per token at a forward's peak (inside the feed-forward): two (N, I)
 # tensors in the compute dtype (the widened input and its GELU) and bytes per hidden unit
 # of the (N, C) ones alive then: in fp32 four fp32 copies (the residual stream, LayerNorm's

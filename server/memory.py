@@ -46,12 +46,12 @@ MMAP_THRESHOLD_PER_ELEMENT_BYTE = 2 * 1024 * 1024
 # kernel time per 3,600-token bf16 forward, against 3,300 and 17 ms).
 TRIM_THRESHOLD = 32 * 1024 * 1024
 # On a CPU, bf16 matrix products go through oneDNN, and PyTorch's ideep layer and oneDNN
-# each keep a cache of kernels per input shape (1024 entries by default). The engine's
-# batches come in a new token count nearly every time, so RSS climbs batch after batch until
-# those caches are full. A few entries keep the reuse that matters (a forward's layers share
-# their shapes, and runner.BF16_TOKEN_STEP keeps the token counts few); read by both
-# libraries when first used, so set before the first forward.
-KERNEL_CACHES = {"LRU_CACHE_CAPACITY": "32", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "32"}
+# each keep a cache of kernels per input shape (1024 entries by default), read by both
+# libraries when first used, so set before the first forward. The runner's forwards come in
+# few token counts (runner.BF16_TOKEN_STEP), and the caches are sized to hold them all
+# (runner.kernel_cache_entries): bounded, since a cache sized for every count a forward
+# could have would keep growing batch after batch.
+KERNEL_CACHES = ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")
 
 
 def part_tokens(ffn: int, element_bytes: int, max_tokens: int) -> int:
@@ -97,11 +97,11 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def bound_kernel_caches() -> None:
-    """KERNEL_CACHES, unless set already: before the process's first bf16 product (the
-    precision probe's included), after which the libraries have read them."""
-    for variable, value in KERNEL_CACHES.items():
-        os.environ.setdefault(variable, value)
+def bound_kernel_caches(entries: int) -> None:
+    """KERNEL_CACHES at `entries` each, unless set already: before the process's first bf16
+    product (the precision probe's included), after which the libraries have read them."""
+    for variable in KERNEL_CACHES:
+        os.environ.setdefault(variable, str(entries))
 
 
 def tune_allocator(element_bytes: int = 4) -> bool:

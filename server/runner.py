@@ -4,7 +4,7 @@ Knows nothing of requests or queues. Places the model (CUDA when there is one, e
 picks its precision (precision.py: fp16/bf16 on GPU; fp32, or bf16 under autocast on a CPU
 that computes it natively), optionally quantizes its linear layers to int8 on CPU, and turns
 a batch of id sequences into each row's token vectors, unpadded: on a CPU, a large batch in
-parts of rows alike in length (memory.part_tokens says why), a large part in bf16 with a
+parts of rows alike in length (memory.part_tokens says why), each part in bf16 with a
 filler row up to a whole step of tokens (BF16_TOKEN_STEP says why).
 """
 
@@ -33,15 +33,22 @@ ATTENTION_GROUPS = {"cpu": 4, "cuda": 1}
 # Under bf16 on a CPU, matrix products go through oneDNN, which compiles a kernel for each
 # new input shape: about 7 ms per Linear on a 2-core Xeon with AMX, where the product itself
 # of 1,000 tokens takes 1-2 ms. The engine's batches come in a new token count nearly every
-# time, and memory.KERNEL_CACHES keeps few kernels, so a bf16 forward is padded with a
-# filler row up to a multiple of this many tokens: its products come in a few shapes whose
-# kernels stay cached. (memory.part_tokens counts in whole 64s, so the filler keeps a part
-# within its budget.)
+# time, so a bf16 forward is padded with a filler row up to a multiple of this many tokens,
+# and the kernel caches hold every token count a forward can then come in
+# (kernel_cache_entries): after its first forward of each, no forward compiles. (Caches of
+# 32 entries, five a count, held 6 of the 18 counts from 256 tokens up: the service's mixed
+# batches compiled kernels again forward after forward.) memory.part_tokens counts in whole
+# 64s, so the filler keeps a part within its budget.
 BF16_TOKEN_STEP = 64
-# Compiling grows with the token count: below this many tokens it costs well under a
-# millisecond a product, less than the filler would (queries of 2-40 characters, one at a
-# time, padded to 64 tokens: 20.1 ms at p50 against 14.5), so smaller forwards run as they are.
+# Smaller forwards (a query's) are padded to multiples of BF16_SMALL_STEP: a few tokens of
+# filler, and 15 token counts rather than 255 to keep kernels for.
 BF16_STEP_FROM = 256
+BF16_SMALL_STEP = 16
+# Kernel cache entries per token count: the attention's input and output projections and
+# the feed-forward's two Linears (4 shapes of product), and the GELU.
+KERNELS_PER_TOKEN_COUNT = 5
+# Room beyond those, for what else runs a bf16 product (Explain's forward, a probe).
+SPARE_KERNEL_ENTRIES = 32
 
 # A layer choice: None = the last layer; else indices into the hidden states (0 = the
 # embedding output, num_layers = the last; negatives count from the end), averaged.
@@ -67,12 +74,13 @@ class ModelRunner:
         itself), so the runner may change it in place rather than keep copies beside it."""
         # Before choose()'s probe: the caches' sizes are read at the first bf16 product
         # (else 1,024 entries each), and the heaps' cap holds for threads that allocate after.
-        memory.bound_kernel_caches()
+        cfg = loaded.encoder.cfg
+        bf16_part = memory.part_tokens(cfg.intermediate_size, 2, loaded.tokenizer.max_tokens)
+        memory.bound_kernel_caches(kernel_cache_entries(bf16_part))
         memory.tune_allocator()
         self.device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
-        cfg = loaded.encoder.cfg
         if config.int8 and config.dtype not in ("auto", "float32"):
             raise ValueError(f"int8 computes in float32: drop dtype {config.dtype} or int8")
         self.precision: Precision = choose(
@@ -163,7 +171,7 @@ class ModelRunner:
         self, sequences: Sequence[Sequence[int]], layers: Sequence[Layers]
     ) -> list[np.ndarray]:
         tokens = sum(len(seq) for seq in sequences)
-        filler = -tokens % BF16_TOKEN_STEP if self.autocast and tokens >= BF16_STEP_FROM else 0
+        filler = bf16_tokens(tokens) - tokens if self.autocast else 0
         if filler:  # a row of its own: attention keeps it apart, and its output is dropped
             padded = self._forward([*sequences, [self.pad_id] * filler], [*layers, layers[0]])
             return padded[:-1]
@@ -189,6 +197,24 @@ class ModelRunner:
             mixes[choice][end - len(seq) : end]
             for seq, choice, end in zip(sequences, layers, ends, strict=True)
         ]
+
+
+def bf16_tokens(tokens: int) -> int:
+    """The token count a bf16 forward of `tokens` tokens runs at: up to a whole step."""
+    step = BF16_TOKEN_STEP if tokens >= BF16_STEP_FROM else BF16_SMALL_STEP
+    return tokens + -tokens % step
+
+
+def bf16_token_counts(part_tokens: int) -> list[int]:
+    """Every token count a bf16 forward of at most `part_tokens` tokens runs at."""
+    small = range(BF16_SMALL_STEP, BF16_STEP_FROM, BF16_SMALL_STEP)
+    return [*small, *range(BF16_STEP_FROM, bf16_tokens(part_tokens) + 1, BF16_TOKEN_STEP)]
+
+
+def kernel_cache_entries(part_tokens: int) -> int:
+    """Kernel cache entries that hold the kernels of every token count a bf16 forward of
+    at most `part_tokens` tokens runs at (BF16_TOKEN_STEP says why they must)."""
+    return KERNELS_PER_TOKEN_COUNT * len(bf16_token_counts(part_tokens)) + SPARE_KERNEL_ENTRIES
 
 
 def split_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:

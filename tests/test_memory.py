@@ -93,9 +93,10 @@ def test_the_formula_counts_what_a_forward_holds(hidden, ffn, dtype):
 
 def test_the_formula_counts_the_kernels_the_math_libraries_keep(own_engines):
     """oneDNN (bf16) and MKL (fp32) keep compiled kernels and buffers per input shape, in
-    caches bounded at 32 entries each (memory.KERNEL_CACHES). Filled by 200 forwards of mixed
-    shapes and trimmed, they held 32-36 MiB under bf16 and 8-13 MiB in fp32, at the bundled
-    model's width and at 768 (the docs' memory table); the formula left them out."""
+    caches bounded by memory.KERNEL_CACHES. Filled by 200 forwards of mixed shapes (under
+    bf16 and one of each token count the runner pads to) and trimmed, they held 74-97 MiB
+    under bf16 and 8-13 MiB in fp32, at widths 768 and 384 (the docs' memory table); the
+    formula left them out."""
     for dtype, engine in own_engines.items():
         assert engine.footprint.kernels == footprint.KERNEL_BYTES[dtype]
         assert engine.footprint.fixed == (
@@ -229,7 +230,9 @@ def test_the_runner_sets_the_mmap_threshold_for_its_dtype(e5, monkeypatch, dtype
 def test_the_kernel_caches_are_bounded_before_the_precision_probe(e5, monkeypatch):
     """ideep and oneDNN read their cache sizes at their first bf16 product, and `auto`'s
     probe is one. Bounded after it (as once built), they kept 1,024 entries each, and a
-    bf16 server's RSS grew by over a third in two minutes of `make load`."""
+    bf16 server's RSS grew by over a third in two minutes of `make load`. Sized to hold
+    the kernels of every token count a bf16 forward comes in (runner.kernel_cache_entries).
+    """
     for name in memory.KERNEL_CACHES:
         monkeypatch.delenv(name, raising=False)
     seen: dict[str, str | None] = {}
@@ -241,7 +244,10 @@ def test_the_kernel_caches_are_bounded_before_the_precision_probe(e5, monkeypatc
 
     monkeypatch.setattr(runner_module, "choose", probe)
     ModelRunner(e5, EngineConfig(dtype="auto"))
-    assert seen == memory.KERNEL_CACHES
+    # Room for the kernels of every token count of the parts a bf16 runner runs.
+    bf16_parts = ModelRunner(e5, EngineConfig(dtype="bfloat16")).part_tokens
+    entries = str(runner_module.kernel_cache_entries(bf16_parts))
+    assert seen == dict.fromkeys(memory.KERNEL_CACHES, entries)
 
 
 @pytest.fixture(scope="module")

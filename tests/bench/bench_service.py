@@ -23,7 +23,10 @@ Last line: one JSON object.
 
     python tests/bench/bench_service.py [--texts 384] [--rounds 3] [--only-auto]
 
---only-auto measures only the last pair (a run of about two minutes).
+--only-auto measures only the last pair, and beside them the same server at auto with its
+kernel caches of 32 entries each, as they were before the runner sized them to hold every
+token count its bf16 forwards come in (service_auto_vs_32_entry_caches), each round in a
+server process of its own started for it (about a minute a round).
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -49,12 +54,14 @@ from workload import chinese_texts, concurrent_callers  # noqa: E402  (tests/wor
 from embedsense.client import AsyncClient, Client  # noqa: E402
 from embedsense.model import TextRole, load_model  # noqa: E402
 from embedsense.model.pooling import l2_normalize  # noqa: E402
+from embedsense.server import memory  # noqa: E402
 from embedsense.server.config import EngineConfig  # noqa: E402
 from embedsense.server.runner import ModelRunner  # noqa: E402
 
 THREADS = 2
 AUTO = "service auto, 32 callers"
 ARRIVAL = "runner bf16, arrival order"
+SMALL_CACHES = "service auto, 32-entry caches"
 # The fp32 server: pinned, whatever this processor's bf16 (auto may pick bf16).
 FP32 = ("--threads", str(THREADS), "--dtype", "float32")
 
@@ -92,34 +99,60 @@ def runner_pass(runner: ModelRunner, batches: list[list[list[int]]]) -> np.ndarr
     return l2_normalize(torch.from_numpy(np.stack(vectors))).numpy()
 
 
+def warm_round(texts: list[str], caches: str | None) -> float:
+    """Seconds of one round of the 32 callers through a server at auto started for it (and
+    stopped after), its second: the first compiles its kernels. `caches`: the entries each
+    kernel cache keeps (None: as the runner sizes them)."""
+    env = {} if caches is None else dict.fromkeys(memory.KERNEL_CACHES, caches)
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, env):
+        server = ServerProcess(Path(tmp), None, "--threads", str(THREADS))
+        try:
+            server.start()
+            through_grpc(server.target, texts)
+            return through_grpc(server.target, texts)
+        finally:
+            server.stop()
+
+
 def only_auto(texts: list[str], batches: list[list[list[int]]],
               arrival: list[list[list[int]]], bf16: ModelRunner, rounds: int) -> None:  # fmt: skip
     """The service at --dtype auto against the runner in bf16 on sorted batches and on
-    batches in arrival order, in interleaved rounds; medians, and one JSON line."""
+    batches in arrival order, and the same server with the kernel caches of before, in
+    interleaved rounds; medians, and one JSON line. One server process at a time: beside
+    another one, even an idle one, a server ran at half its speed in some runs on a 2-core
+    Xeon (unexplained)."""
     runner_pass(bf16, batches)  # warm
-    seconds: dict[str, list[float]] = {AUTO: [], "runner bf16, sorted": [], ARRIVAL: []}
     with tempfile.TemporaryDirectory() as tmp:
         auto = ServerProcess(Path(tmp), None, "--threads", str(THREADS))
         try:
             auto.start()
             with Client(auto.target) as client:
                 print(f"the server at auto computes in {client.info().dtype}")
-            for _ in range(rounds):
-                seconds[AUTO].append(through_grpc(auto.target, texts))
-                seconds["runner bf16, sorted"].append(timed(lambda: runner_pass(bf16, batches)))
-                seconds[ARRIVAL].append(timed(lambda: runner_pass(bf16, arrival)))
         finally:
             auto.stop()
+    servers = {AUTO: None, SMALL_CACHES: "32"}
+    seconds: dict[str, list[float]] = {
+        name: [] for name in [*servers, "runner bf16, sorted", ARRIVAL]
+    }
+    for round_ in range(rounds):
+        order = list(servers.items())
+        for name, caches in order if round_ % 2 else reversed(order):
+            seconds[name].append(warm_round(texts, caches))
+        seconds["runner bf16, sorted"].append(timed(lambda: runner_pass(bf16, batches)))
+        seconds[ARRIVAL].append(timed(lambda: runner_pass(bf16, arrival)))
     rate = {name: len(texts) / statistics.median(s) for name, s in seconds.items()}
     for name, r in rate.items():
         print(f"{name:<32}{r:>9.1f} texts/s")
     ratio = round(rate[AUTO] / rate["runner bf16, sorted"], 3)
     order_cost = round(rate[ARRIVAL] / rate["runner bf16, sorted"], 3)
+    caches = round(rate[AUTO] / rate[SMALL_CACHES], 3)
     print(f"service at auto / runner bf16 sorted: {ratio:.2f}")
     print(f"runner bf16 arrival order / sorted: {order_cost:.2f}")
+    print(f"service at auto / the same with 32-entry kernel caches: {caches:.2f}")
     print(json.dumps({"texts_per_s": {n: round(r, 1) for n, r in rate.items()},
                       "service_auto_vs_bf16_sorted": ratio,
-                      "bf16_arrival_vs_sorted": order_cost}))  # fmt: skip
+                      "bf16_arrival_vs_sorted": order_cost,
+                      "service_auto_vs_32_entry_caches": caches}))  # fmt: skip
 
 
 def main() -> None:

@@ -1,8 +1,10 @@
-"""bf16 forwards padded to whole steps of tokens (runner.BF16_TOKEN_STEP) against the path
-before them (a step of 1: each forward in its own token count), in one engine.
+"""bf16 forwards padded to whole steps of tokens (runner.BF16_SMALL_STEP below 256 tokens,
+runner.BF16_TOKEN_STEP from there) against each forward in its own token count (steps of
+1), in one engine.
 
-oneDNN compiles a kernel for each new shape of a bf16 product and keeps a few
-(memory.KERNEL_CACHES); the engine's batches come in a new token count nearly every time.
+oneDNN compiles a kernel for each new shape of a bf16 product, and its caches are sized for
+the kernels of the steps' token counts (runner.kernel_cache_entries); the engine's batches
+come in a new token count nearly every time.
 The engine in this process (bf16, 2 threads) is called by 32 concurrent callers, one text
 each, as the service's engine is; the two settings alternate round by round on the same
 engine, so drift in the machine's speed hits both alike. Then one caller sending queries
@@ -77,8 +79,9 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     texts = chinese_texts(args.texts)
     engine = Engine(EngineConfig(threads=THREADS, dtype="bfloat16"), load_model()).start()
-    steps = {"each forward its own token count (step 1)": 1,
-             f"whole steps of {runner.BF16_TOKEN_STEP} tokens": runner.BF16_TOKEN_STEP}  # fmt: skip
+    steps = {"each forward its own token count (step 1)": (1, 1),
+             f"whole steps of {runner.BF16_SMALL_STEP} and {runner.BF16_TOKEN_STEP} tokens":
+                 (runner.BF16_SMALL_STEP, runner.BF16_TOKEN_STEP)}  # fmt: skip
     queries = chinese_texts(args.queries, min_chars=2, max_chars=40, seed=1)
     rates: dict[str, list[float]] = {name: [] for name in steps}
     latencies: dict[str, list[float]] = {name: [] for name in steps}
@@ -86,7 +89,7 @@ def main() -> None:
         for round_ in range(args.rounds + 1):
             order = list(steps.items())
             for name, step in order if round_ % 2 else reversed(order):
-                runner.BF16_TOKEN_STEP = step
+                runner.BF16_SMALL_STEP, runner.BF16_TOKEN_STEP = step
                 rate = one_round(engine, texts)
                 seconds = query_latencies(engine, queries)
                 if round_:  # the first round warms both
