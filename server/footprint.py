@@ -58,11 +58,14 @@ MIB = 2**20
 RUNTIME_BYTES = 310 * MIB
 TOKENIZER_BYTES_PER_ENTRY = 1050  # measured: the bundled 250k-entry table and a 21k BERT one
 QUEUED_TOKEN_BYTES = 200  # an id in a Python list and the tokenizer's offsets and lists
-# Measured (the docs' memory table; tests/bench/bench_kernel_caches.py for bf16): what 200
-# forwards of mixed shapes (and, under bf16, one of each token count the runner pads to) left
-# resident, trimmed, over the first forward's: bf16 97 MiB at width 384 and 74 at 768, with
-# the caches sized for every token count (runner.kernel_cache_entries); fp32 8 and 13.
-KERNEL_BYTES = {"float32": 13 * MIB, "bfloat16": 97 * MIB, "float16": 97 * MIB}
+# Measured (the docs' memory table): what 200 forwards of mixed shapes left resident,
+# trimmed, over the first forward's, in fp32: 8 MiB at width 384 and 13 at 768.
+FP32_KERNEL_BYTES = 13 * MIB
+# Under bf16 (and fp16), per entry of the kernel caches, which the runner sizes by the token
+# counts its forwards come in (runner.kernel_cache_entries): the same measure with one forward
+# of each count added (tests/bench/bench_kernel_caches.py) kept 97 MiB in 197 entries at
+# width 384 and 74 MiB in 142 at 768; the larger rate.
+KERNEL_BYTES_PER_ENTRY = 543 * 1024
 # Activation bytes per token at a forward's peak (inside the feed-forward): two (N, I)
 # tensors in the compute dtype (the widened input and its GELU) and bytes per hidden unit
 # of the (N, C) ones alive then: in fp32 four fp32 copies (the residual stream, LayerNorm's
@@ -198,16 +201,24 @@ class Footprint:
         )
 
 
+def kernel_bytes(dtype: str, entries: int) -> int:
+    """What the math libraries keep per input shape, their caches full: MKL's in fp32,
+    oneDNN's `entries` per cache under bf16 and fp16."""
+    return FP32_KERNEL_BYTES if dtype == "float32" else entries * KERNEL_BYTES_PER_ENTRY
+
+
 def predict(
     config: EngineConfig,
     model: LoadedModel,
     dtype: str,
     *runner_modules: torch.nn.Module,
     part_tokens: int | None = None,
+    kernel_entries: int = 0,
 ) -> Footprint:
     """The peak at `config`'s limits for `model` computing in `dtype`; `runner_modules`: the
     runner's own copies of the model (counted with the loaded one, shared tensors once);
-    `part_tokens`: the parts the runner runs a larger batch in (None: whole)."""
+    `part_tokens`: the parts the runner runs a larger batch in (None: whole);
+    `kernel_entries`: the entries each kernel cache keeps (under bf16 and fp16)."""
     cfg = model.encoder.cfg
     per_token = activation_bytes_per_token(cfg.hidden_size, cfg.intermediate_size, dtype)
     return Footprint(
@@ -223,7 +234,7 @@ def predict(
             per_token,
             forward_tokens(config.max_batch_tokens, part_tokens or 0),
         ),
-        kernels=KERNEL_BYTES[dtype],
+        kernels=kernel_bytes(dtype, kernel_entries),
         lane_tokens=config.query_lane_tokens(model.tokenizer.max_tokens),
         part_tokens=part_tokens or 0,
         output_per_token=4 * cfg.hidden_size,

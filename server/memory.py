@@ -97,11 +97,12 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def bound_kernel_caches(entries: int) -> None:
+def bound_kernel_caches(entries: int) -> int:
     """KERNEL_CACHES at `entries` each, unless set already: before the process's first bf16
-    product (the precision probe's included), after which the libraries have read them."""
-    for variable in KERNEL_CACHES:
-        os.environ.setdefault(variable, str(entries))
+    product (the precision probe's included), after which the libraries have read them.
+    Returns the largest in effect (an operator's own setting may differ)."""
+    values = [os.environ.setdefault(variable, str(entries)) for variable in KERNEL_CACHES]
+    return max(int(value) if value.strip().isdigit() else entries for value in values)
 
 
 def tune_allocator(element_bytes: int = 4) -> bool:

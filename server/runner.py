@@ -76,7 +76,7 @@ class ModelRunner:
         # (else 1,024 entries each), and the heaps' cap holds for threads that allocate after.
         cfg = loaded.encoder.cfg
         bf16_part = memory.part_tokens(cfg.intermediate_size, 2, loaded.tokenizer.max_tokens)
-        memory.bound_kernel_caches(kernel_cache_entries(bf16_part))
+        self.kernel_entries = memory.bound_kernel_caches(kernel_cache_entries(bf16_part))
         memory.tune_allocator()
         self.device = resolve_device(config.device)
         if config.threads:
@@ -129,9 +129,14 @@ class ModelRunner:
         predicted peak at those limits. Raises ValueError if the model alone does not fit."""
         compute = "float32" if self.int8 else self.precision.name
         parts = self.part_tokens
-        predicted = footprint.predict(config, loaded, compute, self.encoder, part_tokens=parts)
+        entries = self.kernel_entries
+        predicted = footprint.predict(
+            config, loaded, compute, self.encoder, part_tokens=parts, kernel_entries=entries
+        )
         fitted = footprint.fit(config, predicted, loaded.tokenizer.max_tokens)
-        return fitted, footprint.predict(fitted, loaded, compute, self.encoder, part_tokens=parts)
+        return fitted, footprint.predict(
+            fitted, loaded, compute, self.encoder, part_tokens=parts, kernel_entries=entries
+        )
 
     def run_here(self) -> None:
         """The calling thread runs the forwards from now on (the engine's worker): its

@@ -103,8 +103,11 @@ def warm_round(texts: list[str], caches: str | None) -> float:
     """Seconds of one round of the 32 callers through a server at auto started for it (and
     stopped after), its second: the first compiles its kernels. `caches`: the entries each
     kernel cache keeps (None: as the runner sizes them)."""
-    env = {} if caches is None else dict.fromkeys(memory.KERNEL_CACHES, caches)
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, env):
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ):
+        for name in memory.KERNEL_CACHES:  # not this process's (its runner set them)
+            os.environ.pop(name, None)
+            if caches is not None:
+                os.environ[name] = caches
         server = ServerProcess(Path(tmp), None, "--threads", str(THREADS))
         try:
             server.start()
@@ -160,7 +163,9 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=384)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--only-auto", action="store_true", help="only the service at auto against runner bf16"
+        "--only-auto",
+        action="store_true",
+        help="only the service at auto (and with 32-entry caches) against runner bf16",
     )
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
