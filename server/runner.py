@@ -49,6 +49,10 @@ BF16_SMALL_STEP = 16
 KERNELS_PER_TOKEN_COUNT = 5
 # Room beyond those, for what else runs a bf16 product (Explain's forward, a probe).
 SPARE_KERNEL_ENTRIES = 32
+# The most entries a cache is sized to (about 136 MiB of kernels): a model whose forwards
+# come in more token counts (long inputs, or a narrow feed-forward whose parts hold many
+# tokens) keeps the kernels of the counts it used last, as an LRU cache does.
+MAX_KERNEL_ENTRIES = 256
 
 # A layer choice: None = the last layer; else indices into the hidden states (0 = the
 # embedding output, num_layers = the last; negatives count from the end), averaged.
@@ -75,8 +79,11 @@ class ModelRunner:
         # Before choose()'s probe: the caches' sizes are read at the first bf16 product
         # (else 1,024 entries each), and the heaps' cap holds for threads that allocate after.
         cfg = loaded.encoder.cfg
-        bf16_part = memory.part_tokens(cfg.intermediate_size, 2, loaded.tokenizer.max_tokens)
-        self.kernel_entries = memory.bound_kernel_caches(kernel_cache_entries(bf16_part))
+        max_tokens = loaded.tokenizer.max_tokens
+        bf16_part = memory.part_tokens(cfg.intermediate_size, 2, max_tokens)
+        # No forward is larger than a batch (the query lane's included) or one long text.
+        entries = kernel_cache_entries(min(bf16_part, max(config.max_batch_tokens, max_tokens)))
+        self.kernel_entries = memory.bound_kernel_caches(min(entries, MAX_KERNEL_ENTRIES))
         memory.tune_allocator()
         self.device = resolve_device(config.device)
         if config.threads:

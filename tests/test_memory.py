@@ -114,6 +114,22 @@ def test_the_formula_counts_the_kernels_the_math_libraries_keep(own_engines):
     assert bf16 > footprint.kernel_bytes("float32", 197) > 0
 
 
+def test_kernel_caches_are_sized_for_the_forwards_a_runner_can_run_and_no_larger(e5, monkeypatch):
+    """A narrow feed-forward makes parts of many tokens (96 wide: 21,824): its forwards are
+    still no larger than a batch, and the caches no larger than MAX_KERNEL_ENTRIES (the
+    kernels term follows them)."""
+    narrow = replace(e5, encoder=Encoder(replace(e5.encoder.cfg, intermediate_size=96)))
+    sized = {}
+    for budget in (8192, 512):
+        for name in memory.KERNEL_CACHES:
+            monkeypatch.delenv(name, raising=False)
+        config = EngineConfig(dtype="bfloat16", max_batch_tokens=budget)
+        sized[budget] = ModelRunner(narrow, config).kernel_entries
+    assert sized[8192] == runner_module.MAX_KERNEL_ENTRIES
+    # 512 tokens at most: 15 counts below 256 and 5 from there, five entries each, 32 spare.
+    assert sized[512] == runner_module.kernel_cache_entries(512) == 5 * 20 + 32
+
+
 def test_kernel_caches_an_operator_sized_stay_as_set_and_are_what_the_formula_counts(
     e5, monkeypatch
 ):
