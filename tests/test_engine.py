@@ -554,7 +554,9 @@ def test_a_servers_forwards_keep_their_openmp_threads_awake_between_parallel_reg
     needs its team to be the process's only one, after the start-up threads' forwards and an
     Explain's on another thread, and a spin before sleeping. Counted as the server process's
     voluntary context switches per Embed of 16 texts (each thread's sleeps; about 1,200 with
-    teams left behind or threads that sleep at once, 60-70 without, on 2 cores)."""
+    teams left behind or threads that sleep at once, 60-100 without, on 2 cores). The fewest
+    over three runs of five: a moment of the machine's CPUs taken elsewhere made a single
+    run count 506 once, in a full suite on a 2-core Xeon."""
     from ops.serverproc import ServerProcess
 
     from embedsense.client import Client
@@ -574,13 +576,15 @@ def test_a_servers_forwards_keep_their_openmp_threads_awake_between_parallel_reg
         with Client(server.target) as client:
             client.explain("我喜欢吃苹果", "苹果")  # a forward on a thread not the worker's
             client.encode(texts)
-            before = sleeps(server.process.pid)
-            for _ in range(5):
-                client.encode(texts)
-            per_call = (sleeps(server.process.pid) - before) / 5
+            per_call = []
+            for _ in range(3):
+                before = sleeps(server.process.pid)
+                for _ in range(5):
+                    client.encode(texts)
+                per_call.append((sleeps(server.process.pid) - before) / 5)
     finally:
         server.stop()
-    assert per_call < 400
+    assert min(per_call) < 400, per_call
 
 
 def test_once_one_of_a_requests_forwards_fails_its_other_rows_are_not_computed(e5):
