@@ -5,9 +5,10 @@ at the bundled model's width (384) and at 768 (the same tokenizer, random weight
 Each setting in a process of its own (the caches are sized at the first bf16 product):
 one forward, a trim, the RSS; then 200 forwards of mixed shapes (1-24 texts of 8-120
 tokens, the same seeded batches for every setting) and one of each token count, a trim,
-the RSS again: what the kernel caches keep is the growth (footprint.KERNEL_BYTES). Then
-the 200 batches again, timed: with every kernel kept, none is compiled again. The settings
-alternate, twice each; medians. Meant for a CPU with native bf16 (2 threads).
+the RSS again: what the kernel caches keep is the growth (footprint.KERNEL_BYTES_PER_ENTRY
+is it per entry). Then the 200 batches again, timed: with every kernel kept, none is
+compiled again. The settings alternate, twice each; medians. Meant for a CPU with native
+bf16 (2 threads).
 
     python tests/bench/bench_kernel_caches.py
 """
