@@ -348,7 +348,9 @@ def cmd_drop(args: argparse.Namespace, client: Client) -> None:
 
 def cmd_search(args: argparse.Namespace, client: Client) -> None:
     where = cli_data.filter_of(args.filter) if args.filter else None
-    hits = client.search(args.collection, args.query, k=args.k, filter=where)
+    hits = client.search(
+        args.collection, args.query, k=args.k, filter=where, score_threshold=args.score_threshold
+    )
     emit(args, [asdict(h) for h in hits],
          table([(i + 1, f"{h.score:.4f}", h.id, h.text[:60]) for i, h in enumerate(hits)],
                ["rank", "score", "id", "text"]))  # fmt: skip
@@ -696,6 +698,11 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     search.add_argument("-k", type=at_least(1), default=10)
     search.add_argument("--filter", help='JSON, e.g. \'{"lang": "zh"}\'')
+    search.add_argument(
+        "--score-threshold",
+        type=float,
+        help="only hits at least this near: score >= it (cosine, ip), squared distance <= it (l2)",
+    )
 
     dis = sub.add_parser("disambiguate", help="which sense a word has in a text")
     dis.add_argument("text")

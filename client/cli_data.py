@@ -8,6 +8,7 @@
     embedsense docs get news ID [ID...] [--vectors]
     embedsense docs count news --filter '{"lang": "zh"}'
     embedsense docs delete news --filter '{"year": {"$lt": 2020}}'   # or IDs
+    embedsense docs update news ID [ID...] --patch '{"reviewed": true}' [--replace]
     embedsense docs export news --out news.jsonl [--filter ...]
 
 `docs export` writes the JSONL that `embedsense index` reads ({"id", "text", "metadata"} a
@@ -50,18 +51,20 @@ base = _Base()
 
 def filter_of(raw: str | None) -> dict[str, Any] | None:
     """--filter's JSON object, or None without one; a UsageError saying what is expected."""
-    if raw is None:
-        return None
-    example = """'{"lang": "zh"}'"""
+    return None if raw is None else json_object("--filter", raw, """'{"lang": "zh"}'""")
+
+
+def json_object(flag: str, raw: str, example: str) -> dict[str, Any]:
+    """The JSON object an option was given; a UsageError saying what is expected."""
     try:
-        where = json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError as err:
         raise base.UsageError(
-            f"--filter {raw!r}: not JSON ({err.msg}); expected an object, e.g. {example}"
+            f"{flag} {raw!r}: not JSON ({err.msg}); expected a JSON object, e.g. {example}"
         ) from None
-    if not isinstance(where, dict):
-        raise base.UsageError(f"--filter {raw!r}: expected a JSON object, e.g. {example}")
-    return where
+    if not isinstance(value, dict):
+        raise base.UsageError(f"{flag} {raw!r}: expected a JSON object, e.g. {example}")
+    return value
 
 
 # ------------------------------------------------------------------ collections
@@ -134,6 +137,19 @@ def _docs_delete(args: argparse.Namespace, client: Client) -> None:
     base.emit(args, {"deleted": deleted}, f"{deleted} documents deleted from {args.collection!r}")
 
 
+def _docs_update(args: argparse.Namespace, client: Client) -> None:
+    patch = json_object("--patch", args.patch, """'{"reviewed": true}'""")
+    mode = "replace" if args.replace else "merge"
+    updated = client.update_metadata(args.collection, args.ids, patch, mode)
+    named = len(set(args.ids))
+    base.emit(
+        args,
+        {"updated": updated},
+        f"{updated} of {named} documents updated in {args.collection!r}"
+        + ("" if updated == named else " (the others are not stored)"),
+    )
+
+
 def _docs_count(args: argparse.Namespace, client: Client) -> None:
     count = client.count(args.collection, filter=filter_of(args.filter))
     base.emit(args, {"count": count}, str(count))
@@ -201,6 +217,7 @@ DOCS: dict[str, Callable[[argparse.Namespace, Client], None]] = {
     "get": _docs_get,
     "delete": _docs_delete,
     "count": _docs_count,
+    "update": _docs_update,
     "export": _docs_export,
 }
 
@@ -243,7 +260,7 @@ def add_parsers(sub: Any) -> None:
     ):
         actions.add_parser(name, help=text).add_argument("collection")
 
-    docs = sub.add_parser("docs", help="documents: get, delete, count, export")
+    docs = sub.add_parser("docs", help="documents: get, delete, count, update, export")
     what = docs.add_subparsers(dest="action", required=True)
     get = what.add_parser("get", help="documents by id")
     get.add_argument("collection")
@@ -254,6 +271,20 @@ def add_parsers(sub: Any) -> None:
     delete.add_argument("ids", nargs="*", metavar="ID")
     count = what.add_parser("count", help="documents (matching --filter)")
     count.add_argument("collection")
+    update = what.add_parser(
+        "update",
+        help="documents' metadata, by id (their texts and vectors stay)",
+        description="Merge --patch into the documents' metadata (its top-level keys set; "
+        "a null value stored as null), or with --replace make it their whole metadata. "
+        "Texts and vectors are not touched, nothing is embedded again. Prints how many of "
+        "the ids are stored.",
+    )
+    update.add_argument("collection")
+    update.add_argument("ids", nargs="+", metavar="ID")
+    update.add_argument("--patch", required=True, help="a JSON object, e.g. '{\"reviewed\": true}'")
+    update.add_argument(
+        "--replace", action="store_true", help="the patch becomes the whole metadata"
+    )
     export = what.add_parser(
         "export",
         help="documents as JSONL that `embedsense index` reads back",

@@ -468,7 +468,10 @@ def test_async_client_does_the_same(running, news):
 
 def cli(running, capsys, *args: str) -> tuple[int, str, str]:
     capsys.readouterr()
-    status = cli_main(["--target", running.target, "--api-key", KEY, *args])
+    try:
+        status = cli_main(["--target", running.target, "--api-key", KEY, *args])
+    except SystemExit as stop:  # argparse's own errors (exit status 2)
+        status = stop.code
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -517,6 +520,31 @@ def test_cli_collections_and_docs(running, client, capsys):
         assert cli(running, capsys, "collections", "drop", "cli-docs")[0] == 0
     status, _, err = cli(running, capsys, "drop", "cli-docs")  # the old spelling still works
     assert status == 1 and "NOT_FOUND" in err
+
+
+def test_cli_updates_metadata_and_cuts_a_search_at_a_score(running, client, news, capsys):
+    status, out, _ = cli(running, capsys, "docs", "update", news, "a01", "zz", "--patch",
+                         '{"year": 1999, "new": null}')  # fmt: skip
+    assert status == 0 and "1 of 2 documents updated" in out
+    assert client.get(news, ["a01"])[0].metadata == {**TEXTS[0][2], "year": 1999, "new": None}
+    status, out, _ = cli(running, capsys, "--json", "docs", "update", news, "b01", "--patch",
+                         '{"only": "this"}', "--replace")  # fmt: skip
+    assert status == 0 and json.loads(out) == {"updated": 1}
+    assert client.get(news, ["b01"])[0].metadata == {"only": "this"}
+    for patch in ("[1]", "{oops"):
+        status, _, err = cli(running, capsys, "docs", "update", news, "a01", "--patch", patch)
+        assert status == 2 and "--patch" in err and "JSON object" in err
+    status, _, err = cli(running, capsys, "docs", "update", news, "a01")
+    assert status == 2 and "--patch" in err
+    assert client.get(news, ["a01"])[0].metadata["year"] == 1999  # refused ones changed nothing
+
+    everything = client.search(news, QUERIES[1], k=7)
+    cut = (everything[2].score + everything[3].score) / 2
+    status, out, _ = cli(running, capsys, "--json", "search", news, QUERIES[1], "-k", "7",
+                         "--score-threshold", str(cut))  # fmt: skip
+    assert status == 0 and [hit["id"] for hit in json.loads(out)] == [
+        hit.id for hit in everything[:3]
+    ]
 
 
 def test_export_then_index_gives_the_same_search_answers(running, client, news, capsys, tmp_path):
