@@ -273,8 +273,9 @@ class MilvusCollection:
         the ids exist. Milvus cannot change one field of a row: each row is written again
         with the vector and text it has (none recomputed), and its token rows under a new
         version (versions.py's rule 1), so a concurrent writer never loses its tokens. In
-        this process the update excludes other writes of the collection; an upsert of the
-        same id from another replica races it (the later write wins, whole)."""
+        this process the update excludes other writes of the collection; another replica's
+        upsert or delete of the same id landing between its read and its write is undone
+        (the document written back as read, with the patch): docs/scaling.md says so."""
         ids = checked_patch(ids, patch, mode)
         if not ids:
             return 0
