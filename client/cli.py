@@ -701,6 +701,7 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--score-threshold",
         type=float,
+        metavar="SCORE",
         help="only hits at least this near: score >= it (cosine, ip), squared distance <= it (l2)",
     )
 
