@@ -299,7 +299,7 @@ def parse_info(r: pb.InfoResponse) -> Info:
         r.version, r.model, r.dim, r.device, r.dtype, r.max_tokens, r.num_layers,
         r.max_batch_tokens, r.max_queued_tokens, r.max_concurrent_requests,
         r.max_texts_per_request, r.max_message_bytes, r.auth_required, r.index_backend,
-        r.replica, r.dtype_reason,
+        r.replica, r.dtype_reason, r.max_text_chars,
     )  # fmt: skip
 
 

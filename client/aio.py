@@ -73,7 +73,7 @@ class AsyncClient:
         self._metadata = api.auth_metadata(api_key)
         self.timeout = timeout
         self.retry = retry or Retry()
-        self._texts_per_request: int | None = None  # the server's limit, asked once
+        self._limits: Info | None = None  # the server's limits, asked once
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -190,9 +190,12 @@ class AsyncClient:
         bulk.at_least_one("batch_size", asked)
         if not bulk.needs_server_limit(asked, total):
             return asked
-        if self._texts_per_request is None:
-            self._texts_per_request = (await self.info()).max_texts_per_request
-        return bulk.within_limit(asked, self._texts_per_request)
+        return bulk.within_limit(asked, (await self._server_limits()).max_texts_per_request)
+
+    async def _server_limits(self) -> Info:
+        if self._limits is None:
+            self._limits = await self.info()
+        return self._limits
 
     async def encode(
         self,
@@ -246,6 +249,7 @@ class AsyncClient:
         `document_ids`): as `Client.upsert`."""
         level = api.priority(priority)  # a wrong name fails here, before any request
         source = bulk.documents_source(api.with_vectors_documents(documents, vectors))
+        source = bulk.within_text_limit(source, (await self._server_limits()).max_text_chars)
         total = len(source) if isinstance(source, list) else None
         size = await self._batch_size(batch_size, total)
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:

@@ -110,6 +110,29 @@ def documents_source(
     return map(_numbered_document, enumerate(documents))
 
 
+def within_text_limit(
+    documents: list[pb.Document] | Iterator[pb.Document], max_chars: int
+) -> list[pb.Document] | Iterator[pb.Document]:
+    """`documents`, their texts checked against the server's max_text_chars (0: a server
+    that does not say): a list whole, before anything is sent; an iterator as it is read."""
+    if not max_chars:
+        return documents
+    if isinstance(documents, list):
+        for i, doc in enumerate(documents):
+            _within(doc, i, max_chars)
+        return documents
+    return (_within(doc, i, max_chars) for i, doc in enumerate(documents))
+
+
+def _within(doc: pb.Document, i: int, max_chars: int) -> pb.Document:
+    if len(doc.text) > max_chars:
+        raise ValueError(
+            f"documents[{i}]: text: {len(doc.text)} characters; the server takes at most "
+            f"{max_chars} (its max_text_chars)"
+        )
+    return doc
+
+
 def _numbered_document(numbered: tuple[int, Document]) -> pb.Document:
     """to_document, its errors naming the document: documents[i]."""
     i, doc = numbered

@@ -277,13 +277,19 @@ def index_stopped(
 def cmd_index(args: argparse.Namespace, client: Client) -> None:
     # The whole file is checked before anything is sent: a bad line stops the command with
     # its file:line, and nothing of the file is half-stored.
-    lines = distinct = 0
+    lines = distinct = longest = 0
     ids: set[str] = set()
     for doc in read_documents(args.file):
         lines += 1
         ids.add(doc["id"])
+        longest = max(longest, len(doc["text"]))
     distinct = len(ids)
     del ids
+    # The server's text limit, asked once the file is known to be sound; read again only to
+    # name the first line over it.
+    if longest > (limit := client.info().max_text_chars) > 0:
+        for _ in read_documents(args.file, max_text_chars=limit):
+            pass
     _collection_for(args, client)
     # In parts of a few batches each, read again from the file: memory stays bounded; the
     # client keeps an id's last line within a part, and parts go in order.

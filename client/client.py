@@ -69,7 +69,7 @@ class Client:
         self._metadata = api.auth_metadata(api_key)
         self.timeout = timeout
         self.retry = retry or Retry()
-        self._texts_per_request: int | None = None  # the server's limit, asked once
+        self._limits: Info | None = None  # the server's limits, asked once
 
     def __enter__(self) -> Client:
         return self
@@ -153,9 +153,12 @@ class Client:
         bulk.at_least_one("batch_size", asked)
         if not bulk.needs_server_limit(asked, total):
             return asked
-        if self._texts_per_request is None:
-            self._texts_per_request = self.info().max_texts_per_request
-        return bulk.within_limit(asked, self._texts_per_request)
+        return bulk.within_limit(asked, self._server_limits().max_texts_per_request)
+
+    def _server_limits(self) -> Info:
+        if self._limits is None:
+            self._limits = self.info()
+        return self._limits
 
     def encode(
         self,
@@ -240,6 +243,7 @@ class Client:
         """
         level = api.priority(priority)  # a wrong name fails here, before any request
         source = bulk.documents_source(api.with_vectors_documents(documents, vectors))
+        source = bulk.within_text_limit(source, self._server_limits().max_text_chars)
         total = len(source) if isinstance(source, list) else None
         size = self._batch_size(batch_size, total)
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:

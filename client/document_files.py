@@ -30,10 +30,11 @@ class InputError(ValueError):
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")  # in any case
 
 
-def read_documents(name: str) -> Iterator[dict[str, Any]]:
+def read_documents(name: str, max_text_chars: int = 0) -> Iterator[dict[str, Any]]:
     """The documents of file `name`, each a dict with "text", "id" and, from a .jsonl line
     that has it, "metadata". Raises InputError for a missing or unreadable file, a line that
-    is not UTF-8, and (in .jsonl) a line that is not a JSON object with the fields above."""
+    is not UTF-8, (in .jsonl) a line that is not a JSON object with the fields above, and a
+    text longer than `max_text_chars` (the server's; 0: not checked)."""
     jsonl = name.lower().endswith(JSON_LINES_SUFFIXES)
     try:
         lines = open(name, "rb")  # closed by the with below: only opening is checked here
@@ -53,16 +54,16 @@ def read_documents(name: str) -> Iterator[dict[str, Any]]:
                 if not line.strip():
                     continue
                 if jsonl:
-                    yield parse_jsonl_line(line, name, number)
+                    yield parse_jsonl_line(line, name, number, max_text_chars)
                 else:
                     text = line.rstrip("\r\n")
-                    check_text(text, f"{name}:{number}")
+                    check_text(text, f"{name}:{number}", max_text_chars)
                     yield {"text": text, "id": content_id(text, {})}
         except OSError as err:  # e.g. a directory, which opens but cannot be read
             raise InputError(f"{name}: {file_problem(err)}") from None
 
 
-def parse_jsonl_line(line: str, name: str, number: int) -> dict[str, Any]:
+def parse_jsonl_line(line: str, name: str, number: int, max_text_chars: int = 0) -> dict[str, Any]:
     """One .jsonl line as a document (its id a string, made from the text when absent)."""
     where = f"{name}:{number}"
     try:
@@ -83,7 +84,7 @@ def parse_jsonl_line(line: str, name: str, number: int) -> dict[str, Any]:
         raise InputError(
             f'{where}: "text" must be a non-empty string (not only whitespace), got {text!r:.40}'
         )
-    check_text(text, where)
+    check_text(text, where, max_text_chars)
     metadata = doc.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise InputError(f'{where}: "metadata" must be a JSON object, got {metadata!r:.40}')
@@ -104,11 +105,16 @@ def parse_jsonl_line(line: str, name: str, number: int) -> dict[str, Any]:
     return document
 
 
-def check_text(text: str, where: str) -> None:
-    """The server's rule for a text, checked here so that a bad line stops the file before
-    any of it is sent."""
+def check_text(text: str, where: str, max_chars: int = 0) -> None:
+    """The server's rules for a text (its length when `max_chars`), checked here so that a
+    bad line stops the file before any of it is sent."""
     if (wrong := text_problem(text)) is not None:
         raise InputError(f"{where}: {wrong}")
+    if max_chars and len(text) > max_chars:
+        raise InputError(
+            f"{where}: {len(text)} characters; the server takes at most {max_chars} "
+            "(its max_text_chars)"
+        )
 
 
 def file_problem(err: OSError) -> str:

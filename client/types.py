@@ -26,6 +26,7 @@ class Info:
     index_backend: str = ""  # "faiss" or "milvus"
     replica: str = ""  # which server answered
     dtype_reason: str = ""  # why the server computes in this dtype
+    max_text_chars: int = 0  # characters in one text (0: the server does not say)
 
 
 @dataclass(frozen=True)

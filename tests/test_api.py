@@ -60,6 +60,7 @@ def test_info_reports_the_model_and_limits(client):
     )  # fmt: skip
     assert info.max_tokens == 512 and info.num_layers == 12 and not info.auth_required
     assert info.max_message_bytes == 64 * 1024 * 1024 and info.version
+    assert info.max_text_chars == 100_000  # the SDK checks texts against it before sending
 
 
 def test_tokenize_gives_offsets_into_the_callers_text(client):

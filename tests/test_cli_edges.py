@@ -8,6 +8,7 @@ the one that used to hang runs as a subprocess, with a deadline."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -393,7 +394,25 @@ def test_output_cut_short_by_its_reader_ends_quietly(server):
     assert done.returncode == 141 and done.stderr == "", done.stderr
 
 
-def test_index_stopped_by_the_server_says_which_lines_are_stored(server, tmp_path, capsys):
+def test_index_of_a_text_over_the_servers_limit_stops_before_anything_is_sent(
+    server, tmp_path, capsys
+):
+    """The file's check did not know the server's max_text_chars: the lines before the
+    long one were stored, and the error named its place in a request, not its line."""
+    path = tmp_path / "long.txt"
+    path.write_text("一\n二\n三\n" + "长" * 100_001 + "\n五\n", encoding="utf-8")
+    status, _, err = cli(capsys, "--target", server.target, "index", str(path),
+                         "--collection", "too-long", "--batch-size", "2")  # fmt: skip
+    line = one_error_line(err)
+    assert status == 2 and f"{path}:4: " in line, line
+    assert "100001 characters" in line and "max_text_chars" in line, line
+    with Client(server.target) as c:
+        assert "too-long" not in [info.name for info in c.list_collections()]
+
+
+def test_index_stopped_by_the_server_says_which_lines_are_stored(
+    server, tmp_path, capsys, monkeypatch
+):
     """The file goes in parts of a few batches; a part the server refused reported only its
     own count ("0 of 8 documents were stored"), and an SDK error's stored_ids, not the
     lines of the earlier parts that were stored."""
@@ -401,6 +420,10 @@ def test_index_stopped_by_the_server_says_which_lines_are_stored(server, tmp_pat
     lines = [{"text": f"第{i}条新闻"} for i in range(12)]
     lines[9] = {"text": "长" * 100_001}  # over max_text_chars: the second part is refused
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n", encoding="utf-8")
+    real_info = Client.info  # a server that does not say its limit: only it refuses the text
+    monkeypatch.setattr(
+        Client, "info", lambda c: dataclasses.replace(real_info(c), max_text_chars=0)
+    )
     try:
         status, _, err = cli(capsys, "--target", server.target, "index", str(path),
                              "--collection", "stopped", "--batch-size", "2")  # fmt: skip

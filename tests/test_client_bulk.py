@@ -268,7 +268,9 @@ def test_a_list_is_checked_whole_before_any_of_it_is_sent(connect, collection, c
     good = [f"第{i}篇" for i in range(6)]
     for bad, error in (({"text": "x", "metadata": {"v": float("nan")}}, "metadata.v"),
                        ({"text": "响铃\x07"}, "U\\+0007"), ({"id": "x" * 257, "text": "x"}, "256"),
-                       ({"id": 1.5, "text": "x"}, "an id is a str")):  # fmt: skip
+                       ({"id": 1.5, "text": "x"}, "an id is a str"),
+                       ({"text": "长" * 100_001}, "100001 characters.*max_text_chars"),
+                       ):  # fmt: skip
         with pytest.raises((ValueError, TypeError), match=rf"documents\[6\]: .*{error}"):
             c.upsert(collection, [*good, bad], batch_size=2)
     assert client.count(collection) == 0

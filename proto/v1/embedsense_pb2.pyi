@@ -65,7 +65,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("version", "model", "dim", "device", "dtype", "max_tokens", "num_layers", "max_batch_tokens", "max_queued_tokens", "max_concurrent_requests", "max_texts_per_request", "max_message_bytes", "auth_required", "index_backend", "replica", "dtype_reason")
+    __slots__ = ("version", "model", "dim", "device", "dtype", "max_tokens", "num_layers", "max_batch_tokens", "max_queued_tokens", "max_concurrent_requests", "max_texts_per_request", "max_message_bytes", "auth_required", "index_backend", "replica", "dtype_reason", "max_text_chars")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class InfoResponse(_message.Message):
     INDEX_BACKEND_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
+    MAX_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
     version: str
     model: str
     dim: int
@@ -98,7 +99,8 @@ class InfoResponse(_message.Message):
     index_backend: str
     replica: str
     dtype_reason: str
-    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_queued_tokens: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_texts_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica: _Optional[str] = ..., dtype_reason: _Optional[str] = ...) -> None: ...
+    max_text_chars: int
+    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_queued_tokens: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_texts_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ..., index_backend: _Optional[str] = ..., replica: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., max_text_chars: _Optional[int] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("text", "role")

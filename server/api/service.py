@@ -214,7 +214,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             max_texts_per_request=s.max_texts_per_request,
             max_message_bytes=s.max_message_bytes, auth_required=s.auth_required,
             index_backend=self.catalog.kind, replica=self.replica,
-            dtype_reason=info.dtype_reason,
+            dtype_reason=info.dtype_reason, max_text_chars=s.max_text_chars,
         )  # fmt: skip
 
     @rpc
