@@ -252,7 +252,8 @@ def add_parsers(sub: Any) -> None:
     create.add_argument(
         "--exist-ok",
         action="store_true",
-        help="one of that name made with these settings is no error (other settings still are)",
+        help="one of that name made with these settings (flags left out at their defaults) is "
+        "no error; other settings still are",
     )
     for name, text in (
         ("describe", "a collection's settings and size"),

@@ -301,8 +301,9 @@ class Client:
         that dimension (its model "external": upsert with `vectors=`, search by vector).
 
         AlreadyExists if the name is taken; with `exist_ok`, unless the collection of that name
-        was made with other settings (of those given): it is the answer, so a script can run
-        twice, and the call is retried as any other when the server is unavailable."""
+        was made with other settings (index, metric, store_tokens and dim as given or at
+        their defaults; ef_search and nprobe where given): it is the answer, so a script can
+        run twice, and the call is retried as any other when the server is unavailable."""
         return self._call(
             api.create_collection_call(
                 name, index, store_tokens, metric, ef_search, nprobe, dim, exist_ok

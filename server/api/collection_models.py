@@ -107,7 +107,8 @@ class CreateCollectionRequest(RequestModel):
     )
     exist_ok: bool = Field(
         False,
-        description="true: a collection of this name made with these settings (those given) "
+        description="true: a collection of this name made with these settings (index, metric, "
+        "store_tokens and dim as given or at their defaults; ef_search and nprobe where given) "
         "is the answer, as if made now; one made with other settings is still 409, naming them.",
     )
 
