@@ -194,6 +194,8 @@ def _docs_export(args: argparse.Namespace, client: Client) -> None:
     out = Path(args.out)
     if not out.parent.is_dir():  # named as given, not as the file made beside it
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), args.out)
+    if out.is_dir():  # found before the export: the rename over it would fail after it
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), args.out)
     with tempfile.NamedTemporaryFile(
         "w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.", delete=False
     ) as part:
@@ -204,8 +206,12 @@ def _docs_export(args: argparse.Namespace, client: Client) -> None:
             raise
     umask = os.umask(0)  # the mode a file opened for writing gets (the temporary one: 0600)
     os.umask(umask)
-    os.chmod(part.name, 0o666 & ~umask)
-    os.replace(part.name, out)
+    try:
+        os.chmod(part.name, 0o666 & ~umask)
+        os.replace(part.name, out)
+    except OSError as err:  # named as given, and no hidden file left beside it
+        Path(part.name).unlink()
+        raise OSError(err.errno, err.strerror, args.out) from None
     base.emit(
         args,
         {"exported": written, "file": args.out},

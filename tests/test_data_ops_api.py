@@ -547,6 +547,17 @@ def test_cli_updates_metadata_and_cuts_a_search_at_a_score(running, client, news
     ]
 
 
+def test_an_export_to_a_directory_names_it_and_leaves_no_file_behind(
+    running, news, capsys, tmp_path
+):
+    """The export was written beside the directory, then renamed over it: the error named
+    the hidden file made for it, and left that file there."""
+    (tmp_path / "out").mkdir()
+    status, _, err = cli(running, capsys, "docs", "export", news, "--out", str(tmp_path / "out"))
+    assert status == 2 and f"{tmp_path / 'out'}: is a directory" in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and not any((tmp_path / "out").iterdir())
+
+
 def test_export_then_index_gives_the_same_search_answers(running, client, news, capsys, tmp_path):
     exported = tmp_path / "news.jsonl"
     status, out, _ = cli(
