@@ -717,6 +717,8 @@ def search_occurrences_call(
 def induce_senses_call(
     collection: str, word: str, k: int | None, max_k: int, central: int
 ) -> Call[Induction]:
+    if central < 1:  # 0 on the wire is "not given", which the server reads as 3
+        raise ValueError(f"central: the occurrences shown per sense, at least 1; got {central}")
     request = message(pb.InduceSensesRequest, collection=collection, word=word, k=k or 0,
                                      max_k=max_k, central=central)  # fmt: skip
     return Call("InduceSenses", request, parse_induction)

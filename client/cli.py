@@ -753,7 +753,7 @@ def parser() -> argparse.ArgumentParser:
         default=6,
         help="without -k: the most senses the silhouette chooses among (default 6)",
     )
-    ind.add_argument("--central", type=at_least(0), default=3,
+    ind.add_argument("--central", type=at_least(1), default=3,
                      help="the most central sentences shown per sense (default 3)")  # fmt: skip
 
     explain_layer = at_least(1, "explain's layers are 1-based (1 = the first)")
@@ -852,8 +852,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `embedsense ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return SIGPIPE_STATUS
-    except EmbedSenseError as err:  # the server's hints name the SDK's argument, here a flag
-        message = re.sub(r'long_text="(\w+)"', r"--long-text \1", str(err))
+    except EmbedSenseError as err:
+        message = in_cli_terms(str(err))
         if isinstance(err, Unavailable) and "connect" in err.message.lower():
             message += (
                 f" (is a server running at {', '.join(args.target)}? --target or "
@@ -869,6 +869,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         return fail("interrupted" + (f": {err}" if str(err) else ""), 130)
     return 0
+
+
+def in_cli_terms(message: str) -> str:
+    """A server's error with its hints naming the CLI's flags, not the SDK's arguments or
+    the request's fields."""
+    message = re.sub(r'long_text="(\w+)"', r"--long-text \1", message)
+    return message.replace("a smaller page (limit)", "a smaller page (--batch-size)")
 
 
 def fail(message: str, status: int) -> int:

@@ -256,6 +256,17 @@ def test_embed_layers_need_tokens_and_bad_layers_get_the_servers_error(server, c
     assert "--tokens" in layers_help
 
 
+def test_the_servers_hints_name_the_clis_flags():
+    """An export too large for one reply said to ask for "a smaller page (limit)": the
+    request's field, where the CLI's flag is --batch-size."""
+    from embedsense.client.cli import in_cli_terms
+
+    page = "RESOURCE_EXHAUSTED: the reply would be 70 MB: ask for a smaller page (limit)"
+    assert in_cli_terms(page).endswith("a smaller page (--batch-size)")
+    text = 'INVALID_ARGUMENT: text 0 is 600 tokens; or send long_text="truncate"'
+    assert in_cli_terms(text).endswith("or send --long-text truncate")
+
+
 def test_the_long_text_hint_names_an_option_that_exists_and_it_works(server, capsys):
     """The error for a long text once said `pass truncate=True`: no such flag in the CLI, no
     such argument in Client.encode; then long_text="truncate", the SDK's spelling. The CLI
@@ -434,6 +445,16 @@ def test_index_stopped_by_the_server_says_which_lines_are_stored(
         assert stored >= 8 and f"{stored} of its 12 documents are stored" in line
     finally:
         drop(server, "stopped")
+
+
+def test_no_central_sentences_is_refused_not_read_as_the_default_three(capsys):
+    """central=0 is the proto's "not given": the SDK and the CLI sent it for "none" and
+    showed three per sense."""
+    status, _, err = cli(capsys, "--target", "127.0.0.1:9", "induce", "news", "苹果",
+                         "--central", "0")  # fmt: skip
+    assert status == 2 and "--central" in one_error_line(err)
+    with Client("127.0.0.1:9") as c, pytest.raises(ValueError, match="central"):
+        c.induce_senses("news", "苹果", central=0)
 
 
 def test_health_checks_each_target_and_names_the_one_down(server, capsys):
