@@ -206,20 +206,24 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     tls = tls_of(args)
     timeout = min(DEFAULT_TIMEOUT if args.timeout is None else args.timeout, 5.0)
-    serving = True
+    answers = []
     for target in args.target:
         with open_channel([target], tls, aio=False) as channel:
             check = channel.unary_unary("/grpc.health.v1.Health/Check")
             try:
                 reply = check(b"", timeout=timeout)
             except grpc.RpcError as err:
-                fail(f"{target}: {err.code().name}", SERVER_ERROR)  # on stderr, as every error
-                serving = False
+                answers.append({"target": target, "status": err.code().name})
+                if not args.json:  # on stderr, as every error
+                    fail(f"{target}: {err.code().name}", SERVER_ERROR)
                 continue
         status = reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0
-        print(f"{target}: {HEALTH_STATUS.get(status, status)}")
-        serving = serving and status == 1
-    return 0 if serving else SERVER_ERROR
+        answers.append({"target": target, "status": str(HEALTH_STATUS.get(status, status))})
+        if not args.json:
+            print(f"{target}: {answers[-1]['status']}")
+    if args.json:
+        print(json.dumps(answers))
+    return 0 if all(a["status"] == "SERVING" for a in answers) else SERVER_ERROR
 
 
 def cmd_info(args: argparse.Namespace, client: Client) -> None:

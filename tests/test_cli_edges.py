@@ -468,6 +468,11 @@ def test_health_checks_each_target_and_names_the_one_down(server, capsys):
     assert one_error_line(err) == f"embedsense: error: {down}: UNAVAILABLE"
     status, out, _ = cli(capsys, "--target", server.target, "health")
     assert status == 0 and out.strip() == f"{server.target}: SERVING"
+    status, out, _ = cli(capsys, "--target", f"{server.target},{down}", "--json", "health")
+    assert status == 1 and json.loads(out) == [
+        {"target": server.target, "status": "SERVING"},
+        {"target": down, "status": "UNAVAILABLE"},
+    ]
 
 
 # ------------------------------------------------------------------ 5: the download hint
