@@ -145,8 +145,9 @@ class TLS:
     client_key: PemSource = None
 
     def credentials(self) -> grpc.ChannelCredentials:
+        loaded = loaded_tls(self)
         return grpc.ssl_channel_credentials(
-            _pem(self.root_certificates), _pem(self.client_key), _pem(self.client_certificate)
+            loaded.root_certificates, loaded.client_key, loaded.client_certificate
         )
 
 
@@ -156,16 +157,27 @@ def loaded_tls(tls: TLS | bool | None) -> TLS | bool | None:
     if not isinstance(tls, TLS):
         return tls
     return TLS(
-        root_certificates=_pem(tls.root_certificates),
-        client_certificate=_pem(tls.client_certificate),
-        client_key=_pem(tls.client_key),
+        root_certificates=_pem(tls.root_certificates, "root_certificates", PEM_CERTIFICATE),
+        client_certificate=_pem(tls.client_certificate, "client_certificate", PEM_CERTIFICATE),
+        client_key=_pem(tls.client_key, "client_key", PEM_KEY),
     )
 
 
-def _pem(source: PemSource) -> bytes | None:
-    if source is None or isinstance(source, bytes):
-        return source
-    return Path(source).read_bytes()
+# What a PEM file of each kind holds: anything else (a key given as the CA, a DER file) is
+# refused here, by name, rather than by gRPC at the handshake as UNAVAILABLE.
+PEM_CERTIFICATE = ("certificate", b"-----BEGIN CERTIFICATE-----")
+PEM_KEY = ("private key", b" PRIVATE KEY-----")
+
+
+def _pem(source: PemSource, field: str, kind: tuple[str, bytes]) -> bytes | None:
+    if source is None:
+        return None
+    pem = source if isinstance(source, bytes) else Path(source).read_bytes()
+    name, marker = kind
+    if marker not in pem:
+        where = field if isinstance(source, bytes) else f"{field} {source}"
+        raise ValueError(f"{where}: not a PEM {name} (no {marker.decode().strip()!r} line)")
+    return pem
 
 
 Targets = str | Sequence[str]

@@ -457,6 +457,22 @@ def test_no_central_sentences_is_refused_not_read_as_the_default_three(capsys):
         c.induce_senses("news", "苹果", central=0)
 
 
+def test_a_tls_file_that_is_not_pem_is_named_before_any_call(tmp_path, capsys):
+    """A key given as the CA was gRPC's "Failed to create security handshaker", reported
+    as UNAVAILABLE (is a server running?) and retried, with gRPC's own log lines."""
+    from embedsense.client import TLS
+
+    key = tmp_path / "server.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+    status, _, err = cli(capsys, "--target", "127.0.0.1:9", "--tls-ca", str(key), "info")
+    assert status == 2 and f"{key}: not a PEM certificate" in one_error_line(err)
+    with pytest.raises(ValueError, match="root_certificates: not a PEM certificate"):
+        Client("127.0.0.1:9", tls=TLS(root_certificates=b"not a pem"))
+    with pytest.raises(ValueError, match="client_key: not a PEM private key"):
+        certificate = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+        Client("127.0.0.1:9", tls=TLS(client_certificate=certificate, client_key=b"x"))
+
+
 def test_health_checks_each_target_and_names_the_one_down(server, capsys):
     """With several targets, one round-robin channel asked whichever answered: SERVING, exit
     0, while a replica was down."""
