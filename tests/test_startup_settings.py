@@ -287,6 +287,7 @@ def test_a_number_no_server_can_run_with_is_refused_naming_it(variable, value, e
         ([], {"EMBEDSENSE_PORT": "5_0051"}, "EMBEDSENSE_PORT"),
         (["--http-port", "70000"], {}, "--http-port"),
         (["--milvus-timeout", "nan"], {}, "--milvus-timeout"),
+        (["--device", "cpu", "--dtype", "float16"], {}, "--dtype"),  # was found once loaded
     ],
 )
 def test_the_program_refuses_them_in_one_line(started, capsys, argv, environ, named):

@@ -36,7 +36,7 @@ ENGINE_KNOBS = ("model", "device", "dtype", "cpu_flags", "threads", "tokenizer_t
 # value to name where it came from; the others are set by their variable alone.
 FLAGS = {"host": "--host", "port": "--port", "http_port": "--http-port",
          "metrics_port": "--metrics-port", "milvus_timeout_s": "--milvus-timeout",
-         "api_key": "--api-key"}  # fmt: skip
+         "api_key": "--api-key", "dtype": "--dtype"}  # fmt: skip
 
 
 def where(name: str) -> str:
@@ -158,6 +158,10 @@ class ServerSettings:
         if self.index_backend not in BACKENDS:
             raise ValueError(
                 f"index backend {self.index_backend!r}: expected one of {', '.join(BACKENDS)}"
+            )
+        if self.engine.dtype == "float16" and self.engine.device == "cpu":  # else found loaded
+            raise ValueError(
+                f"dtype float16 is for GPUs; on a CPU use bfloat16 or float32 ({where('dtype')})"
             )
         # An IPv6 address may come bracketed, as in a URL: kept bare, as sockets take it.
         object.__setattr__(self, "host", _bare_host("host", self.host))
