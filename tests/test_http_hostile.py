@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 
 import pytest
 from conftest import ServerThread
@@ -228,3 +230,87 @@ def test_tokenize_runs_off_the_event_loop(base):
     assert done, "the tokenize request failed"
     # On the loop, health waited the whole tokenize; off it, at most a short slice of it.
     assert max(waits) < max(0.25, done[0] / 3), (max(waits), done[0])
+
+
+def raw_call(port: int, head: bytes, body: bytes) -> tuple[bytes, bytes]:
+    """A request sent as written (urllib cannot repeat a header): the reply's head and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(head + b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        reply = b""
+        while chunk := raw.recv(65536):
+            reply += chunk
+    head, _, answer = reply.partition(b"\r\n\r\n")
+    return head, answer
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "foo", "gzip, br", "gzip, gzip"])
+@pytest.mark.parametrize(
+    "path, field",
+    [("/v1/embeddings", "input"), ("/embed", "inputs"), ("/v1/collections/none/search", "text")],
+)
+def test_a_content_encoding_it_does_not_decode_is_a_415_naming_those_it_does(
+    base, path, field, coding
+):
+    """br and zstd were aiohttp's own text/plain 400 ("Please install Brotli"), with no
+    request id; an unknown coding (or a list of them) was read as if it were no coding."""
+    body = b'{"%s": "x"}' % field.encode()
+    status, headers, answer = call(base, path, body, {"Content-Encoding": coding})
+    assert status == 415, answer
+    assert headers.get("Accept-Encoding") == "gzip, deflate", headers
+    if path == "/embed":
+        error = tei_error(headers, answer)
+        assert error["error_type"] == "Validation", error  # the client's, not "Backend"
+        message = error["error"]
+    elif path == "/v1/embeddings":
+        message = openai_error(status, headers, answer)["message"]
+    else:
+        assert headers.get("x-request-id"), headers
+        error = json.loads(answer)["error"]
+        assert error["code"] == "unsupported_media_type", error
+        message = error["message"]
+    assert coding in message and "gzip, deflate" in message, message
+    still_serving(base)
+
+
+@pytest.mark.parametrize(
+    "coding, encode",
+    [
+        ("gzip", gzip.compress),
+        ("x-gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda data: zlib.compress(data)[2:-4]),  # raw deflate, as some clients send
+        ("identity", bytes),
+        ("GZip, identity", gzip.compress),
+    ],
+    ids=["gzip", "x-gzip", "deflate", "raw-deflate", "identity", "gzip-identity"],
+)
+def test_a_content_encoding_it_decodes_is_read_as_what_it_holds(base, coding, encode):
+    body = encode(b'{"inputs": "\\u82f9\\u679c"}')
+    status, _, answer = call(base, "/embed", body, {"Content-Encoding": coding})
+    assert status == 200 and len(json.loads(answer)[0]) == 384, answer
+
+
+GZIPPED = gzip.compress(b'{"input": "' + b"a" * 1000 + b'"}')
+
+
+@pytest.mark.parametrize(
+    "body", [GZIPPED[:-20], GZIPPED + b"more"], ids=["cut-short", "bytes-after-its-end"]
+)
+def test_a_gzip_body_cut_short_or_with_bytes_after_it_is_a_400(base, body):
+    status, headers, answer = call(base, "/v1/embeddings", body, {"Content-Encoding": "gzip"})
+    assert status == 400 and "gzip" in openai_error(status, headers, answer)["message"]
+
+
+def test_a_request_that_does_not_parse_is_a_400_and_no_error_in_the_log(running, caplog):
+    """aiohttp refuses a repeated Content-Type while parsing, before any route: its 400 is
+    right, but it logged each one at ERROR with a traceback, a false alarm."""
+    port = running.server.http_port
+    head = (
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nContent-Type: application/json\r\n" % KEY.encode()
+    )
+    with caplog.at_level(logging.INFO):
+        head, answer = raw_call(port, head, b'{"input": "x"}')
+    assert head.split(b" ")[1] == b"400" and b"Content-Type" in answer, (head, answer)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    still_serving(f"http://127.0.0.1:{port}")

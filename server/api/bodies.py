@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import zlib
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes and all
@@ -26,6 +27,7 @@ class BodyError(Exception):
         super().__init__(message)
         self.status = status
         self.kind = kind
+        self.headers: dict[str, str] = {}  # e.g. a 415's Accept-Encoding
 
 
 class BodyBudget:
@@ -68,48 +70,117 @@ class Claim:
         self.size = 0
 
 
+# The codings a body may come in, by the names a Content-Encoding gives them (x-gzip is
+# gzip: RFC 9110 8.4.1.3), and how a 415 names them. aiohttp would decode br and zstd only
+# with optional packages, and pass any other coding through as if it were none: the server
+# decodes bodies itself (HttpServer turns aiohttp's decoding off), these and no others.
+CODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
+ACCEPTED = "gzip, deflate"
+
+
 async def read_body(request: web.Request, limit: int, claim: Claim, timeout_s: float) -> bytearray:
     """The body, decompressed as its Content-Encoding says, its bytes held on `claim` (the
-    caller releases it once the reply is sent). Raises BodyError: 413 over `limit` (before
-    reading, when Content-Length says so), 408 when it arrives too slowly, 400 when it does
-    not decode, 429 over the budget."""
+    caller releases it once the reply is sent). Raises BodyError: 415 for a coding it does
+    not decode, 413 over `limit` (before reading, when Content-Length says so), 408 when it
+    arrives too slowly, 400 when it does not decode, 429 over the budget."""
+    coding = content_coding(request)
     declared = request.content_length or 0
-    compressed = is_compressed(request.headers.get("Content-Encoding", ""))
-    if declared > limit and not compressed:
+    if declared > limit and coding is None:
         raise _too_large(declared, limit)
     # A compressed body's length says little of its size once decoded (the reading below
     # holds what it decodes): holding at most the limit up front keeps one slow request
     # that declares a huge length from holding the whole budget.
     claim.take(min(declared, limit))
     body = bytearray()
+    inflater = Inflater(coding) if coding is not None else None
     try:
         async with asyncio.timeout(timeout_s):
             while chunk := await request.content.readany():
-                size = len(body) + len(chunk)
-                if size > limit:
-                    raise _too_large(size, limit, "at least ")
-                if size > claim.size:  # decompressed, or sent without a Content-Length
-                    claim.take(size - claim.size)
-                body += chunk
+                if inflater is None:
+                    _append(body, chunk, limit, claim)
+                    continue
+                while chunk:  # inflated a piece at a time: a bomb stops at the limit
+                    _append(body, inflater.inflate(chunk, limit - len(body) + 1), limit, claim)
+                    chunk = inflater.pending
+        if inflater is not None:
+            inflater.finish()
     except TimeoutError:
         raise BodyError(
             408, f"the request body did not arrive within {timeout_s:.0f} s", "timeout"
         ) from None
-    except RequestPayloadError as err:
-        encoding = request.headers.get("Content-Encoding", "")
+    except zlib.error as err:
         raise BodyError(
             400,
-            f"the body does not decode as its Content-Encoding ({encoding}): {err}",
+            f"the body does not decode as its Content-Encoding ({coding}): {err}",
             "invalid_json",
         ) from None
+    except RequestPayloadError as err:  # the transfer broke: a bad chunk, a short body
+        raise BodyError(400, f"the body could not be read: {err}", "invalid_json") from None
     return body
 
 
-def is_compressed(content_encoding: str) -> bool:
-    """Whether a Content-Encoding header names a coding other than identity (which is none:
-    the declared length is the body's)."""
-    codings = (c.strip().lower() for c in content_encoding.split(","))
-    return any(c and c != "identity" for c in codings)
+def content_coding(request: web.Request) -> str | None:
+    """The coding the body comes in (None: none, or only `identity`). Raises BodyError 415
+    for one the server does not decode, and for several: no client compresses twice, and
+    one that says so is more likely confused than not."""
+    named = ",".join(request.headers.getall(hdrs.CONTENT_ENCODING, ()))
+    codings = [c.strip().lower() for c in named.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in CODINGS:
+        return CODINGS[codings[0]]
+    error = BodyError(
+        415,
+        f"the body's Content-Encoding is {named.strip()!r}; this server decodes one of "
+        f"{ACCEPTED} (or none)",
+        "unsupported_media_type",
+    )
+    error.headers["Accept-Encoding"] = ACCEPTED  # what RFC 9110 15.5.16 asks a 415 to name
+    raise error
+
+
+class Inflater:
+    """A gzip or deflate body decoded as it arrives, never more than asked for at a time."""
+
+    def __init__(self, coding: str) -> None:
+        self.coding = coding
+        self._stream: Any = None  # zlib's decompressobj, made on the first bytes
+        self.pending = b""  # what the last inflate() left of its input, for the next
+
+    def inflate(self, data: bytes, max_length: int) -> bytes:
+        """At most `max_length` bytes of what `data` decodes to; the rest waits in
+        `pending`. Raises zlib.error, as soon as bytes follow the stream's end (zlib would
+        keep them all, unbounded, in unused_data)."""
+        if self._stream is None:
+            self._stream = zlib.decompressobj(self._window_bits(data))
+        out = self._stream.decompress(data, max_length)
+        self.pending = self._stream.unconsumed_tail
+        if self._stream.unused_data:
+            raise zlib.error(f"bytes follow the end of the {self.coding} stream")
+        return out
+
+    def finish(self) -> None:
+        """Raises zlib.error when the stream was cut short."""
+        if self._stream is not None and not self._stream.eof:  # None: an empty body
+            raise zlib.error(f"the {self.coding} stream is cut short")
+
+    def _window_bits(self, first: bytes) -> int:
+        if self.coding == "gzip":
+            return 16 + zlib.MAX_WBITS  # a gzip header and trailer
+        # deflate is zlib's format (RFC 9110 8.4.1.2), but some clients send raw deflate,
+        # without zlib's header: as aiohttp does, a first byte that names no zlib method
+        # (the low nibble of a zlib header is 8) says which.
+        return zlib.MAX_WBITS if first[0] & 0x0F == 8 else -zlib.MAX_WBITS
+
+
+def _append(body: bytearray, chunk: bytes, limit: int, claim: Claim) -> None:
+    size = len(body) + len(chunk)
+    if size > limit:
+        raise _too_large(size, limit, "at least ")
+    if size > claim.size:  # decompressed, or sent without a Content-Length
+        claim.take(size - claim.size)
+    body += chunk
 
 
 def _too_large(size: int, limit: int, qualifier: str = "") -> BodyError:

@@ -49,7 +49,7 @@ from embedsense.server.engine import requested_priority
 from embedsense.server.index import CollectionInfo, Document, Hit
 
 TAG = "Collections"
-ERRORS = (400, 404, 408, 413, 422, 429, 503, 504)
+ERRORS = (400, 404, 408, 413, 415, 422, 429, 503, 504)
 WRITE_ERRORS = (*ERRORS, 507)  # 507: the disk that holds the store is full
 # The JSON of one hit or document besides its id, text, metadata and vector: the field
 # names, quotes, colons and commas (51 bytes), a score (24 at most) and a null vector.
@@ -136,7 +136,7 @@ class CollectionRoutes:
                   "Its vectors are the served model's (its dimension); 409 if it exists "
                   "(with exist_ok: if it exists with other settings).",
                   body=m.CreateCollectionRequest, reply=m.CollectionInfo,
-                  errors=(400, 408, 409, 413, 422, 429, 503, 504, 507)),
+                  errors=(400, 408, 409, 413, 415, 422, 429, 503, 504, 507)),
             route("GET", "/v1/collections", self.list, "List the collections",
                   reply=m.CollectionList, errors=(503,)),
             route("GET", one, self.describe, "Describe a collection", reply=m.CollectionInfo,

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, RootModel, ValidationError
 
@@ -297,7 +298,9 @@ class HttpServer:
                     return json_response(await self.context.off_loop(lambda: encode_reply(reply)))
                 return json_response(encode_reply(reply))
             except BodyError as err:
-                raise ApiError(err.status, str(err), err.kind) from None
+                error = ApiError(err.status, str(err), err.kind)
+                error.headers.update(err.headers)
+                raise error from None
             finally:
                 claim.release()
 
@@ -429,11 +432,18 @@ class HttpServer:
         """Listen on host:port (0: any free port), under `tls` when given; the port.
         reuse_port: shared with the other front-end processes (frontends/)."""
         # handler_cancellation: a client that hangs up cancels its handler, and so its
-        # engine work (aiohttp leaves it off by default).
+        # engine work (aiohttp leaves it off by default). auto_decompress off: bodies.py
+        # decodes the codings it accepts and refuses the others in the API's shape (aiohttp
+        # answers those it cannot decode itself, and reads unknown ones as no coding).
         self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, handler_cancellation=True
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            auto_decompress=False,
         )
         await self._runner.setup()
+        AIOHTTP_SERVER_LOG.addFilter(client_faults_at_debug)
         site = web.TCPSite(self._runner, host, port, ssl_context=tls, reuse_port=reuse_port)
         await site.start()
         self.port = self._runner.addresses[0][1]
@@ -444,6 +454,24 @@ class HttpServer:
             await self._runner.cleanup()
             self._runner = None
         self.context.executor.shutdown(wait=False)
+
+
+# aiohttp answers a request it cannot parse as HTTP (a repeated Content-Type, a malformed
+# header line) itself, before any route or middleware: 400, text/plain, the connection
+# closed. It logs each one at ERROR with a traceback, a false alarm for a client's fault.
+AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
+
+
+def client_faults_at_debug(record: logging.LogRecord) -> bool:
+    """A logging filter: aiohttp's record of a request that does not parse, at DEBUG and
+    without its traceback; every other record as it is."""
+    fault = record.exc_info[1] if record.exc_info else None
+    if isinstance(fault, HttpProcessingError) and 400 <= (fault.code or 400) < 500:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = f"a request that does not parse as HTTP: {fault.message}", ()
+        record.exc_info = record.exc_text = None
+        return AIOHTTP_SERVER_LOG.isEnabledFor(logging.DEBUG)
+    return True
 
 
 def path_parameters(path: str) -> list[str]:

@@ -63,7 +63,7 @@ class OpenAIDialect:
         }
 
 
-ERRORS = (400, 401, 404, 408, 413, 429, 503, 504)
+ERRORS = (400, 401, 404, 408, 413, 415, 429, 503, 504)
 
 
 class OpenAIRoutes:

@@ -47,6 +47,7 @@ ERROR_TYPES = {
     "invalid_body": (422, "Validation"),
     "too_large": (413, "Validation"),
     "timeout": (408, "Validation"),
+    "unsupported_media_type": (415, "Validation"),
     "resource_exhausted": (429, "Overloaded"),
     "unavailable": (503, "Unhealthy"),
     "deadline_exceeded": (504, "Backend"),
@@ -56,7 +57,7 @@ ERROR_TYPES = {
     "method_not_allowed": (405, "NotFound"),
 }
 TRUNCATE_HINT = ' (send "truncate": true to cut it)'
-ERRORS = (400, 401, 408, 413, 422, 429, 503, 504)
+ERRORS = (400, 401, 408, 413, 415, 422, 429, 503, 504)
 
 
 class TEIDialect:
