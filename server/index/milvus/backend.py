@@ -91,14 +91,7 @@ class MilvusBackend:
     def _create_meta(self) -> None:
         schema, index = meta_schema()
         try:
-            self.calls(
-                "create the meta rows",
-                "create_collection",
-                META,
-                schema=schema,
-                index_params=index,
-                consistency_level="Bounded",
-            )
+            self.calls.create_collection("create the meta rows", META, schema, index, "Bounded")
         except Exception:
             if not self.calls("open the meta rows", "has_collection", META):
                 raise  # not another replica that made it first
@@ -196,24 +189,10 @@ class MilvusBackend:
     def _make(self, row: CollectionRow, layout: Layout) -> None:
         what = f"create collection {row.name!r}"
         schema, index = documents_schema(row, layout)
-        self.calls(
-            what,
-            "create_collection",
-            layout.docs,
-            schema=schema,
-            index_params=index,
-            consistency_level="Bounded",
-        )
+        self.calls.create_collection(what, layout.docs, schema, index, "Bounded")
         if row.store_tokens:
             schema, index = tokens_schema(row)
-            self.calls(
-                what,
-                "create_collection",
-                layout.tokens,
-                schema=schema,
-                index_params=index,
-                consistency_level="Bounded",
-            )
+            self.calls.create_collection(what, layout.tokens, schema, index, "Bounded")
 
     def _unmake(self, layout: Layout) -> None:
         for collection in (layout.docs, layout.tokens):

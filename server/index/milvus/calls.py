@@ -179,6 +179,20 @@ class MilvusCalls:
                 log.error("milvus %s failed: %s", what, err)
             raise classified from err
 
+    def create_collection(
+        self, what: str, name: str, schema: Any, index: Any, consistency_level: str
+    ) -> None:
+        """Collection `name`, indexed and loaded (served at once), as MilvusClient's
+        create_collection makes it with index_params, less its wait for the index build."""
+        self(what, "create_collection", name, schema=schema, consistency_level=consistency_level)
+        # sync=False: pymilvus would wait for the index to be built over the rows the
+        # collection holds, and a new one holds none; Milvus records the index before it
+        # answers, which is all the load needs. That wait first asks Milvus for a timestamp
+        # (AllocTimestamp), which milvus-lite does not implement (its gRPC server logged an
+        # ERROR on every create), then polls the index state 0.5 s later (each create took it).
+        self(what, "create_index", name, index, sync=False)
+        self(what, "load_collection", name)
+
     def query(
         self, what: str, collection: str, expression: str, fields: list[str], **kwargs: Any
     ) -> list[dict]:
