@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -355,6 +356,28 @@ def test_reopening_loads_snapshots_catches_up_and_rebuilds(tmp_path):
     assert fourth.get("c").count() == 299
     assert fourth.get("c").search(docs[7].vector, k=1)[0][0].id == "doc-7"
     fourth.close()
+
+
+def test_a_snapshot_damaged_in_its_middle_is_rebuilt_not_served(tmp_path, caplog):
+    """FAISS read a snapshot with 4 KiB overwritten in its middle without complaint, and
+    served the damaged vectors: those documents no longer came first for their own."""
+    docs = corpus(600)
+    first = Catalog(tmp_path)
+    first.create("c", model="m", dim=DIM)
+    first.get("c").upsert(docs)
+    first.close()
+    (snapshot,) = (tmp_path / "snapshots" / "c").glob("*.faiss")
+    data = bytearray(snapshot.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = np.random.default_rng(5).bytes(4096)
+    snapshot.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        second = Catalog(tmp_path)
+        col = second.get("c")
+        found = [col.search(doc.vector, k=1)[0][0].id for doc in docs]
+    second.close()
+    assert found == [doc.id for doc in docs]
+    assert any("checksum" in record.getMessage() for record in caplog.records)
 
 
 def test_a_spec_that_needs_training_is_exact_until_trained(catalog):

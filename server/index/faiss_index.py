@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import faiss
@@ -167,14 +169,26 @@ def serialized(index: faiss.Index) -> np.ndarray:
     return faiss.serialize_index(index)
 
 
+# A snapshot ends in a trailer: a mark and the CRC-32 of the bytes before it. FAISS reads a
+# file damaged in its middle (a bad sector, a flipped bit) without complaint and serves wrong
+# neighbours from it; checked, such a snapshot is unreadable and the store rebuilds it. FAISS
+# reads an index and stops, so the trailer after it is never read as part of it; a snapshot
+# without one (written before it was added) is read unchecked.
+TRAILER = struct.Struct("<8sI")
+TRAILER_MARK = b"esnapcrc"
+CHECK_CHUNK = 16 << 20  # bytes read at a time to check a snapshot
+
+
 def write_snapshot(data: np.ndarray | bytes, path: Path) -> None:
-    """Write `serialized(index)` to a temporary file, fsync it, rename it over the old one,
-    fsync the folder: a crash at any instant leaves either the old snapshot or the new one,
-    whole."""
+    """Write `serialized(index)` and its trailer to a temporary file, fsync it, rename it
+    over the old one, fsync the folder: a crash at any instant leaves either the old
+    snapshot or the new one, whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
+    body = memoryview(data).cast("B")
     with open(tmp, "wb") as file:
-        file.write(memoryview(data))
+        file.write(body)
+        file.write(TRAILER.pack(TRAILER_MARK, zlib.crc32(body)))
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, path)
@@ -190,7 +204,30 @@ def read_snapshot(path: Path) -> faiss.Index | None:
     if not path.exists():
         return None
     try:
+        if (damage := snapshot_damage(path)) is not None:
+            raise RuntimeError(damage)
         return faiss.read_index(str(path))
-    except RuntimeError as err:
+    except (RuntimeError, OSError) as err:
         log.warning("snapshot %s is unreadable (%s); rebuilding from the store", path, err)
         return None
+
+
+def snapshot_damage(path: Path) -> str | None:
+    """What is wrong with a snapshot's bytes, by its trailer; None when they are whole (or
+    it has no trailer to tell), read a chunk at a time so the check holds no copy of it."""
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        if size < TRAILER.size:
+            return None
+        file.seek(size - TRAILER.size)
+        mark, expected = TRAILER.unpack(file.read(TRAILER.size))
+        if mark != TRAILER_MARK:
+            return None
+        file.seek(0)
+        crc, left = 0, size - TRAILER.size
+        while left > 0:
+            chunk = file.read(min(CHECK_CHUNK, left))
+            if not chunk:
+                return "shorter than it was written"
+            crc, left = zlib.crc32(chunk, crc), left - len(chunk)
+    return None if crc == expected else "its checksum does not match: damaged since written"
