@@ -165,7 +165,8 @@ def loaded_tls(tls: TLS | bool | None) -> TLS | bool | None:
 
 # What a PEM file of each kind holds: anything else (a key given as the CA, a DER file) is
 # refused here, by name, rather than by gRPC at the handshake as UNAVAILABLE.
-PEM_CERTIFICATE = ("certificate", b"-----BEGIN CERTIFICATE-----")
+# (OpenSSL's TRUSTED and X509 CERTIFICATE blocks are certificates too.)
+PEM_CERTIFICATE = ("certificate", b"CERTIFICATE-----")
 PEM_KEY = ("private key", b" PRIVATE KEY-----")
 
 
@@ -176,7 +177,7 @@ def _pem(source: PemSource, field: str, kind: tuple[str, bytes]) -> bytes | None
     name, marker = kind
     if marker not in pem:
         where = field if isinstance(source, bytes) else f"{field} {source}"
-        raise ValueError(f"{where}: not a PEM {name} (no {marker.decode().strip()!r} line)")
+        raise ValueError(f"{where}: not a PEM {name} (no '-----BEGIN ...{marker.decode()}' line)")
     return pem
 
 

@@ -249,9 +249,10 @@ class AsyncClient:
         `document_ids`): as `Client.upsert`."""
         level = api.priority(priority)  # a wrong name fails here, before any request
         source = bulk.documents_source(api.with_vectors_documents(documents, vectors))
-        source = bulk.within_text_limit(source, (await self._server_limits()).max_text_chars)
         total = len(source) if isinstance(source, list) else None
         size = await self._batch_size(batch_size, total)
+        if source:  # the server's limit asked after every check here, and for something
+            source = bulk.within_text_limit(source, (await self._server_limits()).max_text_chars)
         with tqdm(total=total, disable=not show_progress_bar, unit="doc") as bar:
             plan = bulk.upsert_plan(
                 name, source, size, self.max_concurrent_batches, bar.update, level

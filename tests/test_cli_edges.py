@@ -471,6 +471,8 @@ def test_a_tls_file_that_is_not_pem_is_named_before_any_call(tmp_path, capsys):
     with pytest.raises(ValueError, match="client_key: not a PEM private key"):
         certificate = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
         Client("127.0.0.1:9", tls=TLS(client_certificate=certificate, client_key=b"x"))
+    trusted = b"-----BEGIN TRUSTED CERTIFICATE-----\nMIIB\n-----END TRUSTED CERTIFICATE-----\n"
+    Client("127.0.0.1:9", tls=TLS(root_certificates=trusted)).close()  # OpenSSL's, accepted
 
 
 def test_health_checks_each_target_and_names_the_one_down(server, capsys):

@@ -299,6 +299,13 @@ def test_max_concurrent_batches_and_batch_size_must_be_at_least_one(cls):
         cls("127.0.0.1:1", max_concurrent_batches=-2)
 
 
+def test_an_upserts_own_checks_come_before_it_asks_the_server_anything():
+    """The text-length check asked the server for its limit first: a bad batch_size waited
+    on a server (here none) and its retries instead of answering at once."""
+    with Client("127.0.0.1:9", timeout=5) as c, pytest.raises(ValueError, match="batch_size"):
+        c.upsert("c", ["x"], batch_size=0)
+
+
 def test_batch_size_must_be_at_least_one(connect, collection):
     c = connect()
     with pytest.raises(ValueError, match=r"batch_size=0.*at least 1"):

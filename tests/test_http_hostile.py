@@ -281,8 +281,9 @@ def test_a_content_encoding_it_does_not_decode_is_a_415_naming_those_it_does(
         ("deflate", lambda data: zlib.compress(data)[2:-4]),  # raw deflate, as some clients send
         ("identity", bytes),
         ("GZip, identity", gzip.compress),
+        ("gzip", lambda data: gzip.compress(data[:9]) + gzip.compress(data[9:])),
     ],
-    ids=["gzip", "x-gzip", "deflate", "raw-deflate", "identity", "gzip-identity"],
+    ids=["gzip", "x-gzip", "deflate", "raw-deflate", "identity", "gzip-identity", "two-members"],
 )
 def test_a_content_encoding_it_decodes_is_read_as_what_it_holds(base, coding, encode):
     body = encode(b'{"inputs": "\\u82f9\\u679c"}')

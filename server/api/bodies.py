@@ -156,13 +156,17 @@ class Inflater:
             self._stream = zlib.decompressobj(self._window_bits(data))
         out = self._stream.decompress(data, max_length)
         self.pending = self._stream.unconsumed_tail
-        if self._stream.unused_data:
-            raise zlib.error(f"bytes follow the end of the {self.coding} stream")
+        if self._stream.unused_data:  # the stream ended before its input did
+            if self.coding != "gzip":
+                raise zlib.error(f"bytes follow the end of the {self.coding} stream")
+            # gzip may hold several members, one after another (RFC 1952): the next starts
+            # a stream of its own; bytes that are no member fail its header check.
+            self.pending, self._stream = self._stream.unused_data, None
         return out
 
     def finish(self) -> None:
         """Raises zlib.error when the stream was cut short."""
-        if self._stream is not None and not self._stream.eof:  # None: an empty body
+        if self._stream is not None and not self._stream.eof:  # None: empty, or a member ended
             raise zlib.error(f"the {self.coding} stream is cut short")
 
     def _window_bits(self, first: bytes) -> int:
