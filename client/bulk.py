@@ -21,7 +21,7 @@ from embedsense.client.errors import EmbedSenseError
 from embedsense.client.messages import message
 from embedsense.proto.ids import content_id
 from embedsense.proto.v1 import embedsense_pb2 as pb
-from embedsense.proto.values import id_problem, metadata_problem, text_problem
+from embedsense.proto.values import id_problem, length_problem, metadata_problem, text_problem
 
 T = TypeVar("T")
 Document = str | Mapping[str, Any]
@@ -125,11 +125,8 @@ def within_text_limit(
 
 
 def _within(doc: pb.Document, i: int, max_chars: int) -> pb.Document:
-    if len(doc.text) > max_chars:
-        raise ValueError(
-            f"documents[{i}]: text: {len(doc.text)} characters; the server takes at most "
-            f"{max_chars} (its max_text_chars)"
-        )
+    if (wrong := length_problem(doc.text, max_chars)) is not None:
+        raise ValueError(f"documents[{i}]: text: {wrong}")
     return doc
 
 

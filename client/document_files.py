@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from embedsense.proto.ids import content_id
-from embedsense.proto.values import id_problem, metadata_problem, text_problem
+from embedsense.proto.values import id_problem, length_problem, metadata_problem, text_problem
 
 FIELDS = ("text", "id", "metadata")
 
@@ -108,13 +108,8 @@ def parse_jsonl_line(line: str, name: str, number: int, max_text_chars: int = 0)
 def check_text(text: str, where: str, max_chars: int = 0) -> None:
     """The server's rules for a text (its length when `max_chars`), checked here so that a
     bad line stops the file before any of it is sent."""
-    if (wrong := text_problem(text)) is not None:
+    if (wrong := text_problem(text) or length_problem(text, max_chars)) is not None:
         raise InputError(f"{where}: {wrong}")
-    if max_chars and len(text) > max_chars:
-        raise InputError(
-            f"{where}: {len(text)} characters; the server takes at most {max_chars} "
-            "(its max_text_chars)"
-        )
 
 
 def file_problem(err: OSError) -> str:

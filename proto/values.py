@@ -44,6 +44,14 @@ def text_problem(text: str) -> str | None:
     )
 
 
+def length_problem(text: str, max_chars: int) -> str | None:
+    """Why a text is longer than a server takes (its max_text_chars, which Info reports; 0:
+    a server that does not say); None when it is not."""
+    if max_chars and len(text) > max_chars:
+        return f"{len(text)} characters; the server takes at most {max_chars} (its max_text_chars)"
+    return None
+
+
 def scalar_problem(value: Any) -> str | None:
     """Why this scalar cannot be stored and compared exactly; None when it can (a list or
     an object is metadata_problem's to walk)."""

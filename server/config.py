@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from embedsense.server.footprint import parse_bytes
 
+# Refused at start when the device is named cpu, and once the model is placed when `auto`
+# finds no GPU (precision.choose).
+FLOAT16_ON_CPU = "dtype float16 is for GPUs; on a CPU use bfloat16 or float32"
+
 # The longest max_wait_ms may keep a lone text waiting for company: a minute (tests hold
 # work queued for seconds with it; anything near this is a mistake in production).
 MAX_WAIT_MS = 60_000.0

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from embedsense.server.config import FLOAT16_ON_CPU
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # bf16 is chosen by `auto` on CPU only when the probe measures at least this speed-up.
 MIN_BF16_SPEEDUP = 1.2
@@ -80,7 +82,7 @@ def choose(
             return Precision(torch.float16, "auto on a GPU: float16")
         return Precision(DTYPES[name], "asked for")
     if name == "float16":
-        raise ValueError("dtype float16 is for GPUs; on a CPU use bfloat16 or float32")
+        raise ValueError(FLOAT16_ON_CPU)
     if name != "auto":
         return Precision(DTYPES[name], "asked for")
     flags = cpu_bf16_flags(cpu_flags)

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from embedsense.server.config import EngineConfig
+from embedsense.server.config import FLOAT16_ON_CPU, EngineConfig
 from embedsense.server.index.backend import BACKENDS, BackendSettings
 
 PROMPT_NAMES = ("query", "passage")  # the roles HTTP requests name (TextRole's values)
@@ -160,9 +160,7 @@ class ServerSettings:
                 f"index backend {self.index_backend!r}: expected one of {', '.join(BACKENDS)}"
             )
         if self.engine.dtype == "float16" and self.engine.device == "cpu":  # else found loaded
-            raise ValueError(
-                f"dtype float16 is for GPUs; on a CPU use bfloat16 or float32 ({where('dtype')})"
-            )
+            raise ValueError(f"{FLOAT16_ON_CPU} ({where('dtype')})")
         # An IPv6 address may come bracketed, as in a URL: kept bare, as sockets take it.
         object.__setattr__(self, "host", _bare_host("host", self.host))
         if self.metrics_host is not None:
