@@ -43,6 +43,7 @@ from embedsense.client.types import (
 )
 from embedsense.proto.tensors import from_tensor, to_tensor
 from embedsense.proto.v1 import embedsense_pb2 as pb
+from embedsense.proto.values import threshold_problem
 
 T = TypeVar("T")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -487,9 +488,16 @@ def drop_collection_call(name: str) -> Call[None]:
 
 
 def filter_json(where: Mapping[str, Any] | None) -> str:
-    """A filter as the wire's filter_json ("" for none); the server checks it (a filter
-    that is not an object is its INVALID_ARGUMENT, as any other bad filter)."""
-    return "" if where is None else json.dumps(where, ensure_ascii=False)
+    """A filter as the wire's filter_json ("" for none); a TypeError for one that is not a
+    dict (a list or a string would be the server's refusal, naming the wire's field, or
+    search's no filter at all); the server checks what is in it."""
+    if where is None:
+        return ""
+    if not isinstance(where, Mapping):
+        raise TypeError(
+            f"filter: a dict (a JSON object such as {{'lang': 'zh'}}), got {type(where).__name__}"
+        )
+    return json.dumps(where, ensure_ascii=False)
 
 
 def count_call(name: str, where: Mapping[str, Any] | None = None) -> Call[int]:
@@ -632,7 +640,7 @@ def _with_vector(doc: Any, row: np.ndarray | None) -> Any:
     doc = {"text": "", **doc}
     if doc.get("id") in (None, "") and not doc["text"]:
         raise ValueError("a document given by its vector alone (no text) needs an 'id'")
-    message = to_document(doc)
+    message = to_document(doc, embedded=False)
     message.vector.CopyFrom(to_tensor(row))
     return message
 
@@ -645,8 +653,12 @@ def search_call(
 ) -> Call[Any]:  # fmt: skip
     """One query (a str, or a vector (dim,)): Search, a hit list. Several (a list of str, or
     vectors (n, dim)): SearchBatch, a hit list per query in order."""
+    if isinstance(score_threshold, int | float) and not isinstance(score_threshold, bool):
+        # protobuf would send one past float32's range as infinity: refused as the server would
+        if (wrong := threshold_problem(score_threshold)) is not None:
+            raise ValueError(f"score_threshold: {wrong}")
     options = dict(
-        collection=name, k=k, filter_json=filter_json(where) if where else "",
+        collection=name, k=k, filter_json=filter_json(where),
         ef_search=ef_search, nprobe=nprobe, priority=priority(priority_name),
         score_threshold=score_threshold, with_vectors=with_vectors,
     )  # fmt: skip

@@ -21,7 +21,13 @@ from embedsense.client.errors import EmbedSenseError
 from embedsense.client.messages import message
 from embedsense.proto.ids import content_id
 from embedsense.proto.v1 import embedsense_pb2 as pb
-from embedsense.proto.values import id_problem, length_problem, metadata_problem, text_problem
+from embedsense.proto.values import (
+    blank_problem,
+    id_problem,
+    length_problem,
+    metadata_problem,
+    text_problem,
+)
 
 T = TypeVar("T")
 Document = str | Mapping[str, Any]
@@ -48,15 +54,16 @@ def within_limit(batch_size: int, limit: int) -> int:
 # ------------------------------------------------------------------ documents
 
 
-def to_document(doc: Document | pb.Document) -> pb.Document:
+def to_document(doc: Document | pb.Document, *, embedded: bool = True) -> pb.Document:
     """A str is a text; a mapping has "text" and optionally "id" and "metadata". A document
     without an id gets `content_id`. Checked as the server checks it (a ValueError, or a
     TypeError for a value of the wrong kind), so that a list is refused whole before any of
-    it is sent."""
+    it is sent. `embedded`: its text is to be embedded (it has no vector of its own), so it
+    may not be empty."""
     if isinstance(doc, pb.Document):
         return doc
     if isinstance(doc, str):
-        _check_text(doc)
+        _check_text(doc, embedded)
         built = message(pb.Document, text=doc, metadata_json="{}")
         built.id = content_id(doc, {})
         return built
@@ -66,7 +73,7 @@ def to_document(doc: Document | pb.Document) -> pb.Document:
     if unknown:
         raise ValueError(f"unknown document fields {sorted(unknown)}: expected id, text, metadata")
     if isinstance(doc["text"], str):  # another kind is message()'s TypeError, naming "text"
-        _check_text(doc["text"])
+        _check_text(doc["text"], embedded)
     metadata = doc.get("metadata") or {}
     if (wrong := metadata_problem(metadata, "metadata")) is not None:
         raise ValueError(wrong)
@@ -90,8 +97,8 @@ def id_text(value: Any, where: str) -> str:
     return text
 
 
-def _check_text(text: str) -> None:
-    if (wrong := text_problem(text)) is not None:
+def _check_text(text: str, embedded: bool) -> None:
+    if (wrong := (blank_problem(text) if embedded else None) or text_problem(text)) is not None:
         raise ValueError(f"text: {wrong}")
 
 

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from embedsense.client import Client
 from embedsense.client import _api as api
@@ -54,13 +54,19 @@ def filter_of(raw: str | None) -> dict[str, Any] | None:
     return None if raw is None else json_object("--filter", raw, """'{"lang": "zh"}'""")
 
 
+def _not_json(constant: str) -> NoReturn:
+    # Python's json reads these; JSON has no such numbers, and no server stores them.
+    raise ValueError(f"{constant} is not a JSON number")
+
+
 def json_object(flag: str, raw: str, example: str) -> dict[str, Any]:
     """The JSON object an option was given; a UsageError saying what is expected."""
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as err:
+        value = json.loads(raw, parse_constant=_not_json)
+    except ValueError as err:  # JSONDecodeError's msg, or _not_json's
         raise base.UsageError(
-            f"{flag} {raw!r}: not JSON ({err.msg}); expected a JSON object, e.g. {example}"
+            f"{flag} {raw!r}: not JSON ({getattr(err, 'msg', err)}); expected a JSON object, "
+            f"e.g. {example}"
         ) from None
     if not isinstance(value, dict):
         raise base.UsageError(f"{flag} {raw!r}: expected a JSON object, e.g. {example}")

@@ -28,6 +28,8 @@ REFUSED_IN_TEXT = re.compile(f"[{CONTROL_CLASS}\\ud800-\\udfff]")
 # parser past about 1,000, and a filter reaches fields by dotted names.
 MAX_METADATA_DEPTH = 32
 MAX_ID_LENGTH = 256  # characters in a document id
+# Where rounding to float32 gives infinity: halfway from its largest value to 2**128.
+FLOAT32_ROUNDS_TO_INF = 2.0**128 - 2.0**103
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -44,11 +46,32 @@ def text_problem(text: str) -> str | None:
     )
 
 
+def blank_problem(text: str) -> str | None:
+    """Why a text to embed has nothing to embed (empty, or only whitespace: a blank line
+    of Chinese text holds U+3000); None when it has something."""
+    return None if text.strip() else "empty (or only whitespace); a text is needed"
+
+
 def length_problem(text: str, max_chars: int) -> str | None:
     """Why a text is longer than a server takes (its max_text_chars, which Info reports; 0:
     a server that does not say); None when it is not."""
     if max_chars and len(text) > max_chars:
         return f"{len(text)} characters; the server takes at most {max_chars} (its max_text_chars)"
+    return None
+
+
+def threshold_problem(value: float) -> str | None:
+    """Why this cannot be a search's score threshold (scores are float32, and so is the
+    wire's threshold: a value past its range would arrive as infinity); None when it can."""
+    past_range = "past float32's range (scores are float32)"
+    try:
+        number = float(value)
+    except OverflowError:  # an int no float holds
+        return past_range
+    if not math.isfinite(number):
+        return f"must be finite, got {value!r}"
+    if abs(number) >= FLOAT32_ROUNDS_TO_INF:
+        return f"{value!r} is {past_range}"
     return None
 
 
@@ -94,7 +117,9 @@ def metadata_problem(metadata: Any, where: str) -> str | None:
 
 
 def _json_problem(value: Any, where: str, depth: int) -> str | None:
-    if depth > MAX_METADATA_DEPTH:
+    """`depth`: the level `value` would be if it is an object or an array (scalars are
+    not a level)."""
+    if isinstance(value, Mapping | list | tuple) and depth > MAX_METADATA_DEPTH:
         return f"{where}: nested more than {MAX_METADATA_DEPTH} levels deep"
     if isinstance(value, Mapping):
         for key, item in value.items():

@@ -33,6 +33,7 @@ from embedsense.client import (
     Retry,
     Unauthenticated,
     Unavailable,
+    bulk,
 )
 from embedsense.client._api import Call
 from embedsense.model import TextRole
@@ -134,14 +135,20 @@ def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(client, 
         client.encode(["苹果" * 2000])  # names the length and the limit
     with pytest.raises(InvalidArgument, match="at least one text"):
         client._call(Call("Embed", pb.EmbedRequest(texts=[]), lambda r: r))  # the SDK sends none
-    with pytest.raises(InvalidArgument, match="filter_json"):
+    with pytest.raises(TypeError, match="filter: a dict"):  # the SDK's, before sending
         client.search(collection, "x", filter=["not", "an", "object"])
+    listed = pb.SearchRequest(collection=collection, text="x", filter_json='["not"]')
+    with pytest.raises(InvalidArgument, match="filter_json"):  # the server's
+        client._call(Call("Search", listed, lambda r: r))
     with pytest.raises(InvalidArgument, match="unknown operator"):
         client.search(collection, "x", filter={"a": {"$regex": "."}})
     with pytest.raises(InvalidArgument, match="384-dim"):
         client.search(collection, np.ones(10))
-    with pytest.raises(InvalidArgument, match="empty"):
+    with pytest.raises(ValueError, match="empty"):  # the SDK's, before sending
         client.upsert(collection, ["  "], show_progress_bar=False)
+    blank = pb.UpsertRequest(collection=collection, documents=[pb.Document(id="b", text="  ")])
+    with pytest.raises(InvalidArgument, match="empty"):  # the server's
+        client._call(Call("Upsert", blank, str, stream=True))
     with pytest.raises(InvalidArgument, match="layer 40"):
         client.embed_tokens(["x"], layers=[40])
     long = client.encode(["苹果" * 2000], long_text="truncate")
@@ -151,12 +158,16 @@ def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(client, 
     assert client.info().model == "multilingual-e5-small"  # still serving
 
 
-def test_a_failed_stream_says_what_was_stored(client, collection):
-    docs = ["第一篇", "第二篇", "第三篇", " "]
+def test_a_failed_stream_says_what_was_stored(client, collection, monkeypatch):
+    # Refused by the server alone: over its max_text_chars, from a client that does not check
+    # lengths (as none does when a server does not report its limit).
+    monkeypatch.setattr(bulk, "length_problem", lambda text, max_chars: None)
+    too_long = "长" * 100_001
+    docs = ["第一篇", "第二篇", "第三篇", too_long]
     with pytest.raises(InvalidArgument, match="3 of 4 documents were stored"):
         client.upsert(collection, docs, batch_size=3, show_progress_bar=False)
     assert client.count(collection) == 3
-    streamed = iter(["第四篇", "第五篇", " "])  # read as it goes: the account counts what was read
+    streamed = iter(["第四篇", "第五篇", too_long])  # read as it goes: counts what was read
     with pytest.raises(InvalidArgument, match="2 of the 3 documents read were stored"):
         client.upsert(collection, streamed, batch_size=2, show_progress_bar=False)
     assert client.count(collection) == 5

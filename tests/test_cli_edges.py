@@ -158,6 +158,13 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
     assert status == 2 and "--filter" in one_error_line(err) and "not JSON" in err
     status, _, err = cli(capsys, *target, "search", "c", "水果", "--filter", "[1]")
     assert status == 2 and "JSON object" in one_error_line(err)
+    # Python's json reads NaN and Infinity, which JSON has not: they were sent, and the
+    # server's refusal exited 1 as a server error.
+    for bad in ('{"score": NaN}', '{"score": {"$lt": Infinity}}', '{"s": -Infinity}'):
+        status, _, err = cli(capsys, *target, "search", "c", "水果", "--filter", bad)
+        assert status == 2 and "not JSON" in one_error_line(err), err
+        status, _, err = cli(capsys, *target, "docs", "update", "c", "a", "--patch", bad)
+        assert status == 2 and "--patch" in one_error_line(err) and "not JSON" in err, err
 
     status, _, err = cli(
         capsys, *target, "explain", "我喜欢吃苹果", "--word", "苹果", "--layers", "-1"

@@ -178,13 +178,22 @@ def test_a_repeated_id_within_one_batch_stores_the_last(connect, collection, cli
 # ------------------------------------------------------------------ failures
 
 
+@pytest.fixture
+def refused_by_the_server(monkeypatch) -> str:
+    """A text only the server refuses (INVALID_ARGUMENT, before any compute): one over its
+    max_text_chars, from a client that does not check lengths (as none does when a server
+    does not report its limit)."""
+    monkeypatch.setattr(bulk, "length_problem", lambda text, max_chars: None)
+    return "长" * 100_001
+
+
 def test_a_failed_batch_stops_the_rest_and_the_error_lists_what_was_stored(
-    connect, collection, client
+    connect, collection, client, refused_by_the_server
 ):
     c = connect(max_concurrent_batches=1)  # one at a time: which batches ran is certain
     docs = [{"id": f"d{i}", "text": f"第{i}篇"} for i in range(6)]
-    docs[3]["text"] = " "  # the second batch fails: the third must not be sent
-    with pytest.raises(InvalidArgument, match="empty") as caught:
+    docs[3]["text"] = refused_by_the_server  # the second batch fails: the third is not sent
+    with pytest.raises(InvalidArgument, match="max_text_chars") as caught:
         c.upsert(collection, docs, batch_size=2)
     err = caught.value
     assert "2 of 6 documents were stored" in str(err) and "2 of 6" in err.message
@@ -193,12 +202,14 @@ def test_a_failed_batch_stops_the_rest_and_the_error_lists_what_was_stored(
     assert client.count(collection) == 2
 
 
-def test_a_failure_stops_bulk_upsert_with_batches_in_flight(connect, collection, client):
+def test_a_failure_stops_bulk_upsert_with_batches_in_flight(
+    connect, collection, client, refused_by_the_server
+):
     tap = Tap()
     c = connect(tap, max_concurrent_batches=4)
     docs = [{"id": f"d{i}", "text": f"第{i}条消息"} for i in range(40)]
-    docs[0]["text"] = " "  # refused before any compute, while the next batches are in flight
-    with pytest.raises(InvalidArgument, match="empty") as caught:
+    docs[0]["text"] = refused_by_the_server  # while the next batches are in flight
+    with pytest.raises(InvalidArgument, match="max_text_chars") as caught:
         c.upsert(collection, docs, batch_size=1)
     sent = tap.calls["Upsert"]
     stored = [d.id for d in client.get(collection, [d["id"] for d in docs]) if d is not None]
@@ -270,16 +281,20 @@ def test_a_list_is_checked_whole_before_any_of_it_is_sent(connect, collection, c
                        ({"text": "响铃\x07"}, "U\\+0007"), ({"id": "x" * 257, "text": "x"}, "256"),
                        ({"id": 1.5, "text": "x"}, "an id is a str"),
                        ({"text": "长" * 100_001}, "100001 characters.*max_text_chars"),
+                       # a blank line of Chinese text: an ideographic space
+                       ("", "empty"), ({"text": "\u3000"}, "empty"), (" \n", "empty"),
                        ):  # fmt: skip
         with pytest.raises((ValueError, TypeError), match=rf"documents\[6\]: .*{error}"):
             c.upsert(collection, [*good, bad], batch_size=2)
     assert client.count(collection) == 0
 
 
-def test_a_rerun_after_a_partial_failure_stores_nothing_twice(connect, collection, client):
+def test_a_rerun_after_a_partial_failure_stores_nothing_twice(
+    connect, collection, client, refused_by_the_server
+):
     c = connect(max_concurrent_batches=2)
     texts = [f"第{i}条新闻" for i in range(12)]
-    broken = texts[:7] + [" "] + texts[8:]
+    broken = texts[:7] + [refused_by_the_server] + texts[8:]
     with pytest.raises(InvalidArgument) as caught:
         c.upsert(collection, broken, batch_size=3)
     stored = caught.value.stored_ids

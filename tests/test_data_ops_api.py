@@ -212,6 +212,27 @@ def test_score_threshold_keeps_only_hits_that_near(client, news):
     assert all(h.vector is None for h in kept)  # vectors only when asked
 
 
+def test_a_score_threshold_cuts_alike_over_grpc_and_http(client, http, news):
+    """gRPC carries the threshold as a float32, HTTP as a double: a threshold just above a
+    hit's score (in doubles) kept the hit over gRPC and dropped it over HTTP. Scores are
+    float32, and every surface compares with the threshold rounded to one; a threshold past
+    float32's range is refused on every surface (over HTTP, 1e39 was taken)."""
+    top = client.search(news, QUERIES[1], k=1)[0]
+    over_http = http.post(f"/v1/collections/{news}/search", json={"query": QUERIES[1], "k": 1})
+    assert over_http.json()["results"][0][0]["score"] == top.score
+    just_above = float(np.nextafter(top.score, 2.0))  # a double between two float32s
+    by_grpc = client.search(news, QUERIES[1], k=3, score_threshold=just_above)
+    body = {"query": QUERIES[1], "k": 3, "score_threshold": just_above}
+    by_http = http.post(f"/v1/collections/{news}/search", json=body).json()["results"][0]
+    assert [h.id for h in by_grpc] == [h["id"] for h in by_http] == [top.id]
+    with pytest.raises(ValueError, match="score_threshold: 1e.39 is past float32's range"):
+        client.search(news, QUERIES[1], score_threshold=1e39)
+    assert client.search(news, QUERIES[1], score_threshold=3.4028235e38) == []  # float32's max
+    body = {"query": QUERIES[1], "score_threshold": 1e39}
+    refused = http.post(f"/v1/collections/{news}/search", json=body)
+    assert refused.status_code == 400 and "score_threshold" in refused.text, refused.text
+
+
 def test_upsert_of_caller_vectors_is_dimension_checked(client, news):
     rng = np.random.default_rng(1)
     vectors = rng.standard_normal((2, DIM)).astype(np.float32)
@@ -314,6 +335,21 @@ def test_bad_filters_and_sizes_are_invalid_argument_everywhere(client, news):
     ):
         with pytest.raises(InvalidArgument):
             call()
+    # A filter that is not a dict: search ran unfiltered for [] or "" (count and delete sent
+    # them, and the server's refusal named the wire's filter_json).
+    calls = (
+        lambda where: client.count(news, filter=where),
+        lambda where: list(client.scroll(news, filter=where)),
+        lambda where: client.delete(news, filter=where),
+        lambda where: client.search(news, QUERIES[0], filter=where),
+        lambda where: client.search(news, QUERIES, filter=where),
+    )
+    for not_a_filter in ([], "", "year > 2020", [{"sense": "fruit"}]):
+        for call in calls:
+            with pytest.raises(TypeError, match=r"^filter: a dict"):
+                call(not_a_filter)
+    assert client.count(news) == len(TEXTS)
+    assert len(client.search(news, QUERIES[0], k=10, filter={})) == len(TEXTS)  # {}: all
     with pytest.raises(InvalidArgument, match="100000"):
         client.search(news, ["x"] * 11, k=10_000)
     # As CreateCollection's and HTTP's: 2**31 was INTERNAL, 2**30 took gigabytes (HNSW).
@@ -389,6 +425,29 @@ def test_metadata_no_surface_could_read_back_is_refused_when_written(client, htt
     assert client.get(news, ["bad"]) == [None]
     assert client.count(news, filter={"sense": "fruit"}) == 3
     assert http.post(f"/v1/collections/{news}/scroll", json={}).status_code == 200
+
+
+def test_metadata_of_32_levels_is_stored_and_of_33_refused_on_every_surface(client, http, news):
+    """The limit is 32 levels of objects and arrays (docs/collections.md). Before, the value
+    inside the 32nd level counted as a 33rd: metadata of 32 levels was refused."""
+
+    def levels(n: int) -> dict:
+        value: object = "底"
+        for i in range(n - 1):
+            value = {"a": value} if i % 2 else [value]
+        return {"top": value}
+
+    client.upsert(news, [{"id": "deep", "text": "深", "metadata": levels(32)}])
+    assert client.get(news, ["deep"])[0].metadata == levels(32)
+    document = {"id": "deep-http", "text": "深", "metadata": levels(32)}
+    stored = http.post(f"/v1/collections/{news}/upsert", json={"documents": [document]})
+    assert stored.status_code == 200, stored.text
+    with pytest.raises(ValueError, match="more than 32 levels"):
+        client.upsert(news, [{"id": "deeper", "text": "深", "metadata": levels(33)}])
+    document = {"id": "deeper", "text": "深", "metadata": levels(33)}
+    refused = http.post(f"/v1/collections/{news}/upsert", json={"documents": [document]})
+    assert refused.status_code == 400 and "32 levels" in refused.text, refused.text
+    assert client.get(news, ["deeper"]) == [None]
 
 
 def test_strings_no_filter_could_match_are_invalid_argument_on_every_surface(client, http, news):
@@ -691,7 +750,9 @@ def test_rest_errors_have_the_right_status_and_shape(http, running):
             400,
             "documents[0].text",
         )
-        error(http.post("/v1/collections/rest-errors/count", json={"filter": {"$or": 1}}), 400)
+        bad_filter = http.post("/v1/collections/rest-errors/count", json={"filter": {"$or": 1}})
+        error(bad_filter, 400)
+        assert bad_filter.json()["error"]["param"] == "filter"  # it was null
         # Fingerprinted for the cursor before it was checked: json.dumps's RecursionError, 500.
         deep = '{"a": ' * 1000 + "1" + "}" * 1000
         body = f'{{"filter": {deep}, "cursor": "{encode_cursor("x", None)}"}}'
@@ -712,6 +773,42 @@ def test_rest_errors_have_the_right_status_and_shape(http, running):
         )
     finally:
         http.delete("/v1/collections/rest-errors")
+
+
+def test_a_misspelled_rest_field_is_refused_not_ignored(http, client):
+    """Before: unknown fields were ignored, so a typo changed what a call did and still
+    answered 200: a document's "meta" was dropped (stored without metadata), "mod": "replace"
+    merged, "top_k" and "filters" searched for 10 unfiltered hits, "metrics" and "indx" made a
+    Flat cosine collection, "filtre" counted everything."""
+    name = "rest-typos"
+    assert http.post("/v1/collections", json={"name": name}).status_code == 200
+    try:
+        base = f"/v1/collections/{name}"
+        client.upsert(name, documents())
+        typos = [
+            ("/v1/collections", {"name": "rest-typos-2", "metrics": "l2"}, "metrics"),
+            ("/v1/collections", {"name": "rest-typos-2", "indx": "HNSW32"}, "indx"),
+            (base + "/upsert", {"documents": [{"id": "m", "text": "苹果", "meta": {"a": 1}}]},
+             "documents.0.meta"),
+            (base + "/upsert", {"documents": [], "batch": 1}, "batch"),
+            (base + "/update_metadata", {"ids": ["a01"], "patch": {}, "mod": "replace"}, "mod"),
+            (base + "/search", {"query": "水果", "top_k": 1}, "top_k"),
+            (base + "/search", {"query": "水果", "filters": {"sense": "fruit"}}, "filters"),
+            (base + "/count", {"filtre": {"sense": "fruit"}}, "filtre"),
+            (base + "/delete", {"ids": ["a01"], "filtre": {}}, "filtre"),
+            (base + "/scroll", {"limt": 1}, "limt"),
+            (base + "/get", {"ids": ["a01"], "with_vector": True}, "with_vector"),
+        ]  # fmt: skip
+        for path, body, field in typos:
+            answer = http.post(path, json=body)
+            assert answer.status_code == 422, (path, body, answer.text)
+            error = answer.json()["error"]
+            assert field in error["message"] and "unknown field" in error["message"], error
+        assert "rest-typos-2" not in [c.name for c in client.list_collections()]
+        assert client.count(name) == len(TEXTS)  # nothing deleted, nothing added
+        assert client.get(name, ["a01"])[0].metadata == TEXTS[0][2]  # nor replaced
+    finally:
+        http.delete(f"/v1/collections/{name}")
 
 
 def test_rest_routes_are_in_the_openapi_document(http):

@@ -9,9 +9,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import subprocess
+import sys
 import threading
 import time
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
@@ -823,3 +826,52 @@ def test_each_milvus_call_of_an_optimize_is_bounded_by_what_is_left_of_its_timeo
         for name in backend.names():
             backend.drop(name)
         backend.close()
+
+
+def test_a_milvus_lite_file_opened_again_serves_what_it_holds(tmp_path):
+    """Before: milvus-lite opens a file's collections released, and the backend never loaded
+    one it had not created itself: after a clean restart every call failed UNAVAILABLE
+    ("Collection 'embedsense_meta' is in state 'released'; call load()")."""
+    path = str(tmp_path / "index.db")
+    docs = corpus(3)
+    # Written by another process: this one's milvus-lite would keep the file open, loaded.
+    write = f"""
+import sys
+sys.path[:0] = {[str(Path(__file__).parent)]!r}
+from test_backends import tokenized
+from test_index import DIM, corpus
+from embedsense.server.index.milvus import MilvusBackend
+first = MilvusBackend({path!r})
+first.create("plain", model="m", dim=DIM)
+first.create("with-tokens", model="m", dim=DIM, store_tokens=True)
+first.get("plain").upsert(corpus(3))
+first.get("with-tokens").upsert([tokenized("t-1", "苹果很甜"), tokenized("t-2", "手机")])
+first.close()
+"""
+    subprocess.run([sys.executable, "-c", write], check=True, timeout=120)
+    again = MilvusBackend(path)
+    try:
+        assert sorted(again.names()) == ["plain", "with-tokens"]
+        plain = again.get("plain")
+        assert plain.info().count == 3
+        found = plain.search(np.stack([docs[1].vector]), 1)
+        assert [hit.id for hit in found[0]] == ["doc-1"]
+        for doc in again.get("with-tokens").get(["t-1", "t-2"]):
+            assert_own_tokens(doc)
+        assert again.get("with-tokens").ids_containing("苹果", 10) == ["t-1"]
+    finally:
+        again.close()
+
+
+def test_a_collection_dropped_before_this_replica_first_opens_it_is_not_found(replicas):
+    """Another replica's drop removes the meta row, then the Milvus collections: a replica
+    reading the row in between found the collections gone when it loaded them on first open,
+    an error no status maps (INTERNAL)."""
+    a, b = replicas
+    a.create("half-gone", model="m", dim=DIM)
+    _, layout = a._stored("half-gone")
+    a.calls("drop", "drop_collection", layout.docs)  # the meta row is still there
+    with pytest.raises(CollectionNotFound, match="half-gone"):
+        b.get("half-gone")
+    assert "half-gone" not in [info.name for info in b.list()]
+    a._meta_delete("collection:half-gone")

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from embedsense.model import TextRole
 from embedsense.model.pooling import Pooling
 from embedsense.proto.v1 import embedsense_pb2 as pb
-from embedsense.proto.values import CONTROL_CLASS, text_problem
+from embedsense.proto.values import CONTROL_CLASS, blank_problem, text_problem
 from embedsense.server.batching import PRIORITY_LABELS, Priority, priority_named
 
 if TYPE_CHECKING:
@@ -143,10 +143,8 @@ def _param(field: str) -> str:
 def check_text(text: str, field: str, max_chars: int) -> str:
     """A text the model can take: not empty, not over `max_chars`, no control characters,
     no lone surrogates."""
-    if not text.strip():
-        raise BadRequest(
-            f"{field}: empty (or only whitespace); a text is needed", _param(field), "empty"
-        )
+    if (blank := blank_problem(text)) is not None:
+        raise BadRequest(f"{field}: {blank}", _param(field), "empty")
     if len(text) > max_chars:
         raise BadRequest(
             f"{field}: {len(text)} characters; the limit is {max_chars} (max_text_chars)",

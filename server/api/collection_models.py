@@ -79,10 +79,19 @@ def one_of_two(extra: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
 DocumentId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
+class CollectionRequest(RequestModel):
+    """Our own API's requests refuse fields they do not have (the OpenAI and TEI dialects
+    ignore them, as those servers do): here a misspelled field would change what the call
+    does and still answer 200 (a document's "meta" stored as no metadata, "mod": "replace"
+    merging, "filtre" counting everything)."""
+
+    model_config = ConfigDict(extra="forbid")  # merged with RequestModel's (strict)
+
+
 # ------------------------------------------------------------------ collections
 
 
-class CreateCollectionRequest(RequestModel):
+class CreateCollectionRequest(CollectionRequest):
     name: str = Field(
         pattern=NAME_PATTERN,
         description="1-64 of [A-Za-z0-9_.-], starting with a letter or digit.",
@@ -141,7 +150,7 @@ class Dropped(BaseModel):
 # ------------------------------------------------------------------ documents
 
 
-class NewDocument(RequestModel):
+class NewDocument(CollectionRequest):
     # A text to embed, or a vector (with a text to store beside it, or none).
     model_config = ConfigDict(
         json_schema_extra={"anyOf": [{"required": ["text"]}, {"required": ["vector"]}]}
@@ -166,7 +175,7 @@ class NewDocument(RequestModel):
     )
 
 
-class UpsertRequest(RequestModel):
+class UpsertRequest(CollectionRequest):
     documents: list[NewDocument] = Field(
         description="Stored durably before the reply; an id given again replaces its document.",
         json_schema_extra={"x-limit": "inputs"},
@@ -178,7 +187,7 @@ class UpsertResponse(BaseModel):
     ids: list[str] = Field(description="In the order sent.")
 
 
-class GetRequest(RequestModel):
+class GetRequest(CollectionRequest):
     ids: list[DocumentId] = Field(json_schema_extra={"x-limit": "ids"})
     with_vectors: bool = False
 
@@ -195,7 +204,7 @@ class GetResponse(BaseModel):
     missing: list[str]
 
 
-class DeleteRequest(RequestModel):
+class DeleteRequest(CollectionRequest):
     ids: list[DocumentId] | None = Field(None, description="The documents to delete; or:")
     filter: Filter | None = Field(
         None,
@@ -208,7 +217,7 @@ class DeleteResponse(BaseModel):
     deleted: int
 
 
-class CountRequest(RequestModel):
+class CountRequest(CollectionRequest):
     filter: Filter | None = Field(None, description=FILTER)
 
 
@@ -216,7 +225,7 @@ class CountResponse(BaseModel):
     count: int
 
 
-class ScrollRequest(RequestModel):
+class ScrollRequest(CollectionRequest):
     filter: Filter | None = Field(None, description=FILTER)
     limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_PAGE, description="Documents per page.")
     cursor: str | None = Field(
@@ -234,7 +243,7 @@ class ScrollResponse(BaseModel):
     next_cursor: str | None = Field(description="null: this was the last page.")
 
 
-class UpdateMetadataRequest(RequestModel):
+class UpdateMetadataRequest(CollectionRequest):
     ids: list[DocumentId] = Field(json_schema_extra={"x-limit": "ids"})
     patch: dict[str, Any] = Field(description="A JSON object.")
     mode: Literal["merge", "replace"] = Field(
@@ -248,7 +257,7 @@ class UpdateMetadataResponse(BaseModel):
     updated: int = Field(description="How many of the ids existed.")
 
 
-class SearchRequest(RequestModel):
+class SearchRequest(CollectionRequest):
     # Query texts or query vectors: exactly one of the two.
     model_config = ConfigDict(
         json_schema_extra={"oneOf": [{"required": ["query"]}, {"required": ["vector"]}]}

@@ -4,14 +4,14 @@ and the Dialect each API answers it in (openai_routes.py, tei_routes.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
 from embedsense.server.api.checks import BadRequest, ReplyTooLarge
 from embedsense.server.engine import TextTooLong
-from embedsense.server.index import StorageFull
+from embedsense.server.index import FilterError, StorageFull
 
 # gRPC statuses, as the service's error mapping gives them, to HTTP's.
 HTTP_STATUS = {
@@ -55,10 +55,17 @@ def from_validation(err: ValidationError) -> ApiError:
     problems = err.errors(include_url=False, include_input=False)
     first = problems[0]["loc"] if problems else ()
     described = "; ".join(
-        f"{'.'.join(map(str, p['loc'])) or 'body'}: {p['msg']}" for p in problems[:5]
+        f"{'.'.join(map(str, p['loc'])) or 'body'}: {_why(p)}" for p in problems[:5]
     )
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     return ApiError(422, described + more, "invalid_body", str(first[0]) if first else None)
+
+
+def _why(problem: Mapping[str, Any]) -> str:
+    # pydantic's "Extra inputs are not permitted" does not say that the name is at fault.
+    if problem["type"] == "extra_forbidden":
+        return "unknown field (a misspelling?); the request's fields are in /openapi.json"
+    return problem["msg"]
 
 
 def from_exception(
@@ -80,4 +87,6 @@ def from_exception(
         return None
     if isinstance(err, TextTooLong):
         return ApiError(HTTP_STATUS[code], str(err), "too_long", "input")
+    if isinstance(err, FilterError):  # every route takes its filter as "filter"
+        return ApiError(HTTP_STATUS[code], str(err), code.lower(), "filter")
     return ApiError(HTTP_STATUS[code], str(err), code.lower())

@@ -3,7 +3,6 @@ naming the document and what would be valid. Pure functions of the collection's 
 
 from __future__ import annotations
 
-import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -11,7 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from embedsense.proto.values import id_problem, metadata_problem, string_problem
+from embedsense.proto.values import (
+    id_problem,
+    metadata_problem,
+    string_problem,
+    threshold_problem,
+)
 from embedsense.server.index.errors import DimensionMismatch, InvalidArgument, ModelMismatch
 from embedsense.server.index.specs import check_spec
 from embedsense.server.index.store import CollectionRow, Document
@@ -159,9 +163,11 @@ def checked_threshold(score_threshold: float | None) -> float | None:
         return None
     if isinstance(score_threshold, bool) or not isinstance(score_threshold, int | float):
         raise InvalidArgument(f"score_threshold is a number, got {score_threshold!r}")
-    if not math.isfinite(score_threshold):
-        raise InvalidArgument(f"score_threshold must be finite, got {score_threshold!r}")
-    return float(score_threshold)
+    if (wrong := threshold_problem(score_threshold)) is not None:
+        raise InvalidArgument(f"score_threshold: {wrong}")
+    # Scores are float32, and so is gRPC's threshold: HTTP's double is rounded the same way,
+    # so that both surfaces keep the same hits.
+    return float(np.float32(score_threshold))
 
 
 def checked_patch(ids: Sequence[str], patch: Mapping[str, Any], mode: str) -> list[str]:

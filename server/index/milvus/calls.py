@@ -37,6 +37,7 @@ from typing import Any
 
 import grpc
 from pymilvus import MilvusClient, MilvusException
+from pymilvus.client.types import LoadState
 from pymilvus.exceptions import DataTypeNotMatchException, ParamError
 
 from embedsense.server.index.errors import (
@@ -192,6 +193,13 @@ class MilvusCalls:
         # ERROR on every create), then polls the index state 0.5 s later (each create took it).
         self(what, "create_index", name, index, sync=False)
         self(what, "load_collection", name)
+
+    def ensure_loaded(self, what: str, name: str) -> None:
+        """Collection `name` served, loading it if it is not. milvus-lite opens a file's
+        collections released, and an operator may release one; a Milvus that restarts loads
+        again what was loaded before."""
+        if self(what, "get_load_state", name)["state"] is not LoadState.Loaded:
+            self(what, "load_collection", name)
 
     def query(
         self, what: str, collection: str, expression: str, fields: list[str], **kwargs: Any
