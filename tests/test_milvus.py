@@ -45,9 +45,11 @@ from embedsense.server.index.milvus.calls import (
     MilvusAliasMissing,
     MilvusAliasTaken,
     MilvusCollectionGone,
+    MilvusNotLoaded,
     classify,
 )
 from embedsense.server.index.milvus.schema import (
+    META,
     InventoryClaim,
     Layout,
     documents_schema,
@@ -224,7 +226,8 @@ def test_milvus_errors_are_classified():
         (MilvusException(undefined, 'cannot parse expression: x like "%a%"'), InvalidArgument),
         (MilvusException(undefined, "unsupported pattern: %a%, only prefix"), IndexUnsupported),
         (MilvusException(undefined, "worker(1) query failed: Assert ..."), IndexFailed),
-        (MilvusException(101, "collection not loaded"), IndexUnavailable),
+        (MilvusException(101, "collection not loaded"), MilvusNotLoaded),  # loaded, and again
+        (MilvusException(undefined, "collection x was released"), MilvusNotLoaded),
         (MilvusException(8, "rate limit exceeded"), IndexUnavailable),
         (MilvusException(1100, "invalid parameter"), InvalidArgument),
         (MilvusException(1602, "alias already exist"), MilvusAliasTaken),
@@ -238,6 +241,7 @@ def test_milvus_errors_are_classified():
     for error, kind in cases:
         assert type(classify(error, "a search")) is kind, error
     assert status_for(IndexUnavailable("x")) == grpc.StatusCode.UNAVAILABLE
+    assert status_for(MilvusNotLoaded("x")) == grpc.StatusCode.UNAVAILABLE  # if loading fails
     assert status_for(IndexUnsupported("x")) == grpc.StatusCode.FAILED_PRECONDITION
     assert status_for(IndexFailed("x")) is None  # the RPC layer: INTERNAL, logged with its trace
 
@@ -863,15 +867,18 @@ first.close()
         again.close()
 
 
-def test_a_collection_dropped_before_this_replica_first_opens_it_is_not_found(replicas):
-    """Another replica's drop removes the meta row, then the Milvus collections: a replica
-    reading the row in between found the collections gone when it loaded them on first open,
-    an error no status maps (INTERNAL)."""
+def test_a_collection_released_under_a_running_replica_is_served_again(replicas):
+    """An operator's release (or a milvus-lite server restarted under running replicas)
+    left every call on the collection UNAVAILABLE until the replica restarted."""
     a, b = replicas
-    a.create("half-gone", model="m", dim=DIM)
-    _, layout = a._stored("half-gone")
-    a.calls("drop", "drop_collection", layout.docs)  # the meta row is still there
-    with pytest.raises(CollectionNotFound, match="half-gone"):
-        b.get("half-gone")
-    assert "half-gone" not in [info.name for info in b.list()]
-    a._meta_delete("collection:half-gone")
+    a.create("released", model="m", dim=DIM, store_tokens=True)
+    docs = [tokenized("t-1", "苹果很甜"), tokenized("t-2", "手机")]
+    a.get("released").upsert(docs)
+    _, layout = a._stored("released")
+    for collection in (layout.docs, layout.tokens, META):
+        a.calls("release", "release_collection", collection)
+    for replica in (a, b):
+        found = replica.get("released").search(np.stack([docs[1].vector]), 1)
+        assert [hit.id for hit in found[0]] == ["t-2"]
+        assert replica.get("released").ids_containing("苹果", 10) == ["t-1"]
+        assert replica.get("released").info().count == 2

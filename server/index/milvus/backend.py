@@ -44,12 +44,7 @@ from embedsense.server.index.errors import (
     IndexUnavailable,
     InvalidArgument,
 )
-from embedsense.server.index.milvus.calls import (
-    MilvusAliasMissing,
-    MilvusAliasTaken,
-    MilvusCalls,
-    MilvusCollectionGone,
-)
+from embedsense.server.index.milvus.calls import MilvusAliasMissing, MilvusAliasTaken, MilvusCalls
 from embedsense.server.index.milvus.collection import MilvusCollection
 from embedsense.server.index.milvus.filters import literal, literal_list
 from embedsense.server.index.milvus.schema import (
@@ -88,9 +83,7 @@ class MilvusBackend:
         except MilvusException as err:
             raise IndexUnavailable(f"milvus at {uri}: {err.message}") from err
         self.calls = MilvusCalls(client, timeout_s)
-        if self.calls("open the meta rows", "has_collection", META):
-            self.calls.ensure_loaded("open the meta rows", META)
-        else:
+        if not self.calls("open the meta rows", "has_collection", META):
             self._create_meta()
         self._lock = threading.Lock()
         self._open: dict[str, MilvusCollection] = {}
@@ -271,21 +264,9 @@ class MilvusBackend:
             if cached and not cached.gone and cached.layout == layout:
                 cached.checked_at = time.monotonic()
                 return cached
-        # First opened in this process: served? (MilvusCalls.ensure_loaded says when not.)
-        try:
-            for part in (layout.docs, layout.tokens) if row.store_tokens else (layout.docs,):
-                self.calls.ensure_loaded(f"open collection {name!r}", part)
-        except MilvusCollectionGone:  # another replica's drop, between its meta row and these
-            raise CollectionNotFound(f"no collection named {name!r}") from None
-        collection = MilvusCollection(self.calls, row, layout)
-        with self._lock:
-            current = self._open.get(name)
-            if current is not cached:  # another thread opened, dropped or re-made it meanwhile
-                same = current and not current.gone and current.layout == layout
-                return current if same else collection  # a newer view stays cached
             if cached:  # its incarnation is gone: every later call through it says so
                 cached.gone = True
-            self._open[name] = collection
+            collection = self._open[name] = MilvusCollection(self.calls, row, layout)
             return collection
 
     def names(self) -> list[str]:

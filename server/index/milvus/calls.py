@@ -37,7 +37,6 @@ from typing import Any
 
 import grpc
 from pymilvus import MilvusClient, MilvusException
-from pymilvus.client.types import LoadState
 from pymilvus.exceptions import DataTypeNotMatchException, ParamError
 
 from embedsense.server.index.errors import (
@@ -54,6 +53,8 @@ READ = "Bounded"  # see the module docstring
 SETTLE = "Strong"
 
 COLLECTION_NOT_FOUND = 100
+COLLECTION_NOT_LOADED = 101
+NOT_LOADED_MESSAGES = ("not loaded", "released")
 UNDEFINED = 65535  # Milvus before 2.4, for most errors (the module docstring)
 ALIAS_NOT_FOUND = 1600
 ALIAS_EXISTS = 1602
@@ -108,6 +109,11 @@ class MilvusCollectionGone(IndexStoreError):
     """Milvus says the collection it was asked about does not exist (code 100)."""
 
 
+class MilvusNotLoaded(IndexUnavailable):
+    """Milvus holds the collection but does not serve it: released, or not loaded (code
+    101; Milvus before 2.4 says so in words)."""
+
+
 class MilvusAliasTaken(IndexStoreError):
     """Milvus refused an alias because it exists (code 1602): another replica's claim."""
 
@@ -143,6 +149,10 @@ def classify(err: BaseException, what: str) -> IndexStoreError:
         return MilvusAliasMissing(f"{what}: {message}")
     if code == COLLECTION_NOT_FOUND:
         return MilvusCollectionGone(f"{what}: {message}")
+    if code == COLLECTION_NOT_LOADED or (
+        code == UNDEFINED and any(m in lowered for m in NOT_LOADED_MESSAGES)
+    ):
+        return MilvusNotLoaded(f"milvus ({what}): {message}")
     if code == ALIAS_EXISTS or ("alias" in lowered and "already exist" in lowered):
         return MilvusAliasTaken(f"{what}: {message}")
     if code in TRANSIENT_CODES:
@@ -166,8 +176,19 @@ class MilvusCalls:
 
     def __call__(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """client.<method>(*args, **kwargs), with the deadline; `what` names the work in
-        errors ("upsert into 'news'")."""
-        return self._call(self.client, what, method, *args, **kwargs)
+        errors ("upsert into 'news'"). A collection Milvus holds but does not serve is loaded,
+        and the call made once more: milvus-lite opens a file's collections released (every
+        call after a restart failed), and an operator may release one; a Milvus that
+        restarts loads again what it served before."""
+        try:
+            return self._call(self.client, what, method, *args, **kwargs)
+        except MilvusNotLoaded:
+            collection = args[0] if args else kwargs.get("collection_name")
+            if method == "load_collection" or not isinstance(collection, str):
+                raise
+            log.warning("milvus does not serve %s (%s): loading it", collection, what)
+            self._call(self.client, what, "load_collection", collection)
+            return self._call(self.client, what, method, *args, **kwargs)
 
     def _call(self, target: Any, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("timeout") is None:
@@ -193,13 +214,6 @@ class MilvusCalls:
         # ERROR on every create), then polls the index state 0.5 s later (each create took it).
         self(what, "create_index", name, index, sync=False)
         self(what, "load_collection", name)
-
-    def ensure_loaded(self, what: str, name: str) -> None:
-        """Collection `name` served, loading it if it is not. milvus-lite opens a file's
-        collections released, and an operator may release one; a Milvus that restarts loads
-        again what was loaded before."""
-        if self(what, "get_load_state", name)["state"] is not LoadState.Loaded:
-            self(what, "load_collection", name)
 
     def query(
         self, what: str, collection: str, expression: str, fields: list[str], **kwargs: Any
