@@ -75,6 +75,24 @@ def threshold_problem(value: float) -> str | None:
     return None
 
 
+def json_kind(value: Any) -> str:
+    """What a value is, in JSON's words (callers write JSON, not Python): "an array", "true",
+    "null"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    return type(value).__name__
+
+
 def scalar_problem(value: Any) -> str | None:
     """Why this scalar cannot be stored and compared exactly; None when it can (a list or
     an object is metadata_problem's to walk)."""

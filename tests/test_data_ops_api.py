@@ -182,9 +182,13 @@ def test_update_metadata_merges_or_replaces_and_keeps_the_vector(client, news):
     bad_mode = pb.UpdateMetadataRequest(collection=news, ids=["b01"], patch_json="{}", mode=7)
     with pytest.raises(InvalidArgument, match="mode"):
         client._call(Call("UpdateMetadata", bad_mode, lambda r: r))
-    with pytest.raises(InvalidArgument, match="patch_json"):
+    with pytest.raises(InvalidArgument, match="patch_json: must be a JSON object, got an array"):
         bad = pb.UpdateMetadataRequest(collection=news, ids=["b01"], patch_json="[1]")
         client._call(Call("UpdateMetadata", bad, lambda r: r))
+    # An empty id was "takes a list of document ids (strings)", which the caller had sent.
+    empty = pb.UpdateMetadataRequest(collection=news, ids=["b01", ""], patch_json="{}")
+    with pytest.raises(InvalidArgument, match=r"ids\[1\]: a document id is a string of 1-256"):
+        client._call(Call("UpdateMetadata", empty, lambda r: r))
     assert b01.vector is not None and np.array_equal(
         client.get(news, ["b01"], with_vectors=True)[0].vector, b01.vector
     )
@@ -271,7 +275,7 @@ def test_a_collection_of_vectors_embedded_elsewhere(client, http):
         assert ids == ["0", "1", "2"]
         hits = client.search("elsewhere", rows, k=1, score_threshold=1e-6)
         assert [[h.id for h in hits_] for hits_ in hits] == [["0"], ["1"], ["2"]]
-        with pytest.raises(FailedPrecondition, match="external"):
+        with pytest.raises(FailedPrecondition, match="external.*search it by vector"):
             client.search("elsewhere", "一段文本")
         with pytest.raises(FailedPrecondition, match="external"):
             client.upsert("elsewhere", ["一段文本"])
@@ -280,7 +284,7 @@ def test_a_collection_of_vectors_embedded_elsewhere(client, http):
         found = http.post("/v1/collections/elsewhere/search", json={"vector": rows[1].tolist()})
         assert found.json()["results"][0][0]["id"] == "1"
         refused = http.post("/v1/collections/elsewhere/search", json={"query": "文本"})
-        assert refused.status_code == 400 and "external" in refused.json()["error"]["message"]
+        assert refused.status_code == 400 and "by vector" in refused.json()["error"]["message"]
     finally:
         client.drop_collection("elsewhere")
 

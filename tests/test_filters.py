@@ -75,15 +75,25 @@ def test_field_names_are_the_words_of_any_script(name):
         ({"$in": [1]}, r"unknown operator '\$in' where a field name"),
         ({"a": {"$or": [1]}}, r"a: unknown operator '\$or'.*go outside a field"),
         ({"a": {"$regex": "."}}, r"a: unknown operator '\$regex'"),
-        ({"a": {"$exists": 1}}, r"a: \$exists takes true or false"),
-        ({"a": {"$contains": [1]}}, r"a: compare with a string, number, boolean or null"),
+        ({"a": {"$exists": 1}}, r"a: \$exists takes true or false, got a number"),
+        (
+            {"a": {"$contains": [1]}},
+            r"a: compare with a string, number, boolean or null, not an array",
+        ),
+        # JSON's words, not Python's ("got True", "not dict"): callers write JSON
+        ({"a": {"$gt": True}}, r"a: \$gt compares with a number or a string, got true"),
+        ({"a": {"$lt": None}}, r"a: \$lt compares with a number or a string, got null"),
+        (
+            {"a": {"$eq": {"b": 1}}},
+            r"a: compare with a string, number, boolean or null, not an object",
+        ),
         ({"a": {"$contains_any": []}}, r"a: \$contains_any takes a non-empty list"),
         ({"a": {"$nin": "x"}}, r"a: \$nin takes a non-empty list"),
         ({"a b": 1}, r"bad field name 'a b'"),
         ({"a\n": 1}, r"bad field name 'a\\n'"),  # `$` let a trailing newline through
         ({"a..b": 1}, r"bad field name 'a..b'"),
         ({"\u0301a": 1}, r"bad field name"),  # a combining mark starts no name
-        ([{"a": 1}], r"a filter is a JSON object"),
+        ([{"a": 1}], r"a filter is a JSON object of field conditions, got an array"),
     ],
 )
 def test_bad_filters_are_refused_naming_the_part(where, message):

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from embedsense.model import TextRole
 from embedsense.model.pooling import Pooling
 from embedsense.proto.v1 import embedsense_pb2 as pb
-from embedsense.proto.values import CONTROL_CLASS, blank_problem, text_problem
+from embedsense.proto.values import CONTROL_CLASS, blank_problem, json_kind, text_problem
 from embedsense.server.batching import PRIORITY_LABELS, Priority, priority_named
 
 if TYPE_CHECKING:
@@ -327,7 +327,7 @@ def metadata_of(text: str, field: str) -> dict[str, Any]:
     except RecursionError:
         raise BadRequest(f"{field}: nested too deeply") from None
     if not isinstance(value, dict):
-        raise BadRequest(f"{field}: must be a JSON object, got {type(value).__name__}")
+        raise BadRequest(f"{field}: must be a JSON object, got {json_kind(value)}")
     return value
 
 

@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from embedsense.proto.values import scalar_problem
+from embedsense.proto.values import json_kind, scalar_problem
 from embedsense.server.index.errors import FilterError
 
 COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
@@ -115,9 +115,7 @@ def parse(where: Mapping[str, Any] | None) -> Node | None:
     if where is None:
         return None
     if not isinstance(where, Mapping):
-        raise FilterError(
-            f"a filter is a JSON object of field conditions, got {type(where).__name__}"
-        )
+        raise FilterError(f"a filter is a JSON object of field conditions, got {json_kind(where)}")
     if not where:
         return None
     return _object(where, 1, _Budget(), "the filter")
@@ -205,11 +203,13 @@ def _operand(field: str, op: str, operand: Any, budget: _Budget) -> Any:
         return _scalar(field, operand)
     if op == "$exists":
         if not isinstance(operand, bool):
-            raise FilterError(f"{field}: $exists takes true or false, got {operand!r:.80}")
+            raise FilterError(f"{field}: $exists takes true or false, got {json_kind(operand)}")
         return operand
     if op in COMPARISONS:
         if isinstance(operand, bool) or not isinstance(operand, int | float | str):
-            raise FilterError(f"{field}: {op} compares with a number or a string, got {operand!r}")
+            raise FilterError(
+                f"{field}: {op} compares with a number or a string, got {json_kind(operand)}"
+            )
         return _scalar(field, operand)
     raise FilterError(
         f"{field}: unknown operator {op!r}; known: {', '.join(FIELD_OPERATORS)}"
@@ -223,7 +223,7 @@ def _scalar(field: str, value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise FilterError(
-        f"{field}: compare with a string, number, boolean or null, not {type(value).__name__}"
+        f"{field}: compare with a string, number, boolean or null, not {json_kind(value)}"
     )
 
 

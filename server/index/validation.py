@@ -25,6 +25,9 @@ MAX_SCROLL_LIMIT = 10_000
 METADATA_MODES = ("merge", "replace")
 METRICS = ("cosine", "ip", "l2")
 SEARCH_OPTIONS = ("ef_search", "nprobe")
+# The model name of a collection of vectors embedded elsewhere (created with a `dim`): the
+# served model's vectors are refused for it (ModelMismatch: FAILED_PRECONDITION).
+EXTERNAL_MODEL = "external"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")  # fullmatch: "$" takes a last "\n"
 
 
@@ -57,11 +60,17 @@ def search_options(options: Mapping[str, Any] | None) -> dict[str, int]:
 
 
 def check_model(row: CollectionRow, model: str | None) -> None:
-    if model is not None and model != row.model:
+    if model is None or model == row.model:
+        return
+    if row.model == EXTERNAL_MODEL:  # what the caller can do instead
         raise ModelMismatch(
-            f"collection {row.name!r} holds vectors of {row.model!r}, "
-            f"not {model!r}: vectors of two models are not comparable"
+            f"collection {row.name!r} holds vectors embedded elsewhere (model {row.model!r}), "
+            f"not by {model!r}: search it by vector, and upsert documents with their vectors"
         )
+    raise ModelMismatch(
+        f"collection {row.name!r} holds vectors of {row.model!r}, "
+        f"not {model!r}: vectors of two models are not comparable"
+    )
 
 
 def validated(row: CollectionRow, doc: Document) -> Document:
@@ -176,8 +185,11 @@ def checked_patch(ids: Sequence[str], patch: Mapping[str, Any], mode: str) -> li
     if mode not in METADATA_MODES:
         raise InvalidArgument(f"metadata update mode {mode!r}: expected merge or replace")
     checked_metadata(patch, "a metadata patch")
-    if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
+    if isinstance(ids, str) or not all(isinstance(i, str) for i in ids):
         raise InvalidArgument("a metadata update takes a list of document ids (strings)")
+    for i, doc_id in enumerate(ids):  # an empty one was "takes a list of ids (strings)"
+        if (wrong := id_problem(doc_id)) is not None:
+            raise InvalidArgument(f"ids[{i}]: {wrong}")
     return list(dict.fromkeys(ids))
 
 
