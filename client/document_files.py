@@ -18,7 +18,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from embedsense.proto.ids import content_id
-from embedsense.proto.values import id_problem, length_problem, metadata_problem, text_problem
+from embedsense.proto.values import (
+    blank_problem,
+    id_problem,
+    length_problem,
+    metadata_problem,
+    text_problem,
+)
 
 FIELDS = ("text", "id", "metadata")
 
@@ -80,7 +86,7 @@ def parse_jsonl_line(line: str, name: str, number: int, max_text_chars: int = 0)
     if "text" not in doc:
         raise InputError(f'{where}: no "text": a line has {", ".join(FIELDS)} (text needed)')
     text = doc["text"]
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or blank_problem(text) is not None:
         raise InputError(
             f'{where}: "text" must be a non-empty string (not only whitespace), got {text!r:.40}'
         )

@@ -21,6 +21,7 @@ import torch
 from embedsense.model import LoadedModel, TextRole, TokenizedText
 from embedsense.model.spans import SpanError
 from embedsense.model.tokenizer import TextTooLongError, pad_sequences
+from embedsense.proto.values import blank_problem
 from embedsense.server.engine import DeadlineExceeded, model_failure
 from embedsense.server.runner import ModelRunner
 from embedsense.server.senses.errors import SenseInputError
@@ -155,8 +156,8 @@ class Explainer:
                       np.ascontiguousarray(keys, dtype=np.float32))  # fmt: skip
 
     def _tokenize(self, text: str, role: TextRole, truncate: bool, field: str) -> TokenizedText:
-        if not text.strip():
-            raise SenseInputError(f"{field}: empty")
+        if (blank := blank_problem(text)) is not None:
+            raise SenseInputError(f"{field}: {blank}")
         try:
             (tokenized,) = self.model.tokenizer.encode_batch([text], role, truncate=truncate)
         except TextTooLongError as err:

@@ -60,10 +60,10 @@ ALIAS_NOT_FOUND = 1600
 ALIAS_EXISTS = 1602
 # Milvus's error codes (pkg/util/merr) for an index that is not ready, overloaded or
 # unreachable: service not ready/unavailable, memory/request/disk/rate limits, force deny,
-# time tick lag; collection not loaded, not fully loaded, recovering; replica, channel,
-# segment and node not available; storage I/O.
+# time tick lag; collection not fully loaded, recovering; replica, channel, segment and
+# node not available; storage I/O. (Not loaded, 101, is MilvusNotLoaded: loaded, and again.)
 TRANSIENT_CODES = frozenset(
-    {1, 2, 3, 4, 7, 8, 9, 11, 101, 103, 106, 401, 501, 503, 601, 602, 901, 902, 903, 905, 1001}
+    {1, 2, 3, 4, 7, 8, 9, 11, 103, 106, 401, 501, 503, 601, 602, 901, 902, 903, 905, 1001}
 )
 INVALID_CODES = frozenset({105, 1100, 1200})  # illegal schema, invalid parameter, metric
 UNSUPPORTED_CODES = frozenset({10, 102, 701, 801})  # unimplemented, limits, index type
