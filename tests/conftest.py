@@ -4,11 +4,14 @@ package ships, can load."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="embedsense-hf-home-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 os.environ.pop("EMBEDSENSE_ALLOW_DOWNLOAD", None)
 # Servers the tests start as programs, with dtype auto, decide as on a processor without
 # native bf16, whatever this one has: a test's result must not depend on the machine.
