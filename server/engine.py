@@ -1119,12 +1119,24 @@ class Engine:
         """One forward and its callers told; `lane`: the query lane's, beside the worker's
         (its time, shared with that forward, is not the cost the budgets are planned by)."""
         started = time.monotonic()
+        told: set[int] = set()
+
+        def tell_early(indices: list[int], outputs: list[np.ndarray]) -> None:
+            # A part's callers hear back while the batch's later parts compute: they come
+            # back with their next texts sooner, and the next batch waits less for them. The
+            # last part's hear back below, once the batch is counted (what they see).
+            if len(told) + len(indices) < len(batch):
+                rows = [batch[i] for i in indices]
+                pairs = zip(rows, outputs, strict=True)
+                _settle_batch([(row, _pooled(out, row.pooled), None) for row, out in pairs])
+                told.update(indices)
+
         try:
-            outputs = self.runner.run([r.ids for r in batch], [r.layers for r in batch])
+            outputs = self.runner.run([r.ids for r in batch], [r.layers for r in batch], tell_early)
         except Exception as err:  # noqa: BLE001 - the callers get it, the worker survives
             log.exception("batch of %d rows failed", len(batch))
             failure = model_failure(err)
-            _settle_batch([(row, None, failure) for row in batch])
+            _settle_batch([(row, None, failure) for i, row in enumerate(batch) if i not in told])
             return
         seconds = time.monotonic() - started
         if not lane:
@@ -1144,7 +1156,11 @@ class Engine:
             for row in batch:
                 s.rows_by_priority[row.priority.label] += 1
         _settle_batch(
-            [(row, _pooled(out, row.pooled), None) for row, out in zip(batch, outputs, strict=True)]
+            [
+                (row, _pooled(out, row.pooled), None)
+                for i, (row, out) in enumerate(zip(batch, outputs, strict=True))
+                if i not in told
+            ]
         )
         self._trimmer.maybe_trim()
         report = BatchReport(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -168,15 +168,27 @@ class ModelRunner:
     def check_layers(self, layers: Layers) -> None:
         check_layers(layers, self.num_layers)
 
-    def run(self, sequences: Sequence[Sequence[int]], layers: Sequence[Layers]) -> list[np.ndarray]:
-        """Token vectors (len_i, C) float32 for each id sequence, in the chosen layer mix."""
+    def run(
+        self,
+        sequences: Sequence[Sequence[int]],
+        layers: Sequence[Layers],
+        on_part: Callable[[list[int], list[np.ndarray]], None] | None = None,
+    ) -> list[np.ndarray]:
+        """Token vectors (len_i, C) float32 for each id sequence, in the chosen layer mix.
+        `on_part(indices, outputs)` is told each part's rows as soon as they are computed
+        (the whole batch at once, where it runs in one part)."""
         if self.part_tokens is None:
-            return self._forward(sequences, layers)
-        outputs: list[np.ndarray] = [np.empty(0)] * len(sequences)
+            outputs = self._forward(sequences, layers)
+            if on_part is not None:
+                on_part(list(range(len(sequences))), outputs)
+            return outputs
+        outputs = [np.empty(0)] * len(sequences)
         for part in split_rows([len(seq) for seq in sequences], self.part_tokens):
             done = self._forward([sequences[i] for i in part], [layers[i] for i in part])
             for i, out in zip(part, done, strict=True):
                 outputs[i] = out
+            if on_part is not None:
+                on_part(part, done)
         return outputs
 
     def _forward(

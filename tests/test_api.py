@@ -353,10 +353,10 @@ def test_a_failed_forward_is_a_retryable_status_and_the_server_keeps_serving(e5,
     engine = running.server.engine
     real_run, failures = engine.runner.run, []
 
-    def failing(sequences, layers):
+    def failing(sequences, layers, on_part=None):
         if failures:
             raise failures.pop()
-        return real_run(sequences, layers)
+        return real_run(sequences, layers, on_part)
 
     engine.runner.run = failing
     url = f"http://127.0.0.1:{running.server.http_port}"

@@ -180,11 +180,11 @@ def test_a_query_runs_beside_a_forward_of_other_work_not_after_it(e5, lane):
     inside, release = threading.Event(), threading.Event()
     real_run = eng.runner.run
 
-    def held_run(sequences, layers):  # the bulk batch's forward lasts until released
+    def held_run(sequences, layers, on_part=None):  # the bulk batch's forward lasts until released
         if len(sequences) > 1:
             inside.set()
             release.wait(30)
-        return real_run(sequences, layers)
+        return real_run(sequences, layers, on_part)
 
     eng.runner.run = held_run
     query = "苹果手机的价格"
@@ -257,12 +257,12 @@ def hold_first_forwards(eng: Engine) -> tuple[dict, dict]:
     release = {name: threading.Event() for name in held}
     real_run = eng.runner.run
 
-    def held_run(sequences, layers):
+    def held_run(sequences, layers, on_part=None):
         name = threading.current_thread().name
         if name in held and not held[name].is_set():
             held[name].set()
             release[name].wait(30)
-        return real_run(sequences, layers)
+        return real_run(sequences, layers, on_part)
 
     eng.runner.run = held_run
     return held, release

@@ -23,10 +23,11 @@ Last line: one JSON object.
 
     python tests/bench/bench_service.py [--texts 384] [--rounds 3] [--only-auto]
 
---only-auto measures only the last pair, and beside them the same server at auto with its
-kernel caches of 32 entries each, as they were before the runner sized them to hold every
-token count its bf16 forwards come in (service_auto_vs_32_entry_caches), each round in a
-server process of its own started for it (about a minute a round).
+--only-auto measures only the last pair (and the share of the service's round its model was
+busy, from the server's /metrics), and beside them the same server at auto with its kernel
+caches of 32 entries each, as they were before the runner sized them to hold every token
+count its bf16 forwards come in (service_auto_vs_32_entry_caches), each round in a server
+process of its own started for it (about a minute a round).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from bench_encoder import matmul_peak_flops, model_flops
 from bench_engine import CALLERS, run_fixed_batches, transformers_encode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ops.serverproc import ServerProcess  # noqa: E402  (tests/ops/serverproc.py)
+from ops.load import engine_totals, scrape  # noqa: E402  (tests/ops/load.py)
+from ops.serverproc import ServerProcess, free_port  # noqa: E402  (tests/ops/serverproc.py)
 from workload import chinese_texts, concurrent_callers  # noqa: E402  (tests/workload.py)
 
 from embedsense.client import AsyncClient, Client  # noqa: E402
@@ -99,20 +101,27 @@ def runner_pass(runner: ModelRunner, batches: list[list[list[int]]]) -> np.ndarr
     return l2_normalize(torch.from_numpy(np.stack(vectors))).numpy()
 
 
-def warm_round(texts: list[str], caches: str | None) -> float:
+def warm_round(texts: list[str], caches: str | None) -> tuple[float, float]:
     """Seconds of one round of the 32 callers through a server at auto started for it (and
-    stopped after), its second: the first compiles its kernels. `caches`: the entries each
-    kernel cache keeps (None: as the runner sizes them)."""
+    stopped after), its second: the first compiles its kernels; and the share of them the
+    model was busy (the server's /metrics). `caches`: the entries each kernel cache keeps
+    (None: as the runner sizes them)."""
     with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ):
         for name in memory.KERNEL_CACHES:  # not this process's (its runner set them)
             os.environ.pop(name, None)
             if caches is not None:
                 os.environ[name] = caches
-        server = ServerProcess(Path(tmp), None, "--threads", str(THREADS))
+        metrics = free_port()
+        server = ServerProcess(
+            Path(tmp), None, "--threads", str(THREADS), "--metrics-port", str(metrics)
+        )
         try:
             server.start()
             through_grpc(server.target, texts)
-            return through_grpc(server.target, texts)
+            before = engine_totals(scrape(metrics))["model_seconds"]
+            seconds = through_grpc(server.target, texts)
+            busy = engine_totals(scrape(metrics))["model_seconds"] - before
+            return seconds, busy / seconds
         finally:
             server.stop()
 
@@ -137,10 +146,14 @@ def only_auto(texts: list[str], batches: list[list[list[int]]],
     seconds: dict[str, list[float]] = {
         name: [] for name in [*servers, "runner bf16, sorted", ARRIVAL]
     }
+    busy: list[float] = []
     for round_ in range(rounds):
         order = list(servers.items())
         for name, caches in order if round_ % 2 else reversed(order):
-            seconds[name].append(warm_round(texts, caches))
+            took, model_busy = warm_round(texts, caches)
+            seconds[name].append(took)
+            if name == AUTO:
+                busy.append(model_busy)
         seconds["runner bf16, sorted"].append(timed(lambda: runner_pass(bf16, batches)))
         seconds[ARRIVAL].append(timed(lambda: runner_pass(bf16, arrival)))
     rate = {name: len(texts) / statistics.median(s) for name, s in seconds.items()}
@@ -152,8 +165,10 @@ def only_auto(texts: list[str], batches: list[list[list[int]]],
     print(f"service at auto / runner bf16 sorted: {ratio:.2f}")
     print(f"runner bf16 arrival order / sorted: {order_cost:.2f}")
     print(f"service at auto / the same with 32-entry kernel caches: {caches:.2f}")
+    print(f"service at auto: the model busy {statistics.median(busy):.0%} of the round")
     print(json.dumps({"texts_per_s": {n: round(r, 1) for n, r in rate.items()},
                       "service_auto_vs_bf16_sorted": ratio,
+                      "service_auto_model_busy": round(statistics.median(busy), 3),
                       "bf16_arrival_vs_sorted": order_cost,
                       "service_auto_vs_32_entry_caches": caches}))  # fmt: skip
 
