@@ -268,9 +268,9 @@ def role(name: str | None) -> int:
 def priority(name: str | None) -> int:
     """How soon the server embeds a call's texts when it is busy: "query" (a lookup a person
     waits on), "interactive", "bulk" (a large job: refused first when the server is full),
-    or None for the server's default (README: Priority)."""
+    or None for the server's default (README: Priority). Any case, as X-Priority over HTTP."""
     try:
-        return PRIORITIES[name]
+        return PRIORITIES[name.strip().lower() if isinstance(name, str) else name]
     except (KeyError, TypeError):
         raise ValueError(
             f"priority={name!r}: expected 'query', 'interactive', 'bulk' or None"
@@ -744,6 +744,8 @@ def induce_senses_call(
 ) -> Call[Induction]:
     if central < 1:  # 0 on the wire is "not given", which the server reads as 3
         raise ValueError(f"central: the occurrences shown per sense, at least 1; got {central}")
+    if k is not None and k < 1:  # 0 on the wire is "not given": the silhouette's choice
+        raise ValueError(f"k: the senses to find, at least 1 (or None to choose); got {k}")
     request = message(pb.InduceSensesRequest, collection=collection, word=word, k=k or 0,
                                      max_k=max_k, central=central)  # fmt: skip
     return Call("InduceSenses", request, parse_induction)

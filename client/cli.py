@@ -56,6 +56,7 @@ SIGPIPE_STATUS = 141  # as a shell reports a command that SIGPIPE ended (128 + 1
 DEFAULT_TIMEOUT = 60.0  # seconds per call
 # An occurrence in a table: its word and this many characters each side (--json: the text).
 MARKED_CONTEXT_CHARS = 40
+DEFAULT_MAX_K = 6  # induce's: the SDK's default
 ONE_LINE = str.maketrans("\r\n\t", "   ")
 EXIT_STATUSES = """exit status: 0 done; 1 the server refused or failed the call (its status and
 message follow "embedsense: error:"); 2 the command line or a file it names is wrong
@@ -371,14 +372,16 @@ def _senses(items: Sequence[str] | None) -> dict[str, list[str]]:
     senses: dict[str, list[str]] = {}
     for item in items or ():
         label, _, example = item.partition("=")
-        if not example:
-            raise UsageError(f"--sense {item!r}: expected LABEL=EXAMPLE")
+        if not example.strip():
+            raise UsageError(f"--sense {item!r}: expected LABEL=EXAMPLE (an example text)")
         senses.setdefault(label, []).append(example)
     return senses
 
 
 def cmd_disambiguate(args: argparse.Namespace, client: Client) -> None:
     senses = _senses(args.sense)
+    if senses and args.inventory:
+        raise UsageError("--inventory and --sense: the senses come from one of them")
     result = client.disambiguate(args.text, args.word, senses or None, args.occurrence,
                                  inventory=args.inventory, layers=args.layers)  # fmt: skip
     readable = (
@@ -398,6 +401,8 @@ def cmd_disambiguate(args: argparse.Namespace, client: Client) -> None:
 
 def cmd_inventory(args: argparse.Namespace, client: Client) -> None:
     if args.action == "list":
+        if args.name:
+            raise UsageError("inventory list takes no NAME: it lists them all")
         inventories = client.list_inventories()
         rows = [(i.name, "yes" if i.builtin else "", ", ".join(sorted(i.words)))
                 for i in inventories]  # fmt: skip
@@ -437,7 +442,10 @@ def cmd_occurrences(args: argparse.Namespace, client: Client) -> None:
 
 
 def cmd_induce(args: argparse.Namespace, client: Client) -> None:
-    induced = client.induce_senses(args.collection, args.word, k=args.k, max_k=args.max_k,
+    if args.k is not None and args.max_k is not None:
+        raise UsageError("-k and --max-k: -k names the senses' number, --max-k bounds its choice")
+    max_k = DEFAULT_MAX_K if args.max_k is None else args.max_k
+    induced = client.induce_senses(args.collection, args.word, k=args.k, max_k=max_k,
                                    central=args.central)  # fmt: skip
     blocks = [f"{induced.occurrences} occurrences of {args.word!r}, {len(induced.senses)} senses "
               f"(silhouette {induced.silhouette:.3f})"]  # fmt: skip
@@ -453,8 +461,14 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
         raise UsageError("--compare and --sense need --word: the word to follow across texts")
     if (args.layer is not None or args.head is not None) and not (args.out or args.html):
         raise UsageError("--layer and --head choose what --out or --html draw: add one of them")
+    if args.head is not None and args.layer is None:
+        raise UsageError("--head picks a head of --layer's map: add --layer")
+    if args.truncate and args.long_text == "error":
+        raise UsageError("--truncate and --long-text error: give one of them")
+    if any(not text.strip() for text in args.compare or ()):
+        raise UsageError("--compare: an empty text (another context of --word is needed)")
     senses_given = _senses(args.sense)
-    long_text = "truncate" if args.truncate else args.long_text
+    long_text = "truncate" if args.truncate else args.long_text or "error"
     explanation, shape, fitted = _explain_what_fits(args, client, long_text)
     _check_drawable(args, explanation)
     contexts = {text: client.compare_layers(args.text, text, args.word, args.occurrence,
@@ -754,8 +768,7 @@ def parser() -> argparse.ArgumentParser:
     ind.add_argument(
         "--max-k",
         type=at_least(1),
-        default=6,
-        help="without -k: the most senses the silhouette chooses among (default 6)",
+        help=f"without -k: the most senses the silhouette chooses among (default {DEFAULT_MAX_K})",
     )
     ind.add_argument("--central", type=at_least(1), default=3,
                      help="the most central sentences shown per sense (default 3)")  # fmt: skip
@@ -802,7 +815,6 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--long-text",
         choices=["error", "truncate"],
-        default="error",
         help="a text over the model's length: refused (default), or explained in its first window",
     )
     exp.add_argument(
@@ -879,6 +891,7 @@ def in_cli_terms(message: str) -> str:
     """A server's error with its hints naming the CLI's flags, not the SDK's arguments or
     the request's fields."""
     message = re.sub(r'long_text="(\w+)"', r"--long-text \1", message)
+    message = message.replace("(replace it explicitly)", "(--replace replaces it)")
     return message.replace("a smaller page (limit)", "a smaller page (--batch-size)")
 
 

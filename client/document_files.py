@@ -14,7 +14,9 @@ stream (where an exception only reads "Exception iterating requests!").
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from embedsense.proto.ids import content_id
@@ -119,7 +121,11 @@ def check_text(text: str, where: str, max_chars: int = 0) -> None:
 
 
 def file_problem(err: OSError) -> str:
-    """Why a file could not be read, in a few words."""
+    """Why a file could not be read or written, in a few words."""
+    if isinstance(err, FileNotFoundError) and err.filename:
+        folder = Path(os.fsdecode(err.filename)).parent
+        if not folder.is_dir():  # the file's folder is what is missing
+            return f"no such folder: {folder}"
     reasons = {
         FileNotFoundError: "no such file",
         IsADirectoryError: "is a directory",

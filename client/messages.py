@@ -17,6 +17,14 @@ INT_FIELDS = {  # what protobuf's integer fields carry; a value past it is its V
     FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
 }
 
+SCALAR_KINDS = {  # what a field of each type takes: (one, a list of them, Python's types)
+    **dict.fromkeys(INT_FIELDS, ("an integer", "integers", (int,))),
+    FieldDescriptor.TYPE_STRING: ("a string", "strings", (str,)),
+    FieldDescriptor.TYPE_FLOAT: ("a number", "numbers", (int, float)),
+    FieldDescriptor.TYPE_DOUBLE: ("a number", "numbers", (int, float)),
+    FieldDescriptor.TYPE_BOOL: ("True or False", "True or False values", (bool,)),
+}
+
 
 def message(kind: type[M], **fields: Any) -> M:
     """kind(**fields). Protobuf's own error for a value a field cannot hold ("Value out of
@@ -37,8 +45,26 @@ def message(kind: type[M], **fields: Any) -> M:
                     wrong = ValueError(
                         f"out of the range its field can carry ({low:,} to {high:,})"
                     )
+                elif isinstance(wrong, TypeError) and field.type in SCALAR_KINDS:
+                    wrong = TypeError(_mistyped(field, value))
                 raise type(wrong)(f"{name}={value!r:.80}: {wrong}") from None
         raise
+
+
+def _mistyped(field: FieldDescriptor, value: Any) -> str:
+    """What the field takes and what it got instead (protobuf's "bad argument type for
+    built-in operation" says neither)."""
+    one, many, types = SCALAR_KINDS[field.type]
+    if not field.is_repeated:
+        return f"expected {one}, got {_a(type(value).__name__)}"
+    if isinstance(value, list | tuple):
+        odd = next((x for x in value if not isinstance(x, types)), None)
+        return f"expected a list of {many}, got a list holding {_a(type(odd).__name__)}"
+    return f"expected a list of {many}, got {_a(type(value).__name__)}"
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
 
 
 def _unsendable(name: str, value: Any) -> str:

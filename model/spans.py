@@ -42,6 +42,19 @@ def word_spans(text: str, word: str) -> list[tuple[int, int]]:
     return spans
 
 
+def _why_not(text: str, word: str) -> str:
+    """Why a word that looks present is not found, where it is one of two common slips."""
+    if word.strip() and word != word.strip() and word_spans(text, word.strip()):
+        return " (the word has whitespace around it)"
+    nfc = unicodedata.normalize("NFC", word)
+    if word_spans(unicodedata.normalize("NFC", text), nfc):
+        return (
+            " as written: the text writes it in another Unicode form (accents as separate "
+            "marks, or the other way round); normalize both to NFC"
+        )
+    return ""
+
+
 def _whole_word(text: str, start: int, end: int) -> bool:
     joined_before = start > 0 and _spaced_letter(text[start]) and _spaced_letter(text[start - 1])
     joined_after = end < len(text) and _spaced_letter(text[end - 1]) and _spaced_letter(text[end])
@@ -61,7 +74,7 @@ def find_word(text: str, word: str, occurrence: int = 0) -> tuple[int, int]:
         raise SpanError(f"occurrence must be >= 0, got {occurrence}")
     spans = word_spans(text, word)
     if not spans:
-        raise SpanError(f"word {word!r} does not occur in the text")
+        raise SpanError(f"word {word!r} does not occur in the text{_why_not(text, word)}")
     if occurrence >= len(spans):
         raise SpanError(
             f"occurrence {occurrence} of {word!r} asked for, but the text has only {len(spans)}"

@@ -650,6 +650,8 @@ def test_each_call_gets_its_priority_by_default_or_as_asked(server, client, coll
     }
     assert rows_after(lambda: client.encode(PHONE)) == {"query": 0, "interactive": 3, "bulk": 0}
     assert rows_after(lambda: client.encode(PHONE, priority="bulk"))["bulk"] == 3
+    # Any case, as the HTTP header takes it (X-Priority: Bulk).
+    assert rows_after(lambda: client.encode(PHONE, priority=" BULK "))["bulk"] == 3
     assert rows_after(lambda: client.search(collection, "水果", priority="bulk"))["bulk"] == 1
     assert rows_after(lambda: client.upsert(collection, PHONE, priority="query"))["query"] == 3
     senses = rows_after(lambda: client.disambiguate("我喜欢吃苹果", "苹果"))

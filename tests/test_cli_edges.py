@@ -215,8 +215,11 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
             client.search("c", "水果", k=-1)
         with pytest.raises(ValueError, match=r"^layers=\[-1\]: out of the range"):
             client.explain("我喜欢吃苹果", "苹果", layers=[-1])
-        with pytest.raises(TypeError, match=r"^k='3': 'str' object cannot be interpreted"):
+        with pytest.raises(TypeError, match=r"^k='3': expected an integer, got a str"):
             client.search("c", "水果", k="3")
+        # Protobuf's "bad argument type for built-in operation" said nothing of what to send.
+        with pytest.raises(TypeError, match=r"^word=5: expected a string, got an int"):
+            client.disambiguate("喝小米粥", 5)
         # No UTF-8 holds a lone surrogate: it was a bare UnicodeEncodeError.
         surrogate = re.escape("lone surrogate U+D800 at position 1; no UTF-8 holds it")
         with pytest.raises(ValueError, match=rf"^texts\[1\]: {surrogate}"):
@@ -462,6 +465,58 @@ def test_no_central_sentences_is_refused_not_read_as_the_default_three(capsys):
     assert status == 2 and "--central" in one_error_line(err)
     with Client("127.0.0.1:9") as c, pytest.raises(ValueError, match="central"):
         c.induce_senses("news", "苹果", central=0)
+    # The same for k: the SDK sent k=0 as "let the silhouette choose".
+    with Client("127.0.0.1:9") as c, pytest.raises(ValueError, match="k: the senses to find"):
+        c.induce_senses("news", "苹果", k=0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["induce", "news", "苹果", "-k", "2", "--max-k", "5"], "--max-k"),  # -k won, silently
+        (["explain", "我喜欢吃苹果", "--head", "3", "--out", "x.png"], "--head"),  # ignored
+        (["explain", "我喜欢吃苹果", "--long-text", "error", "--truncate"], "--truncate"),
+        (
+            [
+                "disambiguate",
+                "我吃苹果",
+                "苹果",
+                "--inventory",
+                "mine",
+                "--sense",
+                "a=苹果甜",
+                "--sense",
+                "b=苹果手机",
+            ],
+            "--inventory",
+        ),  # the server's refusal: exit 1
+        (["explain", "我吃苹果", "--word", "苹果", "--compare", " "], "--compare"),  # text_b
+        (["disambiguate", "我吃苹果", "苹果", "--sense", "a= ", "--sense", "b=苹果"], "--sense"),
+        (["inventory", "list", "mine"], "NAME"),  # was ignored
+    ],
+)
+def test_contradictory_or_empty_options_are_refused_before_any_call(capsys, argv, named):
+    """Each was accepted (one option silently won, or was ignored) or refused by the server
+    in its own words (text_b: empty), exit 1."""
+    status, _, err = cli(capsys, "--target", "127.0.0.1:9", *argv)
+    assert status == 2 and named in one_error_line(err), err
+
+
+def test_the_clis_errors_say_which_flag_mends_them(server, tmp_path, capsys):
+    """An inventory that exists said "(replace it explicitly)", which names no flag; a file
+    to write in a folder that does not exist said "no such file"."""
+    words = tmp_path / "words.json"
+    words.write_text(json.dumps({"苹果": {"a": ["苹果很甜"], "b": ["苹果手机"]}}))
+    target = ["--target", server.target]
+    try:
+        assert cli(capsys, *target, "inventory", "create", "twice", str(words))[0] == 0
+        status, _, err = cli(capsys, *target, "inventory", "create", "twice", str(words))
+        assert status == 1 and "--replace replaces it" in one_error_line(err)
+    finally:
+        cli(capsys, *target, "inventory", "delete", "twice")
+    missing = tmp_path / "no-such-folder" / "x.html"
+    status, _, err = cli(capsys, *target, "explain", "我吃苹果", "--html", str(missing))
+    assert status == 2 and f"no such folder: {missing.parent}" in one_error_line(err)
 
 
 def test_a_tls_file_that_is_not_pem_is_named_before_any_call(tmp_path, capsys):

@@ -96,6 +96,12 @@ def test_token_ids_are_the_served_tokenizers(base, running, e5, grpc_vectors):
     assert cosines(np.array(got.data[0].embedding), grpc_vectors[0]) >= 0.9999
     with pytest.raises(openai.BadRequestError, match="vocabulary"):
         client.embeddings.create(input=[10**9], model=MODEL)
+    # The item at fault, named: it said "got a list of other things".
+    with pytest.raises(openai.BadRequestError, match=r"item \[0\]\[1\] is -1, not a token") as bad:
+        client.embeddings.create(input=[[ids[0], -1]], model=MODEL)
+    assert bad.value.param == "input"
+    with pytest.raises(openai.BadRequestError, match=r"item \[1\] is true"):
+        client.embeddings.create(input=["苹果", True], model=MODEL)
 
 
 def test_an_overloaded_engine_is_openais_rate_limit_with_retry_after(e5, tmp_path):
@@ -203,6 +209,12 @@ def test_the_x_priority_header_sets_an_embeds_priority(base, running):
     assert status == 200 and stats.rows_by_priority["interactive"] > before["interactive"]
     status, _, reply = call(base, "POST", "/v1/embeddings", body, {"X-Priority": "urgent"})
     assert status == 400 and b"X-Priority: 'urgent'; expected one of query, interactive" in reply
+    # TEI answers a bad body 413 (its way); a bad header is no body too large: 400.
+    for route in ("/embed", "/embed_all", "/"):
+        tei = json.dumps({"inputs": "苹果"}).encode()
+        status, _, reply = call(base, "POST", route, tei, {"X-Priority": "nope"})
+        assert status == 400, (route, status)
+        assert json.loads(reply)["error_type"] == "Validation", reply
     operation = json.loads(call(base, "GET", "/openapi.json")[2])["paths"]["/v1/embeddings"]
     parameter = operation["post"]["parameters"][0]
     assert parameter["name"] == "X-Priority" and parameter["in"] == "header"

@@ -258,6 +258,14 @@ def test_sense_errors_name_the_offending_input(client):
         client.disambiguate("an apple a day", "apple", pineapple)
     with pytest.raises(InvalidArgument, match="at least two senses"):
         client.disambiguate("苹果很好", "苹果", {"a": ["苹果很甜"]})
+    with pytest.raises(InvalidArgument, match="a sense needs a label"):  # as "" is
+        client.disambiguate("苹果很好", "苹果", {" ": ["苹果很甜"], "b": ["苹果手机"]})
+    # What looks like the word, and is not it: say why, not just "does not occur".
+    with pytest.raises(InvalidArgument, match="'苹果 ' does not occur.*whitespace around it"):
+        client.disambiguate("我吃苹果", "苹果 ", two)
+    cafe = {"drink": ["un café noir"], "place": ["le café est fermé"]}
+    with pytest.raises(InvalidArgument, match="another Unicode form.*NFC"):
+        client.disambiguate("cafe\u0301 noir", "café", cafe)  # e + a combining accent
     with pytest.raises(InvalidArgument, match="span"):
         client.disambiguate("苹果很好", senses=two, span=(3, 10))
     with pytest.raises(NotFound, match="no entry for '西瓜'"):

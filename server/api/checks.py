@@ -27,7 +27,8 @@ class BadRequest(ValueError):
 
     param: the field at fault, as the request spells it (OpenAI's error names it).
     kind: "empty" (nothing to work on; TEI answers 400 "Empty"), "too_many" (over a count or
-    size limit), or "invalid"."""
+    size limit), "invalid_header" (a header, not the body: TEI's 413 would mislead), or
+    "invalid"."""
 
     def __init__(self, message: str, param: str | None = None, kind: str = "invalid") -> None:
         super().__init__(message)
@@ -300,7 +301,9 @@ def priority_header(value: str | None) -> Priority | None:
         return priority_named(value)
     except ValueError:
         raise BadRequest(
-            f"{PRIORITY_HEADER}: {value!r}; expected one of {PRIORITY_LABELS}", PRIORITY_HEADER
+            f"{PRIORITY_HEADER}: {value!r}; expected one of {PRIORITY_LABELS}",
+            PRIORITY_HEADER,
+            "invalid_header",
         ) from None
 
 

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 
+from embedsense.proto.values import json_kind
+
 TokenId = Annotated[int, Field(ge=0)]
 INPUTS_EXPECTED = "a string, a list of strings, a list of token ids, or a list of such lists"
 
@@ -28,11 +30,34 @@ def _is_id(value: Any) -> bool:
     return type(value) is int and value >= 0
 
 
-def _refuse(expected: str, value: Any) -> PydanticCustomError:
-    got = type(value).__name__ if not isinstance(value, list) else "a list of other things"
+def _refuse(expected: str, value: Any, texts: bool = True, ids: bool = True) -> PydanticCustomError:
+    """The error for a value that fits none of the forms (`texts`, `ids`: whether strings,
+    token ids and lists of them are among them): a list's first item at fault, named."""
+    got = f"got {json_kind(value)}" if not isinstance(value, list) else None
+    if got is None:
+        got = _first_misfit(value, texts, ids) or "strings and token ids mixed"
     return PydanticCustomError(
-        "inputs", "expected {expected}; got {got}", {"expected": expected, "got": got}
+        "inputs", "expected {expected}; {got}", {"expected": expected, "got": got}
     )
+
+
+def _first_misfit(items: list, texts: bool, ids: bool) -> str | None:
+    """The first item that fits no form, by its place: "item [0][1] is -1, not a token id"
+    (the error's location names the field)."""
+    for i, item in enumerate(items):
+        if isinstance(item, list) and ids:
+            wrong = next((j for j, x in enumerate(item) if not _is_id(x)), None)
+            if wrong is not None:
+                return f"item [{i}][{wrong}] is {_misfit(item[wrong], ids)}"
+        elif not (isinstance(item, str) and texts or _is_id(item) and ids):
+            return f"item [{i}] is {_misfit(item, ids)}"
+    return None
+
+
+def _misfit(value: Any, ids: bool) -> str:
+    if ids and type(value) is int:
+        return f"{value}, not a token id (ids are 0 or more)"
+    return json_kind(value)
 
 
 def inputs_of(value: Any) -> list[str] | list[list[int]]:
@@ -59,7 +84,7 @@ def texts_of(value: Any) -> list[str]:
         return [value]
     if isinstance(value, list) and all(isinstance(x, str) for x in value):
         return value
-    raise _refuse("a string or a list of strings", value)
+    raise _refuse("a string or a list of strings", value, ids=False)
 
 
 def ids_of(value: Any) -> list[list[int]]:
@@ -70,7 +95,7 @@ def ids_of(value: Any) -> list[list[int]]:
         isinstance(x, list) and all(_is_id(i) for i in x) for x in value
     ):
         return value
-    raise _refuse("a list of token ids or a list of such lists", value)
+    raise _refuse("a list of token ids or a list of such lists", value, texts=False)
 
 
 Inputs = Annotated[

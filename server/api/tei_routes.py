@@ -42,6 +42,7 @@ ERROR_TYPES = {
     "too_many": (413, "Validation"),
     "invalid": (413, "Validation"),
     "invalid_argument": (413, "Validation"),
+    "invalid_header": (400, "Validation"),  # ours (X-Priority): no body too large
     "empty": (400, "Empty"),
     "invalid_json": (400, "Validation"),
     "invalid_body": (422, "Validation"),

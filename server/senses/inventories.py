@@ -32,8 +32,8 @@ def check_senses(word: str, senses: Mapping[str, Sequence[str]]) -> Senses:
     checked: Senses = {}
     for label, examples in senses.items():
         examples = [e for e in examples if e.strip()]
-        if not label:
-            raise SenseInputError(f"{word!r}: a sense needs a label")
+        if not label.strip():
+            raise SenseInputError(f"{word!r}: a sense needs a label (not only whitespace)")
         if not examples:
             raise SenseInputError(f"{word!r}: sense {label!r} has no examples")
         if len(examples) > MAX_EXAMPLES_PER_SENSE:
