@@ -233,6 +233,10 @@ def cmd_info(args: argparse.Namespace, client: Client) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, client: Client) -> None:
+    if args.texts == ["-"]:
+        args.texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        if not args.texts:
+            raise UsageError("-: no text on standard input (one text a line)")
     if args.layers is not None and not args.tokens:
         raise UsageError(
             "--layers applies to token vectors: add --tokens (sentence vectors are the mean of "
@@ -424,8 +428,9 @@ def cmd_inventory(args: argparse.Namespace, client: Client) -> None:
 
 
 def _read_json(path: str) -> Any:
+    """A JSON file's value; `-`: standard input's."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(sys.stdin.read() if path == "-" else Path(path).read_text("utf-8"))
     except OSError as err:
         raise UsageError(f"{path}: {file_problem(err)}") from None
     except UnicodeDecodeError:
@@ -671,7 +676,8 @@ def parser() -> argparse.ArgumentParser:
     cli_data.add_parsers(sub)  # collections ..., docs ...
 
     embed = sub.add_parser("embed", help="embed texts")
-    embed.add_argument("texts", nargs="+")
+    embed.add_argument("texts", nargs="+", help="the texts; - reads them from standard input, "
+                       "one a line")  # fmt: skip
     embed.add_argument("--tokens", action="store_true", help="per-token vectors")
     embed.add_argument(
         "--layers",
@@ -746,7 +752,8 @@ def parser() -> argparse.ArgumentParser:
     inv = sub.add_parser("inventory", help="sense inventories: list, create, delete")
     inv.add_argument("action", choices=["list", "create", "delete"])
     inv.add_argument("name", nargs="?")
-    inv.add_argument("file", nargs="?", help="for create: JSON word -> sense -> [examples]")
+    inv.add_argument("file", nargs="?", help="for create: JSON word -> sense -> [examples] "
+                     "(- reads standard input)")  # fmt: skip
     inv.add_argument("--replace", action="store_true")
 
     occ = sub.add_parser("occurrences", help="occurrences of a word used in the same sense")

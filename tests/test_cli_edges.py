@@ -502,6 +502,27 @@ def test_contradictory_or_empty_options_are_refused_before_any_call(capsys, argv
     assert status == 2 and named in one_error_line(err), err
 
 
+def test_a_dash_reads_standard_input(server, capsys, monkeypatch):
+    """`echo 苹果很甜 | embedsense embed -` embedded the text "-"; `inventory create NAME -`
+    said "-: no such file"."""
+    import io
+
+    target = ["--target", server.target]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("苹果很甜\n\n苹果手机很贵\n"))
+    status, out, _ = cli(capsys, *target, "--json", "embed", "-")
+    assert status == 0 and [r["text"] for r in json.loads(out)] == ["苹果很甜", "苹果手机很贵"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    status, _, err = cli(capsys, *target, "embed", "-")
+    assert status == 2 and "standard input" in one_error_line(err)
+    words = {"苹果": {"a": ["苹果很甜"], "b": ["苹果手机"]}}
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(words)))
+    try:
+        status, out, err = cli(capsys, *target, "inventory", "create", "piped", "-")
+        assert status == 0 and "piped" in out, err
+    finally:
+        cli(capsys, *target, "inventory", "delete", "piped")
+
+
 def test_the_clis_errors_say_which_flag_mends_them(server, tmp_path, capsys):
     """An inventory that exists said "(replace it explicitly)", which names no flag; a file
     to write in a folder that does not exist said "no such file"."""
