@@ -40,6 +40,8 @@ CODES = {
     "deadline_exceeded": "timeout",
     "timeout": "timeout",
 }
+# OpenAI's API has no field to cut a long input: the server's flag does it for every call.
+TRUNCATE_HINT = " (shorten it, or start the server with --auto-truncate to cut such inputs)"
 
 
 class OpenAIDialect:
@@ -142,6 +144,7 @@ class OpenAIRoutes:
             "input",
             role=self.context.role(body.input_type, "input_type"),
             truncation=self.context.truncation(None),
+            truncate_hint=TRUNCATE_HINT,
         )
         data = [
             Embedding.model_construct(index=i, embedding=_encoded(r.sentence, body.encoding_format))
