@@ -297,12 +297,12 @@ def check_embed_options(role_name: str | None, long_text: str, priority_name: st
 def truncate_flag(name: str, method: str) -> bool:
     """`long_text` as the `truncate` field of Explain and CompareLayers: attention maps and
     layer cosines are of one window, so "windows" has no meaning there."""
-    if name == "windows":
+    if name not in ("error", "truncate"):  # not long_text_mode's words: they offer windows
         raise ValueError(
-            f"long_text='windows': {method} takes 'error' or 'truncate' (it looks at one "
+            f"long_text={name!r}: {method} takes 'error' or 'truncate' (it looks at one "
             "window of the text: 'truncate' gives the first)"
         )
-    return long_text_mode(name) == pb.LONG_TEXT_TRUNCATE
+    return name == "truncate"
 
 
 # ------------------------------------------------------------------ parsing

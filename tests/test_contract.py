@@ -120,6 +120,10 @@ def test_long_text_is_one_option_with_one_name_in_every_method(client, server):
         client.explain(long, "苹果", long_text="windows")
     with pytest.raises(ValueError, match="long_text='cut': expected 'error', 'truncate' or"):
         client.encode(long, long_text="cut")
+    with pytest.raises(
+        ValueError, match=r"long_text='cut': explain takes 'error' or 'truncate' \("
+    ):
+        client.explain(long, "苹果", long_text="cut")  # offered 'windows', then refused it
 
     async def with_async_client() -> None:
         async with AsyncClient(server.target, timeout=60) as c:
