@@ -466,8 +466,9 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
         raise UsageError("--compare and --sense need --word: the word to follow across texts")
     if (args.layer is not None or args.head is not None) and not (args.out or args.html):
         raise UsageError("--layer and --head choose what --out or --html draw: add one of them")
-    if args.head is not None and args.layer is None:
-        raise UsageError("--head picks a head of --layer's map: add --layer")
+    if args.head is not None and args.layer is None and args.word and args.out and not args.html:
+        # Without --layer the PNG draws --word's panels, where one head has no place.
+        raise UsageError("--head with --word draws one head of --layer's map: add --layer")
     if args.truncate and args.long_text == "error":
         raise UsageError("--truncate and --long-text error: give one of them")
     if any(not text.strip() for text in args.compare or ()):

@@ -58,8 +58,11 @@ def _mistyped(field: FieldDescriptor, value: Any) -> str:
     if not field.is_repeated:
         return f"expected {one}, got {_a(type(value).__name__)}"
     if isinstance(value, list | tuple):
-        odd = next((x for x in value if not isinstance(x, types)), None)
-        return f"expected a list of {many}, got a list holding {_a(type(odd).__name__)}"
+        # bool is an int in Python, not to protobuf's integer and number fields.
+        fits = [isinstance(x, types) and (bool in types or not isinstance(x, bool)) for x in value]
+        if False in fits:
+            odd = value[fits.index(False)]
+            return f"expected a list of {many}, got a list holding {_a(type(odd).__name__)}"
     return f"expected a list of {many}, got {_a(type(value).__name__)}"
 
 

@@ -1124,17 +1124,21 @@ class Engine:
         def tell_early(indices: list[int], outputs: list[np.ndarray]) -> None:
             # A part's callers hear back while the batch's later parts compute: they come
             # back with their next texts sooner, and the next batch waits less for them. The
-            # last part's hear back below, once the batch is counted (what they see).
+            # last part's hear back below, with the batch. Their rows are counted first (what
+            # a caller sees includes its rows); the batch's totals, at its end.
             if len(told) + len(indices) < len(batch):
                 rows = [batch[i] for i in indices]
+                self._count_rows(rows)
+                told.update(indices)
                 pairs = zip(rows, outputs, strict=True)
                 _settle_batch([(row, _pooled(out, row.pooled), None) for row, out in pairs])
-                told.update(indices)
 
         try:
             outputs = self.runner.run([r.ids for r in batch], [r.layers for r in batch], tell_early)
         except Exception as err:  # noqa: BLE001 - the callers get it, the worker survives
-            log.exception("batch of %d rows failed", len(batch))
+            log.exception(
+                "batch of %d rows failed (%d answered before the failure)", len(batch), len(told)
+            )
             failure = model_failure(err)
             _settle_batch([(row, None, failure) for i, row in enumerate(batch) if i not in told])
             return
@@ -1149,12 +1153,10 @@ class Engine:
             s = self.stats  # includes them
             s.batches += 1
             s.lane_batches += lane
-            s.rows += len(batch)
             s.real_tokens += plan.real_tokens
             s.padded_tokens += plan.padded_tokens
             s.model_seconds += seconds
-            for row in batch:
-                s.rows_by_priority[row.priority.label] += 1
+        self._count_rows([row for i, row in enumerate(batch) if i not in told])
         _settle_batch(
             [
                 (row, _pooled(out, row.pooled), None)
@@ -1174,6 +1176,12 @@ class Engine:
         )
         for observer in self._observers:
             observer(report)
+
+    def _count_rows(self, rows: list[_Row]) -> None:
+        with self._cond:  # the worker and the query lane count
+            self.stats.rows += len(rows)
+            for row in rows:
+                self.stats.rows_by_priority[row.priority.label] += 1
 
 
 def _pooled(output: np.ndarray, how: Pooling | None) -> np.ndarray:

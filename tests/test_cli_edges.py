@@ -220,6 +220,8 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
         # Protobuf's "bad argument type for built-in operation" said nothing of what to send.
         with pytest.raises(TypeError, match=r"^word=5: expected a string, got an int"):
             client.disambiguate("喝小米粥", 5)
+        with pytest.raises(TypeError, match=r"got a list holding a bool$"):  # not an int
+            client.explain("我喜欢吃苹果", "苹果", layers=[1, True])
         # No UTF-8 holds a lone surrogate: it was a bare UnicodeEncodeError.
         surrogate = re.escape("lone surrogate U+D800 at position 1; no UTF-8 holds it")
         with pytest.raises(ValueError, match=rf"^texts\[1\]: {surrogate}"):
@@ -474,7 +476,10 @@ def test_no_central_sentences_is_refused_not_read_as_the_default_three(capsys):
     ("argv", "named"),
     [
         (["induce", "news", "苹果", "-k", "2", "--max-k", "5"], "--max-k"),  # -k won, silently
-        (["explain", "我喜欢吃苹果", "--head", "3", "--out", "x.png"], "--head"),  # ignored
+        (
+            ["explain", "我喜欢吃苹果", "--word", "苹果", "--head", "3", "--out", "x.png"],
+            "--head",
+        ),  # the word's panels drawn, the head ignored
         (["explain", "我喜欢吃苹果", "--long-text", "error", "--truncate"], "--truncate"),
         (
             [

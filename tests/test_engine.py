@@ -396,7 +396,7 @@ def test_a_batchs_first_part_is_answered_while_its_later_parts_compute(e5):
         ),
         e5,
     ).start()  # fmt: skip
-    answered, seen_at_part_start = threading.Event(), []
+    answered, seen_at_part_start, counted = threading.Event(), [], []
     real_forward = eng.runner._forward
 
     def forward(sequences, layers):
@@ -411,6 +411,7 @@ def test_a_batchs_first_part_is_answered_while_its_later_parts_compute(e5):
 
         async def call(text: str) -> None:
             await eng.embed([text], priority=Priority.BULK)
+            counted.append(eng.stats.rows)  # what a caller sees includes its row
             answered.set()
 
         async def main() -> None:
@@ -419,6 +420,7 @@ def test_a_batchs_first_part_is_answered_while_its_later_parts_compute(e5):
         asyncio.run(main())
         assert eng.stats.batches == 1, "the test needs the texts in one batch"
         assert seen_at_part_start == [False, True], "no caller heard back before the last part"
+        assert min(counted) >= 1, counted
     finally:
         eng.close()
 

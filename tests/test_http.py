@@ -102,6 +102,8 @@ def test_token_ids_are_the_served_tokenizers(base, running, e5, grpc_vectors):
     assert bad.value.param == "input"
     with pytest.raises(openai.BadRequestError, match=r"item \[1\] is true"):
         client.embeddings.create(input=["苹果", True], model=MODEL)
+    with pytest.raises(openai.BadRequestError, match="token ids and lists of them mixed"):
+        client.embeddings.create(input=[[ids[0]], ids[0]], model=MODEL)
 
 
 def test_an_overloaded_engine_is_openais_rate_limit_with_retry_after(e5, tmp_path):

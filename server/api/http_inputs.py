@@ -35,7 +35,9 @@ def _refuse(expected: str, value: Any, texts: bool = True, ids: bool = True) -> 
     token ids and lists of them are among them): a list's first item at fault, named."""
     got = f"got {json_kind(value)}" if not isinstance(value, list) else None
     if got is None:
-        got = _first_misfit(value, texts, ids) or "strings and token ids mixed"
+        strings = texts and any(isinstance(x, str) for x in value)
+        mixed = "strings and token ids mixed" if strings else "token ids and lists of them mixed"
+        got = _first_misfit(value, texts, ids) or mixed
     return PydanticCustomError(
         "inputs", "expected {expected}; {got}", {"expected": expected, "got": got}
     )
