@@ -739,6 +739,11 @@ def search_occurrences_call(
                 lambda r: [parse_occurrence(o) for o in r.occurrences])  # fmt: skip
 
 
+# induce_senses' default bound on the senses the silhouette chooses among (Client, AsyncClient,
+# the CLI's --max-k).
+DEFAULT_MAX_K = 6
+
+
 def induce_senses_call(
     collection: str, word: str, k: int | None, max_k: int, central: int
 ) -> Call[Induction]:

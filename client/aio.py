@@ -443,8 +443,8 @@ class AsyncClient:
         )
 
     async def induce_senses(
-        self, collection: str, word: str, k: int | None = None, *, max_k: int = 6,
-        central: int = 3,
+        self, collection: str, word: str, k: int | None = None, *,
+        max_k: int = api.DEFAULT_MAX_K, central: int = 3,
     ) -> Induction:  # fmt: skip
         """The senses of `word` in a collection, found by clustering its occurrences (k
         chosen by silhouette unless given; k and max_k at most 20)."""

@@ -45,6 +45,7 @@ from embedsense.client import (
     Unavailable,
     cli_data,
 )
+from embedsense.client._api import DEFAULT_MAX_K
 from embedsense.client.bulk import chunks
 from embedsense.client.document_files import file_problem, read_documents
 
@@ -56,7 +57,6 @@ SIGPIPE_STATUS = 141  # as a shell reports a command that SIGPIPE ended (128 + 1
 DEFAULT_TIMEOUT = 60.0  # seconds per call
 # An occurrence in a table: its word and this many characters each side (--json: the text).
 MARKED_CONTEXT_CHARS = 40
-DEFAULT_MAX_K = 6  # induce's: the SDK's default
 ONE_LINE = str.maketrans("\r\n\t", "   ")
 EXIT_STATUSES = """exit status: 0 done; 1 the server refused or failed the call (its status and
 message follow "embedsense: error:"); 2 the command line or a file it names is wrong

@@ -40,12 +40,16 @@ from embedsense.server.index import (
     Token,
 )
 from embedsense.server.index.filters import parse as parse_filter
-from embedsense.server.index.validation import EXTERNAL_MODEL, MAX_K, checked_metadata
+from embedsense.server.index.validation import (
+    EXTERNAL_MODEL,
+    MAX_K,
+    METADATA_MODES,
+    checked_metadata,
+)
 
 DEFAULT_PAGE = 256  # documents per scroll page when the caller gives no limit
 MAX_PAGE = 10_000  # the most a scroll page holds
 MAX_SEARCH_HITS = 100_000  # queries x k in one batch search: bounds the reply
-METADATA_MODES = ("merge", "replace")
 CURSOR_VERSION = 1
 
 
