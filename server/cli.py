@@ -54,6 +54,12 @@ SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "milvus: the deadline of every call to Milvus, in seconds",
         {"type": float, "dest": "milvus_timeout_s"},
     ),
+    (
+        "--milvus-search-calls",
+        "milvus: search calls in flight at once per collection and search parameters; "
+        "searches that come meanwhile go to Milvus together, as one call (default 2)",
+        {"type": whole_number},
+    ),
     ("--replica", "this server's name in Info and logs (unset: host:port)", {}),
     ("--model", "a registry name, a Hugging Face repository id or a local model directory", {}),
     (

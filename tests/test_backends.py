@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -219,6 +220,51 @@ def test_ids_with_quotes_filters_right_after_a_write_and_a_large_k(backend):
     assert [h.id for h in col.search(query, k=3, where={"lang": "fr"})[0]] == ["fr"]
     hits = col.search(query, k=5000, where={"lang": "en"})[0]
     assert {h.id for h in hits} == {"x", "y", 'say "hi"'}
+
+
+@pytest.mark.parametrize("backend", ["milvus-lite-server", "milvus"], indirect=True)
+def test_concurrent_searches_share_milvus_calls_and_each_gets_its_own_hits(backend, monkeypatch):
+    """Milvus spends milliseconds of CPU per call whatever it searches: searches with the
+    same parameters made while one is in Milvus go as one call (coalesce.py), and each
+    caller gets the hits it gets alone."""
+    backend.create("c", model="m", dim=DIM, index_spec="HNSW32")
+    col = backend.get("c")
+    col.upsert(documents(60))
+    queries = [d.vector for d in corpus(12, seed=3)]
+    wheres = [None if i % 2 else {"lang": "zh"} for i in range(12)]
+    alone = [col.search(q, k=5, where=w)[0] for q, w in zip(queries, wheres, strict=True)]
+    made, search = [], col.calls.client.search
+    in_flight = BackendSettings().milvus_search_calls  # what the backend lets go at once
+
+    entered: list[int] = []
+
+    def counted(*args, **kwargs):
+        made.append((kwargs["filter"], len(kwargs["data"])))
+        if [f for f, _ in made].count(kwargs["filter"]) <= in_flight:
+            # The first calls stay in Milvus until every caller has come.
+            deadline = time.monotonic() + 10
+            while len(entered) < 12 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.5)
+        return search(*args, **kwargs)
+
+    def one(i: int) -> list:
+        entered.append(i)
+        return col.search(queries[i], k=5, where=wheres[i])[0]
+
+    monkeypatch.setattr(col.calls.client, "search", counted)
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(one, range(12)))
+    for one, other in zip(alone, together, strict=True):
+        assert [(h.id, h.text, h.metadata) for h in one] == [
+            (h.id, h.text, h.metadata) for h in other
+        ]  # fmt: skip
+        np.testing.assert_allclose([h.score for h in one], [h.score for h in other], atol=1e-6)
+    # For each filter, the first calls alone, and those that came meanwhile in the turns of
+    # the first calls to end (6 calls a filter before).
+    for where in {f for f, _ in made}:
+        sizes = [n for f, n in made if f == where]
+        assert sum(sizes) == 6 and len(sizes) <= 2 * in_flight < 6, made
 
 
 def test_a_scroll_cursor_no_id_could_be_is_refused(backend):

@@ -1,6 +1,8 @@
-"""The milvus backend's deadline per Milvus call from the command line and the environment
-(issue 25): --milvus-timeout / EMBEDSENSE_MILVUS_TIMEOUT_S reach the backend, bad values are
-refused at start with the setting's name, and the deadline is the one a real start waits."""
+"""The milvus backend's settings from the command line and the environment (issue 25): its
+deadline per Milvus call (--milvus-timeout / EMBEDSENSE_MILVUS_TIMEOUT_S) and its search calls
+in flight (--milvus-search-calls / EMBEDSENSE_MILVUS_SEARCH_CALLS) reach the backend, bad
+values are refused at start with the setting's name, and the deadline is the one a real start
+waits."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 from embedsense.server import cli
 from embedsense.server.api.app import EmbedSenseServer, StartupError
 from embedsense.server.api.settings import ServerSettings
+from embedsense.server.index import BackendSettings, open_backend
 
 
 def test_the_flag_and_the_variable_reach_the_backend_settings(started):
@@ -27,10 +30,30 @@ def test_the_flag_and_the_variable_reach_the_backend_settings(started):
     assert timeout("--milvus-timeout", "3") == 3.0  # the flag wins over the variable set above
 
 
+def test_search_calls_in_flight_reach_every_collection(started, tmp_path):
+    def search_calls(*argv: str, **environ: str) -> int:
+        status, settings = started(*argv, **environ)
+        assert status == 0
+        return settings.backend().milvus_search_calls
+
+    assert search_calls() == ServerSettings().milvus_search_calls == 2
+    assert search_calls("--milvus-search-calls", "1") == 1
+    assert search_calls(EMBEDSENSE_MILVUS_SEARCH_CALLS="8") == 8
+    backend = open_backend(
+        BackendSettings("milvus", milvus_uri=str(tmp_path / "i.db"), milvus_search_calls=5)
+    )
+    try:
+        backend.create("c", model="m", dim=4)
+        assert backend.get("c")._searches.max_calls == 5
+    finally:
+        backend.close()
+
+
 def test_help_names_the_flag_its_variable_and_default():
     shown = " ".join(cli.parser().format_help().split())
     assert "--milvus-timeout" in shown and "EMBEDSENSE_MILVUS_TIMEOUT_S" in shown
     assert f"default: {ServerSettings().milvus_timeout_s}" in shown
+    assert "--milvus-search-calls" in shown and "EMBEDSENSE_MILVUS_SEARCH_CALLS" in shown
 
 
 @pytest.mark.parametrize(
@@ -40,9 +63,16 @@ def test_help_names_the_flag_its_variable_and_default():
         (["--milvus-timeout", "-1"], {}, "milvus timeout -1.0"),
         ([], {"EMBEDSENSE_MILVUS_TIMEOUT_S": "soon"}, "EMBEDSENSE_MILVUS_TIMEOUT_S='soon'"),
         ([], {"EMBEDSENSE_MILVUS_TIMEOUT_S": "0"}, "milvus timeout 0.0"),
+        (
+            ["--milvus-search-calls", "0"],
+            {},
+            "milvus search calls 0: expected a whole number, at least 1 (--milvus-search-calls",
+        ),
+        ([], {"EMBEDSENSE_MILVUS_SEARCH_CALLS": "-2"}, "milvus search calls -2"),
+        ([], {"EMBEDSENSE_MILVUS_SEARCH_CALLS": "two"}, "EMBEDSENSE_MILVUS_SEARCH_CALLS='two'"),
     ],
 )
-def test_a_timeout_that_cannot_work_is_refused_at_start(
+def test_a_setting_that_cannot_work_is_refused_at_start(
     started, monkeypatch, capsys, argv, environ, named
 ):
     for name, value in environ.items():

@@ -36,6 +36,7 @@ ENGINE_KNOBS = ("model", "device", "dtype", "cpu_flags", "threads", "tokenizer_t
 # value to name where it came from; the others are set by their variable alone.
 FLAGS = {"host": "--host", "port": "--port", "http_port": "--http-port",
          "metrics_port": "--metrics-port", "milvus_timeout_s": "--milvus-timeout",
+         "milvus_search_calls": "--milvus-search-calls",
          "api_key": "--api-key", "dtype": "--dtype"}  # fmt: skip
 
 
@@ -76,6 +77,7 @@ NUMBER_RULES = {
     "http_port": PORT,
     "metrics_port": PORT,
     "milvus_timeout_s": SECONDS,
+    "milvus_search_calls": COUNT,
     "max_message_bytes": MESSAGE_BYTES,
     "max_texts_per_request": COUNT,
     "max_text_chars": COUNT,
@@ -101,6 +103,9 @@ class ServerSettings:
     milvus_uri: str | None = None
     milvus_token: str | None = None
     milvus_timeout_s: float = 30.0  # milvus: the deadline of every call to Milvus, in seconds
+    # milvus: search calls in flight at once per collection and search parameters; searches
+    # that come meanwhile wait and go to Milvus together, as one call
+    milvus_search_calls: int = 2
     replica: str | None = None  # this server's name in Info and logs (default: host:port)
     # When set (comma-separated for several), every call but health and reflection needs one.
     api_key: str | None = None
@@ -167,7 +172,7 @@ class ServerSettings:
             object.__setattr__(self, "metrics_host", _bare_host("metrics_host", self.metrics_host))
         for name, rule in NUMBER_RULES.items():
             if (value := getattr(self, name)) is not None and not rule.holds(value):
-                label = "milvus timeout" if name == "milvus_timeout_s" else name
+                label = name.removesuffix("_s").replace("_", " ") if "milvus" in name else name
                 raise ValueError(f"{label} {value}: expected {rule.expected} ({where(name)})")
         self._check_listeners_apart()
         if self.api_key is not None and not any(k.strip() for k in self.api_key.split(",")):
@@ -262,7 +267,8 @@ class ServerSettings:
 
     def backend(self) -> BackendSettings:
         return BackendSettings(self.index_backend, self.data_dir, self.milvus_uri,
-                               self.milvus_token, self.milvus_timeout_s)  # fmt: skip
+                               self.milvus_token, self.milvus_timeout_s,
+                               self.milvus_search_calls)  # fmt: skip
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> ServerSettings:

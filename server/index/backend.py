@@ -164,6 +164,9 @@ class BackendSettings:
     milvus_uri: str | None = None  # milvus: a path ending in .db (milvus-lite) or a URL
     milvus_token: str | None = None
     milvus_timeout_s: float = 30.0  # milvus: the deadline of every call to Milvus
+    # milvus: search calls in flight at once per collection and search parameters; searches
+    # beyond them wait and go to Milvus together (milvus/coalesce.py)
+    milvus_search_calls: int = 2
 
 
 def open_backend(settings: BackendSettings) -> IndexBackend:
@@ -180,5 +183,10 @@ def open_backend(settings: BackendSettings) -> IndexBackend:
             )
         from embedsense.server.index.milvus import MilvusBackend
 
-        return MilvusBackend(settings.milvus_uri, settings.milvus_token, settings.milvus_timeout_s)
+        return MilvusBackend(
+            settings.milvus_uri,
+            settings.milvus_token,
+            settings.milvus_timeout_s,
+            search_calls=settings.milvus_search_calls,
+        )
     raise ValueError(f"index backend {settings.kind!r}: expected one of {', '.join(BACKENDS)}")

@@ -9,11 +9,13 @@ and loaded), for HNSW32 at several ef_search values, recall@10 against exact sea
 queries/s with p50/p99 latency (one query per call, as the service makes them), unfiltered
 and filtered; at the fastest ef that reaches recall 0.95, faiss and the real Milvus again
 with --callers threads calling at once (the throughput many callers get, where one caller's
-q/s is 1 / its latency). The milvus backend talks to a milvus-lite server (Milvus rewritten
-in Python) and to a real Milvus standalone from PyPI's `milvus` wheel
-(tests/ops/milvus_standalone.py), both separate processes on 127.0.0.1 reached over gRPC
-(the standalone's relay into its network namespace adds nothing measurable: 2.4-2.9 ms per
-search through it or from inside, same run), or with --milvus-uri to a Milvus of yours.
+q/s is 1 / its latency), and for Milvus the same again with each search one Milvus call (the
+baseline: concurrent searches not merged, server/index/milvus/coalesce.py). The milvus
+backend talks to a milvus-lite server (Milvus rewritten in Python) and to a real Milvus
+standalone from PyPI's `milvus` wheel (tests/ops/milvus_standalone.py), both separate
+processes on 127.0.0.1 reached over gRPC (the standalone's relay into its network namespace
+adds nothing measurable: 2.4-2.9 ms per search through it or from inside, same run), or with
+--milvus-uri to a Milvus of yours.
 milvus-lite is slow: it answers only the first --lite-queries queries, at three ef values.
 
 Part 2 (--service), the service: 32 concurrent callers embedding Chinese texts through one
@@ -205,6 +207,18 @@ def bench_backend(
                 print(f"{name:<11} {label:<15} ef {c['ef_search']:>4}  {callers} callers at "
                       f"once         {c['qps']:>7.1f} q/s  p50 {c['p50_ms']:>6.2f} ms  p99 "
                       f"{c['p99_ms']:>6.2f} ms")  # fmt: skip
+                if hasattr(collection, "coalesce_searches"):  # Milvus: the same, one call each
+                    collection.coalesce_searches = False
+                    try:
+                        c = concurrent_calls(
+                            collection, queries, where, reached["ef_search"], callers
+                        )
+                    finally:
+                        collection.coalesce_searches = True
+                    row[f"{label}_concurrent_one_call_each"] = c
+                    print(f"{name:<11} {label:<15} ef {c['ef_search']:>4}  {callers} callers, "
+                          f"a call each {c['qps']:>7.1f} q/s  p50 {c['p50_ms']:>6.2f} ms  p99 "
+                          f"{c['p99_ms']:>6.2f} ms  (baseline: not merged)")  # fmt: skip
         if name == "milvus":  # a real Milvus: what pymilvus alone gets from it, same run
             row["raw_pymilvus_unfiltered"] = [
                 raw_pymilvus(settings.milvus_uri, collection, queries, r["ef_search"])

@@ -3,7 +3,7 @@ across replicas), `collection.py` (one collection's documents and searches), `ve
 (token rows replaced without losing them), `filters.py` (metadata filters and word grams as
 Milvus expressions), `schema.py` (names, schemas, index specs), `optimize.py` (a bulk load
 merged, indexed and served), `calls.py` (deadlines, consistency and error classes of every
-Milvus call)."""
+Milvus call), `coalesce.py` (searches made at the same time as one Milvus call)."""
 
 from embedsense.server.index.milvus.backend import MilvusBackend
 from embedsense.server.index.milvus.collection import MilvusCollection

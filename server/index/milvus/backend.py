@@ -73,8 +73,11 @@ class MilvusBackend:
 
     kind = "milvus"
 
-    def __init__(self, uri: str, token: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, uri: str, token: str | None = None, timeout_s: float = 30.0, search_calls: int = 2
+    ) -> None:
         self.uri = uri
+        self.search_calls = search_calls
         try:
             # A connection of its own: pymilvus otherwise shares one per URI between clients,
             # and a shared one that sat idle (Milvus sent GOAWAY) failed the next client's
@@ -183,7 +186,9 @@ class MilvusBackend:
             self._meta_put(
                 f"collection:{name}", json.dumps({**asdict(row), "incarnation": layout.incarnation})
             )
-            collection = self._open[name] = MilvusCollection(self.calls, row, layout)
+            collection = self._open[name] = MilvusCollection(
+                self.calls, row, layout, self.search_calls
+            )
         return collection.info()
 
     def _make(self, row: CollectionRow, layout: Layout) -> None:
@@ -266,7 +271,9 @@ class MilvusBackend:
                 return cached
             if cached:  # its incarnation is gone: every later call through it says so
                 cached.gone = True
-            collection = self._open[name] = MilvusCollection(self.calls, row, layout)
+            collection = self._open[name] = MilvusCollection(
+                self.calls, row, layout, self.search_calls
+            )
             return collection
 
     def names(self) -> list[str]:
@@ -291,7 +298,7 @@ class MilvusBackend:
         collection = (
             cached
             if cached and cached.layout == layout
-            else MilvusCollection(self.calls, row, layout)
+            else MilvusCollection(self.calls, row, layout, self.search_calls)
         )
         with collection.dropping():
             self._meta_delete(f"collection:{name}")

@@ -33,6 +33,7 @@ from embedsense.server.index.hits import Hit, within
 from embedsense.server.index.locks import ReadWriteLock
 from embedsense.server.index.milvus import optimize
 from embedsense.server.index.milvus.calls import MilvusCalls, MilvusCollectionGone
+from embedsense.server.index.milvus.coalesce import Coalescer
 from embedsense.server.index.milvus.filters import (
     containing,
     grams,
@@ -72,7 +73,9 @@ MAX_NARROWING = 32
 
 
 class MilvusCollection:
-    def __init__(self, calls: MilvusCalls, row: CollectionRow, layout: Layout) -> None:
+    def __init__(
+        self, calls: MilvusCalls, row: CollectionRow, layout: Layout, search_calls: int = 2
+    ) -> None:
         self.calls = calls
         self.row = row  # the settings; generation and next_label mean nothing here
         self.layout = layout
@@ -86,6 +89,10 @@ class MilvusCollection:
         self.checked_at = time.monotonic()  # when the backend last saw it in the meta rows
         self._shares: dict[str, tuple[float, float]] = {}  # expression -> (share, when)
         self._shares_lock = threading.Lock()
+        # Searches with the same parameters beyond `search_calls` in flight go to Milvus
+        # together (coalesce.py); False makes one call per search, a benchmark's baseline.
+        self.coalesce_searches = True
+        self._searches = Coalescer(max_calls=search_calls)
 
     @property
     def name(self) -> str:
@@ -427,17 +434,25 @@ class MilvusCollection:
             fields = ["text", "metadata"] if with_documents else ["id"]
             if with_vectors:
                 fields.append("vector")
-            results = self.calls(
-                f"search {self.name!r}",
-                "search",
-                self.layout.docs,
-                data=queries.tolist(),
-                limit=k,
-                filter=expression,
-                output_fields=fields,
-                search_params={"metric_type": METRICS[self.row.metric], "params": params},
-                consistency_level="Bounded",
-            )
+
+            def search(rows: np.ndarray) -> list:
+                return self.calls(
+                    f"search {self.name!r}",
+                    "search",
+                    self.layout.docs,
+                    data=rows.tolist(),
+                    limit=k,
+                    filter=expression,
+                    output_fields=fields,
+                    search_params={"metric_type": METRICS[self.row.metric], "params": params},
+                    consistency_level="Bounded",
+                )
+
+            if self.coalesce_searches:
+                key = (k, expression, tuple(fields), tuple(sorted(params.items())))
+                results = self._searches.run(key, queries, search)
+            else:
+                results = search(queries)
         hits = [
             [
                 Hit(
