@@ -57,7 +57,7 @@ SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     (
         "--milvus-search-calls",
         "milvus: search calls in flight at once per collection and search parameters; "
-        "searches that come meanwhile go to Milvus together, as one call (default 2)",
+        "searches that come meanwhile go to Milvus together, as one call",
         {"type": whole_number},
     ),
     ("--replica", "this server's name in Info and logs (unset: host:port)", {}),

@@ -225,7 +225,7 @@ def test_ids_with_quotes_filters_right_after_a_write_and_a_large_k(backend):
 @pytest.mark.parametrize("backend", ["milvus-lite-server", "milvus"], indirect=True)
 def test_concurrent_searches_share_milvus_calls_and_each_gets_its_own_hits(backend, monkeypatch):
     """Milvus spends milliseconds of CPU per call whatever it searches: searches with the
-    same parameters made while one is in Milvus go as one call (coalesce.py), and each
+    same parameters made while others are in Milvus go as one call (coalesce.py), and each
     caller gets the hits it gets alone."""
     backend.create("c", model="m", dim=DIM, index_spec="HNSW32")
     col = backend.get("c")
@@ -236,25 +236,22 @@ def test_concurrent_searches_share_milvus_calls_and_each_gets_its_own_hits(backe
     made, search = [], col.calls.client.search
     in_flight = BackendSettings().milvus_search_calls  # what the backend lets go at once
 
-    entered: list[int] = []
-
     def counted(*args, **kwargs):
         made.append((kwargs["filter"], len(kwargs["data"])))
         if [f for f, _ in made].count(kwargs["filter"]) <= in_flight:
-            # The first calls stay in Milvus until every caller has come.
+            # The first calls stay in Milvus until every other caller waits behind them.
             deadline = time.monotonic() + 10
-            while len(entered) < 12 and time.monotonic() < deadline:
+            while (
+                time.monotonic() < deadline
+                and sum(len(w) for w in col._searches._waiting.values()) < 12 - 2 * in_flight
+            ):
                 time.sleep(0.01)
-            time.sleep(0.5)
         return search(*args, **kwargs)
-
-    def one(i: int) -> list:
-        entered.append(i)
-        return col.search(queries[i], k=5, where=wheres[i])[0]
 
     monkeypatch.setattr(col.calls.client, "search", counted)
     with ThreadPoolExecutor(12) as pool:
-        together = list(pool.map(one, range(12)))
+        together = list(pool.map(lambda i: col.search(queries[i], k=5, where=wheres[i])[0],
+                                 range(12)))  # fmt: skip
     for one, other in zip(alone, together, strict=True):
         assert [(h.id, h.text, h.metadata) for h in one] == [
             (h.id, h.text, h.metadata) for h in other

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from embedsense.server.config import FLOAT16_ON_CPU, EngineConfig
-from embedsense.server.index.backend import BACKENDS, BackendSettings
+from embedsense.server.index.backend import BACKENDS, MILVUS_SEARCH_CALLS, BackendSettings
 
 PROMPT_NAMES = ("query", "passage")  # the roles HTTP requests name (TextRole's values)
 # What the derived HTTP body limit allows for (http_body_limit): a character as a JSON
@@ -38,6 +38,10 @@ FLAGS = {"host": "--host", "port": "--port", "http_port": "--http-port",
          "metrics_port": "--metrics-port", "milvus_timeout_s": "--milvus-timeout",
          "milvus_search_calls": "--milvus-search-calls",
          "api_key": "--api-key", "dtype": "--dtype"}  # fmt: skip
+
+
+# How a refusal names a setting, where not by its field's name.
+LABELS = {"milvus_timeout_s": "milvus timeout", "milvus_search_calls": "milvus search calls"}
 
 
 def where(name: str) -> str:
@@ -105,7 +109,7 @@ class ServerSettings:
     milvus_timeout_s: float = 30.0  # milvus: the deadline of every call to Milvus, in seconds
     # milvus: search calls in flight at once per collection and search parameters; searches
     # that come meanwhile wait and go to Milvus together, as one call
-    milvus_search_calls: int = 2
+    milvus_search_calls: int = MILVUS_SEARCH_CALLS
     replica: str | None = None  # this server's name in Info and logs (default: host:port)
     # When set (comma-separated for several), every call but health and reflection needs one.
     api_key: str | None = None
@@ -172,7 +176,7 @@ class ServerSettings:
             object.__setattr__(self, "metrics_host", _bare_host("metrics_host", self.metrics_host))
         for name, rule in NUMBER_RULES.items():
             if (value := getattr(self, name)) is not None and not rule.holds(value):
-                label = name.removesuffix("_s").replace("_", " ") if "milvus" in name else name
+                label = LABELS.get(name, name)
                 raise ValueError(f"{label} {value}: expected {rule.expected} ({where(name)})")
         self._check_listeners_apart()
         if self.api_key is not None and not any(k.strip() for k in self.api_key.split(",")):

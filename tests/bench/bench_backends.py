@@ -33,6 +33,7 @@ Last line: one JSON object.
 
     python tests/bench/bench_backends.py [--n 100000] [--dim 384] [--queries 100] [--callers 8]
         [--backends faiss milvus-lite milvus] [--milvus-uri URI] [--service]
+        [--milvus-search-calls 2] [--sweep-callers 1 2 4 8 16]
     python tests/bench/bench_backends.py --data-ops --backends faiss [--spec HNSW32]
 """
 
@@ -58,6 +59,7 @@ from workload import chinese_texts, concurrent_callers  # noqa: E402
 
 from embedsense.client import AsyncClient  # noqa: E402
 from embedsense.server.index import BackendSettings, Document, open_backend  # noqa: E402
+from embedsense.server.index.backend import MILVUS_SEARCH_CALLS  # noqa: E402
 
 EF_VALUES = (64, 128, 256)  # milvus-lite's (seconds a filtered query)
 # faiss's and Milvus's, fine enough that each is compared at about its cheapest setting that
@@ -134,6 +136,16 @@ def concurrent_calls(collection, queries, where, ef, callers: int, passes: int =
     return {"ef_search": ef, "callers": callers, **rate(wall, latencies)}
 
 
+def one_call_each(collection, queries, where, ef, callers: int) -> dict:
+    """concurrent_calls() with the milvus backend's searches not merged: one Milvus call per
+    search, the baseline merging (server/index/milvus/coalesce.py) is measured against."""
+    collection.coalesce_searches = False
+    try:
+        return concurrent_calls(collection, queries, where, ef, callers)
+    finally:
+        collection.coalesce_searches = True
+
+
 def measure(collection, queries, truth, where, ef) -> dict:
     timing, hits = timed_calls(queries, searching(collection, where, ef))
     found = [[h.id for h in hit[0]] for hit in hits]
@@ -167,6 +179,7 @@ def bench_backend(
     truths,
     callers: int = 0,
     ef_values: tuple[int, ...] = FINE_EF_VALUES,
+    sweep: tuple[int, ...] = (),
 ) -> dict:
     backend = open_backend(settings)
     # A name of its own: the Milvus may be the caller's (--milvus-uri), with a "bench" of its own.
@@ -208,17 +221,21 @@ def bench_backend(
                       f"once         {c['qps']:>7.1f} q/s  p50 {c['p50_ms']:>6.2f} ms  p99 "
                       f"{c['p99_ms']:>6.2f} ms")  # fmt: skip
                 if hasattr(collection, "coalesce_searches"):  # Milvus: the same, one call each
-                    collection.coalesce_searches = False
-                    try:
-                        c = concurrent_calls(
-                            collection, queries, where, reached["ef_search"], callers
-                        )
-                    finally:
-                        collection.coalesce_searches = True
+                    c = one_call_each(collection, queries, where, reached["ef_search"], callers)
                     row[f"{label}_concurrent_one_call_each"] = c
                     print(f"{name:<11} {label:<15} ef {c['ef_search']:>4}  {callers} callers, "
                           f"a call each {c['qps']:>7.1f} q/s  p50 {c['p50_ms']:>6.2f} ms  p99 "
                           f"{c['p99_ms']:>6.2f} ms  (baseline: not merged)")  # fmt: skip
+            if sweep and reached and hasattr(collection, "coalesce_searches"):
+                row[f"{label}_callers_sweep"] = []
+                for n in sweep:  # merged against one call each, at each number of callers
+                    merged = concurrent_calls(collection, queries, where, reached["ef_search"], n)
+                    alone = one_call_each(collection, queries, where, reached["ef_search"], n)
+                    row[f"{label}_callers_sweep"].append({"merged": merged, "one_call_each": alone})
+                    print(f"{name:<11} {label:<15} ef {merged['ef_search']:>4}  {n:>2} callers: "
+                          f"merged {merged['qps']:>7.1f} q/s (p50 {merged['p50_ms']:.2f} ms), "
+                          f"a call each {alone['qps']:>7.1f} q/s "
+                          f"(p50 {alone['p50_ms']:.2f} ms)")  # fmt: skip
         if name == "milvus":  # a real Milvus: what pymilvus alone gets from it, same run
             row["raw_pymilvus_unfiltered"] = [
                 raw_pymilvus(settings.milvus_uri, collection, queries, r["ef_search"])
@@ -411,6 +428,16 @@ def main() -> None:
         help="part 1: faiss and the real Milvus also with this many concurrent callers "
         "(0: one caller only; milvus-lite: one)",
     )  # fmt: skip
+    parser.add_argument(
+        "--milvus-search-calls", type=int, default=MILVUS_SEARCH_CALLS,
+        help="part 1: the milvus backend's search calls in flight per collection and "
+        "parameters, as the server's flag (its default too)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sweep-callers", type=int, nargs="*", default=[],
+        help="part 1, the real Milvus: queries/s at each of these numbers of callers at once, "
+        "merged and one call each (e.g. 1 2 4 8 16)",
+    )  # fmt: skip
     parser.add_argument("--backends", nargs="+", default=["faiss", "milvus-lite", "milvus"])
     parser.add_argument("--service", action="store_true", help="part 2 too")
     parser.add_argument("--texts", type=int, default=256)
@@ -460,15 +487,17 @@ def main() -> None:
                 lite.stop()
         if "milvus" in args.backends and args.milvus_uri:  # a Milvus of the caller's
             result["milvus"] = bench_backend(
-                "milvus", BackendSettings("milvus", milvus_uri=args.milvus_uri), vectors,
-                queries, truths, args.callers,
+                "milvus", BackendSettings("milvus", milvus_uri=args.milvus_uri,
+                                          milvus_search_calls=args.milvus_search_calls), vectors,
+                queries, truths, args.callers, sweep=tuple(args.sweep_callers),
             )  # fmt: skip
         elif "milvus" in args.backends:
             milvus = MilvusStandalone(root / "milvus")
             try:
                 result["milvus"] = bench_backend(
-                    "milvus", BackendSettings("milvus", milvus_uri=milvus.uri), vectors,
-                    queries, truths, args.callers,
+                    "milvus", BackendSettings("milvus", milvus_uri=milvus.uri,
+                                              milvus_search_calls=args.milvus_search_calls),
+                    vectors, queries, truths, args.callers, sweep=tuple(args.sweep_callers),
                 )  # fmt: skip
             finally:
                 milvus.stop()

@@ -36,6 +36,7 @@ from typing import Any
 
 from pymilvus import MilvusClient, MilvusException
 
+from embedsense.server.index.backend import MILVUS_SEARCH_CALLS
 from embedsense.server.index.collection import CollectionInfo
 from embedsense.server.index.errors import (
     CollectionExists,
@@ -74,7 +75,11 @@ class MilvusBackend:
     kind = "milvus"
 
     def __init__(
-        self, uri: str, token: str | None = None, timeout_s: float = 30.0, search_calls: int = 2
+        self,
+        uri: str,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        search_calls: int = MILVUS_SEARCH_CALLS,
     ) -> None:
         self.uri = uri
         self.search_calls = search_calls

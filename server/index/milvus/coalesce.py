@@ -8,47 +8,64 @@ that once. So once `max_calls` searches for a key (a collection's search paramet
 Milvus, the searches for that key that arrive wait, and each call that ends hands its turn
 to them: one call for all that are waiting then, as a database's group commit. A caller
 alone waits for nothing, and many callers share calls. Each query is searched on its own
-inside Milvus, so each caller gets the hits it would have got alone."""
+inside Milvus, so each caller gets the hits it would have got alone.
+
+A search still ends within its deadline, waiting included: a caller waits for its turn at
+most until its deadline, and a merged call has the time its oldest caller has left (the
+least of them all).
+"""
 
 from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 
-# Rows in one merged call: Milvus refuses more than 16,384 queries in a call, and a larger
-# answer only keeps its first caller waiting longer.
+from embedsense.server.index.errors import IndexFailed, IndexUnavailable
+
+# Rows in one merged call: a larger answer only keeps its first caller waiting longer.
 MAX_MERGED_ROWS = 256
+
+# call(rows, timeout_s): one result per row of `rows`, within timeout_s.
+Call = Callable[[np.ndarray, float], list[Any]]
 
 
 class _Waiter:
-    def __init__(self, queries: np.ndarray) -> None:
+    def __init__(self, queries: np.ndarray, deadline: float) -> None:
         self.queries = queries
-        self.leads = False  # makes a call for itself and those waiting
+        self.deadline = deadline  # time.monotonic()
+        self.leads = False  # makes a call for itself and those waiting: holds a turn
         self.woken = threading.Event()
         self.result: list[Any] = []
         self.error: BaseException | None = None
 
 
 class Coalescer:
-    """`run(key, queries, call)` is `call(queries)`, one result per query row, with at most
+    """`run(key, queries, call, timeout_s)` is `call(queries, timeout_s)`, with at most
     `max_calls` calls for a key in flight: a call that ends hands its turn to the callers
     waiting then, one call on all their rows (at most `max_rows`, or one caller's own)."""
 
-    def __init__(self, max_calls: int, max_rows: int = MAX_MERGED_ROWS) -> None:
+    def __init__(self, max_calls: int) -> None:
+        if max_calls < 1:  # no call could ever start: every search would wait forever
+            raise ValueError(f"calls in flight {max_calls}: expected 1 or more")
         self.max_calls = max_calls
-        self.max_rows = max_rows
         self._lock = threading.Lock()
         self._waiting: dict[Hashable, list[_Waiter]] = {}
         self._in_flight: dict[Hashable, int] = {}
 
     def run(
-        self, key: Hashable, queries: np.ndarray, call: Callable[[np.ndarray], list[Any]]
+        self,
+        key: Hashable,
+        queries: np.ndarray,
+        call: Call,
+        timeout_s: float,
+        max_rows: int = MAX_MERGED_ROWS,
     ) -> list[Any]:
-        me = _Waiter(queries)
+        me = _Waiter(queries, time.monotonic() + timeout_s)
         with self._lock:
             if self._in_flight.get(key, 0) < self.max_calls:
                 self._in_flight[key] = self._in_flight.get(key, 0) + 1
@@ -56,57 +73,108 @@ class Coalescer:
             else:
                 self._waiting.setdefault(key, []).append(me)
         if not me.leads:
-            me.woken.wait()
+            try:
+                woken = me.woken.wait(max(0.0, me.deadline - time.monotonic()))
+            except BaseException:
+                self._leave(key, me)
+                raise
+            if not woken:
+                if self._leave(key, me):
+                    raise IndexUnavailable(
+                        f"milvus did not answer within {timeout_s:g} s: the searches ahead "
+                        "of this one did not end"
+                    )
+                me.woken.wait()  # in a call already, which has its own deadline
         if me.leads:
-            self._lead(key, me, call)
+            self._lead(key, me, call, max_rows)
         if me.error is None:
             return me.result
         if me.leads:  # this thread made the call
             raise me.error
-        raise _own_copy(me.error) from me.error
+        own = _own_copy(me.error)
+        if own is me.error:
+            raise own
+        raise own from me.error
 
-    def _lead(self, key: Hashable, me: _Waiter, call: Callable[[np.ndarray], list[Any]]) -> None:
+    def _leave(self, key: Hashable, me: _Waiter) -> bool:
+        """A waiter gives up (its deadline passed, or its thread was interrupted): True where
+        it left before being answered. A turn it was handed goes on to the next waiter."""
         with self._lock:
-            batch, rows = [me], len(me.queries)
             waiting = self._waiting.get(key, [])
-            while waiting and rows + len(waiting[0].queries) <= self.max_rows:
-                batch.append(waiting.pop(0))
-                rows += len(batch[-1].queries)
+            if me in waiting:
+                waiting.remove(me)
+                if not waiting:
+                    del self._waiting[key]
+                return True
+            if not me.leads:  # in a call already: its answer is on the way
+                return False
+            me.leads = False
+            next_leader = self._pass_turn(key)
+        if next_leader is not None:
+            next_leader.woken.set()
+        return True
+
+    def _pass_turn(self, key: Hashable) -> _Waiter | None:
+        """Under the lock: the turn of a call that ended goes to the first waiter, or is freed."""
+        waiting = self._waiting.get(key)
+        if waiting:
+            next_leader = waiting.pop(0)
+            next_leader.leads = True
             if not waiting:
-                self._waiting.pop(key, None)
+                del self._waiting[key]
+            return next_leader
+        if self._in_flight[key] == 1:
+            del self._in_flight[key]
+        else:
+            self._in_flight[key] -= 1
+        return None
+
+    def _lead(self, key: Hashable, me: _Waiter, call: Call, max_rows: int) -> None:
+        batch = [me]
         try:
-            results = call(me.queries if len(batch) == 1 else np.concatenate(
-                [w.queries for w in batch]))  # fmt: skip
+            with self._lock:
+                rows = len(me.queries)
+                waiting = self._waiting.get(key, [])
+                while waiting and rows + len(waiting[0].queries) <= max_rows:
+                    batch.append(waiting.pop(0))
+                    rows += len(batch[-1].queries)
+                if not waiting:
+                    self._waiting.pop(key, None)
+            queries = me.queries if len(batch) == 1 else np.concatenate([w.queries for w in batch])
+            # The oldest caller's time left: the least of the batch's (it came first).
+            left = me.deadline - time.monotonic()
+            if left <= 0:
+                raise IndexUnavailable(
+                    "milvus did not answer in time: the searches ahead of this one did not end"
+                )
+            results = call(queries, left)
+            if len(results) != len(queries):
+                raise IndexFailed(f"milvus answered {len(results)} searches of {len(queries)}")
             start = 0
             for waiter in batch:
                 waiter.result = results[start : start + len(waiter.queries)]
                 start += len(waiter.queries)
-        except BaseException as err:  # every caller of the call hears of it
+        except Exception as err:  # every caller of the call hears of it
             for waiter in batch:
                 waiter.error = err
+        except BaseException as err:  # this thread is interrupted; the others are not
+            me.error = err
+            for waiter in batch[1:]:
+                waiter.error = IndexUnavailable("the search call was interrupted; try again")
         finally:
-            after = None
             with self._lock:
-                waiting = self._waiting.get(key)
-                if waiting:  # this call's turn passes to the first of those waiting
-                    after = waiting.pop(0)
-                    after.leads = True
-                    if not waiting:
-                        del self._waiting[key]
-                elif self._in_flight[key] == 1:
-                    del self._in_flight[key]
-                else:
-                    self._in_flight[key] -= 1
-            if after is not None:
-                after.woken.set()
+                next_leader = self._pass_turn(key)
+            if next_leader is not None:
+                next_leader.woken.set()
             for waiter in batch[1:]:
                 waiter.woken.set()
 
 
 def _own_copy(error: BaseException) -> BaseException:
     """The error for another caller of the call: one object raised in several threads would
-    have their tracebacks written into it at once."""
+    have their tracebacks written into it at once. The error itself where its class cannot
+    make it again from its arguments."""
     try:
         return copy.copy(error).with_traceback(None)
-    except Exception:  # an error its class cannot make again from its arguments
+    except Exception:
         return error

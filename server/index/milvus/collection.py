@@ -33,7 +33,7 @@ from embedsense.server.index.hits import Hit, within
 from embedsense.server.index.locks import ReadWriteLock
 from embedsense.server.index.milvus import optimize
 from embedsense.server.index.milvus.calls import MilvusCalls, MilvusCollectionGone
-from embedsense.server.index.milvus.coalesce import Coalescer
+from embedsense.server.index.milvus.coalesce import MAX_MERGED_ROWS, Coalescer
 from embedsense.server.index.milvus.filters import (
     containing,
     grams,
@@ -53,6 +53,7 @@ from embedsense.server.index.milvus.versions import (
 from embedsense.server.index.search_plan import filtered_ef
 from embedsense.server.index.store import CollectionRow, Document
 from embedsense.server.index.validation import (
+    MAX_K,
     check_model,
     checked_patch,
     checked_query,
@@ -74,7 +75,7 @@ MAX_NARROWING = 32
 
 class MilvusCollection:
     def __init__(
-        self, calls: MilvusCalls, row: CollectionRow, layout: Layout, search_calls: int = 2
+        self, calls: MilvusCalls, row: CollectionRow, layout: Layout, search_calls: int
     ) -> None:
         self.calls = calls
         self.row = row  # the settings; generation and next_label mean nothing here
@@ -90,7 +91,8 @@ class MilvusCollection:
         self._shares: dict[str, tuple[float, float]] = {}  # expression -> (share, when)
         self._shares_lock = threading.Lock()
         # Searches with the same parameters beyond `search_calls` in flight go to Milvus
-        # together (coalesce.py); False makes one call per search, a benchmark's baseline.
+        # together (coalesce.py). For benchmarks only: False makes one call per search, the
+        # baseline merging is measured against.
         self.coalesce_searches = True
         self._searches = Coalescer(max_calls=search_calls)
 
@@ -435,7 +437,7 @@ class MilvusCollection:
             if with_vectors:
                 fields.append("vector")
 
-            def search(rows: np.ndarray) -> list:
+            def search(rows: np.ndarray, timeout_s: float) -> list:
                 return self.calls(
                     f"search {self.name!r}",
                     "search",
@@ -446,13 +448,18 @@ class MilvusCollection:
                     output_fields=fields,
                     search_params={"metric_type": METRICS[self.row.metric], "params": params},
                     consistency_level="Bounded",
+                    timeout=timeout_s,
                 )
 
             if self.coalesce_searches:
                 key = (k, expression, tuple(fields), tuple(sorted(params.items())))
-                results = self._searches.run(key, queries, search)
+                # A merged call asks for no more hits than one search may.
+                max_rows = max(1, min(MAX_MERGED_ROWS, MAX_K // k))
+                results = self._searches.run(
+                    key, queries, search, self.calls.timeout_s, max_rows=max_rows
+                )
             else:
-                results = search(queries)
+                results = search(queries, self.calls.timeout_s)
         hits = [
             [
                 Hit(
