@@ -69,6 +69,8 @@ def test_searches_arriving_during_a_call_are_the_next_call_each_answered_its_own
         20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 100.0, 200.0
     ]  # fmt: skip
     assert not coalescer._waiting and not coalescer._in_flight
+    stats = coalescer.stats()  # the metrics' counts: 8 searches in 2 calls, 7 of them waited
+    assert (stats.searches, stats.calls) == (8, 2) and 0 < stats.wait_seconds < 7 * 10
 
 
 def test_a_caller_alone_or_with_other_parameters_waits_for_no_call():
@@ -180,6 +182,7 @@ def test_a_search_waits_for_its_turn_at_most_until_its_deadline():
             coalescer.run("k", rows(2), milvus, 0.3)
         assert 0.3 <= time.monotonic() - started < 5
         assert not coalescer._waiting  # it left the queue
+        assert coalescer.stats().wait_seconds >= 0.3 and coalescer.stats().calls == 1
         milvus.release.set()
         assert held.result(10) == [1.0]
     assert coalescer.run("k", rows(3), milvus, TIMEOUT_S) == [3.0]

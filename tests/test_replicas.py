@@ -9,6 +9,7 @@ import re
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import ServerThread
@@ -88,6 +89,33 @@ def test_replicas_share_collections_inventories_and_answers(cluster):
             found = one.search_occurrences("shared", "我买了最新的苹果手机", "苹果", k=5)
             assert [o.metadata["sense"] for o in found] == ["company"] * 5
     assert answers[0] == answers[1] == answers[2] and len(answers[0]) == 10
+
+
+def test_a_replicas_metrics_count_its_milvus_searches_and_the_calls_made_for_them(cluster):
+    """Concurrent searches through one replica: its metrics count each search once, the
+    Milvus calls made for them (fewer where searches were merged) and their waits."""
+    target, port = cluster["targets"][0], cluster["metrics"][0]
+    with Client(target, timeout=120) as c:
+        c.create_collection("counted")
+        try:
+            c.upsert("counted", [{"id": f"d{i}", "text": t} for i, t in enumerate(FRUIT + PHONE)],
+                     show_progress_bar=False)  # fmt: skip
+            with ThreadPoolExecutor(12) as pool:
+                hits = list(pool.map(lambda i: c.search("counted", FRUIT[i % 4], k=3), range(24)))
+            assert all(len(h) == 3 for h in hits)
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        finally:
+            c.drop_collection("counted")
+
+    def counted(metric: str) -> float:
+        found = re.search(rf'^{metric}{{collection="counted"}} ([0-9.e+]+)$', text.decode(), re.M)
+        assert found, f"{metric} for the collection is not in the metrics"
+        return float(found.group(1))
+
+    searches = counted("embedsense_milvus_searches_total")
+    calls = counted("embedsense_milvus_search_calls_total")
+    assert searches == 24 and 1 <= calls <= 24
+    assert counted("embedsense_milvus_search_wait_seconds_total") >= 0
 
 
 def test_a_killed_replica_loses_nothing_acknowledged_and_calls_go_on(cluster):

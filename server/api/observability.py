@@ -21,7 +21,7 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
@@ -181,6 +181,20 @@ class _EngineAndIndex:
         vectors = GaugeMetricFamily("embedsense_collection_index_vectors",
                                     "vectors in the FAISS index, dead ones included",
                                     labels=["collection"])  # fmt: skip
+        # Milvus: searches, the calls made for them (searches / calls is how many a call
+        # merged) and their waits for a turn, to tune --milvus-search-calls by.
+        by_collection = ["collection"]
+        searches = CounterMetricFamily(
+            "embedsense_milvus_searches", "searches in Milvus", labels=by_collection
+        )
+        calls = CounterMetricFamily(
+            "embedsense_milvus_search_calls", "Milvus calls made for them", labels=by_collection
+        )
+        waits = CounterMetricFamily(
+            "embedsense_milvus_search_wait_seconds",
+            "time searches waited for a turn",
+            labels=by_collection,
+        )
         for name in self.catalog.names():
             try:
                 collection = self.catalog.get(name)
@@ -188,8 +202,15 @@ class _EngineAndIndex:
                 continue
             documents.add_metric([name], collection.count())
             vectors.add_metric([name], collection.index_vectors())
+            if hasattr(collection, "search_stats"):
+                stats = collection.search_stats()
+                searches.add_metric([name], stats.searches)
+                calls.add_metric([name], stats.calls)
+                waits.add_metric([name], stats.wait_seconds)
         yield documents
         yield vectors
+        if self.catalog.kind == "milvus":
+            yield from (searches, calls, waits)
 
 
 class _Merged(CollectorRegistry):

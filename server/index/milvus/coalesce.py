@@ -21,6 +21,7 @@ import copy
 import threading
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,10 +35,21 @@ MAX_MERGED_ROWS = 256
 Call = Callable[[np.ndarray, float], list[Any]]
 
 
+@dataclass(frozen=True)
+class SearchStats:
+    """Since the coalescer was made: searches asked of it, the Milvus calls made for them
+    (searches / calls is the merged size), and the seconds searches waited for a turn."""
+
+    searches: int = 0
+    calls: int = 0
+    wait_seconds: float = 0.0
+
+
 class _Waiter:
-    def __init__(self, queries: np.ndarray, deadline: float) -> None:
+    def __init__(self, queries: np.ndarray, timeout_s: float) -> None:
         self.queries = queries
-        self.deadline = deadline  # time.monotonic()
+        self.arrived = time.monotonic()
+        self.deadline = self.arrived + timeout_s
         self.leads = False  # makes a call for itself and those waiting: holds a turn
         self.woken = threading.Event()
         self.result: list[Any] = []
@@ -56,6 +68,10 @@ class Coalescer:
         self._lock = threading.Lock()
         self._waiting: dict[Hashable, list[_Waiter]] = {}
         self._in_flight: dict[Hashable, int] = {}
+        self._stats = SearchStats()
+
+    def stats(self) -> SearchStats:
+        return self._stats
 
     def run(
         self,
@@ -65,8 +81,9 @@ class Coalescer:
         timeout_s: float,
         max_rows: int = MAX_MERGED_ROWS,
     ) -> list[Any]:
-        me = _Waiter(queries, time.monotonic() + timeout_s)
+        me = _Waiter(queries, timeout_s)
         with self._lock:
+            self._count(searches=1)
             if self._in_flight.get(key, 0) < self.max_calls:
                 self._in_flight[key] = self._in_flight.get(key, 0) + 1
                 me.leads = True
@@ -96,6 +113,13 @@ class Coalescer:
             raise own
         raise own from me.error
 
+    def _count(self, searches: int = 0, calls: int = 0, wait_seconds: float = 0.0) -> None:
+        """Under the lock."""
+        s = self._stats
+        self._stats = SearchStats(
+            s.searches + searches, s.calls + calls, s.wait_seconds + wait_seconds
+        )
+
     def _leave(self, key: Hashable, me: _Waiter) -> bool:
         """A waiter gives up (its deadline passed, or its thread was interrupted): True where
         it left before being answered. A turn it was handed goes on to the next waiter."""
@@ -105,6 +129,7 @@ class Coalescer:
                 waiting.remove(me)
                 if not waiting:
                     del self._waiting[key]
+                self._count(wait_seconds=time.monotonic() - me.arrived)
                 return True
             if not me.leads:  # in a call already: its answer is on the way
                 return False
@@ -140,6 +165,8 @@ class Coalescer:
                     rows += len(batch[-1].queries)
                 if not waiting:
                     self._waiting.pop(key, None)
+                now = time.monotonic()
+                self._count(calls=1, wait_seconds=sum(now - w.arrived for w in batch))
             queries = me.queries if len(batch) == 1 else np.concatenate([w.queries for w in batch])
             # The oldest caller's time left: the least of the batch's (it came first).
             left = me.deadline - time.monotonic()

@@ -33,7 +33,7 @@ from embedsense.server.index.hits import Hit, within
 from embedsense.server.index.locks import ReadWriteLock
 from embedsense.server.index.milvus import optimize
 from embedsense.server.index.milvus.calls import MilvusCalls, MilvusCollectionGone
-from embedsense.server.index.milvus.coalesce import MAX_MERGED_ROWS, Coalescer
+from embedsense.server.index.milvus.coalesce import MAX_MERGED_ROWS, Coalescer, SearchStats
 from embedsense.server.index.milvus.filters import (
     containing,
     grams,
@@ -99,6 +99,10 @@ class MilvusCollection:
     @property
     def name(self) -> str:
         return self.row.name
+
+    def search_stats(self) -> SearchStats:
+        """Searches, the Milvus calls made for them and their waits, for the metrics."""
+        return self._searches.stats()
 
     @property
     def dim(self) -> int:
