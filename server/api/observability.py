@@ -185,7 +185,7 @@ class _EngineAndIndex:
         # merged) and their waits for a turn, to tune --milvus-search-calls by.
         by_collection = ["collection"]
         searches = CounterMetricFamily(
-            "embedsense_milvus_searches", "searches in Milvus", labels=by_collection
+            "embedsense_milvus_searches", "searches asked of Milvus", labels=by_collection
         )
         calls = CounterMetricFamily(
             "embedsense_milvus_search_calls", "Milvus calls made for them", labels=by_collection

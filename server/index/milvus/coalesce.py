@@ -133,6 +133,7 @@ class Coalescer:
                 return True
             if not me.leads:  # in a call already: its answer is on the way
                 return False
+            self._count(wait_seconds=time.monotonic() - me.arrived)
             me.leads = False
             next_leader = self._pass_turn(key)
         if next_leader is not None:
@@ -166,7 +167,7 @@ class Coalescer:
                 if not waiting:
                     self._waiting.pop(key, None)
                 now = time.monotonic()
-                self._count(calls=1, wait_seconds=sum(now - w.arrived for w in batch))
+                self._count(wait_seconds=sum(now - w.arrived for w in batch))
             queries = me.queries if len(batch) == 1 else np.concatenate([w.queries for w in batch])
             # The oldest caller's time left: the least of the batch's (it came first).
             left = me.deadline - time.monotonic()
@@ -174,6 +175,8 @@ class Coalescer:
                 raise IndexUnavailable(
                     "milvus did not answer in time: the searches ahead of this one did not end"
                 )
+            with self._lock:
+                self._count(calls=1)
             results = call(queries, left)
             if len(results) != len(queries):
                 raise IndexFailed(f"milvus answered {len(results)} searches of {len(queries)}")
