@@ -183,6 +183,7 @@ class _EngineAndIndex:
                                     labels=["collection"])  # fmt: skip
         # Milvus: searches, the calls made for them (searches / calls is how many a call
         # merged) and their waits for a turn, to tune --milvus-search-calls by.
+        milvus = self.catalog.kind == "milvus"
         by_collection = ["collection"]
         searches = CounterMetricFamily(
             "embedsense_milvus_searches", "searches asked of Milvus", labels=by_collection
@@ -202,14 +203,14 @@ class _EngineAndIndex:
                 continue
             documents.add_metric([name], collection.count())
             vectors.add_metric([name], collection.index_vectors())
-            if hasattr(collection, "search_stats"):
+            if milvus:
                 stats = collection.search_stats()
                 searches.add_metric([name], stats.searches)
                 calls.add_metric([name], stats.calls)
                 waits.add_metric([name], stats.wait_seconds)
         yield documents
         yield vectors
-        if self.catalog.kind == "milvus":
+        if milvus:
             yield from (searches, calls, waits)
 
 
