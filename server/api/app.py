@@ -256,6 +256,7 @@ class EmbedSenseServer:
             await self.http.stop()
         if self._service is not None:  # its threads' work ends before the index closes
             await asyncio.to_thread(self._service.senses.close)
+            await asyncio.to_thread(self._service.index_threads.close)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)
         if self.catalog is not None:

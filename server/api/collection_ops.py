@@ -4,14 +4,14 @@ answers into its reply.
 
 Here: the checks that are the same on every surface (texts, counts, caller vectors, k, page
 sizes, the scroll cursor), embedding documents and queries with the shared engine, and the
-index calls, which run in worker threads (SQLite, FAISS, Milvus round trips) so the event
-loop keeps serving. Domain errors pass through as they are: each surface maps them (gRPC:
-service.STATUSES; HTTP: http_errors.from_exception over the same table).
+index calls, which run in threads of their own (SQLite, FAISS, Milvus round trips;
+index/threads.py) so the event loop keeps serving. Domain errors pass through as they are:
+each surface maps them (gRPC: service.STATUSES; HTTP: http_errors.from_exception over the
+same table).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -40,6 +40,7 @@ from embedsense.server.index import (
     Token,
 )
 from embedsense.server.index.filters import parse as parse_filter
+from embedsense.server.index.threads import IndexThreads
 from embedsense.server.index.validation import (
     EXTERNAL_MODEL,
     MAX_K,
@@ -156,9 +157,16 @@ def check_vector(vector: Any, field: str, collection: CollectionBackend) -> np.n
 class CollectionOps:
     """Collections and documents over the engine and the index backend."""
 
-    def __init__(self, engine: Engine, catalog: IndexBackend, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        catalog: IndexBackend,
+        settings: ServerSettings,
+        threads: IndexThreads,
+    ) -> None:
         self.engine = engine
         self.catalog = catalog
+        self.threads = threads
         self.settings = settings
         self.limits = Limits.of(settings)
         self.model_name = engine.model.spec.name
@@ -169,7 +177,7 @@ class CollectionOps:
         """The collection; BadRequest for no name, CollectionNotFound for an unknown one."""
         if not name:
             raise BadRequest("collection: a collection name is needed", "collection")
-        return await asyncio.to_thread(self.catalog.get, name)  # milvus: maybe a round trip
+        return await self.threads.run(self.catalog.get, name)  # milvus: maybe a round trip
 
     async def create(
         self,
@@ -193,7 +201,7 @@ class CollectionOps:
         asked = {"model": model, "dim": size, "metric": metric or "cosine",
                  "index": index or "Flat", "store_tokens": store_tokens, **options}  # fmt: skip
         try:
-            return await asyncio.to_thread(
+            return await self.threads.run(
                 self.catalog.create, name, model=model, dim=size, metric=asked["metric"],
                 index_spec=asked["index"], store_tokens=store_tokens, options=options,
             )  # fmt: skip
@@ -218,15 +226,15 @@ class CollectionOps:
         return found
 
     async def list(self) -> list[CollectionInfo]:
-        return await asyncio.to_thread(self.catalog.list)
+        return await self.threads.run(self.catalog.list)
 
     async def describe(self, name: str) -> CollectionInfo:
         collection = await self.collection(name)
-        return await asyncio.to_thread(collection.info)
+        return await self.threads.run(collection.info)
 
     async def drop(self, name: str) -> None:
         await self.collection(name)
-        await asyncio.to_thread(self.catalog.drop, name)
+        await self.threads.run(self.catalog.drop, name)
 
     # ------------------------------------------------------------ writes
 
@@ -311,7 +319,7 @@ class CollectionOps:
         # is checked by its dimension (and may go to an "external" collection).
         embedded = any(d.vector is None for d in batch)
         model = self.model_name if embedded else None
-        return await asyncio.to_thread(collection.upsert, docs, model)
+        return await self.threads.run(collection.upsert, docs, model)
 
     async def upsert(
         self,
@@ -333,8 +341,8 @@ class CollectionOps:
         if where is not None:
             if ids:
                 raise BadRequest("ids and filter: give one of them, not both", "filter")
-            return await asyncio.to_thread(collection.delete_where, where)
-        return await asyncio.to_thread(collection.delete, list(ids))
+            return await self.threads.run(collection.delete_where, where)
+        return await self.threads.run(collection.delete, list(ids))
 
     async def update_metadata(
         self, name: str, ids: Sequence[str], patch: Mapping[str, Any], mode: str = "merge"
@@ -346,7 +354,7 @@ class CollectionOps:
             raise BadRequest("patch: must be a JSON object", "patch")
         check_count(len(ids), "ids", self.limits, "ids")
         collection = await self.collection(name)
-        return await asyncio.to_thread(
+        return await self.threads.run(
             collection.update_metadata, list(ids), dict(patch), metadata_mode(mode)
         )
 
@@ -354,11 +362,11 @@ class CollectionOps:
 
     async def get(self, name: str, ids: Sequence[str]) -> list[Document | None]:
         collection = await self.collection(name)
-        return await asyncio.to_thread(collection.get, list(ids))
+        return await self.threads.run(collection.get, list(ids))
 
     async def count(self, name: str, where: Mapping[str, Any] | None = None) -> int:
         collection = await self.collection(name)
-        return await asyncio.to_thread(collection.count, where or None)
+        return await self.threads.run(collection.count, where or None)
 
     async def scroll(
         self,
@@ -378,7 +386,7 @@ class CollectionOps:
         after = decode_cursor(cursor, where)
         size = page_size(limit)
         collection = await self.collection(name)
-        docs, next_after = await asyncio.to_thread(
+        docs, next_after = await self.threads.run(
             collection.scroll, where, size, after, with_vectors=with_vectors
         )
         return Page(docs, None if next_after is None else encode_cursor(next_after, where))
@@ -432,7 +440,7 @@ class CollectionOps:
             check_count(len(queries), field, self.limits, "queries")
             check_k(k, len(queries))
         model = self.model_name if texts is not None else None  # as in store()
-        return await asyncio.to_thread(
+        return await self.threads.run(
             collection.search, queries, k, where or None, ef_search=ef_search or None,
             nprobe=nprobe or None, model=model, score_threshold=score_threshold,
             with_vectors=with_vectors,

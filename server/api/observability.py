@@ -21,10 +21,11 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
+from embedsense.server.api.index_metrics import IndexMetrics
 from embedsense.server.engine import BatchReport, Engine
 from embedsense.server.index import IndexBackend
 
@@ -95,6 +96,7 @@ class Metrics:
             "embedsense_model_load_seconds", "time to load the model", registry=r
         )
         self._http = None
+        self._index: IndexMetrics | None = None
         self._sources: list[Callable[[], Iterable[Metric]]] = []
         self.exposed = _Merged(self.registry, self._sources)
 
@@ -104,7 +106,7 @@ class Metrics:
 
     async def page(self) -> bytes:
         """/metrics' text (in a thread: collecting asks the index for its collections'
-        sizes, and other processes for their metrics)."""
+        sizes, index_metrics.py, and other processes for their metrics)."""
         return await asyncio.to_thread(generate_latest, self.exposed)
 
     def watch(self, engine: Engine, catalog: IndexBackend) -> None:
@@ -114,7 +116,9 @@ class Metrics:
         depth = Gauge("embedsense_engine_queue_depth", "rows waiting for the model",
                       registry=self.registry)  # fmt: skip
         depth.set_function(lambda: engine.queue_depth)
-        self.registry.register(_EngineAndIndex(engine, catalog))
+        self.registry.register(_Engine(engine))
+        self._index = IndexMetrics(catalog)
+        self.registry.register(self._index)
 
     def on_batch(self, report: BatchReport) -> None:
         self.batch_rows.observe(report.rows)
@@ -143,14 +147,15 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+        if self._index is not None:
+            self._index.close()
 
 
-class _EngineAndIndex:
-    """Counters the engine keeps, and each collection's size, read when scraped."""
+class _Engine:
+    """Counters the engine keeps, read when scraped."""
 
-    def __init__(self, engine: Engine, catalog: IndexBackend) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.catalog = catalog
 
     def collect(self) -> Iterator[Any]:
         s = self.engine.stats
@@ -176,42 +181,6 @@ class _EngineAndIndex:
             refused.add_metric([label], s.refused_by_priority[label])
         yield queued
         yield refused
-        documents = GaugeMetricFamily("embedsense_collection_documents", "documents stored",
-                                      labels=["collection"])  # fmt: skip
-        vectors = GaugeMetricFamily("embedsense_collection_index_vectors",
-                                    "vectors in the FAISS index, dead ones included",
-                                    labels=["collection"])  # fmt: skip
-        # Milvus: searches, the calls made for them (searches / calls is how many a call
-        # merged) and their waits for a turn, to tune --milvus-search-calls by.
-        milvus = self.catalog.kind == "milvus"
-        by_collection = ["collection"]
-        searches = CounterMetricFamily(
-            "embedsense_milvus_searches", "searches asked of Milvus", labels=by_collection
-        )
-        calls = CounterMetricFamily(
-            "embedsense_milvus_search_calls", "Milvus calls made for them", labels=by_collection
-        )
-        waits = CounterMetricFamily(
-            "embedsense_milvus_search_wait_seconds",
-            "time searches waited for a turn",
-            labels=by_collection,
-        )
-        for name in self.catalog.names():
-            try:
-                collection = self.catalog.get(name)
-            except KeyError:  # dropped meanwhile
-                continue
-            documents.add_metric([name], collection.count())
-            vectors.add_metric([name], collection.index_vectors())
-            if milvus:
-                stats = collection.search_stats()
-                searches.add_metric([name], stats.searches)
-                calls.add_metric([name], stats.calls)
-                waits.add_metric([name], stats.wait_seconds)
-        yield documents
-        yield vectors
-        if milvus:
-            yield from (searches, calls, waits)
 
 
 class _Merged(CollectorRegistry):

@@ -55,6 +55,7 @@ from embedsense.server.batching import Priority
 from embedsense.server.engine import Embedding, Engine
 from embedsense.server.explain import MAX_ATTENTION_VALUES, Explainer
 from embedsense.server.index import Document, IndexBackend
+from embedsense.server.index.threads import IndexThreads
 from embedsense.server.senses import errors as sense_errors
 from embedsense.server.senses.senses import FoundOccurrence, Senses
 
@@ -166,8 +167,9 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         self.engine = engine
         self.metrics = metrics
         self.catalog = catalog
-        self.ops = CollectionOps(engine, catalog, settings)  # shared with HTTP REST
-        self.senses = Senses(engine, catalog)
+        self.index_threads = IndexThreads()  # every index call, apart from other work
+        self.ops = CollectionOps(engine, catalog, settings, self.index_threads)  # and HTTP's
+        self.senses = Senses(engine, catalog, self.index_threads)
         self.explainer = explainer or Explainer(engine.model, engine.runner)
         self._streams = 0  # Upsert streams open now (one event loop: no lock needed)
         self.settings = settings
@@ -538,16 +540,16 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             self._check_examples(entry.senses, f"words[{word!r}].senses")
         words = {word: {label: list(s.examples) for label, s in entry.senses.items()}
                  for word, entry in request.words.items()}  # fmt: skip
-        await asyncio.to_thread(self.senses.inventories.create, request.name, words,
-                                request.replace)  # fmt: skip
-        stored = await asyncio.to_thread(self.senses.inventories.get, request.name)
+        await self.index_threads.run(self.senses.inventories.create, request.name, words,
+                                     request.replace)  # fmt: skip
+        stored = await self.index_threads.run(self.senses.inventories.get, request.name)
         return self._inventory_reply(request.name, stored, False)
 
     @rpc
     async def ListInventories(
         self, request: pb.ListInventoriesRequest, context: Any
     ) -> pb.ListInventoriesResponse:
-        listed = await asyncio.to_thread(self.senses.inventories.list)
+        listed = await self.index_threads.run(self.senses.inventories.list)
         reply = pb.ListInventoriesResponse(
             inventories=[self._inventory_reply(*entry) for entry in listed]
         )
@@ -559,7 +561,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     async def DeleteInventory(
         self, request: pb.InventoryRef, context: Any
     ) -> pb.DeleteInventoryResponse:
-        await asyncio.to_thread(self.senses.inventories.delete, request.name)
+        await self.index_threads.run(self.senses.inventories.delete, request.name)
         return pb.DeleteInventoryResponse()
 
     @rpc

@@ -46,6 +46,7 @@ from embedsense.server.explain import Explainer
 from embedsense.server.frontends.bridge import Bridge, BridgeClosed
 from embedsense.server.frontends.remote import Facts, FrontModel
 from embedsense.server.index import IndexBackend
+from embedsense.server.index.threads import IndexThreads
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class EngineHost:
         self._model = model
         self.engine: Engine | None = None
         self.catalog: IndexBackend | None = None
+        self.index_threads = IndexThreads()  # the front ends' index calls (index/threads.py)
         self.explainer: Explainer | None = None
         self.metrics = Metrics(settings.access_log)
         self.metrics_port: int | None = None
@@ -175,6 +177,7 @@ class EngineHost:
             front.bridge.close()
         self.front_ends.clear()
         engine, catalog, self.engine, self.catalog = self.engine, self.catalog, None, None
+        await asyncio.to_thread(self.index_threads.close)
         if engine is not None:
             await asyncio.to_thread(engine.close)
         if catalog is not None:
@@ -275,7 +278,7 @@ class EngineHost:
     async def _catalog(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if method not in CATALOG_CALLS:
             raise ValueError(f"no index call {method!r}")
-        value = await asyncio.to_thread(getattr(self.catalog, method), *args, **kwargs)
+        value = await self.index_threads.run(getattr(self.catalog, method), *args, **kwargs)
         # A collection stays here: the front end gets what it needs to name it.
         return (value.store_tokens, value.dim) if method == "get" else value
 
@@ -286,7 +289,9 @@ class EngineHost:
             raise ValueError(f"no collection call {method!r}")
         assert self.catalog is not None
         catalog = self.catalog
-        return await asyncio.to_thread(lambda: getattr(catalog.get(name), method)(*args, **kwargs))
+        return await self.index_threads.run(
+            lambda: getattr(catalog.get(name), method)(*args, **kwargs)
+        )
 
     async def _explain(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         assert self.explainer is not None  # in_turn takes only the explainer's calls

@@ -15,6 +15,7 @@ import numpy as np
 
 from embedsense.server.engine import Engine
 from embedsense.server.index import CollectionBackend, IndexBackend, ModelMismatch
+from embedsense.server.index.threads import IndexThreads
 from embedsense.server.senses import method
 from embedsense.server.senses.errors import Abandoned, NoTokenVectors, SenseInputError
 from embedsense.server.senses.inventories import DEFAULT, Inventories, check_senses
@@ -134,9 +135,12 @@ def gather_occurrences(
 
 
 class Senses:
-    def __init__(self, engine: Engine, catalog: IndexBackend) -> None:
+    def __init__(
+        self, engine: Engine, catalog: IndexBackend, index_threads: IndexThreads | None = None
+    ) -> None:
         self.engine = engine
         self.catalog = catalog
+        self.index_threads = index_threads or IndexThreads()  # its calls that wait on the index
         self.inventories = Inventories(catalog)
         self._work = ThreadPoolExecutor(SENSE_THREADS, thread_name_prefix="embedsense-senses")
         # A call holds a slot from its first job on the threads to its last: its second job
@@ -184,7 +188,7 @@ class Senses:
                 raise SenseInputError("give senses or an inventory, not both")
             examples = check_senses(word, senses)
         elif inventory and inventory != DEFAULT:  # stored in the index: maybe a round trip
-            examples = await asyncio.to_thread(self.inventories.senses, inventory, word)
+            examples = await self.index_threads.run(self.inventories.senses, inventory, word)
         else:
             examples = self.inventories.senses(DEFAULT, word)
         labelled = [(label, e) for label, sentences in examples.items() for e in sentences]
@@ -221,7 +225,7 @@ class Senses:
                 f"collection {collection.name!r} keeps no token vectors: create it with "
                 "store_tokens=True to search or induce word senses in it"
             )
-        held = (await asyncio.to_thread(collection.info)).model
+        held = (await self.index_threads.run(collection.info)).model
         if held != self.engine.model.spec.name:  # another model's vectors: not comparable
             raise ModelMismatch(
                 f"collection {collection.name!r} holds token vectors of {held!r}, not of the "
@@ -256,7 +260,7 @@ class Senses:
     ) -> tuple[list[FoundOccurrence], int]:
         """The occurrences of the word in the collection whose sense is closest to its sense
         in `text`, best first; and how many occurrences were compared."""
-        collection = await asyncio.to_thread(self.catalog.get, collection_name)
+        collection = await self.index_threads.run(self.catalog.get, collection_name)
         target = locate(text, word, span, occurrence)
         async with self._slots:
             found = await self._stored_occurrences(collection, target.word)
@@ -281,7 +285,7 @@ class Senses:
         central: int = 3,
     ) -> Induction:  # fmt: skip
         """Cluster the word's occurrences in the collection into senses, without labels."""
-        collection = await asyncio.to_thread(self.catalog.get, collection_name)
+        collection = await self.index_threads.run(self.catalog.get, collection_name)
         if not word:
             raise SenseInputError("word: empty")
         for name, value in (("k", k), ("max_k", max_k)):
