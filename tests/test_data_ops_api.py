@@ -121,9 +121,13 @@ def test_scroll_gives_each_document_once_in_id_order(client, news):
     assert all(d.vector is None for d in client.scroll(news, batch_size=3))
 
 
-def test_a_scroll_cursor_is_opaque_and_tied_to_its_filter(client, news):
-    def page(cursor: str, where: str = "", limit: int = 2) -> pb.ScrollResponse:
-        request = pb.ScrollRequest(collection=news, cursor=cursor, filter_json=where, limit=limit)
+def test_a_scroll_cursor_is_opaque_and_tied_to_its_collection_and_filter(client, news):
+    def page(
+        cursor: str, where: str = "", limit: int = 2, collection: str = news
+    ) -> pb.ScrollResponse:
+        request = pb.ScrollRequest(
+            collection=collection, cursor=cursor, filter_json=where, limit=limit
+        )
         return client._call(Call("Scroll", request, lambda r: r))
 
     first = page("")
@@ -131,6 +135,15 @@ def test_a_scroll_cursor_is_opaque_and_tied_to_its_filter(client, news):
     assert [d.id for d in page(first.next_cursor).documents] == ["a03", "b01"]
     with pytest.raises(InvalidArgument, match="another filter"):
         page(first.next_cursor, '{"sense": "fruit"}')
+    # It went on from "a02" in any other collection, as if the scroll had begun there.
+    other = f"{news}-other"
+    client.create_collection(other)
+    try:
+        client.upsert(other, documents())
+        with pytest.raises(InvalidArgument, match=f"collection {news!r}, not {other!r}"):
+            page(first.next_cursor, collection=other)
+    finally:
+        client.drop_collection(other)
     with pytest.raises(InvalidArgument, match="cursor"):
         page("not-a-cursor")
     # JSON nested too deep for the parser was INTERNAL (a RecursionError)
@@ -759,7 +772,7 @@ def test_rest_errors_have_the_right_status_and_shape(http, running):
         assert bad_filter.json()["error"]["param"] == "filter"  # it was null
         # Fingerprinted for the cursor before it was checked: json.dumps's RecursionError, 500.
         deep = '{"a": ' * 1000 + "1" + "}" * 1000
-        body = f'{{"filter": {deep}, "cursor": "{encode_cursor("x", None)}"}}'
+        body = f'{{"filter": {deep}, "cursor": "{encode_cursor("rest-errors", "x", None)}"}}'
         scrolled = http.post("/v1/collections/rest-errors/scroll", content=body.encode(),
                              headers={"content-type": "application/json"})  # fmt: skip
         error(scrolled, 400, "unknown operator")

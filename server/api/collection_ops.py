@@ -51,7 +51,7 @@ from embedsense.server.index.validation import (
 DEFAULT_PAGE = 256  # documents per scroll page when the caller gives no limit
 MAX_PAGE = 10_000  # the most a scroll page holds
 MAX_SEARCH_HITS = 100_000  # queries x k in one batch search: bounds the reply
-CURSOR_VERSION = 1
+CURSOR_VERSION = 2  # 2: the collection's name in it
 
 
 @dataclass(frozen=True)
@@ -80,29 +80,36 @@ def filter_key(where: Mapping[str, Any] | None) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def encode_cursor(after: str, where: Mapping[str, Any] | None) -> str:
+def encode_cursor(collection: str, after: str, where: Mapping[str, Any] | None) -> str:
     """The opaque cursor of the page after document id `after`: URL-safe base64 of a small
-    JSON array (version, filter fingerprint, id). Callers must not build or read it."""
-    raw = json.dumps([CURSOR_VERSION, filter_key(where), after], ensure_ascii=False)
+    JSON array (version, collection, filter fingerprint, id). Callers must not build or read
+    it."""
+    raw = json.dumps([CURSOR_VERSION, collection, filter_key(where), after], ensure_ascii=False)
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, where: Mapping[str, Any] | None) -> str | None:
+def decode_cursor(cursor: str, collection: str, where: Mapping[str, Any] | None) -> str | None:
     """The id a cursor continues after (None for an empty cursor: the start). BadRequest for
-    a cursor this server did not make, or one made for another filter."""
+    a cursor this server did not make, or one made for another collection or filter."""
     if not cursor:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        version, key, after = json.loads(raw)
-        if version != CURSOR_VERSION or not isinstance(after, str) or not isinstance(key, str):
+        version, made_for, key, after = json.loads(raw)
+        if version != CURSOR_VERSION or not all(isinstance(v, str) for v in (made_for, key, after)):
             raise ValueError
     except (ValueError, TypeError, binascii.Error, RecursionError):
         raise BadRequest(
-            "cursor: not a cursor this server made; pass the next_cursor of the previous "
-            "page as it came, or none to start",
+            "cursor: not a cursor this server made (or made before an upgrade); pass the "
+            "next_cursor of the previous page as it came, or none to start",
             "cursor",
         ) from None
+    if made_for != collection:
+        raise BadRequest(
+            f"cursor: it was made for collection {made_for!r}, not {collection!r}; a cursor "
+            "goes on only with the scroll that made it",
+            "cursor",
+        )
     if key != filter_key(where):
         raise BadRequest(
             "cursor: it was made for another filter; a scroll keeps its filter from the first "
@@ -383,13 +390,13 @@ class CollectionOps:
         changed meanwhile may or may not be; none twice (pages follow the id order)."""
         where = where or None
         parse_filter(where)  # before its fingerprint: json.dumps fails on what it refuses
-        after = decode_cursor(cursor, where)
+        after = decode_cursor(cursor, name, where)
         size = page_size(limit)
         collection = await self.collection(name)
         docs, next_after = await self.threads.run(
             collection.scroll, where, size, after, with_vectors=with_vectors
         )
-        return Page(docs, None if next_after is None else encode_cursor(next_after, where))
+        return Page(docs, None if next_after is None else encode_cursor(name, next_after, where))
 
     async def search(
         self,
