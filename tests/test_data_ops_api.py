@@ -788,6 +788,23 @@ def test_rest_errors_have_the_right_status_and_shape(http, running):
             400,
             "length",
         )
+        # A vector not made of numbers is named in JSON's words, with the item at fault: it
+        # said "got str", "got NoneType", "got a list of other things".
+        for vector, said in (
+            ("1.0", "got a string"),
+            ({"x": 1.0}, "got an object"),
+            ([], "got an empty array"),
+            ([1.0, "2"], "item [1] is a string"),
+            ([[1.0], [1.0, None]], "item [1][1] is null"),
+            ([[1.0], []], "item [1] is an empty array"),
+            ([[1.0], 2.0], "item [1] is a number"),
+        ):
+            error(
+                http.post("/v1/collections/rest-errors/search", json={"vector": vector}), 422, said
+            )
+        for vector, said in (([1.0, True], "item [1] is true"), ([[1.0]], "item [0] is an array")):
+            upsert = {"documents": [{"id": "v", "vector": vector}]}
+            error(http.post("/v1/collections/rest-errors/upsert", json=upsert), 422, said)
     finally:
         http.delete("/v1/collections/rest-errors")
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 
-from embedsense.proto.values import MAX_ID_LENGTH
+from embedsense.proto.values import MAX_ID_LENGTH, json_kind
 from embedsense.server.api.collection_ops import DEFAULT_PAGE, MAX_PAGE
 from embedsense.server.api.http_inputs import RequestModel
 from embedsense.server.index.validation import MAX_K
@@ -27,10 +27,32 @@ def _is_number(value: Any) -> bool:
     return type(value) is float or type(value) is int
 
 
-def _refuse(expected: str, value: Any) -> PydanticCustomError:
-    got = type(value).__name__ if not isinstance(value, list) else "a list of other things"
-    return PydanticCustomError("vectors", "expected {expected}; got {got}",
+def _refuse(expected: str, value: Any, nested: bool) -> PydanticCustomError:
+    """The error for a value that is no vector, in JSON's words: a list's item at fault by
+    its place ("item [1][0] is null")."""
+    if not isinstance(value, list) or not value:
+        got = "got an empty array" if isinstance(value, list) else f"got {json_kind(value)}"
+    else:
+        got = _first_misfit(value, nested)
+    return PydanticCustomError("vectors", "expected {expected}; {got}",
                                {"expected": expected, "got": got})  # fmt: skip
+
+
+def _first_misfit(items: list, nested: bool) -> str:
+    """A list's first item at fault. `nested`: a list of vectors may be what was meant,
+    as its first item being a list says."""
+    if not (nested and isinstance(items[0], list)):
+        i = next(i for i, item in enumerate(items) if not _is_number(item))
+        return f"item [{i}] is {json_kind(items[i])}"
+    for i, item in enumerate(items):
+        if not isinstance(item, list):
+            return f"item [{i}] is {json_kind(item)}"
+        if not item:
+            return f"item [{i}] is an empty array"
+        wrong = next((j for j, x in enumerate(item) if not _is_number(x)), None)
+        if wrong is not None:
+            return f"item [{i}][{wrong}] is {json_kind(item[wrong])}"
+    raise AssertionError("no item at fault")  # only called for a list that fits no form
 
 
 def vector_of(value: Any) -> list[float]:
@@ -38,7 +60,7 @@ def vector_of(value: Any) -> list[float]:
     error per item for each member)."""
     if isinstance(value, list) and value and all(map(_is_number, value)):
         return value
-    raise _refuse("a non-empty list of numbers", value)
+    raise _refuse("a non-empty list of numbers", value, nested=False)
 
 
 def vectors_of(value: Any) -> list[list[float]]:
@@ -51,7 +73,7 @@ def vectors_of(value: Any) -> list[list[float]]:
         and all(isinstance(v, list) and v and all(map(_is_number, v)) for v in value)
     ):
         return value
-    raise _refuse("a vector (a list of numbers) or a non-empty list of vectors", value)
+    raise _refuse("a vector (a list of numbers) or a non-empty list of vectors", value, nested=True)
 
 
 Vector = Annotated[list[float], PlainValidator(vector_of, json_schema_input_type=list[float])]
