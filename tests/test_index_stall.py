@@ -7,6 +7,7 @@ collection of 8 documents, ~20 calls, a deadline of STALL_S."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -20,9 +21,10 @@ from conftest import ServerThread
 from ops.serverproc import MilvusLiteServer
 
 from embedsense.client import Client, Unavailable
+from embedsense.server.index.threads import INDEX_THREADS, IndexThreads
 
 STALL_S = 20.0  # the server's deadline per Milvus call: how long a stalled call waits
-WAITING = 12  # searches left waiting on the stalled Milvus: more than any pool's threads
+WAITING = INDEX_THREADS + 4  # searches waiting on the stalled Milvus: more than a pool holds
 STALL_SIZE = r'^embedsense_collection_documents\{collection="stall"\} 8\.0$'
 TEXTS = ["我喜欢吃苹果", "这个苹果又红又甜", "苹果发布了新款手机", "我的苹果电脑坏了"]
 
@@ -35,7 +37,7 @@ def stallable(e5, tmp_path):
     try:
         server = ServerThread(
             e5, tmp_path / "data", index_backend="milvus", milvus_uri=milvus.uri,
-            milvus_timeout_s=STALL_S, metrics_port=0,
+            milvus_timeout_s=STALL_S, metrics_port=0, http_port=0,
         )  # fmt: skip
         yield server, milvus
     finally:
@@ -46,6 +48,7 @@ def stallable(e5, tmp_path):
 
 
 def metrics_page(port: int) -> tuple[str, float]:
+    """/metrics on `port` (the metrics port, or the HTTP API's), and how long it took."""
     started = time.monotonic()
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read()
     return text.decode(), time.monotonic() - started
@@ -71,7 +74,7 @@ def test_a_stalled_index_holds_up_only_the_calls_that_need_it(stallable):
             started = time.monotonic()
             explained = c.explain("我喜欢吃苹果", "苹果")
             explain_s = time.monotonic() - started
-            page, scrape_s = metrics_page(port)
+            scrapes = [metrics_page(p) for p in (port, server.server.http_port)]
             waited = [s.done() for s in searches]
 
             os.kill(milvus.process.pid, signal.SIGCONT)
@@ -84,10 +87,11 @@ def test_a_stalled_index_holds_up_only_the_calls_that_need_it(stallable):
 
         assert not any(waited), "searches answered while their Milvus was stopped"
         assert explained.attentions.size and explain_s < STALL_S / 2, explain_s
-        assert scrape_s < STALL_S / 2, scrape_s
-        assert re.search(r"^embedsense_index_up 0\.0$", page, re.M), page
-        assert "embedsense_engine_queue_depth" in page  # the engine's metrics are there
-        assert "embedsense_collection_documents{" not in page  # sizes unknown: left out
+        for page, scrape_s in scrapes:
+            assert scrape_s < STALL_S / 2, scrape_s
+            assert re.search(r"^embedsense_index_up 0\.0$", page, re.M), page
+            assert "embedsense_engine_queue_depth" in page  # the engine's metrics are there
+            assert "embedsense_collection_documents{" not in page  # sizes unknown: left out
         assert all(o == 3 or "Milvus" in o for o in outcomes), outcomes
 
         # The Milvus answers again: so do searches, and the next scrape reads its sizes.
@@ -100,21 +104,33 @@ def test_a_stalled_index_holds_up_only_the_calls_that_need_it(stallable):
         assert re.search(STALL_SIZE, page, re.M), page
 
 
-class _StalledCatalog:
-    """An index whose every call waits until `answering` is set; it counts its readings."""
+class _SlowCatalog:
+    """An index whose every reading of its names waits for a turn the test gives
+    (`answer`); it counts the readings started and ended."""
 
     kind = "faiss"
 
     def __init__(self) -> None:
-        self.answering = threading.Event()
-        self.readings = 0
+        self.turns = threading.Semaphore(0)
+        self.started = self.ended = 0
 
     def names(self) -> list[str]:
-        self.readings += 1
-        self.answering.wait(60)
+        self.started += 1
+        assert self.turns.acquire(timeout=60)
+        self.ended += 1
         return ["c"]
 
-    def get(self, name: str) -> _StalledCatalog:
+    def answer(self) -> None:
+        """Let the reading under way end, and wait until it has."""
+        ended = self.ended
+        self.turns.release()
+        deadline = time.monotonic() + 30
+        while self.ended == ended:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.05)  # its thread hands the result over
+
+    def get(self, name: str) -> _SlowCatalog:
         return self
 
     def count(self) -> int:
@@ -124,30 +140,72 @@ class _StalledCatalog:
         return 6
 
 
-def test_scrapes_of_a_stalled_index_share_one_reading_and_leave_its_metrics_out(monkeypatch):
-    """Each scrape waits READ_WAIT_S at most; while the index does not answer, the next
-    scrape waits for the same reading instead of starting another (one thread held, not one
-    per scrape); once it answers, the metrics are back."""
+@pytest.fixture
+def scrape(monkeypatch):
+    """A registry with the index's metrics over a _SlowCatalog, scraped at will (each
+    scrape waiting 0.2 s for the index)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     from embedsense.server.api import index_metrics
 
     monkeypatch.setattr(index_metrics, "READ_WAIT_S", 0.2)
-    catalog = _StalledCatalog()
-    collector = index_metrics.IndexMetrics(catalog)
+    catalog = _SlowCatalog()
     registry = CollectorRegistry()
-    registry.register(collector)
-    try:
-        for _ in range(3):
-            page = generate_latest(registry).decode()
-            assert "embedsense_index_up 0.0" in page and "collection_documents{" not in page
-        assert catalog.readings == 1
-        catalog.answering.set()
-        deadline = time.monotonic() + 30
-        while "embedsense_index_up 1.0" not in (page := generate_latest(registry).decode()):
-            assert time.monotonic() < deadline, page
+    registry.register(index_metrics.IndexMetrics(catalog))
+    yield catalog, lambda: generate_latest(registry).decode()
+    for _ in range(8):  # no reading left waiting
+        catalog.turns.release()
+
+
+def test_scrapes_of_a_stalled_index_share_one_reading_and_leave_its_metrics_out(scrape):
+    """While the index does not answer, each scrape waits READ_WAIT_S and then leaves the
+    index's metrics out; the next waits for the same reading instead of starting another
+    (one thread held, not one per scrape)."""
+    catalog, page_now = scrape
+    for _ in range(3):
+        page = page_now()
+        assert "embedsense_index_up 0.0" in page and "collection_documents{" not in page
+    assert catalog.started == 1
+
+
+def test_an_index_slower_than_a_scrape_waits_is_reported_every_scrape(scrape):
+    """A reading that ends after its scrape gave up is the next scrape's, which starts the
+    one after: an index that answers, slower than READ_WAIT_S, is up in every scrape but
+    the first (it was up in none: each scrape started a new reading and gave up on it)."""
+    catalog, page_now = scrape
+    assert "embedsense_index_up 0.0" in page_now()
+    for readings in range(2, 5):
+        catalog.answer()
+        page = page_now()
+        assert "embedsense_index_up 1.0" in page, page
         assert 'embedsense_collection_documents{collection="c"} 5.0' in page
         assert 'embedsense_collection_index_vectors{collection="c"} 6.0' in page
+        assert catalog.started == readings  # the next scrape's reading, under way
+
+
+def test_closing_waits_for_the_index_calls_under_way_up_to_its_grace(caplog):
+    """At a stop, the index closes after the calls under way end, but waits at most the
+    grace for a call stuck on its index (it waited for every one, however long)."""
+    threads = IndexThreads(2)
+    stuck = threading.Event()
+    ended = []
+
+    async def stop_while_calls_run() -> float:
+        calls = [
+            asyncio.ensure_future(threads.run(lambda: time.sleep(0.3) or ended.append(1))),
+            asyncio.ensure_future(threads.run(stuck.wait, 60)),
+        ]
+        await asyncio.sleep(0.1)  # both under way
+        started = time.monotonic()
+        await asyncio.to_thread(threads.close, 1.0)
+        for call in calls:
+            call.cancel()
+        return time.monotonic() - started
+
+    try:
+        waited = asyncio.run(stop_while_calls_run())
     finally:
-        catalog.answering.set()
-        collector.close()
+        stuck.set()
+    assert ended == [1]  # the quick one ended before close returned
+    assert 1.0 <= waited < 10, waited
+    assert "1 index calls still under way after 1 s" in caplog.text

@@ -56,6 +56,7 @@ from embedsense.server.index.milvus.schema import (
     meta_schema,
 )
 from embedsense.server.index.store import CollectionRow
+from embedsense.server.index.threads import IndexThreads
 from embedsense.server.senses.senses import Senses
 
 # The issue asks for 30 s; 12 s of 8 writers already makes hundreds of racing replacements
@@ -290,7 +291,7 @@ def test_senses_look_up_collections_and_inventories_off_the_event_loop():
     """Before: inventory and collection lookups ran on the event loop: a slow Milvus froze
     gRPC, HTTP and health together."""
     recorder = _Recorder()
-    senses = Senses(engine=None, catalog=recorder)
+    senses = Senses(engine=None, catalog=recorder, index_threads=IndexThreads())
 
     async def calls() -> int:
         loop_thread = threading.get_ident()

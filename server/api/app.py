@@ -250,18 +250,19 @@ class EmbedSenseServer:
         await self._health.enter_graceful_shutdown()
         if self.http is not None:
             self.http.draining = True  # 503 from now on, while in-flight calls finish
-        await self._server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        await self._server.stop(grace)
         self._server = None
         if self.http is not None:
             await self.http.stop()
+        self.metrics.close()  # no scrape reads the index as it closes
         if self._service is not None:  # its threads' work ends before the index closes
             await asyncio.to_thread(self._service.senses.close)
-            await asyncio.to_thread(self._service.index_threads.close)
+            await asyncio.to_thread(self._service.index_threads.close, grace)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)
         if self.catalog is not None:
             await asyncio.to_thread(self.catalog.close)
-        self.metrics.close()
         log.info("stopped; the store is flushed and snapshotted")
 
     async def wait(self) -> None:

@@ -95,13 +95,18 @@ def decode_cursor(cursor: str, collection: str, where: Mapping[str, Any] | None)
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        version, made_for, key, after = json.loads(raw)
+        fields = json.loads(raw)
+        if isinstance(fields, list) and len(fields) == 3 and fields[0] == 1:
+            # Form 1, made before an upgrade, had no collection: taken as this one's, so a
+            # scroll goes on across a rolling upgrade.
+            fields = [CURSOR_VERSION, collection, *fields[1:]]
+        version, made_for, key, after = fields
         if version != CURSOR_VERSION or not all(isinstance(v, str) for v in (made_for, key, after)):
             raise ValueError
     except (ValueError, TypeError, binascii.Error, RecursionError):
         raise BadRequest(
-            "cursor: not a cursor this server made (or made before an upgrade); pass the "
-            "next_cursor of the previous page as it came, or none to start",
+            "cursor: not a cursor this server made; pass the next_cursor of the previous "
+            "page as it came, or none to start",
             "cursor",
         ) from None
     if made_for != collection:
@@ -169,11 +174,11 @@ class CollectionOps:
         engine: Engine,
         catalog: IndexBackend,
         settings: ServerSettings,
-        threads: IndexThreads,
+        index_threads: IndexThreads,
     ) -> None:
         self.engine = engine
         self.catalog = catalog
-        self.threads = threads
+        self.index_threads = index_threads
         self.settings = settings
         self.limits = Limits.of(settings)
         self.model_name = engine.model.spec.name
@@ -184,7 +189,7 @@ class CollectionOps:
         """The collection; BadRequest for no name, CollectionNotFound for an unknown one."""
         if not name:
             raise BadRequest("collection: a collection name is needed", "collection")
-        return await self.threads.run(self.catalog.get, name)  # milvus: maybe a round trip
+        return await self.index_threads.run(self.catalog.get, name)  # milvus: maybe a round trip
 
     async def create(
         self,
@@ -208,7 +213,7 @@ class CollectionOps:
         asked = {"model": model, "dim": size, "metric": metric or "cosine",
                  "index": index or "Flat", "store_tokens": store_tokens, **options}  # fmt: skip
         try:
-            return await self.threads.run(
+            return await self.index_threads.run(
                 self.catalog.create, name, model=model, dim=size, metric=asked["metric"],
                 index_spec=asked["index"], store_tokens=store_tokens, options=options,
             )  # fmt: skip
@@ -233,15 +238,15 @@ class CollectionOps:
         return found
 
     async def list(self) -> list[CollectionInfo]:
-        return await self.threads.run(self.catalog.list)
+        return await self.index_threads.run(self.catalog.list)
 
     async def describe(self, name: str) -> CollectionInfo:
         collection = await self.collection(name)
-        return await self.threads.run(collection.info)
+        return await self.index_threads.run(collection.info)
 
     async def drop(self, name: str) -> None:
         await self.collection(name)
-        await self.threads.run(self.catalog.drop, name)
+        await self.index_threads.run(self.catalog.drop, name)
 
     # ------------------------------------------------------------ writes
 
@@ -326,7 +331,7 @@ class CollectionOps:
         # is checked by its dimension (and may go to an "external" collection).
         embedded = any(d.vector is None for d in batch)
         model = self.model_name if embedded else None
-        return await self.threads.run(collection.upsert, docs, model)
+        return await self.index_threads.run(collection.upsert, docs, model)
 
     async def upsert(
         self,
@@ -348,8 +353,8 @@ class CollectionOps:
         if where is not None:
             if ids:
                 raise BadRequest("ids and filter: give one of them, not both", "filter")
-            return await self.threads.run(collection.delete_where, where)
-        return await self.threads.run(collection.delete, list(ids))
+            return await self.index_threads.run(collection.delete_where, where)
+        return await self.index_threads.run(collection.delete, list(ids))
 
     async def update_metadata(
         self, name: str, ids: Sequence[str], patch: Mapping[str, Any], mode: str = "merge"
@@ -361,7 +366,7 @@ class CollectionOps:
             raise BadRequest("patch: must be a JSON object", "patch")
         check_count(len(ids), "ids", self.limits, "ids")
         collection = await self.collection(name)
-        return await self.threads.run(
+        return await self.index_threads.run(
             collection.update_metadata, list(ids), dict(patch), metadata_mode(mode)
         )
 
@@ -369,11 +374,11 @@ class CollectionOps:
 
     async def get(self, name: str, ids: Sequence[str]) -> list[Document | None]:
         collection = await self.collection(name)
-        return await self.threads.run(collection.get, list(ids))
+        return await self.index_threads.run(collection.get, list(ids))
 
     async def count(self, name: str, where: Mapping[str, Any] | None = None) -> int:
         collection = await self.collection(name)
-        return await self.threads.run(collection.count, where or None)
+        return await self.index_threads.run(collection.count, where or None)
 
     async def scroll(
         self,
@@ -393,7 +398,7 @@ class CollectionOps:
         after = decode_cursor(cursor, name, where)
         size = page_size(limit)
         collection = await self.collection(name)
-        docs, next_after = await self.threads.run(
+        docs, next_after = await self.index_threads.run(
             collection.scroll, where, size, after, with_vectors=with_vectors
         )
         return Page(docs, None if next_after is None else encode_cursor(name, next_after, where))
@@ -447,7 +452,7 @@ class CollectionOps:
             check_count(len(queries), field, self.limits, "queries")
             check_k(k, len(queries))
         model = self.model_name if texts is not None else None  # as in store()
-        return await self.threads.run(
+        return await self.index_threads.run(
             collection.search, queries, k, where or None, ef_search=ef_search or None,
             nprobe=nprobe or None, model=model, score_threshold=score_threshold,
             with_vectors=with_vectors,

@@ -5,16 +5,19 @@ Reading them asks the index (on Milvus, a count per collection over the network)
 that waited on a stalled index would fail whole, the engine's metrics with it, when an
 operator needs them most: so the reading runs in a thread of its own, and a scrape waits for
 it at most READ_WAIT_S. Past that, or on an error, the scrape leaves the index's metrics out
-and says so with `embedsense_index_up 0`; the reading goes on, and the next scrape waits for
-that one rather than start another, so a stalled index holds one thread, not one per scrape.
+and says so with `embedsense_index_up 0`. The reading goes on; a scrape while it does waits
+for that one rather than start another (a stalled index holds one thread, not one per
+scrape), and one that finds it finished, unserved, serves it and starts the next, so an index
+slower than READ_WAIT_S but answering is reported every scrape, one reading behind.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -25,6 +28,7 @@ from embedsense.server.index import IndexBackend
 log = logging.getLogger(__name__)
 
 READ_WAIT_S = 3.0  # under Prometheus' default scrape timeout (10 s), with room for the rest
+KEPT_S = 300.0  # a finished reading no scrape has served is served up to this old
 
 
 class IndexMetrics:
@@ -32,15 +36,20 @@ class IndexMetrics:
 
     def __init__(self, catalog: IndexBackend) -> None:
         self.catalog = catalog
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="embedsense-index-metrics")
         self._reading: Future[list[Metric]] | None = None
+        self._served = True  # whether a scrape has had the last reading
+        self._ended_at = 0.0  # when the last reading ended (time.monotonic())
         self._lock = threading.Lock()  # scrapes may come at once
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            if self._reading is None or self._reading.done():
-                self._reading = self._reader.submit(self._read)
             reading = self._reading
+            fresh = time.monotonic() - self._ended_at < KEPT_S
+            if reading is not None and reading.done() and not self._served and fresh:
+                self._start()  # the next scrape's: this one serves the reading that ended
+            elif reading is None or reading.done():
+                reading = self._start()
+            # else: one is under way (a slow or stalled index): wait for that one
         try:
             families = reading.result(timeout=READ_WAIT_S)
         except FutureTimeout:
@@ -50,12 +59,38 @@ class IndexMetrics:
         except Exception as err:  # the index's own errors, whatever the backend
             log.warning("the index's metrics are left out of this scrape: %s", err)
             families = None
+        if families is not None:
+            with self._lock:
+                if reading is self._reading:
+                    self._served = True
         yield GaugeMetricFamily(
             "embedsense_index_up",
-            f"1 when the index answered this scrape's reading within {READ_WAIT_S:g} s",
+            f"1 when the index answered a reading of its sizes within {READ_WAIT_S:g} s",
             value=0 if families is None else 1,
         )
         yield from families or ()
+
+    def _start(self) -> Future[list[Metric]]:
+        """A reading in a thread of its own (a daemon: a stalled one holds no exit)."""
+        future: Future[list[Metric]] = Future()
+        self._reading, self._served = future, False
+        threading.Thread(
+            target=self._run, args=(future, self._read), name="embedsense-index-metrics",
+            daemon=True,
+        ).start()  # fmt: skip
+        return future
+
+    def _run(self, future: Future[list[Metric]], read: Callable[[], list[Metric]]) -> None:
+        try:
+            families, error = read(), None
+        except BaseException as err:  # handed to the scrape that waits
+            families, error = [], err
+        with self._lock:  # before the result: a scrape that sees it done sees when
+            self._ended_at = time.monotonic()
+        if error is None:
+            future.set_result(families)
+        else:
+            future.set_exception(error)
 
     def _read(self) -> list[Metric]:
         documents = GaugeMetricFamily("embedsense_collection_documents", "documents stored",
@@ -81,16 +116,14 @@ class IndexMetrics:
         for name in self.catalog.names():
             try:
                 collection = self.catalog.get(name)
-            except KeyError:  # dropped meanwhile
+                count, in_index = collection.count(), collection.index_vectors()
+                stats = collection.search_stats() if milvus else None
+            except KeyError:  # dropped meanwhile (CollectionNotFound is a KeyError)
                 continue
-            documents.add_metric([name], collection.count())
-            vectors.add_metric([name], collection.index_vectors())
-            if milvus:
-                stats = collection.search_stats()
+            documents.add_metric([name], count)
+            vectors.add_metric([name], in_index)
+            if stats is not None:
                 searches.add_metric([name], stats.searches)
                 calls.add_metric([name], stats.calls)
                 waits.add_metric([name], stats.wait_seconds)
         return [documents, vectors, *((searches, calls, waits) if milvus else ())]
-
-    def close(self) -> None:
-        self._reader.shutdown(wait=False, cancel_futures=True)

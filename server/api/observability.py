@@ -96,7 +96,6 @@ class Metrics:
             "embedsense_model_load_seconds", "time to load the model", registry=r
         )
         self._http = None
-        self._index: IndexMetrics | None = None
         self._sources: list[Callable[[], Iterable[Metric]]] = []
         self.exposed = _Merged(self.registry, self._sources)
 
@@ -105,8 +104,8 @@ class Metrics:
         self._sources.append(families)
 
     async def page(self) -> bytes:
-        """/metrics' text (in a thread: collecting asks the index for its collections'
-        sizes, index_metrics.py, and other processes for their metrics)."""
+        """/metrics' text, in a thread: collecting waits for the index's sizes (up to
+        index_metrics.READ_WAIT_S) and for other processes' metrics."""
         return await asyncio.to_thread(generate_latest, self.exposed)
 
     def watch(self, engine: Engine, catalog: IndexBackend) -> None:
@@ -117,8 +116,7 @@ class Metrics:
                       registry=self.registry)  # fmt: skip
         depth.set_function(lambda: engine.queue_depth)
         self.registry.register(_Engine(engine))
-        self._index = IndexMetrics(catalog)
-        self.registry.register(self._index)
+        self.registry.register(IndexMetrics(catalog))
 
     def on_batch(self, report: BatchReport) -> None:
         self.batch_rows.observe(report.rows)
@@ -147,8 +145,6 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
-        if self._index is not None:
-            self._index.close()
 
 
 class _Engine:

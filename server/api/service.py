@@ -167,8 +167,9 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         self.engine = engine
         self.metrics = metrics
         self.catalog = catalog
-        self.index_threads = IndexThreads()  # every index call, apart from other work
-        self.ops = CollectionOps(engine, catalog, settings, self.index_threads)  # and HTTP's
+        self.index_threads = IndexThreads()  # index calls, apart from other work
+        # The collection operations, shared with HTTP REST.
+        self.ops = CollectionOps(engine, catalog, settings, self.index_threads)
         self.senses = Senses(engine, catalog, self.index_threads)
         self.explainer = explainer or Explainer(engine.model, engine.runner)
         self._streams = 0  # Upsert streams open now (one event loop: no lock needed)

@@ -177,12 +177,12 @@ class EngineHost:
             front.bridge.close()
         self.front_ends.clear()
         engine, catalog, self.engine, self.catalog = self.engine, self.catalog, None, None
-        await asyncio.to_thread(self.index_threads.close)
+        self.metrics.close()  # no scrape reads the index as it closes
+        await asyncio.to_thread(self.index_threads.close, grace)
         if engine is not None:
             await asyncio.to_thread(engine.close)
         if catalog is not None:
             await asyncio.to_thread(catalog.close)
-        self.metrics.close()
 
     # ------------------------------------------------------------ the front ends
 

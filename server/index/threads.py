@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import os
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import ParamSpec, TypeVar
 
-# asyncio's default pool's size: index calls get as many threads as they had there.
+log = logging.getLogger(__name__)
+
+# As many as asyncio's default pool had (its size before Python 3.13).
 INDEX_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 P = ParamSpec("P")
@@ -28,14 +32,32 @@ class IndexThreads:
 
     def __init__(self, threads: int = INDEX_THREADS) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="embedsense-index")
+        self._under_way: set[Future] = set()
+        self._lock = threading.Lock()
 
     async def run(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """call(*args, **kwargs) in one of the threads, in the caller's context (its request
         id in the index's log lines), as asyncio.to_thread runs it."""
         work = functools.partial(contextvars.copy_context().run, call, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, work)
+        future = self._pool.submit(work)
+        with self._lock:
+            self._under_way.add(future)
+        future.add_done_callback(self._ended)
+        return await asyncio.wrap_future(future)
 
-    def close(self) -> None:
-        """Wait for the calls under way (each bounded by its own deadline), so the index
-        closes after its last write; calls not started are dropped."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def _ended(self, future: Future) -> None:
+        with self._lock:
+            self._under_way.discard(future)
+
+    def close(self, wait_s: float) -> None:
+        """Drop the calls not started, and wait up to `wait_s` for those under way, so that
+        the index closes after its last write; a stalled index is closed under the calls
+        still waiting on it (their deadlines, several in a row for one call, could
+        outlast an orchestrator's patience)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            under_way = set(self._under_way)
+        _, still = wait(under_way, timeout=wait_s)
+        if still:
+            log.warning("%d index calls still under way after %.0f s: the index closes "
+                        "without them", len(still), wait_s)  # fmt: skip

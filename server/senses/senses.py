@@ -135,12 +135,10 @@ def gather_occurrences(
 
 
 class Senses:
-    def __init__(
-        self, engine: Engine, catalog: IndexBackend, index_threads: IndexThreads | None = None
-    ) -> None:
+    def __init__(self, engine: Engine, catalog: IndexBackend, index_threads: IndexThreads) -> None:
         self.engine = engine
         self.catalog = catalog
-        self.index_threads = index_threads or IndexThreads()  # its calls that wait on the index
+        self.index_threads = index_threads  # its lookups; gathering runs on its own threads
         self.inventories = Inventories(catalog)
         self._work = ThreadPoolExecutor(SENSE_THREADS, thread_name_prefix="embedsense-senses")
         # A call holds a slot from its first job on the threads to its last: its second job
