@@ -17,7 +17,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import ServerThread
+from conftest import FrontEndsThread, ServerThread
 from ops.serverproc import MilvusLiteServer
 
 from embedsense.client import Client, Unavailable
@@ -29,13 +29,15 @@ STALL_SIZE = r'^embedsense_collection_documents\{collection="stall"\} 8\.0$'
 TEXTS = ["我喜欢吃苹果", "这个苹果又红又甜", "苹果发布了新款手机", "我的苹果电脑坏了"]
 
 
-@pytest.fixture
-def stallable(e5, tmp_path):
-    """A server over a milvus-lite server of its own (the test stops that one)."""
+@pytest.fixture(params=["one process", "front ends"])
+def stallable(request, e5, tmp_path):
+    """A server over a milvus-lite server of its own (the test stops that one): one process,
+    then the engine's process with two front-end processes (--frontends 2)."""
     milvus = MilvusLiteServer(tmp_path / "milvus")
     server = None
+    kind = ServerThread if request.param == "one process" else FrontEndsThread
     try:
-        server = ServerThread(
+        server = kind(
             e5, tmp_path / "data", index_backend="milvus", milvus_uri=milvus.uri,
             milvus_timeout_s=STALL_S, metrics_port=0, http_port=0,
         )  # fmt: skip
