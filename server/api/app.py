@@ -38,6 +38,7 @@ from embedsense.server.engine import Engine
 from embedsense.server.explain import Explainer
 from embedsense.server.index import IndexBackend, open_backend
 from embedsense.server.index.errors import IndexStoreError
+from embedsense.server.index.threads import close_wait_s
 from embedsense.server.runner import resolve_device
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,8 @@ class EmbedSenseServer:
         self.metrics.close()  # no scrape reads the index as it closes
         if self._service is not None:  # its threads' work ends before the index closes
             await asyncio.to_thread(self._service.senses.close)
-            await asyncio.to_thread(self._service.index_threads.close, grace)
+            wait_s = close_wait_s(self._service.catalog.kind, grace)
+            await asyncio.to_thread(self._service.index_threads.close, wait_s)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)
         if self.catalog is not None:

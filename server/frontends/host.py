@@ -46,7 +46,7 @@ from embedsense.server.explain import Explainer
 from embedsense.server.frontends.bridge import Bridge, BridgeClosed
 from embedsense.server.frontends.remote import Facts, FrontModel
 from embedsense.server.index import IndexBackend
-from embedsense.server.index.threads import IndexThreads
+from embedsense.server.index.threads import IndexThreads, close_wait_s
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,8 @@ class EngineHost:
         self.front_ends.clear()
         engine, catalog, self.engine, self.catalog = self.engine, self.catalog, None, None
         self.metrics.close()  # no scrape reads the index as it closes
-        await asyncio.to_thread(self.index_threads.close, grace)
+        wait_s = close_wait_s(catalog.kind, grace) if catalog is not None else 0
+        await asyncio.to_thread(self.index_threads.close, wait_s)
         if engine is not None:
             await asyncio.to_thread(engine.close)
         if catalog is not None:

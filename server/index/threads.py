@@ -27,6 +27,13 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+def close_wait_s(kind: str, grace_s: float) -> float | None:
+    """How long a stop waits for the index calls under way: the grace on Milvus, which can
+    stall; on faiss, as long as they take (they wait on no network, and each ends on its
+    own), so the store never closes under a write."""
+    return None if kind == "faiss" else grace_s
+
+
 class IndexThreads:
     """Runs blocking index calls for the event loop, `threads` at a time."""
 
@@ -49,15 +56,15 @@ class IndexThreads:
         with self._lock:
             self._under_way.discard(future)
 
-    def close(self, wait_s: float) -> None:
-        """Drop the calls not started, and wait up to `wait_s` for those under way, so that
-        the index closes after its last write; a stalled index is closed under the calls
-        still waiting on it (their deadlines, several in a row for one call, could
-        outlast an orchestrator's patience)."""
+    def close(self, wait_s: float | None) -> None:
+        """Drop the calls not started, and wait up to `wait_s` (None: as long as they take)
+        for those under way, so that the index closes after its last write. A stalled Milvus
+        is closed under the calls still waiting on it: their deadlines, several in a row for
+        one call, could outlast an orchestrator's patience."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             under_way = set(self._under_way)
         _, still = wait(under_way, timeout=wait_s)
         if still:
             log.warning("%d index calls still under way after %.0f s: the index closes "
-                        "without them", len(still), wait_s)  # fmt: skip
+                        "without them", len(still), wait_s or 0)  # fmt: skip
