@@ -1,9 +1,10 @@
 """A stalled index holds up only the calls that need it. A Milvus that stops answering (here a
 milvus-lite server stopped with SIGSTOP) keeps each call to it waiting until the Milvus
-deadline. While a dozen searches wait on it, the calls that need no index answer at once:
-Explain, and /metrics (the engine's metrics at once, the collections' sizes left out and
-`embedsense_index_up` 0). Once the Milvus answers again, so does the index. Bounded: one
-collection of 8 documents, ~20 calls, a deadline of STALL_S."""
+deadline. While more searches than a thread pool holds wait on it, the calls that need no
+index answer: Explain, and /metrics (the engine's metrics, the collections' sizes left out
+and `embedsense_index_up` 0). Once the Milvus answers again, so does the index. Then, in
+isolation, how scrapes share the index's readings, and how a stop waits for index calls.
+Bounded: one collection of 8 documents, ~30 calls, a deadline of STALL_S."""
 
 from __future__ import annotations
 
