@@ -19,7 +19,7 @@ from tqdm import tqdm
 from embedsense.client import _api as api
 from embedsense.client import bulk
 from embedsense.client._api import TLS, Call, Retry
-from embedsense.client.errors import from_rpc_error, retryable
+from embedsense.client.errors import reported, retryable
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
@@ -140,6 +140,7 @@ class AsyncClient:
         method = getattr(self._stub, call.rpc)
         attempts = self.retry.attempts_for(call)
         deadline = api.Deadline(timeout)  # the call's, its retries included
+        earlier: grpc.RpcError | None = None  # the last attempt's error, when retried
         for attempt in range(attempts):
             try:
                 response = await method(
@@ -149,7 +150,8 @@ class AsyncClient:
             except grpc.aio.AioRpcError as err:
                 delay = self.retry.delay(attempt)
                 if not retryable(err) or attempt == attempts - 1 or not deadline.allows(delay):
-                    raise from_rpc_error(err) from None
+                    raise reported(err, earlier) from None
+                earlier = err
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 

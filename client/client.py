@@ -20,7 +20,7 @@ from tqdm import tqdm
 from embedsense.client import _api as api
 from embedsense.client import bulk
 from embedsense.client._api import TLS, Call, Retry
-from embedsense.client.errors import from_rpc_error, retryable
+from embedsense.client.errors import reported, retryable
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
@@ -92,6 +92,7 @@ class Client:
         method = getattr(self._stub, call.rpc)
         attempts = self.retry.attempts_for(call)
         deadline = api.Deadline(timeout)  # the call's, its retries included
+        earlier: grpc.RpcError | None = None  # the last attempt's error, when retried
         for attempt in range(attempts):
             left = deadline.left()
             try:
@@ -105,7 +106,8 @@ class Client:
             except grpc.RpcError as err:
                 delay = self.retry.delay(attempt)
                 if not retryable(err) or attempt == attempts - 1 or not deadline.allows(delay):
-                    raise from_rpc_error(err) from None
+                    raise reported(err, earlier) from None
+                earlier = err
                 time.sleep(delay)
         raise AssertionError("unreachable")
 

@@ -94,6 +94,15 @@ def retryable(error: grpc.RpcError) -> bool:
     return any(key == OVERLOADED_TRAILER for key, _ in error.trailing_metadata() or ())
 
 
+def reported(error: grpc.RpcError, earlier: grpc.RpcError | None) -> EmbedSenseError:
+    """The error a call raises: its last attempt's, unless that attempt only ran out of the
+    time an earlier one, which said "not now" and why, had left: then the earlier's."""
+    code = error.code() if hasattr(error, "code") else None
+    if earlier is not None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return from_rpc_error(earlier)
+    return from_rpc_error(error)
+
+
 def from_rpc_error(error: grpc.RpcError) -> EmbedSenseError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)

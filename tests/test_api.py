@@ -477,6 +477,37 @@ def test_a_calls_timeout_bounds_it_whole_retries_included(e5, tmp_path):
         running.stop()
 
 
+def test_a_retry_cut_short_by_the_deadline_reports_why_the_call_was_retried(e5, tmp_path):
+    """A call that failed "not now" and whose retry then ran out of its time raised only
+    DEADLINE_EXCEEDED, hiding the server's reason; and gRPC's own retries sent the server's
+    UNAVAILABLE straight back to it. Both clients, the same way."""
+    from embedsense.server.engine import EngineClosed
+
+    running = ServerThread(e5, tmp_path)
+    calls = []
+
+    async def slowly_unavailable(*args, **kwargs):
+        calls.append(time.monotonic())
+        await asyncio.sleep(0.4)
+        raise EngineClosed("the engine is draining")
+
+    async def encode_async() -> None:
+        async with AsyncClient(running.target, timeout=0.6, retry=retry) as c:
+            await c.encode(["苹果"])
+
+    running.server.engine.embed = slowly_unavailable
+    retry = Retry(attempts=4, initial_backoff=0.01, max_backoff=0.02)
+    try:
+        with Client(running.target, timeout=0.6, retry=retry) as c:
+            with pytest.raises(Unavailable, match="draining"):
+                c.encode(["苹果"])
+        with pytest.raises(Unavailable, match="draining"):
+            asyncio.run(encode_async())
+    finally:
+        running.stop()
+    assert len(calls) == 4, calls  # each client: its try, and its one retry
+
+
 def test_a_write_the_index_aborted_before_storing_anything_is_retried(e5, tmp_path):
     """ABORTED (the in-memory index out of step with the store: nothing stored, "a retry
     can succeed") reached the caller as a bare EmbedSenseError, never retried."""

@@ -9,9 +9,12 @@ Bounded: one collection of 8 documents, ~30 calls, a deadline of STALL_S."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -19,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import FrontEndsThread, ServerThread
-from ops.serverproc import MilvusLiteServer
+from ops.serverproc import MilvusLiteServer, free_port, wait_until_serving
 
-from embedsense.client import Client, Unavailable
+from embedsense.client import Client, Retry, Unavailable
 from embedsense.server.index.threads import INDEX_THREADS, IndexThreads
 
 STALL_S = 20.0  # the server's deadline per Milvus call: how long a stalled call waits
@@ -210,3 +213,89 @@ def test_closing_waits_for_the_index_calls_under_way_up_to_its_grace(caplog):
     assert ended == [1]  # the quick one ended before close returned
     assert 1.0 <= waited < 10, waited
     assert "1 index calls still under way after 1 s" in caplog.text
+
+
+@pytest.fixture
+def quick_stall(e5, tmp_path):
+    """A server over a milvus-lite server of its own, with a Milvus deadline of 10 s."""
+    milvus = MilvusLiteServer(tmp_path / "milvus")
+    server = None
+    try:
+        server = ServerThread(e5, tmp_path / "data", index_backend="milvus",
+                              milvus_uri=milvus.uri, milvus_timeout_s=10.0)  # fmt: skip
+        yield server, milvus
+    finally:
+        os.kill(milvus.process.pid, signal.SIGCONT)
+        if server is not None:
+            server.stop()
+        milvus.stop()
+
+
+def test_a_search_on_a_stalled_index_says_why_and_a_stop_keeps_to_its_grace(quick_stall):
+    """The server's UNAVAILABLE ("Milvus did not answer") reaches the caller: gRPC's own
+    retries sent the call straight back to the stalled Milvus and the SDK's retry ran out of
+    the caller's time, so the caller saw only DEADLINE_EXCEEDED. And a stop whose calls wait
+    on a stalled Milvus takes one grace, not one for the calls and another for the index."""
+    server, milvus = quick_stall
+    with Client(server.target, timeout=60) as c:
+        c.create_collection("why")
+        c.upsert("why", TEXTS, show_progress_bar=False)
+        os.kill(milvus.process.pid, signal.SIGSTOP)
+        with Client(server.target, timeout=12) as hurried:  # time for one Milvus deadline
+            with pytest.raises(Unavailable, match="Milvus|milvus") as failed:
+                hurried.search("why", "水果", k=3)
+        assert "did not answer" in str(failed.value), failed.value
+
+        grace = 3.0  # less than the Milvus deadline: the search outlasts it
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(c.search, "why", "水果", k=3)
+            time.sleep(1)  # the search waits on the Milvus
+            started = time.monotonic()
+            server.run(server.server.stop(grace))
+            stop_s = time.monotonic() - started
+            waiting.exception(timeout=60)  # cut off by the stop
+    assert stop_s < grace * 1.6, stop_s  # it was the grace twice over
+
+
+def test_a_json_log_stays_json_lines_while_milvus_fails(tmp_path):
+    """pymilvus logged each failed call with its trace through a handler of its own: a
+    server at --log-format json wrote plain-text tracebacks between its JSON lines (hundreds
+    a minute while the Milvus was down)."""
+    milvus = MilvusLiteServer(tmp_path / "milvus")
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "embedsense.server", "--host", "127.0.0.1", "--port",
+             str(port), "--data-dir", str(tmp_path / "data"), "--index-backend", "milvus",
+             "--milvus-uri", milvus.uri, "--milvus-timeout", "2", "--log-format", "json"],
+            stdout=log_file, stderr=subprocess.STDOUT,
+            env={**os.environ, "EMBEDSENSE_API_KEY": ""},
+        )  # fmt: skip
+    try:
+        wait_until_serving(f"127.0.0.1:{port}", process, 180)
+        with Client(f"127.0.0.1:{port}", timeout=60, retry=Retry(attempts=1)) as c:
+            c.create_collection("logs")
+            c.upsert("logs", TEXTS, show_progress_bar=False)
+            os.kill(milvus.process.pid, signal.SIGSTOP)
+            for _ in range(2):
+                with pytest.raises(Unavailable, match="did not answer"):
+                    c.search("logs", "水果", k=3)
+    finally:
+        os.kill(milvus.process.pid, signal.SIGCONT)
+        process.terminate()
+        process.wait(60)
+        milvus.stop()
+
+    def is_json(line: str) -> bool:
+        try:
+            return isinstance(json.loads(line), dict)
+        except ValueError:
+            return False
+
+    lines = log_path.read_text().splitlines()
+    assert any(is_json(line) and "Search" in line for line in lines)  # its access log
+    strays = [line for line in lines if not is_json(line)]
+    assert not [line for line in strays if "Traceback" in line or "_log_rpc_error" in line], strays[
+        :20
+    ]

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,6 +253,7 @@ class EmbedSenseServer:
         if self.http is not None:
             self.http.draining = True  # 503 from now on, while in-flight calls finish
         grace = self.settings.shutdown_grace_s if grace is None else grace
+        stopping = time.monotonic()
         await self._server.stop(grace)
         self._server = None
         if self.http is not None:
@@ -259,7 +261,9 @@ class EmbedSenseServer:
         self.metrics.close()  # no scrape reads the index as it closes
         if self._service is not None:  # its threads' work ends before the index closes
             await asyncio.to_thread(self._service.senses.close)
-            wait_s = close_wait_s(self._service.catalog.kind, grace)
+            # One grace for the whole stop: the index calls get what the calls left of it.
+            left = max(0.0, grace - (time.monotonic() - stopping))
+            wait_s = close_wait_s(self._service.catalog.kind, left)
             await asyncio.to_thread(self._service.index_threads.close, wait_s)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)

@@ -60,6 +60,7 @@ from embedsense.server.senses import errors as sense_errors
 from embedsense.server.senses.senses import FoundOccurrence, Senses
 
 log = logging.getLogger(__name__)
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # a negative value: gRPC does not retry the call
 
 _Reply = TypeVar("_Reply", bound=Message)
 # A token's share of an Embed reply besides its vector: its text (a few bytes), id, offsets
@@ -133,6 +134,12 @@ def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
                 await context.abort(code, f"{type(err).__name__}: {err}", trailers)
             if isinstance(err, eng.Overloaded):  # "not now": the client may retry
                 trailers += ((OVERLOADED_TRAILER, "1"),)
+            if code is grpc.StatusCode.UNAVAILABLE:
+                # Not again at once: gRPC's own retries (the SDK's channel retries
+                # UNAVAILABLE for a server it cannot reach) would send it straight back to
+                # what just failed, each time for as long, and the caller would see only
+                # its deadline pass. The SDK's retries, with backoff, still apply.
+                trailers += ((RETRY_PUSHBACK, "-1"),)
             await context.abort(code, str(err), trailers)
         finally:
             self.metrics.observe_request(method.__name__, code.name, time.perf_counter() - started)

@@ -49,6 +49,22 @@ from embedsense.server.index.errors import (
 
 log = logging.getLogger(__name__)
 
+
+def _route_pymilvus_logs() -> None:
+    """pymilvus logs every failed call with its trace through a handler of its own, in a
+    format of its own: a JSON log got plain-text tracebacks, hundreds a minute while a
+    Milvus was down. Every such error is classified here and reaches its caller (the
+    unexpected ones logged with their cause), so pymilvus's own lines are left out; what
+    it might still say goes through the server's handlers, in the server's format."""
+    for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.CRITICAL)
+
+
+_route_pymilvus_logs()  # once pymilvus, imported above, has set up its own
+
 READ = "Bounded"  # see the module docstring
 SETTLE = "Strong"
 
