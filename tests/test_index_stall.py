@@ -9,6 +9,7 @@ Bounded: one collection of 8 documents, ~30 calls, a deadline of STALL_S."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -33,24 +34,31 @@ STALL_SIZE = r'^embedsense_collection_documents\{collection="stall"\} 8\.0$'
 TEXTS = ["我喜欢吃苹果", "这个苹果又红又甜", "苹果发布了新款手机", "我的苹果电脑坏了"]
 
 
-@pytest.fixture(params=["one process", "front ends"])
-def stallable(request, e5, tmp_path):
-    """A server over a milvus-lite server of its own (the test stops that one): one process,
-    then the engine's process with two front-end processes (--frontends 2)."""
+@contextlib.contextmanager
+def over_own_milvus(kind, e5, tmp_path, **settings):
+    """A server (`kind`: ServerThread or FrontEndsThread) over a milvus-lite server of its
+    own, which the test may stop."""
     milvus = MilvusLiteServer(tmp_path / "milvus")
     server = None
-    kind = ServerThread if request.param == "one process" else FrontEndsThread
     try:
-        server = kind(
-            e5, tmp_path / "data", index_backend="milvus", milvus_uri=milvus.uri,
-            milvus_timeout_s=STALL_S, metrics_port=0, http_port=0,
-        )  # fmt: skip
+        server = kind(e5, tmp_path / "data", index_backend="milvus", milvus_uri=milvus.uri,
+                      **settings)  # fmt: skip
         yield server, milvus
     finally:
         os.kill(milvus.process.pid, signal.SIGCONT)  # whatever the test left it in
         if server is not None:
             server.stop()
         milvus.stop()
+
+
+@pytest.fixture(params=["one process", "front ends"])
+def stallable(request, e5, tmp_path):
+    """A server over its own milvus-lite server: one process, then the engine's process
+    with two front-end processes (--frontends 2)."""
+    kind = ServerThread if request.param == "one process" else FrontEndsThread
+    with over_own_milvus(kind, e5, tmp_path, milvus_timeout_s=STALL_S, metrics_port=0,
+                         http_port=0) as running:  # fmt: skip
+        yield running
 
 
 def metrics_page(port: int) -> tuple[str, float]:
@@ -217,18 +225,9 @@ def test_closing_waits_for_the_index_calls_under_way_up_to_its_grace(caplog):
 
 @pytest.fixture
 def quick_stall(e5, tmp_path):
-    """A server over a milvus-lite server of its own, with a Milvus deadline of 10 s."""
-    milvus = MilvusLiteServer(tmp_path / "milvus")
-    server = None
-    try:
-        server = ServerThread(e5, tmp_path / "data", index_backend="milvus",
-                              milvus_uri=milvus.uri, milvus_timeout_s=10.0)  # fmt: skip
-        yield server, milvus
-    finally:
-        os.kill(milvus.process.pid, signal.SIGCONT)
-        if server is not None:
-            server.stop()
-        milvus.stop()
+    """A server over its own milvus-lite server, with a Milvus deadline of 10 s."""
+    with over_own_milvus(ServerThread, e5, tmp_path, milvus_timeout_s=10.0) as running:
+        yield running
 
 
 def test_a_search_on_a_stalled_index_says_why_and_a_stop_keeps_to_its_grace(quick_stall):

@@ -261,9 +261,7 @@ class EmbedSenseServer:
         self.metrics.close()  # no scrape reads the index as it closes
         if self._service is not None:  # its threads' work ends before the index closes
             await asyncio.to_thread(self._service.senses.close)
-            # One grace for the whole stop: the index calls get what the calls left of it.
-            left = max(0.0, grace - (time.monotonic() - stopping))
-            wait_s = close_wait_s(self._service.catalog.kind, left)
+            wait_s = close_wait_s(self._service.catalog.kind, grace, stopping)
             await asyncio.to_thread(self._service.index_threads.close, wait_s)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -75,14 +75,14 @@ class IndexMetrics:
         future: Future[list[Metric]] = Future()
         self._reading, self._served = future, False
         threading.Thread(
-            target=self._run, args=(future, self._read), name="embedsense-index-metrics",
+            target=self._run, args=(future,), name="embedsense-index-metrics",
             daemon=True,
         ).start()  # fmt: skip
         return future
 
-    def _run(self, future: Future[list[Metric]], read: Callable[[], list[Metric]]) -> None:
+    def _run(self, future: Future[list[Metric]]) -> None:
         try:
-            families, error = read(), None
+            families, error = self._read(), None
         except BaseException as err:  # handed to the scrape that waits
             families, error = [], err
         with self._lock:  # before the result: a scrape that sees it done sees when

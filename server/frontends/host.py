@@ -179,9 +179,7 @@ class EngineHost:
         self.front_ends.clear()
         engine, catalog, self.engine, self.catalog = self.engine, self.catalog, None, None
         self.metrics.close()  # no scrape reads the index as it closes
-        # One grace for the whole stop: the index calls get what the front ends left of it.
-        left = max(0.0, grace - (time.monotonic() - stopping))
-        wait_s = close_wait_s(catalog.kind, left) if catalog is not None else 0
+        wait_s = close_wait_s(catalog.kind, grace, stopping) if catalog is not None else 0
         await asyncio.to_thread(self.index_threads.close, wait_s)
         if engine is not None:
             await asyncio.to_thread(engine.close)

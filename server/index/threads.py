@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import ParamSpec, TypeVar
@@ -27,11 +28,14 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def close_wait_s(kind: str, grace_s: float) -> float | None:
-    """How long a stop waits for the index calls under way: the grace on Milvus, which can
-    stall; on faiss, as long as they take (they wait on no network, and each ends on its
-    own), so the store never closes under a write."""
-    return None if kind == "faiss" else grace_s
+def close_wait_s(kind: str, grace_s: float, stopping_since: float) -> float | None:
+    """How long a stop begun at `stopping_since` (time.monotonic()) waits for the index
+    calls under way: on Milvus, which can stall, what is left of the grace (one grace for
+    the whole stop); on faiss, as long as they take (they wait on no network, and each ends
+    on its own), so the store never closes under a write."""
+    if kind == "faiss":
+        return None
+    return max(0.0, grace_s - (time.monotonic() - stopping_since))
 
 
 class IndexThreads:
