@@ -41,6 +41,7 @@ from embedsense.client.types import (
     TokenEmbeddings,
     Tokens,
 )
+from embedsense.proto import DEFAULT_PORT
 from embedsense.proto.tensors import from_tensor, to_tensor
 from embedsense.proto.v1 import embedsense_pb2 as pb
 from embedsense.proto.values import threshold_problem
@@ -207,14 +208,16 @@ SERVICE_CONFIG = json.dumps({
 def grpc_target(targets: Targets) -> str:
     """One gRPC target for one or several servers: a single "host:port" or "dns:///name:port"
     as it is (DNS may give several addresses: all are balanced); several "host:port" as one
-    `ipv4:`/`ipv6:` address list, names resolved now."""
+    `ipv4:`/`ipv6:` address list, names resolved now. A host without a port is the server's
+    default port (`with_port`)."""
     if isinstance(targets, str):
         targets = [targets]
     targets = list(targets)
     if not targets or not all(isinstance(t, str) and t.strip() for t in targets):
         raise ValueError(f'targets {targets!r}: expected a "host:port" or a list of them')
+    targets = [t.strip() for t in targets]
     if len(targets) == 1:
-        return targets[0]
+        return with_port(targets[0])
     addresses = [_address(t) for t in targets]
     families = {family for family, _ in addresses}
     if len(families) != 1:
@@ -222,15 +225,40 @@ def grpc_target(targets: Targets) -> str:
     return f"{families.pop()}:" + ",".join(address for _, address in addresses)
 
 
+SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+
+
+def with_port(target: str, port: int | str | None = None) -> str:
+    """`target` with a port where it names none (`port`, or the server's default): gRPC
+    would dial 443. "localhost" is "localhost:50051", "::1" and "[::1]" are "[::1]:50051",
+    "dns:///name" is "dns:///name:50051"; targets of other schemes are left as they are."""
+    port = port or DEFAULT_PORT
+    if target.startswith("dns:"):  # dns:[//authority/]host[:port]
+        host = target[len("dns:") :].rsplit("/", 1)[-1]
+    elif target.startswith(SCHEMES) or "://" in target:
+        return target
+    else:
+        host = target
+    if host.count(":") > 1 and not host.startswith("["):  # a bare IPv6 address
+        return f"{target[: len(target) - len(host)]}[{host}]:{port}"
+    if host.endswith(":"):  # an empty port
+        return f"{target}{port}"
+    names_port = "]:" in host if host.startswith("[") else ":" in host
+    return target if names_port else f"{target}:{port}"
+
+
 def _address(target: str) -> tuple[str, str]:
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit() or "/" in target:
+    host, sep, port = with_port(target).rpartition(":")
+    if not sep or not port.isdigit() or "/" in target or not host.strip("[]").strip():
         raise ValueError(f"target {target!r}: expected host:port")
     host = host.strip("[]")
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        try:
+            info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except OSError as err:  # no such name: said of the target as given
+            raise ValueError(f"target {target!r}: {err.strerror or err}") from None
         ip = ipaddress.ip_address(info[0][4][0])
     return ("ipv6", f"[{ip}]:{port}") if ip.version == 6 else ("ipv4", f"{ip}:{port}")
 

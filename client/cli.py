@@ -45,9 +45,10 @@ from embedsense.client import (
     Unavailable,
     cli_data,
 )
-from embedsense.client._api import DEFAULT_MAX_K
+from embedsense.client._api import DEFAULT_MAX_K, with_port
 from embedsense.client.bulk import chunks
 from embedsense.client.document_files import file_problem, read_documents
+from embedsense.proto import DEFAULT_PORT
 
 # Exit statuses: 1 when the server refused or failed a call, 2 when the command line or a
 # file it names is wrong (found here, before anything is sent).
@@ -234,7 +235,10 @@ def cmd_info(args: argparse.Namespace, client: Client) -> None:
 
 def cmd_embed(args: argparse.Namespace, client: Client) -> None:
     if args.texts == ["-"]:
-        args.texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        # One text a line, as `index` reads a file: splitlines() would also split a text
+        # at the separators Unicode has beside \n (U+2028, U+2029, a lone \r, ...).
+        lines = sys.stdin.read().split("\n")
+        args.texts = [line.removesuffix("\r") for line in lines if line.strip()]
         if not args.texts:
             raise UsageError("-: no text on standard input (one text a line)")
     if args.layers is not None and not args.tokens:
@@ -635,12 +639,13 @@ def _mark(text: str, span: tuple[int, int], around: int = MARKED_CONTEXT_CHARS) 
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="embedsense", description=__doc__.splitlines()[0], epilog=EXIT_STATUSES)
-    default_target = f"127.0.0.1:{os.environ.get('EMBEDSENSE_PORT') or 50051}"
+    default_target = f"127.0.0.1:{os.environ.get('EMBEDSENSE_PORT') or DEFAULT_PORT}"
     p.add_argument(
         "--target",
         action="append",
-        help="host:port of a server; repeat it or separate with commas for several "
-        "(balanced round-robin); default $EMBEDSENSE_TARGET or " + default_target,
+        help="host:port of a server (a host alone: $EMBEDSENSE_PORT or 50051); repeat it or "
+        "separate with commas for several (balanced round-robin); default "
+        "$EMBEDSENSE_TARGET or " + default_target,
     )
     p.set_defaults(default_target=os.environ.get("EMBEDSENSE_TARGET") or default_target)
     p.add_argument(
@@ -863,7 +868,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(argv[1:])
         args = parser().parse_args(argv)
         given = args.target or [args.default_target]
-        args.target = [t.strip() for item in given for t in item.split(",") if t.strip()]
+        port = os.environ.get("EMBEDSENSE_PORT")  # the server's, for a target without one
+        targets = [t.strip() for item in given for t in item.split(",") if t.strip()]
+        args.target = [with_port(target, port) for target in targets]
         if args.command == "health":
             return cmd_health(args)
         if args.command == "serve":  # `embedsense --json serve`: its flags are the server's
@@ -878,7 +885,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return SIGPIPE_STATUS
     except EmbedSenseError as err:
         message = in_cli_terms(str(err))
-        if isinstance(err, Unavailable) and "connect" in err.message.lower():
+        if (
+            isinstance(err, Unavailable)
+            and not err.server_answered  # its Milvus could not be reached, say: not it
+            and "connect" in err.message.lower()
+        ):
             message += (
                 f" (is a server running at {', '.join(args.target)}? --target or "
                 "$EMBEDSENSE_TARGET names another)"

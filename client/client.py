@@ -52,14 +52,14 @@ class Client:
         max_concurrent_batches: int = 4,
     ) -> None:
         """target: one server ("host:port", or "dns:///name:port" for every address a name
-        has) or a list of them: calls are balanced round-robin (gRPC's own), and a call
-        that finds a server gone is sent to another. timeout: the deadline of every call,
-        in seconds (None: no deadline). channel: a channel of your own (interceptors, say)
-        instead of one to `target`. tls: True (the system's CA roots) or a TLS(...) with
-        your CA and, for mutual TLS, a client certificate and key. max_concurrent_batches:
-        how many requests of one `encode` or `upsert` are in flight at once, at least 1
-        (the bulk path: one client keeps the server as busy as several callers). Raises
-        ValueError for a max_concurrent_batches below 1."""
+        has; without a port, 50051) or a list of them: calls are balanced round-robin
+        (gRPC's own), and a call that finds a server gone is sent to another. timeout: the
+        deadline of every call, in seconds (None: no deadline). channel: a channel of your
+        own (interceptors, say) instead of one to `target`. tls: True (the system's CA
+        roots) or a TLS(...) with your CA and, for mutual TLS, a client certificate and
+        key. max_concurrent_batches: how many requests of one `encode` or `upsert` are in
+        flight at once, at least 1 (the bulk path: one client keeps the server as busy as
+        several callers). Raises ValueError for a max_concurrent_batches below 1."""
         self.max_concurrent_batches = bulk.at_least_one(
             "max_concurrent_batches", max_concurrent_batches
         )

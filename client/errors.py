@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from embedsense.proto.metadata import OVERLOADED_TRAILER
+from embedsense.proto.metadata import OVERLOADED_TRAILER, RETRY_PUSHBACK_TRAILER
 
 
 class EmbedSenseError(Exception):
@@ -56,7 +56,11 @@ class Unauthenticated(EmbedSenseError):
 
 
 class Unavailable(EmbedSenseError):
-    """The server cannot be reached or is shutting down: retried with backoff, then raised."""
+    """The server cannot be reached, or it answered that it cannot serve the call now (what
+    it needs, such as its Milvus, is down): retried with backoff, then raised.
+    `server_answered` tells the two apart."""
+
+    server_answered: bool = False
 
 
 class Unimplemented(EmbedSenseError):
@@ -89,9 +93,13 @@ def retryable(error: grpc.RpcError) -> bool:
     code = error.code() if hasattr(error, "code") else None
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED):
         return True
-    if code is not grpc.StatusCode.RESOURCE_EXHAUSTED or not hasattr(error, "trailing_metadata"):
+    return code is grpc.StatusCode.RESOURCE_EXHAUSTED and _has_trailer(error, OVERLOADED_TRAILER)
+
+
+def _has_trailer(error: grpc.RpcError, name: str) -> bool:
+    if not hasattr(error, "trailing_metadata"):
         return False
-    return any(key == OVERLOADED_TRAILER for key, _ in error.trailing_metadata() or ())
+    return any(key == name for key, _ in error.trailing_metadata() or ())
 
 
 def reported(error: grpc.RpcError, earlier: grpc.RpcError | None) -> EmbedSenseError:
@@ -106,4 +114,7 @@ def reported(error: grpc.RpcError, earlier: grpc.RpcError | None) -> EmbedSenseE
 def from_rpc_error(error: grpc.RpcError) -> EmbedSenseError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    return _BY_CODE.get(code, EmbedSenseError)(code, details or "")
+    raised = _BY_CODE.get(code, EmbedSenseError)(code, details or "")
+    if isinstance(raised, Unavailable):
+        raised.server_answered = _has_trailer(error, RETRY_PUSHBACK_TRAILER)
+    return raised

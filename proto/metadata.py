@@ -4,3 +4,8 @@
 # gRPC's own RESOURCE_EXHAUSTED ("message larger than max") comes without it, and retrying
 # that fails again however often it is tried.
 OVERLOADED_TRAILER = "x-embedsense-overloaded"
+
+# On UNAVAILABLE the server itself answers (its index or engine down, or closing), this
+# trailer is -1: gRPC's own retries leave the call alone (the SDK retries it, with backoff).
+# Its presence also tells "the server said so" from "the server could not be reached".
+RETRY_PUSHBACK_TRAILER = "grpc-retry-pushback-ms"

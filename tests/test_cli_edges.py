@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import ServerThread
 
-from embedsense.client import Client, NotFound, Retry
+from embedsense.client import Client, NotFound, Retry, Unavailable
 
 CLI = [sys.executable, "-m", "embedsense.client.cli"]
 
@@ -373,6 +373,34 @@ def test_no_server_at_the_target_says_where_it_looked_and_how_to_name_another(ca
     line = one_error_line(err)
     assert status == 1 and "UNAVAILABLE" in line, line
     assert f"is a server running at {down}? --target or $EMBEDSENSE_TARGET" in line, line
+    with Client(down, timeout=5, retry=Retry(attempts=1)) as c:
+        with pytest.raises(Unavailable) as failed:
+            c.info()
+    assert not failed.value.server_answered  # no server said it: none was reached
+
+
+def test_a_target_without_a_port_means_the_servers_default_port(server, capsys, monkeypatch):
+    """Client("localhost") and --target localhost dialled port 443, gRPC's default for a
+    name without one, where no embedsense server listens. The CLI's is $EMBEDSENSE_PORT, as
+    for its default target; the SDK's is 50051 (the session server's here: the test cannot
+    take 50051)."""
+    import embedsense.client._api as api
+
+    monkeypatch.delenv("EMBEDSENSE_PORT", raising=False)
+    monkeypatch.setattr(api, "DEFAULT_PORT", server.port)
+    with Client("127.0.0.1", timeout=30) as c:
+        assert c.info().dim == 384
+    with Client(["127.0.0.1", server.target], timeout=30) as c:  # a list of them too
+        assert c.info().dim == 384
+    status, out, _ = cli(capsys, "--target", "127.0.0.1", "--json", "info")
+    assert status == 0 and json.loads(out)["dim"] == 384
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        down = probe.getsockname()[1]
+    monkeypatch.setenv("EMBEDSENSE_PORT", str(down))  # the CLI's, before the SDK's
+    status, _, err = cli(capsys, "--target", "127.0.0.1", "--timeout", "5", "info")
+    assert f"is a server running at 127.0.0.1:{down}?" in one_error_line(err), err
 
 
 def test_index_interrupted_says_what_is_stored_and_that_a_rerun_is_safe(
@@ -505,6 +533,38 @@ def test_contradictory_or_empty_options_are_refused_before_any_call(capsys, argv
     in its own words (text_b: empty), exit 1."""
     status, _, err = cli(capsys, "--target", "127.0.0.1:9", *argv)
     assert status == 2 and named in one_error_line(err), err
+
+
+@pytest.mark.parametrize(
+    ("given", "dialled"),
+    [
+        ("localhost", "localhost:50051"),
+        ("localhost:7", "localhost:7"),
+        ("[::1]", "[::1]:50051"),
+        ("[::1]:7", "[::1]:7"),
+        ("::1", "[::1]:50051"),  # gRPC takes a bare IPv6 address as a host (port 443)
+        ("localhost:", "localhost:50051"),  # an empty port is gRPC's default too
+        ("dns:///embedsense", "dns:///embedsense:50051"),
+        ("dns://10.0.0.2:53/embedsense:7", "dns://10.0.0.2:53/embedsense:7"),
+        ("unix:/run/embedsense.sock", "unix:/run/embedsense.sock"),
+    ],
+)
+def test_the_default_port_is_added_only_where_a_target_names_none(given, dialled):
+    from embedsense.client._api import with_port
+
+    assert with_port(given) == dialled
+
+
+def test_a_dash_reads_one_text_a_line_split_at_newlines_only(server, capsys, monkeypatch):
+    """`embed -` split a text at U+2028 and the other separators str.splitlines() knows,
+    where `index` (a file) splits at newlines only: the same text gave two vectors."""
+    import io
+
+    piped = "苹果很甜\u2028真的很甜\r\n苹果手机\r很贵\u2029真的\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(piped))
+    status, out, _ = cli(capsys, "--target", server.target, "--json", "embed", "-")
+    texts = [r["text"] for r in json.loads(out)]
+    assert status == 0 and texts == ["苹果很甜\u2028真的很甜", "苹果手机\r很贵\u2029真的"], texts
 
 
 def test_a_dash_reads_standard_input(server, capsys, monkeypatch):

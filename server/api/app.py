@@ -44,6 +44,10 @@ from embedsense.server.runner import resolve_device
 
 log = logging.getLogger(__name__)
 
+STOPPED = {  # the last log line, by index backend: what a restart finds
+    "faiss": "stopped; the store is flushed and snapshotted",
+    "milvus": "stopped; Milvus keeps the collections",
+}
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbedSense"].full_name
 
 
@@ -267,7 +271,7 @@ class EmbedSenseServer:
             await asyncio.to_thread(self.engine.close)
         if self.catalog is not None:
             await asyncio.to_thread(self.catalog.close)
-        log.info("stopped; the store is flushed and snapshotted")
+        log.info(STOPPED.get(self.catalog.kind if self.catalog else "", "stopped"))
 
     async def wait(self) -> None:
         if self._server is not None:

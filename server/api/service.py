@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from embedsense.model import TokenizedText
 from embedsense.model.spans import SpanError
 from embedsense.model.tokenizer import TextTooLongError
-from embedsense.proto.metadata import OVERLOADED_TRAILER
+from embedsense.proto.metadata import OVERLOADED_TRAILER, RETRY_PUSHBACK_TRAILER
 from embedsense.proto.tensors import from_tensor, to_tensor
 from embedsense.proto.v1 import embedsense_pb2 as pb
 from embedsense.proto.v1 import embedsense_pb2_grpc
@@ -60,7 +60,6 @@ from embedsense.server.senses import errors as sense_errors
 from embedsense.server.senses.senses import FoundOccurrence, Senses
 
 log = logging.getLogger(__name__)
-RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # a negative value: gRPC does not retry the call
 
 _Reply = TypeVar("_Reply", bound=Message)
 # A token's share of an Embed reply besides its vector: its text (a few bytes), id, offsets
@@ -139,7 +138,7 @@ def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
                 # UNAVAILABLE for a server it cannot reach) would send it straight back to
                 # what just failed, each time for as long, and the caller would see only
                 # its deadline pass. The SDK's retries, with backoff, still apply.
-                trailers += ((RETRY_PUSHBACK, "-1"),)
+                trailers += ((RETRY_PUSHBACK_TRAILER, "-1"),)
             await context.abort(code, str(err), trailers)
         finally:
             self.metrics.observe_request(method.__name__, code.name, time.perf_counter() - started)

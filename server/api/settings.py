@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from embedsense.proto import DEFAULT_PORT
 from embedsense.server.config import FLOAT16_ON_CPU, EngineConfig
 from embedsense.server.index.backend import BACKENDS, MILVUS_SEARCH_CALLS, BackendSettings
 
@@ -99,7 +100,7 @@ NUMBER_RULES = {
 @dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"
-    port: int = 50051
+    port: int = DEFAULT_PORT
     data_dir: Path = Path("data")
     # Where collections live: "faiss" (FAISS + SQLite in data_dir, the default) or "milvus"
     # (a milvus-lite file ending in .db, or a Milvus URL; the server then keeps no state).

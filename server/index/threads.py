@@ -70,5 +70,6 @@ class IndexThreads:
             under_way = set(self._under_way)
         _, still = wait(under_way, timeout=wait_s)
         if still:
-            log.warning("%d index calls still under way after %.0f s: the index closes "
-                        "without them", len(still), wait_s or 0)  # fmt: skip
+            calls = f"{len(still)} index call" + ("s" if len(still) > 1 else "")
+            log.warning("%s still under way after %.0f s: the index closes without them",
+                        calls, wait_s or 0)  # fmt: skip

@@ -114,8 +114,9 @@ class ServerProcess:
 class MilvusLiteServer:
     """`milvus-lite server` on 127.0.0.1 (never its default 0.0.0.0), data in `data_dir`."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "milvus_lite.cmdline", "server", "--data-dir", str(data_dir),
@@ -129,6 +130,7 @@ class MilvusLiteServer:
                 return
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()  # not left running when it came up too late
                     raise RuntimeError("the milvus-lite server did not come up") from None
                 time.sleep(0.2)
 

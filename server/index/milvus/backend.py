@@ -34,7 +34,7 @@ from dataclasses import asdict
 from functools import partial
 from typing import Any
 
-from pymilvus import MilvusClient, MilvusException
+from pymilvus import MilvusException
 
 from embedsense.server.index.backend import MILVUS_SEARCH_CALLS
 from embedsense.server.index.collection import CollectionInfo
@@ -45,7 +45,12 @@ from embedsense.server.index.errors import (
     IndexUnavailable,
     InvalidArgument,
 )
-from embedsense.server.index.milvus.calls import MilvusAliasMissing, MilvusAliasTaken, MilvusCalls
+from embedsense.server.index.milvus.calls import (
+    MilvusAliasMissing,
+    MilvusAliasTaken,
+    MilvusCalls,
+    open_client,
+)
 from embedsense.server.index.milvus.collection import MilvusCollection
 from embedsense.server.index.milvus.filters import literal, literal_list
 from embedsense.server.index.milvus.schema import (
@@ -69,6 +74,13 @@ RECHECK_S = 1.0  # a cached collection older than this is checked against its me
 CLAIM_GRACE_S = 120.0  # a create takes seconds: a claim this old without a meta row is dead
 
 
+def meta_words(key: str) -> str:
+    """A meta row's key as errors name it: "collection 'notes'" for "collection:notes",
+    "every collection" for the prefix "collection:"."""
+    kind, _, name = key.partition(":")
+    return f"{kind} {name!r}" if name else f"every {kind}"
+
+
 class MilvusBackend:
     """The `milvus` index backend (see backend.py)."""
 
@@ -84,10 +96,7 @@ class MilvusBackend:
         self.uri = uri
         self.search_calls = search_calls
         try:
-            # A connection of its own: pymilvus otherwise shares one per URI between clients,
-            # and a shared one that sat idle (Milvus sent GOAWAY) failed the next client's
-            # connect instead of being replaced.
-            client = MilvusClient(uri=uri, token=token or "", timeout=timeout_s, dedicated=True)
+            client = open_client(uri, token or "", timeout_s)
         except MilvusException as err:
             raise IndexUnavailable(f"milvus at {uri}: {err.message}") from err
         self.calls = MilvusCalls(client, timeout_s)
@@ -108,31 +117,32 @@ class MilvusBackend:
     # ------------------------------------------------------------ meta rows
 
     def _meta_get(self, key: str) -> str | None:
-        rows = self.calls.query(f"read {key}", META, f"key == {literal(key)}", ["value"])
+        what = f"read {meta_words(key)}"
+        rows = self.calls.query(what, META, f"key == {literal(key)}", ["value"])
         return rows[0]["value"] if rows else None
 
     @staticmethod
     def _check_meta_value(key: str, value: str) -> None:
         if len(value.encode()) > MAX_VARCHAR:
             raise InvalidArgument(
-                f"{key}: {len(value.encode())} bytes; the milvus backend "
+                f"{meta_words(key)}: {len(value.encode())} bytes; the milvus backend "
                 f"keeps at most {MAX_VARCHAR}"
             )
 
     def _meta_put(self, key: str, value: str) -> None:
         self._check_meta_value(key, value)
-        self.calls(
-            f"write {key}", "upsert", META, [{"key": key, "value": value, "vector": [0.0, 0.0]}]
-        )
-        self.calls.settle(f"write {key}", (META, "key"))
+        what = f"write {meta_words(key)}"
+        self.calls(what, "upsert", META, [{"key": key, "value": value, "vector": [0.0, 0.0]}])
+        self.calls.settle(what, (META, "key"))
 
     def _meta_delete(self, key: str) -> None:
-        self.calls(f"delete {key}", "delete", META, filter=f"key in {literal_list([key])}")
-        self.calls.settle(f"delete {key}", (META, "key"))
+        what = f"delete {meta_words(key)}"
+        self.calls(what, "delete", META, filter=f"key in {literal_list([key])}")
+        self.calls.settle(what, (META, "key"))
 
     def _meta_keys(self, prefix: str) -> list[tuple[str, str]]:
         rows = self.calls.query(
-            f"list {prefix}",
+            f"list {meta_words(prefix)}",
             META,
             f"key like {literal(prefix + '%')}",  # prefixes are constants, no wildcards
             ["key", "value"],

@@ -65,6 +65,46 @@ def _route_pymilvus_logs() -> None:
 
 _route_pymilvus_logs()  # once pymilvus, imported above, has set up its own
 
+# While its Milvus is away, a gRPC channel tries to reconnect with waits that grow to 2 min,
+# and looks its name up again at most every 30 s: capped here, a Milvus that is back (at a
+# new address, a container made anew) is found within about a second.
+CHANNEL_OPTIONS = {
+    "grpc.max_reconnect_backoff_ms": 1000,
+    "grpc.dns_min_time_between_resolutions_ms": 1000,
+}
+# What gRPC says of a Milvus it cannot connect to (refused, no such name).
+UNREACHABLE = ("failed to connect", "dns resolution failed")
+
+
+def open_client(uri: str, token: str, timeout_s: float) -> MilvusClient:
+    """A MilvusClient on a connection of its own (pymilvus otherwise shares one per URI, and
+    a shared one that sat idle, Milvus having sent GOAWAY, failed the next client's connect
+    instead of being replaced), which reconnects as gRPC does."""
+    client = MilvusClient(
+        uri=uri, token=token, timeout=timeout_s, dedicated=True,
+        grpc_options=CHANNEL_OPTIONS,
+    )  # fmt: skip
+    # pymilvus answers a call's UNAVAILABLE by building the channel anew and waiting for it,
+    # up to the timeout, under one lock for all calls: while a Milvus took connections and
+    # answered none, calls at once waited in turn, a deadline each (3, 6, 9, 12 s at 3).
+    # (Its global-cluster topology refresh goes with it: such URIs are not supported here.)
+    handler = client._get_connection()
+    assert hasattr(handler, "_on_rpc_error"), "pymilvus changed: see pyproject's pin"
+    handler._on_rpc_error = _fail_when_unreachable
+    return client
+
+
+def _fail_when_unreachable(error: Exception) -> bool:
+    """pymilvus's hook after a failed try, in place of its channel rebuilding: a Milvus that
+    cannot be connected to is said at once (the error raised; callers retry it with backoff,
+    while the channel reconnects by itself). Other failures: False, pymilvus then retries
+    them within the call's deadline as before (True would retry a MilvusException too)."""
+    if isinstance(error, grpc.RpcError):
+        if any(words in (error.details() or "").lower() for words in UNREACHABLE):
+            raise error
+    return False
+
+
 READ = "Bounded"  # see the module docstring
 SETTLE = "Strong"
 
