@@ -48,7 +48,6 @@ from embedsense.client import (
 from embedsense.client._api import DEFAULT_MAX_K, with_port
 from embedsense.client.bulk import chunks
 from embedsense.client.document_files import file_problem, read_documents
-from embedsense.proto import DEFAULT_PORT
 
 # Exit statuses: 1 when the server refused or failed a call, 2 when the command line or a
 # file it names is wrong (found here, before anything is sent).
@@ -639,7 +638,7 @@ def _mark(text: str, span: tuple[int, int], around: int = MARKED_CONTEXT_CHARS) 
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="embedsense", description=__doc__.splitlines()[0], epilog=EXIT_STATUSES)
-    default_target = f"127.0.0.1:{os.environ.get('EMBEDSENSE_PORT') or DEFAULT_PORT}"
+    default_target = with_port("127.0.0.1", os.environ.get("EMBEDSENSE_PORT"))
     p.add_argument(
         "--target",
         action="append",

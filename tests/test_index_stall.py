@@ -108,6 +108,11 @@ def test_a_stalled_index_holds_up_only_the_calls_that_need_it(stallable):
             assert re.search(r"^embedsense_index_up 0\.0$", page, re.M), page
             assert "embedsense_engine_queue_depth" in page  # the engine's metrics are there
             assert "embedsense_collection_documents{" not in page  # sizes unknown: left out
+            # The search counters are the server's own, there while Milvus is away: a search
+            # waits in each index thread (the rest wait for a thread).
+            asked = re.search(r'^embedsense_milvus_searches_total\{collection="stall"\} (\S+)$',
+                              page, re.M)  # fmt: skip
+            assert asked and float(asked[1]) == INDEX_THREADS, page
         assert all(o == 3 or "Milvus" in o for o in outcomes), outcomes
 
         # The Milvus answers again: so do searches, and the next scrape reads its sizes.
@@ -195,6 +200,44 @@ def test_an_index_slower_than_a_scrape_waits_is_reported_every_scrape(scrape):
         assert 'embedsense_collection_documents{collection="c"} 5.0' in page
         assert 'embedsense_collection_index_vectors{collection="c"} 6.0' in page
         assert catalog.started == readings  # the next scrape's reading, under way
+
+
+class _AwayCatalog:
+    """An index that fails each reading at once while `away`."""
+
+    kind = "faiss"
+    away = True
+
+    def names(self) -> list[str]:
+        if self.away:
+            raise ConnectionError("milvus is away")
+        return ["c"]
+
+    def get(self, name: str) -> _AwayCatalog:
+        return self
+
+    def count(self) -> int:
+        return 5
+
+    def index_vectors(self) -> int:
+        return 6
+
+
+def test_an_index_back_from_a_failure_is_up_in_the_next_scrape():
+    """A reading that failed is served once, like one that answered: the scrape after the
+    index is back reads it afresh (it was served the failure again, one scrape behind)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from embedsense.server.api.index_metrics import IndexMetrics
+
+    catalog = _AwayCatalog()
+    registry = CollectorRegistry()
+    registry.register(IndexMetrics(catalog))
+    assert "embedsense_index_up 0.0" in generate_latest(registry).decode()
+    catalog.away = False
+    page = generate_latest(registry).decode()
+    assert "embedsense_index_up 1.0" in page, page
+    assert 'embedsense_collection_documents{collection="c"} 5.0' in page
 
 
 def test_closing_waits_for_the_index_calls_under_way_up_to_its_grace(caplog):

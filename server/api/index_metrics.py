@@ -1,14 +1,15 @@
-"""The index's metrics on /metrics: each collection's size and, on Milvus, its search
-counters, read for each scrape with a deadline.
+"""The index's metrics on /metrics: each collection's size, read for each scrape with a
+deadline, and on Milvus its search counters, kept in this process and served in every scrape.
 
-Reading them asks the index (on Milvus, a count per collection over the network). A scrape
+Reading the sizes asks the index (on Milvus, a count per collection over the network). A scrape
 that waited on a stalled index would fail whole, the engine's metrics with it, when an
 operator needs them most: so the reading runs in a thread of its own, and a scrape waits for
 it at most READ_WAIT_S. Past that, or on an error, the scrape leaves the index's metrics out
 and says so with `embedsense_index_up 0`. The reading goes on; a scrape while it does waits
 for that one rather than start another (a stalled index holds one thread, not one per
 scrape), and one that finds it finished, unserved, serves it and starts the next, so an index
-slower than READ_WAIT_S but answering is reported every scrape, one reading behind.
+slower than READ_WAIT_S but answering is reported every scrape, one reading behind. A
+failed reading is served once, as an answered one is.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from embedsense.server.index import IndexBackend
+
+if TYPE_CHECKING:  # pymilvus is imported only where a Milvus is used
+    from embedsense.server.index.milvus.coalesce import SearchStats
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +55,16 @@ class IndexMetrics:
             elif reading is None or reading.done():
                 reading = self._start()
             # else: one is under way (a slow or stalled index): wait for that one
+        families, had_it = None, True  # had_it: answered or failed, not still under way
         try:
             families = reading.result(timeout=READ_WAIT_S)
         except FutureTimeout:
             log.warning("the index did not answer this scrape in %.0f s: its metrics are left "
                         "out (embedsense_index_up 0)", READ_WAIT_S)  # fmt: skip
-            families = None
+            had_it = False
         except Exception as err:  # the index's own errors, whatever the backend
             log.warning("the index's metrics are left out of this scrape: %s", err)
-            families = None
-        if families is not None:
+        if had_it:
             with self._lock:
                 if reading is self._reading:
                     self._served = True
@@ -69,6 +74,8 @@ class IndexMetrics:
             value=0 if families is None else 1,
         )
         yield from families or ()
+        if self.catalog.kind == "milvus":
+            yield from search_counters(self.catalog.search_stats())
 
     def _start(self) -> Future[list[Metric]]:
         """A reading in a thread of its own (a daemon: a stalled one holds no exit)."""
@@ -98,32 +105,33 @@ class IndexMetrics:
         vectors = GaugeMetricFamily("embedsense_collection_index_vectors",
                                     "vectors in the FAISS index, dead ones included",
                                     labels=["collection"])  # fmt: skip
-        # Milvus: searches, the calls made for them (searches / calls is how many a call
-        # merged) and their waits for a turn, to tune --milvus-search-calls by.
-        milvus = self.catalog.kind == "milvus"
-        by_collection = ["collection"]
-        searches = CounterMetricFamily(
-            "embedsense_milvus_searches", "searches asked of Milvus", labels=by_collection
-        )
-        calls = CounterMetricFamily(
-            "embedsense_milvus_search_calls", "Milvus calls made for them", labels=by_collection
-        )
-        waits = CounterMetricFamily(
-            "embedsense_milvus_search_wait_seconds",
-            "time searches waited for a turn",
-            labels=by_collection,
-        )
         for name in self.catalog.names():
             try:
                 collection = self.catalog.get(name)
                 count, in_index = collection.count(), collection.index_vectors()
-                stats = collection.search_stats() if milvus else None
             except KeyError:  # dropped meanwhile (CollectionNotFound is a KeyError)
                 continue
             documents.add_metric([name], count)
             vectors.add_metric([name], in_index)
-            if stats is not None:
-                searches.add_metric([name], stats.searches)
-                calls.add_metric([name], stats.calls)
-                waits.add_metric([name], stats.wait_seconds)
-        return [documents, vectors, *((searches, calls, waits) if milvus else ())]
+        return [documents, vectors]
+
+
+def search_counters(stats: Mapping[str, SearchStats]) -> list[Metric]:
+    """Milvus: each collection's searches, the calls made for them (searches / calls is how
+    many a call merged) and their waits for a turn, to tune --milvus-search-calls by."""
+    by_collection = ["collection"]
+    searches = CounterMetricFamily(
+        "embedsense_milvus_searches", "searches asked of Milvus", labels=by_collection
+    )
+    calls = CounterMetricFamily(
+        "embedsense_milvus_search_calls", "Milvus calls made for them", labels=by_collection
+    )
+    waits = CounterMetricFamily(
+        "embedsense_milvus_search_wait_seconds", "time searches waited for a turn",
+        labels=by_collection,
+    )  # fmt: skip
+    for name, counted in sorted(stats.items()):
+        searches.add_metric([name], counted.searches)
+        calls.add_metric([name], counted.calls)
+        waits.add_metric([name], counted.wait_seconds)
+    return [searches, calls, waits]

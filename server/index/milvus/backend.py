@@ -51,6 +51,7 @@ from embedsense.server.index.milvus.calls import (
     MilvusCalls,
     open_client,
 )
+from embedsense.server.index.milvus.coalesce import SearchStats
 from embedsense.server.index.milvus.collection import MilvusCollection
 from embedsense.server.index.milvus.filters import literal, literal_list
 from embedsense.server.index.milvus.schema import (
@@ -201,10 +202,11 @@ class MilvusBackend:
             self._meta_put(
                 f"collection:{name}", json.dumps({**asdict(row), "incarnation": layout.incarnation})
             )
-            collection = self._open[name] = MilvusCollection(
-                self.calls, row, layout, self.search_calls
-            )
+            collection = self._open[name] = self._collection(row, layout)
         return collection.info()
+
+    def _collection(self, row: CollectionRow, layout: Layout) -> MilvusCollection:
+        return MilvusCollection(self.calls, row, layout, self.search_calls)
 
     def _make(self, row: CollectionRow, layout: Layout) -> None:
         what = f"create collection {row.name!r}"
@@ -286,13 +288,17 @@ class MilvusBackend:
                 return cached
             if cached:  # its incarnation is gone: every later call through it says so
                 cached.gone = True
-            collection = self._open[name] = MilvusCollection(
-                self.calls, row, layout, self.search_calls
-            )
+            collection = self._open[name] = self._collection(row, layout)
             return collection
 
     def names(self) -> list[str]:
         return [name for name, _ in self._meta_keys("collection:")]
+
+    def search_stats(self) -> dict[str, SearchStats]:
+        """The search counters of each collection this process has open, read without
+        Milvus (for /metrics, Milvus away or not)."""
+        opened = self._open.copy()  # not under _lock, which a create holds while Milvus answers
+        return {name: c.search_stats() for name, c in opened.items() if not c.gone}
 
     def list(self) -> list[CollectionInfo]:
         infos = []
@@ -310,11 +316,7 @@ class MilvusBackend:
         row, layout = stored
         with self._lock:
             cached = self._open.get(name)
-        collection = (
-            cached
-            if cached and cached.layout == layout
-            else MilvusCollection(self.calls, row, layout, self.search_calls)
-        )
+        collection = cached if cached and cached.layout == layout else self._collection(row, layout)
         with collection.dropping():
             self._meta_delete(f"collection:{name}")
             if layout.incarnation:
