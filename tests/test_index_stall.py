@@ -202,25 +202,15 @@ def test_an_index_slower_than_a_scrape_waits_is_reported_every_scrape(scrape):
         assert catalog.started == readings  # the next scrape's reading, under way
 
 
-class _AwayCatalog:
-    """An index that fails each reading at once while `away`."""
+class _AwayCatalog(_SlowCatalog):
+    """An index that fails each reading at once while `away`, and answers at once after."""
 
-    kind = "faiss"
     away = True
 
     def names(self) -> list[str]:
         if self.away:
             raise ConnectionError("milvus is away")
         return ["c"]
-
-    def get(self, name: str) -> _AwayCatalog:
-        return self
-
-    def count(self) -> int:
-        return 5
-
-    def index_vectors(self) -> int:
-        return 6
 
 
 def test_an_index_back_from_a_failure_is_up_in_the_next_scrape():

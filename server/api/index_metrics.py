@@ -4,7 +4,7 @@ deadline, and on Milvus its search counters, kept in this process and served in 
 Reading the sizes asks the index (on Milvus, a count per collection over the network). A scrape
 that waited on a stalled index would fail whole, the engine's metrics with it, when an
 operator needs them most: so the reading runs in a thread of its own, and a scrape waits for
-it at most READ_WAIT_S. Past that, or on an error, the scrape leaves the index's metrics out
+it at most READ_WAIT_S. Past that, or on an error, the scrape leaves the sizes out
 and says so with `embedsense_index_up 0`. The reading goes on; a scrape while it does waits
 for that one rather than start another (a stalled index holds one thread, not one per
 scrape), and one that finds it finished, unserved, serves it and starts the next, so an index
