@@ -529,7 +529,7 @@ def filter_json(where: Mapping[str, Any] | None) -> str:
 
 
 def count_call(name: str, where: Mapping[str, Any] | None = None) -> Call[int]:
-    request = pb.CountRequest(collection=name, filter_json=filter_json(where))
+    request = message(pb.CountRequest, collection=name, filter_json=filter_json(where))
     return Call("Count", request, lambda r: r.count)
 
 
@@ -550,7 +550,7 @@ def get_call(
     name: str, ids: Sequence[str | int], with_vectors: bool
 ) -> Call[list[StoredDocument | None]]:
     ids = id_list(ids)
-    request = pb.GetRequest(collection=name, ids=ids, with_vectors=with_vectors)
+    request = message(pb.GetRequest, collection=name, ids=ids, with_vectors=with_vectors)
     return Call("Get", request, parse_documents(ids))
 
 
@@ -564,7 +564,9 @@ def delete_call(
     listed = id_list(() if ids is None else ids)  # an iterator is read once, here
     if where is None and not listed:  # deletes nothing, as HTTP's {"ids": []}: if it exists
         return Call("DescribeCollection", pb.CollectionRef(name=name), lambda r: 0)
-    request = pb.DeleteRequest(collection=name, ids=listed, filter_json=filter_json(where))
+    request = message(pb.DeleteRequest,
+        collection=name, ids=listed, filter_json=filter_json(where),
+    )  # fmt: skip
     return Call("Delete", request, lambda r: r.deleted)
 
 
@@ -598,7 +600,7 @@ def update_metadata_call(
         raise ValueError(f"mode={mode!r}: expected 'merge' or 'replace'")
     if not isinstance(patch, Mapping):
         raise TypeError(f"patch: a dict, got {type(patch).__name__}")
-    request = pb.UpdateMetadataRequest(
+    request = message(pb.UpdateMetadataRequest,
         collection=name, ids=ids, patch_json=json.dumps(patch, ensure_ascii=False),
         mode=METADATA_MODES[mode],
     )  # fmt: skip

@@ -353,7 +353,7 @@ class AsyncClient:
     ) -> AsyncIterator[StoredDocument]:
         """Every document (matching `filter`), in id order, `batch_size` at a time, as an
         async iterator (`async for doc in c.scroll(...)`): as `Client.scroll`."""
-        bulk.at_least_one("batch_size", batch_size)
+        bulk.scroll_batch(batch_size)
         cursor = ""
         while True:
             docs, cursor = await self._call(

@@ -19,6 +19,7 @@ import numpy as np
 
 from embedsense.client.errors import EmbedSenseError
 from embedsense.client.messages import message
+from embedsense.proto import MAX_SCROLL_PAGE
 from embedsense.proto.ids import content_id
 from embedsense.proto.v1 import embedsense_pb2 as pb
 from embedsense.proto.values import (
@@ -39,6 +40,18 @@ def at_least_one(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r}: expected an int, at least 1")
     return value
+
+
+def scroll_batch(batch_size: int) -> int:
+    """A scroll's batch_size, checked here: past the server's page limit, its error would
+    name the request's field (limit), not the caller's."""
+    at_least_one("batch_size", batch_size)
+    if batch_size > MAX_SCROLL_PAGE:
+        raise ValueError(
+            f"batch_size={batch_size}: a scroll fetches 1 to {MAX_SCROLL_PAGE:,} documents "
+            "at a time"
+        )
+    return batch_size
 
 
 def needs_server_limit(batch_size: int, total: int | None) -> bool:

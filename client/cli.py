@@ -74,8 +74,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"embedsense: error: {message} (see `{self.prog} --help`)\n")
 
 
-def at_least(minimum: int, meaning: str = "") -> Callable[[str], int]:
-    """An argparse type: an integer >= minimum; else an error that says what is valid."""
+def at_least(minimum: int, meaning: str = "", maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum (and <= maximum, if given); else an error
+    that says what is valid."""
 
     def parse(raw: str) -> int:
         try:
@@ -84,6 +85,8 @@ def at_least(minimum: int, meaning: str = "") -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{raw!r} is not an integer") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value}: {meaning or f'expected {minimum} or more'}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value}: expected {minimum} to {maximum}")
         return value
 
     return parse

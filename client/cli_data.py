@@ -31,6 +31,7 @@ from typing import IO, Any, NoReturn
 from embedsense.client import Client
 from embedsense.client import _api as api
 from embedsense.client._api import Call
+from embedsense.proto import MAX_SCROLL_PAGE
 
 EXPORT_BATCH = 1000  # documents per scroll page of an export
 
@@ -309,9 +310,9 @@ def add_parsers(sub: Any) -> None:
     export.add_argument("--out", help="the .jsonl file to write (default: stdout)")
     export.add_argument(
         "--batch-size",
-        type=base.at_least(1),
+        type=base.at_least(1, maximum=MAX_SCROLL_PAGE),
         default=EXPORT_BATCH,
-        help=f"documents per request (default {EXPORT_BATCH}, at most 10000)",
+        help=f"documents per request (default {EXPORT_BATCH}, at most {MAX_SCROLL_PAGE})",
     )
     for parser in (delete, count, export):
         parser.add_argument("--filter", help='JSON, e.g. \'{"lang": "zh"}\'')

@@ -358,7 +358,7 @@ class Client:
         (at most 10,000) as the iterator is read. Each document that exists and matches for
         the whole scroll comes exactly once; one added, removed or changed meanwhile may or
         may not; none twice."""
-        bulk.at_least_one("batch_size", batch_size)
+        bulk.scroll_batch(batch_size)
         cursor = ""
         while True:
             docs, cursor = self._call(

@@ -235,6 +235,28 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
         ):
             with pytest.raises(ValueError, match=rf"^documents\[1\]: {field}: .*U\+D800"):
                 client.upsert("c", ["好", document])
+        # Count, delete, get and metadata updates said only "'utf-8' codec can't encode".
+        for call, field in (
+            (lambda: client.count("c", filter={"k": "\ud800"}), "filter_json"),
+            (lambda: client.delete("c", filter={"k": "\ud800"}), "filter_json"),
+            (lambda: client.update_metadata("c", ["a"], {"k": "\ud800"}), "patch_json"),
+            (lambda: client.get("c", ["a\ud800"]), "ids"),
+            (lambda: client.delete("c", ["a\ud800"]), "ids"),
+        ):
+            with pytest.raises(ValueError, match=rf"^{field}.*U\+D800"):
+                call()
+    # A scroll's page is 1 to 10,000 documents: the server said "limit: 10001", a name the
+    # caller never used, and the CLI exited 1 (a server's refusal) for its own flag.
+    with Client(server.target) as client, pytest.raises(ValueError, match=r"^batch_size=10001"):
+        next(client.scroll("c", batch_size=10_001))
+    status, _, err = cli(capsys, *target, "docs", "export", "c", "--batch-size", "10001")
+    line = one_error_line(err)
+    assert status == 2 and "--batch-size" in line and "10000" in line, line
+    for command in (["docs", "count", "c", "--filter", '{"k": "\\ud800"}'],
+                    ["docs", "update", "c", "a", "--patch", '{"k": "\\ud800"}']):  # fmt: skip
+        status, _, err = cli(capsys, *target, *command)
+        line = one_error_line(err)
+        assert status == 2 and "lone surrogate U+D800" in line, line
     status, _, err = cli(capsys, *target, "search", "no-such-collection", "x")
     assert status == 1 and "NOT_FOUND" in one_error_line(err)
     status, _, err = cli(capsys, "--target", "nohost,alsono", "info")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import re
 import threading
@@ -27,7 +28,7 @@ from embedsense.client import (
 from embedsense.client._api import Call
 from embedsense.client.cli import main as cli_main
 from embedsense.proto.v1 import embedsense_pb2 as pb
-from embedsense.server.api.collection_ops import encode_cursor, filter_key
+from embedsense.server.api.collection_ops import encode_cursor
 
 KEY = "data-ops-key"
 DIM = 384
@@ -135,6 +136,16 @@ def test_a_scroll_cursor_is_opaque_and_tied_to_its_collection_and_filter(client,
     assert [d.id for d in page(first.next_cursor).documents] == ["a03", "b01"]
     with pytest.raises(InvalidArgument, match="another filter"):
         page(first.next_cursor, '{"sense": "fruit"}')
+    # The same filter written another way goes on: key order, {"x": v} for {"x": {"$eq": v}},
+    # 2020 for 2020.0, the order of $and's parts (a client that writes its JSON anew was
+    # told "another filter").
+    fruit = page("", '{"sense": "fruit", "year": {"$gte": 2020}}', limit=1)
+    assert [d.id for d in fruit.documents] == ["a02"]
+    for same in ('{"year": {"$gte": 2020.0}, "sense": {"$eq": "fruit"}}',
+                 '{"$and": [{"year": {"$gte": 2020}}, {"sense": "fruit"}]}'):  # fmt: skip
+        assert [d.id for d in page(fruit.next_cursor, same).documents] == ["a03"]
+    with pytest.raises(InvalidArgument, match="another filter"):
+        page(fruit.next_cursor, '{"sense": "fruit", "year": {"$gt": 2020}}')
     # It went on from "a02" in any other collection, as if the scroll had begun there.
     other = f"{news}-other"
     client.create_collection(other)
@@ -144,9 +155,9 @@ def test_a_scroll_cursor_is_opaque_and_tied_to_its_collection_and_filter(client,
             page(first.next_cursor, collection=other)
     finally:
         client.drop_collection(other)
-    # A cursor of the form before (version 1, no collection) goes on where it left off: a
-    # scroll survives a rolling upgrade of the replicas.
-    before = json.dumps([1, filter_key(None), "a02"]).encode()
+    # A cursor of the form before (version 1, no collection, the filter's JSON fingerprinted)
+    # goes on where it left off: a scroll survives a rolling upgrade of the replicas.
+    before = json.dumps([1, hashlib.sha256(b"{}").hexdigest()[:16], "a02"]).encode()
     assert [d.id for d in page(base64.urlsafe_b64encode(before).decode()).documents] == [
         "a03",
         "b01",
@@ -305,6 +316,9 @@ def test_a_collection_of_vectors_embedded_elsewhere(client, http):
         assert found.json()["results"][0][0]["id"] == "1"
         refused = http.post("/v1/collections/elsewhere/search", json={"query": "文本"})
         assert refused.status_code == 400 and "by vector" in refused.json()["error"]["message"]
+        assert (
+            refused.json()["error"]["code"] == "failed_precondition"
+        )  # as on gRPC, not a bad field
     finally:
         client.drop_collection("elsewhere")
 
@@ -789,6 +803,15 @@ def test_rest_errors_have_the_right_status_and_shape(http, running):
             http.post("/v1/collections/rest-errors/scroll", json={"cursor": "zzz"}), 400, "cursor"
         )
         error(http.post("/v1/collections/rest-errors/search", json={"k": 3}), 400, "query")
+        # The field at fault is named, as for the others (these had param null).
+        for route, body, param in (
+            ("search", {"vector": [0.1, 0.2]}, "vector"),
+            ("search", {"query": "x", "score_threshold": 1e39}, "score_threshold"),
+            ("update_metadata", {"ids": ["a"], "patch": {"h": 2**70}}, "patch"),
+        ):
+            refused = http.post(f"/v1/collections/rest-errors/{route}", json=body)
+            error(refused, 400, param)
+            assert refused.json()["error"]["param"] == param, refused.text
         error(http.post("/v1/collections/rest-errors/search", json={"query": "x", "k": 0}), 422)
         error(
             http.post("/v1/collections/rest-errors/search", json={"vector": [[1.0] * DIM, [1.0]]}),

@@ -122,6 +122,12 @@ def test_the_openapi_document_comes_from_the_request_models(base):
     texts = schemas["EmbedRequest"]["properties"]["inputs"]["anyOf"][1]
     assert texts["maxItems"] == 2048 and texts["items"]["maxLength"] == 100_000
     assert schemas["EmbedRequest"]["properties"]["dimensions"]["anyOf"][0] == {"const": 384}
+    # An empty vector is refused as not fitting the body's schema (422): the schema says so
+    # (it allowed one).
+    one, several = schemas["SearchRequest"]["properties"]["vector"]["anyOf"]
+    assert one["minItems"] == 1 and several["minItems"] == 1 and several["items"]["minItems"] == 1
+    stored_vector = schemas["NewDocument"]["properties"]["vector"]["anyOf"][0]
+    assert stored_vector["minItems"] == 1, stored_vector
     # Each API's errors in its own shape; the key everywhere but health.
     embeddings = doc["paths"]["/v1/embeddings"]["post"]
     assert embeddings["responses"]["400"]["content"]["application/json"]["schema"] == {
@@ -464,19 +470,24 @@ def test_cors_allows_every_method_and_header_a_browser_client_sends_and_varies(b
 
 
 def test_get_takes_ids_as_update_metadata_does_and_the_document_says_so(base):
-    """Ids are 1-256 characters (not texts of 100,000), 1 to max_texts_per_request of
-    them; get refused none and any number."""
+    """Ids are 1-256 characters (not texts of 100,000), at most max_texts_per_request of
+    them; get refused any number. No ids gets no documents, as on gRPC and in the SDK (HTTP
+    refused them), and as a delete of no ids deletes none; a metadata update needs one."""
     status, _, body = call(base, "/openapi.json", headers={"Authorization": ""}, method="GET")
     schemas = json.loads(body)["components"]["schemas"]
-    for model in ("GetRequest", "UpdateMetadataRequest"):
+    for model, least in (("GetRequest", 0), ("UpdateMetadataRequest", 1)):
         ids = schemas[model]["properties"]["ids"]
-        assert ids["minItems"] == 1 and ids["maxItems"] == 2048, model
+        assert ids.get("minItems", 0) == least and ids["maxItems"] == 2048, model
         assert ids["items"]["maxLength"] == 256 and "pattern" not in ids["items"], model
     assert call(base, "/v1/collections", {"name": "ids"})[0] == 200
     status, _, answer = call(base, "/v1/collections/ids/get", {"ids": []})
-    assert status == 400, answer
+    assert status == 200 and json.loads(answer) == {"documents": [], "missing": []}, answer
+    status, _, answer = call(base, "/v1/collections/no-such/get", {"ids": []})
+    assert status == 404, answer
+    status, _, answer = call(base, "/v1/collections/ids/update_metadata",
+                             {"ids": [], "patch": {"a": 1}})  # fmt: skip
     error = json.loads(answer)["error"]
-    assert error["message"] == "ids: at least one id is needed", answer
+    assert status == 400 and error["message"] == "ids: at least one id is needed", answer
     assert error["code"] == "invalid_argument" and error["param"] == "ids"
     status, _, answer = call(base, "/v1/collections/ids/get", {"ids": ["a"] * 2049})
     assert status == 400, answer[:200]

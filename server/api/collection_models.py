@@ -10,14 +10,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 
+from embedsense.proto import MAX_SCROLL_PAGE
 from embedsense.proto.values import MAX_ID_LENGTH, json_kind
-from embedsense.server.api.collection_ops import DEFAULT_PAGE, MAX_PAGE
+from embedsense.server.api.collection_ops import DEFAULT_PAGE
 from embedsense.server.api.http_inputs import RequestModel
 from embedsense.server.index.validation import MAX_K
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 FILTER = (
-    'A metadata filter (README: the filter grammar), e.g. {"lang": "zh"}, '
+    'A metadata filter (the grammar: docs/collections.md, Filters), e.g. {"lang": "zh"}, '
     '{"$or": [{"year": {"$gte": 2020}}, {"tags": {"$contains": "news"}}]}. '
     "Omitted: every document."
 )
@@ -77,10 +78,15 @@ def vectors_of(value: Any) -> list[list[float]]:
     raise _refuse("a vector (a list of numbers) or a non-empty list of vectors", value, nested=True)
 
 
-Vector = Annotated[list[float], PlainValidator(vector_of, json_schema_input_type=list[float])]
+# What the validators take, for the schema: no vector is empty, nor a list of them.
+_NonEmpty = Annotated[list[float], Field(min_length=1)]
+Vector = Annotated[list[float], PlainValidator(vector_of, json_schema_input_type=_NonEmpty)]
 Vectors = Annotated[
     list[list[float]],
-    PlainValidator(vectors_of, json_schema_input_type=list[float] | list[list[float]]),
+    PlainValidator(
+        vectors_of,
+        json_schema_input_type=_NonEmpty | Annotated[list[_NonEmpty], Field(min_length=1)],
+    ),
 ]
 Filter = dict[str, Any]
 
@@ -211,7 +217,7 @@ class UpsertResponse(BaseModel):
 
 
 class GetRequest(CollectionRequest):
-    ids: list[DocumentId] = Field(json_schema_extra={"x-limit": "ids"})
+    ids: list[DocumentId] = Field(json_schema_extra={"x-limit": "ids_or_none"})
     with_vectors: bool = False
 
 
@@ -250,7 +256,7 @@ class CountResponse(BaseModel):
 
 class ScrollRequest(CollectionRequest):
     filter: Filter | None = Field(None, description=FILTER)
-    limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_PAGE, description="Documents per page.")
+    limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_SCROLL_PAGE, description="Documents per page.")
     cursor: str | None = Field(
         None,
         description="The previous page's next_cursor, as it came; omitted: the first page. "

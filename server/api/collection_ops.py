@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from embedsense.model import TextRole
+from embedsense.proto import MAX_SCROLL_PAGE
 from embedsense.proto.ids import content_id
 from embedsense.server.api.checks import BadRequest, Limits, check_count, check_text, check_texts
 from embedsense.server.api.settings import ServerSettings
@@ -39,6 +40,7 @@ from embedsense.server.index import (
     IndexUnavailable,
     Token,
 )
+from embedsense.server.index.filters import canonical as canonical_filter
 from embedsense.server.index.filters import parse as parse_filter
 from embedsense.server.index.threads import IndexThreads
 from embedsense.server.index.validation import (
@@ -49,7 +51,6 @@ from embedsense.server.index.validation import (
 )
 
 DEFAULT_PAGE = 256  # documents per scroll page when the caller gives no limit
-MAX_PAGE = 10_000  # the most a scroll page holds
 MAX_SEARCH_HITS = 100_000  # queries x k in one batch search: bounds the reply
 CURSOR_VERSION = 2  # 2: the collection's name in it
 
@@ -74,10 +75,21 @@ class Page:
 
 
 def filter_key(where: Mapping[str, Any] | None) -> str:
-    """A short fingerprint of a filter, canonical (key order does not matter): what ties a
-    cursor to the filter it was made for."""
-    canonical = json.dumps(where or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    """A short fingerprint of a filter, the same however it is written (filters.canonical):
+    what ties a cursor to the filter it was made for."""
+    return _fingerprint(canonical_filter(parse_filter(where)))
+
+
+def _json_filter_key(where: Mapping[str, Any] | None) -> str:
+    """The fingerprint cursors had before (the filter's JSON, keys sorted): still taken, so
+    a scroll goes on across a rolling upgrade of the replicas."""
+    return _fingerprint(
+        json.dumps(where or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    )
+
+
+def _fingerprint(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def encode_cursor(collection: str, after: str, where: Mapping[str, Any] | None) -> str:
@@ -115,7 +127,7 @@ def decode_cursor(cursor: str, collection: str, where: Mapping[str, Any] | None)
             "goes on only with the scroll that made it",
             "cursor",
         )
-    if key != filter_key(where):
+    if key != filter_key(where) and key != _json_filter_key(where):
         raise BadRequest(
             "cursor: it was made for another filter; a scroll keeps its filter from the first "
             "page to the last",
@@ -125,11 +137,11 @@ def decode_cursor(cursor: str, collection: str, where: Mapping[str, Any] | None)
 
 
 def page_size(limit: int | None) -> int:
-    """A scroll's page size: DEFAULT_PAGE when not given (0 or None), at most MAX_PAGE."""
+    """A scroll's page size: DEFAULT_PAGE when not given (0 or None), at most MAX_SCROLL_PAGE."""
     if not limit:
         return DEFAULT_PAGE
-    if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit: {limit}; a page holds 1 to {MAX_PAGE} documents", "limit")
+    if not 1 <= limit <= MAX_SCROLL_PAGE:
+        raise BadRequest(f"limit: {limit}; a page holds 1 to {MAX_SCROLL_PAGE} documents", "limit")
     return limit
 
 

@@ -62,8 +62,14 @@ class RestDialect:
     error_model = m.ErrorResponse
 
     def error(self, error: ApiError) -> tuple[int, dict[str, Any]]:
-        # A bad field is invalid_argument, as gRPC's status names it, wherever it was found.
-        code = "invalid_argument" if error.status == 400 else error.kind or "error"
+        # A bad field is invalid_argument, as gRPC's status names it, wherever it was found;
+        # a request the collection cannot take (texts to embed in one of outside vectors) is
+        # failed_precondition, as on gRPC.
+        code = (
+            error.kind
+            if error.kind == "failed_precondition"
+            else ("invalid_argument" if error.status == 400 else error.kind or "error")
+        )
         return error.status, {"error": {"message": error.message, "code": code,
                                         "param": error.param}}  # fmt: skip
 
@@ -207,9 +213,11 @@ class CollectionRoutes:
         return m.UpsertResponse.model_construct(upserted=len(ids), ids=ids)
 
     async def get(self, request: web.Request, body: m.GetRequest) -> BuiltOffLoop:
-        # 1 to max_texts ids, as update_metadata (an SDK's get over gRPC is bounded by
-        # max_message_bytes alone); the reply is bounded by max_message_bytes too.
-        check_count(len(body.ids), "ids", self.ops.limits, "ids")
+        # At most max_texts ids, as update_metadata (an SDK's get over gRPC is bounded by
+        # max_message_bytes alone); none gets none, as on gRPC. The reply is bounded by
+        # max_message_bytes too.
+        if body.ids:
+            check_count(len(body.ids), "ids", self.ops.limits, "ids")
         found = await self.ops.get(request.match_info["name"], body.ids)
         # Built off the loop, as the other large replies: counting megabytes of text holds
         # the GIL.

@@ -89,4 +89,4 @@ def from_exception(
         return ApiError(HTTP_STATUS[code], str(err), "too_long", "input")
     if isinstance(err, FilterError):  # every route takes its filter as "filter"
         return ApiError(HTTP_STATUS[code], str(err), code.lower(), "filter")
-    return ApiError(HTTP_STATUS[code], str(err), code.lower())
+    return ApiError(HTTP_STATUS[code], str(err), code.lower(), getattr(err, "param", None))

@@ -184,16 +184,18 @@ def _operation(route: HttpRoute, auth: bool) -> dict[str, Any]:
 def _with_limits(schemas: dict[str, Any], limits: Limits, dim: int) -> dict[str, Any]:
     """The schemas with each `x-limit` field bounded as the checks bound it: texts of 1 to
     max_text_chars characters (no control characters, not only whitespace), 1 to max_texts
-    inputs, token-id lists of 1 to max_request_tokens ids; 1 to max_texts document ids
-    (check_count's bound on get and update_metadata); `dimensions` the model's."""
+    inputs, token-id lists of 1 to max_request_tokens ids; 1 to max_texts document ids to
+    update, 0 to max_texts to get (check_count's bound); `dimensions` the model's."""
     schemas = copy.deepcopy(schemas)
     for schema in schemas.values():
         for prop in schema.get("properties", {}).values():
             limit = prop.pop("x-limit", None)
             if limit == "dimensions":
                 prop["anyOf"] = [{"const": dim}, {"type": "null"}]
-            elif limit == "ids":  # each id keeps its own rule (1-MAX_ID_LENGTH characters)
-                prop.update(minItems=1, maxItems=limits.max_texts)
+            elif limit in ("ids", "ids_or_none"):  # each id keeps its own (1-256 characters)
+                prop.update(maxItems=limits.max_texts)
+                if limit == "ids":
+                    prop.update(minItems=1)
             elif limit is not None:
                 for branch in prop.get("anyOf", [prop]):
                     _bound(branch, limits)

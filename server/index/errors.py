@@ -47,7 +47,12 @@ class IndexOutOfStep(IndexStoreError):
 
 
 class InvalidArgument(IndexStoreError, ValueError):
-    """INVALID_ARGUMENT: a bad name, spec, document or query."""
+    """INVALID_ARGUMENT: a bad name, spec, document or query. param: the request field at
+    fault, where it is one field (HTTP's error names it)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class DimensionMismatch(InvalidArgument):

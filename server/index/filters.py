@@ -168,7 +168,8 @@ def _logical(op: str, value: Any, depth: int, budget: _Budget) -> Node:
 def _field(field: Any, condition: Any, budget: _Budget) -> list[Condition]:
     if not isinstance(field, str) or not all(map(_name_part, field.split("."))):
         raise FilterError(
-            f"bad field name {field!r}: letters, digits, _ and -, with dots for nesting"
+            f"bad field name {field!r}: letters, digits, _ and - (marks after a letter or "
+            "digit), with dots for nesting"
         )
     path = tuple(field.split("."))
     if not isinstance(condition, Mapping):
@@ -211,9 +212,14 @@ def _operand(field: str, op: str, operand: Any, budget: _Budget) -> Any:
                 f"{field}: {op} compares with a number or a string, got {json_kind(operand)}"
             )
         return _scalar(field, operand)
+    if op in LOGICAL:
+        hint = " ($and, $or and $not go outside a field)"
+    elif not str(op).startswith("$"):  # an object where a value goes: a nested field?
+        hint = f" (a nested field goes by its dotted name: {{'{field}.{op}': ...}})"
+    else:
+        hint = ""
     raise FilterError(
-        f"{field}: unknown operator {op!r}; known: {', '.join(FIELD_OPERATORS)}"
-        + (" ($and, $or and $not go outside a field)" if op in LOGICAL else "")
+        f"{field}: unknown operator {op!r}; known: {', '.join(FIELD_OPERATORS)}{hint}"
     )
 
 
@@ -237,6 +243,34 @@ def negated(node: Node) -> Node:
     if isinstance(node, Or):
         return And(tuple(negated(p) for p in node.parts))
     return Not(node)
+
+
+def canonical(node: Node | None) -> str:
+    """The filter written one way, the same for every way of writing it that the grammar
+    reads as one: key order and the order of $and's and $or's parts, {"x": v} or
+    {"x": {"$eq": v}}, 1 or 1.0 (one number, as the filter matches them), $and in $and."""
+    return repr(_canonical(node))
+
+
+def _canonical(node: Node | None) -> Any:
+    if isinstance(node, Condition):
+        return (node.path, node.op, _one_number(node.operand))
+    if isinstance(node, Not):
+        return ("$not", _canonical(node.part))
+    if isinstance(node, And | Or):
+        parts = [
+            p for part in node.parts for p in (part.parts if type(part) is type(node) else (part,))
+        ]
+        return (type(node).__name__, sorted((_canonical(p) for p in parts), key=repr))
+    return None
+
+
+def _one_number(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_one_number(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 # ------------------------------------------------------------------ SQL (the faiss backend)

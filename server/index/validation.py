@@ -122,11 +122,15 @@ def checked_query(
     asked = (("ef_search", ef_search), ("nprobe", nprobe))
     search_options({key: value for key, value in asked if value is not None})
     queries = np.asarray(queries, dtype=np.float32)
-    return checked_vectors(row, queries[None] if queries.ndim == 1 else queries, "query")
+    queries = queries[None] if queries.ndim == 1 else queries
+    return checked_vectors(row, queries, "query", param="vector")
 
 
-def checked_vectors(row: CollectionRow, vectors: np.ndarray, what: str) -> np.ndarray:
-    """Rows checked (dimension, finite) and, for cosine, L2-normalized; one pass."""
+def checked_vectors(
+    row: CollectionRow, vectors: np.ndarray, what: str, param: str | None = None
+) -> np.ndarray:
+    """Rows checked (dimension, finite) and, for cosine, L2-normalized; one pass. `what`
+    names them in errors, `param` is the request field they came in."""
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != row.dim:
         given = (
@@ -136,10 +140,11 @@ def checked_vectors(row: CollectionRow, vectors: np.ndarray, what: str) -> np.nd
         )
         raise DimensionMismatch(
             f"{what}: {given}; collection {row.name!r} holds {row.dim}-dim vectors of "
-            f"{row.model!r} (expected dimension {row.dim})"
+            f"{row.model!r} (expected dimension {row.dim})",
+            param,
         )
     if not np.isfinite(vectors).all():
-        raise InvalidArgument(f"{what}: a vector has NaN or infinite values")
+        raise InvalidArgument(f"{what}: a vector has NaN or infinite values", param)
     if row.metric == "cosine":
         # In float64: float32's squares overflow from components of about 1e19 (the length
         # inf, the vector divided to zeros) and underflow below about 1e-19.
@@ -171,9 +176,11 @@ def checked_threshold(score_threshold: float | None) -> float | None:
     if score_threshold is None:
         return None
     if isinstance(score_threshold, bool) or not isinstance(score_threshold, int | float):
-        raise InvalidArgument(f"score_threshold is a number, got {score_threshold!r}")
+        raise InvalidArgument(
+            f"score_threshold is a number, got {score_threshold!r}", "score_threshold"
+        )
     if (wrong := threshold_problem(score_threshold)) is not None:
-        raise InvalidArgument(f"score_threshold: {wrong}")
+        raise InvalidArgument(f"score_threshold: {wrong}", "score_threshold")
     # Scores are float32, and so is gRPC's threshold: HTTP's double is rounded the same way,
     # so that both surfaces keep the same hits.
     return float(np.float32(score_threshold))
@@ -184,7 +191,7 @@ def checked_patch(ids: Sequence[str], patch: Mapping[str, Any], mode: str) -> li
     what is wrong."""
     if mode not in METADATA_MODES:
         raise InvalidArgument(f"metadata update mode {mode!r}: expected merge or replace")
-    checked_metadata(patch, "a metadata patch")
+    checked_metadata(patch, "patch", "patch")
     if isinstance(ids, str) or not all(isinstance(i, str) for i in ids):
         raise InvalidArgument("a metadata update takes a list of document ids (strings)")
     for i, doc_id in enumerate(ids):  # an empty one was "takes a list of ids (strings)"
@@ -193,11 +200,11 @@ def checked_patch(ids: Sequence[str], patch: Mapping[str, Any], mode: str) -> li
     return list(dict.fromkeys(ids))
 
 
-def checked_metadata(metadata: Any, what: str) -> None:
+def checked_metadata(metadata: Any, what: str, param: str | None = None) -> None:
     """Metadata every surface can store, filter on and send back (embedsense.proto.values);
     InvalidArgument names the field and why."""
     if (wrong := metadata_problem(metadata, what)) is not None:
-        raise InvalidArgument(wrong)
+        raise InvalidArgument(wrong, param)
 
 
 def patched(metadata: Mapping[str, Any], patch: Mapping[str, Any], mode: str) -> dict[str, Any]:
