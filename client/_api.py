@@ -44,7 +44,7 @@ from embedsense.client.types import (
 from embedsense.proto import DEFAULT_PORT
 from embedsense.proto.tensors import from_tensor, to_tensor
 from embedsense.proto.v1 import embedsense_pb2 as pb
-from embedsense.proto.values import threshold_problem
+from embedsense.proto.values import metadata_problem, threshold_problem
 
 T = TypeVar("T")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -508,11 +508,11 @@ def list_collections_call() -> Call[list[CollectionInfo]]:
 
 
 def describe_collection_call(name: str) -> Call[CollectionInfo]:
-    return Call("DescribeCollection", pb.CollectionRef(name=name), parse_collection)
+    return Call("DescribeCollection", message(pb.CollectionRef, name=name), parse_collection)
 
 
 def drop_collection_call(name: str) -> Call[None]:
-    return Call("DropCollection", pb.CollectionRef(name=name), lambda r: None)
+    return Call("DropCollection", message(pb.CollectionRef, name=name), lambda r: None)
 
 
 def filter_json(where: Mapping[str, Any] | None) -> str:
@@ -525,7 +525,19 @@ def filter_json(where: Mapping[str, Any] | None) -> str:
         raise TypeError(
             f"filter: a dict (a JSON object such as {{'lang': 'zh'}}), got {type(where).__name__}"
         )
-    return json.dumps(where, ensure_ascii=False)
+    return json_text(where, "filter")
+
+
+def json_text(value: Mapping[str, Any], name: str) -> str:
+    """`value` as JSON text for a *_json field; a ValueError naming the argument and the
+    place in it of a string no UTF-8 holds (protobuf's error named the wire's field and a
+    position in JSON text the caller never saw)."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError as err:
+        raise ValueError(metadata_problem(value, name) or f"{name}: {err.reason}") from None
+    return text
 
 
 def count_call(name: str, where: Mapping[str, Any] | None = None) -> Call[int]:
@@ -563,7 +575,7 @@ def delete_call(
         raise ValueError("delete: give ids or filter (one of them)")
     listed = id_list(() if ids is None else ids)  # an iterator is read once, here
     if where is None and not listed:  # deletes nothing, as HTTP's {"ids": []}: if it exists
-        return Call("DescribeCollection", pb.CollectionRef(name=name), lambda r: 0)
+        return Call("DescribeCollection", message(pb.CollectionRef, name=name), lambda r: 0)
     request = message(pb.DeleteRequest,
         collection=name, ids=listed, filter_json=filter_json(where),
     )  # fmt: skip
@@ -601,7 +613,7 @@ def update_metadata_call(
     if not isinstance(patch, Mapping):
         raise TypeError(f"patch: a dict, got {type(patch).__name__}")
     request = message(pb.UpdateMetadataRequest,
-        collection=name, ids=ids, patch_json=json.dumps(patch, ensure_ascii=False),
+        collection=name, ids=ids, patch_json=json_text(patch, "patch"),
         mode=METADATA_MODES[mode],
     )  # fmt: skip
     return Call("UpdateMetadata", request, lambda r: r.updated)

@@ -433,10 +433,28 @@ def cmd_inventory(args: argparse.Namespace, client: Client) -> None:
         emit(args, {"deleted": args.name}, f"inventory {args.name!r} deleted")
 
 
+class _KeyTwice(ValueError):
+    pass
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys come once each: JSON keeps the last of a key given twice,
+    and a sense's examples would be dropped without a word."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _KeyTwice(f"{key!r} twice in one object (JSON keeps only the last)")
+        seen.add(key)
+    return dict(pairs)
+
+
 def _read_json(path: str) -> Any:
     """A JSON file's value; `-`: standard input's."""
     try:
-        return json.loads(sys.stdin.read() if path == "-" else Path(path).read_text("utf-8"))
+        text = sys.stdin.read() if path == "-" else Path(path).read_text("utf-8")
+        return json.loads(text, object_pairs_hook=_once_each)
+    except _KeyTwice as err:
+        raise UsageError(f"{path}: {err}") from None
     except OSError as err:
         raise UsageError(f"{path}: {file_problem(err)}") from None
     except UnicodeDecodeError:
@@ -452,16 +470,21 @@ def cmd_occurrences(args: argparse.Namespace, client: Client) -> None:
     emit(args, [asdict(o) for o in found], table(rows, ["rank", "score", "id", "sentence"]))
 
 
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def cmd_induce(args: argparse.Namespace, client: Client) -> None:
     if args.k is not None and args.max_k is not None:
         raise UsageError("-k and --max-k: -k names the senses' number, --max-k bounds its choice")
     max_k = DEFAULT_MAX_K if args.max_k is None else args.max_k
     induced = client.induce_senses(args.collection, args.word, k=args.k, max_k=max_k,
                                    central=args.central)  # fmt: skip
-    blocks = [f"{induced.occurrences} occurrences of {args.word!r}, {len(induced.senses)} senses "
+    senses = counted(len(induced.senses), "sense")
+    blocks = [f"{counted(induced.occurrences, 'occurrence')} of {args.word!r}, {senses} "
               f"(silhouette {induced.silhouette:.3f})"]  # fmt: skip
     for n, sense in enumerate(induced.senses, 1):
-        blocks.append(f"\nsense {n}: {sense.size} occurrences\n" + table(
+        blocks.append(f"\nsense {n}: {counted(sense.size, 'occurrence')}\n" + table(
             [(f"{o.score:+.3f}", _mark(o.text, o.span)) for o in sense.central],
             ["centrality", "sentence"]))  # fmt: skip
     emit(args, asdict(induced), "\n".join(blocks))

@@ -235,15 +235,22 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
         ):
             with pytest.raises(ValueError, match=rf"^documents\[1\]: {field}: .*U\+D800"):
                 client.upsert("c", ["好", document])
-        # Count, delete, get and metadata updates said only "'utf-8' codec can't encode".
+        # Count, delete, get and metadata updates said only "'utf-8' codec can't encode";
+        # a filter or patch is named as the caller wrote it, and the place in it.
         for call, field in (
-            (lambda: client.count("c", filter={"k": "\ud800"}), "filter_json"),
-            (lambda: client.delete("c", filter={"k": "\ud800"}), "filter_json"),
-            (lambda: client.update_metadata("c", ["a"], {"k": "\ud800"}), "patch_json"),
-            (lambda: client.get("c", ["a\ud800"]), "ids"),
-            (lambda: client.delete("c", ["a\ud800"]), "ids"),
+            (lambda: client.count("c", filter={"k": "\ud800"}), r"filter\.k"),
+            (lambda: client.delete("c", filter={"k": "\ud800"}), r"filter\.k"),
+            (
+                lambda: client.search("c", "好", filter={"k": {"$in": ["\ud800"]}}),
+                r"filter\.k\.\$in\[0\]",
+            ),  # fmt: skip
+            (lambda: client.update_metadata("c", ["a"], {"k": "\ud800"}), r"patch\.k"),
+            (lambda: client.get("c", ["a\ud800"]), r"ids\[0\]"),
+            (lambda: client.delete("c", ["a\ud800"]), r"ids\[0\]"),
+            (lambda: client.delete("c\ud800", []), "name"),
+            (lambda: client.describe_collection("c\ud800"), "name"),
         ):
-            with pytest.raises(ValueError, match=rf"^{field}.*U\+D800"):
+            with pytest.raises(ValueError, match=rf"^{field}: .*U\+D800"):
                 call()
     # A scroll's page is 1 to 10,000 documents: the server said "limit: 10001", a name the
     # caller never used, and the CLI exited 1 (a server's refusal) for its own flag.
@@ -256,7 +263,7 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
                     ["docs", "update", "c", "a", "--patch", '{"k": "\\ud800"}']):  # fmt: skip
         status, _, err = cli(capsys, *target, *command)
         line = one_error_line(err)
-        assert status == 2 and "lone surrogate U+D800" in line, line
+        assert status == 2 and ".k: U+D800 (a lone surrogate" in line, line
     status, _, err = cli(capsys, *target, "search", "no-such-collection", "x")
     assert status == 1 and "NOT_FOUND" in one_error_line(err)
     status, _, err = cli(capsys, "--target", "nohost,alsono", "info")
@@ -383,6 +390,18 @@ def test_json_after_the_command_is_the_same_as_before_it(server, capsys):
     assert status == 0 and isinstance(json.loads(out), list)
     status, out, _ = cli(capsys, *target, "info")
     assert status == 0 and not out.lstrip().startswith("{")  # a table without it
+
+
+def test_an_inventory_file_with_a_key_twice_is_refused_before_anything_is_sent(capsys, tmp_path):
+    """JSON keeps the last of a key given twice: the first sense's examples were dropped
+    without a word (or "at least two senses are needed, got 1" for a file showing two)."""
+    path = tmp_path / "senses.json"
+    path.write_text('{"银行": {"a": ["我在银行工作"], "b": ["银行利率上调了"],\n'
+                    '          "a": ["这条河的银行很陡"]}}', encoding="utf-8")  # fmt: skip
+    status, _, err = cli(capsys, "--target", "127.0.0.1:9", "inventory", "create", "dup",
+                         str(path))  # fmt: skip
+    line = one_error_line(err)
+    assert status == 2 and f"{path}: 'a' twice in one object" in line, line
 
 
 def test_no_server_at_the_target_says_where_it_looked_and_how_to_name_another(capsys):

@@ -28,7 +28,7 @@ from embedsense.client import (
 from embedsense.client._api import Call
 from embedsense.client.cli import main as cli_main
 from embedsense.proto.v1 import embedsense_pb2 as pb
-from embedsense.server.api.collection_ops import encode_cursor
+from embedsense.server.api.collection_ops import encode_cursor, filter_keys
 
 KEY = "data-ops-key"
 DIM = 384
@@ -139,13 +139,23 @@ def test_a_scroll_cursor_is_opaque_and_tied_to_its_collection_and_filter(client,
     # The same filter written another way goes on: key order, {"x": v} for {"x": {"$eq": v}},
     # 2020 for 2020.0, the order of $and's parts (a client that writes its JSON anew was
     # told "another filter").
-    fruit = page("", '{"sense": "fruit", "year": {"$gte": 2020}}', limit=1)
+    fruit_filter = '{"sense": "fruit", "year": {"$gte": 2020}}'
+    fruit = page("", fruit_filter, limit=1)
     assert [d.id for d in fruit.documents] == ["a02"]
     for same in ('{"year": {"$gte": 2020.0}, "sense": {"$eq": "fruit"}}',
                  '{"$and": [{"year": {"$gte": 2020}}, {"sense": "fruit"}]}'):  # fmt: skip
         assert [d.id for d in page(fruit.next_cursor, same).documents] == ["a03"]
     with pytest.raises(InvalidArgument, match="another filter"):
         page(fruit.next_cursor, '{"sense": "fruit", "year": {"$gt": 2020}}')
+    # A filter in the normal form (none, or keys sorted, equalities bare) is fingerprinted
+    # as servers of the version before did (its JSON, keys sorted), so that they take the
+    # cursors of this one in a rolling upgrade.
+    for where, cursor in ((None, first.next_cursor), (json.loads(fruit_filter), fruit.next_cursor)):
+        made = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        as_before = json.dumps(
+            where or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        assert made[2] == hashlib.sha256(as_before.encode()).hexdigest()[:16], where
     # It went on from "a02" in any other collection, as if the scroll had begun there.
     other = f"{news}-other"
     client.create_collection(other)
@@ -793,7 +803,8 @@ def test_rest_errors_have_the_right_status_and_shape(http, running):
         assert bad_filter.json()["error"]["param"] == "filter"  # it was null
         # Fingerprinted for the cursor before it was checked: json.dumps's RecursionError, 500.
         deep = '{"a": ' * 1000 + "1" + "}" * 1000
-        body = f'{{"filter": {deep}, "cursor": "{encode_cursor("rest-errors", "x", None)}"}}'
+        cursor = encode_cursor("rest-errors", "x", filter_keys(None)[0])
+        body = f'{{"filter": {deep}, "cursor": "{cursor}"}}'
         scrolled = http.post("/v1/collections/rest-errors/scroll", content=body.encode(),
                              headers={"content-type": "application/json"})  # fmt: skip
         error(scrolled, 400, "unknown operator")

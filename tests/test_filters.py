@@ -3,6 +3,8 @@ what parses, into which tree, and every refusal naming the limit and the part at
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from embedsense.server.index.errors import FilterError
@@ -15,6 +17,7 @@ from embedsense.server.index.filters import (
     Not,
     Or,
     negated,
+    normal_form,
     parse,
     required_filter,
 )
@@ -137,3 +140,59 @@ def test_delete_by_filter_needs_a_filter():
         with pytest.raises(FilterError, match="needs a non-empty filter.*drop the collection"):
             required_filter(where)
     assert required_filter({"a": 1}) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "one, other",
+    [
+        ({"a": 1, "b": "x"}, {"b": "x", "a": 1}),
+        ({"a": 1}, {"a": {"$eq": 1}}),
+        ({"a": 1}, {"a": 1.0}),
+        ({"a": {"$in": [1, 2.0]}}, {"a": {"$in": [1.0, 2]}}),
+        (
+            {"$and": [{"$and": [{"$and": [{"a": 1}, {"b": 2}]}, {"c": 3}]}, {"d": 4}]},
+            {"a": 1, "b": 2, "c": 3, "d": 4},
+        ),  # fmt: skip
+        (
+            {"$or": [{"a": 1}, {"$or": [{"b": 2}, {"c": 3}]}]},
+            {"$or": [{"c": 3}, {"b": 2}, {"a": 1}]},
+        ),
+        (
+            {"a": {"$gt": 1}, "$or": [{"b": 1}, {"c": 1}]},
+            {"$and": [{"$or": [{"c": 1}, {"b": 1}]}, {"a": {"$gt": 1}}]},
+        ),
+        ({"a": {"$gt": 1, "$lt": 5}}, {"$and": [{"a": {"$lt": 5}}, {"a": {"$gt": 1}}]}),
+    ],
+)
+def test_one_filter_written_two_ways_has_one_normal_form(one, other):
+    assert written(one) == written(other)
+
+
+@pytest.mark.parametrize(
+    "one, other",
+    [
+        ({"a": True}, {"a": 1}),  # a boolean is no number
+        ({"a": {"$gt": 1}}, {"a": {"$gte": 1}}),
+        ({"a": "1"}, {"a": 1}),
+        (
+            {"a": {"$contains": 2**53}},
+            {"a": {"$contains": float(2**53)}},
+        ),  # Milvus tells them apart
+        ({"$and": [{"a": {"$gt": 1}}, {"a": {"$gt": 2}}]}, {"a": {"$gt": 2}}),
+        ({"$not": {"a": 1}}, {"a": {"$ne": 1}}),  # alike on faiss, not where a field is missing
+    ],
+)
+def test_filters_that_may_match_otherwise_have_two_normal_forms(one, other):
+    assert written(one) != written(other)
+
+
+def written(where: dict) -> str:
+    """The normal form as JSON, as it is fingerprinted (True == 1 in Python, not in JSON)."""
+    return json.dumps(normal_form(parse(where)), sort_keys=True)
+
+
+@pytest.mark.parametrize(
+    "where", [{}, {"a": 1}, {"a": 1, "b": {"$gt": 2}}, {"$or": [{"a": 1}, {"b": 2}]}]
+)
+def test_a_filter_in_the_normal_form_is_its_own(where):
+    assert normal_form(parse(where)) == where

@@ -469,7 +469,7 @@ def test_cors_allows_every_method_and_header_a_browser_client_sends_and_varies(b
         assert "Origin" in headers.get("Vary", ""), origin
 
 
-def test_get_takes_ids_as_update_metadata_does_and_the_document_says_so(base):
+def test_get_and_update_metadata_take_ids_as_the_document_says(base):
     """Ids are 1-256 characters (not texts of 100,000), at most max_texts_per_request of
     them; get refused any number. No ids gets no documents, as on gRPC and in the SDK (HTTP
     refused them), and as a delete of no ids deletes none; a metadata update needs one."""

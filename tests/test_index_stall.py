@@ -27,6 +27,7 @@ from conftest import FrontEndsThread, ServerThread
 from ops.serverproc import MilvusLiteServer, free_port, wait_until_serving
 
 from embedsense.client import Client, Retry, Unavailable
+from embedsense.server.index.milvus.coalesce import SearchStats
 from embedsense.server.index.threads import INDEX_THREADS, IndexThreads
 
 STALL_S = 20.0  # the server's deadline per Milvus call: how long a stalled call waits
@@ -228,6 +229,63 @@ def test_an_index_back_from_a_failure_is_up_in_the_next_scrape():
     page = generate_latest(registry).decode()
     assert "embedsense_index_up 1.0" in page, page
     assert 'embedsense_collection_documents{collection="c"} 5.0' in page
+
+
+class _StallThenFailCatalog(_SlowCatalog):
+    """An index whose first reading waits for a turn and then fails (a Milvus stalled until
+    its deadline); the readings after it answer at once."""
+
+    def names(self) -> list[str]:
+        if self.started == 0:
+            super().names()
+            raise TimeoutError("milvus did not answer")
+        self.started += 1
+        return ["c"]
+
+
+def test_a_reading_that_failed_after_its_scrape_gave_up_is_not_served_late(monkeypatch):
+    """The index is back when the next scrape comes: that scrape reads it afresh, rather
+    than serve the stale failure (up 0 once more, when the index had been up for a while)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from embedsense.server.api import index_metrics
+
+    monkeypatch.setattr(index_metrics, "READ_WAIT_S", 0.2)
+    catalog = _StallThenFailCatalog()
+    registry = CollectorRegistry()
+    registry.register(index_metrics.IndexMetrics(catalog))
+    assert "embedsense_index_up 0.0" in generate_latest(registry).decode()  # gave up waiting
+    catalog.answer()  # the stalled reading fails
+    page = generate_latest(registry).decode()
+    assert "embedsense_index_up 1.0" in page, page
+    assert catalog.started == 2
+
+
+class _MilvusCatalog(_AwayCatalog):
+    """A milvus index whose process has counted searches in "c" and in "gone", a collection
+    another replica dropped (this process still holds it open)."""
+
+    kind = "milvus"
+
+    def search_stats(self) -> dict[str, SearchStats]:
+        return {name: SearchStats(searches=3, calls=2) for name in ("c", "gone")}
+
+
+def test_search_counters_are_served_while_the_index_is_away_and_end_with_their_collection():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from embedsense.server.api.index_metrics import IndexMetrics
+
+    catalog = _MilvusCatalog()
+    registry = CollectorRegistry()
+    registry.register(IndexMetrics(catalog))
+    page = generate_latest(registry).decode()  # away: counted in this process all the same
+    assert "embedsense_index_up 0.0" in page
+    assert 'embedsense_milvus_searches_total{collection="c"} 3.0' in page, page
+    catalog.away = False
+    page = generate_latest(registry).decode()
+    assert 'embedsense_milvus_search_calls_total{collection="c"} 2.0' in page, page
+    assert 'collection="gone"' not in page, page  # not among the index's collections
 
 
 def test_closing_waits_for_the_index_calls_under_way_up_to_its_grace(caplog):

@@ -260,6 +260,14 @@ def test_sense_errors_name_the_offending_input(client):
         client.disambiguate("苹果很好", "苹果", {"a": ["苹果很甜"]})
     with pytest.raises(InvalidArgument, match="a sense needs a label"):  # as "" is
         client.disambiguate("苹果很好", "苹果", {" ": ["苹果很甜"], "b": ["苹果手机"]})
+    # Two labels that read as one ("a" and "a "), and a word of whitespace alone, were
+    # taken, in a disambiguation and in a stored inventory alike.
+    with pytest.raises(InvalidArgument, match=r"sense 'a ': whitespace around the label"):
+        client.disambiguate("苹果很好", "苹果", {"a": ["苹果很甜"], "a ": ["苹果手机"]})
+    with pytest.raises(InvalidArgument, match="word: empty or only whitespace"):
+        client.create_inventory("blank-word", {" ": {"a": ["a b"], "b": ["c d"]}})
+    with pytest.raises(InvalidArgument, match="word: empty or only whitespace"):
+        client.disambiguate("a b", " ", {"a": ["a b"], "b": ["c d"]})
     # What looks like the word, and is not it: say why, not just "does not occur".
     with pytest.raises(InvalidArgument, match="'苹果 ' does not occur.*whitespace around it"):
         client.disambiguate("我吃苹果", "苹果 ", two)
@@ -534,6 +542,8 @@ def test_cli_senses_commands(server, apples):
     occurrences = cli("occurrences", apples, "我喜欢吃苹果", "苹果", "-k", "2")
     assert occurrences.returncode == 0 and "[苹果]" in occurrences.stdout
     assert "sense 1" in cli("induce", apples, "苹果", "-k", "2").stdout
+    one = cli("induce", apples, "苹果", "-k", "1")
+    assert one.returncode == 0 and ", 1 sense (silhouette" in one.stdout, one  # "1 senses"
     # The SDK's options, on the command line too (the second 苹果 of the text: the fruit).
     second = cli("--json", "occurrences", apples, "苹果公司的员工都爱吃苹果", "苹果", "-k", "3",
                  "--occurrence", "1")  # fmt: skip

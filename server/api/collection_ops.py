@@ -40,7 +40,7 @@ from embedsense.server.index import (
     IndexUnavailable,
     Token,
 )
-from embedsense.server.index.filters import canonical as canonical_filter
+from embedsense.server.index.filters import normal_form
 from embedsense.server.index.filters import parse as parse_filter
 from embedsense.server.index.threads import IndexThreads
 from embedsense.server.index.validation import (
@@ -74,35 +74,33 @@ class Page:
     next_cursor: str | None
 
 
-def filter_key(where: Mapping[str, Any] | None) -> str:
-    """A short fingerprint of a filter, the same however it is written (filters.canonical):
-    what ties a cursor to the filter it was made for."""
-    return _fingerprint(canonical_filter(parse_filter(where)))
+def filter_keys(where: Mapping[str, Any] | None) -> tuple[str, str]:
+    """Short fingerprints of a filter, what ties a cursor to the filter it was made for:
+    first of its normal form (filters.normal_form: the same however the filter is written),
+    then of its JSON as sent, which servers of earlier versions made. Both are of JSON with
+    keys sorted, so a filter written in the normal form (no filter at all, most filters)
+    has one fingerprint for servers of either version, and a scroll goes on across a
+    rolling upgrade whichever way it goes."""
+    return _fingerprint(normal_form(parse_filter(where))), _fingerprint(where or {})
 
 
-def _json_filter_key(where: Mapping[str, Any] | None) -> str:
-    """The fingerprint cursors had before (the filter's JSON, keys sorted): still taken, so
-    a scroll goes on across a rolling upgrade of the replicas."""
-    return _fingerprint(
-        json.dumps(where or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    )
-
-
-def _fingerprint(text: str) -> str:
+def _fingerprint(where: Mapping[str, Any]) -> str:
+    text = json.dumps(where, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def encode_cursor(collection: str, after: str, where: Mapping[str, Any] | None) -> str:
+def encode_cursor(collection: str, after: str, filter_key: str) -> str:
     """The opaque cursor of the page after document id `after`: URL-safe base64 of a small
     JSON array (version, collection, filter fingerprint, id). Callers must not build or read
     it."""
-    raw = json.dumps([CURSOR_VERSION, collection, filter_key(where), after], ensure_ascii=False)
+    raw = json.dumps([CURSOR_VERSION, collection, filter_key, after], ensure_ascii=False)
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, collection: str, where: Mapping[str, Any] | None) -> str | None:
+def decode_cursor(cursor: str, collection: str, filter_keys: Sequence[str]) -> str | None:
     """The id a cursor continues after (None for an empty cursor: the start). BadRequest for
-    a cursor this server did not make, or one made for another collection or filter."""
+    a cursor this server did not make, or one made for another collection or filter (one
+    whose fingerprint is none of `filter_keys`)."""
     if not cursor:
         return None
     try:
@@ -127,7 +125,7 @@ def decode_cursor(cursor: str, collection: str, where: Mapping[str, Any] | None)
             "goes on only with the scroll that made it",
             "cursor",
         )
-    if key != filter_key(where) and key != _json_filter_key(where):
+    if key not in filter_keys:
         raise BadRequest(
             "cursor: it was made for another filter; a scroll keeps its filter from the first "
             "page to the last",
@@ -406,14 +404,14 @@ class CollectionOps:
         and matches for the whole scroll is returned exactly once; one added, removed or
         changed meanwhile may or may not be; none twice (pages follow the id order)."""
         where = where or None
-        parse_filter(where)  # before its fingerprint: json.dumps fails on what it refuses
-        after = decode_cursor(cursor, name, where)
+        keys = filter_keys(where)  # the filter checked first (FilterError names its fault)
+        after = decode_cursor(cursor, name, keys)
         size = page_size(limit)
         collection = await self.collection(name)
         docs, next_after = await self.index_threads.run(
             collection.scroll, where, size, after, with_vectors=with_vectors
         )
-        return Page(docs, None if next_after is None else encode_cursor(name, next_after, where))
+        return Page(docs, None if next_after is None else encode_cursor(name, next_after, keys[0]))
 
     async def search(
         self,

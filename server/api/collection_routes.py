@@ -63,13 +63,14 @@ class RestDialect:
 
     def error(self, error: ApiError) -> tuple[int, dict[str, Any]]:
         # A bad field is invalid_argument, as gRPC's status names it, wherever it was found;
-        # a request the collection cannot take (texts to embed in one of outside vectors) is
-        # failed_precondition, as on gRPC.
-        code = (
-            error.kind
-            if error.kind == "failed_precondition"
-            else ("invalid_argument" if error.status == 400 else error.kind or "error")
-        )
+        # a request the collection or the index cannot take as it is (texts to embed in a
+        # collection of outside vectors) is failed_precondition, as on gRPC.
+        if error.kind == "failed_precondition":
+            code = error.kind
+        elif error.status == 400:
+            code = "invalid_argument"
+        else:
+            code = error.kind or "error"
         return error.status, {"error": {"message": error.message, "code": code,
                                         "param": error.param}}  # fmt: skip
 

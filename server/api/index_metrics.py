@@ -9,7 +9,8 @@ and says so with `embedsense_index_up 0`. The reading goes on; a scrape while it
 for that one rather than start another (a stalled index holds one thread, not one per
 scrape), and one that finds it finished, unserved, serves it and starts the next, so an index
 slower than READ_WAIT_S but answering is reported every scrape, one reading behind. A
-failed reading is served once, as an answered one is.
+failed reading is served once, by the scrape that waited for it, and never late: the next
+scrape reads afresh, so the first after the index is back says so.
 """
 
 from __future__ import annotations
@@ -45,14 +46,18 @@ class IndexMetrics:
         self._served = True  # whether a scrape has had the last reading
         self._ended_at = 0.0  # when the last reading ended (time.monotonic())
         self._lock = threading.Lock()  # scrapes may come at once
+        # The collections the last reading found: a collection another replica dropped
+        # stays open in this process, and its counters go with it from the scrapes.
+        self._listed: frozenset[str] | None = None
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             reading = self._reading
             fresh = time.monotonic() - self._ended_at < KEPT_S
-            if reading is not None and reading.done() and not self._served and fresh:
+            ended = reading is not None and reading.done()
+            if ended and not self._served and fresh and reading.exception() is None:
                 self._start()  # the next scrape's: this one serves the reading that ended
-            elif reading is None or reading.done():
+            elif reading is None or ended:  # a late failure says no more than up 0 did
                 reading = self._start()
             # else: one is under way (a slow or stalled index): wait for that one
         families, had_it = None, True  # had_it: answered or failed, not still under way
@@ -74,8 +79,12 @@ class IndexMetrics:
             value=0 if families is None else 1,
         )
         yield from families or ()
-        if self.catalog.kind == "milvus":
-            yield from search_counters(self.catalog.search_stats())
+        search_stats = getattr(self.catalog, "search_stats", None)  # the milvus backend's
+        if search_stats is not None:
+            listed = self._listed
+            yield from search_counters(
+                {n: s for n, s in search_stats().items() if listed is None or n in listed}
+            )
 
     def _start(self) -> Future[list[Metric]]:
         """A reading in a thread of its own (a daemon: a stalled one holds no exit)."""
@@ -105,7 +114,8 @@ class IndexMetrics:
         vectors = GaugeMetricFamily("embedsense_collection_index_vectors",
                                     "vectors in the FAISS index, dead ones included",
                                     labels=["collection"])  # fmt: skip
-        for name in self.catalog.names():
+        names = self.catalog.names()
+        for name in names:
             try:
                 collection = self.catalog.get(name)
                 count, in_index = collection.count(), collection.index_vectors()
@@ -113,6 +123,7 @@ class IndexMetrics:
                 continue
             documents.add_metric([name], count)
             vectors.add_metric([name], in_index)
+        self._listed = frozenset(names)
         return [documents, vectors]
 
 

@@ -192,7 +192,7 @@ def _with_limits(schemas: dict[str, Any], limits: Limits, dim: int) -> dict[str,
             limit = prop.pop("x-limit", None)
             if limit == "dimensions":
                 prop["anyOf"] = [{"const": dim}, {"type": "null"}]
-            elif limit in ("ids", "ids_or_none"):  # each id keeps its own (1-256 characters)
+            elif limit in ("ids", "ids_or_none"):  # each id keeps its own (MAX_ID_LENGTH)
                 prop.update(maxItems=limits.max_texts)
                 if limit == "ids":
                     prop.update(minItems=1)

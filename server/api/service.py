@@ -96,6 +96,23 @@ STATUSES: list[tuple[type[BaseException], grpc.StatusCode]] = [
 ]
 
 
+# The most bytes of an error's message a status carries, as gRPC sends it: in a header,
+# percent-encoded (3 bytes a byte past ASCII). Past a client's limit on headers (8 KiB by
+# default) the caller gets RESOURCE_EXHAUSTED instead of the error, and a message that
+# repeats a 20,000-character word is no one-line error anyway.
+MAX_DETAILS_BYTES = 4096
+
+
+def status_details(message: str) -> str:
+    """`message`, cut where it would pass MAX_DETAILS_BYTES, saying so."""
+    sent = 0
+    for i, char in enumerate(message):
+        sent += 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode(errors="replace"))
+        if sent > MAX_DETAILS_BYTES - 64:  # room for the note that says it was cut
+            return f"{message[:i]}… (cut: {len(message):,} characters)"
+    return message
+
+
 def status_for(error: BaseException) -> grpc.StatusCode | None:
     return next((code for kind, code in STATUSES if isinstance(error, kind)), None)
 
@@ -130,7 +147,7 @@ def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             code = status_for(err) or grpc.StatusCode.INTERNAL
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", method.__name__)
-                await context.abort(code, f"{type(err).__name__}: {err}", trailers)
+                await context.abort(code, status_details(f"{type(err).__name__}: {err}"), trailers)
             if isinstance(err, eng.Overloaded):  # "not now": the client may retry
                 trailers += ((OVERLOADED_TRAILER, "1"),)
             if code is grpc.StatusCode.UNAVAILABLE:
@@ -139,7 +156,7 @@ def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
                 # what just failed, each time for as long, and the caller would see only
                 # its deadline pass. The SDK's retries, with backoff, still apply.
                 trailers += ((RETRY_PUSHBACK_TRAILER, "-1"),)
-            await context.abort(code, str(err), trailers)
+            await context.abort(code, status_details(str(err)), trailers)
         finally:
             self.metrics.observe_request(method.__name__, code.name, time.perf_counter() - started)
             request_id.reset(token)

@@ -245,30 +245,61 @@ def negated(node: Node) -> Node:
     return Not(node)
 
 
-def canonical(node: Node | None) -> str:
-    """The filter written one way, the same for every way of writing it that the grammar
-    reads as one: key order and the order of $and's and $or's parts, {"x": v} or
-    {"x": {"$eq": v}}, 1 or 1.0 (one number, as the filter matches them), $and in $and."""
-    return repr(_canonical(node))
+def normal_form(node: Node | None) -> dict[str, Any]:
+    """The filter as JSON written one way, the same for each way of writing it that the
+    grammar reads as one: keys and the parts of $and and $or in any order, {"x": v} or
+    {"x": {"$eq": v}}, 1 or 1.0 (one number, as the filter matches them), $and within
+    $and. A filter already in this form comes back as it was ({} for none)."""
+    return {} if node is None else _normal(node)
 
 
-def _canonical(node: Node | None) -> Any:
+def _normal(node: Node) -> dict[str, Any]:
     if isinstance(node, Condition):
-        return (node.path, node.op, _one_number(node.operand))
+        return _one_object([node])
     if isinstance(node, Not):
-        return ("$not", _canonical(node.part))
-    if isinstance(node, And | Or):
-        parts = [
-            p for part in node.parts for p in (part.parts if type(part) is type(node) else (part,))
-        ]
-        return (type(node).__name__, sorted((_canonical(p) for p in parts), key=repr))
-    return None
+        return {"$not": _normal(node.part)}
+    parts = _flat(node)
+    if isinstance(node, Or):
+        return {"$or": _sorted([_normal(p) for p in parts])}
+    simple = [p for p in parts if isinstance(p, Condition)]
+    fields = [".".join(c.path) for c in simple]
+    others = [p for p in parts if not isinstance(p, Condition)]
+    kinds = [type(p) for p in others]
+    ops = [(f, c.op) for f, c in zip(fields, simple, strict=True)]
+    if len(set(ops)) == len(ops) and len(set(kinds)) == len(kinds):  # one object holds them
+        merged = _one_object(simple)
+        for other in others:
+            merged.update(_normal(other))
+        return merged
+    return {"$and": _sorted([_normal(p) for p in parts])}
+
+
+def _flat(node: And | Or) -> list[Node]:
+    """The parts, with those of the same kind of node within opened up, at any depth."""
+    return [
+        q
+        for p in node.parts
+        for q in (_flat(p) if type(p) is type(node) else [p])  # type: ignore[arg-type]
+    ]
+
+
+def _one_object(conditions: list[Condition]) -> dict[str, Any]:
+    """Field conditions as one object: an equality alone on its field as the bare value."""
+    by_field: dict[str, dict[str, Any]] = {}
+    for c in conditions:
+        by_field.setdefault(".".join(c.path), {})[c.op] = _one_number(c.operand)
+    return {field: ops["$eq"] if list(ops) == ["$eq"] else ops for field, ops in by_field.items()}
+
+
+def _sorted(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(objects, key=lambda o: json.dumps(o, sort_keys=True, ensure_ascii=False))
 
 
 def _one_number(value: Any) -> Any:
     if isinstance(value, list):
         return [_one_number(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
+    # Below 2**53 only, as the milvus backend takes a whole float for an int (_elements).
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     return value
 

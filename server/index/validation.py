@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from embedsense.proto import MAX_SCROLL_PAGE
 from embedsense.proto.values import (
     id_problem,
     metadata_problem,
@@ -21,7 +22,6 @@ from embedsense.server.index.specs import check_spec
 from embedsense.server.index.store import CollectionRow, Document
 
 MAX_K = 10_000
-MAX_SCROLL_LIMIT = 10_000
 METADATA_MODES = ("merge", "replace")
 METRICS = ("cosine", "ip", "l2")
 SEARCH_OPTIONS = ("ef_search", "nprobe")
@@ -150,7 +150,7 @@ def checked_vectors(
         # inf, the vector divided to zeros) and underflow below about 1e-19.
         norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
         if not norms.all():
-            raise InvalidArgument(f"{what}: a zero vector has no direction (cosine)")
+            raise InvalidArgument(f"{what}: a zero vector has no direction (cosine)", param)
         off = np.abs(norms - 1) > 1e-6  # unit vectors are stored bit for bit as given
         if off.any():
             vectors = vectors.copy()
@@ -162,10 +162,8 @@ def checked_scroll(limit: int, after: str | None) -> None:
     """A scroll's page size and cursor (the last id of the page before, or None)."""
     if isinstance(limit, bool) or not isinstance(limit, int):
         raise InvalidArgument(f"a scroll's limit is an integer, got {limit!r}")
-    if not 1 <= limit <= MAX_SCROLL_LIMIT:
-        raise InvalidArgument(
-            f"a scroll's limit must be within 1-{MAX_SCROLL_LIMIT:,}, got {limit}"
-        )
+    if not 1 <= limit <= MAX_SCROLL_PAGE:
+        raise InvalidArgument(f"a scroll's limit must be within 1-{MAX_SCROLL_PAGE:,}, got {limit}")
     if after is not None and not isinstance(after, str):
         raise InvalidArgument(f"a scroll's cursor is a document id (a string), got {after!r}")
     if after and (wrong := string_problem(after)) is not None:  # a forged cursor's id

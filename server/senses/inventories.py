@@ -25,8 +25,8 @@ Senses = dict[str, list[str]]  # sense label -> example sentences containing the
 def check_senses(word: str, senses: Mapping[str, Sequence[str]]) -> Senses:
     """Examples per sense, validated: at least two senses, each with examples that contain
     the word. Errors name the offending label or example."""
-    if not word:
-        raise SenseInputError("word: empty")
+    if not word.strip():
+        raise SenseInputError("word: empty or only whitespace")
     if len(senses) < 2:
         raise SenseInputError(f"{word!r}: at least two senses are needed, got {len(senses)}")
     checked: Senses = {}
@@ -34,6 +34,8 @@ def check_senses(word: str, senses: Mapping[str, Sequence[str]]) -> Senses:
         examples = [e for e in examples if e.strip()]
         if not label.strip():
             raise SenseInputError(f"{word!r}: a sense needs a label (not only whitespace)")
+        if label != label.strip():  # "a" and "a " would be two senses that read as one
+            raise SenseInputError(f"{word!r}: sense {label!r}: whitespace around the label")
         if not examples:
             raise SenseInputError(f"{word!r}: sense {label!r} has no examples")
         if len(examples) > MAX_EXAMPLES_PER_SENSE:
