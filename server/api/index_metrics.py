@@ -64,11 +64,11 @@ class IndexMetrics:
         try:
             families = reading.result(timeout=READ_WAIT_S)
         except FutureTimeout:
-            log.warning("the index did not answer this scrape in %.0f s: its metrics are left "
+            log.warning("the index did not answer this scrape in %.0f s: its sizes are left "
                         "out (embedsense_index_up 0)", READ_WAIT_S)  # fmt: skip
             had_it = False
         except Exception as err:  # the index's own errors, whatever the backend
-            log.warning("the index's metrics are left out of this scrape: %s", err)
+            log.warning("the index's sizes are left out of this scrape: %s", err)
         if had_it:
             with self._lock:
                 if reading is self._reading:
