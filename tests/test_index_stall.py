@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -160,19 +161,26 @@ class _SlowCatalog:
         return 6
 
 
-@pytest.fixture
-def scrape(monkeypatch):
-    """A registry with the index's metrics over a _SlowCatalog, scraped at will (each
-    scrape waiting 0.2 s for the index)."""
+def scraper(catalog: object) -> Callable[[], str]:
+    """A scrape of a registry with the index's metrics over `catalog`, at will."""
     from prometheus_client import CollectorRegistry, generate_latest
 
+    from embedsense.server.api.index_metrics import IndexMetrics
+
+    registry = CollectorRegistry()
+    registry.register(IndexMetrics(catalog))
+    return lambda: generate_latest(registry).decode()
+
+
+@pytest.fixture
+def scrape(monkeypatch):
+    """The index's metrics over a _SlowCatalog, scraped at will (each scrape waiting 0.2 s
+    for the index)."""
     from embedsense.server.api import index_metrics
 
     monkeypatch.setattr(index_metrics, "READ_WAIT_S", 0.2)
     catalog = _SlowCatalog()
-    registry = CollectorRegistry()
-    registry.register(index_metrics.IndexMetrics(catalog))
-    yield catalog, lambda: generate_latest(registry).decode()
+    yield catalog, scraper(catalog)
     for _ in range(8):  # no reading left waiting
         catalog.turns.release()
 
@@ -217,16 +225,11 @@ class _AwayCatalog(_SlowCatalog):
 def test_an_index_back_from_a_failure_is_up_in_the_next_scrape():
     """A reading that failed is served once, like one that answered: the scrape after the
     index is back reads it afresh (it was served the failure again, one scrape behind)."""
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    from embedsense.server.api.index_metrics import IndexMetrics
-
     catalog = _AwayCatalog()
-    registry = CollectorRegistry()
-    registry.register(IndexMetrics(catalog))
-    assert "embedsense_index_up 0.0" in generate_latest(registry).decode()
+    page_now = scraper(catalog)
+    assert "embedsense_index_up 0.0" in page_now()
     catalog.away = False
-    page = generate_latest(registry).decode()
+    page = page_now()
     assert "embedsense_index_up 1.0" in page, page
     assert 'embedsense_collection_documents{collection="c"} 5.0' in page
 
@@ -246,17 +249,14 @@ class _StallThenFailCatalog(_SlowCatalog):
 def test_a_reading_that_failed_after_its_scrape_gave_up_is_not_served_late(monkeypatch):
     """The index is back when the next scrape comes: that scrape reads it afresh, rather
     than serve the stale failure (up 0 once more, when the index had been up for a while)."""
-    from prometheus_client import CollectorRegistry, generate_latest
-
     from embedsense.server.api import index_metrics
 
     monkeypatch.setattr(index_metrics, "READ_WAIT_S", 0.2)
     catalog = _StallThenFailCatalog()
-    registry = CollectorRegistry()
-    registry.register(index_metrics.IndexMetrics(catalog))
-    assert "embedsense_index_up 0.0" in generate_latest(registry).decode()  # gave up waiting
+    page_now = scraper(catalog)
+    assert "embedsense_index_up 0.0" in page_now()  # gave up waiting
     catalog.answer()  # the stalled reading fails
-    page = generate_latest(registry).decode()
+    page = page_now()
     assert "embedsense_index_up 1.0" in page, page
     assert catalog.started == 2
 
@@ -272,18 +272,13 @@ class _MilvusCatalog(_AwayCatalog):
 
 
 def test_search_counters_are_served_while_the_index_is_away_and_end_with_their_collection():
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    from embedsense.server.api.index_metrics import IndexMetrics
-
     catalog = _MilvusCatalog()
-    registry = CollectorRegistry()
-    registry.register(IndexMetrics(catalog))
-    page = generate_latest(registry).decode()  # away: counted in this process all the same
+    page_now = scraper(catalog)
+    page = page_now()  # away: counted in this process all the same
     assert "embedsense_index_up 0.0" in page
     assert 'embedsense_milvus_searches_total{collection="c"} 3.0' in page, page
     catalog.away = False
-    page = generate_latest(registry).decode()
+    page = page_now()
     assert 'embedsense_milvus_search_calls_total{collection="c"} 2.0' in page, page
     assert 'collection="gone"' not in page, page  # not among the index's collections
 
