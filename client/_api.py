@@ -36,6 +36,7 @@ from embedsense.client.types import (
     LayerComparison,
     Neuron,
     Occurrence,
+    Occurrences,
     SenseScore,
     StoredDocument,
     TokenEmbeddings,
@@ -760,6 +761,10 @@ def list_inventories_call() -> Call[list[Inventory]]:
                 lambda r: [parse_inventory(i) for i in r.inventories])  # fmt: skip
 
 
+def get_inventory_call(name: str) -> Call[Inventory]:
+    return Call("GetInventory", pb.InventoryRef(name=name), parse_inventory)
+
+
 def delete_inventory_call(name: str) -> Call[None]:
     return Call("DeleteInventory", pb.InventoryRef(name=name), lambda r: None)
 
@@ -767,7 +772,7 @@ def delete_inventory_call(name: str) -> Call[None]:
 def search_occurrences_call(
     collection: str, text: str, word: str, k: int, occurrence: int,
     span: tuple[int, int] | None, priority_name: str | None = None,
-) -> Call[list[Occurrence]]:  # fmt: skip
+) -> Call[Occurrences]:  # fmt: skip
     request = message(
         pb.SearchOccurrencesRequest,
         collection=collection,
@@ -777,8 +782,11 @@ def search_occurrences_call(
         k=k,
         priority=priority(priority_name),
     )
-    return Call("SearchOccurrences", _with_span(request, span),
-                lambda r: [parse_occurrence(o) for o in r.occurrences])  # fmt: skip
+    return Call(
+        "SearchOccurrences",
+        _with_span(request, span),
+        lambda r: Occurrences(map(parse_occurrence, r.occurrences), r.compared),
+    )
 
 
 # induce_senses' default bound on the senses the silhouette chooses among (Client, AsyncClient,
@@ -787,14 +795,16 @@ DEFAULT_MAX_K = 6
 
 
 def induce_senses_call(
-    collection: str, word: str, k: int | None, max_k: int, central: int
+    collection: str, word: str, k: int | None, max_k: int | None, central: int
 ) -> Call[Induction]:
+    if k is not None and max_k is not None:  # the server would take k and drop max_k unsaid
+        raise ValueError("k and max_k: k names the senses' number, max_k bounds its choice")
     if central < 1:  # 0 on the wire is "not given", which the server reads as 3
         raise ValueError(f"central: the occurrences shown per sense, at least 1; got {central}")
     if k is not None and k < 1:  # 0 on the wire is "not given": the silhouette's choice
         raise ValueError(f"k: the senses to find, at least 1 (or None to choose); got {k}")
     request = message(pb.InduceSensesRequest, collection=collection, word=word, k=k or 0,
-                                     max_k=max_k, central=central)  # fmt: skip
+                      max_k=DEFAULT_MAX_K if max_k is None else max_k, central=central)  # fmt: skip
     return Call("InduceSenses", request, parse_induction)
 
 

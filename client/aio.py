@@ -29,7 +29,7 @@ from embedsense.client.types import (
     Info,
     Inventory,
     LayerComparison,
-    Occurrence,
+    Occurrences,
     StoredDocument,
     TokenEmbeddings,
     Tokens,
@@ -424,6 +424,10 @@ class AsyncClient:
     async def list_inventories(self) -> list[Inventory]:
         return await self._call(api.list_inventories_call())
 
+    async def get_inventory(self, name: str) -> Inventory:
+        """One stored inventory ("default": the one the server ships), without the others."""
+        return await self._call(api.get_inventory_call(name))
+
     async def delete_inventory(self, name: str) -> None:
         return await self._call(api.delete_inventory_call(name))
 
@@ -437,19 +441,21 @@ class AsyncClient:
         occurrence: int = 0,
         span: tuple[int, int] | None = None,
         priority: str | None = None,
-    ) -> list[Occurrence]:
+    ) -> Occurrences:
         """Occurrences of `word` in a collection (stored with token vectors) used in the
-        sense it has in `text`, best first. priority: as `search`'s."""
+        sense it has in `text`, best first: a list, whose `compared` says how many of the
+        word's occurrences were compared. priority: as `search`'s."""
         return await self._call(
             api.search_occurrences_call(collection, text, word, k, occurrence, span, priority)
         )
 
     async def induce_senses(
         self, collection: str, word: str, k: int | None = None, *,
-        max_k: int = api.DEFAULT_MAX_K, central: int = 3,
+        max_k: int | None = None, central: int = 3,
     ) -> Induction:  # fmt: skip
         """The senses of `word` in a collection, found by clustering its occurrences (k
-        chosen by silhouette unless given; k and max_k at most 20)."""
+        chosen by silhouette unless given, among at most max_k, 6 by default: give one of
+        the two; each at most 20)."""
         return await self._call(api.induce_senses_call(collection, word, k, max_k, central))
 
     async def explain(

@@ -28,7 +28,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
@@ -102,6 +102,14 @@ def seconds(raw: str) -> float:
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"{raw}: expected a number of seconds above 0")
     return value
+
+
+def span_of(raw: str) -> tuple[int, int]:
+    """An argparse type: START:END, characters START to END-1 of a text."""
+    start, colon, end = raw.partition(":")
+    if not (colon and start.isdigit() and end.isdigit()) or int(start) >= int(end):
+        raise argparse.ArgumentTypeError(f"{raw!r}: expected START:END, START below END (10:12)")
+    return int(start), int(end)
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -392,8 +400,11 @@ def cmd_disambiguate(args: argparse.Namespace, client: Client) -> None:
     senses = _senses(args.sense)
     if senses and args.inventory:
         raise UsageError("--inventory and --sense: the senses come from one of them")
-    result = client.disambiguate(args.text, args.word, senses or None, args.occurrence,
-                                 inventory=args.inventory, layers=args.layers)  # fmt: skip
+    if args.span is not None and args.occurrence is not None:
+        raise UsageError("--span and --occurrence: each names the occurrence; give one")
+    result = client.disambiguate(args.text, args.word, senses or None, args.occurrence or 0,
+                                 span=args.span, inventory=args.inventory, layers=args.layers,
+                                 with_sentence=not args.word_only)  # fmt: skip
     readable = (
         f"{args.text}\n{args.word} -> {result.label}\n\n"
         + table(
@@ -414,11 +425,17 @@ def cmd_inventory(args: argparse.Namespace, client: Client) -> None:
         if args.name:
             raise UsageError("inventory list takes no NAME: it lists them all")
         inventories = client.list_inventories()
-        rows = [(i.name, "yes" if i.builtin else "", ", ".join(sorted(i.words)))
+        rows = [(i.name, "yes" if i.builtin else "", f"{len(i.words)}: {_first_words(i.words)}")
                 for i in inventories]  # fmt: skip
         emit(args, [asdict(i) for i in inventories], table(rows, ["name", "built in", "words"]))
     elif not args.name:
         raise UsageError(f"inventory {args.action} needs the inventory's NAME")
+    elif args.action == "show":
+        shown = client.get_inventory(args.name)
+        rows = [(word, label, example.translate(ONE_LINE))
+                for word, senses in sorted(shown.words.items())
+                for label, examples in senses.items() for example in examples]  # fmt: skip
+        emit(args, asdict(shown), table(rows, ["word", "sense", "example"]))
     elif args.action == "create":
         if not args.file:
             raise UsageError("inventory create NAME FILE: FILE is a JSON word -> sense -> examples")
@@ -431,6 +448,18 @@ def cmd_inventory(args: argparse.Namespace, client: Client) -> None:
     else:
         client.delete_inventory(args.name)
         emit(args, {"deleted": args.name}, f"inventory {args.name!r} deleted")
+
+
+def _first_words(words: Mapping[str, Any], width: int = 60) -> str:
+    """An inventory's words in order, as many as fit in about `width` characters (… for
+    the rest): a table row, where an inventory may hold thousands of words."""
+    shown = ""
+    for word in sorted(words):
+        more = f"{shown}, {word}" if shown else word
+        if len(more) > width:
+            return f"{shown}, …" if shown else "…"
+        shown = more
+    return shown
 
 
 class _KeyTwice(ValueError):
@@ -467,7 +496,9 @@ def cmd_occurrences(args: argparse.Namespace, client: Client) -> None:
     found = client.search_occurrences(args.collection, args.text, args.word, k=args.k,
                                       occurrence=args.occurrence)  # fmt: skip
     rows = [(i + 1, f"{o.score:+.3f}", o.id, _mark(o.text, o.span)) for i, o in enumerate(found)]
-    emit(args, [asdict(o) for o in found], table(rows, ["rank", "score", "id", "sentence"]))
+    compared = f"best {len(found)} of {counted(found.compared, 'occurrence')} compared\n"
+    emit(args, [asdict(o) for o in found],
+         compared + table(rows, ["rank", "score", "id", "sentence"]))  # fmt: skip
 
 
 def counted(n: int, noun: str) -> str:
@@ -477,8 +508,7 @@ def counted(n: int, noun: str) -> str:
 def cmd_induce(args: argparse.Namespace, client: Client) -> None:
     if args.k is not None and args.max_k is not None:
         raise UsageError("-k and --max-k: -k names the senses' number, --max-k bounds its choice")
-    max_k = DEFAULT_MAX_K if args.max_k is None else args.max_k
-    induced = client.induce_senses(args.collection, args.word, k=args.k, max_k=max_k,
+    induced = client.induce_senses(args.collection, args.word, k=args.k, max_k=args.max_k,
                                    central=args.central)  # fmt: skip
     senses = counted(len(induced.senses), "sense")
     blocks = [f"{counted(induced.occurrences, 'occurrence')} of {args.word!r}, {senses} "
@@ -772,16 +802,20 @@ def parser() -> argparse.ArgumentParser:
     dis.add_argument(
         "--occurrence",
         type=at_least(0),
-        default=0,
-        help="which appearance of the word (0 = the first)",
+        help="which appearance of the word (0 = the first, the default)",
     )
+    dis.add_argument("--span", type=span_of, metavar="START:END",
+                     help="the occurrence by its characters, START to END-1 (0-based)")  # fmt: skip
+    dis.add_argument("--word-only", action="store_true",
+                     help="compare the word's own vectors, without its sentence's (for a "
+                     "sentence that uses the word in two senses)")  # fmt: skip
     dis.add_argument("--sense", action="append", metavar="LABEL=EXAMPLE",
                      help="an example per flag; without any, the inventory is used")  # fmt: skip
     dis.add_argument("--inventory", help="a stored inventory (default: 'default')")
     dis.add_argument("--layers", type=int, nargs="*")
 
-    inv = sub.add_parser("inventory", help="sense inventories: list, create, delete")
-    inv.add_argument("action", choices=["list", "create", "delete"])
+    inv = sub.add_parser("inventory", help="sense inventories: list, show, create, delete")
+    inv.add_argument("action", choices=["list", "show", "create", "delete"])
     inv.add_argument("name", nargs="?")
     inv.add_argument("file", nargs="?", help="for create: JSON word -> sense -> [examples] "
                      "(- reads standard input)")  # fmt: skip

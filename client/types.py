@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,15 @@ class Occurrence:
     span: tuple[int, int]
     score: float
     metadata: dict[str, Any]
+
+
+class Occurrences(list[Occurrence]):
+    """search_occurrences' answer: a list of occurrences, best first, that also says how many
+    of the word's occurrences were compared (`compared`, at most 50,000)."""
+
+    def __init__(self, found: Iterable[Occurrence], compared: int) -> None:
+        super().__init__(found)
+        self.compared = compared
 
 
 @dataclass(frozen=True)

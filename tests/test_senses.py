@@ -573,6 +573,96 @@ def test_the_cli_shows_an_occurrence_in_a_long_document_with_its_surroundings(se
         client.drop_collection("long-cli")
 
 
+def test_an_inventory_is_read_alone_by_name(client, server):
+    """GetInventory: one inventory's senses, without listing every inventory's examples.
+    Before: the only way to read one was ListInventories, all of them in one reply."""
+    words = {"小米": {"grain": ["小米粥很香"], "company": ["小米手机"]}}
+    client.create_inventory("read-alone", words)
+    try:
+        got = client.get_inventory("read-alone")
+        assert got.name == "read-alone" and got.words == words and not got.builtin
+        default = client.get_inventory("default")
+        assert default.builtin and "苹果" in default.words
+        with pytest.raises(NotFound, match="no inventory named 'nope'"):
+            client.get_inventory("nope")
+        shown = _cli(server, "inventory", "show", "read-alone")
+        assert shown.returncode == 0, shown.stderr
+        assert "grain" in shown.stdout and "小米粥很香" in shown.stdout
+        as_json = json.loads(_cli(server, "--json", "inventory", "show", "read-alone").stdout)
+        assert as_json == {"name": "read-alone", "words": words, "builtin": False}
+        assert _cli(server, "inventory", "show").returncode == 2  # no NAME
+    finally:
+        client.delete_inventory("read-alone")
+
+
+def test_a_name_no_inventory_can_have_is_refused_alike_by_every_inventory_call(client):
+    """Before: create refused "" and "a b" as names (INVALID_ARGUMENT), while delete answered
+    NOT_FOUND for them, as if such an inventory might have existed."""
+    for name in ("", "a b", "x" * 65):
+        with pytest.raises(InvalidArgument, match="inventory name"):
+            client.create_inventory(name, {"小米": {"a": ["小米粥"], "b": ["小米手机"]}})
+        with pytest.raises(InvalidArgument, match="inventory name"):
+            client.delete_inventory(name)
+        with pytest.raises(InvalidArgument, match="inventory name"):
+            client.get_inventory(name)
+
+
+def test_the_inventory_table_keeps_each_inventory_to_one_short_line(server, client):
+    """Before: the words column held every word of an inventory, one line of any length."""
+    words = {f"词{i}": {"a": [f"词{i}甲"], "b": [f"词{i}乙"]} for i in range(200)}
+    client.create_inventory("wide", words)
+    try:
+        shown = _cli(server, "inventory", "list")
+        assert shown.returncode == 0, shown.stderr
+        row = next(line for line in shown.stdout.splitlines() if line.startswith("wide"))
+        assert "200" in row and len(row) < 120, row
+        listed = json.loads(_cli(server, "--json", "inventory", "list").stdout)
+        assert len(next(i for i in listed if i["name"] == "wide")["words"]) == 200
+    finally:
+        client.delete_inventory("wide")
+
+
+def test_an_occurrence_search_says_how_many_occurrences_it_compared(client, server, apples):
+    """SearchOccurrences' `compared` reached gRPC callers only: the SDK returned a bare list.
+    The list it returns carries it, and the CLI prints it."""
+    from embedsense.client import AsyncClient
+
+    found = client.search_occurrences(apples, "我买了最新的苹果手机", "苹果", k=3)
+    assert len(found) == 3 and found.compared == 14  # 12 documents, "both" holds two
+
+    async def through_aio() -> int:
+        async with AsyncClient(server.target) as c:
+            return (await c.search_occurrences(apples, "我喜欢吃苹果", "苹果", k=2)).compared
+
+    assert asyncio.run(through_aio()) == 14
+    shown = _cli(server, "occurrences", apples, "我喜欢吃苹果", "苹果", "-k", "2")
+    assert shown.returncode == 0 and "best 2 of 14 occurrences" in shown.stdout, shown.stdout
+
+
+def test_the_cli_judges_the_occurrence_a_span_names_and_the_word_alone(server):
+    """The SDK's `span` and `with_sentence`, on the command line too."""
+    text = "苹果公司的员工都爱吃苹果"
+    first = json.loads(_cli(server, "--json", "disambiguate", text, "苹果").stdout)
+    second = json.loads(_cli(server, "--json", "disambiguate", text, "苹果",
+                             "--span", "10:12").stdout)  # fmt: skip
+    assert first["span"] == [0, 2] and second["span"] == [10, 12]
+    assert second["scores"] != first["scores"]
+    alone = json.loads(_cli(server, "--json", "disambiguate", text, "苹果", "--word-only").stdout)
+    assert alone["with_sentence"] is False and first["with_sentence"] is True
+    for bad in ("10", "12:10", "a:b"):
+        refused = _cli(server, "disambiguate", text, "苹果", "--span", bad)
+        assert refused.returncode == 2 and "--span" in refused.stderr, (bad, refused.stderr)
+    twice = _cli(server, "disambiguate", text, "苹果", "--span", "10:12", "--occurrence", "1")
+    assert twice.returncode == 2 and "--span" in twice.stderr
+
+
+def test_the_sdk_refuses_k_with_max_k_as_the_cli_does(client, apples):
+    """Before: induce_senses(k=3, max_k=2) gave 3 senses, max_k dropped without a word."""
+    with pytest.raises(ValueError, match="max_k"):
+        client.induce_senses(apples, "苹果", k=3, max_k=2)
+    assert len(client.induce_senses(apples, "苹果", max_k=2).senses) == 2
+
+
 def test_evaluation_on_a_slice_is_well_above_chance(e5):
     data = load(["苹果", "打", "花"], per_sense=4)
     fp32 = EngineConfig(dtype="float32", warmup=False)

@@ -125,6 +125,11 @@ class EmbedSenseStub:
                 request_serializer=embedsense_dot_v1_dot_embedsense__pb2.ListInventoriesRequest.SerializeToString,
                 response_deserializer=embedsense_dot_v1_dot_embedsense__pb2.ListInventoriesResponse.FromString,
                 _registered_method=True)
+        self.GetInventory = channel.unary_unary(
+                '/embedsense.v1.EmbedSense/GetInventory',
+                request_serializer=embedsense_dot_v1_dot_embedsense__pb2.InventoryRef.SerializeToString,
+                response_deserializer=embedsense_dot_v1_dot_embedsense__pb2.InventoryInfo.FromString,
+                _registered_method=True)
         self.DeleteInventory = channel.unary_unary(
                 '/embedsense.v1.EmbedSense/DeleteInventory',
                 request_serializer=embedsense_dot_v1_dot_embedsense__pb2.InventoryRef.SerializeToString,
@@ -276,6 +281,13 @@ class EmbedSenseServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetInventory(self, request, context):
+        """One inventory by name, without the others' examples.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteInventory(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -403,6 +415,11 @@ def add_EmbedSenseServicer_to_server(servicer, server):
                     servicer.ListInventories,
                     request_deserializer=embedsense_dot_v1_dot_embedsense__pb2.ListInventoriesRequest.FromString,
                     response_serializer=embedsense_dot_v1_dot_embedsense__pb2.ListInventoriesResponse.SerializeToString,
+            ),
+            'GetInventory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInventory,
+                    request_deserializer=embedsense_dot_v1_dot_embedsense__pb2.InventoryRef.FromString,
+                    response_serializer=embedsense_dot_v1_dot_embedsense__pb2.InventoryInfo.SerializeToString,
             ),
             'DeleteInventory': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteInventory,
@@ -916,6 +933,33 @@ class EmbedSense:
             '/embedsense.v1.EmbedSense/ListInventories',
             embedsense_dot_v1_dot_embedsense__pb2.ListInventoriesRequest.SerializeToString,
             embedsense_dot_v1_dot_embedsense__pb2.ListInventoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInventory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsense.v1.EmbedSense/GetInventory',
+            embedsense_dot_v1_dot_embedsense__pb2.InventoryRef.SerializeToString,
+            embedsense_dot_v1_dot_embedsense__pb2.InventoryInfo.FromString,
             options,
             channel_credentials,
             insecure,

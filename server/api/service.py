@@ -57,6 +57,7 @@ from embedsense.server.explain import MAX_ATTENTION_VALUES, Explainer
 from embedsense.server.index import Document, IndexBackend
 from embedsense.server.index.threads import IndexThreads
 from embedsense.server.senses import errors as sense_errors
+from embedsense.server.senses.inventories import DEFAULT
 from embedsense.server.senses.senses import FoundOccurrence, Senses
 
 log = logging.getLogger(__name__)
@@ -580,6 +581,14 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         return check_reply_size(reply, self.settings.max_message_bytes,
                                 "fewer or smaller inventories: delete one you no longer use",
                                 "each inventory carries every example")  # fmt: skip
+
+    @rpc
+    async def GetInventory(self, request: pb.InventoryRef, context: Any) -> pb.InventoryInfo:
+        stored = await self.index_threads.run(self.senses.inventories.get, request.name)
+        reply = self._inventory_reply(request.name, stored, request.name == DEFAULT)
+        return check_reply_size(reply, self.settings.max_message_bytes,
+                                "it from a server with a larger max_message_bytes",
+                                "the inventory carries every example")  # fmt: skip
 
     @rpc
     async def DeleteInventory(

@@ -53,6 +53,13 @@ def check_senses(word: str, senses: Mapping[str, Sequence[str]]) -> Senses:
     return checked
 
 
+def check_name(name: str) -> None:
+    """Every inventory call refuses a name no inventory can have, as one refusal: not as
+    "not found", which would say such an inventory might exist."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise SenseInputError(f"inventory name {name!r}: 1-64 letters, digits, '_', '-' or '.'")
+
+
 def _builtin() -> dict[str, Senses]:
     path = files("embedsense.server.senses") / "inventory_default.json"
     return json.loads(path.read_text(encoding="utf-8"))["words"]
@@ -68,8 +75,7 @@ class Inventories:
     def create(
         self, name: str, words: Mapping[str, Mapping[str, Sequence[str]]], replace: bool = False
     ) -> None:
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise SenseInputError(f"inventory name {name!r}: 1-64 letters, digits, '_', '-' or '.'")
+        check_name(name)
         if name == DEFAULT:
             raise InventoryExists(
                 "the 'default' inventory ships with the server: pick another name"
@@ -83,6 +89,7 @@ class Inventories:
     def get(self, name: str) -> dict[str, Senses]:
         if name == DEFAULT:
             return self.default
+        check_name(name)
         words = self.store.get_inventory(name)
         if words is None:
             raise InventoryNotFound(f"no inventory named {name!r}")
@@ -103,6 +110,7 @@ class Inventories:
         return [(DEFAULT, self.default, True), *stored]
 
     def delete(self, name: str) -> None:
+        check_name(name)
         if name == DEFAULT:
             raise SenseInputError("the 'default' inventory ships with the server: it stays")
         if not self.store.delete_inventory(name):
