@@ -18,14 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsense.model import LoadedModel, load_model
+from embedsense.model import LoadedModel, TextRole, load_model
 from embedsense.server.config import EngineConfig
 from embedsense.server.engine import Engine
+from embedsense.server.index import Document, Token
 from embedsense.server.senses import method
 from embedsense.server.senses.words import (
+    SentencePieces,
     WordVectors,
     example_occurrences,
     locate,
+    stored_word_vectors,
     word_vectors,
 )
 
@@ -41,6 +44,62 @@ def load(words: list[str] | None = None, per_sense: int = 10) -> dict:
                for label, s in senses.items()}
         for word, senses in data.items() if not words or word in words
     }  # fmt: skip
+
+
+# Sentences with no word of the evaluation: the padding that makes a document long.
+NEUTRAL = ["今天天气很好。", "他每天早上跑步。", "这本书写得很好。", "我们明天去公园。",
+           "会议在三点开始。", "她在学习中文。", "路上车很多。", "晚饭后我们散步。",
+           "这个城市很大。", "孩子们在唱歌。"]  # fmt: skip
+PADDED = ("".join(NEUTRAL + NEUTRAL[:5]), "".join(NEUTRAL[5:] + NEUTRAL))  # 15 before, 15 after
+
+
+async def stored_documents(engine: Engine, texts: list[str], each_sentence: bool) -> list:
+    """The documents a collection with token vectors stores for `texts`: token vectors from
+    each sentence alone (as served), or from the whole text (the path before)."""
+    pieces = SentencePieces(texts if each_sentence else [])
+    encoded = await engine.embed([*texts, *pieces.texts], role=TextRole.PASSAGE, windowed=True,
+                                 token_vectors=True)  # fmt: skip
+    local = pieces.token_vectors(encoded[len(texts) :])
+    docs = []
+    for i, (text, r) in enumerate(zip(texts, encoded[: len(texts)], strict=True)):
+        t = r.tokenized
+        tokens, vectors = local.get(i) or (
+            [Token(s, a, b) for s, (a, b) in zip(t.tokens, t.offsets, strict=True)],
+            r.token_vectors,
+        )
+        docs.append(Document(text, r.sentence, str(i), {}, tokens, vectors))
+    return docs
+
+
+async def long_documents(engine: Engine, word: str, senses: dict) -> dict:
+    """Each test sentence stored twice, alone and inside 30 neutral sentences; every support
+    example searched (mean average precision of its sense's occurrences), and the
+    occurrences clustered at the true k (purity against the senses, and against the length:
+    0.5 is no trace of it), for both ways of storing token vectors."""
+    sentences = [(label, t) for label, s in senses.items() for t in s["test"]]
+    texts = [t for _, t in sentences] + [PADDED[0] + t + PADDED[1] for _, t in sentences]
+    truth = np.array([list(senses).index(label) for label, _ in sentences] * 2)
+    long = np.repeat([0, 1], len(sentences))
+    queries = [(label, e) for label, s in senses.items() for e in s["support"]]
+    found = await word_vectors(engine, [locate(e, word) for _, e in queries])
+    results = {}
+    for name, each_sentence in (("each sentence alone", True), ("whole document", False)):
+        stored = [stored_word_vectors(doc, [locate(doc.text, word)])
+                  for doc in await stored_documents(engine, texts, each_sentence)]  # fmt: skip
+        words = np.concatenate([s.words for s in stored])
+        contexts = np.concatenate([s.sentences for s in stored])
+        precisions = []
+        for q, (label, _) in enumerate(queries):
+            scores = method.rank_occurrences(found.words[q], found.contexts[q], words, contexts,
+                                             np.arange(len(words)))  # fmt: skip
+            relevant = (truth == list(senses).index(label))[np.argsort(-scores, kind="stable")]
+            ranks = np.arange(1, len(relevant) + 1)
+            precisions.append(float((np.cumsum(relevant) / ranks)[relevant].mean()))
+        clusters = method.induce(words, k=len(senses)).labels
+        results[name] = {"map": round(float(np.mean(precisions)), 4),
+                         "purity": round(purity(clusters, truth), 4),
+                         "purity_by_length": round(purity(clusters, long), 4)}  # fmt: skip
+    return results
 
 
 async def vectors_for(
@@ -62,7 +121,7 @@ async def evaluate(
     """Accuracy for every representation x layer choice x centring; induction purity."""
     engine = Engine(config or EngineConfig(), model).start()
     try:
-        results: dict = {"accuracy": {}, "induction": {}}
+        results: dict = {"accuracy": {}, "induction": {}, "long documents": {}}
         for layer_name, layers in (layer_choices or LAYER_CHOICES).items():
             found = {word: {label: (await vectors_for(engine, word, s["support"], layers, True),
                                     await vectors_for(engine, word, s["test"], layers))
@@ -84,6 +143,7 @@ async def evaluate(
                 "purity_auto_k": round(purity(auto.labels, truth), 4),
                 "purity_true_k": round(purity(fixed.labels, truth), 4),
             }  # fmt: skip
+            results["long documents"][word] = await long_documents(engine, word, senses)
         return results
     finally:
         engine.close()
@@ -122,6 +182,13 @@ def report(results: dict) -> None:
             f"{word}\t{r['senses']} senses, k chosen {r['k_chosen']}: purity "
             f"{r['purity_auto_k']:.1%} (auto k), {r['purity_true_k']:.1%} (true k)"
         )
+    print("\nstored alone and inside 30 neutral sentences: search MAP, induction purity "
+          "(by sense; by length, 50 % = none)")  # fmt: skip
+    for way in ("each sentence alone", "whole document"):
+        rows = [r[way] for r in results["long documents"].values()]
+        print(f"{way:<20} MAP {np.mean([r['map'] for r in rows]):.3f}, purity "
+              f"{np.mean([r['purity'] for r in rows]):.1%}; by length "
+              f"{np.mean([r['purity_by_length'] for r in rows]):.1%}")  # fmt: skip
 
 
 def main() -> None:

@@ -49,6 +49,7 @@ from embedsense.server.index.validation import (
     METADATA_MODES,
     checked_metadata,
 )
+from embedsense.server.senses.words import SentencePieces
 
 DEFAULT_PAGE = 256  # documents per scroll page when the caller gives no limit
 MAX_SEARCH_HITS = 100_000  # queries x k in one batch search: bounds the reply
@@ -270,7 +271,8 @@ class CollectionOps:
     ) -> list[Document]:
         """The index's documents for `batch`: texts embedded as passages (in windows, so
         every token of a long text gets a vector; token vectors when the collection keeps
-        them), or the caller's vectors as they are (their dimension is the index's check).
+        them, each sentence's from the sentence encoded alone, as senses/words.py reads a
+        word), or the caller's vectors as they are (their dimension is the index's check).
         Errors name the document: documents[i]."""
         check_count(len(batch), "documents", self.limits, "documents")
         to_embed = [i for i, d in enumerate(batch) if d.vector is None]
@@ -302,13 +304,20 @@ class CollectionOps:
                     "documents",
                 )
         results = {}
+        by_sentence: dict[int, tuple[list[Token], np.ndarray]] = {}
         if texts:
+            # A collection with token vectors reads an occurrence in its sentence alone: a
+            # text of several sentences is encoded whole (its vector) and a sentence at a
+            # time (its token vectors), in one call.
+            pieces = SentencePieces(texts if collection.store_tokens else [])
             embedded = await self.engine.embed(
-                texts, timeout=timeout, role=TextRole.PASSAGE, windowed=True,
-                token_vectors=collection.store_tokens,
+                [*texts, *pieces.texts], timeout=timeout, role=TextRole.PASSAGE,
+                windowed=True, token_vectors=collection.store_tokens,
                 priority=Priority.BULK if priority is None else priority,
             )  # fmt: skip
-            results = dict(zip(to_embed, embedded, strict=True))
+            results = dict(zip(to_embed, embedded[: len(texts)], strict=True))
+            found = pieces.token_vectors(embedded[len(texts) :])
+            by_sentence = {to_embed[i]: stored for i, stored in found.items()}
         docs: list[Document] = []
         for i, (d, doc_id) in enumerate(zip(batch, ids, strict=True)):
             meta = dict(d.metadata or {})
@@ -316,7 +325,9 @@ class CollectionOps:
                 docs.append(Document(text=d.text, vector=given[i], id=doc_id, metadata=meta))
                 continue
             tokens = token_vectors = None
-            if collection.store_tokens:
+            if i in by_sentence:
+                tokens, token_vectors = by_sentence[i]
+            elif collection.store_tokens:  # one sentence: the text's own tokens are its
                 t = r.tokenized
                 tokens = [Token(tok, s, e) for tok, (s, e) in zip(t.tokens, t.offsets, strict=True)]
                 token_vectors = r.token_vectors

@@ -5,6 +5,10 @@ In e5's vocabulary 苹果 is one token; in BERT it is two characters; a word may
 inside a longer token (花 in 花钱). Either way the tokens overlapping the word's span carry it.
 A longer text may use the word in several senses, one sentence rarely does: each occurrence
 gets its own sentence's vector, not the whole text's.
+
+Both are read from the sentence encoded alone, in a text given in a call and in a stored
+document alike. Token vectors that have seen a whole document carry the document: the same
+sentence alone and inside 30 others clustered by length, not by sense.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
 from embedsense.model import TextRole
 from embedsense.model.spans import SpanError, TokenSpans, find_word, word_spans
-from embedsense.server.engine import Engine
-from embedsense.server.index import Document
+from embedsense.server.engine import Embedding, Engine
+from embedsense.server.index import Document, Token
 from embedsense.server.senses.errors import SenseInputError
 
 # Stored documents are embedded as passages; word vectors are too, so that a sentence given
@@ -99,6 +104,11 @@ class Sentences:
             self.ends[after] if after < len(self.ends) else self.length,
         )
 
+    def spans(self) -> list[tuple[int, int]]:
+        """The text cut into its sentences, in order; together they are the whole text."""
+        bounds = [0, *(end for end in self.ends if 0 < end < self.length), self.length]
+        return [(a, b) for a, b in pairwise(bounds) if a < b]
+
 
 @dataclass(frozen=True)
 class WordVectors:
@@ -111,31 +121,76 @@ async def word_vectors(
     occurrences: Sequence[Occurrence | Sequence[Occurrence]],
     layers: Sequence[int] | None = None,
 ) -> WordVectors:
-    """Each occurrence's contextual vector and its sentence's, in one batched engine call.
-    An item may be several occurrences in one text (a sense example holding the word twice):
-    its vector is the mean of theirs."""
+    """Each occurrence's contextual vector and its sentence's, read from its sentence encoded
+    alone, in one batched engine call. An item may be several occurrences in one text (a
+    sense example holding the word twice): its vector is the mean of theirs, its sentence
+    vector the mean of their sentences' tokens."""
     groups = [[o] if isinstance(o, Occurrence) else list(o) for o in occurrences]
     if any(not group or len({o.text for o in group}) > 1 for group in groups):
         raise ValueError("an item of word_vectors is one or more occurrences in one text")
+    pieces: dict[tuple[str, int, int], int] = {}  # (text, sentence span) -> its row
+    plans = []
+    for group in groups:
+        sentences = Sentences(group[0].text)
+        plans.append([(o, pieces.setdefault((o.text, *sentences.around(o.start, o.end)),
+                                            len(pieces))) for o in group])  # fmt: skip
+    keys = list(pieces)
     results = await engine.embed(
-        [group[0].text for group in groups], role=ROLE, layers=layers, token_vectors=True,
-        normalize=False, windowed=True,
+        [text[start:end] for text, start, end in keys], role=ROLE, layers=layers,
+        token_vectors=True, normalize=False, windowed=True,
     )  # fmt: skip
     words, contexts = [], []
-    for group, r in zip(groups, results, strict=True):
-        sentences = Sentences(group[0].text)
+    for plan in plans:
         each, sentence_rows = [], []
-        for o in group:
+        for o, piece in plan:
+            _, start, end = keys[piece]
+            r = results[piece]
             try:
-                rows = r.tokenized.token_indices(o.start, o.end)
-            except SpanError as err:
-                raise SenseInputError(f"{err} in {o.text[:40]!r}") from None
+                rows = r.tokenized.token_indices(o.start - start, o.end - start)
+            except SpanError:
+                raise SenseInputError(
+                    f"no token covers characters [{o.start}, {o.end}) in {o.text[:40]!r}"
+                ) from None
             each.append(r.token_vectors[rows].mean(axis=0))
+        for piece in dict.fromkeys(piece for _, piece in plan):  # each sentence once
+            _, start, end = keys[piece]
             # It holds the word's tokens: never a span no token covers.
-            sentence_rows += r.tokenized.token_indices(*sentences.around(o.start, o.end))
+            r = results[piece]
+            sentence_rows.append(r.token_vectors[r.tokenized.token_indices(0, end - start)])
         words.append(np.mean(each, axis=0))
-        contexts.append(r.token_vectors[sorted(set(sentence_rows))].mean(axis=0))
+        contexts.append(np.concatenate(sentence_rows).mean(axis=0))
     return WordVectors(np.stack(words), np.stack(contexts))
+
+
+class SentencePieces:
+    """The sentences of the texts of several sentences among `texts`, each to be encoded
+    alone: what a collection with token vectors stores for such a text, so that its
+    occurrences are read as `word_vectors` reads a text's. A text of one sentence has no
+    pieces: its own encoding is its sentence's."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        cut = [Sentences(text).spans() for text in texts]
+        self.pieces = [(i, start, end) for i, spans in enumerate(cut) if len(spans) > 1
+                       for start, end in spans]  # fmt: skip
+        self.texts = [texts[i][start:end] for i, start, end in self.pieces]
+
+    def token_vectors(
+        self, encoded: Sequence[Embedding]
+    ) -> dict[int, tuple[list[Token], np.ndarray]]:
+        """Text index -> its tokens and token vectors, from its pieces' encodings (`encoded`,
+        one per piece, with token vectors), offsets into the whole text. Only tokens of the
+        text: each sentence's specials and the model's prefix belong to no character, and a
+        document of short sentences would store several per sentence."""
+        tokens: dict[int, list[Token]] = {}
+        vectors: dict[int, list[np.ndarray]] = {}
+        for (i, start, _), r in zip(self.pieces, encoded, strict=True):
+            t = r.tokenized
+            own = [j for j, from_text in enumerate(t.from_text) if from_text]
+            tokens.setdefault(i, []).extend(
+                Token(t.tokens[j], t.offsets[j][0] + start, t.offsets[j][1] + start) for j in own
+            )
+            vectors.setdefault(i, []).append(r.token_vectors[own])
+        return {i: (tokens[i], np.concatenate(vectors[i])) for i in tokens}
 
 
 @dataclass(frozen=True)
