@@ -798,7 +798,10 @@ def induce_senses_call(
     collection: str, word: str, k: int | None, max_k: int | None, central: int
 ) -> Call[Induction]:
     if k is not None and max_k is not None:  # the server would take k and drop max_k unsaid
-        raise ValueError("k and max_k: k names the senses' number, max_k bounds its choice")
+        raise ValueError(
+            f"k={k} and max_k={max_k}: k names the senses' number, max_k bounds the "
+            "silhouette's choice of it; give one"
+        )
     if central < 1:  # 0 on the wire is "not given", which the server reads as 3
         raise ValueError(f"central: the occurrences shown per sense, at least 1; got {central}")
     if k is not None and k < 1:  # 0 on the wire is "not given": the silhouette's choice

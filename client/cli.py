@@ -112,12 +112,13 @@ def span_of(raw: str) -> tuple[int, int]:
     return int(start), int(end)
 
 
+def width(text: str) -> int:
+    """Columns a text takes in a terminal: CJK characters count double."""
+    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)
+
+
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     """Columns padded to their widest cell (CJK characters count double)."""
-
-    def width(text: str) -> int:
-        return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)
-
     cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
     widths = [max(width(row[i]) for row in cells) for i in range(len(header))]
     lines = ["  ".join(c + " " * (w - width(c)) for c, w in zip(row, widths, strict=True)).rstrip()
@@ -421,6 +422,8 @@ def cmd_disambiguate(args: argparse.Namespace, client: Client) -> None:
 
 
 def cmd_inventory(args: argparse.Namespace, client: Client) -> None:
+    if args.file and args.action != "create":
+        raise UsageError(f"inventory {args.action} takes no FILE: only create reads one")
     if args.action == "list":
         if args.name:
             raise UsageError("inventory list takes no NAME: it lists them all")
@@ -450,13 +453,13 @@ def cmd_inventory(args: argparse.Namespace, client: Client) -> None:
         emit(args, {"deleted": args.name}, f"inventory {args.name!r} deleted")
 
 
-def _first_words(words: Mapping[str, Any], width: int = 60) -> str:
-    """An inventory's words in order, as many as fit in about `width` characters (… for
-    the rest): a table row, where an inventory may hold thousands of words."""
+def _first_words(words: Mapping[str, Any], columns: int = 60) -> str:
+    """An inventory's words in order, as many as fit in about `columns` terminal columns (…
+    for the rest): a table row, where an inventory may hold thousands of words."""
     shown = ""
     for word in sorted(words):
         more = f"{shown}, {word}" if shown else word
-        if len(more) > width:
+        if width(more) > columns:
             return f"{shown}, …" if shown else "…"
         shown = more
     return shown

@@ -117,6 +117,9 @@ class Occurrences(list[Occurrence]):
         super().__init__(found)
         self.compared = compared
 
+    def __repr__(self) -> str:
+        return f"Occurrences({list.__repr__(self)}, compared={self.compared})"
+
 
 @dataclass(frozen=True)
 class InducedSense:

@@ -21,7 +21,7 @@ import numpy as np
 from embedsense.model import LoadedModel, TextRole, load_model
 from embedsense.server.config import EngineConfig
 from embedsense.server.engine import Engine
-from embedsense.server.index import Document, Token
+from embedsense.server.index import Document
 from embedsense.server.senses import method
 from embedsense.server.senses.words import (
     SentencePieces,
@@ -59,16 +59,11 @@ async def stored_documents(engine: Engine, texts: list[str], each_sentence: bool
     pieces = SentencePieces(texts if each_sentence else [])
     encoded = await engine.embed([*texts, *pieces.texts], role=TextRole.PASSAGE, windowed=True,
                                  token_vectors=True)  # fmt: skip
-    local = pieces.token_vectors(encoded[len(texts) :])
-    docs = []
-    for i, (text, r) in enumerate(zip(texts, encoded[: len(texts)], strict=True)):
-        t = r.tokenized
-        tokens, vectors = local.get(i) or (
-            [Token(s, a, b) for s, (a, b) in zip(t.tokens, t.offsets, strict=True)],
-            r.token_vectors,
-        )
-        docs.append(Document(text, r.sentence, str(i), {}, tokens, vectors))
-    return docs
+    whole = encoded[: len(texts)]
+    stored = pieces.stored(whole, encoded[len(texts) :])
+    return [Document(text, r.sentence, str(i), {}, tokens, vectors)
+            for i, (text, r, (tokens, vectors)) in enumerate(zip(texts, whole, stored,
+                                                                 strict=True))]  # fmt: skip
 
 
 async def long_documents(engine: Engine, word: str, senses: dict) -> dict:

@@ -19,11 +19,12 @@ import pytest
 from eval_senses import PADDED, evaluate, load
 
 from embedsense.client import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from embedsense.client.cli import width
 from embedsense.proto.v1 import embedsense_pb2 as pb
 from embedsense.proto.v1 import embedsense_pb2_grpc as pb_grpc
 from embedsense.server.config import EngineConfig
 from embedsense.server.senses import method
-from embedsense.server.senses.words import locate, word_vectors
+from embedsense.server.senses.words import SentencePieces, locate, word_vectors
 
 FRUIT = ["我喜欢吃苹果", "这个苹果又红又甜", "果园里的苹果熟了", "她削了一个苹果给孩子",
          "苹果和香蕉都是水果", "冰箱里还有两个苹果"]  # fmt: skip
@@ -152,6 +153,43 @@ def test_occurrences_are_ranked_as_their_feature_rows_would_be_in_a_fraction_of_
         finally:
             tracemalloc.stop()
         assert peak < 200 * 2**20, f"peak {peak / 2**20:.0f} MiB with {sentences} sentences"
+
+
+def test_a_text_is_cut_into_sentences_that_hold_words():
+    """Whitespace after a sentence's mark is no sentence of its own: a text of one sentence
+    and a last line break has no pieces (its own encoding is its sentence's), and a blank
+    line costs no engine row. Before: "苹果很甜。\\n" was two pieces, the second "\\n"."""
+    pieces = SentencePieces(["苹果很甜。\n", "你好。\n\n再见。", "苹果很甜。", "我喜欢吃苹果"])
+    assert pieces.texts == ["你好。\n\n", "再见。"] and pieces.pieces == [(1, 0, 5), (1, 5, 8)]
+
+
+def _encoded(tokens: list[str], offsets: list[tuple[int, int]], dim: int = 4) -> SimpleNamespace:
+    """An engine's encoding of a text, as SentencePieces reads it: specials at (0, 0)."""
+    from_text = [end > start for start, end in offsets]
+    tokenized = SimpleNamespace(tokens=tokens, offsets=offsets, from_text=from_text)
+    vectors = np.arange(len(tokens) * dim, dtype=np.float32).reshape(len(tokens), dim)
+    return SimpleNamespace(tokenized=tokenized, token_vectors=vectors)
+
+
+def test_a_text_of_several_sentences_is_stored_with_each_sentences_tokens_in_place():
+    """Its pieces' tokens of the text, their offsets moved into the whole text; where no
+    piece holds a token of the text, the text's own encoding (an empty token list would
+    read back from Milvus as no token vectors at all)."""
+    pieces = SentencePieces(["你好。再见。", "苹果。"])
+    whole = [_encoded(["<s>", "你好", "。", "再见", "。", "</s>"],
+                      [(0, 0), (0, 2), (2, 3), (3, 5), (5, 6), (0, 0)]),
+             _encoded(["<s>", "苹果", "。", "</s>"], [(0, 0), (0, 2), (2, 3), (0, 0)])]  # fmt: skip
+    first = _encoded(["<s>", "你好", "。", "</s>"], [(0, 0), (0, 2), (2, 3), (0, 0)])
+    second = _encoded(["<s>", "再见", "。", "</s>"], [(0, 0), (0, 2), (2, 3), (0, 0)])
+    (tokens, vectors), (one, one_vectors) = pieces.stored(whole, [first, second])
+    assert [(t.text, t.start, t.end) for t in tokens] == [
+        ("你好", 0, 2), ("。", 2, 3), ("再见", 3, 5), ("。", 5, 6)]  # fmt: skip
+    assert np.array_equal(vectors, np.concatenate([first.token_vectors[1:3],
+                                                   second.token_vectors[1:3]]))  # fmt: skip
+    assert len(one) == 4 and one_vectors is whole[1].token_vectors  # one sentence: as encoded
+    bare = _encoded(["<s>", "</s>"], [(0, 0), (0, 0)])  # a tokenizer that kept nothing of it
+    (tokens, vectors), _ = pieces.stored(whole, [bare, bare])
+    assert len(tokens) == 6 and vectors is whole[0].token_vectors
 
 
 def test_stored_occurrences_are_read_with_their_own_sentence_once_per_sentence():
@@ -620,6 +658,7 @@ def test_an_inventory_is_read_alone_by_name(client, server):
         as_json = json.loads(_cli(server, "--json", "inventory", "show", "read-alone").stdout)
         assert as_json == {"name": "read-alone", "words": words, "builtin": False}
         assert _cli(server, "inventory", "show").returncode == 2  # no NAME
+        assert _cli(server, "inventory", "show", "read-alone", "words.json").returncode == 2
     finally:
         client.delete_inventory("read-alone")
 
@@ -634,6 +673,9 @@ def test_a_name_no_inventory_can_have_is_refused_alike_by_every_inventory_call(c
             client.delete_inventory(name)
         with pytest.raises(InvalidArgument, match="inventory name"):
             client.get_inventory(name)
+        if name:  # "" is no inventory given: the default
+            with pytest.raises(InvalidArgument, match="inventory name"):
+                client.disambiguate("我喜欢吃苹果", "苹果", inventory=name)
 
 
 def test_the_inventory_table_keeps_each_inventory_to_one_short_line(server, client):
@@ -644,7 +686,7 @@ def test_the_inventory_table_keeps_each_inventory_to_one_short_line(server, clie
         shown = _cli(server, "inventory", "list")
         assert shown.returncode == 0, shown.stderr
         row = next(line for line in shown.stdout.splitlines() if line.startswith("wide"))
-        assert "200" in row and len(row) < 120, row
+        assert "200" in row and width(row) < 120, row
         listed = json.loads(_cli(server, "--json", "inventory", "list").stdout)
         assert len(next(i for i in listed if i["name"] == "wide")["words"]) == 200
     finally:
@@ -698,6 +740,10 @@ def test_evaluation_on_a_slice_is_well_above_chance(e5):
     results = asyncio.run(evaluate(e5, data, layer_choices={"last": [-1]}, config=fp32))
     accuracy = results["accuracy"]["word + sentence, last, centred"]["overall"]
     assert accuracy >= 0.85  # chance: 1/2 for 苹果 and 花, 1/3 for 打
+    for word, ways in results["long documents"].items():  # stored alone and inside 30 others
+        alone, whole = ways["each sentence alone"], ways["whole document"]
+        assert alone["purity_by_length"] <= 0.6 <= 0.9 <= whole["purity_by_length"], word
+        assert alone["map"] > whole["map"] and alone["purity"] > whole["purity"], word
 
 
 def test_sense_calls_on_another_models_vectors_or_more_senses_than_occurrences_are_refused(

@@ -304,33 +304,29 @@ class CollectionOps:
                     "documents",
                 )
         results = {}
-        by_sentence: dict[int, tuple[list[Token], np.ndarray]] = {}
+        stored: dict[int, tuple[list[Token], np.ndarray]] = {}  # the token vectors kept
         if texts:
-            # A collection with token vectors reads an occurrence in its sentence alone: a
-            # text of several sentences is encoded whole (its vector) and a sentence at a
-            # time (its token vectors), in one call.
+            # An occurrence is read in its sentence alone (senses/words.py): a text of several
+            # sentences is encoded whole (its vector) and a sentence at a time (its token
+            # vectors), in one call, so one admission and one deadline for both.
             pieces = SentencePieces(texts if collection.store_tokens else [])
             embedded = await self.engine.embed(
                 [*texts, *pieces.texts], timeout=timeout, role=TextRole.PASSAGE,
                 windowed=True, token_vectors=collection.store_tokens,
                 priority=Priority.BULK if priority is None else priority,
             )  # fmt: skip
-            results = dict(zip(to_embed, embedded[: len(texts)], strict=True))
-            found = pieces.token_vectors(embedded[len(texts) :])
-            by_sentence = {to_embed[i]: stored for i, stored in found.items()}
+            whole = embedded[: len(texts)]
+            results = dict(zip(to_embed, whole, strict=True))
+            if collection.store_tokens:
+                kept = pieces.stored(whole, embedded[len(texts) :])
+                stored = dict(zip(to_embed, kept, strict=True))
         docs: list[Document] = []
         for i, (d, doc_id) in enumerate(zip(batch, ids, strict=True)):
             meta = dict(d.metadata or {})
             if (r := results.get(i)) is None:
                 docs.append(Document(text=d.text, vector=given[i], id=doc_id, metadata=meta))
                 continue
-            tokens = token_vectors = None
-            if i in by_sentence:
-                tokens, token_vectors = by_sentence[i]
-            elif collection.store_tokens:  # one sentence: the text's own tokens are its
-                t = r.tokenized
-                tokens = [Token(tok, s, e) for tok, (s, e) in zip(t.tokens, t.offsets, strict=True)]
-                token_vectors = r.token_vectors
+            tokens, token_vectors = stored.get(i, (None, None))
             docs.append(Document(text=d.text, vector=r.sentence, id=doc_id, metadata=meta,
                                  tokens=tokens, token_vectors=token_vectors))  # fmt: skip
         return docs

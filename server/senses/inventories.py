@@ -57,7 +57,10 @@ def check_name(name: str) -> None:
     """Every inventory call refuses a name no inventory can have, as one refusal: not as
     "not found", which would say such an inventory might exist."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise SenseInputError(f"inventory name {name!r}: 1-64 letters, digits, '_', '-' or '.'")
+        raise SenseInputError(
+            f"inventory name {name!r}: 1-64 letters, digits, '_', '-' or '.', starting with a "
+            "letter or digit"
+        )
 
 
 def _builtin() -> dict[str, Senses]:

@@ -91,7 +91,11 @@ class Sentences:
     may hold thousands)."""
 
     def __init__(self, text: str) -> None:
-        self.ends = [mark.end() for mark in SENTENCE_END.finditer(text)]
+        marks = [mark.end() for mark in SENTENCE_END.finditer(text)]
+        # Whitespace after a mark (a blank line, a last line break) is no sentence of its
+        # own: it stays with the sentence before it, which ends where words follow.
+        self.ends = [end for end, after in pairwise([*marks, len(text)])
+                     if text[end:after].strip()]  # fmt: skip
         self.length = len(text)
 
     def around(self, start: int, end: int) -> tuple[int, int]:
@@ -163,10 +167,10 @@ async def word_vectors(
 
 
 class SentencePieces:
-    """The sentences of the texts of several sentences among `texts`, each to be encoded
-    alone: what a collection with token vectors stores for such a text, so that its
-    occurrences are read as `word_vectors` reads a text's. A text of one sentence has no
-    pieces: its own encoding is its sentence's."""
+    """What a collection with token vectors stores for texts: a text of several sentences
+    gets each sentence's token vectors from the sentence encoded alone (its pieces, `texts`),
+    so that its occurrences are read as `word_vectors` reads a text's; a text of one
+    sentence, its own encoding's."""
 
     def __init__(self, texts: Sequence[str]) -> None:
         cut = [Sentences(text).spans() for text in texts]
@@ -174,23 +178,33 @@ class SentencePieces:
                        for start, end in spans]  # fmt: skip
         self.texts = [texts[i][start:end] for i, start, end in self.pieces]
 
-    def token_vectors(
-        self, encoded: Sequence[Embedding]
-    ) -> dict[int, tuple[list[Token], np.ndarray]]:
-        """Text index -> its tokens and token vectors, from its pieces' encodings (`encoded`,
-        one per piece, with token vectors), offsets into the whole text. Only tokens of the
-        text: each sentence's specials and the model's prefix belong to no character, and a
-        document of short sentences would store several per sentence."""
+    def stored(
+        self, whole: Sequence[Embedding], pieces: Sequence[Embedding]
+    ) -> list[tuple[list[Token], np.ndarray]]:
+        """Each text's tokens and token vectors, from the encodings (with token vectors) of
+        the texts (`whole`) and of the pieces, offsets into the whole text. Of a piece, only
+        tokens of the text: a sentence's specials and the model's prefix belong to no
+        character, and a document of short sentences would store several per sentence."""
         tokens: dict[int, list[Token]] = {}
         vectors: dict[int, list[np.ndarray]] = {}
-        for (i, start, _), r in zip(self.pieces, encoded, strict=True):
+        for (i, start, _), r in zip(self.pieces, pieces, strict=True):
             t = r.tokenized
             own = [j for j, from_text in enumerate(t.from_text) if from_text]
             tokens.setdefault(i, []).extend(
                 Token(t.tokens[j], t.offsets[j][0] + start, t.offsets[j][1] + start) for j in own
             )
             vectors.setdefault(i, []).append(r.token_vectors[own])
-        return {i: (tokens[i], np.concatenate(vectors[i])) for i in tokens}
+        stored = []
+        for i, r in enumerate(whole):
+            if tokens.get(i):
+                stored.append((tokens[i], np.concatenate(vectors[i])))
+            else:  # one sentence, whose own encoding is its sentence's; or pieces without a
+                # token of the text, which would store none (Milvus reads that as no tokens)
+                t = r.tokenized
+                stored.append(([Token(token, a, b) for token, (a, b) in zip(t.tokens, t.offsets,
+                                                                         strict=True)],
+                               r.token_vectors))  # fmt: skip
+        return stored
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,8 @@ async def two_passes(engine: Engine, texts: list[str]) -> int:
     pieces = SentencePieces(texts)
     found = await engine.embed([*texts, *pieces.texts], role=TextRole.PASSAGE, windowed=True,
                                token_vectors=True)  # fmt: skip
-    local = pieces.token_vectors(found[len(texts) :])
-    return sum(len(local[i][0]) if i in local else len(found[i].token_vectors)
-               for i in range(len(texts)))  # fmt: skip
+    stored = pieces.stored(found[: len(texts)], found[len(texts) :])
+    return sum(len(tokens) for tokens, _ in stored)
 
 
 async def run(args: argparse.Namespace) -> None:
