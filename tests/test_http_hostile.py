@@ -228,8 +228,12 @@ def test_tokenize_runs_off_the_event_loop(base):
         time.sleep(0.01)
     worker.join()
     assert done, "the tokenize request failed"
-    # On the loop, health waited the whole tokenize; off it, at most a short slice of it.
-    assert max(waits) < max(0.25, done[0] / 3), (max(waits), done[0])
+    # On the loop, the first health call waited the whole tokenize and was the only one.
+    # Off it, health answers again and again meanwhile, most calls at once. (Not the
+    # longest wait: on two cores the tokenizer's threads may hold the CPU for a while, and
+    # one wait of 0.74 s in a 1.5 s tokenize failed a bound on it with the loop free.)
+    assert len(waits) >= 5, (waits, done[0])
+    assert sorted(waits)[len(waits) // 2] < 0.1, (waits, done[0])
 
 
 def raw_call(port: int, head: bytes, body: bytes) -> tuple[bytes, bytes]:
