@@ -156,7 +156,8 @@ async def word_vectors(
                     f"no token covers characters [{o.start}, {o.end}) in {o.text[:40]!r}"
                 ) from None
             each.append(r.token_vectors[rows].mean(axis=0))
-        for piece in dict.fromkeys(piece for _, piece in plan):  # each sentence once
+        # A sentence holding two of the item's occurrences weighs once in its sentence vector.
+        for piece in dict.fromkeys(piece for _, piece in plan):
             _, start, end = keys[piece]
             # It holds the word's tokens: never a span no token covers.
             r = results[piece]
