@@ -24,10 +24,11 @@ from embedsense.server.engine import Engine
 from embedsense.server.index import Document
 from embedsense.server.senses import method
 from embedsense.server.senses.words import (
-    SentencePieces,
     WordVectors,
+    encode_to_store,
     example_occurrences,
     locate,
+    own_tokens,
     stored_word_vectors,
     word_vectors,
 )
@@ -56,11 +57,11 @@ PADDED = ("".join(NEUTRAL + NEUTRAL[:5]), "".join(NEUTRAL[5:] + NEUTRAL))  # 15 
 async def stored_documents(engine: Engine, texts: list[str], each_sentence: bool) -> list:
     """The documents a collection with token vectors stores for `texts`: token vectors from
     each sentence alone (as served), or from the whole text (the path before)."""
-    pieces = SentencePieces(texts if each_sentence else [])
-    encoded = await engine.embed([*texts, *pieces.texts], role=TextRole.PASSAGE, windowed=True,
-                                 token_vectors=True)  # fmt: skip
-    whole = encoded[: len(texts)]
-    stored = pieces.stored(whole, encoded[len(texts) :])
+    if each_sentence:
+        whole, stored = await encode_to_store(engine, texts)
+    else:
+        whole = await engine.embed(texts, role=TextRole.PASSAGE, windowed=True, token_vectors=True)
+        stored = [own_tokens(r) for r in whole]
     return [Document(text, r.sentence, str(i), {}, tokens, vectors)
             for i, (text, r, (tokens, vectors)) in enumerate(zip(texts, whole, stored,
                                                                  strict=True))]  # fmt: skip

@@ -49,7 +49,7 @@ from embedsense.server.index.validation import (
     METADATA_MODES,
     checked_metadata,
 )
-from embedsense.server.senses.words import SentencePieces
+from embedsense.server.senses.words import encode_to_store
 
 DEFAULT_PAGE = 256  # documents per scroll page when the caller gives no limit
 MAX_SEARCH_HITS = 100_000  # queries x k in one batch search: bounds the reply
@@ -306,20 +306,15 @@ class CollectionOps:
         results = {}
         stored: dict[int, tuple[list[Token], np.ndarray]] = {}  # the token vectors kept
         if texts:
-            # An occurrence is read in its sentence alone (senses/words.py): a text of several
-            # sentences is encoded whole (its vector) and a sentence at a time (its token
-            # vectors), in one call, so one admission and one deadline for both.
-            pieces = SentencePieces(texts if collection.store_tokens else [])
-            embedded = await self.engine.embed(
-                [*texts, *pieces.texts], timeout=timeout, role=TextRole.PASSAGE,
-                windowed=True, token_vectors=collection.store_tokens,
-                priority=Priority.BULK if priority is None else priority,
-            )  # fmt: skip
-            whole = embedded[: len(texts)]
-            results = dict(zip(to_embed, whole, strict=True))
-            if collection.store_tokens:
-                kept = pieces.stored(whole, embedded[len(texts) :])
+            level = Priority.BULK if priority is None else priority
+            if collection.store_tokens:  # an occurrence is read in its sentence alone
+                embedded, kept = await encode_to_store(self.engine, texts, timeout=timeout,
+                                                       priority=level)  # fmt: skip
                 stored = dict(zip(to_embed, kept, strict=True))
+            else:
+                embedded = await self.engine.embed(texts, role=TextRole.PASSAGE, windowed=True,
+                                                   timeout=timeout, priority=level)  # fmt: skip
+            results = dict(zip(to_embed, embedded, strict=True))
         docs: list[Document] = []
         for i, (d, doc_id) in enumerate(zip(batch, ids, strict=True)):
             meta = dict(d.metadata or {})

@@ -18,6 +18,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 
@@ -110,8 +111,7 @@ class Sentences:
 
     def spans(self) -> list[tuple[int, int]]:
         """The text cut into its sentences, in order; together they are the whole text."""
-        bounds = [0, *(end for end in self.ends if 0 < end < self.length), self.length]
-        return [(a, b) for a, b in pairwise(bounds) if a < b]
+        return [(a, b) for a, b in pairwise([0, *self.ends, self.length]) if a < b]
 
 
 @dataclass(frozen=True)
@@ -195,17 +195,31 @@ class SentencePieces:
                 Token(t.tokens[j], t.offsets[j][0] + start, t.offsets[j][1] + start) for j in own
             )
             vectors.setdefault(i, []).append(r.token_vectors[own])
-        stored = []
-        for i, r in enumerate(whole):
-            if tokens.get(i):
-                stored.append((tokens[i], np.concatenate(vectors[i])))
-            else:  # one sentence, whose own encoding is its sentence's; or pieces without a
-                # token of the text, which would store none (Milvus reads that as no tokens)
-                t = r.tokenized
-                stored.append(([Token(token, a, b) for token, (a, b) in zip(t.tokens, t.offsets,
-                                                                         strict=True)],
-                               r.token_vectors))  # fmt: skip
-        return stored
+        # A text of one sentence keeps its own encoding, which is its sentence's; so does one
+        # whose pieces hold no token of it (none stored: Milvus reads that as no tokens).
+        return [(tokens[i], np.concatenate(vectors[i])) if tokens.get(i) else own_tokens(r)
+                for i, r in enumerate(whole)]  # fmt: skip
+
+
+def own_tokens(encoding: Embedding) -> tuple[list[Token], np.ndarray]:
+    """A text's tokens and token vectors as its own encoding has them (specials at (0, 0))."""
+    t = encoding.tokenized
+    tokens = [Token(token, a, b) for token, (a, b) in zip(t.tokens, t.offsets, strict=True)]
+    return tokens, encoding.token_vectors
+
+
+async def encode_to_store(
+    engine: Engine, texts: Sequence[str], **embed_options: Any
+) -> tuple[list[Embedding], list[tuple[list[Token], np.ndarray]]]:
+    """`texts` as a collection with token vectors stores them: each text encoded whole (its
+    vector) and, where it has several sentences, a sentence at a time (its token vectors),
+    in one engine call, so one admission and one deadline for both. The texts' encodings, and each
+    text's tokens and token vectors. `embed_options`: the engine's (timeout, priority)."""
+    pieces = SentencePieces(texts)
+    encoded = await engine.embed([*texts, *pieces.texts], role=ROLE, windowed=True,
+                                 token_vectors=True, **embed_options)  # fmt: skip
+    whole = encoded[: len(texts)]
+    return whole, pieces.stored(whole, encoded[len(texts) :])
 
 
 @dataclass(frozen=True)

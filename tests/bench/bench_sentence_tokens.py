@@ -24,7 +24,7 @@ from pathlib import Path
 from embedsense.model import TextRole, load_model
 from embedsense.server.config import EngineConfig
 from embedsense.server.engine import Engine
-from embedsense.server.senses.words import SentencePieces
+from embedsense.server.senses.words import encode_to_store
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "senses_eval.json"
 
@@ -42,11 +42,8 @@ async def one_pass(engine: Engine, texts: list[str]) -> int:
 
 
 async def two_passes(engine: Engine, texts: list[str]) -> int:
-    """As collection_ops stores them: the texts and their sentences in one engine call."""
-    pieces = SentencePieces(texts)
-    found = await engine.embed([*texts, *pieces.texts], role=TextRole.PASSAGE, windowed=True,
-                               token_vectors=True)  # fmt: skip
-    stored = pieces.stored(found[: len(texts)], found[len(texts) :])
+    """As the server stores them: the texts and their sentences in one engine call."""
+    _, stored = await encode_to_store(engine, texts)
     return sum(len(tokens) for tokens, _ in stored)
 
 
