@@ -789,8 +789,8 @@ def search_occurrences_call(
     )
 
 
-# induce_senses' default bound on the senses the silhouette chooses among (Client, AsyncClient,
-# the CLI's --max-k).
+# The server's bound on the senses the silhouette chooses among when a caller gives no max_k
+# (said in the CLI's --max-k help).
 DEFAULT_MAX_K = 6
 
 
@@ -806,8 +806,10 @@ def induce_senses_call(
         raise ValueError(f"central: the occurrences shown per sense, at least 1; got {central}")
     if k is not None and k < 1:  # 0 on the wire is "not given": the silhouette's choice
         raise ValueError(f"k: the senses to find, at least 1 (or None to choose); got {k}")
+    if max_k is not None and max_k < 1:  # 0 on the wire is "not given": the server's 6
+        raise ValueError(f"max_k: the most senses to choose among, at least 1; got {max_k}")
     request = message(pb.InduceSensesRequest, collection=collection, word=word, k=k or 0,
-                      max_k=DEFAULT_MAX_K if max_k is None else max_k, central=central)  # fmt: skip
+                      max_k=max_k or 0, central=central)  # fmt: skip
     return Call("InduceSenses", request, parse_induction)
 
 

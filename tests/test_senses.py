@@ -583,6 +583,33 @@ def test_inventories_too_large_to_list_at_once_are_refused_in_words(small_replie
                     c.delete_inventory(name)
 
 
+def test_an_inventory_stored_under_a_larger_limit_is_refused_in_words(e5, tmp_path):
+    """A server restarted with a smaller max_message_bytes than an inventory it stores: the
+    reply is refused with what to do, and the inventory can still be deleted."""
+    from conftest import ServerThread
+
+    from embedsense.client import Client, ResourceExhausted
+
+    example = "苹果" + "甜" * 5_000  # ~15 KB of UTF-8: the inventory is ~0.6 MB
+    roomy = ServerThread(e5, tmp_path)
+    try:
+        with Client(roomy.target, timeout=120) as c:
+            c.create_inventory("big", {"苹果": {"fruit": [example] * 20, "company": [example] * 20}})
+    finally:
+        roomy.stop()
+    tight = ServerThread(e5, tmp_path, max_message_bytes=2**19)
+    try:
+        with Client(tight.target, timeout=120) as c:
+            with pytest.raises(ResourceExhausted, match=r"max_message_bytes.*larger"):
+                c.get_inventory("big")
+            assert c.get_inventory("default").builtin  # the server goes on serving
+            c.delete_inventory("big")
+            with pytest.raises(NotFound):
+                c.get_inventory("big")
+    finally:
+        tight.stop()
+
+
 def test_a_word_no_token_covers_is_named_so_in_a_collection(small_replies):
     from embedsense.client import Client
 
@@ -731,7 +758,23 @@ def test_the_sdk_refuses_k_with_max_k_as_the_cli_does(client, apples):
     """Before: induce_senses(k=3, max_k=2) gave 3 senses, max_k dropped without a word."""
     with pytest.raises(ValueError, match="max_k"):
         client.induce_senses(apples, "苹果", k=3, max_k=2)
+    with pytest.raises(ValueError, match="max_k"):  # was sent as 0, "not given": 6
+        client.induce_senses(apples, "苹果", max_k=0)
     assert len(client.induce_senses(apples, "苹果", max_k=2).senses) == 2
+
+
+def test_the_server_refuses_k_with_max_k_from_any_caller(server, apples):
+    """A caller other than the SDK (grpcurl, another language) sending both: the server took
+    k and dropped max_k without a word."""
+    with grpc.insecure_channel(server.target) as channel:
+        induce = pb_grpc.EmbedSenseStub(channel).InduceSenses
+        with pytest.raises(grpc.RpcError) as refused:
+            induce(pb.InduceSensesRequest(collection=apples, word="苹果", k=3, max_k=2))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_k" in refused.value.details() and "give one" in refused.value.details()
+        chosen = induce(pb.InduceSensesRequest(collection=apples, word="苹果", max_k=2))
+        assert len(chosen.senses) == 2
+        assert len(induce(pb.InduceSensesRequest(collection=apples, word="苹果", k=3)).senses) == 3
 
 
 def test_evaluation_on_a_slice_is_well_above_chance(e5):

@@ -623,7 +623,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     ) -> pb.InduceSensesResponse:
         await self._collection(request.collection)
         induced = await self.senses.induce_senses(
-            request.collection, request.word, k=request.k or None, max_k=request.max_k or 6,
+            request.collection, request.word, k=request.k or None, max_k=request.max_k or None,
             central=min(request.central or 3, MAX_OCCURRENCES),
         )  # fmt: skip
         reply = pb.InduceSensesResponse(

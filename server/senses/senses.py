@@ -39,6 +39,8 @@ MAX_COMPARED = 50_000
 # word) run on threads of their own, this many calls at once: a few of them must not hold
 # every thread of the pool that all other calls' index reads and writes run on.
 SENSE_THREADS = 2
+# Induction's bound on the senses the silhouette chooses among, unless the caller gives one.
+DEFAULT_MAX_K = 6
 
 T = TypeVar("T")
 
@@ -279,13 +281,20 @@ class Senses:
         ], len(items)  # fmt: skip
 
     async def induce_senses(
-        self, collection_name: str, word: str, k: int | None = None, max_k: int = 6,
+        self, collection_name: str, word: str, k: int | None = None, max_k: int | None = None,
         central: int = 3,
     ) -> Induction:  # fmt: skip
-        """Cluster the word's occurrences in the collection into senses, without labels."""
+        """Cluster the word's occurrences in the collection into senses, without labels: k of
+        them, or as many as the silhouette chooses among 2..max_k (6 unless given)."""
         collection = await self.index_threads.run(self.catalog.get, collection_name)
         if not word:
             raise SenseInputError("word: empty")
+        if k is not None and max_k is not None:  # one would be dropped unsaid
+            raise SenseInputError(
+                f"k={k} and max_k={max_k}: k names the senses' number, max_k bounds the "
+                "silhouette's choice of it; give one"
+            )
+        max_k = DEFAULT_MAX_K if max_k is None else max_k
         for name, value in (("k", k), ("max_k", max_k)):
             if value is not None and not 1 <= value <= method.MAX_SENSES:
                 raise SenseInputError(f"{name}: {value}; a word has 1-{method.MAX_SENSES} senses")
