@@ -591,10 +591,11 @@ def test_an_inventory_stored_under_a_larger_limit_is_refused_in_words(e5, tmp_pa
     from embedsense.client import Client, ResourceExhausted
 
     example = "苹果" + "甜" * 5_000  # ~15 KB of UTF-8: the inventory is ~0.6 MB
+    words = {"苹果": {"fruit": [example] * 20, "company": [example] * 20}}
     roomy = ServerThread(e5, tmp_path)
     try:
         with Client(roomy.target, timeout=120) as c:
-            c.create_inventory("big", {"苹果": {"fruit": [example] * 20, "company": [example] * 20}})
+            c.create_inventory("big", words)
     finally:
         roomy.stop()
     tight = ServerThread(e5, tmp_path, max_message_bytes=2**19)
