@@ -499,9 +499,12 @@ def cmd_occurrences(args: argparse.Namespace, client: Client) -> None:
     found = client.search_occurrences(args.collection, args.text, args.word, k=args.k,
                                       occurrence=args.occurrence)  # fmt: skip
     rows = [(i + 1, f"{o.score:+.3f}", o.id, _mark(o.text, o.span)) for i, o in enumerate(found)]
-    compared = f"best {len(found)} of {counted(found.compared, 'occurrence')} compared\n"
-    emit(args, [asdict(o) for o in found],
-         compared + table(rows, ["rank", "score", "id", "sentence"]))  # fmt: skip
+    if not found.compared:
+        shown = f"{args.word!r} does not occur in {args.collection!r}"
+    else:
+        shown = (f"best {len(found)} of {counted(found.compared, 'occurrence')} compared\n"
+                 + table(rows, ["rank", "score", "id", "sentence"]))  # fmt: skip
+    emit(args, [asdict(o) for o in found], shown)
 
 
 def counted(n: int, noun: str) -> str:

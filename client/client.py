@@ -452,7 +452,8 @@ class Client:
     ) -> Occurrences:
         """Occurrences of `word` in a collection (stored with token vectors) used in the
         sense it has in `text`, best first: a list, whose `compared` says how many of the
-        word's occurrences were compared. priority: as `search`'s."""
+        word's occurrences were compared: empty, 0 compared, where the collection lacks the word.
+        priority: as `search`'s."""
         return self._call(
             api.search_occurrences_call(collection, text, word, k, occurrence, span, priority)
         )

@@ -391,8 +391,6 @@ def test_search_occurrences_finds_the_same_sense(client, apples):
     assert all(o.metadata.get("sense") == "fruit" or o.span[0] < 5 for o in fruit)
     with pytest.raises(FailedPrecondition, match="store_tokens"):
         client.search_occurrences("no-tokens", "我喜欢吃苹果", "苹果")
-    with pytest.raises(InvalidArgument, match="does not occur in collection"):
-        client.search_occurrences(apples, "我喜欢吃西瓜", "西瓜")
     with pytest.raises(NotFound):
         client.search_occurrences("nope", "苹果", "苹果")
 
@@ -736,6 +734,25 @@ def test_an_occurrence_search_says_how_many_occurrences_it_compared(client, serv
     assert asyncio.run(through_aio()) == 14
     shown = _cli(server, "occurrences", apples, "我喜欢吃苹果", "苹果", "-k", "2")
     assert shown.returncode == 0 and "best 2 of 14 occurrences" in shown.stdout, shown.stdout
+
+
+def test_a_word_the_collection_lacks_has_no_occurrences_rather_than_an_error(
+    client, server, apples
+):
+    """A search that finds nothing answers nothing, as Search does with a filter no document
+    matches. Before: INVALID_ARGUMENT, as if the request were malformed, so a program
+    searching a list of words had to catch an error for each one the collection lacks."""
+    none = client.search_occurrences(apples, "我喜欢吃西瓜", "西瓜")
+    assert (list(none), none.compared) == ([], 0)
+    with grpc.insecure_channel(server.target) as channel:
+        search = pb_grpc.EmbedSenseStub(channel).SearchOccurrences
+        reply = search(pb.SearchOccurrencesRequest(collection=apples, text="西瓜", word="西瓜"))
+    assert (list(reply.occurrences), reply.compared) == ([], 0)
+    shown = _cli(server, "occurrences", apples, "我喜欢吃西瓜", "西瓜")
+    assert shown.returncode == 0, shown.stderr
+    assert f"'西瓜' does not occur in {apples!r}" in shown.stdout, shown.stdout
+    with pytest.raises(InvalidArgument, match="does not occur in collection"):
+        client.induce_senses(apples, "西瓜")  # nothing to split is still an error
 
 
 def test_the_cli_judges_the_occurrence_a_span_names_and_the_word_alone(server):

@@ -217,9 +217,10 @@ class Senses:
 
     async def _stored_occurrences(
         self, collection: CollectionBackend, word: str, *, with_sentences: bool = True
-    ) -> Occurrences:
+    ) -> Occurrences | None:
         """Every occurrence of `word` in the collection (up to the bounds above), with its
-        stored word vectors and (`with_sentences`) its sentences' vectors."""
+        stored word vectors and (`with_sentences`) its sentences' vectors; None where the word
+        does not occur."""
         if not collection.store_tokens:
             raise NoTokenVectors(
                 f"collection {collection.name!r} keeps no token vectors: create it with "
@@ -243,7 +244,7 @@ class Senses:
                     f"{collection.name!r} ({found.uncovered} place{'s' * (found.uncovered > 1)}): "
                     "the tokenizer keeps none for whitespace alone"
                 )
-            raise SenseInputError(f"{word!r} does not occur in collection {collection.name!r}")
+            return None
         contexts = np.concatenate(found.contexts) if with_sentences else None
         owner = np.concatenate(found.owners) if with_sentences else None
         return Occurrences(found.items, np.concatenate(found.words), contexts, owner)
@@ -264,6 +265,8 @@ class Senses:
         target = locate(text, word, span, occurrence)
         async with self._slots:
             found = await self._stored_occurrences(collection, target.word)
+            if found is None:  # a search that finds nothing answers nothing, as Search does
+                return [], 0
             query = await word_vectors(self.engine, [target])
 
             def ranked() -> tuple[np.ndarray, np.ndarray]:  # 50,000 x dim: off the loop too
@@ -301,6 +304,8 @@ class Senses:
         async with self._slots:
             # The word's vectors alone: adding the sentence's did not help clustering (README).
             found = await self._stored_occurrences(collection, word, with_sentences=False)
+            if found is None:
+                raise SenseInputError(f"{word!r} does not occur in collection {collection_name!r}")
             items, words = found.items, found.words
             if len(items) < 2:
                 raise SenseInputError(
