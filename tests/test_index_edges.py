@@ -448,8 +448,11 @@ def test_the_filter_cache_holds_a_bit_per_label(catalog):
 # ------------------------------------------------------------------ 7. index specs
 
 
+# "HNSW" alone, "HNSW032": spellings of HNSW32 that were taken as given, so that exist_ok
+# saw "HNSW" and "HNSW32" as two settings (and the Milvus backend knew no "HNSW").
 BAD_SPECS = ["HNSWx", "IVF0,Flat", "HNSW1", "IVF16,PQ16x0", "IVF16,PQ5", "IVF70000,Flat",
-             "PQ16", "NoSuchIndex", "LSH", ""]  # fmt: skip
+             "PQ16", "NoSuchIndex", "LSH", "", "HNSW", "HNSW,SQ8", "HNSW032", "IVF016,Flat",
+             "IVF16,PQ08"]  # fmt: skip
 
 
 def _one_clear_line(message: str, spec: str) -> None:

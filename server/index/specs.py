@@ -23,8 +23,11 @@ from embedsense.server.index.errors import InvalidArgument
 
 MAX_HNSW_M = 256
 MAX_NLIST = 65_536
-_GRAPH_OR_LISTS = re.compile(r"HNSW(?P<m>\d*)|IVF(?P<nlist>\d+)")
-_CODES = re.compile(r"Flat|SQ8|SQ6|SQ4|SQfp16|PQ(?P<pq>\d+)")
+# Numbers as written once: "HNSW" alone and "HNSW032" would be HNSW32 stored under other
+# names, which exist_ok would then tell apart.
+_NUMBER = r"(?:0|[1-9]\d*)"
+_GRAPH_OR_LISTS = re.compile(rf"HNSW(?P<m>{_NUMBER})|IVF(?P<nlist>{_NUMBER})")
+_CODES = re.compile(rf"Flat|SQ8|SQ6|SQ4|SQfp16|PQ(?P<pq>{_NUMBER})")
 EXAMPLES = "Flat, HNSW32, IVF256,Flat, IVF256,PQ16, IVF256,SQ8"
 
 
@@ -34,7 +37,7 @@ def check_spec(spec: str, dim: int) -> None:
     outer = _GRAPH_OR_LISTS.fullmatch(first)
     if outer is None:  # codes alone: "Flat", "SQ8"
         codes = _CODES.fullmatch(first) if not comma and not first.startswith("PQ") else None
-    elif outer["nlist"] or comma:  # IVF always names its codes; HNSW may
+    elif outer["nlist"] is not None or comma:  # IVF always names its codes; HNSW may
         codes = _CODES.fullmatch(rest)
     else:
         codes = _CODES.fullmatch("Flat")
@@ -44,12 +47,12 @@ def check_spec(spec: str, dim: int) -> None:
             "HNSW<M>[,codes], IVF<n>,codes (codes: Flat, PQ<m>, SQ8, SQ6, SQ4, SQfp16) or "
             f"SQ8, SQ6, SQ4, SQfp16 alone, for example {EXAMPLES}"
         )
-    if outer and outer["m"] and not 2 <= int(outer["m"]) <= MAX_HNSW_M:
+    if outer and outer["m"] is not None and not 2 <= int(outer["m"]) <= MAX_HNSW_M:
         raise InvalidArgument(
             f"index spec {spec!r}: HNSW takes 2-{MAX_HNSW_M} links per vector, got "
             f"{int(outer['m'])} (HNSW32 is the usual choice)"
         )
-    if outer and outer["nlist"] and not 1 <= int(outer["nlist"]) <= MAX_NLIST:
+    if outer and outer["nlist"] is not None and not 1 <= int(outer["nlist"]) <= MAX_NLIST:
         raise InvalidArgument(
             f"index spec {spec!r}: IVF takes 1-{MAX_NLIST} lists, got {int(outer['nlist'])} "
             "(about 4*sqrt(N) for N vectors: IVF256,Flat for ~10^4, IVF4096,Flat for ~10^6)"
