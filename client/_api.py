@@ -726,6 +726,11 @@ def search_call(
 
 def _with_span(request: Any, span: tuple[int, int] | None) -> Any:
     if span is not None:
+        if request.occurrence:  # the server refuses the pair as well
+            raise ValueError(
+                f"span and occurrence ({span}, {request.occurrence}): each names the "
+                "occurrence; give one"
+            )
         request.span.CopyFrom(message(pb.Span, start=span[0], end=span[1]))
     return request
 

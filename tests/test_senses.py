@@ -255,6 +255,31 @@ def test_disambiguate_with_given_senses_spans_and_occurrences(client):
     assert layered.layers == [-1, -2] and not layered.centred
 
 
+def test_a_span_with_an_occurrence_is_refused_by_every_call_that_takes_both(client, server):
+    """Each names the occurrence. Before: the SDK and the server took the span and dropped
+    the occurrence without a word, even one the text does not have; the CLI refused them."""
+    text, senses = "我喜欢吃苹果", {"fruit": ["苹果很甜"], "company": ["苹果手机"]}
+    for call in (
+        lambda: client.disambiguate(text, "苹果", senses, occurrence=7, span=(4, 6)),
+        lambda: client.explain(text, "苹果", occurrence=7, span=(4, 6)),
+        lambda: client.search_occurrences("any", text, "苹果", occurrence=3, span=(4, 6)),
+    ):
+        with pytest.raises(ValueError, match="span and occurrence"):
+            call()
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.EmbedSenseStub(channel)
+        span = pb.Span(start=4, end=6)
+        for call, request in (
+            (stub.Disambiguate, pb.DisambiguateRequest(text=text, span=span, occurrence=2)),
+            (stub.Explain, pb.ExplainRequest(text=text, word="苹果", span=span, occurrence=2)),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "span and occurrence" in refused.value.details()
+    assert client.disambiguate(text, senses=senses, span=(4, 6)).label == "fruit"
+
+
 def test_an_example_holding_the_word_twice_stands_for_both_occurrences(client, server):
     """Each occurrence of the word in an example is of the example's sense: the example's
     word vector is their mean. Before: only its first occurrence counted (in the default

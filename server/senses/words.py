@@ -49,6 +49,11 @@ def locate(
 ) -> Occurrence:
     """The occurrence a caller means: a character span, or the n-th appearance of a word."""
     if span is not None:
+        if occurrence:  # one would be dropped unsaid
+            raise SenseInputError(
+                f"span and occurrence ({list(span)}, {occurrence}): each names the occurrence; "
+                "give one"
+            )
         start, end = span
         if start >= end:
             raise SenseInputError(
