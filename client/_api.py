@@ -530,15 +530,14 @@ def filter_json(where: Mapping[str, Any] | None) -> str:
 
 
 def json_text(value: Mapping[str, Any], name: str) -> str:
-    """`value` as JSON text for a *_json field; a ValueError naming the argument and the
-    place in it of a string no UTF-8 holds (protobuf's error named the wire's field and a
-    position in JSON text the caller never saw)."""
-    text = json.dumps(value, ensure_ascii=False)
-    try:
-        text.encode()
-    except UnicodeEncodeError as err:
-        raise ValueError(metadata_problem(value, name) or f"{name}: {err.reason}") from None
-    return text
+    """`value` as JSON text for a *_json field, checked as upsert checks metadata: a
+    ValueError naming the argument and the place in it of what no surface could send back
+    (a numpy scalar, a key that is not a str, a string no UTF-8 holds, nesting past 32
+    levels), where json raised a bare TypeError or RecursionError, or wrote an int key as its
+    digits, and protobuf named the wire's field."""
+    if (wrong := metadata_problem(value, name)) is not None:
+        raise ValueError(wrong)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def count_call(name: str, where: Mapping[str, Any] | None = None) -> Call[int]:

@@ -450,8 +450,12 @@ def test_metadata_no_surface_could_read_back_is_refused_when_written(client, htt
         with pytest.raises(InvalidArgument):  # the server's, for any other client
             client._call(Call("Upsert", pb.UpsertRequest(collection=news, documents=[raw]), str,
                               stream=True))  # fmt: skip
-        with pytest.raises(InvalidArgument):
+        with pytest.raises(ValueError, match="patch"):  # the SDK's, before anything is sent
             client.update_metadata(news, ["a01"], metadata)
+        patch = pb.UpdateMetadataRequest(collection=news, ids=["a01"],
+                                         patch_json=json.dumps(metadata))  # fmt: skip
+        with pytest.raises(InvalidArgument):  # the server's, for any other client
+            client._call(Call("UpdateMetadata", patch, str))
     too_deep = '{"a":' * 5000 + "1" + "}" * 5000  # past Python's own JSON parser
     requests = (
         pb.CountRequest(collection=news, filter_json=too_deep),
@@ -473,6 +477,29 @@ def test_metadata_no_surface_could_read_back_is_refused_when_written(client, htt
     assert client.get(news, ["bad"]) == [None]
     assert client.count(news, filter={"sense": "fruit"}) == 3
     assert http.post(f"/v1/collections/{news}/scroll", json={}).status_code == 200
+
+
+def test_the_sdk_checks_a_patch_and_a_filter_as_it_checks_metadata(client, news):
+    """numpy scalars (what a DataFrame's to_dict gives), keys that are not strings, nesting
+    past Python's recursion: upsert refused them by name before sending. update_metadata and
+    every filter raised json's bare TypeError (no argument named) or a RecursionError, or
+    sent an int key as its digits: a patch stored {"5": 1} that upsert would refuse."""
+    before = client.get(news, ["a01"])[0].metadata
+    deep: dict = {"sense": "fruit"}
+    for _ in range(3000):
+        deep = {"$not": deep}
+    for bad in ({"x": np.int64(1)}, {5: 1}, {"x": {"y": object()}}, deep):
+        with pytest.raises(ValueError, match=r"^patch"):
+            client.update_metadata(news, ["a01"], bad)
+        for call in (
+            lambda where: client.count(news, filter=where),
+            lambda where: client.search(news, "苹果", filter=where),
+            lambda where: client.delete(news, filter=where),
+            lambda where: next(iter(client.scroll(news, filter=where))),
+        ):
+            with pytest.raises(ValueError, match=r"^filter"):
+                call(bad)
+    assert client.get(news, ["a01"])[0].metadata == before
 
 
 def test_metadata_of_32_levels_is_stored_and_of_33_refused_on_every_surface(client, http, news):
