@@ -393,6 +393,8 @@ def _senses(items: Sequence[str] | None) -> dict[str, list[str]]:
         label, _, example = item.partition("=")
         if not example.strip():
             raise UsageError(f"--sense {item!r}: expected LABEL=EXAMPLE (an example text)")
+        if not label.strip():
+            raise UsageError(f"--sense {item!r}: expected LABEL=EXAMPLE (a sense needs a label)")
         senses.setdefault(label, []).append(example)
     return senses
 
@@ -545,17 +547,26 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
     contexts = {text: client.compare_layers(args.text, text, args.word, args.occurrence,
                                             long_text=long_text)
                 for text in args.compare or ()}  # fmt: skip
-    comparison = next(iter(contexts.values()), None)
     senses = {label: [client.compare_layers(args.text, example, args.word, args.occurrence,
                                             long_text=long_text) for example in examples]
               for label, examples in senses_given.items()}  # fmt: skip
+    from embedsense.client.attention_page import sense_profile
+
+    profile = sense_profile(senses)
+    # Every curve of the word's cosine per hidden state: each compared text, each sense.
+    curves = {**{f"vs {i}": c.cosines for i, c in enumerate(contexts.values(), 1)},
+              **{f"{label} (mean of {len(senses[label])})": cosines
+                 for label, cosines in profile.items()}}  # fmt: skip
     written, left_out = [], []
     if args.out:
         from embedsense.client.render import render_png
 
         try:
-            png = render_png(explanation, args.out, comparison, args.layer, args.head,
-                             title=args.text, text=args.text)  # fmt: skip
+            texts = {f"vs {i}": text for i, text in enumerate(contexts, 1)}  # in the legend
+            drawn = {f"{name}: {texts[name][:20]}" if name in texts else name: cosines
+                     for name, cosines in curves.items()}  # fmt: skip
+            png = render_png(explanation, args.out, layer=args.layer, head=args.head,
+                             title=args.text, text=args.text, curves=drawn)  # fmt: skip
         except ModuleNotFoundError as err:  # render_png imports it when it draws
             if (err.name or "").partition(".")[0] != "matplotlib":
                 raise
@@ -563,11 +574,11 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
             raise UsageError(needs) from None
         written.append(str(png))
     if args.html:
-        from embedsense.client.attention_page import render, sense_profile
+        from embedsense.client.attention_page import render
 
         # The contrast view: the same word's attention in each compared text, same layers.
         compared, left_out = _compared_explanations(args, client, explanation, long_text)
-        render(explanation, args.html, contexts, sense_profile(senses), title=args.text,
+        render(explanation, args.html, contexts, profile, title=args.text,
                num_layers=shape[0], num_heads=shape[1], text=args.text, compared=compared,
                layer=args.layer, head=args.head, fitted=fitted)  # fmt: skip
         written.append(args.html)
@@ -583,9 +594,12 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
             "layer, --html FILE draws every map"
         )
     )
-    if comparison:
-        readable += "\n\n" + table([(i, f"{c:.3f}") for i, c in enumerate(comparison.cosines)],
-                                    ["hidden state", "cosine across the two texts"])  # fmt: skip
+    if curves:
+        rows = [(i, *(f"{c[i]:.3f}" for c in curves.values()))
+                for i in range(len(next(iter(curves.values()))))]  # fmt: skip
+        named = "".join(f"\nvs {i}: {text}" for i, text in enumerate(contexts, 1))
+        readable += (f"\n\n{args.word}'s cosine with its vector in each other text or sense\n"
+                     + table(rows, ["hidden state", *curves]) + named)  # fmt: skip
     if written:
         readable += "\n\nwrote " + ", ".join(written)
     if left_out:
@@ -594,8 +608,11 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
             f"{len(explanation.layers)} layers x {len(explanation.heads)} heads in one reply "
             "(their cosines per layer are on the page): " + ", ".join(map(repr, left_out))
         )
-    payload = {"explanation": asdict(explanation), "comparison": asdict(comparison)
-               if comparison else None, "written": written,
+    comparisons = [{"text": text, **asdict(c)} for text, c in contexts.items()]
+    payload = {"explanation": asdict(explanation), "comparisons": comparisons,
+               # The first of comparisons, as it was before --compare repeated.
+               "comparison": comparisons[0] if comparisons else None,
+               "senses": profile, "written": written,
                "left_out_of_contrast": left_out}  # fmt: skip
     emit(args, payload, readable.strip())
 

@@ -9,6 +9,7 @@ code points (U+82F9) rather than drawing empty boxes.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,14 +53,19 @@ def render_png(
     head: int | None = None,
     title: str = "",
     text: str | None = None,
+    curves: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
     """Panels: the word's attention per layer (mean over heads) and which token each head of
     each layer attends to most, when a word was explained; one layer's token-by-token map
-    when `layer` is given or no word was; the layer trajectory, when a comparison is given.
+    when `layer` is given or no word was; the layer trajectory, when a comparison or
+    `curves` are given (a name -> the word's cosine per hidden state, one line each).
     `text`: the explained text, so that tokens are drawn as typed (no ▁, full-width
     punctuation kept), as on the HTML page. A ValueError for a layer or head the
     explanation lacks (Explanation.check_view)."""
     explanation.check_view(layer, head)
+    curves = dict(curves or {})
+    if comparison is not None:
+        curves = {"across the two texts": comparison.cosines, **curves}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,7 +81,7 @@ def render_png(
         plt.rcParams["font.family"] = [font, "DejaVu Sans"]
     labels = token_labels(display_tokens(explanation, text), font is not None)
     word_panels = bool(explanation.target_tokens) and layer is None
-    panels = (2 if word_panels else 1) + (comparison is not None)
+    panels = (2 if word_panels else 1) + bool(curves)
     fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 5.4), squeeze=False)
     axes = list(axes[0])
     if word_panels:
@@ -83,8 +89,8 @@ def render_png(
         _head_grid(axes.pop(0), explanation, labels)
     else:
         _layer_map(axes.pop(0), explanation, labels, layer, head)
-    if comparison is not None:
-        _trajectory(axes.pop(0), comparison)
+    if curves:
+        _trajectory(axes.pop(0), curves)
     if title:  # the sentence, as code points too when no font can draw it
         fig.suptitle(token_labels([title], font is not None)[0])
     fig.tight_layout()
@@ -144,10 +150,14 @@ def _layer_map(ax, e: Explanation, labels, layer: int | None, head: int | None) 
     ax.figure.colorbar(image, ax=ax, fraction=0.046)
 
 
-def _trajectory(ax, c: LayerComparison) -> None:  # noqa: ANN001
-    ax.plot(range(len(c.cosines)), c.cosines, marker="o")
+def _trajectory(ax, curves: Mapping[str, Sequence[float]]) -> None:  # noqa: ANN001
+    for name, cosines in curves.items():
+        ax.plot(range(len(cosines)), cosines, marker="o", label=name)
     ax.set_xlabel("hidden state (0 = embeddings)")
-    ax.set_ylabel("cosine of the word across the two texts")
-    ax.set_ylim(min(0.0, min(c.cosines) - 0.05), 1.02)
+    ax.set_ylabel("cosine of the word with its vector there")
+    lowest = min(min(cosines) for cosines in curves.values())
+    ax.set_ylim(min(0.0, lowest - 0.05), 1.02)
     ax.grid(alpha=0.3)
-    ax.set_title("where the two contexts separate")
+    if len(curves) > 1:
+        ax.legend(fontsize="small")
+    ax.set_title("where the contexts separate")

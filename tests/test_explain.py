@@ -359,6 +359,58 @@ def test_cli_writes_a_png_and_an_html_page(server, tmp_path):
     assert png_size(layer_png)[0] > 400
 
 
+def _explain_cli(server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "embedsense.client.cli", "--target",
+                           server.target, *args], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+def test_cli_shows_every_compared_text_and_sense_not_just_the_first(client, server, tmp_path):
+    """--compare is repeatable and --sense makes a call per example. Before: the table,
+    --json and the PNG showed the first --compare alone, and the senses only on the page."""
+    text, phone, sweet = "我喜欢吃苹果", "我买了最新的苹果手机", "这个苹果又红又甜"
+    flags = ["explain", text, "--word", "苹果", "--compare", phone, "--compare", sweet,
+             "--sense", "fruit=苹果很甜", "--sense", "fruit=削苹果",
+             "--sense", "company=苹果手机"]  # fmt: skip
+    as_json = _explain_cli(server, "--json", *flags)
+    assert as_json.returncode == 0, as_json.stderr
+    got = json.loads(as_json.stdout)
+    for shown, compared in zip(got["comparisons"], (phone, sweet), strict=True):
+        expected = client.compare_layers(text, compared, "苹果").cosines
+        assert shown["text"] == compared
+        np.testing.assert_allclose(shown["cosines"], expected, atol=1e-5)
+    fruit = [client.compare_layers(text, t, "苹果").cosines for t in ("苹果很甜", "削苹果")]
+    np.testing.assert_allclose(got["senses"]["fruit"], np.mean(fruit, axis=0), atol=1e-5)
+    assert len(got["senses"]["company"]) == 13
+    readable = _explain_cli(server, *flags, "--out", str(tmp_path / "all.png"))
+    assert readable.returncode == 0, readable.stderr
+    header = next(line for line in readable.stdout.splitlines() if "hidden state" in line)
+    assert all(column in header for column in ("vs 1", "vs 2", "fruit", "company")), header
+    assert f"vs 1: {phone}" in readable.stdout and f"vs 2: {sweet}" in readable.stdout
+    assert png_size(tmp_path / "all.png")[0] > 1000
+
+
+def test_a_sense_needs_a_label_and_an_example_in_every_command(server):
+    """Before: `explain --sense =EXAMPLE` drew a sense with no name on the page."""
+    for command in (["explain", "我喜欢吃苹果", "--word", "苹果"],
+                    ["disambiguate", "我喜欢吃苹果", "苹果"]):  # fmt: skip
+        for item in ("=苹果很甜", " =苹果很甜"):
+            done = _explain_cli(server, *command, "--sense", item, "--sense", "company=苹果手机")
+            assert done.returncode == 2 and "a label" in done.stderr, (command, done.stderr)
+
+
+def test_a_sense_profile_of_a_sense_without_examples_names_it():
+    """Before: its mean over nothing was NaN, and the page's render failed on it later with
+    "'float' object is not iterable"."""
+    from embedsense.client.attention_page import sense_profile
+    from embedsense.client.types import LayerComparison
+
+    one = LayerComparison([1.0, 0.5], (0, 1), (0, 1))
+    assert sense_profile({"a": [one, one]}) == {"a": [1.0, 0.5]}
+    with pytest.raises(ValueError, match="'b'.*no examples"):
+        sense_profile({"a": [one], "b": []})
+
+
 def test_labels_fall_back_to_code_points_without_a_cjk_font():
     from embedsense.client.render import token_labels
 

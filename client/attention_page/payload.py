@@ -33,7 +33,10 @@ def sense_profile(
     comparisons: Mapping[str, Sequence[LayerComparison]],
 ) -> dict[str, list[float]]:
     """A sense's similarity per layer: the mean, over its examples, of the word's cosine
-    between the explained text and the example (CompareLayers' answers)."""
+    between the explained text and the example (CompareLayers' answers). A ValueError
+    naming a sense without examples (its mean would be NaN)."""
+    if empty := [label for label, found in comparisons.items() if not found]:
+        raise ValueError(f"senses {empty}: no examples compared, so no similarity per layer")
     return {label: np.mean([c.cosines for c in found], axis=0).round(6).tolist()
             for label, found in comparisons.items()}  # fmt: skip
 
