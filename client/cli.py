@@ -405,11 +405,14 @@ def cmd_disambiguate(args: argparse.Namespace, client: Client) -> None:
         raise UsageError("--inventory and --sense: the senses come from one of them")
     if args.span is not None and args.occurrence is not None:
         raise UsageError("--span and --occurrence: each names the occurrence; give one")
+    if not args.word and args.span is None:
+        raise UsageError("disambiguate needs WORD or --span: which word to judge")
     result = client.disambiguate(args.text, args.word, senses or None, args.occurrence or 0,
                                  span=args.span, inventory=args.inventory, layers=args.layers,
                                  with_sentence=not args.word_only)  # fmt: skip
+    judged = args.text[result.span[0] : result.span[1]]  # the word, or what --span names
     readable = (
-        f"{args.text}\n{args.word} -> {result.label}\n\n"
+        f"{args.text}\n{judged} -> {result.label}\n\n"
         + table(
             [(s.label, f"{s.probability:.1%}", f"{s.similarity:+.3f}") for s in result.scores],
             ["sense", "probability", "similarity"],
@@ -821,7 +824,7 @@ def parser() -> argparse.ArgumentParser:
 
     dis = sub.add_parser("disambiguate", help="which sense a word has in a text")
     dis.add_argument("text")
-    dis.add_argument("word")
+    dis.add_argument("word", nargs="?", default="", help="the word (or give --span)")
     dis.add_argument(
         "--occurrence",
         type=at_least(0),
@@ -835,7 +838,9 @@ def parser() -> argparse.ArgumentParser:
     dis.add_argument("--sense", action="append", metavar="LABEL=EXAMPLE",
                      help="an example per flag; without any, the inventory is used")  # fmt: skip
     dis.add_argument("--inventory", help="a stored inventory (default: 'default')")
-    dis.add_argument("--layers", type=int, nargs="*")
+    dis.add_argument("--layers", type=int, nargs="*",
+                     help="hidden states to average, each once (0 = embeddings, -1 = the last; "
+                     "default -1); explain's --layers count layers from 1")  # fmt: skip
 
     inv = sub.add_parser("inventory", help="sense inventories: list, show, create, delete")
     inv.add_argument("action", choices=["list", "show", "create", "delete"])

@@ -255,13 +255,23 @@ def split_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
 
 
 def check_layers(layers: Layers, num_layers: int) -> None:
-    """ValueError naming the range, for a layer the model does not have."""
+    """ValueError naming the range, for a layer the model does not have; or naming the
+    hidden state given twice (6 and 6; 12 and -1 on 12 layers), which an average would
+    weigh twice."""
+    seen: dict[int, int] = {}
     for layer in layers or ():
         if not -(num_layers + 1) <= layer <= num_layers:
             raise ValueError(
                 f"layer {layer} does not exist: the model has hidden states 0 (embeddings) "
                 f"to {num_layers} (last), or -1 to -{num_layers + 1}"
             )
+        state = layer % (num_layers + 1)
+        if state in seen:
+            raise ValueError(
+                f"layers {seen[state]} and {layer} name hidden state {state} twice: the "
+                "average takes each hidden state once"
+            )
+        seen[state] = layer
 
 
 def bf16_linears(encoder: torch.nn.Module, *, in_place: bool = False) -> torch.nn.Module:

@@ -151,6 +151,13 @@ def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(client, 
         client._call(Call("Upsert", blank, str, stream=True))
     with pytest.raises(InvalidArgument, match="layer 40"):
         client.embed_tokens(["x"], layers=[40])
+    # A hidden state named twice ([6, 6], or 12 and -1 on 12 layers) weighed twice in the
+    # average, unsaid; Explain took it once.
+    for twice in ([6, 6], [12, -1], [0, -13]):
+        with pytest.raises(InvalidArgument, match="twice"):
+            client.embed_tokens(["x"], layers=twice)
+        with pytest.raises(InvalidArgument, match="twice"):
+            client.disambiguate("我喜欢吃苹果", "苹果", layers=twice)
     long = client.encode(["苹果" * 2000], long_text="truncate")
     assert long.shape == (1, 384)
     (windowed,) = client.embed_tokens(["苹果" * 700], long_text="windows")

@@ -795,6 +795,13 @@ def test_the_cli_judges_the_occurrence_a_span_names_and_the_word_alone(server):
         assert refused.returncode == 2 and "--span" in refused.stderr, (bad, refused.stderr)
     twice = _cli(server, "disambiguate", text, "苹果", "--span", "10:12", "--occurrence", "1")
     assert twice.returncode == 2 and "--span" in twice.stderr
+    # A span names the word: WORD was required beside it, and "" printed " -> company".
+    by_span = _cli(server, "disambiguate", text, "--span", "10:12")
+    assert by_span.returncode == 0 and "\n苹果 -> " in by_span.stdout, by_span.stderr
+    spanned_only = _cli(server, "disambiguate", text, "", "--span", "0:2")
+    assert spanned_only.returncode == 0 and "\n苹果 -> " in spanned_only.stdout
+    neither = _cli(server, "disambiguate", text)
+    assert neither.returncode == 2 and "WORD or --span" in neither.stderr, neither.stderr
 
 
 def test_the_sdk_refuses_k_with_max_k_as_the_cli_does(client, apples):
