@@ -67,6 +67,11 @@ class UsageError(ValueError):
     """The command line, or a file it names, is wrong: one line on stderr, exit status 2."""
 
 
+class Conflict(Exception):
+    """What the server holds does not fit the command (a collection with another index),
+    learned from the server: one line on stderr, exit status 1, as its own refusal."""
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line like every other error of the CLI."""
 
@@ -360,12 +365,12 @@ def _collection_for(args: argparse.Namespace, client: Client) -> None:
         except AlreadyExists:  # made meanwhile by someone else: check it as any other
             info = client.describe_collection(args.collection)
     if args.index is not None and args.index != info.index:
-        raise UsageError(
+        raise Conflict(
             f"collection {info.name!r} exists with index {info.index}, not {args.index}: omit "
             f"--index to add to it, or `embedsense drop {info.name}` first to rebuild it"
         )
     if args.store_tokens and not info.store_tokens:
-        raise UsageError(
+        raise Conflict(
             f"collection {info.name!r} exists without token vectors: omit --store-tokens to "
             f"add to it, or `embedsense drop {info.name}` first to rebuild it"
         )
@@ -982,6 +987,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "$EMBEDSENSE_TARGET names another)"
             )
         return fail(message.replace(" (the request's truncate=true)", ""), SERVER_ERROR)
+    except Conflict as err:
+        return fail(str(err), SERVER_ERROR)
     except OSError as err:  # a file named on the command line (an --html to write, a PEM)
         return fail(
             f"{err.filename}: {file_problem(err)}" if err.filename else str(err), USAGE_ERROR

@@ -242,9 +242,14 @@ class CollectionOps:
                "ef_search": found.ef_search, "nprobe": found.nprobe}  # fmt: skip
         differ = [key for key in asked if asked[key] != has[key]]
         if differ:
+            why = ""
+            if "model" in differ and dim:  # the caller named no model: say where one came from
+                why = (f" (dim={dim} makes a collection of vectors embedded elsewhere, model "
+                       f"{EXTERNAL_MODEL!r}; without dim, the served model's)")  # fmt: skip
             raise CollectionExists(
                 f"collection {name!r} exists with {_settings(has, differ)}, not "
-                f"{_settings(asked, differ)}: create it with its own settings, or drop it first"
+                f"{_settings(asked, differ)}{why}: create it with its own settings, or drop "
+                "it first"
             )
         return found
 
