@@ -22,7 +22,10 @@ SIGNIFICANT = 4  # cosines and similarities: 4 significant digits
 # (Tableau's palette, extended).
 COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
            "#ff9da7", "#9c755f", "#7f7f7f", "#1f3b73", "#8cd17d"]  # fmt: skip
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]")
+# Han characters. Full-width punctuation and letters are no sign of Chinese (English text
+# may hold them), and kana say Japanese, whose kanji are Han too.
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+_KANA = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
 
 
 class HasCosines(Protocol):
@@ -77,8 +80,10 @@ def token_kinds(e: Explanation) -> list[str]:
 
 
 def language(*texts: str) -> str:
-    """The interface language: Chinese when the texts hold Chinese, else English."""
-    return "zh" if any(_CJK.search(t) for t in texts) else "en"
+    """The interface language: Chinese when the texts hold Chinese (Han characters, and no
+    kana), else English."""
+    joined = "".join(texts)
+    return "zh" if _HAN.search(joined) and not _KANA.search(joined) else "en"
 
 
 def separation(
