@@ -48,6 +48,7 @@ from embedsense.client import (
 from embedsense.client._api import DEFAULT_MAX_K, with_port
 from embedsense.client.bulk import chunks
 from embedsense.client.document_files import file_problem, read_documents
+from embedsense.proto.values import KeyTwice, once_each
 
 # Exit statuses: 1 when the server refused or failed a call, 2 when the command line or a
 # file it names is wrong (found here, before anything is sent).
@@ -475,27 +476,13 @@ def _first_words(words: Mapping[str, Any], columns: int = 60) -> str:
     return shown
 
 
-class _KeyTwice(ValueError):
-    pass
-
-
-def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys come once each: JSON keeps the last of a key given twice,
-    and a sense's examples would be dropped without a word."""
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise _KeyTwice(f"{key!r} twice in one object (JSON keeps only the last)")
-        seen.add(key)
-    return dict(pairs)
-
-
 def _read_json(path: str) -> Any:
-    """A JSON file's value; `-`: standard input's."""
+    """A JSON file's value; `-`: standard input's. A key given twice in an object is
+    refused: JSON keeps the last, and a sense's examples would be dropped without a word."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text("utf-8")
-        return json.loads(text, object_pairs_hook=_once_each)
-    except _KeyTwice as err:
+        return json.loads(text, object_pairs_hook=once_each)
+    except KeyTwice as err:
         raise UsageError(f"{path}: {err}") from None
     except OSError as err:
         raise UsageError(f"{path}: {file_problem(err)}") from None

@@ -32,6 +32,7 @@ from embedsense.client import Client
 from embedsense.client import _api as api
 from embedsense.client._api import Call
 from embedsense.proto import MAX_SCROLL_PAGE
+from embedsense.proto.values import KeyTwice, once_each
 
 EXPORT_BATCH = 1000  # documents per scroll page of an export
 
@@ -63,7 +64,9 @@ def _not_json(constant: str) -> NoReturn:
 def json_object(flag: str, raw: str, example: str) -> dict[str, Any]:
     """The JSON object an option was given; a UsageError saying what is expected."""
     try:
-        value = json.loads(raw, parse_constant=_not_json)
+        value = json.loads(raw, parse_constant=_not_json, object_pairs_hook=once_each)
+    except KeyTwice as err:
+        raise base.UsageError(f"{flag} {raw!r}: {err}") from None
     except ValueError as err:  # JSONDecodeError's msg, or _not_json's
         raise base.UsageError(
             f"{flag} {raw!r}: not JSON ({getattr(err, 'msg', err)}); expected a JSON object, "

@@ -11,6 +11,8 @@ checks a file against the same rules before it sends any of it.
   and keys without U+0000 (SQLite's JSON functions end a string there, so {"a": "x"} would
   match "x\\u0000y") or a lone surrogate (no UTF-8 holds it). Filters compare with the same
   scalars, and ids (at most MAX_ID_LENGTH characters) follow the same rule for theirs.
+- JSON written by hand (a filter, a patch, a file) gives each key of an object once: JSON
+  keeps the last of a key given twice, so {"$gt": 1, "$gt": 0} would filter on $gt 0 unsaid.
 """
 
 from __future__ import annotations
@@ -158,3 +160,18 @@ def _json_problem(value: Any, where: str, depth: int) -> str | None:
     if value is not None and not isinstance(value, bool | int | float | str):
         return f"{where}: {type(value).__name__} is not a JSON value"
     return None
+
+
+class KeyTwice(ValueError):
+    """A JSON object gave a key twice (`once_each`)."""
+
+
+def once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook for JSON whose keys come once each: KeyTwice names the
+    key given twice, where JSON keeps the last in silence."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise KeyTwice(f"{key!r} twice in one object (JSON keeps only the last)")
+        seen.add(key)
+    return dict(pairs)

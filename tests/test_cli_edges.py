@@ -165,6 +165,12 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
         assert status == 2 and "not JSON" in one_error_line(err), err
         status, _, err = cli(capsys, *target, "docs", "update", "c", "a", "--patch", bad)
         assert status == 2 and "--patch" in one_error_line(err) and "not JSON" in err, err
+    # A key twice: JSON keeps the last, so {"$gt": 1, "$gt": 0} filtered on $gt 0 unsaid.
+    twice = '{"year": {"$gt": 2020, "$gt": 0}}'
+    status, _, err = cli(capsys, *target, "search", "c", "水果", "--filter", twice)
+    assert status == 2 and "'$gt' twice" in one_error_line(err), err
+    status, _, err = cli(capsys, *target, "docs", "update", "c", "a", "--patch", '{"a":1,"a":2}')
+    assert status == 2 and "--patch" in one_error_line(err) and "'a' twice" in err, err
 
     status, _, err = cli(
         capsys, *target, "explain", "我喜欢吃苹果", "--word", "苹果", "--layers", "-1"

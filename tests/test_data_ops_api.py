@@ -408,6 +408,13 @@ def test_bad_filters_and_sizes_are_invalid_argument_everywhere(client, news):
             client.search(news, "x", **{option: value})
     with pytest.raises(NotFound):
         client.count("no-such-collection")
+    # A key twice in the JSON a gRPC caller writes (grpcurl): JSON keeps the last, unsaid.
+    twice = '{"sense": {"$ne": "fruit", "$ne": "company"}}'
+    with pytest.raises(InvalidArgument, match="filter_json: '\\$ne' twice"):
+        client._call(Call("Count", pb.CountRequest(collection=news, filter_json=twice), str))
+    patch = pb.UpdateMetadataRequest(collection=news, ids=["a01"], patch_json='{"a":1,"a":2}')
+    with pytest.raises(InvalidArgument, match="patch_json: 'a' twice"):
+        client._call(Call("UpdateMetadata", patch, str))
     both = pb.SearchBatchRequest(collection=news, texts=["x"])
     both.vectors.shape.extend([1, DIM])
     both.vectors.data = np.zeros(DIM, "<f4").tobytes()

@@ -15,7 +15,14 @@ from google.protobuf.message import Message
 from embedsense.model import TextRole
 from embedsense.model.pooling import Pooling
 from embedsense.proto.v1 import embedsense_pb2 as pb
-from embedsense.proto.values import CONTROL_CLASS, blank_problem, json_kind, text_problem
+from embedsense.proto.values import (
+    CONTROL_CLASS,
+    KeyTwice,
+    blank_problem,
+    json_kind,
+    once_each,
+    text_problem,
+)
 from embedsense.server.batching import PRIORITY_LABELS, Priority, priority_named
 
 if TYPE_CHECKING:
@@ -324,9 +331,11 @@ def metadata_of(text: str, field: str) -> dict[str, Any]:
     if not text:
         return {}
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=once_each)
     except json.JSONDecodeError as err:
         raise BadRequest(f"{field}: not JSON ({err.msg} at character {err.pos})") from None
+    except KeyTwice as err:
+        raise BadRequest(f"{field}: {err}") from None
     except RecursionError:
         raise BadRequest(f"{field}: nested too deeply") from None
     if not isinstance(value, dict):
