@@ -432,6 +432,7 @@ def parse_explanation(r: pb.ExplainResponse) -> Explanation:
                      [(t.token, t.weight) for t in f.tokens]) for f in r.focus],
         max_attention_values=r.max_attention_values,
         neuron=parse_neuron(r.neuron) if r.HasField("neuron") else None,
+        truncated_tokens=r.truncated_tokens,
     )  # fmt: skip
 
 

@@ -589,6 +589,10 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
             "layer, --html FILE draws every map"
         )
     )
+    if explanation.truncated_tokens:
+        whole = len(tokens) + explanation.truncated_tokens
+        readable += (f"\n\n--truncate: explained in the first {len(tokens)} of its {whole:,} "
+                     f"tokens; the last {explanation.truncated_tokens:,} are left out")  # fmt: skip
     if curves:
         rows = [(i, *(f"{c[i]:.3f}" for c in curves.values()))
                 for i in range(len(next(iter(curves.values()))))]  # fmt: skip

@@ -171,6 +171,7 @@ class Explanation:
     focus: list[Focus]
     max_attention_values: int
     neuron: Neuron | None = None  # when explain(..., neuron=(layer, head)) asked for one
+    truncated_tokens: int = 0  # past the first window, not explained (long_text="truncate")
 
     def check_view(self, layer: int | None, head: int | None) -> None:
         """A ValueError, "layer 13: the explanation has layers 1-12 (1-based)", unless the

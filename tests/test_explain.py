@@ -359,6 +359,22 @@ def test_cli_writes_a_png_and_an_html_page(server, tmp_path):
     assert png_size(layer_png)[0] > 400
 
 
+def test_a_truncated_explanation_says_how_much_of_the_text_it_left_out(client, server, tmp_path):
+    """Before: nothing said a text was cut, and the page said "This text is 512 tokens" of a
+    text of 1,600, under a title of the whole text."""
+    long = "苹果很好吃。" * 400
+    whole = len(client.tokenize(long, "query").tokens)
+    e = client.explain(long, "苹果", layers=[12], heads=[0], long_text="truncate")
+    assert len(e.tokens.tokens) == 512 and e.truncated_tokens == whole - 512 > 1000
+    assert client.explain("我喜欢吃苹果", "苹果", layers=[1]).truncated_tokens == 0
+    page = tmp_path / "cut.html"
+    done = _explain_cli(server, "explain", long, "--word", "苹果", "--truncate",
+                        "--html", str(page))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"the first 512 of its {whole:,} tokens" in done.stdout, done.stdout
+    assert f'"truncated":{whole - 512}' in page.read_text(encoding="utf-8").replace(" ", "")
+
+
 def _explain_cli(server, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "embedsense.client.cli", "--target",
                            server.target, *args], capture_output=True, text=True,

@@ -171,6 +171,7 @@ def build(
         "neuron": neuron_payload(e),
         "omitted": omitted(e, num_layers, num_heads),
         "fitted": fitted,
+        "truncated": e.truncated_tokens,
         "open": {
             "layer": e.layers.index(layer) if layer is not None else len(e.layers) - 1,
             "head": e.heads.index(head) if head is not None else None,

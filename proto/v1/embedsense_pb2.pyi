@@ -735,7 +735,7 @@ class Focus(_message.Message):
     def __init__(self, layer: _Optional[int] = ..., head: _Optional[int] = ..., tokens: _Optional[_Iterable[_Union[TokenWeight, _Mapping]]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("tokens", "layers", "heads", "attentions", "span", "target_tokens", "focus", "max_attention_values", "neuron")
+    __slots__ = ("tokens", "layers", "heads", "attentions", "span", "target_tokens", "focus", "max_attention_values", "neuron", "truncated_tokens")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
@@ -745,6 +745,7 @@ class ExplainResponse(_message.Message):
     FOCUS_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTENTION_VALUES_FIELD_NUMBER: _ClassVar[int]
     NEURON_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     tokens: TokenizeResponse
     layers: _containers.RepeatedScalarFieldContainer[int]
     heads: _containers.RepeatedScalarFieldContainer[int]
@@ -754,7 +755,8 @@ class ExplainResponse(_message.Message):
     focus: _containers.RepeatedCompositeFieldContainer[Focus]
     max_attention_values: int
     neuron: Neuron
-    def __init__(self, tokens: _Optional[_Union[TokenizeResponse, _Mapping]] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., attentions: _Optional[_Union[Tensor, _Mapping]] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., target_tokens: _Optional[_Iterable[int]] = ..., focus: _Optional[_Iterable[_Union[Focus, _Mapping]]] = ..., max_attention_values: _Optional[int] = ..., neuron: _Optional[_Union[Neuron, _Mapping]] = ...) -> None: ...
+    truncated_tokens: int
+    def __init__(self, tokens: _Optional[_Union[TokenizeResponse, _Mapping]] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., attentions: _Optional[_Union[Tensor, _Mapping]] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., target_tokens: _Optional[_Iterable[int]] = ..., focus: _Optional[_Iterable[_Union[Focus, _Mapping]]] = ..., max_attention_values: _Optional[int] = ..., neuron: _Optional[_Union[Neuron, _Mapping]] = ..., truncated_tokens: _Optional[int] = ...) -> None: ...
 
 class CompareLayersRequest(_message.Message):
     __slots__ = ("text_a", "text_b", "word", "occurrence_a", "occurrence_b", "truncate")

@@ -653,6 +653,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
                             tokens=[pb.TokenWeight(token=i, weight=w) for i, w in f.tokens])
                    for f in result.focus],
             max_attention_values=MAX_ATTENTION_VALUES,
+            truncated_tokens=result.tokenized.truncated_tokens,
         )  # fmt: skip
         if result.target is not None:
             reply.span.CopyFrom(pb.Span(start=result.target.start, end=result.target.end))

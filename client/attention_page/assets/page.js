@@ -58,9 +58,11 @@ const STRINGS = {
       "heads=[...]) or --layers / --heads.",
     ofLayers: (n, of) => `${n} of ${of} layers`, ofHeads: (n, of) => `${n} of ${of} heads`,
     and: " and ",
-    fitted: (t, b) => `This text is ${t} tokens and a response holds at most ` +
+    fitted: (t, b) => `${t} tokens are explained and a response holds at most ` +
       `${b.toLocaleString("en")} attention values, so these layers and heads were chosen ` +
       "to fit.",
+    truncated: (t, n) => `Truncated: the text is ${(t + n).toLocaleString("en")} tokens, ` +
+      `and this page explains its first ${t}; the last ${n.toLocaleString("en")} are left out.`,
     long: "A long text: hover or pin a token to draw its lines.",
     termsTitle: "Terms",
     terms: [
@@ -123,8 +125,10 @@ const STRINGS = {
       "--layers / --heads 请求其他部分。",
     ofLayers: (n, of) => `${of} 层中的 ${n} 层`, ofHeads: (n, of) => `${of} 个头中的 ${n} 个`,
     and: "，",
-    fitted: (t, b) => `这段文字有 ${t} 个词元，一次回应最多包含 ${b.toLocaleString("en")} 个` +
+    fitted: (t, b) => `这里解释 ${t} 个词元，一次回应最多包含 ${b.toLocaleString("en")} 个` +
       "注意力值，所以页面选了能放下的层和头。",
+    truncated: (t, n) => `已截断：这段文字共有 ${(t + n).toLocaleString("en")} 个词元，` +
+      `本页只解释前 ${t} 个，后面 ${n.toLocaleString("en")} 个没有包含。`,
     long: "文字较长：悬停或固定一个词元来画出它的线。",
     termsTitle: "术语",
     terms: [
@@ -215,7 +219,8 @@ function applyLanguage() {
   const o = D.omitted, parts = [];
   if (o.layers[0] < o.layers[1]) parts.push(t("ofLayers", o.layers[1] - o.layers[0], o.layers[1]));
   if (o.heads[0] < o.heads[1]) parts.push(t("ofHeads", o.heads[1] - o.heads[0], o.heads[1]));
-  $("omitted").textContent = (D.fitted ? t("fitted", o.tokens, o.bound) + " " : "") +
+  $("omitted").textContent = (D.truncated ? t("truncated", T, D.truncated) + " " : "") +
+    (D.fitted ? t("fitted", o.tokens, o.bound) + " " : "") +
     (parts.length ? t("leftOut", parts.join(t("and"))) : "");
   const layerBox = $("layer");
   layerBox.replaceChildren(...D.layers.map((l, i) => new Option(`${t("layer")} ${l}`, i)));
