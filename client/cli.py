@@ -28,6 +28,7 @@ import math
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -387,9 +388,16 @@ def cmd_search(args: argparse.Namespace, client: Client) -> None:
     hits = client.search(
         args.collection, args.query, k=args.k, filter=where, score_threshold=args.score_threshold
     )
-    emit(args, [asdict(h) for h in hits],
-         table([(i + 1, f"{h.score:.4f}", h.id, h.text[:60]) for i, h in enumerate(hits)],
-               ["rank", "score", "id", "text"]))  # fmt: skip
+    readable = table([(i + 1, f"{h.score:.4f}", h.id, h.text[:60]) for i, h in enumerate(hits)],
+                     ["rank", "score", "id", "text"])  # fmt: skip
+    if not hits:  # a table's header alone says less
+        bounds = []
+        if where is not None:
+            bounds.append("matching the filter")
+        if args.score_threshold is not None:
+            bounds.append(f"scoring at least {args.score_threshold}")
+        readable = " ".join([f"no hits in {args.collection!r}", " and ".join(bounds)]).strip()
+    emit(args, [asdict(h) for h in hits], readable)
 
 
 def _senses(items: Sequence[str] | None) -> dict[str, list[str]]:
@@ -578,10 +586,12 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
                layer=args.layer, head=args.head, fitted=fitted)  # fmt: skip
         written.append(args.html)
     tokens = explanation.tokens.tokens
-    rows = [(f.layer, "  ".join(f"{tokens[i]} {w:.2f}" for i, w in f.tokens[:4]))
+    names = token_names(tokens)
+    rows = [(f.layer, "  ".join(f"{names[i]} {w:.2f}" for i, w in f.tokens[:4]))
             for f in explanation.focus if f.head is None]  # fmt: skip
+    repeated = "\n#N: the token at position N, for one met more than once" * (names != tokens)
     readable = (
-        table(rows, ["layer", f"{args.word} attends to (mean over heads)"])
+        table(rows, ["layer", f"{args.word} attends to (mean over heads)"]) + repeated
         if rows
         else (
             f"explained {len(tokens)} tokens ({' '.join(tokens)}) in {len(explanation.layers)} "
@@ -614,6 +624,13 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
                "senses": profile, "written": written,
                "left_out_of_contrast": left_out}  # fmt: skip
     emit(args, payload, readable.strip())
+
+
+def token_names(tokens: Sequence[str]) -> list[str]:
+    """Each token as a table names it: a token met more than once with its position
+    ("苹果#5"), so that two can be told apart."""
+    counts = Counter(tokens)
+    return [f"{t}#{i}" if counts[t] > 1 else t for i, t in enumerate(tokens)]
 
 
 def _compared_explanations(

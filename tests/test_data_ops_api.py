@@ -688,6 +688,15 @@ def test_cli_updates_metadata_and_cuts_a_search_at_a_score(running, client, news
     assert status == 0 and [hit["id"] for hit in json.loads(out)] == [
         hit.id for hit in everything[:3]
     ]
+    # No hit: it printed a table's header alone.
+    status, out, _ = cli(running, capsys, "search", news, QUERIES[1], "--score-threshold",
+                         "0.9999", "--filter", '{"year": 1999}')  # fmt: skip
+    assert status == 0 and out.strip() == (
+        f"no hits in {news!r} matching the filter and scoring at least 0.9999"
+    ), out
+    status, out, _ = cli(running, capsys, "--json", "search", news, QUERIES[1],
+                         "--score-threshold", "0.9999")  # fmt: skip
+    assert status == 0 and json.loads(out) == []
 
 
 def test_an_export_to_a_directory_names_it_and_leaves_no_file_behind(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -373,6 +374,19 @@ def test_a_truncated_explanation_says_how_much_of_the_text_it_left_out(client, s
     assert done.returncode == 0, done.stderr
     assert f"the first 512 of its {whole:,} tokens" in done.stdout, done.stdout
     assert f'"truncated":{whole - 512}' in page.read_text(encoding="utf-8").replace(" ", "")
+
+
+def test_the_cli_tells_a_token_that_occurs_twice_by_its_position(server):
+    """Before: rows read "苹果 0.30  苹果 0.20", two tokens no reader could tell apart."""
+    from embedsense.client.cli import token_names
+
+    assert token_names(["<s>", "苹果", "很", "苹果", "</s>"]) == ["<s>", "苹果#1", "很",
+                                                                  "苹果#3", "</s>"]  # fmt: skip
+    done = _explain_cli(server, "explain", "苹果很好吃，我买了苹果", "--word", "苹果",
+                        "--occurrence", "1")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"苹果#\d+ 0\.\d\d", done.stdout), done.stdout
+    assert "#N: the token at position N" in done.stdout
 
 
 def _explain_cli(server, *args: str) -> subprocess.CompletedProcess:
