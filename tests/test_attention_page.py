@@ -430,6 +430,46 @@ def test_the_neuron_view_steps_from_q_dot_k_to_the_heads_attention(page, made):
     assert page.problems == []
 
 
+def test_the_neuron_note_tells_all_heads_shown_from_another_head(browser, made, tmp_path):
+    """Opened on the neuron's layer with every head, the note said the head view showed
+    "another head", though the neuron's head was among those shown."""
+    path = tmp_path / "neuron-layer.html"
+    render(made["explanation"], path, title=FRUIT, text=FRUIT, layer=NEURON[0])
+    page = opened(browser, path)
+    try:
+        which = page.locator("#neuron-which")
+        assert which.get_attribute("data-here") == "among"
+        assert "another" not in which.text_content() and str(NEURON[1]) in which.text_content()
+        page.click("#neuron-open")
+        assert {x["head"] for x in lines(page)} == {NEURON[1]}
+        assert which.get_attribute("data-here") == "true"
+        page.click("#all")
+        assert which.get_attribute("data-here") == "among"
+        assert page.problems == []
+    finally:
+        page.context.close()
+
+
+def test_choosing_a_hidden_state_the_page_lacks_says_so(browser, made, tmp_path):
+    """A page of layer 12 alone: a click on hidden state 7 changed nothing, and said nothing."""
+    e = made["explanation"]
+    only_12 = replace(e, layers=[12], attentions=e.attentions[11:], focus=[], neuron=None)
+    path = tmp_path / "layer-12.html"
+    render(only_12, path, made["contexts"], made["senses"], title=FRUIT, text=FRUIT,
+           num_layers=12)  # fmt: skip
+    page = opened(browser, path)
+    try:
+        page.click('#senseview circle[data-series="fruit"][data-layer="7"]')
+        told = page.text_content("#tip")
+        assert "7" in told and "12" in told and "--layers 7" in told, told
+        assert page.input_value("#layer") == "0"  # still layer 12, the page's one
+        page.click('#senseview circle[data-series="fruit"][data-layer="12"]')
+        assert page.input_value("#layer") == "0" and "--layers" not in page.text_content("#tip")
+        assert page.problems == []
+    finally:
+        page.context.close()
+
+
 def test_a_page_without_neuron_data_hides_the_neuron_view(browser, made):
     page = opened(browser, made["partial"])
     try:

@@ -30,6 +30,8 @@ const STRINGS = {
       "the product is divided by √d (d = the head's size, so scores do not grow with it); " +
       "the softmax turns the scaled scores into weights that sum to 1: the head's attention.",
     neuronHere: "This is the head open in the head view.",
+    neuronAmong: h => `The head view shows this layer's heads together; head ${h} is one of ` +
+      "them.",
     neuronElsewhere: (l, h) => `Computed for layer ${l}, head ${h} only; the head view shows ` +
       "another. Ask for another head with explain(..., neuron=(layer, head)) or --layer/--head.",
     neuronOpen: "open this head", neuronQuery: w => `query: ${w}`,
@@ -43,6 +45,8 @@ const STRINGS = {
     hidden: "hidden state (0 = embeddings, then layer by layer)",
     cosine: "cosine", meanCosine: "mean cosine to its examples",
     separate: "separate most", pointTip: (s, k, v) => `${s}: hidden state ${k}, ${v}`,
+    notHeld: (l, held) => `Layer ${l} is not on this page (it holds layer ${held}): ask for ` +
+      `it with --layers ${l} or explain(..., layers=[${l}]).`,
     modelTitle: "Model view: every layer and head",
     howModel: "Each square is one head's map: row = a token, column = what it attends to. " +
       "Hover for the tokens and the weight; click (or Enter) to open that head above. " +
@@ -100,6 +104,7 @@ const STRINGS = {
       "再除以 √d（d 是这个头的维数，免得分数随维数变大）；softmax 把缩放后的分数变成和为 1 " +
       "的权重，这就是这个头的注意力。",
     neuronHere: "这正是注意力头视图里打开的头。",
+    neuronAmong: h => `注意力头视图现在同时显示这一层的多个头，头 ${h} 是其中之一。`,
     neuronElsewhere: (l, h) => `只为第 ${l} 层、头 ${h} 计算；注意力头视图现在显示的是别的头。` +
       "可用 explain(..., neuron=(layer, head)) 或 --layer/--head 请求其他头。",
     neuronOpen: "打开这个头", neuronQuery: w => `查询：${w}`,
@@ -112,6 +117,8 @@ const STRINGS = {
     hidden: "隐藏状态（0 = 词嵌入，之后逐层）",
     cosine: "余弦", meanCosine: "与例句的平均余弦",
     separate: "分开最多", pointTip: (s, k, v) => `${s}：隐藏状态 ${k}，${v}`,
+    notHeld: (l, held) => `本页没有第 ${l} 层（只有第 ${held} 层）：可用 --layers ${l} 或 ` +
+      `explain(..., layers=[${l}]) 请求。`,
     modelTitle: "模型视图：每一层的每一个头",
     howModel: "每个小方块是一个头的注意力图：行是词元，列是它关注的词元。悬停查看词元和权重；" +
       "点击（或按 Enter）在上方打开这个头。打开的头有红框。",
@@ -501,10 +508,11 @@ function drawNeuron() {
   $("neuron-title").textContent = t("neuronTitle", who, N.layer, N.head);
   const heads = [...S.on], li = D.layers.indexOf(N.layer), hi = D.heads.indexOf(N.head);
   const here = li === S.layer && heads.length === 1 && heads[0] === hi;
+  const among = !here && li === S.layer && heads.includes(hi);  // shown, with other heads
   const which = $("neuron-which");
-  which.replaceChildren(document.createTextNode(
-    here ? t("neuronHere") : t("neuronElsewhere", N.layer, N.head)));
-  which.dataset.here = here;
+  which.replaceChildren(document.createTextNode(here ? t("neuronHere")
+    : among ? t("neuronAmong", N.head) : t("neuronElsewhere", N.layer, N.head)));
+  which.dataset.here = among ? "among" : here;
   if (!here && li >= 0 && hi >= 0) {
     const go = html("button", {type: "button", id: "neuron-open"}, t("neuronOpen"));
     go.addEventListener("click", () => { S.layer = li; $("layer").value = li; setHeads([hi]); });
@@ -621,8 +629,9 @@ function chart(kind, title, series, yLabel) {
 // Hidden state k is layer k's output: choosing it opens layer k in the head, strip and
 // contrast views (hidden state 0, the embeddings, has no attention: layer 1 is the nearest).
 function chooseHidden(k) {
-  const li = D.layers.indexOf(Math.max(1, k));
+  const layer = Math.max(1, k), li = D.layers.indexOf(layer);
   if (li >= 0) setLayer(li);
+  else $("tip").textContent = t("notHeld", layer, D.layers.join(lang === "zh" ? "、" : ", "));
 }
 function drawSenses() {
   const view = $("senseview");
