@@ -488,6 +488,27 @@ def test_metadata_no_surface_could_read_back_is_refused_when_written(client, htt
     assert http.post(f"/v1/collections/{news}/scroll", json={}).status_code == 200
 
 
+def test_an_id_no_document_can_have_is_refused_by_reads_and_deletes_on_every_surface(
+    client, http, news
+):
+    """The SDK refused "", NUL and 257 characters before sending, and HTTP "" and 257 by
+    its schema; gRPC answered them as missing (Get) or none deleted (Delete), and HTTP a NUL
+    id with 200, as if such a document might exist."""
+    for bad in ("", "a\x00", "x" * 257):
+        for request, call in (
+            (pb.GetRequest(collection=news, ids=["a01", bad]), "Get"),
+            (pb.DeleteRequest(collection=news, ids=[bad]), "Delete"),
+        ):
+            with pytest.raises(
+                InvalidArgument, match=r"ids\[\d\]: a document id|ids\[\d\]: U\+0000"
+            ):
+                client._call(Call(call, request, str))
+        for route in ("get", "delete"):
+            response = http.post(f"/v1/collections/{news}/{route}", json={"ids": [bad]})
+            assert response.status_code in (400, 422), (route, bad, response.text)
+    assert client.get(news, ["a01"])[0] is not None  # nothing deleted
+
+
 def test_the_sdk_checks_a_patch_and_a_filter_as_it_checks_metadata(client, news):
     """numpy scalars (what a DataFrame's to_dict gives), keys that are not strings, nesting
     past Python's recursion: upsert refused them by name before sending. update_metadata and

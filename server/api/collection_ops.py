@@ -25,7 +25,14 @@ import numpy as np
 from embedsense.model import TextRole
 from embedsense.proto import MAX_SCROLL_PAGE
 from embedsense.proto.ids import content_id
-from embedsense.server.api.checks import BadRequest, Limits, check_count, check_text, check_texts
+from embedsense.server.api.checks import (
+    BadRequest,
+    Limits,
+    check_count,
+    check_ids,
+    check_text,
+    check_texts,
+)
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.batching import Priority
 from embedsense.server.engine import Engine, TextTooLong
@@ -371,6 +378,7 @@ class CollectionOps:
             if ids:
                 raise BadRequest("ids and filter: give one of them, not both", "filter")
             return await self.index_threads.run(collection.delete_where, where)
+        check_ids(ids)
         return await self.index_threads.run(collection.delete, list(ids))
 
     async def update_metadata(
@@ -390,6 +398,7 @@ class CollectionOps:
     # ------------------------------------------------------------ reads
 
     async def get(self, name: str, ids: Sequence[str]) -> list[Document | None]:
+        check_ids(ids)
         collection = await self.collection(name)
         return await self.index_threads.run(collection.get, list(ids))
 
