@@ -152,6 +152,9 @@ def emit(args: argparse.Namespace, payload: Any, readable: str) -> None:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
+        if value.dtype == np.float32:  # its own shortest digits, as HTTP writes them: a
+            # float64's repr of it carries ~8 more digits of nothing (0.029173726215958595)
+            return value.astype(str).astype(np.float64).tolist()
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON")
 
