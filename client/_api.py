@@ -696,6 +696,7 @@ def search_call(
 ) -> Call[Any]:  # fmt: skip
     """One query (a str, or a vector (dim,)): Search, a hit list. Several (a list of str, or
     vectors (n, dim)): SearchBatch, a hit list per query in order."""
+    check_k(k)
     if isinstance(score_threshold, int | float) and not isinstance(score_threshold, bool):
         # protobuf would send one past float32's range as infinity: refused as the server would
         if (wrong := threshold_problem(score_threshold)) is not None:
@@ -774,10 +775,18 @@ def delete_inventory_call(name: str) -> Call[None]:
     return Call("DeleteInventory", pb.InventoryRef(name=name), lambda r: None)
 
 
+def check_k(k: Any) -> None:
+    """A ValueError for a k below 1, as the server's: the range of its wire field (from 0)
+    was said for -1, and then 0 was refused."""
+    if isinstance(k, int) and not isinstance(k, bool) and k < 1:
+        raise ValueError(f"k: the most answers to return, at least 1; got {k}")
+
+
 def search_occurrences_call(
     collection: str, text: str, word: str, k: int, occurrence: int,
     span: tuple[int, int] | None, priority_name: str | None = None,
 ) -> Call[Occurrences]:  # fmt: skip
+    check_k(k)
     request = message(
         pb.SearchOccurrencesRequest,
         collection=collection,

@@ -218,8 +218,8 @@ def test_user_errors_are_one_line_and_exit_2_server_errors_exit_1(server, tmp_pa
         line = one_error_line(err)
         assert status == 2 and f"{field}: {wire}" in line, line
     with Client(server.target) as client:
-        with pytest.raises(ValueError, match=rf"^k=-1: {re.escape(wire)}"):
-            client.search("c", "水果", k=-1)
+        with pytest.raises(ValueError, match=r"^k: the most answers to return, at least 1"):
+            client.search("c", "水果", k=-1)  # not the wire's range, which starts at 0
         with pytest.raises(ValueError, match=r"^layers=\[-1\]: out of the range"):
             client.explain("我喜欢吃苹果", "苹果", layers=[-1])
         with pytest.raises(TypeError, match=r"^k='3': expected an integer, got a str"):

@@ -408,6 +408,11 @@ def test_bad_filters_and_sizes_are_invalid_argument_everywhere(client, news):
             client.search(news, "x", **{option: value})
     with pytest.raises(NotFound):
         client.count("no-such-collection")
+    for k in (-1, 0):  # -1 was "out of the range its field can carry (0 to ...)", then 0 refused
+        with pytest.raises(ValueError, match=r"^k: .*at least 1; got"):
+            client.search(news, "x", k=k)
+        with pytest.raises(ValueError, match=r"^k: .*at least 1; got"):
+            client.search_occurrences(news, "苹果", "苹果", k=k)
     # A key twice in the JSON a gRPC caller writes (grpcurl): JSON keeps the last, unsaid.
     twice = '{"sense": {"$ne": "fruit", "$ne": "company"}}'
     with pytest.raises(InvalidArgument, match="filter_json: '\\$ne' twice"):

@@ -75,7 +75,12 @@ def not_an_object(collection: str) -> pb.UpsertRequest:
             lambda c, _: c._call(Call("Embed", pb.EmbedRequest(texts=["字"] * 10_000), id)),
             "10000 texts; the limit",
         ),
-        (lambda c, col: c.search(col, "苹果", k=0), "k: must be at least 1"),
+        (  # the SDK refuses it before sending (test_data_ops_api.py); another client's
+            lambda c, col: c._call(
+                Call("Search", pb.SearchRequest(collection=col, text="苹果", k=0), id)
+            ),
+            "k: must be at least 1",
+        ),
         (lambda c, col: c.search(col, "苹果", k=10**9), "k must be within 1-10000"),
         (lambda c, col: c.search(col, "苹果", filter={"a": {"$bad": 1}}), "unknown operator"),
         (lambda c, col: c.search(col, np.ones(7)), "384-dim"),
