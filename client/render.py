@@ -8,8 +8,9 @@ code points (U+82F9) rather than drawing empty boxes.
 
 from __future__ import annotations
 
+import unicodedata
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,30 @@ def cjk_font() -> str | None:
     return found
 
 
-def token_labels(tokens: list[str], can_draw_cjk: bool) -> list[str]:
-    if can_draw_cjk:
-        return tokens
-    return ["".join(ch if ord(ch) < 0x2E80 else f"U+{ord(ch):04X}" for ch in t) for t in tokens]
+def glyphs_of(families: Sequence[str]) -> Callable[[int], bool]:
+    """Whether one of these font families has a glyph for a code point."""
+    from matplotlib import font_manager, ft2font
+
+    fonts = [ft2font.FT2Font(font_manager.findfont(family)) for family in families]
+    return lambda code: any(font.get_char_index(code) for font in fonts)
+
+
+def token_labels(
+    tokens: list[str], can_draw_cjk: bool, has_glyph: Callable[[int], bool] | None = None
+) -> list[str]:
+    """Tokens as the figure labels them: a character no font draws (Chinese without a CJK
+    font; an emoji, which CJK fonts lack: `has_glyph` says), or one that draws nothing (a
+    zero-width joiner), as its code point, never an empty box or a blank label."""
+
+    def label(ch: str) -> str:
+        code = ord(ch)
+        if unicodedata.category(ch) == "Cf":  # format characters: invisible
+            return f"U+{code:04X}"
+        if has_glyph is not None:
+            return ch if code < 0x80 or has_glyph(code) else f"U+{code:04X}"
+        return ch if can_draw_cjk or code < 0x2E80 else f"U+{code:04X}"
+
+    return ["".join(map(label, t)) for t in tokens]
 
 
 def render_png(
@@ -79,7 +100,8 @@ def render_png(
         )  # fmt: skip
     else:
         plt.rcParams["font.family"] = [font, "DejaVu Sans"]
-    labels = token_labels(display_tokens(explanation, text), font is not None)
+    has_glyph = glyphs_of([*([font] if font else []), "DejaVu Sans"])
+    labels = token_labels(display_tokens(explanation, text), font is not None, has_glyph)
     word_panels = bool(explanation.target_tokens) and layer is None
     panels = (2 if word_panels else 1) + bool(curves)
     fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 5.4), squeeze=False)
@@ -92,7 +114,7 @@ def render_png(
     if curves:
         _trajectory(axes.pop(0), curves)
     if title:  # the sentence, as code points too when no font can draw it
-        fig.suptitle(token_labels([title], font is not None)[0])
+        fig.suptitle(token_labels([title], font is not None, has_glyph)[0])
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

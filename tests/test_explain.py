@@ -452,6 +452,25 @@ def test_labels_fall_back_to_code_points_without_a_cjk_font():
     assert token_labels(["苹果"], can_draw_cjk=True) == ["苹果"]
 
 
+def test_a_character_no_font_draws_is_labelled_by_its_code_point(client, tmp_path):
+    """Emoji were drawn as boxes beside a CJK font that has none, and a token of a
+    zero-width joiner was a blank label (docs/explain.md: never as empty boxes)."""
+    import warnings
+
+    pytest.importorskip("matplotlib")
+    from embedsense.client import render
+
+    drawable = {ord(c) for c in "我苹果"}
+    assert render.token_labels(["🍎", "苹果", "\u200d", "ok"], True, drawable.__contains__) == [
+        "U+1F34E", "苹果", "U+200D", "ok"]  # fmt: skip
+    text = "🍎😀苹果👨\u200d👩\u200d👧"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        render.render_png(client.explain(text, "苹果"), tmp_path / "e.png", title=text, text=text)
+    missing = [str(w.message) for w in caught if "missing from font" in str(w.message)]
+    assert not missing, missing[:3]
+
+
 def page_data(path) -> dict:
     """The data a page was built from: the JSON literal after `const D = `."""
     import json
