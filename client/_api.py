@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import numbers
 import random
 import socket
 import time
@@ -778,7 +779,7 @@ def delete_inventory_call(name: str) -> Call[None]:
 def check_k(k: Any) -> None:
     """A ValueError for a k below 1, as the server's: the range of its wire field (from 0)
     was said for -1, and then 0 was refused."""
-    if isinstance(k, int) and not isinstance(k, bool) and k < 1:
+    if isinstance(k, numbers.Integral) and not isinstance(k, bool) and k < 1:  # numpy's too
         raise ValueError(f"k: the most answers to return, at least 1; got {k}")
 
 
@@ -811,7 +812,7 @@ DEFAULT_MAX_K = 6
 def induce_senses_call(
     collection: str, word: str, k: int | None, max_k: int | None, central: int
 ) -> Call[Induction]:
-    if k is not None and max_k is not None:  # the server would take k and drop max_k unsaid
+    if k is not None and max_k is not None:  # one names the number, the other bounds it
         raise ValueError(
             f"k={k} and max_k={max_k}: k names the senses' number, max_k bounds the "
             "silhouette's choice of it; give one"

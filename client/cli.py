@@ -603,9 +603,9 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
         )
     )
     if explanation.truncated_tokens:
-        whole = len(tokens) + explanation.truncated_tokens
-        readable += (f"\n\n--truncate: explained in the first {len(tokens)} of its {whole:,} "
-                     f"tokens; the last {explanation.truncated_tokens:,} are left out")  # fmt: skip
+        cut = explanation.truncated_tokens
+        readable += (f"\n\ntruncated: the first {len(tokens)} of its {len(tokens) + cut:,} "
+                     f"tokens are explained; the last {cut:,} are left out")  # fmt: skip
     if curves:
         rows = [(i, *(f"{c[i]:.3f}" for c in curves.values()))
                 for i in range(len(next(iter(curves.values()))))]  # fmt: skip
@@ -786,7 +786,7 @@ def parser() -> argparse.ArgumentParser:
         "--layers",
         type=int,
         nargs="*",
-        help="with --tokens: hidden states to average (0 = embeddings, -1 = last;"
+        help="with --tokens: hidden states to average, each once (0 = embeddings, -1 = last;"
         " default: the last); sentence vectors are always the last layer's",
     )
     embed.add_argument(

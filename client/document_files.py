@@ -21,10 +21,12 @@ from typing import Any
 
 from embedsense.proto.ids import content_id
 from embedsense.proto.values import (
+    KeyTwice,
     blank_problem,
     id_problem,
     length_problem,
     metadata_problem,
+    once_each,
     text_problem,
 )
 
@@ -75,7 +77,9 @@ def parse_jsonl_line(line: str, name: str, number: int, max_text_chars: int = 0)
     """One .jsonl line as a document (its id a string, made from the text when absent)."""
     where = f"{name}:{number}"
     try:
-        doc = json.loads(line)
+        doc = json.loads(line, object_pairs_hook=once_each)
+    except KeyTwice as err:  # the server refuses the same in metadata_json
+        raise InputError(f"{where}: {err}") from None
     except json.JSONDecodeError as err:
         raise InputError(f"{where}: not JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(doc, dict):

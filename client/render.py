@@ -111,8 +111,10 @@ def render_png(
         _head_grid(axes.pop(0), explanation, labels)
     else:
         _layer_map(axes.pop(0), explanation, labels, layer, head)
-    if curves:
-        _trajectory(axes.pop(0), curves)
+    if curves:  # the legend's names (texts, sense labels) drawn as the tokens are
+        named = {token_labels([name], font is not None, has_glyph)[0]: cosines
+                 for name, cosines in curves.items()}  # fmt: skip
+        _trajectory(axes.pop(0), named)
     if title:  # the sentence, as code points too when no font can draw it
         fig.suptitle(token_labels([title], font is not None, has_glyph)[0])
     fig.tight_layout()

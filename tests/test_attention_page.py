@@ -484,7 +484,8 @@ def test_a_page_without_neuron_data_hides_the_neuron_view(browser, made):
     [("我喜欢吃苹果", "zh"), ("苹果（水果）", "zh"), ("I like apples", "en"),
      # Full-width punctuation or letters, and Japanese with its kanji, made the page Chinese.
      ("I like apples（really）", "en"), ("Price：100 dollars", "en"), ("ＡＢＣ", "en"),
-     ("りんごが好きです", "en"), ("林檎が好きです", "en")],
+     ("りんごが好きです", "en"), ("林檎が好きです", "en"),
+     ("列奥纳多・达・芬奇很有名", "zh")],  # Chinese writes foreign names with katakana's dot
 )  # fmt: skip
 def test_the_page_is_in_chinese_for_chinese_text_alone(text, lang):
     from embedsense.client.attention_page.payload import language

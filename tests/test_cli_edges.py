@@ -426,6 +426,18 @@ def test_an_inventory_file_with_a_key_twice_is_refused_before_anything_is_sent(c
     assert status == 2 and f"{path}: 'a' twice in one object" in line, line
 
 
+def test_a_jsonl_line_with_a_key_twice_is_refused_before_anything_is_sent(capsys, tmp_path):
+    """The server refuses the same metadata_json; the file's line was taken, its last value
+    kept."""
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "苹果"}\n{"text": "香蕉", "metadata": {"a": 1, "a": 2}}\n',
+                    encoding="utf-8")  # fmt: skip
+    status, _, err = cli(capsys, "--target", "127.0.0.1:9", "index", str(path),
+                         "--collection", "dup")  # fmt: skip
+    line = one_error_line(err)
+    assert status == 2 and f"{path.name}:2: 'a' twice in one object" in line, line
+
+
 def test_no_server_at_the_target_says_where_it_looked_and_how_to_name_another(capsys):
     """The first command of a newcomer without a server: gRPC's "failed to connect to all
     addresses", with no word of the flag that points the CLI elsewhere."""

@@ -408,7 +408,8 @@ def test_bad_filters_and_sizes_are_invalid_argument_everywhere(client, news):
             client.search(news, "x", **{option: value})
     with pytest.raises(NotFound):
         client.count("no-such-collection")
-    for k in (-1, 0):  # -1 was "out of the range its field can carry (0 to ...)", then 0 refused
+    # -1 was "out of the range its field can carry (0 to ...)", then 0 refused; numpy's too.
+    for k in (-1, 0, np.int64(-1), np.int64(0)):
         with pytest.raises(ValueError, match=r"^k: .*at least 1; got"):
             client.search(news, "x", k=k)
         with pytest.raises(ValueError, match=r"^k: .*at least 1; got"):
@@ -503,13 +504,15 @@ def test_an_id_no_document_can_have_is_refused_by_reads_and_deletes_on_every_sur
         for request, call in (
             (pb.GetRequest(collection=news, ids=["a01", bad]), "Get"),
             (pb.DeleteRequest(collection=news, ids=[bad]), "Delete"),
-        ):
+            (pb.UpdateMetadataRequest(collection=news, ids=[bad], patch_json="{}"),
+             "UpdateMetadata"),
+        ):  # fmt: skip
             with pytest.raises(
                 InvalidArgument, match=r"ids\[\d\]: a document id|ids\[\d\]: U\+0000"
             ):
                 client._call(Call(call, request, str))
-        for route in ("get", "delete"):
-            response = http.post(f"/v1/collections/{news}/{route}", json={"ids": [bad]})
+        for route, body in (("get", {}), ("delete", {}), ("update_metadata", {"patch": {}})):
+            response = http.post(f"/v1/collections/{news}/{route}", json={"ids": [bad], **body})
             assert response.status_code in (400, 422), (route, bad, response.text)
     assert client.get(news, ["a01"])[0] is not None  # nothing deleted
 

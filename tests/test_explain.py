@@ -466,7 +466,13 @@ def test_a_character_no_font_draws_is_labelled_by_its_code_point(client, tmp_pat
     text = "🍎😀苹果👨\u200d👩\u200d👧"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        render.render_png(client.explain(text, "苹果"), tmp_path / "e.png", title=text, text=text)
+        render.render_png(
+            client.explain(text, "苹果"),
+            tmp_path / "e.png",
+            title=text,
+            text=text,
+            curves={f"vs 1: {text}": [1.0] * 13},
+        )  # the legend too
     missing = [str(w.message) for w in caught if "missing from font" in str(w.message)]
     assert not missing, missing[:3]
 

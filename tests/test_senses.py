@@ -813,9 +813,10 @@ def test_the_sdk_refuses_k_with_max_k_as_the_cli_does(client, apples):
     assert len(client.induce_senses(apples, "苹果", max_k=2).senses) == 2
 
 
-def test_the_server_refuses_k_with_max_k_from_any_caller(server, apples):
-    """A caller other than the SDK (grpcurl, another language) sending both: the server took
-    k and dropped max_k without a word."""
+def test_the_server_refuses_a_k_past_max_k_from_any_caller(server, apples):
+    """A caller other than this SDK (grpcurl, another language) sending k=3 with max_k=2:
+    the server took k and dropped max_k without a word. A k within max_k agrees with it, and
+    is what every SDK before sent (max_k=6 beside each k)."""
     with grpc.insecure_channel(server.target) as channel:
         induce = pb_grpc.EmbedSenseStub(channel).InduceSenses
         with pytest.raises(grpc.RpcError) as refused:
@@ -825,6 +826,8 @@ def test_the_server_refuses_k_with_max_k_from_any_caller(server, apples):
         chosen = induce(pb.InduceSensesRequest(collection=apples, word="苹果", max_k=2))
         assert len(chosen.senses) == 2
         assert len(induce(pb.InduceSensesRequest(collection=apples, word="苹果", k=3)).senses) == 3
+        earlier_sdk = pb.InduceSensesRequest(collection=apples, word="苹果", k=2, max_k=6)
+        assert len(induce(earlier_sdk).senses) == 2
 
 
 def test_evaluation_on_a_slice_is_well_above_chance(e5):

@@ -25,7 +25,8 @@ COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b
 # Han characters. Full-width punctuation and letters are no sign of Chinese (English text
 # may hold them), and kana say Japanese, whose kanji are Han too.
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
-_KANA = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
+# (U+30FB ・ and U+30FC ー left out: Chinese writes foreign names with the dot.)
+_KANA = re.compile(r"[\u3040-\u30fa\u30fd-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
 
 
 class HasCosines(Protocol):

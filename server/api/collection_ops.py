@@ -390,6 +390,7 @@ class CollectionOps:
         if not isinstance(patch, Mapping):
             raise BadRequest("patch: must be a JSON object", "patch")
         check_count(len(ids), "ids", self.limits, "ids")
+        check_ids(ids)
         collection = await self.collection(name)
         return await self.index_threads.run(
             collection.update_metadata, list(ids), dict(patch), metadata_mode(mode)

@@ -265,9 +265,10 @@ class Senses:
         target = locate(text, word, span, occurrence)
         async with self._slots:
             found = await self._stored_occurrences(collection, target.word)
+            # The query is encoded even then: a text the model refuses is refused either way.
+            query = await word_vectors(self.engine, [target])
             if found is None:  # a search that finds nothing answers nothing, as Search does
                 return [], 0
-            query = await word_vectors(self.engine, [target])
 
             def ranked() -> tuple[np.ndarray, np.ndarray]:  # 50,000 x dim: off the loop too
                 scores = method.rank_occurrences(
@@ -292,10 +293,11 @@ class Senses:
         collection = await self.index_threads.run(self.catalog.get, collection_name)
         if not word:
             raise SenseInputError("word: empty")
-        if k is not None and max_k is not None:  # one would be dropped unsaid
+        if k is not None and max_k is not None and k > max_k:  # one would be dropped unsaid
+            # k within max_k agrees with it: the SDK sent max_k=6 beside every k until 2026-12.
             raise SenseInputError(
                 f"k={k} and max_k={max_k}: k names the senses' number, max_k bounds the "
-                "silhouette's choice of it; give one"
+                "silhouette's choice of it; give one, or a k within max_k"
             )
         max_k = DEFAULT_MAX_K if max_k is None else max_k
         for name, value in (("k", k), ("max_k", max_k)):

@@ -45,8 +45,9 @@ const STRINGS = {
     hidden: "hidden state (0 = embeddings, then layer by layer)",
     cosine: "cosine", meanCosine: "mean cosine to its examples",
     separate: "separate most", pointTip: (s, k, v) => `${s}: hidden state ${k}, ${v}`,
-    notHeld: (l, held) => `Layer ${l} is not on this page (it holds layer ${held}): ask for ` +
-      `it with --layers ${l} or explain(..., layers=[${l}]).`,
+    notHeld: (l, held, n) => `Layer ${l} is not on this page (it holds ` +
+      `${n > 1 ? "layers" : "layer"} ${held}): ask for it with --layers ${l} or ` +
+      `explain(..., layers=[${l}]).`,
     modelTitle: "Model view: every layer and head",
     howModel: "Each square is one head's map: row = a token, column = what it attends to. " +
       "Hover for the tokens and the weight; click (or Enter) to open that head above. " +
@@ -631,7 +632,8 @@ function chart(kind, title, series, yLabel) {
 function chooseHidden(k) {
   const layer = Math.max(1, k), li = D.layers.indexOf(layer);
   if (li >= 0) setLayer(li);
-  else $("tip").textContent = t("notHeld", layer, D.layers.join(lang === "zh" ? "、" : ", "));
+  else $("tip").textContent =
+    t("notHeld", layer, D.layers.join(lang === "zh" ? "、" : ", "), D.layers.length);
 }
 function drawSenses() {
   const view = $("senseview");
