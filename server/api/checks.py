@@ -19,7 +19,6 @@ from embedsense.proto.values import (
     CONTROL_CLASS,
     KeyTwice,
     blank_problem,
-    id_problem,
     json_kind,
     once_each,
     text_problem,
@@ -326,14 +325,6 @@ def k_of(request: Any, default: int = 10) -> int:
     if request.k == 0:
         raise BadRequest("k: must be at least 1")
     return request.k
-
-
-def check_ids(ids: Sequence[str]) -> None:
-    """BadRequest naming the first id no document can have (upsert refuses it): a read or a
-    delete of one is a caller's mistake, not a document that happens to be missing."""
-    for i, doc_id in enumerate(ids):
-        if (wrong := id_problem(doc_id)) is not None:
-            raise BadRequest(f"ids[{i}]: {wrong}", "ids")
 
 
 def metadata_of(text: str, field: str) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from embedsense.server.api.checks import (
     BadRequest,
     Limits,
     check_count,
-    check_ids,
     check_text,
     check_texts,
 )
@@ -54,6 +53,7 @@ from embedsense.server.index.validation import (
     EXTERNAL_MODEL,
     MAX_K,
     METADATA_MODES,
+    checked_ids,
     checked_metadata,
 )
 from embedsense.server.senses.words import encode_to_store
@@ -378,7 +378,7 @@ class CollectionOps:
             if ids:
                 raise BadRequest("ids and filter: give one of them, not both", "filter")
             return await self.index_threads.run(collection.delete_where, where)
-        check_ids(ids)
+        checked_ids(ids)
         return await self.index_threads.run(collection.delete, list(ids))
 
     async def update_metadata(
@@ -390,7 +390,6 @@ class CollectionOps:
         if not isinstance(patch, Mapping):
             raise BadRequest("patch: must be a JSON object", "patch")
         check_count(len(ids), "ids", self.limits, "ids")
-        check_ids(ids)
         collection = await self.collection(name)
         return await self.index_threads.run(
             collection.update_metadata, list(ids), dict(patch), metadata_mode(mode)
@@ -399,7 +398,7 @@ class CollectionOps:
     # ------------------------------------------------------------ reads
 
     async def get(self, name: str, ids: Sequence[str]) -> list[Document | None]:
-        check_ids(ids)
+        checked_ids(ids)
         collection = await self.collection(name)
         return await self.index_threads.run(collection.get, list(ids))
 

@@ -192,10 +192,17 @@ def checked_patch(ids: Sequence[str], patch: Mapping[str, Any], mode: str) -> li
     checked_metadata(patch, "patch", "patch")
     if isinstance(ids, str) or not all(isinstance(i, str) for i in ids):
         raise InvalidArgument("a metadata update takes a list of document ids (strings)")
-    for i, doc_id in enumerate(ids):  # an empty one was "takes a list of ids (strings)"
-        if (wrong := id_problem(doc_id)) is not None:
-            raise InvalidArgument(f"ids[{i}]: {wrong}")
+    checked_ids(ids)  # an empty one was "takes a list of ids (strings)"
     return list(dict.fromkeys(ids))
+
+
+def checked_ids(ids: Sequence[str]) -> None:
+    """InvalidArgument naming the first id no document can have (upsert refuses it): a read,
+    delete or update of one is a caller's mistake, not a document that happens to be
+    missing."""
+    for i, doc_id in enumerate(ids):
+        if (wrong := id_problem(doc_id)) is not None:
+            raise InvalidArgument(f"ids[{i}]: {wrong}", "ids")
 
 
 def checked_metadata(metadata: Any, what: str, param: str | None = None) -> None:
