@@ -560,7 +560,8 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
 
     profile = sense_profile(senses)
     # Every curve of the word's cosine per hidden state: each compared text, each sense.
-    curves = {**{f"vs {i}": c.cosines for i, c in enumerate(contexts.values(), 1)},
+    compared_as = {f"vs {i}": text for i, text in enumerate(contexts, 1)}  # their short names
+    curves = {**{name: contexts[text].cosines for name, text in compared_as.items()},
               **{f"{label} (mean of {len(senses[label])})": cosines
                  for label, cosines in profile.items()}}  # fmt: skip
     written, left_out = [], []
@@ -568,9 +569,9 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
         from embedsense.client.render import render_png
 
         try:
-            texts = {f"vs {i}": text for i, text in enumerate(contexts, 1)}  # in the legend
-            drawn = {f"{name}: {texts[name][:20]}" if name in texts else name: cosines
-                     for name, cosines in curves.items()}  # fmt: skip
+            # The legend names the compared texts too.
+            drawn = {f"{name}: {compared_as[name][:20]}" if name in compared_as else name:
+                     cosines for name, cosines in curves.items()}  # fmt: skip
             png = render_png(explanation, args.out, layer=args.layer, head=args.head,
                              title=args.text, text=args.text, curves=drawn)  # fmt: skip
         except ModuleNotFoundError as err:  # render_png imports it when it draws
@@ -609,7 +610,7 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
     if curves:
         rows = [(i, *(f"{c[i]:.3f}" for c in curves.values()))
                 for i in range(len(next(iter(curves.values()))))]  # fmt: skip
-        named = "".join(f"\nvs {i}: {text}" for i, text in enumerate(contexts, 1))
+        named = "".join(f"\n{name}: {text}" for name, text in compared_as.items())
         readable += (f"\n\n{args.word}'s cosine with its vector in each other text or sense\n"
                      + table(rows, ["hidden state", *curves]) + named)  # fmt: skip
     if written:
