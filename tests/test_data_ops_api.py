@@ -882,6 +882,21 @@ def test_rest_errors_have_the_right_status_and_shape(http, running):
         scrolled = http.post("/v1/collections/rest-errors/scroll", content=body.encode(),
                              headers={"content-type": "application/json"})  # fmt: skip
         error(scrolled, 400, "unknown operator")
+        # A key twice, as gRPC's filter_json and patch_json refuse it: JSON keeps the last, so
+        # {"$gt": 1, "$gt": 0} filtered on $gt 0 unsaid, and a document kept its second year.
+        vector = '{"vector": ' + json.dumps([0.5] * DIM)  # its numbers are not read for keys
+        for route, body in (
+            ("count", '{"filter": {"year": {"$gt": 1, "$gt": 0}}}'),
+            ("delete", '{"filter": {"year": 1}, "filter": {"year": 2}}'),
+            ("upsert", '{"documents": [{"text": "x", "metadata": {"y": 1, "y": 2}}]}'),
+            ("upsert", '{"documents": [' + vector + ', "metadata": {"y": 1, "y": 2}}]}'),
+            ("update_metadata", '{"ids": ["a"], "patch": {"y": 1, "y": 2}}'),
+        ):
+            twice = http.post(f"/v1/collections/rest-errors/{route}", content=body.encode(),
+                              headers={"content-type": "application/json"})  # fmt: skip
+            error(twice, 400, "twice in one object")
+        stored = http.post("/v1/collections/rest-errors/count", json={}).json()
+        assert stored == {"count": 0}  # the upsert stored nothing
         error(http.post("/v1/collections/rest-errors/delete", json={}), 400, "ids or filter")
         error(http.post("/v1/collections/rest-errors/delete", json={"filter": {}}), 400)
         error(

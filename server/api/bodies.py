@@ -16,8 +16,12 @@ import orjson
 from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 
+from embedsense.proto.values import KeyTwice, once_each
+
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes and all
 _LONG_NUMBER = re.compile(rb"\d{19}")  # past 64 bits: 20 digits, or 19 below -2**63
+# An array of numbers long enough to be a vector (no quote in it: never across a string)
+_NUMBER_ARRAY = re.compile(rb"\[[-+0-9.eE,\s]{64,}\]")
 
 
 class BodyError(Exception):
@@ -209,10 +213,12 @@ def values_outside_strings(body: bytes | bytearray) -> int:
     return values_bound(_STRING.sub(b'""', body))
 
 
-def parse_json(body: bytes | bytearray, max_values: int) -> Any:
+def parse_json(body: bytes | bytearray, max_values: int, keys_once: bool = False) -> Any:
     """The body as JSON, refused (BodyError 413) when it could hold more than `max_values`
     values, before any is built; 400 when it is not JSON (or holds a lone surrogate escape,
-    which is no Unicode text, or nests deeper than 1024)."""
+    which is no Unicode text, or nests deeper than 1024), or, with `keys_once`, when an
+    object gives a key twice (JSON keeps the last: a filter's `$gt` written twice would
+    filter on the second in silence)."""
     if values_bound(body) > max_values and (bound := values_outside_strings(body)) > max_values:
         raise BodyError(
             413,
@@ -240,7 +246,29 @@ def parse_json(body: bytes | bytearray, max_values: int) -> Any:
         # orjson reads an integer past 64 bits as a float, silently rounded; Python's parser
         # keeps it exact, for the checks after to refuse it (the body is valid JSON by now).
         try:
-            return json.loads(body)
+            return json.loads(body, object_pairs_hook=once_each if keys_once else None)
         except RecursionError:
             raise BodyError(400, "the body nests too deeply", "invalid_json") from None
+        except KeyTwice as err:
+            raise _key_twice(err) from None
+    if keys_once:
+        _check_keys_once(body)
     return value
+
+
+def _check_keys_once(body: bytes | bytearray) -> None:
+    """BodyError 400 naming a key that an object of `body` (valid JSON) gives twice, where
+    orjson keeps the last in silence. Python's parser finds it, over the body with its long
+    arrays of numbers emptied first: vectors hold no keys, and are most of the parsing."""
+    try:
+        json.loads(_NUMBER_ARRAY.sub(b"[]", body), object_pairs_hook=once_each)
+    except RecursionError:
+        # Deeper than Python's parser goes (orjson's goes to 1024): the filter or metadata
+        # it holds is refused for its depth by the checks after, whatever its keys.
+        pass
+    except KeyTwice as err:
+        raise _key_twice(err) from None
+
+
+def _key_twice(err: KeyTwice) -> BodyError:
+    return BodyError(400, f"the body gives {err}", "invalid_json")

@@ -135,7 +135,9 @@ class CollectionRoutes:
             method: str, path: str, handler: Any, summary: str, description: str = "", **more: Any
         ) -> HttpRoute:
             more.setdefault("errors", ERRORS)
-            return HttpRoute(method, path, handler, d, summary, description, tag=TAG, **more)
+            return HttpRoute(
+                method, path, handler, d, summary, description, tag=TAG, keys_once=True, **more
+            )
 
         one = "/v1/collections/{name}"
         return [

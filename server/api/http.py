@@ -92,6 +92,7 @@ class HttpRoute:
     documented: bool = True
     heavy_reply: bool = False  # a reply that can be large for a small body: written off the loop
     prioritized: bool = False  # embeds: takes the X-Priority header (checks.PRIORITY_HEADER)
+    keys_once: bool = False  # a body of filters, metadata, patches: a key given twice is a 400
 
 
 @dataclass(frozen=True)
@@ -283,7 +284,7 @@ class HttpServer:
                         request, self.body_limit, claim, self.settings.http_body_timeout_s
                     )
                     large = len(raw) > INLINE_BODY_BYTES
-                    parse = functools.partial(self._parse, raw, route.body)
+                    parse = functools.partial(self._parse, raw, route.body, route.keys_once)
                     body = await self.context.off_loop(parse) if large else parse()
                     del raw, parse  # the parsed body is what the request holds from here
                 with priority_scope(level):  # the engine reads it from the context
@@ -306,9 +307,9 @@ class HttpServer:
 
         return endpoint
 
-    def _parse(self, raw: bytearray, model: type[BaseModel]) -> BaseModel:
+    def _parse(self, raw: bytearray, model: type[BaseModel], keys_once: bool) -> BaseModel:
         try:
-            return model.model_validate(parse_json(raw, self.max_values))
+            return model.model_validate(parse_json(raw, self.max_values, keys_once))
         except ValidationError as err:
             raise from_validation(err) from None
 
