@@ -258,7 +258,10 @@ class EmbedSenseServer:
             self.http.draining = True  # 503 from now on, while in-flight calls finish
         grace = self.settings.shutdown_grace_s if grace is None else grace
         stopping = time.monotonic()
-        await self._server.stop(grace)
+        draining = [self._server.stop(grace)]
+        if self.http is not None:  # HTTP's requests get the same grace, its port still open
+            draining.append(self.http.drain(grace))
+        await asyncio.gather(*draining)
         self._server = None
         if self.http is not None:
             await self.http.stop()

@@ -18,6 +18,7 @@ openai_routes.py and tei_routes.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -69,6 +70,7 @@ RETRY_AFTER_S = "1"  # what a 429 or 503 suggests: the engine's queue drains in 
 INLINE_BODY_BYTES = 16 * 1024
 # JSON values a request may carry beyond its inputs: its other fields.
 OTHER_VALUES = 1024
+SHUTDOWN_TIMEOUT_S = 1.0  # after the grace: a reply being written finishes, a handler is cancelled
 PARSE_THREADS = 2  # parsing holds the GIL: more threads would only queue on it
 
 
@@ -225,6 +227,9 @@ class HttpServer:
         self.metrics = metrics
         self.keys = keys
         self.draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()  # set while no request is in flight
+        self._idle.set()
         self.routes: list[HttpRoute] = []
         self._by_path: dict[str, HttpRoute] = {}
         self.body_limit = settings.http_body_limit()
@@ -337,6 +342,8 @@ class HttpServer:
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 499  # the client hung up before an answer (nginx's name for it)
+        self._in_flight += 1
+        self._idle.clear()
         try:
             try:
                 response = await self._guarded(request, handler)
@@ -349,6 +356,9 @@ class HttpServer:
             elapsed = time.perf_counter() - started
             self.metrics.observe_request(f"HTTP {request.method} {route}", str(status), elapsed)
             request_id.reset(token)
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
         response.headers["x-request-id"] = rid
         if self.cors is not None:
             response.headers.update(self.cors.headers(request.headers.get("Origin")))
@@ -436,12 +446,15 @@ class HttpServer:
         # engine work (aiohttp leaves it off by default). auto_decompress off: bodies.py
         # decodes the codings it accepts and refuses the others in the API's shape (aiohttp
         # answers those it cannot decode itself, and reads unknown ones as no coding).
+        # shutdown_timeout: `drain` has waited out the grace; what is left after it is
+        # cancelled, a reply being written given a moment (aiohttp's default waits 60 s).
         self._runner = web.AppRunner(
             self.app,
             access_log=None,
             handle_signals=False,
             handler_cancellation=True,
             auto_decompress=False,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         )
         await self._runner.setup()
         AIOHTTP_SERVER_LOG.addFilter(client_faults_at_debug)
@@ -449,6 +462,13 @@ class HttpServer:
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self.port
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to `grace` s for the requests in flight to finish, the port still open:
+        new ones are answered 503 (`draining`), as a load balancer expects."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
 
     async def stop(self) -> None:
         if self._runner is not None:
