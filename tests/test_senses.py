@@ -329,7 +329,7 @@ def test_sense_errors_name_the_offending_input(client):
         client.disambiguate("苹果很好", "苹果", {"a": ["苹果很甜"], "a ": ["苹果手机"]})
     with pytest.raises(InvalidArgument, match="word: empty or only whitespace"):
         client.create_inventory("blank-word", {" ": {"a": ["a b"], "b": ["c d"]}})
-    with pytest.raises(InvalidArgument, match="word: empty or only whitespace"):
+    with pytest.raises(InvalidArgument, match="word: only whitespace"):
         client.disambiguate("a b", " ", {"a": ["a b"], "b": ["c d"]})
     # What looks like the word, and is not it: say why, not just "does not occur".
     with pytest.raises(InvalidArgument, match="'苹果 ' does not occur.*whitespace around it"):
@@ -404,6 +404,24 @@ def apples(server):
         yield "apples"
         c.drop_collection("apples")
         c.drop_collection("no-tokens")
+
+
+def test_a_word_of_whitespace_alone_is_invalid_in_every_call_that_takes_a_word(client, apples):
+    """As the inventories and given senses refuse it. Before: Disambiguate answered NOT_FOUND
+    (no inventory entry for ' '), SearchOccurrences an empty answer, Explain and
+    CompareLayers an answer about the space between two words."""
+    text = "我 喜欢吃苹果"
+    for word in (" ", "\t", "\u3000"):
+        for call, args in (
+            (client.disambiguate, (text, word)),
+            (client.search_occurrences, (apples, text, word)),
+            (client.induce_senses, (apples, word)),
+            (client.explain, (text, word)),
+            (client.compare_layers, (text, text, word)),
+        ):
+            with pytest.raises(InvalidArgument, match="word: .*only whitespace"):
+                call(*args)
+    assert client.explain(text, "苹果").span == (5, 7)  # a word beside the space still is one
 
 
 def test_search_occurrences_finds_the_same_sense(client, apples):

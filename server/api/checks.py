@@ -164,6 +164,15 @@ def check_text(text: str, field: str, max_chars: int) -> str:
     return text
 
 
+def check_word(word: str, field: str = "word") -> str:
+    """A word to find in a text: empty where a span names the occurrence instead (the senses
+    logic says when one is needed), never whitespace alone, which the tokenizer keeps no
+    token for."""
+    if word and not word.strip():
+        raise BadRequest(f"{field}: only whitespace; a word is needed", _param(field))
+    return word
+
+
 def check_count(count: int, field: str, limits: Limits, what: str = "texts") -> None:
     """At least one input, at most max_texts."""
     if count == 0:

@@ -40,6 +40,7 @@ from embedsense.server.api.checks import (
     check_reply_size,
     check_text,
     check_texts,
+    check_word,
     choice,
     k_of,
     metadata_of,
@@ -527,7 +528,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         with eng.priority_scope(priority_of(request.priority, Priority.QUERY)):
             result = await self.senses.disambiguate(
                 self._text(request.text),
-                request.word,
+                check_word(request.word),
                 span=span_of(request),
                 occurrence=request.occurrence,
                 senses={label: list(s.examples) for label, s in request.senses.items()},
@@ -606,7 +607,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             found, compared = await self.senses.search_occurrences(
                 request.collection,
                 self._text(request.text),
-                request.word,
+                check_word(request.word),
                 span=span_of(request),
                 occurrence=request.occurrence,
                 k=min(k_of(request), MAX_OCCURRENCES),
@@ -623,7 +624,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     ) -> pb.InduceSensesResponse:
         await self._collection(request.collection)
         induced = await self.senses.induce_senses(
-            request.collection, request.word, k=request.k or None, max_k=request.max_k or None,
+            request.collection, check_word(request.word), k=request.k or None,
+            max_k=request.max_k or None,
             central=min(request.central or 3, MAX_OCCURRENCES),
         )  # fmt: skip
         reply = pb.InduceSensesResponse(
@@ -640,7 +642,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     @rpc
     async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.ExplainResponse:
         result = await self.explainer.in_turn(
-            "explain", self._text(request.text), request.word, span=span_of(request),
+            "explain", self._text(request.text), check_word(request.word), span=span_of(request),
             occurrence=request.occurrence, layers=list(request.layers) or None,
             heads=list(request.heads) or None, role=role_of(request.role),
             truncate=request.truncate, neuron=neuron_of(request),
@@ -671,7 +673,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     ) -> pb.CompareLayersResponse:
         cosines, a, b = await self.explainer.in_turn(
             "compare_layers", self._text(request.text_a, "text_a"),
-            self._text(request.text_b, "text_b"), request.word,
+            self._text(request.text_b, "text_b"), check_word(request.word),
             request.occurrence_a, request.occurrence_b, truncate=request.truncate,
             timeout=context.time_remaining(),
         )  # fmt: skip
