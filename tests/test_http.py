@@ -183,6 +183,9 @@ def test_hostile_http_gets_clean_4xx_and_the_server_goes_on(base, running):
         started = time.monotonic()
         reply = slow.recv(4096)
         assert reply.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 5
+        # Said to be closed (RFC 9110 15.5.9): the rest of the body may still come, so a
+        # client that sent its next request on the connection got no answer to it.
+        assert b"connection: close" in reply.lower(), reply
     status, _, body = call(base, "POST", "/embed", b'{"inputs": "still serving"}')
     assert status == 200 and len(json.loads(body)[0]) == 384
 

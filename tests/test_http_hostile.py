@@ -319,3 +319,12 @@ def test_a_request_that_does_not_parse_is_a_400_and_no_error_in_the_log(running,
     assert head.split(b" ")[1] == b"400" and b"Content-Type" in answer, (head, answer)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     still_serving(f"http://127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("path", ["/health", "/info", "/v1/models", "/openapi.json", "/metrics"])
+def test_head_is_answered_wherever_get_is(base, path):
+    """RFC 9110 9.1: a general-purpose server supports HEAD. It was 405 (Allow: GET)."""
+    get_status, get_headers, _ = call(base, path, None, method="GET")
+    status, headers, body = call(base, path, None, method="HEAD")
+    assert (status, body) == (get_status, b""), (status, body)
+    assert headers.get("Content-Type") == get_headers.get("Content-Type")

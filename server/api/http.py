@@ -243,7 +243,10 @@ class HttpServer:
 
     def add_routes(self, routes: list[HttpRoute]) -> None:
         for route in routes:
-            added = self.app.router.add_route(route.method, route.path, self._endpoint(route))
+            endpoint = self._endpoint(route)
+            added = self.app.router.add_route(route.method, route.path, endpoint)
+            if route.method == "GET":  # HEAD wherever GET (RFC 9110 9.1): aiohttp drops the body
+                self.app.router.add_route("HEAD", route.path, endpoint)
             self.routes.append(route)
             if added.resource is not None:
                 self._by_path[added.resource.canonical] = route
@@ -406,6 +409,8 @@ class HttpServer:
         response.headers.update(err.headers)
         if status in (429, 503):
             response.headers["Retry-After"] = RETRY_AFTER_S
+        if status == 408:  # the rest of the body may still come: no next request can be read
+            response.force_close()
         if status == 401:
             given = bool(request.headers.get("Authorization"))
             response.headers["WWW-Authenticate"] = 'Bearer realm="embedsense"' + (
