@@ -132,6 +132,33 @@ def test_tei_client_gets_the_grpc_vectors(base, grpc_vectors, monkeypatch):
     assert status == 200 and (cosines(np.array(json.loads(body)), grpc_vectors) >= 0.9999).all()
 
 
+def test_tei_sentence_similarity_with_its_client_and_its_route(base, grpc_vectors, monkeypatch):
+    """huggingface_hub's sentence_similarity posts {"inputs": {source_sentence, sentences}}
+    to /, which answered 422 (inputs: expected a string); TEI's /similarity was 404."""
+    import huggingface_hub.constants
+    from huggingface_hub import InferenceClient
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    client = InferenceClient(base_url=base, api_key=KEY)
+    expected = [float(cosines(grpc_vectors[0], v)) for v in grpc_vectors[1:]]
+    assert client.sentence_similarity(TEXTS[0], TEXTS[1:]) == pytest.approx(expected, abs=1e-4)
+    body = {"inputs": {"source_sentence": TEXTS[0], "sentences": TEXTS[1:]},
+            "parameters": {"prompt_name": "query"}}  # fmt: skip
+    status, _, answer = call(base, "POST", "/similarity", json.dumps(body).encode())
+    assert status == 200 and json.loads(answer) == pytest.approx(expected, abs=1e-4)
+    # TEI's statuses and shapes, the field at fault named as it was sent.
+    body = {"inputs": {"source_sentence": TEXTS[0], "sentences": []}}
+    status, _, answer = call(base, "POST", "/", json.dumps(body).encode())
+    assert status == 400 and json.loads(answer)["error_type"] == "Empty"
+    assert json.loads(answer)["error"].startswith("inputs.sentences: "), answer
+    body = {"inputs": {"source_sentence": TEXTS[0], "sentences": "苹果"}}
+    status, _, answer = call(base, "POST", "/", json.dumps(body).encode())
+    assert status == 422 and json.loads(answer)["error"].startswith("inputs.sentences: "), answer
+    body = {"inputs": {"source_sentence": "苹果" * 600, "sentences": ["x"]}}
+    status, _, answer = call(base, "POST", "/similarity", json.dumps(body).encode())
+    assert status == 413 and "inputs.source_sentence[0] is " in answer.decode(), answer
+
+
 def test_tei_routes_and_errors(base, running):
     status, _, body = call(
         base, "POST", "/tokenize", b'{"inputs": "\\u6211\\u559c\\u6b22\\u5403\\u82f9\\u679c"}'

@@ -27,7 +27,7 @@ from embedsense.server.api.tei_models import EmbedRequest
 from embedsense.server.config import EngineConfig
 
 KEY = "spec-secret"
-OPERATIONS = 11 + 11  # the embedding routes and /metrics; the collections' REST routes
+OPERATIONS = 12 + 11  # the embedding routes and /metrics; the collections' REST routes
 MODEL = "multilingual-e5-small"
 TEXTS = ["我喜欢吃苹果", "我买了最新的苹果手机"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -101,6 +101,7 @@ def test_the_openapi_document_comes_from_the_request_models(base):
         "/v1/models",
         "/v1/models/{model}",
         "/embed",
+        "/similarity",
         "/",
         "/embed_all",
         "/tokenize",

@@ -319,7 +319,7 @@ class HttpServer:
         try:
             return model.model_validate(parse_json(raw, self.max_values, keys_once))
         except ValidationError as err:
-            raise from_validation(err) from None
+            raise from_validation(err, tagged=issubclass(model, RootModel)) from None
 
     async def _within_deadline(self, deadline: float, work: Awaitable[Any]) -> Any:
         """The handler's work, cancelled at the request's deadline (http_deadline_s from its

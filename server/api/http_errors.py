@@ -50,9 +50,12 @@ class Dialect(Protocol):
     def error(self, error: ApiError) -> tuple[int, dict[str, Any]]: ...
 
 
-def from_validation(err: ValidationError) -> ApiError:
-    """A request body that does not fit its model: the fields at fault and why."""
+def from_validation(err: ValidationError, tagged: bool = False) -> ApiError:
+    """A request body that does not fit its model: the fields at fault and why. `tagged`: the
+    model is a union of bodies, whose tag pydantic puts before each field's place."""
     problems = err.errors(include_url=False, include_input=False)
+    if tagged:
+        problems = [{**p, "loc": p["loc"][1:]} for p in problems]
     first = problems[0]["loc"] if problems else ()
     described = "; ".join(
         f"{'.'.join(map(str, p['loc'])) or 'body'}: {_why(p)}" for p in problems[:5]

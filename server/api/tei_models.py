@@ -1,12 +1,12 @@
-"""text-embeddings-inference's API as typed models: the requests and replies of /embed (and
-/), /embed_all, /tokenize, /decode and /info, and TEI's error body. Validation and the
-published OpenAPI document both come from them."""
+"""text-embeddings-inference's API as typed models: the requests and replies of /embed,
+/similarity (and /, which takes either), /embed_all, /tokenize, /decode and /info, and TEI's
+error body. Validation and the published OpenAPI document both come from them."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, RootModel
+from pydantic import BaseModel, Discriminator, Field, RootModel, Tag
 
 from embedsense.server.api.http_inputs import Ids, Inputs, RequestModel, Texts
 
@@ -38,6 +38,48 @@ class EmbedRequest(RequestModel):
         description="Only the model's own dimension is offered (leave it out).",
         json_schema_extra={"x-limit": "dimensions"},
     )
+
+
+class SimilarityInput(RequestModel):
+    source_sentence: str = Field(
+        description="The text the others are compared with.",
+        examples=["我喜欢吃苹果"],
+        json_schema_extra={"x-limit": "inputs"},
+    )
+    sentences: list[str] = Field(
+        description="The texts compared with source_sentence.",
+        examples=[["苹果很甜", "我买了苹果手机"]],
+        json_schema_extra={"x-limit": "inputs"},
+    )
+
+
+class SimilarityParameters(RequestModel):
+    truncate: bool | None = Field(None, description=TRUNCATE)
+    truncation_direction: Direction = Field("Right", description=DIRECTION)
+    prompt_name: Prompt | None = Field(None, description=PROMPT)
+
+
+class SimilarityRequest(RequestModel):
+    inputs: SimilarityInput
+    parameters: SimilarityParameters | None = None
+
+
+def _predict_kind(body: Any) -> str:
+    """TEI's sentence-similarity body has an object of inputs; an embed body never does."""
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    return "similarity" if isinstance(inputs, dict) else "embed"
+
+
+class PredictRequest(
+    RootModel[
+        Annotated[
+            Annotated[EmbedRequest, Tag("embed")] | Annotated[SimilarityRequest, Tag("similarity")],
+            Discriminator(_predict_kind),
+        ]
+    ]
+):
+    """What POST / takes: an embed body, or a sentence-similarity one (what
+    huggingface_hub's `InferenceClient.sentence_similarity` sends there)."""
 
 
 class EmbedAllRequest(RequestModel):
@@ -73,6 +115,14 @@ class SimpleToken(BaseModel):
 
 class EmbedResponse(RootModel[list[list[float]]]):
     """One vector per input."""
+
+
+class SimilarityResponse(RootModel[list[float]]):
+    """Per sentence, its cosine similarity with source_sentence."""
+
+
+class PredictResponse(RootModel[list[list[float]] | list[float]]):
+    """An embed body's vectors, or a similarity body's cosines."""
 
 
 class EmbedAllResponse(RootModel[list[list[list[float]]]]):

@@ -1,7 +1,8 @@
-"""text-embeddings-inference's API: POST /embed (and POST /, which TEI's clients, such as
-`huggingface_hub.InferenceClient(base_url).feature_extraction`, call), POST /embed_all (a
-vector per token: what a contextual-embedding server is for), POST /tokenize, POST /decode,
-GET /info and GET /health, in TEI's shapes (tei_models.py), statuses and errors.
+"""text-embeddings-inference's API: POST /embed, POST /similarity (and POST /, either, which
+TEI's clients, such as `huggingface_hub.InferenceClient(base_url).feature_extraction` and
+`.sentence_similarity`, call), POST /embed_all (a vector per token: what a
+contextual-embedding server is for), POST /tokenize, POST /decode, GET /info and
+GET /health, in TEI's shapes (tei_models.py), statuses and errors.
 
 `prompt_name` ("query" or "passage") picks the e5 prefix, as TEI's prompts do; without it,
 the server's --default-prompt-name ("query" unless set).
@@ -9,6 +10,7 @@ the server's --default-prompt-name ("query" unless set).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,11 @@ from embedsense.server.api.tei_models import (
     Info,
     ModelType,
     Pooling,
+    PredictRequest,
+    PredictResponse,
+    SimilarityParameters,
+    SimilarityRequest,
+    SimilarityResponse,
     TEIError,
     TokenizeRequest,
     TokenizeResponse,
@@ -83,6 +90,10 @@ class TEIRoutes:
             "One vector per input (mean-pooled, L2-normalized unless normalize is "
             "false), as TEI's /embed answers. " + roles
         )
+        similarity = (
+            "Per sentence, its cosine similarity with source_sentence (their vectors as "
+            "/embed's), as TEI's /similarity answers. " + roles
+        )
         max_tokens = self.context.engine.config.max_batch_tokens
         return [
             HttpRoute(
@@ -100,13 +111,28 @@ class TEIRoutes:
             ),
             HttpRoute(
                 "POST",
-                "/",
-                self.embed,
+                "/similarity",
+                self.similarity,
                 d,
-                "Embed texts (TEI's predict route)",
-                embed,
-                body=EmbedRequest,
-                reply=EmbedResponse,
+                "Sentence similarity (TEI)",
+                similarity,
+                body=SimilarityRequest,
+                reply=SimilarityResponse,
+                errors=ERRORS,
+                tag="TEI",
+                prioritized=True,
+            ),
+            HttpRoute(
+                "POST",
+                "/",
+                self.predict,
+                d,
+                "Embed texts, or compare them (TEI's predict route)",
+                "An embed body is answered as /embed; a body whose inputs are "
+                "{source_sentence, sentences} as /similarity (what huggingface_hub's "
+                "InferenceClient.sentence_similarity sends).",
+                body=PredictRequest,
+                reply=PredictResponse,
                 errors=ERRORS,
                 tag="TEI",
                 prioritized=True,
@@ -188,6 +214,28 @@ class TEIRoutes:
             truncate_hint=TRUNCATE_HINT,
         )
         return EmbedResponse.model_construct(root=np.stack([r.sentence for r in results]))
+
+    async def similarity(self, request: web.Request, body: SimilarityRequest) -> SimilarityResponse:
+        given = body.parameters or SimilarityParameters()
+        options: dict[str, Any] = {
+            "role": self.context.role(given.prompt_name, "parameters.prompt_name"),
+            "truncation": self.context.truncation(given.truncate, given.truncation_direction),
+            "truncate_hint": TRUNCATE_HINT,
+        }
+        # Two calls, so that an error names the field; the engine batches them together.
+        source, sentences = await asyncio.gather(
+            self.context.embed([body.inputs.source_sentence], "inputs.source_sentence", **options),
+            self.context.embed(body.inputs.sentences, "inputs.sentences", **options),
+        )
+        rows = np.stack([r.sentence for r in sentences])
+        return SimilarityResponse.model_construct(root=(rows @ source[0].sentence).tolist())
+
+    async def predict(
+        self, request: web.Request, body: PredictRequest
+    ) -> EmbedResponse | SimilarityResponse:
+        if isinstance(body.root, SimilarityRequest):
+            return await self.similarity(request, body.root)
+        return await self.embed(request, body.root)
 
     async def embed_all(self, request: web.Request, body: EmbedAllRequest) -> EmbedAllResponse:
         results = await self.context.embed(
