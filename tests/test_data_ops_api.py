@@ -426,6 +426,16 @@ def test_bad_filters_and_sizes_are_invalid_argument_everywhere(client, news):
     both.vectors.data = np.zeros(DIM, "<f4").tobytes()
     with pytest.raises(InvalidArgument, match="not both"):
         client._call(Call("SearchBatch", both, lambda r: r))
+    # Named as sent: it was "vectors: expected (n, dim) query vectors, got shape (1, 0)".
+    empty = pb.SearchRequest(collection=news)
+    empty.vector.shape.extend([0])
+    with pytest.raises(InvalidArgument, match=r"^INVALID_ARGUMENT: vector: .*shape \(0,\)"):
+        client._call(Call("Search", empty, lambda r: r))
+    short = pb.SearchRequest(collection=news)
+    short.vector.shape.extend([2])
+    short.vector.data = np.ones(2, "<f4").tobytes()
+    with pytest.raises(InvalidArgument, match=f"^INVALID_ARGUMENT: vector: a 2-dim vector.*{DIM}"):
+        client._call(Call("Search", short, lambda r: r))
     two = pb.SearchRequest(collection=news)  # it was: row 0's hits, row 1 ignored
     two.vector.shape.extend([2, DIM])
     two.vector.data = np.ones(2 * DIM, "<f4").tobytes()
@@ -912,6 +922,8 @@ def test_rest_errors_have_the_right_status_and_shape(http, running):
             refused = http.post(f"/v1/collections/rest-errors/{route}", json=body)
             error(refused, 400, param)
             assert refused.json()["error"]["param"] == param, refused.text
+            # The message names it too: a vector's dimension was blamed on "query".
+            assert refused.json()["error"]["message"].startswith(param), refused.text
         error(http.post("/v1/collections/rest-errors/search", json={"query": "x", "k": 0}), 422)
         error(
             http.post("/v1/collections/rest-errors/search", json={"vector": [[1.0] * DIM, [1.0]]}),

@@ -468,12 +468,19 @@ class CollectionOps:
                 ) from None
             queries = np.stack([r.sentence for r in embedded])
         else:
-            queries = np.asarray(vectors, dtype=np.float32)
-            if queries.ndim == 1:
-                queries = queries[None]
+            given = np.asarray(vectors, dtype=np.float32)
+            queries = given[None] if given.ndim == 1 else given
             if queries.ndim != 2 or queries.shape[1] == 0:
                 raise BadRequest(
-                    f"vectors: expected (n, dim) query vectors, got shape {queries.shape}", field
+                    f"{field}: expected query vectors of {collection.dim} numbers each, got "
+                    f"shape {given.shape}",
+                    field,
+                )
+            if queries.shape[1] != collection.dim:  # named as sent: the index says "query"
+                raise BadRequest(
+                    f"{field}: a {queries.shape[1]}-dim vector; collection {collection.name!r} "
+                    f"holds {collection.dim}-dim vectors (expected dimension {collection.dim})",
+                    field,
                 )
             check_count(len(queries), field, self.limits, "queries")
             check_k(k, len(queries))

@@ -461,8 +461,9 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         return pb.UpdateMetadataResponse(updated=updated)
 
     async def _search(
-        self, request: Any, context: Any, texts: list[str] | None, vectors: Any
-    ) -> list[list[idx.Hit]]:
+        self, request: Any, context: Any, texts: list[str] | None, vectors: Any,
+        vectors_field: str = "vectors",
+    ) -> list[list[idx.Hit]]:  # fmt: skip
         """What Search and SearchBatch share: their options, one call of the shared search."""
         threshold = request.score_threshold if request.HasField("score_threshold") else None
         return await self.ops.search(
@@ -471,7 +472,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             nprobe=request.nprobe, score_threshold=threshold,
             with_vectors=request.with_vectors, priority=priority_of(request.priority),
             timeout=context.time_remaining(),
-            field="texts" if texts is not None else "vectors",
+            field="texts" if texts is not None else vectors_field,
         )  # fmt: skip
 
     @rpc
@@ -486,7 +487,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
                     f"vector: one (dim,) vector, got shape {vector.shape}: SearchBatch takes "
                     "several"
                 )
-            hits = await self._search(request, context, None, vector)
+            hits = await self._search(request, context, None, vector, "vector")
         else:
             raise BadRequest("query: give a text or a vector")
         reply = pb.SearchResponse(hits=_hits_reply(hits[0], request.with_vectors))
