@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
 import time
 import urllib.error
@@ -262,3 +263,16 @@ def test_without_cors_only_the_servers_own_pages_may_write(base):
     for fine in ({"Origin": base}, {"Origin": base.upper()}, {}):
         status, _, answer = call(base, "POST", "/v1/embeddings", body, fine)
         assert status == 200, (fine, answer[:200])
+
+
+def test_the_start_log_names_each_port_with_its_address(e5, tmp_path, caplog):
+    """They read ":8080": every address, where the ports listen on --host's alone."""
+    caplog.set_level(logging.INFO, logger="embedsense")
+    server = ServerThread(e5, tmp_path, http_port=0, metrics_port=0)
+    try:
+        serving = next(r.getMessage() for r in caplog.records if r.msg.startswith("serving"))
+        http_port, metrics_port = server.server.http_port, server.server.metrics_port
+        assert f"HTTP on 127.0.0.1:{http_port}" in serving, serving
+        assert f"metrics on 127.0.0.1:{metrics_port}" in serving, serving
+    finally:
+        server.stop()

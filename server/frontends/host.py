@@ -32,6 +32,7 @@ from embedsense.server.api.app import (
     bare_host,
     check_data_dir,
     check_ports_free,
+    grpc_address,
     open_engine_and_index,
     remove_if_empty,
     serve_metrics,
@@ -151,10 +152,12 @@ class EngineHost:
                 raise StartupError(failure)
         self._keepers = [asyncio.create_task(self._keep(i)) for i in self.front_ends]
         info = self.engine.info()
-        log.info("serving %s (%d-dim, %s, %s) with %d front-end processes on %s:%d%s%s",
-                 info.model, info.dim, info.device, info.dtype, self.count, s.host, self.port,
-                 f", HTTP on :{self.http_port}" if self.http_port else "",
-                 f", metrics on :{self.metrics_port}" if self.metrics_port else "")  # fmt: skip
+        log.info("serving %s (%d-dim, %s, %s) with %d front-end processes on %s%s%s",
+                 info.model, info.dim, info.device, info.dtype, self.count,
+                 grpc_address(s.host, self.port),
+                 f", HTTP on {grpc_address(s.host, self.http_port)}" if self.http_port else "",
+                 f", metrics on {grpc_address(s.host, self.metrics_port)}"
+                 if self.metrics_port else "")  # fmt: skip
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain the front ends (SIGTERM: each finishes its calls), then close the engine
