@@ -335,3 +335,29 @@ def test_the_flags_the_messages_name_are_the_programs():
     flags = {cli.field_of(flag, options): flag for flag, _, options in cli.SETTINGS_FLAGS}
     for name, flag in FLAGS.items():
         assert flags[name] == flag, name
+
+
+# ------------------------------------------------------------------ 5: CORS origins
+
+
+def test_cors_origins_are_kept_as_browsers_send_them():
+    """A browser's Origin is lower case, without the scheme's default port or a slash; an
+    origin written otherwise matched no request, in silence."""
+    given = " https://App.Example:443/ , http://Local.Example:8080,http://[::1]:80 "
+    settings = ServerSettings(cors_allow_origin=given)
+    assert (
+        settings.cors_allow_origin == "https://app.example,http://local.example:8080,http://[::1]"
+    )
+    assert ServerSettings(cors_allow_origin="*").cors_allow_origin == "*"
+
+
+@pytest.mark.parametrize(
+    "origin", ["app2.example", "https://app.example/path", "null", "ftp://app.example",
+               "https://app.example?x=1", "https://user@app.example", "https://a.example:99999"],
+)  # fmt: skip
+def test_a_cors_origin_no_browser_sends_is_refused_naming_it(origin):
+    with pytest.raises(ValueError) as refused:
+        ServerSettings.from_env({"EMBEDSENSE_CORS_ALLOW_ORIGIN": f"https://ok.example,{origin}"})
+    message = str(refused.value)
+    assert repr(origin) in message and "--cors-allow-origin" in message, message
+    assert "EMBEDSENSE_CORS_ALLOW_ORIGIN" in message and "scheme://host" in message, message

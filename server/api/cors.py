@@ -70,6 +70,37 @@ class CorsPolicy:
         }
 
 
+def origins_as_sent(setting: str) -> str:
+    """--cors-allow-origin's value with each origin as a browser's Origin header writes it
+    (scheme and host in lower case, the scheme's default port and a trailing slash left
+    out), so that it matches; ValueError naming an origin no browser sends."""
+    origins = (o.strip() for o in setting.split(","))
+    return ",".join(_origin_as_sent(o.rstrip("/")) for o in origins if o)
+
+
+def _origin_as_sent(origin: str) -> str:
+    if origin == "*":
+        return origin
+    parts = urlsplit(origin)
+    try:
+        port = parts.port
+    except ValueError:  # no number, or past 65535
+        port = -1
+    scheme = parts.scheme.lower()
+    if (
+        scheme not in DEFAULT_PORTS
+        or not parts.hostname
+        or port == -1
+        or any((parts.path, parts.query, parts.fragment, parts.username, parts.password))
+    ):
+        raise ValueError(
+            f"{origin!r} is not an origin: expected scheme://host[:port] with http or https "
+            "(https://app.example), as a browser's Origin header sends it, or *"
+        )
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{scheme}://{host}" + ("" if port in (None, DEFAULT_PORTS[scheme]) else f":{port}")
+
+
 def allowed_headers(asked: str) -> str:
     """HEADERS, and the others a preflight asks for (a comma-separated list)."""
     known = {h.lower() for h in HEADERS.split(", ")}

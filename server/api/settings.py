@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from embedsense.proto import DEFAULT_PORT
+from embedsense.server.api.cors import origins_as_sent
 from embedsense.server.config import FLOAT16_ON_CPU, EngineConfig
 from embedsense.server.index.backend import BACKENDS, MILVUS_SEARCH_CALLS, BackendSettings
 
@@ -38,7 +39,8 @@ ENGINE_KNOBS = ("model", "device", "dtype", "cpu_flags", "threads", "tokenizer_t
 FLAGS = {"host": "--host", "port": "--port", "http_port": "--http-port",
          "metrics_port": "--metrics-port", "milvus_timeout_s": "--milvus-timeout",
          "milvus_search_calls": "--milvus-search-calls",
-         "api_key": "--api-key", "dtype": "--dtype"}  # fmt: skip
+         "api_key": "--api-key", "dtype": "--dtype",
+         "cors_allow_origin": "--cors-allow-origin"}  # fmt: skip
 
 
 # How a refusal names a setting, where not by its field's name.
@@ -195,6 +197,12 @@ class ServerSettings:
                 f"frontends {self.frontends!r}: expected auto or a number of processes from 1 "
                 "(--frontends, EMBEDSENSE_FRONTENDS)"
             )
+        if self.cors_allow_origin is not None:
+            try:
+                origins = origins_as_sent(self.cors_allow_origin)
+            except ValueError as err:
+                raise ValueError(f"CORS origin {err} ({where('cors_allow_origin')})") from None
+            object.__setattr__(self, "cors_allow_origin", origins)
         if self.default_prompt_name not in PROMPT_NAMES:
             raise ValueError(
                 f"default prompt name {self.default_prompt_name!r}: expected "
