@@ -7,11 +7,9 @@ document ids, what a partial failure stored) is client/bulk.py.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import numbers
 import random
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ import numpy as np
 
 from embedsense.client.bulk import id_text, to_document
 from embedsense.client.messages import message
+from embedsense.client.targets import Targets, grpc_target
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
@@ -43,7 +42,6 @@ from embedsense.client.types import (
     TokenEmbeddings,
     Tokens,
 )
-from embedsense.proto import DEFAULT_PORT
 from embedsense.proto.tensors import from_tensor, to_tensor
 from embedsense.proto.v1 import embedsense_pb2 as pb
 from embedsense.proto.values import metadata_problem, threshold_problem
@@ -185,8 +183,6 @@ def _pem(source: PemSource, field: str, kind: tuple[str, bytes]) -> bytes | None
     return pem
 
 
-Targets = str | Sequence[str]
-
 # Calls sent once, retried neither by gRPC's policy nor by the SDK's: an UNAVAILABLE may
 # come after the work was done (an index backend that timed out then), and the call sent
 # again would answer ALREADY_EXISTS or NOT_FOUND for one that worked.
@@ -205,64 +201,6 @@ SERVICE_CONFIG = json.dumps({
         "name": [{"service": SERVICE, "method": method} for method in SENT_ONCE],  # no retries
     }],
 })  # fmt: skip
-
-
-def grpc_target(targets: Targets) -> str:
-    """One gRPC target for one or several servers: a single "host:port" or "dns:///name:port"
-    as it is (DNS may give several addresses: all are balanced); several "host:port" as one
-    `ipv4:`/`ipv6:` address list, names resolved now. A host without a port is the server's
-    default port (`with_port`)."""
-    if isinstance(targets, str):
-        targets = [targets]
-    targets = list(targets)
-    if not targets or not all(isinstance(t, str) and t.strip() for t in targets):
-        raise ValueError(f'targets {targets!r}: expected a "host:port" or a list of them')
-    targets = [t.strip() for t in targets]
-    if len(targets) == 1:
-        return with_port(targets[0])
-    addresses = [_address(t) for t in targets]
-    families = {family for family, _ in addresses}
-    if len(families) != 1:
-        raise ValueError(f"targets {targets}: mix of IPv4 and IPv6 addresses; use one family")
-    return f"{families.pop()}:" + ",".join(address for _, address in addresses)
-
-
-SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
-
-
-def with_port(target: str, port: int | str | None = None) -> str:
-    """`target` with a port where it names none (`port`, or the server's default): gRPC
-    would dial 443. "localhost" is "localhost:50051", "::1" and "[::1]" are "[::1]:50051",
-    "dns:///name" is "dns:///name:50051"; targets of other schemes are left as they are."""
-    port = port or DEFAULT_PORT
-    if target.startswith("dns:"):  # dns:[//authority/]host[:port]
-        host = target[len("dns:") :].rsplit("/", 1)[-1]
-    elif target.startswith(SCHEMES) or "://" in target:
-        return target
-    else:
-        host = target
-    if host.count(":") > 1 and not host.startswith("["):  # a bare IPv6 address
-        return f"{target[: len(target) - len(host)]}[{host}]:{port}"
-    if host.endswith(":"):  # an empty port
-        return f"{target}{port}"
-    names_port = "]:" in host if host.startswith("[") else ":" in host
-    return target if names_port else f"{target}:{port}"
-
-
-def _address(target: str) -> tuple[str, str]:
-    host, sep, port = with_port(target).rpartition(":")
-    if not sep or not port.isdigit() or "/" in target or not host.strip("[]").strip():
-        raise ValueError(f"target {target!r}: expected host:port")
-    host = host.strip("[]")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        try:
-            info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-        except OSError as err:  # no such name: said of the target as given
-            raise ValueError(f"target {target!r}: {err.strerror or err}") from None
-        ip = ipaddress.ip_address(info[0][4][0])
-    return ("ipv6", f"[{ip}]:{port}") if ip.version == 6 else ("ipv4", f"{ip}:{port}")
 
 
 def open_channel(targets: Targets, tls: TLS | bool | None, aio: bool) -> grpc.Channel:

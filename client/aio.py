@@ -19,7 +19,7 @@ from tqdm import tqdm
 from embedsense.client import _api as api
 from embedsense.client import bulk
 from embedsense.client._api import TLS, Call, Retry
-from embedsense.client.errors import reported, retryable
+from embedsense.client.errors import closed_while_running, reported, retryable
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
@@ -38,6 +38,12 @@ from embedsense.proto.v1 import embedsense_pb2_grpc
 
 T = TypeVar("T")
 CLOSE_ELSEWHERE_S = 10.0  # how long close() waits for another event loop to close its channel
+
+
+def _task_cancelled() -> bool:
+    """Whether the running task was cancelled (task.cancel()), not only its gRPC call."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class AsyncClient:
@@ -147,12 +153,20 @@ class AsyncClient:
                     call.message(), timeout=deadline.left(), metadata=self._metadata
                 )
                 return call.parse(response)
+            except asyncio.CancelledError:
+                # grpc.aio cancels the calls of a channel it closes: a task no one cancelled
+                # is told the client was closed, one its owner cancelled stays cancelled.
+                if self._closed and not _task_cancelled():
+                    raise closed_while_running("AsyncClient") from None
+                raise
             except grpc.aio.AioRpcError as err:
                 delay = self.retry.delay(attempt)
                 if not retryable(err) or attempt == attempts - 1 or not deadline.allows(delay):
                     raise reported(err, earlier) from None
                 earlier = err
                 await asyncio.sleep(delay)
+                if self._closed:  # while it waited to try again
+                    raise closed_while_running("AsyncClient") from None
         raise AssertionError("unreachable")
 
     async def _run(

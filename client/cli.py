@@ -29,7 +29,7 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
@@ -46,9 +46,17 @@ from embedsense.client import (
     Unavailable,
     cli_data,
 )
-from embedsense.client._api import DEFAULT_MAX_K, with_port
+from embedsense.client._api import DEFAULT_MAX_K
 from embedsense.client.bulk import chunks
-from embedsense.client.document_files import file_problem, read_documents
+from embedsense.client.document_files import (
+    PIPED_LIMIT_BYTES,
+    STANDARD_INPUT,
+    file_problem,
+    read_documents,
+    read_once,
+    read_whole,
+)
+from embedsense.client.targets import checked_target, port_problem, with_port
 from embedsense.proto.values import KeyTwice, once_each
 
 # Exit statuses: 1 when the server refused or failed a call, 2 when the command line or a
@@ -134,16 +142,42 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+# Where a TLS file comes from when its flag is not given (the server's own variables have
+# other names, so that one environment can hold both sides' settings).
+TLS_VARIABLES = {
+    "tls_ca": "EMBEDSENSE_TLS_CA",
+    "tls_cert": "EMBEDSENSE_TLS_CLIENT_CERT",
+    "tls_key": "EMBEDSENSE_TLS_CLIENT_KEY",
+}
+
+
 def tls_of(args: argparse.Namespace) -> TLS | None:
-    """The channel's TLS from --tls / --tls-ca / --tls-cert / --tls-key (None: plaintext).
-    Any one of them turns TLS on: a client certificate is never dropped in silence."""
-    if bool(args.tls_cert) != bool(args.tls_key):
+    """The channel's TLS from --tls / --tls-ca / --tls-cert / --tls-key, or their variables
+    (None: plaintext). Any one of them turns TLS on: a client certificate is never dropped
+    in silence, and one without its key is refused naming the flag or variable it came from."""
+    ca, _ = tls_setting(args, "tls_ca")
+    cert, cert_from = tls_setting(args, "tls_cert")
+    key, key_from = tls_setting(args, "tls_key")
+    if bool(cert) != bool(key):
+        given, missing = (cert_from, "tls_key") if cert else (key_from, "tls_cert")
+        wanted = TLS_VARIABLES[missing]
+        if given.startswith("--"):  # either of the other's would do
+            wanted = f"--{missing.replace('_', '-')} (or {wanted})"
         raise UsageError(
-            "--tls-cert and --tls-key go together (the client certificate and its key)"
+            f"{given} without {wanted}: the client certificate and its key go together"
         )
-    if not (args.tls or args.tls_ca or args.tls_cert):
+    if not (args.tls or ca or cert):
         return None
-    return TLS(args.tls_ca, args.tls_cert, args.tls_key)
+    return TLS(ca, cert, key)
+
+
+def tls_setting(args: argparse.Namespace, name: str) -> tuple[str | None, str]:
+    """A TLS file's path (None: not given) and where it came from: its flag, else its
+    variable."""
+    if given := getattr(args, name):
+        return given, f"--{name.replace('_', '-')}"
+    variable = TLS_VARIABLES[name]
+    return os.environ.get(variable) or None, variable
 
 
 def emit(args: argparse.Namespace, payload: Any, readable: str) -> None:
@@ -255,13 +289,13 @@ def cmd_info(args: argparse.Namespace, client: Client) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, client: Client) -> None:
-    if args.texts == ["-"]:
-        # One text a line, as `index` reads a file: splitlines() would also split a text
-        # at the separators Unicode has beside \n (U+2028, U+2029, a lone \r, ...).
-        lines = sys.stdin.read().split("\n")
-        args.texts = [line.removesuffix("\r") for line in lines if line.strip()]
-        if not args.texts:
-            raise UsageError("-: no text on standard input (one text a line)")
+    if args.texts == [STANDARD_INPUT]:
+        args.texts = texts_from_standard_input()
+    elif STANDARD_INPUT in args.texts:  # it would be embedded as the text "-"
+        raise UsageError(
+            "- reads the texts from standard input, one a line: give it alone, or the texts "
+            "without it"
+        )
     if args.layers is not None and not args.tokens:
         raise UsageError(
             "--layers applies to token vectors: add --tokens (sentence vectors are the mean of "
@@ -289,6 +323,18 @@ def cmd_embed(args: argparse.Namespace, client: Client) -> None:
     emit(args, payload, readable)
 
 
+def texts_from_standard_input() -> list[str]:
+    """Standard input's texts, one a line (blank lines skipped), read as `index` reads a
+    .txt file: a line that is not UTF-8 is `-:LINE: not UTF-8 (byte ...)`, from the bytes
+    themselves. Split at newlines only: str.splitlines() would also split a text at
+    U+2028, U+2029 or a carriage return alone."""
+    documents = read_documents(STANDARD_INPUT, content=read_whole(STANDARD_INPUT))
+    texts = [doc["text"] for doc in documents]
+    if not texts:
+        raise UsageError("-: no text on standard input (one text a line)")
+    return texts
+
+
 def _preview(vector: np.ndarray) -> str:
     return "[" + ", ".join(f"{x:+.3f}" for x in vector[:4]) + ", ...]"
 
@@ -309,51 +355,77 @@ def index_stopped(
 
 
 def cmd_index(args: argparse.Namespace, client: Client) -> None:
+    # A pipe gives its bytes once, and the file is read more than once: held whole (within
+    # a limit), it is read as a file is.
+    content = read_whole(args.file) if read_once(args.file) else None
+
+    def documents(max_text_chars: int = 0) -> Iterator[dict[str, Any]]:
+        return read_documents(args.file, max_text_chars, content)
+
     # The whole file is checked before anything is sent: a bad line stops the command with
     # its file:line, and nothing of the file is half-stored.
-    lines = distinct = longest = 0
-    ids: set[str] = set()
-    for doc in read_documents(args.file):
-        lines += 1
-        ids.add(doc["id"])
-        longest = max(longest, len(doc["text"]))
-    distinct = len(ids)
-    del ids
+    lines, longest = survey(documents())
     # The server's text limit, asked once the file is known to be sound; read again only to
     # name the first line over it.
     if longest > (limit := client.info().max_text_chars) > 0:
-        for _ in read_documents(args.file, max_text_chars=limit):
+        for _ in documents(limit):
             pass
     _collection_for(args, client)
-    # In parts of a few batches each, read again from the file: memory stays bounded; the
-    # client keeps an id's last line within a part, and parts go in order.
+    sent, stored = upsert_in_parts(args, client, documents(), lines)
+    if sent != lines:  # what was checked is not what was sent: never reported as done
+        raise UsageError(
+            f"{args.file}: changed while it was read ({lines} documents when checked, {sent} "
+            f"when sent, {len(stored)} of them stored); index it again once it is written"
+        )
+    info = client.describe_collection(args.collection)
+    # The count is of the ids the server acknowledged, not of what the check read.
+    count = len(stored)
+    readable = f"{count} documents stored in {info.name!r} ({info.count} in all, {info.index})"
+    if sent > count:
+        readable += f"; {sent - count} lines repeated an earlier line's id (the last one kept)"
+    emit(args, {"upserted": count, "lines": sent, "collection": asdict(info)}, readable)
+
+
+def survey(documents: Iterator[dict[str, Any]]) -> tuple[int, int]:
+    """(documents, longest text in characters): every line read and checked."""
+    count = longest = 0
+    for doc in documents:
+        count += 1
+        longest = max(longest, len(doc["text"]))
+    return count, longest
+
+
+def upsert_in_parts(
+    args: argparse.Namespace, client: Client, documents: Iterator[dict[str, Any]], lines: int
+) -> tuple[int, set[str]]:
+    """Store `documents` in parts of a few batches each (memory stays bounded; the client
+    keeps an id's last line within a part, and parts go in order): how many were read, and
+    the ids of those stored, as the upserts answered once the server had stored them."""
     part_size = args.batch_size * client.max_concurrent_batches
-    done = 0
+    sent, stored = 0, set[str]()
     with tqdm(total=lines, disable=args.json, unit="doc") as bar:
-        for part in chunks(read_documents(args.file), part_size):
+        for part in chunks(documents, part_size):
             try:
-                client.upsert(
-                    args.collection,
-                    part,
-                    batch_size=args.batch_size,
-                    show_progress_bar=False,
-                    timeout=args.timeout,
+                stored.update(
+                    client.upsert(
+                        args.collection,
+                        part,
+                        batch_size=args.batch_size,
+                        show_progress_bar=False,
+                        timeout=args.timeout,
+                    )
                 )
             except EmbedSenseError as err:
-                raise index_stopped(err, args.file, lines, done, len(part)) from None
+                raise index_stopped(err, args.file, lines, sent, len(part)) from None
             except KeyboardInterrupt:  # what Ctrl-C left stored, and that a rerun is safe
                 raise KeyboardInterrupt(
-                    f"{args.file}: the first {done} of its {lines} documents are stored, and "
+                    f"{args.file}: the first {sent} of its {lines} documents are stored, and "
                     f"maybe some of the {len(part)} after them; indexing the file again stores "
                     "nothing twice"
                 ) from None
-            done += len(part)
+            sent += len(part)
             bar.update(len(part))
-    info = client.describe_collection(args.collection)
-    readable = f"{distinct} documents stored in {info.name!r} ({info.count} in all, {info.index})"
-    if lines > distinct:
-        readable += f"; {lines - distinct} lines repeated an earlier line's id (the last one kept)"
-    emit(args, {"upserted": distinct, "lines": lines, "collection": asdict(info)}, readable)
+    return sent, stored
 
 
 def _collection_for(args: argparse.Namespace, client: Client) -> None:
@@ -764,11 +836,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="JSON output instead of a table")
     p.add_argument("--tls", action="store_true", help="connect over TLS (system CA roots)")
-    p.add_argument("--tls-ca", default=os.environ.get("EMBEDSENSE_TLS_CA"), help="PEM CA")
-    p.add_argument("--tls-cert", default=os.environ.get("EMBEDSENSE_TLS_CLIENT_CERT"),
-                   help="PEM client certificate (mutual TLS)")  # fmt: skip
-    p.add_argument("--tls-key", default=os.environ.get("EMBEDSENSE_TLS_CLIENT_KEY"),
-                   help="PEM client key (mutual TLS)")  # fmt: skip
+    p.add_argument("--tls-ca", help="PEM CA; default $EMBEDSENSE_TLS_CA")
+    p.add_argument(
+        "--tls-cert",
+        help="PEM client certificate (mutual TLS); default $EMBEDSENSE_TLS_CLIENT_CERT",
+    )
+    p.add_argument(
+        "--tls-key", help="PEM client key (mutual TLS); default $EMBEDSENSE_TLS_CLIENT_KEY"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     # Listed for --help only: main() hands `serve ...` to embedsense-server before parsing.
@@ -808,9 +883,11 @@ def parser() -> argparse.ArgumentParser:
         "and metadata (32 hex digits, as the SDK and the server make it): indexing the same "
         "file again replaces its documents instead of storing them twice, and a line repeated "
         "in a file is stored once; the same text with other metadata is another document. "
-        "The whole file is checked before anything is sent.",
+        "The whole file is checked before anything is sent. A pipe (-, /dev/stdin, <(...), "
+        f"a FIFO) is read once, into memory: up to {PIPED_LIMIT_BYTES >> 20} MiB, one "
+        "document a line (or JSON lines where its name ends in .jsonl).",
     )
-    index.add_argument("file", help="the .txt or .jsonl file")
+    index.add_argument("file", help="the .txt or .jsonl file; - reads standard input")
     index.add_argument("--collection", required=True)
     index.add_argument(
         "--index",
@@ -971,10 +1048,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["serve"]:  # every flag after it is embedsense-server's, unread here
             return cmd_serve(argv[1:])
         args = parser().parse_args(argv)
-        given = args.target or [args.default_target]
-        port = os.environ.get("EMBEDSENSE_PORT")  # the server's, for a target without one
-        targets = [t.strip() for item in given for t in item.split(",") if t.strip()]
-        args.target = [with_port(target, port) for target in targets]
+        args.target = targets_of(args)
         if args.command == "health":
             return cmd_health(args)
         if args.command == "serve":  # `embedsense --json serve`: its flags are the server's
@@ -1010,6 +1084,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         return fail("interrupted" + (f": {err}" if str(err) else ""), 130)
     return 0
+
+
+def targets_of(args: argparse.Namespace) -> list[str]:
+    """The servers to call, each with its port: --target's, else EMBEDSENSE_TARGET's, else
+    127.0.0.1 on EMBEDSENSE_PORT. One no server can have is a bad command line, said of the
+    flag or variable it came from (gRPC would dial another port, or fail at the call)."""
+    port = os.environ.get("EMBEDSENSE_PORT")  # the server's, for a target without one
+    if port and (why := port_problem(port)) is not None:
+        raise UsageError(f"EMBEDSENSE_PORT {port!r}: {why}")
+    if args.target:
+        given, source = args.target, "--target"
+    else:
+        given = [args.default_target]
+        source = "EMBEDSENSE_TARGET" if os.environ.get("EMBEDSENSE_TARGET") else "the default"
+    targets = [t.strip() for item in given for t in item.split(",") if t.strip()]
+    try:
+        return [checked_target(target, port) for target in targets]
+    except ValueError as err:
+        raise UsageError(f"{source}: {err}") from None
 
 
 def in_cli_terms(message: str) -> str:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from embedsense.client import _api as api
 from embedsense.client import bulk
 from embedsense.client._api import TLS, Call, Retry
-from embedsense.client.errors import reported, retryable
+from embedsense.client.errors import cancelled, closed_while_running, reported, retryable
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
@@ -104,11 +104,15 @@ class Client:
                     )
                 return call.parse(response)
             except grpc.RpcError as err:
+                if self._closed and cancelled(err):  # by close(), not by the bulk call's end
+                    raise closed_while_running("Client") from None
                 delay = self.retry.delay(attempt)
                 if not retryable(err) or attempt == attempts - 1 or not deadline.allows(delay):
                     raise reported(err, earlier) from None
                 earlier = err
                 time.sleep(delay)
+                if self._closed:  # while it waited to try again
+                    raise closed_while_running("Client") from None
         raise AssertionError("unreachable")
 
     def _run(

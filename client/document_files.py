@@ -9,12 +9,19 @@ metadata and ids are checked against the server's rules (embedsense.proto.values
 Every error is an InputError naming the file as it was given and the line: the CLI checks
 a whole file before it sends any of it, so that a bad line never reaches gRPC's request
 stream (where an exception only reads "Exception iterating requests!").
+
+That takes two reads of a file, and a pipe gives its bytes once: standard input (`-`), a
+pipe, a FIFO or /dev/stdin is read whole into memory (`read_whole`, up to
+PIPED_LIMIT_BYTES) and its documents read from those bytes.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,16 +45,59 @@ class InputError(ValueError):
 
 
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")  # in any case
+STANDARD_INPUT = "-"
+# What a pipe may hold: it is kept whole in memory, where a file is read in parts.
+PIPED_LIMIT_BYTES = 256 * 1024 * 1024
 
 
-def read_documents(name: str, max_text_chars: int = 0) -> Iterator[dict[str, Any]]:
+def read_once(name: str) -> bool:
+    """Whether file `name` gives its bytes only once: `-` (standard input), a pipe, a FIFO,
+    a terminal, /dev/stdin or /dev/fd/N on one of them. A regular file can be read again."""
+    if name == STANDARD_INPUT:
+        return True
+    try:
+        mode = os.stat(name).st_mode
+    except OSError:  # read_documents says why it cannot be read
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def read_whole(name: str) -> bytes:
+    """The bytes of file `name` (`-`: standard input's), read once. Raises InputError for
+    one that cannot be read, or holds more than PIPED_LIMIT_BYTES."""
+    limit = PIPED_LIMIT_BYTES
+    try:
+        if name == STANDARD_INPUT:
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(name, "rb") as stream:
+                data = stream.read(limit + 1)
+    except OSError as err:
+        raise InputError(f"{name}: {file_problem(err)}") from None
+    if len(data) > limit:
+        raise InputError(
+            f"{name}: more than {_size(limit)}, and standard input or a pipe is held whole in "
+            "memory (it can be read only once): name a file instead, which is read in parts"
+        )
+    return data
+
+
+def _size(count: int) -> str:
+    return f"{count >> 20} MiB" if count >= 1 << 20 else f"{count} bytes"
+
+
+def read_documents(
+    name: str, max_text_chars: int = 0, content: bytes | None = None
+) -> Iterator[dict[str, Any]]:
     """The documents of file `name`, each a dict with "text", "id" and, from a .jsonl line
-    that has it, "metadata". Raises InputError for a missing or unreadable file, a line that
-    is not UTF-8, (in .jsonl) a line that is not a JSON object with the fields above, and a
-    text longer than `max_text_chars` (the server's; 0: not checked)."""
+    that has it, "metadata"; read from `content` where given (a pipe's bytes, from
+    `read_whole`), else from the file. Raises InputError for a missing or unreadable file, a
+    line that is not UTF-8, (in .jsonl) a line that is not a JSON object with the fields
+    above, and a text longer than `max_text_chars` (the server's; 0: not checked)."""
     jsonl = name.lower().endswith(JSON_LINES_SUFFIXES)
     try:
-        lines = open(name, "rb")  # closed by the with below: only opening is checked here
+        # Closed by the with below: only opening is checked here.
+        lines = io.BytesIO(content) if content is not None else open(name, "rb")
     except OSError as err:
         raise InputError(f"{name}: {file_problem(err)}") from None
     with lines:

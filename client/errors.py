@@ -86,6 +86,21 @@ _BY_CODE = {
 }
 
 
+def closed_while_running(client: str) -> RuntimeError:
+    """What a call raises when its `client` ("Client", "AsyncClient") is closed while it
+    runs: a RuntimeError, as a call made after close() raises. gRPC's own was a CANCELLED
+    that no class here stands for, or in asyncio a CancelledError, though no one had
+    cancelled the caller's task."""
+    return RuntimeError(f"this {client} was closed while the call ran: make a new one")
+
+
+def cancelled(error: grpc.RpcError) -> bool:
+    """Whether the call was cancelled on this side: by its caller, or by its channel's
+    close()."""
+    code = error.code() if hasattr(error, "code") else None
+    return code is grpc.StatusCode.CANCELLED
+
+
 def retryable(error: grpc.RpcError) -> bool:
     """UNAVAILABLE, ABORTED (a write stopped before it stored anything), and
     RESOURCE_EXHAUSTED when the server says it is overloaded: they mean "not now", never

@@ -459,10 +459,10 @@ def test_a_target_without_a_port_means_the_servers_default_port(server, capsys, 
     name without one, where no embedsense server listens. The CLI's is $EMBEDSENSE_PORT, as
     for its default target; the SDK's is 50051 (the session server's here: the test cannot
     take 50051)."""
-    import embedsense.client._api as api
+    import embedsense.client.targets as targets
 
     monkeypatch.delenv("EMBEDSENSE_PORT", raising=False)
-    monkeypatch.setattr(api, "DEFAULT_PORT", server.port)
+    monkeypatch.setattr(targets, "DEFAULT_PORT", server.port)
     with Client("127.0.0.1", timeout=30) as c:
         assert c.info().dim == 384
     with Client(["127.0.0.1", server.target], timeout=30) as c:  # a list of them too
@@ -625,7 +625,7 @@ def test_contradictory_or_empty_options_are_refused_before_any_call(capsys, argv
     ],
 )
 def test_the_default_port_is_added_only_where_a_target_names_none(given, dialled):
-    from embedsense.client._api import with_port
+    from embedsense.client.targets import with_port
 
     assert with_port(given) == dialled
 
@@ -633,10 +633,7 @@ def test_the_default_port_is_added_only_where_a_target_names_none(given, dialled
 def test_a_dash_reads_one_text_a_line_split_at_newlines_only(server, capsys, monkeypatch):
     """`embed -` split a text at U+2028 and the other separators str.splitlines() knows,
     where `index` (a file) splits at newlines only: the same text gave two vectors."""
-    import io
-
-    piped = "苹果很甜\u2028真的很甜\r\n苹果手机\r很贵\u2029真的\n"
-    monkeypatch.setattr(sys, "stdin", io.StringIO(piped))
+    piped(monkeypatch, "苹果很甜\u2028真的很甜\r\n苹果手机\r很贵\u2029真的\n".encode())
     status, out, _ = cli(capsys, "--target", server.target, "--json", "embed", "-")
     texts = [r["text"] for r in json.loads(out)]
     assert status == 0 and texts == ["苹果很甜\u2028真的很甜", "苹果手机\r很贵\u2029真的"], texts
@@ -645,17 +642,15 @@ def test_a_dash_reads_one_text_a_line_split_at_newlines_only(server, capsys, mon
 def test_a_dash_reads_standard_input(server, capsys, monkeypatch):
     """`echo 苹果很甜 | embedsense embed -` embedded the text "-"; `inventory create NAME -`
     said "-: no such file"."""
-    import io
-
     target = ["--target", server.target]
-    monkeypatch.setattr(sys, "stdin", io.StringIO("苹果很甜\n\n苹果手机很贵\n"))
+    piped(monkeypatch, "苹果很甜\n\n苹果手机很贵\n".encode())
     status, out, _ = cli(capsys, *target, "--json", "embed", "-")
     assert status == 0 and [r["text"] for r in json.loads(out)] == ["苹果很甜", "苹果手机很贵"]
-    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    piped(monkeypatch, b"\n")
     status, _, err = cli(capsys, *target, "embed", "-")
     assert status == 2 and "standard input" in one_error_line(err)
     words = {"苹果": {"a": ["苹果很甜"], "b": ["苹果手机"]}}
-    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(words)))
+    piped(monkeypatch, json.dumps(words).encode())
     try:
         status, out, err = cli(capsys, *target, "inventory", "create", "piped", "-")
         assert status == 0 and "piped" in out, err
@@ -1054,3 +1049,178 @@ def test_the_server_command_without_the_server_extra_says_what_to_install(tmp_pa
         assert done.returncode == 2, (command, done.stderr[-800:])
         assert "Traceback" not in done.stderr, (command, done.stderr[-800:])
         assert "torch is not installed" in done.stderr and "[server]" in done.stderr, done.stderr
+
+
+# ------------------------------------------------------------------ what a new user piped in
+
+TWO_LINES = "苹果很好吃\n香蕉\n"
+
+
+def piped(monkeypatch, data: bytes, errors: str = "strict") -> None:
+    """Standard input holding `data`, with the bytes beneath it as a real one has."""
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), errors=errors))
+
+
+def index_in_a_subprocess(server, name: str, collection: str, **run) -> str:
+    """`embedsense index NAME --collection COLLECTION` as a program: its stdout, once it
+    exited 0 (a pipe must be the program's own standard input, not pytest's)."""
+    done = subprocess.run(
+        [*CLI, "--target", server.target, "index", name, "--collection", collection],
+        capture_output=True,
+        timeout=60,
+        **run,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+@pytest.mark.parametrize("name", ["/dev/stdin", "-"])
+def test_index_of_standard_input_stores_every_line_it_reports(server, name):
+    """`printf ... | embedsense index /dev/stdin` said "2 documents stored in 'pipe1' (0 in
+    all, Flat)" and stored nothing: the file was read to check it, then again to send it,
+    and a pipe is empty the second time. `-` was "no such file"."""
+    collection = "pipe-dash" if name == "-" else "pipe-stdin"
+    try:
+        out = index_in_a_subprocess(server, name, collection, input=TWO_LINES.encode())
+        assert f"2 documents stored in '{collection}' (2 in all, Flat)" in out, out
+        with Client(server.target) as c:
+            assert c.count(collection) == 2
+    finally:
+        drop(server, collection)
+
+
+def test_index_of_a_process_substitution_stores_every_line(server):
+    """`index <(...)` stored nothing, as /dev/stdin did."""
+    read_end, write_end = os.pipe()  # what bash's <(...) hands over: /dev/fd/N
+    os.write(write_end, TWO_LINES.encode())
+    os.close(write_end)
+    try:
+        out = index_in_a_subprocess(server, f"/dev/fd/{read_end}", "pipe-fd", pass_fds=[read_end])
+        assert "2 documents stored in 'pipe-fd' (2 in all" in out, out
+    finally:
+        os.close(read_end)
+        drop(server, "pipe-fd")
+
+
+def test_index_of_a_named_fifo_stores_every_line(server, tmp_path):
+    """It hung: the second read of the FIFO waited for a writer that had gone."""
+    import threading
+
+    fifo = tmp_path / "docs.txt"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=(TWO_LINES,), daemon=True)
+    writer.start()
+    try:
+        out = index_in_a_subprocess(server, str(fifo), "pipe-fifo")
+        assert "2 documents stored in 'pipe-fifo' (2 in all" in out, out
+    finally:
+        if writer.is_alive():  # the program never opened it: let the writer's open return
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        drop(server, "pipe-fifo")
+
+
+def test_index_of_a_pipe_too_large_to_hold_says_so_before_anything_is_sent(capsys, monkeypatch):
+    """A pipe is read once, into memory: one over the limit is refused, not half-read."""
+    from embedsense.client import document_files
+
+    monkeypatch.setattr(document_files, "PIPED_LIMIT_BYTES", 16)
+    piped(monkeypatch, TWO_LINES.encode() * 4)
+    status, _, err = cli(capsys, "--target", "127.0.0.1:9", "index", "-", "--collection", "big")
+    line = one_error_line(err)
+    assert status == 2 and "-: more than 16 bytes" in line and "name a file instead" in line, line
+
+
+def test_index_reports_what_it_sent_not_what_it_checked(server, tmp_path, capsys, monkeypatch):
+    """The count in "N documents stored" came from the check's read of the file, whatever
+    the later reads sent: a file that changed between them was reported as stored whole."""
+    from embedsense.client import cli as cli_module
+
+    path = tmp_path / "growing.txt"
+    path.write_text(TWO_LINES, encoding="utf-8")
+    checked = cli_module._collection_for  # runs between the check and the sending
+
+    def rewritten_meanwhile(args, client):
+        path.write_text("苹果很好吃\n", encoding="utf-8")
+        checked(args, client)
+
+    monkeypatch.setattr(cli_module, "_collection_for", rewritten_meanwhile)
+    try:
+        status, out, err = cli(capsys, "--target", server.target, "index", str(path),
+                               "--collection", "changed")  # fmt: skip
+        line = one_error_line(err)
+        assert status == 2 and "2 documents stored" not in out, (out, err)
+        assert f"{path}: changed while it was read" in line and "1 of them stored" in line, line
+    finally:
+        drop(server, "changed")
+
+
+def test_embed_dash_names_the_line_and_byte_that_are_not_utf8(capsys, monkeypatch):
+    """`printf '\\xff\\xfe bad utf8\\n' | embedsense embed -` said "texts[0]: lone surrogate
+    U+DCFF at position 0; no UTF-8 holds it": the SDK's words for bytes it never saw."""
+    piped(monkeypatch, b"\xff\xfe bad utf8\n", errors="surrogateescape")
+    status, _, err = cli(capsys, "--target", "127.0.0.1:9", "--json", "embed", "-")
+    assert status == 2
+    assert one_error_line(err) == "embedsense: error: -:1: not UTF-8 (byte 0xff at column 1)"
+    piped(monkeypatch, "好\n".encode() + b"caf\xe9\n")
+    status, _, err = cli(capsys, "--target", "127.0.0.1:9", "embed", "-")
+    assert status == 2
+    assert one_error_line(err) == "embedsense: error: -:2: not UTF-8 (byte 0xe9 at column 4)"
+
+
+@pytest.mark.parametrize("texts", [["-", "香蕉"], ["香蕉", "-"], ["-", "-"]])
+def test_embed_dash_beside_other_texts_is_refused(capsys, monkeypatch, texts):
+    """`printf '苹果\\n' | embedsense embed - 香蕉` embedded the text "-" and never read
+    standard input."""
+    piped(monkeypatch, "苹果\n".encode())
+    status, _, err = cli(capsys, "--target", "127.0.0.1:9", "--json", "embed", *texts)
+    line = one_error_line(err)
+    assert status == 2 and "- reads the texts from standard input" in line, line
+
+
+def test_a_client_certificate_without_its_key_names_where_each_came_from(capsys, monkeypatch):
+    """EMBEDSENSE_TLS_CLIENT_CERT alone said "--tls-cert and --tls-key go together", flags
+    the user never gave."""
+    monkeypatch.delenv("EMBEDSENSE_TLS_CLIENT_KEY", raising=False)
+    monkeypatch.setenv("EMBEDSENSE_TLS_CLIENT_CERT", "/tmp/x.pem")
+    status, _, err = cli(capsys, "--target", "127.0.0.1:9", "info")
+    line = one_error_line(err)
+    assert status == 2 and "--tls" not in line, line
+    assert "EMBEDSENSE_TLS_CLIENT_CERT without EMBEDSENSE_TLS_CLIENT_KEY" in line, line
+
+    monkeypatch.delenv("EMBEDSENSE_TLS_CLIENT_CERT")
+    status, _, err = cli(capsys, "--target", "127.0.0.1:9", "--tls-key", "k.pem", "info")
+    line = one_error_line(err)
+    assert status == 2 and "--tls-key without --tls-cert (or EMBEDSENSE_TLS_CLIENT_CERT)" in line
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        (
+            "127.0.0.1:115908",
+            "port '115908': out of range (a port is 1 to 65535)",
+        ),  # dialled 50372, its mod 65536
+        ("127.0.0.1:abc", "port 'abc': not a number"),
+        ("http://127.0.0.1:50051", "http:// is not a gRPC target"),
+        ("bad host", "'bad host' is not a host name or an IP address"),
+        ("127.0.0.1:1,127.0.0.1:99999", "target '127.0.0.1:99999': port '99999': out of range"),
+    ],
+)
+@pytest.mark.parametrize("command", ["health", "info"])
+def test_a_target_no_server_can_have_is_a_bad_command_line(capsys, command, target, why):
+    """Each went on to the network: a port over 65535 reached another port (`health` said
+    SERVING), the others were UNAVAILABLE, or gRPC's bare "Failed to create channel"."""
+    status, _, err = cli(capsys, "--target", target, command)
+    line = one_error_line(err)
+    assert status == 2 and why in line, line
+    assert line.startswith("embedsense: error: --target: target "), line
+
+
+def test_a_port_variable_that_is_no_port_is_named(capsys, monkeypatch):
+    """EMBEDSENSE_PORT=abc made the default target 127.0.0.1:abc: UNAVAILABLE, exit 1."""
+    monkeypatch.setenv("EMBEDSENSE_PORT", "abc")
+    status, _, err = cli(capsys, "info")
+    line = one_error_line(err)
+    assert status == 2 and "EMBEDSENSE_PORT 'abc': not a number (a port is 1 to 65535)" in line
