@@ -457,6 +457,7 @@ class Engine:
         interactive_max_tokens tokens, bulk for a larger one.
         Raises Overloaded, InvalidRequest, DeadlineExceeded (after `timeout` seconds).
         """
+        started = time.monotonic()  # the deadline counts from here, tokenizing included
         self._check_open()
         choice: Layers = tuple(layers) if layers else None
         prepare = functools.partial(
@@ -484,7 +485,7 @@ class Engine:
             rows = [ids for per_text in prepared.window_ids for ids in per_text]
             # Only a sentence vector wanted: each row's output is needed pooled, no more.
             pooled = None if token_vectors else Pooling(pooling or self.model.spec.pooling)
-            computing = self._submit(rows, choice, level, timeout, pooled)
+            computing = self._submit(rows, choice, level, timeout, pooled, started)
         outputs = await computing
         assemble = functools.partial(
             self._assemble_all, prepared, outputs, token_vectors, normalize, pooling
@@ -563,18 +564,19 @@ class Engine:
         level: Priority,
         timeout: float | None,
         pooled: Pooling | None = None,
+        started: float | None = None,
     ) -> Awaitable[list[np.ndarray]]:
         """Queue a request's rows (or refuse them, Overloaded); what to await for their
-        outputs, in order (DeadlineExceeded after `timeout` seconds). `pooled`: how the
-        caller pools the rows when it wants sentence vectors only; each output is then that
-        row pooled, (1, dim) (_Row.pooled).
+        outputs, in order (DeadlineExceeded `timeout` seconds after `started`, the request's
+        arrival: unset, now). `pooled`: how the caller pools the rows when it wants sentence
+        vectors only; each output is then that row pooled, (1, dim) (_Row.pooled).
 
         A request of more tokens than its level may ever queue runs in parts of at most
         half that, one after another: refused whole, it would be "overloaded" however often
         it was sent (an SDK bulk upsert of long documents was)."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        deadline = now + timeout if timeout is not None else None
+        deadline = (now if started is None else started) + timeout if timeout is not None else None
         queued = [_Row(ids, layers, loop.create_future(), loop, now, deadline, level, pooled)
                   for ids in rows]  # fmt: skip
         # The tokens this level may queue: its own limit and those of the levels above.

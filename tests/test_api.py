@@ -352,6 +352,42 @@ def test_overload_and_deadlines_map_to_their_statuses(e5, tmp_path):
         running.stop()
 
 
+def test_rows_whose_deadline_passes_while_queued_are_counted_as_expired(e5, tmp_path):
+    """They were counted as cancelled (skipped_cancelled), and skipped_expired never moved:
+    the engine counted a request's deadline from when its rows were queued, after their
+    tokenizing, so the caller's deadline came before the engine's."""
+    running = ServerThread(e5, tmp_path)
+    engine = running.server.engine
+    real_run, real_prepare = engine.runner.run, engine._prepare
+
+    def slow_run(sequences, layers, on_part=None):  # a forward that holds the worker
+        time.sleep(1.5)
+        return real_run(sequences, layers, on_part)
+
+    def slow_prepare(*args):  # tokenizing that takes a while, as behind a busy host pool
+        time.sleep(0.2)
+        return real_prepare(*args)
+
+    engine.runner.run, engine._prepare = slow_run, slow_prepare
+    try:
+        with Client(running.target, timeout=60) as c:
+            busy = threading.Thread(target=lambda: c.encode(["苹果"], priority="bulk"))
+            busy.start()
+            time.sleep(0.3)  # its forward runs: what comes next queues behind it
+            expired, cancelled = engine.stats.skipped_expired, engine.stats.skipped_cancelled
+            with Client(running.target, timeout=0.3, retry=Retry(attempts=1)) as hurried:
+                with pytest.raises(DeadlineExceeded):
+                    hurried.encode(["香蕉"] * 4)
+            busy.join(30)
+        deadline = time.monotonic() + 10
+        while engine.stats.skipped_expired < expired + 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.stats.skipped_expired == expired + 4
+        assert engine.stats.skipped_cancelled == cancelled
+    finally:
+        running.stop()
+
+
 def test_a_failed_forward_is_a_retryable_status_and_the_server_keeps_serving(e5, tmp_path):
     """The model's own failure reached gRPC callers as INTERNAL and HTTP callers as a 500:
     out of memory (a batch too big for the device) is RESOURCE_EXHAUSTED, anything else
