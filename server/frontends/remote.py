@@ -11,6 +11,7 @@ explainer's calls are sent whole: they are a small share of a busy server's call
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +104,10 @@ class FrontEngine(Engine):
         level: Priority,
         timeout: float | None,
         pooled: Pooling | None = None,
+        started: float | None = None,
     ) -> Awaitable[list[np.ndarray]]:
+        if timeout is not None and started is not None:  # what tokenizing here left of it
+            timeout = max(0.0, timeout - (time.monotonic() - started))
         return self._forward(list(rows), layers, level, timeout, pooled)
 
     async def _forward(
