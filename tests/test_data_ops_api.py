@@ -868,6 +868,9 @@ def test_rest_errors_have_the_right_status_and_shape(http, running):
     try:
         error(http.post("/v1/collections", json={"name": "rest-errors"}), 409)
         error(http.post("/v1/collections", json={"name": "bad name!"}), 422, "name")
+        bad_index = http.post("/v1/collections", json={"name": "x", "index": "IVF4,PQ7"})
+        error(bad_index, 400, "PQ")
+        assert bad_index.json()["error"]["param"] == "index", bad_index.text  # it was null
         error(
             http.post(
                 "/v1/collections/rest-errors/upsert",
@@ -918,6 +921,8 @@ def test_rest_errors_have_the_right_status_and_shape(http, running):
             ("search", {"vector": [0.1, 0.2]}, "vector"),
             ("search", {"query": "x", "score_threshold": 1e39}, "score_threshold"),
             ("update_metadata", {"ids": ["a"], "patch": {"h": 2**70}}, "patch"),
+            ("upsert", {"documents": [{"text": "x", "metadata": {"big": 2**64}}]}, "documents"),
+            ("upsert", {"documents": [{"id": "a", "text": "x"}] * 2}, "documents"),
         ):
             refused = http.post(f"/v1/collections/rest-errors/{route}", json=body)
             error(refused, 400, param)

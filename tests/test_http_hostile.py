@@ -328,3 +328,14 @@ def test_head_is_answered_wherever_get_is(base, path):
     status, headers, body = call(base, path, None, method="HEAD")
     assert (status, body) == (get_status, b""), (status, body)
     assert headers.get("Content-Type") == get_headers.get("Content-Type")
+
+
+def test_a_token_id_outside_the_vocabulary_is_named_by_its_field_and_place(base):
+    """The tokenizer named it "input 1", with param null, whatever the field was called."""
+    status, headers, answer = call(base, "/v1/embeddings", b'{"input": [[5], [300000]]}')
+    error = openai_error(status, headers, answer)
+    assert status == 400 and error["param"] == "input", error
+    assert error["message"].startswith("input[1]: token id 300000 is not in the vocabulary")
+    status, headers, answer = call(base, "/decode", b'{"ids": [[1], [300000]]}')
+    assert tei_error(headers, answer)["error"].startswith("ids[1]: token id 300000"), answer
+    still_serving(base)

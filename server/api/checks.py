@@ -205,16 +205,23 @@ def check_texts(texts: Sequence[str], field: str, limits: Limits) -> list[str]:
     return list(texts)
 
 
-def check_token_ids(batch: Sequence[Sequence[int]], field: str, limits: Limits) -> list[list[int]]:
-    """Inputs given as token ids: their count, none empty, and their ids together at most
-    max_queued_tokens (the bound on a request of ids, whose body holds no text to bound it
-    by characters). Ids outside the vocabulary are the tokenizer's to name."""
+def check_token_ids(
+    batch: Sequence[Sequence[int]], field: str, limits: Limits, vocab_size: int
+) -> list[list[int]]:
+    """Inputs given as token ids: their count, none empty, each id in the vocabulary, and
+    their ids together at most max_queued_tokens (the bound on a request of ids, whose body
+    holds no text to bound it by characters)."""
     check_count(len(batch), field, limits, "inputs")
     total = 0
     for i, ids in enumerate(batch):
         if not ids:
             raise BadRequest(
                 f"{field}[{i}]: no token ids; an input needs at least one", _param(field), "empty"
+            )
+        if bad := [token for token in ids if not 0 <= token < vocab_size]:
+            raise BadRequest(
+                f"{field}[{i}]: token id {bad[0]} is not in the vocabulary (0-{vocab_size - 1})",
+                _param(field),
             )
         total += len(ids)
     if total > limits.max_request_tokens:

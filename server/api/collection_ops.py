@@ -292,7 +292,7 @@ class CollectionOps:
                  for i in to_embed]  # fmt: skip
         ids: list[str] = []
         given: dict[int, np.ndarray] = {}  # the caller's vectors, checked
-        derived: dict[str, int] = {}  # content id -> the document it was made for
+        seen: dict[str, int] = {}  # id -> the first document of it
         for i, d in enumerate(batch):  # every check before the embedding, which costs most
             if d.vector is not None:
                 given[i] = check_vector(d.vector, f"documents[{i}].vector", collection)
@@ -306,15 +306,22 @@ class CollectionOps:
                     )
             if d.metadata is not None and not isinstance(d.metadata, Mapping):
                 raise BadRequest(f"documents[{i}].metadata: must be a JSON object", "documents")
-            checked_metadata(d.metadata or {}, f"documents[{i}].metadata")
+            checked_metadata(d.metadata or {}, f"documents[{i}].metadata", "documents")
             # Without an id: the one the SDK would have made.
             ids.append(d.id or content_id(d.text, d.metadata or {}))
-            if not d.id and (first := derived.setdefault(ids[-1], i)) != i:
+            if (first := seen.setdefault(ids[-1], i)) == i:
+                continue
+            if not d.id and not batch[first].id:
                 raise BadRequest(
                     f"documents[{first}] and documents[{i}] have the same text and metadata "
                     "and no id, so the same id: send one of them, or give each an id",
                     "documents",
                 )
+            raise BadRequest(  # which one to store would be a guess
+                f"documents[{first}] and documents[{i}]: the same id {ids[-1]!r} twice in one "
+                "upsert; send each document once",
+                "documents",
+            )
         results = {}
         stored: dict[int, tuple[list[Token], np.ndarray]] = {}  # the token vectors kept
         if texts:

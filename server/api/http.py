@@ -158,7 +158,7 @@ class HttpContext:
         `truncate_hint`: what this API offers to cut it."""
         as_ids = bool(inputs) and isinstance(inputs[0], list)
         if as_ids:
-            ids, texts = check_token_ids(inputs, field, self.limits), []
+            ids, texts = check_token_ids(inputs, field, self.limits, self.vocab_size), []
         else:
             ids, texts = None, check_texts(inputs, field, self.limits)  # type: ignore[arg-type]
         try:
@@ -189,7 +189,12 @@ class HttpContext:
         return tokenized
 
     async def decode(self, batch: list[list[int]], field: str, skip_special: bool) -> list[str]:
-        return await self.engine.decode(check_token_ids(batch, field, self.limits), skip_special)
+        checked = check_token_ids(batch, field, self.limits, self.vocab_size)
+        return await self.engine.decode(checked, skip_special)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.model.tokenizer.vocab_size
 
 
 def _plain(value: Any) -> Any:

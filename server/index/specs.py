@@ -45,17 +45,20 @@ def check_spec(spec: str, dim: int) -> None:
         raise InvalidArgument(
             f"index spec {spec!r} is not a factory string this server takes: Flat, "
             "HNSW<M>[,codes], IVF<n>,codes (codes: Flat, PQ<m>, SQ8, SQ6, SQ4, SQfp16) or "
-            f"SQ8, SQ6, SQ4, SQfp16 alone, for example {EXAMPLES}"
+            f"SQ8, SQ6, SQ4, SQfp16 alone, for example {EXAMPLES}",
+            "index",
         )
     if outer and outer["m"] is not None and not 2 <= int(outer["m"]) <= MAX_HNSW_M:
         raise InvalidArgument(
             f"index spec {spec!r}: HNSW takes 2-{MAX_HNSW_M} links per vector, got "
-            f"{int(outer['m'])} (HNSW32 is the usual choice)"
+            f"{int(outer['m'])} (HNSW32 is the usual choice)",
+            "index",
         )
     if outer and outer["nlist"] is not None and not 1 <= int(outer["nlist"]) <= MAX_NLIST:
         raise InvalidArgument(
             f"index spec {spec!r}: IVF takes 1-{MAX_NLIST} lists, got {int(outer['nlist'])} "
-            "(about 4*sqrt(N) for N vectors: IVF256,Flat for ~10^4, IVF4096,Flat for ~10^6)"
+            "(about 4*sqrt(N) for N vectors: IVF256,Flat for ~10^4, IVF4096,Flat for ~10^6)",
+            "index",
         )
     pq = codes["pq"]
     if pq and not (1 <= int(pq) <= dim and dim % int(pq) == 0):
@@ -63,5 +66,6 @@ def check_spec(spec: str, dim: int) -> None:
         hint = f", such as {', '.join(map(str, divisors))}" if divisors else ""
         raise InvalidArgument(
             f"index spec {spec!r}: PQ<m> takes a number of sub-quantizers that divides "
-            f"the dimension {dim}{hint}; got {int(pq)}"
+            f"the dimension {dim}{hint}; got {int(pq)}",
+            "index",
         )

@@ -58,7 +58,8 @@ def milvus_index(spec: str) -> tuple[str, dict[str, int]]:
         return "IVF_PQ", {"nlist": int(m[1]), "m": int(m[2]), "nbits": 8}
     raise InvalidArgument(
         f"index spec {spec!r}: the milvus backend takes Flat, HNSW<M>, IVF<n>,Flat or "
-        "IVF<n>,PQ<m>, for example HNSW32, IVF256,Flat, IVF256,PQ16"
+        "IVF<n>,PQ<m>, for example HNSW32, IVF256,Flat, IVF256,PQ16",
+        "index",
     )
 
 
