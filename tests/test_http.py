@@ -157,7 +157,10 @@ def test_tei_sentence_similarity_with_its_client_and_its_route(base, grpc_vector
     assert status == 422 and json.loads(answer)["error"].startswith("inputs.sentences: "), answer
     body = {"inputs": {"source_sentence": "苹果" * 600, "sentences": ["x"]}}
     status, _, answer = call(base, "POST", "/similarity", json.dumps(body).encode())
-    assert status == 413 and "inputs.source_sentence[0] is " in answer.decode(), answer
+    assert status == 413 and "inputs.source_sentence is " in answer.decode(), answer
+    body = {"inputs": {"source_sentence": "x", "sentences": ["y", "苹果" * 600]}}
+    status, _, answer = call(base, "POST", "/similarity", json.dumps(body).encode())
+    assert status == 413 and "inputs.sentences[1] is " in answer.decode(), answer
 
 
 def test_tei_routes_and_errors(base, running):

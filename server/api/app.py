@@ -225,7 +225,8 @@ class EmbedSenseServer:
             service.replica,
             f"faiss in {s.data_dir}" if s.index_backend == "faiss" else f"milvus at {s.milvus_uri}",
             f", API keys: {len(keys)}" if keys else "",
-            f", metrics on {grpc_address(s.host, self.metrics_port)}" if self.metrics_port else "",
+            f", metrics on {grpc_address(s.metrics_host or s.host, self.metrics_port)}"
+            if self.metrics_port else "",
             f", HTTP{'S' if http_tls else ''} on {grpc_address(s.host, self.http_port)}"
             if self.http_port else "",
         )  # fmt: skip

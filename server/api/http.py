@@ -152,10 +152,12 @@ class HttpContext:
         token_vectors: bool = False,
         max_tokens: int | None = None,
         truncate_hint: str = "",
+        name_of: Callable[[int], str] | None = None,
     ) -> list[Embedding]:
         """Texts (or token-id lists) checked as the gRPC API checks them, then embedded by
-        the shared engine. A text over the model's positions is an error naming it, with
-        `truncate_hint`: what this API offers to cut it."""
+        the shared engine. A text over the model's positions is an error naming it (by
+        `name_of` its index, else as `field`[index]), with `truncate_hint`: what this API
+        offers to cut it."""
         as_ids = bool(inputs) and isinstance(inputs[0], list)
         if as_ids:
             ids, texts = check_token_ids(inputs, field, self.limits, self.vocab_size), []
@@ -173,9 +175,10 @@ class HttpContext:
                 max_tokens=max_tokens,
             )
         except TextTooLong as long:
+            where = name_of(long.index) if name_of else f"{field}[{long.index}]"
             raise ApiError(
                 400,
-                f"{field}[{long.index}] is {long.n_tokens} tokens; {self.model_name} takes "
+                f"{where} is {long.n_tokens} tokens; {self.model_name} takes "
                 f"{long.limit}{truncate_hint}",
                 "too_long",
                 field,

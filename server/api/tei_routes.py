@@ -10,14 +10,13 @@ the server's --default-prompt-name ("query" unless set).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
 from aiohttp import web
 
 from embedsense.model import TokenizedText
-from embedsense.server.api.checks import check_dimensions
+from embedsense.server.api.checks import check_dimensions, check_text, check_texts
 from embedsense.server.api.http import HttpContext, HttpRoute
 from embedsense.server.api.http_errors import ApiError
 from embedsense.server.api.openapi import roles_text
@@ -216,19 +215,22 @@ class TEIRoutes:
         return EmbedResponse.model_construct(root=np.stack([r.sentence for r in results]))
 
     async def similarity(self, request: web.Request, body: SimilarityRequest) -> SimilarityResponse:
-        given = body.parameters or SimilarityParameters()
-        options: dict[str, Any] = {
-            "role": self.context.role(given.prompt_name, "parameters.prompt_name"),
-            "truncation": self.context.truncation(given.truncate, given.truncation_direction),
-            "truncate_hint": TRUNCATE_HINT,
-        }
-        # Two calls, so that an error names the field; the engine batches them together.
-        source, sentences = await asyncio.gather(
-            self.context.embed([body.inputs.source_sentence], "inputs.source_sentence", **options),
-            self.context.embed(body.inputs.sentences, "inputs.sentences", **options),
+        given, limits = body.parameters or SimilarityParameters(), self.context.limits
+        source, sentences = body.inputs.source_sentence, body.inputs.sentences
+        check_text(source, "inputs.source_sentence", limits.max_text_chars)
+        check_texts(sentences, "inputs.sentences", limits)
+        # One engine call: one priority and one batch for all, and nothing left computing
+        # for nobody when a text is refused.
+        embedded = await self.context.embed(
+            [source, *sentences],
+            "inputs",
+            role=self.context.role(given.prompt_name, "parameters.prompt_name"),
+            truncation=self.context.truncation(given.truncate, given.truncation_direction),
+            truncate_hint=TRUNCATE_HINT,
+            name_of=lambda i: f"inputs.sentences[{i - 1}]" if i else "inputs.source_sentence",
         )
-        rows = np.stack([r.sentence for r in sentences])
-        return SimilarityResponse.model_construct(root=(rows @ source[0].sentence).tolist())
+        rows = np.stack([r.sentence for r in embedded[1:]])
+        return SimilarityResponse.model_construct(root=(rows @ embedded[0].sentence).tolist())
 
     async def predict(
         self, request: web.Request, body: PredictRequest

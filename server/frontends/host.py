@@ -156,7 +156,7 @@ class EngineHost:
                  info.model, info.dim, info.device, info.dtype, self.count,
                  grpc_address(s.host, self.port),
                  f", HTTP on {grpc_address(s.host, self.http_port)}" if self.http_port else "",
-                 f", metrics on {grpc_address(s.host, self.metrics_port)}"
+                 f", metrics on {grpc_address(s.metrics_host or s.host, self.metrics_port)}"
                  if self.metrics_port else "")  # fmt: skip
 
     async def stop(self, grace: float | None = None) -> None:
