@@ -245,6 +245,25 @@ def test_cancelled_and_expired_requests_cost_no_compute(e5):
         eng.close()
 
 
+def test_a_request_whose_tokenizing_outlasts_its_deadline_queues_nothing(e5, monkeypatch):
+    """Its rows were queued anyway, taking room (against a full queue the caller was told
+    Overloaded, not DeadlineExceeded), then dropped as expired."""
+    eng = Engine(EngineConfig(dtype="float32", warmup=False), e5).start()
+    prepare = eng._prepare
+
+    def slow_prepare(*args):
+        time.sleep(0.1)
+        return prepare(*args)
+
+    monkeypatch.setattr(eng, "_prepare", slow_prepare)
+    try:
+        with pytest.raises(DeadlineExceeded, match="0.050 s deadline"):
+            asyncio.run(eng.embed(["这个请求来不及"], timeout=0.05))
+        assert (eng.stats.skipped_expired, eng.stats.rows) == (0, 0)
+    finally:
+        eng.close()
+
+
 @pytest.mark.parametrize("dtype", PRECISIONS)
 def test_layers_choice_and_cls_pooling(engines, e5, dtype):
     text = "我喜欢吃苹果"
