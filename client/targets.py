@@ -19,6 +19,7 @@ Targets = str | Sequence[str]
 
 SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
 ADDRESS_LISTS = ("ipv4:", "ipv6:")  # ipv4:addr:port,addr:port
+URL_SCHEMES = ("http", "https", "grpc", "grpcs")  # a URL's, where host:port was meant
 PORTS = range(1, 65536)
 # A name a resolver may look up: letters of any script, digits, dots, dashes, underscores
 # (container names have them); a space or a slash is a typo or a URL.
@@ -84,7 +85,11 @@ def target_problem(target: str) -> str | None:
         return None
     if "://" in target:
         scheme = target.split("://", 1)[0]
-        return f"{scheme}:// is not a gRPC target: give host:port (or dns:///host:port, unix:PATH)"
+        if scheme.lower() in URL_SCHEMES:
+            return (
+                f"{scheme}:// is not a gRPC target: give host:port (or dns:///host:port, unix:PATH)"
+            )
+        return None  # another resolver's (google-c2p:///name): gRPC's to read
     return host_port_problem(target)
 
 
@@ -123,8 +128,8 @@ def address_list_problem(target: str) -> str | None:
     family, _, addresses = target.partition(":")
     for address in addresses.lstrip("/").split(","):
         host, colon, port = address.rpartition(":")
-        if not colon or not host:
-            return f"{address!r}: expected address:port"
+        if not colon or not host or (address.startswith("[") and "]:" not in address):
+            return f"{address!r}: expected address:port ([address]:port for IPv6)"
         try:
             ip = ipaddress.ip_address(host[1:-1] if family == "ipv6" else host)
         except ValueError:

@@ -24,6 +24,8 @@ REFUSED = [
     ("ipv4:127.0.0.1:1,127.0.0.1:70000", "'127.0.0.1:70000': port '70000': out of range"),
     ("ipv4:127.0.0.1", "'127.0.0.1': expected address:port"),
     ("ipv6:[::1]:99999", "'[::1]:99999': port '99999': out of range"),
+    ("ipv6:[::1]", "'[::1]': expected address:port ([address]:port for IPv6)"),  # not "no IPv6"
+    ("grpc://127.0.0.1:50051", "grpc:// is not a gRPC target"),
     ("ipv4:::1:7", "'::1:7': not an IPv4 address"),
 ]
 
@@ -59,6 +61,7 @@ ACCEPTED = [
     "dns://10.0.0.2:53/embedsense:7",
     "ipv4:127.0.0.1:1,127.0.0.1:2",
     "ipv6:[::1]:7,[::1]:8",
+    "google-c2p:///embedsense",  # another resolver of grpc-core's: gRPC's to read
     ["localhost:1", "127.0.0.1:2"],
 ]
 
