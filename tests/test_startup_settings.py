@@ -343,17 +343,23 @@ def test_the_flags_the_messages_name_are_the_programs():
 def test_cors_origins_are_kept_as_browsers_send_them():
     """A browser's Origin is lower case, without the scheme's default port or a slash; an
     origin written otherwise matched no request, in silence."""
-    given = " https://App.Example:443/ , http://Local.Example:8080,http://[::1]:80 "
+    given = " https://App.Example:443/ , http://Local.Example:8080,http://[0:0::1]:80 "
     settings = ServerSettings(cors_allow_origin=given)
     assert (
         settings.cors_allow_origin == "https://app.example,http://local.example:8080,http://[::1]"
+    )
+    # Other schemes browsers send (extensions, app shells), and names in IDNA's ASCII.
+    given = "chrome-extension://abcdef, capacitor://localhost, https://Bücher.example"
+    assert ServerSettings(cors_allow_origin=given).cors_allow_origin == (
+        "chrome-extension://abcdef,capacitor://localhost,https://xn--bcher-kva.example"
     )
     assert ServerSettings(cors_allow_origin="*").cors_allow_origin == "*"
 
 
 @pytest.mark.parametrize(
-    "origin", ["app2.example", "https://app.example/path", "null", "ftp://app.example",
-               "https://app.example?x=1", "https://user@app.example", "https://a.example:99999"],
+    "origin", ["app2.example", "https://app.example/path", "null", "https://a b.example",
+               "https://app.example?x=1", "https://user@app.example", "https://a.example:99999",
+               "http://[::1", "https://a.example:0"],
 )  # fmt: skip
 def test_a_cors_origin_no_browser_sends_is_refused_naming_it(origin):
     with pytest.raises(ValueError) as refused:

@@ -4,6 +4,8 @@ decisions; the server adds the headers and refuses."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -18,6 +20,8 @@ MAX_AGE_S = "600"  # how long a browser may keep a preflight's answer
 # text/plain POST needs no preflight, so CORS alone cannot stop one from running).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")  # RFC 3986's (browser extensions, app shells)
+_HOST_NAME = re.compile(r"[a-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -81,24 +85,38 @@ def origins_as_sent(setting: str) -> str:
 def _origin_as_sent(origin: str) -> str:
     if origin == "*":
         return origin
-    parts = urlsplit(origin)
+    not_one = ValueError(
+        f"{origin!r} is not an origin: expected scheme://host[:port] (https://app.example, "
+        "chrome-extension://ID), as a browser's Origin header sends it, or *"
+    )
     try:
-        port = parts.port
-    except ValueError:  # no number, or past 65535
-        port = -1
+        parts = urlsplit(origin)
+        port = parts.port  # ValueError: no number, or past 65535
+        host = _host_as_sent(parts.hostname or "")
+    except (ValueError, UnicodeError):
+        raise not_one from None
     scheme = parts.scheme.lower()
     if (
-        scheme not in DEFAULT_PORTS
-        or not parts.hostname
-        or port == -1
+        not _SCHEME.fullmatch(scheme)
+        or port == 0
         or any((parts.path, parts.query, parts.fragment, parts.username, parts.password))
     ):
-        raise ValueError(
-            f"{origin!r} is not an origin: expected scheme://host[:port] with http or https "
-            "(https://app.example), as a browser's Origin header sends it, or *"
-        )
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{scheme}://{host}" + ("" if port in (None, DEFAULT_PORTS[scheme]) else f":{port}")
+        raise not_one
+    default = DEFAULT_PORTS.get(scheme)
+    return f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+
+
+def _host_as_sent(host: str) -> str:
+    """A host as an Origin header writes it: an IPv6 address in its short form and
+    brackets, a name in lower case and in IDNA's ASCII (bücher.example: xn--bcher-kva...)."""
+    try:
+        return f"[{ipaddress.IPv6Address(host)}]"
+    except ValueError:
+        pass
+    name = host.encode("idna").decode("ascii") if host else ""
+    if not _HOST_NAME.fullmatch(name):
+        raise ValueError(host)
+    return name
 
 
 def allowed_headers(asked: str) -> str:
