@@ -59,7 +59,7 @@ def test_http_requests_in_flight_get_the_grace_and_new_ones_a_503_meanwhile(e5, 
         status, headers = get(base, "/health")
         assert status == 503 and headers.get("Retry-After"), (status, headers)
         stopping.result(timeout=60)
-        assert time.monotonic() - started < GRACE_S + 5  # it waited for the embed to end
+        assert time.monotonic() - started < GRACE_S + 5  # not until the embed's end, as it was
         caller.join(30)
         assert answers and answers[0] != 200, answers  # cut at the grace's end, not finished
     finally:

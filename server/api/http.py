@@ -467,7 +467,7 @@ class HttpServer:
             handle_signals=False,
             handler_cancellation=True,
             auto_decompress=False,
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            shutdown_timeout=min(SHUTDOWN_TIMEOUT_S, self.settings.shutdown_grace_s),
         )
         await self._runner.setup()
         AIOHTTP_SERVER_LOG.addFilter(client_faults_at_debug)
