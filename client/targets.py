@@ -61,8 +61,8 @@ def with_port(target: str, port: int | str | None = None) -> str:
     would dial 443. "localhost" is "localhost:50051", "::1" and "[::1]" are "[::1]:50051",
     "dns:///name" is "dns:///name:50051"; targets of other schemes are left as they are."""
     port = port or DEFAULT_PORT
-    if target.startswith("dns:"):  # dns:[//authority/]host[:port]
-        host = target[len("dns:") :].rsplit("/", 1)[-1]
+    if target.startswith("dns:"):
+        host = _dns_host(target)
     elif target.startswith(SCHEMES) or "://" in target:
         return target
     else:
@@ -75,10 +75,15 @@ def with_port(target: str, port: int | str | None = None) -> str:
     return target if names_port else f"{target}:{port}"
 
 
+def _dns_host(target: str) -> str:
+    """The host[:port] of a dns:[//authority/]host[:port] target."""
+    return target[len("dns:") :].rsplit("/", 1)[-1]
+
+
 def target_problem(target: str) -> str | None:
     """Why no server can be at `target` (one `with_port` has given its port), or None."""
     if target.startswith("dns:"):
-        return host_port_problem(target[len("dns:") :].rsplit("/", 1)[-1])
+        return host_port_problem(_dns_host(target))
     if target.startswith(ADDRESS_LISTS):
         return address_list_problem(target)
     if target.startswith(SCHEMES):  # a path (unix:) or another resolver's name: gRPC's to read

@@ -219,16 +219,13 @@ class EmbedSenseServer:
         self._not_serving_once_broken(self.engine)
         info = self.engine.info()
         log.info(
-            "serving %s (%d-dim, %s, %s: %s) on %s%s as %s, index %s%s%s%s", info.model,
+            "serving %s (%d-dim, %s, %s: %s) on %s%s as %s, index %s%s%s", info.model,
             info.dim, info.device, info.dtype, info.dtype_reason, grpc_address(s.host, self.port),
             " with TLS" if s.tls_cert else "",
             service.replica,
             f"faiss in {s.data_dir}" if s.index_backend == "faiss" else f"milvus at {s.milvus_uri}",
             f", API keys: {len(keys)}" if keys else "",
-            f", metrics on {grpc_address(s.metrics_host or s.host, self.metrics_port)}"
-            if self.metrics_port else "",
-            f", HTTP{'S' if http_tls else ''} on {grpc_address(s.host, self.http_port)}"
-            if self.http_port else "",
+            other_ports(s, self.http_port, self.metrics_port, http_tls is not None),
         )  # fmt: skip
         return self.port
 
@@ -303,6 +300,19 @@ def check_data_dir(directory: Path) -> list[Path]:
 def bare_host(host: str) -> str:
     """A host as sockets take it: an IPv6 address without the brackets of "[::1]"."""
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def other_ports(
+    s: ServerSettings, http_port: int | None, metrics_port: int | None, https: bool = False
+) -> str:
+    """What the start log says of the ports beside gRPC's, each with its address:
+    ", HTTP on 127.0.0.1:8080, metrics on 127.0.0.1:9090" (or less)."""
+    said = ""
+    if http_port:
+        said += f", HTTP{'S' if https else ''} on {grpc_address(s.host, http_port)}"
+    if metrics_port:
+        said += f", metrics on {grpc_address(s.metrics_host or s.host, metrics_port)}"
+    return said
 
 
 def grpc_address(host: str, port: int) -> str:

@@ -34,6 +34,7 @@ from embedsense.server.api.app import (
     check_ports_free,
     grpc_address,
     open_engine_and_index,
+    other_ports,
     remove_if_empty,
     serve_metrics,
     stop_on_signals,
@@ -152,12 +153,10 @@ class EngineHost:
                 raise StartupError(failure)
         self._keepers = [asyncio.create_task(self._keep(i)) for i in self.front_ends]
         info = self.engine.info()
-        log.info("serving %s (%d-dim, %s, %s) with %d front-end processes on %s%s%s",
+        log.info("serving %s (%d-dim, %s, %s) with %d front-end processes on %s%s",
                  info.model, info.dim, info.device, info.dtype, self.count,
                  grpc_address(s.host, self.port),
-                 f", HTTP on {grpc_address(s.host, self.http_port)}" if self.http_port else "",
-                 f", metrics on {grpc_address(s.metrics_host or s.host, self.metrics_port)}"
-                 if self.metrics_port else "")  # fmt: skip
+                 other_ports(s, self.http_port, self.metrics_port))  # fmt: skip
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain the front ends (SIGTERM: each finishes its calls), then close the engine
