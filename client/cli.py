@@ -52,6 +52,7 @@ from embedsense.client.document_files import (
     PIPED_LIMIT_BYTES,
     STANDARD_INPUT,
     file_problem,
+    is_json_lines,
     read_documents,
     read_once,
     read_whole,
@@ -358,9 +359,10 @@ def cmd_index(args: argparse.Namespace, client: Client) -> None:
     # A pipe gives its bytes once, and the file is read more than once: held whole (within
     # a limit), it is read as a file is.
     content = read_whole(args.file) if read_once(args.file) else None
+    jsonl = is_json_lines(args.file, args.format)
 
     def documents(max_text_chars: int = 0) -> Iterator[dict[str, Any]]:
-        return read_documents(args.file, max_text_chars, content)
+        return read_documents(args.file, max_text_chars, content, jsonl)
 
     # The whole file is checked before anything is sent: a bad line stops the command with
     # its file:line, and nothing of the file is half-stored.
@@ -884,10 +886,17 @@ def parser() -> argparse.ArgumentParser:
         "file again replaces its documents instead of storing them twice, and a line repeated "
         "in a file is stored once; the same text with other metadata is another document. "
         "The whole file is checked before anything is sent. A pipe (-, /dev/stdin, <(...), "
-        f"a FIFO) is read once, into memory: up to {PIPED_LIMIT_BYTES >> 20} MiB, one "
-        "document a line (or JSON lines where its name ends in .jsonl).",
+        f"a FIFO) is read once, into memory: up to {PIPED_LIMIT_BYTES >> 20} MiB; it has no "
+        "suffix, so it holds one document a line unless --format jsonl says otherwise (as "
+        "`embedsense docs export A | embedsense index - --format jsonl --collection B`).",
     )
     index.add_argument("file", help="the .txt or .jsonl file; - reads standard input")
+    index.add_argument(
+        "--format",
+        choices=["text", "jsonl"],
+        help="how the file is read: a document a line, or JSON lines (default: jsonl for a "
+        "name ending in .jsonl or .ndjson, else text)",
+    )
     index.add_argument("--collection", required=True)
     index.add_argument(
         "--index",

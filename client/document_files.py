@@ -86,15 +86,25 @@ def _size(count: int) -> str:
     return f"{count >> 20} MiB" if count >= 1 << 20 else f"{count} bytes"
 
 
+def is_json_lines(name: str, file_format: str | None = None) -> bool:
+    """Whether file `name` holds JSON lines: as `file_format` ("jsonl" or "text") says where
+    given, else by its suffix. A pipe has no suffix to go by."""
+    if file_format is not None:
+        return file_format == "jsonl"
+    return name.lower().endswith(JSON_LINES_SUFFIXES)
+
+
 def read_documents(
-    name: str, max_text_chars: int = 0, content: bytes | None = None
+    name: str, max_text_chars: int = 0, content: bytes | None = None, jsonl: bool | None = None
 ) -> Iterator[dict[str, Any]]:
-    """The documents of file `name`, each a dict with "text", "id" and, from a .jsonl line
+    """The documents of file `name`, each a dict with "text", "id" and, from a JSON line
     that has it, "metadata"; read from `content` where given (a pipe's bytes, from
-    `read_whole`), else from the file. Raises InputError for a missing or unreadable file, a
-    line that is not UTF-8, (in .jsonl) a line that is not a JSON object with the fields
-    above, and a text longer than `max_text_chars` (the server's; 0: not checked)."""
-    jsonl = name.lower().endswith(JSON_LINES_SUFFIXES)
+    `read_whole`), else from the file; as JSON lines where `jsonl` (None: by the name, see
+    `is_json_lines`). Raises InputError for a missing or unreadable file, a line that is not
+    UTF-8, (in JSON lines) a line that is not a JSON object with the fields above, and a
+    text longer than `max_text_chars` (the server's; 0: not checked)."""
+    if jsonl is None:
+        jsonl = is_json_lines(name)
     try:
         # Closed by the with below: only opening is checked here.
         lines = io.BytesIO(content) if content is not None else open(name, "rb")

@@ -1224,3 +1224,56 @@ def test_a_port_variable_that_is_no_port_is_named(capsys, monkeypatch):
     status, _, err = cli(capsys, "info")
     line = one_error_line(err)
     assert status == 2 and "EMBEDSENSE_PORT 'abc': not a number (a port is 1 to 65535)" in line
+
+
+def test_an_export_piped_into_index_with_format_jsonl_keeps_ids_and_metadata(server, tmp_path):
+    """`docs export A | index - --format jsonl --collection B` copies a collection: a pipe
+    was read as text (the format came from a name it does not have), so each JSON line was
+    stored as a document whose text was the JSON."""
+    lines = [
+        {"id": "a1", "text": "苹果很好吃", "metadata": {"kind": "fruit"}},
+        {"id": "a2", "text": "香蕉", "metadata": {"kind": "fruit", "n": 2}},
+    ]
+    source = tmp_path / "source.jsonl"
+    source.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+    try:
+        index_in_a_subprocess(server, str(source), "copy-from")
+        exported = subprocess.run(
+            [*CLI, "--target", server.target, "docs", "export", "copy-from"],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        done = subprocess.run(
+            [*CLI, "--target", server.target, "index", "-", "--format", "jsonl",
+             "--collection", "copy-to"],
+            input=exported, capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()
+        with Client(server.target) as c:
+            copied = {d.id: (d.text, d.metadata) for d in c.get("copy-to", ["a1", "a2"])}
+        assert copied == {line["id"]: (line["text"], line["metadata"]) for line in lines}
+    finally:
+        drop(server, "copy-from")
+        drop(server, "copy-to")
+
+
+@pytest.mark.parametrize("name", ["docs.jsonl", "docs.txt"])
+def test_format_text_reads_any_file_one_document_a_line(server, tmp_path, name):
+    """--format text reads even a .jsonl name as lines of text, and --format jsonl a .txt
+    name as JSON lines: the flag, where given, wins over the suffix."""
+    path = tmp_path / name
+    path.write_text('{"id": "j1", "text": "苹果"}\n')
+    as_text = name.endswith(".jsonl")
+    try:
+        done = subprocess.run(
+            [*CLI, "--target", server.target, "index", str(path), "--collection", "fmt",
+             "--format", "text" if as_text else "jsonl"],
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()
+        with Client(server.target) as c:
+            [doc] = c.scroll("fmt")
+        assert doc.text == ('{"id": "j1", "text": "苹果"}' if as_text else "苹果"), doc
+    finally:
+        drop(server, "fmt")

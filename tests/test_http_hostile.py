@@ -339,3 +339,55 @@ def test_a_token_id_outside_the_vocabulary_is_named_by_its_field_and_place(base)
     status, headers, answer = call(base, "/decode", b'{"ids": [[1], [300000]]}')
     assert tei_error(headers, answer)["error"].startswith("ids[1]: token id 300000"), answer
     still_serving(base)
+
+
+def test_a_whole_number_written_with_a_point_is_an_integer(base):
+    """JSON Schema counts 5.0 as an integer, and the OpenAPI document says "integer": such a
+    k, limit, dim or dimensions was 422, such token ids 400."""
+    ints = b'{"input": [[100, 200]], "model": "multilingual-e5-small"}'
+    floats = b'{"input": [[100.0, 200.0]], "model": "multilingual-e5-small"}'
+    (status, _, by_ints), (status_f, _, by_floats) = (
+        call(base, "/v1/embeddings", body) for body in (ints, floats)
+    )
+    assert status == status_f == 200, by_floats
+    assert json.loads(by_floats)["data"] == json.loads(by_ints)["data"]
+    assert call(base, "/embed", b'{"inputs": "x", "dimensions": 384.0}')[0] == 200
+    assert call(base, "/v1/collections", b'{"name": "whole", "dim": 4.0}')[0] == 200
+    try:
+        vector = b'{"documents": [{"id": "a", "vector": [1, 0, 0, 0]}]}'
+        assert call(base, "/v1/collections/whole/upsert", vector)[0] == 200
+        status, _, answer = call(base, "/v1/collections/whole/search",
+                                 b'{"vector": [1, 0, 0, 0], "k": 5.0}')  # fmt: skip
+        assert status == 200 and json.loads(answer)["results"][0][0]["id"] == "a", answer
+        status, _, answer = call(base, "/v1/collections/whole/scroll", b'{"limit": 10.0}')
+        assert status == 200 and len(json.loads(answer)["documents"]) == 1, answer
+        for fraction in (b'{"vector": [1, 0, 0, 0], "k": 5.5}', b'{"query": "x", "k": true}'):
+            assert call(base, "/v1/collections/whole/search", fraction)[0] == 422
+    finally:
+        call(base, "/v1/collections/whole", None, method="DELETE")
+
+
+def test_null_where_the_document_has_no_null_is_refused_naming_the_field(base, running):
+    """The OpenAPI document gives a search's query and vector, and a new document's vector,
+    no null branch (one of the two is required, given as a value), yet "vector": null beside
+    a query was taken as if left out. Leaving the field out still works."""
+    assert call(base, "/v1/collections", b'{"name": "nulls"}')[0] == 200
+    try:
+        for path, body, field in (
+            ("search", b'{"query": "x", "vector": null}', "vector"),
+            ("search", b'{"query": null, "vector": [0.1]}', "query"),
+            ("upsert", b'{"documents": [{"text": "x", "vector": null}]}', "documents.0.vector"),
+        ):
+            status, _, answer = call(base, f"/v1/collections/nulls/{path}", body)
+            error = json.loads(answer)["error"]
+            assert status == 422 and error["message"].startswith(f"{field}: "), answer
+            assert "null" in error["message"] and "leave it out" in error["message"], answer
+        status, _, answer = call(
+            base, "/v1/collections/nulls/upsert", b'{"documents": [{"text": "x"}]}'
+        )
+        assert status == 200, answer
+        status, _, answer = call(base, "/v1/collections/nulls/search", b'{"query": "x"}')
+        assert status == 200 and json.loads(answer)["results"][0][0]["text"] == "x", answer
+    finally:
+        call(base, "/v1/collections/nulls", None, method="DELETE")
+    still_serving(base)

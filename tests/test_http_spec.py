@@ -196,8 +196,28 @@ def test_schemathesis_finds_nothing_from_the_servers_own_document(e5, tmp_path):
     seconds = time.monotonic() - started
     cases = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
     print(f"schemathesis: {cases.group(0) if cases else '?'} in {seconds:.0f} s")
-    assert run.returncode == 0 and "No issues found" in run.stdout, run.stdout[-6000:]
+    assert run.returncode == 0 and warnings_besides_upserts(run.stdout) == [], run.stdout[-6000:]
     assert cases and int(cases.group(1)) == int(cases.group(2)) >= OPERATIONS * 50
+
+
+def warnings_besides_upserts(report: str) -> list[str]:
+    """The operations Schemathesis warns about, less one warning on upsert it cannot avoid.
+
+    An upsert's vectors must have the dimension of the collection it names, and its texts a
+    collection of our model's vectors: state no schema can carry. Where every fuzzed name hits
+    a collection the fuzzer made with another dimension, every upsert is rightly refused, and
+    Schemathesis calls that a schema mismatch (its per-operation warning settings do not
+    reach this warning, so it is left out here). Any other warning, on any route, counts."""
+    if "No issues found" in report:
+        return []
+    block = report.partition(" WARNINGS ")[2].partition(" SUMMARY ")[0]
+    headings = re.findall(r"^(\S[^\n]*)$", block.strip("= \n"), re.MULTILINE)
+    listed = re.findall(r"^  - (.+)$", block, re.MULTILINE)
+    if headings[0].startswith("Schema validation mismatch: 1 operation ") and listed == [
+        "POST /v1/collections/{name}/upsert"
+    ]:
+        return [h for h in headings[1:] if not h.startswith("💡")]
+    return headings or ["a report Schemathesis wrote differently"]
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 
 from embedsense.proto import MAX_SCROLL_PAGE
 from embedsense.proto.values import MAX_ID_LENGTH, json_kind
 from embedsense.server.api.collection_ops import DEFAULT_PAGE
-from embedsense.server.api.http_inputs import RequestModel
+from embedsense.server.api.http_inputs import RequestModel, Whole
 from embedsense.server.index.validation import MAX_K
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
@@ -105,6 +105,17 @@ def one_of_two(extra: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise PydanticCustomError(
+            "null", "null, which this field does not take: give a value, or leave it out"
+        )
+    return value
+
+
+# A one_of_two field's value as sent: null, which its schema does not offer, is refused (a
+# field left out is not validated, and stays None).
+NotNull = BeforeValidator(_not_null)
 DocumentId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
@@ -133,9 +144,9 @@ class CreateCollectionRequest(CollectionRequest):
     store_tokens: bool = Field(
         False, description="Keep token vectors (for word-occurrence search)."
     )
-    ef_search: int = Field(0, ge=0, le=65_536, description="HNSW search breadth (0: 64).")
-    nprobe: int = Field(0, ge=0, le=65_536, description="IVF lists probed (0: 16).")
-    dim: int = Field(
+    ef_search: Whole = Field(0, ge=0, le=65_536, description="HNSW search breadth (0: 64).")
+    nprobe: Whole = Field(0, ge=0, le=65_536, description="IVF lists probed (0: 16).")
+    dim: Whole = Field(
         0,
         ge=0,
         le=65_536,
@@ -196,7 +207,7 @@ class NewDocument(CollectionRequest):
         json_schema_extra=one_of_two({"x-limit": "inputs"}),
     )
     metadata: dict[str, Any] | None = Field(None, description="A JSON object.")
-    vector: Vector | None = Field(
+    vector: Annotated[Vector | None, NotNull] = Field(
         None,
         description="The document's vector, embedded elsewhere: its dimension must be the "
         "collection's (400 naming both).",
@@ -256,7 +267,7 @@ class CountResponse(BaseModel):
 
 class ScrollRequest(CollectionRequest):
     filter: Filter | None = Field(None, description=FILTER)
-    limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_SCROLL_PAGE, description="Documents per page.")
+    limit: Whole = Field(DEFAULT_PAGE, ge=1, le=MAX_SCROLL_PAGE, description="Documents per page.")
     cursor: str | None = Field(
         None,
         description="The previous page's next_cursor, as it came; omitted: the first page. "
@@ -292,21 +303,21 @@ class SearchRequest(CollectionRequest):
         json_schema_extra={"oneOf": [{"required": ["query"]}, {"required": ["vector"]}]}
     )
 
-    query: str | list[str] | None = Field(
+    query: Annotated[str | list[str] | None, NotNull] = Field(
         None,
         description="A query text, or several (embedded together, as queries). Or give vector.",
         examples=["苹果手机"],
         json_schema_extra=one_of_two({"x-limit": "inputs"}),
     )
-    vector: Vectors | None = Field(
+    vector: Annotated[Vectors | None, NotNull] = Field(
         None,
         description="A query vector, or a list of them.",
         json_schema_extra=one_of_two({}),
     )
-    k: int = Field(10, ge=1, le=MAX_K)
+    k: Whole = Field(10, ge=1, le=MAX_K)
     filter: Filter | None = Field(None, description=FILTER)
-    ef_search: int = Field(0, ge=0, le=65_536, description="0: the collection's.")
-    nprobe: int = Field(0, ge=0, le=65_536, description="0: the collection's.")
+    ef_search: Whole = Field(0, ge=0, le=65_536, description="0: the collection's.")
+    nprobe: Whole = Field(0, ge=0, le=65_536, description="0: the collection's.")
     score_threshold: float | None = Field(
         None,
         description="Only hits at least this near: score >= it (cosine, ip), squared L2 "

@@ -11,11 +11,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 
 from embedsense.proto.values import json_kind
 
+# Past 2**53 a float's integer is not the number written (9007199254740993.0 reads as ...992).
+EXACT_FLOAT_INTEGERS = 2**53
+
+
+def _whole(value: Any) -> Any:
+    """A number JSON Schema counts as an integer, written with a point (5.0), as an int;
+    anything else as it is, for the strict int check to refuse."""
+    if type(value) is float and value.is_integer() and abs(value) <= EXACT_FLOAT_INTEGERS:
+        return int(value)
+    return value
+
+
+# An integer field: JSON Schema's "integer" is any number with no fraction, 5.0 too.
+Whole = Annotated[int, BeforeValidator(_whole)]
 TokenId = Annotated[int, Field(ge=0)]
 INPUTS_EXPECTED = "a string, a list of strings, a list of token ids, or a list of such lists"
 
@@ -27,7 +41,12 @@ class RequestModel(BaseModel):
 
 
 def _is_id(value: Any) -> bool:
-    return type(value) is int and value >= 0
+    return type(_whole(value)) is int and value >= 0
+
+
+def _ids(values: list) -> list[int]:
+    """A list of token ids (each `_is_id`) as ints: 5.0 is the token 5."""
+    return values if all(type(x) is int for x in values) else [int(x) for x in values]
 
 
 def _refuse(expected: str, value: Any, texts: bool = True, ids: bool = True) -> PydanticCustomError:
@@ -57,7 +76,7 @@ def _first_misfit(items: list, texts: bool, ids: bool) -> str | None:
 
 
 def _misfit(value: Any, ids: bool) -> str:
-    if ids and type(value) is int:
+    if ids and type(_whole(value)) is int:
         return f"{value}, not a token id (ids are 0 or more)"
     return json_kind(value)
 
@@ -74,9 +93,9 @@ def inputs_of(value: Any) -> list[str] | list[list[int]]:
     if all(isinstance(x, str) for x in value):
         return value
     if all(_is_id(x) for x in value):
-        return [value]
+        return [_ids(value)]
     if all(isinstance(x, list) and all(_is_id(i) for i in x) for x in value):
-        return value
+        return [_ids(x) for x in value]
     raise _refuse(INPUTS_EXPECTED + " (not a mix)", value)
 
 
@@ -92,11 +111,11 @@ def texts_of(value: Any) -> list[str]:
 def ids_of(value: Any) -> list[list[int]]:
     """Token ids, or lists of token ids, as a list of lists."""
     if isinstance(value, list) and all(_is_id(x) for x in value):
-        return [value] if value else []
+        return [_ids(value)] if value else []
     if isinstance(value, list) and all(
         isinstance(x, list) and all(_is_id(i) for i in x) for x in value
     ):
-        return value
+        return [_ids(x) for x in value]
     raise _refuse("a list of token ids or a list of such lists", value, texts=False)
 
 

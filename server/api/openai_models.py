@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from embedsense.server.api.http_inputs import Inputs, RequestModel
+from embedsense.server.api.http_inputs import Inputs, RequestModel, Whole
 
 
 class EmbeddingsRequest(RequestModel):
@@ -23,7 +23,7 @@ class EmbeddingsRequest(RequestModel):
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="Vectors as JSON numbers, or as base64 of little-endian float32."
     )
-    dimensions: int | None = Field(
+    dimensions: Whole | None = Field(
         None,
         description="Only the model's own dimension is offered (leave it out).",
         json_schema_extra={"x-limit": "dimensions"},

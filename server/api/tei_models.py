@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Discriminator, Field, RootModel, Tag
 
-from embedsense.server.api.http_inputs import Ids, Inputs, RequestModel, Texts
+from embedsense.server.api.http_inputs import Ids, Inputs, RequestModel, Texts, Whole
 
 PROMPT = (
     "The role of the inputs, which picks the e5 prefix ('query: ' or 'passage: '), as "
@@ -33,7 +33,7 @@ class EmbedRequest(RequestModel):
     truncate: bool | None = Field(None, description=TRUNCATE)
     truncation_direction: Direction = Field("Right", description=DIRECTION)
     prompt_name: Prompt | None = Field(None, description=PROMPT)
-    dimensions: int | None = Field(
+    dimensions: Whole | None = Field(
         None,
         description="Only the model's own dimension is offered (leave it out).",
         json_schema_extra={"x-limit": "dimensions"},
