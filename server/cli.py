@@ -70,8 +70,8 @@ SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ),
     (
         "--api-key-file",
-        "a file of API keys, one a line (blank lines skipped); with --api-key, "
-        "either file's or flag's keys are accepted",
+        "a file of API keys, one a line (blank lines skipped), read again on SIGHUP; with "
+        "--api-key, either file's or flag's keys are accepted",
         {},
     ),
     ("--device", "where the model runs", {"choices": ["auto", "cpu", "cuda"]}),

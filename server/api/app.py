@@ -115,6 +115,7 @@ class EmbedSenseServer:
         self.metrics_port: int | None = None
         self.http: HttpServer | None = None
         self.http_port: int | None = None
+        self.api_keys: ApiKeys | None = None
 
     async def start(self) -> int:
         """Check the API keys, the data directory and the port, load and warm the model, open
@@ -143,7 +144,7 @@ class EmbedSenseServer:
             explainer = Explainer(self.engine.model, self.engine.runner)
         else:  # its siblings listen on the port already
             self.engine, self.catalog, explainer = parts.engine, parts.catalog, parts.explainer
-        api_keys = ApiKeys(keys) if keys else None
+        self.api_keys = api_keys = ApiKeys(keys) if keys else None
         # The key first; the guard last, next to the service, whose handlers it keeps.
         interceptors = [ApiKeyInterceptor(api_keys, self.metrics)] if api_keys else []
         interceptors.append(DecodeGuard())
@@ -228,6 +229,16 @@ class EmbedSenseServer:
             other_ports(s, self.http_port, self.metrics_port, http_tls is not None),
         )  # fmt: skip
         return self.port
+
+    def reload_api_keys(self) -> None:
+        """Read the API key file again (on SIGHUP): from the next call on, a call needs one of
+        its keys (or of --api-key's). A file that cannot be read, or holds no key, leaves the
+        keys in use, and the log says why."""
+        keys = read_keys_again(self.settings)
+        if keys is not None and self.api_keys is not None:  # else: its start reads the file
+            self.api_keys.replace(keys)
+            log.info("API keys read again from %s: %d in use", self.settings.api_key_file,
+                     len(keys))  # fmt: skip
 
     def _not_serving_once_broken(self, engine: Engine) -> None:
         """Health NOT_SERVING once the engine is broken (it answers every call UNAVAILABLE
@@ -421,10 +432,25 @@ async def serve(settings: ServerSettings) -> None:
         return
     stop = stop_on_signals()
     server = EmbedSenseServer(settings)
+    # Set before the start, whose ports may serve already: SIGHUP's default is to exit.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_api_keys)
     await server.start()
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_s)
     await server.stop()
+
+
+def read_keys_again(settings: ServerSettings) -> list[str] | None:
+    """settings' keys, read again for SIGHUP; None (and a log line saying why) where there
+    is no key file, or it cannot be read or holds no key."""
+    if settings.api_key_file is None:
+        log.warning("SIGHUP: no API key file to read again (--api-key-file); nothing changes")
+        return None
+    try:
+        return settings.api_keys()
+    except ValueError as err:
+        log.error("SIGHUP: %s; the keys in use stay", err)
+        return None
 
 
 def front_end_count(settings: ServerSettings) -> int:

@@ -42,6 +42,11 @@ class ApiKeys:
     def __init__(self, api_keys: Sequence[str]) -> None:
         self._expected = [key.encode() for key in api_keys]
 
+    def replace(self, api_keys: Sequence[str]) -> None:
+        """Accept `api_keys` from the next call on (SIGHUP's reload): one assignment, so a
+        call checks against the old keys or the new ones, never a mix."""
+        self._expected = [key.encode() for key in api_keys]
+
     def refusal(self, given: str) -> str | None:
         """None when `given` carries a configured key; else why not, for the caller."""
         scheme, _, credentials = given.strip().partition(" ")

@@ -52,6 +52,7 @@ async def run(sock: socket.socket) -> None:
         name=str(facts.index),
     )  # type: ignore[arg-type]
     server = EmbedSenseServer(facts.settings, parts=parts, metrics=metrics)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_api_keys)
     try:
         await server.start()
     except StartupError as err:
@@ -71,6 +72,8 @@ async def run(sock: socket.socket) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Until the server's own handler is set: the engine process forwards SIGHUP.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     asyncio.run(run(socket.socket(fileno=int(sys.argv[1]))))
 
 

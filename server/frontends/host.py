@@ -35,6 +35,7 @@ from embedsense.server.api.app import (
     grpc_address,
     open_engine_and_index,
     other_ports,
+    read_keys_again,
     remove_if_empty,
     serve_metrics,
     stop_on_signals,
@@ -70,6 +71,7 @@ async def serve_with_front_ends(
     """Run the engine process and `count` front ends until SIGINT or SIGTERM."""
     stop = stop_on_signals()
     host = EngineHost(settings, count, model)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, host.reload_api_keys)
     await host.start()
     await stop.wait()
     log.info("shutting down: the front ends finish their calls (up to %.0f s)",
@@ -157,6 +159,15 @@ class EngineHost:
                  info.model, info.dim, info.device, info.dtype, self.count,
                  grpc_address(s.host, self.port),
                  other_ports(s, self.http_port, self.metrics_port))  # fmt: skip
+
+    def reload_api_keys(self) -> None:
+        """SIGHUP: once the key file reads well here, each front end reads it again (one
+        that starts later reads it then); a file that does not leaves every process's keys."""
+        if read_keys_again(self.settings) is None:
+            return
+        for front in self.front_ends.values():
+            with contextlib.suppress(ProcessLookupError):
+                front.process.send_signal(signal.SIGHUP)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain the front ends (SIGTERM: each finishes its calls), then close the engine

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from embedsense.client import Client, Retry, Unavailable
+from embedsense.client import Client, Retry, Unauthenticated, Unavailable
 
 
 def stop_servers_on_sigterm() -> None:
@@ -55,8 +55,8 @@ def alive(pid: int) -> bool:
 
 
 def wait_until_serving(target: str, process: subprocess.Popen, limit_s: float = 180) -> None:
-    """Wait until the server at `target` answers Info; RuntimeError if `process` exits first
-    or `limit_s` passes."""
+    """Wait until the server at `target` answers Info (or refuses it for want of a key: it
+    answers); RuntimeError if `process` exits first or `limit_s` passes."""
     deadline = time.monotonic() + limit_s
     with Client(target, timeout=2, retry=Retry(attempts=1)) as probe:
         while time.monotonic() < deadline:
@@ -64,6 +64,8 @@ def wait_until_serving(target: str, process: subprocess.Popen, limit_s: float = 
                 raise RuntimeError(f"the server exited with {process.returncode}")
             try:
                 probe.info()
+                return
+            except Unauthenticated:
                 return
             except Unavailable:
                 time.sleep(0.2)
