@@ -106,7 +106,7 @@ SETTINGS_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "requests per second a front end can serve",
         {"action": "store_false", "default": None, "dest": "access_log"},
     ),
-    ("--tls-cert", "PEM certificate: serve TLS", {}),
+    ("--tls-cert", "PEM certificate: serve TLS (read again, with --tls-key, on SIGHUP)", {}),
     ("--tls-key", "PEM key of --tls-cert", {}),
     ("--tls-client-ca", "PEM CA: require client certificates (mutual TLS)", {}),
     ("--metrics-port", "Prometheus /metrics on this port (unset: off)", {"type": whole_number}),

@@ -1,17 +1,23 @@
-"""SIGHUP makes a running server read its API key file again, in every front-end process:
-keys are rotated without a restart. A file that cannot be read keeps the keys in use."""
+"""SIGHUP makes a running server read its API key file and its TLS files again, in every
+front-end process: keys and certificates are rotated without a restart. A file that cannot be
+used keeps what is in use."""
 
 from __future__ import annotations
 
+import shutil
 import signal
+import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from ops.serverproc import ServerProcess, free_port
+from pki import make_pki
 
-from embedsense.client import Client, Retry, Unauthenticated
+from embedsense.client import TLS, Client, Retry, Unauthenticated
 
 # Fresh connections, so that with several front ends (one port, SO_REUSEPORT) each is asked.
 CONNECTIONS = 8
@@ -80,5 +86,59 @@ def test_sighup_reads_the_key_file_again_in_every_process(tmp_path, frontends):
         # The HTTP port checks the same keys.
         statuses = {http_status(http_port, key) for key in ("new-key",) * CONNECTIONS}
         assert statuses == {200} and http_status(http_port, "old-key") == 401
+    finally:
+        server.stop()
+
+
+def verified_by(ca: Path, port: int) -> bool:
+    """Whether a new TLS connection to `port` on 127.0.0.1 finds a certificate `ca` signed."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["h2", "http/1.1"])  # the gRPC port speaks h2 alone
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1"):
+                return True
+    except ssl.SSLCertVerificationError:
+        return False
+
+
+@pytest.mark.parametrize("frontends", ["1", "2"])
+def test_sighup_reads_the_tls_files_again_on_both_ports(tmp_path, frontends):
+    """A renewed certificate is served from the next connection on, on the gRPC and the
+    HTTP port, without a restart; a connection already open keeps working."""
+    for name in ("first", "second", "served"):
+        (tmp_path / name).mkdir()
+    first, second, served = (
+        make_pki(tmp_path / "first"),
+        make_pki(tmp_path / "second"),
+        tmp_path / "served",
+    )
+    for name in ("server.pem", "server.key"):
+        shutil.copy(first / name, served / name)
+    http_port = free_port()
+    server = ServerProcess(tmp_path / "data", None, "--tls-cert", str(served / "server.pem"),
+                           "--tls-key", str(served / "server.key"), "--frontends", frontends,
+                           "--http-port", str(http_port), tls=first / "ca.pem")  # fmt: skip
+    server.start()
+    ports = (server.port, http_port)
+    try:
+        with Client(server.target, tls=TLS(root_certificates=str(first / "ca.pem"))) as kept:
+            kept.info()
+            assert all(verified_by(first / "ca.pem", p) for p in ports * CONNECTIONS)
+            for name in ("server.pem", "server.key"):
+                shutil.copy(second / name, served / name)
+            server.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while not all(verified_by(second / "ca.pem", p) for p in ports * CONNECTIONS):
+                assert time.monotonic() < deadline, "the old certificate is served after SIGHUP"
+                time.sleep(0.2)
+            assert not any(verified_by(first / "ca.pem", p) for p in ports)
+            assert kept.info().dim == 384  # its connection was made before: it stays
+            # A key that is not the certificate's: the pair in use stays, the server serves.
+            shutil.copy(first / "server.key", served / "server.key")
+            server.process.send_signal(signal.SIGHUP)
+            time.sleep(1)
+            assert server.process.poll() is None
+            assert all(verified_by(second / "ca.pem", p) for p in ports * CONNECTIONS)
     finally:
         server.stop()

@@ -34,7 +34,7 @@ from embedsense.server.api.openapi import DocsRoutes, openapi_document
 from embedsense.server.api.service import Service, server_version, status_for
 from embedsense.server.api.settings import ServerSettings, where
 from embedsense.server.api.tei_routes import TEIRoutes
-from embedsense.server.api.tls import ServerTls
+from embedsense.server.api.tls import ReloadableTls, ServerTls, TlsError
 from embedsense.server.engine import Engine
 from embedsense.server.explain import Explainer
 from embedsense.server.index import IndexBackend, open_backend
@@ -116,6 +116,7 @@ class EmbedSenseServer:
         self.http: HttpServer | None = None
         self.http_port: int | None = None
         self.api_keys: ApiKeys | None = None
+        self.tls: ReloadableTls | None = None
 
     async def start(self) -> int:
         """Check the API keys, the data directory and the port, load and warm the model, open
@@ -161,6 +162,7 @@ class EmbedSenseServer:
             ],
         )
         self.explainer = explainer
+        self.tls = ReloadableTls(tls) if tls else None
         self._service = service = Service(self.engine, self.catalog, s, self.metrics, explainer)
         embedsense_pb2_grpc.add_EmbedSenseServicer_to_server(service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -172,8 +174,8 @@ class EmbedSenseServer:
         address = grpc_address(s.host, s.port)
         try:
             self.port = (
-                self._server.add_secure_port(address, tls.grpc_credentials())
-                if tls
+                self._server.add_secure_port(address, self.tls.grpc_credentials())
+                if self.tls
                 else self._server.add_insecure_port(address)
             )
         except RuntimeError as err:
@@ -199,7 +201,7 @@ class EmbedSenseServer:
         http_tls = None
         if s.http_port is not None:
             self.http = http_server(self.engine, s, self.metrics, api_keys, service.ops)
-            http_tls = tls.ssl_context() if tls and not s.http_insecure else None
+            http_tls = self.tls.ssl_context() if self.tls and not s.http_insecure else None
             if tls and not http_tls:
                 log.warning(
                     "the HTTP port serves plain text while gRPC uses TLS (http_insecure): "
@@ -230,15 +232,26 @@ class EmbedSenseServer:
         )  # fmt: skip
         return self.port
 
-    def reload_api_keys(self) -> None:
-        """Read the API key file again (on SIGHUP): from the next call on, a call needs one of
-        its keys (or of --api-key's). A file that cannot be read, or holds no key, leaves the
-        keys in use, and the log says why."""
+    def reload(self) -> None:
+        """SIGHUP: read the API key file and the TLS files again. From the next call on, a
+        call needs one of the file's keys (or of --api-key's); from the next connection on,
+        both ports serve the new certificate. Files that cannot be used leave what is in use,
+        and the log says why. Before the start, nothing: the start reads the files."""
+        if not reloads(self.settings):
+            return
         keys = read_keys_again(self.settings)
-        if keys is not None and self.api_keys is not None:  # else: its start reads the file
+        if keys is not None and self.api_keys is not None:
             self.api_keys.replace(keys)
             log.info("API keys read again from %s: %d in use", self.settings.api_key_file,
                      len(keys))  # fmt: skip
+        tls = read_tls_again(self.settings)
+        if tls is not None and self.tls is not None:
+            try:
+                self.tls.replace(tls)
+            except TlsError as err:
+                log.error("SIGHUP: %s; the TLS in use stays", err)
+                return
+            log.info("TLS files read again: %s from the next connection on", tls.cert)
 
     def _not_serving_once_broken(self, engine: Engine) -> None:
         """Health NOT_SERVING once the engine is broken (it answers every call UNAVAILABLE
@@ -433,7 +446,7 @@ async def serve(settings: ServerSettings) -> None:
     stop = stop_on_signals()
     server = EmbedSenseServer(settings)
     # Set before the start, whose ports may serve already: SIGHUP's default is to exit.
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_api_keys)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload)
     await server.start()
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_s)
@@ -441,16 +454,35 @@ async def serve(settings: ServerSettings) -> None:
 
 
 def read_keys_again(settings: ServerSettings) -> list[str] | None:
-    """settings' keys, read again for SIGHUP; None (and a log line saying why) where there
-    is no key file, or it cannot be read or holds no key."""
+    """settings' keys, read again for SIGHUP; None where there is no key file, or (with a
+    log line saying why) it cannot be read or holds no key."""
     if settings.api_key_file is None:
-        log.warning("SIGHUP: no API key file to read again (--api-key-file); nothing changes")
         return None
     try:
         return settings.api_keys()
     except ValueError as err:
         log.error("SIGHUP: %s; the keys in use stay", err)
         return None
+
+
+def read_tls_again(settings: ServerSettings) -> ServerTls | None:
+    """settings' TLS files, read again for SIGHUP; None where there is no TLS, or (with a
+    log line saying why) the files cannot be used."""
+    if settings.tls_cert is None:
+        return None
+    try:
+        return ServerTls.load(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    except TlsError as err:
+        log.error("SIGHUP: %s; the TLS in use stays", err)
+        return None
+
+
+def reloads(settings: ServerSettings) -> bool:
+    """Whether SIGHUP has files to read again; where not, the log says so."""
+    if settings.api_key_file is None and settings.tls_cert is None:
+        log.warning("SIGHUP: no API key file or TLS files to read again; nothing changes")
+        return False
+    return True
 
 
 def front_end_count(settings: ServerSettings) -> int:

@@ -1,8 +1,9 @@
 """TLS for both ports: one certificate, key and optional client CA, read at start-up, serve
 gRPC and the HTTP API alike, so that turning TLS on never leaves one door in plain text.
 
-With a client CA both ports require and verify client certificates (mutual TLS). Nothing is
-reloaded while the server runs: a renewed certificate takes a restart, on both ports at once.
+With a client CA both ports require and verify client certificates (mutual TLS). SIGHUP
+reads the files again (app.py): `ReloadableTls` serves the new ones from the next connection
+on, on both ports at once; connections already open keep theirs.
 """
 
 from __future__ import annotations
@@ -55,11 +56,9 @@ class ServerTls:
     def mutual(self) -> bool:
         return self.client_ca_pem is not None
 
-    def grpc_credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials(
-            [(self.key_pem, self.cert_pem)],
-            root_certificates=self.client_ca_pem,
-            require_client_auth=self.mutual,
+    def grpc_configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(self.key_pem, self.cert_pem)], root_certificates=self.client_ca_pem
         )
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -74,3 +73,43 @@ class ServerTls:
         except (ssl.SSLError, UnicodeDecodeError, OSError) as err:
             raise TlsError(f"tls_cert {self.cert} / tls_key {self.key}: {err}") from None
         return context
+
+
+class ReloadableTls:
+    """The TLS in use on both ports, replaced whole by `replace`: gRPC asks for it at each
+    new connection (dynamic credentials), and the HTTP port takes it at each handshake (its
+    context's SNI callback, which runs whether or not the client names a server)."""
+
+    def __init__(self, tls: ServerTls) -> None:
+        self.tls = tls
+        self._http = tls.ssl_context()
+        self._grpc_next: grpc.ServerCertificateConfiguration | None = None
+
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self.tls.grpc_configuration(),
+            self._grpc_fetch,
+            require_client_authentication=self.tls.mutual,
+        )
+
+    def _grpc_fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        # Called by gRPC's core at each new connection: None keeps the configuration it has.
+        configuration, self._grpc_next = self._grpc_next, None
+        return configuration
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = self.tls.ssl_context()
+        context.sni_callback = self._pick
+        return context
+
+    def _pick(self, connection: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        connection.context = self._http
+
+    def replace(self, tls: ServerTls) -> None:
+        """Serve `tls` from the next connection on. Raises TlsError where it would turn
+        client certificates on or off, which gRPC fixes at start: that takes a restart."""
+        if tls.mutual != self.tls.mutual:
+            raise TlsError("tls_client_ca was added or removed: that takes a restart")
+        self._http = tls.ssl_context()
+        self._grpc_next = tls.grpc_configuration()
+        self.tls = tls

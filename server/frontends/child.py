@@ -52,7 +52,7 @@ async def run(sock: socket.socket) -> None:
         name=str(facts.index),
     )  # type: ignore[arg-type]
     server = EmbedSenseServer(facts.settings, parts=parts, metrics=metrics)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_api_keys)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload)
     try:
         await server.start()
     except StartupError as err:

@@ -35,7 +35,7 @@ from embedsense.server.api.app import (
     grpc_address,
     open_engine_and_index,
     other_ports,
-    read_keys_again,
+    reloads,
     remove_if_empty,
     serve_metrics,
     stop_on_signals,
@@ -71,7 +71,7 @@ async def serve_with_front_ends(
     """Run the engine process and `count` front ends until SIGINT or SIGTERM."""
     stop = stop_on_signals()
     host = EngineHost(settings, count, model)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, host.reload_api_keys)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, host.reload)
     await host.start()
     await stop.wait()
     log.info("shutting down: the front ends finish their calls (up to %.0f s)",
@@ -160,10 +160,10 @@ class EngineHost:
                  grpc_address(s.host, self.port),
                  other_ports(s, self.http_port, self.metrics_port))  # fmt: skip
 
-    def reload_api_keys(self) -> None:
-        """SIGHUP: once the key file reads well here, each front end reads it again (one
-        that starts later reads it then); a file that does not leaves every process's keys."""
-        if read_keys_again(self.settings) is None:
+    def reload(self) -> None:
+        """SIGHUP: each front end reads the key file and the TLS files again, and says in
+        the log what it could not use (one that starts later reads them then)."""
+        if not reloads(self.settings):
             return
         for front in self.front_ends.values():
             with contextlib.suppress(ProcessLookupError):

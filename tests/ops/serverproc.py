@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from embedsense.client import Client, Retry, Unauthenticated, Unavailable
+from embedsense.client import TLS, Client, Retry, Unauthenticated, Unavailable
 
 
 def stop_servers_on_sigterm() -> None:
@@ -54,11 +54,13 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_until_serving(target: str, process: subprocess.Popen, limit_s: float = 180) -> None:
+def wait_until_serving(
+    target: str, process: subprocess.Popen, limit_s: float = 180, tls: TLS | None = None
+) -> None:
     """Wait until the server at `target` answers Info (or refuses it for want of a key: it
     answers); RuntimeError if `process` exits first or `limit_s` passes."""
     deadline = time.monotonic() + limit_s
-    with Client(target, timeout=2, retry=Retry(attempts=1)) as probe:
+    with Client(target, timeout=2, retry=Retry(attempts=1), tls=tls) as probe:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"the server exited with {process.returncode}")
@@ -73,8 +75,12 @@ def wait_until_serving(target: str, process: subprocess.Popen, limit_s: float = 
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, port: int | None = None, *extra: str) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, *extra: str, tls: Path | None = None
+    ) -> None:
+        """`tls`: the CA of a server started with TLS (--tls-cert in `extra`)."""
         self.data_dir = data_dir
+        self.tls = TLS(root_certificates=str(tls)) if tls else None
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.extra = extra
@@ -89,7 +95,9 @@ class ServerProcess:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "EMBEDSENSE_API_KEY": ""},
         )  # fmt: skip
-        wait_until_serving(self.target, self.process, limit_s - (time.monotonic() - started))
+        wait_until_serving(
+            self.target, self.process, limit_s - (time.monotonic() - started), self.tls
+        )
         return time.monotonic() - started
 
     def rss_mib(self) -> float:
