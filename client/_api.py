@@ -609,10 +609,12 @@ def _one_vector_per_made_id(documents: Sequence[Any], built: Sequence[Any]) -> N
 
 def _with_vector(doc: Any, row: np.ndarray | None) -> Any:
     if isinstance(doc, Mapping) and "vector" in doc:
-        if row is not None:
-            raise ValueError("a document has a 'vector' and vectors= gives it another")
-        row = np.asarray(doc["vector"], dtype=np.float32)
+        own = doc["vector"]
         doc = {key: value for key, value in doc.items() if key != "vector"}
+        if own is not None:  # None: no vector of its own, as when the key is left out
+            if row is not None:
+                raise ValueError("a document has a 'vector' and vectors= gives it another")
+            row = _own_vector(own)
     if row is None:
         return doc
     if isinstance(doc, str):
@@ -625,6 +627,21 @@ def _with_vector(doc: Any, row: np.ndarray | None) -> Any:
     message = to_document(doc, embedded=False)
     message.vector.CopyFrom(to_tensor(row))
     return message
+
+
+def _own_vector(value: Any) -> np.ndarray:
+    """A document's "vector" as float32 (dim,): TypeError or ValueError naming the field
+    for anything else (numpy would read a str as "could not convert", a number as (1,))."""
+    problem = f"a document's 'vector' is a list or array of numbers (dim,), got {value!r:.60}"
+    if isinstance(value, str | bytes):
+        raise TypeError(problem)
+    try:
+        row = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise TypeError(problem) from None
+    if row.ndim != 1:
+        raise ValueError(f"{problem}, of shape {row.shape}")
+    return row
 
 
 def search_call(

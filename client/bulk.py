@@ -84,7 +84,9 @@ def to_document(doc: Document | pb.Document, *, embedded: bool = True) -> pb.Doc
         raise ValueError(f"a document is a str or a dict with 'text', got {doc!r:.80}")
     unknown = set(doc) - {"id", "text", "metadata"}
     if unknown:
-        raise ValueError(f"unknown document fields {sorted(unknown)}: expected id, text, metadata")
+        raise ValueError(
+            f"unknown document fields {sorted(unknown)}: expected id, text, metadata, vector"
+        )
     if isinstance(doc["text"], str):  # another kind is message()'s TypeError, naming "text"
         _check_text(doc["text"], embedded)
     metadata = doc.get("metadata") or {}

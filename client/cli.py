@@ -58,7 +58,7 @@ from embedsense.client.document_files import (
     read_whole,
 )
 from embedsense.client.targets import checked_target, port_problem, with_port
-from embedsense.proto.values import KeyTwice, once_each
+from embedsense.proto.values import KeyTwice, once_each, threshold_problem
 
 # Exit statuses: 1 when the server refused or failed a call, 2 when the command line or a
 # file it names is wrong (found here, before anything is sent).
@@ -106,6 +106,18 @@ def at_least(minimum: int, meaning: str = "", maximum: int | None = None) -> Cal
         return value
 
     return parse
+
+
+def score_threshold(raw: str) -> float:
+    """An argparse type: a number a search's threshold can be (finite, within float32's
+    range), so that the flag is named where the server would name its field."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if (wrong := threshold_problem(value)) is not None:
+        raise argparse.ArgumentTypeError(f"{raw}: {wrong}")
+    return value
 
 
 def seconds(raw: str) -> float:
@@ -920,7 +932,7 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--filter", help='JSON, e.g. \'{"lang": "zh"}\'')
     search.add_argument(
         "--score-threshold",
-        type=float,
+        type=score_threshold,
         metavar="SCORE",
         help="only hits at least this near: score >= it (cosine, ip), squared distance <= it (l2)",
     )

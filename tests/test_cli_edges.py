@@ -1277,3 +1277,13 @@ def test_format_text_reads_any_file_one_document_a_line(server, tmp_path, name):
         assert doc.text == ('{"id": "j1", "text": "苹果"}' if as_text else "苹果"), doc
     finally:
         drop(server, "fmt")
+
+
+@pytest.mark.parametrize("threshold", ["nan", "inf", "-inf", "1e39", "near"])
+def test_a_score_threshold_that_is_no_finite_number_is_a_bad_command_line(capsys, threshold):
+    """`--score-threshold nan` was sent, and the server's refusal was exit 1 naming
+    "score_threshold": the command line was wrong, so it is exit 2 naming the flag."""
+    status, _, err = cli(capsys, "--target", "127.0.0.1:9", "search", "news", "苹果",
+                         f"--score-threshold={threshold}")  # fmt: skip
+    line = one_error_line(err)
+    assert status == 2 and "--score-threshold" in line and threshold in line, line

@@ -305,6 +305,22 @@ def test_upsert_of_caller_vectors_is_dimension_checked(client, news):
         assert "-" not in str(err.value).split("needs")[-1] and "reshape" not in str(err.value)
 
 
+def test_a_documents_vector_of_none_is_no_vector_and_one_of_another_kind_is_named(client, news):
+    """{"vector": None} was sent as a NaN vector of 1 dimension (refused as "a 1-dim vector"
+    or "NaN"), a scalar was stored as the vector [x], and a str was numpy's bare "could not
+    convert string to float"."""
+    [made] = client.upsert(news, [{"id": "vn", "text": "文本", "vector": None}])
+    assert made == "vn" and client.get(news, ["vn"])[0].text == "文本"
+    assert client.search(news, "文本", k=1)[0].id == "vn"  # embedded from its text
+    for wrong in (np.float32(3.0), 3.0, "abc", [[0.1] * DIM]):
+        with pytest.raises((TypeError, ValueError), match=r"'vector'") as err:
+            client.upsert(news, [{"id": "odd", "text": "x", "vector": wrong}])
+        assert "could not convert" not in str(err.value), err.value
+    with pytest.raises(ValueError, match=r"expected id, text, metadata, vector"):
+        client.upsert(news, [{"id": "u", "text": "1", "meta": {}}])
+    assert client.get(news, ["odd"]) == [None]
+
+
 def test_a_collection_of_vectors_embedded_elsewhere(client, http):
     """Made with a dim: it takes caller vectors of that size only; texts to embed (of the
     served model) are refused, on gRPC and HTTP alike."""

@@ -391,3 +391,35 @@ def test_null_where_the_document_has_no_null_is_refused_naming_the_field(base, r
     finally:
         call(base, "/v1/collections/nulls", None, method="DELETE")
     still_serving(base)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_a_vector_whose_distances_overflow_float32_is_refused(base, metric):
+    """[1e30, ...] is finite, but its distances are not in float32: stored, it made a search
+    of 3 documents answer 1 hit for k=3 (l2), or a hit whose score was null (ip)."""
+    name = f"huge-{metric}"
+
+    def post(path: str, body: dict) -> tuple[int, dict]:
+        status, _, answer = call(base, f"/v1/collections{path}", json.dumps(body).encode())
+        return status, json.loads(answer)
+
+    assert post("", {"name": name, "dim": 4, "metric": metric})[0] == 200
+    try:
+        huge = {"id": "a", "vector": [1e30] * 4}
+        status, answer = post(
+            f"/{name}/upsert", {"documents": [{"id": "b", "vector": [1, 0, 0, 0]}, huge]}
+        )
+        message = answer["error"]["message"]
+        assert status == 400 and "document 'a'" in message and "overflow float32" in message
+        status, answer = post(f"/{name}/search", {"vector": [-1e30, 0, 0, 0]})
+        assert status == 400 and answer["error"]["param"] == "vector", answer
+        # Large yet safe lengths are kept, and every hit has a number for its score.
+        big = [{"id": i, "vector": [v, 0, 0, 0]} for i, v in (("p", 1e18), ("n", -1e18), ("u", 1))]
+        assert post(f"/{name}/upsert", {"documents": big})[0] == 200
+        status, answer = post(f"/{name}/search", {"vector": [1e18, 0, 0, 0], "k": 3})
+        hits = answer["results"][0]
+        assert status == 200 and len(hits) == 3, answer
+        assert all(isinstance(hit["score"], float) for hit in hits), answer
+    finally:
+        call(base, f"/v1/collections/{name}", None, method="DELETE")
+    still_serving(base)

@@ -22,6 +22,9 @@ from embedsense.server.index.specs import check_spec
 from embedsense.server.index.store import CollectionRow, Document
 
 MAX_K = 10_000
+# The longest vector whose l2 distances and inner products stay finite in float32, as FAISS
+# and Milvus compute them: |a - b|^2 <= (|a| + |b|)^2 <= float32's largest.
+MAX_VECTOR_LENGTH = float(np.sqrt(np.finfo(np.float32).max)) / 2
 METADATA_MODES = ("merge", "replace")
 METRICS = ("cosine", "ip", "l2")
 SEARCH_OPTIONS = ("ef_search", "nprobe")
@@ -145,6 +148,14 @@ def checked_vectors(
         )
     if not np.isfinite(vectors).all():
         raise InvalidArgument(f"{what}: a vector has NaN or infinite values", param)
+    if row.metric != "cosine":  # cosine's are normalized, in float64, below
+        longest = float(np.linalg.norm(vectors.astype(np.float64), axis=1).max(initial=0))
+        if longest > MAX_VECTOR_LENGTH:
+            raise InvalidArgument(
+                f"{what}: a vector of length {longest:.3g}, whose {row.metric} distances "
+                f"overflow float32 (lengths up to {MAX_VECTOR_LENGTH:.3g}): scale it down",
+                param,
+            )
     if row.metric == "cosine":
         # In float64: float32's squares overflow from components of about 1e19 (the length
         # inf, the vector divided to zeros) and underflow below about 1e-19.
