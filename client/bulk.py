@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from embedsense.client.errors import EmbedSenseError
+from embedsense.client.errors import EmbedSenseError, ResourceExhausted
 from embedsense.client.messages import message
 from embedsense.proto import MAX_SCROLL_PAGE
 from embedsense.proto.ids import content_id
@@ -40,6 +40,14 @@ def at_least_one(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r}: expected an int, at least 1")
     return value
+
+
+def smaller_page(error: ResourceExhausted, batch_size: int) -> int:
+    """The page to ask for after `error` on a scroll page of `batch_size`: half of it where
+    the reply was too large (documents with large texts or metadata); else `error` raised."""
+    if not error.reply_too_large or batch_size == 1:
+        raise error
+    return batch_size // 2
 
 
 def scroll_batch(batch_size: int) -> int:

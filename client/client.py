@@ -20,7 +20,13 @@ from tqdm import tqdm
 from embedsense.client import _api as api
 from embedsense.client import bulk
 from embedsense.client._api import TLS, Call, Retry
-from embedsense.client.errors import cancelled, closed_while_running, reported, retryable
+from embedsense.client.errors import (
+    ResourceExhausted,
+    cancelled,
+    closed_while_running,
+    reported,
+    retryable,
+)
 from embedsense.client.types import (
     CollectionInfo,
     Disambiguation,
@@ -365,9 +371,13 @@ class Client:
         bulk.scroll_batch(batch_size)
         cursor = ""
         while True:
-            docs, cursor = self._call(
-                api.scroll_call(name, filter, batch_size, cursor, with_vectors)
-            )
+            try:
+                docs, cursor = self._call(
+                    api.scroll_call(name, filter, batch_size, cursor, with_vectors)
+                )
+            except ResourceExhausted as err:  # a page too large to send: a smaller one
+                batch_size = bulk.smaller_page(err, batch_size)
+                continue
             yield from docs
             if not cursor:
                 return

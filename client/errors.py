@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import grpc
 
-from embedsense.proto.metadata import OVERLOADED_TRAILER, RETRY_PUSHBACK_TRAILER
+from embedsense.proto.metadata import (
+    OVERLOADED_TRAILER,
+    REPLY_TOO_LARGE_TRAILER,
+    RETRY_PUSHBACK_TRAILER,
+)
 
 
 class EmbedSenseError(Exception):
@@ -44,7 +48,10 @@ class FailedPrecondition(EmbedSenseError):
 
 class ResourceExhausted(EmbedSenseError):
     """The server is overloaded (retried with backoff, then raised), or a message is over
-    the size limit (never retried: send less per call)."""
+    the size limit (never retried: send less per call). `reply_too_large`: the server's
+    reply would have been over its limit (ask for fewer documents or hits)."""
+
+    reply_too_large: bool = False
 
 
 class DeadlineExceeded(EmbedSenseError):
@@ -132,4 +139,6 @@ def from_rpc_error(error: grpc.RpcError) -> EmbedSenseError:
     raised = _BY_CODE.get(code, EmbedSenseError)(code, details or "")
     if isinstance(raised, Unavailable):
         raised.server_answered = _has_trailer(error, RETRY_PUSHBACK_TRAILER)
+    if isinstance(raised, ResourceExhausted):
+        raised.reply_too_large = _has_trailer(error, REPLY_TOO_LARGE_TRAILER)
     return raised

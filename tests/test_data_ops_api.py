@@ -24,6 +24,7 @@ from embedsense.client import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
 )
 from embedsense.client._api import Call
 from embedsense.client.cli import main as cli_main
@@ -319,6 +320,17 @@ def test_a_documents_vector_of_none_is_no_vector_and_one_of_another_kind_is_name
     with pytest.raises(ValueError, match=r"expected id, text, metadata, vector"):
         client.upsert(news, [{"id": "u", "text": "1", "meta": {}}])
     assert client.get(news, ["odd"]) == [None]
+
+
+def test_a_text_beside_a_vector_is_stored_as_it_is_even_blank(client, news):
+    """A text given with a vector is stored, not embedded: "" was taken and "   " or "\u3000"
+    refused as "empty (or only whitespace); a text is needed"."""
+    vector = np.random.default_rng(2).standard_normal(DIM).astype(np.float32)
+    for doc_id, text in (("ws", "   "), ("ideographic", "\u3000")):
+        assert client.upsert(news, [{"id": doc_id, "text": text, "vector": vector}]) == [doc_id]
+        assert client.get(news, [doc_id])[0].text == text
+    with pytest.raises(ValueError, match=r"documents\[0\]: text: empty"):
+        client.upsert(news, [{"id": "embed-me", "text": "   "}])  # to embed: a text is needed
 
 
 def test_a_collection_of_vectors_embedded_elsewhere(client, http):
@@ -1022,3 +1034,30 @@ def test_rest_routes_are_in_the_openapi_document(http):
     assert "401" in upsert["responses"] and any(
         p["name"] == "X-Priority" for p in upsert["parameters"]
     )
+
+
+def test_scroll_fetches_smaller_pages_where_a_page_would_be_too_large(e5, tmp_path):
+    """Documents with large metadata: a page of the default 1,000 was RESOURCE_EXHAUSTED
+    ("the reply would be ... bytes"), so scroll and `embedsense docs export` failed unless
+    the caller guessed a batch_size. The SDK asks for smaller pages instead."""
+    server = ServerThread(e5, tmp_path, max_message_bytes=1 << 20)
+    try:
+        with Client(server.target) as client:
+            client.create_collection("fat")
+            for i in range(8):
+                client.upsert(
+                    "fat", [{"id": f"d{i}", "text": f"第{i}", "metadata": {"s": "x" * 200_000}}]
+                )
+            assert [d.id for d in client.scroll("fat")] == [f"d{i}" for i in range(8)]
+
+            async def scrolled() -> list[str]:
+                async with AsyncClient(server.target) as c:
+                    return [d.id async for d in c.scroll("fat", batch_size=8)]
+
+            assert asyncio.run(scrolled()) == [f"d{i}" for i in range(8)]
+            # Ids the caller chose: the error says why and what to ask less of.
+            with pytest.raises(ResourceExhausted, match="text and metadata.*fewer ids") as err:
+                client.get("fat", [f"d{i}" for i in range(8)])
+            assert err.value.reply_too_large
+    finally:
+        server.stop()

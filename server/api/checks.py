@@ -148,10 +148,10 @@ def _param(field: str) -> str:
     return field.split("[", 1)[0].split(".", 1)[0]
 
 
-def check_text(text: str, field: str, max_chars: int) -> str:
+def check_text(text: str, field: str, max_chars: int, embedded: bool = True) -> str:
     """A text the model can take: not empty, not over `max_chars`, no control characters,
-    no lone surrogates."""
-    if (blank := blank_problem(text)) is not None:
+    no lone surrogates. One stored beside a vector, not `embedded`, may be blank."""
+    if embedded and (blank := blank_problem(text)) is not None:
         raise BadRequest(f"{field}: {blank}", _param(field), "empty")
     if len(text) > max_chars:
         raise BadRequest(

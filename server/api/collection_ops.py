@@ -296,8 +296,9 @@ class CollectionOps:
         for i, d in enumerate(batch):  # every check before the embedding, which costs most
             if d.vector is not None:
                 given[i] = check_vector(d.vector, f"documents[{i}].vector", collection)
-                if d.text:  # stored as it is: the same rules
-                    check_text(d.text, f"documents[{i}].text", self.settings.max_text_chars)
+                if d.text:  # stored as it is: the same rules, blank allowed
+                    check_text(d.text, f"documents[{i}].text", self.settings.max_text_chars,
+                               embedded=False)  # fmt: skip
                 elif not d.id:  # a random id would store it again each time it is sent
                     raise BadRequest(
                         f"documents[{i}]: a document given by its vector alone (no text) needs "

@@ -23,7 +23,11 @@ from google.protobuf.message import Message
 from embedsense.model import TokenizedText
 from embedsense.model.spans import SpanError
 from embedsense.model.tokenizer import TextTooLongError
-from embedsense.proto.metadata import OVERLOADED_TRAILER, RETRY_PUSHBACK_TRAILER
+from embedsense.proto.metadata import (
+    OVERLOADED_TRAILER,
+    REPLY_TOO_LARGE_TRAILER,
+    RETRY_PUSHBACK_TRAILER,
+)
 from embedsense.proto.tensors import from_tensor, to_tensor
 from embedsense.proto.v1 import embedsense_pb2 as pb
 from embedsense.proto.v1 import embedsense_pb2_grpc
@@ -152,6 +156,8 @@ def rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
                 await context.abort(code, status_details(f"{type(err).__name__}: {err}"), trailers)
             if isinstance(err, eng.Overloaded):  # "not now": the client may retry
                 trailers += ((OVERLOADED_TRAILER, "1"),)
+            if isinstance(err, ReplyTooLarge):  # "not so much": the client may ask for less
+                trailers += ((REPLY_TOO_LARGE_TRAILER, "1"),)
             if code is grpc.StatusCode.UNAVAILABLE:
                 # Not again at once: gRPC's own retries (the SDK's channel retries
                 # UNAVAILABLE for a server it cannot reach) would send it straight back to
@@ -512,11 +518,12 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
 
     def _within_limit(self, reply: _Reply, fewer: str, with_vectors: bool) -> _Reply:
         """A reply of documents or hits within max_message_bytes, else ReplyTooLarge saying
-        what to ask less of (each carries its document's whole text, and maybe its vector)."""
+        what to ask less of (each carries its document's whole text and metadata, and maybe
+        its vector)."""
         if with_vectors:
             fewer += ", or leave the vectors out (with_vectors false)"
         return check_reply_size(reply, self.settings.max_message_bytes, fewer,
-                                "each carries its document's whole text")  # fmt: skip
+                                "each carries its document's whole text and metadata")  # fmt: skip
 
     # ------------------------------------------------------------ senses
 
