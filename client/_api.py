@@ -37,6 +37,7 @@ from embedsense.client.types import (
     Neuron,
     Occurrence,
     Occurrences,
+    SearchQuery,
     SenseScore,
     StoredDocument,
     TokenEmbeddings,
@@ -645,7 +646,7 @@ def _own_vector(value: Any) -> np.ndarray:
 
 
 def search_call(
-    name: str, query: str | np.ndarray | Sequence[str], k: int,
+    name: str, query: SearchQuery, k: int,
     where: Mapping[str, Any] | None, ef_search: int, nprobe: int,
     priority_name: str | None = None, score_threshold: float | None = None,
     with_vectors: bool = False,
@@ -664,6 +665,7 @@ def search_call(
     )  # fmt: skip
     if isinstance(query, np.ndarray) and query.dtype.kind in "UO":  # texts, not vectors
         query = query.tolist()
+    query = _vectors_as_array(query)
     if isinstance(query, str):
         return Call("Search", message(pb.SearchRequest, text=query, **options), parse_hits)
     if isinstance(query, np.ndarray) and query.ndim == 1:
@@ -679,6 +681,28 @@ def search_call(
                 raise TypeError(f"query[{i}] is a {type(text).__name__}; queries are str")
         batch.texts.extend(texts)
     return Call("SearchBatch", batch, lambda r: [parse_hit_list(h.hits) for h in r.results])
+
+
+def _numbers(values: Any) -> bool:
+    """Whether `values` is a non-empty list (or tuple) of numbers: a vector as JSON has it."""
+    return (
+        isinstance(values, list | tuple)
+        and len(values) > 0
+        and all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in values)
+    )
+
+
+def _vectors_as_array(query: Any) -> Any:
+    """A query given as a list of numbers (one vector) or a list of such lists (several), as
+    an array; any other query as it is."""
+    if not (_numbers(query) or (isinstance(query, list | tuple) and query
+                                and all(_numbers(row) for row in query))):  # fmt: skip
+        return query
+    try:
+        return np.asarray(query, dtype=np.float32)
+    except ValueError:  # rows of different lengths
+        raise ValueError("query: vectors of different lengths; each must have the same length "
+                         "(the collection's dimension)") from None  # fmt: skip
 
 
 def _with_span(request: Any, span: tuple[int, int] | None) -> Any:

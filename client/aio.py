@@ -30,6 +30,7 @@ from embedsense.client.types import (
     Inventory,
     LayerComparison,
     Occurrences,
+    SearchQuery,
     StoredDocument,
     TokenEmbeddings,
     Tokens,
@@ -392,7 +393,7 @@ class AsyncClient:
     async def search(
         self,
         name: str,
-        query: str | np.ndarray | Sequence[str],
+        query: SearchQuery,
         k: int = 10,
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - the SDK's documented name
         *,

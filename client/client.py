@@ -37,6 +37,7 @@ from embedsense.client.types import (
     Inventory,
     LayerComparison,
     Occurrences,
+    SearchQuery,
     StoredDocument,
     TokenEmbeddings,
     Tokens,
@@ -393,7 +394,7 @@ class Client:
     def search(
         self,
         name: str,
-        query: str | np.ndarray | Sequence[str],
+        query: SearchQuery,
         k: int = 10,
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - the SDK's documented name
         *,
@@ -405,10 +406,10 @@ class Client:
     ) -> list[Hit] | list[list[Hit]]:
         """Nearest documents to a text (embedded as a query) or a vector (dim,): a hit list.
         Several queries in one call, a list of texts or vectors (n, dim): a hit list per
-        query, in order. score_threshold: only hits at least that near (score >= it for
-        cosine and ip, squared distance <= it for l2). with_vectors: hits carry their stored
-        vectors. priority: of the query texts (None: "query", ahead of embeds and upserts;
-        README: Priority)."""
+        query, in order. A vector may be an array or a list of numbers. score_threshold:
+        only hits at least that near (score >= it for cosine and ip, squared distance <= it
+        for l2). with_vectors: hits carry their stored vectors. priority: of the query texts
+        (None: "query", ahead of embeds and upserts; README: Priority)."""
         call = api.search_call(name, query, k, filter, ef_search, nprobe, priority,
                                score_threshold, with_vectors)  # fmt: skip
         return self._call(call)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+# What a search takes: a text, or a vector (dim,); several in one call as a list of texts,
+# or vectors (n, dim), as an array or as lists of numbers.
+SearchQuery = str | np.ndarray | Sequence[str] | Sequence[float] | Sequence[Sequence[float]]
 
 
 @dataclass(frozen=True)

@@ -333,6 +333,24 @@ def test_a_text_beside_a_vector_is_stored_as_it_is_even_blank(client, news):
         client.upsert(news, [{"id": "embed-me", "text": "   "}])  # to embed: a text is needed
 
 
+def test_search_takes_a_vector_as_a_plain_list_of_numbers(client, news):
+    """A list of floats (as JSON, Qdrant's and Chroma's clients give them) was read as a
+    list of query texts: TypeError "query[0] is a float; queries are str"."""
+    vectors = np.random.default_rng(3).standard_normal((2, DIM)).astype(np.float32)
+    one = client.search(news, vectors[0].tolist(), k=3)
+    assert [(h.id, h.score) for h in one] == [
+        (h.id, h.score) for h in client.search(news, vectors[0], k=3)
+    ]
+    several = client.search(news, vectors.tolist(), k=3)
+    assert [[h.id for h in hits] for hits in several] == [
+        [h.id for h in hits] for hits in client.search(news, vectors, k=3)
+    ]
+    with pytest.raises(ValueError, match=r"query: .*same length"):
+        client.search(news, [vectors[0].tolist(), vectors[1].tolist()[:5]], k=3)
+    with pytest.raises(TypeError, match=r"query\[1\] is a float"):
+        client.search(news, ["苹果", 0.5], k=3)  # a mix stays an error
+
+
 def test_a_collection_of_vectors_embedded_elsewhere(client, http):
     """Made with a dim: it takes caller vectors of that size only; texts to embed (of the
     served model) are refused, on gRPC and HTTP alike."""
