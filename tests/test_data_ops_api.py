@@ -377,6 +377,13 @@ def test_a_collection_of_vectors_embedded_elsewhere(client, http):
         )  # as on gRPC, not a bad field
     finally:
         client.drop_collection("elsewhere")
+    # Token vectors come from texts the server embeds, which such a collection never has:
+    # it was made, and kept no token vector ever.
+    with pytest.raises(InvalidArgument, match="store_tokens.*dim"):
+        client.create_collection("elsewhere-tokens", store_tokens=True, dim=8)
+    refused = http.post("/v1/collections", json={"name": "e6", "store_tokens": True, "dim": 8})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "store_tokens"
+    assert "elsewhere-tokens" not in [c.name for c in client.list_collections()]
 
 
 def test_a_create_with_exist_ok_answers_the_collection_made_with_those_settings(

@@ -225,6 +225,12 @@ class CollectionOps:
         elsewhere (model EXTERNAL_MODEL), of that dimension. With `exist_ok`, one of that name
         made with these settings is the answer (a script run twice, a create sent again);
         one made with other settings is CollectionExists still, naming them."""
+        if dim and store_tokens:  # token vectors come from texts the server embeds
+            raise BadRequest(
+                "store_tokens: a collection of vectors embedded elsewhere (dim) has no token "
+                "vectors, since the server embeds no text into it",
+                "store_tokens",
+            )
         model, size = (EXTERNAL_MODEL, dim) if dim else (self.model_name, self.engine.model.dim)
         options = {key: value for key, value in (("ef_search", ef_search), ("nprobe", nprobe))
                    if value}  # fmt: skip
