@@ -634,12 +634,13 @@ def _own_vector(value: Any) -> np.ndarray:
     """A document's "vector" as float32 (dim,): TypeError or ValueError naming the field
     for anything else (numpy would read a str as "could not convert", a number as (1,))."""
     problem = f"a document's 'vector' is a list or array of numbers (dim,), got {value!r:.60}"
-    if isinstance(value, str | bytes):
-        raise TypeError(problem)
     try:
-        row = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
+        row = np.asarray(value)
+    except ValueError:  # rows of different lengths
         raise TypeError(problem) from None
+    if row.dtype.kind not in "iuf":  # a str, None, a bool: numpy would read or cast them
+        raise TypeError(problem)
+    row = row.astype(np.float32)
     if row.ndim != 1:
         raise ValueError(f"{problem}, of shape {row.shape}")
     return row

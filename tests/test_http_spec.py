@@ -213,9 +213,11 @@ def warnings_besides_upserts(report: str) -> list[str]:
     block = report.partition(" WARNINGS ")[2].partition(" SUMMARY ")[0]
     headings = re.findall(r"^(\S[^\n]*)$", block.strip("= \n"), re.MULTILINE)
     listed = re.findall(r"^  - (.+)$", block, re.MULTILINE)
-    if headings[0].startswith("Schema validation mismatch: 1 operation ") and listed == [
-        "POST /v1/collections/{name}/upsert"
-    ]:
+    if (
+        headings[:1]
+        and headings[0].startswith("Schema validation mismatch: 1 operation ")
+        and listed == ["POST /v1/collections/{name}/upsert"]
+    ):
         return [h for h in headings[1:] if not h.startswith("💡")]
     return headings or ["a report Schemathesis wrote differently"]
 

@@ -36,6 +36,20 @@ def accepts(server: ServerProcess, key: str) -> list[bool]:
     return answers
 
 
+def every_process_answers(server: ServerProcess, frontends: str, **client: object) -> None:
+    """New connections until each front end (its replica name ends /0, /1...) has answered
+    one: the kernel spreads connections over the processes sharing the port, by chance."""
+    wanted = {f"/{i}" for i in range(int(frontends))} if frontends != "1" else {""}
+    seen: set[str] = set()
+    for _ in range(60):
+        with Client(server.target, timeout=10, retry=Retry(attempts=1), **client) as c:
+            replica = c.info().replica
+        seen.add(replica[replica.rfind("/") :] if frontends != "1" else "")
+        if seen >= wanted:
+            return
+    raise AssertionError(f"front ends that answered: {seen}; expected {wanted}")
+
+
 def http_status(port: int, key: str) -> int:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"}
@@ -45,6 +59,13 @@ def http_status(port: int, key: str) -> int:
             return answer.status
     except urllib.error.HTTPError as err:
         return err.code
+
+
+def wait_for_line(log: Path, text: str, limit_s: float = 20) -> None:
+    deadline = time.monotonic() + limit_s
+    while text not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"no {text!r} in the log"
+        time.sleep(0.2)
 
 
 def hang_up_until(server: ServerProcess, key: str, limit_s: float = 20) -> None:
@@ -61,9 +82,10 @@ def hang_up_until(server: ServerProcess, key: str, limit_s: float = 20) -> None:
 def test_sighup_reads_the_key_file_again_in_every_process(tmp_path, frontends):
     keys = tmp_path / "keys.txt"
     keys.write_text("old-key\n")
-    http_port = free_port()
+    http_port, log = free_port(), tmp_path / "server.log"
     server = ServerProcess(tmp_path / "data", None, "--api-key-file", str(keys),
-                           "--frontends", frontends, "--http-port", str(http_port))  # fmt: skip
+                           "--frontends", frontends, "--http-port", str(http_port),
+                           log=log)  # fmt: skip
     server.start()
     try:
         assert all(accepts(server, "old-key")) and not any(accepts(server, "new-key"))
@@ -80,9 +102,10 @@ def test_sighup_reads_the_key_file_again_in_every_process(tmp_path, frontends):
         # A file emptied (or mid-write) by mistake: the keys in use stay, the server serves.
         keys.write_text("")
         server.process.send_signal(signal.SIGHUP)
-        time.sleep(1)
+        wait_for_line(log, "no key in it (expected one key a line); the keys in use stay")
         assert server.process.poll() is None
         assert all(accepts(server, "new-key")) and not any(accepts(server, "old-key"))
+        every_process_answers(server, frontends, api_key="new-key")
         # The HTTP port checks the same keys.
         statuses = {http_status(http_port, key) for key in ("new-key",) * CONNECTIONS}
         assert statuses == {200} and http_status(http_port, "old-key") == 401
@@ -115,10 +138,11 @@ def test_sighup_reads_the_tls_files_again_on_both_ports(tmp_path, frontends):
     )
     for name in ("server.pem", "server.key"):
         shutil.copy(first / name, served / name)
-    http_port = free_port()
+    http_port, log = free_port(), tmp_path / "server.log"
     server = ServerProcess(tmp_path / "data", None, "--tls-cert", str(served / "server.pem"),
                            "--tls-key", str(served / "server.key"), "--frontends", frontends,
-                           "--http-port", str(http_port), tls=first / "ca.pem")  # fmt: skip
+                           "--http-port", str(http_port), tls=first / "ca.pem",
+                           log=log)  # fmt: skip
     server.start()
     ports = (server.port, http_port)
     try:
@@ -137,8 +161,11 @@ def test_sighup_reads_the_tls_files_again_on_both_ports(tmp_path, frontends):
             # A key that is not the certificate's: the pair in use stays, the server serves.
             shutil.copy(first / "server.key", served / "server.key")
             server.process.send_signal(signal.SIGHUP)
-            time.sleep(1)
+            wait_for_line(log, "the TLS in use stays")
             assert server.process.poll() is None
             assert all(verified_by(second / "ca.pem", p) for p in ports * CONNECTIONS)
+            every_process_answers(
+                server, frontends, tls=TLS(root_certificates=str(second / "ca.pem"))
+            )
     finally:
         server.stop()

@@ -12,6 +12,7 @@ import signal
 import socket
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,16 +129,19 @@ class EmbedSenseServer:
             tls = ServerTls.load(s.tls_cert, s.tls_key, s.tls_client_ca)
         except ValueError as err:
             raise StartupError(str(err)) from err
+        # Before the first await: a SIGHUP while the model loads replaces what will serve.
+        self.api_keys = ApiKeys(keys) if keys else None
+        self.tls = ReloadableTls(tls) if tls else None
         local_store = s.index_backend == "faiss" and self._parts is None
         made = check_data_dir(s.data_dir) if local_store else []
         try:
-            return await self._start(keys, tls)
+            return await self._start()
         except BaseException:
             remove_if_empty(made)
             raise
 
-    async def _start(self, keys: list[str], tls: ServerTls | None) -> int:
-        s, parts = self.settings, self._parts
+    async def _start(self) -> int:
+        s, parts, api_keys = self.settings, self._parts, self.api_keys
         if parts is None:  # the ports, before minutes of loading the model
             check_ports_free(s)
             self.engine, self.catalog = await open_engine_and_index(s, self._model)
@@ -145,7 +149,6 @@ class EmbedSenseServer:
             explainer = Explainer(self.engine.model, self.engine.runner)
         else:  # its siblings listen on the port already
             self.engine, self.catalog, explainer = parts.engine, parts.catalog, parts.explainer
-        self.api_keys = api_keys = ApiKeys(keys) if keys else None
         # The key first; the guard last, next to the service, whose handlers it keeps.
         interceptors = [ApiKeyInterceptor(api_keys, self.metrics)] if api_keys else []
         interceptors.append(DecodeGuard())
@@ -162,7 +165,6 @@ class EmbedSenseServer:
             ],
         )
         self.explainer = explainer
-        self.tls = ReloadableTls(tls) if tls else None
         self._service = service = Service(self.engine, self.catalog, s, self.metrics, explainer)
         embedsense_pb2_grpc.add_EmbedSenseServicer_to_server(service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -202,7 +204,7 @@ class EmbedSenseServer:
         if s.http_port is not None:
             self.http = http_server(self.engine, s, self.metrics, api_keys, service.ops)
             http_tls = self.tls.ssl_context() if self.tls and not s.http_insecure else None
-            if tls and not http_tls:
+            if self.tls and not http_tls:
                 log.warning(
                     "the HTTP port serves plain text while gRPC uses TLS (http_insecure): "
                     "API keys and texts sent to it cross the network readable"
@@ -227,7 +229,7 @@ class EmbedSenseServer:
             " with TLS" if s.tls_cert else "",
             service.replica,
             f"faiss in {s.data_dir}" if s.index_backend == "faiss" else f"milvus at {s.milvus_uri}",
-            f", API keys: {len(keys)}" if keys else "",
+            f", API keys: {api_keys.count}" if api_keys else "",
             other_ports(s, self.http_port, self.metrics_port, http_tls is not None),
         )  # fmt: skip
         return self.port
@@ -236,7 +238,7 @@ class EmbedSenseServer:
         """SIGHUP: read the API key file and the TLS files again. From the next call on, a
         call needs one of the file's keys (or of --api-key's); from the next connection on,
         both ports serve the new certificate. Files that cannot be used leave what is in use,
-        and the log says why. Before the start, nothing: the start reads the files."""
+        and the log says why. Before the start has read the files, nothing: it reads them."""
         if not reloads(self.settings):
             return
         keys = read_keys_again(self.settings)
@@ -246,11 +248,7 @@ class EmbedSenseServer:
                      len(keys))  # fmt: skip
         tls = read_tls_again(self.settings)
         if tls is not None and self.tls is not None:
-            try:
-                self.tls.replace(tls)
-            except TlsError as err:
-                log.error("SIGHUP: %s; the TLS in use stays", err)
-                return
+            self.tls.replace(tls)
             log.info("TLS files read again: %s from the next connection on", tls.cert)
 
     def _not_serving_once_broken(self, engine: Engine) -> None:
@@ -445,8 +443,7 @@ async def serve(settings: ServerSettings) -> None:
         return
     stop = stop_on_signals()
     server = EmbedSenseServer(settings)
-    # Set before the start, whose ports may serve already: SIGHUP's default is to exit.
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload)
+    reload_on_hangup(server.reload)
     await server.start()
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_s)
@@ -494,6 +491,12 @@ def front_end_count(settings: ServerSettings) -> int:
     if resolve_device(settings.engine.device).type != "cuda":
         return 1
     return max(1, (os.cpu_count() or 1) // 2)
+
+
+def reload_on_hangup(reload: Callable[[], None]) -> None:
+    """SIGHUP calls `reload` (the key and TLS files read again). Set before the start, whose
+    ports may serve already: SIGHUP's default is to exit."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -23,7 +23,7 @@ EXACT_FLOAT_INTEGERS = 2**53
 def _whole(value: Any) -> Any:
     """A number JSON Schema counts as an integer, written with a point (5.0), as an int;
     anything else as it is, for the strict int check to refuse."""
-    if type(value) is float and value.is_integer() and abs(value) <= EXACT_FLOAT_INTEGERS:
+    if type(value) is float and value.is_integer() and abs(value) < EXACT_FLOAT_INTEGERS:
         return int(value)
     return value
 

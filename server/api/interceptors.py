@@ -40,7 +40,11 @@ class ApiKeys:
     constant time, never logged."""
 
     def __init__(self, api_keys: Sequence[str]) -> None:
-        self._expected = [key.encode() for key in api_keys]
+        self.replace(api_keys)
+
+    @property
+    def count(self) -> int:
+        return len(self._expected)
 
     def replace(self, api_keys: Sequence[str]) -> None:
         """Accept `api_keys` from the next call on (SIGHUP's reload): one assignment, so a

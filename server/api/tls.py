@@ -8,7 +8,9 @@ on, on both ports at once; connections already open keep theirs.
 
 from __future__ import annotations
 
+import os
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,11 +64,18 @@ class ServerTls:
         )
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The HTTP port's context: the same pair and, for mutual TLS, the same client CA."""
+        """The HTTP port's context: the same pair and, for mutual TLS, the same client CA,
+        from the bytes gRPC serves (not the files again, which may have changed since)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            context.load_cert_chain(self.cert, self.key)
+            # The ssl module loads a pair from a file only: a private one, gone at once.
+            with tempfile.TemporaryDirectory() as folder:
+                pair = Path(folder) / "pair.pem"
+                pair.touch(mode=0o600)
+                pair.write_bytes(self.cert_pem + b"\n" + self.key_pem)
+                context.load_cert_chain(pair)
+                os.remove(pair)
             if self.client_ca_pem is not None:
                 context.load_verify_locations(cadata=self.client_ca_pem.decode("ascii"))
                 context.verify_mode = ssl.CERT_REQUIRED
@@ -83,19 +92,24 @@ class ReloadableTls:
     def __init__(self, tls: ServerTls) -> None:
         self.tls = tls
         self._http = tls.ssl_context()
-        self._grpc_next: grpc.ServerCertificateConfiguration | None = None
+        # gRPC's fetcher runs on gRPC's threads, `replace` on the event loop: the fetcher
+        # only reads `_grpc_current`, so no replacement is ever lost between the two.
+        self._grpc_current = self._grpc_served = tls.grpc_configuration()
 
     def grpc_credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(
-            self.tls.grpc_configuration(),
+            self._grpc_current,
             self._grpc_fetch,
             require_client_authentication=self.tls.mutual,
         )
 
     def _grpc_fetch(self) -> grpc.ServerCertificateConfiguration | None:
         # Called by gRPC's core at each new connection: None keeps the configuration it has.
-        configuration, self._grpc_next = self._grpc_next, None
-        return configuration
+        current = self._grpc_current
+        if current is self._grpc_served:
+            return None
+        self._grpc_served = current
+        return current
 
     def ssl_context(self) -> ssl.SSLContext:
         context = self.tls.ssl_context()
@@ -106,10 +120,8 @@ class ReloadableTls:
         connection.context = self._http
 
     def replace(self, tls: ServerTls) -> None:
-        """Serve `tls` from the next connection on. Raises TlsError where it would turn
-        client certificates on or off, which gRPC fixes at start: that takes a restart."""
-        if tls.mutual != self.tls.mutual:
-            raise TlsError("tls_client_ca was added or removed: that takes a restart")
+        """Serve `tls` (the same files, read again: client certificates stay required or
+        not, as gRPC fixed at start) from the next connection on."""
         self._http = tls.ssl_context()
-        self._grpc_next = tls.grpc_configuration()
+        self._grpc_current = tls.grpc_configuration()
         self.tls = tls

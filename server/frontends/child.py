@@ -10,17 +10,27 @@ the engine process, which stops the front ends in order (a terminal's Ctrl-C rea
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import signal
-import socket
-import sys
-from typing import Any
 
-from embedsense.server.api.app import EmbedSenseServer, Parts, StartupError
-from embedsense.server.api.observability import configure_logging
-from embedsense.server.frontends.bridge import Bridge, BridgeClosed
-from embedsense.server.frontends.remote import (
+# First, before seconds of imports: the engine process forwards SIGHUP to every front end it
+# has started, and until the server's own handler is set, the default would end this one.
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+from embedsense.server.api.app import (  # noqa: E402
+    EmbedSenseServer,
+    Parts,
+    StartupError,
+    reload_on_hangup,
+)
+from embedsense.server.api.observability import configure_logging  # noqa: E402
+from embedsense.server.frontends.bridge import Bridge, BridgeClosed  # noqa: E402
+from embedsense.server.frontends.remote import (  # noqa: E402
     Facts,
     FrontEngine,
     FrontMetrics,
@@ -52,7 +62,7 @@ async def run(sock: socket.socket) -> None:
         name=str(facts.index),
     )  # type: ignore[arg-type]
     server = EmbedSenseServer(facts.settings, parts=parts, metrics=metrics)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload)
+    reload_on_hangup(server.reload)
     try:
         await server.start()
     except StartupError as err:
@@ -72,8 +82,6 @@ async def run(sock: socket.socket) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Until the server's own handler is set: the engine process forwards SIGHUP.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     asyncio.run(run(socket.socket(fileno=int(sys.argv[1]))))
 
 

@@ -35,6 +35,7 @@ from embedsense.server.api.app import (
     grpc_address,
     open_engine_and_index,
     other_ports,
+    reload_on_hangup,
     reloads,
     remove_if_empty,
     serve_metrics,
@@ -71,7 +72,7 @@ async def serve_with_front_ends(
     """Run the engine process and `count` front ends until SIGINT or SIGTERM."""
     stop = stop_on_signals()
     host = EngineHost(settings, count, model)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, host.reload)
+    reload_on_hangup(host.reload)
     await host.start()
     await stop.wait()
     log.info("shutting down: the front ends finish their calls (up to %.0f s)",

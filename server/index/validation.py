@@ -148,18 +148,17 @@ def checked_vectors(
         )
     if not np.isfinite(vectors).all():
         raise InvalidArgument(f"{what}: a vector has NaN or infinite values", param)
-    if row.metric != "cosine":  # cosine's are normalized, in float64, below
-        longest = float(np.linalg.norm(vectors.astype(np.float64), axis=1).max(initial=0))
-        if longest > MAX_VECTOR_LENGTH:
+    # In float64: float32's squares overflow from components of about 1e19 (the length inf,
+    # the vector divided to zeros) and underflow below about 1e-19.
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    if row.metric != "cosine":
+        if (longest := float(norms.max(initial=0))) > MAX_VECTOR_LENGTH:
             raise InvalidArgument(
                 f"{what}: a vector of length {longest:.3g}, whose {row.metric} distances "
                 f"overflow float32 (lengths up to {MAX_VECTOR_LENGTH:.3g}): scale it down",
                 param,
             )
-    if row.metric == "cosine":
-        # In float64: float32's squares overflow from components of about 1e19 (the length
-        # inf, the vector divided to zeros) and underflow below about 1e-19.
-        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    else:
         if not norms.all():
             raise InvalidArgument(f"{what}: a zero vector has no direction (cosine)", param)
         off = np.abs(norms - 1) > 1e-6  # unit vectors are stored bit for bit as given

@@ -76,10 +76,17 @@ def wait_until_serving(
 
 class ServerProcess:
     def __init__(
-        self, data_dir: Path, port: int | None = None, *extra: str, tls: Path | None = None
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *extra: str,
+        tls: Path | None = None,
+        log: Path | None = None,
     ) -> None:
-        """`tls`: the CA of a server started with TLS (--tls-cert in `extra`)."""
+        """`tls`: the CA of a server started with TLS (--tls-cert in `extra`); `log`: a file
+        for its log (stderr), else none is kept."""
         self.data_dir = data_dir
+        self.log = log
         self.tls = TLS(root_certificates=str(tls)) if tls else None
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -92,7 +99,8 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "embedsense.server", "--host", "127.0.0.1",
              "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab") if self.log else subprocess.DEVNULL,
             env={**os.environ, "EMBEDSENSE_API_KEY": ""},
         )  # fmt: skip
         wait_until_serving(
