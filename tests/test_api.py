@@ -299,7 +299,12 @@ def test_shutdown_finishes_in_flight_calls(e5, tmp_path):
     with Client(running.target, timeout=60) as c:
         call = threading.Thread(target=lambda: results.append(c.encode(FRUIT * 40, batch_size=120)))
         call.start()
-        time.sleep(0.3)  # the call is in the engine now
+        # Until its texts wait in the engine (a fixed sleep was too short on a loaded
+        # machine: the server stopped before the call had connected).
+        deadline = time.monotonic() + 30
+        while not any(running.server.engine.queued_rows().values()) and call.is_alive():
+            assert time.monotonic() < deadline, "the call never reached the engine"
+            time.sleep(0.005)
         running.stop()
         call.join(60)
     assert len(results) == 1 and results[0].shape == (120, 384)
