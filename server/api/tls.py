@@ -112,9 +112,10 @@ class ReloadableTls:
         return current
 
     def ssl_context(self) -> ssl.SSLContext:
-        context = self.tls.ssl_context()
-        context.sni_callback = self._pick
-        return context
+        """The listening context: the first one, whose SNI callback hands each handshake the
+        context in use (itself until a `replace`)."""
+        self._http.sni_callback = self._pick
+        return self._http
 
     def _pick(self, connection: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
         connection.context = self._http
