@@ -11,6 +11,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,21 +62,20 @@ def http_status(port: int, key: str) -> int:
         return err.code
 
 
-def wait_for_line(log: Path, text: str, limit_s: float = 20) -> None:
-    deadline = time.monotonic() + limit_s
-    while text not in log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"no {text!r} in the log"
-        time.sleep(0.2)
-
-
-def hang_up_until(server: ServerProcess, key: str, limit_s: float = 20) -> None:
-    """SIGHUP, then wait until every connection is let in with `key`."""
+def hang_up_until(server: ServerProcess, done: Callable[[], bool], why: str) -> None:
+    """SIGHUP, then wait (20 s at most) until `done()`, the server still running; `why`
+    says what did not happen."""
     server.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + limit_s
-    while not all(accepts(server, key)):
+    deadline = time.monotonic() + 20
+    while not done():
         assert server.process.poll() is None, "SIGHUP stopped the server"
-        assert time.monotonic() < deadline, f"{key} still refused after SIGHUP"
+        assert time.monotonic() < deadline, why
         time.sleep(0.2)
+    assert server.process.poll() is None, "SIGHUP stopped the server"
+
+
+def logged(log: Path, text: str) -> Callable[[], bool]:
+    return lambda: text in log.read_text(errors="replace")
 
 
 @pytest.mark.parametrize("frontends", ["1", "2"])
@@ -91,19 +91,15 @@ def test_sighup_reads_the_key_file_again_in_every_process(tmp_path, frontends):
         assert all(accepts(server, "old-key")) and not any(accepts(server, "new-key"))
         # Rotation: the new key beside the old one, callers move over, the old one goes.
         keys.write_text("old-key\nnew-key\n")
-        hang_up_until(server, "new-key")
+        hang_up_until(server, lambda: all(accepts(server, "new-key")), "new-key still refused")
         assert all(accepts(server, "old-key"))
         keys.write_text("new-key\n")
-        server.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 20
-        while any(accepts(server, "old-key")):
-            assert time.monotonic() < deadline, "a removed key still works after SIGHUP"
-            time.sleep(0.2)
+        hang_up_until(server, lambda: not any(accepts(server, "old-key")),
+                      "a removed key still works after SIGHUP")  # fmt: skip
         # A file emptied (or mid-write) by mistake: the keys in use stay, the server serves.
         keys.write_text("")
-        server.process.send_signal(signal.SIGHUP)
-        wait_for_line(log, "no key in it (expected one key a line); the keys in use stay")
-        assert server.process.poll() is None
+        stays = "no key in it (expected one key a line); the keys in use stay"
+        hang_up_until(server, logged(log, stays), f"no {stays!r} in the log")
         assert all(accepts(server, "new-key")) and not any(accepts(server, "old-key"))
         every_process_answers(server, frontends, api_key="new-key")
         # The HTTP port checks the same keys.
@@ -151,18 +147,16 @@ def test_sighup_reads_the_tls_files_again_on_both_ports(tmp_path, frontends):
             assert all(verified_by(first / "ca.pem", p) for p in ports * CONNECTIONS)
             for name in ("server.pem", "server.key"):
                 shutil.copy(second / name, served / name)
-            server.process.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + 20
-            while not all(verified_by(second / "ca.pem", p) for p in ports * CONNECTIONS):
-                assert time.monotonic() < deadline, "the old certificate is served after SIGHUP"
-                time.sleep(0.2)
+            hang_up_until(
+                server,
+                lambda: all(verified_by(second / "ca.pem", p) for p in ports * CONNECTIONS),
+                "the old certificate is served after SIGHUP",
+            )
             assert not any(verified_by(first / "ca.pem", p) for p in ports)
             assert kept.info().dim == 384  # its connection was made before: it stays
             # A key that is not the certificate's: the pair in use stays, the server serves.
             shutil.copy(first / "server.key", served / "server.key")
-            server.process.send_signal(signal.SIGHUP)
-            wait_for_line(log, "the TLS in use stays")
-            assert server.process.poll() is None
+            hang_up_until(server, logged(log, "the TLS in use stays"), "no TLS line in the log")
             assert all(verified_by(second / "ca.pem", p) for p in ports * CONNECTIONS)
             every_process_answers(
                 server, frontends, tls=TLS(root_certificates=str(second / "ca.pem"))
