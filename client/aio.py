@@ -214,6 +214,12 @@ class AsyncClient:
             self._limits = await self.info()
         return self._limits
 
+    async def _id_batches(self, ids: Sequence[str | int], unique: bool = False) -> list[list[str]]:
+        """As `Client._id_batches`."""
+        listed = api.id_list(ids, unique)
+        limit = (await self._server_limits()).max_texts_per_request if len(listed) > 1 else 1
+        return bulk.id_batches(listed, limit)
+
     async def encode(
         self,
         texts: str | Sequence[str],
@@ -347,8 +353,12 @@ class AsyncClient:
     async def get(
         self, name: str, ids: Sequence[str | int], with_vectors: bool = False
     ) -> list[StoredDocument | None]:
-        """The stored documents for `ids`, in order; None where an id is not stored."""
-        return await self._call(api.get_call(name, ids, with_vectors))
+        """The stored documents for `ids`, in order; None where an id is not stored: as
+        `Client.get`."""
+        found: list[StoredDocument | None] = []
+        for part in await self._id_batches(ids):
+            found += await self._call(api.get_call(name, part, with_vectors))
+        return found
 
     async def delete(
         self,
@@ -357,7 +367,8 @@ class AsyncClient:
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - as in search
     ) -> int:
         """Delete documents by id, or every document matching `filter`: as `Client.delete`."""
-        return await self._call(api.delete_call(name, ids, filter))
+        parts = [None] if ids is None else await self._id_batches(ids, unique=True)
+        return sum([await self._call(api.delete_call(name, part, filter)) for part in parts])
 
     async def scroll(
         self,
@@ -388,7 +399,9 @@ class AsyncClient:
     ) -> int:
         """Change stored documents' metadata without re-embedding: as
         `Client.update_metadata`."""
-        return await self._call(api.update_metadata_call(name, ids, patch, mode))
+        parts = await self._id_batches(ids, unique=True)
+        return sum([await self._call(api.update_metadata_call(name, part, patch, mode))
+                    for part in parts])  # fmt: skip
 
     async def search(
         self,

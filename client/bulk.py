@@ -72,6 +72,13 @@ def within_limit(batch_size: int, limit: int) -> int:
     return max(1, min(batch_size, limit))
 
 
+def id_batches(ids: list[str], limit: int) -> list[list[str]]:
+    """`ids` in requests of at most `limit` (the server's max_texts_per_request), in order;
+    no ids are one request of none, which the server answers (none, or NOT_FOUND for a
+    collection that does not exist)."""
+    return [ids[start : start + limit] for start in range(0, len(ids), limit)] or [[]]
+
+
 # ------------------------------------------------------------------ documents
 
 

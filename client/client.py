@@ -173,6 +173,13 @@ class Client:
             self._limits = self.info()
         return self._limits
 
+    def _id_batches(self, ids: Sequence[str | int], unique: bool = False) -> list[list[str]]:
+        """`ids` as sent (api.id_list), in requests within the server's limit (asked once
+        per client, for more than one id)."""
+        listed = api.id_list(ids, unique)
+        limit = self._server_limits().max_texts_per_request if len(listed) > 1 else 1
+        return bulk.id_batches(listed, limit)
+
     def encode(
         self,
         texts: str | Sequence[str],
@@ -344,8 +351,10 @@ class Client:
     def get(
         self, name: str, ids: Sequence[str | int], with_vectors: bool = False
     ) -> list[StoredDocument | None]:
-        """The stored documents for `ids`, in order; None where an id is not stored."""
-        return self._call(api.get_call(name, ids, with_vectors))
+        """The stored documents for `ids`, in order; None where an id is not stored. A list
+        longer than the server's max_texts_per_request is sent in several requests."""
+        return [doc for part in self._id_batches(ids)
+                for doc in self._call(api.get_call(name, part, with_vectors))]  # fmt: skip
 
     def delete(
         self,
@@ -355,8 +364,11 @@ class Client:
     ) -> int:
         """Delete documents by id, or every document matching `filter` (one of the two; an
         empty filter is refused: drop the collection instead); how many were deleted (by
-        the last try, when an UNAVAILABLE was retried: the documents are gone either way)."""
-        return self._call(api.delete_call(name, ids, filter))
+        the last try, when an UNAVAILABLE was retried: the documents are gone either way).
+        Ids past the server's max_texts_per_request go in several requests, in order: an
+        error leaves the earlier ones deleted (a delete may simply be sent again)."""
+        parts = [None] if ids is None else self._id_batches(ids, unique=True)
+        return sum(self._call(api.delete_call(name, part, filter)) for part in parts)
 
     def scroll(
         self,
@@ -388,8 +400,11 @@ class Client:
     ) -> int:
         """Change stored documents' metadata without re-embedding: "merge" sets the patch's
         top-level keys (a None value is stored as null), "replace" makes the patch the whole
-        metadata. How many of `ids` existed."""
-        return self._call(api.update_metadata_call(name, ids, patch, mode))
+        metadata. How many of `ids` existed. Ids past the server's max_texts_per_request go
+        in several requests, in order: an error leaves the earlier ones updated (an update
+        may simply be sent again)."""
+        parts = self._id_batches(ids, unique=True)
+        return sum(self._call(api.update_metadata_call(name, part, patch, mode)) for part in parts)
 
     def search(
         self,

@@ -1085,3 +1085,57 @@ def test_scroll_fetches_smaller_pages_where_a_page_would_be_too_large(e5, tmp_pa
             assert err.value.reply_too_large
     finally:
         server.stop()
+
+
+def test_ids_past_the_servers_limit_are_refused_alike_and_the_sdk_splits_them(e5, tmp_path):
+    """One bound on a request's ids, max_texts_per_request, on both ports: gRPC's Get and
+    Delete and HTTP's delete took any number, while UpdateMetadata and HTTP's get stopped
+    at it (and the SDK's update_metadata of a longer list failed). The SDK, sync and async,
+    sends a longer list in requests within the limit, in order."""
+    server = ServerThread(e5, tmp_path, http_port=0, max_texts_per_request=3)
+    ids = [f"d{i}" for i in range(8)]
+    over = ["d0", "d1", "d2", "nowhere"]
+    refused = "ids: 4 ids; the limit is 3 per request"
+    try:
+        with Client(server.target) as client:
+            client.create_collection("many")
+            client.upsert("many", [{"id": i, "text": f"第{i}句"} for i in ids], batch_size=3)
+            for call in (
+                Call("Get", pb.GetRequest(collection="many", ids=over), str),
+                Call("Delete", pb.DeleteRequest(collection="many", ids=over), str),
+                Call("UpdateMetadata", pb.UpdateMetadataRequest(
+                    collection="many", ids=over, patch_json='{"a": 1}'), str),
+            ):  # fmt: skip
+                with pytest.raises(InvalidArgument, match=refused):
+                    client._call(call)
+            base = f"http://127.0.0.1:{server.server.http_port}/v1/collections/many"
+            for path, body in (("get", {"ids": over}), ("delete", {"ids": over}),
+                               ("update_metadata", {"ids": over, "patch": {"a": 1}})):  # fmt: skip
+                answer = httpx2.post(f"{base}/{path}", json=body, timeout=60)
+                assert answer.status_code == 400, (path, answer.text)
+                assert answer.json()["error"]["message"].startswith(refused), answer.text
+                assert answer.json()["error"]["param"] == "ids"
+            spec = httpx2.get(f"http://127.0.0.1:{server.server.http_port}/openapi.json").json()
+            for model in ("GetRequest", "DeleteRequest", "UpdateMetadataRequest"):
+                assert spec["components"]["schemas"][model]["properties"]["ids"]["maxItems"] == 3
+            assert client.count("many") == 8, "a refused delete deleted nothing"
+
+            asked = [*ids[::-1], "nowhere"]
+            assert client.update_metadata("many", asked, {"seen": True}) == 8
+            found = client.get("many", asked)
+            assert [d and d.id for d in found] == [*ids[::-1], None]
+            assert all(d.metadata == {"seen": True} for d in found[:-1])
+            assert client.delete("many", ids[:5]) == 5
+            assert [d.id for d in client.scroll("many")] == ids[5:]
+
+        async def split_by_the_async_client() -> None:
+            async with AsyncClient(server.target) as c:
+                assert await c.update_metadata("many", asked, {"seen": 2}, "replace") == 3
+                found = await c.get("many", asked)
+                assert [d and d.id for d in found] == [*ids[7:4:-1], *([None] * 6)]
+                assert await c.delete("many", asked) == 3
+                assert await c.count("many") == 0
+
+        asyncio.run(split_by_the_async_client())
+    finally:
+        server.stop()

@@ -245,7 +245,11 @@ class GetResponse(BaseModel):
 
 
 class DeleteRequest(CollectionRequest):
-    ids: list[DocumentId] | None = Field(None, description="The documents to delete; or:")
+    ids: list[DocumentId] | None = Field(
+        None,
+        description="The documents to delete; or:",
+        json_schema_extra={"x-limit": "ids_or_none"},
+    )
     filter: Filter | None = Field(
         None,
         description="Delete every document matching it (not with ids; {} is refused: drop "

@@ -392,7 +392,7 @@ class CollectionOps:
             if ids:
                 raise BadRequest("ids and filter: give one of them, not both", "filter")
             return await self.index_threads.run(collection.delete_where, where)
-        checked_ids(ids)
+        self._checked_ids(ids)
         return await self.index_threads.run(collection.delete, list(ids))
 
     async def update_metadata(
@@ -403,16 +403,24 @@ class CollectionOps:
         are not touched."""
         if not isinstance(patch, Mapping):
             raise BadRequest("patch: must be a JSON object", "patch")
-        check_count(len(ids), "ids", self.limits, "ids")
+        check_count(len(ids), "ids", self.limits, "ids")  # a patch for no ids is a mistake
         collection = await self.collection(name)
         return await self.index_threads.run(
             collection.update_metadata, list(ids), dict(patch), metadata_mode(mode)
         )
 
+    def _checked_ids(self, ids: Sequence[str]) -> None:
+        """Ids to get or delete: none gets and deletes none; more than max_texts_per_request
+        are refused, on every surface and for every call that takes ids (the SDK splits a
+        longer list), so no call holds an index thread for an unbounded list."""
+        if ids:
+            check_count(len(ids), "ids", self.limits, "ids")
+        checked_ids(ids)
+
     # ------------------------------------------------------------ reads
 
     async def get(self, name: str, ids: Sequence[str]) -> list[Document | None]:
-        checked_ids(ids)
+        self._checked_ids(ids)
         collection = await self.collection(name)
         return await self.index_threads.run(collection.get, list(ids))
 

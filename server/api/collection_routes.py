@@ -37,7 +37,6 @@ from aiohttp import web
 
 from embedsense.server.api import collection_models as m
 from embedsense.server.api.checks import (
-    check_count,
     check_json_reply_size,
     json_string_bytes,
     json_vector_bytes,
@@ -216,11 +215,7 @@ class CollectionRoutes:
         return m.UpsertResponse.model_construct(upserted=len(ids), ids=ids)
 
     async def get(self, request: web.Request, body: m.GetRequest) -> BuiltOffLoop:
-        # At most max_texts ids, as update_metadata (an SDK's get over gRPC is bounded by
-        # max_message_bytes alone); none gets none, as on gRPC. The reply is bounded by
-        # max_message_bytes too.
-        if body.ids:
-            check_count(len(body.ids), "ids", self.ops.limits, "ids")
+        # The reply is bounded by max_message_bytes as well as the ids by the ops.
         found = await self.ops.get(request.match_info["name"], body.ids)
         # Built off the loop, as the other large replies: counting megabytes of text holds
         # the GIL.
