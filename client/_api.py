@@ -547,17 +547,23 @@ def scroll_call(
 METADATA_MODES = {"merge": pb.METADATA_MERGE, "replace": pb.METADATA_REPLACE}
 
 
-def update_metadata_call(
-    name: str, ids: Sequence[str | int], patch: Mapping[str, Any], mode: str
-) -> Call[int]:
-    ids = id_list(ids)
+def metadata_update(patch: Mapping[str, Any], mode: str) -> tuple[str, int]:
+    """A metadata update's patch as JSON and its mode on the wire, checked: the clients
+    check them before a long list of ids is split (which asks the server its limit)."""
     if mode not in METADATA_MODES:
         raise ValueError(f"mode={mode!r}: expected 'merge' or 'replace'")
     if not isinstance(patch, Mapping):
         raise TypeError(f"patch: a dict, got {type(patch).__name__}")
+    return json_text(patch, "patch"), METADATA_MODES[mode]
+
+
+def update_metadata_call(
+    name: str, ids: Sequence[str | int], patch: Mapping[str, Any], mode: str
+) -> Call[int]:
+    ids = id_list(ids)
+    patch_json, wire_mode = metadata_update(patch, mode)
     request = message(pb.UpdateMetadataRequest,
-        collection=name, ids=ids, patch_json=json_text(patch, "patch"),
-        mode=METADATA_MODES[mode],
+        collection=name, ids=ids, patch_json=patch_json, mode=wire_mode,
     )  # fmt: skip
     return Call("UpdateMetadata", request, lambda r: r.updated)
 

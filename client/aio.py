@@ -367,7 +367,7 @@ class AsyncClient:
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - as in search
     ) -> int:
         """Delete documents by id, or every document matching `filter`: as `Client.delete`."""
-        parts = [None] if ids is None else await self._id_batches(ids, unique=True)
+        parts = [ids] if ids is None or filter is not None else await self._id_batches(ids, True)
         return sum([await self._call(api.delete_call(name, part, filter)) for part in parts])
 
     async def scroll(
@@ -399,6 +399,7 @@ class AsyncClient:
     ) -> int:
         """Change stored documents' metadata without re-embedding: as
         `Client.update_metadata`."""
+        api.metadata_update(patch, mode)
         parts = await self._id_batches(ids, unique=True)
         return sum([await self._call(api.update_metadata_call(name, part, patch, mode))
                     for part in parts])  # fmt: skip

@@ -367,7 +367,8 @@ class Client:
         the last try, when an UNAVAILABLE was retried: the documents are gone either way).
         Ids past the server's max_texts_per_request go in several requests, in order: an
         error leaves the earlier ones deleted (a delete may simply be sent again)."""
-        parts = [None] if ids is None else self._id_batches(ids, unique=True)
+        # Split only a delete by ids alone: anything else is delete_call's to refuse, unsent.
+        parts = [ids] if ids is None or filter is not None else self._id_batches(ids, True)
         return sum(self._call(api.delete_call(name, part, filter)) for part in parts)
 
     def scroll(
@@ -403,6 +404,7 @@ class Client:
         metadata. How many of `ids` existed. Ids past the server's max_texts_per_request go
         in several requests, in order: an error leaves the earlier ones updated (an update
         may simply be sent again)."""
+        api.metadata_update(patch, mode)
         parts = self._id_batches(ids, unique=True)
         return sum(self._call(api.update_metadata_call(name, part, patch, mode)) for part in parts)
 

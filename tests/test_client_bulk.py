@@ -321,6 +321,28 @@ def test_an_upserts_own_checks_come_before_it_asks_the_server_anything():
         c.upsert("c", ["x"], batch_size=0)
 
 
+@pytest.mark.parametrize("make", [Client, Blocking])
+def test_a_call_on_ids_is_checked_before_the_server_is_asked_for_its_limit(make):
+    """A list of ids is split by the server's max_texts_per_request, which the client asks
+    for first: a delete by ids and a filter, or an update with a mode or patch there is none
+    of, must be the caller's error at once, not a wait on a server (here none) and its
+    retries."""
+    c = make("127.0.0.1:9", timeout=5)
+    try:
+        with pytest.raises(ValueError, match="one of them"):
+            c.delete("c", ["a", "b"], filter={"x": 1})
+        with pytest.raises(ValueError, match="mode='patch'"):
+            c.update_metadata("c", ["a", "b"], {"x": 1}, mode="patch")
+        with pytest.raises(TypeError, match="patch: a dict"):
+            c.update_metadata("c", ["a", "b"], [("x", 1)])
+        with pytest.raises(ValueError, match="patch.v"):
+            c.update_metadata("c", ["a", "b"], {"v": float("nan")})
+        with pytest.raises(TypeError, match="not one str"):
+            c.get("c", "ab")
+    finally:
+        c.close()
+
+
 def test_batch_size_must_be_at_least_one(connect, collection):
     c = connect()
     with pytest.raises(ValueError, match=r"batch_size=0.*at least 1"):
