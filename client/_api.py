@@ -819,11 +819,12 @@ def induce_senses_call(
 def explain_call(
     text: str, word: str | None, layers: Sequence[int] | None, heads: Sequence[int] | None,
     occurrence: int, span: tuple[int, int] | None, long_text: str,
-    neuron: tuple[int, int] | None = None,
+    neuron: tuple[int, int] | None = None, role_name: str | None = None,
 ) -> Call[Explanation]:  # fmt: skip
     request = message(pb.ExplainRequest, text=text, word=word or "", occurrence=occurrence,
                                 layers=list(layers or ()), heads=list(heads or ()),
-                                truncate=truncate_flag(long_text, "explain"))  # fmt: skip
+                                truncate=truncate_flag(long_text, "explain"),
+                                role=role(role_name))  # fmt: skip
     if neuron is not None:
         layer, head = neuron
         request.neuron.CopyFrom(message(pb.NeuronRequest, layer=layer, head=head))
@@ -831,11 +832,13 @@ def explain_call(
 
 
 def compare_layers_call(
-    text_a: str, text_b: str, word: str, occurrence_a: int, occurrence_b: int, long_text: str
-) -> Call[LayerComparison]:
+    text_a: str, text_b: str, word: str, occurrence_a: int, occurrence_b: int, long_text: str,
+    role_name: str | None = None,
+) -> Call[LayerComparison]:  # fmt: skip
     request = message(pb.CompareLayersRequest,
         text_a=text_a, text_b=text_b, word=word, occurrence_a=occurrence_a,
         occurrence_b=occurrence_b, truncate=truncate_flag(long_text, "compare_layers"),
+        role=role(role_name),
     )  # fmt: skip
     return Call("CompareLayers", request, parse_comparison)
 

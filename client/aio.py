@@ -503,6 +503,7 @@ class AsyncClient:
         span: tuple[int, int] | None = None,
         long_text: str = "error",
         neuron: tuple[int, int] | None = None,
+        role: str | None = None,
     ) -> Explanation:
         """Attention maps of `layers` (1-based) x `heads` (0-based), all by default (the
         response is bounded: a long text must ask for fewer); for `word`, what it attends to
@@ -510,9 +511,10 @@ class AsyncClient:
         long_text="truncate", which explains its first window ("windows" is a ValueError:
         an attention map is of one window). neuron=(layer 1-based, head 0-based): also that
         head's query vectors of the word (every token's without a word) and every token's
-        key vector, as `Explanation.neuron` (the page's neuron view)."""
+        key vector, as `Explanation.neuron` (the page's neuron view). role: the text read
+        as a "query" (None: the default) or as a "passage", as stored documents are."""
         return await self._call(
-            api.explain_call(text, word, layers, heads, occurrence, span, long_text, neuron)
+            api.explain_call(text, word, layers, heads, occurrence, span, long_text, neuron, role)
         )
 
     async def compare_layers(
@@ -524,10 +526,13 @@ class AsyncClient:
         occurrence_b: int = 0,
         *,
         long_text: str = "error",
+        role: str | None = None,
     ) -> LayerComparison:
         """The cosine of `word`'s vectors in the two texts at every layer (0 = embeddings).
         long_text="truncate": texts longer than the model takes are cut to their first
         window ("error", the default, refuses them; "windows" is a ValueError)."""
         return await self._call(
-            api.compare_layers_call(text_a, text_b, word, occurrence_a, occurrence_b, long_text)
+            api.compare_layers_call(
+                text_a, text_b, word, occurrence_a, occurrence_b, long_text, role
+            )
         )

@@ -637,10 +637,11 @@ def cmd_explain(args: argparse.Namespace, client: Client) -> None:
     explanation, shape, fitted = _explain_what_fits(args, client, long_text)
     _check_drawable(args, explanation)
     contexts = {text: client.compare_layers(args.text, text, args.word, args.occurrence,
-                                            long_text=long_text)
+                                            long_text=long_text, role=args.role)
                 for text in args.compare or ()}  # fmt: skip
     senses = {label: [client.compare_layers(args.text, example, args.word, args.occurrence,
-                                            long_text=long_text) for example in examples]
+                                            long_text=long_text, role=args.role)
+                      for example in examples]
               for label, examples in senses_given.items()}  # fmt: skip
     from embedsense.client.attention_page import sense_profile
 
@@ -735,7 +736,8 @@ def _compared_explanations(
     for text in args.compare or ():
         try:
             compared[text] = client.explain(text, args.word, explanation.layers,
-                                            explanation.heads, long_text=long_text)  # fmt: skip
+                                            explanation.heads, long_text=long_text,
+                                            role=args.role)  # fmt: skip
         except InvalidArgument as err:
             if "fewer layers or heads" not in str(err):
                 raise
@@ -765,7 +767,7 @@ def _explain_what_fits(
         probe = client.explain(".", layers=[1])
         return client.info().num_layers, len(probe.heads), probe.max_attention_values
 
-    ask = {"occurrence": args.occurrence, "long_text": long_text,
+    ask = {"occurrence": args.occurrence, "long_text": long_text, "role": args.role,
            "neuron": _neuron_asked(args, client) if args.html and args.word else None}  # fmt: skip
     try:
         explanation = client.explain(args.text, args.word, args.layers, args.heads, **ask)
@@ -782,7 +784,7 @@ def _explain_what_fits(
         if args.layers or args.heads or "fewer layers or heads" not in str(err):
             raise
         num_layers, num_heads, bound = model_shape()
-        tokens = len(client.tokenize(args.text, "query").tokens)
+        tokens = len(client.tokenize(args.text, args.role or "query").tokens)
         if long_text == "truncate":
             tokens = min(tokens, client.info().max_tokens)
         layers, heads = fit(tokens, num_layers, num_heads, bound)
@@ -1025,6 +1027,11 @@ def parser() -> argparse.ArgumentParser:
                      help="another context: the word's cosine per layer (repeatable)")  # fmt: skip
     exp.add_argument("--sense", action="append", metavar="LABEL=EXAMPLE",
                      help="an example of a sense: the sense view in --html")  # fmt: skip
+    exp.add_argument(
+        "--role",
+        choices=["query", "passage"],
+        help="read the texts as a query (default) or as a passage, as stored documents are",
+    )
     exp.add_argument("--out", help="write a PNG (needs matplotlib)")
     exp.add_argument("--html", help="write a self-contained HTML page")
     exp.add_argument(

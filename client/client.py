@@ -510,6 +510,7 @@ class Client:
         span: tuple[int, int] | None = None,
         long_text: str = "error",
         neuron: tuple[int, int] | None = None,
+        role: str | None = None,
     ) -> Explanation:
         """Attention maps of `layers` (1-based) x `heads` (0-based), all by default (the
         response is bounded: a long text must ask for fewer); for `word`, what it attends to
@@ -517,9 +518,10 @@ class Client:
         long_text="truncate", which explains its first window ("windows" is a ValueError:
         an attention map is of one window). neuron=(layer 1-based, head 0-based): also that
         head's query vectors of the word (every token's without a word) and every token's
-        key vector, as `Explanation.neuron` (the page's neuron view)."""
+        key vector, as `Explanation.neuron` (the page's neuron view). role: the text read
+        as a "query" (None: the default) or as a "passage", as stored documents are."""
         return self._call(
-            api.explain_call(text, word, layers, heads, occurrence, span, long_text, neuron)
+            api.explain_call(text, word, layers, heads, occurrence, span, long_text, neuron, role)
         )
 
     def compare_layers(
@@ -531,12 +533,16 @@ class Client:
         occurrence_b: int = 0,
         *,
         long_text: str = "error",
+        role: str | None = None,
     ) -> LayerComparison:
         """The cosine of `word`'s vectors in the two texts at every layer (0 = embeddings).
         long_text="truncate": texts longer than the model takes are cut to their first
-        window ("error", the default, refuses them; "windows" is a ValueError)."""
+        window ("error", the default, refuses them; "windows" is a ValueError). role: both
+        texts read as a "query" (None: the default) or as a "passage"."""
         return self._call(
-            api.compare_layers_call(text_a, text_b, word, occurrence_a, occurrence_b, long_text)
+            api.compare_layers_call(
+                text_a, text_b, word, occurrence_a, occurrence_b, long_text, role
+            )
         )
 
 

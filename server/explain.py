@@ -184,12 +184,14 @@ class Explainer:
         if not chosen:
             return list(range(base, count + base))
         last = count + base - 1
-        for value in chosen:
+        for i, value in enumerate(chosen):
             if not base <= value <= last:
                 raise SenseInputError(
                     f"{what} {value} does not exist: the model has {what}s {base}-{last}"
                 )
-        return sorted(set(chosen))
+            if value in chosen[:i]:  # dropped, the reply's maps would not be the ones asked
+                raise SenseInputError(f"{what}s: {value} is named twice; name each once")
+        return sorted(chosen)
 
     def explain(
         self,
@@ -225,6 +227,10 @@ class Explainer:
             )
         target = None
         target_tokens: list[int] = []
+        if occurrence and not (word or span):
+            raise SenseInputError(
+                f"occurrence {occurrence}: of which word? Give the word (or a span) with it"
+            )
         if word or span:
             target = locate(text, word, span, occurrence)
             target_tokens = self._target_tokens(tokenized, target, "word")

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from embedsense.client import InvalidArgument
+from embedsense.client._api import Call
+from embedsense.proto.v1 import embedsense_pb2 as pb
 
 
 def test_attention_maps_are_distributions_of_the_requested_shape(client):
@@ -59,6 +61,43 @@ def test_a_chosen_layer_and_head_and_the_response_bound(client):
         client.explain("苹果", layers=[13])
     with pytest.raises(InvalidArgument, match="does not occur"):
         client.explain("我喜欢吃苹果", "香蕉")
+
+
+def test_a_layer_or_head_named_twice_and_an_occurrence_of_no_word_are_refused(client):
+    """They were dropped unsaid (Disambiguate and Embed refuse a hidden state twice), and an
+    occurrence without a word or span explained no word at all."""
+    with pytest.raises(InvalidArgument, match="layers: 3 is named twice"):
+        client.explain("我喜欢吃苹果", "苹果", layers=[3, 12, 3])
+    with pytest.raises(InvalidArgument, match="heads: 0 is named twice"):
+        client.explain("我喜欢吃苹果", heads=[0, 0])
+    request = pb.ExplainRequest(text="苹果苹果", occurrence=1)
+    with pytest.raises(InvalidArgument, match="occurrence 1: of which word"):
+        client._call(Call("Explain", request, str))
+    assert client.explain("苹果苹果", "苹果", occurrence=1).span == (2, 4)
+
+
+def test_explain_and_compare_layers_read_a_text_in_the_role_asked(client, server):
+    """A stored document is embedded as a passage; its explanation and layer comparison
+    could only be of the text read as a query, except over raw gRPC's Explain."""
+    text, other = "我喜欢吃苹果", "我买了最新的苹果手机"
+    as_query = client.explain(text, "苹果")
+    as_passage = client.explain(text, "苹果", role="passage")
+    assert "query" in "".join(as_query.tokens.tokens)
+    assert "passage" in "".join(as_passage.tokens.tokens)
+    assert as_passage.span == as_query.span == (4, 6)  # offsets into the text as given
+    query = client.compare_layers(text, other, "苹果")
+    passage = client.compare_layers(text, other, "苹果", role="passage")
+    assert query.span_a == passage.span_a and len(passage.cosines) == 13
+    assert not np.allclose(query.cosines[1:], passage.cosines[1:], atol=1e-4)
+    with pytest.raises(ValueError, match="role 'document'"):
+        client.explain(text, role="document")
+    odd = pb.ExplainRequest(text=text, role=7)
+    with pytest.raises(InvalidArgument, match=r"role: 7 is not one of \[0, 1, 2\]"):
+        client._call(Call("Explain", odd, str))
+    done = _explain_cli(server, "explain", text, "--word", "苹果", "--layers", "12", "--heads",
+                        "0", "--compare", other, "--role", "passage", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "▁passage" in json.loads(done.stdout)["explanation"]["tokens"]["tokens"]
 
 
 def softmax_rows(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:

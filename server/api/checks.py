@@ -331,7 +331,8 @@ def priority_header(value: str | None) -> Priority | None:
 
 
 def role_of(value: int) -> TextRole:
-    return TextRole.QUERY if value == pb.ROLE_UNSPECIFIED else choice(ROLES, value, "role")
+    """Unspecified (0) reads the text as a query."""
+    return choice({pb.ROLE_UNSPECIFIED: TextRole.QUERY, **ROLES}, value, "role")
 
 
 def k_of(request: Any, default: int = 10) -> int:

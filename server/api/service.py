@@ -682,8 +682,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         cosines, a, b = await self.explainer.in_turn(
             "compare_layers", self._text(request.text_a, "text_a"),
             self._text(request.text_b, "text_b"), check_word(request.word),
-            request.occurrence_a, request.occurrence_b, truncate=request.truncate,
-            timeout=context.time_remaining(),
+            request.occurrence_a, request.occurrence_b, role=role_of(request.role),
+            truncate=request.truncate, timeout=context.time_remaining(),
         )  # fmt: skip
         return pb.CompareLayersResponse(
             cosines=cosines, span_a=pb.Span(start=a.start, end=a.end),
