@@ -395,10 +395,26 @@ def senses_message(
         raise TypeError(f"{where}: a dict of sense -> example texts, not {type(senses).__name__}")
     by_label = {}
     for label, examples in senses.items():
-        if not isinstance(examples, list | tuple) or not all(isinstance(e, str) for e in examples):
-            raise TypeError(f"{where}[{label!r}]: a list of example texts")
+        str_key(label, where, "label")
+        if not isinstance(examples, list | tuple):
+            raise TypeError(
+                f"{where}[{label!r}]: a list of example texts, not {type(examples).__name__}"
+            )
+        for i, example in enumerate(examples):
+            if not isinstance(example, str):
+                raise TypeError(f"{where}[{label!r}][{i}]: an example text (a str), not "
+                                f"{type(example).__name__}")  # fmt: skip
         by_label[label] = pb.SenseExamples(examples=list(examples))
     return by_label
+
+
+def str_key(key: Any, where: str, what: str) -> None:
+    """TypeError naming a label or word that is not a str (protobuf's own dumps the
+    request)."""
+    if not isinstance(key, str):
+        kind = type(key).__name__
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise TypeError(f"{where}: the {what} {key!r} is {article} {kind}; a {what} is a str")
 
 
 # ------------------------------------------------------------------ the calls
@@ -743,11 +759,11 @@ def create_inventory_call(
 ) -> Call[Inventory]:
     if not isinstance(words, Mapping):
         raise TypeError(f"words: a dict of word -> sense -> examples, not {type(words).__name__}")
-    request = pb.CreateInventoryRequest(
-        name=name, replace=replace,
-        words={w: pb.WordSenses(senses=senses_message(s, f"words[{w!r}]"))
-               for w, s in words.items()},
-    )  # fmt: skip
+    by_word = {}
+    for word, senses in words.items():
+        str_key(word, "words", "word")
+        by_word[word] = pb.WordSenses(senses=senses_message(senses, f"words[{word!r}]"))
+    request = pb.CreateInventoryRequest(name=name, replace=replace, words=by_word)
     return Call("CreateInventory", request, parse_inventory)
 
 

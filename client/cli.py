@@ -589,7 +589,14 @@ def _read_json(path: str) -> Any:
         raise UsageError(f"{path}:{err.lineno}: not JSON ({err.msg})") from None
 
 
+def _word_given(args: argparse.Namespace) -> None:
+    """WORD, checked here as disambiguate checks it: not the server's "word: ..." (exit 1)."""
+    if not args.word.strip():
+        raise UsageError(f"{args.command} needs WORD: the word whose occurrences to read")
+
+
 def cmd_occurrences(args: argparse.Namespace, client: Client) -> None:
+    _word_given(args)
     found = client.search_occurrences(args.collection, args.text, args.word, k=args.k,
                                       occurrence=args.occurrence)  # fmt: skip
     rows = [(i + 1, f"{o.score:+.3f}", o.id, _mark(o.text, o.span)) for i, o in enumerate(found)]
@@ -606,6 +613,7 @@ def counted(n: int, noun: str) -> str:
 
 
 def cmd_induce(args: argparse.Namespace, client: Client) -> None:
+    _word_given(args)
     if args.k is not None and args.max_k is not None:
         raise UsageError("-k and --max-k: -k names the senses' number, --max-k bounds its choice")
     induced = client.induce_senses(args.collection, args.word, k=args.k, max_k=args.max_k,
@@ -981,7 +989,7 @@ def parser() -> argparse.ArgumentParser:
     ind = sub.add_parser("induce", help="the senses of a word in a collection, by clustering")
     ind.add_argument("collection")
     ind.add_argument("word")
-    ind.add_argument("-k", type=at_least(0), help="how many senses (default: chosen by silhouette)")
+    ind.add_argument("-k", type=at_least(1), help="how many senses (default: chosen by silhouette)")
     ind.add_argument(
         "--max-k",
         type=at_least(1),

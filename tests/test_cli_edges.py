@@ -601,6 +601,9 @@ def test_no_central_sentences_is_refused_not_read_as_the_default_three(capsys):
         (["explain", "我吃苹果", "--word", "苹果", "--compare", " "], "--compare"),  # text_b
         (["disambiguate", "我吃苹果", "苹果", "--sense", "a= ", "--sense", "b=苹果"], "--sense"),
         (["inventory", "list", "mine"], "NAME"),  # was ignored
+        (["induce", "news", "苹果", "-k", "0"], "-k"),  # the SDK's "(or None to choose)"
+        (["occurrences", "news", "我吃苹果", ""], "WORD"),  # the server's "word: ..."
+        (["induce", "news", " "], "WORD"),
     ],
 )
 def test_contradictory_or_empty_options_are_refused_before_any_call(capsys, argv, named):

@@ -387,6 +387,34 @@ def test_an_inventorys_examples_are_checked_as_given_senses_are(client, server):
             client.disambiguate("我喜欢吃苹果", "苹果", inventory="unusable")
 
 
+def test_an_inventory_word_with_whitespace_around_it_is_refused_as_a_label_is(client):
+    """The word " 苹果" was stored, which no lookup of 苹果 finds, while a label " a" was
+    refused."""
+    spaced = {" 苹果": {"fruit": ["我喜欢吃 苹果"], "company": ["我买了 苹果手机"]}}
+    with pytest.raises(InvalidArgument, match=r"word ' 苹果': whitespace around it"):
+        client.create_inventory("spaced", spaced)
+    with pytest.raises(NotFound):
+        client.get_inventory("spaced")
+    with pytest.raises(InvalidArgument, match=r"word '苹果\\u3000': whitespace around it"):
+        client.disambiguate("我喜欢吃苹果\u3000", "苹果\u3000", spaced[" 苹果"])
+
+
+def test_the_sdk_names_a_label_word_or_example_of_the_wrong_kind(client):
+    """A label or an inventory's word that was not a str raised protobuf's TypeError, its
+    message a dump of the request; an example that was not a str was "a list of example
+    texts", said of a list."""
+    text, fruit = "我喜欢吃苹果", ["苹果很甜"]
+    for senses, said in (
+        ({1: fruit, 2: ["苹果手机"]}, r"senses: the label 1 is an int; a label is a str"),
+        ({"a": [1], "b": fruit}, r"senses\['a'\]\[0\]: an example text \(a str\), not int"),
+        ({"a": "苹果很甜", "b": fruit}, r"senses\['a'\]: a list of example texts, not str"),
+    ):
+        with pytest.raises(TypeError, match=said):
+            client.disambiguate(text, "苹果", senses)
+    with pytest.raises(TypeError, match=r"words: the word 7 is an int; a word is a str"):
+        client.create_inventory("typed", {7: {"a": fruit, "b": fruit}})
+
+
 @pytest.fixture(scope="module")
 def apples(server):
     from embedsense.client import Client

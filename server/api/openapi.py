@@ -231,6 +231,7 @@ class DocsRoutes:
         return [
             route("/openapi.json", self.openapi, "This document"),
             route("/docs", self.docs, "The interactive docs page"),
+            route("/docs/", self.to_docs, "The docs page, as typed with a slash"),
             route("/docs/{asset}", self.asset, "The docs page's files"),
         ]
 
@@ -241,6 +242,10 @@ class DocsRoutes:
         if self.folder is None:
             raise web.HTTPNotFound(reason="the docs page needs the swagger-ui-bundle package")
         return web.Response(text=self.page, content_type="text/html")
+
+    async def to_docs(self, request: web.Request, body: None) -> web.Response:
+        # Relative, as the page's own links are: right behind a proxy's path prefix too.
+        return web.Response(status=308, headers={"Location": "../docs"})
 
     async def asset(self, request: web.Request, body: None) -> web.StreamResponse:
         name = request.match_info["asset"]

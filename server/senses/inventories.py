@@ -27,6 +27,8 @@ def check_senses(word: str, senses: Mapping[str, Sequence[str]]) -> Senses:
     the word. Errors name the offending label or example."""
     if not word.strip():
         raise SenseInputError("word: empty or only whitespace")
+    if word != word.strip():  # as a label: " 苹果" would be a word no lookup of 苹果 finds
+        raise SenseInputError(f"word {word!r}: whitespace around it; give the word alone")
     if len(senses) < 2:
         raise SenseInputError(f"{word!r}: at least two senses are needed, got {len(senses)}")
     checked: Senses = {}
