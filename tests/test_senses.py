@@ -827,6 +827,18 @@ def test_a_word_the_collection_lacks_has_no_occurrences_rather_than_an_error(
         client.induce_senses(apples, "西瓜")  # nothing to split is still an error
 
 
+def test_a_word_stored_once_is_one_sense_as_too_few_to_split(client):
+    """As two occurrences were, and as docs/senses.md says; one was INVALID_ARGUMENT
+    ("occurs once: nothing to split"), as if the request were malformed."""
+    client.create_collection("durian", store_tokens=True)
+    client.upsert("durian", ["我喜欢吃榴莲", "今天天气很好"])
+    induced = client.induce_senses("durian", "榴莲")
+    assert induced.occurrences == 1 and [s.size for s in induced.senses] == [1]
+    assert induced.senses[0].central[0].text == "我喜欢吃榴莲"
+    with pytest.raises(InvalidArgument, match="k: 2 senses of 1 occurrences"):
+        client.induce_senses("durian", "榴莲", k=2)
+
+
 def test_the_cli_judges_the_occurrence_a_span_names_and_the_word_alone(server):
     """The SDK's `span` and `with_sentence`, on the command line too."""
     text = "苹果公司的员工都爱吃苹果"

@@ -309,10 +309,6 @@ class Senses:
             if found is None:
                 raise SenseInputError(f"{word!r} does not occur in collection {collection_name!r}")
             items, words = found.items, found.words
-            if len(items) < 2:
-                raise SenseInputError(
-                    f"{word!r} occurs once in {collection_name!r}: nothing to split"
-                )
             if k is not None and k > len(items):  # it was cut to their number, in silence
                 raise SenseInputError(
                     f"k: {k} senses of {len(items)} occurrences of {word!r} in "
