@@ -43,14 +43,26 @@ def word_spans(text: str, word: str) -> list[tuple[int, int]]:
 
 
 def _why_not(text: str, word: str) -> str:
-    """Why a word that looks present is not found, where it is one of two common slips."""
+    """Why a word that looks present is not found, where it is one of the common slips: the
+    word is matched as written, whole where its script spaces words."""
     if word.strip() and word != word.strip() and word_spans(text, word.strip()):
         return " (the word has whitespace around it)"
-    nfc = unicodedata.normalize("NFC", word)
-    if word_spans(unicodedata.normalize("NFC", text), nfc):
+    if word_spans(unicodedata.normalize("NFC", text), unicodedata.normalize("NFC", word)):
         return (
             " as written: the text writes it in another Unicode form (accents as separate "
             "marks, or the other way round); normalize both to NFC"
+        )
+    if word_spans(unicodedata.normalize("NFKC", text), unicodedata.normalize("NFKC", word)):
+        return (
+            " as written: the text writes it in other forms of its characters (full-width "
+            "ＡＢＣ or １２３ against ABC or 123, say); give the word as the text writes it"
+        )
+    if word_spans(text.casefold(), word.casefold()):
+        return " as written: the text writes it with other capitals (a word is matched by case)"
+    if word in text:
+        return (
+            " as a whole word: it is part of a longer word there (a word of a script that "
+            "spaces its words is matched whole: 'apple' is not in 'Pineapple')"
         )
     return ""
 

@@ -337,6 +337,11 @@ def test_sense_errors_name_the_offending_input(client):
     cafe = {"drink": ["un café noir"], "place": ["le café est fermé"]}
     with pytest.raises(InvalidArgument, match="another Unicode form.*NFC"):
         client.disambiguate("cafe\u0301 noir", "café", cafe)  # e + a combining accent
+    for text, word, why in (("我买了ＡＰＰＬＥ手机", "APPLE", "full-width"),
+                            ("I love Apple pie", "apple", "other capitals"),
+                            ("a Pineapple pie", "apple", "part of a longer word")):  # fmt: skip
+        with pytest.raises(InvalidArgument, match=f"{word!r} does not occur.*{why}"):
+            client.disambiguate(text, word, {"a": [f"{word} x"], "b": [f"{word} y"]})
     with pytest.raises(InvalidArgument, match="span"):
         client.disambiguate("苹果很好", senses=two, span=(3, 10))
     with pytest.raises(NotFound, match="no entry for '西瓜'"):
