@@ -367,6 +367,7 @@ class AsyncClient:
         filter: Mapping[str, Any] | None = None,  # noqa: A002 - as in search
     ) -> int:
         """Delete documents by id, or every document matching `filter`: as `Client.delete`."""
+        # Split only a delete by ids alone: anything else is delete_call's to refuse, unsent.
         parts = [ids] if ids is None or filter is not None else await self._id_batches(ids, True)
         return sum([await self._call(api.delete_call(name, part, filter)) for part in parts])
 

@@ -76,7 +76,8 @@ def id_batches(ids: list[str], limit: int) -> list[list[str]]:
     """`ids` in requests of at most `limit` (the server's max_texts_per_request), in order;
     no ids are one request of none, which the server answers (none, or NOT_FOUND for a
     collection that does not exist)."""
-    return [ids[start : start + limit] for start in range(0, len(ids), limit)] or [[]]
+    size = max(1, limit)  # a server that reports no limit (0) still gets one id at a time
+    return [ids[start : start + size] for start in range(0, len(ids), size)] or [[]]
 
 
 # ------------------------------------------------------------------ documents

@@ -212,6 +212,10 @@ class Explainer:
         model's positions is refused unless `truncate` (then its first window is explained).
         neuron: (layer 1-based, head 0-based) whose query and key vectors to return too
         (the word's queries, or every token's when there is no word)."""
+        if occurrence and not (word or span):  # first: it is the request's own mistake
+            raise SenseInputError(
+                f"occurrence {occurrence}: of which word? Give the word with it, or a span instead"
+            )
         if neuron is not None:
             neuron = self._check_neuron(neuron)
         tokenized = self._tokenize(text, role, truncate, "text")
@@ -227,10 +231,6 @@ class Explainer:
             )
         target = None
         target_tokens: list[int] = []
-        if occurrence and not (word or span):
-            raise SenseInputError(
-                f"occurrence {occurrence}: of which word? Give the word (or a span) with it"
-            )
         if word or span:
             target = locate(text, word, span, occurrence)
             target_tokens = self._target_tokens(tokenized, target, "word")

@@ -1120,6 +1120,8 @@ def test_ids_past_the_servers_limit_are_refused_alike_and_the_sdk_splits_them(e5
                 assert spec["components"]["schemas"][model]["properties"]["ids"]["maxItems"] == 3
             assert client.count("many") == 8, "a refused delete deleted nothing"
 
+            # An id twice, in two requests: counted once, as one request counts it.
+            assert client.update_metadata("many", ["d0", "d1", "d2", "d0"], {"seen": True}) == 3
             asked = [*ids[::-1], "nowhere"]
             assert client.update_metadata("many", asked, {"seen": True}) == 8
             found = client.get("many", asked)

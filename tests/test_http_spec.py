@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import httpx2
 import numpy as np
 import openai
 import pytest
@@ -231,6 +232,15 @@ def browser():
         launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+def test_the_docs_page_typed_with_a_slash_leads_to_the_page(base):
+    """It was a 404. Relative, as the page's own links are (right behind a path prefix)."""
+    answer = httpx2.get(base + "/docs/", follow_redirects=False, timeout=30)
+    assert answer.status_code == 308 and answer.headers["Location"] == "../docs"
+    followed = httpx2.get(base + "/docs/", follow_redirects=True, timeout=30)
+    assert followed.status_code == 200 and str(followed.url) == base + "/docs"
+    assert "swagger-ui-bundle.js" in followed.text
 
 
 def test_the_docs_page_works_offline_with_no_request_off_the_host(base, browser):

@@ -840,6 +840,9 @@ def test_a_word_stored_once_is_one_sense_as_too_few_to_split(client):
     induced = client.induce_senses("durian", "榴莲")
     assert induced.occurrences == 1 and [s.size for s in induced.senses] == [1]
     assert induced.senses[0].central[0].text == "我喜欢吃榴莲"
+    one = client.induce_senses("durian", "榴莲", k=1)  # the same answer: k=1 scored it 0
+    assert one.senses[0].central[0].score == pytest.approx(induced.senses[0].central[0].score)
+    assert one.senses[0].central[0].score == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(InvalidArgument, match="k: 2 senses of 1 occurrences"):
         client.induce_senses("durian", "榴莲", k=2)
 

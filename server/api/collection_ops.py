@@ -387,12 +387,13 @@ class CollectionOps:
     ) -> int:
         """Delete by ids, or every document matching `where` (not both; an empty filter is
         the index's to refuse); how many were deleted."""
+        if where is not None and ids:
+            raise BadRequest("ids and filter: give one of them, not both", "filter")
+        if where is None:  # before the lookup, as get and update_metadata check theirs
+            self._checked_ids(ids)
         collection = await self.collection(name)
         if where is not None:
-            if ids:
-                raise BadRequest("ids and filter: give one of them, not both", "filter")
             return await self.index_threads.run(collection.delete_where, where)
-        self._checked_ids(ids)
         return await self.index_threads.run(collection.delete, list(ids))
 
     async def update_metadata(

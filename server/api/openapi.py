@@ -185,7 +185,8 @@ def _with_limits(schemas: dict[str, Any], limits: Limits, dim: int) -> dict[str,
     """The schemas with each `x-limit` field bounded as the checks bound it: texts of 1 to
     max_text_chars characters (no control characters, not only whitespace), 1 to max_texts
     inputs, token-id lists of 1 to max_request_tokens ids; 1 to max_texts document ids to
-    update, 0 to max_texts to get (check_count's bound); `dimensions` the model's."""
+    update, 0 to max_texts to get or delete (check_count's bound); `dimensions` the
+    model's."""
     schemas = copy.deepcopy(schemas)
     for schema in schemas.values():
         for prop in schema.get("properties", {}).values():

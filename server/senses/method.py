@@ -158,10 +158,11 @@ def induce(
     centred = vectors - vectors.mean(axis=0)
     x = unit(centred)
     n = len(x)
+    # One vector, or one up to rounding: centring leaves nothing, or noise, to cluster on.
+    if n == 1 or (k in (None, 1) and _alike(vectors, centred)):
+        return _cluster(unit(vectors), 1, seed)
     if k is not None:
         return _cluster(x, min(k, n), seed)
-    if _alike(vectors, centred):  # one vector up to rounding: centring left only noise
-        return _cluster(unit(vectors), 1, seed)
     best: Clustering | None = None
     for candidate in range(2, min(max_k, n - 1) + 1):
         if stop is not None and stop.is_set():
