@@ -512,7 +512,8 @@ def id_list(ids: Iterable[str | int], unique: bool = False) -> list[str]:
     one str would be sent as its characters, one id each, and is refused. `unique`: each id
     once, in order (a delete or update sent in several requests counts an id once)."""
     if isinstance(ids, str) or not isinstance(ids, Iterable):
-        raise TypeError(f"ids: a list of ids, not {'one str' if isinstance(ids, str) else ids}")
+        kind = "one str" if isinstance(ids, str) else type(ids).__name__
+        raise TypeError(f"ids: a list of ids, not {kind}")
     listed = [id_text(doc_id, f"ids[{i}]") for i, doc_id in enumerate(ids)]
     return list(dict.fromkeys(listed)) if unique else listed
 
