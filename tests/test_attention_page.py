@@ -305,6 +305,10 @@ def test_the_sense_view_shows_the_answers_in_distinct_colours(page, made):
     assert len({x[2] for x in legend}) == len(legend)  # no colour means two things
     page.hover('#senseview circle[data-series="fruit"][data-layer="7"]')
     assert "fruit" in page.text_content("#tip") and "7" in page.text_content("#tip")
+    # Each point is a named button for a screen reader, as the tip names it on sight.
+    point = page.locator('#senseview circle[data-series="fruit"][data-layer="7"]')
+    assert point.get_attribute("role") == "button"
+    assert point.get_attribute("aria-label") == page.text_content("#tip")
 
 
 def test_choosing_a_hidden_state_moves_the_contrast_and_head_views(page, made):

@@ -609,9 +609,12 @@ function chart(kind, title, series, yLabel) {
     s.append(svg("polyline", {fill: "none", stroke: c, "stroke-width": 2,
       points: values.map((v, i) => `${x(i)},${y(v)}`).join(" ")}));
     values.forEach((v, i) => {
+      // A focusable point is named for a screen reader as the tip names it on sight.
+      const said = t("pointTip", name, i, v.toFixed(4));
       const dot = svg("circle", {cx: x(i), cy: y(v), r: 4.5, fill: c, tabindex: 0,
+                                 role: "button", "aria-label": said,
                                  "data-series": name, "data-layer": i, "data-value": v});
-      const say = () => { $("tip").textContent = t("pointTip", name, i, v.toFixed(4)); };
+      const say = () => { $("tip").textContent = said; };
       dot.addEventListener("mouseenter", say);
       dot.addEventListener("focus", say);
       dot.addEventListener("click", () => chooseHidden(i));
