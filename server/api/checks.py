@@ -133,7 +133,12 @@ class Limits:
         )
 
 
-ROLES = {pb.ROLE_QUERY: TextRole.QUERY, pb.ROLE_PASSAGE: TextRole.PASSAGE}
+# Unspecified (0) reads the text as a query.
+ROLES = {
+    pb.ROLE_UNSPECIFIED: TextRole.QUERY,
+    pb.ROLE_QUERY: TextRole.QUERY,
+    pb.ROLE_PASSAGE: TextRole.PASSAGE,
+}
 MAX_OCCURRENCES = 1000  # SearchOccurrences answers at most this many
 POOLINGS = {pb.POOLING_DEFAULT: None, pb.POOLING_MEAN: Pooling.MEAN, pb.POOLING_CLS: Pooling.CLS}
 
@@ -331,8 +336,7 @@ def priority_header(value: str | None) -> Priority | None:
 
 
 def role_of(value: int) -> TextRole:
-    """Unspecified (0) reads the text as a query."""
-    return choice({pb.ROLE_UNSPECIFIED: TextRole.QUERY, **ROLES}, value, "role")
+    return choice(ROLES, value, "role")
 
 
 def k_of(request: Any, default: int = 10) -> int:
