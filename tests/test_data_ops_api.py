@@ -1049,8 +1049,9 @@ def test_rest_routes_are_in_the_openapi_document(http):
     paths = {p for p in doc["paths"] if p.startswith("/v1/collections")}
     assert paths == {"/v1/collections", "/v1/collections/{name}"} | {
         f"/v1/collections/{{name}}/{op}"
-        for op in ("upsert", "get", "delete", "count", "scroll", "update_metadata", "search")
-    }
+        for op in ("upsert", "get", "delete", "count", "scroll", "update_metadata", "search",
+                   "occurrences", "senses")  # the last two: word senses (test_http_senses.py)
+    }  # fmt: skip
     upsert = doc["paths"]["/v1/collections/{name}/upsert"]["post"]
     assert upsert["responses"]["400"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ErrorResponse"

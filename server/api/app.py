@@ -32,6 +32,8 @@ from embedsense.server.api.interceptors import ApiKeyInterceptor, ApiKeys, Decod
 from embedsense.server.api.observability import Metrics
 from embedsense.server.api.openai_routes import OpenAIRoutes
 from embedsense.server.api.openapi import DocsRoutes, openapi_document
+from embedsense.server.api.sense_ops import SenseOps
+from embedsense.server.api.sense_routes import SenseRoutes
 from embedsense.server.api.service import Service, server_version, status_for
 from embedsense.server.api.settings import ServerSettings, where
 from embedsense.server.api.tei_routes import TEIRoutes
@@ -202,7 +204,9 @@ class EmbedSenseServer:
                 raise
         http_tls = None
         if s.http_port is not None:
-            self.http = http_server(self.engine, s, self.metrics, api_keys, service.ops)
+            self.http = http_server(
+                self.engine, s, self.metrics, api_keys, service.ops, service.sense_ops
+            )
             http_tls = self.tls.ssl_context() if self.tls and not s.http_insecure else None
             if self.tls and not http_tls:
                 log.warning(
@@ -399,6 +403,7 @@ def http_server(
     metrics: Metrics,
     keys: ApiKeys | None,
     ops: CollectionOps | None = None,
+    senses: SenseOps | None = None,
 ) -> HttpServer:
     """The OpenAI and TEI routes over the same engine, limits, keys and metrics, the
     collections' REST routes over `ops` (the gRPC service's), /metrics, and the OpenAPI
@@ -408,6 +413,8 @@ def http_server(
     server.add_routes(OpenAIRoutes(context).routes())
     if ops is not None:
         server.add_routes(CollectionRoutes(ops).routes())
+    if senses is not None:
+        server.add_routes(SenseRoutes(senses).routes())
     tei = TEIRoutes(context, server).routes()
     server.add_routes(tei)
     dialect = tei[0].dialect

@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
@@ -35,7 +35,6 @@ from embedsense.server import engine as eng
 from embedsense.server import index as idx
 from embedsense.server.api.checks import (
     LONG_TEXT,
-    MAX_OCCURRENCES,
     POOLINGS,
     BadRequest,
     Limits,
@@ -55,6 +54,7 @@ from embedsense.server.api.checks import (
 )
 from embedsense.server.api.collection_ops import CollectionOps, NewDocument, Page
 from embedsense.server.api.observability import Metrics, new_request_id, request_id
+from embedsense.server.api.sense_ops import INVENTORIES_FEWER, INVENTORY_FEWER, SenseOps
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.batching import Priority
 from embedsense.server.engine import Embedding, Engine
@@ -62,7 +62,6 @@ from embedsense.server.explain import MAX_ATTENTION_VALUES, Explainer
 from embedsense.server.index import Document, IndexBackend
 from embedsense.server.index.threads import IndexThreads
 from embedsense.server.senses import errors as sense_errors
-from embedsense.server.senses.inventories import DEFAULT
 from embedsense.server.senses.senses import FoundOccurrence, Senses
 
 log = logging.getLogger(__name__)
@@ -202,6 +201,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         # The collection operations, shared with HTTP REST.
         self.ops = CollectionOps(engine, catalog, settings, self.index_threads)
         self.senses = Senses(engine, catalog, self.index_threads)
+        self.sense_ops = SenseOps(self.senses, self.ops, settings)  # shared with HTTP too
         self.explainer = explainer or Explainer(engine.model, engine.runner)
         self._streams = 0  # Upsert streams open now (one event loop: no lock needed)
         self.settings = settings
@@ -215,15 +215,6 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
 
     def _text(self, text: str, field: str = "text") -> str:
         return check_text(text, field, self.settings.max_text_chars)
-
-    def _check_examples(self, senses: Mapping[str, pb.SenseExamples], field: str) -> None:
-        """A word's examples are embedded together, in one engine call: each is a text the
-        model can take, and together they are what one request may send."""
-        for label, examples in senses.items():
-            for i, example in enumerate(examples.examples):
-                self._text(example, f"{field}[{label!r}].examples[{i}]")
-        if every := [e for examples in senses.values() for e in examples.examples]:
-            self._texts(every, f"{field} (every example)")
 
     async def _embed(
         self, texts: list[str], context: grpc.aio.ServicerContext, **options: Any
@@ -531,20 +522,13 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     async def Disambiguate(
         self, request: pb.DisambiguateRequest, context: Any
     ) -> pb.DisambiguateResponse:
-        self._check_examples(request.senses, "senses")
-        # The senses module calls the engine itself: the priority goes by the context.
-        with eng.priority_scope(priority_of(request.priority, Priority.QUERY)):
-            result = await self.senses.disambiguate(
-                self._text(request.text),
-                check_word(request.word),
-                span=span_of(request),
-                occurrence=request.occurrence,
-                senses={label: list(s.examples) for label, s in request.senses.items()},
-                inventory=request.inventory or None,
-                layers=list(request.layers) or None,
-                centre=not request.no_centring,
-                with_sentence=not request.word_only,
-            )
+        result = await self.sense_ops.disambiguate(
+            request.text, request.word, span=span_of(request), occurrence=request.occurrence,
+            senses={label: list(s.examples) for label, s in request.senses.items()},
+            inventory=request.inventory or None, layers=list(request.layers) or None,
+            centre=not request.no_centring, with_sentence=not request.word_only,
+            priority=priority_of(request.priority),
+        )  # fmt: skip
         order = sorted(result.probabilities, key=lambda label: -result.probabilities[label])
         return pb.DisambiguateResponse(
             label=result.label,
@@ -570,56 +554,44 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     async def CreateInventory(
         self, request: pb.CreateInventoryRequest, context: Any
     ) -> pb.InventoryInfo:
-        for word, entry in request.words.items():  # as Disambiguate's own senses
-            self._check_examples(entry.senses, f"words[{word!r}].senses")
         words = {word: {label: list(s.examples) for label, s in entry.senses.items()}
                  for word, entry in request.words.items()}  # fmt: skip
-        await self.index_threads.run(self.senses.inventories.create, request.name, words,
-                                     request.replace)  # fmt: skip
-        stored = await self.index_threads.run(self.senses.inventories.get, request.name)
+        stored = await self.sense_ops.create_inventory(request.name, words, request.replace)
         return self._inventory_reply(request.name, stored, False)
 
     @rpc
     async def ListInventories(
         self, request: pb.ListInventoriesRequest, context: Any
     ) -> pb.ListInventoriesResponse:
-        listed = await self.index_threads.run(self.senses.inventories.list)
+        listed = await self.sense_ops.inventories()
         reply = pb.ListInventoriesResponse(
             inventories=[self._inventory_reply(*entry) for entry in listed]
         )
-        return check_reply_size(reply, self.settings.max_message_bytes,
-                                "fewer or smaller inventories: delete one you no longer use",
+        return check_reply_size(reply, self.settings.max_message_bytes, INVENTORIES_FEWER,
                                 "each inventory carries every example")  # fmt: skip
 
     @rpc
     async def GetInventory(self, request: pb.InventoryRef, context: Any) -> pb.InventoryInfo:
-        stored = await self.index_threads.run(self.senses.inventories.get, request.name)
-        reply = self._inventory_reply(request.name, stored, request.name == DEFAULT)
-        return check_reply_size(reply, self.settings.max_message_bytes,
-                                "it from a server with a larger max_message_bytes",
+        reply = self._inventory_reply(*await self.sense_ops.inventory(request.name))
+        return check_reply_size(reply, self.settings.max_message_bytes, INVENTORY_FEWER,
                                 "the inventory carries every example")  # fmt: skip
 
     @rpc
     async def DeleteInventory(
         self, request: pb.InventoryRef, context: Any
     ) -> pb.DeleteInventoryResponse:
-        await self.index_threads.run(self.senses.inventories.delete, request.name)
+        await self.sense_ops.delete_inventory(request.name)
         return pb.DeleteInventoryResponse()
 
     @rpc
     async def SearchOccurrences(
         self, request: pb.SearchOccurrencesRequest, context: Any
     ) -> pb.SearchOccurrencesResponse:
-        await self._collection(request.collection)
-        with eng.priority_scope(priority_of(request.priority, Priority.QUERY)):
-            found, compared = await self.senses.search_occurrences(
-                request.collection,
-                self._text(request.text),
-                check_word(request.word),
-                span=span_of(request),
-                occurrence=request.occurrence,
-                k=min(k_of(request), MAX_OCCURRENCES),
-            )
+        found, compared = await self.sense_ops.search_occurrences(
+            request.collection, request.text, request.word, span=span_of(request),
+            occurrence=request.occurrence, k=k_of(request),
+            priority=priority_of(request.priority),
+        )  # fmt: skip
         reply = pb.SearchOccurrencesResponse(
             occurrences=[_occurrence_reply(o) for o in found], compared=compared
         )
@@ -630,11 +602,9 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     async def InduceSenses(
         self, request: pb.InduceSensesRequest, context: Any
     ) -> pb.InduceSensesResponse:
-        await self._collection(request.collection)
-        induced = await self.senses.induce_senses(
-            request.collection, check_word(request.word), k=request.k or None,
-            max_k=request.max_k or None,
-            central=min(request.central or 3, MAX_OCCURRENCES),
+        induced = await self.sense_ops.induce_senses(
+            request.collection, request.word, k=request.k or None,
+            max_k=request.max_k or None, central=request.central or 3,
         )  # fmt: skip
         reply = pb.InduceSensesResponse(
             senses=[pb.InducedSense(size=s.size, central=[_occurrence_reply(o) for o in s.central])
