@@ -747,6 +747,9 @@ def disambiguate_call(
     span: tuple[int, int] | None, inventory: str | None, layers: Sequence[int] | None,
     centre: bool, with_sentence: bool, priority_name: str | None = None,
 ) -> Call[Disambiguation]:  # fmt: skip
+    if senses is not None and not senses:  # on the wire, no senses: the inventory's
+        raise ValueError("senses: empty; give two senses or more, or leave senses out (None) "
+                         "for the inventory's")  # fmt: skip
     request = message(pb.DisambiguateRequest,
         text=text, word=word, occurrence=occurrence, senses=senses_message(senses or {}),
         inventory=inventory or "", layers=list(layers or ()), no_centring=not centre,

@@ -30,7 +30,7 @@ def word_spans(text: str, word: str) -> list[tuple[int, int]]:
     word that begins or ends with a letter or digit of a spaced script (Latin, Cyrillic...)
     is a whole word there: "apple" is not in "Pineapple" or "apples"."""
     if not word:
-        raise SpanError("word is empty")
+        raise SpanError("word is empty: give the word, or its characters as a span")
     spans, start = [], text.find(word)
     while start >= 0:
         end = start + len(word)
@@ -89,7 +89,8 @@ def find_word(text: str, word: str, occurrence: int = 0) -> tuple[int, int]:
         raise SpanError(f"word {word!r} does not occur in the text{_why_not(text, word)}")
     if occurrence >= len(spans):
         raise SpanError(
-            f"occurrence {occurrence} of {word!r} asked for, but the text has only {len(spans)}"
+            f"occurrence {occurrence} of {word!r} asked for, but the text has {len(spans)} "
+            f"(counted from 0: the last is occurrence {len(spans) - 1})"
         )
     return spans[occurrence]
 

@@ -143,6 +143,14 @@ def test_occurrences_and_induced_senses_give_the_grpc_answer(send, client, store
          "invalid_argument", "senses"),
         ("POST", "/v1/senses/disambiguate", {"text": "苹果", "wrod": "苹果"}, 422,
          "invalid_body", "wrod"),
+        # An empty senses object and an empty inventory name were the default inventory.
+        ("POST", "/v1/senses/disambiguate", {"text": "我喜欢吃苹果", "word": "苹果",
+                                             "senses": {}}, 400, "invalid_argument", "senses"),
+        ("POST", "/v1/senses/disambiguate", {"text": "我喜欢吃苹果", "word": "苹果",
+                                             "inventory": ""}, 400, "invalid_argument",
+         "inventory"),
+        ("POST", "/v1/senses/disambiguate", {"text": "我喜欢吃苹果"}, 400, "invalid_argument",
+         "word"),
         ("POST", "/v1/inventories", {"name": "default", "words": {"苹果": {"a": ["苹果"]}}},
          409, "already_exists", None),
         ("POST", "/v1/collections/absent/occurrences", {"text": "苹果", "word": "苹果"}, 404,
@@ -179,5 +187,10 @@ def test_the_openapi_document_describes_the_sense_routes(send):
     assert set(paths["/v1/inventories"]) == {"get", "post"}
     assert set(paths["/v1/inventories/{name}"]) == {"get", "delete"}
     assert {"/v1/collections/{name}/occurrences", "/v1/collections/{name}/senses"} <= set(paths)
-    schema = doc["components"]["schemas"]["DisambiguateRequest"]
+    schemas = doc["components"]["schemas"]
+    schema = schemas["DisambiguateRequest"]
     assert schema["required"] == ["text"] and schema["properties"]["text"]["minLength"] == 1
+    # The bounds in JSON Schema's words (pydantic's ge and le were written as they are).
+    for field in ("k", "max_k"):
+        bounded = schemas["InduceSensesRequest"]["properties"][field]["anyOf"][0]
+        assert (bounded["minimum"], bounded["maximum"]) == (1, 20) and "le" not in bounded

@@ -418,6 +418,9 @@ def test_the_sdk_names_a_label_word_or_example_of_the_wrong_kind(client):
             client.disambiguate(text, "苹果", senses)
     with pytest.raises(TypeError, match=r"words: the word 7 is an int; a word is a str"):
         client.create_inventory("typed", {7: {"a": fruit, "b": fruit}})
+    # No senses at all went on the wire as none given: judged against the default inventory.
+    with pytest.raises(ValueError, match="senses: empty; give two senses or more, or leave"):
+        client.disambiguate(text, "苹果", {})
 
 
 @pytest.fixture(scope="module")

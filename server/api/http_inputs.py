@@ -31,6 +31,14 @@ def _whole(value: Any) -> Any:
 # An integer field: JSON Schema's "integer" is any number with no fraction, 5.0 too.
 Whole = Annotated[int, BeforeValidator(_whole)]
 TokenId = Annotated[int, Field(ge=0)]
+
+
+def whole_within(low: int, high: int) -> Any:
+    """A Whole from `low` to `high`, for a field that may be null: bounds placed after the
+    validator come out in the schema as pydantic's ge and le, words JSON Schema lacks."""
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_whole)]
+
+
 INPUTS_EXPECTED = "a string, a list of strings, a list of token ids, or a list of such lists"
 
 

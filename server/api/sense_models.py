@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedsense.server.api.checks import MAX_OCCURRENCES
 from embedsense.server.api.collection_models import NAME_PATTERN, CollectionRequest
-from embedsense.server.api.http_inputs import Whole
+from embedsense.server.api.http_inputs import Whole, whole_within
 from embedsense.server.senses.method import MAX_SENSES
 
 WORD = (
@@ -148,14 +148,17 @@ class SearchOccurrencesResponse(BaseModel):
     compared: int = Field(description="How many of the word's occurrences were compared.")
 
 
+SenseCount = whole_within(1, MAX_SENSES)
+
+
 class InduceSensesRequest(CollectionRequest):
     model_config = ConfigDict(json_schema_extra={"examples": [{"word": "苹果", "max_k": 4}]})
     word: str = Field(examples=["苹果"])
-    k: Whole | None = Field(
-        None, ge=1, le=MAX_SENSES, description="How many senses; omitted: chosen by silhouette."
+    k: SenseCount | None = Field(
+        None, description="How many senses; omitted: chosen by silhouette."
     )
-    max_k: Whole | None = Field(
-        None, ge=1, le=MAX_SENSES, description="The most senses the silhouette may choose (6)."
+    max_k: SenseCount | None = Field(
+        None, description="The most senses the silhouette may choose (6)."
     )
     central: Whole = Field(
         3, ge=1, le=MAX_OCCURRENCES, description="The most central occurrences shown per sense."

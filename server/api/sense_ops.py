@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from embedsense.server import engine as eng
 from embedsense.server.api.checks import (
     MAX_OCCURRENCES,
+    BadRequest,
     Limits,
     check_text,
     check_texts,
@@ -17,7 +18,8 @@ from embedsense.server.api.checks import (
 from embedsense.server.api.collection_ops import CollectionOps
 from embedsense.server.api.settings import ServerSettings
 from embedsense.server.batching import Priority
-from embedsense.server.senses.inventories import DEFAULT
+from embedsense.server.senses.errors import SenseInputError
+from embedsense.server.senses.inventories import DEFAULT, check_name
 from embedsense.server.senses.senses import Disambiguation, FoundOccurrence, Induction, Senses
 
 # word -> sense label -> example sentences
@@ -61,6 +63,15 @@ class SenseOps:
         with_sentence: bool = True,
         priority: Priority | None = None,
     ) -> Disambiguation:
+        if senses is not None and not senses:  # not the inventory's, said without a word
+            raise BadRequest("senses: empty; give two senses or more, or leave senses out for "
+                             "the inventory's", "senses")  # fmt: skip
+        if inventory is not None:
+            try:
+                check_name(inventory)
+            except SenseInputError as err:  # a name no inventory has, "" too: not the default
+                raise BadRequest(str(err), "inventory") from None
+        _word_or_span(word, span)
         self.check_examples(senses or {}, "senses")
         # The senses module calls the engine itself: the priority goes by the context.
         with eng.priority_scope(_or_query(priority)):
@@ -105,6 +116,7 @@ class SenseOps:
     ) -> tuple[list[FoundOccurrence], int]:
         """The occurrences found, best first, and how many were compared."""
         await self.collections.collection(collection)
+        _word_or_span(word, span)
         with eng.priority_scope(_or_query(priority)):
             return await self.senses.search_occurrences(
                 collection, self._text(text), check_word(word), span=span,
@@ -119,6 +131,11 @@ class SenseOps:
         return await self.senses.induce_senses(
             collection, check_word(word), k=k, max_k=max_k, central=min(central, MAX_OCCURRENCES)
         )
+
+
+def _word_or_span(word: str, span: tuple[int, int] | None) -> None:
+    if not word and span is None:
+        raise BadRequest("word: empty; give the word, or its characters as a span", "word")
 
 
 def _or_query(priority: Priority | None) -> Priority:

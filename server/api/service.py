@@ -524,7 +524,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     ) -> pb.DisambiguateResponse:
         result = await self.sense_ops.disambiguate(
             request.text, request.word, span=span_of(request), occurrence=request.occurrence,
-            senses={label: list(s.examples) for label, s in request.senses.items()},
+            senses={label: list(s.examples) for label, s in request.senses.items()} or None,
             inventory=request.inventory or None, layers=list(request.layers) or None,
             centre=not request.no_centring, with_sentence=not request.word_only,
             priority=priority_of(request.priority),
