@@ -151,6 +151,10 @@ def test_occurrences_and_induced_senses_give_the_grpc_answer(send, client, store
          "inventory"),
         ("POST", "/v1/senses/disambiguate", {"text": "我喜欢吃苹果"}, 400, "invalid_argument",
          "word"),
+        # Its param was "senses (every example)".
+        ("POST", "/v1/senses/disambiguate", {"text": "我喜欢吃苹果", "word": "苹果",
+                                             "senses": {"a": ["苹果"] * 2049}}, 400,
+         "invalid_argument", "senses"),
         ("POST", "/v1/inventories", {"name": "default", "words": {"苹果": {"a": ["苹果"]}}},
          409, "already_exists", None),
         ("POST", "/v1/collections/absent/occurrences", {"text": "苹果", "word": "苹果"}, 404,

@@ -5,6 +5,7 @@ and the limit, which gRPC answers with INVALID_ARGUMENT and HTTP in each API's o
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -149,8 +150,9 @@ TEXT_PATTERN = rf"^[^{CONTROL_CLASS}]*[^\s{CONTROL_CLASS}][^{CONTROL_CLASS}]*$"
 
 
 def _param(field: str) -> str:
-    """The request field a check's field names: "input" for "input[3]"."""
-    return field.split("[", 1)[0].split(".", 1)[0]
+    """The request field a check's field names: "input" for "input[3]", "senses" for
+    "senses (every example)"."""
+    return re.split(r"[\[. ]", field, maxsplit=1)[0]
 
 
 def check_text(text: str, field: str, max_chars: int, embedded: bool = True) -> str:

@@ -30,8 +30,9 @@ PRIORITY_PARAMETER = {
     "schema": {"type": "string", "enum": [p.label for p in sorted(Priority, reverse=True)]},
     "description": "How soon the inputs are embedded when the server is busy: query (a "
     "lookup a person waits on), interactive, or bulk (a large job; refused with 429 before "
-    "it fills the queue the others need). Unset: interactive for a few inputs (at most "
-    "interactive_max_texts and interactive_max_tokens), else bulk.",
+    "it fills the queue the others need). Unset: query on search, disambiguate and "
+    "occurrences; bulk on upsert; on the embedding routes interactive for a few inputs (at "
+    "most interactive_max_texts and interactive_max_tokens), else bulk.",
 }
 # The files of Swagger UI the page loads, from the package's folder.
 ASSETS = {

@@ -49,7 +49,7 @@ class DisambiguateRequest(OccurrenceRequest):
     inventory: str | None = Field(
         None, description='A stored inventory (not with senses). Omitted: "default".'
     )
-    layers: list[int] | None = Field(
+    layers: list[Whole] | None = Field(
         None,
         description="Hidden states to average (0: the embeddings; negatives count from the "
         "end), each once. Omitted: the last layer.",
