@@ -42,7 +42,7 @@ def word_spans(text: str, word: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _why_not(text: str, word: str) -> str:
+def why_not(text: str, word: str) -> str:
     """Why a word that looks present is not found, where it is one of the common slips: the
     word is matched as written, whole where its script spaces words."""
     if word.strip() and word != word.strip() and word_spans(text, word.strip()):
@@ -86,7 +86,7 @@ def find_word(text: str, word: str, occurrence: int = 0) -> tuple[int, int]:
         raise SpanError(f"occurrence must be >= 0, got {occurrence}")
     spans = word_spans(text, word)
     if not spans:
-        raise SpanError(f"word {word!r} does not occur in the text{_why_not(text, word)}")
+        raise SpanError(f"word {word!r} does not occur in the text{why_not(text, word)}")
     if occurrence >= len(spans):
         raise SpanError(
             f"occurrence {occurrence} of {word!r} asked for, but the text has {len(spans)} "

@@ -174,6 +174,16 @@ def test_bad_requests_get_their_status_and_the_server_keeps_serving(
     assert send("GET", "/v1/inventories")[0] == 200
 
 
+def test_a_body_or_field_that_is_no_object_is_said_so_in_jsons_words(send):
+    # pydantic said "Input should be a valid dictionary or instance of DisambiguateRequest".
+    for body, said in (
+        ([], "body: must be a JSON object"),
+        ({"text": "苹果", "span": [0, 2]}, "span: must be a JSON object"),
+    ):
+        status, got = send("POST", "/v1/senses/disambiguate", body)
+        assert (status, got["error"]["message"]) == (422, said), got
+
+
 def test_a_collection_without_token_vectors_is_a_failed_precondition(send, client):
     client.create_collection("no-tokens")
     client.upsert("no-tokens", FRUIT)

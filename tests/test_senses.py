@@ -316,9 +316,14 @@ def test_sense_errors_name_the_offending_input(client):
     with pytest.raises(InvalidArgument, match="does not contain the word: '香蕉很甜'"):
         client.disambiguate("苹果很好", "苹果", {"a": ["香蕉很甜"], "b": ["苹果手机"]})
     # As a word, as the text's own is found: the example was embedded at "pineapple".
-    with pytest.raises(InvalidArgument, match="does not contain the word: 'a pineapple pie'"):
+    # ...and why, where it is one of the common slips, as for the text's own word.
+    with pytest.raises(InvalidArgument, match=r"does not contain the word as a whole word: it "
+                       r"is part of a longer word there \(.*\): 'a pineapple pie'"):  # fmt: skip
         pineapple = {"fruit": ["a pineapple pie"], "company": ["apple stock fell"]}
         client.disambiguate("an apple a day", "apple", pineapple)
+    with pytest.raises(InvalidArgument, match=r"with other capitals .*: 'Apple stock fell'"):
+        capitals = {"fruit": ["an apple pie"], "company": ["Apple stock fell"]}
+        client.disambiguate("an apple a day", "apple", capitals)
     with pytest.raises(InvalidArgument, match="at least two senses"):
         client.disambiguate("苹果很好", "苹果", {"a": ["苹果很甜"]})
     with pytest.raises(InvalidArgument, match="a sense needs a label"):  # as "" is

@@ -68,6 +68,9 @@ def _why(problem: Mapping[str, Any]) -> str:
     # pydantic's "Extra inputs are not permitted" does not say that the name is at fault.
     if problem["type"] == "extra_forbidden":
         return "unknown field (a misspelling?); the request's fields are in /openapi.json"
+    # pydantic's names the model's Python class ("a valid dictionary or instance of Span").
+    if problem["type"] in ("model_type", "dict_type"):
+        return "must be a JSON object"
     return problem["msg"]
 
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from importlib.resources import files
 
-from embedsense.model.spans import word_spans
+from embedsense.model.spans import why_not, word_spans
 from embedsense.server.index.backend import IndexBackend
 from embedsense.server.senses.errors import InventoryExists, InventoryNotFound, SenseInputError
 
@@ -48,8 +48,8 @@ def check_senses(word: str, senses: Mapping[str, Sequence[str]]) -> Senses:
         for example in examples:
             if not word_spans(example, word):  # as a word: "apple" is not in "pineapple"
                 raise SenseInputError(
-                    f"{word!r}: an example of sense {label!r} does not contain the word: "
-                    f"{example[:60]!r}"
+                    f"{word!r}: an example of sense {label!r} does not contain the word"
+                    f"{why_not(example, word)}: {example[:60]!r}"
                 )
         checked[label] = list(examples)
     return checked
