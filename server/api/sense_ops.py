@@ -71,12 +71,13 @@ class SenseOps:
                 check_name(inventory)
             except SenseInputError as err:  # a name no inventory has, "" too: not the default
                 raise BadRequest(str(err), "inventory") from None
-        _word_or_span(word, span)
         self.check_examples(senses or {}, "senses")
+        text = self._text(text)
+        _word_or_span(word, span)
         # The senses module calls the engine itself: the priority goes by the context.
         with eng.priority_scope(_or_query(priority)):
             return await self.senses.disambiguate(
-                self._text(text), check_word(word), span=span, occurrence=occurrence,
+                text, check_word(word), span=span, occurrence=occurrence,
                 senses=senses, inventory=inventory, layers=layers, centre=centre,
                 with_sentence=with_sentence,
             )  # fmt: skip
@@ -116,10 +117,11 @@ class SenseOps:
     ) -> tuple[list[FoundOccurrence], int]:
         """The occurrences found, best first, and how many were compared."""
         await self.collections.collection(collection)
+        text = self._text(text)
         _word_or_span(word, span)
         with eng.priority_scope(_or_query(priority)):
             return await self.senses.search_occurrences(
-                collection, self._text(text), check_word(word), span=span,
+                collection, text, check_word(word), span=span,
                 occurrence=occurrence, k=min(k, MAX_OCCURRENCES),
             )  # fmt: skip
 
