@@ -34,13 +34,16 @@ def client(running):
 def send(running):
     base = f"http://127.0.0.1:{running.server.http_port}"
 
-    def call(method: str, path: str, body: object = None) -> tuple[int, dict]:
+    def call(
+        method: str, path: str, body: object = None, headers: dict | None = None
+    ) -> tuple[int, dict]:
         request = urllib.request.Request(
             base + path,
             data=None if body is None else json.dumps(body).encode(),
             method=method,
-            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
-        )
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json",
+                     **(headers or {})},
+        )  # fmt: skip
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
                 return response.status, json.loads(response.read())
@@ -172,6 +175,27 @@ def test_bad_requests_get_their_status_and_the_server_keeps_serving(
     got_status, got = send(method, path, body)
     assert (got_status, got["error"]["code"], got["error"]["param"]) == (status, code, param), got
     assert send("GET", "/v1/inventories")[0] == 200
+
+
+def test_the_sense_calls_run_as_queries_unless_told_bulk_is_bulk(send, client, running, stored):
+    """Priority.BULK is 0: a default taken with `or` would make it a query."""
+    rows = running.server.engine.stats.rows_by_priority
+    calls = [
+        lambda h: send("POST", "/v1/senses/disambiguate",
+                       {"text": "我喜欢吃苹果", "word": "苹果"}, h),
+        lambda h: send("POST", f"/v1/collections/{stored}/occurrences",
+                       {"text": "我喜欢吃苹果", "word": "苹果"}, h),
+        lambda h: client.disambiguate("我喜欢吃苹果", "苹果", priority=h and "bulk"),
+        lambda h: client.search_occurrences(stored, "我喜欢吃苹果", "苹果",
+                                            priority=h and "bulk"),
+    ]  # fmt: skip
+    for i, call in enumerate(calls):
+        for headers, level in (({"X-Priority": "bulk"}, "bulk"), (None, "query")):
+            before = dict(rows)
+            answer = call(headers)
+            assert not isinstance(answer, tuple) or answer[0] == 200, answer
+            moved = {p for p in rows if rows[p] != before.get(p, 0)}
+            assert moved == {level}, (i, level, moved)
 
 
 def test_a_body_or_field_that_is_no_object_is_said_so_in_jsons_words(send):
