@@ -232,3 +232,11 @@ def test_the_openapi_document_describes_the_sense_routes(send):
     for field in ("k", "max_k"):
         bounded = schemas["InduceSensesRequest"]["properties"][field]["anyOf"][0]
         assert (bounded["minimum"], bounded["maximum"]) == (1, 20) and "le" not in bounded
+    # A word's senses as the server bounds them: two or more, each 1-64 examples, each a text.
+    senses = schemas["DisambiguateRequest"]["properties"]["senses"]["anyOf"][0]
+    by_word = schemas["CreateInventoryRequest"]["properties"]["words"]["additionalProperties"]
+    for bounded in (senses, by_word):
+        examples = bounded["additionalProperties"]
+        assert bounded["minProperties"] == 2, bounded
+        assert (examples["minItems"], examples["maxItems"]) == (1, 64)
+        assert examples["items"]["minLength"] == 1 and examples["items"]["maxLength"] == 100_000

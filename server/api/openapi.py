@@ -21,6 +21,7 @@ from embedsense.server.api.checks import PRIORITY_HEADER, TEXT_PATTERN, Limits
 from embedsense.server.api.cors import SAFE_METHODS
 from embedsense.server.api.http import HttpRoute, json_response, path_parameters
 from embedsense.server.batching import Priority
+from embedsense.server.senses.inventories import MAX_EXAMPLES_PER_SENSE
 
 REF = "#/components/schemas/{model}"
 PRIORITY_PARAMETER = {
@@ -198,10 +199,24 @@ def _with_limits(schemas: dict[str, Any], limits: Limits, dim: int) -> dict[str,
                 prop.update(maxItems=limits.max_texts)
                 if limit == "ids":
                     prop.update(minItems=1)
+            elif limit == "senses":  # one word's: label -> examples
+                _bound_senses(prop.get("anyOf", [prop])[0], limits)
+            elif limit == "words":  # an inventory's: word -> its senses
+                _bound_senses(prop["additionalProperties"], limits)
             elif limit is not None:
                 for branch in prop.get("anyOf", [prop]):
                     _bound(branch, limits)
     return schemas
+
+
+def _bound_senses(schema: dict[str, Any], limits: Limits) -> None:
+    """A word's senses as inventories.check_senses takes them: two or more, each 1 to
+    MAX_EXAMPLES_PER_SENSE examples, each a text (all of them together at most max_texts,
+    which no schema says)."""
+    schema.update(minProperties=2)
+    examples = schema["additionalProperties"]
+    examples.update(minItems=1, maxItems=MAX_EXAMPLES_PER_SENSE)
+    _bound(examples["items"], limits)
 
 
 def _bound(schema: dict[str, Any], limits: Limits) -> None:

@@ -45,7 +45,9 @@ class DisambiguateRequest(OccurrenceRequest):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"text": "我买了最新的苹果手机", "word": "苹果"}]}
     )
-    senses: dict[str, list[str]] | None = Field(None, description=SENSES)
+    senses: dict[str, list[str]] | None = Field(
+        None, description=SENSES, json_schema_extra={"x-limit": "senses"}
+    )
     inventory: str | None = Field(
         None, description='A stored inventory (not with senses). Omitted: "default".'
     )
@@ -106,6 +108,7 @@ class CreateInventoryRequest(CollectionRequest):
     )
     words: InventoryWords = Field(
         description="Word -> sense label -> example sentences.",
+        json_schema_extra={"x-limit": "words"},
         examples=[{"苹果": {"fruit": ["我喜欢吃苹果"], "company": ["苹果发布了新手机"]}}],
     )
     replace: bool = Field(False, description="Replace an inventory of that name (else 409).")
