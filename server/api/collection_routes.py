@@ -115,7 +115,7 @@ def _hit(hit: Hit, with_vectors: bool) -> m.Hit:
     )  # fmt: skip
 
 
-def _json_bytes(id_: str, text: str | None, metadata: dict | None, vector: Any) -> int:
+def json_item_bytes(id_: str, text: str | None, metadata: dict | None, vector: Any) -> int:
     """The bytes one hit or document takes in a JSON reply: at most, its metadata exactly
     (written on its own: usually a few fields, and it can be any JSON)."""
     return (JSON_ITEM_BYTES + json_string_bytes(id_) + json_string_bytes(text or "")
@@ -123,11 +123,12 @@ def _json_bytes(id_: str, text: str | None, metadata: dict | None, vector: Any) 
 
 
 def _hit_bytes(hit: Hit, with_vectors: bool) -> int:
-    return _json_bytes(hit.id, hit.text, hit.metadata, hit.vector if with_vectors else None)
+    return json_item_bytes(hit.id, hit.text, hit.metadata, hit.vector if with_vectors else None)
 
 
 def _stored_bytes(doc: Document, with_vectors: bool) -> int:
-    return _json_bytes(doc.id or "", doc.text, doc.metadata, doc.vector if with_vectors else None)
+    vector = doc.vector if with_vectors else None
+    return json_item_bytes(doc.id or "", doc.text, doc.metadata, vector)
 
 
 class CollectionRoutes:

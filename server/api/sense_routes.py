@@ -18,20 +18,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from embedsense.server.api import sense_models as m
 from embedsense.server.api.checks import check_json_reply_size, json_string_bytes
-from embedsense.server.api.collection_routes import WRITE_ERRORS, rest_route
+from embedsense.server.api.collection_routes import WRITE_ERRORS, json_item_bytes, rest_route
 from embedsense.server.api.http import HttpRoute
 from embedsense.server.api.sense_ops import INVENTORIES_FEWER, INVENTORY_FEWER, SenseOps
 from embedsense.server.engine import requested_priority
 from embedsense.server.senses.senses import Disambiguation, FoundOccurrence
 
 TAG = "Word senses"
-# The JSON of one occurrence besides its text and metadata: field names, span, score.
-JSON_OCCURRENCE_BYTES = 120
+# An occurrence's JSON beyond a hit's (collection_routes.json_item_bytes): its span object.
+JSON_SPAN_BYTES = 40
 
 
 def _span(start: int, end: int) -> m.SpanReply:
@@ -39,13 +38,12 @@ def _span(start: int, end: int) -> m.SpanReply:
 
 
 def _disambiguation(result: Disambiguation) -> m.DisambiguateResponse:
-    order = sorted(result.probabilities, key=lambda label: -result.probabilities[label])
     return m.DisambiguateResponse.model_construct(
         label=result.label,
         scores=[m.SenseScore.model_construct(label=label,
                                              probability=result.probabilities[label],
                                              similarity=result.similarities[label])
-                for label in order],
+                for label in result.best_first()],
         nearest=[m.SenseExample.model_construct(label=label, text=text, similarity=cos)
                  for label, text, cos in result.nearest],
         span=_span(result.occurrence.start, result.occurrence.end), layers=result.layers,
@@ -74,8 +72,7 @@ def _occurrence(o: FoundOccurrence) -> m.Occurrence:
 
 
 def _occurrence_bytes(o: FoundOccurrence) -> int:
-    return (JSON_OCCURRENCE_BYTES + json_string_bytes(o.id) + json_string_bytes(o.text)
-            + len(orjson.dumps(o.metadata or {})))  # fmt: skip
+    return json_item_bytes(o.id, o.text, o.metadata, None) + JSON_SPAN_BYTES
 
 
 class SenseRoutes:

@@ -529,11 +529,11 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
             centre=not request.no_centring, with_sentence=not request.word_only,
             priority=priority_of(request.priority),
         )  # fmt: skip
-        order = sorted(result.probabilities, key=lambda label: -result.probabilities[label])
         return pb.DisambiguateResponse(
             label=result.label,
             scores=[pb.SenseScore(label=label, probability=result.probabilities[label],
-                                  similarity=result.similarities[label]) for label in order],
+                                  similarity=result.similarities[label])
+                    for label in result.best_first()],
             nearest=[pb.SenseExample(label=label, text=text, similarity=cos)
                      for label, text, cos in result.nearest],
             span=pb.Span(start=result.occurrence.start, end=result.occurrence.end),

@@ -57,6 +57,10 @@ class Disambiguation:
     with_sentence: bool
     temperature: float = method.TEMPERATURE
 
+    def best_first(self) -> list[str]:
+        """The labels, most probable first (as both APIs list the scores)."""
+        return sorted(self.probabilities, key=lambda label: -self.probabilities[label])
+
 
 @dataclass
 class FoundOccurrence:
