@@ -30,19 +30,19 @@ def client(running):
         yield c
 
 
-@pytest.fixture(scope="module")
-def send(running):
-    base = f"http://127.0.0.1:{running.server.http_port}"
+def sender(port: int, key: str | None = KEY):
+    """A JSON call to the server's HTTP port on 127.0.0.1, with `key` (None: no key): its
+    status and JSON reply, errors included."""
 
     def call(
         method: str, path: str, body: object = None, headers: dict | None = None
     ) -> tuple[int, dict]:
         request = urllib.request.Request(
-            base + path,
+            f"http://127.0.0.1:{port}{path}",
             data=None if body is None else json.dumps(body).encode(),
             method=method,
-            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json",
-                     **(headers or {})},
+            headers={"Content-Type": "application/json",
+                     **({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})},
         )  # fmt: skip
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
@@ -51,6 +51,11 @@ def send(running):
             return err.code, json.loads(err.read())
 
     return call
+
+
+@pytest.fixture(scope="module")
+def send(running):
+    return sender(running.server.http_port)
 
 
 @pytest.fixture(scope="module")

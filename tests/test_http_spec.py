@@ -28,7 +28,8 @@ from embedsense.server.api.tei_models import EmbedRequest
 from embedsense.server.config import EngineConfig
 
 KEY = "spec-secret"
-OPERATIONS = 12 + 11 + 7  # the embedding routes and /metrics; the collections'; the senses'
+# The embedding routes and /metrics; the collections'; the senses'; the explanations'.
+OPERATIONS = 12 + 11 + 7 + 2
 MODEL = "multilingual-e5-small"
 TEXTS = ["我喜欢吃苹果", "我买了最新的苹果手机"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -123,6 +124,9 @@ def test_the_openapi_document_comes_from_the_request_models(base):
         "/v1/inventories/{name}",
         "/v1/collections/{name}/occurrences",
         "/v1/collections/{name}/senses",
+        # Explanations (tests/test_http_explain.py).
+        "/v1/explain",
+        "/v1/compare_layers",
     }
     schemas = doc["components"]["schemas"]
     # The model's own fields, with the server's limits written in.

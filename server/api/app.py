@@ -27,6 +27,8 @@ from embedsense.proto.v1 import embedsense_pb2 as pb
 from embedsense.proto.v1 import embedsense_pb2_grpc
 from embedsense.server.api.collection_ops import CollectionOps
 from embedsense.server.api.collection_routes import CollectionRoutes
+from embedsense.server.api.explain_ops import ExplainOps
+from embedsense.server.api.explain_routes import ExplainRoutes
 from embedsense.server.api.http import HttpContext, HttpServer
 from embedsense.server.api.interceptors import ApiKeyInterceptor, ApiKeys, DecodeGuard
 from embedsense.server.api.observability import Metrics
@@ -204,9 +206,8 @@ class EmbedSenseServer:
                 raise
         http_tls = None
         if s.http_port is not None:
-            self.http = http_server(
-                self.engine, s, self.metrics, api_keys, service.ops, service.sense_ops
-            )
+            self.http = http_server(self.engine, s, self.metrics, api_keys, service.ops,
+                                    service.sense_ops, service.explain_ops)  # fmt: skip
             http_tls = self.tls.ssl_context() if self.tls and not s.http_insecure else None
             if self.tls and not http_tls:
                 log.warning(
@@ -404,10 +405,12 @@ def http_server(
     keys: ApiKeys | None,
     ops: CollectionOps | None = None,
     senses: SenseOps | None = None,
+    explanations: ExplainOps | None = None,
 ) -> HttpServer:
     """The OpenAI and TEI routes over the same engine, limits, keys and metrics, the
-    collections' REST routes over `ops` (the gRPC service's), /metrics, and the OpenAPI
-    document and docs page generated from the routes."""
+    collections' REST routes over `ops` (the gRPC service's), the senses' and the
+    explanations' over `senses` and `explanations` (the service's too), /metrics, and the
+    OpenAPI document and docs page generated from the routes."""
     context = HttpContext(engine, settings, _status_name)
     server = HttpServer(context, metrics, keys)
     server.add_routes(OpenAIRoutes(context).routes())
@@ -415,6 +418,8 @@ def http_server(
         server.add_routes(CollectionRoutes(ops).routes())
     if senses is not None:
         server.add_routes(SenseRoutes(senses).routes())
+    if explanations is not None:
+        server.add_routes(ExplainRoutes(explanations).routes())
     tei = TEIRoutes(context, server).routes()
     server.add_routes(tei)
     dialect = tei[0].dialect

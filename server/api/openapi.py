@@ -75,7 +75,8 @@ def roles_text(default: str) -> str:
         f"Every HTTP route embeds (or tokenizes) its inputs as **{default}** texts unless the "
         "request says otherwise: e5 models prefix a query with 'query: ' and a document with "
         "'passage: ', and the two are embedded differently. Per request: `input_type` on "
-        "POST /v1/embeddings, `prompt_name` on the TEI routes ('query' or 'passage'). "
+        "POST /v1/embeddings, `prompt_name` on the TEI routes, `role` on /v1/explain and "
+        "/v1/compare_layers ('query' or 'passage'). "
         "Server-wide: `--default-prompt-name` (EMBEDSENSE_DEFAULT_PROMPT_NAME). Embed "
         "documents you store as 'passage' and the questions you search them with as 'query'."
     )

@@ -10,8 +10,7 @@
     POST   /v1/collections/{name}/senses            a word's senses, found by clustering
 
 Each handler only translates shapes: the work is sense_ops.py's, the same calls gRPC makes.
-Explanations (attention weights, layer comparisons) stay on gRPC, the SDK and the CLI: their
-replies are tensors, which JSON would make several times larger.
+Explanations have routes of their own (explain_routes.py).
 """
 
 from __future__ import annotations

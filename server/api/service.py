@@ -43,7 +43,6 @@ from embedsense.server.api.checks import (
     check_reply_size,
     check_text,
     check_texts,
-    check_word,
     choice,
     k_of,
     metadata_of,
@@ -53,6 +52,7 @@ from embedsense.server.api.checks import (
     span_of,
 )
 from embedsense.server.api.collection_ops import CollectionOps, NewDocument, Page
+from embedsense.server.api.explain_ops import ExplainOps
 from embedsense.server.api.observability import Metrics, new_request_id, request_id
 from embedsense.server.api.sense_ops import INVENTORIES_FEWER, INVENTORY_FEWER, SenseOps
 from embedsense.server.api.settings import ServerSettings
@@ -202,7 +202,8 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         self.ops = CollectionOps(engine, catalog, settings, self.index_threads)
         self.senses = Senses(engine, catalog, self.index_threads)
         self.sense_ops = SenseOps(self.senses, self.ops, settings)  # shared with HTTP too
-        self.explainer = explainer or Explainer(engine.model, engine.runner)
+        # The explanations, shared with HTTP too.
+        self.explain_ops = ExplainOps(explainer or Explainer(engine.model, engine.runner), settings)
         self._streams = 0  # Upsert streams open now (one event loop: no lock needed)
         self.settings = settings
         self.model_name = engine.model.spec.name
@@ -619,10 +620,9 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
 
     @rpc
     async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.ExplainResponse:
-        result = await self.explainer.in_turn(
-            "explain", self._text(request.text), check_word(request.word), span=span_of(request),
-            occurrence=request.occurrence, layers=list(request.layers) or None,
-            heads=list(request.heads) or None, role=role_of(request.role),
+        result = await self.explain_ops.explain(
+            request.text, request.word, span=span_of(request), occurrence=request.occurrence,
+            layers=request.layers, heads=request.heads, role=role_of(request.role),
             truncate=request.truncate, neuron=neuron_of(request),
             timeout=context.time_remaining(),
         )  # fmt: skip
@@ -649,11 +649,10 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     async def CompareLayers(
         self, request: pb.CompareLayersRequest, context: Any
     ) -> pb.CompareLayersResponse:
-        cosines, a, b = await self.explainer.in_turn(
-            "compare_layers", self._text(request.text_a, "text_a"),
-            self._text(request.text_b, "text_b"), check_word(request.word),
-            request.occurrence_a, request.occurrence_b, role=role_of(request.role),
-            truncate=request.truncate, timeout=context.time_remaining(),
+        cosines, a, b = await self.explain_ops.compare_layers(
+            request.text_a, request.text_b, request.word, request.occurrence_a,
+            request.occurrence_b, role=role_of(request.role), truncate=request.truncate,
+            timeout=context.time_remaining(),
         )  # fmt: skip
         return pb.CompareLayersResponse(
             cosines=cosines, span_a=pb.Span(start=a.start, end=a.end),
