@@ -15,7 +15,12 @@ import numpy as np
 
 
 class SpanError(ValueError):
-    """The word or span does not exist in the text as asked."""
+    """The word or span does not exist in the text as asked. `param`: which of them
+    ("word", "occurrence", "span") is at fault."""
+
+    def __init__(self, message: str, param: str = "word") -> None:
+        super().__init__(message)
+        self.param = param
 
 
 # Scripts written without spaces between words: a word of theirs may stand anywhere in a
@@ -83,14 +88,15 @@ def _spaced_letter(char: str) -> bool:
 def find_word(text: str, word: str, occurrence: int = 0) -> tuple[int, int]:
     """Character span [start, end) of the `occurrence`-th (0-based) appearance of `word`."""
     if occurrence < 0:
-        raise SpanError(f"occurrence must be >= 0, got {occurrence}")
+        raise SpanError(f"occurrence must be >= 0, got {occurrence}", "occurrence")
     spans = word_spans(text, word)
     if not spans:
         raise SpanError(f"word {word!r} does not occur in the text{why_not(text, word)}")
     if occurrence >= len(spans):
         raise SpanError(
             f"occurrence {occurrence} of {word!r} asked for, but the text has {len(spans)} "
-            f"(counted from 0: the last is occurrence {len(spans) - 1})"
+            f"(counted from 0: the last is occurrence {len(spans) - 1})",
+            "occurrence",
         )
     return spans[occurrence]
 
@@ -120,8 +126,8 @@ class TokenSpans:
 
     def indices(self, start: int, end: int) -> np.ndarray:
         if not 0 <= start < end:
-            raise SpanError(f"span [{start}, {end}) is empty or negative")
+            raise SpanError(f"span [{start}, {end}) is empty or negative", "span")
         hits = np.flatnonzero(self.from_text & (self.starts < end) & (self.ends > start))
         if not len(hits):
-            raise SpanError(f"no token covers characters [{start}, {end})")
+            raise SpanError(f"no token covers characters [{start}, {end})", "span")
         return hits

@@ -137,10 +137,10 @@ class Explainer:
         layer, head = neuron
         if not 1 <= layer <= self.num_layers:
             raise SenseInputError(f"neuron.layer {layer} does not exist: the model has layers "
-                                  f"1-{self.num_layers}")  # fmt: skip
+                                  f"1-{self.num_layers}", "neuron")  # fmt: skip
         if not 0 <= head < self.num_heads:
             raise SenseInputError(f"neuron.head {head} does not exist: the model has heads "
-                                  f"0-{self.num_heads - 1}")  # fmt: skip
+                                  f"0-{self.num_heads - 1}", "neuron")  # fmt: skip
         return layer, head
 
     def _neuron(self, qkv: torch.Tensor, layer: int, head: int, rows: list[int], T: int) -> Neuron:
@@ -157,14 +157,15 @@ class Explainer:
 
     def _tokenize(self, text: str, role: TextRole, truncate: bool, field: str) -> TokenizedText:
         if (blank := blank_problem(text)) is not None:
-            raise SenseInputError(f"{field}: {blank}")
+            raise SenseInputError(f"{field}: {blank}", field)
         try:
             (tokenized,) = self.model.tokenizer.encode_batch([text], role, truncate=truncate)
         except TextTooLongError as err:
             raise SenseInputError(
                 f"{field} is {err.n_tokens} tokens; the model takes {err.limit}: ask for "
                 'long_text="truncate" (the request\'s truncate=true) to explain its first '
-                "window, or send a shorter part of the text"
+                "window, or send a shorter part of the text",
+                field,
             ) from None
         return tokenized
 
@@ -176,7 +177,8 @@ class Explainer:
             if tokenized.truncated_tokens:
                 raise SenseInputError(
                     f"{field}: {target.word!r} at characters {target.start}-{target.end} lies "
-                    "past the truncated window: send the part of the text around it"
+                    "past the truncated window: send the part of the text around it",
+                    field,
                 ) from None
             raise
 
@@ -184,13 +186,14 @@ class Explainer:
         if not chosen:
             return list(range(base, count + base))
         last = count + base - 1
+        field = what + "s"
         for i, value in enumerate(chosen):
             if not base <= value <= last:
                 raise SenseInputError(
-                    f"{what} {value} does not exist: the model has {what}s {base}-{last}"
+                    f"{what} {value} does not exist: the model has {field} {base}-{last}", field
                 )
             if value in chosen[:i]:  # dropped, the reply's maps would not be the ones asked
-                raise SenseInputError(f"{what}s: {value} is named twice; name each once")
+                raise SenseInputError(f"{field}: {value} is named twice; name each once", field)
         return sorted(chosen)
 
     def explain(
@@ -214,7 +217,8 @@ class Explainer:
         (the word's queries, or every token's when there is no word)."""
         if occurrence and not (word or span):  # first: it is the request's own mistake
             raise SenseInputError(
-                f"occurrence {occurrence}: of which word? Give the word with it, or a span instead"
+                f"occurrence {occurrence}: of which word? Give the word with it, or a span instead",
+                "occurrence",
             )
         if neuron is not None:
             neuron = self._check_neuron(neuron)
@@ -227,7 +231,8 @@ class Explainer:
             raise SenseInputError(
                 f"{len(layer_list)} layers x {len(head_list)} heads x {T}x{T} tokens is {size} "
                 f"attention values; a response holds at most {MAX_ATTENTION_VALUES}: ask for "
-                "fewer layers or heads"
+                "fewer layers or heads",
+                "layers",
             )
         target = None
         target_tokens: list[int] = []
@@ -267,7 +272,9 @@ class Explainer:
     ) -> tuple[list[float], Occurrence, Occurrence]:
         """Cosine of the word's vector in the two texts at every hidden state, from the
         embedding output (0) to the last layer: where in the stack the contexts separate."""
-        a, b = locate(text_a, word, None, occurrence_a), locate(text_b, word, None, occurrence_b)
+        if not word:
+            raise SenseInputError("word: empty; name the word to compare in both texts", "word")
+        a, b = _located(text_a, word, occurrence_a, "a"), _located(text_b, word, occurrence_b, "b")
         tok_a = self._tokenize(text_a, role, truncate, "text_a")
         tok_b = self._tokenize(text_b, role, truncate, "text_b")
         rows_a = self._target_tokens(tok_a, a, "text_a")
@@ -279,6 +286,16 @@ class Explainer:
             vb = hidden[1, rows_b].float().mean(0)
             cosines.append(float(torch.nn.functional.cosine_similarity(va, vb, dim=0)))
         return cosines, a, b
+
+
+def _located(text: str, word: str, occurrence: int, side: str) -> Occurrence:
+    """The word's occurrence in text_a or text_b (`side`: "a" or "b"); an error says which
+    text, and names that text's occurrence field."""
+    try:
+        return locate(text, word, None, occurrence)
+    except SenseInputError as err:
+        param = f"occurrence_{side}" if err.param == "occurrence" else err.param
+        raise SenseInputError(f"text_{side}: {err}", param) from None
 
 
 def _top(weights: np.ndarray, n: int = TOP_TOKENS) -> list[tuple[int, float]]:

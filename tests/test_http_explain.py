@@ -135,14 +135,19 @@ def test_compare_layers_gives_the_grpc_answer(send, client):
 @pytest.mark.parametrize(
     ("path", "body", "status", "says", "param"),
     [
-        ("/v1/explain", {"text": TEXT, "layers": [13]}, 400, "layer 13 does not exist", None),
-        ("/v1/explain", {"text": TEXT, "heads": [1, 1]}, 400, "1 is named twice", None),
-        ("/v1/explain", {"text": TEXT, "occurrence": 1}, 400, "of which word?", None),
-        ("/v1/explain", {"text": TEXT, "word": "香蕉"}, 400, "香蕉", None),
+        ("/v1/explain", {"text": TEXT, "layers": [13]}, 400, "layer 13 does not exist",
+         "layers"),
+        ("/v1/explain", {"text": TEXT, "heads": [1, 1]}, 400, "1 is named twice", "heads"),
+        ("/v1/explain", {"text": TEXT, "occurrence": 1}, 400, "of which word?", "occurrence"),
+        ("/v1/explain", {"text": TEXT, "word": "香蕉"}, 400, "香蕉", "word"),
+        ("/v1/explain", {"text": TEXT, "word": "苹果", "occurrence": 1}, 400,
+         "counted from 0", "occurrence"),
+        ("/v1/explain", {"text": TEXT, "span": {"start": 8, "end": 20}}, 400,
+         "not within the text", "span"),
         ("/v1/explain", {"text": "   "}, 400, "text", "text"),
         ("/v1/explain", {"text": TEXT, "word": " "}, 400, "only whitespace", "word"),
         ("/v1/explain", {"text": TEXT, "neuron": {"layer": 99, "head": 0}}, 400,
-         "neuron.layer 99 does not exist", None),
+         "neuron.layer 99 does not exist", "neuron"),
         ("/v1/explain", {"text": TEXT, "neuron": {"layer": 0, "head": 0}}, 422, "layer",
          "neuron"),
         ("/v1/explain", {"text": TEXT, "role": "document"}, 422, "query", "role"),
@@ -150,8 +155,13 @@ def test_compare_layers_gives_the_grpc_answer(send, client):
         ("/v1/explain", {"text": TEXT, "encoding_format": "hex"}, 422, "base64",
          "encoding_format"),
         ("/v1/explain", {"text": TEXT, "layer": [1]}, 422, "layer", "layer"),
+        # Which text lacks the word, and which occurrence field is past its count.
         ("/v1/compare_layers", {"text_a": "苹果", "text_b": "香蕉", "word": "苹果"}, 400,
-         "香蕉", None),
+         "text_b: word '苹果' does not occur", "word"),
+        ("/v1/compare_layers", {"text_a": "苹果", "text_b": "苹果", "word": "苹果",
+                                "occurrence_a": 2}, 400, "text_a: occurrence 2", "occurrence_a"),
+        ("/v1/compare_layers", {"text_a": "苹果", "text_b": "苹果", "word": ""}, 400,
+         "name the word to compare", "word"),
         ("/v1/compare_layers", {"text_a": "苹果", "text_b": "苹果"}, 422, "word", "word"),
     ],
 )  # fmt: skip
@@ -159,9 +169,7 @@ def test_bad_requests_get_the_rest_dialects_errors(send, path, body, status, say
     got_status, got = send("POST", path, body)
     assert got_status == status, got
     error = got["error"]
-    assert says in error["message"]
-    if param is not None:
-        assert error["param"] == param
+    assert says in error["message"] and error["param"] == param
     assert send("POST", "/v1/compare_layers", {"text_a": "苹果", "text_b": "苹果很甜",
                                                "word": "苹果"})[0] == 200  # fmt: skip
 
@@ -171,6 +179,7 @@ def test_too_many_attention_values_ask_for_fewer_layers(send):
     status, got = send("POST", "/v1/explain", {"text": long})
     assert status == 400, got
     assert "ask for fewer layers or heads" in got["error"]["message"]
+    assert got["error"]["param"] == "layers"
 
 
 def test_a_key_is_needed(running):

@@ -140,8 +140,17 @@ def test_occurrences_and_induced_senses_give_the_grpc_answer(send, client, store
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "code", "param"),
     [
+        # The field at fault, where the senses logic finds the fault (it named none).
         ("POST", "/v1/senses/disambiguate", {"text": "我喜欢吃香蕉", "word": "苹果"}, 400,
-         "invalid_argument", None),
+         "invalid_argument", "word"),
+        ("POST", "/v1/senses/disambiguate", {"text": "我喜欢吃苹果", "word": "苹果",
+                                             "occurrence": 1}, 400, "invalid_argument",
+         "occurrence"),
+        ("POST", "/v1/senses/disambiguate", {"text": "我喜欢吃苹果",
+                                             "span": {"start": 4, "end": 9}}, 400,
+         "invalid_argument", "span"),
+        ("POST", "/v1/collections/fruit-and-firm/senses", {"word": "苹果", "k": 7}, 400,
+         "invalid_argument", "k"),
         ("POST", "/v1/senses/disambiguate", {"text": "我喜欢吃苹果", "word": "苹果",
                                              "inventory": "absent"}, 404, "not_found", None),
         ("POST", "/v1/senses/disambiguate", {"text": "", "word": "苹果"}, 400,
@@ -171,7 +180,7 @@ def test_occurrences_and_induced_senses_give_the_grpc_answer(send, client, store
         ("POST", "/v1/collections/fruit-and-firm/senses", {"word": "苹果", "k": 0}, 422,
          "invalid_body", "k"),
         ("POST", "/v1/collections/fruit-and-firm/senses", {"word": "香蕉"}, 400,
-         "invalid_argument", None),
+         "invalid_argument", "word"),
     ],
 )  # fmt: skip
 def test_bad_requests_get_their_status_and_the_server_keeps_serving(

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 class SenseInputError(ValueError):
-    """INVALID_ARGUMENT: the word is not in the text, a sense has no examples..."""
+    """INVALID_ARGUMENT: the word is not in the text, a sense has no examples...
+    `param`: the request field at fault, where one is (HTTP's error names it)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class NoTokenVectors(Exception):

@@ -189,7 +189,7 @@ class Senses:
         word = target.word
         if senses:
             if inventory:
-                raise SenseInputError("give senses or an inventory, not both")
+                raise SenseInputError("give senses or an inventory, not both", "inventory")
             examples = check_senses(word, senses)
         elif inventory and inventory != DEFAULT:  # stored in the index: maybe a round trip
             examples = await self.index_threads.run(self.inventories.senses, inventory, word)
@@ -246,7 +246,8 @@ class Senses:
                 raise SenseInputError(
                     f"no token covers {word!r} where it occurs in collection "
                     f"{collection.name!r} ({found.uncovered} place{'s' * (found.uncovered > 1)}): "
-                    "the tokenizer keeps none for whitespace alone"
+                    "the tokenizer keeps none for whitespace alone",
+                    "word",
                 )
             return None
         contexts = np.concatenate(found.contexts) if with_sentences else None
@@ -296,28 +297,34 @@ class Senses:
         them, or as many as the silhouette chooses among 2..max_k (6 unless given)."""
         collection = await self.index_threads.run(self.catalog.get, collection_name)
         if not word:
-            raise SenseInputError("word: empty")
+            raise SenseInputError("word: empty", "word")
         if k is not None and max_k is not None and k > max_k:  # one would be dropped unsaid
             # k within max_k agrees with it: the SDK sent max_k=6 beside every k until 2026-12.
             raise SenseInputError(
                 f"k={k} and max_k={max_k}: k names the senses' number, max_k bounds the "
-                "silhouette's choice of it; give one, or a k within max_k"
+                "silhouette's choice of it; give one, or a k within max_k",
+                "k",
             )
         max_k = DEFAULT_MAX_K if max_k is None else max_k
         for name, value in (("k", k), ("max_k", max_k)):
             if value is not None and not 1 <= value <= method.MAX_SENSES:
-                raise SenseInputError(f"{name}: {value}; a word has 1-{method.MAX_SENSES} senses")
+                raise SenseInputError(
+                    f"{name}: {value}; a word has 1-{method.MAX_SENSES} senses", name
+                )
         async with self._slots:
             # The word's vectors alone: adding the sentence's did not help clustering (README).
             found = await self._stored_occurrences(collection, word, with_sentences=False)
             if found is None:
-                raise SenseInputError(f"{word!r} does not occur in collection {collection_name!r}")
+                raise SenseInputError(
+                    f"{word!r} does not occur in collection {collection_name!r}", "word"
+                )
             items, words = found.items, found.words
             if k is not None and k > len(items):  # it was cut to their number, in silence
                 raise SenseInputError(
                     f"k: {k} senses of {len(items)} occurrences of {word!r} in "
                     f"{collection_name!r}; at most {len(items)}, or no k to let the silhouette "
-                    "choose"
+                    "choose",
+                    "k",
                 )
             clustering = await self._in_pool(lambda stop: method.induce(words, k, max_k, stop=stop))
         senses = []

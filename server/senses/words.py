@@ -52,25 +52,29 @@ def locate(
         if occurrence:  # one would be dropped unsaid
             raise SenseInputError(
                 f"span and occurrence ({list(span)}, {occurrence}): each names the occurrence; "
-                "give one"
+                "give one",
+                "span",
             )
         start, end = span
         if start >= end:
             raise SenseInputError(
                 f"span [{start}, {end}) is empty: a span's end comes after its start "
-                "(characters start to end-1)"
+                "(characters start to end-1)",
+                "span",
             )
         if not 0 <= start < end <= len(text):
             raise SenseInputError(
-                f"span [{start}, {end}) is not within the text's {len(text)} characters"
+                f"span [{start}, {end}) is not within the text's {len(text)} characters", "span"
             )
         if word and text[start:end] != word:
-            raise SenseInputError(f"span [{start}, {end}) is {text[start:end]!r}, not {word!r}")
+            raise SenseInputError(
+                f"span [{start}, {end}) is {text[start:end]!r}, not {word!r}", "span"
+            )
         return Occurrence(text, start, end)
     try:
         start, end = find_word(text, word, occurrence)
     except SpanError as err:
-        raise SenseInputError(f"{err} (text: {text[:40]!r})") from None
+        raise SenseInputError(f"{err} (text: {text[:40]!r})", err.param) from None
     return Occurrence(text, start, end)
 
 
