@@ -570,6 +570,17 @@ def test_induce_senses_splits_fruit_from_company(client, apples):
             client.induce_senses(apples, "苹果", **bound)
 
 
+def test_more_occurrences_than_a_reply_holds_are_refused_not_cut(client, apples):
+    """k past 1,000 occurrences, or central past 1,000 per sense, is INVALID_ARGUMENT, as a
+    search's k past its bound is (and HTTP's 422): gRPC answered 1,000 without a word."""
+    with pytest.raises(InvalidArgument, match="k must be within 1-1,000, got 1001"):
+        client.search_occurrences(apples, "我喜欢吃苹果", "苹果", k=1001)
+    with pytest.raises(InvalidArgument, match="central must be within 1-1,000, got 5000"):
+        client.induce_senses(apples, "苹果", central=5000)
+    assert len(client.search_occurrences(apples, "我喜欢吃苹果", "苹果", k=1000)) == 14
+    assert client.induce_senses(apples, "苹果", k=2, central=1000).occurrences == 14
+
+
 # A document that holds its word 1,500 times in ~6,000 tokens (windows of the model's 512).
 LONG = "苹果很甜。" * 1500
 

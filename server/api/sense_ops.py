@@ -116,23 +116,32 @@ class SenseOps:
         priority: Priority | None = None,
     ) -> tuple[list[FoundOccurrence], int]:
         """The occurrences found, best first, and how many were compared."""
+        _within_occurrences(k, "k")
         await self.collections.collection(collection)
         text = self._text(text)
         _word_or_span(word, span)
         with eng.priority_scope(_or_query(priority)):
             return await self.senses.search_occurrences(
                 collection, text, check_word(word), span=span,
-                occurrence=occurrence, k=min(k, MAX_OCCURRENCES),
+                occurrence=occurrence, k=k,
             )  # fmt: skip
 
     async def induce_senses(
         self, collection: str, word: str, k: int | None = None, max_k: int | None = None,
         central: int = 3,
     ) -> Induction:  # fmt: skip
+        _within_occurrences(central, "central")
         await self.collections.collection(collection)
         return await self.senses.induce_senses(
-            collection, check_word(word), k=k, max_k=max_k, central=min(central, MAX_OCCURRENCES)
+            collection, check_word(word), k=k, max_k=max_k, central=central
         )
+
+
+def _within_occurrences(count: int, field: str) -> None:
+    """A number of occurrences to answer: refused past MAX_OCCURRENCES, as search refuses a k
+    past its bound, rather than answered with fewer than asked."""
+    if not 1 <= count <= MAX_OCCURRENCES:
+        raise BadRequest(f"{field} must be within 1-{MAX_OCCURRENCES:,}, got {count}", field)
 
 
 def _word_or_span(word: str, span: tuple[int, int] | None) -> None:
