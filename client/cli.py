@@ -1108,7 +1108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f" (is a server running at {', '.join(args.target)}? --target or "
                 "$EMBEDSENSE_TARGET names another)"
             )
-        return fail(message.replace(" (the request's truncate=true)", ""), SERVER_ERROR)
+        return fail(message.replace(" (gRPC: truncate=true)", ""), SERVER_ERROR)
     except Conflict as err:
         return fail(str(err), SERVER_ERROR)
     except OSError as err:  # a file named on the command line (an --html to write, a PEM)

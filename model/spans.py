@@ -18,7 +18,7 @@ class SpanError(ValueError):
     """The word or span does not exist in the text as asked. `param`: which of them
     ("word", "occurrence", "span") is at fault."""
 
-    def __init__(self, message: str, param: str = "word") -> None:
+    def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
 
@@ -29,13 +29,21 @@ UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "THAI", "LAO", "KHM
                     "TIBETAN", "IDEOGRAPHIC")  # fmt: skip
 
 
+def shown(word: str, limit: int = 40) -> str:
+    """`word` quoted for a message, its first `limit` characters when it is longer: an error
+    about a word sent by mistake (a whole document, say) should not send it back whole."""
+    if len(word) <= limit:
+        return repr(word)
+    return f"{word[:limit]!r}... ({len(word):,} characters)"
+
+
 def word_spans(text: str, word: str) -> list[tuple[int, int]]:
     """Character spans [start, end) of every appearance of `word`, left to right, not
     overlapping (哈哈 twice in 哈哈哈哈): the one rule by which occurrences are numbered. A
     word that begins or ends with a letter or digit of a spaced script (Latin, Cyrillic...)
     is a whole word there: "apple" is not in "Pineapple" or "apples"."""
     if not word:
-        raise SpanError("word is empty: give the word, or its characters as a span")
+        raise SpanError("word is empty: give the word, or its characters as a span", "word")
     spans, start = [], text.find(word)
     while start >= 0:
         end = start + len(word)
@@ -91,10 +99,12 @@ def find_word(text: str, word: str, occurrence: int = 0) -> tuple[int, int]:
         raise SpanError(f"occurrence must be >= 0, got {occurrence}", "occurrence")
     spans = word_spans(text, word)
     if not spans:
-        raise SpanError(f"word {word!r} does not occur in the text{why_not(text, word)}")
+        raise SpanError(
+            f"word {shown(word)} does not occur in the text{why_not(text, word)}", "word"
+        )
     if occurrence >= len(spans):
         raise SpanError(
-            f"occurrence {occurrence} of {word!r} asked for, but the text has {len(spans)} "
+            f"occurrence {occurrence} of {shown(word)} asked for, but the text has {len(spans)} "
             f"(counted from 0: the last is occurrence {len(spans) - 1})",
             "occurrence",
         )

@@ -163,8 +163,8 @@ class Explainer:
         except TextTooLongError as err:
             raise SenseInputError(
                 f"{field} is {err.n_tokens} tokens; the model takes {err.limit}: ask for "
-                'long_text="truncate" (the request\'s truncate=true) to explain its first '
-                "window, or send a shorter part of the text",
+                'long_text="truncate" (gRPC: truncate=true) to explain its first window, or '
+                "send a shorter part of the text",
                 field,
             ) from None
         return tokenized
@@ -175,12 +175,19 @@ class Explainer:
             return tokenized.token_indices(target.start, target.end)
         except SpanError:
             if tokenized.truncated_tokens:
+                window = max(end for (_, end), ours in zip(tokenized.offsets, tokenized.from_text,
+                                                           strict=True) if ours)  # fmt: skip
                 raise SenseInputError(
                     f"{field}: {target.word!r} at characters {target.start}-{target.end} lies "
-                    "past the truncated window: send the part of the text around it",
+                    f"past the truncated window, which ends at character {window}: send the "
+                    "part of the text around it",
                     field,
                 ) from None
-            raise
+            raise SenseInputError(
+                f"{field}: no token covers {target.word!r} at characters "
+                f"{target.start}-{target.end} (the tokenizer keeps none for some characters)",
+                field,
+            ) from None
 
     def _select(self, chosen: Sequence[int] | None, count: int, what: str, base: int) -> list[int]:
         if not chosen:
@@ -228,17 +235,20 @@ class Explainer:
         T = len(tokenized)
         size = len(layer_list) * len(head_list) * T * T
         if size > MAX_ATTENTION_VALUES:
+            fit = MAX_ATTENTION_VALUES // (T * T)  # maps of T x T: layers x heads
+            fits = f" ({fit} maps of {T}x{T} fit: {_layers_heads(fit, self.num_heads)})"
             raise SenseInputError(
                 f"{len(layer_list)} layers x {len(head_list)} heads x {T}x{T} tokens is {size} "
                 f"attention values; a response holds at most {MAX_ATTENTION_VALUES}: ask for "
-                "fewer layers or heads",
+                f"fewer layers or heads{fits if fit else ''}",
                 "layers",
             )
         target = None
         target_tokens: list[int] = []
         if word or span:
             target = locate(text, word, span, occurrence)
-            target_tokens = self._target_tokens(tokenized, target, "word")
+            field = "word" if span is None else "span"
+            target_tokens = self._target_tokens(tokenized, target, field)
         qkv_of = neuron[0] - 1 if neuron is not None else None
         out = self._forward([tokenized], attentions=True, qkv_of=qkv_of, timeout=timeout)
         found = None
@@ -286,6 +296,15 @@ class Explainer:
             vb = hidden[1, rows_b].float().mean(0)
             cosines.append(float(torch.nn.functional.cosine_similarity(va, vb, dim=0)))
         return cosines, a, b
+
+
+def _layers_heads(maps: int, num_heads: int) -> str:
+    """A choice of at most `maps` layer-head maps, in words: "1 layer x 3 heads", "2 layers x
+    12 heads"."""
+    if maps < num_heads:
+        return f"1 layer x {maps} head{'s' * (maps != 1)}"
+    layers = maps // num_heads
+    return f"{layers} layer{'s' * (layers != 1)} x {num_heads} heads"
 
 
 def _located(text: str, word: str, occurrence: int, side: str) -> Occurrence:

@@ -107,13 +107,26 @@ def test_a_long_text_is_refused_unless_truncated(send, client):
     status, got = send("POST", "/v1/explain", {"text": long, "word": "苹果", "layers": [12],
                                                 "heads": [0]})  # fmt: skip
     assert status == 400, got
+    # HTTP's field is long_text, as the SDK's argument; gRPC's is truncate, and it says so.
     assert "tokens; the model takes" in got["error"]["message"]
+    assert 'long_text="truncate" (gRPC: truncate=true)' in got["error"]["message"]
+    assert got["error"]["param"] == "text"
     body = {"text": long, "word": "苹果", "layers": [12], "heads": [0], "long_text": "truncate"}
     status, got = send("POST", "/v1/explain", body)
     assert status == 200, got
     grpc = client.explain(long, "苹果", layers=[12], heads=[0], long_text="truncate")
     assert_same_explanation(got, grpc)
     assert got["truncated_tokens"] > 0
+    # A span past the window is the span's fault, and the error says where the window ends.
+    end = len(long)
+    past = {"start": end, "end": end + 2}
+    status, got = send("POST", "/v1/explain", {"text": long + "香蕉", "layers": [12],
+                                                "heads": [0], "long_text": "truncate",
+                                                "span": past})  # fmt: skip
+    assert status == 400 and got["error"]["param"] == "span", got
+    window = max(e for (_, e), ours in zip(grpc.tokens.offsets, grpc.tokens.from_text,
+                                           strict=True) if ours)  # fmt: skip
+    assert f"the truncated window, which ends at character {window}:" in got["error"]["message"]
 
 
 def test_compare_layers_gives_the_grpc_answer(send, client):
@@ -155,6 +168,13 @@ def test_compare_layers_gives_the_grpc_answer(send, client):
         ("/v1/explain", {"text": TEXT, "encoding_format": "hex"}, 422, "base64",
          "encoding_format"),
         ("/v1/explain", {"text": TEXT, "layer": [1]}, 422, "layer", "layer"),
+        # No layers at all is no map to draw (omitted is all of them).
+        ("/v1/explain", {"text": TEXT, "layers": []}, 422, "at least 1", "layers"),
+        ("/v1/explain", {"text": TEXT, "heads": []}, 422, "at least 1", "heads"),
+        ("/v1/explain", {"text": TEXT, "layers": [0]}, 422, "greater than or equal to 1",
+         "layers"),
+        ("/v1/explain", {"text": TEXT, "heads": [-1]}, 422, "greater than or equal to 0",
+         "heads"),
         # Which text lacks the word, and which occurrence field is past its count.
         ("/v1/compare_layers", {"text_a": "苹果", "text_b": "香蕉", "word": "苹果"}, 400,
          "text_b: word '苹果' does not occur", "word"),
@@ -180,6 +200,22 @@ def test_too_many_attention_values_ask_for_fewer_layers(send):
     assert status == 400, got
     assert "ask for fewer layers or heads" in got["error"]["message"]
     assert got["error"]["param"] == "layers"
+    # What would fit: 206 tokens' maps are 42,436 values, so 23 of them.
+    assert "(23 maps of 206x206 fit: 1 layer x 12 heads)" in got["error"]["message"], got
+    status, got = send("POST", "/v1/explain", {"text": long, "layers": [5], "heads": [0, 1]})
+    assert status == 200 and len(got["layers"]) * len(got["heads"]) == 2
+
+
+def test_a_word_sent_by_mistake_is_not_sent_back_whole(send):
+    word = "苹" * 100_000  # a document pasted into the word field
+    for path, body in (
+        ("/v1/explain", {"text": TEXT, "word": word}),
+        ("/v1/compare_layers", {"text_a": TEXT, "text_b": TEXT, "word": word}),
+    ):
+        status, got = send("POST", path, body)
+        assert status == 400 and got["error"]["param"] == "word", got
+        assert "(100,000 characters)" in got["error"]["message"]
+        assert len(got["error"]["message"]) < 400
 
 
 def test_a_key_is_needed(running):
@@ -189,8 +225,8 @@ def test_a_key_is_needed(running):
 
 
 def test_a_servers_settings_hold_an_explanations_size_and_default_role(e5, tmp_path):
-    server = ServerThread(e5, tmp_path, http_port=0, max_message_bytes=1024 * 1024,
-                          default_prompt_name="passage")  # fmt: skip
+    server = ServerThread(e5, tmp_path, http_port=0, max_message_bytes=2 * 1024 * 1024,
+                          default_prompt_name="passage", auto_truncate=True)  # fmt: skip
     try:
         send = sender(server.server.http_port, key=None)
         with Client(server.target) as client:
@@ -204,7 +240,17 @@ def test_a_servers_settings_hold_an_explanations_size_and_default_role(e5, tmp_p
             assert status == 200 and default == asked != query, path
         status, got = send("POST", "/v1/explain", {"text": TEXT, "layers": [1]})
         assert got["tokens"]["tokens"] == passage and passage[1].startswith("▁passage")
-        text = "苹果" * 20  # 26 tokens: 12 x 12 maps of 26 x 26, over 1 MiB as numbers
+        # --auto-truncate cuts a long text the request says nothing of, as on every route.
+        long = "苹果" + "很好吃，" * 300
+        for path, body in (("/v1/explain", {"text": long, "word": "苹果", "layers": [1],
+                                            "heads": [0], "encoding_format": "base64"}),
+                           ("/v1/compare_layers", {"text_a": long, "text_b": TEXT,
+                                                   "word": "苹果"})):  # fmt: skip
+            status, got = send("POST", path, body)
+            assert status == 200, got
+            status, got = send("POST", path, {**body, "long_text": "error"})
+            assert status == 400 and "the model takes" in got["error"]["message"], got
+        text = "苹果" * 30  # 35 tokens: 12 x 12 maps of 35 x 35, over 2 MiB as numbers
         status, got = send("POST", "/v1/explain", {"text": text})
         assert status == 413, got
         assert "max_message_bytes" in got["error"]["message"]
@@ -225,3 +271,20 @@ def test_the_routes_are_in_the_openapi_document(send):
         assert "requestBody" in operation and "200" in operation["responses"]
     schema = document["components"]["schemas"]["ExplainRequest"]["properties"]
     assert schema["encoding_format"]["enum"] == ["float", "base64"]
+
+
+def test_the_reply_limit_is_checked_against_a_bound_of_the_json_written(running):
+    """The check's estimate came below the JSON written (86,626 bytes against 55,659 for
+    a short text in base64): it left out focus and the lists' brackets, so a reply over
+    max_message_bytes could be sent."""
+    from embedsense.server.api.explain_routes import _explanation, reply_bytes_at_most
+    from embedsense.server.api.http import encode_reply
+
+    explainer = running.server.explainer
+    for result in (explainer.explain(TEXT, "苹果"), explainer.explain("苹果很甜"),
+                   explainer.explain("苹果" * 40, "苹果", layers=[2], neuron=(2, 3)),
+                   explainer.explain("I like apples 🍎", "apples", heads=[0])):  # fmt: skip
+        for encoding in ("float", "base64"):
+            written = len(encode_reply(_explanation(result, encoding)))
+            bound = reply_bytes_at_most(result, encoding)
+            assert written <= bound < 2 * written, (encoding, written, bound)

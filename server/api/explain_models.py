@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedsense.server.api.collection_models import CollectionRequest
-from embedsense.server.api.http_inputs import Whole
+from embedsense.server.api.http_inputs import Whole, whole_within
 from embedsense.server.api.sense_models import OccurrenceRequest, SpanReply
 
 ROLE = (
@@ -18,13 +18,18 @@ ROLE = (
 )
 LONG_TEXT = (
     'A text longer than the model takes: "error" (400) or "truncate" (its first window is '
-    "explained; a word past it is still an error)."
+    "explained; a word past it is still an error). Omitted: the server's --auto-truncate "
+    '("error" unless set).'
 )
 ENCODING = (
     '"float": the tensors as nested lists of numbers; "base64": each as base64 of its '
     "little-endian float32 values, row-major, in the shape the field names (about half the "
     "size)."
 )
+
+
+LayerNumber = whole_within(1)  # 1-based; the model's count is checked by the explainer
+HeadNumber = whole_within(0)  # 0-based
 
 
 class NeuronRequest(CollectionRequest):
@@ -36,14 +41,20 @@ class ExplainRequest(OccurrenceRequest):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "text": "我买了最新的苹果手机", "word": "苹果", "layers": [12], "heads": [0, 1],
     }]})  # fmt: skip
-    layers: list[Whole] | None = Field(
-        None, description="The layers to map (1-based), each once. Omitted: all."
+    layers: list[LayerNumber] | None = Field(
+        None,
+        min_length=1,
+        description="The layers to map (1-based), each once; the reply has them in ascending "
+        "order. Omitted: all.",
     )
-    heads: list[Whole] | None = Field(
-        None, description="The heads to map (0-based), each once. Omitted: all."
+    heads: list[HeadNumber] | None = Field(
+        None,
+        min_length=1,
+        description="The heads to map (0-based), each once; the reply has them in ascending "
+        "order. Omitted: all.",
     )
     role: Literal["query", "passage"] | None = Field(None, description=ROLE)
-    long_text: Literal["error", "truncate"] = Field("error", description=LONG_TEXT)
+    long_text: Literal["error", "truncate"] | None = Field(None, description=LONG_TEXT)
     neuron: NeuronRequest | None = Field(
         None,
         description="One head whose query vectors (the word's tokens', or every token's "
@@ -56,7 +67,9 @@ class Tokens(BaseModel):
     tokens: list[str]
     ids: list[int]
     offsets: list[tuple[int, int]] = Field(
-        description="Each token's characters in the text, [start, end); [0, 0] for specials."
+        description="Each token's characters in the text, [start, end), counted in Unicode "
+        "code points (in JavaScript, index Array.from(text), not the string's UTF-16 units); "
+        "[0, 0] for specials."
     )
     from_text: list[bool] = Field(description="False for specials and the model's prefix.")
 
@@ -85,13 +98,15 @@ class Neuron(BaseModel):
 
 class ExplainResponse(BaseModel):
     tokens: Tokens
-    layers: list[int] = Field(description="1-based, in the order of attentions.")
-    heads: list[int] = Field(description="0-based, in the order of attentions.")
+    layers: list[int] = Field(description="1-based, ascending: the order of attentions.")
+    heads: list[int] = Field(description="0-based, ascending: the order of attentions.")
     attentions: list[list[list[list[float]]]] | str = Field(
         description="(len(layers), len(heads), T, T), T = len(tokens.tokens): row i is what "
         "token i attends to; each row sums to 1."
     )
-    span: SpanReply | None = Field(description="The word's characters; null without one.")
+    span: SpanReply | None = Field(
+        description="The word's characters (Unicode code points, as offsets); null without one."
+    )
     target_tokens: list[int] = Field(description="The tokens that cover the word.")
     focus: list[Focus] = Field(
         description="With a word, per layer: the mean over the heads, then each head."
@@ -110,11 +125,14 @@ class CompareLayersRequest(CollectionRequest):
     }]})  # fmt: skip
     text_a: str = Field(json_schema_extra={"x-limit": "inputs"})
     text_b: str = Field(json_schema_extra={"x-limit": "inputs"})
-    word: str = Field(description="Found as a whole word in both texts.")
+    word: str = Field(
+        description="Found in both texts as written: a whole word where the script spaces its "
+        "words, anywhere in a run of Chinese or Japanese."
+    )
     occurrence_a: Whole = Field(0, ge=0, description="Which appearance in text_a (0: the first).")
     occurrence_b: Whole = Field(0, ge=0, description="Which appearance in text_b.")
     role: Literal["query", "passage"] | None = Field(None, description=ROLE)
-    long_text: Literal["error", "truncate"] = Field("error", description=LONG_TEXT)
+    long_text: Literal["error", "truncate"] | None = Field(None, description=LONG_TEXT)
 
 
 class LayerComparison(BaseModel):

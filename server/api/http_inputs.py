@@ -33,9 +33,10 @@ Whole = Annotated[int, BeforeValidator(_whole)]
 TokenId = Annotated[int, Field(ge=0)]
 
 
-def whole_within(low: int, high: int) -> Any:
-    """A Whole from `low` to `high`, for a field that may be null: bounds placed after the
-    validator come out in the schema as pydantic's ge and le, words JSON Schema lacks."""
+def whole_within(low: int, high: int | None = None) -> Any:
+    """A Whole from `low` to `high` (None: no top), for a field that may be null or a list's
+    item: bounds placed after the validator come out in the schema as pydantic's ge and le,
+    words JSON Schema lacks."""
     return Annotated[int, Field(ge=low, le=high), BeforeValidator(_whole)]
 
 

@@ -202,7 +202,7 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
         self.ops = CollectionOps(engine, catalog, settings, self.index_threads)
         self.senses = Senses(engine, catalog, self.index_threads)
         self.sense_ops = SenseOps(self.senses, self.ops, settings)  # shared with HTTP too
-        # The explanations, shared with HTTP too.
+        # Explain and CompareLayers, shared with HTTP's explanation routes.
         self.explain_ops = ExplainOps(explainer or Explainer(engine.model, engine.runner), settings)
         self._streams = 0  # Upsert streams open now (one event loop: no lock needed)
         self.settings = settings

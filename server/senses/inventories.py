@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from importlib.resources import files
 
-from embedsense.model.spans import why_not, word_spans
+from embedsense.model.spans import shown, why_not, word_spans
 from embedsense.server.index.backend import IndexBackend
 from embedsense.server.senses.errors import InventoryExists, InventoryNotFound, SenseInputError
 
@@ -22,34 +22,45 @@ MAX_EXAMPLES_PER_SENSE = 64
 Senses = dict[str, list[str]]  # sense label -> example sentences containing the word
 
 
-def check_senses(word: str, senses: Mapping[str, Sequence[str]]) -> Senses:
+def check_senses(word: str, senses: Mapping[str, Sequence[str]], field: str = "senses") -> Senses:
     """Examples per sense, validated: at least two senses, each with examples that contain
-    the word. Errors name the offending label or example."""
+    the word. Errors name the offending label or example, and `field` (the request's field
+    that holds the senses) as their param."""
     if not word.strip():
-        raise SenseInputError("word: empty or only whitespace")
+        raise SenseInputError("word: empty or only whitespace", field)
     if word != word.strip():  # as a label: " 苹果" would be a word no lookup of 苹果 finds
-        raise SenseInputError(f"word {word!r}: whitespace around it; give the word alone")
+        raise SenseInputError(
+            f"word {shown(word)}: whitespace around it; give the word alone", field
+        )
     if len(senses) < 2:
-        raise SenseInputError(f"{word!r}: at least two senses are needed, got {len(senses)}")
+        raise SenseInputError(
+            f"{shown(word)}: at least two senses are needed, got {len(senses)}", field
+        )
     checked: Senses = {}
     for label, examples in senses.items():
         examples = [e for e in examples if e.strip()]
         if not label.strip():
-            raise SenseInputError(f"{word!r}: a sense needs a label (not only whitespace)")
+            raise SenseInputError(
+                f"{shown(word)}: a sense needs a label (not only whitespace)", field
+            )
         if label != label.strip():  # "a" and "a " would be two senses that read as one
-            raise SenseInputError(f"{word!r}: sense {label!r}: whitespace around the label")
+            raise SenseInputError(
+                f"{shown(word)}: sense {label!r}: whitespace around the label", field
+            )
         if not examples:
-            raise SenseInputError(f"{word!r}: sense {label!r} has no examples")
+            raise SenseInputError(f"{shown(word)}: sense {label!r} has no examples", field)
         if len(examples) > MAX_EXAMPLES_PER_SENSE:
             raise SenseInputError(
-                f"{word!r}: sense {label!r} has {len(examples)} examples; the limit is "
-                f"{MAX_EXAMPLES_PER_SENSE}"
+                f"{shown(word)}: sense {label!r} has {len(examples)} examples; the limit is "
+                f"{MAX_EXAMPLES_PER_SENSE}",
+                field,
             )
         for example in examples:
             if not word_spans(example, word):  # as a word: "apple" is not in "pineapple"
                 raise SenseInputError(
-                    f"{word!r}: an example of sense {label!r} does not contain the word"
-                    f"{why_not(example, word)}: {example[:60]!r}"
+                    f"{shown(word)}: an example of sense {label!r} does not contain the word"
+                    f"{why_not(example, word)}: {example[:60]!r}",
+                    field,
                 )
         checked[label] = list(examples)
     return checked
@@ -86,8 +97,8 @@ class Inventories:
                 "the 'default' inventory ships with the server: pick another name"
             )
         if not words:
-            raise SenseInputError(f"inventory {name!r}: no words")
-        checked = {word: check_senses(word, senses) for word, senses in words.items()}
+            raise SenseInputError(f"inventory {name!r}: no words", "words")
+        checked = {word: check_senses(word, senses, "words") for word, senses in words.items()}
         if not self.store.put_inventory(name, json.dumps(checked, ensure_ascii=False), replace):
             raise InventoryExists(f"inventory {name!r} already exists (replace it explicitly)")
 
@@ -104,7 +115,7 @@ class Inventories:
         inventory = self.get(name)
         if word not in inventory:
             raise InventoryNotFound(
-                f"inventory {name!r} has no entry for {word!r}; it covers "
+                f"inventory {name!r} has no entry for {shown(word)}; it covers "
                 f"{', '.join(sorted(inventory))}"
             )
         return inventory[word]

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from embedsense.model.spans import shown
 from embedsense.server.engine import Engine
 from embedsense.server.index import CollectionBackend, IndexBackend, ModelMismatch
 from embedsense.server.index.threads import IndexThreads
@@ -120,7 +121,7 @@ def gather_occurrences(
     found = Gathered()
     for start in range(0, len(ids), DOCUMENTS_PER_READ):
         if stop is not None and stop.is_set():
-            raise Abandoned(f"occurrences of {word!r} in {collection.name!r}")
+            raise Abandoned(f"occurrences of {shown(word)} in {collection.name!r}")
         for doc in collection.get(ids[start : start + DOCUMENTS_PER_READ]):
             if doc is None:  # deleted in between
                 continue
@@ -244,7 +245,7 @@ class Senses:
         if not found.items:
             if found.uncovered:
                 raise SenseInputError(
-                    f"no token covers {word!r} where it occurs in collection "
+                    f"no token covers {shown(word)} where it occurs in collection "
                     f"{collection.name!r} ({found.uncovered} place{'s' * (found.uncovered > 1)}): "
                     "the tokenizer keeps none for whitespace alone",
                     "word",
@@ -316,12 +317,12 @@ class Senses:
             found = await self._stored_occurrences(collection, word, with_sentences=False)
             if found is None:
                 raise SenseInputError(
-                    f"{word!r} does not occur in collection {collection_name!r}", "word"
+                    f"{shown(word)} does not occur in collection {collection_name!r}", "word"
                 )
             items, words = found.items, found.words
             if k is not None and k > len(items):  # it was cut to their number, in silence
                 raise SenseInputError(
-                    f"k: {k} senses of {len(items)} occurrences of {word!r} in "
+                    f"k: {k} senses of {len(items)} occurrences of {shown(word)} in "
                     f"{collection_name!r}; at most {len(items)}, or no k to let the silhouette "
                     "choose",
                     "k",

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from embedsense.model import TextRole
-from embedsense.model.spans import SpanError, TokenSpans, find_word, word_spans
+from embedsense.model.spans import SpanError, TokenSpans, find_word, shown, word_spans
 from embedsense.server.engine import Embedding, Engine
 from embedsense.server.index import Document, Token
 from embedsense.server.senses.errors import SenseInputError
@@ -68,7 +68,7 @@ def locate(
             )
         if word and text[start:end] != word:
             raise SenseInputError(
-                f"span [{start}, {end}) is {text[start:end]!r}, not {word!r}", "span"
+                f"span [{start}, {end}) is {text[start:end]!r}, not {shown(word)}", "span"
             )
         return Occurrence(text, start, end)
     try:
