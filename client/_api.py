@@ -731,14 +731,16 @@ def _vectors_as_array(query: Any) -> Any:
                          "(the collection's dimension)") from None  # fmt: skip
 
 
-def _with_span(request: Any, span: tuple[int, int] | None) -> Any:
+def _with_span(request: Any, span: tuple[int, int] | None, side: str = "") -> Any:
+    """`request` with its span set (side "_a" or "_b": CompareLayers' span_a, span_b)."""
     if span is not None:
-        if request.occurrence:  # the server refuses the pair as well
+        occurrence = getattr(request, "occurrence" + side)
+        if occurrence:  # the server refuses the pair as well
             raise ValueError(
-                f"span and occurrence ({span}, {request.occurrence}): each names the "
+                f"span{side} and occurrence{side} ({span}, {occurrence}): each names the "
                 "occurrence; give one"
             )
-        request.span.CopyFrom(message(pb.Span, start=span[0], end=span[1]))
+        getattr(request, "span" + side).CopyFrom(message(pb.Span, start=span[0], end=span[1]))
     return request
 
 
@@ -853,13 +855,15 @@ def explain_call(
 
 def compare_layers_call(
     text_a: str, text_b: str, word: str, occurrence_a: int, occurrence_b: int, long_text: str,
-    role_name: str | None = None,
+    role_name: str | None = None, span_a: tuple[int, int] | None = None,
+    span_b: tuple[int, int] | None = None,
 ) -> Call[LayerComparison]:  # fmt: skip
     request = message(pb.CompareLayersRequest,
         text_a=text_a, text_b=text_b, word=word, occurrence_a=occurrence_a,
         occurrence_b=occurrence_b, truncate=truncate_flag(long_text, "compare_layers"),
         role=role(role_name),
     )  # fmt: skip
+    request = _with_span(_with_span(request, span_a, "_a"), span_b, "_b")
     return Call("CompareLayers", request, parse_comparison)
 
 

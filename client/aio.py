@@ -522,18 +522,22 @@ class AsyncClient:
         self,
         text_a: str,
         text_b: str,
-        word: str,
+        word: str = "",
         occurrence_a: int = 0,
         occurrence_b: int = 0,
         *,
         long_text: str = "error",
         role: str | None = None,
+        span_a: tuple[int, int] | None = None,
+        span_b: tuple[int, int] | None = None,
     ) -> LayerComparison:
         """The cosine of `word`'s vectors in the two texts at every layer (0 = embeddings).
         long_text="truncate": texts longer than the model takes are cut to their first
-        window ("error", the default, refuses them; "windows" is a ValueError)."""
+        window ("error", the default, refuses them; "windows" is a ValueError). span_a,
+        span_b: the word's characters in a text instead of its occurrence there (the word
+        may be left out when both are given)."""
         return await self._call(
             api.compare_layers_call(
-                text_a, text_b, word, occurrence_a, occurrence_b, long_text, role
+                text_a, text_b, word, occurrence_a, occurrence_b, long_text, role, span_a, span_b
             )
         )

@@ -528,20 +528,24 @@ class Client:
         self,
         text_a: str,
         text_b: str,
-        word: str,
+        word: str = "",
         occurrence_a: int = 0,
         occurrence_b: int = 0,
         *,
         long_text: str = "error",
         role: str | None = None,
+        span_a: tuple[int, int] | None = None,
+        span_b: tuple[int, int] | None = None,
     ) -> LayerComparison:
         """The cosine of `word`'s vectors in the two texts at every layer (0 = embeddings).
         long_text="truncate": texts longer than the model takes are cut to their first
         window ("error", the default, refuses them; "windows" is a ValueError). role: both
-        texts read as a "query" (None: the default) or as a "passage"."""
+        texts read as a "query" (None: the default) or as a "passage". span_a, span_b: the
+        word's characters in a text instead of its occurrence there ("apple" inside
+        "apples"); the word may be left out when both are given."""
         return self._call(
             api.compare_layers_call(
-                text_a, text_b, word, occurrence_a, occurrence_b, long_text, role
+                text_a, text_b, word, occurrence_a, occurrence_b, long_text, role, span_a, span_b
             )
         )
 

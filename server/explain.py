@@ -279,12 +279,19 @@ class Explainer:
         role: TextRole = TextRole.QUERY,
         truncate: bool = False,
         timeout: float | None = None,
+        span_a: tuple[int, int] | None = None,
+        span_b: tuple[int, int] | None = None,
     ) -> tuple[list[float], Occurrence, Occurrence]:
         """Cosine of the word's vector in the two texts at every hidden state, from the
-        embedding output (0) to the last layer: where in the stack the contexts separate."""
-        if not word:
-            raise SenseInputError("word: empty; name the word to compare in both texts", "word")
-        a, b = _located(text_a, word, occurrence_a, "a"), _located(text_b, word, occurrence_b, "b")
+        embedding output (0) to the last layer: where in the stack the contexts separate.
+        span_a, span_b: the word's characters in a text, instead of its occurrence there
+        (a word written inside a longer one, "apple" in "apples")."""
+        if not word and (span_a is None or span_b is None):
+            raise SenseInputError(
+                "word: empty; name the word to compare in both texts, or give both spans", "word"
+            )
+        a = _located(text_a, word, span_a, occurrence_a, "a")
+        b = _located(text_b, word, span_b, occurrence_b, "b")
         tok_a = self._tokenize(text_a, role, truncate, "text_a")
         tok_b = self._tokenize(text_b, role, truncate, "text_b")
         rows_a = self._target_tokens(tok_a, a, "text_a")
@@ -307,13 +314,15 @@ def _layers_heads(maps: int, num_heads: int) -> str:
     return f"{layers} layer{'s' * (layers != 1)} x {num_heads} heads"
 
 
-def _located(text: str, word: str, occurrence: int, side: str) -> Occurrence:
+def _located(
+    text: str, word: str, span: tuple[int, int] | None, occurrence: int, side: str
+) -> Occurrence:
     """The word's occurrence in text_a or text_b (`side`: "a" or "b"); an error says which
-    text, and names that text's occurrence field."""
+    text, and names that text's span or occurrence field."""
     try:
-        return locate(text, word, None, occurrence)
+        return locate(text, word, span, occurrence)
     except SenseInputError as err:
-        param = f"occurrence_{side}" if err.param == "occurrence" else err.param
+        param = f"{err.param}_{side}" if err.param in ("occurrence", "span") else err.param
         raise SenseInputError(f"text_{side}: {err}", param) from None
 
 

@@ -345,6 +345,28 @@ def test_the_layer_trajectory_shows_contexts_separating(client):
     np.testing.assert_allclose(same.cosines, 1.0, atol=1e-5)
 
 
+def test_compare_layers_takes_the_words_characters_in_either_text(client):
+    """A word written inside a longer one ("apple" in "apples") is no whole word there: a span
+    names it, as Explain's and Disambiguate's do. CompareLayers took only the word."""
+    with pytest.raises(InvalidArgument, match="part of a longer word"):
+        client.compare_layers("I like apples", "an apple pie", "apple")
+    spans = client.compare_layers("I like apples", "an apple pie", span_a=(7, 12), span_b=(3, 8))
+    by_word = client.compare_layers("I like apples", "an apple pie", "apple", span_a=(7, 12))
+    assert (spans.span_a, spans.span_b) == (by_word.span_a, by_word.span_b) == ((7, 12), (3, 8))
+    np.testing.assert_allclose(spans.cosines, by_word.cosines, atol=1e-6)
+    # A span names the same occurrence the word does: the same answer.
+    by_occurrence = client.compare_layers("苹果和苹果", "我喜欢吃苹果", "苹果", 1)
+    by_span = client.compare_layers("苹果和苹果", "我喜欢吃苹果", "苹果", span_a=(3, 5))
+    np.testing.assert_allclose(by_span.cosines, by_occurrence.cosines, atol=1e-6)
+    with pytest.raises(InvalidArgument, match="or give both spans"):
+        client.compare_layers("I like apples", "an apple pie", span_a=(7, 12))
+    with pytest.raises(InvalidArgument, match=r"text_b: span \[3, 9\) is 'apple ', not 'apple'"):
+        client.compare_layers("I like apples", "an apple pie", "apple", span_a=(7, 12),
+                              span_b=(3, 9))  # fmt: skip
+    with pytest.raises(ValueError, match="span_a and occurrence_a"):
+        client.compare_layers("苹果和苹果", "苹果", "苹果", 1, span_a=(3, 5))
+
+
 def png_size(path) -> tuple[int, int]:
     header = path.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"

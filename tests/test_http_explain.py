@@ -143,6 +143,13 @@ def test_compare_layers_gives_the_grpc_answer(send, client):
                                  role="passage")  # fmt: skip
     assert status == 200 and passage["cosines"] == pytest.approx(grpc.cosines, abs=1e-6)
     assert passage["cosines"] != pytest.approx(got["cosines"], abs=1e-6)
+    # The word's characters instead: "apple" inside "apples", which no word search finds.
+    body = {"text_a": "I like apples", "text_b": "an apple pie", "span_a": {"start": 7, "end": 12},
+            "span_b": {"start": 3, "end": 8}}  # fmt: skip
+    status, got = send("POST", "/v1/compare_layers", body)
+    grpc = client.compare_layers("I like apples", "an apple pie", span_a=(7, 12), span_b=(3, 8))
+    assert status == 200 and got["cosines"] == pytest.approx(grpc.cosines, abs=1e-6), got
+    assert (got["span_a"], got["span_b"]) == ({"start": 7, "end": 12}, {"start": 3, "end": 8})
 
 
 @pytest.mark.parametrize(
@@ -182,7 +189,15 @@ def test_compare_layers_gives_the_grpc_answer(send, client):
                                 "occurrence_a": 2}, 400, "text_a: occurrence 2", "occurrence_a"),
         ("/v1/compare_layers", {"text_a": "苹果", "text_b": "苹果", "word": ""}, 400,
          "name the word to compare", "word"),
-        ("/v1/compare_layers", {"text_a": "苹果", "text_b": "苹果"}, 422, "word", "word"),
+        ("/v1/compare_layers", {"text_a": "苹果", "text_b": "苹果",
+                                "span_a": {"start": 0, "end": 2}}, 400, "or give both spans",
+         "word"),
+        ("/v1/compare_layers", {"text_a": "苹果", "text_b": "苹果", "word": "苹果",
+                                "span_b": {"start": 0, "end": 3}}, 400, "text_b: span [0, 3)",
+         "span_b"),
+        ("/v1/compare_layers", {"text_a": "苹果", "text_b": "苹果", "word": "苹果",
+                                "occurrence_a": 1, "span_a": {"start": 0, "end": 2}}, 400,
+         "each names the occurrence", "span_a"),
     ],
 )  # fmt: skip
 def test_bad_requests_get_the_rest_dialects_errors(send, path, body, status, says, param):

@@ -759,7 +759,7 @@ class ExplainResponse(_message.Message):
     def __init__(self, tokens: _Optional[_Union[TokenizeResponse, _Mapping]] = ..., layers: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., attentions: _Optional[_Union[Tensor, _Mapping]] = ..., span: _Optional[_Union[Span, _Mapping]] = ..., target_tokens: _Optional[_Iterable[int]] = ..., focus: _Optional[_Iterable[_Union[Focus, _Mapping]]] = ..., max_attention_values: _Optional[int] = ..., neuron: _Optional[_Union[Neuron, _Mapping]] = ..., truncated_tokens: _Optional[int] = ...) -> None: ...
 
 class CompareLayersRequest(_message.Message):
-    __slots__ = ("text_a", "text_b", "word", "occurrence_a", "occurrence_b", "truncate", "role")
+    __slots__ = ("text_a", "text_b", "word", "occurrence_a", "occurrence_b", "truncate", "role", "span_a", "span_b")
     TEXT_A_FIELD_NUMBER: _ClassVar[int]
     TEXT_B_FIELD_NUMBER: _ClassVar[int]
     WORD_FIELD_NUMBER: _ClassVar[int]
@@ -767,6 +767,8 @@ class CompareLayersRequest(_message.Message):
     OCCURRENCE_B_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    SPAN_A_FIELD_NUMBER: _ClassVar[int]
+    SPAN_B_FIELD_NUMBER: _ClassVar[int]
     text_a: str
     text_b: str
     word: str
@@ -774,7 +776,9 @@ class CompareLayersRequest(_message.Message):
     occurrence_b: int
     truncate: bool
     role: Role
-    def __init__(self, text_a: _Optional[str] = ..., text_b: _Optional[str] = ..., word: _Optional[str] = ..., occurrence_a: _Optional[int] = ..., occurrence_b: _Optional[int] = ..., truncate: _Optional[bool] = ..., role: _Optional[_Union[Role, str]] = ...) -> None: ...
+    span_a: Span
+    span_b: Span
+    def __init__(self, text_a: _Optional[str] = ..., text_b: _Optional[str] = ..., word: _Optional[str] = ..., occurrence_a: _Optional[int] = ..., occurrence_b: _Optional[int] = ..., truncate: _Optional[bool] = ..., role: _Optional[_Union[Role, str]] = ..., span_a: _Optional[_Union[Span, _Mapping]] = ..., span_b: _Optional[_Union[Span, _Mapping]] = ...) -> None: ...
 
 class CompareLayersResponse(_message.Message):
     __slots__ = ("cosines", "span_a", "span_b")

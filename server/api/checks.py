@@ -366,8 +366,12 @@ def metadata_of(text: str, field: str) -> dict[str, Any]:
     return value
 
 
-def span_of(request: Any) -> tuple[int, int] | None:
-    return (request.span.start, request.span.end) if request.HasField("span") else None
+def span_of(request: Any, field: str = "span") -> tuple[int, int] | None:
+    """A request's Span field as (start, end); None when unset."""
+    if not request.HasField(field):
+        return None
+    span = getattr(request, field)
+    return span.start, span.end
 
 
 def neuron_of(request: Any) -> tuple[int, int] | None:

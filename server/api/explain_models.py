@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedsense.server.api.collection_models import CollectionRequest
 from embedsense.server.api.http_inputs import Whole, whole_within
-from embedsense.server.api.sense_models import OccurrenceRequest, SpanReply
+from embedsense.server.api.sense_models import OccurrenceRequest, Span, SpanReply
 
 ROLE = (
     'The text read as a "query" (with the e5 prefix "query: ") or as a "passage", as stored '
@@ -126,11 +126,19 @@ class CompareLayersRequest(CollectionRequest):
     text_a: str = Field(json_schema_extra={"x-limit": "inputs"})
     text_b: str = Field(json_schema_extra={"x-limit": "inputs"})
     word: str = Field(
+        "",
         description="Found in both texts as written: a whole word where the script spaces its "
-        "words, anywhere in a run of Chinese or Japanese."
+        "words, anywhere in a run of Chinese or Japanese. May be left out where span_a and "
+        "span_b are both given.",
     )
     occurrence_a: Whole = Field(0, ge=0, description="Which appearance in text_a (0: the first).")
     occurrence_b: Whole = Field(0, ge=0, description="Which appearance in text_b.")
+    span_a: Span | None = Field(
+        None,
+        description="Instead of the word's occurrence in text_a: its characters there (a word "
+        "written inside a longer one, say).",
+    )
+    span_b: Span | None = Field(None, description="The same in text_b.")
     role: Literal["query", "passage"] | None = Field(None, description=ROLE)
     long_text: Literal["error", "truncate"] | None = Field(None, description=LONG_TEXT)
 

@@ -52,6 +52,8 @@ class ExplainOps:
         occurrence_a: int = 0,
         occurrence_b: int = 0,
         *,
+        span_a: tuple[int, int] | None = None,
+        span_b: tuple[int, int] | None = None,
         role: TextRole = TextRole.QUERY,
         truncate: bool = False,
         timeout: float | None = None,
@@ -60,5 +62,5 @@ class ExplainOps:
         return await self.explainer.in_turn(
             "compare_layers", self._text(text_a, "text_a"), self._text(text_b, "text_b"),
             check_word(word), occurrence_a, occurrence_b, role=role, truncate=truncate,
-            timeout=timeout,
+            timeout=timeout, span_a=span_a, span_b=span_b,
         )  # fmt: skip

@@ -167,6 +167,7 @@ class ExplainRoutes:
     ) -> m.LayerComparison:
         cosines, a, b = await self.ops.compare_layers(
             body.text_a, body.text_b, body.word, body.occurrence_a, body.occurrence_b,
+            span_a=body.span_a and body.span_a.pair(), span_b=body.span_b and body.span_b.pair(),
             role=self._role(body.role), truncate=self._truncate(body.long_text),
         )  # fmt: skip
         return m.LayerComparison.model_construct(

@@ -28,6 +28,9 @@ class Span(CollectionRequest):
     start: Whole = Field(ge=0, description="The first character (Unicode code points).")
     end: Whole = Field(ge=0, description="One past the last character.")
 
+    def pair(self) -> tuple[int, int]:
+        return self.start, self.end
+
 
 class OccurrenceRequest(CollectionRequest):
     text: str = Field(examples=["我喜欢吃苹果"], json_schema_extra={"x-limit": "inputs"})
@@ -36,7 +39,7 @@ class OccurrenceRequest(CollectionRequest):
     occurrence: Whole = Field(0, ge=0, description="Which appearance of word (0: the first).")
 
     def span_pair(self) -> tuple[int, int] | None:
-        return None if self.span is None else (self.span.start, self.span.end)
+        return None if self.span is None else self.span.pair()
 
 
 # ------------------------------------------------------------------ disambiguate

@@ -651,8 +651,9 @@ class Service(embedsense_pb2_grpc.EmbedSenseServicer):
     ) -> pb.CompareLayersResponse:
         cosines, a, b = await self.explain_ops.compare_layers(
             request.text_a, request.text_b, request.word, request.occurrence_a,
-            request.occurrence_b, role=role_of(request.role), truncate=request.truncate,
-            timeout=context.time_remaining(),
+            request.occurrence_b, span_a=span_of(request, "span_a"),
+            span_b=span_of(request, "span_b"), role=role_of(request.role),
+            truncate=request.truncate, timeout=context.time_remaining(),
         )  # fmt: skip
         return pb.CompareLayersResponse(
             cosines=cosines, span_a=pb.Span(start=a.start, end=a.end),
