@@ -858,6 +858,9 @@ def compare_layers_call(
     role_name: str | None = None, span_a: tuple[int, int] | None = None,
     span_b: tuple[int, int] | None = None,
 ) -> Call[LayerComparison]:  # fmt: skip
+    if not word and (span_a is None or span_b is None):  # the server refuses it as well
+        raise ValueError("word: empty; name the word to compare in both texts, or give both "
+                         "spans (span_a and span_b)")  # fmt: skip
     request = message(pb.CompareLayersRequest,
         text_a=text_a, text_b=text_b, word=word, occurrence_a=occurrence_a,
         occurrence_b=occurrence_b, truncate=truncate_flag(long_text, "compare_layers"),

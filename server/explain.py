@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from embedsense.model import LoadedModel, TextRole, TokenizedText
-from embedsense.model.spans import SpanError
+from embedsense.model.spans import SpanError, shown
 from embedsense.model.tokenizer import TextTooLongError, pad_sequences
 from embedsense.proto.values import blank_problem
 from embedsense.server.engine import DeadlineExceeded, model_failure
@@ -170,7 +170,11 @@ class Explainer:
         return tokenized
 
     @staticmethod
-    def _target_tokens(tokenized: TokenizedText, target: Occurrence, field: str) -> list[int]:
+    def _target_tokens(
+        tokenized: TokenizedText, target: Occurrence, field: str, param: str = ""
+    ) -> list[int]:
+        """The tokens that cover `target`; an error is said of `field` and names `param`
+        ("": `field`)."""
         try:
             return tokenized.token_indices(target.start, target.end)
         except SpanError:
@@ -178,15 +182,15 @@ class Explainer:
                 window = max(end for (_, end), ours in zip(tokenized.offsets, tokenized.from_text,
                                                            strict=True) if ours)  # fmt: skip
                 raise SenseInputError(
-                    f"{field}: {target.word!r} at characters {target.start}-{target.end} lies "
-                    f"past the truncated window, which ends at character {window}: send the "
-                    "part of the text around it",
-                    field,
+                    f"{field}: {shown(target.word)} at characters {target.start}-{target.end} "
+                    f"lies past the truncated window, which ends at character {window}: send "
+                    "the part of the text around it",
+                    param or field,
                 ) from None
             raise SenseInputError(
-                f"{field}: no token covers {target.word!r} at characters "
-                f"{target.start}-{target.end} (the tokenizer keeps none for some characters)",
-                field,
+                f"{field}: no token covers {shown(target.word)} at characters "
+                f"{target.start}-{target.end} (the tokenizer keeps none for whitespace alone)",
+                param or field,
             ) from None
 
     def _select(self, chosen: Sequence[int] | None, count: int, what: str, base: int) -> list[int]:
@@ -294,8 +298,8 @@ class Explainer:
         b = _located(text_b, word, span_b, occurrence_b, "b")
         tok_a = self._tokenize(text_a, role, truncate, "text_a")
         tok_b = self._tokenize(text_b, role, truncate, "text_b")
-        rows_a = self._target_tokens(tok_a, a, "text_a")
-        rows_b = self._target_tokens(tok_b, b, "text_b")
+        rows_a = self._target_tokens(tok_a, a, "text_a", "text_a" if span_a is None else "span_a")
+        rows_b = self._target_tokens(tok_b, b, "text_b", "text_b" if span_b is None else "span_b")
         out = self._forward([tok_a, tok_b], attentions=False, timeout=timeout)
         cosines = []
         for hidden in out.hidden_states:

@@ -198,6 +198,11 @@ def test_compare_layers_gives_the_grpc_answer(send, client):
         ("/v1/compare_layers", {"text_a": "苹果", "text_b": "苹果", "word": "苹果",
                                 "occurrence_a": 1, "span_a": {"start": 0, "end": 2}}, 400,
          "each names the occurrence", "span_a"),
+        # A span no token covers (the first of two spaces) is the span's fault, not the text's.
+        ("/v1/compare_layers", {"text_a": "苹果", "text_b": "苹果  很甜",
+                                "span_a": {"start": 0, "end": 2},
+                                "span_b": {"start": 2, "end": 3}}, 400,
+         "text_b: no token covers", "span_b"),
     ],
 )  # fmt: skip
 def test_bad_requests_get_the_rest_dialects_errors(send, path, body, status, says, param):
@@ -284,14 +289,15 @@ def test_the_routes_are_in_the_openapi_document(send):
         operation = document["paths"][path]["post"]
         assert operation["tags"] == ["Explanations"]
         assert "requestBody" in operation and "200" in operation["responses"]
+        assert "404" not in operation["responses"]  # their paths name nothing to look up
     schema = document["components"]["schemas"]["ExplainRequest"]["properties"]
     assert schema["encoding_format"]["enum"] == ["float", "base64"]
 
 
 def test_the_reply_limit_is_checked_against_a_bound_of_the_json_written(running):
-    """The check's estimate came below the JSON written (86,626 bytes against 55,659 for
-    a short text in base64): it left out focus and the lists' brackets, so a reply over
-    max_message_bytes could be sent."""
+    """The limit is checked against a bound on the JSON the reply is written as, focus and
+    the lists' brackets included: a bound below it would let a reply over max_message_bytes
+    through. And a bound within 2x of it, so that replies well under the limit pass."""
     from embedsense.server.api.explain_routes import _explanation, reply_bytes_at_most
     from embedsense.server.api.http import encode_reply
 

@@ -156,6 +156,11 @@ def test_occurrences_and_induced_senses_give_the_grpc_answer(send, client, store
          "invalid_argument", "senses"),
         ("POST", "/v1/inventories", {"name": "one-sense", "words": {"苹果": {"a": ["苹果"]}}},
          400, "invalid_argument", "words"),
+        # The word a span names, whitespace alone: the span's fault, not the senses'.
+        ("POST", "/v1/senses/disambiguate", {"text": "我喜欢吃 苹果",
+                                             "span": {"start": 4, "end": 5},
+                                             "senses": {"a": ["苹果很甜"], "b": ["苹果手机"]}},
+         400, "invalid_argument", "span"),
         ("POST", "/v1/senses/disambiguate", {"text": "我喜欢吃苹果", "word": "苹果",
                                              "inventory": "absent"}, 404, "not_found", None),
         ("POST", "/v1/senses/disambiguate", {"text": "", "word": "苹果"}, 400,

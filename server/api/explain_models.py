@@ -128,8 +128,8 @@ class CompareLayersRequest(CollectionRequest):
     word: str = Field(
         "",
         description="Found in both texts as written: a whole word where the script spaces its "
-        "words, anywhere in a run of Chinese or Japanese. May be left out where span_a and "
-        "span_b are both given.",
+        "words, anywhere in a run of a script written without spaces (Chinese, Japanese, "
+        "Thai...). May be left out where span_a and span_b are both given.",
     )
     occurrence_a: Whole = Field(0, ge=0, description="Which appearance in text_a (0: the first).")
     occurrence_b: Whole = Field(0, ge=0, description="Which appearance in text_b.")

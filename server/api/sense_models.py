@@ -16,7 +16,8 @@ from embedsense.server.senses.method import MAX_SENSES
 WORD = (
     "The word to look at, as written in text (its occurrence-th appearance); or give span. "
     "Found as written: a whole word where the script spaces its words ('apple' is not in "
-    "'pineapple'), anywhere in a run of Chinese or Japanese."
+    "'pineapple'), anywhere in a run of a script written without spaces (Chinese, Japanese, "
+    "Thai...)."
 )
 SENSES = (
     'Sense label -> example sentences that use the word in that sense, e.g. {"fruit": '

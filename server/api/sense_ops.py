@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from embedsense.model.spans import shown
 from embedsense.server import engine as eng
 from embedsense.server.api.checks import (
     MAX_OCCURRENCES,
@@ -87,7 +88,7 @@ class SenseOps:
     ) -> dict[str, dict[str, list[str]]]:
         """Store it; the inventory as stored."""
         for word, senses in words.items():  # as disambiguate's own senses
-            self.check_examples(senses, f"words[{word!r}].senses")
+            self.check_examples(senses, f"words[{shown(word)}].senses")
         stored = {word: {label: list(examples) for label, examples in senses.items()}
                   for word, senses in words.items()}  # fmt: skip
         threads = self.senses.index_threads

@@ -22,15 +22,18 @@ MAX_EXAMPLES_PER_SENSE = 64
 Senses = dict[str, list[str]]  # sense label -> example sentences containing the word
 
 
-def check_senses(word: str, senses: Mapping[str, Sequence[str]], field: str = "senses") -> Senses:
+def check_senses(
+    word: str, senses: Mapping[str, Sequence[str]], field: str = "senses", word_field: str = ""
+) -> Senses:
     """Examples per sense, validated: at least two senses, each with examples that contain
-    the word. Errors name the offending label or example, and `field` (the request's field
-    that holds the senses) as their param."""
+    the word. Errors name the offending label or example; their param is `field` (the
+    request's field that holds the senses), or for the word itself `word_field` (the field
+    it came from; "": `field`)."""
     if not word.strip():
-        raise SenseInputError("word: empty or only whitespace", field)
+        raise SenseInputError("word: empty or only whitespace", word_field or field)
     if word != word.strip():  # as a label: " 苹果" would be a word no lookup of 苹果 finds
         raise SenseInputError(
-            f"word {shown(word)}: whitespace around it; give the word alone", field
+            f"word {shown(word)}: whitespace around it; give the word alone", word_field or field
         )
     if len(senses) < 2:
         raise SenseInputError(

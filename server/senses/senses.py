@@ -191,7 +191,7 @@ class Senses:
         if senses:
             if inventory:
                 raise SenseInputError("give senses or an inventory, not both", "inventory")
-            examples = check_senses(word, senses)
+            examples = check_senses(word, senses, word_field="word" if span is None else "span")
         elif inventory and inventory != DEFAULT:  # stored in the index: maybe a round trip
             examples = await self.index_threads.run(self.inventories.senses, inventory, word)
         else:

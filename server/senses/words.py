@@ -68,7 +68,7 @@ def locate(
             )
         if word and text[start:end] != word:
             raise SenseInputError(
-                f"span [{start}, {end}) is {text[start:end]!r}, not {shown(word)}", "span"
+                f"span [{start}, {end}) is {shown(text[start:end])}, not {shown(word)}", "span"
             )
         return Occurrence(text, start, end)
     try:
