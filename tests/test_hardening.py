@@ -85,15 +85,22 @@ def not_an_object(collection: str) -> pb.UpsertRequest:
         (lambda c, col: c.search(col, "苹果", filter={"a": {"$bad": 1}}), "unknown operator"),
         (lambda c, col: c.search(col, np.ones(7)), "384-dim"),
         (lambda c, _: c.disambiguate("我喜欢吃香蕉", "苹果"), "does not occur"),
-        # An error that repeats a long word, label or name is cut: its whole text went in
-        # a header past gRPC's 16 KiB, and the caller got RESOURCE_EXHAUSTED instead.
+        # An error that repeats a long label or name is cut: its whole text went in a
+        # header past gRPC's 16 KiB, and the caller got RESOURCE_EXHAUSTED instead.
         (
-            lambda c, _: c.disambiguate("我喜欢吃苹果", "苹" * 20_000, {"a": ["x"], "b": ["y"]}),
-            r"^INVALID_ARGUMENT: .*苹… \(cut: 20,\d{3} characters\)$",
+            lambda c, _: c.disambiguate(
+                "我喜欢吃苹果", "苹果", {" " + "标" * 20_000: ["苹果很甜"], "b": ["苹果手机"]}
+            ),
+            r"^INVALID_ARGUMENT: .*标… \(cut: 20,\d{3} characters\)$",
         ),
+        # A long word is quoted by its first 40 characters and its length.
         (
             lambda c, col: c.search_occurrences(col, "我喜欢吃苹果", "苹果" * 10_000),
-            r"^INVALID_ARGUMENT: .*\(cut: 20,\d{3} characters\)$",
+            r"^INVALID_ARGUMENT: word '(苹果){20}'\.\.\. \(20,000 characters\) does not occur",
+        ),
+        (
+            lambda c, _: c.disambiguate("我喜欢吃苹果", "苹" * 20_000, {"a": ["x"], "b": ["y"]}),
+            r"^INVALID_ARGUMENT: word '苹{40}'\.\.\. \(20,000 characters\) does not occur",
         ),
         # The server's own check: the SDK refuses it before sending (test_client_bulk.py).
         (lambda c, col: c._call(Call("Upsert", not_an_object(col), id, stream=True)), "metadata"),
