@@ -11,10 +11,8 @@ which is what a page that draws them wants (a Float32Array over the decoded byte
 
 from __future__ import annotations
 
-import base64
 import math
 
-import numpy as np
 from aiohttp import web
 
 from embedsense.model import TextRole
@@ -27,8 +25,8 @@ from embedsense.server.api.checks import (
 )
 from embedsense.server.api.collection_routes import ERRORS, rest_route
 from embedsense.server.api.explain_ops import ExplainOps
-from embedsense.server.api.http import HttpRoute
-from embedsense.server.api.sense_models import SpanReply
+from embedsense.server.api.http import HttpRoute, float32s
+from embedsense.server.api.sense_models import span_reply
 from embedsense.server.explain import MAX_ATTENTION_VALUES, Explanation
 
 TAG = "Explanations"
@@ -44,16 +42,6 @@ JSON_FOCUS_BYTES = 31 + 2 * JSON_INT_BYTES
 JSON_WEIGHT_BYTES = 21 + JSON_INT_BYTES + JSON_FLOAT64_BYTES
 # The reply's field names, braces and lone numbers.
 JSON_FRAME_BYTES = 600
-
-
-def _tensor(values: np.ndarray, encoding: str) -> np.ndarray | str:
-    if encoding == "base64":
-        return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode()
-    return values
-
-
-def _span(start: int, end: int) -> SpanReply:
-    return SpanReply.model_construct(start=start, end=end)
 
 
 def tensor_bytes(shape: tuple[int, ...], encoding: str) -> int:
@@ -87,15 +75,15 @@ def _explanation(result: Explanation, encoding: str) -> m.ExplainResponse:
     if (n := result.neuron) is not None:
         neuron = m.Neuron.model_construct(
             layer=n.layer, head=n.head, query_tokens=n.query_tokens,
-            queries=_tensor(n.queries, encoding), keys=_tensor(n.keys, encoding),
+            queries=float32s(n.queries, encoding), keys=float32s(n.keys, encoding),
         )  # fmt: skip
     target = result.target
     return m.ExplainResponse.model_construct(
         tokens=m.Tokens.model_construct(tokens=t.tokens, ids=t.ids, offsets=t.offsets,
                                         from_text=t.from_text),
         layers=result.layers, heads=result.heads,
-        attentions=_tensor(result.attentions, encoding),
-        span=None if target is None else _span(target.start, target.end),
+        attentions=float32s(result.attentions, encoding),
+        span=None if target is None else span_reply(target.start, target.end),
         target_tokens=result.target_tokens,
         focus=[m.Focus.model_construct(layer=f.layer, head=f.head,
                                        tokens=[m.TokenWeight.model_construct(token=i, weight=w)
@@ -171,5 +159,5 @@ class ExplainRoutes:
             role=self._role(body.role), truncate=self._truncate(body.long_text),
         )  # fmt: skip
         return m.LayerComparison.model_construct(
-            cosines=cosines, span_a=_span(a.start, a.end), span_b=_span(b.start, b.end)
+            cosines=cosines, span_a=span_reply(a.start, a.end), span_b=span_reply(b.start, b.end)
         )

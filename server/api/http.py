@@ -18,6 +18,7 @@ openai_routes.py and tei_routes.py.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import itertools
@@ -210,6 +211,15 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return np.ascontiguousarray(value)
     raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def float32s(values: np.ndarray, encoding: str) -> np.ndarray | str:
+    """Numbers of a reply as its request's encoding_format asks: "float", as they are (JSON
+    numbers); "base64", their little-endian float32 bytes, row-major, in base64 (what the
+    openai package decodes, and a browser reads as a Float32Array)."""
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
+    return values
 
 
 def encode_reply(reply: Any) -> bytes:

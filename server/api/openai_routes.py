@@ -8,15 +8,13 @@ picks the e5 prefix; token-id inputs are ids of the served model's own tokenizer
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 
 from embedsense.server.api.checks import check_dimensions
-from embedsense.server.api.http import HttpContext, HttpRoute
+from embedsense.server.api.http import HttpContext, HttpRoute, float32s
 from embedsense.server.api.http_errors import ApiError
 from embedsense.server.api.openai_models import (
     Embedding,
@@ -147,7 +145,7 @@ class OpenAIRoutes:
             truncate_hint=TRUNCATE_HINT,
         )
         data = [
-            Embedding.model_construct(index=i, embedding=_encoded(r.sentence, body.encoding_format))
+            Embedding.model_construct(index=i, embedding=float32s(r.sentence, body.encoding_format))
             for i, r in enumerate(results)
         ]
         tokens = sum(len(r.tokenized.ids) for r in results)
@@ -156,9 +154,3 @@ class OpenAIRoutes:
             model=self.context.model_name,
             usage=Usage.model_construct(prompt_tokens=tokens, total_tokens=tokens),
         )
-
-
-def _encoded(vector: np.ndarray, encoding: str) -> np.ndarray | str:
-    if encoding == "base64":  # what the openai package asks for and decodes: float32 bytes
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
-    return vector

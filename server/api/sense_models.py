@@ -86,6 +86,11 @@ class SpanReply(BaseModel):
     end: int
 
 
+def span_reply(start: int, end: int) -> SpanReply:
+    """A reply's span, built without validation (the server's own numbers)."""
+    return SpanReply.model_construct(start=start, end=end)
+
+
 class DisambiguateResponse(BaseModel):
     label: str = Field(description="The most probable sense.")
     scores: list[SenseScore] = Field(description="Every sense, best first.")

@@ -32,10 +32,6 @@ TAG = "Word senses"
 JSON_SPAN_BYTES = 40
 
 
-def _span(start: int, end: int) -> m.SpanReply:
-    return m.SpanReply.model_construct(start=start, end=end)
-
-
 def _disambiguation(result: Disambiguation) -> m.DisambiguateResponse:
     return m.DisambiguateResponse.model_construct(
         label=result.label,
@@ -45,7 +41,7 @@ def _disambiguation(result: Disambiguation) -> m.DisambiguateResponse:
                 for label in result.best_first()],
         nearest=[m.SenseExample.model_construct(label=label, text=text, similarity=cos)
                  for label, text, cos in result.nearest],
-        span=_span(result.occurrence.start, result.occurrence.end), layers=result.layers,
+        span=m.span_reply(result.occurrence.start, result.occurrence.end), layers=result.layers,
         centred=result.centred, temperature=result.temperature,
         with_sentence=result.with_sentence,
     )  # fmt: skip
@@ -66,7 +62,11 @@ def _inventory_bytes(name: str, words: dict[str, dict[str, list[str]]]) -> int:
 
 def _occurrence(o: FoundOccurrence) -> m.Occurrence:
     return m.Occurrence.model_construct(
-        id=o.id, text=o.text, span=_span(o.start, o.end), score=o.score, metadata=o.metadata or {}
+        id=o.id,
+        text=o.text,
+        span=m.span_reply(o.start, o.end),
+        score=o.score,
+        metadata=o.metadata or {},
     )
 
 
